@@ -1,0 +1,60 @@
+# Two commands matter: `make run` and `make test`. Each installs what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+HELPER := src/agentbox/sandbox/agentbox-exec
+DATA_DIR ?= $(CURDIR)/.agentbox
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export WORKSPACE_IMAGE ?= agentbox/workspace:bookworm
+
+.PHONY: setup venv host helper image run test unit integration lint bench clean
+
+setup: venv helper host image
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@echo "==> Python environment in $(VENV)"
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+helper: $(HELPER)
+$(HELPER): src/agentbox/sandbox/agentbox-exec.c
+	@echo "==> building the in-workspace helper $@"
+	@cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -static -s -o $@ $<
+
+host:
+	@bash scripts/setup-host.sh
+
+image: host
+	@bash scripts/build-image.sh "$(WORKSPACE_IMAGE)"
+
+# Serve on $(HOST):$(PORT) with workspaces enabled; the API key is made once and kept in $(DATA_DIR).
+run: setup
+	@mkdir -p "$(DATA_DIR)" && chmod 700 "$(DATA_DIR)"
+	@test -s "$(DATA_DIR)/api-key" || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$(DATA_DIR)/api-key")
+	@echo "==> API key (owner 'admin'): $$(cat "$(DATA_DIR)/api-key")"
+	@echo "    try: curl -H \"Authorization: Bearer $$(cat "$(DATA_DIR)/api-key")\" -X POST http://$(HOST):$(PORT)/api/v1/workspaces"
+	ENABLE_AGENT_WORKSPACES=true WORKSPACE_DATA_DIR="$(DATA_DIR)" \
+	  WORKSPACE_API_KEYS="admin:$$(cat "$(DATA_DIR)/api-key")" \
+	  $(BIN)/agentbox serve --host $(HOST) --port $(PORT)
+
+test: setup lint
+	$(BIN)/pytest -q tests
+
+unit: venv helper
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q tests/integration
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(HELPER) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,231 @@
+"""The `agentbox` command: run the server, check the host, and drive workspaces from a shell."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentbox.client import APIError, Client
+from agentbox.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="Isolated workspaces for AI agents, on Docker with gVisor.", no_args_is_help=True)
+ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args_is_help=True)
+app.add_typer(ws, name="ws")
+console = Console()
+T = TypeVar("T")
+errors = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on", min=1, max=65535)] = 8000,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the HTTP API server."""
+    import uvicorn
+
+    from agentbox.api import create_app
+    from agentbox.service import Service, StartupError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    try:
+        service = Service.start(settings)
+    except StartupError as exc:
+        _fail(exc.detail, 2)
+    try:
+        uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level.lower())
+    finally:
+        service.close()
+
+
+@app.command()
+def doctor() -> None:
+    """Check that gVisor is installed, registered and working, and say how to fix what is not."""
+    from agentbox.doctor import run_checks
+
+    table = Table("check", "result", "detail / fix")
+    failed = 0
+    for check in run_checks(_settings()):
+        failed += not check.ok
+        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAIL[/red]",
+                      check.detail if check.ok else f"{check.detail}\n[yellow]fix:[/yellow] {check.fix}")
+    console.print(table)
+    if failed:
+        _fail(f"{failed} check(s) failed; workspaces would fall back to runc or not start")
+
+
+# Client commands
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="AGENTBOX_URL", help="server URL")]
+KeyOption = Annotated[str, typer.Option("--api-key", envvar="AGENTBOX_API_KEY", help="API key (or AGENTBOX_API_KEY)")]
+
+
+def _client(url: str, api_key: str) -> Client:
+    if not api_key:
+        _fail("no API key: pass --api-key or set AGENTBOX_API_KEY", 2)
+    return Client(url, api_key)
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            _fail(f"{flag} {value!r} must be KEY=VALUE", 2)
+        pairs[key] = val
+    return pairs
+
+
+@ws.command("create")
+def ws_create(
+    url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "",
+    image: Annotated[str | None, typer.Option(help="image (default: the server's WORKSPACE_IMAGE)")] = None,
+    provider: Annotated[str | None, typer.Option(help="gvisor or docker")] = None,
+    cpu: Annotated[float | None, typer.Option(help="CPUs, e.g. 1.5")] = None,
+    memory: Annotated[str | None, typer.Option(help="memory limit, e.g. 2G")] = None,
+    disk: Annotated[str | None, typer.Option(help="disk limit, e.g. 10G")] = None,
+    persistent: Annotated[bool, typer.Option("--persistent", help="never expire")] = False,
+    ttl_days: Annotated[float | None, typer.Option(help="days until an ephemeral workspace expires")] = None,
+    env: Annotated[list[str], typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = [],  # noqa: B006
+    label: Annotated[list[str], typer.Option("--label", "-l", help="KEY=VALUE, repeatable")] = [],  # noqa: B006
+) -> None:
+    """Create a workspace and print its id."""
+    options = {k: v for k, v in {"image": image, "provider": provider, "cpu": cpu, "memory": memory,
+                                 "disk": disk, "ttl_days": ttl_days}.items() if v is not None}
+    with _client(url, api_key) as client:
+        workspace = _call(lambda: client.create(ephemeral=not persistent, env=_pairs(env, "--env"),
+                                                labels=_pairs(label, "--label"), **options))
+    console.print(workspace["id"], highlight=False)
+
+
+@ws.command("ls")
+def ws_ls(url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "",
+          status: Annotated[str | None, typer.Option(help="only this status")] = None) -> None:
+    """List your workspaces."""
+    with _client(url, api_key) as client:
+        found = _call(lambda: client.list(status=status))
+    table = Table("id", "status", "runtime", "image", "cpu", "memory", "expires")
+    for w in found:
+        table.add_row(w["id"], w["status"], w["runtime"], w["image"], str(w["cpu"]), w["memory"],
+                      w["expires_at"] or "never")
+    console.print(table)
+
+
+@ws.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ws_exec(
+    workspace_id: Annotated[str, typer.Argument(help="workspace id")],
+    command: Annotated[list[str], typer.Argument(help="command and arguments (after --)")],
+    url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "",
+    timeout: Annotated[float | None, typer.Option(help="seconds before the command is killed")] = None,
+    cwd: Annotated[str, typer.Option(help="working directory in the workspace")] = "/workspace",
+) -> None:
+    """Run a command, streaming its output; exit with its exit code."""
+    options = {"cwd": cwd, **({"timeout": timeout} if timeout else {})}
+    argv: str | list[str] = command[0] if len(command) == 1 else command
+    code = 1
+    with _client(url, api_key) as client:
+        try:
+            for event in client.exec_stream(workspace_id, argv, **options):
+                if "stream" in event:
+                    (sys.stdout if event["stream"] == "stdout" else sys.stderr).write(event["data"])
+                elif "exit_code" in event:
+                    code = event["exit_code"]
+                    if event.get("timed_out"):
+                        errors.print(f"[yellow]timed out after {timeout:g} s[/yellow]")
+                elif "error" in event:
+                    _fail(event["error"])
+        except APIError as exc:
+            _fail(str(exc.detail))
+    sys.stdout.flush()
+    raise typer.Exit(code)
+
+
+@ws.command("cp")
+def ws_cp(
+    source: Annotated[str, typer.Argument(help="LOCAL_PATH or WORKSPACE:/path")],
+    destination: Annotated[str, typer.Argument(help="LOCAL_PATH or WORKSPACE:/path")],
+    url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "",
+) -> None:
+    """Copy a file or directory into or out of a workspace (like docker cp)."""
+    remote_src, remote_dst = _remote(source), _remote(destination)
+    if (remote_src is None) == (remote_dst is None):
+        _fail("exactly one of SOURCE and DESTINATION must be WORKSPACE:/path", 2)
+    with _client(url, api_key) as client:
+        if remote_dst is not None:
+            workspace_id, path = remote_dst
+            local = Path(source)
+            if local.is_dir():
+                buffer = io.BytesIO()
+                with tarfile.open(fileobj=buffer, mode="w") as tar:
+                    tar.add(local, arcname=".")
+                _call(lambda: client.write_archive(workspace_id, path, buffer.getvalue()))
+            elif local.is_file():
+                _call(lambda: client.write_file(workspace_id, path, local.read_bytes()))
+            else:
+                _fail(f"{source}: no such file or directory", 2)
+        else:
+            assert remote_src is not None
+            workspace_id, path = remote_src
+            kind, content = _call(lambda: client.read_path(workspace_id, path))
+            if kind == "dir":
+                data = _call(lambda: client.read_archive(workspace_id, path))
+                Path(destination).mkdir(parents=True, exist_ok=True)
+                with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                    tar.extractall(destination, filter="data")
+            else:
+                assert isinstance(content, bytes)
+                Path(destination).write_bytes(content)
+
+
+@ws.command("rm")
+def ws_rm(workspace_ids: Annotated[list[str], typer.Argument(help="workspace ids")],
+          url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "") -> None:
+    """Delete workspaces and everything in them."""
+    with _client(url, api_key) as client:
+        for workspace_id in workspace_ids:
+            _call(lambda workspace_id=workspace_id: client.delete(workspace_id))  # type: ignore[misc]
+            console.print(f"deleted {workspace_id}", highlight=False)
+
+
+def _remote(spec: str) -> tuple[str, str] | None:
+    workspace_id, sep, path = spec.partition(":")
+    if sep and workspace_id.startswith("ws-") and path.startswith("/"):
+        return workspace_id, path
+    return None
+
+
+def _call(function: Callable[[], T]) -> T:
+    try:
+        return function()
+    except APIError as exc:
+        _fail(f"{exc.detail} (HTTP {exc.status_code})")
+    except httpx.TransportError as exc:
+        _fail(f"cannot reach the server: {exc}; is `agentbox serve` running? (--url, AGENTBOX_URL)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

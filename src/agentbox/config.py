@@ -1,0 +1,133 @@
+"""Settings, read once from the environment and validated at start-up.
+
+The variable names and defaults of the first block are the contract of
+`gvisor-runtime-setup.md`; the rest are agentbox's own and share the `WORKSPACE_` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentbox.sizes import SizeError, parse_size
+
+ProviderName = Literal["gvisor", "docker", "e2b"]
+
+_OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+def _size(value: Any) -> int:
+    try:
+        return parse_size(value)
+    except SizeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Size = Annotated[int, BeforeValidator(_size)]
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "agentbox"
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; the message names the variable and what to do."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False, frozen=True)
+
+    # The specification's variables.
+    enabled: bool = Field(False, validation_alias="ENABLE_AGENT_WORKSPACES")
+    default_provider: ProviderName = Field("gvisor", validation_alias="WORKSPACE_DEFAULT_PROVIDER")
+    default_cpu: float = Field(2, gt=0, le=1024, validation_alias="WORKSPACE_DEFAULT_CPU")
+    default_memory: Size = Field(parse_size("4G"), validation_alias="WORKSPACE_DEFAULT_MEMORY")
+    default_disk: Size = Field(parse_size("10G"), validation_alias="WORKSPACE_DEFAULT_DISK")
+    max_concurrent: int = Field(10, ge=1, validation_alias="WORKSPACE_MAX_CONCURRENT")
+    warm_pool_size: int = Field(0, ge=0, validation_alias="WORKSPACE_WARM_POOL_SIZE")
+    default_ttl_days: float = Field(30, gt=0, validation_alias="WORKSPACE_DEFAULT_TTL_DAYS")
+    network_name: str = Field("", validation_alias="WORKSPACE_NETWORK_NAME")
+    e2b_api_key: SecretStr = Field(SecretStr(""), validation_alias="E2B_API_KEY")
+    github_app_encryption_key: SecretStr = Field(SecretStr(""), validation_alias="GITHUB_APP_ENCRYPTION_KEY")
+
+    # agentbox's own.
+    data_dir: Path = Field(default_factory=_default_data_dir, validation_alias="WORKSPACE_DATA_DIR")
+    database_url: str = Field("", validation_alias="WORKSPACE_DATABASE_URL")
+    image: str = Field("agentbox/workspace:bookworm", min_length=1, validation_alias="WORKSPACE_IMAGE")
+    api_keys: SecretStr = Field(SecretStr(""), validation_alias="WORKSPACE_API_KEYS")
+    gvisor_runtime: str = Field("runsc", min_length=1, validation_alias="WORKSPACE_GVISOR_RUNTIME")
+    probe_timeout: float = Field(20.0, gt=0, validation_alias="WORKSPACE_PROBE_TIMEOUT")
+    # gVisor's own threads count against the limit under runsc: 64 already breaks ordinary
+    # shells there (see docs/runtime.md), so the default leaves room for them.
+    pids_limit: int = Field(512, ge=64, validation_alias="WORKSPACE_PIDS_LIMIT")
+    user: str = Field("1000:1000", pattern=r"^\d+(:\d+)?$", validation_alias="WORKSPACE_USER")
+    exec_output_limit: Size = Field(10 * 1024 * 1024, validation_alias="WORKSPACE_EXEC_OUTPUT_LIMIT")
+    max_upload: Size = Field(parse_size("1G"), validation_alias="WORKSPACE_MAX_UPLOAD")
+
+    @field_validator("network_name")
+    @classmethod
+    def _network_name(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("must be a Docker network name (letters, digits, '_', '.', '-')")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, value: SecretStr) -> SecretStr:
+        parse_api_keys(value.get_secret_value())
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            # SQLAlchemy's plain "postgresql://" means psycopg2; we ship psycopg 3.
+            if self.database_url.startswith("postgresql://"):
+                return "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'agentbox.db'}"
+
+    @property
+    def owners_by_key(self) -> dict[str, str]:
+        return parse_api_keys(self.api_keys.get_secret_value())
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """`owner:key,owner2:key2` -> {key: owner}. Errors never repeat a key."""
+    keys: dict[str, str] = {}
+    for position, pair in enumerate(filter(None, (p.strip() for p in text.split(","))), start=1):
+        owner, sep, key = pair.partition(":")
+        if not sep or not owner or not key:
+            raise ValueError(f"entry {position} is not of the form owner:key")
+        if not _OWNER.match(owner):
+            raise ValueError(f"entry {position}: owner {owner!r} may use only letters, digits and _ . @ -")
+        if len(key) < 16:
+            raise ValueError(f"entry {position} (owner {owner!r}): the key must be at least 16 characters")
+        if key in keys:
+            raise ValueError(f"entry {position} (owner {owner!r}) repeats a key given earlier")
+        keys[key] = owner
+    return keys
+
+
+_SECRET_VARIABLES = {"E2B_API_KEY", "GITHUB_APP_ENCRYPTION_KEY", "WORKSPACE_API_KEYS"}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment once; turn pydantic's errors into one message per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            variable = ".".join(str(part) for part in error["loc"]) or "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            if variable in _SECRET_VARIABLES:
+                lines.append(f"{variable}: {message}")
+            else:
+                lines.append(f"{variable}={error.get('input')!s}: {message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

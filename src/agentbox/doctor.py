@@ -1,0 +1,84 @@
+"""`agentbox doctor`: the spec's troubleshooting steps, run for real, each with its fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from agentbox.config import Settings
+from agentbox.runtime import probe
+
+DAEMON_JSON = Path("/etc/docker/daemon.json")
+# This Debian runsc build refuses systrap and its netstack fails on newer kernels.
+RECOMMENDED_ARGS = ["--platform=ptrace", "--network=host"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[Check]:
+    runtime = settings.gvisor_runtime
+    binary = shutil.which(runtime)
+    yield Check(
+        f"{runtime} installed", binary is not None, binary or "not on PATH",
+        "apt-get install -y runsc (Debian/Ubuntu), or see docs/runtime.md for the upstream install",
+    )
+
+    registration = _registered_in(daemon_json, runtime)
+    snippet = json.dumps({"runtimes": {runtime: {"path": binary or "/usr/bin/runsc", "runtimeArgs": RECOMMENDED_ARGS}}})
+    yield Check(
+        f"{runtime} registered in {daemon_json}", registration is not None,
+        json.dumps(registration) if registration is not None else "no such runtime entry",
+        f"run scripts/setup-host.sh, or merge {snippet} into {daemon_json}, then kill -HUP $(cat /var/run/docker.pid)",
+    )
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+        yield Check("Docker engine reachable", False, str(exc),
+                    "start dockerd (setsid dockerd >/var/log/dockerd.log 2>&1 &) or set DOCKER_HOST")
+        return
+    yield Check("Docker engine reachable", True, f"Docker {client.version().get('Version')}")
+
+    known = sorted((client.info().get("Runtimes") or {}).keys())
+    yield Check(
+        f"{runtime} known to the engine (docker info)", runtime in known, ", ".join(known),
+        f"reload the engine's configuration: kill -HUP $(cat /var/run/docker.pid); check {daemon_json}",
+    )
+    if runtime in known:
+        works, seen = probe(client, runtime, settings.probe_timeout)
+        yield Check(
+            f"a probe container runs under {runtime}", works, seen,
+            f"set runtimeArgs to {RECOMMENDED_ARGS} in {daemon_json} for Debian's runsc build "
+            "(systrap is unknown to it, kvm hangs in nested VMs), then reload the engine",
+        )
+
+    try:
+        client.images.get(settings.image)
+        yield Check(f"workspace image {settings.image}", True, "present")
+    except docker.errors.ImageNotFound:
+        yield Check(f"workspace image {settings.image}", False, "missing",
+                    "make image (builds it with debootstrap), or set WORKSPACE_IMAGE to an image you have")
+    client.close()
+
+
+def _registered_in(daemon_json: Path, runtime: str) -> dict[str, object] | None:
+    try:
+        config = json.loads(daemon_json.read_text())
+    except (OSError, ValueError):
+        return None
+    entry = (config.get("runtimes") or {}).get(runtime)
+    return entry if isinstance(entry, dict) else None

@@ -1,0 +1,221 @@
+"""The provider interface: everything the rest of agentbox may ask of a place where workspaces run.
+
+Nothing outside `agentbox.providers` knows whether a command runs in a local gVisor
+container, a plain Docker container or a managed cloud sandbox. A provider works on its own
+handle (`ref`) and plain data; ownership, limits policy and persistence live in the manager.
+"""
+
+from __future__ import annotations
+
+import abc
+import codecs
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agentbox.errors import AgentboxError
+
+
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    """What a workspace must look like when it is ready."""
+
+    id: str
+    image: str
+    cpu: float
+    memory: int
+    disk: int
+    pids_limit: int
+    network: str = ""
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    argv: list[str]
+    cwd: str = "/workspace"
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    output_limit: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Output:
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exit:
+    exit_code: int
+    timed_out: bool
+    duration_ms: int
+
+
+ExecEvent = Output | Exit
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: int
+    timed_out: bool
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    name: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: int
+    mtime: int
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    mode: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    runtime: str
+    isolation: str
+    streaming_exec: bool = True
+    files: bool = True
+    archives: bool = True
+    stop_start: bool = True
+
+
+ProviderState = Literal["running", "stopped", "missing"]
+
+
+class ProviderError(AgentboxError):
+    """The provider could not do what was asked; `detail` says why and how to fix it."""
+
+    status_code = 502
+
+
+class ProviderUnavailable(ProviderError):
+    status_code = 503
+
+
+class BadRequest(ProviderError):
+    """The request cannot work as given (unknown image, missing cwd...)."""
+
+    status_code = 400
+
+
+class WorkspaceGone(ProviderError):
+    """The provider no longer has the workspace (removed behind our back)."""
+
+    status_code = 410
+
+
+class FileError(ProviderError):
+    """A file operation inside the workspace failed with `errno_name`."""
+
+    _STATUS = {"ENOENT": 404, "ENOTDIR": 404, "EACCES": 403, "EPERM": 403, "EISDIR": 409, "EEXIST": 409}
+
+    def __init__(self, errno_name: str, message: str, path: str) -> None:
+        super().__init__(f"{path}: {message} ({errno_name})")
+        self.errno_name = errno_name
+        self.status_code = 507 if errno_name == "ENOSPC" else self._STATUS.get(errno_name, 400)
+
+
+class Provider(abc.ABC):
+    """A place where workspaces run. All methods block; callers run them off the event loop."""
+
+    name: str
+
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abc.abstractmethod
+    def create(self, spec: WorkspaceSpec) -> str:
+        """Create and start a workspace; return once a command has run in it. Leaves nothing on failure."""
+
+    @abc.abstractmethod
+    def start(self, ref: str) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self, ref: str) -> None: ...
+
+    @abc.abstractmethod
+    def destroy(self, ref: str) -> None:
+        """Remove the workspace and its storage. Removing one that is already gone is not an error."""
+
+    @abc.abstractmethod
+    def state(self, ref: str) -> ProviderState: ...
+
+    @abc.abstractmethod
+    def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
+        """Run a command; yield its output as it arrives, then one `Exit`.
+
+        Closing the iterator early kills the command.
+        """
+
+    def exec(self, ref: str, request: ExecRequest) -> ExecResult:
+        return collect(self.exec_stream(ref, request), request.output_limit)
+
+    @abc.abstractmethod
+    def stat(self, ref: str, path: str) -> FileStat | list[DirEntry]:
+        """A file's size and mode, or a directory's entries."""
+
+    @abc.abstractmethod
+    def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]: ...
+
+    @abc.abstractmethod
+    def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
+        """Write exactly `size` bytes from `data` to `path`, atomically: all of it or nothing."""
+
+    @abc.abstractmethod
+    def read_archive(self, ref: str, path: str) -> Iterator[bytes]:
+        """A tar stream of the directory `path`."""
+
+    @abc.abstractmethod
+    def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
+        """Unpack a tar stream into the directory `path`, creating it if needed."""
+
+
+def collect(events: Iterable[ExecEvent], limit: int) -> ExecResult:
+    """Gather an exec's events into one result, keeping at most `limit` bytes per stream."""
+    chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    sizes = {"stdout": 0, "stderr": 0}
+    truncated = {"stdout": False, "stderr": False}
+    exit_event: Exit | None = None
+    for event in events:
+        if isinstance(event, Exit):
+            exit_event = event
+            continue
+        room = limit - sizes[event.stream]
+        if len(event.data) > room:
+            truncated[event.stream] = True
+        if room > 0:
+            piece = event.data[:room]
+            chunks[event.stream].append(piece)
+            sizes[event.stream] += len(piece)
+    if exit_event is None:
+        raise ProviderError("the command's output ended without an exit status")
+    return ExecResult(
+        exit_code=exit_event.exit_code,
+        stdout=b"".join(chunks["stdout"]).decode("utf-8", "replace"),
+        stderr=b"".join(chunks["stderr"]).decode("utf-8", "replace"),
+        duration_ms=exit_event.duration_ms,
+        timed_out=exit_event.timed_out,
+        stdout_truncated=truncated["stdout"],
+        stderr_truncated=truncated["stderr"],
+    )
+
+
+class TextDecoder:
+    """Decode a byte stream to text chunk by chunk, never splitting a UTF-8 character."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        return self._decoder.decode(data, final)

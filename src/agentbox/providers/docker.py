@@ -1,0 +1,414 @@
+"""Workspaces as containers on a Docker engine, under gVisor's runsc or the standard runc.
+
+Every command and file operation runs *inside* the container through the static
+`agentbox-exec` helper, via the Engine API's exec. Going through the sandbox rather than
+the engine's archive API matters under gVisor: runsc caches the root filesystem, so a file
+changed from the host side (`docker cp`) may never be seen by the workload, and a symlink
+can only ever resolve within the container it lives in.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import struct
+import tarfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from agentbox.providers.base import (
+    BadRequest,
+    Capabilities,
+    DirEntry,
+    ExecEvent,
+    ExecRequest,
+    Exit,
+    FileError,
+    FileStat,
+    Output,
+    Provider,
+    ProviderError,
+    ProviderState,
+    ProviderUnavailable,
+    WorkspaceGone,
+    WorkspaceSpec,
+)
+from agentbox.sandbox import HELPER_IN_WORKSPACE, helper_bytes
+
+log = logging.getLogger("agentbox.providers.docker")
+
+WORKSPACE_LABEL = "agentbox.workspace.id"
+HELPER = HELPER_IN_WORKSPACE
+TIMEOUT_EXIT_CODE = 124  # agentbox-exec's code for "killed at the deadline", as timeout(1)
+# If the helper itself is wedged, the host gives up this long after the command's deadline.
+HOST_GRACE_SECONDS = 10.0
+NO_LIMIT = 1 << 62
+_TYPES: dict[bytes, Any] = {b"f": "file", b"d": "dir", b"l": "symlink", b"o": "other"}
+
+
+@contextmanager
+def engine_errors(what: str) -> Iterator[None]:
+    """Turn the Docker SDK's exceptions into provider errors that say what to do."""
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        raise WorkspaceGone(f"{what}: the container no longer exists ({exc.explanation})") from None
+    except docker.errors.APIError as exc:
+        raise ProviderError(f"{what}: the Docker engine said: {exc.explanation or exc}") from None
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        raise ProviderUnavailable(
+            f"{what}: the Docker engine cannot be reached ({exc}); is dockerd running? (`make run` starts it)"
+        ) from None
+
+
+class _Exec:
+    """One exec of the helper: a raw, demultiplexed connection to its stdin, stdout and stderr."""
+
+    def __init__(self, provider: DockerProvider, ref: str, argv: list[str], *, stdin: bool = False,
+                 cwd: str | None = None, env: dict[str, str] | None = None, deadline: float | None = None):
+        api = provider.client.api
+        self._api = api
+        with engine_errors("exec"):
+            self.id = api.exec_create(
+                ref, [HELPER, *argv], stdin=stdin, user=provider.user, workdir=cwd,
+                environment=[f"{k}={v}" for k, v in (env or {}).items()],
+            )["Id"]
+            response_socket = api.exec_start(self.id, socket=True)
+        self._sock: socket.socket = getattr(response_socket, "_sock", response_socket)
+        self._keepalive = response_socket
+        self._deadline = deadline
+        self._pending = b""
+
+    def send(self, chunks: Iterable[bytes]) -> int:
+        """Write all of `chunks` to the command's stdin, then close it; return the bytes sent."""
+        sent = 0
+        try:
+            for chunk in chunks:
+                self._sock.sendall(chunk)
+                sent += len(chunk)
+        except BrokenPipeError:
+            pass  # the command stopped reading; its exit status says why
+        self._sock.shutdown(socket.SHUT_WR)
+        return sent
+
+    def _recv_exactly(self, size: int) -> bytes | None:
+        while len(self._pending) < size:
+            if self._deadline is not None:
+                self._sock.settimeout(max(0.01, self._deadline - time.monotonic()))
+            data = self._sock.recv(max(65536, size - len(self._pending)))
+            if not data:
+                return None
+            self._pending += data
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def frames(self) -> Iterator[tuple[int, bytes]]:
+        """(1 for stdout | 2 for stderr, data) until the command closes its output.
+
+        Raises TimeoutError if the host-side deadline passes first.
+        """
+        while True:
+            header = self._recv_exactly(8)
+            if header is None:
+                return
+            stream, size = struct.unpack(">BxxxL", header)
+            payload = self._recv_exactly(size)
+            if payload is None:
+                return
+            yield stream, payload
+
+    def read_stdout(self) -> Iterator[bytes]:
+        for stream, data in self.frames():
+            if stream == 1:
+                yield data
+
+    def exit_code(self) -> int:
+        # The engine may record the exit code a moment after the output closes.
+        for _ in range(200):
+            with engine_errors("exec"):
+                details = self._api.exec_inspect(self.id)
+            if not details.get("Running") and details.get("ExitCode") is not None:
+                return int(details["ExitCode"])
+            time.sleep(0.005)
+        raise ProviderError("the engine did not report the command's exit code")
+
+    def close(self) -> None:
+        self._sock.close()
+        self._keepalive.close()
+
+
+class _HeaderReader:
+    """Reads the helper's `get` answer: one header line, then a body."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.rest = b""
+
+    def header(self) -> bytes:
+        buffer = b""
+        for chunk in self._chunks:
+            buffer += chunk
+            if b"\n" in buffer:
+                line, self.rest = buffer.split(b"\n", 1)
+                return line
+        return buffer
+
+    def body(self) -> Iterator[bytes]:
+        if self.rest:
+            yield self.rest
+        yield from self._chunks
+
+
+def _raise_helper_error(line: bytes, path: str) -> None:
+    if line.startswith(b"E "):
+        _, errno_name, message = (line.decode("utf-8", "replace").split(" ", 2) + ["", ""])[:3]
+        raise FileError(errno_name, message, path)
+    raise ProviderError(f"{path}: unexpected answer from the workspace helper: {line[:200]!r}")
+
+
+class DockerProvider(Provider):
+    """`gvisor` (runsc, or runc after the spec's fallback) and `docker` (runc by choice)."""
+
+    def __init__(self, client: docker.DockerClient, *, name: str, runtime: str, user: str,
+                 isolation: str) -> None:
+        self.client = client
+        self.name = name
+        self.runtime = runtime
+        self.user = user
+        self._isolation = isolation
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(runtime=self.runtime, isolation=self._isolation)
+
+    # Lifecycle
+
+    def create(self, spec: WorkspaceSpec) -> str:
+        options: dict[str, Any] = {
+            "name": f"agentbox-{spec.id}",
+            "hostname": spec.id.replace("_", "-"),
+            "labels": {WORKSPACE_LABEL: spec.id},
+            "runtime": self.runtime,
+            "user": self.user,
+            "working_dir": "/workspace",
+            "nano_cpus": int(spec.cpu * 1e9),
+            "mem_limit": spec.memory,
+            "memswap_limit": spec.memory,  # no swap: the memory limit is the limit
+            "pids_limit": spec.pids_limit,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+        }
+        if spec.network:
+            options["network"] = spec.network
+        try:
+            container = self.client.containers.create(spec.image, [HELPER, "init"], **options)
+        except docker.errors.ImageNotFound:
+            raise BadRequest(
+                f"image {spec.image!r} is not on the Docker engine: build it (`make image` builds the "
+                "default), load it, or leave `image` out to use the default"
+            ) from None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 400:
+                raise BadRequest(f"the Docker engine refused the workspace: {exc.explanation}") from None
+            raise ProviderError(f"creating the container failed: {exc.explanation or exc}") from None
+        except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+            raise ProviderUnavailable(
+                f"creating the container: the Docker engine cannot be reached ({exc}); is dockerd running?"
+            ) from None
+        try:
+            with engine_errors("preparing the container"):
+                container.put_archive("/", self._bootstrap_archive())
+                container.start()
+            self._wait_ready(container.id)
+        except BaseException:
+            self.destroy(container.id)
+            raise
+        return str(container.id)
+
+    def _bootstrap_archive(self) -> bytes:
+        """The helper, and a /workspace the workspace user owns, laid into the container before start."""
+        uid, _, gid = self.user.partition(":")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, mode, owner in ((".agentbox", 0o755, (0, 0)), ("workspace", 0o755, (int(uid), int(gid or uid)))):
+                entry = tarfile.TarInfo(name)
+                entry.type, entry.mode = tarfile.DIRTYPE, mode
+                entry.uid, entry.gid = owner
+                tar.addfile(entry)
+            payload = helper_bytes()
+            entry = tarfile.TarInfo(HELPER.lstrip("/"))
+            entry.size, entry.mode = len(payload), 0o755
+            tar.addfile(entry, io.BytesIO(payload))
+        return buffer.getvalue()
+
+    def _wait_ready(self, ref: str) -> None:
+        """Ready means a command has run: the sandbox is up, not merely created."""
+        call = _Exec(self, ref, ["probe"], deadline=time.monotonic() + 60)
+        try:
+            output = b"".join(data for _, data in call.frames())
+            code = call.exit_code()
+        finally:
+            call.close()
+        if code != 0:
+            raise ProviderError(f"the workspace started but cannot run commands (exit {code}): {output[-300:]!r}")
+
+    def start(self, ref: str) -> None:
+        with engine_errors("starting the workspace"):
+            self.client.api.start(ref)
+        self._wait_ready(ref)
+
+    def stop(self, ref: str) -> None:
+        with engine_errors("stopping the workspace"):
+            self.client.api.stop(ref, timeout=10)
+
+    def destroy(self, ref: str) -> None:
+        try:
+            with engine_errors("removing the workspace"):
+                self.client.api.remove_container(ref, v=True, force=True)
+        except WorkspaceGone:
+            pass
+
+    def state(self, ref: str) -> ProviderState:
+        try:
+            with engine_errors("inspecting the workspace"):
+                details = self.client.api.inspect_container(ref)
+        except WorkspaceGone:
+            return "missing"
+        return "running" if details["State"].get("Running") else "stopped"
+
+    # Commands
+
+    def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
+        argv = ["run", "-m", str(request.output_limit)]
+        deadline = None
+        if request.timeout is not None:
+            argv += ["-t", f"{request.timeout:g}"]
+            deadline = time.monotonic() + request.timeout + HOST_GRACE_SECONDS
+        started = time.monotonic()
+        # Started here, not lazily, so that a missing workspace fails before any output is promised.
+        call = _Exec(self, ref, [*argv, "--", *request.argv], cwd=request.cwd, env=request.env,
+                     deadline=deadline)
+        return self._events(call, request.timeout, started)
+
+    def _events(self, call: _Exec, timeout: float | None, started: float) -> Iterator[ExecEvent]:
+        try:
+            try:
+                first = True
+                for stream, data in call.frames():
+                    if first and data.startswith(b"OCI runtime exec failed"):
+                        # The engine could not start the command at all; it says why in-band.
+                        raise BadRequest(_engine_exec_failure(data + b"".join(d for _, d in call.frames())))
+                    first = False
+                    yield Output("stdout" if stream == 1 else "stderr", data)
+            except TimeoutError:
+                duration_ms = int((time.monotonic() - started) * 1000)
+                yield Exit(exit_code=TIMEOUT_EXIT_CODE, timed_out=True, duration_ms=duration_ms)
+                return
+            code = call.exit_code()
+            duration_ms = int((time.monotonic() - started) * 1000)
+            timed_out = code == TIMEOUT_EXIT_CODE and timeout is not None and duration_ms >= timeout * 1000
+            yield Exit(exit_code=code, timed_out=timed_out, duration_ms=duration_ms)
+        finally:
+            # Closing the connection early makes the helper kill the command's process group.
+            call.close()
+
+    # Files
+
+    def _get(self, ref: str, path: str) -> tuple[_Exec, _HeaderReader, bytes]:
+        call = _Exec(self, ref, ["get", path])
+        reader = _HeaderReader(call.read_stdout())
+        header = reader.header()
+        if header.startswith((b"F ", b"D")):
+            return call, reader, header
+        call.close()
+        _raise_helper_error(header, path)
+        raise AssertionError("unreachable")
+
+    def stat(self, ref: str, path: str) -> FileStat | list[DirEntry]:
+        call, reader, header = self._get(ref, path)
+        try:
+            if header.startswith(b"F "):
+                _, size, mode = header.split(b" ")
+                return FileStat(size=int(size), mode=int(mode, 8))
+            return _parse_listing(b"".join(reader.body()))
+        finally:
+            call.close()
+
+    def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]:
+        call, reader, header = self._get(ref, path)
+        if not header.startswith(b"F "):
+            call.close()
+            raise FileError("EISDIR", "Is a directory", path)
+        _, size, mode = header.split(b" ")
+
+        def body() -> Iterator[bytes]:
+            try:
+                yield from reader.body()
+            finally:
+                call.close()
+
+        return FileStat(size=int(size), mode=int(mode, 8)), body()
+
+    def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
+        call = _Exec(self, ref, ["put", path, "-p", f"{mode:o}", "-s", str(size)], stdin=True)
+        try:
+            call.send(data)
+            answer = b"".join(call.read_stdout()).strip()
+        finally:
+            call.close()
+        if not answer.startswith(b"OK"):
+            _raise_helper_error(answer, path)
+        return int(answer.split(b" ")[1])
+
+    def read_archive(self, ref: str, path: str) -> Iterator[bytes]:
+        if not isinstance(self.stat(ref, path), list):
+            raise FileError("ENOTDIR", "Not a directory", path)
+        call = _Exec(self, ref, ["run", "-m", str(NO_LIMIT), "--", "tar", "-c", "-f", "-", "-C", path, "."])
+
+        def body() -> Iterator[bytes]:
+            try:
+                yield from call.read_stdout()
+            finally:
+                call.close()
+
+        return body()
+
+    def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
+        call = _Exec(self, ref, ["mkdir", path])
+        try:
+            answer = b"".join(call.read_stdout()).strip()
+        finally:
+            call.close()
+        if answer != b"OK":
+            _raise_helper_error(answer, path)
+        call = _Exec(self, ref, ["run", "-i", "-m", "65536", "--", "tar", "-x", "-f", "-", "-C", path], stdin=True)
+        try:
+            call.send(data)
+            errors = b"".join(chunk for stream, chunk in call.frames() if stream == 2)
+            code = call.exit_code()
+        finally:
+            call.close()
+        if code != 0:
+            message = errors.decode("utf-8", "replace").strip()[-1000:]
+            raise BadRequest(f"unpacking the archive into {path} failed (tar exit {code}): {message}")
+
+
+def _engine_exec_failure(message: bytes) -> str:
+    text = message.decode("utf-8", "replace").strip()
+    if "working directory" in text or "chdir" in text:
+        return f"the working directory does not exist in the workspace: create it first ({text})"
+    return f"the command could not be started: {text}"
+
+
+def _parse_listing(data: bytes) -> list[DirEntry]:
+    entries = []
+    for record in filter(None, data.split(b"\0")):
+        kind, size, mode, mtime, name = record.split(b" ", 4)
+        entries.append(DirEntry(name=name.decode("utf-8", "replace"), type=_TYPES.get(kind, "other"), size=int(size), mode=int(mode, 8), mtime=int(mtime)))
+    return entries

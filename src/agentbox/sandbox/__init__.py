@@ -1,0 +1,59 @@
+"""`agentbox-exec`, the static helper copied into every workspace.
+
+It is PID 1 of each container and the wrapper of every command and file operation
+(own process group, timeouts, output caps, background processes that do not hold the
+exec open). It is static so that it runs in any image, whatever libc the image has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+#: Where the helper lives inside a workspace.
+HELPER_IN_WORKSPACE = "/.agentbox/agentbox-exec"
+
+_CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-static", "-s"]
+
+
+class HelperMissing(RuntimeError):
+    pass
+
+
+def _source() -> Path:
+    return Path(str(resources.files("agentbox.sandbox") / "agentbox-exec.c"))
+
+
+@cache
+def helper_path() -> Path:
+    """The compiled helper, built from its source with the system C compiler when missing or stale."""
+    source = _source()
+    binary = source.with_suffix("")
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise HelperMissing(
+            f"{binary} is missing and no C compiler was found to build it: "
+            "install gcc and libc6-dev (apt-get install -y gcc libc6-dev), or run `make helper`"
+        )
+    result = subprocess.run(
+        [compiler, *_CFLAGS, "-o", str(binary), str(source)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise HelperMissing(f"building {binary} failed:\n{result.stderr.strip()}")
+    return binary
+
+
+@cache
+def helper_bytes() -> bytes:
+    return helper_path().read_bytes()
+
+
+@cache
+def helper_digest() -> str:
+    return hashlib.sha256(helper_bytes()).hexdigest()[:12]

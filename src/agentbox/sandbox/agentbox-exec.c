@@ -1,0 +1,635 @@
+/*
+ * agentbox-exec: the in-container helper of agentbox.
+ *
+ * Copied into every workspace container, where it is PID 1 ("init") and the
+ * wrapper for every command ("run") and file operation ("get", "put",
+ * "mkdir").  Static and libc-only, so it works in any image, even one
+ * without a shell.
+ *
+ * Build: cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -static -s \
+ *           -o agentbox-exec agentbox-exec.c
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BUFSZ 65536
+#define NSEC 1000000000LL
+
+static int usage(void) {
+    fputs("usage: agentbox-exec init\n"
+          "       agentbox-exec run [-t SECONDS] [-m MAX_BYTES] [-i] -- ARGV...\n"
+          "       agentbox-exec get PATH\n"
+          "       agentbox-exec put PATH [-p MODE] [-s SIZE]\n"
+          "       agentbox-exec mkdir PATH\n"
+          "       agentbox-exec probe\n", stderr);
+    return 2;
+}
+
+/* ---- shared helpers ------------------------------------------------------- */
+
+/* Symbolic errno names: the host maps them to API errors, so they must not
+ * depend on the libc's strerror() wording. */
+static const char *errno_name(int e) {
+    static const struct { int e; const char *n; } tab[] = {
+        {ENOENT, "ENOENT"}, {EACCES, "EACCES"}, {EPERM, "EPERM"},
+        {ENOTDIR, "ENOTDIR"}, {EISDIR, "EISDIR"}, {ELOOP, "ELOOP"},
+        {ENAMETOOLONG, "ENAMETOOLONG"}, {ENOSPC, "ENOSPC"}, {EROFS, "EROFS"},
+        {EEXIST, "EEXIST"}, {EINVAL, "EINVAL"}, {ENOMEM, "ENOMEM"},
+        {EFBIG, "EFBIG"}, {EDQUOT, "EDQUOT"}, {EIO, "EIO"}, {EBUSY, "EBUSY"},
+    };
+    static char other[32];
+    for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
+        if (tab[i].e == e)
+            return tab[i].n;
+    snprintf(other, sizeof other, "E%d", e);
+    return other;
+}
+
+/* Protocol error line on stdout; returns exit code 1 for convenience. */
+static int report_error(int e, const char *msg) {
+    printf("E %s %s\n", errno_name(e), msg ? msg : strerror(e));
+    fflush(stdout);
+    return 1;
+}
+
+static int flush_stdout(void) { return fflush(stdout) == 0 ? 0 : 1; }
+
+/* write() everything, retrying on EINTR and waiting out EAGAIN (the fd we
+ * were handed may be non-blocking).  Returns 0, or -1 with errno set. */
+static int write_all(int fd, const char *buf, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n >= 0) {
+            buf += n;
+            len -= (size_t)n;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            poll(&p, 1, -1);
+        } else if (errno != EINTR) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* mkdir -p, mode 0755 (minus umask, like mkdir -p).  Returns 0 or errno. */
+static int mkdir_p(const char *path) {
+    char *p = strdup(path);
+    if (!*path || !p) {
+        free(p);
+        return *path ? ENOMEM : ENOENT;
+    }
+    int e = 0;
+    for (char *s = p + 1; !e; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(p, 0755) < 0 && errno != EEXIST)
+            e = errno;   /* a file in the middle of the path gives ENOTDIR */
+        *s = c;
+        if (c == '\0')
+            break;
+    }
+    free(p);
+    /* EEXIST for the last component may mean a non-directory is there. */
+    struct stat st;
+    if (!e && stat(path, &st) < 0)
+        e = errno;
+    return e ? e : S_ISDIR(st.st_mode) ? 0 : EEXIST;
+}
+
+static sigset_t term_and_chld(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    return set;
+}
+
+/* ---- init ----------------------------------------------------------------- */
+
+/* PID 1: reap orphans forever, exit 0 at once on SIGTERM/SIGINT.  The signals
+ * are blocked and taken with sigwaitinfo(): the kernel drops signals with the
+ * default action that are sent to a PID namespace's init, but a blocked
+ * signal is always queued.  No handlers, no busy loop. */
+static int cmd_init(int argc, char **argv) {
+    (void)argv;
+    if (argc != 1)
+        return usage();
+    sigset_t set = term_and_chld();
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    for (;;) {
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;   /* SIGCHLDs coalesce: reap everything on each wake-up */
+        int sig = sigwaitinfo(&set, NULL);
+        if (sig == SIGTERM || sig == SIGINT)
+            return 0;
+    }
+}
+
+/* ---- run ------------------------------------------------------------------ */
+
+static volatile sig_atomic_t got_chld, got_sig;
+static void on_chld(int sig) { (void)sig; got_chld = 1; }
+static void on_term(int sig) { got_sig = sig; }
+
+struct stream {
+    int fd;                    /* pipe read end, -1 once at EOF */
+    int out;                   /* our fd it is forwarded to */
+    unsigned long long sent;   /* bytes forwarded so far */
+};
+
+static pid_t child = -1;       /* also the id of the child's process group */
+static int child_reaped;
+static unsigned long long max_bytes = 10485760;
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * NSEC + ts.tv_nsec;
+}
+
+/* Read once from a stream and forward it while under max_bytes+1 in total;
+ * the rest is read and dropped so the child never blocks on a full pipe.
+ * Returns read()'s result (errno intact when negative). */
+static ssize_t pump(struct stream *s) {
+    char buf[BUFSZ];
+    ssize_t n = read(s->fd, buf, sizeof buf);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+        int e = errno;   /* EOF, or an error that won't go away */
+        close(s->fd);
+        s->fd = -1;
+        errno = e;
+    }
+    if (n <= 0)
+        return n;
+    unsigned long long room = max_bytes + 1 - s->sent;
+    size_t len = (unsigned long long)n < room ? (size_t)n : (size_t)room;
+    if (len > 0 && write_all(s->out, buf, len) < 0) {
+        if (errno == EPIPE) {   /* the host went away: stop the work */
+            kill(-child, SIGKILL);
+            if (!child_reaped)
+                waitpid(child, NULL, 0);
+            _exit(141);
+        }
+        len = room;   /* other write errors: stop forwarding, keep draining */
+    }
+    s->sent += len;
+    return n;
+}
+
+/* Sleep until a pipe is readable, a signal arrives (ppoll unblocks `mask`
+ * atomically) or the timeout passes; then pump what is readable. */
+static void poll_streams(struct stream *ss, const struct timespec *tp, const sigset_t *mask) {
+    struct pollfd p[2] = {{.fd = ss[0].fd, .events = POLLIN},
+                          {.fd = ss[1].fd, .events = POLLIN}};
+    if (ppoll(p, 2, tp, mask) < 0)
+        return;   /* EINTR: a handler set a flag */
+    for (int i = 0; i < 2; i++)
+        if (p[i].fd >= 0 && p[i].revents)
+            pump(&ss[i]);
+}
+
+/* Close every fd >= 3 but keep1/keep2.  Lists /proc/self/fd, which stays
+ * cheap under a huge RLIMIT_NOFILE; falls back to a bounded loop. */
+static void close_other_fds(int keep1, int keep2) {
+    int fds[1024], count = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL && count < 1024) {
+        int fd = atoi(de->d_name);   /* "." and ".." give 0 */
+        if (fd >= 3 && fd != keep1 && fd != keep2 && fd != dirfd(d))
+            fds[count++] = fd;
+    }
+    if (d)
+        closedir(d);
+    for (int fd = 3; !d && fd < 65536; fd++)
+        if (fd != keep1 && fd != keep2)
+            close(fd);
+    for (int i = 0; i < count; i++)
+        close(fds[i]);
+}
+
+/* A background process started by the command still holds the pipes.  A
+ * detached process keeps reading (and dropping) until EOF, so that process
+ * never gets EPIPE/SIGPIPE, while we return to the host right away. */
+static void spawn_drainer(struct stream *ss) {
+    pid_t pid = fork();
+    if (pid < 0)
+        perror("agentbox-exec: fork drainer");
+    if (pid != 0)
+        return;
+    setsid();
+    int devnull = open("/dev/null", O_RDWR);
+    for (int fd = 0; fd < 3; fd++)
+        dup2(devnull, fd);
+    close_other_fds(ss[0].fd, ss[1].fd);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    ss[0].sent = ss[1].sent = max_bytes + 1;   /* forward nothing more */
+    while (ss[0].fd >= 0 || ss[1].fd >= 0)
+        poll_streams(ss, NULL, &none);
+    _exit(0);
+}
+
+/* The child is gone: forward what is already in the pipes, hand them to a
+ * drainer if someone still holds the write ends, and exit with `code`. */
+static void finish(struct stream *ss, int code) {
+    for (int i = 0; i < 2; i++) {
+        if (ss[i].fd < 0)
+            continue;
+        fcntl(ss[i].fd, F_SETFL, fcntl(ss[i].fd, F_GETFL) | O_NONBLOCK);
+        /* At most one pipe's worth: a background process that writes
+         * nonstop must not keep us here. */
+        long left = fcntl(ss[i].fd, F_GETPIPE_SZ);
+        if (left <= 0)
+            left = 1L << 20;
+        while (ss[i].fd >= 0 && left > 0) {
+            ssize_t n = pump(&ss[i]);
+            if (n < 0 && errno != EINTR)
+                break;   /* EAGAIN: empty, but a writer is still alive */
+            left -= n > 0 ? n : 0;
+        }
+    }
+    if (ss[0].fd >= 0 || ss[1].fd >= 0)
+        spawn_drainer(ss);
+    _exit(code);
+}
+
+/* Returns the index of ARGV[0] in argv, or -1 on bad flags. */
+static int parse_run_flags(int argc, char **argv, double *timeout, int *interactive) {
+    int opt;
+    char *end;
+    optind = 1;
+    while ((opt = getopt(argc, argv, "+t:m:i")) != -1) {
+        errno = 0;
+        if (opt == 't') {
+            *timeout = strtod(optarg, &end);
+            /* !(x > 0) also rejects NaN; the upper bound rejects inf. */
+            if (errno || end == optarg || *end || !(*timeout > 0) || *timeout > 1e9)
+                return -1;
+        } else if (opt == 'm') {
+            max_bytes = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end || *optarg == '-' || max_bytes > (1ULL << 62))
+                return -1;
+        } else if (opt == 'i') {
+            *interactive = 1;
+        } else {
+            return -1;
+        }
+    }
+    return optind < argc ? optind : -1;
+}
+
+/* In the forked child: set up the session, signals and fds, then exec.  On
+ * failure, errno goes to the parent through the CLOEXEC pipe `ep`. */
+static void exec_child(char **cmd, int interactive, int out, int err, int ep, sigset_t *mask) {
+    setsid();   /* own session and process group, so a timeout kills it all */
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGCHLD, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    if (!interactive) {
+        int null = open("/dev/null", O_RDONLY);
+        if (null < 0)
+            close(0);   /* still better than handing over our stdin */
+        else if (dup2(null, 0) == 0)
+            close(null);
+    }
+    dup2(out, 1);   /* dup2 clears CLOEXEC on the copy */
+    dup2(err, 2);
+    execvp(cmd[0], cmd);
+    int e = errno;
+    ssize_t w = write(ep, &e, sizeof e);
+    (void)w;
+    _exit(127);
+}
+
+static int cmd_run(int argc, char **argv) {
+    double timeout = 0;
+    int interactive = 0;
+    int first = parse_run_flags(argc, argv, &timeout, &interactive);
+    if (first < 0)
+        return usage();
+    char **cmd = argv + first;
+    long long deadline = now_ns() + (long long)(timeout * NSEC);
+
+    /* SIGPIPE ignored: a vanished host shows up as EPIPE from write().
+     * SIGCHLD/SIGTERM/SIGINT stay blocked except inside ppoll(), so none can
+     * slip in between checking the flags and going to sleep. */
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_chld};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGCHLD, &sa, NULL);
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigset_t block = term_and_chld(), orig;
+    sigprocmask(SIG_BLOCK, &block, &orig);
+
+    int out[2], err[2], ep[2];
+    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0 ||
+        (child = fork()) < 0) {
+        perror("agentbox-exec");
+        return 126;
+    }
+    if (child == 0)
+        exec_child(cmd, interactive, out[1], err[1], ep[1], &orig);
+    close(out[1]);
+    close(err[1]);
+    close(ep[1]);
+
+    /* EOF: exec succeeded (setsid is done, so the group exists).  An int:
+     * exec failed, and the message must come from us. */
+    int exec_errno;
+    ssize_t n;
+    while ((n = read(ep[0], &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR)
+        ;
+    close(ep[0]);
+    if (n == (ssize_t)sizeof exec_errno) {
+        waitpid(child, NULL, 0);
+        fprintf(stderr, "agentbox-exec: cannot run '%s': %s\n", cmd[0], strerror(exec_errno));
+        return exec_errno == ENOENT ? 127 : 126;
+    }
+
+    struct stream ss[2] = {{out[0], 1, 0}, {err[0], 2, 0}};
+    for (;;) {
+        if (got_sig) {
+            kill(-child, got_sig);
+            got_sig = 0;
+        }
+        if (got_chld) {
+            got_chld = 0;
+            int status;
+            if (waitpid(child, &status, WNOHANG) == child) {
+                child_reaped = 1;
+                finish(ss, WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+            }
+        }
+        struct timespec ts, *tp = NULL;
+        if (timeout > 0) {
+            long long left = deadline - now_ns();
+            if (left <= 0) {
+                kill(-child, SIGKILL);
+                waitpid(child, NULL, 0);
+                child_reaped = 1;
+                finish(ss, 124);
+            }
+            ts.tv_sec = left / NSEC;
+            ts.tv_nsec = left % NSEC;
+            tp = &ts;
+        }
+        poll_streams(ss, tp, &orig);
+    }
+}
+
+/* ---- get ------------------------------------------------------------------ */
+
+struct entry {
+    char *name;
+    char type;
+    long long size, mtime;
+    unsigned mode;
+};
+
+static int entry_cmp(const void *a, const void *b) {
+    return strcmp(((const struct entry *)a)->name, ((const struct entry *)b)->name);
+}
+
+static int get_file(const char *path) {
+    /* O_NONBLOCK + fstat: should the path have become a FIFO since stat(),
+     * we neither block in open() nor stream it. */
+    int fd = open(path, O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return report_error(errno, NULL);
+    if (!S_ISREG(st.st_mode))
+        return report_error(EINVAL, "not a regular file or directory");
+    printf("F %lld %o\n", (long long)st.st_size, (unsigned)(st.st_mode & 07777));
+    fflush(stdout);
+
+    /* Send exactly the announced size, so the framing holds even if the file
+     * changes meanwhile; if it shrank (or read fails), pad with NULs and
+     * exit 1 so the host discards the content. */
+    char buf[BUFSZ];
+    int bad = 0;
+    for (long long left = st.st_size; left > 0;) {
+        size_t want = left < BUFSZ ? (size_t)left : BUFSZ;
+        ssize_t n = 0;
+        if (!bad && (n = read(fd, buf, want)) < 0 && errno == EINTR)
+            continue;
+        if (!bad && n <= 0) {
+            fprintf(stderr, "agentbox-exec: %s: %s\n", path,
+                    n < 0 ? strerror(errno) : "file shrank while reading");
+            bad = 1;
+        }
+        if (bad) {
+            memset(buf, 0, want);
+            n = (ssize_t)want;
+        }
+        if (write_all(1, buf, (size_t)n) < 0)
+            return 1;
+        left -= n;
+    }
+    close(fd);
+    return bad;
+}
+
+static int get_dir(const char *path) {
+    DIR *d = opendir(path);
+    if (!d)
+        return report_error(errno, NULL);
+    struct entry *ents = NULL;
+    size_t count = 0, cap = 0;
+    struct dirent *de;
+    /* Collect everything first, so an error can still be reported instead
+     * of a half-written listing. */
+    while ((errno = 0, de = readdir(d)) != NULL) {
+        struct stat st;
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+            fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;   /* the latter: removed while we list */
+        if (count == cap) {
+            cap = cap ? cap * 2 : 64;
+            if (!(ents = realloc(ents, cap * sizeof *ents)))
+                return report_error(ENOMEM, NULL);
+        }
+        struct entry *e = &ents[count++];
+        if (!(e->name = strdup(de->d_name)))
+            return report_error(ENOMEM, NULL);
+        e->type = S_ISREG(st.st_mode) ? 'f' : S_ISDIR(st.st_mode) ? 'd'
+                : S_ISLNK(st.st_mode) ? 'l' : 'o';
+        e->size = (long long)st.st_size;
+        e->mode = (unsigned)(st.st_mode & 07777);
+        e->mtime = (long long)st.st_mtim.tv_sec;
+    }
+    if (errno)
+        return report_error(errno, NULL);
+    closedir(d);
+    if (count)
+        qsort(ents, count, sizeof *ents, entry_cmp);
+    fputs("D\n", stdout);
+    for (size_t i = 0; i < count; i++) {
+        struct entry *e = &ents[i];
+        printf("%c %lld %o %lld %s", e->type, e->size, e->mode, e->mtime, e->name);
+        putchar('\0');   /* names may contain anything but '/' and NUL */
+    }
+    return flush_stdout();
+}
+
+static int cmd_get(int argc, char **argv) {
+    struct stat st;
+    if (argc != 2)
+        return usage();
+    if (stat(argv[1], &st) < 0)
+        return report_error(errno, NULL);
+    if (S_ISDIR(st.st_mode))
+        return get_dir(argv[1]);
+    if (S_ISREG(st.st_mode))
+        return get_file(argv[1]);
+    return report_error(EINVAL, "not a regular file or directory");   /* never open a FIFO */
+}
+
+/* ---- put / mkdir ---------------------------------------------------------- */
+
+/* Copy stdin into fd; returns 0 or errno. */
+static int copy_stdin(int fd, unsigned long long *total) {
+    char buf[BUFSZ];
+    for (;;) {
+        ssize_t n = read(0, buf, sizeof buf);
+        if (n == 0)
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 || write_all(fd, buf, (size_t)n) < 0)
+            return errno;
+        *total += (unsigned long long)n;
+    }
+}
+
+static int cmd_put(int argc, char **argv) {
+    const char *path = NULL;
+    unsigned long mode = 0644;
+    long long expected = -1;   /* -s: commit only if exactly this many bytes arrived */
+    int opts = 1;   /* "--" ends options, for paths starting with '-' */
+    for (int i = 1; i < argc; i++) {
+        if (opts && !strcmp(argv[i], "--")) {
+            opts = 0;
+        } else if (opts && !strcmp(argv[i], "-p") && i + 1 < argc) {
+            char *end, *arg = argv[++i];
+            errno = 0;
+            mode = strtoul(arg, &end, 8);
+            if (errno || end == arg || *end || *arg == '-' || mode > 07777)
+                return usage();
+        } else if (opts && !strcmp(argv[i], "-s") && i + 1 < argc) {
+            char *end, *arg = argv[++i];
+            errno = 0;
+            expected = strtoll(arg, &end, 10);
+            if (errno || end == arg || *end || expected < 0)
+                return usage();
+        } else if (!path && *argv[i] && (!opts || *argv[i] != '-')) {
+            path = argv[i];
+        } else {
+            return usage();
+        }
+    }
+    if (!path)
+        return usage();
+    signal(SIGXFSZ, SIG_IGN);   /* past RLIMIT_FSIZE: report EFBIG, don't die */
+
+    struct stat st;
+    if (path[strlen(path) - 1] == '/' || (stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
+        return report_error(EISDIR, NULL);
+
+    /* The temp file lives next to PATH, so that rename() is atomic. */
+    const char *slash = strrchr(path, '/');
+    char *dir = slash == path ? strdup("/")
+              : slash ? strndup(path, (size_t)(slash - path)) : strdup(".");
+    char *tmp = dir ? malloc(strlen(dir) + sizeof "/.agentbox-put.XXXXXX") : NULL;
+    if (!tmp)
+        return report_error(ENOMEM, NULL);
+    int e = mkdir_p(dir);
+    if (e)
+        return report_error(e, NULL);
+    sprintf(tmp, "%s/.agentbox-put.XXXXXX", dir);
+    int fd = mkstemp(tmp);
+    if (fd < 0)
+        return report_error(errno, NULL);
+
+    unsigned long long total = 0;
+    e = copy_stdin(fd, &total);
+    /* An upload cut short looks like EOF on stdin: without the announced size
+     * it would be committed as if complete. */
+    int short_upload = !e && expected >= 0 && total != (unsigned long long)expected;
+    if (short_upload)
+        e = EIO;
+    if (!e && fchmod(fd, (mode_t)mode) < 0)
+        e = errno;
+    if (close(fd) < 0 && !e)   /* some filesystems report ENOSPC only here */
+        e = errno;
+    if (!e && rename(tmp, path) < 0)
+        e = errno;
+    if (e) {
+        unlink(tmp);
+        return report_error(e, short_upload ? "upload incomplete: fewer or more bytes than announced" : NULL);
+    }
+    printf("OK %llu\n", total);
+    return flush_stdout();
+}
+
+static int cmd_mkdir(int argc, char **argv) {
+    if (argc != 2 || !*argv[1])
+        return usage();
+    int e = mkdir_p(argv[1]);
+    if (e)
+        return report_error(e, NULL);
+    fputs("OK\n", stdout);
+    return flush_stdout();
+}
+
+static int cmd_probe(int argc, char **argv) {
+    struct utsname u;
+    (void)argv;
+    if (argc != 1)
+        return usage();
+    if (uname(&u) < 0)
+        return report_error(errno, NULL);
+    printf("agentbox-exec ok\n%s\n", u.release);
+    return flush_stdout();
+}
+
+int main(int argc, char **argv) {
+    /* Make sure fds 0-2 are open, so no pipe or file of ours lands on them
+     * (e.g. dup2(1, 1) in the child would leave O_CLOEXEC set). */
+    int fd;
+    while ((fd = open("/dev/null", O_RDWR)) >= 0 && fd < 3)
+        ;
+    if (fd > 2)
+        close(fd);
+
+    static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
+        {"init", cmd_init}, {"run", cmd_run}, {"get", cmd_get},
+        {"put", cmd_put}, {"mkdir", cmd_mkdir}, {"probe", cmd_probe},
+    };
+    for (size_t i = 0; argc >= 2 && i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(argv[1], cmds[i].name))
+            return cmds[i].fn(argc - 1, argv + 1);   /* argv[0]: the subcommand */
+    return usage();
+}

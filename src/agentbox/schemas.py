@@ -1,0 +1,166 @@
+"""The HTTP API's request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from agentbox.config import ProviderName
+from agentbox.models import Status, Workspace
+from agentbox.sizes import SizeError, format_size, parse_size
+
+MIN_MEMORY = parse_size("64M")
+MIN_DISK = parse_size("64M")
+
+
+def _env_key(key: str) -> str:
+    if not key or not (key[0].isalpha() or key[0] == "_") or not all(c.isalnum() or c == "_" for c in key):
+        raise ValueError(f"environment variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+    if not key.isascii():
+        raise ValueError(f"environment variable name {key!r} must be ASCII")
+    return key
+
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    _no_nul(value)
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path: start it with /")
+    return value
+
+
+EnvKey = Annotated[str, Field(max_length=256), AfterValidator(_env_key)]
+EnvValue = Annotated[str, Field(max_length=65536), AfterValidator(_no_nul)]
+Env = Annotated[dict[EnvKey, EnvValue], Field(max_length=256)]
+LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")]
+LabelValue = Annotated[str, Field(max_length=256), AfterValidator(_no_nul)]
+AbsolutePath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_absolute_path)]
+
+
+def _size_field(value: str | int | None, minimum: int, what: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        size = parse_size(value)
+    except SizeError as exc:
+        raise ValueError(str(exc)) from None
+    if size < minimum:
+        raise ValueError(f"{what} must be at least {format_size(minimum)}")
+    return size
+
+
+class CreateWorkspace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: ProviderName | None = None
+    image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+    cpu: float | None = Field(None, gt=0, le=256)
+    memory: int | None = Field(None, description='bytes, or a size such as "512M" or "4G"')
+    disk: int | None = Field(None, description='bytes, or a size such as "10G"')
+    ephemeral: bool = True
+    ttl_days: float | None = Field(None, gt=0, le=3650)
+    env: Env = Field(default_factory=dict)
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: str | int | None) -> int | None:
+        return _size_field(value, MIN_MEMORY, "memory")
+
+    @field_validator("disk", mode="before")
+    @classmethod
+    def _disk(cls, value: str | int | None) -> int | None:
+        return _size_field(value, MIN_DISK, "disk")
+
+
+class WorkspaceOut(BaseModel):
+    id: str
+    owner: str
+    provider: str
+    runtime: str
+    status: Status
+    image: str
+    cpu: float
+    memory: str
+    disk: str
+    ephemeral: bool
+    ttl_days: float | None
+    created_at: datetime
+    expires_at: datetime | None
+    labels: dict[str, str]
+    error: str | None = None
+
+    @classmethod
+    def of(cls, workspace: Workspace) -> WorkspaceOut:
+        return cls(
+            id=workspace.id, owner=workspace.owner, provider=workspace.provider, runtime=workspace.runtime,
+            status=Status(workspace.status), image=workspace.image, cpu=workspace.cpu,
+            memory=format_size(workspace.memory), disk=format_size(workspace.disk),
+            ephemeral=workspace.ephemeral, ttl_days=workspace.ttl_days, created_at=workspace.created_at,
+            expires_at=workspace.expires_at, labels=workspace.labels, error=workspace.error,
+        )
+
+
+class WorkspaceList(BaseModel):
+    workspaces: list[WorkspaceOut]
+
+
+class ExecIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: Annotated[str, Field(min_length=1, max_length=1 << 20), AfterValidator(_no_nul)] | Annotated[
+        list[Annotated[str, Field(max_length=1 << 20), AfterValidator(_no_nul)]], Field(min_length=1, max_length=4096)
+    ] = Field(description="a shell command run by /bin/sh -c, or an argv list run as is")
+    timeout: float | None = Field(None, gt=0, le=7 * 86400, description="seconds; the command's process group is killed after it")
+    cwd: AbsolutePath = "/workspace"
+    env: Env = Field(default_factory=dict)
+
+    @property
+    def argv(self) -> list[str]:
+        return ["/bin/sh", "-c", self.command] if isinstance(self.command, str) else list(self.command)
+
+
+class ExecOut(BaseModel):
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_ms: int
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+class DirEntryOut(BaseModel):
+    name: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: str
+    mtime: int
+
+
+class DirListing(BaseModel):
+    path: str
+    type: Literal["dir"] = "dir"
+    entries: list[DirEntryOut]
+
+
+class WriteResult(BaseModel):
+    path: str
+    size: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    workspaces_enabled: bool
+    runtime: str | None
+    gvisor: bool
+    runtime_reason: str
+    providers: list[str]
+    version: str

@@ -1,0 +1,87 @@
+"""Wiring: from settings to a running manager (database, engine, runtime choice, providers)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from agentbox.config import Settings
+from agentbox.errors import AgentboxError
+from agentbox.manager import WorkspaceManager
+from agentbox.providers.base import Provider
+from agentbox.providers.docker import DockerProvider
+from agentbox.runtime import STANDARD_RUNTIME, RuntimeChoice, choose_runtime
+from agentbox.store import Store
+
+log = logging.getLogger("agentbox.service")
+
+
+class StartupError(AgentboxError):
+    """The service cannot start; the message says what to fix."""
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: Store
+    runtime: RuntimeChoice | None = None
+    manager: WorkspaceManager | None = None
+    docker_client: docker.DockerClient | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, settings: Settings) -> Service:
+        store = Store(settings.sqlalchemy_url)
+        try:
+            store.migrate()
+        except Exception as exc:
+            store.close()
+            raise StartupError(
+                f"cannot open or migrate the database at WORKSPACE_DATABASE_URL ({_redact(settings.sqlalchemy_url)}): {exc}"
+            ) from None
+        service = cls(settings=settings, store=store)
+        if not settings.enabled:
+            log.info("agent workspaces are disabled (ENABLE_AGENT_WORKSPACES=false): no engine is contacted")
+            return service
+        if not settings.owners_by_key:
+            log.warning("WORKSPACE_API_KEYS is empty: every workspace request will be refused (401)")
+        try:
+            client = docker.from_env(timeout=120)
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+            store.close()
+            raise StartupError(
+                f"cannot reach the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST"
+            ) from None
+        service.docker_client = client
+        service.runtime = choose_runtime(client, settings.gvisor_runtime, settings.probe_timeout)
+        providers: dict[str, Provider] = {
+            "gvisor": DockerProvider(
+                client, name="gvisor", runtime=service.runtime.runtime, user=settings.user,
+                isolation="gVisor user-space kernel" if service.runtime.gvisor else "container (runc fallback)",
+            ),
+            "docker": DockerProvider(client, name="docker", runtime=STANDARD_RUNTIME, user=settings.user,
+                                     isolation="container (runc)"),
+        }
+        unavailable = {"e2b": "the E2B provider is not part of this release yet; use gvisor or docker"}
+        if settings.default_provider not in providers:
+            store.close()
+            raise StartupError(
+                f"WORKSPACE_DEFAULT_PROVIDER={settings.default_provider}: {unavailable[settings.default_provider]}"
+            )
+        service.manager = WorkspaceManager(settings, store, providers, unavailable)
+        return service
+
+    def close(self) -> None:
+        if self.docker_client is not None:
+            self.docker_client.close()
+        self.store.close()
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,98 @@
+"""The database: one engine, schema migrations at start-up, and the queries the manager needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from agentbox.models import Event, Status, Workspace, utcnow
+
+ACTIVE = (Status.STARTING.value, Status.RUNNING.value)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (a no-op when it is already there)."""
+        config = Config()
+        config.set_main_option("script_location", str(resources.files("agentbox") / "migrations"))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def add(self, workspace: Workspace, event_kind: str, **detail: Any) -> Workspace:
+        with self.session() as session:
+            session.add(workspace)
+            session.flush()
+            session.add(Event(workspace_id=workspace.id, kind=event_kind, detail=detail))
+        return workspace
+
+    def get(self, workspace_id: str) -> Workspace | None:
+        with self.session() as session:
+            return session.get(Workspace, workspace_id)
+
+    def list(self, owner: str | None = None, statuses: Sequence[str] | None = None) -> list[Workspace]:
+        query = select(Workspace).order_by(Workspace.created_at)
+        if owner is not None:
+            query = query.where(Workspace.owner == owner)
+        if statuses is not None:
+            query = query.where(Workspace.status.in_(list(statuses)))
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    def update(self, workspace_id: str, event_kind: str | None = None, **fields: Any) -> Workspace:
+        """Set `fields` on the row and, when `event_kind` is given, record the change."""
+        with self.session() as session:
+            workspace = session.get(Workspace, workspace_id)
+            if workspace is None:
+                raise KeyError(workspace_id)
+            for name, value in fields.items():
+                setattr(workspace, name, value)
+            workspace.updated_at = utcnow()
+            if event_kind is not None:
+                detail = {k: v for k, v in fields.items() if k in ("status", "error", "provider_ref")}
+                session.add(Event(workspace_id=workspace_id, kind=event_kind, detail=detail))
+        return workspace
+
+    def count_active(self) -> int:
+        with self.session() as session:
+            return session.scalar(select(func.count()).where(Workspace.status.in_(ACTIVE))) or 0
+
+    def events(self, workspace_id: str) -> list[Event]:
+        query = select(Event).where(Event.workspace_id == workspace_id).order_by(Event.id)
+        with self.session() as session:
+            return list(session.scalars(query))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run while a create is being written; the server is one process.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
