@@ -19,20 +19,26 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH
 IMAGE=${1:-${WORKSPACE_IMAGE:-agentbox/workspace:bookworm}}
 SUITE=bookworm
 MIRROR=${AGENTBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-INCLUDE=python3,git,ca-certificates,bash,procps
+INCLUDE=python3,git,ca-certificates,bash,procps,busybox-static
+# Changing this script changes the recipe label, so an image from an older recipe is rebuilt.
+RECIPE=$(sha256sum "$0" | cut -c1-12)
 LOCK=/var/tmp/agentbox-build-image.lock
 
 say() { echo "==> $*"; }
 die() { echo "error: $*" >&2; exit 1; }
 
 # ------------------------------------------------------------- fast path
-if err=$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>&1 >/dev/null); then
-    say "image $IMAGE present"
-    exit 0
+if labels=$(docker image inspect --format '{{index .Config.Labels "org.agentbox.image"}} {{index .Config.Labels "org.agentbox.recipe"}}' "$IMAGE" 2>/dev/null); then
+    if [ "$labels" = "workspace $RECIPE" ] || [ "${labels%% *}" != "workspace" ]; then
+        say "image $IMAGE present"
+        exit 0
+    fi
+    say "image $IMAGE was built by an older recipe (${labels#* }); rebuilding it ($RECIPE)"
 fi
+err=$(docker version 2>&1 >/dev/null) || true
 if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
     echo "$err" >&2
-    die "the Docker daemon is not answering; run scripts/setup-host.sh first"
+    die "cannot reach the Docker daemon (error above); start it with scripts/setup-host.sh (as root)"
 fi
 
 # ------------------------------------------------------------- slow path
@@ -132,6 +138,11 @@ chroot "$rootfs" /usr/sbin/groupadd --gid 1000 agent
 chroot "$rootfs" /usr/sbin/useradd --uid 1000 --gid 1000 --home-dir /home/agent \
     --create-home --shell /bin/bash agent
 install -d -o 1000 -g 1000 -m 0755 "$rootfs/workspace"
+# Debian's runsc (20221219) answers EINVAL to statx(AT_NO_AUTOMOUNT), which coreutils 9.1's
+# ls and stat always pass: busybox's ls and stat, first on PATH, use plain stat calls.
+for applet in ls stat; do
+    ln -sf /bin/busybox "$rootfs/usr/local/bin/$applet"
+done
 rm -rf "$rootfs"/var/lib/apt/lists/* \
        "$rootfs"/var/cache/apt/*.bin \
        "$rootfs"/var/cache/apt/archives/*.deb \
@@ -148,6 +159,7 @@ tar -C "$rootfs" --numeric-owner -c . |
         --change 'ENV HOME=/home/agent' \
         --change 'WORKDIR /workspace' \
         --change 'LABEL org.agentbox.image=workspace' \
+        --change "LABEL org.agentbox.recipe=$RECIPE" \
         - "$IMAGE" >/dev/null
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 say "imported $IMAGE in $((SECONDS - t0)) s, size $((size / 1000000)) MB"

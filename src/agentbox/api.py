@@ -4,8 +4,6 @@ Route handlers are thin: parse, authenticate, call the manager in a worker threa
 the answer. Every error leaves as JSON with a `detail`.
 """
 
-from __future__ import annotations
-
 import hmac
 import json
 import logging
@@ -78,17 +76,21 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     def manager(request: Request) -> WorkspaceManager:
         found: WorkspaceManager | None = request.app.state.service.manager
         if found is None:
-            raise NotFound("agent workspaces are disabled on this server: set ENABLE_AGENT_WORKSPACES=true and restart it")
+            raise NotFound(
+                "agent workspaces are disabled on this server: set ENABLE_AGENT_WORKSPACES=true and restart it"
+            )
         return found
 
-    def owner(request: Request,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    def owner(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
         if credentials is None:
-            raise Unauthorized("missing API key: send `Authorization: Bearer <key>` (keys come from WORKSPACE_API_KEYS)")
+            raise Unauthorized(
+                "missing API key: send `Authorization: Bearer <key>` (keys come from WORKSPACE_API_KEYS)"
+            )
         presented = credentials.credentials.encode()
-        found = None
+        found: str | None = None
         # Compare against every key, in constant time each, so timing says nothing about which matched.
-        for key, key_owner in request.app.state.service.settings.owners_by_key.items():
+        keys: dict[str, str] = request.app.state.service.settings.owners_by_key
+        for key, key_owner in keys.items():
             if hmac.compare_digest(presented, key.encode()):
                 found = key_owner
         if found is None:
@@ -120,7 +122,9 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     @app.get("/api/v1/workspaces", response_model=WorkspaceList)
     async def list_workspaces(
-        mgr: Manager, who: Owner, status: Status | None = None,
+        mgr: Manager,
+        who: Owner,
+        status: Status | None = None,
         label: Annotated[list[str], Query(description="key=value; repeat to require several")] = [],  # noqa: B006
     ) -> WorkspaceList:
         wanted = {}
@@ -129,7 +133,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             if not sep or not key:
                 raise Unprocessable(f"label filter {item!r} must be key=value")
             wanted[key] = value
-        found = await in_thread(mgr.list, who, status, wanted)
+        found = await in_thread(mgr.find, who, status, wanted)
         return WorkspaceList(workspaces=[WorkspaceOut.of(w) for w in found])
 
     @app.get("/api/v1/workspaces/{workspace_id}", response_model=WorkspaceOut)
@@ -154,27 +158,39 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         result = await in_thread(mgr.exec, who, workspace_id, body.argv, body.cwd, body.env, body.timeout)
         return ExecOut(**vars(result))
 
-    @app.post("/api/v1/workspaces/{workspace_id}/exec/stream",
-              responses={200: {"content": {"application/x-ndjson": {}}}})
+    @app.post(
+        "/api/v1/workspaces/{workspace_id}/exec/stream", responses={200: {"content": {"application/x-ndjson": {}}}}
+    )
     async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> StreamingResponse:
         events = await in_thread(mgr.exec_stream, who, workspace_id, body.argv, body.cwd, body.env, body.timeout)
         return StreamingResponse(_ndjson(events, mgr.settings.exec_output_limit), media_type="application/x-ndjson")
 
-    @app.get("/api/v1/workspaces/{workspace_id}/files", response_model=None,
-             responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}})
+    @app.get(
+        "/api/v1/workspaces/{workspace_id}/files",
+        response_model=None,
+        responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+    )
     async def read_file(workspace_id: str, path: Path, mgr: Manager, who: Owner) -> Response:
         found = await in_thread(mgr.stat, who, workspace_id, path)
         if isinstance(found, list):
-            entries = [DirEntryOut(name=e.name, type=e.type, size=e.size, mode=f"{e.mode:o}", mtime=e.mtime)
-                       for e in found]
+            entries = [
+                DirEntryOut(name=e.name, type=e.type, size=e.size, mode=f"{e.mode:o}", mtime=e.mtime) for e in found
+            ]
             return JSONResponse(DirListing(path=path, entries=entries).model_dump())
         stat, body = await in_thread(mgr.read_file, who, workspace_id, path)
-        return StreamingResponse(body, media_type="application/octet-stream",
-                                 headers={"Content-Length": str(stat.size), "X-File-Mode": f"{stat.mode:o}"})
+        return StreamingResponse(
+            body,
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(stat.size), "X-File-Mode": f"{stat.mode:o}"},
+        )
 
     @app.put("/api/v1/workspaces/{workspace_id}/files", response_model=WriteResult)
     async def write_file(
-        workspace_id: str, path: Path, request: Request, mgr: Manager, who: Owner,
+        workspace_id: str,
+        path: Path,
+        request: Request,
+        mgr: Manager,
+        who: Owner,
         mode: Annotated[str, Query(pattern=r"^[0-7]{3,4}$", description="octal permissions")] = "644",
     ) -> WriteResult:
         limit = mgr.settings.max_upload
@@ -196,12 +212,16 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
                         raise PayloadTooLarge(f"the upload exceeds the limit (WORKSPACE_MAX_UPLOAD) of {limit} bytes")
                     spool.write(chunk)
                 spool.seek(0)
-                written = await in_thread(mgr.write_file, who, workspace_id, path,
-                                          iter(lambda: spool.read(1 << 16), b""), size, int(mode, 8))
+                written = await in_thread(
+                    mgr.write_file, who, workspace_id, path, iter(lambda: spool.read(1 << 16), b""), size, int(mode, 8)
+                )
         return WriteResult(path=path, size=written)
 
-    @app.get("/api/v1/workspaces/{workspace_id}/archive", response_model=None,
-             responses={200: {"content": {"application/x-tar": {}}}})
+    @app.get(
+        "/api/v1/workspaces/{workspace_id}/archive",
+        response_model=None,
+        responses={200: {"content": {"application/x-tar": {}}}},
+    )
     async def read_archive(workspace_id: str, path: Path, mgr: Manager, who: Owner) -> StreamingResponse:
         body = await in_thread(mgr.read_archive, who, workspace_id, path)
         return StreamingResponse(body, media_type="application/x-tar")
@@ -244,12 +264,18 @@ def _ndjson(events: Iterator[Any], limit: int) -> Iterator[bytes]:
                 for stream, decoder in decoders.items():
                     if tail := decoder.decode(b"", final=True):
                         yield _line({"stream": stream, "data": tail})
-                yield _line({"exit_code": event.exit_code, "timed_out": event.timed_out,
-                             "duration_ms": event.duration_ms, "stdout_truncated": truncated["stdout"],
-                             "stderr_truncated": truncated["stderr"]})
+                yield _line(
+                    {
+                        "exit_code": event.exit_code,
+                        "timed_out": event.timed_out,
+                        "duration_ms": event.duration_ms,
+                        "stdout_truncated": truncated["stdout"],
+                        "stderr_truncated": truncated["stderr"],
+                    }
+                )
                 continue
             room = limit - sent[event.stream]
-            data = event.data[:max(room, 0)]
+            data = event.data[: max(room, 0)]
             truncated[event.stream] |= len(event.data) > room
             sent[event.stream] += len(data)
             if text := decoders[event.stream].decode(data):

@@ -13,7 +13,7 @@ from typing import Annotated, NoReturn, TypeVar
 import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from agentbox.client import APIError, Client
 from agentbox.config import ConfigError, Settings, load_settings
@@ -67,13 +67,13 @@ def doctor() -> None:
     """Check that gVisor is installed, registered and working, and say how to fix what is not."""
     from agentbox.doctor import run_checks
 
-    table = Table("check", "result", "detail / fix")
     failed = 0
     for check in run_checks(_settings()):
         failed += not check.ok
-        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAIL[/red]",
-                      check.detail if check.ok else f"{check.detail}\n[yellow]fix:[/yellow] {check.fix}")
-    console.print(table)
+        mark = "[green]ok  [/green]" if check.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {check.name}: {check.detail}", highlight=False, soft_wrap=True)
+        if not check.ok:
+            console.print(f"     [yellow]fix:[/yellow] {check.fix}", highlight=False, soft_wrap=True)
     if failed:
         _fail(f"{failed} check(s) failed; workspaces would fall back to runc or not start")
 
@@ -102,7 +102,8 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 @ws.command("create")
 def ws_create(
-    url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "",
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
     image: Annotated[str | None, typer.Option(help="image (default: the server's WORKSPACE_IMAGE)")] = None,
     provider: Annotated[str | None, typer.Option(help="gvisor or docker")] = None,
     cpu: Annotated[float | None, typer.Option(help="CPUs, e.g. 1.5")] = None,
@@ -114,24 +115,47 @@ def ws_create(
     label: Annotated[list[str], typer.Option("--label", "-l", help="KEY=VALUE, repeatable")] = [],  # noqa: B006
 ) -> None:
     """Create a workspace and print its id."""
-    options = {k: v for k, v in {"image": image, "provider": provider, "cpu": cpu, "memory": memory,
-                                 "disk": disk, "ttl_days": ttl_days}.items() if v is not None}
+    options = {
+        k: v
+        for k, v in {
+            "image": image,
+            "provider": provider,
+            "cpu": cpu,
+            "memory": memory,
+            "disk": disk,
+            "ttl_days": ttl_days,
+        }.items()
+        if v is not None
+    }
     with _client(url, api_key) as client:
-        workspace = _call(lambda: client.create(ephemeral=not persistent, env=_pairs(env, "--env"),
-                                                labels=_pairs(label, "--label"), **options))
+        workspace = _call(
+            lambda: client.create(
+                ephemeral=not persistent, env=_pairs(env, "--env"), labels=_pairs(label, "--label"), **options
+            )
+        )
     console.print(workspace["id"], highlight=False)
 
 
 @ws.command("ls")
-def ws_ls(url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "",
-          status: Annotated[str | None, typer.Option(help="only this status")] = None) -> None:
+def ws_ls(
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
+    status: Annotated[str | None, typer.Option(help="only this status")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print ids only")] = False,
+) -> None:
     """List your workspaces."""
     with _client(url, api_key) as client:
         found = _call(lambda: client.list(status=status))
-    table = Table("id", "status", "runtime", "image", "cpu", "memory", "expires")
+    if quiet:
+        for w in found:
+            print(w["id"])
+        return
+    table = Table("status", "runtime", "image", "cpu", "memory", "expires")
+    table.columns.insert(0, Column("id", no_wrap=True))
     for w in found:
-        table.add_row(w["id"], w["status"], w["runtime"], w["image"], str(w["cpu"]), w["memory"],
-                      w["expires_at"] or "never")
+        table.add_row(
+            w["id"], w["status"], w["runtime"], w["image"], str(w["cpu"]), w["memory"], w["expires_at"] or "never"
+        )
     console.print(table)
 
 
@@ -139,7 +163,8 @@ def ws_ls(url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "",
 def ws_exec(
     workspace_id: Annotated[str, typer.Argument(help="workspace id")],
     command: Annotated[list[str], typer.Argument(help="command and arguments (after --)")],
-    url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "",
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
     timeout: Annotated[float | None, typer.Option(help="seconds before the command is killed")] = None,
     cwd: Annotated[str, typer.Option(help="working directory in the workspace")] = "/workspace",
 ) -> None:
@@ -168,7 +193,8 @@ def ws_exec(
 def ws_cp(
     source: Annotated[str, typer.Argument(help="LOCAL_PATH or WORKSPACE:/path")],
     destination: Annotated[str, typer.Argument(help="LOCAL_PATH or WORKSPACE:/path")],
-    url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "",
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
 ) -> None:
     """Copy a file or directory into or out of a workspace (like docker cp)."""
     remote_src, remote_dst = _remote(source), _remote(destination)
@@ -202,8 +228,11 @@ def ws_cp(
 
 
 @ws.command("rm")
-def ws_rm(workspace_ids: Annotated[list[str], typer.Argument(help="workspace ids")],
-          url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "") -> None:
+def ws_rm(
+    workspace_ids: Annotated[list[str], typer.Argument(help="workspace ids")],
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
+) -> None:
     """Delete workspaces and everything in them."""
     with _client(url, api_key) as client:
         for workspace_id in workspace_ids:

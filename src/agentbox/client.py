@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -17,11 +18,17 @@ class APIError(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None,
-                 timeout: float = 300.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -43,7 +50,7 @@ class Client:
     def create(self, **options: Any) -> dict[str, Any]:
         return dict(self._call("POST", "/workspaces", json=options).json())
 
-    def list(self, status: str | None = None, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def list(self, status: str | None = None, labels: dict[str, str] | None = None) -> builtins.list[dict[str, Any]]:
         params: list[tuple[str, str]] = [("label", f"{k}={v}") for k, v in (labels or {}).items()]
         if status:
             params.append(("status", status))
@@ -61,12 +68,15 @@ class Client:
     def start(self, workspace_id: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/workspaces/{workspace_id}/start").json())
 
-    def exec(self, workspace_id: str, command: str | list[str], **options: Any) -> dict[str, Any]:
+    def exec(self, workspace_id: str, command: str | builtins.list[str], **options: Any) -> dict[str, Any]:
         return dict(self._call("POST", f"/workspaces/{workspace_id}/exec", json={"command": command, **options}).json())
 
-    def exec_stream(self, workspace_id: str, command: str | list[str], **options: Any) -> Iterator[dict[str, Any]]:
-        with self._http.stream("POST", f"/workspaces/{workspace_id}/exec/stream",
-                               json={"command": command, **options}) as response:
+    def exec_stream(
+        self, workspace_id: str, command: str | builtins.list[str], **options: Any
+    ) -> Iterator[dict[str, Any]]:
+        with self._http.stream(
+            "POST", f"/workspaces/{workspace_id}/exec/stream", json={"command": command, **options}
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 _raise_for_status(response)
@@ -77,23 +87,25 @@ class Client:
     def read_file(self, workspace_id: str, path: str) -> bytes:
         return self._call("GET", f"/workspaces/{workspace_id}/files", params={"path": path}).content
 
-    def list_dir(self, workspace_id: str, path: str) -> list[dict[str, Any]]:
+    def list_dir(self, workspace_id: str, path: str) -> builtins.list[dict[str, Any]]:
         kind, content = self.read_path(workspace_id, path)
         if kind != "dir":
             raise APIError(409, f"{path} is a file, not a directory")
         assert isinstance(content, list)
         return content
 
-    def read_path(self, workspace_id: str, path: str) -> tuple[str, bytes | list[dict[str, Any]]]:
+    def read_path(self, workspace_id: str, path: str) -> tuple[str, bytes | builtins.list[dict[str, Any]]]:
         """("file", its bytes) or ("dir", its entries), in one request."""
         response = self._call("GET", f"/workspaces/{workspace_id}/files", params={"path": path})
         if response.headers.get("content-type", "").startswith("application/json"):
-            return "dir", list(response.json()["entries"])
+            entries: builtins.list[dict[str, Any]] = response.json()["entries"]
+            return "dir", entries
         return "file", response.content
 
     def write_file(self, workspace_id: str, path: str, data: bytes | Iterable[bytes], mode: str = "644") -> int:
-        response = self._call("PUT", f"/workspaces/{workspace_id}/files", params={"path": path, "mode": mode},
-                              content=data)
+        response = self._call(
+            "PUT", f"/workspaces/{workspace_id}/files", params={"path": path, "mode": mode}, content=data
+        )
         return int(response.json()["size"])
 
     def read_archive(self, workspace_id: str, path: str) -> bytes:

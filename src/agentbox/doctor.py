@@ -32,14 +32,17 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
     runtime = settings.gvisor_runtime
     binary = shutil.which(runtime)
     yield Check(
-        f"{runtime} installed", binary is not None, binary or "not on PATH",
+        f"{runtime} installed",
+        binary is not None,
+        binary or "not on PATH",
         "apt-get install -y runsc (Debian/Ubuntu), or see docs/runtime.md for the upstream install",
     )
 
     registration = _registered_in(daemon_json, runtime)
     snippet = json.dumps({"runtimes": {runtime: {"path": binary or "/usr/bin/runsc", "runtimeArgs": RECOMMENDED_ARGS}}})
     yield Check(
-        f"{runtime} registered in {daemon_json}", registration is not None,
+        f"{runtime} registered in {daemon_json}",
+        registration is not None,
         json.dumps(registration) if registration is not None else "no such runtime entry",
         f"run scripts/setup-host.sh, or merge {snippet} into {daemon_json}, then kill -HUP $(cat /var/run/docker.pid)",
     )
@@ -48,20 +51,28 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
         client = docker.from_env(timeout=30)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
-        yield Check("Docker engine reachable", False, str(exc),
-                    "start dockerd (setsid dockerd >/var/log/dockerd.log 2>&1 &) or set DOCKER_HOST")
+        yield Check(
+            "Docker engine reachable",
+            False,
+            str(exc),
+            "start dockerd (setsid dockerd >/var/log/dockerd.log 2>&1 &) or set DOCKER_HOST",
+        )
         return
     yield Check("Docker engine reachable", True, f"Docker {client.version().get('Version')}")
 
     known = sorted((client.info().get("Runtimes") or {}).keys())
     yield Check(
-        f"{runtime} known to the engine (docker info)", runtime in known, ", ".join(known),
+        f"{runtime} known to the engine (docker info)",
+        runtime in known,
+        ", ".join(known),
         f"reload the engine's configuration: kill -HUP $(cat /var/run/docker.pid); check {daemon_json}",
     )
     if runtime in known:
         works, seen = probe(client, runtime, settings.probe_timeout)
         yield Check(
-            f"a probe container runs under {runtime}", works, seen,
+            f"a probe container runs under {runtime}",
+            works,
+            seen,
             f"set runtimeArgs to {RECOMMENDED_ARGS} in {daemon_json} for Debian's runsc build "
             "(systrap is unknown to it, kvm hangs in nested VMs), then reload the engine",
         )
@@ -70,8 +81,12 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
         client.images.get(settings.image)
         yield Check(f"workspace image {settings.image}", True, "present")
     except docker.errors.ImageNotFound:
-        yield Check(f"workspace image {settings.image}", False, "missing",
-                    "make image (builds it with debootstrap), or set WORKSPACE_IMAGE to an image you have")
+        yield Check(
+            f"workspace image {settings.image}",
+            False,
+            "missing",
+            "make image (builds it with debootstrap), or set WORKSPACE_IMAGE to an image you have",
+        )
     client.close()
 
 

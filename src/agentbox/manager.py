@@ -37,8 +37,13 @@ def new_workspace_id() -> str:
 
 
 class WorkspaceManager:
-    def __init__(self, settings: Settings, store: Store, providers: Mapping[str, Provider],
-                 unavailable: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        providers: Mapping[str, Provider],
+        unavailable: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.providers = dict(providers)
@@ -55,13 +60,23 @@ class WorkspaceManager:
         now = utcnow()
         ttl_days = (request.ttl_days or self.settings.default_ttl_days) if request.ephemeral else None
         workspace = Workspace(
-            id=new_workspace_id(), owner=owner, provider=provider_name,
-            runtime=provider.capabilities().runtime, status=Status.STARTING.value,
-            image=request.image or self.settings.image, cpu=request.cpu or self.settings.default_cpu,
-            memory=request.memory or self.settings.default_memory, disk=request.disk or self.settings.default_disk,
-            pids_limit=self.settings.pids_limit, ephemeral=request.ephemeral, ttl_days=ttl_days,
-            env=dict(request.env), labels=dict(request.labels), network=self.settings.network_name,
-            created_at=now, updated_at=now,
+            id=new_workspace_id(),
+            owner=owner,
+            provider=provider_name,
+            runtime=provider.capabilities().runtime,
+            status=Status.STARTING.value,
+            image=request.image or self.settings.image,
+            cpu=request.cpu or self.settings.default_cpu,
+            memory=request.memory or self.settings.default_memory,
+            disk=request.disk or self.settings.default_disk,
+            pids_limit=self.settings.pids_limit,
+            ephemeral=request.ephemeral,
+            ttl_days=ttl_days,
+            env=dict(request.env),
+            labels=dict(request.labels),
+            network=self.settings.network_name,
+            created_at=now,
+            updated_at=now,
             expires_at=now + timedelta(days=ttl_days) if ttl_days is not None else None,
         )
         with self._admission:
@@ -72,15 +87,23 @@ class WorkspaceManager:
                     f"{self.settings.max_concurrent}: delete or stop one, or try again later"
                 )
             self.store.add(workspace, "created", image=workspace.image)
-        spec = WorkspaceSpec(id=workspace.id, image=workspace.image, cpu=workspace.cpu, memory=workspace.memory,
-                             disk=workspace.disk, pids_limit=workspace.pids_limit, network=workspace.network)
+        spec = WorkspaceSpec(
+            id=workspace.id,
+            image=workspace.image,
+            cpu=workspace.cpu,
+            memory=workspace.memory,
+            disk=workspace.disk,
+            pids_limit=workspace.pids_limit,
+            network=workspace.network,
+        )
         try:
             ref = provider.create(spec)
         except BaseException as exc:
             # The caller gets the error and no id: hide the row, keep its story in the events.
             reason = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
-            self.store.update(workspace.id, "create_failed", status=Status.DELETED.value, error=reason,
-                              deleted_at=utcnow())
+            self.store.update(
+                workspace.id, "create_failed", status=Status.DELETED.value, error=reason, deleted_at=utcnow()
+            )
             raise
         return self.store.update(workspace.id, "started", status=Status.RUNNING.value, provider_ref=ref)
 
@@ -90,9 +113,11 @@ class WorkspaceManager:
             raise NotFound(f"no workspace {workspace_id!r}: list yours with GET /api/v1/workspaces")
         return workspace
 
-    def list(self, owner: str, status: Status | None = None, labels: Mapping[str, str] | None = None) -> list[Workspace]:
+    def find(
+        self, owner: str, status: Status | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[Workspace]:
         statuses = [status.value] if status else [s.value for s in Status if s != Status.DELETED]
-        found = self.store.list(owner=owner, statuses=statuses)
+        found = self.store.find(owner=owner, statuses=statuses)
         wanted = dict(labels or {})
         return [w for w in found if all(w.labels.get(k) == v for k, v in wanted.items())]
 
@@ -126,26 +151,47 @@ class WorkspaceManager:
         try:
             self._provider(workspace.provider).start(self._ref(workspace))
         except BaseException as exc:
-            self.store.update(workspace.id, "start_failed", status=Status.STOPPED.value,
-                              error=getattr(exc, "detail", str(exc)))
+            self.store.update(
+                workspace.id, "start_failed", status=Status.STOPPED.value, error=getattr(exc, "detail", str(exc))
+            )
             raise
         return self.store.update(workspace.id, "started", status=Status.RUNNING.value, error=None)
 
     # Commands and files
 
-    def _exec_request(self, workspace: Workspace, argv: list[str], cwd: str, env: Mapping[str, str],
-                      timeout: float | None) -> ExecRequest:
-        return ExecRequest(argv=argv, cwd=cwd, env={**workspace.env, **env}, timeout=timeout,
-                           output_limit=self.settings.exec_output_limit)
+    def _exec_request(
+        self, workspace: Workspace, argv: list[str], cwd: str, env: Mapping[str, str], timeout: float | None
+    ) -> ExecRequest:
+        return ExecRequest(
+            argv=argv,
+            cwd=cwd,
+            env={**workspace.env, **env},
+            timeout=timeout,
+            output_limit=self.settings.exec_output_limit,
+        )
 
-    def exec(self, owner: str, workspace_id: str, argv: list[str], cwd: str = "/workspace",
-             env: Mapping[str, str] | None = None, timeout: float | None = None) -> ExecResult:
+    def exec(
+        self,
+        owner: str,
+        workspace_id: str,
+        argv: list[str],
+        cwd: str = "/workspace",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
         workspace = self._running(owner, workspace_id)
         request = self._exec_request(workspace, argv, cwd, env or {}, timeout)
         return self._provider(workspace.provider).exec(self._ref(workspace), request)
 
-    def exec_stream(self, owner: str, workspace_id: str, argv: list[str], cwd: str = "/workspace",
-                    env: Mapping[str, str] | None = None, timeout: float | None = None) -> Iterator[ExecEvent]:
+    def exec_stream(
+        self,
+        owner: str,
+        workspace_id: str,
+        argv: list[str],
+        cwd: str = "/workspace",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[ExecEvent]:
         workspace = self._running(owner, workspace_id)
         request = self._exec_request(workspace, argv, cwd, env or {}, timeout)
         return self._provider(workspace.provider).exec_stream(self._ref(workspace), request)
@@ -158,8 +204,9 @@ class WorkspaceManager:
         workspace = self._running(owner, workspace_id)
         return self._provider(workspace.provider).read_file(self._ref(workspace), path)
 
-    def write_file(self, owner: str, workspace_id: str, path: str, data: Iterable[bytes], size: int,
-                   mode: int = 0o644) -> int:
+    def write_file(
+        self, owner: str, workspace_id: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644
+    ) -> int:
         workspace = self._running(owner, workspace_id)
         return self._provider(workspace.provider).write_file(self._ref(workspace), path, data, size, mode)
 

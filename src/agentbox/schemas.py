@@ -100,11 +100,21 @@ class WorkspaceOut(BaseModel):
     @classmethod
     def of(cls, workspace: Workspace) -> WorkspaceOut:
         return cls(
-            id=workspace.id, owner=workspace.owner, provider=workspace.provider, runtime=workspace.runtime,
-            status=Status(workspace.status), image=workspace.image, cpu=workspace.cpu,
-            memory=format_size(workspace.memory), disk=format_size(workspace.disk),
-            ephemeral=workspace.ephemeral, ttl_days=workspace.ttl_days, created_at=workspace.created_at,
-            expires_at=workspace.expires_at, labels=workspace.labels, error=workspace.error,
+            id=workspace.id,
+            owner=workspace.owner,
+            provider=workspace.provider,
+            runtime=workspace.runtime,
+            status=Status(workspace.status),
+            image=workspace.image,
+            cpu=workspace.cpu,
+            memory=format_size(workspace.memory),
+            disk=format_size(workspace.disk),
+            ephemeral=workspace.ephemeral,
+            ttl_days=workspace.ttl_days,
+            created_at=workspace.created_at,
+            expires_at=workspace.expires_at,
+            labels=workspace.labels,
+            error=workspace.error,
         )
 
 
@@ -115,10 +125,16 @@ class WorkspaceList(BaseModel):
 class ExecIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    command: Annotated[str, Field(min_length=1, max_length=1 << 20), AfterValidator(_no_nul)] | Annotated[
-        list[Annotated[str, Field(max_length=1 << 20), AfterValidator(_no_nul)]], Field(min_length=1, max_length=4096)
-    ] = Field(description="a shell command run by /bin/sh -c, or an argv list run as is")
-    timeout: float | None = Field(None, gt=0, le=7 * 86400, description="seconds; the command's process group is killed after it")
+    command: (
+        Annotated[str, Field(min_length=1, max_length=1 << 20), AfterValidator(_no_nul)]
+        | Annotated[
+            list[Annotated[str, Field(max_length=1 << 20), AfterValidator(_no_nul)]],
+            Field(min_length=1, max_length=4096),
+        ]
+    ) = Field(description="a shell command run by /bin/sh -c, or an argv list run as is")
+    timeout: float | None = Field(
+        None, gt=0, le=7 * 86400, description="seconds; the command's process group is killed after it"
+    )
     cwd: AbsolutePath = "/workspace"
     env: Env = Field(default_factory=dict)
 

@@ -40,7 +40,8 @@ class Service:
         except Exception as exc:
             store.close()
             raise StartupError(
-                f"cannot open or migrate the database at WORKSPACE_DATABASE_URL ({_redact(settings.sqlalchemy_url)}): {exc}"
+                f"cannot open or migrate the database at WORKSPACE_DATABASE_URL "
+                f"({_redact(settings.sqlalchemy_url)}): {exc}"
             ) from None
         service = cls(settings=settings, store=store)
         if not settings.enabled:
@@ -60,11 +61,15 @@ class Service:
         service.runtime = choose_runtime(client, settings.gvisor_runtime, settings.probe_timeout)
         providers: dict[str, Provider] = {
             "gvisor": DockerProvider(
-                client, name="gvisor", runtime=service.runtime.runtime, user=settings.user,
+                client,
+                name="gvisor",
+                runtime=service.runtime.runtime,
+                user=settings.user,
                 isolation="gVisor user-space kernel" if service.runtime.gvisor else "container (runc fallback)",
             ),
-            "docker": DockerProvider(client, name="docker", runtime=STANDARD_RUNTIME, user=settings.user,
-                                     isolation="container (runc)"),
+            "docker": DockerProvider(
+                client, name="docker", runtime=STANDARD_RUNTIME, user=settings.user, isolation="container (runc)"
+            ),
         }
         unavailable = {"e2b": "the E2B provider is not part of this release yet; use gvisor or docker"}
         if settings.default_provider not in providers:

@@ -57,7 +57,7 @@ class Store:
         with self.session() as session:
             return session.get(Workspace, workspace_id)
 
-    def list(self, owner: str | None = None, statuses: Sequence[str] | None = None) -> list[Workspace]:
+    def find(self, owner: str | None = None, statuses: Sequence[str] | None = None) -> list[Workspace]:
         query = select(Workspace).order_by(Workspace.created_at)
         if owner is not None:
             query = query.where(Workspace.owner == owner)

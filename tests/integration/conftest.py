@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -18,7 +19,7 @@ import docker.errors
 import httpx
 import pytest
 
-from agentbox.client import Client
+from agentbox.client import APIError, Client
 
 WORKSPACE_LABEL = "agentbox.workspace.id"
 BUSYBOX_IMAGE = "agentbox-test/busybox:1"
@@ -56,7 +57,10 @@ class Server:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agentbox.cli", "serve", "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -169,7 +173,5 @@ def bob(server: Server) -> Iterator[Client]:
 def workspace(alice: Client) -> Iterator[dict[str, object]]:
     created = alice.create()
     yield created
-    try:
+    with contextlib.suppress(APIError):  # the test may have deleted it already
         alice.delete(str(created["id"]))
-    except Exception:  # already deleted by the test
-        pass

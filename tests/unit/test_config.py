@@ -11,8 +11,14 @@ from agentbox.config import ConfigError, load_settings, parse_api_keys
 from agentbox.sizes import SizeError, format_size, parse_size
 
 SPEC_DEFAULTS = {
-    "enabled": False, "default_provider": "gvisor", "default_cpu": 2, "default_memory": 4 << 30,
-    "default_disk": 10 << 30, "max_concurrent": 10, "warm_pool_size": 0, "default_ttl_days": 30,
+    "enabled": False,
+    "default_provider": "gvisor",
+    "default_cpu": 2,
+    "default_memory": 4 << 30,
+    "default_disk": 10 << 30,
+    "max_concurrent": 10,
+    "warm_pool_size": 0,
+    "default_ttl_days": 30,
     "network_name": "",
 }
 
@@ -38,18 +44,32 @@ def test_spec_defaults() -> None:
 
 def test_spec_variable_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {
-        "ENABLE_AGENT_WORKSPACES": "true", "WORKSPACE_DEFAULT_PROVIDER": "docker", "WORKSPACE_DEFAULT_CPU": "0.5",
-        "WORKSPACE_DEFAULT_MEMORY": "512m", "WORKSPACE_DEFAULT_DISK": "2G", "WORKSPACE_MAX_CONCURRENT": "3",
-        "WORKSPACE_WARM_POOL_SIZE": "2", "WORKSPACE_DEFAULT_TTL_DAYS": "0.25", "WORKSPACE_NETWORK_NAME": "workspace_net",
-        "E2B_API_KEY": "e2b_x", "GITHUB_APP_ENCRYPTION_KEY": "k" * 64,
-        "WORKSPACE_DATABASE_URL": "postgresql://u:p@db/agentbox", "WORKSPACE_IMAGE": "debian:12",
-        "WORKSPACE_API_KEYS": "alice:0123456789abcdef,bob:fedcba9876543210", "WORKSPACE_GVISOR_RUNTIME": "runsc-kvm",
+        "ENABLE_AGENT_WORKSPACES": "true",
+        "WORKSPACE_DEFAULT_PROVIDER": "docker",
+        "WORKSPACE_DEFAULT_CPU": "0.5",
+        "WORKSPACE_DEFAULT_MEMORY": "512m",
+        "WORKSPACE_DEFAULT_DISK": "2G",
+        "WORKSPACE_MAX_CONCURRENT": "3",
+        "WORKSPACE_WARM_POOL_SIZE": "2",
+        "WORKSPACE_DEFAULT_TTL_DAYS": "0.25",
+        "WORKSPACE_NETWORK_NAME": "workspace_net",
+        "E2B_API_KEY": "e2b_x",
+        "GITHUB_APP_ENCRYPTION_KEY": "k" * 64,
+        "WORKSPACE_DATABASE_URL": "postgresql://u:p@db/agentbox",
+        "WORKSPACE_IMAGE": "debian:12",
+        "WORKSPACE_API_KEYS": "alice:0123456789abcdef,bob:fedcba9876543210",
+        "WORKSPACE_GVISOR_RUNTIME": "runsc-kvm",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     s = load_settings()
     assert (s.enabled, s.default_provider, s.default_cpu, s.default_memory, s.default_disk) == (
-        True, "docker", 0.5, 512 << 20, 2 << 30)
+        True,
+        "docker",
+        0.5,
+        512 << 20,
+        2 << 30,
+    )
     assert (s.max_concurrent, s.warm_pool_size, s.default_ttl_days, s.network_name) == (3, 2, 0.25, "workspace_net")
     assert s.e2b_api_key.get_secret_value() == "e2b_x" and s.image == "debian:12" and s.gvisor_runtime == "runsc-kvm"
     assert s.sqlalchemy_url == "postgresql+psycopg://u:p@db/agentbox"
@@ -70,8 +90,9 @@ def test_spec_variable_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("WORKSPACE_API_KEYS", "alice", "WORKSPACE_API_KEYS: entry 1 is not of the form owner:key"),
     ],
 )
-def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
-                                      fragment: str) -> None:
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
+) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as error:
         load_settings()
@@ -88,7 +109,10 @@ def test_api_key_errors_never_repeat_the_key() -> None:
 
 def test_serve_with_a_bad_variable_stops_with_a_message_not_a_traceback(tmp_path: object) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "agentbox.cli", "serve"], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "agentbox.cli", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "WORKSPACE_DEFAULT_MEMORY": "4Q", "HOME": str(tmp_path)},
     )
     assert result.returncode == 2
@@ -96,8 +120,10 @@ def test_serve_with_a_bad_variable_stops_with_a_message_not_a_traceback(tmp_path
     assert "Traceback" not in result.stderr + result.stdout
 
 
-@pytest.mark.parametrize(("text", "size"), [("4G", 4 << 30), ("512m", 512 << 20), ("10GiB", 10 << 30),
-                                             ("1.5G", 3 << 29), ("100", 100), ("64kb", 64 << 10)])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4G", 4 << 30), ("512m", 512 << 20), ("10GiB", 10 << 30), ("1.5G", 3 << 29), ("100", 100), ("64kb", 64 << 10)],
+)
 def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
 

@@ -24,7 +24,7 @@ def test_collect_exactly_at_the_limit_is_not_truncated() -> None:
 @given(st.text(min_size=1, max_size=200), st.integers(min_value=1, max_value=7))
 def test_ndjson_never_splits_a_character(text: str, piece: int) -> None:
     data = text.encode()
-    events = [Output("stdout", data[i:i + piece]) for i in range(0, len(data), piece)] + [Exit(0, False, 1)]
+    events = [Output("stdout", data[i : i + piece]) for i in range(0, len(data), piece)] + [Exit(0, False, 1)]
     lines = [json.loads(line) for line in _ndjson(iter(events), limit=1 << 20)]
     assert "".join(line.get("data", "") for line in lines) == text
     assert lines[-1]["exit_code"] == 0
@@ -34,5 +34,10 @@ def test_ndjson_flags_truncation_in_the_exit_line() -> None:
     events = [Output("stderr", b"z" * 8), Exit(1, True, 1000)]
     lines = [json.loads(line) for line in _ndjson(iter(events), limit=5)]
     assert lines[0] == {"stream": "stderr", "data": "zzzzz"}
-    assert lines[-1] == {"exit_code": 1, "timed_out": True, "duration_ms": 1000,
-                         "stdout_truncated": False, "stderr_truncated": True}
+    assert lines[-1] == {
+        "exit_code": 1,
+        "timed_out": True,
+        "duration_ms": 1000,
+        "stdout_truncated": False,
+        "stderr_truncated": True,
+    }

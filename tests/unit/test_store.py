@@ -11,10 +11,24 @@ from agentbox.store import Store
 
 
 def make_workspace(workspace_id: str, owner: str = "alice", status: Status = Status.RUNNING) -> Workspace:
-    return Workspace(id=workspace_id, owner=owner, provider="gvisor", runtime="runsc", status=status.value,
-                     image="img", cpu=1.0, memory=5 << 30, disk=10 << 30, pids_limit=512, ephemeral=True,
-                     ttl_days=1.0, env={"A": "1"}, labels={"k": "v"}, network="",
-                     expires_at=datetime(2030, 1, 1, tzinfo=UTC))
+    return Workspace(
+        id=workspace_id,
+        owner=owner,
+        provider="gvisor",
+        runtime="runsc",
+        status=status.value,
+        image="img",
+        cpu=1.0,
+        memory=5 << 30,
+        disk=10 << 30,
+        pids_limit=512,
+        ephemeral=True,
+        ttl_days=1.0,
+        env={"A": "1"},
+        labels={"k": "v"},
+        network="",
+        expires_at=datetime(2030, 1, 1, tzinfo=UTC),
+    )
 
 
 def test_migrations_match_the_models(tmp_path: Path) -> None:
@@ -42,6 +56,6 @@ def test_rows_survive_a_new_store_on_the_same_file(tmp_path: Path) -> None:
     assert row is not None and row.provider_ref == "abc" and row.memory == 5 << 30
     assert row.expires_at == datetime(2030, 1, 1, tzinfo=UTC)
     assert row.env == {"A": "1"} and row.labels == {"k": "v"}
-    assert [w.id for w in second.list(owner="alice")] == ["ws-1", "ws-2"]
+    assert [w.id for w in second.find(owner="alice")] == ["ws-1", "ws-2"]
     assert second.count_active() == 2
     assert [e.kind for e in second.events("ws-1")] == ["created", "started"]

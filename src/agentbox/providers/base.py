@@ -11,7 +11,7 @@ import abc
 import codecs
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from agentbox.errors import AgentboxError
 
@@ -118,7 +118,14 @@ class WorkspaceGone(ProviderError):
 class FileError(ProviderError):
     """A file operation inside the workspace failed with `errno_name`."""
 
-    _STATUS = {"ENOENT": 404, "ENOTDIR": 404, "EACCES": 403, "EPERM": 403, "EISDIR": 409, "EEXIST": 409}
+    _STATUS: ClassVar[dict[str, int]] = {
+        "ENOENT": 404,
+        "ENOTDIR": 404,
+        "EACCES": 403,
+        "EPERM": 403,
+        "EISDIR": 409,
+        "EEXIST": 409,
+    }
 
     def __init__(self, errno_name: str, message: str, path: str) -> None:
         super().__init__(f"{path}: {message} ({errno_name})")

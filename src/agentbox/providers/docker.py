@@ -71,13 +71,26 @@ def engine_errors(what: str) -> Iterator[None]:
 class _Exec:
     """One exec of the helper: a raw, demultiplexed connection to its stdin, stdout and stderr."""
 
-    def __init__(self, provider: DockerProvider, ref: str, argv: list[str], *, stdin: bool = False,
-                 cwd: str | None = None, env: dict[str, str] | None = None, deadline: float | None = None):
+    def __init__(
+        self,
+        provider: DockerProvider,
+        ref: str,
+        argv: list[str],
+        *,
+        stdin: bool = False,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        deadline: float | None = None,
+    ):
         api = provider.client.api
         self._api = api
         with engine_errors("exec"):
             self.id = api.exec_create(
-                ref, [HELPER, *argv], stdin=stdin, user=provider.user, workdir=cwd,
+                ref,
+                [HELPER, *argv],
+                stdin=stdin,
+                user=provider.user,
+                workdir=cwd,
                 environment=[f"{k}={v}" for k, v in (env or {}).items()],
             )["Id"]
             response_socket = api.exec_start(self.id, socket=True)
@@ -168,7 +181,7 @@ class _HeaderReader:
 
 def _raise_helper_error(line: bytes, path: str) -> None:
     if line.startswith(b"E "):
-        _, errno_name, message = (line.decode("utf-8", "replace").split(" ", 2) + ["", ""])[:3]
+        _, errno_name, message = [*line.decode("utf-8", "replace").split(" ", 2), "", ""][:3]
         raise FileError(errno_name, message, path)
     raise ProviderError(f"{path}: unexpected answer from the workspace helper: {line[:200]!r}")
 
@@ -176,8 +189,7 @@ def _raise_helper_error(line: bytes, path: str) -> None:
 class DockerProvider(Provider):
     """`gvisor` (runsc, or runc after the spec's fallback) and `docker` (runc by choice)."""
 
-    def __init__(self, client: docker.DockerClient, *, name: str, runtime: str, user: str,
-                 isolation: str) -> None:
+    def __init__(self, client: docker.DockerClient, *, name: str, runtime: str, user: str, isolation: str) -> None:
         self.client = client
         self.name = name
         self.runtime = runtime
@@ -292,8 +304,7 @@ class DockerProvider(Provider):
             deadline = time.monotonic() + request.timeout + HOST_GRACE_SECONDS
         started = time.monotonic()
         # Started here, not lazily, so that a missing workspace fails before any output is promised.
-        call = _Exec(self, ref, [*argv, "--", *request.argv], cwd=request.cwd, env=request.env,
-                     deadline=deadline)
+        call = _Exec(self, ref, [*argv, "--", *request.argv], cwd=request.cwd, env=request.env, deadline=deadline)
         return self._events(call, request.timeout, started)
 
     def _events(self, call: _Exec, timeout: float | None, started: float) -> Iterator[ExecEvent]:
@@ -410,5 +421,13 @@ def _parse_listing(data: bytes) -> list[DirEntry]:
     entries = []
     for record in filter(None, data.split(b"\0")):
         kind, size, mode, mtime, name = record.split(b" ", 4)
-        entries.append(DirEntry(name=name.decode("utf-8", "replace"), type=_TYPES.get(kind, "other"), size=int(size), mode=int(mode, 8), mtime=int(mtime)))
+        entries.append(
+            DirEntry(
+                name=name.decode("utf-8", "replace"),
+                type=_TYPES.get(kind, "other"),
+                size=int(size),
+                mode=int(mode, 8),
+                mtime=int(mtime),
+            )
+        )
     return entries

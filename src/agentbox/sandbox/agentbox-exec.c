@@ -97,7 +97,12 @@ static int mkdir_p(const char *path) {
             continue;
         char c = *s;
         *s = '\0';
-        if (mkdir(p, 0755) < 0 && errno != EEXIST)
+        /* Look before creating: gVisor (2022) answers EINVAL, not EEXIST, to
+         * mkdir of an existing directory reached through a symlink. */
+        struct stat seen;
+        if (stat(p, &seen) == 0 && S_ISDIR(seen.st_mode))
+            ;
+        else if (mkdir(p, 0755) < 0 && errno != EEXIST)
             e = errno;   /* a file in the middle of the path gives ENOTDIR */
         *s = c;
         if (c == '\0')

@@ -1,0 +1,84 @@
+"""The `agentbox` command as a user types it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import KEYS, Server
+
+
+def agentbox(server: Server | None, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if server is not None:
+        env.update(AGENTBOX_URL=server.url, AGENTBOX_API_KEY=KEYS["alice"])
+    result = subprocess.run(
+        [sys.executable, "-m", "agentbox.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    if check:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def test_ws_create_exec_cp_ls_rm(server: Server, tmp_path: Path) -> None:
+    workspace_id = agentbox(server, "ws", "create", "--label", "via=cli", "--env", "NAME=cli").stdout.strip()
+    assert workspace_id.startswith("ws-")
+    try:
+        run = agentbox(
+            server, "ws", "exec", workspace_id, "--", "sh", "-c", "echo $NAME; echo oops >&2; exit 5", check=False
+        )
+        assert run.returncode == 5 and run.stdout == "cli\n" and "oops" in run.stderr
+
+        local = tmp_path / "in.txt"
+        local.write_bytes(b"from the host\n")
+        agentbox(server, "ws", "cp", str(local), f"{workspace_id}:/workspace/in.txt")
+        tree = tmp_path / "tree"
+        (tree / "sub").mkdir(parents=True)
+        (tree / "sub" / "deep.txt").write_text("deep")
+        agentbox(server, "ws", "cp", str(tree), f"{workspace_id}:/workspace/tree")
+        assert (
+            agentbox(server, "ws", "exec", workspace_id, "--", "cat", "/workspace/tree/sub/deep.txt").stdout == "deep"
+        )
+
+        agentbox(server, "ws", "cp", f"{workspace_id}:/workspace/in.txt", str(tmp_path / "out.txt"))
+        assert (tmp_path / "out.txt").read_bytes() == b"from the host\n"
+        agentbox(server, "ws", "cp", f"{workspace_id}:/workspace/tree", str(tmp_path / "back"))
+        assert (tmp_path / "back" / "sub" / "deep.txt").read_text() == "deep"
+
+        assert workspace_id in agentbox(server, "ws", "ls").stdout
+        assert workspace_id in agentbox(server, "ws", "ls", "-q").stdout.split()
+    finally:
+        agentbox(server, "ws", "rm", workspace_id)
+    assert workspace_id not in agentbox(server, "ws", "ls", "-q").stdout.split()
+
+
+def test_cli_errors_name_what_to_fix(server: Server) -> None:
+    no_key = subprocess.run(
+        [sys.executable, "-m", "agentbox.cli", "ws", "ls"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "AGENTBOX_API_KEY"},
+        timeout=60,
+    )
+    assert no_key.returncode == 2 and "--api-key" in no_key.stderr and "AGENTBOX_API_KEY" in no_key.stderr
+    missing = agentbox(server, "ws", "exec", "ws-0000000000000000", "--", "true", check=False)
+    assert missing.returncode == 1 and "no workspace" in missing.stderr
+    bad_memory = agentbox(server, "ws", "create", "--memory", "4Q", check=False)
+    assert bad_memory.returncode == 1 and "not a size" in bad_memory.stderr
+    assert "Traceback" not in no_key.stderr + missing.stderr + bad_memory.stderr
+
+
+def test_doctor_passes_on_this_machine() -> None:
+    result = agentbox(None, "doctor")
+    for check in (
+        "runsc installed",
+        "registered in /etc/docker/daemon.json",
+        "Docker engine reachable",
+        "known to the engine",
+        "probe container runs under runsc",
+        "workspace image",
+    ):
+        assert check in result.stdout, result.stdout
+    assert "FAIL" not in result.stdout
