@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from agentbox.config import ProviderName
 from agentbox.models import Status, Workspace
@@ -44,16 +44,30 @@ LabelValue = Annotated[str, Field(max_length=256), AfterValidator(_no_nul)]
 AbsolutePath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_absolute_path)]
 
 
-def _size_field(value: str | int | None, minimum: int, what: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        size = parse_size(value)
-    except SizeError as exc:
-        raise ValueError(str(exc)) from None
-    if size < minimum:
-        raise ValueError(f"{what} must be at least {format_size(minimum)}")
-    return size
+def _size_at_least(minimum: int) -> BeforeValidator:
+    def validate(value: object) -> int:
+        try:
+            size = parse_size(value)  # type: ignore[arg-type]
+        except SizeError as exc:
+            raise ValueError(str(exc)) from None
+        if size < minimum:
+            raise ValueError(f"must be at least {format_size(minimum)}")
+        return size
+
+    return BeforeValidator(validate)
+
+
+_SIZE_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": 1},
+            {"type": "string", "pattern": r"^\d+(\.\d+)?[kmgtKMGT]?(i?[bB])?$"},
+        ],
+        "description": 'bytes, or a size such as "512M" or "4G" (binary units, as Docker)',
+    }
+)
+Memory = Annotated[int, _size_at_least(MIN_MEMORY), _SIZE_SCHEMA]
+Disk = Annotated[int, _size_at_least(MIN_DISK), _SIZE_SCHEMA]
 
 
 class CreateWorkspace(BaseModel):
@@ -62,22 +76,12 @@ class CreateWorkspace(BaseModel):
     provider: ProviderName | None = None
     image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
     cpu: float | None = Field(None, gt=0, le=256)
-    memory: int | None = Field(None, description='bytes, or a size such as "512M" or "4G"')
-    disk: int | None = Field(None, description='bytes, or a size such as "10G"')
+    memory: Memory | None = None
+    disk: Disk | None = None
     ephemeral: bool = True
     ttl_days: float | None = Field(None, gt=0, le=3650)
     env: Env = Field(default_factory=dict)
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _memory(cls, value: str | int | None) -> int | None:
-        return _size_field(value, MIN_MEMORY, "memory")
-
-    @field_validator("disk", mode="before")
-    @classmethod
-    def _disk(cls, value: str | int | None) -> int | None:
-        return _size_field(value, MIN_DISK, "disk")
 
 
 class WorkspaceOut(BaseModel):

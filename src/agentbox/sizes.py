@@ -17,8 +17,8 @@ class SizeError(ValueError):
 
 def parse_size(value: str | int) -> int:
     """Return the number of bytes in `value`; raise SizeError with a hint if it is not a size."""
-    if isinstance(value, bool):
-        raise SizeError(f"{value!r} is not a size")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise SizeError(f"{value!r} is not a size: give bytes as an integer or a string such as 4G")
     if isinstance(value, int):
         if value <= 0:
             raise SizeError(f"{value} is not a positive size")

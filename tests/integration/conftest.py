@@ -23,7 +23,11 @@ from agentbox.client import APIError, Client
 
 WORKSPACE_LABEL = "agentbox.workspace.id"
 BUSYBOX_IMAGE = "agentbox-test/busybox:1"
-KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef00"}
+KEYS = {
+    "alice": "alice-key-0123456789abcdef",
+    "bob": "bob-key-0123456789abcdef00",
+    "fuzzer": "fuzzer-key-0123456789abcdef",
+}
 
 
 def free_port() -> int:

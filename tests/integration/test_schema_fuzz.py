@@ -1,0 +1,34 @@
+"""Schemathesis against the live OpenAPI schema: generated requests never get a 5xx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from .conftest import KEYS, Server
+
+AUTH = {"Authorization": f"Bearer {KEYS['fuzzer']}"}
+
+
+@pytest.fixture(scope="module")
+def api_schema(server: Server) -> Iterator[schemathesis.BaseSchema]:
+    yield schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    # Whatever the generated requests managed to create is removed like any workspace.
+    with server.client("fuzzer") as fuzzer:
+        for workspace in fuzzer.list():
+            fuzzer.delete(workspace["id"])
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+def test_generated_requests_never_get_a_server_error(case: schemathesis.Case) -> None:
+    response = case.call(headers=AUTH, timeout=120)
+    assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"
+    if response.status_code >= 400:
+        assert response.json()["detail"], "an error without a detail"
