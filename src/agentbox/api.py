@@ -155,14 +155,14 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     @app.post("/api/v1/workspaces/{workspace_id}/exec", response_model=ExecOut)
     async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> ExecOut:
-        result = await in_thread(mgr.exec, who, workspace_id, body.argv, body.cwd, body.env, body.timeout)
+        result = await in_thread(mgr.exec, who, workspace_id, body)
         return ExecOut(**vars(result))
 
     @app.post(
         "/api/v1/workspaces/{workspace_id}/exec/stream", responses={200: {"content": {"application/x-ndjson": {}}}}
     )
     async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> StreamingResponse:
-        events = await in_thread(mgr.exec_stream, who, workspace_id, body.argv, body.cwd, body.env, body.timeout)
+        events = await in_thread(mgr.exec_stream, who, workspace_id, body)
         return StreamingResponse(_ndjson(events, mgr.settings.exec_output_limit), media_type="application/x-ndjson")
 
     @app.get(

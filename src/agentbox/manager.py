@@ -25,7 +25,7 @@ from agentbox.providers.base import (
     Provider,
     WorkspaceSpec,
 )
-from agentbox.schemas import CreateWorkspace
+from agentbox.schemas import CreateWorkspace, ExecIn
 from agentbox.store import Store
 
 log = logging.getLogger("agentbox.manager")
@@ -79,14 +79,7 @@ class WorkspaceManager:
             updated_at=now,
             expires_at=now + timedelta(days=ttl_days) if ttl_days is not None else None,
         )
-        with self._admission:
-            active = self.store.count_active()
-            if active >= self.settings.max_concurrent:
-                raise TooManyWorkspaces(
-                    f"{active} workspaces are active, the limit (WORKSPACE_MAX_CONCURRENT) is "
-                    f"{self.settings.max_concurrent}: delete or stop one, or try again later"
-                )
-            self.store.add(workspace, "created", image=workspace.image)
+        self._admit(workspace.id, add=workspace)
         spec = WorkspaceSpec(
             id=workspace.id,
             image=workspace.image,
@@ -140,14 +133,7 @@ class WorkspaceManager:
         if workspace.status == Status.RUNNING:
             return workspace
         self._require(workspace, Status.STOPPED, "start")
-        with self._admission:
-            active = self.store.count_active()
-            if active >= self.settings.max_concurrent:
-                raise TooManyWorkspaces(
-                    f"{active} workspaces are active, the limit (WORKSPACE_MAX_CONCURRENT) is "
-                    f"{self.settings.max_concurrent}: stop or delete another one first"
-                )
-            self.store.update(workspace.id, "starting", status=Status.STARTING.value)
+        self._admit(workspace.id)
         try:
             self._provider(workspace.provider).start(self._ref(workspace))
         except BaseException as exc:
@@ -159,64 +145,35 @@ class WorkspaceManager:
 
     # Commands and files
 
-    def _exec_request(
-        self, workspace: Workspace, argv: list[str], cwd: str, env: Mapping[str, str], timeout: float | None
-    ) -> ExecRequest:
-        return ExecRequest(
-            argv=argv,
-            cwd=cwd,
-            env={**workspace.env, **env},
-            timeout=timeout,
-            output_limit=self.settings.exec_output_limit,
-        )
+    def exec(self, owner: str, workspace_id: str, command: ExecIn) -> ExecResult:
+        provider, ref, request = self._exec_target(owner, workspace_id, command)
+        return provider.exec(ref, request)
 
-    def exec(
-        self,
-        owner: str,
-        workspace_id: str,
-        argv: list[str],
-        cwd: str = "/workspace",
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> ExecResult:
-        workspace = self._running(owner, workspace_id)
-        request = self._exec_request(workspace, argv, cwd, env or {}, timeout)
-        return self._provider(workspace.provider).exec(self._ref(workspace), request)
-
-    def exec_stream(
-        self,
-        owner: str,
-        workspace_id: str,
-        argv: list[str],
-        cwd: str = "/workspace",
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Iterator[ExecEvent]:
-        workspace = self._running(owner, workspace_id)
-        request = self._exec_request(workspace, argv, cwd, env or {}, timeout)
-        return self._provider(workspace.provider).exec_stream(self._ref(workspace), request)
+    def exec_stream(self, owner: str, workspace_id: str, command: ExecIn) -> Iterator[ExecEvent]:
+        provider, ref, request = self._exec_target(owner, workspace_id, command)
+        return provider.exec_stream(ref, request)
 
     def stat(self, owner: str, workspace_id: str, path: str) -> FileStat | list[DirEntry]:
-        workspace = self._running(owner, workspace_id)
-        return self._provider(workspace.provider).stat(self._ref(workspace), path)
+        provider, ref = self._target(owner, workspace_id)
+        return provider.stat(ref, path)
 
     def read_file(self, owner: str, workspace_id: str, path: str) -> tuple[FileStat, Iterator[bytes]]:
-        workspace = self._running(owner, workspace_id)
-        return self._provider(workspace.provider).read_file(self._ref(workspace), path)
+        provider, ref = self._target(owner, workspace_id)
+        return provider.read_file(ref, path)
 
     def write_file(
         self, owner: str, workspace_id: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644
     ) -> int:
-        workspace = self._running(owner, workspace_id)
-        return self._provider(workspace.provider).write_file(self._ref(workspace), path, data, size, mode)
+        provider, ref = self._target(owner, workspace_id)
+        return provider.write_file(ref, path, data, size, mode)
 
     def read_archive(self, owner: str, workspace_id: str, path: str) -> Iterator[bytes]:
-        workspace = self._running(owner, workspace_id)
-        return self._provider(workspace.provider).read_archive(self._ref(workspace), path)
+        provider, ref = self._target(owner, workspace_id)
+        return provider.read_archive(ref, path)
 
     def write_archive(self, owner: str, workspace_id: str, path: str, data: Iterable[bytes]) -> None:
-        workspace = self._running(owner, workspace_id)
-        self._provider(workspace.provider).write_archive(self._ref(workspace), path, data)
+        provider, ref = self._target(owner, workspace_id)
+        provider.write_archive(ref, path, data)
 
     # Helpers
 
@@ -227,10 +184,40 @@ class WorkspaceManager:
             raise BadRequest(f"provider {name!r} is not available: {self.unavailable[name]}")
         raise BadRequest(f"unknown provider {name!r}: use one of {', '.join(sorted(self.providers))}")
 
+    def _target(self, owner: str, workspace_id: str) -> tuple[Provider, str]:
+        """The provider and handle of a running workspace of `owner`."""
+        workspace = self._running(owner, workspace_id)
+        return self._provider(workspace.provider), self._ref(workspace)
+
     def _running(self, owner: str, workspace_id: str) -> Workspace:
         workspace = self.get(owner, workspace_id)
         self._require(workspace, Status.RUNNING, "use")
         return workspace
+
+    def _exec_target(self, owner: str, workspace_id: str, command: ExecIn) -> tuple[Provider, str, ExecRequest]:
+        workspace = self._running(owner, workspace_id)
+        request = ExecRequest(
+            argv=command.argv,
+            cwd=command.cwd,
+            env={**workspace.env, **command.env},  # the workspace's env, then the command's own
+            timeout=command.timeout,
+            output_limit=self.settings.exec_output_limit,
+        )
+        return self._provider(workspace.provider), self._ref(workspace), request
+
+    def _admit(self, workspace_id: str, add: Workspace | None = None) -> None:
+        """Count active workspaces and mark this one starting, atomically."""
+        with self._admission:
+            active = self.store.count_active()
+            if active >= self.settings.max_concurrent:
+                raise TooManyWorkspaces(
+                    f"{active} workspaces are active, the limit (WORKSPACE_MAX_CONCURRENT) is "
+                    f"{self.settings.max_concurrent}: stop or delete one, or try again later"
+                )
+            if add is not None:
+                self.store.add(add, "created", image=add.image)
+            else:
+                self.store.update(workspace_id, "starting", status=Status.STARTING.value)
 
     @staticmethod
     def _require(workspace: Workspace, status: Status, action: str) -> None:
