@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export WORKSPACE_IMAGE ?= agentbox/workspace:bookworm
 
-.PHONY: setup venv host helper image run test unit integration lint doctor clean
+.PHONY: setup venv host helper image run test unit integration lint doctor bench clean
 
 setup: venv helper host image
 
@@ -50,9 +50,12 @@ integration: setup
 	$(BIN)/pytest -q tests/integration
 
 lint: venv
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/run.py
 
 doctor: venv helper
 	$(BIN)/agentbox doctor

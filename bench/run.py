@@ -1,0 +1,158 @@
+"""agentbox benchmark: the API against raw Docker Engine API calls, measured in the same run.
+
+    make bench            (or: .venv/bin/python bench/run.py --rounds 15)
+
+Prints a table and writes bench/results/latest.json. Starts its own server on a free port
+against the local engine; removes everything it creates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import httpx
+
+KEY = "bench-key-0123456789abcdef"
+IMAGE = os.environ.get("WORKSPACE_IMAGE", "agentbox/workspace:bookworm")
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def timed(function: Callable[[], object], rounds: int) -> list[float]:
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        function()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "ENABLE_AGENT_WORKSPACES": "true",
+        "WORKSPACE_DATA_DIR": str(data_dir),
+        "WORKSPACE_API_KEYS": f"bench:{KEY}",
+        "WORKSPACE_DEFAULT_MEMORY": "512M",
+        "WORKSPACE_DEFAULT_CPU": "1",
+        "WORKSPACE_MAX_CONCURRENT": "100",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentbox.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/api/v1/health").status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=15, help="samples per measurement (default 15)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latest.json")
+    args = parser.parse_args()
+
+    engine = docker.from_env()
+    with tempfile.TemporaryDirectory() as data_dir:
+        process, url = start_server(Path(data_dir))
+        api = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+        runtime = api.get("/health").json()["runtime"]
+        print(f"==> runtime {runtime}, image {IMAGE}, {args.rounds} rounds each", flush=True)
+        try:
+            results = run(api, engine, runtime, args.rounds)
+        finally:
+            for workspace in api.get("/workspaces").json()["workspaces"]:
+                api.delete(f"/workspaces/{workspace['id']}")
+            api.close()
+            process.terminate()
+            process.wait()
+    report(results, runtime, args.output)
+
+
+def run(api: httpx.Client, engine: docker.DockerClient, runtime: str, rounds: int) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {}
+    options = {"runtime": runtime, "mem_limit": "512m", "nano_cpus": 10**9, "detach": True}
+
+    print("==> cold create: API vs raw `docker run -d`", flush=True)
+    created: list[str] = []
+    results["create_api"] = timed(lambda: created.append(api.post("/workspaces", json={}).json()["id"]), rounds)
+    for workspace_id in created:
+        api.delete(f"/workspaces/{workspace_id}")
+    raw: list[docker.models.containers.Container] = []
+    results["create_raw"] = timed(
+        lambda: raw.append(engine.containers.run(IMAGE, ["sleep", "infinity"], **options)), rounds
+    )
+
+    print("==> exec round trip: API vs raw Engine API exec", flush=True)
+    workspace_id = api.post("/workspaces", json={}).json()["id"]
+    results["exec_api"] = timed(
+        lambda: api.post(f"/workspaces/{workspace_id}/exec", json={"command": ["true"]}), rounds
+    )
+    target = raw[0]
+
+    def raw_exec() -> None:
+        exec_id = engine.api.exec_create(target.id, ["true"])["Id"]
+        engine.api.exec_start(exec_id)
+        engine.api.exec_inspect(exec_id)
+
+    results["exec_raw"] = timed(raw_exec, rounds)
+    for container in raw:
+        container.remove(force=True)
+    return results
+
+
+def report(results: dict[str, list[float]], runtime: str, output: Path) -> None:
+    summary = {
+        name: {"p50_ms": round(statistics.median(s), 1), "p95_ms": round(percentile(s, 0.95), 1), "n": len(s)}
+        for name, s in results.items()
+    }
+    ratios = {
+        "create_api_over_raw_p50": round(summary["create_api"]["p50_ms"] / summary["create_raw"]["p50_ms"], 2),
+        "exec_api_over_raw_p50": round(summary["exec_api"]["p50_ms"] / summary["exec_raw"]["p50_ms"], 2),
+    }
+    print(f"\n{'measurement':<14}{'p50 ms':>10}{'p95 ms':>10}")
+    for name, values in summary.items():
+        print(f"{name:<14}{values['p50_ms']:>10}{values['p95_ms']:>10}")
+    for name, ratio in ratios.items():
+        print(f"{name}: {ratio}x")
+    machine = {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "runtime": runtime,
+        "docker": docker.from_env().version().get("Version"),
+        "image": IMAGE,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
+        json.dumps({"machine": machine, "summary": summary, "ratios": ratios, "samples_ms": results}, indent=2)
+    )
+    print(f"\nwrote {output}")
+
+
+if __name__ == "__main__":
+    main()
