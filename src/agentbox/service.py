@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import docker
 import docker.errors
 import requests.exceptions
+from sqlalchemy.engine import make_url
 
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError
@@ -87,6 +88,4 @@ class Service:
 
 
 def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)

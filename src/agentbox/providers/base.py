@@ -65,10 +65,13 @@ class ExecResult:
     stderr_truncated: bool = False
 
 
+EntryType = Literal["file", "dir", "symlink", "other"]
+
+
 @dataclass(frozen=True)
 class DirEntry:
     name: str
-    type: Literal["file", "dir", "symlink", "other"]
+    type: EntryType
     size: int
     mode: int
     mtime: int

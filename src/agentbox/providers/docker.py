@@ -27,6 +27,7 @@ from agentbox.providers.base import (
     BadRequest,
     Capabilities,
     DirEntry,
+    EntryType,
     ExecEvent,
     ExecRequest,
     Exit,
@@ -50,7 +51,7 @@ TIMEOUT_EXIT_CODE = 124  # agentbox-exec's code for "killed at the deadline", as
 # If the helper itself is wedged, the host gives up this long after the command's deadline.
 HOST_GRACE_SECONDS = 10.0
 NO_LIMIT = 1 << 62
-_TYPES: dict[bytes, Any] = {b"f": "file", b"d": "dir", b"l": "symlink", b"o": "other"}
+_TYPES: dict[bytes, EntryType] = {b"f": "file", b"d": "dir", b"l": "symlink", b"o": "other"}
 
 
 @contextmanager
