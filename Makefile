@@ -20,9 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 helper: $(HELPER)
-$(HELPER): src/agentbox/sandbox/agentbox-exec.c
+$(HELPER): src/agentbox/sandbox/agentbox-exec.c $(VENV)/.installed
 	@echo "==> building the in-workspace helper $@"
-	@cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -static -s -o $@ $<
+	@$(BIN)/python -c 'from agentbox.sandbox import build; build(strict=True)'
 
 host:
 	@bash scripts/setup-host.sh

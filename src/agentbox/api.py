@@ -23,7 +23,7 @@ from agentbox.config import Settings
 from agentbox.errors import AgentboxError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
 from agentbox.manager import WorkspaceManager
 from agentbox.models import Status
-from agentbox.providers.base import Exit, TextDecoder
+from agentbox.providers.base import ExecEvent, Exit, OutputLimit, TextDecoder
 from agentbox.schemas import (
     AbsolutePath,
     CreateWorkspace,
@@ -94,7 +94,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             if hmac.compare_digest(presented, key.encode()):
                 found = key_owner
         if found is None:
-            raise Unauthorized("invalid API key")
+            raise Unauthorized("invalid API key: use one of the keys in the server's WORKSPACE_API_KEYS")
         return found
 
     Manager = Annotated[WorkspaceManager, Depends(manager)]
@@ -253,11 +253,10 @@ def _sync_chunks(stream: AsyncIterator[bytes], limit: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _ndjson(events: Iterator[Any], limit: int) -> Iterator[bytes]:
+def _ndjson(events: Iterator[ExecEvent], limit: int) -> Iterator[bytes]:
     """Exec events as NDJSON lines; output past `limit` per stream is dropped and flagged."""
     decoders = {"stdout": TextDecoder(), "stderr": TextDecoder()}
-    sent = {"stdout": 0, "stderr": 0}
-    truncated = {"stdout": False, "stderr": False}
+    kept = OutputLimit(limit)
     try:
         for event in events:
             if isinstance(event, Exit):
@@ -269,16 +268,11 @@ def _ndjson(events: Iterator[Any], limit: int) -> Iterator[bytes]:
                         "exit_code": event.exit_code,
                         "timed_out": event.timed_out,
                         "duration_ms": event.duration_ms,
-                        "stdout_truncated": truncated["stdout"],
-                        "stderr_truncated": truncated["stderr"],
+                        "stdout_truncated": kept.truncated["stdout"],
+                        "stderr_truncated": kept.truncated["stderr"],
                     }
                 )
-                continue
-            room = limit - sent[event.stream]
-            data = event.data[: max(room, 0)]
-            truncated[event.stream] |= len(event.data) > room
-            sent[event.stream] += len(data)
-            if text := decoders[event.stream].decode(data):
+            elif text := decoders[event.stream].decode(kept.take(event)):
                 yield _line({"stream": event.stream, "data": text})
     except AgentboxError as exc:
         yield _line({"error": exc.detail})

@@ -232,5 +232,5 @@ class WorkspaceManager:
     @staticmethod
     def _ref(workspace: Workspace) -> str:
         if not workspace.provider_ref:
-            raise Conflict(f"workspace {workspace.id} has no sandbox yet")
+            raise Conflict(f"workspace {workspace.id} has no sandbox yet: wait until it is running")
         return workspace.provider_ref

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from agentbox.config import ProviderName
 from agentbox.models import Status, Workspace
@@ -85,6 +85,8 @@ class CreateWorkspace(BaseModel):
 
 
 class WorkspaceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     owner: str
     provider: str
@@ -101,25 +103,14 @@ class WorkspaceOut(BaseModel):
     labels: dict[str, str]
     error: str | None = None
 
+    @field_validator("memory", "disk", mode="before")
+    @classmethod
+    def _readable_size(cls, value: int | str) -> str:
+        return format_size(value) if isinstance(value, int) else value
+
     @classmethod
     def of(cls, workspace: Workspace) -> WorkspaceOut:
-        return cls(
-            id=workspace.id,
-            owner=workspace.owner,
-            provider=workspace.provider,
-            runtime=workspace.runtime,
-            status=Status(workspace.status),
-            image=workspace.image,
-            cpu=workspace.cpu,
-            memory=format_size(workspace.memory),
-            disk=format_size(workspace.disk),
-            ephemeral=workspace.ephemeral,
-            ttl_days=workspace.ttl_days,
-            created_at=workspace.created_at,
-            expires_at=workspace.expires_at,
-            labels=workspace.labels,
-            error=workspace.error,
-        )
+        return cls.model_validate(workspace)
 
 
 class WorkspaceList(BaseModel):

@@ -35,51 +35,58 @@ class Service:
 
     @classmethod
     def start(cls, settings: Settings) -> Service:
-        store = Store(settings.sqlalchemy_url)
+        service = cls(settings=settings, store=Store(settings.sqlalchemy_url))
         try:
-            store.migrate()
+            service._open()
+        except BaseException:
+            service.close()  # nothing half-open: no engine connection, no database pool
+            raise
+        return service
+
+    def _open(self) -> None:
+        settings = self.settings
+        try:
+            self.store.migrate()
         except Exception as exc:
-            store.close()
             raise StartupError(
                 f"cannot open or migrate the database at WORKSPACE_DATABASE_URL "
                 f"({_redact(settings.sqlalchemy_url)}): {exc}"
             ) from None
-        service = cls(settings=settings, store=store)
         if not settings.enabled:
             log.info("agent workspaces are disabled (ENABLE_AGENT_WORKSPACES=false): no engine is contacted")
-            return service
+            return
         if not settings.owners_by_key:
             log.warning("WORKSPACE_API_KEYS is empty: every workspace request will be refused (401)")
-        try:
-            client = docker.from_env(timeout=120)
-            client.ping()
-        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
-            store.close()
-            raise StartupError(
-                f"cannot reach the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST"
-            ) from None
-        service.docker_client = client
-        service.runtime = choose_runtime(client, settings.gvisor_runtime, settings.probe_timeout)
-        providers: dict[str, Provider] = {
-            "gvisor": DockerProvider(
-                client,
-                name="gvisor",
-                runtime=service.runtime.runtime,
-                user=settings.user,
-                isolation="gVisor user-space kernel" if service.runtime.gvisor else "container (runc fallback)",
-            ),
-            "docker": DockerProvider(
-                client, name="docker", runtime=STANDARD_RUNTIME, user=settings.user, isolation="container (runc)"
-            ),
-        }
         unavailable = {"e2b": "the E2B provider is not part of this release yet; use gvisor or docker"}
-        if settings.default_provider not in providers:
-            store.close()
+        if settings.default_provider in unavailable:
             raise StartupError(
                 f"WORKSPACE_DEFAULT_PROVIDER={settings.default_provider}: {unavailable[settings.default_provider]}"
             )
-        service.manager = WorkspaceManager(settings, store, providers, unavailable)
-        return service
+        try:
+            self.docker_client = docker.from_env(timeout=120)
+            self.docker_client.ping()
+            self.runtime = choose_runtime(self.docker_client, settings.gvisor_runtime, settings.probe_timeout)
+        except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
+            raise StartupError(
+                f"cannot use the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST"
+            ) from None
+        providers: dict[str, Provider] = {
+            "gvisor": DockerProvider(
+                self.docker_client,
+                name="gvisor",
+                runtime=self.runtime.runtime,
+                user=settings.user,
+                isolation="gVisor user-space kernel" if self.runtime.gvisor else "container (runc fallback)",
+            ),
+            "docker": DockerProvider(
+                self.docker_client,
+                name="docker",
+                runtime=STANDARD_RUNTIME,
+                user=settings.user,
+                isolation="container (runc)",
+            ),
+        }
+        self.manager = WorkspaceManager(settings, self.store, providers, unavailable)
 
     def close(self) -> None:
         if self.docker_client is not None:

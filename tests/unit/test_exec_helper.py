@@ -20,20 +20,15 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parents[2] / "src" / "agentbox" / "sandbox" / "agentbox-exec.c"
-CC: str = shutil.which("cc") or shutil.which("gcc") or ""
+from agentbox.sandbox import build
 
-if not CC:
+if not (shutil.which("cc") or shutil.which("gcc")):
     pytest.skip("no C compiler (cc) on PATH; cannot build agentbox-exec", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def helper(tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = tmp_path_factory.mktemp("helper") / "agentbox-exec"
-    cmd = [CC, "-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-s"]
-    res = subprocess.run([*cmd, "-o", str(out), str(SOURCE)], capture_output=True, text=True)
-    assert res.returncode == 0, f"compile failed:\n{res.stderr}"
-    return str(out)
+    return str(build(tmp_path_factory.mktemp("helper") / "agentbox-exec", strict=True))
 
 
 def run(

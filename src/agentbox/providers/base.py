@@ -191,33 +191,43 @@ class Provider(abc.ABC):
         """Unpack a tar stream into the directory `path`, creating it if needed."""
 
 
+class OutputLimit:
+    """Keeps at most `limit` bytes of each output stream and remembers which ones lost bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept = {"stdout": 0, "stderr": 0}
+        self.truncated = {"stdout": False, "stderr": False}
+
+    def take(self, output: Output) -> bytes:
+        room = max(self.limit - self.kept[output.stream], 0)
+        if len(output.data) > room:
+            self.truncated[output.stream] = True
+        piece = output.data[:room]
+        self.kept[output.stream] += len(piece)
+        return piece
+
+
 def collect(events: Iterable[ExecEvent], limit: int) -> ExecResult:
     """Gather an exec's events into one result, keeping at most `limit` bytes per stream."""
+    kept = OutputLimit(limit)
     chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-    sizes = {"stdout": 0, "stderr": 0}
-    truncated = {"stdout": False, "stderr": False}
     exit_event: Exit | None = None
     for event in events:
         if isinstance(event, Exit):
             exit_event = event
-            continue
-        room = limit - sizes[event.stream]
-        if len(event.data) > room:
-            truncated[event.stream] = True
-        if room > 0:
-            piece = event.data[:room]
-            chunks[event.stream].append(piece)
-            sizes[event.stream] += len(piece)
+        else:
+            chunks[event.stream].append(kept.take(event))
     if exit_event is None:
-        raise ProviderError("the command's output ended without an exit status")
+        raise ProviderError("the command's output ended without an exit status; run it again")
     return ExecResult(
         exit_code=exit_event.exit_code,
         stdout=b"".join(chunks["stdout"]).decode("utf-8", "replace"),
         stderr=b"".join(chunks["stderr"]).decode("utf-8", "replace"),
         duration_ms=exit_event.duration_ms,
         timed_out=exit_event.timed_out,
-        stdout_truncated=truncated["stdout"],
-        stderr_truncated=truncated["stderr"],
+        stdout_truncated=kept.truncated["stdout"],
+        stderr_truncated=kept.truncated["stderr"],
     )
 
 

@@ -28,25 +28,33 @@ def _source() -> Path:
     return Path(str(resources.files("agentbox.sandbox") / "agentbox-exec.c"))
 
 
-@cache
-def helper_path() -> Path:
-    """The compiled helper, built from its source with the system C compiler when missing or stale."""
+def build(output: Path | None = None, *, strict: bool = False) -> Path:
+    """Compile the helper (next to its source by default); `strict` turns warnings into errors."""
     source = _source()
-    binary = source.with_suffix("")
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
-        return binary
+    binary = output or source.with_suffix("")
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise HelperMissing(
             f"{binary} is missing and no C compiler was found to build it: "
             "install gcc and libc6-dev (apt-get install -y gcc libc6-dev), or run `make helper`"
         )
+    flags = [*_CFLAGS, "-Werror"] if strict else _CFLAGS
     result = subprocess.run(
-        [compiler, *_CFLAGS, "-o", str(binary), str(source)], capture_output=True, text=True, check=False
+        [compiler, *flags, "-o", str(binary), str(source)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise HelperMissing(f"building {binary} failed:\n{result.stderr.strip()}")
     return binary
+
+
+@cache
+def helper_path() -> Path:
+    """The compiled helper, built with the system C compiler when missing or older than its source."""
+    source = _source()
+    binary = source.with_suffix("")
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    return build(binary)
 
 
 @cache
