@@ -18,6 +18,7 @@ import anyio.from_thread
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
@@ -31,6 +32,7 @@ from agentbox.schemas import (
     DirListing,
     ExecIn,
     ExecOut,
+    ExtendWorkspace,
     Health,
     WorkspaceList,
     WorkspaceOut,
@@ -116,6 +118,12 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             version=version("agentbox"),
         )
 
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    def metrics(request: Request) -> Response:
+        # Counts only, no ids or owners: unauthenticated, as Prometheus scrapers expect.
+        svc: Service = request.app.state.service
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/api/v1/workspaces", status_code=201, response_model=WorkspaceOut)
     async def create_workspace(body: CreateWorkspace, mgr: Manager, who: Owner) -> WorkspaceOut:
         return WorkspaceOut.of(await in_thread(mgr.create, who, body))
@@ -152,6 +160,13 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     @app.post("/api/v1/workspaces/{workspace_id}/start", response_model=WorkspaceOut)
     async def start_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
         return WorkspaceOut.of(await in_thread(mgr.start, who, workspace_id))
+
+    @app.post("/api/v1/workspaces/{workspace_id}/extend", response_model=WorkspaceOut)
+    async def extend_workspace(
+        workspace_id: str, mgr: Manager, who: Owner, body: ExtendWorkspace | None = None
+    ) -> WorkspaceOut:
+        ttl_days = body.ttl_days if body else None
+        return WorkspaceOut.of(await in_thread(mgr.extend, who, workspace_id, ttl_days))
 
     @app.post("/api/v1/workspaces/{workspace_id}/exec", response_model=ExecOut)
     async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> ExecOut:
@@ -268,6 +283,7 @@ def _ndjson(events: Iterator[ExecEvent], limit: int) -> Iterator[bytes]:
                         "exit_code": event.exit_code,
                         "timed_out": event.timed_out,
                         "duration_ms": event.duration_ms,
+                        "signal": event.signal,
                         "stdout_truncated": kept.truncated["stdout"],
                         "stderr_truncated": kept.truncated["stderr"],
                     }

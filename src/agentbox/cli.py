@@ -181,6 +181,8 @@ def ws_exec(
                     code = event["exit_code"]
                     if event.get("timed_out"):
                         errors.print(f"[yellow]timed out after {timeout:g} s[/yellow]")
+                    elif event.get("signal"):
+                        errors.print(f"[yellow]killed by {event['signal']}[/yellow]")
                 elif "error" in event:
                     _fail(event["error"])
         except APIError as exc:

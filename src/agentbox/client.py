@@ -68,6 +68,10 @@ class Client:
     def start(self, workspace_id: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/workspaces/{workspace_id}/start").json())
 
+    def extend(self, workspace_id: str, ttl_days: float | None = None) -> dict[str, Any]:
+        body = {"ttl_days": ttl_days} if ttl_days is not None else None
+        return dict(self._call("POST", f"/workspaces/{workspace_id}/extend", json=body).json())
+
     def exec(self, workspace_id: str, command: str | builtins.list[str], **options: Any) -> dict[str, Any]:
         return dict(self._call("POST", f"/workspaces/{workspace_id}/exec", json={"command": command, **options}).json())
 

@@ -6,6 +6,7 @@ The variable names and defaults of the first block are the contract of
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from agentbox.sizes import SizeError, parse_size
 
@@ -63,11 +65,12 @@ class Settings(BaseSettings):
     api_keys: SecretStr = Field(SecretStr(""), validation_alias="WORKSPACE_API_KEYS")
     gvisor_runtime: str = Field("runsc", min_length=1, validation_alias="WORKSPACE_GVISOR_RUNTIME")
     probe_timeout: float = Field(20.0, gt=0, validation_alias="WORKSPACE_PROBE_TIMEOUT")
-    # gVisor's own threads count against the limit under runsc: 64 already breaks ordinary
-    # shells there (see docs/runtime.md), so the default leaves room for them.
-    pids_limit: int = Field(512, ge=64, validation_alias="WORKSPACE_PIDS_LIMIT")
+    # Processes and threads a workspace may run (under gVisor: its RLIMIT_NPROC; the host's pids
+    # cgroup gets room for gVisor's own threads, see docs/runtime.md).
+    pids_limit: int = Field(256, ge=64, le=65536, validation_alias="WORKSPACE_PIDS_LIMIT")
     user: str = Field("1000:1000", pattern=r"^\d+(:\d+)?$", validation_alias="WORKSPACE_USER")
     exec_output_limit: Size = Field(10 * 1024 * 1024, validation_alias="WORKSPACE_EXEC_OUTPUT_LIMIT")
+    reap_interval: float = Field(30.0, gt=0, le=3600, validation_alias="WORKSPACE_REAP_INTERVAL")
     max_upload: Size = Field(parse_size("1G"), validation_alias="WORKSPACE_MAX_UPLOAD")
 
     @field_validator("network_name")
@@ -91,6 +94,12 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
             return self.database_url
         return f"sqlite:///{self.data_dir / 'agentbox.db'}"
+
+    @property
+    def instance_id(self) -> str:
+        """Names this deployment's sandboxes on a shared engine: the same database, the same instance."""
+        url = make_url(self.sqlalchemy_url).render_as_string(hide_password=True)
+        return hashlib.sha256(url.encode()).hexdigest()[:12]
 
     @property
     def owners_by_key(self) -> dict[str, str]:

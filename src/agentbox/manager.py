@@ -8,14 +8,16 @@ to run in worker threads.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 
 from agentbox.config import Settings
 from agentbox.errors import BadRequest, Conflict, NotFound, TooManyWorkspaces
-from agentbox.models import Status, Workspace, utcnow
+from agentbox.metrics import Metrics
+from agentbox.models import Status, Workspace, new_workspace_id, utcnow
+from agentbox.pool import WarmPool, discard_pooled
 from agentbox.providers.base import (
     DirEntry,
     ExecEvent,
@@ -23,17 +25,14 @@ from agentbox.providers.base import (
     ExecResult,
     FileStat,
     Provider,
+    ProviderError,
+    ProviderState,
     WorkspaceSpec,
 )
 from agentbox.schemas import CreateWorkspace, ExecIn
-from agentbox.store import Store
+from agentbox.store import ACTIVE, LIVE, Store
 
 log = logging.getLogger("agentbox.manager")
-
-
-def new_workspace_id() -> str:
-    # Also the container's hostname, so only [a-z0-9-].
-    return "ws-" + secrets.token_hex(8)
 
 
 class WorkspaceManager:
@@ -43,25 +42,50 @@ class WorkspaceManager:
         store: Store,
         providers: Mapping[str, Provider],
         unavailable: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.providers = dict(providers)
         # Providers that exist but cannot be used here, with the reason and the fix.
         self.unavailable = dict(unavailable or {})
+        self.metrics = metrics or Metrics()
         # Admission is counted from the database under this lock, so the cap holds across restarts.
         self._admission = threading.Lock()
+        self.pool: WarmPool | None = None
+        if settings.warm_pool_size > 0 and settings.default_provider in self.providers:
+            self.pool = WarmPool(
+                settings,
+                store,
+                settings.default_provider,
+                self.providers[settings.default_provider],
+                self.metrics,
+                room=lambda: settings.max_concurrent - store.count_active(),
+            )
+        #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
+        self.on_change: Callable[[], None] = lambda: None
+        self.metrics.observe(store.count_active, self.pool.ready if self.pool else lambda: 0)
 
     # Lifecycle
 
     def create(self, owner: str, request: CreateWorkspace) -> Workspace:
+        started = time.monotonic()
         provider_name = request.provider or self.settings.default_provider
         provider = self._provider(provider_name)
         now = utcnow()
         ttl_days = (request.ttl_days or self.settings.default_ttl_days) if request.ephemeral else None
+        expires_at = now + timedelta(days=ttl_days) if ttl_days is not None else None
+        claim = {
+            "owner": owner,
+            "ephemeral": request.ephemeral,
+            "ttl_days": ttl_days,
+            "env": dict(request.env),
+            "labels": dict(request.labels),
+            "created_at": now,
+            "expires_at": expires_at,
+        }
         workspace = Workspace(
             id=new_workspace_id(),
-            owner=owner,
             provider=provider_name,
             runtime=provider.capabilities().runtime,
             status=Status.STARTING.value,
@@ -70,16 +94,21 @@ class WorkspaceManager:
             memory=request.memory or self.settings.default_memory,
             disk=request.disk or self.settings.default_disk,
             pids_limit=self.settings.pids_limit,
-            ephemeral=request.ephemeral,
-            ttl_days=ttl_days,
-            env=dict(request.env),
-            labels=dict(request.labels),
             network=self.settings.network_name,
-            created_at=now,
             updated_at=now,
-            expires_at=now + timedelta(days=ttl_days) if ttl_days is not None else None,
+            **claim,
         )
-        self._admit(workspace.id, add=workspace)
+        with self._admission:
+            self._check_room()
+            if self.pool is not None and self.pool.serves(provider_name, request):
+                claimed = self.pool.take(status=Status.RUNNING.value, **claim)
+                if claimed is not None:
+                    self.metrics.creates.labels("pool").inc()
+                    self.metrics.create_seconds.labels("pool").observe(time.monotonic() - started)
+                    self.on_change()
+                    return claimed
+            self.store.add(workspace, "created", image=workspace.image)
+        self.on_change()  # a cold start may leave the pool too big for the cap
         spec = WorkspaceSpec(
             id=workspace.id,
             image=workspace.image,
@@ -93,12 +122,15 @@ class WorkspaceManager:
             ref = provider.create(spec)
         except BaseException as exc:
             # The caller gets the error and no id: hide the row, keep its story in the events.
-            reason = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
+            self.metrics.failures.labels("create").inc()
             self.store.update(
-                workspace.id, "create_failed", status=Status.DELETED.value, error=reason, deleted_at=utcnow()
+                workspace.id, "create_failed", status=Status.DELETED.value, error=_reason(exc), deleted_at=utcnow()
             )
             raise
-        return self.store.update(workspace.id, "started", status=Status.RUNNING.value, provider_ref=ref)
+        created = self.store.update(workspace.id, "started", status=Status.RUNNING.value, provider_ref=ref)
+        self.metrics.creates.labels("cold").inc()
+        self.metrics.create_seconds.labels("cold").observe(time.monotonic() - started)
+        return created
 
     def get(self, owner: str, workspace_id: str) -> Workspace:
         workspace = self.store.get(workspace_id)
@@ -109,7 +141,7 @@ class WorkspaceManager:
     def find(
         self, owner: str, status: Status | None = None, labels: Mapping[str, str] | None = None
     ) -> list[Workspace]:
-        statuses = [status.value] if status else [s.value for s in Status if s != Status.DELETED]
+        statuses = [status.value] if status else list(LIVE)
         found = self.store.find(owner=owner, statuses=statuses)
         wanted = dict(labels or {})
         return [w for w in found if all(w.labels.get(k) == v for k, v in wanted.items())]
@@ -119,6 +151,7 @@ class WorkspaceManager:
         if workspace.provider_ref:
             self._provider(workspace.provider).destroy(workspace.provider_ref)
         self.store.update(workspace.id, "deleted", status=Status.DELETED.value, deleted_at=utcnow())
+        self.on_change()
 
     def stop(self, owner: str, workspace_id: str) -> Workspace:
         workspace = self.get(owner, workspace_id)
@@ -126,22 +159,120 @@ class WorkspaceManager:
             return workspace
         self._require(workspace, Status.RUNNING, "stop")
         self._provider(workspace.provider).stop(self._ref(workspace))
-        return self.store.update(workspace.id, "stopped", status=Status.STOPPED.value)
+        stopped = self.store.update(workspace.id, "stopped", status=Status.STOPPED.value)
+        self.on_change()
+        return stopped
 
     def start(self, owner: str, workspace_id: str) -> Workspace:
         workspace = self.get(owner, workspace_id)
         if workspace.status == Status.RUNNING:
             return workspace
         self._require(workspace, Status.STOPPED, "start")
-        self._admit(workspace.id)
+        with self._admission:
+            self._check_room()
+            self.store.update(workspace.id, "starting", status=Status.STARTING.value)
         try:
             self._provider(workspace.provider).start(self._ref(workspace))
         except BaseException as exc:
-            self.store.update(
-                workspace.id, "start_failed", status=Status.STOPPED.value, error=getattr(exc, "detail", str(exc))
-            )
+            self.metrics.failures.labels("start").inc()
+            self.store.update(workspace.id, "start_failed", status=Status.STOPPED.value, error=_reason(exc))
             raise
         return self.store.update(workspace.id, "started", status=Status.RUNNING.value, error=None)
+
+    def extend(self, owner: str, workspace_id: str, ttl_days: float | None = None) -> Workspace:
+        """Renew an ephemeral workspace's TTL from now (by `ttl_days`, else its own TTL)."""
+        workspace = self.get(owner, workspace_id)
+        if not workspace.ephemeral:
+            raise Conflict(f"workspace {workspace.id} is persistent and never expires: there is nothing to extend")
+        ttl = ttl_days or workspace.ttl_days or self.settings.default_ttl_days
+        return self.store.update(workspace.id, "extended", ttl_days=ttl, expires_at=utcnow() + timedelta(days=ttl))
+
+    # Background work (see lifecycle.py)
+
+    def reap_expired(self) -> int:
+        """Destroy ephemeral workspaces whose TTL has passed; return how many."""
+        reaped = 0
+        for workspace in self.store.expired(utcnow()):
+            gone = self.store.transition(
+                workspace.id, LIVE, "expired", status=Status.DELETED.value, deleted_at=utcnow()
+            )
+            if gone is None:
+                continue  # deleted meanwhile
+            reaped += 1
+            self.metrics.expiries.inc()
+            log.info("workspace %s of %s expired (TTL %s days)", workspace.id, workspace.owner, workspace.ttl_days)
+            if workspace.provider_ref:
+                try:
+                    self._provider(workspace.provider).destroy(workspace.provider_ref)
+                except ProviderError as exc:
+                    # Its row is gone, so the next reconciliation removes it as an orphan.
+                    log.warning("removing expired workspace %s failed: %s", workspace.id, exc.detail)
+        if reaped:
+            self.on_change()
+        return reaped
+
+    def reconcile(self, startup: bool = False) -> None:
+        """Make the database and the providers agree.
+
+        - a sandbox with no live record is destroyed (an orphan of a crash or a failed delete);
+        - a running or stopped record whose sandbox vanished is marked failed (its data went
+          with it; handing out an empty sandbox under the old id would hide that);
+        - a running record whose sandbox stopped (an engine restart) is marked stopped;
+        - at start-up only: records still `starting` are from requests that died with the
+          server (their callers never got an id), so they and their sandboxes are removed;
+          pooled ones that are not running are discarded.
+        """
+        held: dict[str, tuple[Provider, str, ProviderState]] = {}
+        for provider in {id(p): p for p in self.providers.values()}.values():
+            for workspace_id, (ref, state) in provider.inventory().items():
+                held[workspace_id] = (provider, ref, state)
+        # Listed after the sandboxes: a record is always written before its sandbox is made.
+        records = {w.id: w for w in self.store.find(statuses=[*LIVE, Status.POOLED.value])}
+
+        for workspace_id, (provider, ref, _) in held.items():
+            record = records.get(workspace_id)
+            if record is None or (startup and record.status == Status.STARTING):
+                log.warning("removing orphan workspace sandbox %s (no live record)", ref)
+                provider.destroy(ref)
+        for record in records.values():
+            state = held[record.id][2] if record.id in held else "missing"
+            if record.status == Status.STARTING:
+                if startup:
+                    self.store.transition(
+                        record.id,
+                        ACTIVE,
+                        "abandoned",
+                        status=Status.DELETED.value,
+                        error="the server stopped while this workspace was being created",
+                        deleted_at=utcnow(),
+                    )
+            elif record.status == Status.POOLED:
+                booting = not record.provider_ref
+                if self.pool is None or (startup and booting) or (not booting and state != "running"):
+                    discard_pooled(self.store, self._provider(record.provider), record)
+            elif state == "missing" and record.status in (Status.RUNNING, Status.STOPPED):
+                self.metrics.failures.labels("vanished").inc()
+                log.warning("workspace %s: its sandbox vanished; marking it failed", record.id)
+                self.store.transition(
+                    record.id,
+                    (record.status,),
+                    "vanished",
+                    status=Status.FAILED.value,
+                    error="its sandbox disappeared (removed outside agentbox, or lost with the engine); "
+                    "delete it and create a new one",
+                )
+            elif state == "running" and record.status == Status.STOPPED and record.error:
+                # It stopped outside agentbox and the engine brought it back (restart policy).
+                self.store.transition(record.id, (Status.STOPPED.value,), "running_again", status=Status.RUNNING.value)
+            elif state == "stopped" and record.status == Status.RUNNING:
+                self.store.transition(
+                    record.id,
+                    (Status.RUNNING.value,),
+                    "stopped_outside",
+                    status=Status.STOPPED.value,
+                    error="it stopped outside agentbox (an engine restart?); start it again",
+                )
+        self.on_change()
 
     # Commands and files
 
@@ -205,19 +336,15 @@ class WorkspaceManager:
         )
         return self._provider(workspace.provider), self._ref(workspace), request
 
-    def _admit(self, workspace_id: str, add: Workspace | None = None) -> None:
-        """Count active workspaces and mark this one starting, atomically."""
-        with self._admission:
-            active = self.store.count_active()
-            if active >= self.settings.max_concurrent:
-                raise TooManyWorkspaces(
-                    f"{active} workspaces are active, the limit (WORKSPACE_MAX_CONCURRENT) is "
-                    f"{self.settings.max_concurrent}: stop or delete one, or try again later"
-                )
-            if add is not None:
-                self.store.add(add, "created", image=add.image)
-            else:
-                self.store.update(workspace_id, "starting", status=Status.STARTING.value)
+    def _check_room(self) -> None:
+        """Refuse when the cap is reached; the caller holds the admission lock."""
+        active = self.store.count_active()
+        if active >= self.settings.max_concurrent:
+            self.metrics.rejections.inc()
+            raise TooManyWorkspaces(
+                f"{active} workspaces are active, the limit (WORKSPACE_MAX_CONCURRENT) is "
+                f"{self.settings.max_concurrent}: stop or delete one, or try again later"
+            )
 
     @staticmethod
     def _require(workspace: Workspace, status: Status, action: str) -> None:
@@ -234,3 +361,7 @@ class WorkspaceManager:
         if not workspace.provider_ref:
             raise Conflict(f"workspace {workspace.id} has no sandbox yet: wait until it is running")
         return workspace.provider_ref
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"

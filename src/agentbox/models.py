@@ -7,6 +7,7 @@ must match them (a unit test compares the two).
 from __future__ import annotations
 
 import enum
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,7 +37,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def new_workspace_id() -> str:
+    # Also the container's hostname, so only [a-z0-9-].
+    return "ws-" + secrets.token_hex(8)
+
+
 class Status(enum.StrEnum):
+    # A pre-booted container of the warm pool: no owner yet, not counted as active.
+    POOLED = "pooled"
     STARTING = "starting"
     RUNNING = "running"
     STOPPED = "stopped"
@@ -66,7 +74,7 @@ class Workspace(Base):
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     network: Mapped[str] = mapped_column(String(128), default="")
-    # The provider's own handle (a container id for Docker, a sandbox id for E2B).
+    # The provider's own handle (a container name for Docker, a sandbox id for E2B).
     provider_ref: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -84,6 +84,12 @@ class CreateWorkspace(BaseModel):
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
 
 
+class ExtendWorkspace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_days: float | None = Field(None, gt=0, le=3650, description="from now; default: the workspace's own TTL")
+
+
 class WorkspaceOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -146,6 +152,7 @@ class ExecOut(BaseModel):
     timed_out: bool
     stdout_truncated: bool
     stderr_truncated: bool
+    signal: str | None = Field(None, description='the signal that killed the command, e.g. "SIGKILL" (memory limit)')
 
 
 class DirEntryOut(BaseModel):

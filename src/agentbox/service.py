@@ -12,9 +12,12 @@ from sqlalchemy.engine import make_url
 
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError
+from agentbox.lifecycle import Lifecycle
 from agentbox.manager import WorkspaceManager
+from agentbox.metrics import Metrics
 from agentbox.providers.base import Provider
-from agentbox.providers.docker import DockerProvider
+from agentbox.providers.disks import Disks
+from agentbox.providers.docker import DockerProvider, install_helper
 from agentbox.runtime import STANDARD_RUNTIME, RuntimeChoice, choose_runtime
 from agentbox.store import Store
 
@@ -31,6 +34,8 @@ class Service:
     store: Store
     runtime: RuntimeChoice | None = None
     manager: WorkspaceManager | None = None
+    lifecycle: Lifecycle | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     docker_client: docker.DockerClient | None = field(default=None, repr=False)
 
     @classmethod
@@ -70,25 +75,43 @@ class Service:
             raise StartupError(
                 f"cannot use the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST"
             ) from None
+        disks = Disks(settings.data_dir / "disks", settings.user)
+        if not disks.enforced:
+            log.warning("SECURITY: workspace disk limits are NOT enforced: %s", disks.why_not)
+        helper = install_helper(settings.data_dir / "bin")
+        isolation = "gVisor user-space kernel" if self.runtime.gvisor else "container (runc fallback)"
         providers: dict[str, Provider] = {
-            "gvisor": DockerProvider(
+            name: DockerProvider(
                 self.docker_client,
-                name="gvisor",
-                runtime=self.runtime.runtime,
+                name=name,
+                runtime=runtime,
+                isolation=kind,
                 user=settings.user,
-                isolation="gVisor user-space kernel" if self.runtime.gvisor else "container (runc fallback)",
-            ),
-            "docker": DockerProvider(
-                self.docker_client,
-                name="docker",
-                runtime=STANDARD_RUNTIME,
-                user=settings.user,
-                isolation="container (runc)",
-            ),
+                disks=disks,
+                helper=helper,
+                instance=settings.instance_id,
+            )
+            for name, runtime, kind in (
+                ("gvisor", self.runtime.runtime, isolation),
+                ("docker", STANDARD_RUNTIME, "container (runc)"),
+            )
         }
-        self.manager = WorkspaceManager(settings, self.store, providers, unavailable)
+        self.manager = WorkspaceManager(settings, self.store, providers, unavailable, self.metrics)
+        try:
+            self.manager.reconcile(startup=True)
+        except AgentboxError as exc:
+            raise StartupError(f"reconciling workspaces with the Docker engine failed: {exc.detail}") from None
+        self.lifecycle = Lifecycle(self.manager, settings.reap_interval)
+        self.lifecycle.start()
 
     def close(self) -> None:
+        if self.lifecycle is not None:
+            self.lifecycle.stop()
+        if self.manager is not None and self.manager.pool is not None:
+            try:
+                self.manager.pool.drain()
+            except AgentboxError as exc:  # the next start-up reconciles what is left
+                log.warning("removing the warm pool at shutdown failed: %s", exc.detail)
         if self.docker_client is not None:
             self.docker_client.close()
         self.store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from agentbox.models import Event, Status, Workspace, utcnow
 
+#: Counted against WORKSPACE_MAX_CONCURRENT.
 ACTIVE = (Status.STARTING.value, Status.RUNNING.value)
+#: Owned workspaces that still exist (or may still hold resources).
+LIVE = (Status.STARTING.value, Status.RUNNING.value, Status.STOPPED.value, Status.FAILED.value)
 
 
 class Store:
@@ -68,21 +72,48 @@ class Store:
 
     def update(self, workspace_id: str, event_kind: str | None = None, **fields: Any) -> Workspace:
         """Set `fields` on the row and, when `event_kind` is given, record the change."""
+        updated = self.transition(workspace_id, None, event_kind, **fields)
+        if updated is None:
+            raise KeyError(workspace_id)
+        return updated
+
+    def transition(
+        self, workspace_id: str, expected: Sequence[str] | None, event_kind: str | None = None, **fields: Any
+    ) -> Workspace | None:
+        """`update`, but only while the row's status is one of `expected`; None if it was not.
+
+        Background work (the reaper, the pool, reconciliation) uses it so that it never
+        overwrites what a request did in the meantime, such as a delete.
+        """
         with self.session() as session:
-            workspace = session.get(Workspace, workspace_id)
-            if workspace is None:
-                raise KeyError(workspace_id)
+            workspace = session.get(Workspace, workspace_id, with_for_update=expected is not None)
+            if workspace is None or (expected is not None and workspace.status not in expected):
+                return None
             for name, value in fields.items():
                 setattr(workspace, name, value)
             workspace.updated_at = utcnow()
             if event_kind is not None:
-                detail = {k: v for k, v in fields.items() if k in ("status", "error", "provider_ref")}
+                detail = {k: v for k, v in fields.items() if k in ("status", "error", "provider_ref", "owner")}
                 session.add(Event(workspace_id=workspace_id, kind=event_kind, detail=detail))
         return workspace
 
-    def count_active(self) -> int:
+    def count(self, statuses: Sequence[str] = ACTIVE) -> int:
         with self.session() as session:
-            return session.scalar(select(func.count()).where(Workspace.status.in_(ACTIVE))) or 0
+            return session.scalar(select(func.count()).where(Workspace.status.in_(list(statuses)))) or 0
+
+    def count_active(self) -> int:
+        return self.count(ACTIVE)
+
+    def expired(self, now: datetime) -> list[Workspace]:
+        """Ephemeral workspaces whose time is up, in any state but deleted."""
+        query = (
+            select(Workspace)
+            .where(Workspace.expires_at <= now)
+            .where(Workspace.ephemeral.is_(True))
+            .where(Workspace.status.in_(LIVE))
+        )
+        with self.session() as session:
+            return list(session.scalars(query))
 
     def events(self, workspace_id: str) -> list[Event]:
         query = select(Event).where(Event.workspace_id == workspace_id).order_by(Event.id)

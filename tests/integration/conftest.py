@@ -116,11 +116,26 @@ def docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_workspaces(docker_client: docker.DockerClient) -> Iterator[None]:
     """After the whole suite, nothing labelled as a workspace may remain on the engine."""
+    mounted_before = set(workspace_disk_mounts())
     yield
     left = docker_client.containers.list(all=True, filters={"label": WORKSPACE_LABEL})
     for container in left:
         container.remove(force=True, v=True)
+    disks = set(workspace_disk_mounts()) - mounted_before
+    for mount in disks:
+        subprocess.run(["umount", "--lazy", mount], check=False)
     assert not left, f"workspace containers left behind: {[c.name for c in left]}"
+    assert not disks, f"workspace disks left mounted: {sorted(disks)}"
+
+
+def container_id(client: docker.DockerClient, workspace_id: str) -> str:
+    return str(client.containers.get(f"agentbox-{workspace_id}").id)
+
+
+def workspace_disk_mounts() -> list[str]:
+    """Workspace disks still mounted on the host (each workspace's data directory has disks/ws-*)."""
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    return [line.split()[1] for line in mounts if "/disks/ws-" in line.split()[1]]
 
 
 def busybox_tar() -> bytes:

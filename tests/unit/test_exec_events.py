@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentbox.api import _ndjson
-from agentbox.providers.base import Exit, Output, collect
+from agentbox.providers.base import Exit, Output, collect, signal_of
 
 
 def test_collect_caps_each_stream_and_flags_it() -> None:
@@ -40,4 +40,12 @@ def test_ndjson_flags_truncation_in_the_exit_line() -> None:
         "duration_ms": 1000,
         "stdout_truncated": False,
         "stderr_truncated": True,
+        "signal": None,
     }
+
+
+def test_signal_names_follow_the_shell_convention() -> None:
+    assert signal_of(137) == "SIGKILL"
+    assert signal_of(143) == "SIGTERM"
+    assert signal_of(0) is None and signal_of(1) is None and signal_of(128) is None
+    assert signal_of(255) is None  # beyond any signal: a plain exit status

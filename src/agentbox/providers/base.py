@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import codecs
+import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -49,6 +50,18 @@ class Exit:
     exit_code: int
     timed_out: bool
     duration_ms: int
+    #: The signal that killed the command ("SIGKILL" when the memory limit was hit), if one did.
+    signal: str | None = None
+
+
+def signal_of(exit_code: int) -> str | None:
+    """The shell's convention: 128 + n means "killed by signal n"."""
+    if 128 < exit_code <= 128 + 64:
+        try:
+            return signal.Signals(exit_code - 128).name
+        except ValueError:
+            return f"SIG{exit_code - 128}"
+    return None
 
 
 ExecEvent = Output | Exit
@@ -63,6 +76,7 @@ class ExecResult:
     timed_out: bool
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    signal: str | None = None
 
 
 EntryType = Literal["file", "dir", "symlink", "other"]
@@ -91,6 +105,7 @@ class Capabilities:
     files: bool = True
     archives: bool = True
     stop_start: bool = True
+    disk_limit: bool = False
 
 
 ProviderState = Literal["running", "stopped", "missing"]
@@ -162,6 +177,13 @@ class Provider(abc.ABC):
     def state(self, ref: str) -> ProviderState: ...
 
     @abc.abstractmethod
+    def inventory(self) -> dict[str, tuple[str, ProviderState]]:
+        """Every workspace this provider holds, whether agentbox knows of it or not: id -> (ref, state).
+
+        Used to reconcile after a crash: handles with no record are destroyed.
+        """
+
+    @abc.abstractmethod
     def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
         """Run a command; yield its output as it arrives, then one `Exit`.
 
@@ -228,6 +250,7 @@ def collect(events: Iterable[ExecEvent], limit: int) -> ExecResult:
         timed_out=exit_event.timed_out,
         stdout_truncated=kept.truncated["stdout"],
         stderr_truncated=kept.truncated["stderr"],
+        signal=exit_event.signal,
     )
 
 

@@ -9,19 +9,20 @@ can only ever resolve within the container it lives in.
 
 from __future__ import annotations
 
-import io
 import logging
+import os
 import socket
 import struct
-import tarfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import requests.exceptions
+from docker.types import Mount
 
 from agentbox.providers.base import (
     BadRequest,
@@ -40,13 +41,25 @@ from agentbox.providers.base import (
     ProviderUnavailable,
     WorkspaceGone,
     WorkspaceSpec,
+    signal_of,
 )
-from agentbox.sandbox import HELPER_IN_WORKSPACE, helper_bytes
+from agentbox.providers.disks import HOME, TMP, WORKSPACE, Disks
+from agentbox.runtime import STANDARD_RUNTIME
+from agentbox.sandbox import HELPER_IN_WORKSPACE, helper_bytes, helper_digest
 
 log = logging.getLogger("agentbox.providers.docker")
 
 WORKSPACE_LABEL = "agentbox.workspace.id"
+# Several deployments may share an engine; each reconciles only its own sandboxes.
+INSTANCE_LABEL = "agentbox.instance"
+CONTAINER_PREFIX = "agentbox-"
 HELPER = HELPER_IN_WORKSPACE
+HOME_IN_WORKSPACE = "/home/agent"
+# Room in a gVisor sandbox's host cgroup for gVisor itself (sentry and gofer) on top of the
+# workload's limit, plus an eighth of the limit for what the workload allocates between two
+# checks of the in-sandbox OOM killer.
+GVISOR_MEMORY_HEADROOM = 128 << 20
+GVISOR_HOST_PIDS_PER_TASK = 20
 TIMEOUT_EXIT_CODE = 124  # agentbox-exec's code for "killed at the deadline", as timeout(1)
 # If the helper itself is wedged, the host gives up this long after the command's deadline.
 HOST_GRACE_SECONDS = 10.0
@@ -151,7 +164,10 @@ class _Exec:
             if not details.get("Running") and details.get("ExitCode") is not None:
                 return int(details["ExitCode"])
             time.sleep(0.005)
-        raise ProviderError("the engine did not report the command's exit code")
+        raise ProviderError(
+            "the command ended without an exit status: the workspace's sandbox stopped under it "
+            "(it restarts by itself if it crashed); run the command again"
+        )
 
     def close(self) -> None:
         self._sock.close()
@@ -188,77 +204,101 @@ def _raise_helper_error(line: bytes, path: str) -> None:
 
 
 class DockerProvider(Provider):
-    """`gvisor` (runsc, or runc after the spec's fallback) and `docker` (runc by choice)."""
+    """`gvisor` (runsc, or runc after the spec's fallback) and `docker` (runc by choice).
 
-    def __init__(self, client: docker.DockerClient, *, name: str, runtime: str, user: str, isolation: str) -> None:
+    A workspace is the container `agentbox-<id>` (that name is the provider's handle) and
+    the disk `<id>`; the root filesystem is read-only and everything writable lives on the disk.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        name: str,
+        runtime: str,
+        user: str,
+        isolation: str,
+        disks: Disks,
+        helper: Path,
+        instance: str,
+    ) -> None:
         self.client = client
         self.name = name
         self.runtime = runtime
         self.user = user
+        self.disks = disks
+        self.helper = helper
+        self.instance = instance
         self._isolation = isolation
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(runtime=self.runtime, isolation=self._isolation)
+        return Capabilities(runtime=self.runtime, isolation=self._isolation, disk_limit=self.disks.enforced)
 
     # Lifecycle
 
     def create(self, spec: WorkspaceSpec) -> str:
+        ref = CONTAINER_PREFIX + spec.id
+        disk = self.disks.create(spec.id, spec.disk)
+        binds = [(self.helper, HELPER, True), (disk / WORKSPACE, "/workspace", False)]
+        binds += [(disk / TMP, "/tmp", False), (disk / HOME, HOME_IN_WORKSPACE, False)]
+        init = [HELPER, "init"]
+        host_memory, host_pids = spec.memory, spec.pids_limit
+        if self.runtime != STANDARD_RUNTIME:
+            # gVisor's own kernel shares the workload's cgroups, and hitting a host limit kills the
+            # whole sandbox, not the process. So the limits are enforced inside the sandbox, with
+            # headroom on the host: init kills the biggest process past the memory limit (see
+            # cmd_init in agentbox-exec.c), and every command runs with RLIMIT_NPROC, which gVisor
+            # counts per sandbox (each task costs ~15 host threads under ptrace, measured). Not
+            # Docker's --ulimit: runsc applies that to its own host process too.
+            host_memory = spec.memory + GVISOR_MEMORY_HEADROOM + spec.memory // 8
+            init += ["-M", str(spec.memory), "-P", str(spec.pids_limit)]
+            host_pids = spec.pids_limit * GVISOR_HOST_PIDS_PER_TASK + 256
         options: dict[str, Any] = {
-            "name": f"agentbox-{spec.id}",
+            "name": ref,
             "hostname": spec.id.replace("_", "-"),
-            "labels": {WORKSPACE_LABEL: spec.id},
+            "labels": {WORKSPACE_LABEL: spec.id, INSTANCE_LABEL: self.instance},
             "runtime": self.runtime,
             "user": self.user,
             "working_dir": "/workspace",
+            "environment": {"HOME": HOME_IN_WORKSPACE},
+            "mounts": [Mount(target, str(source), type="bind", read_only=ro) for source, target, ro in binds],
+            "read_only": True,
             "nano_cpus": int(spec.cpu * 1e9),
-            "mem_limit": spec.memory,
-            "memswap_limit": spec.memory,  # no swap: the memory limit is the limit
-            "pids_limit": spec.pids_limit,
+            "mem_limit": host_memory,
+            "memswap_limit": host_memory,  # no swap: the memory limit is the limit
+            "pids_limit": host_pids,
+            # A sandbox that dies (gVisor itself out of host threads or memory: the host limits are
+            # the last line; its exit status is then not always an error) comes back by itself, as
+            # after an engine restart; its files live on the disk and survive. `stop` still stops.
+            "restart_policy": {"Name": "unless-stopped"},
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
         }
         if spec.network:
             options["network"] = spec.network
         try:
-            container = self.client.containers.create(spec.image, [HELPER, "init"], **options)
-        except docker.errors.ImageNotFound:
-            raise BadRequest(
-                f"image {spec.image!r} is not on the Docker engine: build it (`make image` builds the "
-                "default), load it, or leave `image` out to use the default"
-            ) from None
-        except docker.errors.APIError as exc:
-            if exc.status_code == 400:
-                raise BadRequest(f"the Docker engine refused the workspace: {exc.explanation}") from None
-            raise ProviderError(f"creating the container failed: {exc.explanation or exc}") from None
-        except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
-            raise ProviderUnavailable(
-                f"creating the container: the Docker engine cannot be reached ({exc}); is dockerd running?"
-            ) from None
-        try:
-            with engine_errors("preparing the container"):
-                container.put_archive("/", self._bootstrap_archive())
-                container.start()
-            self._wait_ready(container.id)
+            try:
+                self.client.containers.create(spec.image, init, **options)
+            except docker.errors.ImageNotFound:
+                raise BadRequest(
+                    f"image {spec.image!r} is not on the Docker engine: build it (`make image` builds the "
+                    "default), load it, or leave `image` out to use the default"
+                ) from None
+            except docker.errors.APIError as exc:
+                if exc.status_code == 400:
+                    raise BadRequest(f"the Docker engine refused the workspace: {exc.explanation}") from None
+                raise ProviderError(f"creating the container failed: {exc.explanation or exc}") from None
+            except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+                raise ProviderUnavailable(
+                    f"creating the container: the Docker engine cannot be reached ({exc}); is dockerd running?"
+                ) from None
+            with engine_errors("starting the container"):
+                self.client.api.start(ref)
+            self._wait_ready(ref)
         except BaseException:
-            self.destroy(container.id)
+            self.destroy(ref)
             raise
-        return str(container.id)
-
-    def _bootstrap_archive(self) -> bytes:
-        """The helper, and a /workspace the workspace user owns, laid into the container before start."""
-        uid, _, gid = self.user.partition(":")
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for name, mode, owner in ((".agentbox", 0o755, (0, 0)), ("workspace", 0o755, (int(uid), int(gid or uid)))):
-                entry = tarfile.TarInfo(name)
-                entry.type, entry.mode = tarfile.DIRTYPE, mode
-                entry.uid, entry.gid = owner
-                tar.addfile(entry)
-            payload = helper_bytes()
-            entry = tarfile.TarInfo(HELPER.lstrip("/"))
-            entry.size, entry.mode = len(payload), 0o755
-            tar.addfile(entry, io.BytesIO(payload))
-        return buffer.getvalue()
+        return ref
 
     def _wait_ready(self, ref: str) -> None:
         """Ready means a command has run: the sandbox is up, not merely created."""
@@ -272,6 +312,7 @@ class DockerProvider(Provider):
             raise ProviderError(f"the workspace started but cannot run commands (exit {code}): {output[-300:]!r}")
 
     def start(self, ref: str) -> None:
+        self.disks.ensure_mounted(_workspace_id(ref))
         with engine_errors("starting the workspace"):
             self.client.api.start(ref)
         self._wait_ready(ref)
@@ -286,6 +327,7 @@ class DockerProvider(Provider):
                 self.client.api.remove_container(ref, v=True, force=True)
         except WorkspaceGone:
             pass
+        self.disks.destroy(_workspace_id(ref))
 
     def state(self, ref: str) -> ProviderState:
         try:
@@ -293,7 +335,22 @@ class DockerProvider(Provider):
                 details = self.client.api.inspect_container(ref)
         except WorkspaceGone:
             return "missing"
-        return "running" if details["State"].get("Running") else "stopped"
+        state = details["State"]
+        return "running" if state.get("Running") or state.get("Restarting") else "stopped"
+
+    def inventory(self) -> dict[str, tuple[str, ProviderState]]:
+        with engine_errors("listing workspaces"):
+            containers = self.client.api.containers(
+                all=True, filters={"label": [WORKSPACE_LABEL, f"{INSTANCE_LABEL}={self.instance}"]}
+            )
+        found: dict[str, tuple[str, ProviderState]] = {}
+        for container in containers:
+            workspace_id = container["Labels"][WORKSPACE_LABEL]
+            running = container["State"] in ("running", "restarting")
+            found[workspace_id] = (CONTAINER_PREFIX + workspace_id, "running" if running else "stopped")
+        for name in self.disks.names():
+            found.setdefault(name, (CONTAINER_PREFIX + name, "missing"))  # a disk whose container is gone
+        return found
 
     # Commands
 
@@ -325,7 +382,7 @@ class DockerProvider(Provider):
             code = call.exit_code()
             duration_ms = int((time.monotonic() - started) * 1000)
             timed_out = code == TIMEOUT_EXIT_CODE and timeout is not None and duration_ms >= timeout * 1000
-            yield Exit(exit_code=code, timed_out=timed_out, duration_ms=duration_ms)
+            yield Exit(exit_code=code, timed_out=timed_out, duration_ms=duration_ms, signal=signal_of(code))
         finally:
             # Closing the connection early makes the helper kill the command's process group.
             call.close()
@@ -409,6 +466,25 @@ class DockerProvider(Provider):
         if code != 0:
             message = errors.decode("utf-8", "replace").strip()[-1000:]
             raise BadRequest(f"unpacking the archive into {path} failed (tar exit {code}): {message}")
+
+
+def _workspace_id(ref: str) -> str:
+    return ref.removeprefix(CONTAINER_PREFIX)
+
+
+def install_helper(directory: Path) -> Path:
+    """A copy of the helper named by its digest, bind-mounted read-only into every workspace.
+
+    A copy, so that rebuilding the helper never changes what running workspaces see.
+    """
+    target = directory / f"agentbox-exec-{helper_digest()}"
+    if not target.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(helper_bytes())
+        partial.chmod(0o755)
+        partial.replace(target)
+    return target
 
 
 def _engine_exec_failure(message: bytes) -> str:

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
@@ -28,7 +29,7 @@
 #define NSEC 1000000000LL
 
 static int usage(void) {
-    fputs("usage: agentbox-exec init\n"
+    fputs("usage: agentbox-exec init [-M MAX_MEMORY_BYTES] [-P MAX_TASKS]\n"
           "       agentbox-exec run [-t SECONDS] [-m MAX_BYTES] [-i] -- ARGV...\n"
           "       agentbox-exec get PATH\n"
           "       agentbox-exec put PATH [-p MODE] [-s SIZE]\n"
@@ -127,22 +128,109 @@ static sigset_t term_and_chld(void) {
 
 /* ---- init ----------------------------------------------------------------- */
 
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * NSEC + ts.tv_nsec;
+}
+
+/* Memory in use by the whole sandbox, in bytes, as gVisor's /proc/meminfo
+ * reports it (MemTotal - MemFree); -1 if it cannot be read. */
+static long long sandbox_memory_used(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long long total = -1, free_kb = -1, v;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "MemTotal: %lld kB", &v) == 1)
+            total = v;
+        else if (sscanf(line, "MemFree: %lld kB", &v) == 1)
+            free_kb = v;
+    }
+    fclose(f);
+    return total < 0 || free_kb < 0 ? -1 : (total - free_kb) * 1024;
+}
+
+/* The process (other than PID 1) with the largest resident set, or -1. */
+static pid_t largest_process(long long *rss_pages) {
+    DIR *d = opendir("/proc");
+    if (!d)
+        return -1;
+    pid_t best = -1;
+    *rss_pages = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end || pid <= 1)
+            continue;
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%ld/statm", pid);
+        FILE *f = fopen(path, "r");
+        long long size, resident;
+        if (!f)
+            continue;
+        if (fscanf(f, "%lld %lld", &size, &resident) == 2 && resident > *rss_pages) {
+            *rss_pages = resident;
+            best = (pid_t)pid;
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return best;
+}
+
 /* PID 1: reap orphans forever, exit 0 at once on SIGTERM/SIGINT.  The signals
- * are blocked and taken with sigwaitinfo(): the kernel drops signals with the
+ * are blocked and taken with sigtimedwait(): the kernel drops signals with the
  * default action that are sent to a PID namespace's init, but a blocked
- * signal is always queued.  No handlers, no busy loop. */
+ * signal is always queued.  No handlers.
+ *
+ * With -M BYTES it is also the sandbox's OOM killer.  Under gVisor the sandbox
+ * (its kernel included) shares one host memory cgroup with the workload, and
+ * the host's OOM killer would kill the whole sandbox; so the host limit gets
+ * headroom, and init kills the largest process as soon as the workload uses
+ * more than BYTES, which is what a process hitting a memory limit sees on
+ * Linux (SIGKILL).  -P TASKS is read by `run` (see apply_task_limit). */
+#define TICK_MS 25
 static int cmd_init(int argc, char **argv) {
-    (void)argv;
-    if (argc != 1)
-        return usage();
+    long long max_memory = 0;
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 >= argc)
+            return usage();
+        if (!strcmp(argv[i], "-M"))
+            max_memory = atoll(argv[i + 1]);
+        else if (strcmp(argv[i], "-P"))
+            return usage();
+    }
     sigset_t set = term_and_chld();
     sigprocmask(SIG_BLOCK, &set, NULL);
+    int cooldown = 0;
+    long long next_check = now_ns();
     for (;;) {
         while (waitpid(-1, NULL, WNOHANG) > 0)
             ;   /* SIGCHLDs coalesce: reap everything on each wake-up */
-        int sig = sigwaitinfo(&set, NULL);
+        long long wait = next_check - now_ns();
+        struct timespec tick = {0, wait > 0 ? wait : 0};
+        int sig = max_memory > 0 ? sigtimedwait(&set, NULL, &tick) : sigwaitinfo(&set, NULL);
         if (sig == SIGTERM || sig == SIGINT)
             return 0;
+        if (max_memory <= 0 || now_ns() < next_check)
+            continue;   /* on the clock, not on every exit: SIGCHLDs may never stop */
+        next_check = now_ns() + TICK_MS * 1000000LL;
+        if (cooldown > 0) {   /* let the last victim's memory go before judging again */
+            cooldown--;
+            continue;
+        }
+        long long used = sandbox_memory_used(), rss;
+        if (used <= max_memory)
+            continue;
+        pid_t victim = largest_process(&rss);
+        if (victim > 0 && kill(victim, SIGKILL) == 0) {
+            fprintf(stderr, "agentbox-exec: memory limit of %lld bytes exceeded (%lld in use): "
+                    "killed pid %d (%lld kB resident)\n", max_memory, used, (int)victim, rss * 4);
+            cooldown = 10;
+        }
     }
 }
 
@@ -161,12 +249,6 @@ struct stream {
 static pid_t child = -1;       /* also the id of the child's process group */
 static int child_reaped;
 static unsigned long long max_bytes = 10485760;
-
-static long long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * NSEC + ts.tv_nsec;
-}
 
 /* Read once from a stream and forward it while under max_bytes+1 in total;
  * the rest is read and dropped so the child never blocks on a full pipe.
@@ -304,8 +386,33 @@ static int parse_run_flags(int argc, char **argv, double *timeout, int *interact
 
 /* In the forked child: set up the session, signals and fds, then exec.  On
  * failure, errno goes to the parent through the CLOEXEC pipe `ep`. */
+/* The workspace's task limit is an argument of PID 1 ("init -P N"), where no
+ * workload can change it; every command runs with it as RLIMIT_NPROC, soft and
+ * hard, so it cannot be raised again without privileges. */
+static void apply_task_limit(void) {
+    char args[4096];
+    int fd = open("/proc/1/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, args, sizeof args - 1);
+    close(fd);
+    if (n <= 0)
+        return;
+    args[n] = '\0';
+    for (char *arg = args; arg < args + n; arg += strlen(arg) + 1) {
+        if (!strcmp(arg, "-P") && arg + strlen(arg) + 1 < args + n) {
+            long long limit = atoll(arg + strlen(arg) + 1);
+            struct rlimit rl = {(rlim_t)limit, (rlim_t)limit};
+            if (limit > 0)
+                setrlimit(RLIMIT_NPROC, &rl);
+            return;
+        }
+    }
+}
+
 static void exec_child(char **cmd, int interactive, int out, int err, int ep, sigset_t *mask) {
     setsid();   /* own session and process group, so a timeout kills it all */
+    apply_task_limit();
     signal(SIGPIPE, SIG_DFL);
     signal(SIGCHLD, SIG_DFL);
     signal(SIGTERM, SIG_DFL);

@@ -1,0 +1,60 @@
+"""The background loop: TTL expiry, reconciliation with the engine, and the warm pool.
+
+One thread, woken every `WORKSPACE_REAP_INTERVAL` seconds and whenever the manager says
+something changed (a claim, a delete), so that the pool refills at once. A failure in one
+round (the engine is down) is logged and retried at the next; it never stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from agentbox.errors import AgentboxError
+from agentbox.manager import WorkspaceManager
+
+log = logging.getLogger("agentbox.lifecycle")
+
+
+class Lifecycle:
+    def __init__(self, manager: WorkspaceManager, interval: float) -> None:
+        self.manager = manager
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agentbox-lifecycle", daemon=True)
+
+    def start(self) -> None:
+        self.manager.on_change = self._wake.set
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self.manager.pool is not None:
+            self.manager.pool.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout=120)
+
+    def _run(self) -> None:
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.interval
+                self._guarded("expiring workspaces", self.manager.reap_expired)
+                self._guarded("reconciling with the engine", self.manager.reconcile)
+            if self.manager.pool is not None:
+                self._guarded("filling the warm pool", self.manager.pool.fill)
+            self._wake.wait(timeout=max(0.0, next_sweep - time.monotonic()))
+            self._wake.clear()
+
+    @staticmethod
+    def _guarded(what: str, work: Callable[[], object]) -> None:
+        try:
+            work()
+        except AgentboxError as exc:
+            log.warning("%s failed (retrying later): %s", what, exc.detail)
+        except Exception:
+            log.exception("%s failed (retrying later)", what)

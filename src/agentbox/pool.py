@@ -1,0 +1,168 @@
+"""The warm pool: pre-booted workspaces of the default image and limits, waiting for an owner.
+
+Pooled workspaces are rows with status `pooled` and no owner, so that they survive a
+restart of the server and reconciliation knows them. A claim turns the row into an
+ordinary running workspace in one guarded update; everything a request may vary without
+changing the container (owner, labels, TTL, env: applied to each exec) is set then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from agentbox.config import Settings
+from agentbox.metrics import Metrics
+from agentbox.models import Status, Workspace, new_workspace_id, utcnow
+from agentbox.providers.base import Provider, WorkspaceSpec
+from agentbox.schemas import CreateWorkspace
+from agentbox.store import Store
+
+log = logging.getLogger("agentbox.pool")
+
+POOLED = (Status.POOLED.value,)
+
+
+class WarmPool:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        provider_name: str,
+        provider: Provider,
+        metrics: Metrics,
+        room: Callable[[], int],
+    ) -> None:
+        """`room` says how many more workspaces the cap allows right now."""
+        self.settings = settings
+        self.store = store
+        self.provider_name = provider_name
+        self.provider = provider
+        self.metrics = metrics
+        self._room = room
+        self._stopping = threading.Event()
+
+    @property
+    def size(self) -> int:
+        return self.settings.warm_pool_size
+
+    def serves(self, provider_name: str, request: CreateWorkspace) -> bool:
+        """Whether a pooled container is exactly what `request` asks for."""
+        s = self.settings
+        return (
+            self.size > 0
+            and provider_name == self.provider_name
+            and request.image in (None, s.image)
+            and request.cpu in (None, s.default_cpu)
+            and request.memory in (None, s.default_memory)
+            and request.disk in (None, s.default_disk)
+        )
+
+    def _fits(self, workspace: Workspace) -> bool:
+        s = self.settings
+        return (workspace.provider, workspace.image, workspace.cpu, workspace.memory, workspace.disk) == (
+            self.provider_name,
+            s.image,
+            s.default_cpu,
+            s.default_memory,
+            s.default_disk,
+        ) and (workspace.pids_limit, workspace.network) == (s.pids_limit, s.network_name)
+
+    def pooled(self) -> list[Workspace]:
+        return self.store.find(owner="", statuses=POOLED)
+
+    def ready(self) -> int:
+        return sum(1 for w in self.pooled() if w.provider_ref)
+
+    def take(self, **claim: object) -> Workspace | None:
+        """Hand a ready pooled workspace over with the row fields in `claim`; None if none is ready.
+
+        The caller holds the admission lock, so two claims never race; the guarded update
+        protects against the pool discarding the same row meanwhile.
+        """
+        for candidate in self.pooled():
+            if candidate.provider_ref and self._fits(candidate):
+                claimed = self.store.transition(candidate.id, POOLED, "claimed", **claim)
+                if claimed is not None:
+                    self.metrics.claims.inc()
+                    return claimed
+        return None
+
+    def fill(self) -> None:
+        """Shrink to fit the cap and the settings, then boot containers until the pool is full."""
+        pooled = self.pooled()
+        target = min(self.size, max(0, self._room()))
+        keep = sorted((w for w in pooled if self._fits(w)), key=lambda w: w.provider_ref is None)
+        for workspace in [w for w in pooled if not self._fits(w)] + keep[target:]:
+            self.discard(workspace)
+        have = min(len(keep), target)
+        while have < min(self.size, max(0, self._room())) and not self._stopping.is_set():
+            if not self._boot_one():
+                return  # try again at the next round rather than spin on a broken engine or image
+            have += 1
+
+    def _boot_one(self) -> bool:
+        s = self.settings
+        now = utcnow()
+        workspace = Workspace(
+            id=new_workspace_id(),
+            owner="",
+            provider=self.provider_name,
+            runtime=self.provider.capabilities().runtime,
+            status=Status.POOLED.value,
+            image=s.image,
+            cpu=s.default_cpu,
+            memory=s.default_memory,
+            disk=s.default_disk,
+            pids_limit=s.pids_limit,
+            ephemeral=True,
+            ttl_days=None,
+            env={},
+            labels={},
+            network=s.network_name,
+            created_at=now,
+            updated_at=now,
+        )
+        self.store.add(workspace, "pool_boot")
+        spec = WorkspaceSpec(
+            id=workspace.id,
+            image=workspace.image,
+            cpu=workspace.cpu,
+            memory=workspace.memory,
+            disk=workspace.disk,
+            pids_limit=workspace.pids_limit,
+            network=workspace.network,
+        )
+        try:
+            ref = self.provider.create(spec)
+        except Exception as exc:
+            reason = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
+            log.warning("warm pool: booting a workspace failed: %s", reason)
+            self.metrics.failures.labels("pool").inc()
+            self.store.update(
+                workspace.id, "pool_failed", status=Status.DELETED.value, error=reason, deleted_at=utcnow()
+            )
+            return False
+        if self.store.transition(workspace.id, POOLED, "pool_ready", provider_ref=ref) is None:
+            self.provider.destroy(ref)  # discarded while it booted
+        return True
+
+    def discard(self, workspace: Workspace) -> None:
+        discard_pooled(self.store, self.provider, workspace)
+
+    def stop(self) -> None:
+        """Interrupt a fill between two boots."""
+        self._stopping.set()
+
+    def drain(self) -> None:
+        """Destroy every pooled workspace (at shutdown: idle containers should not outlive the service)."""
+        for workspace in self.pooled():
+            self.discard(workspace)
+
+
+def discard_pooled(store: Store, provider: Provider, workspace: Workspace) -> None:
+    """Remove a pooled workspace, unless a claim took it first."""
+    gone = store.transition(workspace.id, POOLED, "pool_discarded", status=Status.DELETED.value, deleted_at=utcnow())
+    if gone is not None and workspace.provider_ref:
+        provider.destroy(workspace.provider_ref)

@@ -1,0 +1,112 @@
+"""Per-workspace disks: a file-backed ext4 filesystem of exactly the workspace's disk size.
+
+overlay2 on ext4 has no size quota, and this kernel has neither XFS nor ext4 project
+quotas, so a container's writable layer cannot be bounded. Instead every workspace gets
+its own filesystem (a sparse image file, loop-mounted on the host) that holds everything
+the workload may write: `/workspace`, `/tmp` and the home directory are bind-mounted from
+it and the rest of the root filesystem is read-only. Writing past the size fails inside
+the workspace with ENOSPC, and the host only ever spends what was really written.
+
+Without root (or without mkfs.ext4) the disks are plain directories and the limit is not
+enforced; `Disks.enforced` says which, and the service warns at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from agentbox.providers.base import ProviderError
+
+log = logging.getLogger("agentbox.providers.disks")
+
+#: Subdirectories of each disk and where they appear in the workspace.
+TMP, HOME, WORKSPACE = "tmp", "home", "workspace"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class Disks:
+    def __init__(self, root: Path, owner: str) -> None:
+        self.root = root
+        uid, _, gid = owner.partition(":")
+        self._uid, self._gid = int(uid), int(gid or uid)
+        missing = [tool for tool in ("mkfs.ext4", "mount", "umount") if shutil.which(tool) is None]
+        self.enforced = os.geteuid() == 0 and not missing
+        self.why_not = (
+            ""
+            if self.enforced
+            else "disk limits need root and mkfs.ext4/mount (e2fsprogs, util-linux): "
+            + ("not running as root" if os.geteuid() != 0 else f"missing {', '.join(missing)}")
+        )
+
+    def _image(self, name: str) -> Path:
+        return self.root / f"{name}.img"
+
+    def mountpoint(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise ValueError(f"bad disk name {name!r}")
+        return self.root / name
+
+    def create(self, name: str, size: int) -> Path:
+        """Make and mount the disk `name` of `size` bytes; return its mount point."""
+        target = self.mountpoint(name)
+        target.mkdir(parents=True, exist_ok=False)
+        try:
+            if self.enforced:
+                image = self._image(name)
+                with image.open("xb") as handle:
+                    handle.truncate(size)  # sparse: the host spends only what is written
+                # No lazy zeroing later (it would fill the sparse file); no reserved root blocks.
+                _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image))
+                self._mount(name)
+            for sub, mode, owned in ((WORKSPACE, 0o755, True), (HOME, 0o755, True), (TMP, 0o1777, False)):
+                path = target / sub
+                path.mkdir(exist_ok=True)
+                os.chmod(path, mode)
+                if owned and os.geteuid() == 0:
+                    os.chown(path, self._uid, self._gid)
+        except BaseException:
+            self.destroy(name)
+            raise
+        return target
+
+    def ensure_mounted(self, name: str) -> Path:
+        """Remount after a host reboot; a no-op when mounted (or not enforced)."""
+        target = self.mountpoint(name)
+        if self.enforced and self._image(name).exists() and not os.path.ismount(target):
+            target.mkdir(exist_ok=True)
+            self._mount(name)
+        return target
+
+    def _mount(self, name: str) -> None:
+        _run("mount", "-o", "loop,noinit_itable", str(self._image(name)), str(self.mountpoint(name)))
+
+    def destroy(self, name: str) -> None:
+        target = self.mountpoint(name)
+        # Lazy only if something (a container being torn down) still holds it.
+        if os.path.ismount(target) and subprocess.run(["umount", str(target)], capture_output=True).returncode:
+            _run("umount", "--lazy", str(target))
+        self._image(name).unlink(missing_ok=True)
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+
+    def names(self) -> set[str]:
+        """Every disk that exists, mounted or not."""
+        if not self.root.is_dir():
+            return set()
+        found = set()
+        for entry in self.root.iterdir():
+            name = entry.name.removesuffix(".img")
+            if _NAME.match(name):
+                found.add(name)
+        return found
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ProviderError(f"preparing the workspace disk: `{' '.join(argv[:2])}` failed: {result.stderr.strip()}")
