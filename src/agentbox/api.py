@@ -51,17 +51,19 @@ async def in_thread(function: Callable[..., T], *args: Any) -> T:
 
 
 def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
-    """The ASGI app. `service` may be given already started (tests); otherwise the app starts its own."""
+    """The ASGI app. `service` may be given already started; either way the app closes it at shutdown.
+
+    (At shutdown, not after the server returns: uvicorn re-raises the SIGTERM it handled, so
+    nothing after `uvicorn.run` would run.)
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = service is None
         app.state.service = service or await in_thread(Service.start, settings)
         try:
             yield
         finally:
-            if own:
-                await in_thread(app.state.service.close)
+            await in_thread(app.state.service.close)
 
     app = FastAPI(title="agentbox", version=version("agentbox"), lifespan=lifespan)
 

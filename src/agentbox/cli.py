@@ -57,9 +57,11 @@ def serve(
     except StartupError as exc:
         _fail(exc.detail, 2)
     try:
+        # The app closes the service at shutdown (warm pool removed, background work stopped).
         uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level.lower())
-    finally:
-        service.close()
+    except BaseException:
+        service.close()  # e.g. the port was taken: uvicorn exits before any shutdown
+        raise
 
 
 @app.command()

@@ -105,8 +105,10 @@ class Service:
         self.lifecycle.start()
 
     def close(self) -> None:
+        """Stop background work, remove the idle warm pool, release the engine and the database. Idempotent."""
         if self.lifecycle is not None:
             self.lifecycle.stop()
+            self.lifecycle = None
         if self.manager is not None and self.manager.pool is not None:
             try:
                 self.manager.pool.drain()
@@ -114,6 +116,7 @@ class Service:
                 log.warning("removing the warm pool at shutdown failed: %s", exc.detail)
         if self.docker_client is not None:
             self.docker_client.close()
+            self.docker_client = None
         self.store.close()
 
 

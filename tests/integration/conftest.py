@@ -11,16 +11,20 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import docker
 import docker.errors
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentbox.client import APIError, Client
+from agentbox.config import load_settings
 
+T = TypeVar("T")
 WORKSPACE_LABEL = "agentbox.workspace.id"
 BUSYBOX_IMAGE = "agentbox-test/busybox:1"
 KEYS = {
@@ -100,6 +104,42 @@ class Server:
 
     def health(self) -> dict[str, object]:
         return dict(httpx.get(f"{self.url}/api/v1/health", timeout=10).json())
+
+    def metrics(self) -> dict[str, float]:
+        """GET /metrics as {"name{label=value}": value}."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return found
+
+    @property
+    def instance(self) -> str:
+        """The label value that marks this server's containers on the engine."""
+        return load_settings(WORKSPACE_DATA_DIR=str(self.data_dir)).instance_id
+
+    def containers(self, client: docker.DockerClient) -> dict[str, str]:
+        """This server's workspace containers on the engine: workspace id -> state."""
+        found = client.api.containers(all=True, filters={"label": f"agentbox.instance={self.instance}"})
+        return {c["Labels"][WORKSPACE_LABEL]: c["State"] for c in found}
+
+    def disks(self) -> set[str]:
+        """Workspace disks mounted from this server's data directory."""
+        prefix = str(self.data_dir / "disks") + "/"
+        return {mount.removeprefix(prefix) for mount in workspace_disk_mounts() if mount.startswith(prefix)}
+
+
+def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.25) -> T:
+    """Poll `check` until it returns something truthy; fail with its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = check()
+        if answer:
+            return answer
+        assert time.monotonic() < deadline, f"still {answer!r} after {timeout} s"
+        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

@@ -26,61 +26,82 @@ RUN = Path("/run/agentbox-test-engine")
 NETNS = "agentbox-test-engine"
 
 
-@contextmanager
-def second_engine(daemon_config: dict[str, Any]) -> Iterator[str]:
-    """Start dockerd with `daemon_config`; yield its DOCKER_HOST; stop it and wipe its state."""
-    RUN.mkdir(parents=True, exist_ok=True)
-    config = RUN / "daemon.json"
-    config.write_text(json.dumps(daemon_config))
-    socket = RUN / "docker.sock"
-    host = f"unix://{socket}"
-    log = (RUN / "dockerd.log").open("wb")
-    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
-    subprocess.run(["ip", "netns", "add", NETNS], capture_output=True, check=True)
-    subprocess.run(["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"], capture_output=True, check=True)
-    process = subprocess.Popen(
-        [
-            # nsenter, not `ip netns exec`: that one also remounts /sys and hides the cgroups.
-            "nsenter",
-            f"--net=/run/netns/{NETNS}",
-            "dockerd",
-            "--config-file",
-            str(config),
-            "--data-root",
-            str(ROOT),
-            "--exec-root",
-            str(RUN / "exec"),
-            "--pidfile",
-            str(RUN / "docker.pid"),
-            "-H",
-            host,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+class SecondEngine:
+    """dockerd in its own network namespace, with its own data root, that a test may stop and restart."""
+
+    def __init__(self, daemon_config: dict[str, Any]) -> None:
+        self.config = RUN / "daemon.json"
+        self.socket = RUN / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.process: subprocess.Popen[bytes] | None = None
+        RUN.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(json.dumps(daemon_config))
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "add", NETNS], capture_output=True, check=True)
+        subprocess.run(["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"], capture_output=True, check=True)
+
+    def start(self) -> None:
+        log = (RUN / "dockerd.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                # nsenter, not `ip netns exec`: that one also remounts /sys and hides the cgroups.
+                "nsenter",
+                f"--net=/run/netns/{NETNS}",
+                "dockerd",
+                "--config-file",
+                str(self.config),
+                "--data-root",
+                str(ROOT),
+                "--exec-root",
+                str(RUN / "exec"),
+                "--pidfile",
+                str(RUN / "docker.pid"),
+                "-H",
+                self.host,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
-                client = docker.DockerClient(base_url=host, timeout=60)
+                client = docker.DockerClient(base_url=self.host, timeout=60)
+                client.ping()
                 break
             except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
+                if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("second dockerd did not start:\n" + (RUN / "dockerd.log").read_text()) from None
                 time.sleep(0.2)
         client.api.import_image_from_data(busybox_tar(), repository="agentbox-test/busybox", tag="1")
         client.close()
-        yield host
-    finally:
-        process.terminate()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
         try:
-            process.wait(timeout=30)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def wipe(self) -> None:
+        self.stop()
         subprocess.run(["umount", "-R", str(RUN / "exec")], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
         shutil.rmtree(ROOT, ignore_errors=True)
         shutil.rmtree(RUN, ignore_errors=True)
+
+
+@contextmanager
+def second_engine(daemon_config: dict[str, Any]) -> Iterator[SecondEngine]:
+    """Start dockerd with `daemon_config`; yield it; stop it and wipe its state."""
+    engine = SecondEngine(daemon_config)
+    try:
+        engine.start()
+        yield engine
+    finally:
+        engine.wipe()

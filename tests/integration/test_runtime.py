@@ -16,8 +16,8 @@ def fallback_server(tmp_path: Path, docker_host: str) -> Server:
 
 
 def test_runsc_unregistered_gives_runc_workspaces_and_a_warning(tmp_path: Path) -> None:
-    with second_engine({}) as docker_host:
-        server = fallback_server(tmp_path, docker_host)
+    with second_engine({}) as engine:
+        server = fallback_server(tmp_path, engine.host)
         try:
             health = server.health()
             assert health["runtime"] == "runc" and health["gvisor"] is False
@@ -38,8 +38,8 @@ def test_runsc_unregistered_gives_runc_workspaces_and_a_warning(tmp_path: Path) 
 
 def test_registered_but_broken_runsc_is_probed_and_refused(tmp_path: Path) -> None:
     broken = {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=systrap"]}}}
-    with second_engine(broken) as docker_host:
-        server = fallback_server(tmp_path, docker_host)
+    with second_engine(broken) as engine:
+        server = fallback_server(tmp_path, engine.host)
         try:
             health = server.health()
             assert health["runtime"] == "runc" and health["gvisor"] is False
