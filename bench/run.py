@@ -18,7 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
@@ -42,7 +43,7 @@ def timed(function: Callable[[], object], rounds: int) -> list[float]:
     return samples
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(data_dir: Path, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -54,6 +55,7 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         "WORKSPACE_DEFAULT_MEMORY": "512M",
         "WORKSPACE_DEFAULT_CPU": "1",
         "WORKSPACE_MAX_CONCURRENT": "100",
+        **settings,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "agentbox.cli", "serve", "--port", str(port), "--log-level", "warning"],
@@ -74,27 +76,39 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="samples per measurement (default 15)")
+    parser.add_argument("--idle", type=int, default=10, help="idle workspaces for the density measurement")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latest.json")
     args = parser.parse_args()
 
     engine = docker.from_env()
-    with tempfile.TemporaryDirectory() as data_dir:
-        process, url = start_server(Path(data_dir))
-        api = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
-        runtime = api.get("/health").json()["runtime"]
-        print(f"==> runtime {runtime}, image {IMAGE}, {args.rounds} rounds each", flush=True)
-        try:
-            results = run(api, engine, runtime, args.rounds)
-        finally:
-            for workspace in api.get("/workspaces").json()["workspaces"]:
-                api.delete(f"/workspaces/{workspace['id']}")
-            api.close()
-            process.terminate()
-            process.wait()
-    report(results, runtime, args.output)
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as cold_dir, tempfile.TemporaryDirectory() as warm_dir:
+        with server(Path(cold_dir)) as api:
+            runtime = api.get("/health").json()["runtime"]
+            print(f"==> runtime {runtime}, image {IMAGE}, {args.rounds} rounds each", flush=True)
+            results |= cold_and_exec(api, engine, runtime, args.rounds)
+            density = idle_density(api, engine, args.idle)
+        with server(Path(warm_dir), WORKSPACE_WARM_POOL_SIZE="2") as api:
+            results["claim_api"] = warm_claims(api, args.rounds)
+    report(results, density, runtime, args.output)
 
 
-def run(api: httpx.Client, engine: docker.DockerClient, runtime: str, rounds: int) -> dict[str, list[float]]:
+@contextmanager
+def server(data_dir: Path, **settings: str) -> Iterator[httpx.Client]:
+    """An agentbox server of its own; every workspace it made is deleted afterwards."""
+    process, url = start_server(data_dir, **settings)
+    api = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+    try:
+        yield api
+    finally:
+        for workspace in api.get("/workspaces").json()["workspaces"]:
+            api.delete(f"/workspaces/{workspace['id']}")
+        api.close()
+        process.terminate()
+        process.wait()
+
+
+def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, rounds: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {}
     options = {"runtime": runtime, "mem_limit": "512m", "nano_cpus": 10**9, "detach": True}
 
@@ -113,6 +127,7 @@ def run(api: httpx.Client, engine: docker.DockerClient, runtime: str, rounds: in
     results["exec_api"] = timed(
         lambda: api.post(f"/workspaces/{workspace_id}/exec", json={"command": ["true"]}), rounds
     )
+    api.delete(f"/workspaces/{workspace_id}")
     target = raw[0]
 
     def raw_exec() -> None:
@@ -126,7 +141,60 @@ def run(api: httpx.Client, engine: docker.DockerClient, runtime: str, rounds: in
     return results
 
 
-def report(results: dict[str, list[float]], runtime: str, output: Path) -> None:
+def warm_claims(api: httpx.Client, rounds: int) -> list[float]:
+    """Create latency when the pool has a container ready (waits for the refill between rounds)."""
+    print("==> warm-pool claim through the API", flush=True)
+    samples = []
+    for _ in range(rounds):
+        while pool_ready(api) < 1:
+            time.sleep(0.1)
+        started = time.perf_counter()
+        workspace = api.post("/workspaces", json={}).json()
+        samples.append((time.perf_counter() - started) * 1000)
+        api.delete(f"/workspaces/{workspace['id']}")
+    return samples
+
+
+def pool_ready(api: httpx.Client) -> float:
+    metrics = httpx.get(str(api.base_url).removesuffix("/api/v1/") + "/metrics").text
+    for line in metrics.splitlines():
+        if line.startswith("agentbox_pool_ready "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def idle_density(api: httpx.Client, engine: docker.DockerClient, count: int) -> dict[str, float]:
+    """Memory per idle workspace, from the containers' memory cgroups and from the host's MemAvailable."""
+    print(f"==> {count} idle workspaces: memory per workspace", flush=True)
+    available_before = meminfo("MemAvailable")
+    ids = [api.post("/workspaces", json={}).json()["id"] for _ in range(count)]
+    time.sleep(5)  # let them settle
+    cgroup_bytes = []
+    for workspace_id in ids:
+        container = engine.api.inspect_container(f"agentbox-{workspace_id}")["Id"]
+        usage = Path(f"/sys/fs/cgroup/memory/docker/{container}/memory.usage_in_bytes")
+        cgroup_bytes.append(int(usage.read_text()))
+    per_workspace_host = (available_before - meminfo("MemAvailable")) / count
+    for workspace_id in ids:
+        api.delete(f"/workspaces/{workspace_id}")
+    per_workspace_cgroup = statistics.median(cgroup_bytes)
+    return {
+        "idle_workspaces": count,
+        "cgroup_mib_per_workspace_p50": round(per_workspace_cgroup / 2**20, 1),
+        "host_mib_per_workspace": round(per_workspace_host / 2**20, 1),
+        "host_available_mib": round(available_before / 2**20),
+        "fit_by_memory": int(available_before / max(per_workspace_host, per_workspace_cgroup)),
+    }
+
+
+def meminfo(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def report(results: dict[str, list[float]], density: dict[str, float], runtime: str, output: Path) -> None:
     summary = {
         name: {"p50_ms": round(statistics.median(s), 1), "p95_ms": round(percentile(s, 0.95), 1), "n": len(s)}
         for name, s in results.items()
@@ -134,14 +202,18 @@ def report(results: dict[str, list[float]], runtime: str, output: Path) -> None:
     ratios = {
         "create_api_over_raw_p50": round(summary["create_api"]["p50_ms"] / summary["create_raw"]["p50_ms"], 2),
         "exec_api_over_raw_p50": round(summary["exec_api"]["p50_ms"] / summary["exec_raw"]["p50_ms"], 2),
+        "claim_over_cold_create_p50": round(summary["claim_api"]["p50_ms"] / summary["create_api"]["p50_ms"], 3),
     }
     print(f"\n{'measurement':<14}{'p50 ms':>10}{'p95 ms':>10}")
     for name, values in summary.items():
         print(f"{name:<14}{values['p50_ms']:>10}{values['p95_ms']:>10}")
     for name, ratio in ratios.items():
         print(f"{name}: {ratio}x")
+    for name, value in density.items():
+        print(f"{name}: {value}")
     machine = {
         "cpus": os.cpu_count(),
+        "memory_mib": round(meminfo("MemTotal") / 2**20),
         "kernel": platform.release(),
         "runtime": runtime,
         "docker": docker.from_env().version().get("Version"),
@@ -149,7 +221,10 @@ def report(results: dict[str, list[float]], runtime: str, output: Path) -> None:
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(
-        json.dumps({"machine": machine, "summary": summary, "ratios": ratios, "samples_ms": results}, indent=2)
+        json.dumps(
+            {"machine": machine, "summary": summary, "ratios": ratios, "density": density, "samples_ms": results},
+            indent=2,
+        )
     )
     print(f"\nwrote {output}")
 

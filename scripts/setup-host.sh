@@ -5,7 +5,9 @@
 #   b. register runsc in /etc/docker/daemon.json (merged, rewritten only on change)
 #   c. start dockerd if it is not answering (cleaning up after a killed one)
 #   d. reload dockerd (SIGHUP) if it was running and its runsc registration is stale
-#   e. print a one-line summary
+#   e. raise kernel.pid_max if it is low (gVisor's ptrace platform spends ~15 host
+#      threads per task in a sandbox: 32768 pids are a few busy workspaces)
+#   f. print a one-line summary
 #
 # Idempotent; takes well under 2 s when everything is already in place.
 #
@@ -214,7 +216,18 @@ sys.exit(0 if rt and {"path": rt.get("path"), "runtimeArgs": rt.get("runtimeArgs
     fi
 fi
 
-# ------------------------------------------------------------------ e. summary
+# ------------------------------------------------------------- e. kernel.pid_max
+WANT_PID_MAX=4194304
+pid_max=$(cat /proc/sys/kernel/pid_max)
+if [ "$pid_max" -lt "$WANT_PID_MAX" ]; then
+    if echo "$WANT_PID_MAX" >/proc/sys/kernel/pid_max 2>/dev/null; then
+        say "raised kernel.pid_max from $pid_max to $WANT_PID_MAX"
+    else
+        echo "warning: kernel.pid_max is $pid_max and could not be raised; busy gVisor workspaces may exhaust it" >&2
+    fi
+fi
+
+# ------------------------------------------------------------------ f. summary
 version=${info%%|*}
 runtimes=$(python3 -c 'import json,sys; print(" ".join(sorted(json.loads(sys.argv[1].split("|",1)[1]))))' "$info")
 say "docker $version ready; runtimes: $runtimes"

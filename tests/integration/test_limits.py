@@ -80,7 +80,7 @@ def test_a_fork_bomb_is_contained_and_the_workspace_recovers(
     pids = CGROUPS / "pids" / "docker" / container_id(docker_client, workspace_id)
     host_limit = int((pids / "pids.max").read_text())
 
-    result = alice.exec(workspace_id, "bomb() { bomb | bomb & }; bomb; sleep 30", timeout=8)
+    result = alice.exec(workspace_id, "bomb() { bomb | bomb & }; bomb; sleep 30", timeout=5)
     # The bomb ran into the workspace's own process limit inside the sandbox...
     assert "Cannot fork" in result["stderr"]
     # ...and the host's pids cgroup bounds what gVisor may spend on it.
@@ -94,7 +94,8 @@ def test_a_fork_bomb_is_contained_and_the_workspace_recovers(
             if result["exit_code"] == 0:
                 break
         except APIError as exc:
-            assert exc.status_code in (409, 502), exc  # while gVisor tears the bomb down
+            # While gVisor tears the bomb down (or restarts, if the bomb reached the host's limit).
+            assert exc.status_code in (409, 502, 503), exc
         assert time.monotonic() < deadline, f"the workspace did not recover: {result}"
         time.sleep(1)
     kept, processes = result["stdout"].split()

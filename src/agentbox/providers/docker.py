@@ -9,6 +9,7 @@ can only ever resolve within the container it lives in.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -59,7 +60,7 @@ HOME_IN_WORKSPACE = "/home/agent"
 # workload's limit, plus an eighth of the limit for what the workload allocates between two
 # checks of the in-sandbox OOM killer.
 GVISOR_MEMORY_HEADROOM = 128 << 20
-GVISOR_HOST_PIDS_PER_TASK = 20
+GVISOR_HOST_PIDS_PER_TASK = 40
 TIMEOUT_EXIT_CODE = 124  # agentbox-exec's code for "killed at the deadline", as timeout(1)
 # If the helper itself is wedged, the host gives up this long after the command's deadline.
 HOST_GRACE_SECONDS = 10.0
@@ -76,7 +77,11 @@ def engine_errors(what: str) -> Iterator[None]:
         raise WorkspaceGone(f"{what}: the container no longer exists ({exc.explanation})") from None
     except docker.errors.APIError as exc:
         raise ProviderError(f"{what}: the Docker engine said: {exc.explanation or exc}") from None
-    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+    except requests.exceptions.Timeout:
+        raise ProviderUnavailable(
+            f"{what}: the Docker engine did not answer in time; it may be overloaded or restarting, try again"
+        ) from None
+    except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
         raise ProviderUnavailable(
             f"{what}: the Docker engine cannot be reached ({exc}); is dockerd running? (`make run` starts it)"
         ) from None
@@ -277,26 +282,23 @@ class DockerProvider(Provider):
         if spec.network:
             options["network"] = spec.network
         try:
-            try:
-                self.client.containers.create(spec.image, init, **options)
-            except docker.errors.ImageNotFound:
-                raise BadRequest(
-                    f"image {spec.image!r} is not on the Docker engine: build it (`make image` builds the "
-                    "default), load it, or leave `image` out to use the default"
-                ) from None
-            except docker.errors.APIError as exc:
-                if exc.status_code == 400:
-                    raise BadRequest(f"the Docker engine refused the workspace: {exc.explanation}") from None
-                raise ProviderError(f"creating the container failed: {exc.explanation or exc}") from None
-            except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
-                raise ProviderUnavailable(
-                    f"creating the container: the Docker engine cannot be reached ({exc}); is dockerd running?"
-                ) from None
-            with engine_errors("starting the container"):
+            with engine_errors("creating the container"):
+                try:
+                    self.client.containers.create(spec.image, init, **options)
+                except docker.errors.ImageNotFound:
+                    raise BadRequest(
+                        f"image {spec.image!r} is not on the Docker engine: build it (`make image` builds the "
+                        "default), load it, or leave `image` out to use the default"
+                    ) from None
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 400:
+                        raise BadRequest(f"the Docker engine refused the workspace: {exc.explanation}") from None
+                    raise
                 self.client.api.start(ref)
             self._wait_ready(ref)
         except BaseException:
-            self.destroy(ref)
+            with contextlib.suppress(ProviderError):  # engine down: reconciliation removes the rest later
+                self.destroy(ref)
             raise
         return ref
 
@@ -322,12 +324,14 @@ class DockerProvider(Provider):
             self.client.api.stop(ref, timeout=10)
 
     def destroy(self, ref: str) -> None:
-        try:
-            with engine_errors("removing the workspace"):
-                self.client.api.remove_container(ref, v=True, force=True)
-        except WorkspaceGone:
-            pass
-        self.disks.destroy(_workspace_id(ref))
+        workspace_id = _workspace_id(ref)
+        with engine_errors("removing the workspace"):
+            # By label, not by name: whatever carries this workspace's id goes.
+            labels = [f"{WORKSPACE_LABEL}={workspace_id}", f"{INSTANCE_LABEL}={self.instance}"]
+            for container in self.client.api.containers(all=True, filters={"label": labels}):
+                with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
+                    self.client.api.remove_container(container["Id"], v=True, force=True)
+        self.disks.destroy(workspace_id)
 
     def state(self, ref: str) -> ProviderState:
         try:
