@@ -89,7 +89,7 @@ def main() -> None:
             results |= cold_and_exec(api, engine, runtime, args.rounds)
             density = idle_density(api, engine, args.idle)
         with server(Path(warm_dir), WORKSPACE_WARM_POOL_SIZE="2") as api:
-            results["claim_api"] = warm_claims(api, args.rounds)
+            results["claim_api"] = warm_claims(api, args.rounds, pool_size=2)
     report(results, density, runtime, args.output)
 
 
@@ -141,13 +141,14 @@ def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, 
     return results
 
 
-def warm_claims(api: httpx.Client, rounds: int) -> list[float]:
-    """Create latency when the pool has a container ready (waits for the refill between rounds)."""
+def warm_claims(api: httpx.Client, rounds: int, pool_size: int) -> list[float]:
+    """Create latency when the pool is full and idle (waits for the refill between rounds)."""
     print("==> warm-pool claim through the API", flush=True)
     samples = []
     for _ in range(rounds):
-        while pool_ready(api) < 1:
+        while pool_ready(api) < pool_size:
             time.sleep(0.1)
+        time.sleep(0.2)  # let the refill's last writes settle
         started = time.perf_counter()
         workspace = api.post("/workspaces", json={}).json()
         samples.append((time.perf_counter() - started) * 1000)

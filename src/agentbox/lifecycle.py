@@ -17,6 +17,8 @@ from agentbox.manager import WorkspaceManager
 
 log = logging.getLogger("agentbox.lifecycle")
 
+DEBOUNCE_SECONDS = 0.05
+
 
 class Lifecycle:
     def __init__(self, manager: WorkspaceManager, interval: float) -> None:
@@ -47,7 +49,10 @@ class Lifecycle:
                 self._guarded("reconciling with the engine", self.manager.reconcile)
             if self.manager.pool is not None:
                 self._guarded("filling the warm pool", self.manager.pool.fill)
-            self._wake.wait(timeout=max(0.0, next_sweep - time.monotonic()))
+            if self._wake.wait(timeout=max(0.0, next_sweep - time.monotonic())):
+                # Woken by a claim or a delete: wait a moment, so that a burst is one round and
+                # the refill stays off the path of the response that woke it.
+                self._stop.wait(DEBOUNCE_SECONDS)
             self._wake.clear()
 
     @staticmethod

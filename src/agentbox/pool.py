@@ -59,15 +59,21 @@ class WarmPool:
             and request.disk in (None, s.default_disk)
         )
 
-    def _fits(self, workspace: Workspace) -> bool:
+    def _spec(self) -> dict[str, object]:
+        """The columns every pooled workspace has under the current settings."""
         s = self.settings
-        return (workspace.provider, workspace.image, workspace.cpu, workspace.memory, workspace.disk) == (
-            self.provider_name,
-            s.image,
-            s.default_cpu,
-            s.default_memory,
-            s.default_disk,
-        ) and (workspace.pids_limit, workspace.network) == (s.pids_limit, s.network_name)
+        return {
+            "provider": self.provider_name,
+            "image": s.image,
+            "cpu": s.default_cpu,
+            "memory": s.default_memory,
+            "disk": s.default_disk,
+            "pids_limit": s.pids_limit,
+            "network": s.network_name,
+        }
+
+    def _fits(self, workspace: Workspace) -> bool:
+        return all(getattr(workspace, column) == value for column, value in self._spec().items())
 
     def pooled(self) -> list[Workspace]:
         return self.store.find(owner="", statuses=POOLED)
@@ -78,16 +84,13 @@ class WarmPool:
     def take(self, **claim: object) -> Workspace | None:
         """Hand a ready pooled workspace over with the row fields in `claim`; None if none is ready.
 
-        The caller holds the admission lock, so two claims never race; the guarded update
-        protects against the pool discarding the same row meanwhile.
+        The caller holds the admission lock; the store's guarded update protects against the
+        pool discarding the same row meanwhile.
         """
-        for candidate in self.pooled():
-            if candidate.provider_ref and self._fits(candidate):
-                claimed = self.store.transition(candidate.id, POOLED, "claimed", **claim)
-                if claimed is not None:
-                    self.metrics.claims.inc()
-                    return claimed
-        return None
+        claimed = self.store.claim(self._spec(), **claim)
+        if claimed is not None:
+            self.metrics.claims.inc()
+        return claimed
 
     def fill(self) -> None:
         """Shrink to fit the cap and the settings, then boot containers until the pool is full."""

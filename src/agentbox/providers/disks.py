@@ -51,28 +51,47 @@ class Disks:
             raise ValueError(f"bad disk name {name!r}")
         return self.root / name
 
-    def create(self, name: str, size: int) -> Path:
-        """Make and mount the disk `name` of `size` bytes; return its mount point."""
+    def reserve(self, name: str) -> Path:
+        """The disk's mount point with its directories, before any filesystem is there.
+
+        Enough for the engine to accept bind mounts from it; `format` then mounts the real
+        filesystem over it (bind mounts are resolved when the container starts).
+        """
         target = self.mountpoint(name)
         target.mkdir(parents=True, exist_ok=False)
+        self._lay_out(target)
+        return target
+
+    def format(self, name: str, size: int) -> None:
+        """Make the disk's filesystem of `size` bytes and mount it; a no-op when not enforced."""
+        if not self.enforced:
+            return
         try:
-            if self.enforced:
-                image = self._image(name)
-                with image.open("xb") as handle:
-                    handle.truncate(size)  # sparse: the host spends only what is written
-                # No lazy zeroing later (it would fill the sparse file); no reserved root blocks.
-                _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image))
-                self._mount(name)
-            for sub, mode, owned in ((WORKSPACE, 0o755, True), (HOME, 0o755, True), (TMP, 0o1777, False)):
-                path = target / sub
-                path.mkdir(exist_ok=True)
-                os.chmod(path, mode)
-                if owned and os.geteuid() == 0:
-                    os.chown(path, self._uid, self._gid)
+            with self._image(name).open("xb") as handle:
+                handle.truncate(size)  # sparse: the host spends only what is written
+            # No reserved root blocks; no discard and no lazy zeroing later (either would touch
+            # the whole sparse file).
+            options = "lazy_itable_init=1,lazy_journal_init=1,nodiscard"
+            _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", options, str(self._image(name)))
+            self._mount(name)
+            self._lay_out(self.mountpoint(name))
         except BaseException:
             self.destroy(name)
             raise
+
+    def create(self, name: str, size: int) -> Path:
+        """`reserve` and `format` in one go."""
+        target = self.reserve(name)
+        self.format(name, size)
         return target
+
+    def _lay_out(self, target: Path) -> None:
+        for sub, mode, owned in ((WORKSPACE, 0o755, True), (HOME, 0o755, True), (TMP, 0o1777, False)):
+            path = target / sub
+            path.mkdir(exist_ok=True)
+            os.chmod(path, mode)
+            if owned and os.geteuid() == 0:
+                os.chown(path, self._uid, self._gid)
 
     def ensure_mounted(self, name: str) -> Path:
         """Remount after a host reboot; a no-op when mounted (or not enforced)."""

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #define BUFSZ 65536
+#define READY_LINE "agentbox-exec ready"
 #define NSEC 1000000000LL
 
 static int usage(void) {
@@ -205,6 +206,9 @@ static int cmd_init(int argc, char **argv) {
     }
     sigset_t set = term_and_chld();
     sigprocmask(SIG_BLOCK, &set, NULL);
+    /* The host waits for this line: proof that code runs in the sandbox. */
+    fputs(READY_LINE "\n", stdout);
+    fflush(stdout);
     int cooldown = 0;
     long long next_check = now_ns();
     for (;;) {
@@ -436,7 +440,7 @@ static void exec_child(char **cmd, int interactive, int out, int err, int ep, si
 
 static int cmd_run(int argc, char **argv) {
     double timeout = 0;
-    int interactive = 0;
+    static int interactive;   /* static: vfork() below must not clobber it */
     int first = parse_run_flags(argc, argv, &timeout, &interactive);
     if (first < 0)
         return usage();
@@ -458,7 +462,7 @@ static int cmd_run(int argc, char **argv) {
 
     int out[2], err[2], ep[2];
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0 ||
-        (child = fork()) < 0) {
+        (child = vfork()) < 0) {
         perror("agentbox-exec");
         return 126;
     }
