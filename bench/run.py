@@ -109,35 +109,37 @@ def server(data_dir: Path, **settings: str) -> Iterator[httpx.Client]:
 
 
 def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, rounds: int) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {}
+    """API against raw Engine API calls, alternating sample by sample so that drift hits both alike."""
+    results: dict[str, list[float]] = {"create_api": [], "create_raw": [], "exec_api": [], "exec_raw": []}
     options = {"runtime": runtime, "mem_limit": "512m", "nano_cpus": 10**9, "detach": True}
+
+    def sample(name: str, function: Callable[[], object]) -> None:
+        results[name] += timed(function, 1)
 
     print("==> cold create: API vs raw `docker run -d`", flush=True)
     created: list[str] = []
-    results["create_api"] = timed(lambda: created.append(api.post("/workspaces", json={}).json()["id"]), rounds)
-    for workspace_id in created:
-        api.delete(f"/workspaces/{workspace_id}")
     raw: list[docker.models.containers.Container] = []
-    results["create_raw"] = timed(
-        lambda: raw.append(engine.containers.run(IMAGE, ["sleep", "infinity"], **options)), rounds
-    )
+    for _ in range(rounds):
+        sample("create_api", lambda: created.append(api.post("/workspaces", json={}).json()["id"]))
+        sample("create_raw", lambda: raw.append(engine.containers.run(IMAGE, ["sleep", "infinity"], **options)))
+    for workspace_id in created[1:]:
+        api.delete(f"/workspaces/{workspace_id}")
+    for container in raw[1:]:
+        container.remove(force=True)
 
     print("==> exec round trip: API vs raw Engine API exec", flush=True)
-    workspace_id = api.post("/workspaces", json={}).json()["id"]
-    results["exec_api"] = timed(
-        lambda: api.post(f"/workspaces/{workspace_id}/exec", json={"command": ["true"]}), rounds
-    )
-    api.delete(f"/workspaces/{workspace_id}")
-    target = raw[0]
+    workspace_id, target = created[0], raw[0]
 
     def raw_exec() -> None:
         exec_id = engine.api.exec_create(target.id, ["true"])["Id"]
         engine.api.exec_start(exec_id)
         engine.api.exec_inspect(exec_id)
 
-    results["exec_raw"] = timed(raw_exec, rounds)
-    for container in raw:
-        container.remove(force=True)
+    for _ in range(rounds):
+        sample("exec_api", lambda: api.post(f"/workspaces/{workspace_id}/exec", json={"command": ["true"]}))
+        sample("exec_raw", raw_exec)
+    api.delete(f"/workspaces/{workspace_id}")
+    target.remove(force=True)
     return results
 
 
@@ -165,17 +167,20 @@ def pool_ready(api: httpx.Client) -> float:
 
 
 def idle_density(api: httpx.Client, engine: docker.DockerClient, count: int) -> dict[str, float]:
-    """Memory per idle workspace, from the containers' memory cgroups and from the host's MemAvailable."""
+    """Memory and CPU per idle workspace, from their cgroups and from the host's MemAvailable."""
     print(f"==> {count} idle workspaces: memory per workspace", flush=True)
     available_before = meminfo("MemAvailable")
     ids = [api.post("/workspaces", json={}).json()["id"] for _ in range(count)]
     time.sleep(5)  # let them settle
-    cgroup_bytes = []
-    for workspace_id in ids:
-        container = engine.api.inspect_container(f"agentbox-{workspace_id}")["Id"]
-        usage = Path(f"/sys/fs/cgroup/memory/docker/{container}/memory.usage_in_bytes")
-        cgroup_bytes.append(int(usage.read_text()))
+    containers = [engine.api.inspect_container(f"agentbox-{workspace_id}")["Id"] for workspace_id in ids]
+    cgroup_bytes = [int(cgroup(c, "memory", "memory.usage_in_bytes")) for c in containers]
     per_workspace_host = (available_before - meminfo("MemAvailable")) / count
+    cpu_before, started = [cgroup(c, "cpuacct", "cpuacct.usage") for c in containers], time.monotonic()
+    time.sleep(10)
+    elapsed = time.monotonic() - started
+    cpu = [
+        (cgroup(c, "cpuacct", "cpuacct.usage") - b) / 1e9 / elapsed for c, b in zip(containers, cpu_before, strict=True)
+    ]
     for workspace_id in ids:
         api.delete(f"/workspaces/{workspace_id}")
     per_workspace_cgroup = statistics.median(cgroup_bytes)
@@ -185,7 +190,13 @@ def idle_density(api: httpx.Client, engine: docker.DockerClient, count: int) -> 
         "host_mib_per_workspace": round(per_workspace_host / 2**20, 1),
         "host_available_mib": round(available_before / 2**20),
         "fit_by_memory": int(available_before / max(per_workspace_host, per_workspace_cgroup)),
+        "idle_cpu_percent_per_workspace_p50": round(statistics.median(cpu) * 100, 2),
+        "fit_by_cpu": int((os.cpu_count() or 1) / max(statistics.median(cpu), 1e-6)),
     }
+
+
+def cgroup(container: str, controller: str, name: str) -> int:
+    return int(Path(f"/sys/fs/cgroup/{controller}/docker/{container}/{name}").read_text())
 
 
 def meminfo(field: str) -> int:

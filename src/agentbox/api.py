@@ -44,6 +44,7 @@ log = logging.getLogger("agentbox.api")
 T = TypeVar("T")
 
 _bearer = HTTPBearer(auto_error=False)
+VERSION = version("agentbox")
 
 
 async def in_thread(function: Callable[..., T], *args: Any) -> T:
@@ -65,7 +66,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         finally:
             await in_thread(app.state.service.close)
 
-    app = FastAPI(title="agentbox", version=version("agentbox"), lifespan=lifespan)
+    app = FastAPI(title="agentbox", version=VERSION, lifespan=lifespan)
 
     @app.exception_handler(AgentboxError)
     async def agentbox_error(_request: Request, exc: AgentboxError) -> JSONResponse:
@@ -77,7 +78,9 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         log.exception("unexpected error")
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
-    def manager(request: Request) -> WorkspaceManager:
+    # Dependencies are `async def` though they do not await: plain CPU work, and a sync
+    # dependency would cost a thread hop per request.
+    async def manager(request: Request) -> WorkspaceManager:
         found: WorkspaceManager | None = request.app.state.service.manager
         if found is None:
             raise NotFound(
@@ -85,7 +88,9 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             )
         return found
 
-    def owner(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    async def owner(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> str:
         if credentials is None:
             raise Unauthorized(
                 "missing API key: send `Authorization: Bearer <key>` (keys come from WORKSPACE_API_KEYS)"
@@ -117,7 +122,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             gvisor=bool(choice and choice.gvisor),
             runtime_reason=choice.reason if choice else "workspaces are disabled (ENABLE_AGENT_WORKSPACES=false)",
             providers=sorted(svc.manager.providers) if svc.manager else [],
-            version=version("agentbox"),
+            version=VERSION,
         )
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

@@ -37,3 +37,8 @@ class Unauthorized(AgentboxError):
 
 class Unprocessable(AgentboxError):
     status_code = 422
+
+
+def reason_of(exc: BaseException) -> str:
+    """What went wrong, for a record or a log line: the detail of our own errors, else type and message."""
+    return getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"

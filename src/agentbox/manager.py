@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 
 from agentbox.config import Settings
-from agentbox.errors import BadRequest, Conflict, NotFound, TooManyWorkspaces
+from agentbox.errors import BadRequest, Conflict, NotFound, TooManyWorkspaces, reason_of
 from agentbox.metrics import Metrics
 from agentbox.models import Status, Workspace, new_workspace_id, utcnow
 from agentbox.pool import WarmPool, discard_pooled
@@ -109,22 +109,13 @@ class WorkspaceManager:
                     return claimed
             self.store.add(workspace, "created", image=workspace.image)
         self.on_change()  # a cold start may leave the pool too big for the cap
-        spec = WorkspaceSpec(
-            id=workspace.id,
-            image=workspace.image,
-            cpu=workspace.cpu,
-            memory=workspace.memory,
-            disk=workspace.disk,
-            pids_limit=workspace.pids_limit,
-            network=workspace.network,
-        )
         try:
-            ref = provider.create(spec)
+            ref = provider.create(WorkspaceSpec.of(workspace))
         except BaseException as exc:
             # The caller gets the error and no id: hide the row, keep its story in the events.
             self.metrics.failures.labels("create").inc()
             self.store.update(
-                workspace.id, "create_failed", status=Status.DELETED.value, error=_reason(exc), deleted_at=utcnow()
+                workspace.id, "create_failed", status=Status.DELETED.value, error=reason_of(exc), deleted_at=utcnow()
             )
             raise
         created = self.store.update(workspace.id, "started", status=Status.RUNNING.value, provider_ref=ref)
@@ -175,7 +166,7 @@ class WorkspaceManager:
             self._provider(workspace.provider).start(self._ref(workspace))
         except BaseException as exc:
             self.metrics.failures.labels("start").inc()
-            self.store.update(workspace.id, "start_failed", status=Status.STOPPED.value, error=_reason(exc))
+            self.store.update(workspace.id, "start_failed", status=Status.STOPPED.value, error=reason_of(exc))
             raise
         return self.store.update(workspace.id, "started", status=Status.RUNNING.value, error=None)
 
@@ -361,7 +352,3 @@ class WorkspaceManager:
         if not workspace.provider_ref:
             raise Conflict(f"workspace {workspace.id} has no sandbox yet: wait until it is running")
         return workspace.provider_ref
-
-
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"

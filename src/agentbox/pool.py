@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from agentbox.config import Settings
+from agentbox.errors import reason_of
 from agentbox.metrics import Metrics
 from agentbox.models import Status, Workspace, new_workspace_id, utcnow
 from agentbox.providers.base import Provider, WorkspaceSpec
@@ -128,19 +129,10 @@ class WarmPool:
             updated_at=now,
         )
         self.store.add(workspace, "pool_boot")
-        spec = WorkspaceSpec(
-            id=workspace.id,
-            image=workspace.image,
-            cpu=workspace.cpu,
-            memory=workspace.memory,
-            disk=workspace.disk,
-            pids_limit=workspace.pids_limit,
-            network=workspace.network,
-        )
         try:
-            ref = self.provider.create(spec)
+            ref = self.provider.create(WorkspaceSpec.of(workspace))
         except Exception as exc:
-            reason = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
+            reason = reason_of(exc)
             log.warning("warm pool: booting a workspace failed: %s", reason)
             self.metrics.failures.labels("pool").inc()
             self.store.update(

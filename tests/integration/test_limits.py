@@ -86,21 +86,21 @@ def test_a_fork_bomb_is_contained_and_the_workspace_recovers(
     # ...and the host's pids cgroup bounds what gVisor may spend on it.
     assert int((pids / "pids.peak").read_text()) <= host_limit < 20000
 
-    # Afterwards the workspace runs commands again, with its files, without anyone starting it.
+    # Afterwards the bomb is gone (the timeout killed its process group; gVisor may take a few
+    # seconds to reap hundreds of tasks) and the workspace runs commands again, with its files,
+    # without anyone starting it.
     deadline = time.monotonic() + 60
     while True:
         try:
             result = alice.exec(workspace_id, "cat /workspace/notes.txt; echo; ps -e | wc -l", timeout=10)
-            if result["exit_code"] == 0:
+            if result["exit_code"] == 0 and int(result["stdout"].split()[-1]) < 10:
                 break
         except APIError as exc:
             # While gVisor tears the bomb down (or restarts, if the bomb reached the host's limit).
             assert exc.status_code in (409, 502, 503), exc
         assert time.monotonic() < deadline, f"the workspace did not recover: {result}"
         time.sleep(1)
-    kept, processes = result["stdout"].split()
-    assert kept == "kept"
-    assert int(processes) < 10
+    assert result["stdout"].split()[0] == "kept"
     assert alice.get(workspace_id)["status"] == "running"
 
 

@@ -12,7 +12,7 @@ import codecs
 import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from agentbox.errors import AgentboxError
 
@@ -28,6 +28,19 @@ class WorkspaceSpec:
     disk: int
     pids_limit: int
     network: str = ""
+
+    @classmethod
+    def of(cls, record: Any) -> WorkspaceSpec:
+        """The spec of a stored workspace (anything with these attributes)."""
+        return cls(
+            id=record.id,
+            image=record.image,
+            cpu=record.cpu,
+            memory=record.memory,
+            disk=record.disk,
+            pids_limit=record.pids_limit,
+            network=record.network,
+        )
 
 
 @dataclass(frozen=True)
