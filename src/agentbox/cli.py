@@ -244,6 +244,23 @@ def ws_rm(
             console.print(f"deleted {workspace_id}", highlight=False)
 
 
+@ws.command("extend")
+def ws_extend(
+    workspace_id: Annotated[str, typer.Argument(help="workspace id")],
+    ttl_days: Annotated[float | None, typer.Option("--ttl-days", help="from now; default: its own TTL")] = None,
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
+) -> None:
+    """Renew an ephemeral workspace's TTL."""
+    if ttl_days is not None and not ttl_days > 0:
+        raise typer.BadParameter(
+            "must be more than 0 (fractions are fine: 0.5 is twelve hours)", param_hint="--ttl-days"
+        )
+    with _client(url, api_key) as client:
+        workspace = _call(lambda: client.extend(workspace_id, ttl_days))
+    console.print(f"{workspace_id} now expires at {workspace['expires_at']}", highlight=False)
+
+
 def _remote(spec: str) -> tuple[str, str] | None:
     workspace_id, sep, path = spec.partition(":")
     if sep and workspace_id.startswith("ws-") and path.startswith("/"):

@@ -13,6 +13,7 @@ import docker.errors
 import requests.exceptions
 
 from agentbox.config import Settings
+from agentbox.providers.disks import Disks
 from agentbox.runtime import probe
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
@@ -88,6 +89,14 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
             "make image (builds it with debootstrap), or set WORKSPACE_IMAGE to an image you have",
         )
     client.close()
+
+    disks = Disks(settings.data_dir / "disks", settings.user)
+    yield Check(
+        "workspace disk limits",
+        disks.enforced,
+        "enforced: each workspace gets its own ext4 filesystem of its disk size" if disks.enforced else disks.why_not,
+        "run agentbox as root with e2fsprogs and util-linux installed (apt-get install -y e2fsprogs mount)",
+    )
 
 
 def _registered_in(daemon_json: Path, runtime: str) -> dict[str, object] | None:

@@ -150,7 +150,7 @@ class WorkspaceManager:
             return workspace
         self._require(workspace, Status.RUNNING, "stop")
         self._provider(workspace.provider).stop(self._ref(workspace))
-        stopped = self.store.update(workspace.id, "stopped", status=Status.STOPPED.value)
+        stopped = self.store.update(workspace.id, "stopped", status=Status.STOPPED.value, error=None)
         self.on_change()
         return stopped
 
@@ -254,7 +254,9 @@ class WorkspaceManager:
                 )
             elif state == "running" and record.status == Status.STOPPED and record.error:
                 # It stopped outside agentbox and the engine brought it back (restart policy).
-                self.store.transition(record.id, (Status.STOPPED.value,), "running_again", status=Status.RUNNING.value)
+                self.store.transition(
+                    record.id, (Status.STOPPED.value,), "running_again", status=Status.RUNNING.value, error=None
+                )
             elif state == "stopped" and record.status == Status.RUNNING:
                 self.store.transition(
                     record.id,

@@ -107,26 +107,18 @@ class WarmPool:
             have += 1
 
     def _boot_one(self) -> bool:
-        s = self.settings
         now = utcnow()
         workspace = Workspace(
             id=new_workspace_id(),
             owner="",
-            provider=self.provider_name,
             runtime=self.provider.capabilities().runtime,
             status=Status.POOLED.value,
-            image=s.image,
-            cpu=s.default_cpu,
-            memory=s.default_memory,
-            disk=s.default_disk,
-            pids_limit=s.pids_limit,
             ephemeral=True,
-            ttl_days=None,
             env={},
             labels={},
-            network=s.network_name,
             created_at=now,
             updated_at=now,
+            **self._spec(),
         )
         self.store.add(workspace, "pool_boot")
         try:

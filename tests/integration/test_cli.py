@@ -49,6 +49,9 @@ def test_ws_create_exec_cp_ls_rm(server: Server, tmp_path: Path) -> None:
 
         assert workspace_id in agentbox(server, "ws", "ls").stdout
         assert workspace_id in agentbox(server, "ws", "ls", "-q").stdout.split()
+        assert "now expires at" in agentbox(server, "ws", "extend", workspace_id, "--ttl-days", "2").stdout
+        bad_ttl = agentbox(server, "ws", "extend", workspace_id, "--ttl-days", "0", check=False)
+        assert bad_ttl.returncode == 2 and "--ttl-days" in bad_ttl.stderr
     finally:
         agentbox(server, "ws", "rm", workspace_id)
     assert workspace_id not in agentbox(server, "ws", "ls", "-q").stdout.split()
@@ -79,6 +82,7 @@ def test_doctor_passes_on_this_machine() -> None:
         "known to the engine",
         "probe container runs under runsc",
         "workspace image",
+        "workspace disk limits",
     ):
         assert check in result.stdout, result.stdout
     assert "FAIL" not in result.stdout
