@@ -15,6 +15,7 @@ from agentbox.errors import AgentboxError
 from agentbox.lifecycle import Lifecycle
 from agentbox.manager import WorkspaceManager
 from agentbox.metrics import Metrics
+from agentbox.network import NetworkError, ensure_network
 from agentbox.providers.base import Provider
 from agentbox.providers.disks import Disks
 from agentbox.providers.docker import DockerProvider, install_helper
@@ -75,6 +76,15 @@ class Service:
             raise StartupError(
                 f"cannot use the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST"
             ) from None
+        if settings.network_name:
+            try:
+                ensure_network(self.docker_client, settings.network_name)
+            except NetworkError as exc:
+                raise StartupError(exc.detail) from None
+            except docker.errors.APIError as exc:
+                raise StartupError(
+                    f"WORKSPACE_NETWORK_NAME={settings.network_name}: creating the network failed: {exc.explanation}"
+                ) from None
         disks = Disks(settings.data_dir / "disks", settings.user)
         if not disks.enforced:
             log.warning("SECURITY: workspace disk limits are NOT enforced: %s", disks.why_not)
