@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 from agentbox.providers.base import ProviderError
@@ -72,9 +73,11 @@ class Disks:
             # No reserved root blocks; no discard and no lazy zeroing later (either would touch
             # the whole sparse file).
             options = "lazy_itable_init=1,lazy_journal_init=1,nodiscard"
-            _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", options, str(self._image(name)))
+            # -d: the directories are in the filesystem from the start, so they never go missing
+            # while it is being mounted over the placeholders (the engine may be looking).
+            layout = str(self._layout())
+            _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", options, "-d", layout, str(self._image(name)))
             self._mount(name)
-            self._lay_out(self.mountpoint(name))
         except BaseException:
             self.destroy(name)
             raise
@@ -84,6 +87,19 @@ class Disks:
         target = self.reserve(name)
         self.format(name, size)
         return target
+
+    def _layout(self) -> Path:
+        """A directory with the disk's layout, copied into each new filesystem by mkfs."""
+        layout = self.root / ".layout"
+        if not layout.is_dir():
+            partial = self.root / f".layout.{os.getpid()}.{threading.get_ident()}"
+            partial.mkdir(parents=True)
+            self._lay_out(partial)
+            try:
+                partial.rename(layout)
+            except OSError:  # another thread made it first
+                shutil.rmtree(partial, ignore_errors=True)
+        return layout
 
     def _lay_out(self, target: Path) -> None:
         for sub, mode, owned in ((WORKSPACE, 0o755, True), (HOME, 0o755, True), (TMP, 0o1777, False)):
