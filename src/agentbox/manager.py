@@ -84,29 +84,27 @@ class WorkspaceManager:
             "created_at": now,
             "expires_at": expires_at,
         }
-        workspace = Workspace(
-            id=new_workspace_id(),
-            provider=provider_name,
-            runtime=provider.capabilities().runtime,
-            status=Status.STARTING.value,
-            image=request.image or self.settings.image,
-            cpu=request.cpu or self.settings.default_cpu,
-            memory=request.memory or self.settings.default_memory,
-            disk=request.disk or self.settings.default_disk,
-            pids_limit=self.settings.pids_limit,
-            network=self.settings.network_name,
-            updated_at=now,
-            **claim,
-        )
         with self._admission:
             self._check_room()
             if self.pool is not None and self.pool.serves(provider_name, request):
                 claimed = self.pool.take(status=Status.RUNNING.value, **claim)
                 if claimed is not None:
-                    self.metrics.creates.labels("pool").inc()
-                    self.metrics.create_seconds.labels("pool").observe(time.monotonic() - started)
                     self.on_change()
-                    return claimed
+                    return self._handed_out("pool", claimed, started)
+            workspace = Workspace(
+                id=new_workspace_id(),
+                provider=provider_name,
+                runtime=provider.capabilities().runtime,
+                status=Status.STARTING.value,
+                image=request.image or self.settings.image,
+                cpu=request.cpu or self.settings.default_cpu,
+                memory=request.memory or self.settings.default_memory,
+                disk=request.disk or self.settings.default_disk,
+                pids_limit=self.settings.pids_limit,
+                network=self.settings.network_name,
+                updated_at=now,
+                **claim,
+            )
             self.store.add(workspace, "created", image=workspace.image)
         self.on_change()  # a cold start may leave the pool too big for the cap
         try:
@@ -119,9 +117,12 @@ class WorkspaceManager:
             )
             raise
         created = self.store.update(workspace.id, "started", status=Status.RUNNING.value, provider_ref=ref)
-        self.metrics.creates.labels("cold").inc()
-        self.metrics.create_seconds.labels("cold").observe(time.monotonic() - started)
-        return created
+        return self._handed_out("cold", created, started)
+
+    def _handed_out(self, source: str, workspace: Workspace, started: float) -> Workspace:
+        self.metrics.creates.labels(source).inc()
+        self.metrics.create_seconds.labels(source).observe(time.monotonic() - started)
+        return workspace
 
     def get(self, owner: str, workspace_id: str) -> Workspace:
         workspace = self.store.get(workspace_id)

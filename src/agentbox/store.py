@@ -118,12 +118,9 @@ class Store:
                 session.add(Event(workspace_id=claimed.id, kind="claimed", detail={"owner": fields.get("owner")}))
         return claimed
 
-    def count(self, statuses: Sequence[str] = ACTIVE) -> int:
-        with self.session() as session:
-            return session.scalar(select(func.count()).where(Workspace.status.in_(list(statuses)))) or 0
-
     def count_active(self) -> int:
-        return self.count(ACTIVE)
+        with self.session() as session:
+            return session.scalar(select(func.count()).where(Workspace.status.in_(ACTIVE))) or 0
 
     def expired(self, now: datetime) -> list[Workspace]:
         """Ephemeral workspaces whose time is up, in any state but deleted."""

@@ -40,6 +40,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def end_process(process: subprocess.Popen[bytes], kill: bool = False) -> None:
+    """SIGKILL, or SIGTERM with 30 s to go before SIGKILL."""
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Server:
     """`agentbox serve` in a subprocess, as a user would run it."""
 
@@ -83,17 +96,8 @@ class Server:
         raise RuntimeError(f"server did not answer within {timeout} s:\n{self.log()}")
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            end_process(self.process, kill)
         self.process = None
 
     def log(self) -> str:
@@ -129,6 +133,14 @@ class Server:
         """Workspace disks mounted from this server's data directory."""
         prefix = str(self.data_dir / "disks") + "/"
         return {mount.removeprefix(prefix) for mount in workspace_disk_mounts() if mount.startswith(prefix)}
+
+
+def reads_back(client: Client, workspace_id: str, path: str, content: str) -> bool:
+    """Whether the workspace answers and `path` in it holds `content` (False while it cannot answer)."""
+    try:
+        return client.exec(workspace_id, f"cat {path}")["stdout"] == content
+    except APIError:
+        return False
 
 
 def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.25) -> T:

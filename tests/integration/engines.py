@@ -17,7 +17,7 @@ from typing import Any
 
 import docker
 
-from .conftest import busybox_tar
+from .conftest import busybox_tar, end_process
 
 ROOT = Path("/var/lib/agentbox-test-engine")
 RUN = Path("/run/agentbox-test-engine")
@@ -78,14 +78,8 @@ class SecondEngine:
         client.close()
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            end_process(self.process)
         self.process = None
 
     def wipe(self) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from agentbox.client import APIError
 
-from .conftest import BUSYBOX_IMAGE, WORKSPACE_LABEL, Server, container_id, eventually
+from .conftest import BUSYBOX_IMAGE, WORKSPACE_LABEL, Server, container_id, eventually, reads_back
 from .engines import second_engine
 
 CGROUPS = Path("/sys/fs/cgroup")
@@ -120,14 +120,7 @@ def test_a_sandbox_that_dies_comes_back_by_itself_with_its_files(
             for pid in procs.read_text().split():
                 with contextlib.suppress(ProcessLookupError):  # gone with the others already
                     os.kill(int(pid), signal.SIGKILL)
-
-            def usable() -> bool:
-                try:
-                    return alice.exec(workspace_id, "cat /workspace/data.txt")["stdout"] == "survives"
-                except APIError:
-                    return False
-
-            eventually(usable, timeout=60, interval=0.5)
+            eventually(lambda: reads_back(alice, workspace_id, "/workspace/data.txt", "survives"), 60, 0.5)
             eventually(lambda: alice.get(workspace_id)["status"] == "running", timeout=30)
             alice.delete(workspace_id)
     finally:
@@ -161,14 +154,7 @@ def test_the_server_survives_a_dockerd_restart(tmp_path: Path) -> None:
                 time.sleep(2)  # a few reconciliation rounds fail meanwhile, and must not stop the loop
 
                 engine.start()
-
-                def works() -> bool:
-                    try:
-                        return alice.exec(workspace_id, "cat /workspace/data.txt")["stdout"] == "kept"
-                    except APIError:
-                        return False
-
-                eventually(works, timeout=60, interval=0.5)
+                eventually(lambda: reads_back(alice, workspace_id, "/workspace/data.txt", "kept"), 60, 0.5)
                 eventually(lambda: alice.get(workspace_id)["status"] == "running", timeout=30)
                 other = alice.create()
                 alice.delete(str(other["id"]))

@@ -82,12 +82,6 @@ class Disks:
             self.destroy(name)
             raise
 
-    def create(self, name: str, size: int) -> Path:
-        """`reserve` and `format` in one go."""
-        target = self.reserve(name)
-        self.format(name, size)
-        return target
-
     def _layout(self) -> Path:
         """A directory with the disk's layout, copied into each new filesystem by mkfs."""
         layout = self.root / ".layout"
@@ -144,4 +138,7 @@ class Disks:
 def _run(*argv: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise ProviderError(f"preparing the workspace disk: `{' '.join(argv[:2])}` failed: {result.stderr.strip()}")
+        raise ProviderError(
+            f"preparing the workspace disk: `{' '.join(argv[:2])}` failed: {result.stderr.strip()}; check the free "
+            "space under WORKSPACE_DATA_DIR and that loop devices are available (`losetup -f` prints one)"
+        )

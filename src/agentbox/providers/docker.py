@@ -335,7 +335,10 @@ class DockerProvider(Provider):
             pass
         finally:
             attached.close()
-        raise ProviderError(f"the workspace started but its init never reported ready: {output[-300:]!r}")
+        raise ProviderError(
+            f"the workspace started but its init never reported ready within 60 s ({output[-300:]!r}): the engine "
+            "may be overloaded; try again, and run `agentbox doctor` if it keeps failing"
+        )
 
     def _wait_ready(self, ref: str) -> None:
         """Ready means a command has run: the sandbox is up, not merely created."""
