@@ -6,6 +6,7 @@ HELPER := src/agentbox/sandbox/agentbox-exec
 DATA_DIR ?= $(CURDIR)/.agentbox
 HOST ?= 127.0.0.1
 PORT ?= 8000
+NETWORK ?= workspace_net
 export WORKSPACE_IMAGE ?= agentbox/workspace:bookworm
 
 .PHONY: setup venv host helper image run test unit integration lint doctor bench clean
@@ -36,7 +37,7 @@ run: setup
 	@test -s "$(DATA_DIR)/api-key" || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$(DATA_DIR)/api-key")
 	@echo "==> API key (owner 'admin'): $$(cat "$(DATA_DIR)/api-key")"
 	@echo "    try: curl -H \"Authorization: Bearer $$(cat "$(DATA_DIR)/api-key")\" -X POST http://$(HOST):$(PORT)/api/v1/workspaces"
-	ENABLE_AGENT_WORKSPACES=true WORKSPACE_DATA_DIR="$(DATA_DIR)" \
+	ENABLE_AGENT_WORKSPACES=true WORKSPACE_DATA_DIR="$(DATA_DIR)" WORKSPACE_NETWORK_NAME="$(NETWORK)" \
 	  WORKSPACE_API_KEYS="admin:$$(cat "$(DATA_DIR)/api-key")" \
 	  $(BIN)/agentbox serve --host $(HOST) --port $(PORT)
 

@@ -159,7 +159,7 @@ def warm_claims(api: httpx.Client, rounds: int, pool_size: int) -> list[float]:
 
 
 def pool_ready(api: httpx.Client) -> float:
-    metrics = httpx.get(str(api.base_url).removesuffix("/api/v1/") + "/metrics").text
+    metrics = httpx.get(str(api.base_url).removesuffix("/api/v1/") + "/metrics", headers=api.headers).text
     for line in metrics.splitlines():
         if line.startswith("agentbox_pool_ready "):
             return float(line.split()[1])

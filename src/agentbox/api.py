@@ -15,10 +15,11 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.from_thread
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
@@ -47,6 +48,49 @@ _bearer = HTTPBearer(auto_error=False)
 VERSION = version("agentbox")
 
 
+class RequestSizeLimit:
+    """Refuse request bodies over `limit` bytes with a 413, except uploads (PUT), which have their own.
+
+    Checked against Content-Length up front and counted as the body arrives, so a chunked
+    body cannot get past it either.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "PUT":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                # HTTPException: FastAPI passes it through its body parsing, unlike other errors.
+                raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _detail(self) -> str:
+        return f"the request body exceeds {self.limit} bytes (WORKSPACE_MAX_REQUEST); send files with PUT .../files"
+
+    async def _refuse(self, send: Send) -> None:
+        await JSONResponse({"detail": self._detail()}, status_code=413)({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 async def in_thread(function: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(lambda: function(*args))
 
@@ -67,6 +111,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             await in_thread(app.state.service.close)
 
     app = FastAPI(title="agentbox", version=VERSION, lifespan=lifespan)
+    app.add_middleware(RequestSizeLimit, limit=settings.max_request)
 
     @app.exception_handler(AgentboxError)
     async def agentbox_error(_request: Request, exc: AgentboxError) -> JSONResponse:
@@ -126,8 +171,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         )
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-    def metrics(request: Request) -> Response:
-        # Counts only, no ids or owners: unauthenticated, as Prometheus scrapers expect.
+    async def metrics(request: Request, who: Owner) -> Response:
+        # Any key will do (Prometheus sends one with `authorization` in its scrape config).
         svc: Service = request.app.state.service
         return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

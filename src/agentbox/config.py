@@ -7,15 +7,17 @@ The variable names and defaults of the first block are the contract of
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from agentbox.network import NetworkPolicy
 from agentbox.sizes import SizeError, parse_size
 
 ProviderName = Literal["gvisor", "docker", "e2b"]
@@ -31,6 +33,16 @@ def _size(value: Any) -> int:
 
 
 Size = Annotated[int, BeforeValidator(_size)]
+
+
+def _policy(value: Any) -> Any:
+    """`none`, `egress`, or an allow list as JSON: {"allow": ["203.0.113.0/24", "pypi.org"]}."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
+    return value
 
 
 def _default_data_dir() -> Path:
@@ -72,6 +84,12 @@ class Settings(BaseSettings):
     exec_output_limit: Size = Field(10 * 1024 * 1024, validation_alias="WORKSPACE_EXEC_OUTPUT_LIMIT")
     reap_interval: float = Field(30.0, gt=0, le=3600, validation_alias="WORKSPACE_REAP_INTERVAL")
     max_upload: Size = Field(parse_size("1G"), validation_alias="WORKSPACE_MAX_UPLOAD")
+    # Every other request body (JSON: a create, an exec) is read into memory, so it is capped.
+    max_request: Size = Field(parse_size("8M"), validation_alias="WORKSPACE_MAX_REQUEST")
+    # What workspaces that do not ask may reach (see docs/security.md).
+    network_policy: Annotated[NetworkPolicy, NoDecode, BeforeValidator(_policy)] = Field(
+        "egress", validation_alias="WORKSPACE_NETWORK_POLICY"
+    )
 
     @field_validator("network_name")
     @classmethod

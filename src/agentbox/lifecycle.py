@@ -1,4 +1,4 @@
-"""The background loop: TTL expiry, reconciliation with the engine, and the warm pool.
+"""The background loop: TTL expiry, reconciliation with the engine, the firewall, and the warm pool.
 
 One thread, woken every `WORKSPACE_REAP_INTERVAL` seconds and whenever the manager says
 something changed (a claim, a delete), so that the pool refills at once. A failure in one
@@ -18,6 +18,8 @@ from agentbox.manager import WorkspaceManager
 log = logging.getLogger("agentbox.lifecycle")
 
 DEBOUNCE_SECONDS = 0.05
+# How often the firewall is rewritten and re-hooked, so that a flush leaves it open this long at most.
+FENCE_SECONDS = 5.0
 
 
 class Lifecycle:
@@ -41,15 +43,18 @@ class Lifecycle:
             self._thread.join(timeout=120)
 
     def _run(self) -> None:
-        next_sweep = 0.0
+        next_sweep = next_fence = 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.interval
                 self._guarded("expiring workspaces", self.manager.reap_expired)
                 self._guarded("reconciling with the engine", self.manager.reconcile)
+            if time.monotonic() >= next_fence:
+                next_fence = time.monotonic() + FENCE_SECONDS
+                self._guarded("restoring the firewall", lambda: self.manager.fence(force=True))
             if self.manager.pool is not None:
                 self._guarded("filling the warm pool", self.manager.pool.fill)
-            if self._wake.wait(timeout=max(0.0, next_sweep - time.monotonic())):
+            if self._wake.wait(timeout=max(0.0, min(next_sweep, next_fence) - time.monotonic())):
                 # Woken by a claim or a delete: wait a moment, so that a burst is one round and
                 # the refill stays off the path of the response that woke it.
                 self._stop.wait(DEBOUNCE_SECONDS)

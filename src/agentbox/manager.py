@@ -15,8 +15,10 @@ from datetime import timedelta
 
 from agentbox.config import Settings
 from agentbox.errors import BadRequest, Conflict, NotFound, TooManyWorkspaces, reason_of
+from agentbox.firewall import Firewall, Grants
 from agentbox.metrics import Metrics
 from agentbox.models import Status, Workspace, new_workspace_id, utcnow
+from agentbox.network import NO_NETWORK, AllowList, NetworkPolicy, mac_address
 from agentbox.pool import WarmPool, discard_pooled
 from agentbox.providers.base import (
     DirEntry,
@@ -43,8 +45,10 @@ class WorkspaceManager:
         providers: Mapping[str, Provider],
         unavailable: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
+        firewall: Firewall | None = None,
     ) -> None:
         self.settings = settings
+        self.firewall = firewall
         self.store = store
         self.providers = dict(providers)
         # Providers that exist but cannot be used here, with the reason and the fix.
@@ -61,6 +65,8 @@ class WorkspaceManager:
                 self.providers[settings.default_provider],
                 self.metrics,
                 room=lambda: settings.max_concurrent - store.count_active(),
+                network=self.network_columns(settings.network_policy),
+                before_create=self._before_create,
             )
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
         self.on_change: Callable[[], None] = lambda: None
@@ -75,6 +81,8 @@ class WorkspaceManager:
         now = utcnow()
         ttl_days = (request.ttl_days or self.settings.default_ttl_days) if request.ephemeral else None
         expires_at = now + timedelta(days=ttl_days) if ttl_days is not None else None
+        policy = request.network if request.network is not None else self.settings.network_policy
+        network = self.network_columns(policy)
         claim = {
             "owner": owner,
             "ephemeral": request.ephemeral,
@@ -86,11 +94,12 @@ class WorkspaceManager:
         }
         with self._admission:
             self._check_room()
-            if self.pool is not None and self.pool.serves(provider_name, request):
+            if self.pool is not None and self.pool.serves(provider_name, request, network):
                 claimed = self.pool.take(status=Status.RUNNING.value, **claim)
                 if claimed is not None:
                     self.on_change()
                     return self._handed_out("pool", claimed, started)
+            allow_cidrs = self._resolve(network["allow"])
             workspace = Workspace(
                 id=new_workspace_id(),
                 provider=provider_name,
@@ -101,13 +110,15 @@ class WorkspaceManager:
                 memory=request.memory or self.settings.default_memory,
                 disk=request.disk or self.settings.default_disk,
                 pids_limit=self.settings.pids_limit,
-                network=self.settings.network_name,
+                allow_cidrs=allow_cidrs,
                 updated_at=now,
+                **network,
                 **claim,
             )
             self.store.add(workspace, "created", image=workspace.image)
         self.on_change()  # a cold start may leave the pool too big for the cap
         try:
+            self._before_create(workspace)
             ref = provider.create(WorkspaceSpec.of(workspace))
         except BaseException as exc:
             # The caller gets the error and no id: hide the row, keep its story in the events.
@@ -143,6 +154,7 @@ class WorkspaceManager:
         if workspace.provider_ref:
             self._provider(workspace.provider).destroy(workspace.provider_ref)
         self.store.update(workspace.id, "deleted", status=Status.DELETED.value, deleted_at=utcnow())
+        self.fence()
         self.on_change()
 
     def stop(self, owner: str, workspace_id: str) -> Workspace:
@@ -200,6 +212,7 @@ class WorkspaceManager:
                     # Its row is gone, so the next reconciliation removes it as an orphan.
                     log.warning("removing expired workspace %s failed: %s", workspace.id, exc.detail)
         if reaped:
+            self.fence()
             self.on_change()
         return reaped
 
@@ -240,7 +253,8 @@ class WorkspaceManager:
                     )
             elif record.status == Status.POOLED:
                 booting = not record.provider_ref
-                if self.pool is None or (startup and booting) or (not booting and state != "running"):
+                stale = self.pool is None or not self.pool.fits(record)
+                if stale or (startup and booting) or (not booting and state != "running"):
                     discard_pooled(self.store, self._provider(record.provider), record)
             elif state == "missing" and record.status in (Status.RUNNING, Status.STOPPED):
                 self.metrics.failures.labels("vanished").inc()
@@ -266,7 +280,48 @@ class WorkspaceManager:
                     status=Status.STOPPED.value,
                     error="it stopped outside agentbox (an engine restart?); start it again",
                 )
+        self.fence(force=True)
         self.on_change()
+
+    # Network
+
+    def network_columns(self, policy: NetworkPolicy) -> dict[str, object]:
+        """The `network` and `allow` columns of a workspace with `policy`."""
+        if policy == "none":
+            return {"network": NO_NETWORK, "allow": None}
+        if isinstance(policy, AllowList):
+            if self.firewall is None:
+                raise BadRequest(
+                    "network.allow needs the workspace network and its firewall: the server must be run with "
+                    'WORKSPACE_NETWORK_NAME set; ask for "egress" or "none" instead'
+                )
+            return {"network": self.settings.network_name, "allow": list(policy.allow)}
+        return {"network": self.settings.network_name, "allow": None}
+
+    def _resolve(self, allow: object) -> list[str] | None:
+        if not isinstance(allow, list):
+            return None
+        assert self.firewall is not None  # network_columns refuses allow lists without it
+        return self.firewall.resolve(allow)
+
+    def _before_create(self, workspace: Workspace) -> None:
+        """Open the firewall for a workspace about to be made (its MAC address is known already)."""
+        if workspace.allow is not None and workspace.allow_cidrs is None:  # a pool boot
+            workspace.allow_cidrs = self._resolve(workspace.allow)
+            self.store.update(workspace.id, allow_cidrs=workspace.allow_cidrs)
+        self.fence()
+
+    def fence(self, force: bool = False) -> None:
+        """Bring the firewall in line with the workspaces on the network (`force`: rewrite and re-hook it anyway)."""
+        if self.firewall is None:
+            return
+        grants: Grants = {
+            mac_address(w.id): w.allow_cidrs if w.allow is not None else None
+            for w in self.store.find(statuses=[*LIVE, Status.POOLED.value])
+            if w.network == self.settings.network_name
+        }
+        if force or grants != self.firewall.applied:
+            self.firewall.apply(grants)
 
     # Commands and files
 

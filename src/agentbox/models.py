@@ -73,7 +73,11 @@ class Workspace(Base):
     ttl_days: Mapped[float | None] = mapped_column(Float)
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # The Docker network it is attached to ("none": loopback only).
     network: Mapped[str] = mapped_column(String(128), default="")
+    # Its allow list as asked (None: the public internet), and the CIDRs that list resolved to.
+    allow: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    allow_cidrs: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     # The provider's own handle (a container name for Docker, a sandbox id for E2B).
     provider_ref: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)

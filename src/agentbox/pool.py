@@ -34,25 +34,31 @@ class WarmPool:
         provider: Provider,
         metrics: Metrics,
         room: Callable[[], int],
+        network: dict[str, object],
+        before_create: Callable[[Workspace], None],
     ) -> None:
-        """`room` says how many more workspaces the cap allows right now."""
+        """`room` says how many more workspaces the cap allows right now; `network` are the
+        network columns of the default policy; `before_create` readies the network for one."""
         self.settings = settings
         self.store = store
         self.provider_name = provider_name
         self.provider = provider
         self.metrics = metrics
         self._room = room
+        self._network = network
+        self._before_create = before_create
         self._stopping = threading.Event()
 
     @property
     def size(self) -> int:
         return self.settings.warm_pool_size
 
-    def serves(self, provider_name: str, request: CreateWorkspace) -> bool:
-        """Whether a pooled container is exactly what `request` asks for."""
+    def serves(self, provider_name: str, request: CreateWorkspace, network: dict[str, object]) -> bool:
+        """Whether a pooled container is exactly what `request` (with these network columns) asks for."""
         s = self.settings
         return (
             self.size > 0
+            and network == self._network
             and provider_name == self.provider_name
             and request.image in (None, s.image)
             and request.cpu in (None, s.default_cpu)
@@ -70,10 +76,10 @@ class WarmPool:
             "memory": s.default_memory,
             "disk": s.default_disk,
             "pids_limit": s.pids_limit,
-            "network": s.network_name,
+            **self._network,
         }
 
-    def _fits(self, workspace: Workspace) -> bool:
+    def fits(self, workspace: Workspace) -> bool:
         return all(getattr(workspace, column) == value for column, value in self._spec().items())
 
     def pooled(self) -> list[Workspace]:
@@ -88,7 +94,10 @@ class WarmPool:
         The caller holds the admission lock; the store's guarded update protects against the
         pool discarding the same row meanwhile.
         """
-        claimed = self.store.claim(self._spec(), **claim)
+        # Not by allow list (JSON has no portable equality): pooled rows that do not fit the
+        # settings are discarded at start-up, before any claim.
+        match = {column: value for column, value in self._spec().items() if column != "allow"}
+        claimed = self.store.claim(match, **claim)
         if claimed is not None:
             self.metrics.claims.inc()
         return claimed
@@ -97,8 +106,8 @@ class WarmPool:
         """Shrink to fit the cap and the settings, then boot containers until the pool is full."""
         pooled = self.pooled()
         target = min(self.size, max(0, self._room()))
-        keep = sorted((w for w in pooled if self._fits(w)), key=lambda w: w.provider_ref is None)
-        for workspace in [w for w in pooled if not self._fits(w)] + keep[target:]:
+        keep = sorted((w for w in pooled if self.fits(w)), key=lambda w: w.provider_ref is None)
+        for workspace in [w for w in pooled if not self.fits(w)] + keep[target:]:
             self.discard(workspace)
         have = min(len(keep), target)
         while have < min(self.size, max(0, self._room())) and not self._stopping.is_set():
@@ -122,6 +131,7 @@ class WarmPool:
         )
         self.store.add(workspace, "pool_boot")
         try:
+            self._before_create(workspace)
             ref = self.provider.create(WorkspaceSpec.of(workspace))
         except Exception as exc:
             reason = reason_of(exc)

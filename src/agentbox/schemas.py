@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from agentbox.config import ProviderName
 from agentbox.models import Status, Workspace
+from agentbox.network import NetworkPolicy, policy_of
 from agentbox.sizes import SizeError, format_size, parse_size
 
 MIN_MEMORY = parse_size("64M")
@@ -82,6 +83,11 @@ class CreateWorkspace(BaseModel):
     ttl_days: float | None = Field(None, gt=0, le=3650)
     env: Env = Field(default_factory=dict)
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
+    network: NetworkPolicy | None = Field(
+        None,
+        description='"egress" (the public internet), "none" (loopback only), or {"allow": [CIDRs or hostnames]}; '
+        "default: the server's WORKSPACE_NETWORK_POLICY",
+    )
 
 
 class ExtendWorkspace(BaseModel):
@@ -107,6 +113,7 @@ class WorkspaceOut(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     labels: dict[str, str]
+    network: NetworkPolicy
     error: str | None = None
 
     @field_validator("memory", "disk", mode="before")
@@ -116,7 +123,8 @@ class WorkspaceOut(BaseModel):
 
     @classmethod
     def of(cls, workspace: Workspace) -> WorkspaceOut:
-        return cls.model_validate(workspace)
+        fields = {name: getattr(workspace, name) for name in cls.model_fields if name != "network"}
+        return cls.model_validate({**fields, "network": policy_of(workspace.network, workspace.allow)})
 
 
 class WorkspaceList(BaseModel):

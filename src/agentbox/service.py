@@ -12,10 +12,11 @@ from sqlalchemy.engine import make_url
 
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError
+from agentbox.firewall import Firewall, FirewallError
 from agentbox.lifecycle import Lifecycle
 from agentbox.manager import WorkspaceManager
 from agentbox.metrics import Metrics
-from agentbox.network import NetworkError, ensure_network
+from agentbox.network import AllowList, NetworkError, ensure_network
 from agentbox.providers.base import Provider
 from agentbox.providers.disks import Disks
 from agentbox.providers.docker import DockerProvider, install_helper
@@ -76,15 +77,7 @@ class Service:
             raise StartupError(
                 f"cannot use the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST"
             ) from None
-        if settings.network_name:
-            try:
-                ensure_network(self.docker_client, settings.network_name)
-            except NetworkError as exc:
-                raise StartupError(exc.detail) from None
-            except docker.errors.APIError as exc:
-                raise StartupError(
-                    f"WORKSPACE_NETWORK_NAME={settings.network_name}: creating the network failed: {exc.explanation}"
-                ) from None
+        firewall = self._fence_network()
         disks = Disks(settings.data_dir / "disks", settings.user)
         if not disks.enforced:
             log.warning("SECURITY: workspace disk limits are NOT enforced: %s", disks.why_not)
@@ -106,13 +99,39 @@ class Service:
                 ("docker", STANDARD_RUNTIME, "container (runc)"),
             )
         }
-        self.manager = WorkspaceManager(settings, self.store, providers, unavailable, self.metrics)
+        self.manager = WorkspaceManager(settings, self.store, providers, unavailable, self.metrics, firewall)
         try:
             self.manager.reconcile(startup=True)
         except AgentboxError as exc:
             raise StartupError(f"reconciling workspaces with the Docker engine failed: {exc.detail}") from None
         self.lifecycle = Lifecycle(self.manager, settings.reap_interval)
         self.lifecycle.start()
+
+    def _fence_network(self) -> Firewall | None:
+        """The workspace network and its firewall, or None (with a warning) when there is none."""
+        settings = self.settings
+        assert self.docker_client is not None
+        if not settings.network_name:
+            if isinstance(settings.network_policy, AllowList):
+                raise StartupError(
+                    "WORKSPACE_NETWORK_POLICY is an allow list, which needs the workspace network's firewall: "
+                    "set WORKSPACE_NETWORK_NAME (e.g. workspace_net)"
+                )
+            if settings.network_policy != "none":
+                log.warning(
+                    "SECURITY: WORKSPACE_NETWORK_NAME is empty: workspaces share Docker's default bridge and can "
+                    "reach each other, the host and private networks; set it (e.g. workspace_net) to isolate them"
+                )
+            return None
+        try:
+            network = ensure_network(self.docker_client, settings.network_name)
+            return Firewall.for_network(network)
+        except (NetworkError, FirewallError) as exc:
+            raise StartupError(exc.detail) from None
+        except docker.errors.APIError as exc:
+            raise StartupError(
+                f"WORKSPACE_NETWORK_NAME={settings.network_name}: creating the network failed: {exc.explanation}"
+            ) from None
 
     def close(self) -> None:
         """Stop background work, remove the idle warm pool, release the engine and the database. Idempotent."""

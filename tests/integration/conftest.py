@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +25,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentbox.client import APIError, Client
 from agentbox.config import load_settings
+from agentbox.firewall import Firewall
 
 T = TypeVar("T")
+# The fenced server's network, and the stand-in world outside it (see `world`).
+NETWORK = "agentbox-test-net"
+WORLD = "agentbox-test-world"
+PUBLIC, OTHER_PUBLIC, PRIVATE = "198.51.100.2", "198.51.100.3", "10.213.0.2"
+# How a connection the firewall refuses fails: at once, never by timing out.
+REJECTED = {"EHOSTUNREACH", "ECONNREFUSED", "ENETUNREACH", "EADDRNOTAVAIL"}
 WORKSPACE_LABEL = "agentbox.workspace.id"
 BUSYBOX_IMAGE = "agentbox-test/busybox:1"
 KEYS = {
@@ -111,7 +120,7 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """GET /metrics as {"name{label=value}": value}."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", headers={"Authorization": f"Bearer {KEYS['alice']}"}, timeout=10).text
         found = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -133,6 +142,14 @@ class Server:
         """Workspace disks mounted from this server's data directory."""
         prefix = str(self.data_dir / "disks") + "/"
         return {mount.removeprefix(prefix) for mount in workspace_disk_mounts() if mount.startswith(prefix)}
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers 200 at `url`."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def reads_back(client: Client, workspace_id: str, path: str, content: str) -> bool:
@@ -245,3 +262,121 @@ def workspace(alice: Client) -> Iterator[dict[str, object]]:
     yield created
     with contextlib.suppress(APIError):  # the test may have deleted it already
         alice.delete(str(created["id"]))
+
+
+# Run inside a workspace: try each host:port, report "connected", "timeout" or the errno's name.
+PROBE = """
+import errno, json, socket, sys
+found = {}
+for target in json.loads(sys.argv[1]):
+    host, port = target.rsplit(":", 1)
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.settimeout(5)
+    try:
+        sock.connect((host, int(port)))
+        found[target] = "connected"
+    except socket.timeout:
+        found[target] = "timeout"
+    except OSError as exc:
+        found[target] = errno.errorcode.get(exc.errno, str(exc))
+    finally:
+        sock.close()
+print(json.dumps(found))
+"""
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def remove_network(client: docker.DockerClient, name: str = NETWORK) -> None:
+    """The network and agentbox's firewall chains for it (which the service leaves for its workspaces)."""
+    with contextlib.suppress(docker.errors.NotFound):
+        Firewall.for_network(client.api.inspect_network(name)).remove()
+        client.api.remove_network(name)
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[None]:
+    """The stand-in internet and private service, in their own network namespace."""
+    subprocess.run(["ip", "netns", "del", WORLD], capture_output=True)
+    subprocess.run(["ip", "link", "del", "abx-world0"], capture_output=True)
+    sh("ip", "netns", "add", WORLD)
+    sh("ip", "link", "add", "abx-world0", "type", "veth", "peer", "name", "abx-world1")
+    sh("ip", "link", "set", "abx-world1", "netns", WORLD)
+    sh("ip", "addr", "add", "10.213.0.1/30", "dev", "abx-world0")
+    sh("ip", "link", "set", "abx-world0", "up")
+    inside = ["ip", "netns", "exec", WORLD]
+    sh(*inside, "ip", "link", "set", "lo", "up")
+    sh(*inside, "ip", "addr", "add", f"{PRIVATE}/30", "dev", "abx-world1")
+    for address in (PUBLIC, OTHER_PUBLIC):
+        sh(*inside, "ip", "addr", "add", f"{address}/32", "dev", "abx-world1")
+    sh(*inside, "ip", "link", "set", "abx-world1", "up")
+    sh(*inside, "ip", "route", "add", "default", "via", "10.213.0.1")
+    # Through a gateway, as the internet is (a directly connected subnet is the host's own network).
+    sh("ip", "route", "add", "198.51.100.0/24", "via", PRIVATE)
+    web = subprocess.Popen(
+        [*inside, sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        eventually(lambda: answers(f"http://{PUBLIC}:8080/"), timeout=20)
+        yield
+    finally:
+        web.kill()
+        web.wait()
+        subprocess.run(["ip", "route", "del", "198.51.100.0/24"], capture_output=True)
+        subprocess.run(["ip", "link", "del", "abx-world0"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", WORLD], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def host_listener() -> Iterator[int]:
+    """A service on the host, listening on every address (as a careless database would)."""
+    server = socket.create_server(("0.0.0.0", 0))
+    port = server.getsockname()[1]
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                server.accept()[0].close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield port
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def fenced(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, world: None
+) -> Iterator[Server]:
+    """A server whose workspaces live on their own network, behind the firewall."""
+    remove_network(docker_client)
+    server = Server(
+        tmp_path_factory.mktemp("fenced"), env={"WORKSPACE_NETWORK_NAME": NETWORK, "WORKSPACE_REAP_INTERVAL": "2"}
+    ).start()
+    yield server
+    server.stop()
+    remove_network(docker_client)
+
+
+def probe(client: Client, workspace_id: str, *targets: str) -> dict[str, str]:
+    result = client.exec(workspace_id, ["python3", "-c", PROBE, json.dumps(targets)], timeout=120)
+    assert result["exit_code"] == 0, result
+    found = dict(json.loads(result["stdout"]))
+    print(f"connections from {workspace_id}: {found}")  # the report, shown on failure or with -s
+    return found
+
+
+def address_of(client: docker.DockerClient, workspace_id: str) -> str:
+    networks = client.api.inspect_container(f"agentbox-{workspace_id}")["NetworkSettings"]["Networks"]
+    return str(networks[NETWORK]["IPAddress"])
+
+
+def host_addresses(client: docker.DockerClient) -> list[str]:
+    """The host as a workspace could name it: its gateway on the network, and its main address."""
+    gateway = client.api.inspect_network(NETWORK)["IPAM"]["Config"][0]["Gateway"]
+    route = subprocess.run(["ip", "-j", "route", "get", "1.1.1.1"], capture_output=True, text=True, check=True)
+    return [gateway, json.loads(route.stdout)[0]["prefsrc"]]

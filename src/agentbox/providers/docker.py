@@ -26,6 +26,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import Mount
 
+from agentbox.network import NO_NETWORK, mac_address
 from agentbox.providers.base import (
     BadRequest,
     Capabilities,
@@ -291,6 +292,8 @@ class DockerProvider(Provider):
         }
         if spec.network:
             options["network"] = spec.network
+        if spec.network != NO_NETWORK:
+            options["mac_address"] = mac_address(spec.id)  # how the firewall knows this workspace
         try:
             with engine_errors("creating the container"):
                 try:

@@ -1,0 +1,107 @@
+"""API abuse: every endpoint of the live schema wants a key, keeps owners apart, and caps what it reads.
+
+The endpoints come from the server's own OpenAPI document, so a new one that is not covered
+here fails these tests until it is.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from agentbox.client import APIError, Client
+
+from .conftest import KEYS, Server
+
+PUBLIC = {("GET", "/api/v1/health")}  # and the schema itself, which describes the API and holds no data
+
+
+def endpoints(server: Server) -> set[tuple[str, str]]:
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    return {(method.upper(), path) for path, methods in schema["paths"].items() for method in methods}
+
+
+def test_every_endpoint_but_health_wants_a_valid_key(server: Server) -> None:
+    found = endpoints(server)
+    assert ("GET", "/metrics") in found and ("POST", "/api/v1/workspaces") in found
+    for method, path in sorted(found - PUBLIC):
+        url = server.url + path.replace("{workspace_id}", "ws-0123456789abcdef")
+        for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": "Basic YTpi"}):
+            response = httpx.request(method, url, headers=headers, params={"path": "/workspace"})
+            assert response.status_code == 401, (method, path, headers, response.text)
+            assert "key" in response.json()["detail"]
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+    for method, path in PUBLIC:
+        assert httpx.request(method, server.url + path).status_code == 200
+
+
+def archive() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("pwned")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def victim(alice: Client) -> Iterator[str]:
+    workspace_id = str(alice.create()["id"])
+    alice.write_file(workspace_id, "/workspace/secret.txt", b"alice's")
+    yield workspace_id
+    alice.delete(workspace_id)
+
+
+def test_no_endpoint_lets_one_owner_reach_another_s_workspace(
+    server: Server, alice: Client, bob: Client, victim: str
+) -> None:
+    # A well-formed request for every endpoint that names a workspace, as its owner would send it.
+    attempts: dict[tuple[str, str], Callable[[], object]] = {
+        ("GET", "/api/v1/workspaces/{workspace_id}"): lambda: bob.get(victim),
+        ("DELETE", "/api/v1/workspaces/{workspace_id}"): lambda: bob.delete(victim),
+        ("POST", "/api/v1/workspaces/{workspace_id}/stop"): lambda: bob.stop(victim),
+        ("POST", "/api/v1/workspaces/{workspace_id}/start"): lambda: bob.start(victim),
+        ("POST", "/api/v1/workspaces/{workspace_id}/extend"): lambda: bob.extend(victim),
+        ("POST", "/api/v1/workspaces/{workspace_id}/exec"): lambda: bob.exec(victim, "touch /workspace/pwned"),
+        ("POST", "/api/v1/workspaces/{workspace_id}/exec/stream"): lambda: list(
+            bob.exec_stream(victim, "touch /workspace/pwned")
+        ),
+        ("GET", "/api/v1/workspaces/{workspace_id}/files"): lambda: bob.read_file(victim, "/workspace/secret.txt"),
+        ("PUT", "/api/v1/workspaces/{workspace_id}/files"): lambda: bob.write_file(victim, "/workspace/pwned", b"x"),
+        ("GET", "/api/v1/workspaces/{workspace_id}/archive"): lambda: bob.read_archive(victim, "/workspace"),
+        ("PUT", "/api/v1/workspaces/{workspace_id}/archive"): lambda: bob.write_archive(
+            victim, "/workspace", archive()
+        ),
+    }
+    naming_a_workspace = {e for e in endpoints(server) if "{workspace_id}" in e[1]}
+    assert set(attempts) == naming_a_workspace, "an endpoint without an owner-isolation case"
+    for endpoint, attempt in attempts.items():
+        with pytest.raises(APIError) as denied:
+            attempt()
+        assert denied.value.status_code == 404, (endpoint, denied.value)  # as if it did not exist
+        assert victim in str(denied.value.detail)
+    assert victim not in [w["id"] for w in bob.list()]
+    # Alice's workspace went on as before: running, her file there, nothing of Bob's.
+    assert alice.get(victim)["status"] == "running"
+    assert alice.exec(victim, "ls /workspace")["stdout"] == "secret.txt\n"
+
+
+def test_request_bodies_are_capped(server: Server, alice: Client, victim: str) -> None:
+    url = f"{server.url}/api/v1/workspaces/{victim}/exec"
+    headers = {"Authorization": f"Bearer {KEYS['alice']}", "Content-Type": "application/json"}
+    huge = b'{"command": "' + b"a" * (9 << 20) + b'"}'  # over the 8 MiB default of WORKSPACE_MAX_REQUEST
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for start in range(0, len(huge), 1 << 20):
+            yield huge[start : start + (1 << 20)]
+
+    for body in (huge, chunked()):
+        response = httpx.post(url, content=body, headers=headers, timeout=60)
+        assert response.status_code == 413, response.text
+        assert "WORKSPACE_MAX_REQUEST" in response.json()["detail"]
+    # Under the cap it is an ordinary request.
+    assert alice.exec(victim, "echo " + "b" * 100_000)["stdout"] == "b" * 100_000 + "\n"
