@@ -35,12 +35,22 @@ PUBLIC, OTHER_PUBLIC, PRIVATE = "198.51.100.2", "198.51.100.3", "10.213.0.2"
 # How a connection the firewall refuses fails: at once, never by timing out.
 REJECTED = {"EHOSTUNREACH", "ECONNREFUSED", "ENETUNREACH", "EADDRNOTAVAIL"}
 WORKSPACE_LABEL = "agentbox.workspace.id"
+# What each attack of the hostile-workload suite achieved: (attack, provider, outcome).
+HOSTILE_REPORT = pytest.StashKey[list[tuple[str, str, str]]]()
 BUSYBOX_IMAGE = "agentbox-test/busybox:1"
 KEYS = {
     "alice": "alice-key-0123456789abcdef",
     "bob": "bob-key-0123456789abcdef00",
     "fuzzer": "fuzzer-key-0123456789abcdef",
 }
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    rows = config.stash.get(HOSTILE_REPORT, [])
+    if rows:
+        terminalreporter.section("hostile workloads: what each attack achieved")
+        for attack, provider, outcome in rows:
+            terminalreporter.write_line(f"{attack:<26} {provider:<7} {outcome}")
 
 
 def free_port() -> int:

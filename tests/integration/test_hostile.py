@@ -3,7 +3,7 @@
 Every attack runs in a fresh workspace of a fenced server (own network, firewall), once per
 runtime. After each, the service must answer and a bystander workspace of another owner
 must still work with its files. Each attack records what happened; the table is printed at
-the end of the module (and is in the test's output on failure).
+the end of the run (and each outcome is in its test's output on failure).
 """
 
 from __future__ import annotations
@@ -20,7 +20,17 @@ import pytest
 
 from agentbox.client import APIError, Client
 
-from .conftest import PRIVATE, REJECTED, Server, address_of, container_id, host_addresses, probe, reads_back
+from .conftest import (
+    HOSTILE_REPORT,
+    PRIVATE,
+    REJECTED,
+    Server,
+    address_of,
+    container_id,
+    host_addresses,
+    probe,
+    reads_back,
+)
 
 CGROUPS = Path("/sys/fs/cgroup")
 RUNTIMES = {"gvisor": "runsc", "docker": "runc"}
@@ -48,15 +58,9 @@ class Attack:
 
 
 @pytest.fixture(scope="module")
-def report(request: pytest.FixtureRequest) -> Iterator[list[tuple[str, str, str]]]:
-    rows: list[tuple[str, str, str]] = []
-    yield rows
-    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None and rows:
-        terminal.write_line("")
-        terminal.write_line("hostile workloads: what each attack achieved")
-        for attack, provider, outcome in rows:
-            terminal.write_line(f"  {attack:<28} {provider:<7} {outcome}")
+def report(request: pytest.FixtureRequest) -> list[tuple[str, str, str]]:
+    """Rows of (attack, provider, outcome), printed at the end of the run (conftest.py)."""
+    return request.config.stash.setdefault(HOSTILE_REPORT, [])
 
 
 @pytest.fixture(scope="module")
