@@ -77,7 +77,7 @@ def doctor() -> None:
         if not check.ok:
             console.print(f"     [yellow]fix:[/yellow] {check.fix}", highlight=False, soft_wrap=True)
     if failed:
-        _fail(f"{failed} check(s) failed; workspaces would fall back to runc or not start")
+        _fail(f"{failed} check(s) failed: each says how to fix it above")
 
 
 # Client commands

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,6 +98,17 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
         "enforced: each workspace gets its own ext4 filesystem of its disk size" if disks.enforced else disks.why_not,
         "run agentbox as root with e2fsprogs and util-linux installed (apt-get install -y e2fsprogs mount)",
     )
+
+    yield _network_check(settings)
+
+
+def _network_check(settings: Settings) -> Check:
+    name, fix = "workspace network isolation", "set WORKSPACE_NETWORK_NAME=workspace_net"
+    if not settings.network_name:
+        return Check(name, False, "WORKSPACE_NETWORK_NAME is empty: workspaces share Docker's default bridge", fix)
+    if os.geteuid() != 0 or shutil.which("iptables-restore") is None:
+        return Check(name, False, "its firewall needs root and iptables", "run as root; apt-get install -y iptables")
+    return Check(name, True, f"{settings.network_name}, behind agentbox's firewall (docs/security.md)")
 
 
 def _registered_in(daemon_json: Path, runtime: str) -> dict[str, object] | None:

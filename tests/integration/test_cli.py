@@ -10,8 +10,10 @@ from pathlib import Path
 from .conftest import KEYS, Server
 
 
-def agentbox(server: Server | None, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+def agentbox(
+    server: Server | None, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env or {})}
     if server is not None:
         env.update(AGENTBOX_URL=server.url, AGENTBOX_API_KEY=KEYS["alice"])
     result = subprocess.run(
@@ -74,7 +76,11 @@ def test_cli_errors_name_what_to_fix(server: Server) -> None:
 
 
 def test_doctor_passes_on_this_machine() -> None:
-    result = agentbox(None, "doctor")
+    without_network = agentbox(None, "doctor", check=False, env={"WORKSPACE_NETWORK_NAME": ""})
+    assert without_network.returncode == 1
+    assert "FAIL workspace network isolation" in without_network.stdout, without_network.stdout
+    assert "WORKSPACE_NETWORK_NAME=workspace_net" in without_network.stdout
+    result = agentbox(None, "doctor", env={"WORKSPACE_NETWORK_NAME": "workspace_net"})
     for check in (
         "runsc installed",
         "registered in /etc/docker/daemon.json",
@@ -83,6 +89,7 @@ def test_doctor_passes_on_this_machine() -> None:
         "probe container runs under runsc",
         "workspace image",
         "workspace disk limits",
+        "workspace network isolation",
     ):
         assert check in result.stdout, result.stdout
     assert "FAIL" not in result.stdout
