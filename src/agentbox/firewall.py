@@ -68,6 +68,8 @@ Grants = Mapping[str, Sequence[str] | None]
 class FirewallError(AgentboxError):
     """The firewall rules cannot be installed; the message says what to fix."""
 
+    status_code = 503  # iptables busy or broken: nothing was made, the request can be retried
+
 
 @dataclass
 class Firewall:
