@@ -16,6 +16,8 @@ from typing import Annotated, Any, TypeVar
 import anyio
 import anyio.from_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -23,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
+from agentbox.github.service import GitHub
 from agentbox.manager import WorkspaceManager
 from agentbox.models import Status
 from agentbox.providers.base import ExecEvent, Exit, OutputLimit, TextDecoder
@@ -34,7 +37,11 @@ from agentbox.schemas import (
     ExecIn,
     ExecOut,
     ExtendWorkspace,
+    GitHubAppList,
+    GitHubAppOut,
     Health,
+    PushOut,
+    RegisterApp,
     WorkspaceList,
     WorkspaceOut,
     WriteResult,
@@ -118,6 +125,12 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer repeats each bad value ("input"), which may be a private key or an env value.
+        errors = [{k: v for k, v in error.items() if k not in ("input", "ctx", "url")} for error in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
@@ -151,7 +164,17 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             raise Unauthorized("invalid API key: use one of the keys in the server's WORKSPACE_API_KEYS")
         return found
 
+    async def github(request: Request) -> GitHub:
+        found: GitHub | None = request.app.state.service.github
+        if found is None:
+            raise NotFound(
+                "GitHub Apps are not configured on this server: set GITHUB_APP_ENCRYPTION_KEY "
+                "(32 random bytes, hex or base64) and restart it"
+            )
+        return found
+
     Manager = Annotated[WorkspaceManager, Depends(manager)]
+    GitHubApps = Annotated[GitHub, Depends(github)]
     # `manager` comes first so that a disabled server answers 404 before asking for a key.
     Owner = Annotated[str, Depends(owner)]
     Path = Annotated[AbsolutePath, Query(description="absolute path inside the workspace")]
@@ -175,6 +198,29 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         # Any key will do (Prometheus sends one with `authorization` in its scrape config).
         svc: Service = request.app.state.service
         return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/api/v1/github/apps", status_code=201, response_model=GitHubAppOut)
+    async def register_github_app(body: RegisterApp, apps: GitHubApps, who: Owner) -> GitHubAppOut:
+        return GitHubAppOut.of(await in_thread(apps.register, who, body))
+
+    @app.get("/api/v1/github/apps", response_model=GitHubAppList)
+    async def list_github_apps(apps: GitHubApps, who: Owner) -> GitHubAppList:
+        return GitHubAppList(apps=[GitHubAppOut.of(a) for a in await in_thread(apps.apps, who)])
+
+    @app.get("/api/v1/github/apps/{app_id}", response_model=GitHubAppOut)
+    async def get_github_app(app_id: str, apps: GitHubApps, who: Owner) -> GitHubAppOut:
+        return GitHubAppOut.of(await in_thread(apps.app, who, app_id))
+
+    @app.delete("/api/v1/github/apps/{app_id}", status_code=204)
+    async def delete_github_app(app_id: str, apps: GitHubApps, who: Owner) -> Response:
+        await in_thread(apps.delete, who, app_id)
+        return Response(status_code=204)
+
+    @app.post("/api/v1/workspaces/{workspace_id}/git/push", response_model=PushOut)
+    async def git_push(workspace_id: str, mgr: Manager, who: Owner) -> PushOut:
+        workspace, branch, commit = await in_thread(mgr.git_push, who, workspace_id)
+        assert workspace.repo is not None
+        return PushOut(repository=workspace.repo["repository"], branch=branch, commit=commit)
 
     @app.post("/api/v1/workspaces", status_code=201, response_model=WorkspaceOut)
     async def create_workspace(body: CreateWorkspace, mgr: Manager, who: Owner) -> WorkspaceOut:

@@ -21,6 +21,8 @@ from agentbox.config import ConfigError, Settings, load_settings
 app = typer.Typer(help="Isolated workspaces for AI agents, on Docker with gVisor.", no_args_is_help=True)
 ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args_is_help=True)
 app.add_typer(ws, name="ws")
+github = typer.Typer(help="GitHub App credentials stored by this server.", no_args_is_help=True)
+app.add_typer(github, name="github")
 console = Console()
 T = TypeVar("T")
 errors = Console(stderr=True)
@@ -62,6 +64,33 @@ def serve(
     except BaseException:
         service.close()  # e.g. the port was taken: uvicorn exits before any shutdown
         raise
+
+
+@github.command("rotate-key")
+def rotate_key() -> None:
+    """Re-encrypt every stored GitHub App secret under GITHUB_APP_ENCRYPTION_KEY.
+
+    Give the key they are sealed with now as GITHUB_APP_ENCRYPTION_OLD_KEY. A running server
+    given both keys keeps working throughout; afterwards drop the old one. All or nothing.
+    """
+    from agentbox.github.service import GitHub, SealedSecretError
+    from agentbox.store import Store
+
+    settings = _settings()
+    keyring = settings.keyring
+    if keyring is None:
+        _fail(
+            "GITHUB_APP_ENCRYPTION_KEY is not set: set it to the new key (and GITHUB_APP_ENCRYPTION_OLD_KEY to the old)"
+        )
+    store = Store(settings.sqlalchemy_url)
+    try:
+        store.migrate()
+        resealed, apps = GitHub(store, keyring).rotate()
+    except SealedSecretError as exc:
+        _fail(exc.detail)
+    finally:
+        store.close()
+    console.print(f"re-encrypted {resealed} secret(s) of {apps} GitHub App(s) under the current key")
 
 
 @app.command()

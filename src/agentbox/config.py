@@ -17,6 +17,7 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from agentbox.github.crypto import Keyring, parse_key
 from agentbox.network import NetworkPolicy
 from agentbox.sizes import SizeError, parse_size
 
@@ -69,6 +70,8 @@ class Settings(BaseSettings):
     network_name: str = Field("", validation_alias="WORKSPACE_NETWORK_NAME")
     e2b_api_key: SecretStr = Field(SecretStr(""), validation_alias="E2B_API_KEY")
     github_app_encryption_key: SecretStr = Field(SecretStr(""), validation_alias="GITHUB_APP_ENCRYPTION_KEY")
+    # The previous key while a rotation is under way (`agentbox github rotate-key`).
+    github_app_encryption_old_key: SecretStr = Field(SecretStr(""), validation_alias="GITHUB_APP_ENCRYPTION_OLD_KEY")
 
     # agentbox's own.
     data_dir: Path = Field(default_factory=_default_data_dir, validation_alias="WORKSPACE_DATA_DIR")
@@ -97,6 +100,21 @@ class Settings(BaseSettings):
         if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
             raise ValueError("must be a Docker network name (letters, digits, '_', '.', '-')")
         return value
+
+    @field_validator("github_app_encryption_key", "github_app_encryption_old_key")
+    @classmethod
+    def _encryption_key(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value():
+            parse_key(value.get_secret_value())
+        return value
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """Seals and opens GitHub App secrets; None when GITHUB_APP_ENCRYPTION_KEY is not set."""
+        current, old = self.github_app_encryption_key.get_secret_value(), self.github_app_encryption_old_key
+        if not current:
+            return None
+        return Keyring(parse_key(current), *([parse_key(old.get_secret_value())] if old.get_secret_value() else []))
 
     @field_validator("api_keys")
     @classmethod
@@ -141,7 +159,7 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
-_SECRET_VARIABLES = {"E2B_API_KEY", "GITHUB_APP_ENCRYPTION_KEY", "WORKSPACE_API_KEYS"}
+_SECRET_VARIABLES = {"E2B_API_KEY", "GITHUB_APP_ENCRYPTION_KEY", "GITHUB_APP_ENCRYPTION_OLD_KEY", "WORKSPACE_API_KEYS"}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -16,6 +16,7 @@ from datetime import timedelta
 from agentbox.config import Settings
 from agentbox.errors import BadRequest, Conflict, NotFound, TooManyWorkspaces, reason_of
 from agentbox.firewall import Firewall, Grants
+from agentbox.github.service import GitHub
 from agentbox.metrics import Metrics
 from agentbox.models import Status, Workspace, new_workspace_id, utcnow
 from agentbox.network import NO_NETWORK, AllowList, NetworkPolicy, mac_address
@@ -46,9 +47,11 @@ class WorkspaceManager:
         unavailable: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
         firewall: Firewall | None = None,
+        github: GitHub | None = None,
     ) -> None:
         self.settings = settings
         self.firewall = firewall
+        self.github = github
         self.store = store
         self.providers = dict(providers)
         # Providers that exist but cannot be used here, with the reason and the fix.
@@ -75,6 +78,27 @@ class WorkspaceManager:
     # Lifecycle
 
     def create(self, owner: str, request: CreateWorkspace) -> Workspace:
+        """A running workspace of `owner`, with the repository asked for checked out in it."""
+        if request.repo is None:
+            return self._create(owner, request)
+        if self.github is None:
+            raise BadRequest("repo: GitHub Apps are not configured on this server (GITHUB_APP_ENCRYPTION_KEY)")
+        self.github.choose(owner, request.repo)  # a missing App is a 400 before anything is made
+        workspace = self._create(owner, request)
+        try:
+            repo = self.github.checkout(owner, request.repo, self._provider(workspace.provider), self._ref(workspace))
+        except BaseException as exc:
+            self.metrics.failures.labels("checkout").inc()
+            self._provider(workspace.provider).destroy(self._ref(workspace))
+            self.store.update(
+                workspace.id, "checkout_failed", status=Status.DELETED.value, error=reason_of(exc), deleted_at=utcnow()
+            )
+            self.fence()
+            self.on_change()
+            raise
+        return self.store.update(workspace.id, "checked_out", repo=repo)
+
+    def _create(self, owner: str, request: CreateWorkspace) -> Workspace:
         started = time.monotonic()
         provider_name = request.provider or self.settings.default_provider
         provider = self._provider(provider_name)
@@ -322,6 +346,21 @@ class WorkspaceManager:
         }
         if force or grants != self.firewall.applied:
             self.firewall.apply(grants)
+
+    # Repositories
+
+    def git_push(self, owner: str, workspace_id: str) -> tuple[Workspace, str, str]:
+        """Push the current branch of the workspace's repository; (workspace, branch, commit)."""
+        workspace = self._running(owner, workspace_id)
+        if workspace.repo is None:
+            raise Conflict(f"workspace {workspace.id} was not created with a repository (`repo` at create)")
+        if self.github is None:
+            raise BadRequest("GitHub Apps are not configured on this server (GITHUB_APP_ENCRYPTION_KEY)")
+        branch, commit = self.github.push(
+            owner, workspace.repo, self._provider(workspace.provider), self._ref(workspace)
+        )
+        self.store.record(workspace.id, "pushed", branch=branch, commit=commit)
+        return workspace, branch, commit
 
     # Commands and files
 

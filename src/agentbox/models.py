@@ -11,7 +11,18 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -40,6 +51,10 @@ def utcnow() -> datetime:
 def new_workspace_id() -> str:
     # Also the container's hostname, so only [a-z0-9-].
     return "ws-" + secrets.token_hex(8)
+
+
+def new_app_id() -> str:
+    return "gh-" + secrets.token_hex(8)
 
 
 class Status(enum.StrEnum):
@@ -78,6 +93,8 @@ class Workspace(Base):
     # Its allow list as asked (None: the public internet), and the CIDRs that list resolved to.
     allow: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     allow_cidrs: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    # The repository checked out at create: {"repository", "ref", "app", "installation_id", "path"}.
+    repo: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # The provider's own handle (a container name for Docker, a sandbox id for E2B).
     provider_ref: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
@@ -85,6 +102,20 @@ class Workspace(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class GitHubApp(Base):
+    """A GitHub App registration. Its secrets are sealed (github/crypto.py), bound to this row."""
+
+    __tablename__ = "github_apps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    app_id: Mapped[int] = mapped_column(BigInteger)
+    api_url: Mapped[str] = mapped_column(String(512))
+    private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    webhook_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Event(Base):

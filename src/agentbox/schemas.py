@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    WithJsonSchema,
+    field_validator,
+)
 
 from agentbox.config import ProviderName
-from agentbox.models import Status, Workspace
+from agentbox.github.app import GITHUB_API
+from agentbox.models import GitHubApp, Status, Workspace
 from agentbox.network import NetworkPolicy, policy_of
 from agentbox.sizes import SizeError, format_size, parse_size
 
@@ -71,6 +83,76 @@ Memory = Annotated[int, _size_at_least(MIN_MEMORY), _SIZE_SCHEMA]
 Disk = Annotated[int, _size_at_least(MIN_DISK), _SIZE_SCHEMA]
 
 
+def _pem_private_key(value: SecretStr) -> SecretStr:
+    try:
+        key = serialization.load_pem_private_key(value.get_secret_value().encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError("is not a PEM private key without a passphrase (-----BEGIN ... PRIVATE KEY-----)") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("must be an RSA key, as GitHub Apps' keys are")
+    return value
+
+
+def _api_url(value: str) -> str:
+    if not value.startswith(("https://", "http://")) or any(c.isspace() for c in value):
+        raise ValueError("must be an http(s) URL: https://api.github.com, or https://HOST/api/v3 for Enterprise Server")
+    return value.rstrip("/")
+
+
+class RegisterApp(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: int = Field(gt=0, lt=1 << 53, description="the App's id on GitHub")
+    private_key: Annotated[SecretStr, Field(max_length=16384), AfterValidator(_pem_private_key)]
+    webhook_secret: Annotated[SecretStr, Field(min_length=1, max_length=1024)] | None = None
+    api_url: Annotated[str, Field(max_length=512), AfterValidator(_api_url)] = GITHUB_API
+
+
+class GitHubAppOut(BaseModel):
+    id: str
+    app_id: int
+    api_url: str
+    has_webhook_secret: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, app: GitHubApp) -> GitHubAppOut:
+        return cls(
+            id=app.id,
+            app_id=app.app_id,
+            api_url=app.api_url,
+            has_webhook_secret=app.webhook_secret is not None,
+            created_at=app.created_at,
+        )
+
+
+class GitHubAppList(BaseModel):
+    apps: list[GitHubAppOut]
+
+
+class RepoSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repository: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$", description="owner/name on GitHub"
+    )
+    ref: str | None = Field(
+        None, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", description="branch, tag or commit"
+    )
+    installation_id: int | None = Field(None, gt=0, description="default: the App's installation on the repository")
+    app: str | None = Field(None, pattern=r"^gh-[0-9a-f]{16}$", description="registered App; default: your only one")
+
+    @property
+    def name(self) -> str:
+        return self.repository.split("/", 1)[1]
+
+
+class PushOut(BaseModel):
+    repository: str
+    branch: str
+    commit: str
+
+
 class CreateWorkspace(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +170,7 @@ class CreateWorkspace(BaseModel):
         description='"egress" (the public internet), "none" (loopback only), or {"allow": [CIDRs or hostnames]}; '
         "default: the server's WORKSPACE_NETWORK_POLICY",
     )
+    repo: RepoSpec | None = Field(None, description="a repository to check out into /workspace/<name>")
 
 
 class ExtendWorkspace(BaseModel):
@@ -114,6 +197,7 @@ class WorkspaceOut(BaseModel):
     expires_at: datetime | None
     labels: dict[str, str]
     network: NetworkPolicy
+    repo: dict[str, Any] | None = Field(None, description="the repository checked out at create, and where")
     error: str | None = None
 
     @field_validator("memory", "disk", mode="before")

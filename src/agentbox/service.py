@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError
 from agentbox.firewall import Firewall, FirewallError
+from agentbox.github.service import GitHub
 from agentbox.lifecycle import Lifecycle
 from agentbox.manager import WorkspaceManager
 from agentbox.metrics import Metrics
@@ -39,6 +40,7 @@ class Service:
     lifecycle: Lifecycle | None = None
     metrics: Metrics = field(default_factory=Metrics)
     docker_client: docker.DockerClient | None = field(default=None, repr=False)
+    github: GitHub | None = None
 
     @classmethod
     def start(cls, settings: Settings) -> Service:
@@ -59,6 +61,8 @@ class Service:
                 f"cannot open or migrate the database at WORKSPACE_DATABASE_URL "
                 f"({_redact(settings.sqlalchemy_url)}): {exc}"
             ) from None
+        keyring = settings.keyring
+        self.github = GitHub(self.store, keyring) if keyring is not None else None
         if not settings.enabled:
             log.info("agent workspaces are disabled (ENABLE_AGENT_WORKSPACES=false): no engine is contacted")
             return
@@ -99,7 +103,9 @@ class Service:
                 ("docker", STANDARD_RUNTIME, "container (runc)"),
             )
         }
-        self.manager = WorkspaceManager(settings, self.store, providers, unavailable, self.metrics, firewall)
+        self.manager = WorkspaceManager(
+            settings, self.store, providers, unavailable, self.metrics, firewall, self.github
+        )
         try:
             self.manager.reconcile(startup=True)
         except AgentboxError as exc:
@@ -146,6 +152,9 @@ class Service:
         if self.docker_client is not None:
             self.docker_client.close()
             self.docker_client = None
+        if self.github is not None:
+            self.github.close()
+            self.github = None
         self.store.close()
 
 

@@ -93,9 +93,14 @@ class Store:
                 setattr(workspace, name, value)
             workspace.updated_at = utcnow()
             if event_kind is not None:
-                detail = {k: v for k, v in fields.items() if k in ("status", "error", "provider_ref", "owner")}
+                detail = {k: v for k, v in fields.items() if k in ("status", "error", "provider_ref", "owner", "repo")}
                 session.add(Event(workspace_id=workspace_id, kind=event_kind, detail=detail))
         return workspace
+
+    def record(self, workspace_id: str, event_kind: str, **detail: Any) -> None:
+        """Add an event to a workspace's audit trail."""
+        with self.session() as session:
+            session.add(Event(workspace_id=workspace_id, kind=event_kind, detail=detail))
 
     def claim(self, match: Mapping[str, Any], **fields: Any) -> Workspace | None:
         """Give the oldest ready pooled row whose columns equal `match` the `fields`; None if there is none.

@@ -249,7 +249,8 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("server")).start()
+    # With GitHub Apps configured, so that their endpoints are exercised too (no App is registered).
+    running = Server(tmp_path_factory.mktemp("server"), env={"GITHUB_APP_ENCRYPTION_KEY": "ab" * 32}).start()
     yield running
     running.stop()
 

@@ -16,6 +16,7 @@ import pytest
 from agentbox.client import APIError, Client
 
 from .conftest import KEYS, Server
+from .github_standin import new_private_key
 
 PUBLIC = {("GET", "/api/v1/health")}  # and the schema itself, which describes the API and holds no data
 
@@ -29,7 +30,9 @@ def test_every_endpoint_but_health_wants_a_valid_key(server: Server) -> None:
     found = endpoints(server)
     assert ("GET", "/metrics") in found and ("POST", "/api/v1/workspaces") in found
     for method, path in sorted(found - PUBLIC):
-        url = server.url + path.replace("{workspace_id}", "ws-0123456789abcdef")
+        url = server.url + path.replace("{workspace_id}", "ws-0123456789abcdef").replace(
+            "{app_id}", "gh-0123456789abcdef"
+        )
         for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": "Basic YTpi"}):
             response = httpx.request(method, url, headers=headers, params={"path": "/workspace"})
             assert response.status_code == 401, (method, path, headers, response.text)
@@ -56,10 +59,11 @@ def victim(alice: Client) -> Iterator[str]:
     alice.delete(workspace_id)
 
 
-def test_no_endpoint_lets_one_owner_reach_another_s_workspace(
+def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
     server: Server, alice: Client, bob: Client, victim: str
 ) -> None:
-    # A well-formed request for every endpoint that names a workspace, as its owner would send it.
+    alice_app = alice._call("POST", "/github/apps", json={"app_id": 1, "private_key": new_private_key()}).json()["id"]
+    # A well-formed request for every endpoint that names a workspace or an App, as its owner would send it.
     attempts: dict[tuple[str, str], Callable[[], object]] = {
         ("GET", "/api/v1/workspaces/{workspace_id}"): lambda: bob.get(victim),
         ("DELETE", "/api/v1/workspaces/{workspace_id}"): lambda: bob.delete(victim),
@@ -76,15 +80,22 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace(
         ("PUT", "/api/v1/workspaces/{workspace_id}/archive"): lambda: bob.write_archive(
             victim, "/workspace", archive()
         ),
+        ("POST", "/api/v1/workspaces/{workspace_id}/git/push"): lambda: bob._call(
+            "POST", f"/workspaces/{victim}/git/push"
+        ),
+        ("GET", "/api/v1/github/apps/{app_id}"): lambda: bob._call("GET", f"/github/apps/{alice_app}"),
+        ("DELETE", "/api/v1/github/apps/{app_id}"): lambda: bob._call("DELETE", f"/github/apps/{alice_app}"),
     }
-    naming_a_workspace = {e for e in endpoints(server) if "{workspace_id}" in e[1]}
-    assert set(attempts) == naming_a_workspace, "an endpoint without an owner-isolation case"
+    naming_a_resource = {e for e in endpoints(server) if "{workspace_id}" in e[1] or "{app_id}" in e[1]}
+    assert set(attempts) == naming_a_resource, "an endpoint without an owner-isolation case"
     for endpoint, attempt in attempts.items():
         with pytest.raises(APIError) as denied:
             attempt()
         assert denied.value.status_code == 404, (endpoint, denied.value)  # as if it did not exist
-        assert victim in str(denied.value.detail)
+        assert victim in str(denied.value.detail) or alice_app in str(denied.value.detail)
     assert victim not in [w["id"] for w in bob.list()]
+    assert alice._call("GET", f"/github/apps/{alice_app}").json()["id"] == alice_app
+    alice._call("DELETE", f"/github/apps/{alice_app}")
     # Alice's workspace went on as before: running, her file there, nothing of Bob's.
     assert alice.get(victim)["status"] == "running"
     assert alice.exec(victim, "ls /workspace")["stdout"] == "secret.txt\n"

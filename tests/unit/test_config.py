@@ -54,7 +54,7 @@ def test_spec_variable_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         "WORKSPACE_DEFAULT_TTL_DAYS": "0.25",
         "WORKSPACE_NETWORK_NAME": "workspace_net",
         "E2B_API_KEY": "e2b_x",
-        "GITHUB_APP_ENCRYPTION_KEY": "k" * 64,
+        "GITHUB_APP_ENCRYPTION_KEY": "ab" * 32,
         "WORKSPACE_DATABASE_URL": "postgresql://u:p@db/agentbox",
         "WORKSPACE_IMAGE": "debian:12",
         "WORKSPACE_API_KEYS": "alice:0123456789abcdef,bob:fedcba9876543210",

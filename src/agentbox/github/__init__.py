@@ -1,0 +1,1 @@
+"""GitHub Apps: credentials encrypted at rest, installation tokens, repositories in and out of workspaces."""

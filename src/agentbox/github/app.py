@@ -1,0 +1,122 @@
+"""Talking to GitHub as an App: the App's JWT, and installation access tokens minted from it.
+
+As GitHub documents it: an RS256 JWT signed with the App's private key, `iss` = the App id,
+issued a minute in the past (clock skew) and valid for 9 minutes (GitHub's maximum is 10);
+then `POST /app/installations/{id}/access_tokens`, optionally scoped to repositories. Tokens
+live an hour; they are cached until 5 minutes before they expire.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+
+from agentbox.errors import AgentboxError
+
+GITHUB_API = "https://api.github.com"
+JWT_BACKDATE = 60  # seconds: the issuer's clock may be ahead of GitHub's
+JWT_LIFETIME = 9 * 60
+TOKEN_MARGIN = timedelta(minutes=5)
+HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+
+
+class GitHubError(AgentboxError):
+    """GitHub (or GitHub Enterprise Server) refused or could not be reached; the detail says which."""
+
+    status_code = 502
+
+
+@dataclass(frozen=True)
+class AppCredentials:
+    """A registered App with its private key opened, for the moment it is needed."""
+
+    id: str
+    app_id: int
+    api_url: str
+    private_key: str
+
+    @property
+    def git_url(self) -> str:
+        """Where repositories are served: github.com for api.github.com, else the server itself."""
+        if self.api_url.rstrip("/") == GITHUB_API:
+            return "https://github.com"
+        return self.api_url.rstrip("/").removesuffix("/api/v3")
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    expires_at: datetime
+
+
+def app_jwt(app: AppCredentials, now: float | None = None) -> str:
+    issued = int(now if now is not None else time.time()) - JWT_BACKDATE
+    claims = {"iat": issued, "exp": issued + JWT_BACKDATE + JWT_LIFETIME, "iss": str(app.app_id)}
+    return jwt.encode(claims, app.private_key, algorithm="RS256")
+
+
+class TokenMinter:
+    """Installation tokens per (App, installation, repositories), cached until shortly before they expire."""
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(timeout=timeout, headers=HEADERS)
+        self._cache: dict[tuple[str, int, tuple[str, ...]], Token] = {}
+        self._lock = threading.Lock()
+
+    def installation_of(self, app: AppCredentials, repository: str) -> int:
+        """The App's installation on `owner/name`."""
+        answer = self._call(app, "GET", f"/repos/{repository}/installation")
+        return int(answer["id"])
+
+    def token(
+        self, app: AppCredentials, installation_id: int, repositories: tuple[str, ...] = (), fresh: bool = False
+    ) -> Token:
+        """A token for the installation, scoped to `repositories` (names without the owner) if given."""
+        key = (app.id, installation_id, repositories)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and not fresh and cached.expires_at - TOKEN_MARGIN > datetime.now(UTC):
+                return cached
+        body = {"repositories": list(repositories)} if repositories else {}
+        answer = self._call(app, "POST", f"/app/installations/{installation_id}/access_tokens", json=body)
+        token = Token(answer["token"], datetime.fromisoformat(answer["expires_at"].replace("Z", "+00:00")))
+        with self._lock:
+            self._cache[key] = token
+        return token
+
+    def forget(self, app_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._cache if k[0] == app_id]:
+                del self._cache[key]
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, app: AppCredentials, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        url = app.api_url.rstrip("/") + path
+        try:
+            response = self._http.request(
+                method,
+                url,
+                headers={"Authorization": f"Bearer {app_jwt(app)}"},
+                **kwargs,
+            )
+        except httpx.HTTPError as exc:
+            raise GitHubError(f"GitHub at {app.api_url} cannot be reached ({exc}); check the App's api_url") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", "")
+            except ValueError:
+                message = response.text[:200]
+            raise GitHubError(
+                f"GitHub answered {method} {path} with {response.status_code}: {message} "
+                f"(App {app.app_id}: is it installed on the repository, with contents access?)"
+            )
+        answer: dict[str, Any] = response.json()
+        return answer
