@@ -267,9 +267,10 @@ def bob(server: Server) -> Iterator[Client]:
         yield client
 
 
-@pytest.fixture
-def workspace(alice: Client) -> Iterator[dict[str, object]]:
-    created = alice.create()
+@pytest.fixture(params=["gvisor", "docker"])
+def workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[dict[str, object]]:
+    """A running workspace of each provider: tests that take it hold for every provider."""
+    created = alice.create(provider=request.param)
     yield created
     with contextlib.suppress(APIError):  # the test may have deleted it already
         alice.delete(str(created["id"]))

@@ -227,3 +227,18 @@ def test_the_key_can_be_rotated_while_the_server_runs(tmp_path: Path, standin: G
         assert again.returncode == 1 and "nothing was changed" in said and "Traceback" not in said
     finally:
         server.stop()
+
+
+def test_without_a_key_the_github_endpoints_say_they_are_not_configured(tmp_path: Path) -> None:
+    server = Server(tmp_path).start()
+    try:
+        with server.client() as alice:
+            with pytest.raises(APIError) as listing:
+                alice._call("GET", "/github/apps")
+            assert listing.value.status_code == 404 and "GITHUB_APP_ENCRYPTION_KEY" in listing.value.detail
+            with pytest.raises(APIError) as create:
+                alice.create(repo={"repository": REPOSITORY})
+            assert create.value.status_code == 400 and "GITHUB_APP_ENCRYPTION_KEY" in create.value.detail
+            assert alice.list() == []
+    finally:
+        server.stop()

@@ -184,3 +184,16 @@ def test_an_existing_network_that_lets_containers_talk_is_refused(
         assert "Traceback" not in str(error.value)
     finally:
         remove_network(docker_client, name)
+
+
+def test_the_server_default_policy_applies_to_workspaces_that_do_not_ask(tmp_path: Path) -> None:
+    server = Server(tmp_path, env={"WORKSPACE_NETWORK_POLICY": "none"}).start()
+    try:
+        with server.client() as alice:
+            workspace = alice.create()
+            assert workspace["network"] == "none"
+            interfaces = alice.exec(str(workspace["id"]), ["cat", "/proc/net/dev"])["stdout"]
+            assert "eth0" not in interfaces and "lo:" in interfaces
+            alice.delete(str(workspace["id"]))
+    finally:
+        server.stop()
