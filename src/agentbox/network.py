@@ -23,6 +23,7 @@ from agentbox.errors import AgentboxError
 log = logging.getLogger("agentbox.network")
 
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
+INSTANCE_LABEL = "agentbox.instance"  # the deployment that made the network
 NO_NETWORK = "none"  # Docker's own name for "loopback only"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
@@ -76,18 +77,18 @@ def mac_address(workspace_id: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
-def ensure_network(client: docker.DockerClient, name: str) -> dict[str, object]:
+def ensure_network(client: docker.DockerClient, name: str, instance: str) -> dict[str, object]:
     """Create the bridge network `name` without inter-container traffic unless it exists; inspect it.
 
     An existing network is used as it is, but one that lets workspaces talk to each other
-    is refused: that would silently undo the isolation the setting asks for.
+    is refused: that would silently undo the isolation the setting asks for. So is one that
+    another deployment made: the firewall of one network is written by one deployment.
     """
     try:
         existing: dict[str, object] = client.api.inspect_network(name)
     except docker.errors.NotFound:
-        client.api.create_network(
-            name, driver="bridge", options={ICC_OPTION: "false"}, labels={"agentbox.network": "workspaces"}
-        )
+        mine = {"agentbox.network": "workspaces", INSTANCE_LABEL: instance}
+        client.api.create_network(name, driver="bridge", options={ICC_OPTION: "false"}, labels=mine)
         log.info("created the workspace network %s (bridge, inter-container traffic disabled)", name)
         created: dict[str, object] = client.api.inspect_network(name)
         return created
@@ -97,5 +98,12 @@ def ensure_network(client: docker.DockerClient, name: str) -> dict[str, object]:
             f"WORKSPACE_NETWORK_NAME={name}: the existing network {name!r} allows traffic between containers "
             f"(it needs driver bridge and option {ICC_OPTION}=false): remove it (docker network rm {name}) "
             "and agentbox will create it, or choose another name"
+        )
+    labels = existing.get("Labels")
+    owner = labels.get(INSTANCE_LABEL) if isinstance(labels, dict) else None
+    if owner not in (None, instance):
+        raise NetworkError(
+            f"WORKSPACE_NETWORK_NAME={name}: the network belongs to another agentbox deployment (instance {owner}); "
+            "each deployment needs a network of its own, since it writes that network's firewall"
         )
     return existing

@@ -130,7 +130,7 @@ class Service:
                 )
             return None
         try:
-            network = ensure_network(self.docker_client, settings.network_name)
+            network = ensure_network(self.docker_client, settings.network_name, settings.instance_id)
             return Firewall.for_network(network)
         except (NetworkError, FirewallError) as exc:
             raise StartupError(exc.detail) from None

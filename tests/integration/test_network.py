@@ -197,3 +197,33 @@ def test_the_server_default_policy_applies_to_workspaces_that_do_not_ask(tmp_pat
             alice.delete(str(workspace["id"]))
     finally:
         server.stop()
+
+
+def test_a_workspace_from_the_warm_pool_is_fenced_like_any_other(
+    tmp_path: Path, docker_client: docker.DockerClient, world: None
+) -> None:
+    network = "agentbox-test-pool-net"
+    remove_network(docker_client, network)
+    env = {"WORKSPACE_NETWORK_NAME": network, "WORKSPACE_WARM_POOL_SIZE": "1"}
+    server = Server(tmp_path, env=env).start()
+    try:
+        eventually(lambda: server.metrics().get("agentbox_pool_ready") == 1, timeout=60)
+        with server.client() as alice:
+            workspace_id = str(alice.create()["id"])  # claimed: no firewall change on this path
+            assert server.metrics()["agentbox_pool_claims_total"] == 1
+            found = probe(alice, workspace_id, f"{PUBLIC}:8080", f"{PRIVATE}:8080", "169.254.169.254:80")
+            assert found.pop(f"{PUBLIC}:8080") == "connected", found
+            assert set(found.values()) <= REJECTED, found
+            alice.delete(workspace_id)
+    finally:
+        server.stop()
+        remove_network(docker_client, network)
+
+
+def test_a_network_of_another_deployment_is_refused(
+    tmp_path: Path, docker_client: docker.DockerClient, fenced: Server
+) -> None:
+    # `fenced` made NETWORK; a second deployment (another database, so another instance) may not share it.
+    with pytest.raises(RuntimeError) as error:
+        Server(tmp_path, env={"WORKSPACE_NETWORK_NAME": NETWORK}).start()
+    assert "belongs to another agentbox deployment" in " ".join(str(error.value).split()), str(error.value)[-500:]
