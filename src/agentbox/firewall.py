@@ -1,6 +1,6 @@
 """The host firewall around the workspace network: what a workspace may reach.
 
-Two iptables chains per workspace network, owned by agentbox and rewritten whole (one
+Three iptables chains per workspace network, owned by agentbox and rewritten whole (one
 atomic `iptables-restore`) whenever a workspace comes or goes, and again every few
 seconds, so that they come back after a firewall flush:
 
@@ -174,9 +174,9 @@ class Firewall:
                     _succeeds([tool, "-w", "5", "-X", chain])
             self.applied = None
 
-    def resolve(self, entries: Iterable[str], lookup: Callable[[str], list[str]] | None = None) -> list[str]:
+    def resolve(self, entries: Iterable[str]) -> list[str]:
         """The CIDRs an allow list stands for; a 400 for what can never be reached or resolved."""
-        return resolve_allow_list(entries, self.blocked, lookup or _lookup)
+        return resolve_allow_list(entries, self.blocked, _lookup)
 
 
 def resolve_allow_list(
