@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     max_upload: Size = Field(parse_size("1G"), validation_alias="WORKSPACE_MAX_UPLOAD")
     # Every other request body (JSON: a create, an exec) is read into memory, so it is capped.
     max_request: Size = Field(parse_size("8M"), validation_alias="WORKSPACE_MAX_REQUEST")
+    # The E2B template that stands for the default image (WORKSPACE_IMAGE) on the e2b provider.
+    e2b_template: str = Field("base", min_length=1, max_length=256, validation_alias="WORKSPACE_E2B_TEMPLATE")
     # What workspaces that do not ask may reach (see docs/security.md).
     network_policy: Annotated[NetworkPolicy, NoDecode, BeforeValidator(_policy)] = Field(
         "egress", validation_alias="WORKSPACE_NETWORK_POLICY"

@@ -21,6 +21,7 @@ from agentbox.network import AllowList, NetworkError, ensure_network
 from agentbox.providers.base import Provider
 from agentbox.providers.disks import Disks
 from agentbox.providers.docker import DockerProvider, install_helper
+from agentbox.providers.e2b import E2BProvider
 from agentbox.runtime import STANDARD_RUNTIME, RuntimeChoice, choose_runtime
 from agentbox.store import Store
 
@@ -68,7 +69,8 @@ class Service:
             return
         if not settings.owners_by_key:
             log.warning("WORKSPACE_API_KEYS is empty: every workspace request will be refused (401)")
-        unavailable = {"e2b": "the E2B provider is not part of this release yet; use gvisor or docker"}
+        e2b_key = settings.e2b_api_key.get_secret_value()
+        unavailable = {} if e2b_key else {"e2b": "E2B_API_KEY is not set: set it to your E2B API key and restart"}
         if settings.default_provider in unavailable:
             raise StartupError(
                 f"WORKSPACE_DEFAULT_PROVIDER={settings.default_provider}: {unavailable[settings.default_provider]}"
@@ -103,6 +105,10 @@ class Service:
                 ("docker", STANDARD_RUNTIME, "container (runc)"),
             )
         }
+        if e2b_key:
+            providers["e2b"] = E2BProvider(
+                e2b_key, instance=settings.instance_id, default_image=settings.image, template=settings.e2b_template
+            )
         self.manager = WorkspaceManager(
             settings, self.store, providers, unavailable, self.metrics, firewall, self.github
         )

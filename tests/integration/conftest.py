@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import docker
 import docker.errors
@@ -26,6 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentbox.client import APIError, Client
 from agentbox.config import load_settings
 from agentbox.firewall import Firewall
+
+if TYPE_CHECKING:
+    from .e2b_standin import E2BStandIn
 
 T = TypeVar("T")
 # The fenced server's network, and the stand-in world outside it (see `world`).
@@ -248,9 +251,22 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Iterator[Server]:
-    # With GitHub Apps configured, so that their endpoints are exercised too (no App is registered).
-    running = Server(tmp_path_factory.mktemp("server"), env={"GITHUB_APP_ENCRYPTION_KEY": "ab" * 32}).start()
+def e2b(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient) -> Iterator[E2BStandIn]:
+    """The local stand-in for E2B's cloud (API and in-sandbox daemon), backed by real workspaces."""
+    from .e2b_standin import E2BStandIn  # it imports this module
+
+    standin = E2BStandIn(tmp_path_factory.mktemp("e2b")).start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, e2b: E2BStandIn) -> Iterator[Server]:
+    # With GitHub Apps configured, so that their endpoints are exercised too (no App is registered),
+    # and E2B through the official SDK, pointed at the stand-in by the SDK's own variables.
+    env = {"GITHUB_APP_ENCRYPTION_KEY": "ab" * 32, "E2B_API_KEY": e2b.api_key}
+    env |= {"E2B_API_URL": e2b.url, "E2B_SANDBOX_URL": e2b.url, "E2B_CONNECTION_RETRIES": "0"}
+    running = Server(tmp_path_factory.mktemp("server"), env=env).start()
     yield running
     running.stop()
 
@@ -267,7 +283,7 @@ def bob(server: Server) -> Iterator[Client]:
         yield client
 
 
-@pytest.fixture(params=["gvisor", "docker"])
+@pytest.fixture(params=["gvisor", "docker", "e2b"])
 def workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[dict[str, object]]:
     """A running workspace of each provider: tests that take it hold for every provider."""
     created = alice.create(provider=request.param)

@@ -310,11 +310,9 @@ def test_busybox_image_works_too(alice: Client, busybox_image: str) -> None:
         alice.delete(created["id"])
 
 
-def test_gvisor_workspace_has_working_networking(
-    alice: Client, workspace: dict[str, str], docker_client: docker.DockerClient
-) -> None:
+def test_gvisor_workspace_has_working_networking(alice: Client, docker_client: docker.DockerClient) -> None:
     """runsc is registered with arguments that give its workloads a real network (see docs/runtime.md)."""
-    ws = workspace["id"]
+    ws = alice.create()["id"]
     (container,) = docker_client.containers.list(filters={"label": f"{WORKSPACE_LABEL}={ws}"})
     address = next(iter(container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
     assert address
@@ -333,3 +331,4 @@ def test_gvisor_workspace_has_working_networking(
                 raise
             time.sleep(0.2)
     assert response.text == "served-from-gvisor\n"
+    alice.delete(ws)

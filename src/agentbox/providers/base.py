@@ -28,6 +28,7 @@ class WorkspaceSpec:
     disk: int
     pids_limit: int
     network: str = ""
+    ttl_seconds: int | None = None  # for providers whose sandboxes end by themselves (E2B)
 
     @classmethod
     def of(cls, record: Any) -> WorkspaceSpec:
@@ -40,6 +41,7 @@ class WorkspaceSpec:
             disk=record.disk,
             pids_limit=record.pids_limit,
             network=record.network,
+            ttl_seconds=int(record.ttl_days * 86400) if record.ttl_days else None,
         )
 
 

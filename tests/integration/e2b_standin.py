@@ -1,0 +1,358 @@
+"""A local stand-in for E2B: its REST API and its in-sandbox daemon (envd), backed by real workspaces.
+
+E2B's cloud cannot be reached from here. This serves, on one loopback port, what the official
+SDK calls (docs/e2b-wire-protocol.md): the sandbox API (`/v2/sandboxes`, `/sandboxes/{id}`...)
+and envd (Connect RPC with JSON for processes and the filesystem, plain HTTP for `/files`),
+found by the `E2b-Sandbox-Id` header the SDK sends. The SDK is pointed at it with its own
+`E2B_API_URL` and `E2B_SANDBOX_URL`. Each sandbox is a real gVisor workspace made by
+agentbox's Docker provider (under its own instance label), so commands really run.
+
+Envd's server side reuses the SDK's own generated Connect classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import docker
+import uvicorn
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from e2b.envd.filesystem import filesystem_connect
+from e2b.envd.filesystem import filesystem_pb as F
+from e2b.envd.process import process_connect
+from e2b.envd.process import process_pb as P
+from protobuf import Oneof
+from protobuf.wkt import Timestamp
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileError, ProviderError, WorkspaceSpec
+from agentbox.providers.disks import Disks
+from agentbox.providers.docker import DockerProvider, install_helper
+
+from .conftest import free_port
+
+ENVD_VERSION = "0.5.7"  # new enough for streamed (octet-stream) uploads
+DEFAULT_IMAGE = "agentbox/workspace:bookworm"
+
+
+@dataclass
+class Sandbox:
+    id: str
+    template: str
+    metadata: dict[str, str]
+    started_at: datetime
+    end_at: datetime
+    state: str = "running"
+
+    def created(self) -> dict[str, Any]:
+        return {"sandboxID": self.id, "templateID": self.template, "clientID": "standin", "envdVersion": ENVD_VERSION}
+
+    def listed(self) -> dict[str, Any]:
+        return {
+            **self.created(),
+            "startedAt": self.started_at.isoformat(),
+            "endAt": self.end_at.isoformat(),
+            "cpuCount": 2,
+            "memoryMB": 512,
+            "diskSizeMB": 1024,
+            "state": self.state,
+            "metadata": self.metadata,
+        }
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"code": status, "message": message}, status_code=status)
+
+
+def _connect_error(exc: ProviderError) -> ConnectError:
+    if isinstance(exc, FileError) and exc.errno_name in ("ENOENT", "ENOTDIR"):
+        return ConnectError(Code.NOT_FOUND, exc.detail)
+    return ConnectError(Code.INVALID_ARGUMENT if exc.status_code == 400 else Code.INTERNAL, exc.detail)
+
+
+@dataclass
+class E2BStandIn:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    api_key: str = field(default_factory=lambda: "e2b_" + secrets.token_hex(16))
+    sandboxes: dict[str, Sandbox] = field(default_factory=dict)
+    _pids: Iterator[int] = field(default_factory=lambda: itertools.count(100))
+    _server: uvicorn.Server | None = None
+    _app: Any = None
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.client = docker.from_env(timeout=120)
+        self.provider = DockerProvider(
+            self.client,
+            name="e2b-standin",
+            runtime="runsc",
+            user="1000:1000",
+            isolation="gVisor",
+            disks=Disks(self.data_dir / "disks", "1000:1000"),
+            helper=install_helper(self.data_dir / "bin"),
+            instance="e2b-standin",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _ref(self, sandbox_id: str) -> str:
+        return f"agentbox-{sandbox_id}"
+
+    # The REST API
+
+    async def api(self, request: Request) -> Response:
+        if request.headers.get("x-api-key") != self.api_key:
+            return _error(401, "Invalid API key")
+        path, method = request.url.path, request.method
+        if path == "/v2/sandboxes" and method == "POST":
+            return await self._create(await request.json())
+        if path == "/v2/sandboxes" and method == "GET":
+            return self._list(request.query_params.get("metadata", ""), request.query_params.get("state", ""))
+        parts = path.strip("/").split("/")
+        sandbox_id = parts[2] if parts[0] == "v2" else parts[1]
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is None:
+            return _error(404, f"sandbox {sandbox_id} not found")
+        action = parts[-1] if parts[-1] != sandbox_id else ""
+        if method == "GET" and not action:
+            return JSONResponse(sandbox.listed())
+        if method == "DELETE" and not action:
+            await asyncio.to_thread(self.provider.destroy, self._ref(sandbox_id))
+            del self.sandboxes[sandbox_id]
+            return Response(status_code=204)
+        if action == "timeout":
+            timeout = (await request.json())["timeout"]
+            sandbox.end_at = datetime.now(UTC) + timedelta(seconds=timeout)
+            return Response(status_code=204)
+        if action == "pause":
+            await asyncio.to_thread(self.provider.stop, self._ref(sandbox_id))
+            sandbox.state = "paused"
+            return Response(status_code=204)
+        if action == "connect":
+            if sandbox.state == "paused":
+                await asyncio.to_thread(self.provider.start, self._ref(sandbox_id))
+                sandbox.state = "running"
+            return JSONResponse(
+                {
+                    "sandboxID": sandbox.id,
+                    "templateID": sandbox.template,
+                    "clientID": "standin",
+                    "envdVersion": ENVD_VERSION,
+                },
+                status_code=201,
+            )
+        return _error(404, f"no such call: {method} {path}")
+
+    async def _create(self, body: dict[str, Any]) -> Response:
+        template = body.get("templateID") or "base"
+        sandbox_id = "isb" + secrets.token_hex(8)
+        image = DEFAULT_IMAGE if template == "base" else template
+        spec = WorkspaceSpec(id=sandbox_id, image=image, cpu=1, memory=512 << 20, disk=1 << 30, pids_limit=256)
+        try:
+            await asyncio.to_thread(self.provider.create, spec)
+        except ProviderError as exc:
+            return _error(400 if exc.status_code == 400 else 500, f"template {template!r}: {exc.detail}")
+        now = datetime.now(UTC)
+        self.sandboxes[sandbox_id] = Sandbox(
+            sandbox_id,
+            template,
+            dict(body.get("metadata") or {}),
+            now,
+            now + timedelta(seconds=body.get("timeout", 300)),
+        )
+        answer = {"sandboxID": sandbox_id, "templateID": template, "clientID": "standin", "envdVersion": ENVD_VERSION}
+        return JSONResponse(answer, status_code=201)
+
+    def _list(self, metadata: str, states: str) -> Response:
+        wanted = {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, v in urllib.parse.parse_qsl(metadata)}
+        chosen = [
+            s.listed()
+            for s in self.sandboxes.values()
+            if all(s.metadata.get(k) == v for k, v in wanted.items()) and (not states or s.state in states.split(","))
+        ]
+        return JSONResponse(chosen)
+
+    # envd: /files and /health
+
+    async def files(self, request: Request) -> Response:
+        ref = self._ref(request.headers.get("e2b-sandbox-id", ""))
+        path = request.query_params.get("path", "")
+        try:
+            if request.method == "GET":
+                _, chunks = await asyncio.to_thread(self.provider.read_file, ref, path)
+                return StreamingResponse(_in_thread(chunks), media_type="application/octet-stream")
+            body = await request.body()
+            await asyncio.to_thread(self.provider.write_file, ref, path, [body], len(body), 0o644)
+        except FileError as exc:  # as envd answers
+            status = {"ENOENT": 404, "EACCES": 403, "EPERM": 403, "ENOSPC": 507}.get(exc.errno_name, 400)
+            return _error(status, f"{exc.detail}: permission denied" if status == 403 else exc.detail)
+        return JSONResponse([{"name": Path(path).name, "type": "file", "path": path}])
+
+    # Running
+
+    def start(self) -> E2BStandIn:
+        standin = self
+
+        class Process(process_connect.Process):
+            async def start(self, request: P.StartRequest, ctx: Any) -> AsyncIterator[P.StartResponse]:
+                ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
+                config = request.process
+                deadline = ctx.timeout_ms / 1000 if ctx.timeout_ms else None  # envd ends it at the SDK's deadline
+                exec_request = ExecRequest(
+                    argv=[config.cmd, *config.args],
+                    cwd=config.cwd or "/workspace",
+                    env=dict(config.envs),
+                    timeout=deadline,
+                )
+                events: asyncio.Queue[Any] = asyncio.Queue()
+                loop = asyncio.get_running_loop()
+
+                def run() -> None:
+                    try:
+                        for event in standin.provider.exec_stream(ref, exec_request):
+                            loop.call_soon_threadsafe(events.put_nowait, event)
+                    except ProviderError as exc:
+                        loop.call_soon_threadsafe(events.put_nowait, exc)
+
+                threading.Thread(target=run, daemon=True).start()
+                first = await events.get()
+                if isinstance(first, ProviderError):
+                    raise _connect_error(first)
+                yield _event("start", P.ProcessEvent.StartEvent(pid=next(standin._pids)))
+                event = first
+                while True:
+                    if isinstance(event, Exit):
+                        end = P.ProcessEvent.EndEvent(
+                            exit_code=event.exit_code, exited=True, status=f"exit status {event.exit_code}"
+                        )
+                        yield _event("end", end)
+                        return
+                    if isinstance(event, ProviderError):
+                        raise _connect_error(event)
+                    yield _event("data", P.ProcessEvent.DataEvent(output=Oneof(event.stream, event.data)))
+                    event = await events.get()
+
+            async def send_signal(self, request: P.SendSignalRequest, ctx: Any) -> P.SendSignalResponse:
+                return P.SendSignalResponse()  # the command's own deadline ends it
+
+        class Filesystem(filesystem_connect.Filesystem):
+            async def stat(self, request: F.StatRequest, ctx: Any) -> F.StatResponse:
+                ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
+                try:
+                    found = await asyncio.to_thread(standin.provider.stat, ref, request.path)
+                except ProviderError as exc:
+                    raise _connect_error(exc) from None
+                if isinstance(found, list):
+                    return F.StatResponse(entry=_entry(request.path, "dir", 4096, 0o755, 0))
+                return F.StatResponse(entry=_entry(request.path, "file", found.size, found.mode, 0))
+
+            async def list_dir(self, request: F.ListDirRequest, ctx: Any) -> F.ListDirResponse:
+                ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
+                try:
+                    found = await asyncio.to_thread(standin.provider.stat, ref, request.path)
+                except ProviderError as exc:
+                    raise _connect_error(exc) from None
+                entries: list[DirEntry] = found if isinstance(found, list) else []
+                return F.ListDirResponse(
+                    entries=[
+                        _entry(f"{request.path.rstrip('/')}/{e.name}", e.type, e.size, e.mode, e.mtime) for e in entries
+                    ]
+                )
+
+            async def remove(self, request: F.RemoveRequest, ctx: Any) -> F.RemoveResponse:
+                ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
+                argv = ["rm", "-rf", request.path]
+                await asyncio.to_thread(standin.provider.exec, ref, ExecRequest(argv=argv))
+                return F.RemoveResponse()
+
+        process_app = process_connect.ProcessASGIApplication(Process())
+        filesystem_app = filesystem_connect.FilesystemASGIApplication(Filesystem())
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            path = scope["path"]
+            if path.startswith(process_app.path + "/"):
+                await process_app(scope, receive, send)
+                return
+            if path.startswith(filesystem_app.path + "/"):
+                await filesystem_app(scope, receive, send)
+                return
+            request = Request(scope, receive)
+            if path == "/health":
+                response: Response = Response(status_code=204)
+            elif path == "/files":
+                response = await self.files(request)
+            else:
+                response = await self.api(request)
+            await response(scope, receive, send)
+
+        self._app = app
+        self.resume_service()
+        return self
+
+    def resume_service(self) -> None:
+        """(Re)open the port: E2B is reachable."""
+        self._server = uvicorn.Server(uvicorn.Config(self._app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            assert time.monotonic() < deadline, "the E2B stand-in did not start"
+            time.sleep(0.05)
+
+    def pause_service(self) -> None:
+        """Close the port: E2B cannot be reached (its sandboxes live on)."""
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=30)
+            self._server = None
+
+    def stop(self) -> None:
+        for sandbox_id in list(self.sandboxes):
+            self.provider.destroy(self._ref(sandbox_id))
+        self.sandboxes.clear()
+        self.pause_service()
+        self.client.close()
+
+
+def _event(kind: str, value: Any) -> P.StartResponse:
+    return P.StartResponse(event=P.ProcessEvent(event=Oneof(kind, value)))
+
+
+def _entry(path: str, kind: str, size: int, mode: int, mtime: int) -> F.EntryInfo:
+    file_type = {"dir": F.FileType.DIRECTORY, "symlink": F.FileType.SYMLINK}.get(kind, F.FileType.FILE)
+    return F.EntryInfo(
+        name=Path(path).name,
+        type=file_type,
+        path=path,
+        size=size,
+        mode=mode & 0o7777,
+        permissions="",
+        owner="user",
+        group="user",
+        modified_time=Timestamp.from_datetime(datetime.fromtimestamp(mtime, UTC)),
+    )
+
+
+async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    while True:
+        chunk = await asyncio.to_thread(next, chunks, None)
+        if chunk is None:
+            return
+        yield chunk

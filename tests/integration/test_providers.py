@@ -1,0 +1,104 @@
+"""What holds for every provider beyond the API tests that run over each (test_workspaces.py), and
+what is particular to E2B: options mapped onto the SDK, misconfiguration, E2B being down."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from agentbox.client import APIError, Client
+
+from .conftest import Server
+from .e2b_standin import E2BStandIn
+
+
+def held_by(provider: str, workspace_id: str, docker_client: docker.DockerClient, e2b: E2BStandIn) -> bool:
+    """Whether the provider still holds the workspace's sandbox."""
+    if provider == "e2b":
+        return any(s.metadata.get("agentbox.workspace.id") == workspace_id for s in e2b.sandboxes.values())
+    try:
+        docker_client.containers.get(f"agentbox-{workspace_id}")
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("provider", ["gvisor", "docker", "e2b"])
+def test_every_provider_runs_the_lifecycle_and_leaves_nothing(
+    alice: Client, docker_client: docker.DockerClient, e2b: E2BStandIn, provider: str
+) -> None:
+    workspace = alice.create(provider=provider)
+    workspace_id = str(workspace["id"])
+    assert workspace["provider"] == provider and workspace["status"] == "running"
+    assert held_by(provider, workspace_id, docker_client, e2b)
+    alice.write_file(workspace_id, "/workspace/kept.txt", b"kept")
+    assert alice.stop(workspace_id)["status"] == "stopped"
+    assert alice.start(workspace_id)["status"] == "running"
+    assert alice.read_file(workspace_id, "/workspace/kept.txt") == b"kept"
+    alice.delete(workspace_id)
+    assert not held_by(provider, workspace_id, docker_client, e2b)
+    with pytest.raises(APIError) as gone:
+        alice.exec(workspace_id, "true")
+    assert gone.value.status_code == 404
+
+
+def test_e2b_sandboxes_carry_the_ttl_and_agentbox_s_ids(alice: Client, server: Server, e2b: E2BStandIn) -> None:
+    workspace = alice.create(provider="e2b", ttl_days=0.01, labels={"job": "x"})
+    try:
+        (sandbox,) = [s for s in e2b.sandboxes.values() if s.metadata.get("agentbox.workspace.id") == workspace["id"]]
+        assert sandbox.template == "base"  # the default image stands for WORKSPACE_E2B_TEMPLATE
+        assert sandbox.metadata["agentbox.instance"] == server.instance
+        lifetime = (sandbox.end_at - sandbox.started_at).total_seconds()
+        assert lifetime == pytest.approx(0.01 * 86400, abs=1)  # the TTL became E2B's timeout
+        assert sandbox.end_at > datetime.now(UTC)
+    finally:
+        alice.delete(str(workspace["id"]))
+
+
+def test_without_an_e2b_key_asking_for_e2b_says_what_is_missing(tmp_path: Path) -> None:
+    server = Server(tmp_path / "a").start()
+    try:
+        with server.client() as alice, pytest.raises(APIError) as refused:
+            alice.create(provider="e2b")
+        assert refused.value.status_code == 400 and "E2B_API_KEY" in refused.value.detail
+        assert "e2b" not in server.health()["providers"]
+    finally:
+        server.stop()
+    with pytest.raises(RuntimeError) as error:
+        Server(tmp_path / "b", env={"WORKSPACE_DEFAULT_PROVIDER": "e2b"}).start()
+    assert "WORKSPACE_DEFAULT_PROVIDER=e2b" in str(error.value) and "E2B_API_KEY" in str(error.value)
+
+
+def test_e2b_down_gives_clean_errors_and_the_rest_keeps_working(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    standin = E2BStandIn(tmp_path / "e2b").start()
+    env = {"E2B_API_KEY": standin.api_key, "E2B_API_URL": standin.url, "E2B_SANDBOX_URL": standin.url}
+    server = Server(tmp_path / "server", env={**env, "E2B_CONNECTION_RETRIES": "0"}).start()
+    try:
+        with server.client() as alice:
+            workspace_id = str(alice.create(provider="e2b")["id"])
+            standin.pause_service()
+            started = time.monotonic()
+            with pytest.raises(APIError) as down:
+                alice.exec(workspace_id, "true")
+            assert down.value.status_code in (502, 503) and "E2B" in down.value.detail, down.value
+            with pytest.raises(APIError) as create:
+                alice.create(provider="e2b")
+            assert create.value.status_code in (502, 503) and "E2B" in create.value.detail, create.value
+            assert time.monotonic() - started < 60
+            # Other providers do not notice.
+            other = alice.create(provider="docker")
+            assert alice.exec(str(other["id"]), "echo fine")["stdout"] == "fine\n"
+            alice.delete(str(other["id"]))
+            standin.resume_service()
+            alice.delete(workspace_id)
+            assert standin.sandboxes == {}
+    finally:
+        server.stop()
+        standin.stop()
