@@ -30,6 +30,7 @@ from agentbox.providers.base import (
     Provider,
     ProviderError,
     ProviderState,
+    Resources,
     WorkspaceSpec,
 )
 from agentbox.schemas import CreateWorkspace, ExecIn
@@ -102,6 +103,12 @@ class WorkspaceManager:
         started = time.monotonic()
         provider_name = request.provider or self.settings.default_provider
         provider = self._provider(provider_name)
+        asked = [name for name in ("cpu", "memory", "disk") if getattr(request, name) is not None]
+        if asked and not provider.capabilities().sized_per_request:
+            raise BadRequest(
+                f"{', '.join(asked)}: a {provider_name} workspace gets them from its template, not per request; "
+                "choose a template (`image`) built with the sizes you need"
+            )
         now = utcnow()
         ttl_days = (request.ttl_days or self.settings.default_ttl_days) if request.ephemeral else None
         expires_at = now + timedelta(days=ttl_days) if ttl_days is not None else None
@@ -151,7 +158,9 @@ class WorkspaceManager:
                 workspace.id, "create_failed", status=Status.DELETED.value, error=reason_of(exc), deleted_at=utcnow()
             )
             raise
-        created = self.store.update(workspace.id, "started", status=Status.RUNNING.value, provider_ref=ref)
+        actual = vars(provider.resources(ref) or Resources())
+        sizes = {name: value for name, value in actual.items() if value is not None}
+        created = self.store.update(workspace.id, "started", status=Status.RUNNING.value, provider_ref=ref, **sizes)
         return self._handed_out("cold", created, started)
 
     def _handed_out(self, source: str, workspace: Workspace, started: float) -> Workspace:

@@ -53,11 +53,22 @@ def test_e2b_sandboxes_carry_the_ttl_and_agentbox_s_ids(alice: Client, server: S
         (sandbox,) = [s for s in e2b.sandboxes.values() if s.metadata.get("agentbox.workspace.id") == workspace["id"]]
         assert sandbox.template == "base"  # the default image stands for WORKSPACE_E2B_TEMPLATE
         assert sandbox.metadata["agentbox.instance"] == server.instance
+        assert (workspace["cpu"], workspace["memory"]) == (2, "512M")  # what the template gave, as E2B reports it
         lifetime = (sandbox.end_at - sandbox.started_at).total_seconds()
         assert lifetime == pytest.approx(0.01 * 86400, abs=1)  # the TTL became E2B's timeout
         assert sandbox.end_at > datetime.now(UTC)
     finally:
         alice.delete(str(workspace["id"]))
+
+
+def test_e2b_sizes_come_from_the_template_and_asking_for_others_says_so(alice: Client) -> None:
+    with pytest.raises(APIError) as refused:
+        alice.create(provider="e2b", cpu=4, memory="8G")
+    assert (
+        refused.value.status_code == 400
+        and "cpu, memory" in refused.value.detail
+        and "template" in refused.value.detail
+    )
 
 
 def test_without_an_e2b_key_asking_for_e2b_says_what_is_missing(tmp_path: Path) -> None:

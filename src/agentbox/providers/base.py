@@ -121,6 +121,17 @@ class Capabilities:
     archives: bool = True
     stop_start: bool = True
     disk_limit: bool = False
+    #: False when a workspace's cpu, memory and disk come from the provider (E2B: its template).
+    sized_per_request: bool = True
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a workspace got; None where the provider does not say."""
+
+    cpu: float | None = None
+    memory: int | None = None
+    disk: int | None = None
 
 
 ProviderState = Literal["running", "stopped", "missing"]
@@ -177,6 +188,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def create(self, spec: WorkspaceSpec) -> str:
         """Create and start a workspace; return once a command has run in it. Leaves nothing on failure."""
+
+    def resources(self, ref: str) -> Resources | None:
+        """What the workspace really got, when the provider decides it (None: what was asked)."""
+        return None
 
     @abc.abstractmethod
     def start(self, ref: str) -> None: ...

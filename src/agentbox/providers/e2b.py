@@ -44,6 +44,7 @@ from agentbox.providers.base import (
     ProviderError,
     ProviderState,
     ProviderUnavailable,
+    Resources,
     WorkspaceGone,
     WorkspaceSpec,
     signal_of,
@@ -107,7 +108,12 @@ class E2BProvider(Provider):
         self._lock = threading.Lock()
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(runtime="e2b", isolation="E2B sandbox (Firecracker microVM)")
+        return Capabilities(runtime="e2b", isolation="E2B sandbox (Firecracker microVM)", sized_per_request=False)
+
+    def resources(self, ref: str) -> Resources:
+        with e2b_errors("asking E2B about the sandbox"):
+            info = Sandbox.get_info(ref, **self._opts)
+        return Resources(cpu=info.cpu_count, memory=info.memory_mb << 20)  # the SDK does not report the disk
 
     # Lifecycle
 
