@@ -313,6 +313,9 @@ class WorkspaceManager:
                     status=Status.STOPPED.value,
                     error="it stopped outside agentbox (an engine restart?); start it again",
                 )
+            elif state == "running" and record.status == Status.RUNNING and record.provider_ref:
+                # Providers whose sandboxes end by themselves (E2B) keep them until their TTL.
+                held[record.id][0].keep(record.provider_ref, record.expires_at)
         self.fence(force=True)
         self.on_change()
 

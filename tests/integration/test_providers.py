@@ -4,7 +4,7 @@ what is particular to E2B: options mapped onto the SDK, misconfiguration, E2B be
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import docker
@@ -13,7 +13,7 @@ import pytest
 
 from agentbox.client import APIError, Client
 
-from .conftest import Server
+from .conftest import Server, eventually
 from .e2b_standin import E2BStandIn
 
 
@@ -110,6 +110,24 @@ def test_e2b_down_gives_clean_errors_and_the_rest_keeps_working(
             standin.resume_service()
             alice.delete(workspace_id)
             assert standin.sandboxes == {}
+    finally:
+        server.stop()
+        standin.stop()
+
+
+def test_e2b_sandboxes_are_kept_alive_for_as_long_as_their_workspace(tmp_path: Path) -> None:
+    standin = E2BStandIn(tmp_path / "e2b").start()
+    env = {"E2B_API_KEY": standin.api_key, "E2B_API_URL": standin.url, "E2B_SANDBOX_URL": standin.url}
+    server = Server(tmp_path / "server", env={**env, "WORKSPACE_REAP_INTERVAL": "1"}).start()
+    try:
+        with server.client() as alice:
+            workspace_id = str(alice.create(provider="e2b", ephemeral=False)["id"])
+            (sandbox,) = standin.sandboxes.values()
+            assert (sandbox.end_at - sandbox.started_at).total_seconds() == pytest.approx(86400, abs=1)  # E2B's most
+            # Twenty-three hours later (the stand-in's clock moved): the next rounds push it out again.
+            sandbox.end_at = datetime.now(UTC) + timedelta(minutes=50)
+            eventually(lambda: sandbox.end_at > datetime.now(UTC) + timedelta(hours=23), timeout=30)
+            alice.delete(workspace_id)
     finally:
         server.stop()
         standin.stop()

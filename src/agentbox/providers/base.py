@@ -12,6 +12,7 @@ import codecs
 import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from agentbox.errors import AgentboxError
@@ -191,6 +192,13 @@ class Provider(abc.ABC):
 
     def resources(self, ref: str) -> Resources | None:
         """What the workspace really got, when the provider decides it (None: what was asked)."""
+        return None
+
+    def keep(self, ref: str, until: datetime | None) -> None:
+        """Make sure the workspace lives until `until` (None: until it is deleted). Called every round.
+
+        For providers whose sandboxes end by themselves; a container lives until removed.
+        """
         return None
 
     @abc.abstractmethod

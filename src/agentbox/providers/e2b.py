@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import e2b
@@ -53,6 +54,7 @@ from agentbox.providers.base import (
 WORKSPACE_KEY = "agentbox.workspace.id"
 INSTANCE_KEY = "agentbox.instance"
 MAX_TIMEOUT = 24 * 3600  # E2B's longest sandbox lifetime, in seconds
+RENEW_SLACK = 3600  # renew once an hour at most, not every round
 TIMEOUT_EXIT_CODE = 124
 _TYPES: dict[str, EntryType] = {"file": "file", "dir": "dir"}
 
@@ -114,6 +116,16 @@ class E2BProvider(Provider):
         with e2b_errors("asking E2B about the sandbox"):
             info = Sandbox.get_info(ref, **self._opts)
         return Resources(cpu=info.cpu_count, memory=info.memory_mb << 20)  # the SDK does not report the disk
+
+    def keep(self, ref: str, until: datetime | None) -> None:
+        """Push E2B's timeout out again when the sandbox has less than a day left and its TTL has more."""
+        now = datetime.now(UTC)
+        wanted = MAX_TIMEOUT if until is None else min((until - now).total_seconds(), MAX_TIMEOUT)
+        with e2b_errors("renewing the E2B sandbox's timeout"):
+            info = Sandbox.get_info(ref, **self._opts)
+            left = (info.end_at - now).total_seconds()
+            if wanted - left > RENEW_SLACK:
+                Sandbox.set_timeout(ref, int(wanted), **self._opts)
 
     # Lifecycle
 
