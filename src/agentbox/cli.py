@@ -136,7 +136,7 @@ def ws_create(
     url: UrlOption = "http://127.0.0.1:8000",
     api_key: KeyOption = "",
     image: Annotated[str | None, typer.Option(help="image (default: the server's WORKSPACE_IMAGE)")] = None,
-    provider: Annotated[str | None, typer.Option(help="gvisor or docker")] = None,
+    provider: Annotated[str | None, typer.Option(help="gvisor, docker or e2b")] = None,
     cpu: Annotated[float | None, typer.Option(help="CPUs, e.g. 1.5")] = None,
     memory: Annotated[str | None, typer.Option(help="memory limit, e.g. 2G")] = None,
     disk: Annotated[str | None, typer.Option(help="disk limit, e.g. 10G")] = None,
@@ -144,8 +144,16 @@ def ws_create(
     ttl_days: Annotated[float | None, typer.Option(help="days until an ephemeral workspace expires")] = None,
     env: Annotated[list[str], typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = [],  # noqa: B006
     label: Annotated[list[str], typer.Option("--label", "-l", help="KEY=VALUE, repeatable")] = [],  # noqa: B006
+    network: Annotated[str | None, typer.Option(help="egress (the public internet) or none (loopback only)")] = None,
+    allow: Annotated[
+        list[str], typer.Option("--allow", help="only this destination (CIDR or hostname), repeatable")
+    ] = [],  # noqa: B006
+    repo: Annotated[str | None, typer.Option(help="owner/name to check out into /workspace/<name>")] = None,
+    ref: Annotated[str | None, typer.Option(help="branch, tag or commit of --repo")] = None,
 ) -> None:
     """Create a workspace and print its id."""
+    if allow and network is not None:
+        _fail("give --network or --allow, not both", 2)
     options = {
         k: v
         for k, v in {
@@ -155,6 +163,8 @@ def ws_create(
             "memory": memory,
             "disk": disk,
             "ttl_days": ttl_days,
+            "network": {"allow": allow} if allow else network,
+            "repo": {"repository": repo, "ref": ref} if repo else None,
         }.items()
         if v is not None
     }
@@ -258,6 +268,18 @@ def ws_cp(
             else:
                 assert isinstance(content, bytes)
                 Path(destination).write_bytes(content)
+
+
+@ws.command("push")
+def ws_push(
+    workspace_id: Annotated[str, typer.Argument(help="workspace id")],
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
+) -> None:
+    """Push the current branch of the workspace's repository (made with --repo) to GitHub."""
+    with _client(url, api_key) as client:
+        pushed = _call(lambda: client.git_push(workspace_id))
+    console.print(f"pushed {pushed['branch']} ({pushed['commit'][:12]}) to {pushed['repository']}", highlight=False)
 
 
 @ws.command("rm")

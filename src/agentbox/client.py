@@ -72,6 +72,10 @@ class Client:
         body = {"ttl_days": ttl_days} if ttl_days is not None else None
         return dict(self._call("POST", f"/workspaces/{workspace_id}/extend", json=body).json())
 
+    def git_push(self, workspace_id: str) -> dict[str, Any]:
+        """Push the current branch of the workspace's repository (`repo` at create)."""
+        return dict(self._call("POST", f"/workspaces/{workspace_id}/git/push").json())
+
     def exec(self, workspace_id: str, command: str | builtins.list[str], **options: Any) -> dict[str, Any]:
         return dict(self._call("POST", f"/workspaces/{workspace_id}/exec", json={"command": command, **options}).json())
 

@@ -256,4 +256,7 @@ def _succeeds(argv: list[str]) -> bool:
 def _run(argv: list[str], stdin: str | None = None) -> None:
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise FirewallError(f"firewall: `{' '.join(argv)}` failed: {done.stderr.strip() or done.returncode}")
+        raise FirewallError(
+            f"firewall: `{' '.join(argv)}` failed: {done.stderr.strip() or done.returncode}; check that iptables "
+            "works here (`iptables -S` as root) and that nothing else holds its lock, then try again"
+        )

@@ -84,10 +84,10 @@ class WorkspaceManager:
             return self._create(owner, request)
         if self.github is None:
             raise BadRequest("repo: GitHub Apps are not configured on this server (GITHUB_APP_ENCRYPTION_KEY)")
-        self.github.choose(owner, request.repo)  # a missing App is a 400 before anything is made
+        app = self.github.choose(owner, request.repo)  # a missing App is a 400 before anything is made
         workspace = self._create(owner, request)
         try:
-            repo = self.github.checkout(owner, request.repo, self._provider(workspace.provider), self._ref(workspace))
+            repo = self.github.checkout(app, request.repo, self._provider(workspace.provider), self._ref(workspace))
         except BaseException as exc:
             self.metrics.failures.labels("checkout").inc()
             self._provider(workspace.provider).destroy(self._ref(workspace))

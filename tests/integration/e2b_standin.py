@@ -37,7 +37,7 @@ from protobuf.wkt import Timestamp
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileError, ProviderError, WorkspaceSpec
+from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileError, FileStat, ProviderError, WorkspaceSpec
 from agentbox.providers.disks import Disks
 from agentbox.providers.docker import DockerProvider, install_helper
 
@@ -250,23 +250,22 @@ class E2BStandIn:
             async def send_signal(self, request: P.SendSignalRequest, ctx: Any) -> P.SendSignalResponse:
                 return P.SendSignalResponse()  # the command's own deadline ends it
 
+        async def stat(ctx: Any, path: str) -> FileStat | list[DirEntry]:
+            ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
+            try:
+                return await asyncio.to_thread(standin.provider.stat, ref, path)
+            except ProviderError as exc:
+                raise _connect_error(exc) from None
+
         class Filesystem(filesystem_connect.Filesystem):
             async def stat(self, request: F.StatRequest, ctx: Any) -> F.StatResponse:
-                ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
-                try:
-                    found = await asyncio.to_thread(standin.provider.stat, ref, request.path)
-                except ProviderError as exc:
-                    raise _connect_error(exc) from None
+                found = await stat(ctx, request.path)
                 if isinstance(found, list):
                     return F.StatResponse(entry=_entry(request.path, "dir", 4096, 0o755, 0))
                 return F.StatResponse(entry=_entry(request.path, "file", found.size, found.mode, 0))
 
             async def list_dir(self, request: F.ListDirRequest, ctx: Any) -> F.ListDirResponse:
-                ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
-                try:
-                    found = await asyncio.to_thread(standin.provider.stat, ref, request.path)
-                except ProviderError as exc:
-                    raise _connect_error(exc) from None
+                found = await stat(ctx, request.path)
                 entries: list[DirEntry] = found if isinstance(found, list) else []
                 return F.ListDirResponse(
                     entries=[

@@ -93,3 +93,18 @@ def test_doctor_passes_on_this_machine() -> None:
     ):
         assert check in result.stdout, result.stdout
     assert "FAIL" not in result.stdout
+
+
+def test_cli_network_repo_and_push_options_reach_the_server(server: Server) -> None:
+    both = agentbox(server, "ws", "create", "--network", "none", "--allow", "203.0.113.7", check=False)
+    assert both.returncode == 2 and "--network or --allow" in both.stderr
+    allow = agentbox(server, "ws", "create", "--allow", "203.0.113.7", check=False)
+    assert allow.returncode == 1 and "WORKSPACE_NETWORK_NAME" in " ".join(allow.stderr.split())
+    repo = agentbox(server, "ws", "create", "--repo", "octo/hello", check=False)
+    assert repo.returncode == 1 and "POST /api/v1/github/apps" in " ".join(repo.stderr.split())
+    workspace_id = agentbox(server, "ws", "create", "--network", "none").stdout.strip()
+    try:
+        push = agentbox(server, "ws", "push", workspace_id, check=False)
+        assert push.returncode == 1 and "not created with a repository" in " ".join(push.stderr.split())
+    finally:
+        agentbox(server, "ws", "rm", workspace_id)

@@ -50,7 +50,10 @@ def _git(*args: str, token: str | None = None, cwd: Path | None = None) -> str:
             ["git", *args], cwd=cwd, env=_environment(token, Path(home)), capture_output=True, text=True, check=False
         )
     if done.returncode != 0:
-        raise GitError(f"git {args[0]} failed: {done.stderr.strip()[-500:] or done.returncode}")
+        raise GitError(
+            f"git {args[0]} failed: {done.stderr.strip()[-500:] or done.returncode} (check the repository's name "
+            "and that the GitHub App is installed on it with contents read and write access)"
+        )
     return done.stdout
 
 

@@ -134,9 +134,9 @@ class GitHub:
 
     # Repositories
 
-    def checkout(self, owner: str, spec: RepoSpec, provider: Provider, ref: str) -> dict[str, Any]:
-        """Clone `spec` here and copy it into /workspace/<name>; what the workspace record keeps of it."""
-        app = self.credentials(self.choose(owner, spec))
+    def checkout(self, registered: GitHubApp, spec: RepoSpec, provider: Provider, ref: str) -> dict[str, Any]:
+        """Clone `spec` with the App `registered` and copy it into /workspace/<name>; what the record keeps."""
+        app = self.credentials(registered)
         installation = spec.installation_id or self.minter.installation_of(app, spec.repository)
         token = self.minter.token(app, installation, (spec.name,))
         path = f"/workspace/{spec.name}"
