@@ -9,6 +9,7 @@ against the local engine; removes everything it creates.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -27,6 +28,28 @@ import httpx
 
 KEY = "bench-key-0123456789abcdef"
 IMAGE = os.environ.get("WORKSPACE_IMAGE", "agentbox/workspace:bookworm")
+# A real project whose sdist ships its own test suite (unittest, standard library only).
+PROJECT = "more-itertools==10.7.0"
+CACHE = Path(__file__).parent / ".cache"
+GIT = "git -c user.name=bench -c user.email=bench@localhost"
+# name -> (set-up command, measured command, rounds per provider); each runs in /workspace.
+WORKLOADS = {
+    "test_suite": (
+        "true",
+        "cd more_itertools-* && python3 -m unittest -q 2>/tmp/tests.log; s=$?; tail -n 3 /tmp/tests.log; exit $s",
+        3,
+    ),
+    "compileall": (
+        "cp -r /usr/lib/python3.11 /tmp/stdlib",
+        "python3 -m compileall -q -f /tmp/stdlib >/dev/null",
+        5,
+    ),
+    "spawn_loop": (
+        "git init -q /tmp/repo",
+        f"cd /tmp/repo && for i in $(seq 40); do echo $i > f; git add f; {GIT} commit -qm $i; done",
+        5,
+    ),
+}
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -78,9 +101,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="samples per measurement (default 15)")
     parser.add_argument("--idle", type=int, default=10, help="idle workspaces for the density measurement")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latest.json")
+    parser.add_argument("--skip-workloads", action="store_true", help="leave out the real-workload section")
     args = parser.parse_args()
 
     engine = docker.from_env()
+    project = None if args.skip_workloads else download_project()
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as cold_dir, tempfile.TemporaryDirectory() as warm_dir:
         with server(Path(cold_dir)) as api:
@@ -88,9 +113,10 @@ def main() -> None:
             print(f"==> runtime {runtime}, image {IMAGE}, {args.rounds} rounds each", flush=True)
             results |= cold_and_exec(api, engine, runtime, args.rounds)
             density = idle_density(api, engine, args.idle)
+            workloads = real_workloads(api, project) if project else {}
         with server(Path(warm_dir), WORKSPACE_WARM_POOL_SIZE="2") as api:
             results["claim_api"] = warm_claims(api, args.rounds, pool_size=2)
-    report(results, density, runtime, args.output)
+    report(results, density, workloads, runtime, args.output)
 
 
 @contextmanager
@@ -195,6 +221,55 @@ def idle_density(api: httpx.Client, engine: docker.DockerClient, count: int) -> 
     }
 
 
+def download_project() -> bytes:
+    """The project's sdist as a plain tar, fetched with pip at set-up (once: it is cached)."""
+    CACHE.mkdir(exist_ok=True)
+    name, version = PROJECT.split("==")
+    found = sorted(CACHE.glob(f"{name.replace('-', '_')}-{version}.tar.gz"))
+    if not found:
+        print(f"==> downloading the sdist of {PROJECT} (pip, once)", flush=True)
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+        subprocess.run([*command, "--disable-pip-version-check", "-d", str(CACHE), PROJECT], check=True)
+        found = sorted(CACHE.glob(f"{name.replace('-', '_')}-{version}.tar.gz"))
+    return gzip.decompress(found[0].read_bytes())
+
+
+def real_workloads(api: httpx.Client, project: bytes) -> dict[str, dict[str, float]]:
+    """Real work side by side in a gvisor and a docker (runc) workspace, alternating round by round."""
+    print(f"==> real workloads: {PROJECT}'s own tests, compileall of the stdlib, 40 git commits", flush=True)
+    workspaces = {p: api.post("/workspaces", json={"provider": p}).json() for p in ("gvisor", "docker")}
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for workspace in workspaces.values():
+            response = api.put(f"/workspaces/{workspace['id']}/archive", params={"path": "/workspace"}, content=project)
+            response.raise_for_status()
+        for name, (setup, command, rounds) in WORKLOADS.items():
+            samples: dict[str, list[float]] = {provider: [] for provider in workspaces}
+            for workspace in workspaces.values():
+                run_in(api, workspace["id"], setup)
+            for _ in range(rounds):
+                for provider, workspace in workspaces.items():
+                    started = time.perf_counter()
+                    output = run_in(api, workspace["id"], command)
+                    samples[provider].append(time.perf_counter() - started)
+            gvisor, runc = (statistics.median(samples[p]) for p in ("gvisor", "docker"))
+            results[name] = {"gvisor_s": round(gvisor, 2), "runc_s": round(runc, 2), "ratio": round(gvisor / runc, 2)}
+            detail = output.strip().splitlines()[-1] if output.strip() else ""
+            print(f"    {name}: gvisor {gvisor:.2f} s, runc {runc:.2f} s, {gvisor / runc:.2f}x  {detail}", flush=True)
+    finally:
+        for workspace in workspaces.values():
+            api.delete(f"/workspaces/{workspace['id']}")
+    return results
+
+
+def run_in(api: httpx.Client, workspace_id: str, command: str) -> str:
+    body = {"command": command, "cwd": "/workspace", "timeout": 600}
+    result = api.post(f"/workspaces/{workspace_id}/exec", json=body).json()
+    if result.get("exit_code") != 0:
+        raise SystemExit(f"workload failed in {workspace_id}: {command!r} -> {result}")
+    return str(result["stdout"])
+
+
 def cgroup(container: str, controller: str, name: str) -> int:
     return int(Path(f"/sys/fs/cgroup/{controller}/docker/{container}/{name}").read_text())
 
@@ -206,7 +281,13 @@ def meminfo(field: str) -> int:
     raise KeyError(field)
 
 
-def report(results: dict[str, list[float]], density: dict[str, float], runtime: str, output: Path) -> None:
+def report(
+    results: dict[str, list[float]],
+    density: dict[str, float],
+    workloads: dict[str, dict[str, float]],
+    runtime: str,
+    output: Path,
+) -> None:
     summary = {
         name: {"p50_ms": round(statistics.median(s), 1), "p95_ms": round(percentile(s, 0.95), 1), "n": len(s)}
         for name, s in results.items()
@@ -223,6 +304,10 @@ def report(results: dict[str, list[float]], density: dict[str, float], runtime: 
         print(f"{name}: {ratio}x")
     for name, value in density.items():
         print(f"{name}: {value}")
+    if workloads:
+        print(f"\n{'real workload':<14}{'gvisor s':>10}{'runc s':>10}{'ratio':>8}")
+        for name, row in workloads.items():
+            print(f"{name:<14}{row['gvisor_s']:>10}{row['runc_s']:>10}{row['ratio']:>7}x")
     machine = {
         "cpus": os.cpu_count(),
         "memory_mib": round(meminfo("MemTotal") / 2**20),
@@ -234,7 +319,14 @@ def report(results: dict[str, list[float]], density: dict[str, float], runtime: 
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(
         json.dumps(
-            {"machine": machine, "summary": summary, "ratios": ratios, "density": density, "samples_ms": results},
+            {
+                "machine": machine,
+                "summary": summary,
+                "ratios": ratios,
+                "density": density,
+                "workloads": workloads,
+                "samples_ms": results,
+            },
             indent=2,
         )
     )

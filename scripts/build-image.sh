@@ -19,7 +19,7 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH
 IMAGE=${1:-${WORKSPACE_IMAGE:-agentbox/workspace:bookworm}}
 SUITE=bookworm
 MIRROR=${AGENTBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-INCLUDE=python3,git,ca-certificates,bash,procps,busybox-static
+INCLUDE=python3,git,ca-certificates,bash,procps
 # Changing this script changes the recipe label, so an image from an older recipe is rebuilt.
 RECIPE=$(sha256sum "$0" | cut -c1-12)
 LOCK=/var/tmp/agentbox-build-image.lock
@@ -138,11 +138,6 @@ chroot "$rootfs" /usr/sbin/groupadd --gid 1000 agent
 chroot "$rootfs" /usr/sbin/useradd --uid 1000 --gid 1000 --home-dir /home/agent \
     --create-home --shell /bin/bash agent
 install -d -o 1000 -g 1000 -m 0755 "$rootfs/workspace"
-# Debian's runsc (20221219) answers EINVAL to statx(AT_NO_AUTOMOUNT), which coreutils 9.1's
-# ls and stat always pass: busybox's ls and stat, first on PATH, use plain stat calls.
-for applet in ls stat; do
-    ln -sf /bin/busybox "$rootfs/usr/local/bin/$applet"
-done
 rm -rf "$rootfs"/var/lib/apt/lists/* \
        "$rootfs"/var/cache/apt/*.bin \
        "$rootfs"/var/cache/apt/archives/*.deb \

@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Prepare this host to run agentbox workspaces: Docker engine + gVisor (runsc).
 #
-#   a. install what is missing among dockerd, runsc, debootstrap, busybox (apt)
-#   b. register runsc in /etc/docker/daemon.json (merged, rewritten only on change)
+#   a. install what is missing among dockerd, debootstrap, busybox (apt), and runsc at the
+#      pinned version from bookworm-backports (the first runsc Debian ships with the
+#      systrap platform; bookworm's own 20221219 has only ptrace, 2-10x slower here)
+#   b. register two runtimes in /etc/docker/daemon.json (merged, rewritten only on change):
+#      `runsc` (systrap) and `runsc-ptrace`, the fallback the service probes when systrap
+#      does not run on a host (or the runsc installed is too old for it)
 #   c. start dockerd if it is not answering (cleaning up after a killed one)
-#   d. reload dockerd (SIGHUP) if it was running and its runsc registration is stale
-#   e. raise kernel.pid_max if it is low (gVisor's ptrace platform spends ~15 host
-#      threads per task in a sandbox: 32768 pids are a few busy workspaces)
+#   d. reload dockerd (SIGHUP) if it was running and its runtime registration is stale
+#   e. raise kernel.pid_max if it is low (gVisor spends several host threads per task in a
+#      sandbox: 32768 pids are a few busy workspaces)
 #   f. print a one-line summary
 #
-# Idempotent; takes well under 2 s when everything is already in place.
+# Idempotent; takes well under 2 s when everything is already in place. A host where
+# bookworm-backports cannot be reached keeps (or installs) bookworm's runsc and says so; the
+# service then finds by its probe that only ptrace works there.
 #
 # Environment:
-#   AGENTBOX_RUNSC_ARGS   runsc runtimeArgs, space separated
-#                         (default: "--platform=ptrace --network=host"; this Debian
-#                         runsc build refuses systrap and its netstack fails here)
-#   AGENTBOX_SKIP_RUNSC=1 do not register runsc (leave any registration alone)
+#   AGENTBOX_RUNSC_VERSION  the runsc package version to install (default: the pin below);
+#                           "any" keeps whatever runsc is installed
+#   AGENTBOX_RUNSC_ARGS     runtimeArgs of `runsc`, space separated
+#                           (default: "--platform=systrap --network=host": gVisor's netstack
+#                           fails on this kernel with either build, see docs/runtime.md)
+#   AGENTBOX_SKIP_RUNSC=1   do not register runsc (leave any registration alone)
 set -euo pipefail
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH}"
@@ -26,7 +34,11 @@ CONTAINERD_PIDFILE=/var/run/docker/containerd/containerd.pid
 DOCKERD_LOG=/var/log/dockerd.log
 START_TIMEOUT=60
 RELOAD_TIMEOUT=30
-DEFAULT_RUNSC_ARGS="--platform=ptrace --network=host"
+DEFAULT_RUNSC_ARGS="--platform=systrap --network=host"
+PTRACE_RUNSC_ARGS="--platform=ptrace --network=host"
+RUNSC_PIN="0.0~20240729.0-4~bpo12+2"
+RUNSC_SUITE=bookworm-backports
+BACKPORTS_SOURCES=/etc/apt/sources.list.d/agentbox-backports.sources
 
 say() { echo "==> $*"; }
 die() { echo "error: $*" >&2; exit 1; }
@@ -56,40 +68,88 @@ proc_is() {
 }
 
 # ---------------------------------------------------------------- a. packages
-declare -A PKG_FOR=([dockerd]=docker.io [docker]=docker.io [runsc]=runsc
+declare -A PKG_FOR=([dockerd]=docker.io [docker]=docker.io
                     [debootstrap]=debootstrap [busybox]=busybox-static)
 missing_pkgs=()
-for cmd in dockerd docker runsc debootstrap busybox; do
+for cmd in dockerd docker debootstrap busybox; do
     if ! command -v "$cmd" >/dev/null 2>&1; then
         pkg=${PKG_FOR[$cmd]}
         [[ " ${missing_pkgs[*]} " == *" $pkg "* ]] || missing_pkgs+=("$pkg")
     fi
 done
+runsc_want=${AGENTBOX_RUNSC_VERSION:-$RUNSC_PIN}
+runsc_have=$(dpkg-query -W -f '${Version}' runsc 2>/dev/null || true)
+[ "$runsc_want" = any ] && [ -n "$runsc_have" ] && runsc_want=$runsc_have
+apt_ready=0
+apt_update() {
+    [ "$apt_ready" = 1 ] && return 0
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install these by hand (Debian package names): $*"
+    # A mirror that does not answer must not hang set-up: it fails and the fallbacks below apply.
+    apt-get update -q -o Acquire::http::Timeout=20 -o Acquire::Retries=1 || true
+    apt_ready=1
+}
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+# The backports suite, from the mirror this host already uses for bookworm (deb822 or one-line).
+add_backports() {
+    [ -f "$BACKPORTS_SOURCES" ] && return 0
+    local uri
+    uri=$(awk '/^URIs:/ {u = $2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)
+    [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)
+    [ -n "$uri" ] || return 1
+    printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$uri" "$RUNSC_SUITE" >"$BACKPORTS_SOURCES"
+    apt_ready=0
+}
+
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
-    say "packages present: dockerd runsc debootstrap busybox"
+    say "packages present: dockerd debootstrap busybox"
 else
     say "installing missing packages: ${missing_pkgs[*]}"
-    if ! command -v apt-get >/dev/null 2>&1; then
-        die "apt-get not found; install these by hand (Debian package names): ${missing_pkgs[*]}"
-    fi
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}"
-    for cmd in dockerd docker runsc debootstrap busybox; do
+    apt_update "${missing_pkgs[@]}"
+    apt_install "${missing_pkgs[@]}"
+    for cmd in dockerd docker debootstrap busybox; do
         command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' still missing after installing ${PKG_FOR[$cmd]}"
     done
 fi
 
+if [ "$runsc_have" = "$runsc_want" ]; then
+    say "runsc $runsc_have present"
+else
+    say "installing runsc $runsc_want from $RUNSC_SUITE (have: ${runsc_have:-none}); a few seconds"
+    add_backports || echo "warning: found no bookworm source in /etc/apt to take $RUNSC_SUITE from" >&2
+    apt_update runsc
+    if apt_install -t "$RUNSC_SUITE" "runsc=$runsc_want"; then
+        say "runsc $runsc_want installed"
+    elif [ -n "$runsc_have" ]; then
+        echo "warning: could not install runsc $runsc_want from $RUNSC_SUITE; keeping runsc $runsc_have." \
+             "An older build may lack the systrap platform: the service then falls back to ptrace and says so" >&2
+    else
+        echo "warning: could not install runsc $runsc_want from $RUNSC_SUITE; installing bookworm's runsc" \
+             "(ptrace only, several times slower: see docs/runtime.md)" >&2
+        apt_install runsc
+    fi
+fi
+command -v runsc >/dev/null 2>&1 || die "runsc is missing and could not be installed (apt-get install runsc)"
+
 # ----------------------------------------------------- b. register runsc
 runsc_path=$(command -v runsc)
-read -r -a runsc_args <<<"${AGENTBOX_RUNSC_ARGS:-$DEFAULT_RUNSC_ARGS}"
+# {"runsc": {...}, "runsc-ptrace": {...}}: what daemon.json and the live engine must say.
+want_runtimes=$(python3 -c '
+import json, sys
+path, primary, ptrace = sys.argv[1:]
+entry = lambda args: {"path": path, "runtimeArgs": args.split()}
+print(json.dumps({"runsc": entry(primary), "runsc-ptrace": entry(ptrace)}, sort_keys=True))
+' "$runsc_path" "${AGENTBOX_RUNSC_ARGS:-$DEFAULT_RUNSC_ARGS}" "$PTRACE_RUNSC_ARGS")
 daemon_json_changed=0
 if [ "${AGENTBOX_SKIP_RUNSC:-0}" = "1" ]; then
     say "AGENTBOX_SKIP_RUNSC=1: leaving runsc registration in $DAEMON_JSON alone"
 else
     # Prints "changed" or "unchanged"; keeps every other key of the file.
-    result=$(python3 - "$DAEMON_JSON" "$runsc_path" "${runsc_args[@]}" <<'EOF'
+    result=$(python3 - "$DAEMON_JSON" "$want_runtimes" <<'EOF'
 import json, os, sys, tempfile
-path, runsc, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+path, want = sys.argv[1], json.loads(sys.argv[2])
 conf = {}
 if os.path.exists(path):
     with open(path) as f:
@@ -101,14 +161,13 @@ if os.path.exists(path):
             sys.exit(f"error: {path} is not valid JSON ({e}); fix or remove it")
     if not isinstance(conf, dict):
         sys.exit(f"error: {path} does not hold a JSON object")
-want = {"path": runsc, "runtimeArgs": args}
 runtimes = conf.get("runtimes")
 if not isinstance(runtimes, dict):
     runtimes = {}
-if runtimes.get("runsc") == want and conf.get("runtimes") is runtimes:
+if all(runtimes.get(name) == entry for name, entry in want.items()) and conf.get("runtimes") is runtimes:
     print("unchanged")
     sys.exit(0)
-runtimes["runsc"] = want
+runtimes.update(want)
 conf["runtimes"] = runtimes
 os.makedirs(os.path.dirname(path), exist_ok=True)
 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".daemon.json.")
@@ -120,11 +179,12 @@ os.replace(tmp, path)
 print("changed")
 EOF
     )
+    summary="runsc ($runsc_path ${AGENTBOX_RUNSC_ARGS:-$DEFAULT_RUNSC_ARGS}) and runsc-ptrace ($PTRACE_RUNSC_ARGS)"
     if [ "$result" = "changed" ]; then
         daemon_json_changed=1
-        say "registered runsc in $DAEMON_JSON: $runsc_path ${runsc_args[*]}"
+        say "registered in $DAEMON_JSON: $summary"
     else
-        say "runsc already registered in $DAEMON_JSON: $runsc_path ${runsc_args[*]}"
+        say "already registered in $DAEMON_JSON: $summary"
     fi
 fi
 
@@ -190,15 +250,14 @@ fi
 
 # ------------------------------------------------- d. reload if registration is stale
 if [ "${AGENTBOX_SKIP_RUNSC:-0}" != "1" ]; then
-    want_runtime=$(python3 -c 'import json,sys; print(json.dumps({"path": sys.argv[1], "runtimeArgs": sys.argv[2:]}, sort_keys=True))' \
-        "$runsc_path" "${runsc_args[@]}")
     runtime_ok() {  # does the daemon's live configuration match daemon.json?
         python3 -c '
 import json, sys
-rt = json.loads(sys.argv[1].split("|", 1)[1]).get("runsc")
+live = json.loads(sys.argv[1].split("|", 1)[1])
 want = json.loads(sys.argv[2])
-sys.exit(0 if rt and {"path": rt.get("path"), "runtimeArgs": rt.get("runtimeArgs") or []} == want else 1)
-' "$info" "$want_runtime"
+same = lambda rt, entry: rt and {"path": rt.get("path"), "runtimeArgs": rt.get("runtimeArgs") or []} == entry
+sys.exit(0 if all(same(live.get(name), entry) for name, entry in want.items()) else 1)
+' "$info" "$want_runtimes"
     }
     if [ "$was_running" = 1 ] && { [ "$daemon_json_changed" = 1 ] || ! runtime_ok; }; then
         pid=$(cat "$DOCKER_PIDFILE")
@@ -207,12 +266,12 @@ sys.exit(0 if rt and {"path": rt.get("path"), "runtimeArgs": rt.get("runtimeArgs
         deadline=$((SECONDS + RELOAD_TIMEOUT))
         until info=$(docker_query) && runtime_ok; do
             if [ $SECONDS -ge $deadline ]; then
-                dump_log_and_die "dockerd did not pick up the runsc runtime within ${RELOAD_TIMEOUT}s after SIGHUP"
+                dump_log_and_die "dockerd did not pick up the runsc runtimes within ${RELOAD_TIMEOUT}s after SIGHUP"
             fi
             sleep 0.3
         done
     elif ! runtime_ok; then
-        dump_log_and_die "dockerd does not report the runsc runtime configured in $DAEMON_JSON"
+        dump_log_and_die "dockerd does not report the runsc runtimes configured in $DAEMON_JSON"
     fi
 fi
 

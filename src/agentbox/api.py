@@ -188,6 +188,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             workspaces_enabled=svc.settings.enabled,
             runtime=choice.runtime if choice else None,
             gvisor=bool(choice and choice.gvisor),
+            gvisor_platform=choice.platform if choice else None,
+            runsc_version=choice.version if choice else None,
             runtime_reason=choice.reason if choice else "workspaces are disabled (ENABLE_AGENT_WORKSPACES=false)",
             providers=sorted(svc.manager.providers) if svc.manager else [],
             version=VERSION,

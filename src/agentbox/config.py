@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     image: str = Field("agentbox/workspace:bookworm", min_length=1, validation_alias="WORKSPACE_IMAGE")
     api_keys: SecretStr = Field(SecretStr(""), validation_alias="WORKSPACE_API_KEYS")
     gvisor_runtime: str = Field("runsc", min_length=1, validation_alias="WORKSPACE_GVISOR_RUNTIME")
+    # Probed when the gVisor runtime fails its probe: the same runsc on the ptrace platform, which
+    # works wherever runsc does (slower). Empty: no gVisor fallback, straight to runc.
+    gvisor_fallback_runtime: str = Field("runsc-ptrace", validation_alias="WORKSPACE_GVISOR_FALLBACK_RUNTIME")
     probe_timeout: float = Field(20.0, gt=0, validation_alias="WORKSPACE_PROBE_TIMEOUT")
     # Processes and threads a workspace may run (under gVisor: its RLIMIT_NPROC; the host's pids
     # cgroup gets room for gVisor's own threads, see docs/runtime.md).

@@ -15,11 +15,12 @@ import requests.exceptions
 
 from agentbox.config import Settings
 from agentbox.providers.disks import Disks
-from agentbox.runtime import probe
+from agentbox.runtime import gvisor_runtime, probe, registered, runsc_version
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
-# This Debian runsc build refuses systrap and its netstack fails on newer kernels.
-RECOMMENDED_ARGS = ["--platform=ptrace", "--network=host"]
+# gVisor's netstack fails on this kernel with Debian's builds (see docs/runtime.md).
+RECOMMENDED_ARGS = ["--platform=systrap", "--network=host"]
+RECOMMENDED_VERSION = "0.0~20240729.0"  # the first Debian build with systrap (bookworm-backports)
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,21 @@ class Check:
 def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[Check]:
     runtime = settings.gvisor_runtime
     binary = shutil.which(runtime)
+    version = runsc_version(binary) if binary else None
     yield Check(
         f"{runtime} installed",
         binary is not None,
-        binary or "not on PATH",
-        "apt-get install -y runsc (Debian/Ubuntu), or see docs/runtime.md for the upstream install",
+        f"{binary}, version {version}" if binary else "not on PATH",
+        "scripts/setup-host.sh installs it (runsc from bookworm-backports), or see docs/runtime.md",
     )
+    if version is not None:
+        yield Check(
+            f"{runtime} has the systrap platform",
+            version >= RECOMMENDED_VERSION,
+            f"version {version}",
+            f"{runtime} {version} has only ptrace (2-10x slower for real work): install {RECOMMENDED_VERSION} "
+            "or newer (scripts/setup-host.sh takes it from bookworm-backports)",
+        )
 
     registration = _registered_in(daemon_json, runtime)
     snippet = json.dumps({"runtimes": {runtime: {"path": binary or "/usr/bin/runsc", "runtimeArgs": RECOMMENDED_ARGS}}})
@@ -62,22 +72,24 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
         return
     yield Check("Docker engine reachable", True, f"Docker {client.version().get('Version')}")
 
-    known = sorted((client.info().get("Runtimes") or {}).keys())
+    known = registered(client)
     yield Check(
         f"{runtime} known to the engine (docker info)",
         runtime in known,
-        ", ".join(known),
+        ", ".join(sorted(known)),
         f"reload the engine's configuration: kill -HUP $(cat /var/run/docker.pid); check {daemon_json}",
     )
-    if runtime in known:
-        works, seen = probe(client, runtime, settings.probe_timeout)
-        yield Check(
-            f"a probe container runs under {runtime}",
-            works,
-            seen,
-            f"set runtimeArgs to {RECOMMENDED_ARGS} in {daemon_json} for Debian's runsc build "
-            "(systrap is unknown to it, kvm hangs in nested VMs), then reload the engine",
-        )
+    for name in [runtime, settings.gvisor_fallback_runtime]:
+        if name in known:
+            candidate = gvisor_runtime(name, known[name])
+            works, seen = probe(client, name, settings.probe_timeout)
+            yield Check(
+                f"a probe container runs under {candidate.describe()}",
+                works,
+                seen,
+                f"set runtimeArgs to {RECOMMENDED_ARGS} in {daemon_json} (runsc {RECOMMENDED_VERSION} or newer; "
+                "older builds know only ptrace, kvm hangs in nested VMs), then reload the engine",
+            )
 
     try:
         client.images.get(settings.image)

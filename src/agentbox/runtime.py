@@ -1,16 +1,23 @@
 """Which OCI runtime workspaces of the `gvisor` provider get, decided once at start-up.
 
-"runsc is registered" is not "runsc works": a platform may be refused or hang on a given
-host, so the choice is proven by starting a tiny probe container under a timeout.
+"runsc is registered" is not "runsc works": a platform may be refused (systrap by runsc
+builds older than 2023) or hang (kvm in a nested VM) on a given host, so each candidate is
+proven by starting a tiny probe container under a timeout. The candidates, in order: the
+gVisor runtime (`runsc`, registered with systrap), its fallback (`runsc-ptrace`: the same
+binary on the slower ptrace platform), then runc with the spec's warning.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
+import subprocess
 import tarfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import docker
 import docker.errors
@@ -22,6 +29,8 @@ log = logging.getLogger("agentbox.runtime")
 
 STANDARD_RUNTIME = "runc"
 PROBE_LABEL = "agentbox.probe"
+# runsc's default platform: systrap since the 2023 releases, ptrace before.
+SYSTRAP_SINCE = "20230000"
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,51 @@ class RuntimeChoice:
     runtime: str
     gvisor: bool
     reason: str
+    #: gVisor's platform (systrap, ptrace, kvm) and the runsc build; None under runc.
+    platform: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class GVisorRuntime:
+    """A runsc registration as the engine reports it (`docker info` -> Runtimes)."""
+
+    name: str
+    path: str
+    args: tuple[str, ...]
+
+    @cached_property
+    def version(self) -> str | None:
+        """The build, from `runsc --version` ("0.0~20240729.0"); None if it is not on this host."""
+        return runsc_version(self.path)
+
+    @property
+    def platform(self) -> str:
+        for arg in self.args:
+            if arg.startswith("--platform="):
+                return arg.removeprefix("--platform=")
+        build = re.sub(r"\D", "", (self.version or "").split("~")[-1])[:8]
+        return "ptrace" if build and build < SYSTRAP_SINCE else "systrap"
+
+    def describe(self) -> str:
+        return f"{self.name} (runsc {self.version or 'of unknown version'}, platform {self.platform})"
+
+
+def runsc_version(path: str) -> str | None:
+    try:
+        result = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"runsc version (\S+)", result.stdout)
+    return found.group(1) if found else None
+
+
+def registered(client: docker.DockerClient) -> dict[str, dict[str, Any]]:
+    return dict(client.info().get("Runtimes") or {})
+
+
+def gvisor_runtime(name: str, entry: dict[str, Any]) -> GVisorRuntime:
+    return GVisorRuntime(name, str(entry.get("path") or name), tuple(entry.get("runtimeArgs") or ()))
 
 
 def probe_image(client: docker.DockerClient) -> str:
@@ -82,28 +136,44 @@ def probe(client: docker.DockerClient, runtime: str, timeout: float) -> tuple[bo
                 log.warning("could not remove probe container %s", container.id[:12])
 
 
-def choose_runtime(client: docker.DockerClient, gvisor_runtime: str, timeout: float) -> RuntimeChoice:
-    """The spec's rule: use runsc when it is registered and works, else runc with a warning."""
-    registered = sorted((client.info().get("Runtimes") or {}).keys())
-    if gvisor_runtime not in registered:
+def choose_runtime(client: docker.DockerClient, gvisor: str, fallback: str | None, timeout: float) -> RuntimeChoice:
+    """The spec's rule: runsc when it is registered and works; its ptrace registration when only
+    that works (with a warning: slower); else runc (with the spec's warning: no gVisor at all).
+    """
+    runtimes = registered(client)
+    if gvisor not in runtimes:
         reason = (
-            f"gVisor runtime ({gvisor_runtime}) not found: Docker knows only {', '.join(registered)}. "
+            f"gVisor runtime ({gvisor}) not found: Docker knows only {', '.join(sorted(runtimes))}. "
             f"Workspaces will run under {STANDARD_RUNTIME}, which shares the host kernel. "
             "Run `agentbox doctor` to see how to install and register runsc."
         )
         log.warning(reason)
         return RuntimeChoice(STANDARD_RUNTIME, gvisor=False, reason=reason)
-    started = time.monotonic()
-    works, seen = probe(client, gvisor_runtime, timeout)
-    elapsed = time.monotonic() - started
-    if not works:
+    failures: list[str] = []
+    for name in [gvisor, *([fallback] if fallback and fallback in runtimes else [])]:
+        candidate = gvisor_runtime(name, runtimes[name])
+        started = time.monotonic()
+        works, seen = probe(client, name, timeout)
+        if not works:
+            failures.append(f"{candidate.describe()}: {seen}")
+            continue
         reason = (
-            f"gVisor runtime ({gvisor_runtime}) is registered but its probe failed: {seen}. "
-            f"Workspaces will run under {STANDARD_RUNTIME}, which shares the host kernel. "
-            "Run `agentbox doctor` for the fix."
+            f"{candidate.describe()} is registered and a probe container ran under it in "
+            f"{time.monotonic() - started:.2f} s (kernel {seen})"
         )
-        log.warning(reason)
-        return RuntimeChoice(STANDARD_RUNTIME, gvisor=False, reason=reason)
-    reason = f"{gvisor_runtime} is registered and a probe container ran under it in {elapsed:.2f} s (kernel {seen})"
-    log.info(reason)
-    return RuntimeChoice(gvisor_runtime, gvisor=True, reason=reason)
+        if failures:
+            reason = (
+                f"gVisor runtime ({gvisor}) is registered but its probe failed: {failures[0]}. Falling back to "
+                f"{reason}; this platform is slower: run `agentbox doctor` for the fix."
+            )
+            log.warning(reason)
+        else:
+            log.info(reason)
+        return RuntimeChoice(name, gvisor=True, reason=reason, platform=candidate.platform, version=candidate.version)
+    reason = (
+        f"gVisor runtime ({gvisor}) is registered but its probe failed: {'; '.join(failures)}. "
+        f"Workspaces will run under {STANDARD_RUNTIME}, which shares the host kernel. "
+        "Run `agentbox doctor` for the fix."
+    )
+    log.warning(reason)
+    return RuntimeChoice(STANDARD_RUNTIME, gvisor=False, reason=reason)

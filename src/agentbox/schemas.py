@@ -271,6 +271,8 @@ class Health(BaseModel):
     workspaces_enabled: bool
     runtime: str | None
     gvisor: bool
+    gvisor_platform: str | None = Field(description="gVisor's platform (systrap, ptrace); null under runc")
+    runsc_version: str | None = Field(description="the runsc build in use; null under runc or if unknown")
     runtime_reason: str
     providers: list[str]
     version: str

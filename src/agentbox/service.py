@@ -78,7 +78,9 @@ class Service:
         try:
             self.docker_client = docker.from_env(timeout=120)
             self.docker_client.ping()
-            self.runtime = choose_runtime(self.docker_client, settings.gvisor_runtime, settings.probe_timeout)
+            self.runtime = choose_runtime(
+                self.docker_client, settings.gvisor_runtime, settings.gvisor_fallback_runtime, settings.probe_timeout
+            )
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise StartupError(
                 f"cannot use the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST"
@@ -105,6 +107,9 @@ class Service:
                 ("docker", STANDARD_RUNTIME, "container (runc)"),
             )
         }
+        gvisor = providers["gvisor"]
+        assert isinstance(gvisor, DockerProvider)
+        self._reboot_after_runsc_upgrade(gvisor)
         if e2b_key:
             providers["e2b"] = E2BProvider(
                 e2b_key, instance=settings.instance_id, default_image=settings.image, template=settings.e2b_template
@@ -118,6 +123,29 @@ class Service:
             raise StartupError(f"reconciling workspaces with the Docker engine failed: {exc.detail}") from None
         self.lifecycle = Lifecycle(self.manager, settings.reap_interval)
         self.lifecycle.start()
+
+    def _reboot_after_runsc_upgrade(self, provider: DockerProvider) -> None:
+        """When the runsc build changed since the last start, restart the sandboxes it cannot reach."""
+        assert self.runtime is not None
+        marker = self.settings.data_dir / "runsc-version"
+        current = self.runtime.version or "none"
+        previous = marker.read_text().strip() if marker.exists() else None
+        if previous == current:
+            return
+        try:
+            rebooted = provider.reboot_unreachable()
+        except AgentboxError as exc:
+            raise StartupError(f"checking workspaces after a runsc change failed: {exc.detail}") from None
+        if rebooted:
+            log.warning(
+                "runsc changed (%s -> %s): restarted %d running workspace(s) under the new build; their files "
+                "are kept, their processes were lost: %s",
+                previous or "unknown",
+                current,
+                len(rebooted),
+                ", ".join(rebooted),
+            )
+        marker.write_text(current + "\n")
 
     def _fence_network(self) -> Firewall | None:
         """The workspace network and its firewall, or None (with a warning) when there is none."""

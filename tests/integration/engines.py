@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -75,6 +76,19 @@ class SecondEngine:
                     raise RuntimeError("second dockerd did not start:\n" + (RUN / "dockerd.log").read_text()) from None
                 time.sleep(0.2)
         client.api.import_image_from_data(busybox_tar(), repository="agentbox-test/busybox", tag="1")
+        client.close()
+
+    def reload(self, daemon_config: dict[str, Any]) -> None:
+        """Rewrite daemon.json and SIGHUP the engine, as scripts/setup-host.sh does; wait until it took."""
+        assert self.process is not None
+        self.config.write_text(json.dumps(daemon_config))
+        self.process.send_signal(signal.SIGHUP)
+        want = set(daemon_config.get("runtimes", {}))
+        client = docker.DockerClient(base_url=self.host, timeout=60)
+        deadline = time.monotonic() + 30
+        while not want <= set(client.info().get("Runtimes") or {}):
+            assert time.monotonic() < deadline, "the second dockerd did not reload its runtimes"
+            time.sleep(0.2)
         client.close()
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from agentbox.client import APIError, Client
+from agentbox.client import Client
 
 from .conftest import (
     HOSTILE_REPORT,
@@ -109,21 +109,19 @@ def test_fork_bomb(attack: Attack, docker_client: docker.DockerClient) -> None:
     # ...and the host's pids cgroup bounds what the sandbox may spend on it.
     peak = int((pids / "pids.peak").read_text())
     assert peak <= host_limit < 20000
-    # Afterwards the bomb is gone (the timeout killed its process group; gVisor may take a while
-    # to tear hundreds of tasks down under ptrace) and the workspace works, with its files.
-    started, deadline = time.monotonic(), time.monotonic() + 240
+    # The timeout killed the bomb's whole process group (again and again until it was empty:
+    # under gVisor a forking member can outlive one kill). The workspace answers at once, with
+    # its files, and nothing of the bomb is left.
+    killed, deadline = time.monotonic(), time.monotonic() + 10
     while True:
-        try:
-            result = attack.client.exec(workspace_id, "cat /workspace/notes.txt; echo; ps -e | wc -l", timeout=10)
-            if result["exit_code"] == 0 and int(result["stdout"].split()[-1]) < 10:
-                break
-        except APIError as exc:
-            assert exc.status_code in (409, 502, 503), exc  # while it tears the bomb down
-        assert time.monotonic() < deadline, f"the workspace did not recover: {result}"
-        time.sleep(1)
+        result = attack.client.exec(workspace_id, "cat /workspace/notes.txt; echo; ps -e | wc -l", timeout=5)
+        if result["exit_code"] == 0 and int(result["stdout"].split()[-1]) < 10:
+            break
+        assert time.monotonic() < deadline, f"the workspace did not recover within 10 s: {result}"
+        time.sleep(0.5)
     assert result["stdout"].split()[0] == "kept"
     attack.saw(f"contained: 'Cannot fork'; host tasks peaked at {peak} of {host_limit}")
-    attack.saw(f"workspace usable again after {time.monotonic() - started:.0f} s, files kept")
+    attack.saw(f"workspace usable again {time.monotonic() - killed:.1f} s after the bomb was killed, files kept")
 
 
 def test_memory_bomb(attack: Attack) -> None:
@@ -206,12 +204,21 @@ def test_stdout_flood(attack: Attack, fenced: Server) -> None:
 
 def test_mount_and_namespaces(attack: Attack) -> None:
     workspace_id = attack.workspace()
+    attack.client.write_file(workspace_id, "/workspace/kept.txt", b"kept")
     result = attack.client.exec(workspace_id, "mount -t tmpfs none /workspace; echo mount=$?")
     assert "mount=0" not in result["stdout"], result
-    result = attack.client.exec(workspace_id, "unshare -Urm mount -t tmpfs none /workspace; echo unshare=$?")
-    assert "unshare=0" not in result["stdout"], result
-    assert "Operation not permitted" in result["stderr"], result
-    attack.saw("mount refused; unshare of user+mount namespaces refused (EPERM)")
+    escape = "unshare -Urm sh -c 'mount -t tmpfs none /workspace && echo >/etc/passwd'; echo unshare=$?"
+    result = attack.client.exec(workspace_id, escape)
+    if attack.provider == "docker":
+        assert "unshare=0" not in result["stdout"], result
+        assert "Operation not permitted" in result["stderr"], result
+        attack.saw("mount refused; unshare of user+mount namespaces refused (EPERM)")
+    else:
+        # gVisor (2024) has user namespaces of its own, inside its kernel: "root" there owns only
+        # the new namespaces. The mount stays in them, and the real files stay out of reach.
+        assert "unshare=0" not in result["stdout"] and "Permission denied" in result["stderr"], result
+        assert attack.client.read_file(workspace_id, "/workspace/kept.txt") == b"kept"
+        attack.saw("mount refused; unshare -Urm works inside gVisor's kernel only: /etc still EACCES, mount not seen")
 
 
 def test_kernel_module(attack: Attack) -> None:

@@ -67,6 +67,7 @@ GVISOR_HOST_PIDS_PER_TASK = 40
 TIMEOUT_EXIT_CODE = 124  # agentbox-exec's code for "killed at the deadline", as timeout(1)
 # If the helper itself is wedged, the host gives up this long after the command's deadline.
 HOST_GRACE_SECONDS = 10.0
+STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL when a workspace stops
 NO_LIMIT = 1 << 62
 _TYPES: dict[bytes, EntryType] = {b"f": "file", b"d": "dir", b"l": "symlink", b"o": "other"}
 
@@ -362,7 +363,39 @@ class DockerProvider(Provider):
 
     def stop(self, ref: str) -> None:
         with engine_errors("stopping the workspace"):
-            self.client.api.stop(ref, timeout=10)
+            self.client.api.stop(ref, timeout=STOP_TIMEOUT)
+
+    def reboot_unreachable(self) -> list[str]:
+        """Restart the running gVisor sandboxes that commands can no longer reach; return their refs.
+
+        A sandbox stays with the runsc build that booted it, and after an upgrade in place the new
+        build can neither exec into it nor kill it ("connecting to control server ... invalid
+        argument"). A stop still works (the engine gives up on the signal after the timeout), and
+        the start boots it under the new build with its files, which live on its disk; its
+        processes are lost. Several at once: each stop waits out that timeout.
+        """
+        with engine_errors("listing workspaces"):
+            running = self.client.api.containers(
+                filters={"label": [WORKSPACE_LABEL, f"{INSTANCE_LABEL}={self.instance}"]}
+            )
+        sandboxed = [CONTAINER_PREFIX + c["Labels"][WORKSPACE_LABEL] for c in running]
+
+        def reboot_if_unreachable(ref: str) -> bool:
+            with engine_errors("inspecting the workspace"):
+                if self.client.api.inspect_container(ref)["HostConfig"].get("Runtime") == STANDARD_RUNTIME:
+                    return False
+            try:
+                self._wait_ready(ref)
+                return False
+            except ProviderError as exc:
+                log.warning("workspace %s cannot run commands (%s): restarting it", _workspace_id(ref), exc.detail)
+            self.stop(ref)
+            self.start(ref)
+            return True
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="agentbox-reboot") as pool:
+            rebooted = list(pool.map(reboot_if_unreachable, sandboxed))
+        return [ref for ref, done in zip(sandboxed, rebooted, strict=True) if done]
 
     def destroy(self, ref: str) -> None:
         workspace_id = _workspace_id(ref)
@@ -371,7 +404,13 @@ class DockerProvider(Provider):
             labels = [f"{WORKSPACE_LABEL}={workspace_id}", f"{INSTANCE_LABEL}={self.instance}"]
             for container in self.client.api.containers(all=True, filters={"label": labels}):
                 with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
-                    self.client.api.remove_container(container["Id"], v=True, force=True)
+                    try:
+                        self.client.api.remove_container(container["Id"], v=True, force=True)
+                    except docker.errors.APIError:
+                        # A sandbox that this host's runsc cannot signal (booted by another build)
+                        # refuses a forced removal; a stop still ends it.
+                        self.client.api.stop(container["Id"], timeout=STOP_TIMEOUT)
+                        self.client.api.remove_container(container["Id"], v=True, force=True)
         self.disks.destroy(workspace_id)
 
     def state(self, ref: str) -> ProviderState:
@@ -417,7 +456,7 @@ class DockerProvider(Provider):
                 for stream, data in call.frames():
                     if first and data.startswith(b"OCI runtime exec failed"):
                         # The engine could not start the command at all; it says why in-band.
-                        raise BadRequest(_engine_exec_failure(data + b"".join(d for _, d in call.frames())))
+                        raise _engine_exec_failure(data + b"".join(d for _, d in call.frames()))
                     first = False
                     yield Output("stdout" if stream == 1 else "stderr", data)
             except TimeoutError:
@@ -532,11 +571,17 @@ def install_helper(directory: Path) -> Path:
     return target
 
 
-def _engine_exec_failure(message: bytes) -> str:
+def _engine_exec_failure(message: bytes) -> ProviderError | BadRequest:
     text = message.decode("utf-8", "replace").strip()
     if "working directory" in text or "chdir" in text:
-        return f"the working directory does not exist in the workspace: create it first ({text})"
-    return f"the command could not be started: {text}"
+        return BadRequest(f"the working directory does not exist in the workspace: create it first ({text})")
+    if "control server" in text:
+        return ProviderError(
+            f"the workspace's sandbox cannot be reached by this host's runsc ({text}): it was started by another "
+            "runsc build (an upgrade in place). Stop and start the workspace, or restart the server, which does so "
+            "for every such workspace; its files are kept"
+        )
+    return BadRequest(f"the command could not be started: {text}")
 
 
 def _parse_listing(data: bytes) -> list[DirEntry]:

@@ -99,12 +99,7 @@ static int mkdir_p(const char *path) {
             continue;
         char c = *s;
         *s = '\0';
-        /* Look before creating: gVisor (2022) answers EINVAL, not EEXIST, to
-         * mkdir of an existing directory reached through a symlink. */
-        struct stat seen;
-        if (stat(p, &seen) == 0 && S_ISDIR(seen.st_mode))
-            ;
-        else if (mkdir(p, 0755) < 0 && errno != EEXIST)
+        if (mkdir(p, 0755) < 0 && errno != EEXIST)
             e = errno;   /* a file in the middle of the path gives ENOTDIR */
         *s = c;
         if (c == '\0')
@@ -262,6 +257,25 @@ static pid_t child = -1;       /* also the id of the child's process group */
 static int child_reaped;
 static unsigned long long max_bytes = 10485760;
 
+/* SIGKILL the command's whole process group and reap the command.  Once is
+ * not enough under gVisor: a member that is inside fork() when the signal
+ * lands can still bring a child into the group that never saw it (Linux fails
+ * such a fork; runsc does not), and the members of a fork bomb are always
+ * inside fork().  So: again, every millisecond, until the group is empty (its
+ * orphans are reaped by init) or 10 s have passed. */
+static void kill_group(void) {
+    long long give_up = now_ns() + 10 * NSEC;
+    struct timespec pause = {0, 1000000};
+    while (kill(-child, SIGKILL) == 0 && now_ns() < give_up) {
+        if (!child_reaped && waitpid(child, NULL, WNOHANG) == child)
+            child_reaped = 1;
+        nanosleep(&pause, NULL);
+    }
+    if (!child_reaped)
+        waitpid(child, NULL, 0);
+    child_reaped = 1;
+}
+
 /* Read once from a stream and forward it while under max_bytes+1 in total;
  * the rest is read and dropped so the child never blocks on a full pipe.
  * Returns read()'s result (errno intact when negative). */
@@ -280,9 +294,7 @@ static ssize_t pump(struct stream *s) {
     size_t len = (unsigned long long)n < room ? (size_t)n : (size_t)room;
     if (len > 0 && write_all(s->out, buf, len) < 0) {
         if (errno == EPIPE) {   /* the host went away: stop the work */
-            kill(-child, SIGKILL);
-            if (!child_reaped)
-                waitpid(child, NULL, 0);
+            kill_group();
             _exit(141);
         }
         len = room;   /* other write errors: stop forwarding, keep draining */
@@ -511,9 +523,7 @@ static int cmd_run(int argc, char **argv) {
         if (timeout > 0) {
             long long left = deadline - now_ns();
             if (left <= 0) {
-                kill(-child, SIGKILL);
-                waitpid(child, NULL, 0);
-                child_reaped = 1;
+                kill_group();
                 finish(ss, 124);
             }
             ts.tv_sec = left / NSEC;
