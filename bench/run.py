@@ -1,4 +1,5 @@
-"""agentbox benchmark: the API against raw Docker Engine API calls, measured in the same run.
+"""agentbox benchmark: the API against raw Docker Engine API calls, and real work under gVisor against
+runc, measured in the same run.
 
     make bench            (or: .venv/bin/python bench/run.py --rounds 15)
 
@@ -107,13 +108,21 @@ def main() -> None:
     engine = docker.from_env()
     project = None if args.skip_workloads else download_project()
     results: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as cold_dir, tempfile.TemporaryDirectory() as warm_dir:
+    with (
+        tempfile.TemporaryDirectory() as cold_dir,
+        tempfile.TemporaryDirectory() as warm_dir,
+        tempfile.TemporaryDirectory() as ptrace_dir,
+    ):
         with server(Path(cold_dir)) as api:
             runtime = api.get("/health").json()["runtime"]
             print(f"==> runtime {runtime}, image {IMAGE}, {args.rounds} rounds each", flush=True)
             results |= cold_and_exec(api, engine, runtime, args.rounds)
             density = idle_density(api, engine, args.idle)
-            workloads = real_workloads(api, project) if project else {}
+            workloads = {}
+            if project:
+                with server(Path(ptrace_dir), WORKSPACE_GVISOR_RUNTIME="runsc-ptrace") as ptrace:
+                    targets = {"gvisor": (api, "gvisor"), "runc": (api, "docker"), "ptrace": (ptrace, "gvisor")}
+                    workloads = real_workloads(targets, project)
         with server(Path(warm_dir), WORKSPACE_WARM_POOL_SIZE="2") as api:
             results["claim_api"] = warm_claims(api, args.rounds, pool_size=2)
     report(results, density, workloads, runtime, args.output)
@@ -234,31 +243,47 @@ def download_project() -> bytes:
     return gzip.decompress(found[0].read_bytes())
 
 
-def real_workloads(api: httpx.Client, project: bytes) -> dict[str, dict[str, float]]:
-    """Real work side by side in a gvisor and a docker (runc) workspace, alternating round by round."""
+# Where each real workload runs: a label -> (server, provider). "ptrace" is the gVisor fallback
+# platform (the only one Debian's 2022 runsc had), served by a second server of its own.
+Targets = dict[str, tuple[httpx.Client, str]]
+
+
+def real_workloads(targets: Targets, project: bytes) -> dict[str, dict[str, float]]:
+    """Real work side by side in a workspace of each target, alternating round by round.
+
+    Workspaces get the spec's default size (2 CPUs, 4 GiB), what a user who asks for nothing gets.
+    """
     print(f"==> real workloads: {PROJECT}'s own tests, compileall of the stdlib, 40 git commits", flush=True)
-    workspaces = {p: api.post("/workspaces", json={"provider": p}).json() for p in ("gvisor", "docker")}
+    size = {"cpu": 2, "memory": "4G"}
+    workspaces = {
+        label: (api, api.post("/workspaces", json={"provider": provider, **size}).json()["id"])
+        for label, (api, provider) in targets.items()
+    }
     results: dict[str, dict[str, float]] = {}
     try:
-        for workspace in workspaces.values():
-            response = api.put(f"/workspaces/{workspace['id']}/archive", params={"path": "/workspace"}, content=project)
+        for api, workspace_id in workspaces.values():
+            response = api.put(f"/workspaces/{workspace_id}/archive", params={"path": "/workspace"}, content=project)
             response.raise_for_status()
         for name, (setup, command, rounds) in WORKLOADS.items():
-            samples: dict[str, list[float]] = {provider: [] for provider in workspaces}
-            for workspace in workspaces.values():
-                run_in(api, workspace["id"], setup)
+            samples: dict[str, list[float]] = {label: [] for label in workspaces}
+            for api, workspace_id in workspaces.values():
+                run_in(api, workspace_id, setup)
             for _ in range(rounds):
-                for provider, workspace in workspaces.items():
+                for label, (api, workspace_id) in workspaces.items():
                     started = time.perf_counter()
-                    output = run_in(api, workspace["id"], command)
-                    samples[provider].append(time.perf_counter() - started)
-            gvisor, runc = (statistics.median(samples[p]) for p in ("gvisor", "docker"))
-            results[name] = {"gvisor_s": round(gvisor, 2), "runc_s": round(runc, 2), "ratio": round(gvisor / runc, 2)}
+                    output = run_in(api, workspace_id, command)
+                    samples[label].append(time.perf_counter() - started)
+            medians = {label: statistics.median(s) for label, s in samples.items()}
+            row = {f"{label}_s": round(median, 2) for label, median in medians.items()}
+            row["gvisor_over_runc"] = round(medians["gvisor"] / medians["runc"], 2)
+            if "ptrace" in medians:
+                row["gvisor_over_ptrace"] = round(medians["gvisor"] / medians["ptrace"], 2)
+            results[name] = row
             detail = output.strip().splitlines()[-1] if output.strip() else ""
-            print(f"    {name}: gvisor {gvisor:.2f} s, runc {runc:.2f} s, {gvisor / runc:.2f}x  {detail}", flush=True)
+            print(f"    {name}: {row}  {detail}", flush=True)
     finally:
-        for workspace in workspaces.values():
-            api.delete(f"/workspaces/{workspace['id']}")
+        for api, workspace_id in workspaces.values():
+            api.delete(f"/workspaces/{workspace_id}")
     return results
 
 
@@ -305,9 +330,13 @@ def report(
     for name, value in density.items():
         print(f"{name}: {value}")
     if workloads:
-        print(f"\n{'real workload':<14}{'gvisor s':>10}{'runc s':>10}{'ratio':>8}")
+        header = f"{'real workload':<14}{'gvisor s':>10}{'runc s':>10}{'ptrace s':>10}{'/runc':>8}{'/ptrace':>9}"
+        print(f"\n{header}  (gvisor = runsc on systrap; ptrace = the same runsc on ptrace)")
         for name, row in workloads.items():
-            print(f"{name:<14}{row['gvisor_s']:>10}{row['runc_s']:>10}{row['ratio']:>7}x")
+            print(
+                f"{name:<14}{row['gvisor_s']:>10}{row['runc_s']:>10}{row.get('ptrace_s', '-'):>10}"
+                f"{row['gvisor_over_runc']:>7}x{row.get('gvisor_over_ptrace', '-'):>8}x"
+            )
     machine = {
         "cpus": os.cpu_count(),
         "memory_mib": round(meminfo("MemTotal") / 2**20),
