@@ -18,6 +18,7 @@ from rich.table import Column, Table
 from agentbox.client import APIError, Client
 from agentbox.config import ConfigError, Settings, load_settings
 
+TIMED_OUT = 124  # the exit code of a command killed at its deadline, as timeout(1)
 app = typer.Typer(help="Isolated workspaces for AI agents, on Docker with gVisor.", no_args_is_help=True)
 ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args_is_help=True)
 app.add_typer(ws, name="ws")
@@ -206,28 +207,34 @@ def ws_exec(
     command: Annotated[list[str], typer.Argument(help="command and arguments (after --)")],
     url: UrlOption = "http://127.0.0.1:8000",
     api_key: KeyOption = "",
-    timeout: Annotated[float | None, typer.Option(help="seconds before the command is killed")] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="seconds before the command is killed (default: the server's WORKSPACE_EXEC_TIMEOUT, 1 h)"),
+    ] = None,
     cwd: Annotated[str, typer.Option(help="working directory in the workspace")] = "/workspace",
 ) -> None:
-    """Run a command, streaming its output; exit with its exit code."""
+    """Run a command, streaming its output; exit with its exit code (124 if it timed out)."""
     options = {"cwd": cwd, **({"timeout": timeout} if timeout else {})}
     argv: str | list[str] = command[0] if len(command) == 1 else command
     code = 1
-    with _client(url, api_key) as client:
-        try:
+
+    def run() -> None:
+        nonlocal code
+        with _client(url, api_key) as client:
             for event in client.exec_stream(workspace_id, argv, **options):
                 if "stream" in event:
                     (sys.stdout if event["stream"] == "stdout" else sys.stderr).write(event["data"])
                 elif "exit_code" in event:
                     code = event["exit_code"]
                     if event.get("timed_out"):
-                        errors.print(f"[yellow]timed out after {timeout:g} s[/yellow]")
+                        code = TIMED_OUT
+                        errors.print(f"[yellow]timed out after {event['duration_ms'] / 1000:.1f} s[/yellow]")
                     elif event.get("signal"):
                         errors.print(f"[yellow]killed by {event['signal']}[/yellow]")
                 elif "error" in event:
                     _fail(event["error"])
-        except APIError as exc:
-            _fail(str(exc.detail))
+
+    _call(run)
     sys.stdout.flush()
     raise typer.Exit(code)
 

@@ -82,8 +82,10 @@ class Client:
     def exec_stream(
         self, workspace_id: str, command: str | builtins.list[str], **options: Any
     ) -> Iterator[dict[str, Any]]:
+        # No read timeout: a command may stay silent for as long as its own timeout lets it run.
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
         with self._http.stream(
-            "POST", f"/workspaces/{workspace_id}/exec/stream", json={"command": command, **options}
+            "POST", f"/workspaces/{workspace_id}/exec/stream", json={"command": command, **options}, timeout=timeout
         ) as response:
             if response.status_code >= 400:
                 response.read()

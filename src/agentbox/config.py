@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     pids_limit: int = Field(256, ge=64, le=65536, validation_alias="WORKSPACE_PIDS_LIMIT")
     user: str = Field("1000:1000", pattern=r"^\d+(:\d+)?$", validation_alias="WORKSPACE_USER")
     exec_output_limit: Size = Field(10 * 1024 * 1024, validation_alias="WORKSPACE_EXEC_OUTPUT_LIMIT")
+    # Seconds a command may run when its request names no timeout (a runaway command ends some day).
+    exec_timeout: float = Field(3600.0, gt=0, le=7 * 86400, validation_alias="WORKSPACE_EXEC_TIMEOUT")
     reap_interval: float = Field(30.0, gt=0, le=3600, validation_alias="WORKSPACE_REAP_INTERVAL")
     max_upload: Size = Field(parse_size("1G"), validation_alias="WORKSPACE_MAX_UPLOAD")
     # Every other request body (JSON: a create, an exec) is read into memory, so it is capped.

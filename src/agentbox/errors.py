@@ -1,6 +1,25 @@
-"""Errors that reach users: each carries the HTTP status it maps to and a `detail` saying what to fix."""
+"""Errors that reach users: each carries the HTTP status it maps to and a `detail` saying what to fix.
+
+One hierarchy for the whole service, providers included; the API turns any of them into
+`{"detail": ...}` with its status:
+
+    AgentboxError (500)
+    ├── BadRequest (400)             the request cannot work as given: fix it and send it again
+    ├── Unauthorized (401)
+    ├── NotFound (404)
+    ├── Conflict (409)               the workspace is not in a state that allows it
+    ├── PayloadTooLarge (413)
+    ├── Unprocessable (422)
+    ├── TooManyWorkspaces (429)
+    └── ProviderError (502)          the provider could not do what was asked
+        ├── ProviderUnavailable (503)  it cannot be reached now: retry
+        ├── WorkspaceGone (410)        it no longer has the workspace
+        └── FileError (by errno)       a file operation inside the workspace failed
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class AgentboxError(Exception):
@@ -11,6 +30,14 @@ class AgentboxError(Exception):
         self.detail = detail
 
 
+class BadRequest(AgentboxError):
+    status_code = 400
+
+
+class Unauthorized(AgentboxError):
+    status_code = 401
+
+
 class NotFound(AgentboxError):
     status_code = 404
 
@@ -19,24 +46,46 @@ class Conflict(AgentboxError):
     status_code = 409
 
 
-class BadRequest(AgentboxError):
-    status_code = 400
+class PayloadTooLarge(AgentboxError):
+    status_code = 413
+
+
+class Unprocessable(AgentboxError):
+    status_code = 422
 
 
 class TooManyWorkspaces(AgentboxError):
     status_code = 429
 
 
-class PayloadTooLarge(AgentboxError):
-    status_code = 413
+class ProviderError(AgentboxError):
+    status_code = 502
 
 
-class Unauthorized(AgentboxError):
-    status_code = 401
+class ProviderUnavailable(ProviderError):
+    status_code = 503
 
 
-class Unprocessable(AgentboxError):
-    status_code = 422
+class WorkspaceGone(ProviderError):
+    status_code = 410
+
+
+class FileError(ProviderError):
+    """`errno_name` (ENOENT...) decides the status: a missing path is a 404, a full disk a 507."""
+
+    _STATUS: ClassVar[dict[str, int]] = {
+        "ENOENT": 404,
+        "ENOTDIR": 404,
+        "EACCES": 403,
+        "EPERM": 403,
+        "EISDIR": 409,
+        "EEXIST": 409,
+    }
+
+    def __init__(self, errno_name: str, message: str, path: str) -> None:
+        super().__init__(f"{path}: {message} ({errno_name})")
+        self.errno_name = errno_name
+        self.status_code = 507 if errno_name == "ENOSPC" else self._STATUS.get(errno_name, 400)
 
 
 def reason_of(exc: BaseException) -> str:

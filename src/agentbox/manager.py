@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 
 from agentbox.config import Settings
-from agentbox.errors import BadRequest, Conflict, NotFound, TooManyWorkspaces, reason_of
+from agentbox.errors import BadRequest, Conflict, NotFound, ProviderError, TooManyWorkspaces, reason_of
 from agentbox.firewall import Firewall, Grants
 from agentbox.github.service import GitHub
 from agentbox.metrics import Metrics
@@ -28,7 +28,6 @@ from agentbox.providers.base import (
     ExecResult,
     FileStat,
     Provider,
-    ProviderError,
     ProviderState,
     Resources,
     WorkspaceSpec,
@@ -113,6 +112,13 @@ class WorkspaceManager:
         ttl_days = (request.ttl_days or self.settings.default_ttl_days) if request.ephemeral else None
         expires_at = now + timedelta(days=ttl_days) if ttl_days is not None else None
         policy = request.network if request.network is not None else self.settings.network_policy
+        kind = "allow" if isinstance(policy, AllowList) else policy
+        if kind not in provider.capabilities().network_policies:
+            enforced = ", ".join(sorted(provider.capabilities().network_policies))
+            raise BadRequest(
+                f"network {kind!r}: the {provider_name} provider cannot enforce it (it can: {enforced}); "
+                "ask for one of those, or use the gvisor or docker provider"
+            )
         network = self.network_columns(policy)
         claim = {
             "owner": owner,
@@ -195,7 +201,10 @@ class WorkspaceManager:
         if workspace.status == Status.STOPPED:
             return workspace
         self._require(workspace, Status.RUNNING, "stop")
-        self._provider(workspace.provider).stop(self._ref(workspace))
+        provider = self._provider(workspace.provider)
+        if not provider.capabilities().stop_start:
+            raise BadRequest(f"a {workspace.provider} workspace cannot be stopped and started: delete it when done")
+        provider.stop(self._ref(workspace))
         stopped = self.store.update(workspace.id, "stopped", status=Status.STOPPED.value, error=None)
         self.on_change()
         return stopped
@@ -399,11 +408,11 @@ class WorkspaceManager:
         return provider.write_file(ref, path, data, size, mode)
 
     def read_archive(self, owner: str, workspace_id: str, path: str) -> Iterator[bytes]:
-        provider, ref = self._target(owner, workspace_id)
+        provider, ref = self._archive_target(owner, workspace_id)
         return provider.read_archive(ref, path)
 
     def write_archive(self, owner: str, workspace_id: str, path: str, data: Iterable[bytes]) -> None:
-        provider, ref = self._target(owner, workspace_id)
+        provider, ref = self._archive_target(owner, workspace_id)
         provider.write_archive(ref, path, data)
 
     # Helpers
@@ -420,6 +429,12 @@ class WorkspaceManager:
         workspace = self._running(owner, workspace_id)
         return self._provider(workspace.provider), self._ref(workspace)
 
+    def _archive_target(self, owner: str, workspace_id: str) -> tuple[Provider, str]:
+        provider, ref = self._target(owner, workspace_id)
+        if not provider.capabilities().archives:
+            raise BadRequest("this workspace's provider cannot move tar archives: use the files endpoint per file")
+        return provider, ref
+
     def _running(self, owner: str, workspace_id: str) -> Workspace:
         workspace = self.get(owner, workspace_id)
         self._require(workspace, Status.RUNNING, "use")
@@ -431,7 +446,7 @@ class WorkspaceManager:
             argv=command.argv,
             cwd=command.cwd,
             env={**workspace.env, **command.env},  # the workspace's env, then the command's own
-            timeout=command.timeout,
+            timeout=command.timeout or self.settings.exec_timeout,
             output_limit=self.settings.exec_output_limit,
         )
         return self._provider(workspace.provider), self._ref(workspace), request

@@ -226,7 +226,11 @@ class ExecIn(BaseModel):
         ]
     ) = Field(description="a shell command run by /bin/sh -c, or an argv list run as is")
     timeout: float | None = Field(
-        None, gt=0, le=7 * 86400, description="seconds; the command's process group is killed after it"
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="seconds; the command's process group is killed after it (default: the server's "
+        "WORKSPACE_EXEC_TIMEOUT, one hour)",
     )
     cwd: AbsolutePath = "/workspace"
     env: Env = Field(default_factory=dict)

@@ -37,7 +37,9 @@ from protobuf.wkt import Timestamp
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileError, FileStat, ProviderError, WorkspaceSpec
+from agentbox.errors import AgentboxError, FileError
+from agentbox.network import NO_NETWORK
+from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileStat, WorkspaceSpec
 from agentbox.providers.disks import Disks
 from agentbox.providers.docker import DockerProvider, install_helper
 
@@ -76,7 +78,7 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"code": status, "message": message}, status_code=status)
 
 
-def _connect_error(exc: ProviderError) -> ConnectError:
+def _connect_error(exc: AgentboxError) -> ConnectError:
     if isinstance(exc, FileError) and exc.errno_name in ("ENOENT", "ENOTDIR"):
         return ConnectError(Code.NOT_FOUND, exc.detail)
     return ConnectError(Code.INVALID_ARGUMENT if exc.status_code == 400 else Code.INTERNAL, exc.detail)
@@ -162,10 +164,14 @@ class E2BStandIn:
         template = body.get("templateID") or "base"
         sandbox_id = "isb" + secrets.token_hex(8)
         image = DEFAULT_IMAGE if template == "base" else template
-        spec = WorkspaceSpec(id=sandbox_id, image=image, cpu=1, memory=512 << 20, disk=1 << 30, pids_limit=256)
+        # allow_internet_access=false: E2B denies all egress; here, a sandbox with no network at all.
+        network = "" if body.get("allow_internet_access", True) else NO_NETWORK
+        spec = WorkspaceSpec(
+            id=sandbox_id, image=image, cpu=1, memory=512 << 20, disk=1 << 30, pids_limit=256, network=network
+        )
         try:
             await asyncio.to_thread(self.provider.create, spec)
-        except ProviderError as exc:
+        except AgentboxError as exc:
             return _error(400 if exc.status_code == 400 else 500, f"template {template!r}: {exc.detail}")
         now = datetime.now(UTC)
         self.sandboxes[sandbox_id] = Sandbox(
@@ -226,12 +232,12 @@ class E2BStandIn:
                     try:
                         for event in standin.provider.exec_stream(ref, exec_request):
                             loop.call_soon_threadsafe(events.put_nowait, event)
-                    except ProviderError as exc:
+                    except AgentboxError as exc:
                         loop.call_soon_threadsafe(events.put_nowait, exc)
 
                 threading.Thread(target=run, daemon=True).start()
                 first = await events.get()
-                if isinstance(first, ProviderError):
+                if isinstance(first, AgentboxError):
                     raise _connect_error(first)
                 yield _event("start", P.ProcessEvent.StartEvent(pid=next(standin._pids)))
                 event = first
@@ -242,7 +248,7 @@ class E2BStandIn:
                         )
                         yield _event("end", end)
                         return
-                    if isinstance(event, ProviderError):
+                    if isinstance(event, AgentboxError):
                         raise _connect_error(event)
                     yield _event("data", P.ProcessEvent.DataEvent(output=Oneof(event.stream, event.data)))
                     event = await events.get()
@@ -254,7 +260,7 @@ class E2BStandIn:
             ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
             try:
                 return await asyncio.to_thread(standin.provider.stat, ref, path)
-            except ProviderError as exc:
+            except AgentboxError as exc:
                 raise _connect_error(exc) from None
 
         class Filesystem(filesystem_connect.Filesystem):

@@ -75,6 +75,25 @@ def test_cli_errors_name_what_to_fix(server: Server) -> None:
     assert "Traceback" not in no_key.stderr + missing.stderr + bad_memory.stderr
 
 
+def test_a_command_that_times_out_says_so_and_exits_124(tmp_path: Path) -> None:
+    # The server's own limit (WORKSPACE_EXEC_TIMEOUT) applies when the command names none.
+    server = Server(tmp_path, env={"WORKSPACE_EXEC_TIMEOUT": "2"}).start()
+    try:
+        workspace_id = agentbox(server, "ws", "create", "--provider", "docker").stdout.strip()
+        try:
+            by_server = agentbox(server, "ws", "exec", workspace_id, "--", "sleep", "30", check=False)
+            assert by_server.returncode == 124, by_server.stderr
+            assert "timed out after 2." in by_server.stderr
+            asked = agentbox(server, "ws", "exec", "--timeout", "1", workspace_id, "--", "sleep", "30", check=False)
+            assert asked.returncode == 124 and "timed out after 1." in asked.stderr
+            assert "Traceback" not in by_server.stderr + asked.stderr
+        finally:
+            agentbox(server, "ws", "rm", workspace_id)
+    finally:
+        server.stop()
+    assert "WORKSPACE_EXEC_TIMEOUT" in agentbox(None, "ws", "exec", "--help", env={"COLUMNS": "200"}).stdout
+
+
 def test_doctor_passes_on_this_machine() -> None:
     without_network = agentbox(None, "doctor", check=False, env={"WORKSPACE_NETWORK_NAME": ""})
     assert without_network.returncode == 1

@@ -71,6 +71,23 @@ def test_e2b_sizes_come_from_the_template_and_asking_for_others_says_so(alice: C
     )
 
 
+def test_e2b_enforces_no_network_and_refuses_what_it_cannot(alice: Client, e2b: E2BStandIn) -> None:
+    interfaces = ["python3", "-c", "import socket; print(sorted(name for _, name in socket.if_nameindex()))"]
+    created = alice.create(provider="e2b", network="none")
+    try:
+        assert created["network"] == "none"
+        # Asked of E2B through its SDK (allow_internet_access=false), which the stand-in honours:
+        # the sandbox has only its loopback.
+        sandbox = next(s for s in e2b.sandboxes.values() if s.metadata["agentbox.workspace.id"] == created["id"])
+        assert alice.exec(created["id"], interfaces)["stdout"].strip() == "['lo']", sandbox
+    finally:
+        alice.delete(created["id"])
+    with pytest.raises(APIError) as refused:
+        alice.create(provider="e2b", network={"allow": ["203.0.113.7"]})
+    assert refused.value.status_code == 400, refused.value
+    assert "network 'allow'" in refused.value.detail and "e2b provider cannot enforce it" in refused.value.detail
+
+
 def test_without_an_e2b_key_asking_for_e2b_says_what_is_missing(tmp_path: Path) -> None:
     server = Server(tmp_path / "a").start()
     try:

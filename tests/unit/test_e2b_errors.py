@@ -6,7 +6,7 @@ import e2b
 import httpx
 import pytest
 
-from agentbox.providers.base import BadRequest, FileError, ProviderError, ProviderUnavailable, WorkspaceGone
+from agentbox.errors import BadRequest, FileError, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.providers.e2b import e2b_errors
 
 

@@ -13,9 +13,9 @@ import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from agentbox.errors import AgentboxError
+from agentbox.errors import ProviderError
 
 
 @dataclass(frozen=True)
@@ -115,15 +115,20 @@ class FileStat:
 
 @dataclass(frozen=True)
 class Capabilities:
+    """What a provider can do beyond the contract every provider keeps (commands, files, inventory).
+
+    The manager consults it before asking, so a request a provider cannot honour is a 400 that
+    says so, never a weaker workspace.
+    """
+
     runtime: str
     isolation: str
-    streaming_exec: bool = True
-    files: bool = True
     archives: bool = True
     stop_start: bool = True
-    disk_limit: bool = False
     #: False when a workspace's cpu, memory and disk come from the provider (E2B: its template).
     sized_per_request: bool = True
+    #: The network policies it enforces (egress, none, allow); any other is refused, never weakened.
+    network_policies: frozenset[str] = frozenset({"egress", "none", "allow"})
 
 
 @dataclass(frozen=True)
@@ -136,46 +141,6 @@ class Resources:
 
 
 ProviderState = Literal["running", "stopped", "missing"]
-
-
-class ProviderError(AgentboxError):
-    """The provider could not do what was asked; `detail` says why and how to fix it."""
-
-    status_code = 502
-
-
-class ProviderUnavailable(ProviderError):
-    status_code = 503
-
-
-class BadRequest(ProviderError):
-    """The request cannot work as given (unknown image, missing cwd...)."""
-
-    status_code = 400
-
-
-class WorkspaceGone(ProviderError):
-    """The provider no longer has the workspace (removed behind our back)."""
-
-    status_code = 410
-
-
-class FileError(ProviderError):
-    """A file operation inside the workspace failed with `errno_name`."""
-
-    _STATUS: ClassVar[dict[str, int]] = {
-        "ENOENT": 404,
-        "ENOTDIR": 404,
-        "EACCES": 403,
-        "EPERM": 403,
-        "EISDIR": 409,
-        "EEXIST": 409,
-    }
-
-    def __init__(self, errno_name: str, message: str, path: str) -> None:
-        super().__init__(f"{path}: {message} ({errno_name})")
-        self.errno_name = errno_name
-        self.status_code = 507 if errno_name == "ENOSPC" else self._STATUS.get(errno_name, 400)
 
 
 class Provider(abc.ABC):

@@ -21,7 +21,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from agentbox.providers.base import ProviderError
+from agentbox.errors import ProviderError
 
 log = logging.getLogger("agentbox.providers.disks")
 

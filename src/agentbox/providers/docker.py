@@ -26,23 +26,19 @@ import docker.errors
 import requests.exceptions
 from docker.types import Mount
 
+from agentbox.errors import AgentboxError, BadRequest, FileError, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.network import NO_NETWORK, mac_address
 from agentbox.providers.base import (
-    BadRequest,
     Capabilities,
     DirEntry,
     EntryType,
     ExecEvent,
     ExecRequest,
     Exit,
-    FileError,
     FileStat,
     Output,
     Provider,
-    ProviderError,
     ProviderState,
-    ProviderUnavailable,
-    WorkspaceGone,
     WorkspaceSpec,
     signal_of,
 )
@@ -247,7 +243,7 @@ class DockerProvider(Provider):
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(runtime=self.runtime, isolation=self._isolation, disk_limit=self.disks.enforced)
+        return Capabilities(runtime=self.runtime, isolation=self._isolation)
 
     # Lifecycle
 
@@ -389,8 +385,12 @@ class DockerProvider(Provider):
                 return False
             except ProviderError as exc:
                 log.warning("workspace %s cannot run commands (%s): restarting it", _workspace_id(ref), exc.detail)
-            self.stop(ref)
-            self.start(ref)
+            try:
+                self.stop(ref)
+                self.start(ref)
+            except AgentboxError as exc:  # one that will not come back must not keep the server down
+                log.warning("workspace %s could not be restarted: %s", _workspace_id(ref), exc.detail)
+                return False
             return True
 
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="agentbox-reboot") as pool:

@@ -28,25 +28,22 @@ from typing import IO, Any
 
 import e2b
 import httpx
-from e2b import Sandbox, SandboxQuery, SandboxState
+from e2b import CommandHandle, Sandbox, SandboxQuery, SandboxState
 
+from agentbox.errors import BadRequest, FileError, ProviderError, ProviderUnavailable, WorkspaceGone
+from agentbox.network import NO_NETWORK
 from agentbox.providers.base import (
-    BadRequest,
     Capabilities,
     DirEntry,
     EntryType,
     ExecEvent,
     ExecRequest,
     Exit,
-    FileError,
     FileStat,
     Output,
     Provider,
-    ProviderError,
     ProviderState,
-    ProviderUnavailable,
     Resources,
-    WorkspaceGone,
     WorkspaceSpec,
     signal_of,
 )
@@ -98,6 +95,25 @@ def e2b_errors(what: str, path: str | None = None) -> Iterator[None]:
         raise ProviderUnavailable(f"{what}: E2B cannot be reached ({exc}); check E2B_DOMAIN / E2B_API_URL") from None
 
 
+def _relayed(events: queue.Queue[ExecEvent | BaseException], handle: CommandHandle[Any]) -> Iterator[ExecEvent]:
+    """The command's events as they arrive; closing early kills it."""
+    finished = False
+    try:
+        while True:
+            event = events.get()
+            if isinstance(event, BaseException):
+                with e2b_errors("running the command"):
+                    raise event
+            yield event
+            if isinstance(event, Exit):
+                finished = True
+                return
+    finally:
+        if not finished:
+            with contextlib.suppress(Exception):
+                handle.kill()
+
+
 class E2BProvider(Provider):
     name = "e2b"
 
@@ -110,7 +126,12 @@ class E2BProvider(Provider):
         self._lock = threading.Lock()
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(runtime="e2b", isolation="E2B sandbox (Firecracker microVM)", sized_per_request=False)
+        return Capabilities(
+            runtime="e2b",
+            isolation="E2B sandbox (Firecracker microVM)",
+            sized_per_request=False,
+            network_policies=frozenset({"egress", "none"}),  # "none": the SDK's allow_internet_access=False
+        )
 
     def resources(self, ref: str) -> Resources:
         with e2b_errors("asking E2B about the sandbox"):
@@ -134,7 +155,13 @@ class E2BProvider(Provider):
         timeout = MAX_TIMEOUT if spec.ttl_seconds is None else max(60, min(spec.ttl_seconds, MAX_TIMEOUT))
         metadata = {WORKSPACE_KEY: spec.id, INSTANCE_KEY: self.instance}
         with e2b_errors("creating the E2B sandbox"):
-            sandbox = Sandbox.create(template=template, timeout=timeout, metadata=metadata, **self._opts)
+            sandbox = Sandbox.create(
+                template=template,
+                timeout=timeout,
+                metadata=metadata,
+                allow_internet_access=spec.network != NO_NETWORK,
+                **self._opts,
+            )
         with self._lock:
             self._connected[sandbox.sandbox_id] = sandbox
         return sandbox.sandbox_id
@@ -216,21 +243,8 @@ class E2BProvider(Provider):
                 events.put(exc)
 
         threading.Thread(target=wait, name="agentbox-e2b-exec", daemon=True).start()
-        finished = False
-        try:
-            while True:
-                event = events.get()
-                if isinstance(event, BaseException):
-                    with e2b_errors("running the command"):
-                        raise event
-                yield event
-                if isinstance(event, Exit):
-                    finished = True
-                    return
-        finally:
-            if not finished:
-                with contextlib.suppress(Exception):
-                    handle.kill()
+        # Everything above ran now, not on the first read: a missing sandbox fails the call itself.
+        return _relayed(events, handle)
 
     # Files
 

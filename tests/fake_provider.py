@@ -1,0 +1,184 @@
+"""A provider that keeps workspaces in memory, for unit tests of everything above the provider layer.
+
+Files are a dict per workspace; commands are answered by a handler (by default a few shell
+builtins: `true`, `false`, `echo`, `cat`, `exit N`). It honours the same contract as the real
+providers (tests/provider_contract.py), so the manager, the pool and the API can be tested
+without Docker, root or a network.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import shlex
+import tarfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from agentbox.errors import FileError, WorkspaceGone
+from agentbox.providers.base import (
+    Capabilities,
+    DirEntry,
+    ExecEvent,
+    ExecRequest,
+    Exit,
+    FileStat,
+    Output,
+    Provider,
+    ProviderState,
+    WorkspaceSpec,
+)
+
+
+@dataclass
+class FakeSandbox:
+    id: str
+    spec: WorkspaceSpec
+    state: ProviderState = "running"
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+#: Answers a command in a sandbox: (exit code, stdout, stderr).
+Handler = Callable[[FakeSandbox, ExecRequest], tuple[int, bytes, bytes]]
+
+
+def builtins(sandbox: FakeSandbox, request: ExecRequest) -> tuple[int, bytes, bytes]:
+    """`;`-separated `true`, `false`, `echo`, `cat FILE` and `exit N`, as sh would run them."""
+    script = request.argv[2] if request.argv[:2] == ["/bin/sh", "-c"] else shlex.join(request.argv)
+    code, stdout, stderr = 0, b"", b""
+    for command in filter(None, (shlex.split(part) for part in script.split(";"))):
+        name, args = command[0], command[1:]
+        if name == "exit":
+            return int(args[0]), stdout, stderr
+        if name in ("true", "false"):
+            code = 0 if name == "true" else 1
+        elif name == "echo":
+            code, stdout = 0, stdout + (" ".join(args) + "\n").encode()
+        elif name == "cat" and args[0] in sandbox.files:
+            code, stdout = 0, stdout + sandbox.files[args[0]]
+        elif name == "cat":
+            code, stderr = 1, stderr + f"cat: {args[0]}: No such file or directory\n".encode()
+        else:
+            code, stderr = 127, stderr + f"sh: {name}: not found\n".encode()
+    return code, stdout, stderr
+
+
+class FakeProvider(Provider):
+    def __init__(
+        self,
+        name: str = "fake",
+        handler: Handler = builtins,
+        capabilities: Capabilities | None = None,
+    ) -> None:
+        self.name = name
+        self.handler = handler
+        self._capabilities = capabilities or Capabilities(runtime="fake", isolation="none (a unit-test fake)")
+        self.sandboxes: dict[str, FakeSandbox] = {}
+        self.calls: list[tuple[str, str]] = []  # (method, ref), for tests that check what was asked
+        self._refs = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def _get(self, ref: str) -> FakeSandbox:
+        sandbox = self.sandboxes.get(ref)
+        if sandbox is None:
+            raise WorkspaceGone(f"{ref}: no such sandbox")
+        return sandbox
+
+    def _running(self, ref: str) -> FakeSandbox:
+        sandbox = self._get(ref)
+        if sandbox.state != "running":
+            raise WorkspaceGone(f"{ref}: the sandbox is stopped")
+        return sandbox
+
+    # Lifecycle
+
+    def create(self, spec: WorkspaceSpec) -> str:
+        with self._lock:
+            ref = f"fake-{next(self._refs)}"
+            self.sandboxes[ref] = FakeSandbox(spec.id, spec)
+        self.calls.append(("create", ref))
+        return ref
+
+    def start(self, ref: str) -> None:
+        self.calls.append(("start", ref))
+        self._get(ref).state = "running"
+
+    def stop(self, ref: str) -> None:
+        self.calls.append(("stop", ref))
+        self._get(ref).state = "stopped"
+
+    def destroy(self, ref: str) -> None:
+        self.calls.append(("destroy", ref))
+        self.sandboxes.pop(ref, None)
+
+    def state(self, ref: str) -> ProviderState:
+        sandbox = self.sandboxes.get(ref)
+        return "missing" if sandbox is None else sandbox.state
+
+    def inventory(self) -> dict[str, tuple[str, ProviderState]]:
+        return {sandbox.id: (ref, sandbox.state) for ref, sandbox in list(self.sandboxes.items())}
+
+    # Commands
+
+    def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
+        sandbox = self._running(ref)  # here, not in the generator: a missing workspace fails at once
+        code, stdout, stderr = self.handler(sandbox, request)
+
+        def events() -> Iterator[ExecEvent]:
+            if stdout:
+                yield Output("stdout", stdout)
+            if stderr:
+                yield Output("stderr", stderr)
+            yield Exit(exit_code=code, timed_out=False, duration_ms=0)
+
+        return events()
+
+    # Files
+
+    def stat(self, ref: str, path: str) -> FileStat | list[DirEntry]:
+        files = self._running(ref).files
+        if path in files:
+            return FileStat(size=len(files[path]), mode=0o644)
+        prefix = path.rstrip("/") + "/"
+        names = {name.removeprefix(prefix).split("/")[0] for name in files if name.startswith(prefix)}
+        if not names:
+            raise FileError("ENOENT", "No such file or directory", path)
+        return [DirEntry(name=n, type="file", size=len(files.get(prefix + n, b"")), mode=0o644, mtime=0) for n in names]
+
+    def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]:
+        found = self.stat(ref, path)
+        if isinstance(found, list):
+            raise FileError("EISDIR", "Is a directory", path)
+        return found, iter([self._running(ref).files[path]])
+
+    def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
+        content = b"".join(data)
+        if len(content) != size:
+            raise FileError("EINVAL", f"{len(content)} bytes sent, {size} announced", path)
+        self._running(ref).files[path] = content
+        return size
+
+    def read_archive(self, ref: str, path: str) -> Iterator[bytes]:
+        if not isinstance(self.stat(ref, path), list):
+            raise FileError("ENOTDIR", "Not a directory", path)
+        buffer = io.BytesIO()
+        prefix = path.rstrip("/") + "/"
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, content in self._running(ref).files.items():
+                if name.startswith(prefix):
+                    info = tarfile.TarInfo(name.removeprefix(prefix))
+                    info.size = len(content)
+                    tar.addfile(info, io.BytesIO(content))
+        return iter([buffer.getvalue()])
+
+    def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
+        files = self._running(ref).files
+        with tarfile.open(fileobj=io.BytesIO(b"".join(data)), mode="r") as tar:
+            for member in tar.getmembers():
+                extracted = tar.extractfile(member)
+                if extracted is not None:
+                    files[f"{path.rstrip('/')}/{member.name.removeprefix('./')}"] = extracted.read()

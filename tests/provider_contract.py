@@ -1,0 +1,83 @@
+"""What every provider promises the manager, checked the same way for each one.
+
+tests/unit/test_provider_contract.py runs it on the in-memory fake; the integration suite runs
+it on the Docker providers (gVisor and runc) and on E2B through its stand-in. A provider that
+passes can be put under the manager without the manager knowing which one it is.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import tarfile
+
+import pytest
+
+from agentbox.errors import FileError, WorkspaceGone
+from agentbox.providers.base import ExecRequest, FileStat, Provider, WorkspaceSpec
+
+
+def spec(image: str) -> WorkspaceSpec:
+    return WorkspaceSpec(
+        id="ws-" + secrets.token_hex(8), image=image, cpu=1, memory=256 << 20, disk=256 << 20, pids_limit=256
+    )
+
+
+def check_lifecycle_and_inventory(provider: Provider, workspace: WorkspaceSpec) -> None:
+    """create -> running and listed by id; stop/start; destroy twice; then missing and unlisted."""
+    ref = provider.create(workspace)
+    try:
+        assert provider.state(ref) == "running"
+        assert provider.inventory()[workspace.id] == (ref, "running")
+        result = provider.exec(ref, ExecRequest(["/bin/sh", "-c", "echo ready; exit 3"]))
+        assert (result.exit_code, result.stdout, result.timed_out) == (3, "ready\n", False)
+        if provider.capabilities().stop_start:
+            provider.stop(ref)
+            assert provider.state(ref) == "stopped"
+            assert provider.inventory()[workspace.id] == (ref, "stopped")
+            provider.start(ref)
+            assert provider.exec(ref, ExecRequest(["true"])).exit_code == 0
+    finally:
+        provider.destroy(ref)
+    provider.destroy(ref)  # again: already gone is not an error
+    assert provider.state(ref) == "missing"
+    assert workspace.id not in provider.inventory()
+
+
+def check_a_missing_workspace_fails_eagerly(provider: Provider, workspace: WorkspaceSpec) -> None:
+    """A command for a workspace that is gone fails when asked, before any output is promised."""
+    ref = provider.create(workspace)
+    provider.destroy(ref)
+    with pytest.raises(WorkspaceGone):
+        provider.exec_stream(ref, ExecRequest(["true"]))  # not iterated: the call itself must fail
+    with pytest.raises(WorkspaceGone):
+        provider.stat(ref, "/workspace")
+
+
+def check_files_and_errors(provider: Provider, workspace: WorkspaceSpec) -> None:
+    """Files round-trip; a missing path is FileError ENOENT (404); archives go in and out."""
+    ref = provider.create(workspace)
+    try:
+        assert provider.write_file(ref, "/workspace/a.txt", [b"hello ", b"world"], 11) == 11
+        assert provider.stat(ref, "/workspace/a.txt") == FileStat(size=11, mode=0o644)
+        found, body = provider.read_file(ref, "/workspace/a.txt")
+        assert (found.size, b"".join(body)) == (11, b"hello world")
+        assert "a.txt" in {entry.name for entry in provider.stat(ref, "/workspace")}  # type: ignore[union-attr]
+        with pytest.raises(FileError) as missing:
+            provider.stat(ref, "/workspace/nope")
+        assert (missing.value.errno_name, missing.value.status_code) == ("ENOENT", 404)
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo("packed.txt")
+            info.size = 6
+            tar.addfile(info, io.BytesIO(b"packed"))
+        if provider.capabilities().archives:
+            provider.write_archive(ref, "/workspace/in", [archive.getvalue()])
+            assert b"".join(provider.read_file(ref, "/workspace/in/packed.txt")[1]) == b"packed"
+            with tarfile.open(fileobj=io.BytesIO(b"".join(provider.read_archive(ref, "/workspace/in")))) as tar:
+                assert "packed.txt" in {name.removeprefix("./") for name in tar.getnames()}
+    finally:
+        provider.destroy(ref)
+
+
+CHECKS = [check_lifecycle_and_inventory, check_a_missing_workspace_fails_eagerly, check_files_and_errors]

@@ -1,0 +1,74 @@
+"""The manager over in-memory fake providers: no Docker, no root (tests/fake_provider.py)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentbox.config import load_settings
+from agentbox.errors import BadRequest
+from agentbox.manager import WorkspaceManager
+from agentbox.models import Status
+from agentbox.network import AllowList
+from agentbox.providers.base import Capabilities
+from agentbox.schemas import CreateWorkspace, ExecIn
+from agentbox.store import Store
+from tests.fake_provider import FakeProvider
+
+# Like E2B: no allow lists (agentbox's firewall cannot reach it), no stop/start, no archives.
+LIMITED = Capabilities(
+    runtime="limited", isolation="elsewhere", archives=False, stop_start=False, network_policies=frozenset({"egress"})
+)
+
+
+@pytest.fixture
+def providers() -> dict[str, FakeProvider]:
+    return {"gvisor": FakeProvider("gvisor"), "e2b": FakeProvider("e2b", capabilities=LIMITED)}
+
+
+@pytest.fixture
+def manager(tmp_path: Path, providers: dict[str, FakeProvider]) -> Iterator[WorkspaceManager]:
+    settings = load_settings(ENABLE_AGENT_WORKSPACES="true", WORKSPACE_DATA_DIR=str(tmp_path))
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    yield WorkspaceManager(settings, store, providers)
+    store.engine.dispose()
+
+
+def test_a_workspace_lives_its_life_through_the_provider(
+    manager: WorkspaceManager, providers: dict[str, FakeProvider]
+) -> None:
+    workspace = manager.create("alice", CreateWorkspace())
+    assert workspace.status == Status.RUNNING and workspace.runtime == "fake"
+    result = manager.exec("alice", workspace.id, ExecIn(command="echo hi; exit 4"))
+    assert (result.exit_code, result.stdout) == (4, "hi\n")
+    assert manager.stop("alice", workspace.id).status == Status.STOPPED
+    assert manager.start("alice", workspace.id).status == Status.RUNNING
+    manager.delete("alice", workspace.id)
+    assert providers["gvisor"].sandboxes == {}
+    assert [call for call, _ in providers["gvisor"].calls] == ["create", "stop", "start", "destroy"]
+
+
+def test_what_a_provider_cannot_enforce_is_refused_not_weakened(
+    manager: WorkspaceManager, providers: dict[str, FakeProvider]
+) -> None:
+    for network in ("none", AllowList(allow=["203.0.113.7"])):
+        with pytest.raises(BadRequest) as refused:
+            manager.create("alice", CreateWorkspace(provider="e2b", network=network))
+        assert "the e2b provider cannot enforce it (it can: egress)" in refused.value.detail
+    assert providers["e2b"].sandboxes == {}  # nothing was made for a refused request
+
+    workspace = manager.create("alice", CreateWorkspace(provider="e2b"))
+    with pytest.raises(BadRequest) as no_stop:
+        manager.stop("alice", workspace.id)
+    assert "cannot be stopped" in no_stop.value.detail
+    archive = io.BytesIO()
+    tarfile.open(fileobj=archive, mode="w").close()
+    with pytest.raises(BadRequest) as no_archives:
+        manager.write_archive("alice", workspace.id, "/workspace", [archive.getvalue()])
+    assert "files endpoint" in no_archives.value.detail
+    assert manager.get("alice", workspace.id).status == Status.RUNNING
