@@ -14,8 +14,8 @@ import docker.errors
 import requests.exceptions
 
 from agentbox.config import Settings
-from agentbox.providers.disks import Disks
-from agentbox.runtime import gvisor_runtime, probe, registered, runsc_version
+from agentbox.providers.docker.disks import Disks
+from agentbox.providers.docker.runtime import gvisor_runtime, probe, registered, runsc_version
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 # gVisor's netstack fails on this kernel with Debian's builds (see docs/runtime.md).

@@ -19,10 +19,10 @@ from agentbox.manager import WorkspaceManager
 from agentbox.metrics import Metrics
 from agentbox.network import AllowList, NetworkError, ensure_network
 from agentbox.providers.base import Provider
-from agentbox.providers.disks import Disks
 from agentbox.providers.docker import DockerProvider, install_helper
+from agentbox.providers.docker.disks import Disks
+from agentbox.providers.docker.runtime import STANDARD_RUNTIME, RuntimeChoice, choose_runtime
 from agentbox.providers.e2b import E2BProvider
-from agentbox.runtime import STANDARD_RUNTIME, RuntimeChoice, choose_runtime
 from agentbox.store import Store
 
 log = logging.getLogger("agentbox.service")

@@ -40,8 +40,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from agentbox.errors import AgentboxError, FileError
 from agentbox.network import NO_NETWORK
 from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileStat, WorkspaceSpec
-from agentbox.providers.disks import Disks
 from agentbox.providers.docker import DockerProvider, install_helper
+from agentbox.providers.docker.disks import Disks
 
 from .conftest import free_port
 

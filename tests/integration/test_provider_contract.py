@@ -10,8 +10,8 @@ import docker
 import pytest
 
 from agentbox.providers.base import Provider, WorkspaceSpec
-from agentbox.providers.disks import Disks
 from agentbox.providers.docker import DockerProvider, install_helper
+from agentbox.providers.docker.disks import Disks
 from agentbox.providers.e2b import E2BProvider
 from tests.provider_contract import CHECKS, spec
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from agentbox.errors import ProviderError
 
-log = logging.getLogger("agentbox.providers.disks")
+log = logging.getLogger("agentbox.providers.docker.disks")
 
 #: Subdirectories of each disk and where they appear in the workspace.
 TMP, HOME, WORKSPACE = "tmp", "home", "workspace"

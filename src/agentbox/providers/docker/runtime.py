@@ -25,7 +25,7 @@ import requests.exceptions
 
 from agentbox.sandbox import HELPER_IN_WORKSPACE, helper_bytes, helper_digest
 
-log = logging.getLogger("agentbox.runtime")
+log = logging.getLogger("agentbox.providers.docker.runtime")
 
 STANDARD_RUNTIME = "runc"
 PROBE_LABEL = "agentbox.probe"
@@ -142,13 +142,10 @@ def choose_runtime(client: docker.DockerClient, gvisor: str, fallback: str | Non
     """
     runtimes = registered(client)
     if gvisor not in runtimes:
-        reason = (
-            f"gVisor runtime ({gvisor}) not found: Docker knows only {', '.join(sorted(runtimes))}. "
-            f"Workspaces will run under {STANDARD_RUNTIME}, which shares the host kernel. "
-            "Run `agentbox doctor` to see how to install and register runsc."
+        return _without_gvisor(
+            f"gVisor runtime ({gvisor}) not found: Docker knows only {', '.join(sorted(runtimes))}.",
+            "to see how to install and register runsc",
         )
-        log.warning(reason)
-        return RuntimeChoice(STANDARD_RUNTIME, gvisor=False, reason=reason)
     failures: list[str] = []
     for name in [gvisor, *([fallback] if fallback and fallback in runtimes else [])]:
         candidate = gvisor_runtime(name, runtimes[name])
@@ -170,10 +167,13 @@ def choose_runtime(client: docker.DockerClient, gvisor: str, fallback: str | Non
         else:
             log.info(reason)
         return RuntimeChoice(name, gvisor=True, reason=reason, platform=candidate.platform, version=candidate.version)
-    reason = (
-        f"gVisor runtime ({gvisor}) is registered but its probe failed: {'; '.join(failures)}. "
-        f"Workspaces will run under {STANDARD_RUNTIME}, which shares the host kernel. "
-        "Run `agentbox doctor` for the fix."
+    return _without_gvisor(f"gVisor runtime ({gvisor}) is registered but its probe failed: {'; '.join(failures)}.")
+
+
+def _without_gvisor(why: str, doctor: str = "for the fix") -> RuntimeChoice:
+    """runc, with the spec's security warning."""
+    reason = f"{why} Workspaces will run under {STANDARD_RUNTIME}, which shares the host kernel. " + (
+        f"Run `agentbox doctor` {doctor}."
     )
     log.warning(reason)
     return RuntimeChoice(STANDARD_RUNTIME, gvisor=False, reason=reason)

@@ -12,39 +12,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
-import struct
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 from docker.types import Mount
 
-from agentbox.errors import AgentboxError, BadRequest, FileError, ProviderError, ProviderUnavailable, WorkspaceGone
+from agentbox.errors import AgentboxError, BadRequest, ProviderError, WorkspaceGone
 from agentbox.network import NO_NETWORK, mac_address
 from agentbox.providers.base import (
     Capabilities,
     DirEntry,
-    EntryType,
     ExecEvent,
     ExecRequest,
-    Exit,
     FileStat,
-    Output,
     Provider,
     ProviderState,
     WorkspaceSpec,
-    signal_of,
 )
-from agentbox.providers.disks import HOME, TMP, WORKSPACE, Disks
-from agentbox.runtime import STANDARD_RUNTIME
+from agentbox.providers.docker.disks import HOME, TMP, WORKSPACE, Disks
+from agentbox.providers.docker.engine import EngineTransport, Frames, engine_errors
+from agentbox.providers.docker.runtime import STANDARD_RUNTIME
 from agentbox.sandbox import HELPER_IN_WORKSPACE, helper_bytes, helper_digest
+from agentbox.sandbox.channel import HelperChannel
 
 log = logging.getLogger("agentbox.providers.docker")
 
@@ -60,157 +54,7 @@ READY_LINE = b"agentbox-exec ready"  # what init prints first (agentbox-exec.c)
 # checks of the in-sandbox OOM killer.
 GVISOR_MEMORY_HEADROOM = 128 << 20
 GVISOR_HOST_PIDS_PER_TASK = 40
-TIMEOUT_EXIT_CODE = 124  # agentbox-exec's code for "killed at the deadline", as timeout(1)
-# If the helper itself is wedged, the host gives up this long after the command's deadline.
-HOST_GRACE_SECONDS = 10.0
 STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL when a workspace stops
-NO_LIMIT = 1 << 62
-_TYPES: dict[bytes, EntryType] = {b"f": "file", b"d": "dir", b"l": "symlink", b"o": "other"}
-
-
-@contextmanager
-def engine_errors(what: str) -> Iterator[None]:
-    """Turn the Docker SDK's exceptions into provider errors that say what to do."""
-    try:
-        yield
-    except docker.errors.NotFound as exc:
-        raise WorkspaceGone(f"{what}: the container no longer exists ({exc.explanation})") from None
-    except docker.errors.APIError as exc:
-        raise ProviderError(f"{what}: the Docker engine said: {exc.explanation or exc}") from None
-    except requests.exceptions.Timeout:
-        raise ProviderUnavailable(
-            f"{what}: the Docker engine did not answer in time; it may be overloaded or restarting, try again"
-        ) from None
-    except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
-        raise ProviderUnavailable(
-            f"{what}: the Docker engine cannot be reached ({exc}); is dockerd running? (`make run` starts it)"
-        ) from None
-
-
-class _Frames:
-    """A hijacked Engine API connection: Docker's multiplexed stdout/stderr frames, and stdin."""
-
-    def __init__(self, response_socket: Any, deadline: float | None = None) -> None:
-        self._sock: socket.socket = getattr(response_socket, "_sock", response_socket)
-        self._keepalive = response_socket
-        self._deadline = deadline
-        self._pending = b""
-
-    def send(self, chunks: Iterable[bytes]) -> int:
-        """Write all of `chunks` to the command's stdin, then close it; return the bytes sent."""
-        sent = 0
-        try:
-            for chunk in chunks:
-                self._sock.sendall(chunk)
-                sent += len(chunk)
-        except BrokenPipeError:
-            pass  # the command stopped reading; its exit status says why
-        self._sock.shutdown(socket.SHUT_WR)
-        return sent
-
-    def _recv_exactly(self, size: int) -> bytes | None:
-        while len(self._pending) < size:
-            if self._deadline is not None:
-                self._sock.settimeout(max(0.01, self._deadline - time.monotonic()))
-            data = self._sock.recv(max(65536, size - len(self._pending)))
-            if not data:
-                return None
-            self._pending += data
-        data, self._pending = self._pending[:size], self._pending[size:]
-        return data
-
-    def frames(self) -> Iterator[tuple[int, bytes]]:
-        """(1 for stdout | 2 for stderr, data) until the command closes its output.
-
-        Raises TimeoutError if the host-side deadline passes first.
-        """
-        while True:
-            header = self._recv_exactly(8)
-            if header is None:
-                return
-            stream, size = struct.unpack(">BxxxL", header)
-            payload = self._recv_exactly(size)
-            if payload is None:
-                return
-            yield stream, payload
-
-    def read_stdout(self) -> Iterator[bytes]:
-        for stream, data in self.frames():
-            if stream == 1:
-                yield data
-
-    def close(self) -> None:
-        self._sock.close()
-        self._keepalive.close()
-
-
-class _Exec(_Frames):
-    """One exec of the helper in a workspace."""
-
-    def __init__(
-        self,
-        provider: DockerProvider,
-        ref: str,
-        argv: list[str],
-        *,
-        stdin: bool = False,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        deadline: float | None = None,
-    ):
-        self._api = provider.client.api
-        with engine_errors("exec"):
-            self.id = self._api.exec_create(
-                ref,
-                [HELPER, *argv],
-                stdin=stdin,
-                user=provider.user,
-                workdir=cwd,
-                environment=[f"{k}={v}" for k, v in (env or {}).items()],
-            )["Id"]
-            super().__init__(self._api.exec_start(self.id, socket=True), deadline)
-
-    def exit_code(self) -> int:
-        # The engine may record the exit code a moment after the output closes.
-        for _ in range(200):
-            with engine_errors("exec"):
-                details = self._api.exec_inspect(self.id)
-            if not details.get("Running") and details.get("ExitCode") is not None:
-                return int(details["ExitCode"])
-            time.sleep(0.005)
-        raise ProviderError(
-            "the command ended without an exit status: the workspace's sandbox stopped under it "
-            "(it restarts by itself if it crashed); run the command again"
-        )
-
-
-class _HeaderReader:
-    """Reads the helper's `get` answer: one header line, then a body."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self.rest = b""
-
-    def header(self) -> bytes:
-        buffer = b""
-        for chunk in self._chunks:
-            buffer += chunk
-            if b"\n" in buffer:
-                line, self.rest = buffer.split(b"\n", 1)
-                return line
-        return buffer
-
-    def body(self) -> Iterator[bytes]:
-        if self.rest:
-            yield self.rest
-        yield from self._chunks
-
-
-def _raise_helper_error(line: bytes, path: str) -> None:
-    if line.startswith(b"E "):
-        _, errno_name, message = [*line.decode("utf-8", "replace").split(" ", 2), "", ""][:3]
-        raise FileError(errno_name, message, path)
-    raise ProviderError(f"{path}: unexpected answer from the workspace helper: {line[:200]!r}")
 
 
 class DockerProvider(Provider):
@@ -322,7 +166,7 @@ class DockerProvider(Provider):
         """
         with engine_errors("starting the container"):
             params = {"stdout": 1, "stderr": 1, "stream": 1}
-            attached = _Frames(self.client.api.attach_socket(ref, params=params), time.monotonic() + 60)
+            attached = Frames(self.client.api.attach_socket(ref, params=params), time.monotonic() + 60)
         output = b""
         try:
             with engine_errors("starting the container"):
@@ -340,22 +184,11 @@ class DockerProvider(Provider):
             "may be overloaded; try again, and run `agentbox doctor` if it keeps failing"
         )
 
-    def _wait_ready(self, ref: str) -> None:
-        """Ready means a command has run: the sandbox is up, not merely created."""
-        call = _Exec(self, ref, ["probe"], deadline=time.monotonic() + 60)
-        try:
-            output = b"".join(data for _, data in call.frames())
-            code = call.exit_code()
-        finally:
-            call.close()
-        if code != 0:
-            raise ProviderError(f"the workspace started but cannot run commands (exit {code}): {output[-300:]!r}")
-
     def start(self, ref: str) -> None:
         self.disks.ensure_mounted(_workspace_id(ref))
         with engine_errors("starting the workspace"):
             self.client.api.start(ref)
-        self._wait_ready(ref)
+        self._channel(ref).probe()
 
     def stop(self, ref: str) -> None:
         with engine_errors("stopping the workspace"):
@@ -381,7 +214,7 @@ class DockerProvider(Provider):
                 if self.client.api.inspect_container(ref)["HostConfig"].get("Runtime") == STANDARD_RUNTIME:
                     return False
             try:
-                self._wait_ready(ref)
+                self._channel(ref).probe()
                 return False
             except ProviderError as exc:
                 log.warning("workspace %s cannot run commands (%s): restarting it", _workspace_id(ref), exc.detail)
@@ -436,120 +269,28 @@ class DockerProvider(Provider):
             found.setdefault(name, (CONTAINER_PREFIX + name, "missing"))  # a disk whose container is gone
         return found
 
-    # Commands
+    # Commands and files: through the helper, over the Engine API's exec
+
+    def _channel(self, ref: str) -> HelperChannel:
+        return HelperChannel(EngineTransport(self.client, ref, self.user))
 
     def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
-        argv = ["run", "-m", str(request.output_limit)]
-        deadline = None
-        if request.timeout is not None:
-            argv += ["-t", f"{request.timeout:g}"]
-            deadline = time.monotonic() + request.timeout + HOST_GRACE_SECONDS
-        started = time.monotonic()
-        # Started here, not lazily, so that a missing workspace fails before any output is promised.
-        call = _Exec(self, ref, [*argv, "--", *request.argv], cwd=request.cwd, env=request.env, deadline=deadline)
-        return self._events(call, request.timeout, started)
-
-    def _events(self, call: _Exec, timeout: float | None, started: float) -> Iterator[ExecEvent]:
-        try:
-            try:
-                first = True
-                for stream, data in call.frames():
-                    if first and data.startswith(b"OCI runtime exec failed"):
-                        # The engine could not start the command at all; it says why in-band.
-                        raise _engine_exec_failure(data + b"".join(d for _, d in call.frames()))
-                    first = False
-                    yield Output("stdout" if stream == 1 else "stderr", data)
-            except TimeoutError:
-                duration_ms = int((time.monotonic() - started) * 1000)
-                yield Exit(exit_code=TIMEOUT_EXIT_CODE, timed_out=True, duration_ms=duration_ms)
-                return
-            code = call.exit_code()
-            duration_ms = int((time.monotonic() - started) * 1000)
-            timed_out = code == TIMEOUT_EXIT_CODE and timeout is not None and duration_ms >= timeout * 1000
-            yield Exit(exit_code=code, timed_out=timed_out, duration_ms=duration_ms, signal=signal_of(code))
-        finally:
-            # Closing the connection early makes the helper kill the command's process group.
-            call.close()
-
-    # Files
-
-    def _get(self, ref: str, path: str) -> tuple[_Exec, _HeaderReader, bytes]:
-        call = _Exec(self, ref, ["get", path])
-        reader = _HeaderReader(call.read_stdout())
-        header = reader.header()
-        if header.startswith((b"F ", b"D")):
-            return call, reader, header
-        call.close()
-        _raise_helper_error(header, path)
-        raise AssertionError("unreachable")
+        return self._channel(ref).exec_stream(request)
 
     def stat(self, ref: str, path: str) -> FileStat | list[DirEntry]:
-        call, reader, header = self._get(ref, path)
-        try:
-            if header.startswith(b"F "):
-                _, size, mode = header.split(b" ")
-                return FileStat(size=int(size), mode=int(mode, 8))
-            return _parse_listing(b"".join(reader.body()))
-        finally:
-            call.close()
+        return self._channel(ref).stat(path)
 
     def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]:
-        call, reader, header = self._get(ref, path)
-        if not header.startswith(b"F "):
-            call.close()
-            raise FileError("EISDIR", "Is a directory", path)
-        _, size, mode = header.split(b" ")
-
-        def body() -> Iterator[bytes]:
-            try:
-                yield from reader.body()
-            finally:
-                call.close()
-
-        return FileStat(size=int(size), mode=int(mode, 8)), body()
+        return self._channel(ref).read_file(path)
 
     def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
-        call = _Exec(self, ref, ["put", path, "-p", f"{mode:o}", "-s", str(size)], stdin=True)
-        try:
-            call.send(data)
-            answer = b"".join(call.read_stdout()).strip()
-        finally:
-            call.close()
-        if not answer.startswith(b"OK"):
-            _raise_helper_error(answer, path)
-        return int(answer.split(b" ")[1])
+        return self._channel(ref).write_file(path, data, size, mode)
 
     def read_archive(self, ref: str, path: str) -> Iterator[bytes]:
-        if not isinstance(self.stat(ref, path), list):
-            raise FileError("ENOTDIR", "Not a directory", path)
-        call = _Exec(self, ref, ["run", "-m", str(NO_LIMIT), "--", "tar", "-c", "-f", "-", "-C", path, "."])
-
-        def body() -> Iterator[bytes]:
-            try:
-                yield from call.read_stdout()
-            finally:
-                call.close()
-
-        return body()
+        return self._channel(ref).read_archive(path)
 
     def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
-        call = _Exec(self, ref, ["mkdir", path])
-        try:
-            answer = b"".join(call.read_stdout()).strip()
-        finally:
-            call.close()
-        if answer != b"OK":
-            _raise_helper_error(answer, path)
-        call = _Exec(self, ref, ["run", "-i", "-m", "65536", "--", "tar", "-x", "-f", "-", "-C", path], stdin=True)
-        try:
-            call.send(data)
-            errors = b"".join(chunk for stream, chunk in call.frames() if stream == 2)
-            code = call.exit_code()
-        finally:
-            call.close()
-        if code != 0:
-            message = errors.decode("utf-8", "replace").strip()[-1000:]
-            raise BadRequest(f"unpacking the archive into {path} failed (tar exit {code}): {message}")
+        self._channel(ref).write_archive(path, data)
 
 
 def _workspace_id(ref: str) -> str:
@@ -569,32 +310,3 @@ def install_helper(directory: Path) -> Path:
         partial.chmod(0o755)
         partial.replace(target)
     return target
-
-
-def _engine_exec_failure(message: bytes) -> ProviderError | BadRequest:
-    text = message.decode("utf-8", "replace").strip()
-    if "working directory" in text or "chdir" in text:
-        return BadRequest(f"the working directory does not exist in the workspace: create it first ({text})")
-    if "control server" in text:
-        return ProviderError(
-            f"the workspace's sandbox cannot be reached by this host's runsc ({text}): it was started by another "
-            "runsc build (an upgrade in place). Stop and start the workspace, or restart the server, which does so "
-            "for every such workspace; its files are kept"
-        )
-    return BadRequest(f"the command could not be started: {text}")
-
-
-def _parse_listing(data: bytes) -> list[DirEntry]:
-    entries = []
-    for record in filter(None, data.split(b"\0")):
-        kind, size, mode, mtime, name = record.split(b" ", 4)
-        entries.append(
-            DirEntry(
-                name=name.decode("utf-8", "replace"),
-                type=_TYPES.get(kind, "other"),
-                size=int(size),
-                mode=int(mode, 8),
-                mtime=int(mtime),
-            )
-        )
-    return entries

@@ -1,0 +1,163 @@
+"""The Docker Engine API as agentbox uses it: its errors mapped to agentbox's, and exec as the
+transport of the helper's channel (agentbox.sandbox.channel) into a container."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from agentbox.errors import AgentboxError, BadRequest, ProviderError, ProviderUnavailable, WorkspaceGone
+from agentbox.sandbox import HELPER_IN_WORKSPACE
+
+
+@contextmanager
+def engine_errors(what: str) -> Iterator[None]:
+    """Turn the Docker SDK's exceptions into provider errors that say what to do."""
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        raise WorkspaceGone(f"{what}: the container no longer exists ({exc.explanation})") from None
+    except docker.errors.APIError as exc:
+        raise ProviderError(f"{what}: the Docker engine said: {exc.explanation or exc}") from None
+    except requests.exceptions.Timeout:
+        raise ProviderUnavailable(
+            f"{what}: the Docker engine did not answer in time; it may be overloaded or restarting, try again"
+        ) from None
+    except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+        raise ProviderUnavailable(
+            f"{what}: the Docker engine cannot be reached ({exc}); is dockerd running? (`make run` starts it)"
+        ) from None
+
+
+class Frames:
+    """A hijacked Engine API connection: Docker's multiplexed stdout/stderr frames, and stdin."""
+
+    def __init__(self, response_socket: Any, deadline: float | None = None) -> None:
+        self._sock: socket.socket = getattr(response_socket, "_sock", response_socket)
+        self._keepalive = response_socket
+        self._deadline = deadline
+        self._pending = b""
+
+    def send(self, chunks: Iterable[bytes]) -> int:
+        """Write all of `chunks` to the command's stdin, then close it; return the bytes sent."""
+        sent = 0
+        try:
+            for chunk in chunks:
+                self._sock.sendall(chunk)
+                sent += len(chunk)
+        except BrokenPipeError:
+            pass  # the command stopped reading; its exit status says why
+        self._sock.shutdown(socket.SHUT_WR)
+        return sent
+
+    def _recv_exactly(self, size: int) -> bytes | None:
+        while len(self._pending) < size:
+            if self._deadline is not None:
+                self._sock.settimeout(max(0.01, self._deadline - time.monotonic()))
+            data = self._sock.recv(max(65536, size - len(self._pending)))
+            if not data:
+                return None
+            self._pending += data
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def frames(self) -> Iterator[tuple[int, bytes]]:
+        """(1 for stdout | 2 for stderr, data) until the command closes its output.
+
+        Raises TimeoutError if the host-side deadline passes first.
+        """
+        while True:
+            header = self._recv_exactly(8)
+            if header is None:
+                return
+            stream, size = struct.unpack(">BxxxL", header)
+            payload = self._recv_exactly(size)
+            if payload is None:
+                return
+            yield stream, payload
+
+    def close(self) -> None:
+        self._sock.close()
+        self._keepalive.close()
+
+
+class EngineCall(Frames):
+    """One exec of the helper in a container (a `Call` of the channel)."""
+
+    def __init__(self, api: docker.APIClient, exec_id: str, deadline: float | None) -> None:
+        with engine_errors("exec"):
+            super().__init__(api.exec_start(exec_id, socket=True), deadline)
+        self._api = api
+        self.id = exec_id
+        self._first = True
+
+    def frames(self) -> Iterator[tuple[int, bytes]]:
+        for stream, data in super().frames():
+            if self._first and data.startswith(b"OCI runtime exec failed"):
+                # The engine could not start the helper at all; it says why in-band.
+                raise _engine_exec_failure(data + b"".join(d for _, d in super().frames()))
+            self._first = False
+            yield stream, data
+
+    def exit_code(self) -> int:
+        # The engine may record the exit code a moment after the output closes.
+        for _ in range(200):
+            with engine_errors("exec"):
+                details = self._api.exec_inspect(self.id)
+            if not details.get("Running") and details.get("ExitCode") is not None:
+                return int(details["ExitCode"])
+            time.sleep(0.005)
+        raise ProviderError(
+            "the command ended without an exit status: the workspace's sandbox stopped under it "
+            "(it restarts by itself if it crashed); run the command again"
+        )
+
+
+class EngineTransport:
+    """The helper in container `ref`, run as `user` through the Engine API's exec."""
+
+    def __init__(self, client: docker.DockerClient, ref: str, user: str) -> None:
+        self._api = client.api
+        self.ref = ref
+        self.user = user
+
+    def call(
+        self,
+        argv: list[str],
+        *,
+        stdin: bool = False,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> EngineCall:
+        with engine_errors("exec"):
+            exec_id = self._api.exec_create(
+                self.ref,
+                [HELPER_IN_WORKSPACE, *argv],
+                stdin=stdin,
+                user=self.user,
+                workdir=cwd,
+                environment=[f"{k}={v}" for k, v in (env or {}).items()],
+            )["Id"]
+        return EngineCall(self._api, exec_id, deadline)
+
+
+def _engine_exec_failure(message: bytes) -> AgentboxError:
+    text = message.decode("utf-8", "replace").strip()
+    if "working directory" in text or "chdir" in text:
+        return BadRequest(f"the working directory does not exist in the workspace: create it first ({text})")
+    if "control server" in text:
+        return ProviderError(
+            f"the workspace's sandbox cannot be reached by this host's runsc ({text}): it was started by another "
+            "runsc build (an upgrade in place). Stop and start the workspace, or restart the server, which does so "
+            "for every such workspace; its files are kept"
+        )
+    return BadRequest(f"the command could not be started: {text}")
