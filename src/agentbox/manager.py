@@ -8,7 +8,6 @@ to run in worker threads.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
@@ -57,8 +56,6 @@ class WorkspaceManager:
         # Providers that exist but cannot be used here, with the reason and the fix.
         self.unavailable = dict(unavailable or {})
         self.metrics = metrics or Metrics()
-        # Admission is counted from the database under this lock, so the cap holds across restarts.
-        self._admission = threading.Lock()
         self.pool: WarmPool | None = None
         if settings.warm_pool_size > 0 and settings.default_provider in self.providers:
             self.pool = WarmPool(
@@ -129,14 +126,18 @@ class WorkspaceManager:
             "created_at": now,
             "expires_at": expires_at,
         }
-        with self._admission:
+        pooled = self.pool is not None and self.pool.serves(provider_name, request, network)
+        # Resolved before admission, not under it: a name lookup may take seconds. (A pooled
+        # workspace has its own; a cold create after an empty pool resolves in _before_create.)
+        allow_cidrs = None if pooled else self._resolve(network["allow"])
+        with self.store.admission():
             self._check_room()
-            if self.pool is not None and self.pool.serves(provider_name, request, network):
+            if pooled:
+                assert self.pool is not None
                 claimed = self.pool.take(status=Status.RUNNING.value, **claim)
                 if claimed is not None:
                     self.on_change()
                     return self._handed_out("pool", claimed, started)
-            allow_cidrs = self._resolve(network["allow"])
             workspace = Workspace(
                 id=new_workspace_id(),
                 provider=provider_name,
@@ -214,7 +215,7 @@ class WorkspaceManager:
         if workspace.status == Status.RUNNING:
             return workspace
         self._require(workspace, Status.STOPPED, "start")
-        with self._admission:
+        with self.store.admission():
             self._check_room()
             self.store.update(workspace.id, "starting", status=Status.STARTING.value)
         try:
@@ -452,7 +453,7 @@ class WorkspaceManager:
         return self._provider(workspace.provider), self._ref(workspace), request
 
     def _check_room(self) -> None:
-        """Refuse when the cap is reached; the caller holds the admission lock."""
+        """Refuse when the cap is reached; the caller holds the store's admission lock."""
         active = self.store.count_active()
         if active >= self.settings.max_concurrent:
             self.metrics.rejections.inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -21,6 +22,8 @@ from agentbox.models import Event, Status, Workspace, utcnow
 ACTIVE = (Status.STARTING.value, Status.RUNNING.value)
 #: Owned workspaces that still exist (or may still hold resources).
 LIVE = (Status.STARTING.value, Status.RUNNING.value, Status.STOPPED.value, Status.FAILED.value)
+#: The PostgreSQL advisory lock under which workspaces are admitted (any fixed number will do).
+ADMISSION_LOCK = 0x61676278
 
 
 class Store:
@@ -33,6 +36,7 @@ class Store:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._admission = threading.Lock()
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (a no-op when it is already there)."""
@@ -44,6 +48,26 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """Hold the admission lock: counting the active workspaces and adding one happen under it.
+
+        On PostgreSQL it is an advisory lock in the database, so the cap holds across every server
+        process that shares it; SQLite serves one process, where a thread lock is the same. Only
+        database work belongs under it: name lookups and engine calls happen before or after.
+        """
+        with self._admission:
+            if self.engine.dialect.name != "postgresql":
+                yield
+                return
+            with self.engine.connect() as connection:
+                connection.execute(select(func.pg_advisory_lock(ADMISSION_LOCK)))
+                try:
+                    yield
+                finally:
+                    connection.execute(select(func.pg_advisory_unlock(ADMISSION_LOCK)))
+                    connection.commit()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

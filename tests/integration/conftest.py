@@ -13,6 +13,7 @@ import sys
 import tarfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -21,6 +22,7 @@ import docker
 import docker.errors
 import httpx
 import pytest
+import sqlalchemy
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentbox.client import APIError, Client
@@ -408,3 +410,26 @@ def host_addresses(client: docker.DockerClient) -> list[str]:
     gateway = client.api.inspect_network(NETWORK)["IPAM"]["Config"][0]["Gateway"]
     route = subprocess.run(["ip", "-j", "route", "get", "1.1.1.1"], capture_output=True, text=True, check=True)
     return [gateway, json.loads(route.stdout)[0]["prefsrc"]]
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    """The admin URL of a real PostgreSQL on loopback (scripts/start-postgres.sh installs and starts it)."""
+    script = Path(__file__).parents[2] / "scripts" / "start-postgres.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: str) -> Iterator[str]:
+    """A fresh database of its own on that PostgreSQL, dropped afterwards."""
+    name = f"agentbox_test_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(postgres_admin, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    # The plain scheme, as a user would write it.
+    yield postgres_admin.rsplit("/", 1)[0].replace("postgresql+psycopg://", "postgresql://") + f"/{name}"
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

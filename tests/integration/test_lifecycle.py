@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import httpx
-import pytest
-import sqlalchemy
 
 from .conftest import KEYS, WORKSPACE_LABEL, Server
 
@@ -61,24 +56,6 @@ def test_disabled_server_answers_404_and_starts_nothing(tmp_path: Path, docker_c
         assert {c.id for c in docker_client.containers.list(all=True)} == before
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database on a real PostgreSQL (scripts/start-postgres.sh installs and starts it)."""
-    script = Path(__file__).parents[2] / "scripts" / "start-postgres.sh"
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    admin_url = result.stdout.strip().splitlines()[-1]
-    name = f"agentbox_test_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    # The plain scheme, as a user would write it.
-    yield admin_url.rsplit("/", 1)[0].replace("postgresql+psycopg://", "postgresql://") + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_postgresql_database_keeps_workspaces_across_restarts(tmp_path: Path, postgres_url: str) -> None:
