@@ -19,8 +19,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=10, help="idle workspaces for the density measurement")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latest.json")
     parser.add_argument("--skip-workloads", action="store_true", help="leave out the real-workload section")
+    parser.add_argument("--burst", type=int, default=20, help="concurrent create+exec in the burst rows (default 20)")
     args = parser.parse_args()
 
     engine = docker.from_env()
@@ -112,6 +115,8 @@ def main() -> None:
         tempfile.TemporaryDirectory() as cold_dir,
         tempfile.TemporaryDirectory() as warm_dir,
         tempfile.TemporaryDirectory() as ptrace_dir,
+        tempfile.TemporaryDirectory() as burst_dir,
+        tempfile.TemporaryDirectory() as pool_dir,
     ):
         with server(Path(cold_dir)) as api:
             runtime = api.get("/health").json()["runtime"]
@@ -125,6 +130,11 @@ def main() -> None:
                     workloads = real_workloads(targets, project)
         with server(Path(warm_dir), WORKSPACE_WARM_POOL_SIZE="2") as api:
             results["claim_api"] = warm_claims(api, args.rounds, pool_size=2)
+        with fenced_network(engine):
+            with server(Path(burst_dir), **BURST_SERVER) as api:
+                results |= bursts(api, engine, runtime, args.burst)
+            with server(Path(pool_dir), **BURST_SERVER, WORKSPACE_WARM_POOL_SIZE=str(args.burst)) as api:
+                results["burst_pool"] = pool_burst(api, args.burst)
     report(results, density, workloads, runtime, args.output)
 
 
@@ -176,6 +186,101 @@ def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, 
     api.delete(f"/workspaces/{workspace_id}")
     target.remove(force=True)
     return results
+
+
+BENCH_NETWORK = "agentbox-bench-net"
+# The burst's workspaces: 256 MiB and a quarter of a CPU each, the server's defaults for it (so
+# that a pool of them serves a create that asks for nothing).
+BURST_SERVER = {
+    "WORKSPACE_NETWORK_NAME": BENCH_NETWORK,
+    "WORKSPACE_MAX_CONCURRENT": "200",
+    "WORKSPACE_DEFAULT_MEMORY": "256M",
+    "WORKSPACE_DEFAULT_CPU": "0.25",
+}
+
+
+@contextmanager
+def fenced_network(engine: docker.DockerClient) -> Iterator[None]:
+    """The burst runs on a fenced workspace network (the server makes it); removed afterwards."""
+    from agentbox.firewall import Firewall
+
+    try:
+        yield
+    finally:
+        try:
+            Firewall.for_network(engine.api.inspect_network(BENCH_NETWORK)).remove()
+            engine.api.remove_network(BENCH_NETWORK)
+        except docker.errors.NotFound:
+            pass
+
+
+def bursts(api: httpx.Client, engine: docker.DockerClient, runtime: str, size: int) -> dict[str, list[float]]:
+    """`size` concurrent create + first exec (256 MiB, 0.25 CPU each): through the API on the fenced
+    network, the same straight through the Engine API on the same bridge, then from a full pool.
+
+    Each sample is one workspace's time from the burst's start to its first exec's answer.
+    """
+    print(f"==> bursts of {size} concurrent create + first exec: API (fenced network) vs raw Engine API", flush=True)
+
+    def raw_one(_: int) -> str:
+        container = engine.containers.run(
+            IMAGE,
+            ["sleep", "infinity"],
+            runtime=runtime,
+            mem_limit="256m",
+            nano_cpus=int(0.25e9),
+            network=BENCH_NETWORK,
+            detach=True,
+        )
+        exec_id = engine.api.exec_create(container.id, ["true"])["Id"]
+        engine.api.exec_start(exec_id)
+        return str(container.id)
+
+    results: dict[str, list[float]] = {}
+    for name, one, remove in (
+        ("burst_raw", raw_one, lambda ref: engine.api.remove_container(ref, force=True)),
+        ("burst_api", lambda _: create_and_exec(api), lambda ref: api.delete(f"/workspaces/{ref}")),
+    ):
+        samples, made = burst_of(one, size)
+        results[name] = samples
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(remove, made))
+    return results
+
+
+def pool_burst(api: httpx.Client, size: int) -> list[float]:
+    """The same burst against a full warm pool of `size`."""
+    print(f"==> the burst from a warm pool of {size}", flush=True)
+    while pool_ready(api) < size:
+        time.sleep(0.5)
+    time.sleep(1)  # let the last boots settle
+    samples, made = burst_of(lambda _: create_and_exec(api), size)
+    for workspace_id in made:
+        api.delete(f"/workspaces/{workspace_id}")
+    return samples
+
+
+def create_and_exec(api: httpx.Client) -> str:
+    created = api.post("/workspaces", json={})
+    created.raise_for_status()
+    workspace_id = str(created.json()["id"])
+    api.post(f"/workspaces/{workspace_id}/exec", json={"command": ["true"]}).raise_for_status()
+    return workspace_id
+
+
+def burst_of(one: Callable[[int], str], size: int) -> tuple[list[float], list[str]]:
+    """Run `one` `size` times at once; (milliseconds each took from the common start, what each made)."""
+    start = threading.Barrier(size)
+
+    def timed_one(i: int) -> tuple[float, str]:
+        start.wait()
+        began = time.perf_counter()
+        made = one(i)
+        return (time.perf_counter() - began) * 1000, made
+
+    with ThreadPoolExecutor(max_workers=size) as pool:
+        done = list(pool.map(timed_one, range(size)))
+    return [ms for ms, _ in done], [made for _, made in done]
 
 
 def warm_claims(api: httpx.Client, rounds: int, pool_size: int) -> list[float]:
@@ -322,6 +427,8 @@ def report(
         "exec_api_over_raw_p50": round(summary["exec_api"]["p50_ms"] / summary["exec_raw"]["p50_ms"], 2),
         "claim_over_cold_create_p50": round(summary["claim_api"]["p50_ms"] / summary["create_api"]["p50_ms"], 3),
     }
+    if "burst_api" in summary:
+        ratios["burst_api_over_raw_p50"] = round(summary["burst_api"]["p50_ms"] / summary["burst_raw"]["p50_ms"], 2)
     print(f"\n{'measurement':<14}{'p50 ms':>10}{'p95 ms':>10}")
     for name, values in summary.items():
         print(f"{name:<14}{values['p50_ms']:>10}{values['p95_ms']:>10}")

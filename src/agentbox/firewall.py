@@ -1,8 +1,9 @@
 """The host firewall around the workspace network: what a workspace may reach.
 
 Three iptables chains per workspace network, owned by agentbox and rewritten whole (one
-atomic `iptables-restore`) whenever a workspace comes or goes, and again every few
-seconds, so that they come back after a firewall flush:
+atomic `iptables-restore`) whenever a workspace comes or goes (creates that arrive together
+share one rewrite: `sync`), and again every few seconds, so that they come back after a
+firewall flush:
 
 - `AGENTBOX-FWD-<network>`, hooked from DOCKER-USER for traffic from the bridge, is what a
   workspace may reach through the host: never the addresses in `blocked` (private ranges,
@@ -142,22 +143,38 @@ class Firewall:
         lines += [f"-A {fwd} -j {rej}", f"-A {inp} -j {rej}", "COMMIT", ""]
         return "\n".join(lines)
 
+    def sync(self, grants_of: Callable[[], Grants], force: bool = False) -> None:
+        """Bring the chains in line with `grants_of()`, asked under the lock (`force`: rewrite anyway).
+
+        Asking under the lock batches creates that arrive together: while one rewrite runs, the
+        others wait, and the first of them to go next reads every grant added meanwhile, so the
+        rest find nothing left to do.
+        """
+        with self._lock:
+            grants = grants_of()
+            if force or grants != self.applied:
+                self._apply(grants)
+
     def apply(self, grants: Grants) -> None:
         """Rewrite the chains for `grants` and make sure they are hooked in (again, after a flush)."""
         with self._lock:
-            families = (4, 6) if self.ipv6 else (4,)
-            missing = []
-            for family in families:
-                tool = "iptables" if family == 4 else "ip6tables"
-                _run([f"{tool}-restore", "--wait", "5", "--noflush"], self.ruleset(grants, family))
-                for builtin, chain in self.hooks(family):
-                    rule = [builtin, "-i", self.bridge, "-j", chain]
-                    if not _succeeds([tool, "-w", "5", "-C", *rule]):
-                        _run([tool, "-w", "5", "-I", *rule[:1], "1", *rule[1:]])
-                        missing.append(f"{tool} {builtin}")
-            if missing and self.applied is not None:
-                log.warning("firewall: the jumps into agentbox's chains were gone (%s); restored", ", ".join(missing))
-            self.applied = {mac: None if cidrs is None else tuple(cidrs) for mac, cidrs in grants.items()}
+            self._apply(grants)
+
+    def _apply(self, grants: Grants) -> None:
+        """The rewrite itself; the caller holds the lock."""
+        families = (4, 6) if self.ipv6 else (4,)
+        missing = []
+        for family in families:
+            tool = "iptables" if family == 4 else "ip6tables"
+            _run([f"{tool}-restore", "--wait", "5", "--noflush"], self.ruleset(grants, family))
+            for builtin, chain in self.hooks(family):
+                rule = [builtin, "-i", self.bridge, "-j", chain]
+                if not _succeeds([tool, "-w", "5", "-C", *rule]):
+                    _run([tool, "-w", "5", "-I", *rule[:1], "1", *rule[1:]])
+                    missing.append(f"{tool} {builtin}")
+        if missing and self.applied is not None:
+            log.warning("firewall: the jumps into agentbox's chains were gone (%s); restored", ", ".join(missing))
+        self.applied = {mac: None if cidrs is None else tuple(cidrs) for mac, cidrs in grants.items()}
 
     def remove(self) -> None:
         """Unhook and delete the chains (when the workspace network itself goes)."""

@@ -361,13 +361,14 @@ class WorkspaceManager:
         """Bring the firewall in line with the workspaces on the network (`force`: rewrite and re-hook it anyway)."""
         if self.firewall is None:
             return
-        grants: Grants = {
+        self.firewall.sync(self._grants, force)
+
+    def _grants(self) -> Grants:
+        return {
             mac_address(w.id): w.allow_cidrs if w.allow is not None else None
             for w in self.store.find(statuses=[*LIVE, Status.POOLED.value])
             if w.network == self.settings.network_name
         }
-        if force or grants != self.firewall.applied:
-            self.firewall.apply(grants)
 
     # Repositories
 

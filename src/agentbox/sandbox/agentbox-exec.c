@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -261,14 +262,19 @@ static unsigned long long max_bytes = 10485760;
  * not enough under gVisor: a member that is inside fork() when the signal
  * lands can still bring a child into the group that never saw it (Linux fails
  * such a fork; runsc does not), and the members of a fork bomb are always
- * inside fork().  So: again, every millisecond, until the group is empty (its
- * orphans are reaped by init) or 10 s have passed. */
+ * inside fork().  So: again, every millisecond, until the group is empty or
+ * 10 s have passed.  `run` is the command's subreaper, so the dead members are
+ * its own to reap here: a zombie still counts as a member. */
 static void kill_group(void) {
     long long give_up = now_ns() + 10 * NSEC;
     struct timespec pause = {0, 1000000};
-    while (kill(-child, SIGKILL) == 0 && now_ns() < give_up) {
-        if (!child_reaped && waitpid(child, NULL, WNOHANG) == child)
-            child_reaped = 1;
+    for (;;) {
+        pid_t reaped;
+        while ((reaped = waitpid(-1, NULL, WNOHANG)) > 0)
+            if (reaped == child)
+                child_reaped = 1;
+        if (kill(-child, SIGKILL) != 0 || now_ns() >= give_up)
+            break;
         nanosleep(&pause, NULL);
     }
     if (!child_reaped)
@@ -480,6 +486,8 @@ static int cmd_run(int argc, char **argv) {
     sigset_t block = term_and_chld(), orig;
     sigprocmask(SIG_BLOCK, &block, &orig);
 
+    /* The command's orphans become ours while we run, so a timeout can reap them (kill_group). */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     int out[2], err[2], ep[2];
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0 ||
         (child = vfork()) < 0) {
