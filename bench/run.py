@@ -130,11 +130,12 @@ def main() -> None:
                     workloads = real_workloads(targets, project)
         with server(Path(warm_dir), WORKSPACE_WARM_POOL_SIZE="2") as api:
             results["claim_api"] = warm_claims(api, args.rounds, pool_size=2)
-        with fenced_network(engine):
-            with server(Path(burst_dir), **BURST_SERVER) as api:
-                results |= bursts(api, engine, runtime, args.burst)
-            with server(Path(pool_dir), **BURST_SERVER, WORKSPACE_WARM_POOL_SIZE=str(args.burst)) as api:
-                results["burst_pool"] = pool_burst(api, args.burst)
+        # Each server makes the network afresh: a workspace network belongs to one deployment.
+        with fenced_network(engine), server(Path(burst_dir), **BURST_SERVER) as api:
+            results |= bursts(api, engine, runtime, args.burst)
+        pooled = {**BURST_SERVER, "WORKSPACE_WARM_POOL_SIZE": str(args.burst)}
+        with fenced_network(engine), server(Path(pool_dir), **pooled) as api:
+            results["burst_pool"] = pool_burst(api, args.burst)
     report(results, density, workloads, runtime, args.output)
 
 
