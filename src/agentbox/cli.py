@@ -18,7 +18,6 @@ from rich.table import Column, Table
 from agentbox.client import APIError, Client
 from agentbox.config import ConfigError, Settings, load_settings
 
-TIMED_OUT = 124  # the exit code of a command killed at its deadline, as timeout(1)
 app = typer.Typer(help="Isolated workspaces for AI agents, on Docker with gVisor.", no_args_is_help=True)
 ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args_is_help=True)
 app.add_typer(ws, name="ws")
@@ -226,8 +225,7 @@ def ws_exec(
                     (sys.stdout if event["stream"] == "stdout" else sys.stderr).write(event["data"])
                 elif "exit_code" in event:
                     code = event["exit_code"]
-                    if event.get("timed_out"):
-                        code = TIMED_OUT
+                    if event.get("timed_out"):  # its exit code is then 124, as under timeout(1)
                         errors.print(f"[yellow]timed out after {event['duration_ms'] / 1000:.1f} s[/yellow]")
                     elif event.get("signal"):
                         errors.print(f"[yellow]killed by {event['signal']}[/yellow]")

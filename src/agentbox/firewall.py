@@ -144,37 +144,29 @@ class Firewall:
         return "\n".join(lines)
 
     def sync(self, grants_of: Callable[[], Grants], force: bool = False) -> None:
-        """Bring the chains in line with `grants_of()`, asked under the lock (`force`: rewrite anyway).
+        """Bring the chains in line with `grants_of()` and make sure they are hooked in (again, after a
+        flush); `force`: rewrite them even when nothing changed.
 
-        Asking under the lock batches creates that arrive together: while one rewrite runs, the
-        others wait, and the first of them to go next reads every grant added meanwhile, so the
-        rest find nothing left to do.
+        `grants_of` is asked under the lock, which batches creates that arrive together: while one
+        rewrite runs the others wait, and the first of them to go next reads every grant added
+        meanwhile, so the rest find nothing left to do.
         """
         with self._lock:
             grants = grants_of()
-            if force or grants != self.applied:
-                self._apply(grants)
-
-    def apply(self, grants: Grants) -> None:
-        """Rewrite the chains for `grants` and make sure they are hooked in (again, after a flush)."""
-        with self._lock:
-            self._apply(grants)
-
-    def _apply(self, grants: Grants) -> None:
-        """The rewrite itself; the caller holds the lock."""
-        families = (4, 6) if self.ipv6 else (4,)
-        missing = []
-        for family in families:
-            tool = "iptables" if family == 4 else "ip6tables"
-            _run([f"{tool}-restore", "--wait", "5", "--noflush"], self.ruleset(grants, family))
-            for builtin, chain in self.hooks(family):
-                rule = [builtin, "-i", self.bridge, "-j", chain]
-                if not _succeeds([tool, "-w", "5", "-C", *rule]):
-                    _run([tool, "-w", "5", "-I", *rule[:1], "1", *rule[1:]])
-                    missing.append(f"{tool} {builtin}")
-        if missing and self.applied is not None:
-            log.warning("firewall: the jumps into agentbox's chains were gone (%s); restored", ", ".join(missing))
-        self.applied = {mac: None if cidrs is None else tuple(cidrs) for mac, cidrs in grants.items()}
+            if not force and grants == self.applied:
+                return
+            missing = []
+            for family in (4, 6) if self.ipv6 else (4,):
+                tool = "iptables" if family == 4 else "ip6tables"
+                _run([f"{tool}-restore", "--wait", "5", "--noflush"], self.ruleset(grants, family))
+                for builtin, chain in self.hooks(family):
+                    rule = [builtin, "-i", self.bridge, "-j", chain]
+                    if not _succeeds([tool, "-w", "5", "-C", *rule]):
+                        _run([tool, "-w", "5", "-I", *rule[:1], "1", *rule[1:]])
+                        missing.append(f"{tool} {builtin}")
+            if missing and self.applied is not None:
+                log.warning("firewall: the jumps into agentbox's chains were gone (%s); restored", ", ".join(missing))
+            self.applied = {mac: None if cidrs is None else tuple(cidrs) for mac, cidrs in grants.items()}
 
     def remove(self) -> None:
         """Unhook and delete the chains (when the workspace network itself goes)."""

@@ -126,15 +126,14 @@ class WorkspaceManager:
             "created_at": now,
             "expires_at": expires_at,
         }
-        pooled = self.pool is not None and self.pool.serves(provider_name, request, network)
+        pool = self.pool if self.pool is not None and self.pool.serves(provider_name, request, network) else None
         # Resolved before admission, not under it: a name lookup may take seconds. (A pooled
         # workspace has its own; a cold create after an empty pool resolves in _before_create.)
-        allow_cidrs = None if pooled else self._resolve(network["allow"])
+        allow_cidrs = None if pool is not None else self._resolve(network["allow"])
         with self.store.admission():
             self._check_room()
-            if pooled:
-                assert self.pool is not None
-                claimed = self.pool.take(status=Status.RUNNING.value, **claim)
+            if pool is not None:
+                claimed = pool.take(status=Status.RUNNING.value, **claim)
                 if claimed is not None:
                     self.on_change()
                     return self._handed_out("pool", claimed, started)

@@ -61,6 +61,10 @@ class Output:
     data: bytes
 
 
+#: A command killed at its deadline exits with this, as under timeout(1).
+TIMEOUT_EXIT_CODE = 124
+
+
 @dataclass(frozen=True)
 class Exit:
     exit_code: int

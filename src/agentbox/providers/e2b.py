@@ -33,6 +33,7 @@ from e2b import CommandHandle, Sandbox, SandboxQuery, SandboxState
 from agentbox.errors import BadRequest, FileError, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.network import NO_NETWORK
 from agentbox.providers.base import (
+    TIMEOUT_EXIT_CODE,
     Capabilities,
     DirEntry,
     EntryType,
@@ -52,7 +53,6 @@ WORKSPACE_KEY = "agentbox.workspace.id"
 INSTANCE_KEY = "agentbox.instance"
 MAX_TIMEOUT = 24 * 3600  # E2B's longest sandbox lifetime, in seconds
 RENEW_SLACK = 3600  # renew once an hour at most, not every round
-TIMEOUT_EXIT_CODE = 124
 _TYPES: dict[str, EntryType] = {"file": "file", "dir": "dir"}
 
 

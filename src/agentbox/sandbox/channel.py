@@ -20,9 +20,18 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from agentbox.errors import BadRequest, FileError, ProviderError
-from agentbox.providers.base import DirEntry, EntryType, ExecEvent, ExecRequest, Exit, FileStat, Output, signal_of
+from agentbox.providers.base import (
+    TIMEOUT_EXIT_CODE,
+    DirEntry,
+    EntryType,
+    ExecEvent,
+    ExecRequest,
+    Exit,
+    FileStat,
+    Output,
+    signal_of,
+)
 
-TIMEOUT_EXIT_CODE = 124  # agentbox-exec's code for "killed at the deadline", as timeout(1)
 # If the helper itself is wedged, the host gives up this long after the command's deadline.
 HOST_GRACE_SECONDS = 10.0
 NO_LIMIT = 1 << 62
