@@ -15,7 +15,7 @@ import requests.exceptions
 
 from agentbox.config import Settings
 from agentbox.providers.docker.disks import Disks
-from agentbox.providers.docker.runtime import gvisor_runtime, probe, registered, runsc_version
+from agentbox.providers.docker.runtime import gvisor_runtime, knows_systrap, probe, registered, runsc_version
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 # gVisor's netstack fails on this kernel with Debian's builds (see docs/runtime.md).
@@ -44,7 +44,7 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
     if version is not None:
         yield Check(
             f"{runtime} has the systrap platform",
-            version >= RECOMMENDED_VERSION,
+            knows_systrap(version),
             f"version {version}",
             f"{runtime} {version} has only ptrace (2-10x slower for real work): install {RECOMMENDED_VERSION} "
             "or newer (scripts/setup-host.sh takes it from bookworm-backports)",

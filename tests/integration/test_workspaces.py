@@ -313,22 +313,26 @@ def test_busybox_image_works_too(alice: Client, busybox_image: str) -> None:
 def test_gvisor_workspace_has_working_networking(alice: Client, docker_client: docker.DockerClient) -> None:
     """runsc is registered with arguments that give its workloads a real network (see docs/runtime.md)."""
     ws = alice.create()["id"]
-    (container,) = docker_client.containers.list(filters={"label": f"{WORKSPACE_LABEL}={ws}"})
-    address = next(iter(container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
-    assert address
-    alice.exec(
-        ws,
-        "echo served-from-gvisor > /workspace/index.html; "
-        "python3 -m http.server 8081 --bind 0.0.0.0 --directory /workspace >/dev/null 2>&1 &",
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            response = httpx.get(f"http://{address}:8081/index.html", timeout=2)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    assert response.text == "served-from-gvisor\n"
-    alice.delete(ws)
+    try:
+        (container,) = docker_client.containers.list(filters={"label": f"{WORKSPACE_LABEL}={ws}"})
+        address = next(iter(container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+        assert address
+        alice.exec(
+            ws,
+            "echo served-from-gvisor > /workspace/index.html; "
+            "python3 -m http.server 8081 --bind 0.0.0.0 --directory /workspace >/dev/null 2>&1 &",
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://{address}:8081/index.html", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"nothing serves on {address}:8081; in the workspace: {alice.exec(ws, 'ps -ef')['stdout']}"
+                    ) from None
+                time.sleep(0.2)
+        assert response.text == "served-from-gvisor\n"
+    finally:
+        alice.delete(ws)

@@ -61,11 +61,16 @@ class GVisorRuntime:
         for arg in self.args:
             if arg.startswith("--platform="):
                 return arg.removeprefix("--platform=")
-        build = re.sub(r"\D", "", (self.version or "").split("~")[-1])[:8]
-        return "ptrace" if build and build < SYSTRAP_SINCE else "systrap"
+        return "ptrace" if self.version and not knows_systrap(self.version) else "systrap"
 
     def describe(self) -> str:
         return f"{self.name} (runsc {self.version or 'of unknown version'}, platform {self.platform})"
+
+
+def knows_systrap(version: str) -> bool:
+    """Whether a runsc build ("0.0~20240729.0", "release-20240807.0") has the systrap platform."""
+    build = re.sub(r"\D", "", version.split("~")[-1])[:8]
+    return build >= SYSTRAP_SINCE
 
 
 def runsc_version(path: str) -> str | None:
