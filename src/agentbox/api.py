@@ -226,7 +226,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     @app.post("/api/v1/workspaces", status_code=201, response_model=WorkspaceOut)
     async def create_workspace(body: CreateWorkspace, mgr: Manager, who: Owner) -> WorkspaceOut:
-        return WorkspaceOut.of(await in_thread(mgr.create, who, body))
+        return WorkspaceOut.of(await in_thread(mgr.create, who, body.to_domain()))
 
     @app.get("/api/v1/workspaces", response_model=WorkspaceList)
     async def list_workspaces(
@@ -270,14 +270,14 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     @app.post("/api/v1/workspaces/{workspace_id}/exec", response_model=ExecOut)
     async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> ExecOut:
-        result = await in_thread(mgr.exec, who, workspace_id, body)
+        result = await in_thread(mgr.exec, who, workspace_id, body.to_command())
         return ExecOut(**vars(result))
 
     @app.post(
         "/api/v1/workspaces/{workspace_id}/exec/stream", responses={200: {"content": {"application/x-ndjson": {}}}}
     )
     async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> StreamingResponse:
-        events = await in_thread(mgr.exec_stream, who, workspace_id, body)
+        events = await in_thread(mgr.exec_stream, who, workspace_id, body.to_command())
         return StreamingResponse(_ndjson(events, mgr.settings.exec_output_limit), media_type="application/x-ndjson")
 
     @app.get(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 
 from agentbox.config import Settings
+from agentbox.domain import Command, NewWorkspace
 from agentbox.errors import BadRequest, Conflict, NotFound, ProviderError, TooManyWorkspaces, reason_of
 from agentbox.firewall import Firewall, Grants
 from agentbox.github.service import GitHub
@@ -31,7 +32,6 @@ from agentbox.providers.base import (
     Resources,
     WorkspaceSpec,
 )
-from agentbox.schemas import CreateWorkspace, ExecIn
 from agentbox.store import ACTIVE, LIVE, Store
 
 log = logging.getLogger("agentbox.manager")
@@ -74,7 +74,7 @@ class WorkspaceManager:
 
     # Lifecycle
 
-    def create(self, owner: str, request: CreateWorkspace) -> Workspace:
+    def create(self, owner: str, request: NewWorkspace) -> Workspace:
         """A running workspace of `owner`, with the repository asked for checked out in it."""
         if request.repo is None:
             return self._create(owner, request)
@@ -95,7 +95,7 @@ class WorkspaceManager:
             raise
         return self.store.update(workspace.id, "checked_out", repo=repo)
 
-    def _create(self, owner: str, request: CreateWorkspace) -> Workspace:
+    def _create(self, owner: str, request: NewWorkspace) -> Workspace:
         started = time.monotonic()
         provider_name = request.provider or self.settings.default_provider
         provider = self._provider(provider_name)
@@ -386,11 +386,11 @@ class WorkspaceManager:
 
     # Commands and files
 
-    def exec(self, owner: str, workspace_id: str, command: ExecIn) -> ExecResult:
+    def exec(self, owner: str, workspace_id: str, command: Command) -> ExecResult:
         provider, ref, request = self._exec_target(owner, workspace_id, command)
         return provider.exec(ref, request)
 
-    def exec_stream(self, owner: str, workspace_id: str, command: ExecIn) -> Iterator[ExecEvent]:
+    def exec_stream(self, owner: str, workspace_id: str, command: Command) -> Iterator[ExecEvent]:
         provider, ref, request = self._exec_target(owner, workspace_id, command)
         return provider.exec_stream(ref, request)
 
@@ -441,7 +441,7 @@ class WorkspaceManager:
         self._require(workspace, Status.RUNNING, "use")
         return workspace
 
-    def _exec_target(self, owner: str, workspace_id: str, command: ExecIn) -> tuple[Provider, str, ExecRequest]:
+    def _exec_target(self, owner: str, workspace_id: str, command: Command) -> tuple[Provider, str, ExecRequest]:
         workspace = self._running(owner, workspace_id)
         request = ExecRequest(
             argv=command.argv,

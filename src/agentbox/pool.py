@@ -13,11 +13,11 @@ import threading
 from collections.abc import Callable
 
 from agentbox.config import Settings
+from agentbox.domain import NewWorkspace
 from agentbox.errors import reason_of
 from agentbox.metrics import Metrics
 from agentbox.models import Status, Workspace, new_workspace_id, utcnow
 from agentbox.providers.base import Provider, WorkspaceSpec
-from agentbox.schemas import CreateWorkspace
 from agentbox.store import Store
 
 log = logging.getLogger("agentbox.pool")
@@ -53,7 +53,7 @@ class WarmPool:
     def size(self) -> int:
         return self.settings.warm_pool_size
 
-    def serves(self, provider_name: str, request: CreateWorkspace, network: dict[str, object]) -> bool:
+    def serves(self, provider_name: str, request: NewWorkspace, network: dict[str, object]) -> bool:
         """Whether a pooled container is exactly what `request` (with these network columns) asks for."""
         s = self.settings
         return (

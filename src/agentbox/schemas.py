@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from agentbox.config import ProviderName
+from agentbox.domain import Checkout, Command, NewWorkspace
 from agentbox.github.app import GITHUB_API
 from agentbox.models import GitHubApp, Status, Workspace
 from agentbox.network import NetworkPolicy, policy_of
@@ -142,9 +143,8 @@ class RepoSpec(BaseModel):
     installation_id: int | None = Field(None, gt=0, description="default: the App's installation on the repository")
     app: str | None = Field(None, pattern=r"^gh-[0-9a-f]{16}$", description="registered App; default: your only one")
 
-    @property
-    def name(self) -> str:
-        return self.repository.split("/", 1)[1]
+    def to_checkout(self) -> Checkout:
+        return Checkout(self.repository, self.ref, self.installation_id, self.app)
 
 
 class PushOut(BaseModel):
@@ -171,6 +171,10 @@ class CreateWorkspace(BaseModel):
         "default: the server's WORKSPACE_NETWORK_POLICY",
     )
     repo: RepoSpec | None = Field(None, description="a repository to check out into /workspace/<name>")
+
+    def to_domain(self) -> NewWorkspace:
+        fields = {name: getattr(self, name) for name in type(self).model_fields if name != "repo"}
+        return NewWorkspace(**fields, repo=self.repo.to_checkout() if self.repo else None)
 
 
 class ExtendWorkspace(BaseModel):
@@ -235,9 +239,9 @@ class ExecIn(BaseModel):
     cwd: AbsolutePath = "/workspace"
     env: Env = Field(default_factory=dict)
 
-    @property
-    def argv(self) -> list[str]:
-        return ["/bin/sh", "-c", self.command] if isinstance(self.command, str) else list(self.command)
+    def to_command(self) -> Command:
+        argv = ["/bin/sh", "-c", self.command] if isinstance(self.command, str) else list(self.command)
+        return Command(argv=argv, cwd=self.cwd, env=dict(self.env), timeout=self.timeout)
 
 
 class ExecOut(BaseModel):

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from agentbox.config import load_settings
+from agentbox.domain import Command, NewWorkspace
 from agentbox.errors import BadRequest
 from agentbox.manager import WorkspaceManager
 from agentbox.models import Status
 from agentbox.network import AllowList
 from agentbox.providers.base import Capabilities
-from agentbox.schemas import CreateWorkspace, ExecIn
 from agentbox.store import Store
 from tests.fake_provider import FakeProvider
 
@@ -42,9 +42,9 @@ def manager(tmp_path: Path, providers: dict[str, FakeProvider]) -> Iterator[Work
 def test_a_workspace_lives_its_life_through_the_provider(
     manager: WorkspaceManager, providers: dict[str, FakeProvider]
 ) -> None:
-    workspace = manager.create("alice", CreateWorkspace())
+    workspace = manager.create("alice", NewWorkspace())
     assert workspace.status == Status.RUNNING and workspace.runtime == "fake"
-    result = manager.exec("alice", workspace.id, ExecIn(command="echo hi; exit 4"))
+    result = manager.exec("alice", workspace.id, Command(argv=["/bin/sh", "-c", "echo hi; exit 4"]))
     assert (result.exit_code, result.stdout) == (4, "hi\n")
     assert manager.stop("alice", workspace.id).status == Status.STOPPED
     assert manager.start("alice", workspace.id).status == Status.RUNNING
@@ -58,11 +58,11 @@ def test_what_a_provider_cannot_enforce_is_refused_not_weakened(
 ) -> None:
     for network in ("none", AllowList(allow=["203.0.113.7"])):
         with pytest.raises(BadRequest) as refused:
-            manager.create("alice", CreateWorkspace(provider="e2b", network=network))
+            manager.create("alice", NewWorkspace(provider="e2b", network=network))
         assert "the e2b provider cannot enforce it (it can: egress)" in refused.value.detail
     assert providers["e2b"].sandboxes == {}  # nothing was made for a refused request
 
-    workspace = manager.create("alice", CreateWorkspace(provider="e2b"))
+    workspace = manager.create("alice", NewWorkspace(provider="e2b"))
     with pytest.raises(BadRequest) as no_stop:
         manager.stop("alice", workspace.id)
     assert "cannot be stopped" in no_stop.value.detail

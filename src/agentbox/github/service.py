@@ -16,13 +16,14 @@ from typing import Any
 
 from sqlalchemy import select
 
+from agentbox.domain import Checkout
 from agentbox.errors import AgentboxError, BadRequest, Conflict, NotFound
 from agentbox.github import git
 from agentbox.github.app import AppCredentials, TokenMinter
 from agentbox.github.crypto import DecryptError, Keyring
 from agentbox.models import GitHubApp, new_app_id, utcnow
 from agentbox.providers.base import ExecRequest, Provider
-from agentbox.schemas import RegisterApp, RepoSpec
+from agentbox.schemas import RegisterApp
 from agentbox.store import Store
 
 log = logging.getLogger("agentbox.github")
@@ -87,7 +88,7 @@ class GitHub:
             session.delete(session.get(GitHubApp, app.id))
         self.minter.forget(app.id)
 
-    def choose(self, owner: str, spec: RepoSpec) -> GitHubApp:
+    def choose(self, owner: str, spec: Checkout) -> GitHubApp:
         """The App a checkout uses: the one named, or the owner's only one."""
         if spec.app is not None:
             return self.app(owner, spec.app)
@@ -134,7 +135,7 @@ class GitHub:
 
     # Repositories
 
-    def checkout(self, registered: GitHubApp, spec: RepoSpec, provider: Provider, ref: str) -> dict[str, Any]:
+    def checkout(self, registered: GitHubApp, spec: Checkout, provider: Provider, ref: str) -> dict[str, Any]:
         """Clone `spec` with the App `registered` and copy it into /workspace/<name>; what the record keeps."""
         app = self.credentials(registered)
         installation = spec.installation_id or self.minter.installation_of(app, spec.repository)

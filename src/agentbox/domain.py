@@ -1,0 +1,53 @@
+"""What a caller asks the manager for, as plain objects: the API converts its request bodies to these.
+
+The manager, the pool and the GitHub service work on them, so nothing below the API depends on
+pydantic's request models or on HTTP, and a caller with no HTTP in between (the CLI's local
+commands, tests, a future second API) builds them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agentbox.network import NetworkPolicy
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """A GitHub repository to check out into /workspace/<name> when the workspace is made."""
+
+    repository: str  # owner/name
+    ref: str | None = None
+    installation_id: int | None = None
+    app: str | None = None  # the registered App's id; None: the owner's only one
+
+    @property
+    def name(self) -> str:
+        return self.repository.split("/", 1)[1]
+
+
+@dataclass(frozen=True)
+class NewWorkspace:
+    """A workspace to make; None everywhere means the server's default."""
+
+    provider: str | None = None
+    image: str | None = None
+    cpu: float | None = None
+    memory: int | None = None
+    disk: int | None = None
+    ephemeral: bool = True
+    ttl_days: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    network: NetworkPolicy | None = None
+    repo: Checkout | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command to run in a workspace; its env is added to the workspace's own."""
+
+    argv: list[str]
+    cwd: str = "/workspace"
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None  # None: the server's WORKSPACE_EXEC_TIMEOUT
