@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latest.json")
     parser.add_argument("--skip-workloads", action="store_true", help="leave out the real-workload section")
     parser.add_argument("--burst", type=int, default=20, help="concurrent create+exec in the burst rows (default 20)")
+    parser.add_argument(
+        "--crowd", type=int, default=100, help="idle workspaces on the network for the crowded burst rows (default 100)"
+    )
     args = parser.parse_args()
 
     engine = docker.from_env()
@@ -133,9 +136,14 @@ def main() -> None:
         # Each server makes the network afresh: a workspace network belongs to one deployment.
         with fenced_network(engine), server(Path(burst_dir), **BURST_SERVER) as api:
             results |= bursts(api, engine, runtime, args.burst)
+            with crowd(api, args.crowd):
+                results |= {
+                    f"{name}_crowded": samples for name, samples in bursts(api, engine, runtime, args.burst).items()
+                }
         pooled = {**BURST_SERVER, "WORKSPACE_WARM_POOL_SIZE": str(args.burst)}
         with fenced_network(engine), server(Path(pool_dir), **pooled) as api:
-            results["burst_pool"] = pool_burst(api, args.burst)
+            results |= pool_bursts(api, engine, args.burst)
+        results |= firewall_changes()
     report(results, density, workloads, runtime, args.output)
 
 
@@ -203,7 +211,7 @@ BURST_SERVER = {
 @contextmanager
 def fenced_network(engine: docker.DockerClient) -> Iterator[None]:
     """The burst runs on a fenced workspace network (the server makes it); removed afterwards."""
-    from agentbox.firewall import Firewall
+    from agentbox.providers.docker.firewall import Firewall
 
     try:
         yield
@@ -249,16 +257,81 @@ def bursts(api: httpx.Client, engine: docker.DockerClient, runtime: str, size: i
     return results
 
 
-def pool_burst(api: httpx.Client, size: int) -> list[float]:
-    """The same burst against a full warm pool of `size`."""
-    print(f"==> the burst from a warm pool of {size}", flush=True)
-    while pool_ready(api) < size:
-        time.sleep(0.5)
-    time.sleep(1)  # let the last boots settle
-    samples, made = burst_of(lambda _: create_and_exec(api), size)
-    for workspace_id in made:
-        api.delete(f"/workspaces/{workspace_id}")
-    return samples
+@contextmanager
+def crowd(api: httpx.Client, count: int) -> Iterator[None]:
+    """`count` idle workspaces on the fenced network, each with its firewall grant, for the crowded bursts.
+
+    On the docker provider (runc): what is measured is what a crowded network costs a create (its
+    firewall, the database), and an idle gVisor sandbox costs ~5% of a CPU under systrap (docs/runtime.md),
+    so 100 of them would swamp this 2-CPU machine and measure that instead.
+    """
+    print(f"==> {count} idle workspaces on the fenced network (docker provider)", flush=True)
+
+    def idle(_: int) -> str:
+        created = api.post("/workspaces", json={"provider": "docker"})
+        created.raise_for_status()
+        return str(created.json()["id"])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        made = list(pool.map(idle, range(count)))
+    try:
+        yield
+    finally:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda workspace_id: api.delete(f"/workspaces/{workspace_id}"), made))
+
+
+def pool_bursts(api: httpx.Client, engine: docker.DockerClient, size: int) -> dict[str, list[float]]:
+    """The burst against a full warm pool of `size`; then claims alone, and the Engine API's own floor:
+    `size` concurrent raw execs into the claimed (running) sandboxes."""
+    print(f"==> the burst from a warm pool of {size}; claims alone; raw execs into them", flush=True)
+
+    def full_pool() -> None:
+        while pool_ready(api) < size:
+            time.sleep(0.5)
+        time.sleep(2)  # let the last boots settle
+
+    def claim(_: int) -> str:
+        return str(api.post("/workspaces", json={}).raise_for_status().json()["id"])
+
+    full_pool()
+    results = {"burst_pool": burst_of(lambda _: create_and_exec(api), size)[0]}
+    full_pool()
+    results["burst_pool_claim"], claimed = burst_of(claim, size)
+
+    def raw_exec(i: int) -> str:
+        exec_id = engine.api.exec_create(f"agentbox-{claimed[i]}", ["true"])["Id"]
+        engine.api.exec_start(exec_id)
+        return claimed[i]
+
+    results["burst_exec_raw"] = burst_of(raw_exec, size)[0]
+    for workspace_id in api.get("/workspaces").json()["workspaces"]:
+        api.delete(f"/workspaces/{workspace_id['id']}")
+    return results
+
+
+def firewall_changes() -> dict[str, list[float]]:
+    """One workspace's firewall grant + revoke, with 1 and with 200 others on the network (real iptables, on
+    the chains of a bridge that does not exist)."""
+    from agentbox.providers.docker.firewall import ALWAYS_BLOCKED, Firewall
+    from agentbox.providers.docker.network import mac_address
+
+    print("==> firewall: one workspace's grant + revoke with 1 and 200 workspaces on the network", flush=True)
+    results: dict[str, list[float]] = {}
+    rules = Firewall(bridge="abx-bench0", tag="abxbench0000", blocked=ALWAYS_BLOCKED, resolvers=(), ipv6=False)
+    try:
+        for others in (1, 200):
+            rules.adopt({mac_address(f"ws-{i}"): None for i in range(others)})
+            samples = []
+            for _ in range(20):
+                began = time.perf_counter()
+                rules.grant(mac_address("ws-new"), ["203.0.113.7/32"])
+                rules.revoke(mac_address("ws-new"))
+                samples.append((time.perf_counter() - began) * 1000)
+            results[f"firewall_{others}"] = samples
+    finally:
+        rules.remove()
+    return results
 
 
 def create_and_exec(api: httpx.Client) -> str:
@@ -428,11 +501,18 @@ def report(
         "exec_api_over_raw_p50": round(summary["exec_api"]["p50_ms"] / summary["exec_raw"]["p50_ms"], 2),
         "claim_over_cold_create_p50": round(summary["claim_api"]["p50_ms"] / summary["create_api"]["p50_ms"], 3),
     }
-    if "burst_api" in summary:
-        ratios["burst_api_over_raw_p50"] = round(summary["burst_api"]["p50_ms"] / summary["burst_raw"]["p50_ms"], 2)
-    print(f"\n{'measurement':<14}{'p50 ms':>10}{'p95 ms':>10}")
+    for crowded in ("", "_crowded"):
+        if f"burst_api{crowded}" in summary:
+            ratios[f"burst_api_over_raw{crowded}_p50"] = round(
+                summary[f"burst_api{crowded}"]["p50_ms"] / summary[f"burst_raw{crowded}"]["p50_ms"], 2
+            )
+    if "firewall_200" in summary:
+        ratios["firewall_200_over_1_p50"] = round(
+            summary["firewall_200"]["p50_ms"] / summary["firewall_1"]["p50_ms"], 2
+        )
+    print(f"\n{'measurement':<20}{'p50 ms':>10}{'p95 ms':>10}")
     for name, values in summary.items():
-        print(f"{name:<14}{values['p50_ms']:>10}{values['p95_ms']:>10}")
+        print(f"{name:<20}{values['p50_ms']:>10}{values['p95_ms']:>10}")
     for name, ratio in ratios.items():
         print(f"{name}: {ratio}x")
     for name, value in density.items():

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -44,6 +44,11 @@ def _policy(value: Any) -> Any:
         except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON ({exc})") from None
     return value
+
+
+def _names(value: Any) -> Any:
+    """A comma-separated list, as the environment gives it."""
+    return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
 
 
 def _default_data_dir() -> Path:
@@ -94,12 +99,29 @@ class Settings(BaseSettings):
     max_upload: Size = Field(parse_size("1G"), validation_alias="WORKSPACE_MAX_UPLOAD")
     # Every other request body (JSON: a create, an exec) is read into memory, so it is capped.
     max_request: Size = Field(parse_size("8M"), validation_alias="WORKSPACE_MAX_REQUEST")
+    # The providers this server offers. Without gvisor and docker it never contacts a Docker engine.
+    providers: Annotated[list[ProviderName], NoDecode, BeforeValidator(_names)] = Field(
+        ["gvisor", "docker", "e2b"], min_length=1, validation_alias="WORKSPACE_PROVIDERS"
+    )
     # The E2B template that stands for the default image (WORKSPACE_IMAGE) on the e2b provider.
     e2b_template: str = Field("base", min_length=1, max_length=256, validation_alias="WORKSPACE_E2B_TEMPLATE")
     # What workspaces that do not ask may reach (see docs/security.md).
     network_policy: Annotated[NetworkPolicy, NoDecode, BeforeValidator(_policy)] = Field(
         "egress", validation_alias="WORKSPACE_NETWORK_POLICY"
     )
+
+    @model_validator(mode="after")
+    def _default_is_offered(self) -> Settings:
+        if self.default_provider not in self.providers:
+            raise ValueError(
+                f"WORKSPACE_DEFAULT_PROVIDER={self.default_provider} is not in WORKSPACE_PROVIDERS="
+                f"{','.join(self.providers)}: add it there, or choose one of those as the default"
+            )
+        return self
+
+    @property
+    def uses_docker(self) -> bool:
+        return bool({"gvisor", "docker"} & set(self.providers))
 
     @field_validator("network_name")
     @classmethod
@@ -178,7 +200,9 @@ def load_settings(**overrides: Any) -> Settings:
         for error in exc.errors():
             variable = ".".join(str(part) for part in error["loc"]) or "settings"
             message = error["msg"].removeprefix("Value error, ")
-            if variable in _SECRET_VARIABLES:
+            if not error["loc"]:  # a rule across variables: its message names them
+                lines.append(message)
+            elif variable in _SECRET_VARIABLES:
                 lines.append(f"{variable}: {message}")
             else:
                 lines.append(f"{variable}={error.get('input')!s}: {message}")

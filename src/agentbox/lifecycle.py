@@ -1,8 +1,10 @@
-"""The background loop: TTL expiry, reconciliation with the engine, the firewall, and the warm pool.
+"""The background loop: TTL expiry, reconciliation, providers' isolation, and the warm pool.
 
 One thread, woken every `WORKSPACE_REAP_INTERVAL` seconds and whenever the manager says
 something changed (a claim, a delete), so that the pool refills at once. A failure in one
 round (the engine is down) is logged and retried at the next; it never stops the loop.
+It owns the pool's life: it fills it while it runs, and drains it when it stops, so that
+idle sandboxes do not outlive the service.
 """
 
 from __future__ import annotations
@@ -14,17 +16,24 @@ from collections.abc import Callable
 
 from agentbox.errors import AgentboxError
 from agentbox.manager import WorkspaceManager
+from agentbox.pool import WarmPool
+from agentbox.reconcile import Reconciler
 
 log = logging.getLogger("agentbox.lifecycle")
 
 DEBOUNCE_SECONDS = 0.05
-# How often the firewall is rewritten and re-hooked, so that a flush leaves it open this long at most.
-FENCE_SECONDS = 5.0
+# How often providers re-assert isolation (the Docker firewall is rewritten and re-hooked), so that a
+# flush leaves it open this long at most.
+ENFORCE_SECONDS = 5.0
 
 
 class Lifecycle:
-    def __init__(self, manager: WorkspaceManager, interval: float) -> None:
+    def __init__(
+        self, manager: WorkspaceManager, reconciler: Reconciler, pool: WarmPool | None, interval: float
+    ) -> None:
         self.manager = manager
+        self.reconciler = reconciler
+        self.pool = pool
         self.interval = interval
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -35,26 +44,32 @@ class Lifecycle:
         self._thread.start()
 
     def stop(self) -> None:
+        """End the loop, then remove the idle pool (the next start-up reconciles what a failure leaves)."""
         self._stop.set()
         self._wake.set()
-        if self.manager.pool is not None:
-            self.manager.pool.stop()
+        if self.pool is not None:
+            self.pool.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=120)
+        if self.pool is not None:
+            try:
+                self.pool.drain()
+            except AgentboxError as exc:  # the next start-up reconciles what is left
+                log.warning("removing the warm pool at shutdown failed: %s", exc.detail)
 
     def _run(self) -> None:
-        next_sweep = next_fence = 0.0
+        next_sweep = next_enforce = 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.interval
                 self._guarded("expiring workspaces", self.manager.reap_expired)
-                self._guarded("reconciling with the engine", self.manager.reconcile)
-            if time.monotonic() >= next_fence:
-                next_fence = time.monotonic() + FENCE_SECONDS
-                self._guarded("restoring the firewall", lambda: self.manager.fence(force=True))
-            if self.manager.pool is not None:
-                self._guarded("filling the warm pool", self.manager.pool.fill)
-            if self._wake.wait(timeout=max(0.0, min(next_sweep, next_fence) - time.monotonic())):
+                self._guarded("reconciling with the engine", self.reconciler.run)
+            if time.monotonic() >= next_enforce:
+                next_enforce = time.monotonic() + ENFORCE_SECONDS
+                self._guarded("re-asserting isolation", self.manager.enforce_isolation)
+            if self.pool is not None:
+                self._guarded("filling the warm pool", self.pool.fill)
+            if self._wake.wait(timeout=max(0.0, min(next_sweep, next_enforce) - time.monotonic())):
                 # Woken by a claim or a delete: wait a moment, so that a burst is one round and
                 # the refill stays off the path of the response that woke it.
                 self._stop.wait(DEBOUNCE_SECONDS)

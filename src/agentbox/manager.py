@@ -15,12 +15,11 @@ from datetime import timedelta
 from agentbox.config import Settings
 from agentbox.domain import Command, NewWorkspace
 from agentbox.errors import BadRequest, Conflict, NotFound, ProviderError, TooManyWorkspaces, reason_of
-from agentbox.firewall import Firewall, Grants
 from agentbox.github.service import GitHub
 from agentbox.metrics import Metrics
 from agentbox.models import Status, Workspace, new_workspace_id, utcnow
-from agentbox.network import NO_NETWORK, AllowList, NetworkPolicy, mac_address
-from agentbox.pool import WarmPool, discard_pooled
+from agentbox.network import columns_of, kind_of
+from agentbox.pool import WarmPool
 from agentbox.providers.base import (
     DirEntry,
     ExecEvent,
@@ -28,11 +27,10 @@ from agentbox.providers.base import (
     ExecResult,
     FileStat,
     Provider,
-    ProviderState,
     Resources,
     WorkspaceSpec,
 )
-from agentbox.store import ACTIVE, LIVE, Store
+from agentbox.store import LIVE, Store
 
 log = logging.getLogger("agentbox.manager")
 
@@ -45,29 +43,19 @@ class WorkspaceManager:
         providers: Mapping[str, Provider],
         unavailable: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
-        firewall: Firewall | None = None,
         github: GitHub | None = None,
+        pool: WarmPool | None = None,
     ) -> None:
+        """`unavailable`: providers that exist but cannot be used here, with the reason and the fix;
+        `pool`: the warm pool creates claim from (the background loop fills it)."""
         self.settings = settings
-        self.firewall = firewall
         self.github = github
         self.store = store
         self.providers = dict(providers)
         # Providers that exist but cannot be used here, with the reason and the fix.
         self.unavailable = dict(unavailable or {})
         self.metrics = metrics or Metrics()
-        self.pool: WarmPool | None = None
-        if settings.warm_pool_size > 0 and settings.default_provider in self.providers:
-            self.pool = WarmPool(
-                settings,
-                store,
-                settings.default_provider,
-                self.providers[settings.default_provider],
-                self.metrics,
-                room=lambda: settings.max_concurrent - store.count_active(),
-                network=self.network_columns(settings.network_policy),
-                before_create=self._before_create,
-            )
+        self.pool = pool
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
         self.on_change: Callable[[], None] = lambda: None
         self.metrics.observe(store.count_active, self.pool.ready if self.pool else lambda: 0)
@@ -87,10 +75,7 @@ class WorkspaceManager:
         except BaseException as exc:
             self.metrics.failures.labels("checkout").inc()
             self._provider(workspace.provider).destroy(self._ref(workspace))
-            self.store.update(
-                workspace.id, "checkout_failed", status=Status.DELETED.value, error=reason_of(exc), deleted_at=utcnow()
-            )
-            self.fence()
+            self.store.retire(workspace.id, "checkout_failed", reason_of(exc))
             self.on_change()
             raise
         return self.store.update(workspace.id, "checked_out", repo=repo)
@@ -109,14 +94,14 @@ class WorkspaceManager:
         ttl_days = (request.ttl_days or self.settings.default_ttl_days) if request.ephemeral else None
         expires_at = now + timedelta(days=ttl_days) if ttl_days is not None else None
         policy = request.network if request.network is not None else self.settings.network_policy
-        kind = "allow" if isinstance(policy, AllowList) else policy
-        if kind not in provider.capabilities().network_policies:
-            enforced = ", ".join(sorted(provider.capabilities().network_policies))
+        capabilities = provider.capabilities()
+        if kind_of(policy) not in capabilities.network_policies:
+            enforced = ", ".join(sorted(capabilities.network_policies))
             raise BadRequest(
-                f"network {kind!r}: the {provider_name} provider cannot enforce it (it can: {enforced}); "
-                "ask for one of those, or use the gvisor or docker provider"
+                f"network {kind_of(policy)!r}: the {provider_name} provider cannot enforce it (it can: {enforced}); "
+                + (capabilities.network_hint or "ask for one of those, or use another provider")
             )
-        network = self.network_columns(policy)
+        network = columns_of(policy, self.settings.network_name)
         claim = {
             "owner": owner,
             "ephemeral": request.ephemeral,
@@ -128,8 +113,8 @@ class WorkspaceManager:
         }
         pool = self.pool if self.pool is not None and self.pool.serves(provider_name, request, network) else None
         # Resolved before admission, not under it: a name lookup may take seconds. (A pooled
-        # workspace has its own; a cold create after an empty pool resolves in _before_create.)
-        allow_cidrs = None if pool is not None else self._resolve(network["allow"])
+        # workspace has its own; a cold create after an empty pool resolves below.)
+        allow_cidrs = None if pool is not None else self._resolve(provider, network["allow"])
         with self.store.admission():
             self._check_room()
             if pool is not None:
@@ -155,14 +140,14 @@ class WorkspaceManager:
             self.store.add(workspace, "created", image=workspace.image)
         self.on_change()  # a cold start may leave the pool too big for the cap
         try:
-            self._before_create(workspace)
+            if workspace.allow is not None and workspace.allow_cidrs is None:  # the pool was empty
+                workspace.allow_cidrs = self._resolve(provider, workspace.allow)
+                self.store.update(workspace.id, allow_cidrs=workspace.allow_cidrs)
             ref = provider.create(WorkspaceSpec.of(workspace))
         except BaseException as exc:
             # The caller gets the error and no id: hide the row, keep its story in the events.
             self.metrics.failures.labels("create").inc()
-            self.store.update(
-                workspace.id, "create_failed", status=Status.DELETED.value, error=reason_of(exc), deleted_at=utcnow()
-            )
+            self.store.retire(workspace.id, "create_failed", reason_of(exc))
             raise
         actual = vars(provider.resources(ref) or Resources())
         sizes = {name: value for name, value in actual.items() if value is not None}
@@ -192,8 +177,7 @@ class WorkspaceManager:
         workspace = self.get(owner, workspace_id)
         if workspace.provider_ref:
             self._provider(workspace.provider).destroy(workspace.provider_ref)
-        self.store.update(workspace.id, "deleted", status=Status.DELETED.value, deleted_at=utcnow())
-        self.fence()
+        self.store.retire(workspace.id, "deleted")
         self.on_change()
 
     def stop(self, owner: str, workspace_id: str) -> Workspace:
@@ -239,10 +223,7 @@ class WorkspaceManager:
         """Destroy ephemeral workspaces whose TTL has passed; return how many."""
         reaped = 0
         for workspace in self.store.expired(utcnow()):
-            gone = self.store.transition(
-                workspace.id, LIVE, "expired", status=Status.DELETED.value, deleted_at=utcnow()
-            )
-            if gone is None:
+            if self.store.retire(workspace.id, "expired", expected=LIVE) is None:
                 continue  # deleted meanwhile
             reaped += 1
             self.metrics.expiries.inc()
@@ -254,120 +235,18 @@ class WorkspaceManager:
                     # Its row is gone, so the next reconciliation removes it as an orphan.
                     log.warning("removing expired workspace %s failed: %s", workspace.id, exc.detail)
         if reaped:
-            self.fence()
             self.on_change()
         return reaped
 
-    def reconcile(self, startup: bool = False) -> None:
-        """Make the database and the providers agree.
+    # Isolation
 
-        - a sandbox with no live record is destroyed (an orphan of a crash or a failed delete);
-        - a running or stopped record whose sandbox vanished is marked failed (its data went
-          with it; handing out an empty sandbox under the old id would hide that);
-        - a running record whose sandbox stopped (an engine restart) is marked stopped;
-        - at start-up only: records still `starting` are from requests that died with the
-          server (their callers never got an id), so they and their sandboxes are removed;
-          pooled ones that are not running are discarded.
-        """
-        held: dict[str, tuple[Provider, str, ProviderState]] = {}
+    def enforce_isolation(self) -> None:
+        """Have every provider re-assert what something outside may have undone (a firewall flush)."""
         for provider in {id(p): p for p in self.providers.values()}.values():
-            for workspace_id, (ref, state) in provider.inventory().items():
-                held[workspace_id] = (provider, ref, state)
-        # Listed after the sandboxes: a record is always written before its sandbox is made.
-        records = {w.id: w for w in self.store.find(statuses=[*LIVE, Status.POOLED.value])}
+            provider.enforce()
 
-        for workspace_id, (provider, ref, _) in held.items():
-            record = records.get(workspace_id)
-            if record is None or (startup and record.status == Status.STARTING):
-                log.warning("removing orphan workspace sandbox %s (no live record)", ref)
-                provider.destroy(ref)
-        for record in records.values():
-            state = held[record.id][2] if record.id in held else "missing"
-            if record.status == Status.STARTING:
-                if startup:
-                    self.store.transition(
-                        record.id,
-                        ACTIVE,
-                        "abandoned",
-                        status=Status.DELETED.value,
-                        error="the server stopped while this workspace was being created",
-                        deleted_at=utcnow(),
-                    )
-            elif record.status == Status.POOLED:
-                booting = not record.provider_ref
-                stale = self.pool is None or not self.pool.fits(record)
-                if stale or (startup and booting) or (not booting and state != "running"):
-                    discard_pooled(self.store, self._provider(record.provider), record)
-            elif state == "missing" and record.status in (Status.RUNNING, Status.STOPPED):
-                self.metrics.failures.labels("vanished").inc()
-                log.warning("workspace %s: its sandbox vanished; marking it failed", record.id)
-                self.store.transition(
-                    record.id,
-                    (record.status,),
-                    "vanished",
-                    status=Status.FAILED.value,
-                    error="its sandbox disappeared (removed outside agentbox, or lost with the engine); "
-                    "delete it and create a new one",
-                )
-            elif state == "running" and record.status == Status.STOPPED and record.error:
-                # It stopped outside agentbox and the engine brought it back (restart policy).
-                self.store.transition(
-                    record.id, (Status.STOPPED.value,), "running_again", status=Status.RUNNING.value, error=None
-                )
-            elif state == "stopped" and record.status == Status.RUNNING:
-                self.store.transition(
-                    record.id,
-                    (Status.RUNNING.value,),
-                    "stopped_outside",
-                    status=Status.STOPPED.value,
-                    error="it stopped outside agentbox (an engine restart?); start it again",
-                )
-            elif state == "running" and record.status == Status.RUNNING and record.provider_ref:
-                # Providers whose sandboxes end by themselves (E2B) keep them until their TTL.
-                held[record.id][0].keep(record.provider_ref, record.expires_at)
-        self.fence(force=True)
-        self.on_change()
-
-    # Network
-
-    def network_columns(self, policy: NetworkPolicy) -> dict[str, object]:
-        """The `network` and `allow` columns of a workspace with `policy`."""
-        if policy == "none":
-            return {"network": NO_NETWORK, "allow": None}
-        if isinstance(policy, AllowList):
-            if self.firewall is None:
-                raise BadRequest(
-                    "network.allow needs the workspace network and its firewall: the server must be run with "
-                    'WORKSPACE_NETWORK_NAME set; ask for "egress" or "none" instead'
-                )
-            return {"network": self.settings.network_name, "allow": list(policy.allow)}
-        return {"network": self.settings.network_name, "allow": None}
-
-    def _resolve(self, allow: object) -> list[str] | None:
-        if not isinstance(allow, list):
-            return None
-        assert self.firewall is not None  # network_columns refuses allow lists without it
-        return self.firewall.resolve(allow)
-
-    def _before_create(self, workspace: Workspace) -> None:
-        """Open the firewall for a workspace about to be made (its MAC address is known already)."""
-        if workspace.allow is not None and workspace.allow_cidrs is None:  # a pool boot
-            workspace.allow_cidrs = self._resolve(workspace.allow)
-            self.store.update(workspace.id, allow_cidrs=workspace.allow_cidrs)
-        self.fence()
-
-    def fence(self, force: bool = False) -> None:
-        """Bring the firewall in line with the workspaces on the network (`force`: rewrite and re-hook it anyway)."""
-        if self.firewall is None:
-            return
-        self.firewall.sync(self._grants, force)
-
-    def _grants(self) -> Grants:
-        return {
-            mac_address(w.id): w.allow_cidrs if w.allow is not None else None
-            for w in self.store.find(statuses=[*LIVE, Status.POOLED.value])
-            if w.network == self.settings.network_name
-        }
+    def _resolve(self, provider: Provider, allow: object) -> list[str] | None:
+        return provider.resolve_allow_list(allow) if isinstance(allow, list) else None
 
     # Repositories
 

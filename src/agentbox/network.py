@@ -1,36 +1,21 @@
-"""The workspaces' network: their own Docker bridge, and what each workspace may reach.
+"""Network policies: what a workspace may reach ("egress", "none" or an allow list).
 
-`WORKSPACE_NETWORK_NAME` names a bridge with inter-container communication disabled,
-made here if it is missing. Which destinations each workspace may reach is its network
-policy, enforced by the host firewall (firewall.py); "none" gives a workspace no interface
-but loopback.
+A policy travels in the workspace's spec; each provider enforces it or refuses it (its
+`Capabilities.network_policies`). The Docker provider's enforcement is in
+providers/docker/network.py and firewall.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import logging
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-import docker
-import docker.errors
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from agentbox.errors import AgentboxError
-
-log = logging.getLogger("agentbox.network")
-
-ICC_OPTION = "com.docker.network.bridge.enable_icc"
-INSTANCE_LABEL = "agentbox.instance"  # the deployment that made the network
 NO_NETWORK = "none"  # Docker's own name for "loopback only"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
-
-
-class NetworkError(AgentboxError):
-    """The workspace network cannot be used; the message says what to fix."""
 
 
 def _destination(value: str) -> str:
@@ -58,6 +43,20 @@ class AllowList(BaseModel):
 
 # "egress": the public internet; "none": loopback only; an allow list: only those destinations.
 NetworkPolicy = Literal["none", "egress"] | AllowList
+#: A policy's kind, as providers list the ones they enforce.
+PolicyKind = Literal["egress", "none", "allow"]
+POLICY_KINDS: frozenset[str] = frozenset(get_args(PolicyKind))
+
+
+def kind_of(policy: NetworkPolicy) -> PolicyKind:
+    return "allow" if isinstance(policy, AllowList) else policy
+
+
+def columns_of(policy: NetworkPolicy, network_name: str) -> dict[str, object]:
+    """The `network` and `allow` columns of a workspace with `policy` (`network_name`: WORKSPACE_NETWORK_NAME)."""
+    if policy == "none":
+        return {"network": NO_NETWORK, "allow": None}
+    return {"network": network_name, "allow": list(policy.allow) if isinstance(policy, AllowList) else None}
 
 
 def policy_of(network: str, allow: list[str] | None) -> NetworkPolicy:
@@ -65,45 +64,3 @@ def policy_of(network: str, allow: list[str] | None) -> NetworkPolicy:
     if network == NO_NETWORK:
         return "none"
     return "egress" if allow is None else AllowList(allow=allow)
-
-
-def mac_address(workspace_id: str) -> str:
-    """The workspace's own MAC address, fixed for its life: the firewall knows it by it.
-
-    Derived from the id (locally administered, unicast), so it is known before the container
-    exists and stays the same across restarts, unlike the address Docker hands out.
-    """
-    digest = hashlib.sha256(workspace_id.encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
-
-
-def ensure_network(client: docker.DockerClient, name: str, instance: str) -> dict[str, object]:
-    """Create the bridge network `name` without inter-container traffic unless it exists; inspect it.
-
-    An existing network is used as it is, but one that lets workspaces talk to each other
-    is refused: that would silently undo the isolation the setting asks for. So is one that
-    another deployment made: the firewall of one network is written by one deployment.
-    """
-    try:
-        existing: dict[str, object] = client.api.inspect_network(name)
-    except docker.errors.NotFound:
-        mine = {"agentbox.network": "workspaces", INSTANCE_LABEL: instance}
-        client.api.create_network(name, driver="bridge", options={ICC_OPTION: "false"}, labels=mine)
-        log.info("created the workspace network %s (bridge, inter-container traffic disabled)", name)
-        created: dict[str, object] = client.api.inspect_network(name)
-        return created
-    options = existing.get("Options") or {}
-    if existing.get("Driver") != "bridge" or not isinstance(options, dict) or options.get(ICC_OPTION) != "false":
-        raise NetworkError(
-            f"WORKSPACE_NETWORK_NAME={name}: the existing network {name!r} allows traffic between containers "
-            f"(it needs driver bridge and option {ICC_OPTION}=false): remove it (docker network rm {name}) "
-            "and agentbox will create it, or choose another name"
-        )
-    labels = existing.get("Labels")
-    owner = labels.get(INSTANCE_LABEL) if isinstance(labels, dict) else None
-    if owner not in (None, instance):
-        raise NetworkError(
-            f"WORKSPACE_NETWORK_NAME={name}: the network belongs to another agentbox deployment (instance {owner}); "
-            "each deployment needs a network of its own, since it writes that network's firewall"
-        )
-    return existing

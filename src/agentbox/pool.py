@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 
 from agentbox.config import Settings
 from agentbox.domain import NewWorkspace
 from agentbox.errors import reason_of
 from agentbox.metrics import Metrics
 from agentbox.models import Status, Workspace, new_workspace_id, utcnow
+from agentbox.network import columns_of
 from agentbox.providers.base import Provider, WorkspaceSpec
 from agentbox.store import Store
 
@@ -26,27 +26,15 @@ POOLED = (Status.POOLED.value,)
 
 
 class WarmPool:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        provider_name: str,
-        provider: Provider,
-        metrics: Metrics,
-        room: Callable[[], int],
-        network: dict[str, object],
-        before_create: Callable[[Workspace], None],
-    ) -> None:
-        """`room` says how many more workspaces the cap allows right now; `network` are the
-        network columns of the default policy; `before_create` readies the network for one."""
+    def __init__(self, settings: Settings, store: Store, provider: Provider, metrics: Metrics) -> None:
+        """A pool of `settings.warm_pool_size` workspaces of `provider` (the default one) with the default
+        image, limits and network policy. The background loop (lifecycle.py) fills, stops and drains it."""
         self.settings = settings
         self.store = store
-        self.provider_name = provider_name
+        self.provider_name = provider.name
         self.provider = provider
         self.metrics = metrics
-        self._room = room
-        self._network = network
-        self._before_create = before_create
+        self._network = columns_of(settings.network_policy, settings.network_name)
         self._stopping = threading.Event()
 
     @property
@@ -102,15 +90,19 @@ class WarmPool:
             self.metrics.claims.inc()
         return claimed
 
+    def _target(self) -> int:
+        """How many to keep: pooled workspaces never count against the cap, so the pool shrinks near it."""
+        return min(self.size, max(0, self.settings.max_concurrent - self.store.count_active()))
+
     def fill(self) -> None:
         """Shrink to fit the cap and the settings, then boot containers until the pool is full."""
         pooled = self.pooled()
-        target = min(self.size, max(0, self._room()))
+        target = self._target()
         keep = sorted((w for w in pooled if self.fits(w)), key=lambda w: w.provider_ref is None)
         for workspace in [w for w in pooled if not self.fits(w)] + keep[target:]:
             self.discard(workspace)
         have = min(len(keep), target)
-        while have < min(self.size, max(0, self._room())) and not self._stopping.is_set():
+        while have < self._target() and not self._stopping.is_set():
             if not self._boot_one():
                 return  # try again at the next round rather than spin on a broken engine or image
             have += 1
@@ -131,15 +123,15 @@ class WarmPool:
         )
         self.store.add(workspace, "pool_boot")
         try:
-            self._before_create(workspace)
+            if isinstance(workspace.allow, list):  # resolved at each boot: the names' addresses may change
+                workspace.allow_cidrs = self.provider.resolve_allow_list(workspace.allow)
+                self.store.update(workspace.id, allow_cidrs=workspace.allow_cidrs)
             ref = self.provider.create(WorkspaceSpec.of(workspace))
         except Exception as exc:
             reason = reason_of(exc)
             log.warning("warm pool: booting a workspace failed: %s", reason)
             self.metrics.failures.labels("pool").inc()
-            self.store.update(
-                workspace.id, "pool_failed", status=Status.DELETED.value, error=reason, deleted_at=utcnow()
-            )
+            self.store.retire(workspace.id, "pool_failed", reason)
             return False
         if self.store.transition(workspace.id, POOLED, "pool_ready", provider_ref=ref) is None:
             self.provider.destroy(ref)  # discarded while it booted
@@ -158,8 +150,8 @@ class WarmPool:
             self.discard(workspace)
 
 
-def discard_pooled(store: Store, provider: Provider, workspace: Workspace) -> None:
-    """Remove a pooled workspace, unless a claim took it first."""
-    gone = store.transition(workspace.id, POOLED, "pool_discarded", status=Status.DELETED.value, deleted_at=utcnow())
-    if gone is not None and workspace.provider_ref:
+def discard_pooled(store: Store, provider: Provider | None, workspace: Workspace) -> None:
+    """Remove a pooled workspace, unless a claim took it first (`provider` None: no longer configured)."""
+    gone = store.retire(workspace.id, "pool_discarded", expected=POOLED)
+    if gone is not None and workspace.provider_ref and provider is not None:
         provider.destroy(workspace.provider_ref)

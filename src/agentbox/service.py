@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import get_args
 
 import docker
 import docker.errors
 import requests.exceptions
 from sqlalchemy.engine import make_url
 
-from agentbox.config import Settings
+from agentbox.config import ProviderName, Settings
 from agentbox.errors import AgentboxError
-from agentbox.firewall import Firewall, FirewallError
 from agentbox.github.service import GitHub
 from agentbox.lifecycle import Lifecycle
 from agentbox.manager import WorkspaceManager
 from agentbox.metrics import Metrics
-from agentbox.network import AllowList, NetworkError, ensure_network
+from agentbox.network import AllowList
+from agentbox.pool import WarmPool
 from agentbox.providers.base import Provider
 from agentbox.providers.docker import DockerProvider, install_helper
 from agentbox.providers.docker.disks import Disks
+from agentbox.providers.docker.firewall import FirewallError
+from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork
 from agentbox.providers.docker.runtime import STANDARD_RUNTIME, RuntimeChoice, choose_runtime
 from agentbox.providers.e2b import E2BProvider
+from agentbox.reconcile import Reconciler
 from agentbox.store import Store
 
 log = logging.getLogger("agentbox.service")
@@ -70,11 +74,38 @@ class Service:
         if not settings.owners_by_key:
             log.warning("WORKSPACE_API_KEYS is empty: every workspace request will be refused (401)")
         e2b_key = settings.e2b_api_key.get_secret_value()
-        unavailable = {} if e2b_key else {"e2b": "E2B_API_KEY is not set: set it to your E2B API key and restart"}
+        offered = ",".join(settings.providers)
+        unavailable = {
+            name: f"this server does not offer it (WORKSPACE_PROVIDERS={offered})"
+            for name in get_args(ProviderName)
+            if name not in settings.providers
+        }
+        if not e2b_key and "e2b" in settings.providers:
+            unavailable["e2b"] = "E2B_API_KEY is not set: set it to your E2B API key and restart"
         if settings.default_provider in unavailable:
             raise StartupError(
                 f"WORKSPACE_DEFAULT_PROVIDER={settings.default_provider}: {unavailable[settings.default_provider]}"
             )
+        providers: dict[str, Provider] = self._docker_providers() if settings.uses_docker else {}
+        if e2b_key and "e2b" in settings.providers:
+            providers["e2b"] = E2BProvider(
+                e2b_key, instance=settings.instance_id, default_image=settings.image, template=settings.e2b_template
+            )
+        pool = None
+        if settings.warm_pool_size > 0 and settings.default_provider in providers:
+            pool = WarmPool(settings, self.store, providers[settings.default_provider], self.metrics)
+        self.manager = WorkspaceManager(settings, self.store, providers, unavailable, self.metrics, self.github, pool)
+        reconciler = Reconciler(self.store, providers, pool, self.metrics)
+        try:
+            reconciler.run(startup=True)
+        except AgentboxError as exc:
+            raise StartupError(f"reconciling workspaces with their providers failed: {exc.detail}") from None
+        self.lifecycle = Lifecycle(self.manager, reconciler, pool, settings.reap_interval)
+        self.lifecycle.start()
+
+    def _docker_providers(self) -> dict[str, Provider]:
+        """`gvisor` (runsc, or its fallback) and `docker` (runc) on the engine at DOCKER_HOST, sharing one network."""
+        settings = self.settings
         try:
             self.docker_client = docker.from_env(timeout=120)
             self.docker_client.ping()
@@ -83,16 +114,21 @@ class Service:
             )
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise StartupError(
-                f"cannot use the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST"
+                f"cannot use the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST; "
+                "a server with no Docker provider leaves gvisor and docker out of WORKSPACE_PROVIDERS"
             ) from None
-        firewall = self._fence_network()
+        network = self._workspace_network()
         disks = Disks(settings.data_dir / "disks", settings.user)
         if not disks.enforced:
             log.warning("SECURITY: workspace disk limits are NOT enforced: %s", disks.why_not)
         helper = install_helper(settings.data_dir / "bin")
         isolation = "gVisor user-space kernel" if self.runtime.gvisor else "container (runc fallback)"
-        providers: dict[str, Provider] = {
-            name: DockerProvider(
+        providers: dict[str, Provider] = {}
+        for name, runtime, kind in (
+            ("gvisor", self.runtime.runtime, isolation),
+            ("docker", STANDARD_RUNTIME, "container (runc)"),
+        ):
+            provider = DockerProvider(
                 self.docker_client,
                 name=name,
                 runtime=runtime,
@@ -101,28 +137,13 @@ class Service:
                 disks=disks,
                 helper=helper,
                 instance=settings.instance_id,
+                network=network,
             )
-            for name, runtime, kind in (
-                ("gvisor", self.runtime.runtime, isolation),
-                ("docker", STANDARD_RUNTIME, "container (runc)"),
-            )
-        }
-        gvisor = providers["gvisor"]
-        assert isinstance(gvisor, DockerProvider)
-        self._reboot_after_runsc_upgrade(gvisor)
-        if e2b_key:
-            providers["e2b"] = E2BProvider(
-                e2b_key, instance=settings.instance_id, default_image=settings.image, template=settings.e2b_template
-            )
-        self.manager = WorkspaceManager(
-            settings, self.store, providers, unavailable, self.metrics, firewall, self.github
-        )
-        try:
-            self.manager.reconcile(startup=True)
-        except AgentboxError as exc:
-            raise StartupError(f"reconciling workspaces with the Docker engine failed: {exc.detail}") from None
-        self.lifecycle = Lifecycle(self.manager, settings.reap_interval)
-        self.lifecycle.start()
+            if name == "gvisor":
+                self._reboot_after_runsc_upgrade(provider)
+            if name in settings.providers:
+                providers[name] = provider
+        return providers
 
     def _reboot_after_runsc_upgrade(self, provider: DockerProvider) -> None:
         """When the runsc build changed since the last start, restart the sandboxes it cannot reach."""
@@ -147,8 +168,8 @@ class Service:
             )
         marker.write_text(current + "\n")
 
-    def _fence_network(self) -> Firewall | None:
-        """The workspace network and its firewall, or None (with a warning) when there is none."""
+    def _workspace_network(self) -> WorkspaceNetwork | None:
+        """The fenced workspace network, or None (with a warning) when there is none."""
         settings = self.settings
         assert self.docker_client is not None
         if not settings.network_name:
@@ -164,8 +185,7 @@ class Service:
                 )
             return None
         try:
-            network = ensure_network(self.docker_client, settings.network_name, settings.instance_id)
-            return Firewall.for_network(network)
+            return WorkspaceNetwork.open(self.docker_client, settings.network_name, settings.instance_id)
         except (NetworkError, FirewallError) as exc:
             raise StartupError(exc.detail) from None
         except docker.errors.APIError as exc:
@@ -176,13 +196,8 @@ class Service:
     def close(self) -> None:
         """Stop background work, remove the idle warm pool, release the engine and the database. Idempotent."""
         if self.lifecycle is not None:
-            self.lifecycle.stop()
+            self.lifecycle.stop()  # and with it the idle warm pool
             self.lifecycle = None
-        if self.manager is not None and self.manager.pool is not None:
-            try:
-                self.manager.pool.drain()
-            except AgentboxError as exc:  # the next start-up reconciles what is left
-                log.warning("removing the warm pool at shutdown failed: %s", exc.detail)
         if self.docker_client is not None:
             self.docker_client.close()
             self.docker_client = None

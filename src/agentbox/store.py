@@ -121,6 +121,17 @@ class Store:
                 session.add(Event(workspace_id=workspace_id, kind=event_kind, detail=detail))
         return workspace
 
+    def retire(
+        self, workspace_id: str, event_kind: str, reason: str | None = None, expected: Sequence[str] | None = None
+    ) -> Workspace | None:
+        """Mark the row deleted (hidden from the API, kept for its audit trail) with why, as `event_kind`.
+
+        With `expected`, only while its status is one of those (see `transition`); None if it was not.
+        """
+        return self.transition(
+            workspace_id, expected, event_kind, status=Status.DELETED.value, error=reason, deleted_at=utcnow()
+        )
+
     def record(self, workspace_id: str, event_kind: str, **detail: Any) -> None:
         """Add an event to a workspace's audit trail."""
         with self.session() as session:

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentbox.client import APIError, Client
 from agentbox.config import load_settings
-from agentbox.firewall import Firewall
+from agentbox.providers.docker.firewall import Firewall
 
 if TYPE_CHECKING:
     from .e2b_standin import E2BStandIn

@@ -38,7 +38,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from agentbox.errors import AgentboxError, FileError
-from agentbox.network import NO_NETWORK
 from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileStat, WorkspaceSpec
 from agentbox.providers.docker import DockerProvider, install_helper
 from agentbox.providers.docker.disks import Disks
@@ -165,7 +164,7 @@ class E2BStandIn:
         sandbox_id = "isb" + secrets.token_hex(8)
         image = DEFAULT_IMAGE if template == "base" else template
         # allow_internet_access=false: E2B denies all egress; here, a sandbox with no network at all.
-        network = "" if body.get("allow_internet_access", True) else NO_NETWORK
+        network = "egress" if body.get("allow_internet_access", True) else "none"
         spec = WorkspaceSpec(
             id=sandbox_id, image=image, cpu=1, memory=512 << 20, disk=1 << 30, pids_limit=256, network=network
         )

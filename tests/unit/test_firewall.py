@@ -9,8 +9,15 @@ import pytest
 
 from agentbox.config import ConfigError, load_settings
 from agentbox.errors import BadRequest
-from agentbox.firewall import ALWAYS_BLOCKED, Firewall, connected_subnets, host_resolvers, resolve_allow_list
-from agentbox.network import AllowList, mac_address, policy_of
+from agentbox.network import AllowList, columns_of, policy_of
+from agentbox.providers.docker.firewall import (
+    ALWAYS_BLOCKED,
+    Firewall,
+    connected_subnets,
+    host_resolvers,
+    resolve_allow_list,
+)
+from agentbox.providers.docker.network import mac_address
 
 FIREWALL = Firewall(
     bridge="br-0123456789ab",
@@ -29,15 +36,16 @@ def test_rules_order_dns_then_never_then_each_workspace_then_reject() -> None:
     fwd = [line for line in rules if line.startswith("-A AGENTBOX-FWD-0123456789ab")]
     assert fwd[0].endswith("--ctstate RELATED,ESTABLISHED -j RETURN")
     assert "-d 10.255.255.53/32 -p udp --dport 53 -j RETURN" in fwd[1]
-    first_grant = next(i for i, line in enumerate(fwd) if "--mac-source" in line)
     reject = "-j AGENTBOX-REJ-0123456789ab"
-    assert all(line.endswith(reject) for line in fwd[3:first_grant])  # every blocked range before any grant
-    assert any(f"-d 169.254.0.0/16 {reject}" in line for line in fwd[:first_grant])
-    assert fwd[first_grant:-1] == [
-        "-A AGENTBOX-FWD-0123456789ab -m mac --mac-source 02:00:00:00:00:01 -j RETURN",
-        "-A AGENTBOX-FWD-0123456789ab -m mac --mac-source 02:00:00:00:00:02 -d 203.0.113.7/32 -j RETURN",
+    assert all(line.endswith(reject) for line in fwd[3:-1])  # every blocked range, before any grant
+    assert any(f"-d 169.254.0.0/16 {reject}" in line for line in fwd)
+    assert fwd[-1] == "-A AGENTBOX-FWD-0123456789ab -j AGENTBOX-GRANT-0123456789ab"  # then the grants
+    grants = [line for line in rules if line.startswith("-A AGENTBOX-GRANT-0123456789ab")]
+    assert grants == [
+        "-A AGENTBOX-GRANT-0123456789ab -m mac --mac-source 02:00:00:00:00:01 -j RETURN",
+        "-A AGENTBOX-GRANT-0123456789ab -d 203.0.113.7/32 -m mac --mac-source 02:00:00:00:00:02 -j RETURN",
+        f"-A AGENTBOX-GRANT-0123456789ab {reject}",  # everything else
     ]
-    assert fwd[-1].endswith(reject)  # everything else
     assert [line for line in rules if line.startswith("-A AGENTBOX-REJ-")] == [
         "-A AGENTBOX-REJ-0123456789ab -p tcp -j REJECT --reject-with tcp-reset",  # never rate-limited
         "-A AGENTBOX-REJ-0123456789ab -j REJECT --reject-with icmp-admin-prohibited",
@@ -50,7 +58,7 @@ def test_the_host_rejects_all_but_answers_and_ipv6_rejects_all() -> None:
     assert len(inp) == 2 and "ESTABLISHED" in inp[0] and inp[1].endswith("-j AGENTBOX-REJ-0123456789ab")
     v6 = FIREWALL.ruleset({"02:00:00:00:00:01": None}, family=6)
     assert "--mac-source" not in v6 and "icmp6-adm-prohibited" in v6
-    assert "-A AGENTBOX-FWD-0123456789ab -j AGENTBOX-REJ-0123456789ab" in v6
+    assert "-A AGENTBOX-GRANT-0123456789ab -j AGENTBOX-REJ-0123456789ab" in v6
 
 
 def test_allow_lists_resolve_and_refuse_what_is_never_reachable() -> None:
@@ -95,6 +103,8 @@ def test_policies_round_trip_through_the_stored_columns() -> None:
     assert policy_of("none", None) == "none"
     assert policy_of("workspace_net", None) == "egress"
     assert policy_of("workspace_net", ["pypi.org"]) == AllowList(allow=["pypi.org"])
+    for policy in ("none", "egress", AllowList(allow=["pypi.org"])):
+        assert policy_of(**columns_of(policy, "workspace_net")) == policy  # type: ignore[arg-type]
 
 
 def test_the_server_default_policy_is_read_from_the_environment() -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from agentbox.errors import ProviderError
+from agentbox.errors import BadRequest, ProviderError
+from agentbox.network import NO_NETWORK, POLICY_KINDS, PolicyKind
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,9 @@ class WorkspaceSpec:
     memory: int
     disk: int
     pids_limit: int
-    network: str = ""
+    #: What it may reach; the provider enforces it (see `Capabilities.network_policies`).
+    network: PolicyKind = "egress"
+    allow_cidrs: tuple[str, ...] | None = None  # for "allow": the list, resolved by `Provider.resolve_allow_list`
     ttl_seconds: int | None = None  # for providers whose sandboxes end by themselves (E2B)
 
     @classmethod
@@ -41,7 +44,8 @@ class WorkspaceSpec:
             memory=record.memory,
             disk=record.disk,
             pids_limit=record.pids_limit,
-            network=record.network,
+            network="none" if record.network == NO_NETWORK else "egress" if record.allow is None else "allow",
+            allow_cidrs=tuple(record.allow_cidrs) if record.allow is not None else None,
             ttl_seconds=int(record.ttl_days * 86400) if record.ttl_days else None,
         )
 
@@ -132,7 +136,9 @@ class Capabilities:
     #: False when a workspace's cpu, memory and disk come from the provider (E2B: its template).
     sized_per_request: bool = True
     #: The network policies it enforces (egress, none, allow); any other is refused, never weakened.
-    network_policies: frozenset[str] = frozenset({"egress", "none", "allow"})
+    network_policies: frozenset[str] = POLICY_KINDS
+    #: How to get the policies it lacks, for the refusal ("" when there is no way).
+    network_hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,21 @@ class Provider(abc.ABC):
         """Make sure the workspace lives until `until` (None: until it is deleted). Called every round.
 
         For providers whose sandboxes end by themselves; a container lives until removed.
+        """
+        return None
+
+    def resolve_allow_list(self, entries: list[str]) -> list[str]:
+        """The CIDRs an allow list stands for, checked against what this provider never lets a workspace reach.
+
+        Called before admission (a name lookup may take seconds). Raises BadRequest for an entry that
+        cannot be resolved or may never be reached, or when the provider cannot enforce allow lists.
+        """
+        raise BadRequest(f"the {self.name} provider cannot enforce network allow lists")
+
+    def enforce(self) -> None:
+        """Re-assert isolation that something outside may have undone (Docker: a firewall flush).
+
+        Called every few seconds by the background loop; raises ProviderError when it cannot.
         """
         return None
 

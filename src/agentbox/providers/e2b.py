@@ -31,7 +31,6 @@ import httpx
 from e2b import CommandHandle, Sandbox, SandboxQuery, SandboxState
 
 from agentbox.errors import BadRequest, FileError, ProviderError, ProviderUnavailable, WorkspaceGone
-from agentbox.network import NO_NETWORK
 from agentbox.providers.base import (
     TIMEOUT_EXIT_CODE,
     Capabilities,
@@ -159,7 +158,7 @@ class E2BProvider(Provider):
                 template=template,
                 timeout=timeout,
                 metadata=metadata,
-                allow_internet_access=spec.network != NO_NETWORK,
+                allow_internet_access=spec.network != "none",
                 **self._opts,
             )
         with self._lock:

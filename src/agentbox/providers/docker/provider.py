@@ -23,7 +23,7 @@ import docker.errors
 from docker.types import Mount
 
 from agentbox.errors import AgentboxError, BadRequest, ProviderError, WorkspaceGone
-from agentbox.network import NO_NETWORK, mac_address
+from agentbox.network import NO_NETWORK, POLICY_KINDS
 from agentbox.providers.base import (
     Capabilities,
     DirEntry,
@@ -36,15 +36,14 @@ from agentbox.providers.base import (
 )
 from agentbox.providers.docker.disks import HOME, TMP, WORKSPACE, Disks
 from agentbox.providers.docker.engine import EngineTransport, Frames, engine_errors
+from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
+from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
 from agentbox.providers.docker.runtime import STANDARD_RUNTIME
 from agentbox.sandbox import HELPER_IN_WORKSPACE, helper_bytes, helper_digest
 from agentbox.sandbox.channel import HelperChannel
 
 log = logging.getLogger("agentbox.providers.docker")
 
-WORKSPACE_LABEL = "agentbox.workspace.id"
-# Several deployments may share an engine; each reconciles only its own sandboxes.
-INSTANCE_LABEL = "agentbox.instance"
 CONTAINER_PREFIX = "agentbox-"
 HELPER = HELPER_IN_WORKSPACE
 HOME_IN_WORKSPACE = "/home/agent"
@@ -75,8 +74,12 @@ class DockerProvider(Provider):
         disks: Disks,
         helper: Path,
         instance: str,
+        network: WorkspaceNetwork | None = None,
     ) -> None:
+        """`network`: the fenced workspace network (WORKSPACE_NETWORK_NAME); None puts workspaces that may
+        reach the internet on Docker's default bridge, with no firewall, and refuses allow lists."""
         self.client = client
+        self.network = network
         self.name = name
         self.runtime = runtime
         self.user = user
@@ -87,7 +90,24 @@ class DockerProvider(Provider):
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(runtime=self.runtime, isolation=self._isolation)
+        if self.network is not None:
+            return Capabilities(runtime=self.runtime, isolation=self._isolation)
+        return Capabilities(
+            runtime=self.runtime,
+            isolation=self._isolation,
+            network_policies=POLICY_KINDS - {"allow"},
+            network_hint="allow lists need the workspace network and its firewall: run the server with "
+            "WORKSPACE_NETWORK_NAME set",
+        )
+
+    def resolve_allow_list(self, entries: list[str]) -> list[str]:
+        if self.network is None:
+            return super().resolve_allow_list(entries)
+        return self.network.resolve(entries)
+
+    def enforce(self) -> None:
+        if self.network is not None:
+            self.network.restore()
 
     # Lifecycle
 
@@ -110,10 +130,11 @@ class DockerProvider(Provider):
             host_memory = spec.memory + GVISOR_MEMORY_HEADROOM + spec.memory // 8
             init += ["-M", str(spec.memory), "-P", str(spec.pids_limit)]
             host_pids = spec.pids_limit * GVISOR_HOST_PIDS_PER_TASK + 256
+        labels = {WORKSPACE_LABEL: spec.id, INSTANCE_LABEL: self.instance}
         options: dict[str, Any] = {
             "name": ref,
             "hostname": spec.id.replace("_", "-"),
-            "labels": {WORKSPACE_LABEL: spec.id, INSTANCE_LABEL: self.instance},
+            "labels": labels,
             "runtime": self.runtime,
             "user": self.user,
             "working_dir": "/workspace",
@@ -131,11 +152,16 @@ class DockerProvider(Provider):
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
         }
-        if spec.network:
-            options["network"] = spec.network
-        if spec.network != NO_NETWORK:
+        if spec.network == "none":
+            options["network"] = NO_NETWORK
+        else:
             options["mac_address"] = mac_address(spec.id)  # how the firewall knows this workspace
         try:
+            if spec.network != "none" and self.network is not None:
+                labels.update(self.network.join(spec.id, spec.allow_cidrs))
+                options["network"] = self.network.name
+            elif spec.network == "allow":
+                raise BadRequest(self.capabilities().network_hint)
             with engine_errors("creating the container"):
                 try:
                     self.client.containers.create(spec.image, init, **options)
@@ -245,6 +271,11 @@ class DockerProvider(Provider):
                         self.client.api.stop(container["Id"], timeout=STOP_TIMEOUT)
                         self.client.api.remove_container(container["Id"], v=True, force=True)
         self.disks.destroy(workspace_id)
+        if self.network is not None:
+            try:
+                self.network.leave(workspace_id)
+            except AgentboxError as exc:  # the workspace is gone; the next restore drops its rules
+                log.warning("removing the firewall rules of %s failed: %s", workspace_id, exc.detail)
 
     def state(self, ref: str) -> ProviderState:
         try:

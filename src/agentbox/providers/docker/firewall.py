@@ -1,24 +1,25 @@
 """The host firewall around the workspace network: what a workspace may reach.
 
-Three iptables chains per workspace network, owned by agentbox and rewritten whole (one
-atomic `iptables-restore`) whenever a workspace comes or goes (creates that arrive together
-share one rewrite: `sync`), and again every few seconds, so that they come back after a
-firewall flush:
+Four iptables chains per workspace network, owned by agentbox:
 
 - `AGENTBOX-FWD-<network>`, hooked from DOCKER-USER for traffic from the bridge, is what a
   workspace may reach through the host: never the addresses in `blocked` (private ranges,
-  link-local and metadata addresses, the host's own networks); then, per workspace (known
-  by the MAC address it was created with), the public internet or only its allow list;
-  everything else is rejected.
+  link-local and metadata addresses, the host's own networks); then whatever
+  `AGENTBOX-GRANT-<network>` lets through.
+- `AGENTBOX-GRANT-<network>` holds one rule per workspace (known by the MAC address it was
+  created with; one per CIDR for an allow list) and rejects the rest. A workspace's rules are
+  inserted at its create and deleted at its removal, so a change costs the same whether 1 or
+  200 workspaces are on the network; changes that arrive together share one `iptables-restore`.
 - `AGENTBOX-IN-<network>`, hooked from INPUT, rejects every connection a workspace opens
   to the host itself (the API, the database, anything listening on any host address);
   answers to connections the host opened pass.
 
-Blocked connections are rejected, not dropped, so that they fail at once (TCP with a reset,
-the rest with an ICMP error; `AGENTBOX-REJ-<network>`). DNS to the host's
-resolvers is let through (Docker's embedded DNS forwards workspaces' queries from their
-own network namespace). IPv6 is not routed for workspaces: every IPv6 packet from the
-bridge is rejected.
+The whole set is rewritten (one atomic `iptables-restore`) at start-up and every few seconds
+(`restore`), so that it comes back after a firewall flush. Blocked connections are rejected,
+not dropped, so that they fail at once (TCP with a reset, the rest with an ICMP error;
+`AGENTBOX-REJ-<network>`). DNS to the host's resolvers is let through (Docker's embedded DNS
+forwards workspaces' queries from their own network namespace). IPv6 is not routed for
+workspaces: every IPv6 packet from the bridge is rejected.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ REJECT_OTHER = {4: "-j REJECT --reject-with icmp-admin-prohibited", 6: "-j REJEC
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
 #: Per workspace MAC address: None for the public internet, else the CIDRs of its allow list.
 Grants = Mapping[str, Sequence[str] | None]
+Grant = tuple[str, ...] | None
+
+
+class _Revoked:
+    """A workspace with no rules (a sentinel: None already means "the public internet")."""
+
+
+REVOKED = _Revoked()
 
 
 class FirewallError(AgentboxError):
@@ -79,7 +88,12 @@ class Firewall:
     blocked: tuple[IPv4Network, ...]
     resolvers: tuple[IPv4Address, ...]
     ipv6: bool = True
-    applied: dict[str, tuple[str, ...] | None] | None = field(default=None, init=False)
+    #: What the chains hold (or will, once a pending change is written): MAC address -> grant.
+    grants: dict[str, Grant] = field(default_factory=dict, init=False)
+    _written: bool = field(default=False, init=False, repr=False)
+    # Changes wait here for the next writer, so that concurrent creates share one iptables-restore.
+    _pending: dict[str, Grant | _Revoked] = field(default_factory=dict, init=False, repr=False)
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
@@ -113,12 +127,20 @@ class Firewall:
         return f"AGENTBOX-FWD-{self.tag}"
 
     @property
+    def grant_chain(self) -> str:
+        return f"AGENTBOX-GRANT-{self.tag}"
+
+    @property
     def input_chain(self) -> str:
         return f"AGENTBOX-IN-{self.tag}"
 
     @property
     def reject_chain(self) -> str:
         return f"AGENTBOX-REJ-{self.tag}"
+
+    @property
+    def chains(self) -> tuple[str, ...]:
+        return (self.forward_chain, self.grant_chain, self.input_chain, self.reject_chain)
 
     def hooks(self, family: int) -> list[tuple[str, str]]:
         """(built-in chain, our chain) jumps, for IPv4 (4) or IPv6 (6)."""
@@ -129,8 +151,8 @@ class Firewall:
 
     def ruleset(self, grants: Grants, family: int = 4) -> str:
         """The chains' whole contents, in iptables-restore's format (declaring a chain empties it)."""
-        fwd, inp, rej = self.forward_chain, self.input_chain, self.reject_chain
-        lines = ["*filter", *(f":{chain} - [0:0]" for chain in (fwd, inp, rej))]
+        fwd, grant, inp, rej = self.chains
+        lines = ["*filter", *(f":{chain} - [0:0]" for chain in self.chains)]
         lines += [f"-A {rej} {REJECT_TCP}", f"-A {rej} {REJECT_OTHER[family]}"]
         lines += [f"-A {fwd} {ESTABLISHED}", f"-A {inp} {ESTABLISHED}"]
         if family == 4:
@@ -138,35 +160,75 @@ class Firewall:
                 lines += [f"-A {fwd} -d {resolver}/32 -p {proto} --dport 53 -j RETURN" for proto in ("udp", "tcp")]
             lines += [f"-A {fwd} -d {cidr} -j {rej}" for cidr in self.blocked]
             for mac, cidrs in sorted(grants.items()):
-                match = f"-A {fwd} -m mac --mac-source {mac}"
-                lines += [f"{match} -j RETURN"] if cidrs is None else [f"{match} -d {c} -j RETURN" for c in cidrs]
-        lines += [f"-A {fwd} -j {rej}", f"-A {inp} -j {rej}", "COMMIT", ""]
+                lines += [f"-A {grant} {rule}" for rule in _grant_rules(mac, cidrs)]
+        lines += [f"-A {fwd} -j {grant}"]
+        # A grant's RETURN leaves the grant chain at the end of the forward chain, so the packet goes
+        # on through Docker's own rules; whatever no grant matched is rejected here.
+        lines += [f"-A {grant} -j {rej}", f"-A {inp} -j {rej}", "COMMIT", ""]
         return "\n".join(lines)
 
-    def sync(self, grants_of: Callable[[], Grants], force: bool = False) -> None:
-        """Bring the chains in line with `grants_of()` and make sure they are hooked in (again, after a
-        flush); `force`: rewrite them even when nothing changed.
+    def grant(self, mac: str, cidrs: Sequence[str] | None) -> None:
+        """Let the workspace with `mac` reach the public internet (`cidrs` None) or only `cidrs`."""
+        self._change(mac, None if cidrs is None else tuple(cidrs))
 
-        `grants_of` is asked under the lock, which batches creates that arrive together: while one
-        rewrite runs the others wait, and the first of them to go next reads every grant added
-        meanwhile, so the rest find nothing left to do.
-        """
+    def revoke(self, mac: str) -> None:
+        """Remove the workspace's rules (when it is removed); nothing to do if it has none."""
+        self._change(mac, REVOKED)
+
+    def _change(self, mac: str, wanted: Grant | _Revoked) -> None:
+        with self._pending_lock:
+            self._pending[mac] = wanted
         with self._lock:
-            grants = grants_of()
-            if not force and grants == self.applied:
+            with self._pending_lock:
+                batch, self._pending = self._pending, {}
+            if not batch:
+                return  # another thread's batch carried this change
+            lines = []
+            for changed, new in batch.items():
+                old = self.grants.get(changed, REVOKED)
+                if old == new:
+                    continue
+                if not isinstance(old, _Revoked):
+                    lines += [f"-D {self.grant_chain} {rule}" for rule in _grant_rules(changed, old)]
+                    del self.grants[changed]
+                if not isinstance(new, _Revoked):
+                    # At the top, before the chain's final reject; the order of grants does not matter.
+                    lines += [f"-I {self.grant_chain} 1 {rule}" for rule in _grant_rules(changed, new)]
+                    self.grants[changed] = new
+            if not lines:
                 return
-            missing = []
-            for family in (4, 6) if self.ipv6 else (4,):
-                tool = "iptables" if family == 4 else "ip6tables"
-                _run([f"{tool}-restore", "--wait", "5", "--noflush"], self.ruleset(grants, family))
-                for builtin, chain in self.hooks(family):
-                    rule = [builtin, "-i", self.bridge, "-j", chain]
-                    if not _succeeds([tool, "-w", "5", "-C", *rule]):
-                        _run([tool, "-w", "5", "-I", *rule[:1], "1", *rule[1:]])
-                        missing.append(f"{tool} {builtin}")
-            if missing and self.applied is not None:
-                log.warning("firewall: the jumps into agentbox's chains were gone (%s); restored", ", ".join(missing))
-            self.applied = {mac: None if cidrs is None else tuple(cidrs) for mac, cidrs in grants.items()}
+            try:
+                _run(["iptables-restore", "--wait", "5", "--noflush"], "\n".join(["*filter", *lines, "COMMIT", ""]))
+            except FirewallError as exc:
+                # A rule to delete was gone (a flush?) or iptables hiccupped: write the whole set instead.
+                log.info("firewall: an incremental change failed (%s); rewriting the chains", exc.detail)
+                self._write()
+
+    def restore(self) -> None:
+        """Rewrite the chains from the grants and hook them in again (after a flush); at start-up and every few
+        seconds. The grants are what `grant` and `revoke` made them, or `adopt` at start-up."""
+        with self._lock:
+            self._write()
+
+    def adopt(self, grants: Grants) -> None:
+        """Take `grants` (the workspaces already on the network, at start-up) as the whole set, and write it."""
+        with self._lock:
+            self.grants = {mac: None if cidrs is None else tuple(cidrs) for mac, cidrs in grants.items()}
+            self._write()
+
+    def _write(self) -> None:
+        missing = []
+        for family in (4, 6) if self.ipv6 else (4,):
+            tool = "iptables" if family == 4 else "ip6tables"
+            _run([f"{tool}-restore", "--wait", "5", "--noflush"], self.ruleset(self.grants, family))
+            for builtin, chain in self.hooks(family):
+                rule = [builtin, "-i", self.bridge, "-j", chain]
+                if not _succeeds([tool, "-w", "5", "-C", *rule]):
+                    _run([tool, "-w", "5", "-I", *rule[:1], "1", *rule[1:]])
+                    missing.append(f"{tool} {builtin}")
+        if missing and self._written:
+            log.warning("firewall: the jumps into agentbox's chains were gone (%s); restored", ", ".join(missing))
+        self._written = True
 
     def remove(self) -> None:
         """Unhook and delete the chains (when the workspace network itself goes)."""
@@ -176,12 +238,12 @@ class Firewall:
                 for builtin, chain in self.hooks(family):
                     while _succeeds([tool, "-w", "5", "-D", builtin, "-i", self.bridge, "-j", chain]):
                         pass
-                chains = (self.forward_chain, self.input_chain, self.reject_chain)
-                for chain in chains:
+                for chain in self.chains:
                     _succeeds([tool, "-w", "5", "-F", chain])
-                for chain in chains:
+                for chain in self.chains:
                     _succeeds([tool, "-w", "5", "-X", chain])
-            self.applied = None
+            self.grants = {}
+            self._written = False
 
     def resolve(self, entries: Iterable[str]) -> list[str]:
         """The CIDRs an allow list stands for; a 400 for what can never be reached or resolved."""
@@ -252,6 +314,13 @@ def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[IPv4Ad
             if isinstance(address, IPv4Address) and not address.is_loopback:
                 found.append(address)
     return tuple(found)
+
+
+def _grant_rules(mac: str, cidrs: Sequence[str] | None) -> list[str]:
+    """One workspace's rules in the grant chain, after the chain's name."""
+    # In iptables' own order (`iptables -S` prints them so), so that listings read back the same.
+    match = f"-m mac --mac-source {mac} -j RETURN"
+    return [match] if cidrs is None else [f"-d {cidr} {match}" for cidr in cidrs]
 
 
 def _collapse(networks: Iterable[IPv4Network]) -> tuple[IPv4Network, ...]:
