@@ -337,6 +337,8 @@ def _call(function: Callable[[], T]) -> T:
         _fail(f"{exc.detail} (HTTP {exc.status_code})")
     except httpx.TransportError as exc:
         _fail(f"cannot reach the server: {exc}; is `agentbox serve` running? (--url, AGENTBOX_URL)")
+    except httpx.HTTPError as exc:  # e.g. a redirect loop: whatever answers is not an agentbox server
+        _fail(f"talking to the server failed: {exc}; check --url (AGENTBOX_URL)")
 
 
 if __name__ == "__main__":  # pragma: no cover

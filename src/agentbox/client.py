@@ -158,7 +158,7 @@ class Client:
                     yield _stream_event(response, line)
 
     def read_file(self, workspace_id: str, path: str) -> bytes:
-        """A file's content. Raises APIError: 404 when it does not exist, 409 when it is a directory."""
+        """A file's content (a directory: see `read_path`). Raises APIError: 404 when it does not exist."""
         return self._call("GET", f"/workspaces/{workspace_id}/files", params={"path": path}).content
 
     def list_dir(self, workspace_id: str, path: str) -> builtins.list[DirEntryOut]:
