@@ -7,16 +7,19 @@ import logging
 import sys
 import tarfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import httpx
 import typer
+from pydantic import TypeAdapter
 from rich.console import Console
 from rich.table import Column, Table
 
 from agentbox.client import APIError, Client
 from agentbox.config import ConfigError, Settings, load_settings
+from agentbox.schemas import DirListing, ExitEvent, OutputEvent
 
 app = typer.Typer(help="Isolated workspaces for AI agents, on Docker with gVisor.", no_args_is_help=True)
 ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args_is_help=True)
@@ -26,6 +29,7 @@ app.add_typer(github, name="github")
 console = Console()
 T = TypeVar("T")
 errors = Console(stderr=True)
+_TIMESTAMP = TypeAdapter(datetime)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -174,7 +178,7 @@ def ws_create(
                 ephemeral=not persistent, env=_pairs(env, "--env"), labels=_pairs(label, "--label"), **options
             )
         )
-    console.print(workspace["id"], highlight=False)
+    console.print(workspace.id, highlight=False)
 
 
 @ws.command("ls")
@@ -189,14 +193,12 @@ def ws_ls(
         found = _call(lambda: client.list(status=status))
     if quiet:
         for w in found:
-            print(w["id"])
+            print(w.id)
         return
     table = Table("status", "runtime", "image", "cpu", "memory", "expires")
     table.columns.insert(0, Column("id", no_wrap=True))
     for w in found:
-        table.add_row(
-            w["id"], w["status"], w["runtime"], w["image"], str(w["cpu"]), w["memory"], w["expires_at"] or "never"
-        )
+        table.add_row(w.id, w.status, w.runtime, w.image, str(w.cpu), w.memory, _timestamp(w.expires_at))
     console.print(table)
 
 
@@ -221,16 +223,16 @@ def ws_exec(
         nonlocal code
         with _client(url, api_key) as client:
             for event in client.exec_stream(workspace_id, argv, **options):
-                if "stream" in event:
-                    (sys.stdout if event["stream"] == "stdout" else sys.stderr).write(event["data"])
-                elif "exit_code" in event:
-                    code = event["exit_code"]
-                    if event.get("timed_out"):  # its exit code is then 124, as under timeout(1)
-                        errors.print(f"[yellow]timed out after {event['duration_ms'] / 1000:.1f} s[/yellow]")
-                    elif event.get("signal"):
-                        errors.print(f"[yellow]killed by {event['signal']}[/yellow]")
-                elif "error" in event:
-                    _fail(event["error"])
+                if isinstance(event, OutputEvent):
+                    (sys.stdout if event.stream == "stdout" else sys.stderr).write(event.data)
+                elif isinstance(event, ExitEvent):
+                    code = event.exit_code
+                    if event.timed_out:  # its exit code is then 124, as under timeout(1)
+                        errors.print(f"[yellow]timed out after {event.duration_ms / 1000:.1f} s[/yellow]")
+                    elif event.signal:
+                        errors.print(f"[yellow]killed by {event.signal}[/yellow]")
+                else:
+                    _fail(event.error)
 
     _call(run)
     sys.stdout.flush()
@@ -264,14 +266,13 @@ def ws_cp(
         else:
             assert remote_src is not None
             workspace_id, path = remote_src
-            kind, content = _call(lambda: client.read_path(workspace_id, path))
-            if kind == "dir":
+            content = _call(lambda: client.read_path(workspace_id, path))
+            if isinstance(content, DirListing):
                 data = _call(lambda: client.read_archive(workspace_id, path))
                 Path(destination).mkdir(parents=True, exist_ok=True)
                 with tarfile.open(fileobj=io.BytesIO(data)) as tar:
                     tar.extractall(destination, filter="data")
             else:
-                assert isinstance(content, bytes)
                 Path(destination).write_bytes(content)
 
 
@@ -284,7 +285,7 @@ def ws_push(
     """Push the current branch of the workspace's repository (made with --repo) to GitHub."""
     with _client(url, api_key) as client:
         pushed = _call(lambda: client.git_push(workspace_id))
-    console.print(f"pushed {pushed['branch']} ({pushed['commit'][:12]}) to {pushed['repository']}", highlight=False)
+    console.print(f"pushed {pushed.branch} ({pushed.commit[:12]}) to {pushed.repository}", highlight=False)
 
 
 @ws.command("rm")
@@ -314,7 +315,12 @@ def ws_extend(
         )
     with _client(url, api_key) as client:
         workspace = _call(lambda: client.extend(workspace_id, ttl_days))
-    console.print(f"{workspace_id} now expires at {workspace['expires_at']}", highlight=False)
+    console.print(f"{workspace_id} now expires at {_timestamp(workspace.expires_at)}", highlight=False)
+
+
+def _timestamp(moment: datetime | None) -> str:
+    """As the API wrote it (ISO 8601, UTC as Z), or "never"."""
+    return "never" if moment is None else str(_TIMESTAMP.dump_python(moment, mode="json"))
 
 
 def _remote(spec: str) -> tuple[str, str] | None:
@@ -331,6 +337,8 @@ def _call(function: Callable[[], T]) -> T:
         _fail(f"{exc.detail} (HTTP {exc.status_code})")
     except httpx.TransportError as exc:
         _fail(f"cannot reach the server: {exc}; is `agentbox serve` running? (--url, AGENTBOX_URL)")
+    except httpx.HTTPError as exc:  # e.g. a redirect loop: whatever answers is not an agentbox server
+        _fail(f"talking to the server failed: {exc}; check --url (AGENTBOX_URL)")
 
 
 if __name__ == "__main__":  # pragma: no cover

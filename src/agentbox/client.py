@@ -1,16 +1,40 @@
-"""A Python client for the agentbox HTTP API (used by the CLI and the tests)."""
+"""A Python client for the agentbox HTTP API (used by the CLI and the tests); it returns the API's own models.
+
+Every method raises `APIError` (with the answer's `status_code` and `detail`) when the server
+answers with an error, and httpx's `TransportError` when it cannot be reached.
+"""
 
 from __future__ import annotations
 
 import builtins
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
+
+from agentbox.schemas import (
+    DirEntryOut,
+    DirListing,
+    ErrorEvent,
+    ExecOut,
+    ExecStreamEvent,
+    ExitEvent,
+    Health,
+    OutputEvent,
+    PushOut,
+    WorkspaceList,
+    WorkspaceOut,
+    WriteResult,
+)
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class APIError(Exception):
+    """The server answered with an error: its HTTP `status_code` and its `detail` (a string, or a 422's list)."""
+
     def __init__(self, status_code: int, detail: Any) -> None:
         super().__init__(f"{status_code}: {detail}")
         self.status_code = status_code
@@ -18,6 +42,12 @@ class APIError(Exception):
 
 
 class Client:
+    """The API of the server at `base_url`, as the owner of `api_key`.
+
+    `transport` replaces the network: `httpx.MockTransport`, or one that hands each request to
+    the app in-process, as tests/unit/test_api.py does.
+    """
+
     def __init__(
         self,
         base_url: str = "http://127.0.0.1:8000",
@@ -44,44 +74,77 @@ class Client:
         _raise_for_status(response)
         return response
 
-    def health(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/health").json())
+    def health(self) -> Health:
+        """The server's health: runtime, gVisor platform, providers, version. Needs no key."""
+        return _parse(Health, self._call("GET", "/health"))
 
-    def create(self, **options: Any) -> dict[str, Any]:
-        return dict(self._call("POST", "/workspaces", json=options).json())
+    def create(self, **options: Any) -> WorkspaceOut:
+        """Create a workspace with the fields of `CreateWorkspace` as keywords; return it, running.
 
-    def list(self, status: str | None = None, labels: dict[str, str] | None = None) -> builtins.list[dict[str, Any]]:
-        params: list[tuple[str, str]] = [("label", f"{k}={v}") for k, v in (labels or {}).items()]
+        Raises APIError: 400 when the provider cannot do what is asked, 422 for bad options,
+        429 when the server's limit of active workspaces is reached.
+        """
+        return _parse(WorkspaceOut, self._call("POST", "/workspaces", json=options))
+
+    def list(self, status: str | None = None, labels: dict[str, str] | None = None) -> builtins.list[WorkspaceOut]:
+        """Your workspaces that are not deleted; only those with `status` and all of `labels` if given.
+
+        Raises APIError: 422 for an unknown status.
+        """
+        params: builtins.list[tuple[str, str]] = [("label", f"{k}={v}") for k, v in (labels or {}).items()]
         if status:
             params.append(("status", status))
-        return list(self._call("GET", "/workspaces", params=params).json()["workspaces"])
+        return _parse(WorkspaceList, self._call("GET", "/workspaces", params=params)).workspaces
 
-    def get(self, workspace_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/workspaces/{workspace_id}").json())
+    def get(self, workspace_id: str) -> WorkspaceOut:
+        """One of your workspaces. Raises APIError: 404 when there is no such workspace of yours."""
+        return _parse(WorkspaceOut, self._call("GET", f"/workspaces/{workspace_id}"))
 
     def delete(self, workspace_id: str) -> None:
+        """Delete a workspace and everything in it. Raises APIError: 404 when it is not yours or gone."""
         self._call("DELETE", f"/workspaces/{workspace_id}")
 
-    def stop(self, workspace_id: str) -> dict[str, Any]:
-        return dict(self._call("POST", f"/workspaces/{workspace_id}/stop").json())
+    def stop(self, workspace_id: str) -> WorkspaceOut:
+        """Stop a workspace, keeping its files; return it.
 
-    def start(self, workspace_id: str) -> dict[str, Any]:
-        return dict(self._call("POST", f"/workspaces/{workspace_id}/start").json())
+        Raises APIError: 400 when its provider cannot stop workspaces, 404, 409 when it is
+        neither running nor stopped.
+        """
+        return _parse(WorkspaceOut, self._call("POST", f"/workspaces/{workspace_id}/stop"))
 
-    def extend(self, workspace_id: str, ttl_days: float | None = None) -> dict[str, Any]:
+    def start(self, workspace_id: str) -> WorkspaceOut:
+        """Start a stopped workspace; return it. Raises APIError: 404, 409, 429."""
+        return _parse(WorkspaceOut, self._call("POST", f"/workspaces/{workspace_id}/start"))
+
+    def extend(self, workspace_id: str, ttl_days: float | None = None) -> WorkspaceOut:
+        """Renew an ephemeral workspace's TTL from now; return it. Raises APIError: 404, 409 if persistent."""
         body = {"ttl_days": ttl_days} if ttl_days is not None else None
-        return dict(self._call("POST", f"/workspaces/{workspace_id}/extend", json=body).json())
+        return _parse(WorkspaceOut, self._call("POST", f"/workspaces/{workspace_id}/extend", json=body))
 
-    def git_push(self, workspace_id: str) -> dict[str, Any]:
-        """Push the current branch of the workspace's repository (`repo` at create)."""
-        return dict(self._call("POST", f"/workspaces/{workspace_id}/git/push").json())
+    def git_push(self, workspace_id: str) -> PushOut:
+        """Push the current branch of the workspace's repository (`repo` at create); what was pushed.
 
-    def exec(self, workspace_id: str, command: str | builtins.list[str], **options: Any) -> dict[str, Any]:
-        return dict(self._call("POST", f"/workspaces/{workspace_id}/exec", json={"command": command, **options}).json())
+        Raises APIError: 404, 409 when it has no repository or nothing to push, 502 when GitHub refuses.
+        """
+        return _parse(PushOut, self._call("POST", f"/workspaces/{workspace_id}/git/push"))
+
+    def exec(self, workspace_id: str, command: str | builtins.list[str], **options: Any) -> ExecOut:
+        """Run a command (a shell string or an argv list) to its end; its exit code and output.
+
+        `options`: `timeout`, `cwd`, `env`, as in `ExecIn`. Raises APIError: 404, 409 when the
+        workspace is not running, 422 for bad options.
+        """
+        body = {"command": command, **options}
+        return _parse(ExecOut, self._call("POST", f"/workspaces/{workspace_id}/exec", json=body))
 
     def exec_stream(
         self, workspace_id: str, command: str | builtins.list[str], **options: Any
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[ExecStreamEvent]:
+        """Run a command and yield its output as it comes (`OutputEvent`), then an `ExitEvent`.
+
+        If the command cannot go on, the last event is an `ErrorEvent` instead. Raises
+        APIError (before the first event): 404, 409, 422, as `exec`.
+        """
         # No read timeout: a command may stay silent for as long as its own timeout lets it run.
         timeout = httpx.Timeout(self._http.timeout.connect, read=None)
         with self._http.stream(
@@ -92,44 +155,72 @@ class Client:
                 _raise_for_status(response)
             for line in response.iter_lines():
                 if line:
-                    yield json.loads(line)
+                    yield _stream_event(response, line)
 
     def read_file(self, workspace_id: str, path: str) -> bytes:
+        """A file's content (a directory: see `read_path`). Raises APIError: 404 when it does not exist."""
         return self._call("GET", f"/workspaces/{workspace_id}/files", params={"path": path}).content
 
-    def list_dir(self, workspace_id: str, path: str) -> builtins.list[dict[str, Any]]:
-        kind, content = self.read_path(workspace_id, path)
-        if kind != "dir":
+    def list_dir(self, workspace_id: str, path: str) -> builtins.list[DirEntryOut]:
+        """A directory's entries. Raises APIError: 404 when it does not exist, 409 when it is a file."""
+        found = self.read_path(workspace_id, path)
+        if not isinstance(found, DirListing):
             raise APIError(409, f"{path} is a file, not a directory")
-        assert isinstance(content, list)
-        return content
+        return found.entries
 
-    def read_path(self, workspace_id: str, path: str) -> tuple[str, bytes | builtins.list[dict[str, Any]]]:
-        """("file", its bytes) or ("dir", its entries), in one request."""
+    def read_path(self, workspace_id: str, path: str) -> bytes | DirListing:
+        """A file's content, or a directory's listing, in one request. Raises APIError: 404 when it does not exist."""
         response = self._call("GET", f"/workspaces/{workspace_id}/files", params={"path": path})
         if response.headers.get("content-type", "").startswith("application/json"):
-            entries: builtins.list[dict[str, Any]] = response.json()["entries"]
-            return "dir", entries
-        return "file", response.content
+            return _parse(DirListing, response)
+        return response.content
 
-    def write_file(self, workspace_id: str, path: str, data: bytes | Iterable[bytes], mode: str = "644") -> int:
+    def write_file(self, workspace_id: str, path: str, data: bytes | Iterable[bytes], mode: str = "644") -> WriteResult:
+        """Write a whole file (parents made as needed) with octal permissions `mode`; its path and size.
+
+        Raises APIError: 413 past the server's upload limit, 422 for a bad path or mode, 507 when
+        the workspace's disk is full.
+        """
         response = self._call(
             "PUT", f"/workspaces/{workspace_id}/files", params={"path": path, "mode": mode}, content=data
         )
-        return int(response.json()["size"])
+        return _parse(WriteResult, response)
 
     def read_archive(self, workspace_id: str, path: str) -> bytes:
+        """A directory as a tar archive. Raises APIError: 400 when the provider cannot move archives, 404."""
         return self._call("GET", f"/workspaces/{workspace_id}/archive", params={"path": path}).content
 
     def write_archive(self, workspace_id: str, path: str, tar_data: bytes | Iterable[bytes]) -> None:
+        """Unpack a tar archive into a directory. Raises APIError: 400 (bad archive or provider), 404, 413."""
         self._call("PUT", f"/workspaces/{workspace_id}/archive", params={"path": path}, content=tar_data)
+
+
+def _parse(model: type[Model], response: httpx.Response) -> Model:
+    """The answer as `model`; an APIError if it is not one (not an agentbox server, or another version)."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise APIError(response.status_code, f"the server's answer is not a {model.__name__}: {exc}") from None
+
+
+def _stream_event(response: httpx.Response, line: str) -> ExecStreamEvent:
+    try:
+        payload = json.loads(line)
+        if "stream" in payload:
+            return OutputEvent.model_validate(payload)
+        if "exit_code" in payload:
+            return ExitEvent.model_validate(payload)
+        return ErrorEvent.model_validate(payload)
+    except (ValueError, TypeError) as exc:  # ValidationError is a ValueError
+        raise APIError(response.status_code, f"the server streamed a line that is not an exec event: {exc}") from None
 
 
 def _raise_for_status(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
-        detail = response.text
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else response.text
     raise APIError(response.status_code, detail)

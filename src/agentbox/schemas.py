@@ -255,6 +255,34 @@ class ExecOut(BaseModel):
     signal: str | None = Field(None, description='the signal that killed the command, e.g. "SIGKILL" (memory limit)')
 
 
+class OutputEvent(BaseModel):
+    """A piece of a streamed command's output (a line of POST .../exec/stream)."""
+
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+
+class ExitEvent(BaseModel):
+    """How a streamed command ended: its last line, after all of its output."""
+
+    exit_code: int
+    timed_out: bool
+    duration_ms: int
+    signal: str | None = Field(None, description='the signal that killed the command, e.g. "SIGKILL" (memory limit)')
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+class ErrorEvent(BaseModel):
+    """Why a streamed command could not go on: its last line, instead of an exit."""
+
+    error: str
+
+
+#: One line of POST .../exec/stream.
+ExecStreamEvent = OutputEvent | ExitEvent | ErrorEvent
+
+
 class DirEntryOut(BaseModel):
     name: str
     type: Literal["file", "dir", "symlink", "other"]

@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentbox.client import APIError, Client
 from agentbox.config import load_settings
 from agentbox.providers.docker.firewall import Firewall
+from agentbox.schemas import Health, WorkspaceOut
 
 if TYPE_CHECKING:
     from .e2b_standin import E2BStandIn
@@ -130,8 +131,8 @@ class Server:
     def client(self, owner: str = "alice") -> Client:
         return Client(self.url, KEYS[owner])
 
-    def health(self) -> dict[str, object]:
-        return dict(httpx.get(f"{self.url}/api/v1/health", timeout=10).json())
+    def health(self) -> Health:
+        return Health.model_validate(httpx.get(f"{self.url}/api/v1/health", timeout=10).json())
 
     def metrics(self) -> dict[str, float]:
         """GET /metrics as {"name{label=value}": value}."""
@@ -170,7 +171,7 @@ def answers(url: str) -> bool:
 def reads_back(client: Client, workspace_id: str, path: str, content: str) -> bool:
     """Whether the workspace answers and `path` in it holds `content` (False while it cannot answer)."""
     try:
-        return client.exec(workspace_id, f"cat {path}")["stdout"] == content
+        return client.exec(workspace_id, f"cat {path}").stdout == content
     except APIError:
         return False
 
@@ -286,12 +287,12 @@ def bob(server: Server) -> Iterator[Client]:
 
 
 @pytest.fixture(params=["gvisor", "docker", "e2b"])
-def workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[dict[str, object]]:
+def workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[WorkspaceOut]:
     """A running workspace of each provider: tests that take it hold for every provider."""
     created = alice.create(provider=request.param)
     yield created
     with contextlib.suppress(APIError):  # the test may have deleted it already
-        alice.delete(str(created["id"]))
+        alice.delete(created.id)
 
 
 # Run inside a workspace: try each host:port, report "connected", "timeout" or the errno's name.
@@ -394,8 +395,8 @@ def fenced(
 
 def probe(client: Client, workspace_id: str, *targets: str) -> dict[str, str]:
     result = client.exec(workspace_id, ["python3", "-c", PROBE, json.dumps(targets)], timeout=120)
-    assert result["exit_code"] == 0, result
-    found = dict(json.loads(result["stdout"]))
+    assert result.exit_code == 0, result
+    found = dict(json.loads(result.stdout))
     print(f"connections from {workspace_id}: {found}")  # the report, shown on failure or with -s
     return found
 

@@ -53,7 +53,7 @@ def archive() -> bytes:
 
 @pytest.fixture
 def victim(alice: Client) -> Iterator[str]:
-    workspace_id = str(alice.create()["id"])
+    workspace_id = alice.create().id
     alice.write_file(workspace_id, "/workspace/secret.txt", b"alice's")
     yield workspace_id
     alice.delete(workspace_id)
@@ -93,12 +93,12 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
             attempt()
         assert denied.value.status_code == 404, (endpoint, denied.value)  # as if it did not exist
         assert victim in str(denied.value.detail) or alice_app in str(denied.value.detail)
-    assert victim not in [w["id"] for w in bob.list()]
+    assert victim not in [w.id for w in bob.list()]
     assert alice._call("GET", f"/github/apps/{alice_app}").json()["id"] == alice_app
     alice._call("DELETE", f"/github/apps/{alice_app}")
     # Alice's workspace went on as before: running, her file there, nothing of Bob's.
-    assert alice.get(victim)["status"] == "running"
-    assert alice.exec(victim, "ls /workspace")["stdout"] == "secret.txt\n"
+    assert alice.get(victim).status == "running"
+    assert alice.exec(victim, "ls /workspace").stdout == "secret.txt\n"
 
 
 def test_request_bodies_are_capped(server: Server, alice: Client, victim: str) -> None:
@@ -115,4 +115,4 @@ def test_request_bodies_are_capped(server: Server, alice: Client, victim: str) -
         assert response.status_code == 413, response.text
         assert "WORKSPACE_MAX_REQUEST" in response.json()["detail"]
     # Under the cap it is an ordinary request.
-    assert alice.exec(victim, "echo " + "b" * 100_000)["stdout"] == "b" * 100_000 + "\n"
+    assert alice.exec(victim, "echo " + "b" * 100_000).stdout == "b" * 100_000 + "\n"

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from agentbox.client import APIError, Client
+from agentbox.schemas import PushOut
 
 from .conftest import KEYS, Server
 from .github_standin import GitHubStandIn, new_private_key
@@ -100,15 +101,15 @@ def test_a_repository_is_cloned_into_a_gvisor_workspace_and_a_branch_pushed_back
     with gh.client() as alice:
         app = register(alice, standin)
         workspace = alice.create(repo={"repository": REPOSITORY, "app": app})
-        workspace_id = str(workspace["id"])
+        workspace_id = workspace.id
         try:
-            assert workspace["runtime"] == "runsc" and workspace["repo"]["path"] == "/workspace/hello"
+            assert workspace.runtime == "runsc" and workspace.repo["path"] == "/workspace/hello"
             assert standin.verified_jwts >= 1 and len(standin.minted) >= 1  # a JWT GitHub would accept
             assert standin.minted[-1].repositories == ("hello",)  # scoped to that repository
-            assert alice.exec(workspace_id, "cat /workspace/hello/README.md")["stdout"] == README
+            assert alice.exec(workspace_id, "cat /workspace/hello/README.md").stdout == README
             # Another checkout of the same repository within the hour reuses the cached token.
             minted = len(standin.minted)
-            alice.delete(str(alice.create(repo={"repository": REPOSITORY, "app": app})["id"]))
+            alice.delete(alice.create(repo={"repository": REPOSITORY, "app": app}).id)
             assert len(standin.minted) == minted
             change = (
                 "cd /workspace/hello && git checkout -q -b agent/change && echo 'by the agent' > CHANGE.md && "
@@ -116,16 +117,16 @@ def test_a_repository_is_cloned_into_a_gvisor_workspace_and_a_branch_pushed_back
                 "git rev-parse HEAD"
             )
             made = alice.exec(workspace_id, change)
-            assert made["exit_code"] == 0, made
+            assert made.exit_code == 0, made
             minted_before = len(standin.minted)
-            pushed = alice._call("POST", f"/workspaces/{workspace_id}/git/push").json()
-            assert pushed == {"repository": REPOSITORY, "branch": "agent/change", "commit": made["stdout"].strip()}
-            assert standin.branch(REPOSITORY, "agent/change") == pushed["commit"]  # it is on "GitHub"
+            pushed = alice.git_push(workspace_id)
+            assert pushed == PushOut(repository=REPOSITORY, branch="agent/change", commit=made.stdout.strip())
+            assert standin.branch(REPOSITORY, "agent/change") == pushed.commit  # it is on "GitHub"
             assert len(standin.minted) == minted_before + 1  # with a freshly minted token
 
             # No token or key anywhere: the workspace's files and environment, the database, the log.
             secrets_ = [m.token for m in standin.minted] + [standin.private_key.splitlines()[1]]
-            environment = alice.exec(workspace_id, "env; tr '\\0' '\\n' </proc/1/environ")["stdout"]
+            environment = alice.exec(workspace_id, "env; tr '\\0' '\\n' </proc/1/environ").stdout
             assert "HOME=/home/agent" in environment
             assert all(secret not in environment for secret in secrets_)
             alice.write_file(workspace_id, "/tmp/needles", "\n".join(secrets_).encode())
@@ -133,9 +134,9 @@ def test_a_repository_is_cloned_into_a_gvisor_workspace_and_a_branch_pushed_back
                 workspace_id,
                 "grep -rl -F -f /tmp/needles / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev; rm /tmp/needles",
                 timeout=300,
-            )["stdout"]
+            ).stdout
             assert found.split() == ["/tmp/needles"], found  # the search's own list, nothing else
-            config = alice.exec(workspace_id, "cat /workspace/hello/.git/config")["stdout"]
+            config = alice.exec(workspace_id, "cat /workspace/hello/.git/config").stdout
             assert "url = " in config and "x-access-token" not in config and "extraheader" not in config.lower()
             stored = database(gh).read_bytes()
             logged = gh.log()
@@ -181,7 +182,7 @@ def test_the_key_can_be_rotated_while_the_server_runs(tmp_path: Path, standin: G
     def checks_out(server: Server) -> bool:
         with server.client() as alice:
             workspace = alice.create(repo={"repository": REPOSITORY}, network="none")
-            alice.delete(str(workspace["id"]))
+            alice.delete(workspace.id)
         return True
 
     server = serve({"GITHUB_APP_ENCRYPTION_KEY": KEY})

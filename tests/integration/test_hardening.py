@@ -21,14 +21,14 @@ OWN_STORAGE = {"/workspace", "/tmp", "/home/agent"}
 def hardened(request: pytest.FixtureRequest, server) -> Iterator[tuple[Client, str, str]]:  # type: ignore[no-untyped-def]
     with server.client("alice") as alice:
         created = alice.create(provider=request.param)
-        yield alice, str(created["id"]), request.param
-        alice.delete(str(created["id"]))
+        yield alice, created.id, request.param
+        alice.delete(created.id)
 
 
 def run(hardened: tuple[Client, str, str], command: str) -> str:
     client, workspace_id, _ = hardened
     result = client.exec(workspace_id, command)
-    return str(result["stdout"]) + str(result["stderr"])
+    return result.stdout + result.stderr
 
 
 def test_every_capability_is_dropped(hardened: tuple[Client, str, str]) -> None:
@@ -83,7 +83,7 @@ def test_nothing_of_the_host_is_mounted_but_the_workspace_s_own_storage(
 
 def test_a_task_limit_and_the_runtime_are_in_force(hardened: tuple[Client, str, str]) -> None:
     client, workspace_id, provider = hardened
-    assert client.get(workspace_id)["runtime"] == RUNTIMES[provider]
+    assert client.get(workspace_id).runtime == RUNTIMES[provider]
     if provider == "gvisor":
         # Inside the sandbox every command carries the workspace's task limit; gVisor's own kernel.
         nproc = "import resource; print(*resource.getrlimit(resource.RLIMIT_NPROC))"

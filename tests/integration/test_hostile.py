@@ -48,9 +48,9 @@ class Attack:
 
     def workspace(self, **options: object) -> str:
         created = self.client.create(provider=self.provider, **options)
-        assert created["runtime"] == RUNTIMES[self.provider]
-        self.made.append(str(created["id"]))
-        return str(created["id"])
+        assert created.runtime == RUNTIMES[self.provider]
+        self.made.append(created.id)
+        return created.id
 
     def saw(self, what: str) -> None:
         self.outcome.append(what)
@@ -67,7 +67,7 @@ def report(request: pytest.FixtureRequest) -> list[tuple[str, str, str]]:
 def bystander(fenced: Server) -> Iterator[tuple[Client, str]]:
     """Bob's workspace: it holds a secret and serves HTTP on 8080, and must never notice the attacks."""
     with fenced.client("bob") as bob:
-        workspace_id = str(bob.create()["id"])
+        workspace_id = bob.create().id
         bob.write_file(workspace_id, "/workspace/secret.txt", MARKER.encode())
         bob.exec(workspace_id, "python3 -m http.server 8080 >/dev/null 2>&1 &")
         yield bob, workspace_id
@@ -91,7 +91,7 @@ def attack(
     name = request.node.originalname.removeprefix("test_")
     report.append((name, request.param, "; ".join(attempt.outcome) or "(no outcome: the test failed)"))
     # The service and the neighbour carry on.
-    assert fenced.health()["status"] == "ok"
+    assert fenced.health().status == "ok"
     bob, victim = bystander
     assert reads_back(bob, victim, "/workspace/secret.txt", MARKER)
 
@@ -105,7 +105,7 @@ def test_fork_bomb(attack: Attack, docker_client: docker.DockerClient) -> None:
     result = attack.client.exec(workspace_id, "bomb() { bomb | bomb & }; bomb; sleep 30", timeout=5)
     # The bomb ran into the workspace's own task limit (under gVisor: RLIMIT_NPROC inside the
     # sandbox; under runc: the pids cgroup)...
-    assert "Cannot fork" in result["stderr"] or "Resource temporarily unavailable" in result["stderr"], result
+    assert "Cannot fork" in result.stderr or "Resource temporarily unavailable" in result.stderr, result
     # ...and the host's pids cgroup bounds what the sandbox may spend on it.
     peak = int((pids / "pids.peak").read_text())
     assert peak <= host_limit < 20000
@@ -115,11 +115,11 @@ def test_fork_bomb(attack: Attack, docker_client: docker.DockerClient) -> None:
     killed, deadline = time.monotonic(), time.monotonic() + 10
     while True:
         result = attack.client.exec(workspace_id, "cat /workspace/notes.txt; echo; ps -e | wc -l", timeout=5)
-        if result["exit_code"] == 0 and int(result["stdout"].split()[-1]) < 10:
+        if result.exit_code == 0 and int(result.stdout.split()[-1]) < 10:
             break
         assert time.monotonic() < deadline, f"the workspace did not recover within 10 s: {result}"
         time.sleep(0.5)
-    assert result["stdout"].split()[0] == "kept"
+    assert result.stdout.split()[0] == "kept"
     attack.saw(f"contained: 'Cannot fork'; host tasks peaked at {peak} of {host_limit}")
     attack.saw(f"workspace usable again {time.monotonic() - killed:.1f} s after the bomb was killed, files kept")
 
@@ -127,9 +127,9 @@ def test_fork_bomb(attack: Attack, docker_client: docker.DockerClient) -> None:
 def test_memory_bomb(attack: Attack) -> None:
     workspace_id = attack.workspace(memory="256M")
     result = attack.client.exec(workspace_id, ["python3", "-c", "b = bytearray(1 << 30); print('allocated')"])
-    assert result["exit_code"] == 137 and result["signal"] == "SIGKILL", result
-    assert "allocated" not in result["stdout"]
-    assert attack.client.exec(workspace_id, "echo still here")["stdout"] == "still here\n"
+    assert result.exit_code == 137 and result.signal == "SIGKILL", result
+    assert "allocated" not in result.stdout
+    assert attack.client.exec(workspace_id, "echo still here").stdout == "still here\n"
     attack.saw("1 GiB at a 256 MiB limit: the process was SIGKILLed (exit 137); the workspace lives on")
 
 
@@ -137,21 +137,21 @@ def test_disk_fill(attack: Attack) -> None:
     workspace_id = attack.workspace(disk="128M")
     host_free_before = shutil.disk_usage("/").free
     result = attack.client.exec(workspace_id, "dd if=/dev/zero of=/workspace/big bs=1M count=400 2>&1")
-    assert "No space left on device" in result["stdout"], result
-    written = int(attack.client.exec(workspace_id, "stat -c %s /workspace/big")["stdout"])
+    assert "No space left on device" in result.stdout, result
+    written = int(attack.client.exec(workspace_id, "stat -c %s /workspace/big").stdout)
     assert 100 << 20 < written <= 128 << 20
     # /tmp and the home directory share the same budget; the rest of the root is read-only.
     fill = "dd if=/dev/zero bs=64k count=16 of="
     result = attack.client.exec(workspace_id, f"{fill}/tmp/more; {fill}$HOME/more; echo x > /var/tmp/x; echo x > /x")
-    assert result["stderr"].count("No space left on device") == 2, result
-    assert "Read-only file system" in result["stderr"]
+    assert result.stderr.count("No space left on device") == 2, result
+    assert "Read-only file system" in result.stderr
     spent = host_free_before - shutil.disk_usage("/").free
     assert spent < 140 << 20
     # Freeing space inside makes the workspace usable again.
     result = attack.client.exec(
         workspace_id, "rm /workspace/big && echo hello > /workspace/small && cat /workspace/small"
     )
-    assert result["stdout"] == "hello\n"
+    assert result.stdout == "hello\n"
     attack.saw(f"400 MiB into a 128 MiB disk: ENOSPC after {written >> 20} MiB; root read-only")
     attack.saw(f"host spent {spent >> 20} MiB")
 
@@ -172,10 +172,10 @@ def test_process_ignoring_sigterm(attack: Attack, docker_client: docker.DockerCl
     workspace_id = attack.workspace()
     stubborn = "trap '' TERM HUP INT; while :; do sleep 1; done"
     result = attack.client.exec(workspace_id, stubborn, timeout=2)
-    assert result["exit_code"] == 124 and result["timed_out"] is True, result  # killed at its deadline
+    assert result.exit_code == 124 and result.timed_out is True, result  # killed at its deadline
     attack.client.exec(workspace_id, f'nohup sh -c "{stubborn}" >/dev/null 2>&1 &')
     started = time.monotonic()
-    assert attack.client.stop(workspace_id)["status"] == "stopped"
+    assert attack.client.stop(workspace_id).status == "stopped"
     stopped_in = time.monotonic() - started
     attack.client.delete(workspace_id)
     attack.made.remove(workspace_id)
@@ -193,8 +193,8 @@ def test_stdout_flood(attack: Attack, fenced: Server) -> None:
     started = time.monotonic()
     result = attack.client.exec(workspace_id, "head -c 1G /dev/zero; echo done >&2", timeout=300)
     took = time.monotonic() - started
-    assert result["stdout_truncated"] is True and len(result["stdout"]) == 10 << 20
-    assert result["stderr"] == "done\n" and result["exit_code"] == 0  # the flood ran to its end
+    assert result.stdout_truncated is True and len(result.stdout) == 10 << 20
+    assert result.stderr == "done\n" and result.exit_code == 0  # the flood ran to its end
     # The server held the kept 10 MiB, never the flood. (Its JSON is up to 6x bigger, a NUL being
     # \u0000, and passes through a few copies on the way out: ~200 MiB at the peak, measured.)
     grew = _memory(status, "VmHWM") - before
@@ -206,17 +206,17 @@ def test_mount_and_namespaces(attack: Attack) -> None:
     workspace_id = attack.workspace()
     attack.client.write_file(workspace_id, "/workspace/kept.txt", b"kept")
     result = attack.client.exec(workspace_id, "mount -t tmpfs none /workspace; echo mount=$?")
-    assert "mount=0" not in result["stdout"], result
+    assert "mount=0" not in result.stdout, result
     escape = "unshare -Urm sh -c 'mount -t tmpfs none /workspace && echo >/etc/passwd'; echo unshare=$?"
     result = attack.client.exec(workspace_id, escape)
     if attack.provider == "docker":
-        assert "unshare=0" not in result["stdout"], result
-        assert "Operation not permitted" in result["stderr"], result
+        assert "unshare=0" not in result.stdout, result
+        assert "Operation not permitted" in result.stderr, result
         attack.saw("mount refused; unshare of user+mount namespaces refused (EPERM)")
     else:
         # gVisor (2024) has user namespaces of its own, inside its kernel: "root" there owns only
         # the new namespaces. The mount stays in them, and the real files stay out of reach.
-        assert "unshare=0" not in result["stdout"] and "Permission denied" in result["stderr"], result
+        assert "unshare=0" not in result.stdout and "Permission denied" in result.stderr, result
         assert attack.client.read_file(workspace_id, "/workspace/kept.txt") == b"kept"
         attack.saw("mount refused; unshare -Urm works inside gVisor's kernel only: /etc still EACCES, mount not seen")
 
@@ -231,7 +231,7 @@ def test_kernel_module(attack: Attack) -> None:
         "    print(name, libc.syscall(*args), errno.errorcode.get(ctypes.get_errno()))\n"
     )
     result = attack.client.exec(workspace_id, ["python3", "-c", load])
-    assert result["stdout"].splitlines() == ["finit_module -1 EPERM", "init_module -1 EPERM"], result
+    assert result.stdout.splitlines() == ["finit_module -1 EPERM", "init_module -1 EPERM"], result
     attack.saw("finit_module and init_module: EPERM")
 
 
@@ -246,7 +246,7 @@ def test_raw_sockets(attack: Attack) -> None:
         "        print(exc.strerror)\n"
     )
     result = attack.client.exec(workspace_id, ["python3", "-c", opens])
-    refusals = result["stdout"].splitlines()
+    refusals = result.stdout.splitlines()
     assert len(refusals) == 2 and "opened" not in refusals, result
     attack.saw(f"raw IP and packet sockets refused: {sorted(set(refusals))}")
 
@@ -275,8 +275,8 @@ def test_reading_another_workspace(attack: Attack) -> None:
         "echo processes: $(ls /proc | grep -c '^[0-9]')"
     )
     result = attack.client.exec(workspace_id, search, timeout=300)
-    assert MARKER not in result["stdout"] and "/" not in result["stdout"], result
-    processes = int(result["stdout"].split()[-1])
+    assert MARKER not in result.stdout and "/" not in result.stdout, result
+    processes = int(result.stdout.split()[-1])
     assert processes < 10, result  # only its own (the bystander runs a server, among others)
     attack.saw(f"no file of the bystander's anywhere; sees {processes} processes, all its own")
 

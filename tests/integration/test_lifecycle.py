@@ -16,23 +16,23 @@ def test_kill_and_restart_keeps_records_and_containers(tmp_path: Path, docker_cl
         with server.client() as alice:
             kept = alice.create(labels={"case": "restart"})
             stopped = alice.create()
-            alice.write_file(kept["id"], "/workspace/notes.txt", b"before the crash")
-            alice.stop(stopped["id"])
+            alice.write_file(kept.id, "/workspace/notes.txt", b"before the crash")
+            alice.stop(stopped.id)
         container_ids = {c.id for c in docker_client.containers.list(all=True, filters={"label": WORKSPACE_LABEL})}
         server.stop(kill=True)  # SIGKILL: no shutdown code runs
 
         server.start()
         with server.client() as alice:
-            after = {w["id"]: w for w in alice.list()}
-            assert after[kept["id"]]["status"] == "running" and after[kept["id"]]["labels"] == {"case": "restart"}
-            assert after[stopped["id"]]["status"] == "stopped"
-            assert alice.read_file(kept["id"], "/workspace/notes.txt") == b"before the crash"
-            assert alice.exec(kept["id"], "echo alive")["stdout"] == "alive\n"
-            assert alice.start(stopped["id"])["status"] == "running"
+            after = {w.id: w for w in alice.list()}
+            assert after[kept.id].status == "running" and after[kept.id].labels == {"case": "restart"}
+            assert after[stopped.id].status == "stopped"
+            assert alice.read_file(kept.id, "/workspace/notes.txt") == b"before the crash"
+            assert alice.exec(kept.id, "echo alive").stdout == "alive\n"
+            assert alice.start(stopped.id).status == "running"
             now = {c.id for c in docker_client.containers.list(all=True, filters={"label": WORKSPACE_LABEL})}
             assert container_ids <= now
-            alice.delete(kept["id"])
-            alice.delete(stopped["id"])
+            alice.delete(kept.id)
+            alice.delete(stopped.id)
     finally:
         server.stop()
 
@@ -42,7 +42,7 @@ def test_disabled_server_answers_404_and_starts_nothing(tmp_path: Path, docker_c
     server = Server(tmp_path, env={"ENABLE_AGENT_WORKSPACES": "false"}).start()
     try:
         health = server.health()
-        assert health["workspaces_enabled"] is False and health["status"] == "ok"
+        assert health.workspaces_enabled is False and health.status == "ok"
         headers = {"Authorization": f"Bearer {KEYS['alice']}"}
         for method, path in [
             ("POST", "/workspaces"),
@@ -66,10 +66,10 @@ def test_postgresql_database_keeps_workspaces_across_restarts(tmp_path: Path, po
         server.stop(kill=True)
         server.start()
         with server.client() as alice:
-            again = alice.get(created["id"])
-            assert again["memory"] == "5G" and again["labels"] == {"db": "postgres"}
-            assert alice.exec(created["id"], "echo pg")["stdout"] == "pg\n"
-            alice.delete(created["id"])
+            again = alice.get(created.id)
+            assert again.memory == "5G" and again.labels == {"db": "postgres"}
+            assert alice.exec(created.id, "echo pg").stdout == "pg\n"
+            alice.delete(created.id)
     finally:
         server.stop()
     assert not (tmp_path / "agentbox.db").exists(), "the SQLite default was used instead of PostgreSQL"

@@ -15,6 +15,7 @@ import docker.errors
 import pytest
 
 from agentbox.client import APIError, Client
+from agentbox.network import AllowList
 
 from .conftest import (
     NETWORK,
@@ -41,12 +42,12 @@ def test_a_workspace_reaches_the_internet_and_nothing_else(
     with fenced.client() as alice:
         first, second = alice.create(provider=provider), alice.create(provider=provider)
         try:
-            assert first["network"] == "egress"  # the server's default
+            assert first.network == "egress"  # the server's default
             for workspace in (first, second):
-                settings = docker_client.api.inspect_container(f"agentbox-{workspace['id']}")["NetworkSettings"]
+                settings = docker_client.api.inspect_container(f"agentbox-{workspace.id}")["NetworkSettings"]
                 assert set(settings["Networks"]) == {NETWORK}  # that network and no other
-            alice.exec(str(second["id"]), "python3 -m http.server 8080 >/dev/null 2>&1 &")
-            neighbour = f"{address_of(docker_client, str(second['id']))}:8080"
+            alice.exec(second.id, "python3 -m http.server 8080 >/dev/null 2>&1 &")
+            neighbour = f"{address_of(docker_client, second.id)}:8080"
             eventually(lambda: answers(f"http://{neighbour}/"), timeout=30)  # the host reaches it...
             blocked = [
                 neighbour,  # ...another workspace does not
@@ -56,44 +57,42 @@ def test_a_workspace_reaches_the_internet_and_nothing_else(
                 "[fd00:ec2::254]:80",
                 *(f"{address}:{host_listener}" for address in host_addresses(docker_client)),
             ]
-            found = probe(alice, str(first["id"]), f"{PUBLIC}:8080", *blocked)
+            found = probe(alice, first.id, f"{PUBLIC}:8080", *blocked)
             assert found.pop(f"{PUBLIC}:8080") == "connected", found
             assert all(outcome in REJECTED for outcome in found.values()), found  # refused at once, not dropped
             # DNS works (Docker's embedded server forwards to the host's resolvers).
-            lookup = alice.exec(
-                str(first["id"]), ["python3", "-c", "import socket; socket.getaddrinfo('pypi.org', 443)"]
-            )
-            assert lookup["exit_code"] == 0, lookup
+            lookup = alice.exec(first.id, ["python3", "-c", "import socket; socket.getaddrinfo('pypi.org', 443)"])
+            assert lookup.exit_code == 0, lookup
         finally:
             for workspace in (first, second):
-                alice.delete(str(workspace["id"]))
+                alice.delete(workspace.id)
 
 
 def test_an_allow_list_opens_only_its_destinations(fenced: Server) -> None:
     with fenced.client() as alice:
         workspace = alice.create(network={"allow": [OTHER_PUBLIC]})
         try:
-            assert workspace["network"] == {"allow": [f"{OTHER_PUBLIC}/32"]}
-            found = probe(alice, str(workspace["id"]), f"{OTHER_PUBLIC}:8080", f"{PUBLIC}:8080", f"{PRIVATE}:8080")
+            assert workspace.network == AllowList(allow=[f"{OTHER_PUBLIC}/32"])
+            found = probe(alice, workspace.id, f"{OTHER_PUBLIC}:8080", f"{PUBLIC}:8080", f"{PRIVATE}:8080")
             assert found[f"{OTHER_PUBLIC}:8080"] == "connected", found
             assert found[f"{PUBLIC}:8080"] in REJECTED and found[f"{PRIVATE}:8080"] in REJECTED, found
         finally:
-            alice.delete(str(workspace["id"]))
+            alice.delete(workspace.id)
 
 
 def test_network_none_leaves_only_loopback(fenced: Server) -> None:
     with fenced.client() as alice:
         workspace = alice.create(network="none")
         try:
-            assert workspace["network"] == "none"
+            assert workspace.network == "none"
             interfaces = alice.exec(
-                str(workspace["id"]), ["python3", "-c", "import socket; print([n for _, n in socket.if_nameindex()])"]
+                workspace.id, ["python3", "-c", "import socket; print([n for _, n in socket.if_nameindex()])"]
             )
-            assert interfaces["stdout"].strip() == "['lo']", interfaces
-            found = probe(alice, str(workspace["id"]), f"{PUBLIC}:8080")
+            assert interfaces.stdout.strip() == "['lo']", interfaces
+            found = probe(alice, workspace.id, f"{PUBLIC}:8080")
             assert found[f"{PUBLIC}:8080"] in REJECTED, found
         finally:
-            alice.delete(str(workspace["id"]))
+            alice.delete(workspace.id)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +120,7 @@ def test_the_firewall_comes_back_after_a_flush(
     fenced: Server, docker_client: docker.DockerClient, host_listener: int
 ) -> None:
     with fenced.client() as alice:
-        workspace_id = str(alice.create()["id"])
+        workspace_id = alice.create().id
         try:
             host = f"{host_addresses(docker_client)[0]}:{host_listener}"
             tag = docker_client.api.inspect_network(NETWORK)["Id"][:12]
@@ -142,7 +141,7 @@ def test_the_firewall_comes_back_after_a_flush(
 
 def test_the_firewall_outlives_a_dockerd_restart(fenced: Server, docker_client: docker.DockerClient) -> None:
     with fenced.client() as alice:
-        workspace_id = str(alice.create()["id"])
+        workspace_id = alice.create().id
         try:
             pid = int(Path("/var/run/docker.pid").read_text())
             subprocess.run(["kill", "-TERM", str(pid)], check=True)
@@ -160,7 +159,7 @@ def test_the_firewall_outlives_a_dockerd_restart(fenced: Server, docker_client: 
 
 def _running(client: Client, workspace_id: str) -> bool:
     try:
-        return client.exec(workspace_id, "true")["exit_code"] == 0
+        return client.exec(workspace_id, "true").exit_code == 0
     except APIError:
         return False
 
@@ -191,10 +190,10 @@ def test_the_server_default_policy_applies_to_workspaces_that_do_not_ask(tmp_pat
     try:
         with server.client() as alice:
             workspace = alice.create()
-            assert workspace["network"] == "none"
-            interfaces = alice.exec(str(workspace["id"]), ["cat", "/proc/net/dev"])["stdout"]
+            assert workspace.network == "none"
+            interfaces = alice.exec(workspace.id, ["cat", "/proc/net/dev"]).stdout
             assert "eth0" not in interfaces and "lo:" in interfaces
-            alice.delete(str(workspace["id"]))
+            alice.delete(workspace.id)
     finally:
         server.stop()
 
@@ -209,7 +208,7 @@ def test_a_workspace_from_the_warm_pool_is_fenced_like_any_other(
     try:
         eventually(lambda: server.metrics().get("agentbox_pool_ready") == 1, timeout=60)
         with server.client() as alice:
-            workspace_id = str(alice.create()["id"])  # claimed: no firewall change on this path
+            workspace_id = alice.create().id  # claimed: no firewall change on this path
             assert server.metrics()["agentbox_pool_claims_total"] == 1
             found = probe(alice, workspace_id, f"{PUBLIC}:8080", f"{PRIVATE}:8080", "169.254.169.254:80")
             assert found.pop(f"{PUBLIC}:8080") == "connected", found

@@ -26,8 +26,8 @@ def test_a_server_with_only_e2b_needs_no_docker_engine(tmp_path: Path) -> None:
     server = Server(tmp_path / "server", env=env).start()
     try:
         health = server.health()
-        assert health["providers"] == ["e2b"] and health["runtime"] is None
-        assert "WORKSPACE_PROVIDERS" in str(health["runtime_reason"])
+        assert health.providers == ["e2b"] and health.runtime is None
+        assert "WORKSPACE_PROVIDERS" in health.runtime_reason
         with server.client() as alice:
             workspace = alice.create()
             assert workspace.provider == "e2b"

@@ -46,18 +46,16 @@ def test_a_default_create_claims_a_prebooted_container_and_the_pool_refills(
         requested_at = datetime.now().astimezone()
         # What may differ per request without touching the container: owner, env, labels, TTL.
         workspace = alice.create(env={"GREETING": "hello"}, labels={"task": "42"}, ttl_days=0.5)
-        assert workspace["id"] in booted  # one of the pre-booted containers, under its own id
-        started = docker_client.api.inspect_container(f"agentbox-{workspace['id']}")["State"]["StartedAt"]
+        assert workspace.id in booted  # one of the pre-booted containers, under its own id
+        started = docker_client.api.inspect_container(f"agentbox-{workspace.id}")["State"]["StartedAt"]
         assert datetime.fromisoformat(started[:26] + "+00:00") < requested_at
-        assert workspace["owner"] == "alice" and workspace["labels"] == {"task": "42"}
-        assert workspace["status"] == "running" and workspace["ttl_days"] == 0.5
-        assert alice.exec(workspace["id"], "echo $GREETING from $(hostname)")["stdout"] == (
-            f"hello from {workspace['id']}\n"
-        )
+        assert workspace.owner == "alice" and workspace.labels == {"task": "42"}
+        assert workspace.status == "running" and workspace.ttl_days == 0.5
+        assert alice.exec(workspace.id, "echo $GREETING from $(hostname)").stdout == (f"hello from {workspace.id}\n")
         with pytest.raises(APIError) as error:
-            bob.get(workspace["id"])
+            bob.get(workspace.id)
         assert error.value.status_code == 404
-        assert [w["id"] for w in alice.list(labels={"task": "42"})] == [workspace["id"]]
+        assert [w.id for w in alice.list(labels={"task": "42"})] == [workspace.id]
 
         metrics = pooled.metrics()
         assert metrics["agentbox_workspace_creates_total{source=pool}"] == 1
@@ -68,7 +66,7 @@ def test_a_default_create_claims_a_prebooted_container_and_the_pool_refills(
         # The pool refills in the background: two ready again, besides the claimed one.
         eventually(lambda: ready(pooled) == POOL_SIZE)
         assert len(pooled.containers(docker_client)) == POOL_SIZE + 1
-        alice.delete(workspace["id"])
+        alice.delete(workspace.id)
 
 
 def test_requests_the_pool_cannot_serve_start_cold(pooled: Server, docker_client: docker.DockerClient) -> None:
@@ -77,8 +75,8 @@ def test_requests_the_pool_cannot_serve_start_cold(pooled: Server, docker_client
     with pooled.client() as alice:
         for options in ({"memory": "256M"}, {"cpu": 0.5}, {"disk": "1G"}, {"provider": "docker"}):
             workspace = alice.create(**options)
-            assert workspace["id"] not in booted, options
-            alice.delete(workspace["id"])
+            assert workspace.id not in booted, options
+            alice.delete(workspace.id)
     metrics = pooled.metrics()
     assert metrics["agentbox_workspace_creates_total{source=cold}"] == 4
     assert metrics["agentbox_workspace_creates_total{source=pool}"] == 0
@@ -101,10 +99,10 @@ def test_the_pool_shrinks_to_fit_the_cap_and_grows_back(pooled: Server, docker_c
             alice.create()
         assert error.value.status_code == 429
         assert pooled.metrics()["agentbox_workspace_rejections_total"] == 1
-        alice.delete(third["id"])
+        alice.delete(third.id)
         eventually(lambda: ready(pooled) == 1)
-        alice.delete(first["id"])
-        alice.delete(second["id"])
+        alice.delete(first.id)
+        alice.delete(second.id)
         eventually(lambda: ready(pooled) == POOL_SIZE)
 
 
@@ -116,9 +114,9 @@ def test_stopping_the_server_removes_idle_pool_containers_and_keeps_workspaces(
         kept = alice.create()
     eventually(lambda: ready(pooled) == POOL_SIZE)
     pooled.stop()
-    assert pooled.containers(docker_client) == {kept["id"]: "running"}
-    assert pooled.disks() == {kept["id"]}
+    assert pooled.containers(docker_client) == {kept.id: "running"}
+    assert pooled.disks() == {kept.id}
     pooled.start()
     with pooled.client() as alice:
-        assert alice.exec(kept["id"], "echo still here")["stdout"] == "still here\n"
-        alice.delete(kept["id"])
+        assert alice.exec(kept.id, "echo still here").stdout == "still here\n"
+        alice.delete(kept.id)

@@ -33,12 +33,12 @@ def test_every_provider_runs_the_lifecycle_and_leaves_nothing(
     alice: Client, docker_client: docker.DockerClient, e2b: E2BStandIn, provider: str
 ) -> None:
     workspace = alice.create(provider=provider)
-    workspace_id = str(workspace["id"])
-    assert workspace["provider"] == provider and workspace["status"] == "running"
+    workspace_id = workspace.id
+    assert workspace.provider == provider and workspace.status == "running"
     assert held_by(provider, workspace_id, docker_client, e2b)
     alice.write_file(workspace_id, "/workspace/kept.txt", b"kept")
-    assert alice.stop(workspace_id)["status"] == "stopped"
-    assert alice.start(workspace_id)["status"] == "running"
+    assert alice.stop(workspace_id).status == "stopped"
+    assert alice.start(workspace_id).status == "running"
     assert alice.read_file(workspace_id, "/workspace/kept.txt") == b"kept"
     alice.delete(workspace_id)
     assert not held_by(provider, workspace_id, docker_client, e2b)
@@ -50,15 +50,15 @@ def test_every_provider_runs_the_lifecycle_and_leaves_nothing(
 def test_e2b_sandboxes_carry_the_ttl_and_agentbox_s_ids(alice: Client, server: Server, e2b: E2BStandIn) -> None:
     workspace = alice.create(provider="e2b", ttl_days=0.01, labels={"job": "x"})
     try:
-        (sandbox,) = [s for s in e2b.sandboxes.values() if s.metadata.get("agentbox.workspace.id") == workspace["id"]]
+        (sandbox,) = [s for s in e2b.sandboxes.values() if s.metadata.get("agentbox.workspace.id") == workspace.id]
         assert sandbox.template == "base"  # the default image stands for WORKSPACE_E2B_TEMPLATE
         assert sandbox.metadata["agentbox.instance"] == server.instance
-        assert (workspace["cpu"], workspace["memory"]) == (2, "512M")  # what the template gave, as E2B reports it
+        assert (workspace.cpu, workspace.memory) == (2, "512M")  # what the template gave, as E2B reports it
         lifetime = (sandbox.end_at - sandbox.started_at).total_seconds()
         assert lifetime == pytest.approx(0.01 * 86400, abs=1)  # the TTL became E2B's timeout
         assert sandbox.end_at > datetime.now(UTC)
     finally:
-        alice.delete(str(workspace["id"]))
+        alice.delete(workspace.id)
 
 
 def test_e2b_sizes_come_from_the_template_and_asking_for_others_says_so(alice: Client) -> None:
@@ -75,13 +75,13 @@ def test_e2b_enforces_no_network_and_refuses_what_it_cannot(alice: Client, e2b: 
     interfaces = ["python3", "-c", "import socket; print(sorted(name for _, name in socket.if_nameindex()))"]
     created = alice.create(provider="e2b", network="none")
     try:
-        assert created["network"] == "none"
+        assert created.network == "none"
         # Asked of E2B through its SDK (allow_internet_access=false), which the stand-in honours:
         # the sandbox has only its loopback.
-        sandbox = next(s for s in e2b.sandboxes.values() if s.metadata["agentbox.workspace.id"] == created["id"])
-        assert alice.exec(created["id"], interfaces)["stdout"].strip() == "['lo']", sandbox
+        sandbox = next(s for s in e2b.sandboxes.values() if s.metadata["agentbox.workspace.id"] == created.id)
+        assert alice.exec(created.id, interfaces).stdout.strip() == "['lo']", sandbox
     finally:
-        alice.delete(created["id"])
+        alice.delete(created.id)
     with pytest.raises(APIError) as refused:
         alice.create(provider="e2b", network={"allow": ["203.0.113.7"]})
     assert refused.value.status_code == 400, refused.value
@@ -94,7 +94,7 @@ def test_without_an_e2b_key_asking_for_e2b_says_what_is_missing(tmp_path: Path) 
         with server.client() as alice, pytest.raises(APIError) as refused:
             alice.create(provider="e2b")
         assert refused.value.status_code == 400 and "E2B_API_KEY" in refused.value.detail
-        assert "e2b" not in server.health()["providers"]
+        assert "e2b" not in server.health().providers
     finally:
         server.stop()
     with pytest.raises(RuntimeError) as error:
@@ -110,7 +110,7 @@ def test_e2b_down_gives_clean_errors_and_the_rest_keeps_working(
     server = Server(tmp_path / "server", env={**env, "E2B_CONNECTION_RETRIES": "0"}).start()
     try:
         with server.client() as alice:
-            workspace_id = str(alice.create(provider="e2b")["id"])
+            workspace_id = alice.create(provider="e2b").id
             standin.pause_service()
             started = time.monotonic()
             with pytest.raises(APIError) as down:
@@ -122,8 +122,8 @@ def test_e2b_down_gives_clean_errors_and_the_rest_keeps_working(
             assert time.monotonic() - started < 60
             # Other providers do not notice.
             other = alice.create(provider="docker")
-            assert alice.exec(str(other["id"]), "echo fine")["stdout"] == "fine\n"
-            alice.delete(str(other["id"]))
+            assert alice.exec(other.id, "echo fine").stdout == "fine\n"
+            alice.delete(other.id)
             standin.resume_service()
             alice.delete(workspace_id)
             assert standin.sandboxes == {}
@@ -138,7 +138,7 @@ def test_e2b_sandboxes_are_kept_alive_for_as_long_as_their_workspace(tmp_path: P
     server = Server(tmp_path / "server", env={**env, "WORKSPACE_REAP_INTERVAL": "1"}).start()
     try:
         with server.client() as alice:
-            workspace_id = str(alice.create(provider="e2b", ephemeral=False)["id"])
+            workspace_id = alice.create(provider="e2b", ephemeral=False).id
             (sandbox,) = standin.sandboxes.values()
             assert (sandbox.end_at - sandbox.started_at).total_seconds() == pytest.approx(86400, abs=1)  # E2B's most
             # Twenty-three hours later (the stand-in's clock moved): the next rounds push it out again.

@@ -9,13 +9,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import docker
 import httpx
 import pytest
 
 from agentbox.client import APIError
+from agentbox.schemas import WorkspaceOut
 
 from .conftest import BUSYBOX_IMAGE, WORKSPACE_LABEL, Server, container_id, eventually, reads_back
 from .engines import second_engine
@@ -23,10 +23,10 @@ from .engines import second_engine
 CGROUPS = Path("/sys/fs/cgroup")
 
 
-def assert_consistent(server: Server, docker_client: docker.DockerClient) -> dict[str, dict[str, Any]]:
+def assert_consistent(server: Server, docker_client: docker.DockerClient) -> dict[str, WorkspaceOut]:
     """Every record has its container and disk, every container and disk its record; return the records."""
     with server.client() as alice:
-        records = {str(w["id"]): w for w in alice.list()}
+        records = {w.id: w for w in alice.list()}
     eventually(lambda: set(server.containers(docker_client)) == set(records), timeout=30)
     eventually(lambda: server.disks() == set(records), timeout=30)
     return records
@@ -36,7 +36,7 @@ def test_kill_9_in_the_middle_of_20_parallel_creates_loses_and_leaks_nothing(
     tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
     server = Server(tmp_path, env={"WORKSPACE_MAX_CONCURRENT": "30", "WORKSPACE_REAP_INTERVAL": "1"}).start()
-    answered: list[dict[str, Any]] = []
+    answered: list[WorkspaceOut] = []
     failed: list[Exception] = []
 
     def create() -> None:
@@ -60,11 +60,11 @@ def test_kill_9_in_the_middle_of_20_parallel_creates_loses_and_leaks_nothing(
     try:
         records = assert_consistent(server, docker_client)
         # Every workspace whose create was answered is still there and works.
-        assert {str(w["id"]) for w in answered} <= set(records)
+        assert {w.id for w in answered} <= set(records)
         with server.client() as alice:
             for workspace_id, record in records.items():
-                assert record["status"] == "running", record
-                assert alice.exec(workspace_id, "echo ok")["stdout"] == "ok\n"
+                assert record.status == "running", record
+                assert alice.exec(workspace_id, "echo ok").stdout == "ok\n"
             for workspace_id in records:
                 alice.delete(workspace_id)
         assert server.containers(docker_client) == {} and server.disks() == set()
@@ -80,7 +80,7 @@ def test_restart_removes_orphans_and_marks_vanished_workspaces_failed(
         vanishing = alice.create()
         kept = alice.create(ephemeral=False)
     server.stop()
-    docker_client.api.remove_container(f"agentbox-{vanishing['id']}", force=True)
+    docker_client.api.remove_container(f"agentbox-{vanishing.id}", force=True)
     orphan = docker_client.containers.run(
         busybox_image,
         ["sleep", "600"],
@@ -92,16 +92,16 @@ def test_restart_removes_orphans_and_marks_vanished_workspaces_failed(
         with pytest.raises(docker.errors.NotFound):
             orphan.reload()
         with server.client() as alice:
-            failed = alice.get(str(vanishing["id"]))
-            assert failed["status"] == "failed" and "disappeared" in str(failed["error"])
+            failed = alice.get(vanishing.id)
+            assert failed.status == "failed" and "disappeared" in str(failed.error)
             with pytest.raises(APIError) as error:
-                alice.exec(str(vanishing["id"]), "true")
+                alice.exec(vanishing.id, "true")
             assert error.value.status_code == 409
-            assert alice.exec(str(kept["id"]), "echo kept")["stdout"] == "kept\n"
+            assert alice.exec(kept.id, "echo kept").stdout == "kept\n"
             assert server.metrics()["agentbox_workspace_failures_total{stage=vanished}"] == 1
             # Deleting the failed one removes what was left of it (its disk).
-            alice.delete(str(vanishing["id"]))
-            alice.delete(str(kept["id"]))
+            alice.delete(vanishing.id)
+            alice.delete(kept.id)
         assert server.containers(docker_client) == {} and server.disks() == set()
     finally:
         server.stop()
@@ -113,7 +113,7 @@ def test_a_sandbox_that_dies_comes_back_by_itself_with_its_files(
     server = Server(tmp_path, env={"WORKSPACE_REAP_INTERVAL": "1"}).start()
     try:
         with server.client() as alice:
-            workspace_id = str(alice.create()["id"])
+            workspace_id = alice.create().id
             alice.write_file(workspace_id, "/workspace/data.txt", b"survives")
             # What the host's OOM killer or a gVisor panic does: every host process of the sandbox dies.
             procs = CGROUPS / "pids" / "docker" / container_id(docker_client, workspace_id) / "cgroup.procs"
@@ -121,7 +121,7 @@ def test_a_sandbox_that_dies_comes_back_by_itself_with_its_files(
                 with contextlib.suppress(ProcessLookupError):  # gone with the others already
                     os.kill(int(pid), signal.SIGKILL)
             eventually(lambda: reads_back(alice, workspace_id, "/workspace/data.txt", "survives"), 60, 0.5)
-            eventually(lambda: alice.get(workspace_id)["status"] == "running", timeout=30)
+            eventually(lambda: alice.get(workspace_id).status == "running", timeout=30)
             alice.delete(workspace_id)
     finally:
         server.stop()
@@ -136,7 +136,7 @@ def test_the_server_survives_a_dockerd_restart(tmp_path: Path) -> None:
         ).start()
         try:
             with server.client() as alice:
-                workspace_id = str(alice.create()["id"])
+                workspace_id = alice.create().id
                 alice.write_file(workspace_id, "/workspace/data.txt", b"kept")
                 engine.stop()
                 started = time.monotonic()
@@ -148,16 +148,16 @@ def test_the_server_survives_a_dockerd_restart(tmp_path: Path) -> None:
                     alice.exec(workspace_id, "true")
                 # 503 (engine unreachable), or 409 if a reconciliation saw the engine stop it first.
                 assert error.value.status_code in (409, 503), error.value
-                assert alice.get(workspace_id)["id"] == workspace_id
-                assert server.health()["status"] == "ok"
+                assert alice.get(workspace_id).id == workspace_id
+                assert server.health().status == "ok"
                 assert time.monotonic() - started < 10
                 time.sleep(2)  # a few reconciliation rounds fail meanwhile, and must not stop the loop
 
                 engine.start()
                 eventually(lambda: reads_back(alice, workspace_id, "/workspace/data.txt", "kept"), 60, 0.5)
-                eventually(lambda: alice.get(workspace_id)["status"] == "running", timeout=30)
+                eventually(lambda: alice.get(workspace_id).status == "running", timeout=30)
                 other = alice.create()
-                alice.delete(str(other["id"]))
+                alice.delete(other.id)
                 alice.delete(workspace_id)
             assert server.disks() == set()
         finally:

@@ -11,27 +11,28 @@ from pathlib import Path
 import docker
 
 from agentbox.client import Client
+from agentbox.schemas import WorkspaceOut
 
 from .conftest import container_id
 
 
-def test_coreutils_ls_and_stat_work(alice: Client, workspace: dict[str, str]) -> None:
+def test_coreutils_ls_and_stat_work(alice: Client, workspace: WorkspaceOut) -> None:
     # 2022: statx(AT_NO_AUTOMOUNT) answered EINVAL, so coreutils' ls and stat failed ("Invalid
     # argument") and the image put busybox's first on PATH.
-    ws = workspace["id"]
+    ws = workspace.id
     alice.write_file(ws, "/workspace/a.txt", b"abc")
     result = alice.exec(ws, "command -v ls; command -v stat; ls -la /workspace; stat -c '%s %F' /workspace/a.txt")
-    assert result["exit_code"] == 0 and result["stderr"] == "", result
-    lines = result["stdout"].splitlines()
+    assert result.exit_code == 0 and result.stderr == "", result
+    lines = result.stdout.splitlines()
     assert lines[:2] == ["/usr/bin/ls", "/usr/bin/stat"]
     assert any(line.endswith(" a.txt") and line.startswith("-rw-") for line in lines), lines
     assert lines[-1] == "3 regular file"
 
 
-def test_files_and_archives_land_through_a_symlinked_directory(alice: Client, workspace: dict[str, str]) -> None:
+def test_files_and_archives_land_through_a_symlinked_directory(alice: Client, workspace: WorkspaceOut) -> None:
     # 2022: mkdir of an existing directory reached through a symlink answered EINVAL, not EEXIST,
     # so the helper looked before creating each directory of a path.
-    ws = workspace["id"]
+    ws = workspace.id
     alice.exec(ws, "mkdir -p /workspace/real/sub && ln -s real /workspace/link")
     alice.write_file(ws, "/workspace/link/sub/new/file.txt", b"through the link")
     assert alice.read_file(ws, "/workspace/real/sub/new/file.txt") == b"through the link"
@@ -41,12 +42,12 @@ def test_files_and_archives_land_through_a_symlinked_directory(alice: Client, wo
     assert alice.read_file(ws, "/workspace/real/sub/sub/new/file.txt") == b"through the link"
 
 
-def test_a_path_through_a_symlink_to_the_root_resolves_past_it(alice: Client, workspace: dict[str, str]) -> None:
+def test_a_path_through_a_symlink_to_the_root_resolves_past_it(alice: Client, workspace: WorkspaceOut) -> None:
     # 2022: /link/etc/hostname, with link -> /, resolved to / itself.
-    ws = workspace["id"]
-    hostname = alice.exec(ws, "cat /etc/hostname")["stdout"]
+    ws = workspace.id
+    hostname = alice.exec(ws, "cat /etc/hostname").stdout
     alice.exec(ws, "ln -s / /workspace/root")
-    assert alice.exec(ws, "cat /workspace/root/etc/hostname")["stdout"] == hostname
+    assert alice.exec(ws, "cat /workspace/root/etc/hostname").stdout == hostname
     assert alice.read_file(ws, "/workspace/root/etc/hostname").decode() == hostname
 
 
@@ -58,9 +59,9 @@ def test_a_gvisor_workload_sees_its_memory_limit_not_the_hosts(
     # themselves by it (build tools, runtimes with a heap) stay near the limit.
     created = alice.create(provider="gvisor", memory="256M")
     try:
-        memtotal = alice.exec(created["id"], "grep MemTotal /proc/meminfo")["stdout"].split()
+        memtotal = alice.exec(created.id, "grep MemTotal /proc/meminfo").stdout.split()
         seen = int(memtotal[1]) * 1024
-        cgroup = Path("/sys/fs/cgroup/memory/docker") / container_id(docker_client, created["id"])
+        cgroup = Path("/sys/fs/cgroup/memory/docker") / container_id(docker_client, created.id)
         assert 256 << 20 <= seen <= int((cgroup / "memory.limit_in_bytes").read_text()), memtotal
     finally:
-        alice.delete(created["id"])
+        alice.delete(created.id)

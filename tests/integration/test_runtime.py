@@ -26,18 +26,18 @@ def test_runsc_unregistered_gives_runc_workspaces_and_a_warning(tmp_path: Path) 
         server = fallback_server(tmp_path, engine.host)
         try:
             health = server.health()
-            assert health["runtime"] == "runc" and health["gvisor"] is False
-            assert str(health["runtime_reason"]).startswith("gVisor runtime (runsc) not found")
+            assert health.runtime == "runc" and health.gvisor is False
+            assert health.runtime_reason.startswith("gVisor runtime (runsc) not found")
             warnings = [line for line in server.log().splitlines() if " WARNING " in line]
             assert len([w for w in warnings if "gVisor runtime (runsc) not found" in w]) == 1, warnings
             with server.client() as alice:
                 created = alice.create()
                 try:
-                    assert created["runtime"] == "runc" and created["provider"] == "gvisor"
+                    assert created.runtime == "runc" and created.provider == "gvisor"
                     # Under runc the workload sees the host's kernel, not gVisor's.
-                    assert alice.exec(created["id"], "uname -r")["stdout"].strip() == os.uname().release
+                    assert alice.exec(created.id, "uname -r").stdout.strip() == os.uname().release
                 finally:
-                    alice.delete(created["id"])
+                    alice.delete(created.id)
         finally:
             server.stop()
 
@@ -51,9 +51,9 @@ def test_registered_but_broken_runsc_is_probed_and_refused(tmp_path: Path) -> No
         server = fallback_server(tmp_path, engine.host)
         try:
             health = server.health()
-            assert health["runtime"] == "runc" and health["gvisor"] is False
-            assert health["gvisor_platform"] is None and health["runsc_version"] is None
-            assert "probe failed" in str(health["runtime_reason"])
+            assert health.runtime == "runc" and health.gvisor is False
+            assert health.gvisor_platform is None and health.runsc_version is None
+            assert "probe failed" in health.runtime_reason
             assert "gVisor runtime (runsc) is registered but its probe failed" in server.log()
         finally:
             server.stop()
@@ -66,29 +66,29 @@ def test_systrap_failing_falls_back_to_ptrace_with_a_warning(tmp_path: Path) -> 
         server = fallback_server(tmp_path, engine.host)
         try:
             health = server.health()
-            assert health["runtime"] == "runsc-ptrace" and health["gvisor"] is True
-            assert health["gvisor_platform"] == "ptrace"
-            assert str(health["runsc_version"]).startswith("0.0~")
+            assert health.runtime == "runsc-ptrace" and health.gvisor is True
+            assert health.gvisor_platform == "ptrace"
+            assert str(health.runsc_version).startswith("0.0~")
             warnings = [line for line in server.log().splitlines() if " WARNING " in line]
             assert any("Falling back to runsc-ptrace" in line and "slower" in line for line in warnings), warnings
             with server.client() as alice:
                 created = alice.create()
                 try:
-                    assert created["runtime"] == "runsc-ptrace"
-                    assert alice.exec(created["id"], "uname -r")["stdout"].strip() == "4.4.0"
+                    assert created.runtime == "runsc-ptrace"
+                    assert alice.exec(created.id, "uname -r").stdout.strip() == "4.4.0"
                 finally:
-                    alice.delete(created["id"])
+                    alice.delete(created.id)
         finally:
             server.stop()
 
 
 def test_health_reports_runsc_version_and_platform(alice: Client) -> None:
     health = alice.health()
-    assert health["runtime"] == "runsc" and health["gvisor"] is True
+    assert health.runtime == "runsc" and health.gvisor is True
     # What `make test` installs: runsc from bookworm-backports, registered on systrap.
-    assert health["gvisor_platform"] == "systrap"
-    assert health["runsc_version"] == "0.0~20240729.0"
-    assert "platform systrap" in str(health["runtime_reason"])
+    assert health.gvisor_platform == "systrap"
+    assert health.runsc_version == "0.0~20240729.0"
+    assert "platform systrap" in health.runtime_reason
 
 
 # Debian bookworm's own runsc, the build before the upgrade to bookworm-backports'.
@@ -118,10 +118,10 @@ def test_workspaces_made_under_the_old_runsc_survive_the_upgrade(tmp_path: Path,
         server = fallback_server(tmp_path, engine.host)
         try:
             health = server.health()
-            assert (health["runtime"], health["gvisor_platform"]) == ("runsc", "ptrace")
-            assert health["runsc_version"] == "0.0~20221219.0"
+            assert (health.runtime, health.gvisor_platform) == ("runsc", "ptrace")
+            assert health.runsc_version == "0.0~20221219.0"
             with server.client() as alice:
-                running, stopped, doomed = (str(alice.create()["id"]) for _ in range(3))
+                running, stopped, doomed = (alice.create().id for _ in range(3))
                 for workspace_id in (running, stopped, doomed):
                     alice.write_file(workspace_id, "/workspace/made-before.txt", workspace_id.encode())
                 alice.stop(stopped)
@@ -140,15 +140,15 @@ def test_workspaces_made_under_the_old_runsc_survive_the_upgrade(tmp_path: Path,
         server = fallback_server(tmp_path, engine.host)
         try:
             health = server.health()
-            assert (health["runtime"], health["gvisor_platform"]) == ("runsc", "systrap")
+            assert (health.runtime, health.gvisor_platform) == ("runsc", "systrap")
             assert "restarted 1 running workspace(s) under the new build" in server.log()
             with server.client() as alice:
-                assert alice.exec(running, "cat /workspace/made-before.txt")["stdout"] == running
+                assert alice.exec(running, "cat /workspace/made-before.txt").stdout == running
                 alice.start(stopped)
                 for workspace_id in (running, stopped):
                     alice.stop(workspace_id)
                     alice.start(workspace_id)
-                    assert alice.exec(workspace_id, "cat /workspace/made-before.txt")["stdout"] == workspace_id
+                    assert alice.exec(workspace_id, "cat /workspace/made-before.txt").stdout == workspace_id
                     alice.delete(workspace_id)
                 assert alice.list() == []
             assert not server.disks()
@@ -170,7 +170,7 @@ def unmounting_disks_of(data_dir: Path) -> Iterator[None]:
 def test_explicit_docker_provider_uses_runc(alice: Client) -> None:
     created = alice.create(provider="docker")
     try:
-        assert created["provider"] == "docker" and created["runtime"] == "runc"
-        assert alice.exec(created["id"], "uname -r")["stdout"].strip() == os.uname().release
+        assert created.provider == "docker" and created.runtime == "runc"
+        assert alice.exec(created.id, "uname -r").stdout.strip() == os.uname().release
     finally:
-        alice.delete(created["id"])
+        alice.delete(created.id)

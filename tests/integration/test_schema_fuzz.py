@@ -19,7 +19,7 @@ def api_schema(server: Server) -> Iterator[schemathesis.BaseSchema]:
     # Whatever the generated requests managed to create is removed like any workspace.
     with server.client("fuzzer") as fuzzer:
         for workspace in fuzzer.list():
-            fuzzer.delete(workspace["id"])
+            fuzzer.delete(workspace.id)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")

@@ -17,9 +17,9 @@ def test_the_log_never_holds_api_keys_or_workspace_env_values(tmp_path: Path) ->
     secret_env, secret_exec, wrong_key = "env-value-Zq81xT", "exec-value-Hb27pL", "wrong-key-0123456789abcdef"
     try:
         with server.client() as alice:
-            workspace_id = str(alice.create(env={"TOKEN": secret_env})["id"])
+            workspace_id = alice.create(env={"TOKEN": secret_env}).id
             result = alice.exec(workspace_id, "echo $TOKEN $OTHER", env={"OTHER": secret_exec})
-            assert result["stdout"].split() == [secret_env, secret_exec]
+            assert result.stdout.split() == [secret_env, secret_exec]
             # Failed requests are logged too; they must not carry the values either.
             with pytest.raises(APIError) as error:
                 alice.exec(workspace_id, "true", env={"OTHER": secret_exec}, cwd="/nonexistent/dir")

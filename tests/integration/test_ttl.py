@@ -25,36 +25,32 @@ def reaping(tmp_path: Path) -> Iterator[Server]:
     server.stop()
 
 
-def when(text: object) -> datetime:
-    return datetime.fromisoformat(str(text))
-
-
 def test_expired_workspaces_are_destroyed_and_recorded_persistent_ones_stay(
     reaping: Server, docker_client: docker.DockerClient
 ) -> None:
     with reaping.client() as alice:
         short = alice.create(ttl_days=3 * SECOND)
         persistent = alice.create(ephemeral=False)
-        assert persistent["expires_at"] is None and persistent["ttl_days"] is None
-        lifetime = when(short["expires_at"]) - when(short["created_at"])
+        assert persistent.expires_at is None and persistent.ttl_days is None
+        lifetime = short.expires_at - short.created_at
         assert abs(lifetime.total_seconds() - 3) < 0.01
 
         # Gone within a few reaper rounds after its three seconds: record, container and disk.
-        eventually(lambda: short["id"] not in reaping.containers(docker_client), timeout=30)
+        eventually(lambda: short.id not in reaping.containers(docker_client), timeout=30)
         with pytest.raises(APIError) as error:
-            alice.get(short["id"])
+            alice.get(short.id)
         assert error.value.status_code == 404
-        assert short["id"] not in reaping.disks()
+        assert short.id not in reaping.disks()
         assert reaping.metrics()["agentbox_workspace_expiries_total"] == 1
         store = Store(f"sqlite:///{reaping.data_dir / 'agentbox.db'}")
         try:
-            assert [e.kind for e in store.events(str(short["id"]))][-1] == "expired"
+            assert [e.kind for e in store.events(short.id)][-1] == "expired"
         finally:
             store.close()
 
-        assert alice.get(persistent["id"])["status"] == "running"
-        assert alice.exec(persistent["id"], "echo here")["stdout"] == "here\n"
-        alice.delete(persistent["id"])
+        assert alice.get(persistent.id).status == "running"
+        assert alice.exec(persistent.id, "echo here").stdout == "here\n"
+        alice.delete(persistent.id)
 
 
 def test_ttl_days_takes_fractions_and_defaults_to_the_setting(reaping: Server) -> None:
@@ -62,33 +58,33 @@ def test_ttl_days_takes_fractions_and_defaults_to_the_setting(reaping: Server) -
         half = alice.create(ttl_days=0.5)
         default = alice.create()
         try:
-            assert when(half["expires_at"]) - when(half["created_at"]) == timedelta(hours=12)
-            assert default["ttl_days"] == 30  # WORKSPACE_DEFAULT_TTL_DAYS
-            assert when(default["expires_at"]) - when(default["created_at"]) == timedelta(days=30)
+            assert half.expires_at - half.created_at == timedelta(hours=12)
+            assert default.ttl_days == 30  # WORKSPACE_DEFAULT_TTL_DAYS
+            assert default.expires_at - default.created_at == timedelta(days=30)
         finally:
-            alice.delete(half["id"])
-            alice.delete(default["id"])
+            alice.delete(half.id)
+            alice.delete(default.id)
 
 
 def test_extend_renews_the_ttl_from_now(reaping: Server) -> None:
     with reaping.client() as alice:
         workspace = alice.create(ttl_days=4 * SECOND)
-        extended = alice.extend(str(workspace["id"]), ttl_days=1)
-        assert extended["ttl_days"] == 1
-        assert when(extended["expires_at"]) - datetime.now().astimezone() > timedelta(hours=23)
+        extended = alice.extend(workspace.id, ttl_days=1)
+        assert extended.ttl_days == 1
+        assert extended.expires_at - datetime.now().astimezone() > timedelta(hours=23)
         time.sleep(6)  # past the original four seconds, several reaper rounds
-        assert alice.get(str(workspace["id"]))["status"] == "running"
+        assert alice.get(workspace.id).status == "running"
 
         # Without a body it renews by the workspace's own TTL.
-        again = alice.extend(str(workspace["id"]))
-        assert again["ttl_days"] == 1 and when(again["expires_at"]) > when(extended["expires_at"])
+        again = alice.extend(workspace.id)
+        assert again.ttl_days == 1 and again.expires_at > extended.expires_at
 
         persistent = alice.create(ephemeral=False)
         with pytest.raises(APIError) as error:
-            alice.extend(str(persistent["id"]))
+            alice.extend(persistent.id)
         assert error.value.status_code == 409 and "never expires" in str(error.value.detail)
         with pytest.raises(APIError) as error:
-            alice.extend(str(workspace["id"]), ttl_days=-1)
+            alice.extend(workspace.id, ttl_days=-1)
         assert error.value.status_code == 422
-        alice.delete(str(workspace["id"]))
-        alice.delete(str(persistent["id"]))
+        alice.delete(workspace.id)
+        alice.delete(persistent.id)

@@ -5,7 +5,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentbox.api import _ndjson
+from agentbox.api import ndjson_lines
 from agentbox.providers.base import Exit, Output, collect, signal_of
 
 
@@ -25,14 +25,14 @@ def test_collect_exactly_at_the_limit_is_not_truncated() -> None:
 def test_ndjson_never_splits_a_character(text: str, piece: int) -> None:
     data = text.encode()
     events = [Output("stdout", data[i : i + piece]) for i in range(0, len(data), piece)] + [Exit(0, False, 1)]
-    lines = [json.loads(line) for line in _ndjson(iter(events), limit=1 << 20)]
+    lines = [json.loads(line) for line in ndjson_lines(iter(events), limit=1 << 20)]
     assert "".join(line.get("data", "") for line in lines) == text
     assert lines[-1]["exit_code"] == 0
 
 
 def test_ndjson_flags_truncation_in_the_exit_line() -> None:
     events = [Output("stderr", b"z" * 8), Exit(1, True, 1000)]
-    lines = [json.loads(line) for line in _ndjson(iter(events), limit=5)]
+    lines = [json.loads(line) for line in ndjson_lines(iter(events), limit=5)]
     assert lines[0] == {"stream": "stderr", "data": "zzzzz"}
     assert lines[-1] == {
         "exit_code": 1,

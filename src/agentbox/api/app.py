@@ -1,0 +1,116 @@
+"""The ASGI app: its lifespan (the service), its routers, its error handlers and its request-size limit.
+
+Route handlers are thin: parse, authenticate, call the manager in a worker thread, shape
+the answer. Every error leaves as JSON with a `detail`.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentbox.api import commands, files, github, system, workspaces
+from agentbox.api.dependencies import in_thread
+from agentbox.config import Settings
+from agentbox.errors import AgentboxError
+from agentbox.service import Service
+
+log = logging.getLogger("agentbox.api")
+
+
+def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
+    """The ASGI app. `service` may be given already started; either way the app closes it at shutdown.
+
+    (At shutdown, not after the server returns: uvicorn re-raises the SIGTERM it handled, so
+    nothing after `uvicorn.run` would run.)
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.service = service or await in_thread(Service.start, settings)
+        try:
+            yield
+        finally:
+            await in_thread(app.state.service.close)
+
+    app = FastAPI(
+        title="agentbox",
+        version=system.VERSION,
+        lifespan=lifespan,
+        exception_handlers={
+            AgentboxError: agentbox_error,
+            RequestValidationError: invalid_request,
+            Exception: unexpected_error,
+        },
+    )
+    app.add_middleware(RequestSizeLimit, limit=settings.max_request)
+    for module in (system, github, workspaces, commands, files):
+        app.include_router(module.router)
+    return app
+
+
+async def agentbox_error(_request: Request, exc: AgentboxError) -> JSONResponse:
+    """Our own errors: their status and detail (and the auth scheme a 401 asks for)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A 422 naming each bad field and what is wrong with it."""
+    # FastAPI's own answer repeats each bad value ("input"), which may be a private key or an env value.
+    errors = [{k: v for k, v in error.items() if k not in ("input", "ctx", "url")} for error in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A bug: a 500 that names the exception's type only; the traceback goes to the log."""
+    log.exception("unexpected error")
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
+
+class RequestSizeLimit:
+    """Refuse request bodies over `limit` bytes with a 413, except uploads (PUT), which have their own.
+
+    Checked against Content-Length up front and counted as the body arrives, so a chunked
+    body cannot get past it either.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "PUT":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                # HTTPException: FastAPI passes it through its body parsing, unlike other errors.
+                raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _detail(self) -> str:
+        return f"the request body exceeds {self.limit} bytes (WORKSPACE_MAX_REQUEST); send files with PUT .../files"
+
+    async def _refuse(self, send: Send) -> None:
+        await JSONResponse({"detail": self._detail()}, status_code=413)({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}

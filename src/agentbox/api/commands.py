@@ -1,0 +1,75 @@
+"""Command routes: run a command in a workspace, whole (exec) or streamed as NDJSON (exec/stream)."""
+
+import json
+from collections.abc import Iterator
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from agentbox.api.dependencies import Manager, Owner, in_thread
+from agentbox.errors import AgentboxError
+from agentbox.providers.base import ExecEvent, Exit, OutputLimit, TextDecoder
+from agentbox.schemas import ErrorEvent, ExecIn, ExecOut, ExitEvent, OutputEvent
+
+router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["commands"])
+
+
+@router.post("/exec", response_model=ExecOut)
+async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> ExecOut:
+    """Run a command to its end and return its exit code and output (each stream capped, and flagged if cut).
+
+    A command that runs past its `timeout` is killed and answered with `timed_out` and exit
+    code 124. Errors: 404 when the workspace is not yours, 409 when it is not running, 422 for
+    a malformed body, 410/502 when its sandbox is gone or the provider fails.
+    """
+    result = await in_thread(mgr.exec, who, workspace_id, body.to_command())
+    return ExecOut(**vars(result))
+
+
+@router.post("/exec/stream", responses={200: {"content": {"application/x-ndjson": {}}}})
+async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> StreamingResponse:
+    """Run a command and stream its output as it comes, as NDJSON.
+
+    Each line is `{"stream": "stdout"|"stderr", "data": ...}`; the last is the exit
+    (`exit_code`, `timed_out`, `duration_ms`, `signal`, `stdout_truncated`,
+    `stderr_truncated`), or `{"error": ...}` if the command could not go on. Errors before the
+    stream starts are as for exec: 404, 409, 422.
+    """
+    events = await in_thread(mgr.exec_stream, who, workspace_id, body.to_command())
+    return StreamingResponse(ndjson_lines(events, mgr.settings.exec_output_limit), media_type="application/x-ndjson")
+
+
+def ndjson_lines(events: Iterator[ExecEvent], limit: int) -> Iterator[bytes]:
+    """Exec events as NDJSON lines; output past `limit` per stream is dropped and flagged."""
+    decoders: dict[Literal["stdout", "stderr"], TextDecoder] = {"stdout": TextDecoder(), "stderr": TextDecoder()}
+    kept = OutputLimit(limit)
+    try:
+        for event in events:
+            if isinstance(event, Exit):
+                for stream, decoder in decoders.items():
+                    if tail := decoder.decode(b"", final=True):
+                        yield _line(OutputEvent(stream=stream, data=tail))
+                yield _line(
+                    ExitEvent(
+                        exit_code=event.exit_code,
+                        timed_out=event.timed_out,
+                        duration_ms=event.duration_ms,
+                        signal=event.signal,
+                        stdout_truncated=kept.truncated["stdout"],
+                        stderr_truncated=kept.truncated["stderr"],
+                    )
+                )
+            elif text := decoders[event.stream].decode(kept.take(event)):
+                yield _line(OutputEvent(stream=event.stream, data=text))
+    except AgentboxError as exc:
+        yield _line(ErrorEvent(error=exc.detail))
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+def _line(event: BaseModel) -> bytes:
+    return json.dumps(event.model_dump(), ensure_ascii=False).encode() + b"\n"

@@ -1,0 +1,119 @@
+"""File routes: read and write one file (or list a directory), and move directories as tar archives."""
+
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated
+
+import anyio.from_thread
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from agentbox.api.dependencies import Manager, Owner, WorkspacePath, in_thread
+from agentbox.errors import PayloadTooLarge
+from agentbox.schemas import DirEntryOut, DirListing, WriteResult
+
+router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["files"])
+
+
+@router.get(
+    "/files",
+    response_model=None,
+    responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+)
+async def read_file(workspace_id: str, path: WorkspacePath, mgr: Manager, who: Owner) -> Response:
+    """Return a file's bytes (octet-stream, its mode in X-File-Mode), or a directory's entries (JSON).
+
+    Errors: 404 when the workspace is not yours or the path does not exist, 403 when it may not
+    be read, 409 when the workspace is not running.
+    """
+    found = await in_thread(mgr.stat, who, workspace_id, path)
+    if isinstance(found, list):
+        entries = [DirEntryOut(name=e.name, type=e.type, size=e.size, mode=f"{e.mode:o}", mtime=e.mtime) for e in found]
+        return JSONResponse(DirListing(path=path, entries=entries).model_dump())
+    stat, body = await in_thread(mgr.read_file, who, workspace_id, path)
+    return StreamingResponse(
+        body,
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(stat.size), "X-File-Mode": f"{stat.mode:o}"},
+    )
+
+
+@router.put("/files", response_model=WriteResult)
+async def write_file(
+    workspace_id: str,
+    path: WorkspacePath,
+    request: Request,
+    mgr: Manager,
+    who: Owner,
+    mode: Annotated[str, Query(pattern=r"^[0-7]{3,4}$", description="octal permissions")] = "644",
+) -> WriteResult:
+    """Write the request body to a file, replacing it whole or not at all; return its path and size.
+
+    Missing parent directories are made. Errors: 404 when the workspace is not yours, 409 when
+    it is not running, 413 past WORKSPACE_MAX_UPLOAD, 422 for a bad path or mode, 507 when
+    the workspace's disk is full.
+    """
+    limit = mgr.settings.max_upload
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        size = int(declared)
+        if size > limit:
+            raise PayloadTooLarge(f"the file is {size} bytes; the limit (WORKSPACE_MAX_UPLOAD) is {limit}")
+        chunks = _sync_chunks(request.stream(), limit)
+        written = await in_thread(mgr.write_file, who, workspace_id, path, chunks, size, int(mode, 8))
+    else:
+        # No length given (chunked upload): spool it first, since the helper commits a file
+        # only when it got exactly the announced number of bytes.
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the upload exceeds the limit (WORKSPACE_MAX_UPLOAD) of {limit} bytes")
+                spool.write(chunk)
+            spool.seek(0)
+            written = await in_thread(
+                mgr.write_file, who, workspace_id, path, iter(lambda: spool.read(1 << 16), b""), size, int(mode, 8)
+            )
+    return WriteResult(path=path, size=written)
+
+
+@router.get("/archive", response_model=None, responses={200: {"content": {"application/x-tar": {}}}})
+async def read_archive(workspace_id: str, path: WorkspacePath, mgr: Manager, who: Owner) -> StreamingResponse:
+    """Stream a directory as an uncompressed tar archive, its entries relative to it.
+
+    Errors: 400 when the provider cannot move archives (E2B: use /files), 404 when the
+    workspace is not yours or the path does not exist, 409 when the workspace is not running.
+    """
+    body = await in_thread(mgr.read_archive, who, workspace_id, path)
+    return StreamingResponse(body, media_type="application/x-tar")
+
+
+@router.put("/archive", status_code=204)
+async def write_archive(workspace_id: str, path: WorkspacePath, request: Request, mgr: Manager, who: Owner) -> Response:
+    """Unpack the tar archive in the request body into a directory (204, no body).
+
+    Errors: 400 for a bad archive or a provider that cannot move archives, 404 when the
+    workspace is not yours, 409 when it is not running, 413 past WORKSPACE_MAX_UPLOAD.
+    """
+    chunks = _sync_chunks(request.stream(), mgr.settings.max_upload)
+    await in_thread(mgr.write_archive, who, workspace_id, path, chunks)
+    return Response(status_code=204)
+
+
+def _sync_chunks(stream: AsyncIterator[bytes], limit: int) -> Iterator[bytes]:
+    """The request body, pulled from the event loop by a worker thread, at most `limit` bytes."""
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    total = 0
+    while (chunk := anyio.from_thread.run(next_chunk)) is not None:
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"the upload exceeds the limit (WORKSPACE_MAX_UPLOAD) of {limit} bytes")
+        if chunk:
+            yield chunk

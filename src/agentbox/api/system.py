@@ -1,0 +1,44 @@
+"""System routes: the server's health (runtime, providers, version) and its Prometheus metrics."""
+
+from importlib.metadata import version
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agentbox.api.dependencies import Owner
+from agentbox.schemas import Health
+from agentbox.service import Service
+
+VERSION = version("agentbox")
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/api/v1/health", response_model=Health)
+def health(request: Request) -> Health:
+    """Say whether the server is up, which runtime isolates workspaces, and which providers it offers.
+
+    Needs no API key. Always 200 while the server runs; with workspaces disabled,
+    `workspaces_enabled` is false and `runtime_reason` says so.
+    """
+    svc: Service = request.app.state.service
+    choice = svc.runtime
+    return Health(
+        status="ok",
+        workspaces_enabled=svc.settings.enabled,
+        runtime=choice.runtime if choice else None,
+        gvisor=bool(choice and choice.gvisor),
+        gvisor_platform=choice.platform if choice else None,
+        runsc_version=choice.version if choice else None,
+        runtime_reason=choice.reason if choice else "workspaces are disabled (ENABLE_AGENT_WORKSPACES=false)",
+        providers=sorted(svc.manager.providers) if svc.manager else [],
+        version=VERSION,
+    )
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(request: Request, who: Owner) -> Response:
+    """Return the server's metrics in Prometheus' text format. Errors: 401 without a valid API key."""
+    # Any key will do (Prometheus sends one with `authorization` in its scrape config).
+    svc: Service = request.app.state.service
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)

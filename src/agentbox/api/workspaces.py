@@ -1,0 +1,90 @@
+"""Workspace routes: create, list, get and delete a workspace; stop, start and extend it."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from agentbox.api.dependencies import Manager, Owner, in_thread
+from agentbox.errors import Unprocessable
+from agentbox.models import Status
+from agentbox.schemas import CreateWorkspace, ExtendWorkspace, WorkspaceList, WorkspaceOut
+
+router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
+
+
+@router.post("", status_code=201, response_model=WorkspaceOut)
+async def create_workspace(body: CreateWorkspace, mgr: Manager, who: Owner) -> WorkspaceOut:
+    """Create a workspace and return it, running (201).
+
+    It comes from the warm pool when one matches, else it is booted. Errors: 400 when the
+    provider cannot do what is asked (sizes, network policy, unknown provider, no GitHub App
+    for `repo`), 422 for a malformed body, 429 when WORKSPACE_MAX_CONCURRENT workspaces are
+    active, 502/503 when the provider fails or is unreachable.
+    """
+    return WorkspaceOut.of(await in_thread(mgr.create, who, body.to_domain()))
+
+
+@router.get("", response_model=WorkspaceList)
+async def list_workspaces(
+    mgr: Manager,
+    who: Owner,
+    status: Status | None = None,
+    label: Annotated[list[str], Query(description="key=value; repeat to require several")] = [],  # noqa: B006
+) -> WorkspaceList:
+    """List your workspaces that are not deleted, optionally only those with `status` and every `label`.
+
+    Errors: 422 for an unknown status or a label filter that is not key=value.
+    """
+    wanted = {}
+    for item in label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise Unprocessable(f"label filter {item!r} must be key=value")
+        wanted[key] = value
+    found = await in_thread(mgr.find, who, status, wanted)
+    return WorkspaceList(workspaces=[WorkspaceOut.of(w) for w in found])
+
+
+@router.get("/{workspace_id}", response_model=WorkspaceOut)
+async def get_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
+    """Return one of your workspaces. Errors: 404 when there is no such workspace of yours."""
+    return WorkspaceOut.of(await in_thread(mgr.get, who, workspace_id))
+
+
+@router.delete("/{workspace_id}", status_code=204)
+async def delete_workspace(workspace_id: str, mgr: Manager, who: Owner) -> Response:
+    """Delete a workspace and everything in it (204, no body). Errors: 404 when it is not yours or gone."""
+    await in_thread(mgr.delete, who, workspace_id)
+    return Response(status_code=204)
+
+
+@router.post("/{workspace_id}/stop", response_model=WorkspaceOut)
+async def stop_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
+    """Stop a running workspace, keeping its files; return it (a stopped one is returned as is).
+
+    Errors: 400 when its provider cannot stop and start workspaces (E2B), 404 when it is not
+    yours, 409 when it is neither running nor stopped.
+    """
+    return WorkspaceOut.of(await in_thread(mgr.stop, who, workspace_id))
+
+
+@router.post("/{workspace_id}/start", response_model=WorkspaceOut)
+async def start_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
+    """Start a stopped workspace again; return it (a running one is returned as is).
+
+    Errors: 404 when it is not yours, 409 when it is neither stopped nor running, 429 when
+    WORKSPACE_MAX_CONCURRENT workspaces are active.
+    """
+    return WorkspaceOut.of(await in_thread(mgr.start, who, workspace_id))
+
+
+@router.post("/{workspace_id}/extend", response_model=WorkspaceOut)
+async def extend_workspace(
+    workspace_id: str, mgr: Manager, who: Owner, body: ExtendWorkspace | None = None
+) -> WorkspaceOut:
+    """Renew an ephemeral workspace's TTL from now (by `ttl_days`, else its own TTL); return it.
+
+    Errors: 404 when it is not yours, 409 when it is persistent (it never expires).
+    """
+    ttl_days = body.ttl_days if body else None
+    return WorkspaceOut.of(await in_thread(mgr.extend, who, workspace_id, ttl_days))

@@ -1,0 +1,231 @@
+"""The HTTP API, end to end in-process: the real app and manager over fake providers; no Docker, no root.
+
+Requests go through the typed client, as a user's would, handed to the app by Starlette's
+TestClient (which also runs the app's lifespan).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from agentbox.api import create_app
+from agentbox.client import APIError, Client
+from agentbox.config import load_settings
+from agentbox.manager import WorkspaceManager
+from agentbox.models import Status
+from agentbox.providers.base import Capabilities
+from agentbox.schemas import DirListing, ExitEvent, OutputEvent, WriteResult
+from agentbox.service import Service
+from agentbox.store import Store
+from tests.fake_provider import FakeProvider
+
+KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef00"}
+# Like E2B: it cannot stop and start a workspace.
+NO_STOP = Capabilities(runtime="limited", isolation="elsewhere", stop_start=False)
+
+
+class InProcess(httpx.BaseTransport):
+    """Hands each request of the typed client to the app, through Starlette's TestClient."""
+
+    def __init__(self, app: TestClient) -> None:
+        self.app = app
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.app.send(request)
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+
+@pytest.fixture
+def providers() -> dict[str, FakeProvider]:
+    return {"gvisor": FakeProvider("gvisor"), "e2b": FakeProvider("e2b", capabilities=NO_STOP)}
+
+
+def serve(tmp_path: Path, providers: dict[str, FakeProvider] | None) -> Iterator[TestClient]:
+    """The app over a started service: a manager over `providers`, or none (workspaces disabled)."""
+    settings = load_settings(
+        ENABLE_AGENT_WORKSPACES="true" if providers is not None else "false",
+        WORKSPACE_DATA_DIR=str(tmp_path),
+        WORKSPACE_API_KEYS=",".join(f"{owner}:{key}" for owner, key in KEYS.items()),
+    )
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    manager = WorkspaceManager(settings, store, providers) if providers is not None else None
+    # The app closes the service (and so the store) at shutdown.
+    with TestClient(create_app(settings, Service(settings=settings, store=store, manager=manager))) as app:
+        yield app
+
+
+@pytest.fixture
+def app(tmp_path: Path, providers: dict[str, FakeProvider]) -> Iterator[TestClient]:
+    yield from serve(tmp_path, providers)
+
+
+def client(app: TestClient, api_key: str | None) -> Client:
+    return Client("http://testserver", api_key, transport=InProcess(app))
+
+
+@pytest.fixture
+def alice(app: TestClient) -> Iterator[Client]:
+    with client(app, KEYS["alice"]) as alice:
+        yield alice
+
+
+@pytest.fixture
+def bob(app: TestClient) -> Iterator[Client]:
+    with client(app, KEYS["bob"]) as bob:
+        yield bob
+
+
+def refused(call: Callable[[], object]) -> APIError:
+    """The APIError that `call()` raises."""
+    with pytest.raises(APIError) as error:
+        call()
+    return error.value
+
+
+def test_a_workspace_is_created_found_and_deleted(alice: Client, providers: dict[str, FakeProvider]) -> None:
+    created = alice.create(labels={"task": "42"})
+    assert (created.owner, created.provider, created.runtime) == ("alice", "gvisor", "fake")
+    assert created.status == Status.RUNNING and created.labels == {"task": "42"} and created.network == "egress"
+    assert created.expires_at is not None and created.expires_at > created.created_at
+    assert alice.get(created.id) == created
+    other = alice.create()
+    assert [w.id for w in alice.list()] == [created.id, other.id]
+    assert [w.id for w in alice.list(labels={"task": "42"})] == [created.id]
+    assert {sandbox.id for sandbox in providers["gvisor"].sandboxes.values()} == {created.id, other.id}
+
+    alice.delete(created.id)
+    gone = refused(lambda: alice.get(created.id))
+    assert gone.status_code == 404 and created.id in gone.detail
+    assert [w.id for w in alice.list()] == [other.id]
+    assert len(providers["gvisor"].sandboxes) == 1  # the deleted one's sandbox was destroyed
+
+
+def test_a_request_without_a_valid_key_is_401_and_says_where_keys_come_from(app: TestClient) -> None:
+    with client(app, None) as anonymous, client(app, "not-a-key") as stranger:
+        missing = refused(anonymous.list)
+        wrong = refused(stranger.create)
+    assert missing.status_code == 401 and "missing API key" in missing.detail
+    assert wrong.status_code == 401 and "WORKSPACE_API_KEYS" in wrong.detail
+    assert app.get("/api/v1/workspaces").headers["WWW-Authenticate"] == "Bearer"
+    assert app.get("/metrics").status_code == 401
+
+
+def test_someone_elses_workspace_is_not_found(alice: Client, bob: Client) -> None:
+    workspace = alice.create()
+    for attempt in (
+        lambda: bob.get(workspace.id),
+        lambda: bob.exec(workspace.id, "true"),
+        lambda: bob.read_file(workspace.id, "/workspace/x"),
+        lambda: bob.stop(workspace.id),
+        lambda: bob.delete(workspace.id),
+    ):
+        assert refused(attempt).status_code == 404
+    assert bob.list() == []
+    assert alice.get(workspace.id).status == Status.RUNNING
+
+
+def test_exec_returns_the_exit_code_and_the_output(alice: Client) -> None:
+    workspace = alice.create()
+    result = alice.exec(workspace.id, "echo out; cat /missing; exit 3")
+    assert (result.exit_code, result.stdout, result.timed_out) == (3, "out\n", False)
+    assert result.stderr == "cat: /missing: No such file or directory\n"
+    assert alice.exec(workspace.id, ["echo", "a b"]).stdout == "a b\n"  # an argv list, not a shell line
+
+
+def test_exec_stream_yields_the_output_then_the_exit(alice: Client) -> None:
+    workspace = alice.create()
+    events = list(alice.exec_stream(workspace.id, "echo one; exit 4"))
+    assert events[0] == OutputEvent(stream="stdout", data="one\n")
+    assert events[1:] == [
+        ExitEvent(
+            exit_code=4, timed_out=False, duration_ms=0, signal=None, stdout_truncated=False, stderr_truncated=False
+        )
+    ]
+
+
+def test_a_file_written_reads_back_and_shows_in_its_directory(alice: Client) -> None:
+    workspace = alice.create()
+    written = alice.write_file(workspace.id, "/workspace/notes.txt", b"kept\n")
+    assert written == WriteResult(path="/workspace/notes.txt", size=5)
+    assert alice.read_file(workspace.id, "/workspace/notes.txt") == b"kept\n"
+    assert alice.exec(workspace.id, "cat /workspace/notes.txt").stdout == "kept\n"
+    listing = alice.read_path(workspace.id, "/workspace")
+    assert isinstance(listing, DirListing) and listing.path == "/workspace"
+    assert [(e.name, e.type, e.size, e.mode) for e in listing.entries] == [("notes.txt", "file", 5, "644")]
+    missing = refused(lambda: alice.read_file(workspace.id, "/workspace/nope"))
+    assert missing.status_code == 404 and "/workspace/nope" in missing.detail
+
+
+def test_a_stopped_workspace_runs_nothing_until_started(alice: Client) -> None:
+    workspace = alice.create()
+    assert alice.stop(workspace.id).status == Status.STOPPED
+    stopped = refused(lambda: alice.exec(workspace.id, "true"))
+    assert stopped.status_code == 409 and f"/api/v1/workspaces/{workspace.id}/start" in stopped.detail
+    assert refused(lambda: list(alice.exec_stream(workspace.id, "true"))).status_code == 409
+    assert alice.start(workspace.id).status == Status.RUNNING
+    assert alice.exec(workspace.id, "true").exit_code == 0
+
+
+def test_a_provider_that_cannot_stop_says_so(alice: Client) -> None:
+    workspace = alice.create(provider="e2b")
+    refusal = refused(lambda: alice.stop(workspace.id))
+    assert refusal.status_code == 400 and "cannot be stopped" in refusal.detail
+    assert alice.get(workspace.id).status == Status.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda c: c.create(memory="4Q"), ["body", "memory"]),
+        (lambda c: c.create(surprise=1), ["body", "surprise"]),
+        (lambda c: c.exec(c.create().id, "true", cwd="relative"), ["body", "cwd"]),
+        (lambda c: c.read_file(c.create().id, "relative"), ["query", "path"]),
+        (lambda c: c.write_file(c.create().id, "/workspace/x", b"x", mode="999"), ["query", "mode"]),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field_without_repeating_the_value(
+    alice: Client, call: Callable[[Client], object], field: list[str]
+) -> None:
+    error = refused(lambda: call(alice))
+    assert error.status_code == 422
+    (problem,) = error.detail
+    assert problem["loc"] == field and problem["msg"]
+    assert "input" not in problem  # a bad value may be a secret
+
+
+def test_a_malformed_label_filter_is_a_422(alice: Client) -> None:
+    error = refused(lambda: alice.list(labels={"": "x"}))
+    assert error.status_code == 422 and "key=value" in error.detail
+
+
+def test_health_lists_the_providers(app: TestClient) -> None:
+    with client(app, None) as anonymous:  # health needs no key
+        health = anonymous.health()
+    assert health.status == "ok" and health.workspaces_enabled is True
+    assert health.providers == ["e2b", "gvisor"]
+
+
+def test_a_server_with_workspaces_disabled_says_so_before_asking_for_a_key(tmp_path: Path) -> None:
+    for app in serve(tmp_path, providers=None):
+        with client(app, None) as anonymous:
+            disabled = refused(anonymous.list)
+            health = anonymous.health()
+    assert disabled.status_code == 404 and "ENABLE_AGENT_WORKSPACES=true" in disabled.detail
+    assert health.workspaces_enabled is False and health.providers == []
+
+
+def test_every_endpoint_is_described_in_the_docs(app: TestClient) -> None:
+    operations = [
+        (method, path, operation)
+        for path, methods in app.get("/openapi.json").json()["paths"].items()
+        for method, operation in methods.items()
+    ]
+    assert len(operations) == 20
+    undescribed = [(method, path) for method, path, operation in operations if not operation.get("description")]
+    assert undescribed == []
