@@ -302,6 +302,17 @@ class WriteResult(BaseModel):
     size: int
 
 
+class ProviderInfo(BaseModel):
+    """What one provider of this server does (its `Capabilities`)."""
+
+    runtime: str
+    isolation: str
+    network_policies: list[str] = Field(description="the policies it enforces; others are refused (400)")
+    stop_start: bool
+    archives: bool
+    sized_per_request: bool = Field(description="false: cpu, memory and disk come from its template")
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     workspaces_enabled: bool
@@ -311,4 +322,8 @@ class Health(BaseModel):
     runsc_version: str | None = Field(description="the runsc build in use; null under runc or if unknown")
     runtime_reason: str
     providers: list[str]
+    capabilities: dict[str, ProviderInfo] = Field(default_factory=dict, description="per provider offered")
+    unavailable: dict[str, str] = Field(
+        default_factory=dict, description="providers this server cannot offer, with the reason and the fix"
+    )
     version: str

@@ -209,6 +209,10 @@ def test_health_lists_the_providers(app: TestClient) -> None:
         health = anonymous.health()
     assert health.status == "ok" and health.workspaces_enabled is True
     assert health.providers == ["e2b", "gvisor"]
+    # What each can do, so that a client can choose before it asks (the e2b fake cannot stop).
+    assert health.capabilities["e2b"].stop_start is False and health.capabilities["gvisor"].stop_start is True
+    assert health.capabilities["gvisor"].network_policies == ["allow", "egress", "none"]
+    assert health.runtime is None and "no Docker provider" in health.runtime_reason
 
 
 def test_a_server_with_workspaces_disabled_says_so_before_asking_for_a_key(tmp_path: Path) -> None:

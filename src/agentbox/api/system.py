@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agentbox.api.dependencies import Owner
-from agentbox.schemas import Health
+from agentbox.schemas import Health, ProviderInfo
 from agentbox.service import Service
 
 VERSION = version("agentbox")
@@ -22,7 +22,20 @@ def health(request: Request) -> Health:
     `workspaces_enabled` is false and `runtime_reason` says so.
     """
     svc: Service = request.app.state.service
-    choice = svc.runtime
+    choice, manager = svc.runtime, svc.manager
+    if choice is not None:
+        reason = choice.reason
+    elif not svc.settings.enabled:
+        reason = "workspaces are disabled (ENABLE_AGENT_WORKSPACES=false)"
+    else:
+        reason = f"no Docker provider on this server (WORKSPACE_PROVIDERS={','.join(svc.settings.providers)})"
+    capabilities = {}
+    for name, provider in sorted(manager.providers.items()) if manager else []:
+        offers = provider.capabilities()
+        capabilities[name] = ProviderInfo(
+            **{field: getattr(offers, field) for field in ProviderInfo.model_fields if field != "network_policies"},
+            network_policies=sorted(offers.network_policies),
+        )
     return Health(
         status="ok",
         workspaces_enabled=svc.settings.enabled,
@@ -30,8 +43,10 @@ def health(request: Request) -> Health:
         gvisor=bool(choice and choice.gvisor),
         gvisor_platform=choice.platform if choice else None,
         runsc_version=choice.version if choice else None,
-        runtime_reason=choice.reason if choice else "workspaces are disabled (ENABLE_AGENT_WORKSPACES=false)",
-        providers=sorted(svc.manager.providers) if svc.manager else [],
+        runtime_reason=reason,
+        providers=list(capabilities),
+        capabilities=capabilities,
+        unavailable=dict(manager.unavailable) if manager else {},
         version=VERSION,
     )
 
