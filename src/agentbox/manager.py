@@ -52,7 +52,6 @@ class WorkspaceManager:
         self.github = github
         self.store = store
         self.providers = dict(providers)
-        # Providers that exist but cannot be used here, with the reason and the fix.
         self.unavailable = dict(unavailable or {})
         self.metrics = metrics or Metrics()
         self.pool = pool
@@ -84,8 +83,9 @@ class WorkspaceManager:
         started = time.monotonic()
         provider_name = request.provider or self.settings.default_provider
         provider = self._provider(provider_name)
+        capabilities = provider.capabilities()
         asked = [name for name in ("cpu", "memory", "disk") if getattr(request, name) is not None]
-        if asked and not provider.capabilities().sized_per_request:
+        if asked and not capabilities.sized_per_request:
             raise BadRequest(
                 f"{', '.join(asked)}: a {provider_name} workspace gets them from its template, not per request; "
                 "choose a template (`image`) built with the sizes you need"
@@ -94,7 +94,6 @@ class WorkspaceManager:
         ttl_days = (request.ttl_days or self.settings.default_ttl_days) if request.ephemeral else None
         expires_at = now + timedelta(days=ttl_days) if ttl_days is not None else None
         policy = request.network if request.network is not None else self.settings.network_policy
-        capabilities = provider.capabilities()
         if kind_of(policy) not in capabilities.network_policies:
             enforced = ", ".join(sorted(capabilities.network_policies))
             raise BadRequest(
@@ -125,7 +124,7 @@ class WorkspaceManager:
             workspace = Workspace(
                 id=new_workspace_id(),
                 provider=provider_name,
-                runtime=provider.capabilities().runtime,
+                runtime=capabilities.runtime,
                 status=Status.STARTING.value,
                 image=request.image or self.settings.image,
                 cpu=request.cpu or self.settings.default_cpu,
