@@ -21,8 +21,9 @@
 #   AGENTBOX_RUNSC_VERSION  the runsc package version to install (default: the pin below);
 #                           "any" keeps whatever runsc is installed
 #   AGENTBOX_RUNSC_ARGS     runtimeArgs of `runsc`, space separated
-#                           (default: "--platform=systrap --network=host": gVisor's netstack
-#                           fails on this kernel with either build, see docs/runtime.md)
+#                           (default: "--platform=systrap --network=host --host-uds=create":
+#                           gVisor's netstack fails on this kernel with either build, see
+#                           docs/runtime.md; host-uds for the helper's control socket)
 #   AGENTBOX_SKIP_RUNSC=1   do not register runsc (leave any registration alone)
 set -euo pipefail
 
@@ -135,6 +136,13 @@ command -v runsc >/dev/null 2>&1 || die "runsc is missing and could not be insta
 
 # ----------------------------------------------------- b. register runsc
 runsc_path=$(command -v runsc)
+# The helper in each workspace serves its control socket on a bind-mounted directory: runsc
+# must let the sandbox make a Unix socket the host can connect to. Builds without the flag
+# (bookworm's 2022 one) leave it out, and the service uses `docker exec` instead.
+if "$runsc_path" flags 2>&1 | grep -q -- '-host-uds '; then
+    DEFAULT_RUNSC_ARGS="$DEFAULT_RUNSC_ARGS --host-uds=create"
+    PTRACE_RUNSC_ARGS="$PTRACE_RUNSC_ARGS --host-uds=create"
+fi
 # {"runsc": {...}, "runsc-ptrace": {...}}: what daemon.json and the live engine must say.
 want_runtimes=$(python3 -c '
 import json, sys

@@ -138,6 +138,7 @@ class Service:
                 helper=helper,
                 instance=settings.instance_id,
                 network=network,
+                control_root=settings.data_dir / "run",
             )
             if name == "gvisor":
                 self._reboot_after_runsc_upgrade(provider)

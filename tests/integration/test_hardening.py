@@ -9,7 +9,7 @@ import docker
 import pytest
 
 from agentbox.client import Client
-from agentbox.sandbox import HELPER_IN_WORKSPACE
+from agentbox.sandbox import CONTROL_IN_WORKSPACE, HELPER_IN_WORKSPACE
 
 RUNTIMES = {"gvisor": "runsc", "docker": "runc"}
 # Docker writes these three per container; everything else mounted is the workspace's own.
@@ -66,16 +66,22 @@ def test_nothing_of_the_host_is_mounted_but_the_workspace_s_own_storage(
 ) -> None:
     points = {line.split()[4] for line in run(hardened, "cat /proc/self/mountinfo").splitlines()}
     pseudo = {p for p in points if p in ("/proc", "/sys", "/dev") or p.startswith(("/proc/", "/sys/", "/dev/"))}
-    assert points - pseudo <= {"/", HELPER_IN_WORKSPACE, *OWN_STORAGE, *DOCKER_FILES}, points - pseudo
+    assert points - pseudo <= {"/", HELPER_IN_WORKSPACE, CONTROL_IN_WORKSPACE, *OWN_STORAGE, *DOCKER_FILES}, (
+        points - pseudo
+    )
     assert "No such file" in run(hardened, "ls /var/run/docker.sock /run/docker.sock")
-    # From the host's side: the helper (read-only) and directories of the workspace's own disk.
+    # From the host's side: the helper (read-only), directories of the workspace's own disk, and its own
+    # control directory (the helper's socket), which holds nothing else.
     _, workspace_id, _ = hardened
     mounts = docker_client.api.inspect_container(f"agentbox-{workspace_id}")["Mounts"]
-    assert {m["Destination"] for m in mounts} == {HELPER_IN_WORKSPACE, *OWN_STORAGE}
+    assert {m["Destination"] for m in mounts} == {HELPER_IN_WORKSPACE, CONTROL_IN_WORKSPACE, *OWN_STORAGE}
     for mount in mounts:
         assert mount["Type"] == "bind"
         if mount["Destination"] == HELPER_IN_WORKSPACE:
             assert mount["RW"] is False
+        elif mount["Destination"] == CONTROL_IN_WORKSPACE:
+            assert mount["Source"].endswith(f"/run/{workspace_id}"), mount
+            assert run(hardened, f"ls {CONTROL_IN_WORKSPACE}").split() == ["control.sock"]
         else:
             assert f"/disks/{workspace_id}/" in mount["Source"], mount
     assert not any("docker.sock" in m["Source"] for m in mounts)

@@ -39,7 +39,10 @@ def test_workspace_runs_under_gvisor(server: Server, alice: Client, docker_clien
         # Under gVisor the limits are enforced inside the sandbox (init -M/-P), the host's are a
         # backstop with headroom for gVisor itself (docs/runtime.md).
         limit = 768 << 20
-        assert container.attrs["Config"]["Cmd"][1:] == ["init", "-M", str(limit), "-P", "256"]
+        assert container.attrs["Config"]["Cmd"][1:] == [
+            *("init", "-M", str(limit), "-P", "256"),
+            *("-S", "/.agentbox/run/control.sock", "-I", created.id),  # the helper's control socket
+        ]
         assert host_config["Memory"] == limit + (128 << 20) + limit // 8
         assert host_config["PidsLimit"] == 40 * 256 + 256
         assert host_config["ReadonlyRootfs"] is True

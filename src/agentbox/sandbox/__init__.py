@@ -16,6 +16,9 @@ from pathlib import Path
 
 #: Where the helper lives inside a workspace.
 HELPER_IN_WORKSPACE = "/.agentbox/agentbox-exec"
+#: The directory (bind-mounted from the host) where the helper's init serves its control socket.
+CONTROL_IN_WORKSPACE = "/.agentbox/run"
+CONTROL_SOCKET = "control.sock"
 
 _CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-static", "-s"]
 

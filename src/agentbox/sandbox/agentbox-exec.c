@@ -14,12 +14,15 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -29,9 +32,10 @@
 #define BUFSZ 65536
 #define READY_LINE "agentbox-exec ready"
 #define NSEC 1000000000LL
+#define SERVE_CANNOT_LISTEN 3   /* the control server's exit code: do not restart it */
 
 static int usage(void) {
-    fputs("usage: agentbox-exec init [-M MAX_MEMORY_BYTES] [-P MAX_TASKS]\n"
+    fputs("usage: agentbox-exec init [-M MAX_MEMORY_BYTES] [-P MAX_TASKS] [-S SOCKET -I WORKSPACE_ID]\n"
           "       agentbox-exec run [-t SECONDS] [-m MAX_BYTES] [-i] -- ARGV...\n"
           "       agentbox-exec get PATH\n"
           "       agentbox-exec put PATH [-p MODE] [-s SIZE]\n"
@@ -85,6 +89,36 @@ static int write_all(int fd, const char *buf, size_t len) {
         }
     }
     return 0;
+}
+
+/* ---- output: straight to fds 1 and 2, or framed on the control socket ------ */
+
+/* The connection a subcommand answers on when it came through the control
+ * socket (see "serve"); -1 under `docker exec`, where fds 1 and 2 are the
+ * exec's own streams. */
+static int frame_fd = -1;
+
+static int send_frame(int fd, int kind, const void *data, size_t len) {
+    unsigned char head[5] = {(unsigned char)kind, (unsigned char)(len >> 24), (unsigned char)(len >> 16),
+                             (unsigned char)(len >> 8), (unsigned char)len};
+    return write_all(fd, (const char *)head, sizeof head) < 0 ? -1 : write_all(fd, data, len);
+}
+
+/* Output of stream 1 (stdout) or 2 (stderr).  Returns 0, or -1 with errno. */
+static int emit(int stream, const char *buf, size_t len) {
+    return frame_fd < 0 ? write_all(stream, buf, len) : send_frame(frame_fd, stream, buf, len);
+}
+
+/* Exit with `code`; over the control socket, the host learns it from the last frame. */
+static void leave(int code) {
+    if (frame_fd >= 0) {
+        fflush(stdout);
+        fflush(stderr);
+        unsigned char c[4] = {(unsigned char)(code >> 24), (unsigned char)(code >> 16),
+                              (unsigned char)(code >> 8), (unsigned char)code};
+        send_frame(frame_fd, 3, c, sizeof c);
+    }
+    _exit(code);
 }
 
 /* mkdir -p, mode 0755 (minus umask, like mkdir -p).  Returns 0 or errno. */
@@ -191,26 +225,41 @@ static pid_t largest_process(long long *rss_pages) {
  * Linux (SIGKILL).  -P TASKS is read by `run` (see apply_task_limit). */
 #define MIN_TICK_MS 25
 #define MAX_TICK_MS 1000
+static pid_t start_server(const char *path, const char *id);
+
 static int cmd_init(int argc, char **argv) {
     long long max_memory = 0;
+    const char *socket_path = NULL, *workspace_id = "";
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc)
             return usage();
         if (!strcmp(argv[i], "-M"))
             max_memory = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "-S"))
+            socket_path = argv[i + 1];
+        else if (!strcmp(argv[i], "-I"))
+            workspace_id = argv[i + 1];
         else if (strcmp(argv[i], "-P"))
             return usage();
     }
     sigset_t set = term_and_chld();
     sigprocmask(SIG_BLOCK, &set, NULL);
+    pid_t server = socket_path ? start_server(socket_path, workspace_id) : -1;
     /* The host waits for this line: proof that code runs in the sandbox. */
     fputs(READY_LINE "\n", stdout);
     fflush(stdout);
     int cooldown = 0;
     long long next_check = now_ns();
     for (;;) {
-        while (waitpid(-1, NULL, WNOHANG) > 0)
-            ;   /* SIGCHLDs coalesce: reap everything on each wake-up */
+        pid_t gone;
+        int status;
+        while ((gone = waitpid(-1, &status, WNOHANG)) > 0) {
+            /* SIGCHLDs coalesce: reap everything on each wake-up.  The control server
+             * comes back if something killed it, unless it could not listen at all. */
+            if (gone == server)
+                server = WIFEXITED(status) && WEXITSTATUS(status) == SERVE_CANNOT_LISTEN
+                             ? -1 : start_server(socket_path, workspace_id);
+        }
         long long wait = next_check - now_ns();
         struct timespec tick = {0, wait > 0 ? wait : 0};
         int sig = max_memory > 0 ? sigtimedwait(&set, NULL, &tick) : sigwaitinfo(&set, NULL);
@@ -298,7 +347,7 @@ static ssize_t pump(struct stream *s) {
         return n;
     unsigned long long room = max_bytes + 1 - s->sent;
     size_t len = (unsigned long long)n < room ? (size_t)n : (size_t)room;
-    if (len > 0 && write_all(s->out, buf, len) < 0) {
+    if (len > 0 && emit(s->out, buf, len) < 0) {
         if (errno == EPIPE) {   /* the host went away: stop the work */
             kill_group();
             _exit(141);
@@ -354,7 +403,8 @@ static void spawn_drainer(struct stream *ss) {
     int devnull = open("/dev/null", O_RDWR);
     for (int fd = 0; fd < 3; fd++)
         dup2(devnull, fd);
-    close_other_fds(ss[0].fd, ss[1].fd);
+    close_other_fds(ss[0].fd, ss[1].fd);   /* the control connection too */
+    frame_fd = -1;
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     sigset_t none;
@@ -386,7 +436,7 @@ static void finish(struct stream *ss, int code) {
     }
     if (ss[0].fd >= 0 || ss[1].fd >= 0)
         spawn_drainer(ss);
-    _exit(code);
+    leave(code);
 }
 
 /* Returns the index of ARGV[0] in argv, or -1 on bad flags. */
@@ -586,7 +636,7 @@ static int get_file(const char *path) {
             memset(buf, 0, want);
             n = (ssize_t)want;
         }
-        if (write_all(1, buf, (size_t)n) < 0)
+        if (emit(1, buf, (size_t)n) < 0)
             return 1;
         left -= n;
     }
@@ -757,6 +807,169 @@ static int cmd_probe(int argc, char **argv) {
     return flush_stdout();
 }
 
+/* ---- serve: the control socket --------------------------------------------
+ *
+ * init keeps a server on a Unix socket in a directory bind-mounted from the
+ * host, so the host reaches the helper without `docker exec` (and without any
+ * network: it works with "network": "none").  Per connection:
+ *
+ *   helper -> host   "AGX1 <workspace id>\n" first, so that the host can check
+ *                    whom it reached before it sends anything
+ *   host -> helper   u32 length (big-endian), then that many bytes of
+ *                    NUL-terminated fields: cwd, the number of env entries,
+ *                    the "K=V" entries, then the helper's own argv ("run" ...)
+ *   host -> helper   stdin, raw, until the host shuts down its sending side
+ *   helper -> host   frames: u8 kind, u32 length (big-endian), data; kinds
+ *                    1 stdout, 2 stderr, 3 exit (data: i32 exit code, last),
+ *                    4 the request could not be started (data: why, last)
+ *
+ * The subcommand runs in the process that accepted the connection, with the
+ * socket as its stdin and its output framed (emit, and stdio through
+ * framed_stream), so it behaves exactly as under `docker exec`.  That process
+ * was forked before the connection came: a fork costs several milliseconds
+ * under gVisor, and the next one is made while this call runs. */
+#define MAX_REQUEST (64 << 20)
+
+static int dispatch(int argc, char **argv);
+
+static ssize_t framed_write(void *stream, const char *buf, size_t size) {
+    return emit((int)(intptr_t)stream, buf, size) < 0 ? -1 : (ssize_t)size;
+}
+
+static FILE *framed_stream(int stream) {
+    cookie_io_functions_t io = {.write = framed_write};
+    FILE *f = fopencookie((void *)(intptr_t)stream, "w", io);
+    if (f)
+        setvbuf(f, NULL, _IOFBF, BUFSZ);
+    return f;
+}
+
+static int read_exactly(int fd, char *buf, size_t len) {
+    while (len > 0) {
+        ssize_t n = read(fd, buf, len);
+        if (n == 0 || (n < 0 && errno != EINTR))
+            return -1;
+        if (n > 0) {
+            buf += n;
+            len -= (size_t)n;
+        }
+    }
+    return 0;
+}
+
+static int refuse(int c, const char *what, const char *detail) {
+    char msg[4200];
+    int n = snprintf(msg, sizeof msg, "%s: %s", what, detail);
+    send_frame(c, 4, msg, n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    return 1;
+}
+
+/* Serve one accepted connection `c` (close-on-exec); returns only on failure. */
+static int serve_one(int c, const char *id) {
+    char hello[300];
+    int n = snprintf(hello, sizeof hello, "AGX1 %s\n", id);
+    if (write_all(c, hello, (size_t)n) < 0)
+        return 1;
+    unsigned char head[4];
+    if (read_exactly(c, (char *)head, 4) < 0)
+        return 1;
+    size_t len = (size_t)head[0] << 24 | (size_t)head[1] << 16 | (size_t)head[2] << 8 | head[3];
+    char *req = len <= MAX_REQUEST ? malloc(len + 1) : NULL;
+    if (!req)
+        return refuse(c, "request", "too large");
+    if (read_exactly(c, req, len) < 0)
+        return 1;
+    req[len] = '\0';
+    /* Split into fields; every field ends with a NUL. */
+    size_t count = 0;
+    for (size_t i = 0; i < len; i++)
+        count += req[i] == '\0';
+    char **fields = calloc(count + 1, sizeof *fields);
+    if (!fields || count < 3)
+        return refuse(c, "request", "malformed");
+    for (size_t i = 0, f = 0; f < count; i += strlen(req + i) + 1)
+        fields[f++] = req + i;
+    size_t envs = strtoul(fields[1], NULL, 10);
+    if (envs > count - 3)
+        return refuse(c, "request", "malformed");
+    if (*fields[0] && chdir(fields[0]) < 0) {
+        char what[4200];
+        snprintf(what, sizeof what, "chdir %s", fields[0]);   /* the host reads "chdir" as a bad cwd */
+        return refuse(c, what, strerror(errno));
+    }
+    for (size_t i = 0; i < envs; i++)
+        putenv(fields[2 + i]);
+    if (dup2(c, 0) < 0 || !(stdout = framed_stream(1)) || !(stderr = framed_stream(2)))
+        return refuse(c, "starting the helper", strerror(errno));
+    frame_fd = c;
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGCHLD, SIG_DFL);
+    leave(dispatch((int)(count - 2 - envs), fields + 2 + envs));
+    return 0;
+}
+
+/* A process that waits for the next connection; it writes a byte to `taken`
+ * as soon as it has one, so that the server makes the next in its place. */
+static pid_t spare_worker(int s, const char *id, int *taken) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* no spare outlives its server, which init replaces */
+        int c;
+        while ((c = accept4(s, NULL, NULL, SOCK_CLOEXEC)) < 0)
+            if (errno != EINTR)
+                usleep(10000);   /* EMFILE and the like: do not spin */
+        prctl(PR_SET_PDEATHSIG, 0);   /* a call under way finishes whatever happens to the server */
+        if (write(p[1], "x", 1) < 0) { /* the server is gone: serve anyway */ }
+        close(p[1]);
+        close(s);
+        _exit(serve_one(c, id));
+    }
+    close(p[1]);
+    *taken = pid < 0 ? -1 : p[0];
+    if (pid < 0)
+        close(p[0]);
+    return pid;
+}
+
+/* The control server: one spare worker at all times. */
+static pid_t start_server(const char *path, const char *id) {
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGCHLD, SIG_IGN);   /* workers reap themselves */
+    signal(SIGPIPE, SIG_IGN);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (strlen(path) >= sizeof addr.sun_path || s < 0)
+        _exit(SERVE_CANNOT_LISTEN);
+    strcpy(addr.sun_path, path);
+    unlink(path);
+    if (bind(s, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(s, 128) < 0) {
+        /* Under runsc this needs --host-uds=create; the host then uses docker exec. */
+        fprintf(stderr, "agentbox-exec: no control socket at %s: %s\n", path, strerror(errno));
+        _exit(SERVE_CANNOT_LISTEN);
+    }
+    for (;;) {
+        int taken;
+        if (spare_worker(s, id, &taken) < 0) {
+            sleep(1);   /* out of processes: the workload's task limit; try again */
+            continue;
+        }
+        char byte;
+        /* A byte: it took a connection.  EOF: it died waiting (killed). Either way, replace it. */
+        while (read(taken, &byte, 1) < 0 && errno == EINTR)
+            ;
+        close(taken);
+    }
+}
+
 int main(int argc, char **argv) {
     /* Make sure fds 0-2 are open, so no pipe or file of ours lands on them
      * (e.g. dup2(1, 1) in the child would leave O_CLOEXEC set). */
@@ -766,12 +979,18 @@ int main(int argc, char **argv) {
     if (fd > 2)
         close(fd);
 
+    if (argc >= 2 && !strcmp(argv[1], "init"))
+        return cmd_init(argc - 1, argv + 1);
+    return argc >= 2 ? dispatch(argc - 1, argv + 1) : usage();
+}
+
+/* A subcommand, argv[0] its name: from the command line or the control socket. */
+static int dispatch(int argc, char **argv) {
     static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
-        {"init", cmd_init}, {"run", cmd_run}, {"get", cmd_get},
-        {"put", cmd_put}, {"mkdir", cmd_mkdir}, {"probe", cmd_probe},
+        {"run", cmd_run}, {"get", cmd_get}, {"put", cmd_put}, {"mkdir", cmd_mkdir}, {"probe", cmd_probe},
     };
-    for (size_t i = 0; argc >= 2 && i < sizeof cmds / sizeof cmds[0]; i++)
-        if (!strcmp(argv[1], cmds[i].name))
-            return cmds[i].fn(argc - 1, argv + 1);   /* argv[0]: the subcommand */
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(argv[0], cmds[i].name))
+            return cmds[i].fn(argc, argv);
     return usage();
 }

@@ -3,10 +3,9 @@ transport of the helper's channel (agentbox.sandbox.channel) into a container.""
 
 from __future__ import annotations
 
-import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +15,7 @@ import requests.exceptions
 
 from agentbox.errors import AgentboxError, BadRequest, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.sandbox import HELPER_IN_WORKSPACE
+from agentbox.sandbox.control import SocketStream
 
 
 @contextmanager
@@ -37,37 +37,12 @@ def engine_errors(what: str) -> Iterator[None]:
         ) from None
 
 
-class Frames:
+class Frames(SocketStream):
     """A hijacked Engine API connection: Docker's multiplexed stdout/stderr frames, and stdin."""
 
     def __init__(self, response_socket: Any, deadline: float | None = None) -> None:
-        self._sock: socket.socket = getattr(response_socket, "_sock", response_socket)
+        super().__init__(getattr(response_socket, "_sock", response_socket), deadline)
         self._keepalive = response_socket
-        self._deadline = deadline
-        self._pending = b""
-
-    def send(self, chunks: Iterable[bytes]) -> int:
-        """Write all of `chunks` to the command's stdin, then close it; return the bytes sent."""
-        sent = 0
-        try:
-            for chunk in chunks:
-                self._sock.sendall(chunk)
-                sent += len(chunk)
-        except BrokenPipeError:
-            pass  # the command stopped reading; its exit status says why
-        self._sock.shutdown(socket.SHUT_WR)
-        return sent
-
-    def _recv_exactly(self, size: int) -> bytes | None:
-        while len(self._pending) < size:
-            if self._deadline is not None:
-                self._sock.settimeout(max(0.01, self._deadline - time.monotonic()))
-            data = self._sock.recv(max(65536, size - len(self._pending)))
-            if not data:
-                return None
-            self._pending += data
-        data, self._pending = self._pending[:size], self._pending[size:]
-        return data
 
     def frames(self) -> Iterator[tuple[int, bytes]]:
         """(1 for stdout | 2 for stderr, data) until the command closes its output.
@@ -85,7 +60,7 @@ class Frames:
             yield stream, payload
 
     def close(self) -> None:
-        self._sock.close()
+        super().close()
         self._keepalive.close()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,8 +40,9 @@ from agentbox.providers.docker.engine import EngineTransport, Frames, engine_err
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
 from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
 from agentbox.providers.docker.runtime import STANDARD_RUNTIME
-from agentbox.sandbox import HELPER_IN_WORKSPACE, helper_bytes, helper_digest
+from agentbox.sandbox import CONTROL_IN_WORKSPACE, CONTROL_SOCKET, HELPER_IN_WORKSPACE, helper_bytes, helper_digest
 from agentbox.sandbox.channel import HelperChannel
+from agentbox.sandbox.control import ControlSocketTransport, SocketFirst
 
 log = logging.getLogger("agentbox.providers.docker")
 
@@ -54,6 +56,8 @@ READY_LINE = b"agentbox-exec ready"  # what init prints first (agentbox-exec.c)
 GVISOR_MEMORY_HEADROOM = 128 << 20
 GVISOR_HOST_PIDS_PER_TASK = 40
 STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL when a workspace stops
+# The kernel's limit on a Unix socket's path (sun_path, with its NUL); a longer one is not used.
+MAX_SOCKET_PATH = 107
 
 
 class DockerProvider(Provider):
@@ -75,11 +79,15 @@ class DockerProvider(Provider):
         helper: Path,
         instance: str,
         network: WorkspaceNetwork | None = None,
+        control_root: Path | None = None,
     ) -> None:
         """`network`: the fenced workspace network (WORKSPACE_NETWORK_NAME); None puts workspaces that may
-        reach the internet on Docker's default bridge, with no firewall, and refuses allow lists."""
+        reach the internet on Docker's default bridge, with no firewall, and refuses allow lists.
+        `control_root`: where each workspace's control directory is made (its helper's socket); None: every
+        command and file operation goes through the Engine API's exec."""
         self.client = client
         self.network = network
+        self.control_root = control_root
         self.name = name
         self.runtime = runtime
         self.user = user
@@ -130,6 +138,9 @@ class DockerProvider(Provider):
             host_memory = spec.memory + GVISOR_MEMORY_HEADROOM + spec.memory // 8
             init += ["-M", str(spec.memory), "-P", str(spec.pids_limit)]
             host_pids = spec.pids_limit * GVISOR_HOST_PIDS_PER_TASK + 256
+        if self.control_root is not None:
+            binds.append((self._control_dir(spec.id), CONTROL_IN_WORKSPACE, False))
+            init += ["-S", f"{CONTROL_IN_WORKSPACE}/{CONTROL_SOCKET}", "-I", spec.id]
         labels = {WORKSPACE_LABEL: spec.id, INSTANCE_LABEL: self.instance}
         options: dict[str, Any] = {
             "name": ref,
@@ -240,7 +251,8 @@ class DockerProvider(Provider):
                 if self.client.api.inspect_container(ref)["HostConfig"].get("Runtime") == STANDARD_RUNTIME:
                     return False
             try:
-                self._channel(ref).probe()
+                # Through the engine: what matters is whether this runsc can still reach the sandbox.
+                HelperChannel(EngineTransport(self.client, ref, self.user)).probe()
                 return False
             except ProviderError as exc:
                 log.warning("workspace %s cannot run commands (%s): restarting it", _workspace_id(ref), exc.detail)
@@ -271,6 +283,8 @@ class DockerProvider(Provider):
                         self.client.api.stop(container["Id"], timeout=STOP_TIMEOUT)
                         self.client.api.remove_container(container["Id"], v=True, force=True)
         self.disks.destroy(workspace_id)
+        if self.control_root is not None:
+            shutil.rmtree(self.control_root / workspace_id, ignore_errors=True)
         if self.network is not None:
             try:
                 self.network.leave(workspace_id)
@@ -302,8 +316,25 @@ class DockerProvider(Provider):
 
     # Commands and files: through the helper, over the Engine API's exec
 
+    def _control_dir(self, workspace_id: str) -> Path:
+        """The workspace's control directory on the host, writable by the workspace user only."""
+        assert self.control_root is not None
+        directory = self.control_root / workspace_id
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        uid, _, gid = self.user.partition(":")
+        os.chown(directory, int(uid), int(gid or uid))
+        return directory
+
     def _channel(self, ref: str) -> HelperChannel:
-        return HelperChannel(EngineTransport(self.client, ref, self.user))
+        """Into the sandbox through the helper's control socket, or the Engine API's exec when there is none."""
+        engine = EngineTransport(self.client, ref, self.user)
+        if self.control_root is None:
+            return HelperChannel(engine)
+        workspace_id = _workspace_id(ref)
+        socket_path = self.control_root / workspace_id / CONTROL_SOCKET
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+            return HelperChannel(engine)
+        return HelperChannel(SocketFirst(ControlSocketTransport(socket_path, workspace_id), engine))
 
     def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
         return self._channel(ref).exec_stream(request)

@@ -1,0 +1,118 @@
+"""The helper's control socket, end to end on the host: the real helper serving, the real transport asking.
+
+No Docker: the helper is a static Linux binary, run here as it runs as a workspace's init.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentbox.errors import BadRequest
+from agentbox.providers.base import ExecRequest, collect
+from agentbox.sandbox import build
+from agentbox.sandbox.channel import HelperChannel
+from agentbox.sandbox.control import ControlSocketError, ControlSocketTransport, SocketFirst
+
+if not (shutil.which("cc") or shutil.which("gcc")):
+    pytest.skip("no C compiler (cc) on PATH; cannot build agentbox-exec", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def helper(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build(tmp_path_factory.mktemp("helper") / "agentbox-exec", strict=True))
+
+
+def serve(helper: str, directory: Path, workspace_id: str) -> subprocess.Popen[bytes]:
+    directory.mkdir(parents=True, exist_ok=True)
+    init = subprocess.Popen([helper, "init", "-S", str(directory / "control.sock"), "-I", workspace_id])
+    deadline = time.monotonic() + 5
+    while not (directory / "control.sock").exists():
+        assert time.monotonic() < deadline, "the helper never made its socket"
+        time.sleep(0.01)
+    return init
+
+
+@pytest.fixture
+def workspace(helper: str, tmp_path: Path) -> Iterator[tuple[HelperChannel, Path]]:
+    init = serve(helper, tmp_path / "run", "ws-a")
+    yield HelperChannel(ControlSocketTransport(tmp_path / "run" / "control.sock", "ws-a")), tmp_path
+    init.terminate()
+    init.wait()
+
+
+def run(channel: HelperChannel, script: str, cwd: str, **options: object) -> tuple[int, str, str, bool]:
+    request = ExecRequest(argv=["/bin/sh", "-c", script], cwd=cwd, **options)  # type: ignore[arg-type]
+    result = collect(channel.exec_stream(request), request.output_limit)
+    return result.exit_code, result.stdout, result.stderr, result.timed_out
+
+
+def test_commands_run_with_their_cwd_env_streams_and_exit_code(workspace: tuple[HelperChannel, Path]) -> None:
+    channel, home = workspace
+    assert run(channel, 'echo "$GREETING from $PWD"; echo oops >&2; exit 3', str(home), env={"GREETING": "hi"}) == (
+        3,
+        f"hi from {home}\n",
+        "oops\n",
+        False,
+    )
+    code, _, _, timed_out = run(channel, "sleep 5", str(home), timeout=0.3)
+    assert (code, timed_out) == (124, True)
+
+
+def test_files_go_both_ways_byte_exact(workspace: tuple[HelperChannel, Path]) -> None:
+    channel, home = workspace
+    data = os.urandom(3 << 20)  # binary, several frames' worth
+    assert channel.write_file(str(home / "blob"), [data[:1000], data[1000:]], len(data)) == len(data)
+    assert (home / "blob").read_bytes() == data
+    stat, chunks = channel.read_file(str(home / "blob"))
+    assert stat.size == len(data) and b"".join(chunks) == data
+
+
+def test_a_missing_working_directory_is_a_clear_400(workspace: tuple[HelperChannel, Path]) -> None:
+    channel, home = workspace
+    with pytest.raises(BadRequest, match="working directory does not exist"):
+        run(channel, "true", str(home / "nowhere"))
+
+
+def test_closing_the_stream_kills_the_command(workspace: tuple[HelperChannel, Path]) -> None:
+    channel, home = workspace
+    marker = home / "still-running"
+    script = f"while true; do echo tick; touch {marker}; sleep 0.05; done"
+    events = channel.exec_stream(ExecRequest(argv=["/bin/sh", "-c", script], cwd=str(home)))
+    next(events)
+    events.close()
+    time.sleep(0.5)
+    marker.unlink()
+    time.sleep(0.5)
+    assert not marker.exists()  # nothing touches it any more
+
+
+def test_a_socket_that_leads_to_another_workspace_is_refused(helper: str, tmp_path: Path) -> None:
+    other = serve(helper, tmp_path / "b", "ws-b")
+    try:
+        # A workload in ws-a replaces its socket with a link to ws-b's.
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / "control.sock").symlink_to(tmp_path / "b" / "control.sock")
+        with pytest.raises(ControlSocketError, match="not the helper of ws-a"):
+            ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a").call(["probe"])
+
+        class Fallback:
+            def call(self, argv: list[str], **_: object) -> object:
+                raise LookupError("fell back")
+
+        with pytest.raises(LookupError, match="fell back"):  # nothing was sent to ws-b
+            SocketFirst(ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a"), Fallback()).call(["probe"])  # type: ignore[arg-type]
+    finally:
+        other.terminate()
+        other.wait()
+
+
+def test_no_socket_falls_back(tmp_path: Path) -> None:
+    with pytest.raises(ControlSocketError):
+        ControlSocketTransport(tmp_path / "control.sock", "ws-a").call(["probe"])
