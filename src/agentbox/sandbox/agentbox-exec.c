@@ -32,7 +32,6 @@
 #define BUFSZ 65536
 #define READY_LINE "agentbox-exec ready"
 #define NSEC 1000000000LL
-#define SERVE_CANNOT_LISTEN 3   /* the control server's exit code: do not restart it */
 
 static int usage(void) {
     fputs("usage: agentbox-exec init [-M MAX_MEMORY_BYTES] [-P MAX_TASKS] [-S SOCKET -I WORKSPACE_ID]\n"
@@ -225,7 +224,8 @@ static pid_t largest_process(long long *rss_pages) {
  * Linux (SIGKILL).  -P TASKS is read by `run` (see apply_task_limit). */
 #define MIN_TICK_MS 25
 #define MAX_TICK_MS 1000
-static pid_t start_server(const char *path, const char *id);
+static int listen_on(const char *path);
+static pid_t start_server(int s, const char *id);
 
 static int cmd_init(int argc, char **argv) {
     long long max_memory = 0;
@@ -244,7 +244,10 @@ static int cmd_init(int argc, char **argv) {
     }
     sigset_t set = term_and_chld();
     sigprocmask(SIG_BLOCK, &set, NULL);
-    pid_t server = socket_path ? start_server(socket_path, workspace_id) : -1;
+    /* Listening before the ready line, so that the socket is there as soon as the host
+     * may use it; the server and its workers inherit it, and a new server takes it over. */
+    int listener = socket_path ? listen_on(socket_path) : -1;
+    pid_t server = listener >= 0 ? start_server(listener, workspace_id) : -1;
     /* The host waits for this line: proof that code runs in the sandbox. */
     fputs(READY_LINE "\n", stdout);
     fflush(stdout);
@@ -255,10 +258,9 @@ static int cmd_init(int argc, char **argv) {
         int status;
         while ((gone = waitpid(-1, &status, WNOHANG)) > 0) {
             /* SIGCHLDs coalesce: reap everything on each wake-up.  The control server
-             * comes back if something killed it, unless it could not listen at all. */
+             * comes back if something killed it. */
             if (gone == server)
-                server = WIFEXITED(status) && WEXITSTATUS(status) == SERVE_CANNOT_LISTEN
-                             ? -1 : start_server(socket_path, workspace_id);
+                server = start_server(listener, workspace_id);
         }
         long long wait = next_check - now_ns();
         struct timespec tick = {0, wait > 0 ? wait : 0};
@@ -935,8 +937,27 @@ static pid_t spare_worker(int s, const char *id, int *taken) {
     return pid;
 }
 
-/* The control server: one spare worker at all times. */
-static pid_t start_server(const char *path, const char *id) {
+/* The control socket, listening; -1 (and why, on stderr) if it cannot be made. */
+static int listen_on(const char *path) {
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);   /* no command inherits it */
+    if (s < 0 || strlen(path) >= sizeof addr.sun_path) {
+        fprintf(stderr, "agentbox-exec: no control socket at %s\n", path);
+        return -1;
+    }
+    strcpy(addr.sun_path, path);
+    unlink(path);
+    if (bind(s, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(s, 128) < 0) {
+        /* Under runsc this needs --host-uds=create; the host then uses docker exec. */
+        fprintf(stderr, "agentbox-exec: no control socket at %s: %s\n", path, strerror(errno));
+        close(s);
+        return -1;
+    }
+    return s;
+}
+
+/* The control server on listening socket `s`: one spare worker at all times. */
+static pid_t start_server(int s, const char *id) {
     pid_t pid = fork();
     if (pid != 0)
         return pid;
@@ -945,17 +966,6 @@ static pid_t start_server(const char *path, const char *id) {
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGCHLD, SIG_IGN);   /* workers reap themselves */
     signal(SIGPIPE, SIG_IGN);
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (strlen(path) >= sizeof addr.sun_path || s < 0)
-        _exit(SERVE_CANNOT_LISTEN);
-    strcpy(addr.sun_path, path);
-    unlink(path);
-    if (bind(s, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(s, 128) < 0) {
-        /* Under runsc this needs --host-uds=create; the host then uses docker exec. */
-        fprintf(stderr, "agentbox-exec: no control socket at %s: %s\n", path, strerror(errno));
-        _exit(SERVE_CANNOT_LISTEN);
-    }
     for (;;) {
         int taken;
         if (spare_worker(s, id, &taken) < 0) {
