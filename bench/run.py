@@ -168,7 +168,7 @@ def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, 
     options = {"runtime": runtime, "mem_limit": "512m", "nano_cpus": 10**9, "detach": True}
 
     def sample(name: str, function: Callable[[], object]) -> None:
-        results[name] += timed(function, 1)
+        results.setdefault(name, []).extend(timed(function, 1))
 
     print("==> cold create: API vs raw `docker run -d`", flush=True)
     created: list[str] = []

@@ -21,7 +21,11 @@ from agentbox.reconcile import Reconciler
 
 log = logging.getLogger("agentbox.lifecycle")
 
-DEBOUNCE_SECONDS = 0.05
+# After a claim or a delete, the refill waits until none has come for QUIET_SECONDS (at most
+# SETTLE_SECONDS): booting a sandbox takes most of a CPU for half a second, and a burst of claims
+# and first commands is served faster when the refill starts after it, not in the middle.
+QUIET_SECONDS = 0.3
+SETTLE_SECONDS = 2.0
 # How often providers re-assert isolation (the Docker firewall is rewritten and re-hooked), so that a
 # flush leaves it open this long at most.
 ENFORCE_SECONDS = 5.0
@@ -70,9 +74,16 @@ class Lifecycle:
             if self.pool is not None:
                 self._guarded("filling the warm pool", self.pool.fill)
             if self._wake.wait(timeout=max(0.0, min(next_sweep, next_enforce) - time.monotonic())):
-                # Woken by a claim or a delete: wait a moment, so that a burst is one round and
-                # the refill stays off the path of the response that woke it.
-                self._stop.wait(DEBOUNCE_SECONDS)
+                self._settle()
+            self._wake.clear()
+
+    def _settle(self) -> None:
+        """Woken by a claim or a delete: wait for the burst it may be part of to pass."""
+        give_up = time.monotonic() + SETTLE_SECONDS
+        self._wake.clear()
+        while not self._stop.is_set() and time.monotonic() < give_up:
+            if not self._wake.wait(min(QUIET_SECONDS, give_up - time.monotonic())):
+                return
             self._wake.clear()
 
     @staticmethod
