@@ -19,7 +19,7 @@ from agentbox.providers.docker.runtime import gvisor_runtime, knows_systrap, pro
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 # gVisor's netstack fails on this kernel with Debian's builds (see docs/runtime.md).
-RECOMMENDED_ARGS = ["--platform=systrap", "--network=host"]
+RECOMMENDED_ARGS = ["--platform=systrap", "--network=host", "--host-uds=create"]
 RECOMMENDED_VERSION = "0.0~20240729.0"  # the first Debian build with systrap (bookworm-backports)
 
 

@@ -29,6 +29,7 @@ from agentbox.providers.base import (
     Provider,
     Resources,
     WorkspaceSpec,
+    distinct,
 )
 from agentbox.store import LIVE, Store
 
@@ -241,7 +242,7 @@ class WorkspaceManager:
 
     def enforce_isolation(self) -> None:
         """Have every provider re-assert what something outside may have undone (a firewall flush)."""
-        for provider in {id(p): p for p in self.providers.values()}.values():
+        for provider in distinct(self.providers.values()):
             provider.enforce()
 
     def _resolve(self, provider: Provider, allow: object) -> list[str] | None:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from agentbox.metrics import Metrics
 from agentbox.models import Status, Workspace
 from agentbox.pool import WarmPool, discard_pooled
-from agentbox.providers.base import Provider, ProviderState
+from agentbox.providers.base import Provider, ProviderState, distinct
 from agentbox.store import ACTIVE, LIVE, Store
 
 log = logging.getLogger("agentbox.reconcile")
@@ -40,7 +40,7 @@ class Reconciler:
     def run(self, startup: bool = False) -> None:
         """One round; raises ProviderError when a provider cannot be listed (nothing is changed then)."""
         held: dict[str, tuple[Provider, str, ProviderState]] = {}
-        for provider in {id(p): p for p in self.providers.values()}.values():
+        for provider in distinct(self.providers.values()):
             for workspace_id, (ref, state) in provider.inventory().items():
                 held[workspace_id] = (provider, ref, state)
         records = {w.id: w for w in self.store.find(statuses=[*LIVE, Status.POOLED.value])}

@@ -17,7 +17,7 @@ import pytest
 from agentbox.errors import BadRequest
 from agentbox.providers.base import ExecRequest, collect
 from agentbox.sandbox import build
-from agentbox.sandbox.channel import HelperChannel
+from agentbox.sandbox.channel import Call, HelperChannel, Invocation
 from agentbox.sandbox.control import ControlSocketError, ControlSocketTransport, SocketFirst
 
 if not (shutil.which("cc") or shutil.which("gcc")):
@@ -100,14 +100,15 @@ def test_a_socket_that_leads_to_another_workspace_is_refused(helper: str, tmp_pa
         (tmp_path / "a").mkdir()
         (tmp_path / "a" / "control.sock").symlink_to(tmp_path / "b" / "control.sock")
         with pytest.raises(ControlSocketError, match="not the helper of ws-a"):
-            ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a").call(["probe"])
+            ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a").call(Invocation(["probe"]))
 
         class Fallback:
-            def call(self, argv: list[str], **_: object) -> object:
+            def call(self, invocation: Invocation) -> Call:
                 raise LookupError("fell back")
 
+        linked = ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a")
         with pytest.raises(LookupError, match="fell back"):  # nothing was sent to ws-b
-            SocketFirst(ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a"), Fallback()).call(["probe"])  # type: ignore[arg-type]
+            SocketFirst(linked, Fallback()).call(Invocation(["probe"]))
     finally:
         other.terminate()
         other.wait()
@@ -115,4 +116,4 @@ def test_a_socket_that_leads_to_another_workspace_is_refused(helper: str, tmp_pa
 
 def test_no_socket_falls_back(tmp_path: Path) -> None:
     with pytest.raises(ControlSocketError):
-        ControlSocketTransport(tmp_path / "control.sock", "ws-a").call(["probe"])
+        ControlSocketTransport(tmp_path / "control.sock", "ws-a").call(Invocation(["probe"]))

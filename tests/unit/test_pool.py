@@ -12,12 +12,13 @@ from agentbox.domain import NewWorkspace
 from agentbox.errors import TooManyWorkspaces
 from agentbox.manager import WorkspaceManager
 from agentbox.metrics import Metrics
-from agentbox.models import Status, Workspace, new_workspace_id, utcnow
+from agentbox.models import Status, Workspace, new_workspace_id
 from agentbox.pool import WarmPool
 from agentbox.providers.base import WorkspaceSpec
 from agentbox.reconcile import Reconciler
 from agentbox.store import Store
 from tests.fake_provider import FakeProvider
+from tests.unit.test_store import make_workspace
 
 
 @pytest.fixture
@@ -82,26 +83,8 @@ def test_drain_removes_every_idle_sandbox(tmp_path: Path, store: Store) -> None:
 
 
 def _record(store: Store, status: Status, provider_ref: str | None) -> Workspace:
-    now = utcnow()
-    workspace = Workspace(
-        id=new_workspace_id(),
-        owner="alice",
-        provider="gvisor",
-        runtime="fake",
-        status=status.value,
-        image="img",
-        cpu=1,
-        memory=1 << 30,
-        disk=1 << 30,
-        pids_limit=256,
-        ephemeral=False,
-        env={},
-        labels={},
-        network="",
-        provider_ref=provider_ref,
-        created_at=now,
-        updated_at=now,
-    )
+    workspace = make_workspace(new_workspace_id(), status=status)
+    workspace.provider_ref = provider_ref
     return store.add(workspace, "created")
 
 

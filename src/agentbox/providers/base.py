@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import codecs
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -158,6 +158,12 @@ class Provider(abc.ABC):
 
     name: str
 
+    @property
+    def scope(self) -> Hashable:
+        """What it holds: providers with the same scope (gvisor and docker on one engine) list the same
+        sandboxes and keep the same isolation, so background work asks only one of them."""
+        return id(self)
+
     @abc.abstractmethod
     def capabilities(self) -> Capabilities: ...
 
@@ -182,7 +188,10 @@ class Provider(abc.ABC):
         Called before admission (a name lookup may take seconds). Raises BadRequest for an entry that
         cannot be resolved or may never be reached, or when the provider cannot enforce allow lists.
         """
-        raise BadRequest(f"the {self.name} provider cannot enforce network allow lists")
+        raise BadRequest(
+            f'the {self.name} provider cannot enforce network allow lists: ask for "egress" or "none", or use '
+            "the gvisor or docker provider on a server with WORKSPACE_NETWORK_NAME set"
+        )
 
     def enforce(self) -> None:
         """Re-assert isolation that something outside may have undone (Docker: a firewall flush).
@@ -239,6 +248,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
         """Unpack a tar stream into the directory `path`, creating it if needed."""
+
+
+def distinct(providers: Iterable[Provider]) -> list[Provider]:
+    """One provider per scope."""
+    return list({provider.scope: provider for provider in providers}.values())
 
 
 class OutputLimit:

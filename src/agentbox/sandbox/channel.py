@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from agentbox.errors import BadRequest, FileError, ProviderError
@@ -53,20 +54,23 @@ class Call(Protocol):
         """End the call; if the helper is still running a command, it kills the command's group."""
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """One start of the helper: its own arguments (`run ...`, `get PATH`...) and how to run it."""
+
+    argv: list[str]
+    stdin: bool = False  # whether the call sends stdin (`Call.send`)
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    deadline: float | None = None  # time.monotonic() by which the output must have ended
+
+
 class Transport(Protocol):
-    def call(
-        self,
-        argv: list[str],
-        *,
-        stdin: bool = False,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        deadline: float | None = None,
-    ) -> Call:
-        """Start the helper with `argv` (its own arguments: `run ...`, `get PATH`...) in the sandbox.
+    def call(self, invocation: Invocation) -> Call:
+        """Start the helper in the sandbox.
 
         Raises WorkspaceGone at once if the sandbox is gone, ProviderUnavailable if it cannot be
-        reached; `deadline` (time.monotonic()) bounds how long the output is waited for.
+        reached.
         """
 
 
@@ -78,7 +82,7 @@ class HelperChannel:
 
     def probe(self) -> None:
         """Return once a command has run in the sandbox; ProviderError if none can."""
-        call = self.transport.call(["probe"], deadline=time.monotonic() + 60)
+        call = self.transport.call(Invocation(["probe"], deadline=time.monotonic() + 60))
         try:
             output = b"".join(data for _, data in call.frames())
             code = call.exit_code()
@@ -95,7 +99,7 @@ class HelperChannel:
             deadline = time.monotonic() + request.timeout + HOST_GRACE_SECONDS
         started = time.monotonic()
         # Started here, not lazily, so that a missing workspace fails before any output is promised.
-        call = self.transport.call([*argv, "--", *request.argv], cwd=request.cwd, env=request.env, deadline=deadline)
+        call = self.transport.call(Invocation([*argv, "--", *request.argv], False, request.cwd, request.env, deadline))
         return _events(call, request.timeout, started)
 
     def stat(self, path: str) -> FileStat | list[DirEntry]:
@@ -115,7 +119,7 @@ class HelperChannel:
         return _file_stat(header), _closing(call, reader.body())
 
     def write_file(self, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
-        call = self.transport.call(["put", path, "-p", f"{mode:o}", "-s", str(size)], stdin=True)
+        call = self.transport.call(Invocation(["put", path, "-p", f"{mode:o}", "-s", str(size)], stdin=True))
         try:
             call.send(data)
             answer = b"".join(_stdout(call)).strip()
@@ -128,18 +132,22 @@ class HelperChannel:
     def read_archive(self, path: str) -> Iterator[bytes]:
         if not isinstance(self.stat(path), list):
             raise FileError("ENOTDIR", "Not a directory", path)
-        call = self.transport.call(["run", "-m", str(NO_LIMIT), "--", "tar", "-c", "-f", "-", "-C", path, "."])
+        call = self.transport.call(
+            Invocation(["run", "-m", str(NO_LIMIT), "--", "tar", "-c", "-f", "-", "-C", path, "."])
+        )
         return _closing(call, _stdout(call))
 
     def write_archive(self, path: str, data: Iterable[bytes]) -> None:
-        call = self.transport.call(["mkdir", path])
+        call = self.transport.call(Invocation(["mkdir", path]))
         try:
             answer = b"".join(_stdout(call)).strip()
         finally:
             call.close()
         if answer != b"OK":
             _raise_helper_error(answer, path)
-        call = self.transport.call(["run", "-i", "-m", "65536", "--", "tar", "-x", "-f", "-", "-C", path], stdin=True)
+        call = self.transport.call(
+            Invocation(["run", "-i", "-m", "65536", "--", "tar", "-x", "-f", "-", "-C", path], stdin=True)
+        )
         try:
             call.send(data)
             errors = b"".join(chunk for stream, chunk in call.frames() if stream == 2)
@@ -151,7 +159,7 @@ class HelperChannel:
             raise BadRequest(f"unpacking the archive into {path} failed (tar exit {code}): {message}")
 
     def _get(self, path: str) -> tuple[Call, _HeaderReader, bytes]:
-        call = self.transport.call(["get", path])
+        call = self.transport.call(Invocation(["get", path]))
         reader = _HeaderReader(_stdout(call))
         header = reader.header()
         if header.startswith((b"F ", b"D")):

@@ -22,12 +22,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from agentbox.errors import BadRequest, ProviderError
-from agentbox.sandbox.channel import Call, Transport
+from agentbox.sandbox.channel import Call, Invocation, Transport
 
 log = logging.getLogger("agentbox.sandbox.control")
 
 MAGIC = b"AGX1"
-STDOUT, STDERR, EXIT, REFUSED = 1, 2, 3, 4
+EXIT, REFUSED = 3, 4  # frame kinds past 1 (stdout) and 2 (stderr), which the channel reads as they are
 #: How long a helper may take to say who it is; it answers at once unless the sandbox is wedged.
 HELLO_SECONDS = 10.0
 
@@ -109,23 +109,15 @@ class ControlSocketTransport:
         self.path = path
         self.workspace_id = workspace_id
 
-    def call(
-        self,
-        argv: list[str],
-        *,
-        stdin: bool = False,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        deadline: float | None = None,
-    ) -> SocketCall:
+    def call(self, invocation: Invocation) -> SocketCall:
         """Raises ControlSocketError when nothing (or the wrong helper) answers: then fall back to another way in."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(HELLO_SECONDS)
             sock.connect(str(self.path))
             self._check_hello(sock)
-            entries = [f"{key}={value}" for key, value in (env or {}).items()]
-            fields = [cwd or "", str(len(entries)), *entries, *argv]
+            entries = [f"{key}={value}" for key, value in (invocation.env or {}).items()]
+            fields = [invocation.cwd or "", str(len(entries)), *entries, *invocation.argv]
             request = b"".join(field.encode() + b"\0" for field in fields)
             sock.sendall(struct.pack(">L", len(request)) + request)
             sock.settimeout(None)
@@ -135,9 +127,9 @@ class ControlSocketTransport:
         except BaseException:
             sock.close()
             raise
-        if not stdin:
+        if not invocation.stdin:
             sock.shutdown(socket.SHUT_WR)
-        return SocketCall(sock, deadline)
+        return SocketCall(sock, invocation.deadline)
 
     def _check_hello(self, sock: socket.socket) -> None:
         # The socket lives in a directory the workspace can write to: a workload could swap it for a
@@ -164,23 +156,18 @@ class SocketFirst:
         self.primary = primary
         self.fallback = fallback
 
-    def call(
-        self,
-        argv: list[str],
-        *,
-        stdin: bool = False,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        deadline: float | None = None,
-    ) -> Call:
+    def call(self, invocation: Invocation) -> Call:
         try:
-            return self.primary.call(argv, stdin=stdin, cwd=cwd, env=env, deadline=deadline)
+            return self.primary.call(invocation)
         except ControlSocketError as exc:
             log.debug("control socket unusable (%s): falling back", exc)
-            return self.fallback.call(argv, stdin=stdin, cwd=cwd, env=env, deadline=deadline)
+            return self.fallback.call(invocation)
 
 
 def _refusal(message: str) -> Exception:
     if message.startswith("chdir "):
         return BadRequest(f"the working directory does not exist in the workspace: create it first ({message})")
-    return ProviderError(f"the workspace's helper could not start the command: {message}")
+    return ProviderError(
+        f"the workspace's helper could not start the command ({message}): run it again; if it keeps failing, "
+        "stop and start the workspace"
+    )

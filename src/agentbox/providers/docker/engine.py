@@ -15,6 +15,7 @@ import requests.exceptions
 
 from agentbox.errors import AgentboxError, BadRequest, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.sandbox import HELPER_IN_WORKSPACE
+from agentbox.sandbox.channel import Invocation
 from agentbox.sandbox.control import SocketStream
 
 
@@ -104,25 +105,17 @@ class EngineTransport:
         self.ref = ref
         self.user = user
 
-    def call(
-        self,
-        argv: list[str],
-        *,
-        stdin: bool = False,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        deadline: float | None = None,
-    ) -> EngineCall:
+    def call(self, invocation: Invocation) -> EngineCall:
         with engine_errors("exec"):
             exec_id = self._api.exec_create(
                 self.ref,
-                [HELPER_IN_WORKSPACE, *argv],
-                stdin=stdin,
+                [HELPER_IN_WORKSPACE, *invocation.argv],
+                stdin=invocation.stdin,
                 user=self.user,
-                workdir=cwd,
-                environment=[f"{k}={v}" for k, v in (env or {}).items()],
+                workdir=invocation.cwd,
+                environment=[f"{k}={v}" for k, v in (invocation.env or {}).items()],
             )["Id"]
-        return EngineCall(self._api, exec_id, deadline)
+        return EngineCall(self._api, exec_id, invocation.deadline)
 
 
 def _engine_exec_failure(message: bytes) -> AgentboxError:

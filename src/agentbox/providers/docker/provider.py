@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,11 @@ class DockerProvider(Provider):
         self.instance = instance
         self._isolation = isolation
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
+
+    @property
+    def scope(self) -> Hashable:
+        # Every provider of this deployment on this engine sees the same containers and the same network.
+        return ("docker", self.instance)
 
     def capabilities(self) -> Capabilities:
         if self.network is not None:
