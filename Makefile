@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 helper: $(HELPER)
-$(HELPER): src/agentbox/sandbox/agentbox-exec.c $(VENV)/.installed
+$(HELPER): $(wildcard src/agentbox/sandbox/*.c src/agentbox/sandbox/*.h) $(VENV)/.installed
 	@echo "==> building the in-workspace helper $@"
 	@$(BIN)/python -c 'from agentbox.sandbox import build; build(strict=True)'
 

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from agentbox.process_schemas import (
+    OutputDroppedEvent,
+    ProcessExitEvent,
+    ProcessList,
+    ProcessOut,
+    ProcessOutputEvent,
+)
 from agentbox.schemas import (
     DirEntryOut,
     DirListing,
@@ -30,6 +37,9 @@ from agentbox.schemas import (
 )
 
 Model = TypeVar("Model", bound=BaseModel)
+Event = TypeVar("Event")
+#: One line of GET .../processes/{pid}/output.
+ProcessStreamEvent = ProcessOutputEvent | OutputDroppedEvent | ProcessExitEvent | ErrorEvent
 
 
 class APIError(Exception):
@@ -145,17 +155,21 @@ class Client:
         If the command cannot go on, the last event is an `ErrorEvent` instead. Raises
         APIError (before the first event): 404, 409, 422, as `exec`.
         """
-        # No read timeout: a command may stay silent for as long as its own timeout lets it run.
+        body = {"command": command, **options}
+        yield from self._stream("POST", f"/workspaces/{workspace_id}/exec/stream", _stream_event, json=body)
+
+    def _stream(
+        self, method: str, url: str, parse: Callable[[httpx.Response, str], Event], **kwargs: Any
+    ) -> Iterator[Event]:
+        # No read timeout: a stream may stay silent for as long as what it follows does.
         timeout = httpx.Timeout(self._http.timeout.connect, read=None)
-        with self._http.stream(
-            "POST", f"/workspaces/{workspace_id}/exec/stream", json={"command": command, **options}, timeout=timeout
-        ) as response:
+        with self._http.stream(method, url, timeout=timeout, **kwargs) as response:
             if response.status_code >= 400:
                 response.read()
                 _raise_for_status(response)
             for line in response.iter_lines():
                 if line:
-                    yield _stream_event(response, line)
+                    yield parse(response, line)
 
     def read_file(self, workspace_id: str, path: str) -> bytes:
         """A file's content (a directory: see `read_path`). Raises APIError: 404 when it does not exist."""
@@ -194,6 +208,49 @@ class Client:
         """Unpack a tar archive into a directory. Raises APIError: 400 (bad archive or provider), 404, 413."""
         self._call("PUT", f"/workspaces/{workspace_id}/archive", params={"path": path}, content=tar_data)
 
+    # Background processes
+
+    def start_process(self, workspace_id: str, command: str | builtins.list[str], **options: Any) -> ProcessOut:
+        """Start a process in the background (options: cwd, env, stdin, pty={"cols", "rows"}, tag).
+        Raises APIError: 400 when it cannot be started, 404, 409 when the workspace is not running."""
+        body = {"command": command, **options}
+        return _parse(ProcessOut, self._call("POST", f"/workspaces/{workspace_id}/processes", json=body))
+
+    def processes(self, workspace_id: str) -> builtins.list[ProcessOut]:
+        return _parse(ProcessList, self._call("GET", f"/workspaces/{workspace_id}/processes")).processes
+
+    def process(self, workspace_id: str, pid: int) -> ProcessOut:
+        """One process. Raises APIError: 404 for an unknown PID."""
+        return _parse(ProcessOut, self._call("GET", f"/workspaces/{workspace_id}/processes/{pid}"))
+
+    def process_output(
+        self, workspace_id: str, pid: int, offset: int = 0, follow: bool = False
+    ) -> Iterator[ProcessStreamEvent]:
+        """Its output from byte `offset` (resume from the last event's `next_offset`), then its exit if it has
+        ended; with `follow`, until it ends. Raises APIError (before the first event): 404."""
+        params = {"offset": offset, "follow": follow}
+        url = f"/workspaces/{workspace_id}/processes/{pid}/output"
+        yield from self._stream("GET", url, _process_event, params=params)
+
+    def write_stdin(self, workspace_id: str, pid: int, data: bytes | Iterable[bytes]) -> None:
+        """Raises APIError: 409 when it has no stdin (any more) or has exited."""
+        self._call("POST", f"/workspaces/{workspace_id}/processes/{pid}/stdin", content=data)
+
+    def close_stdin(self, workspace_id: str, pid: int) -> None:
+        self._call("POST", f"/workspaces/{workspace_id}/processes/{pid}/stdin/close")
+
+    def signal(self, workspace_id: str, pid: int, signal: str) -> None:
+        """Signal its process group. Raises APIError: 409 when it has exited, 422 for an unknown signal."""
+        self._call("POST", f"/workspaces/{workspace_id}/processes/{pid}/signal", json={"signal": signal})
+
+    def resize(self, workspace_id: str, pid: int, cols: int, rows: int) -> None:
+        """Resize its terminal. Raises APIError: 409 when it has none, 422 for an absurd size."""
+        self._call("POST", f"/workspaces/{workspace_id}/processes/{pid}/resize", json={"cols": cols, "rows": rows})
+
+    def kill(self, workspace_id: str, pid: int) -> None:
+        """Kill it and its whole process group; returns once they are gone."""
+        self._call("DELETE", f"/workspaces/{workspace_id}/processes/{pid}")
+
 
 def _parse(model: type[Model], response: httpx.Response) -> Model:
     """The answer as `model`; an APIError if it is not one (not an agentbox server, or another version)."""
@@ -213,6 +270,20 @@ def _stream_event(response: httpx.Response, line: str) -> ExecStreamEvent:
         return ErrorEvent.model_validate(payload)
     except (ValueError, TypeError) as exc:  # ValidationError is a ValueError
         raise APIError(response.status_code, f"the server streamed a line that is not an exec event: {exc}") from None
+
+
+def _process_event(response: httpx.Response, line: str) -> ProcessStreamEvent:
+    try:
+        payload = json.loads(line)
+        if "stream" in payload:
+            return ProcessOutputEvent.model_validate(payload)
+        if "dropped" in payload:
+            return OutputDroppedEvent.model_validate(payload)
+        if "exit_code" in payload:
+            return ProcessExitEvent.model_validate(payload)
+        return ErrorEvent.model_validate(payload)
+    except (ValueError, TypeError) as exc:
+        raise APIError(response.status_code, f"the server streamed a line that is not a process event: {exc}") from None
 
 
 def _raise_for_status(response: httpx.Response) -> None:

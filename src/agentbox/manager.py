@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import timedelta
 
 from agentbox.config import Settings
@@ -31,6 +32,7 @@ from agentbox.providers.base import (
     WorkspaceSpec,
     distinct,
 )
+from agentbox.providers.processes import ProcessInfo, ProcessRequest, ProcessTable
 from agentbox.store import LIVE, Store
 
 log = logging.getLogger("agentbox.manager")
@@ -303,6 +305,26 @@ class WorkspaceManager:
         if name in self.unavailable:
             raise BadRequest(f"provider {name!r} is not available: {self.unavailable[name]}")
         raise BadRequest(f"unknown provider {name!r}: use one of {', '.join(sorted(self.providers))}")
+
+    # Background processes
+
+    def processes(self, owner: str, workspace_id: str) -> ProcessTable:
+        """The background processes of a running workspace of `owner`."""
+        return self._process_table(self._running(owner, workspace_id))
+
+    def start_process(self, owner: str, workspace_id: str, request: ProcessRequest) -> ProcessInfo:
+        workspace = self._running(owner, workspace_id)
+        env = {**workspace.env, **request.env}  # the workspace's env, then the process's own
+        return self._process_table(workspace).start(replace(request, env=env))
+
+    def _process_table(self, workspace: Workspace) -> ProcessTable:
+        provider = self._provider(workspace.provider)
+        if not provider.capabilities().processes:
+            raise BadRequest(
+                f"the {workspace.provider} provider has no background processes: use exec, or a workspace "
+                "of the gvisor or docker provider"
+            )
+        return provider.processes(self._ref(workspace))
 
     def _target(self, owner: str, workspace_id: str) -> tuple[Provider, str]:
         """The provider and handle of a running workspace of `owner`."""

@@ -56,6 +56,17 @@ Env = Annotated[dict[EnvKey, EnvValue], Field(max_length=256)]
 LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")]
 LabelValue = Annotated[str, Field(max_length=256), AfterValidator(_no_nul)]
 AbsolutePath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_absolute_path)]
+#: A shell command (run by /bin/sh -c) or an argv list (run as is).
+CommandLine = (
+    Annotated[str, Field(min_length=1, max_length=1 << 20), AfterValidator(_no_nul)]
+    | Annotated[
+        list[Annotated[str, Field(max_length=1 << 20), AfterValidator(_no_nul)]], Field(min_length=1, max_length=4096)
+    ]
+)
+
+
+def argv_of(command: str | list[str]) -> list[str]:
+    return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
 
 
 def _size_at_least(minimum: int) -> BeforeValidator:
@@ -222,13 +233,7 @@ class WorkspaceList(BaseModel):
 class ExecIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    command: (
-        Annotated[str, Field(min_length=1, max_length=1 << 20), AfterValidator(_no_nul)]
-        | Annotated[
-            list[Annotated[str, Field(max_length=1 << 20), AfterValidator(_no_nul)]],
-            Field(min_length=1, max_length=4096),
-        ]
-    ) = Field(description="a shell command run by /bin/sh -c, or an argv list run as is")
+    command: CommandLine = Field(description="a shell command run by /bin/sh -c, or an argv list run as is")
     timeout: float | None = Field(
         None,
         gt=0,
@@ -240,8 +245,7 @@ class ExecIn(BaseModel):
     env: Env = Field(default_factory=dict)
 
     def to_command(self) -> Command:
-        argv = ["/bin/sh", "-c", self.command] if isinstance(self.command, str) else list(self.command)
-        return Command(argv=argv, cwd=self.cwd, env=dict(self.env), timeout=self.timeout)
+        return Command(argv=argv_of(self.command), cwd=self.cwd, env=dict(self.env), timeout=self.timeout)
 
 
 class ExecOut(BaseModel):

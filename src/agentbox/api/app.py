@@ -8,19 +8,23 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentbox.api import commands, files, github, system, workspaces
+from agentbox.api import commands, files, github, processes, system, workspaces
 from agentbox.api.dependencies import in_thread
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError
 from agentbox.service import Service
 
 log = logging.getLogger("agentbox.api")
+
+#: Requests served at once in worker threads (blocking manager calls, streams).
+WORKER_THREADS = 400
 
 
 def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
@@ -32,6 +36,9 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A followed output stream holds a worker thread while it waits; anyio's default of 40
+        # would let 40 followers stall every other request.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         app.state.service = service or await in_thread(Service.start, settings)
         try:
             yield
@@ -49,7 +56,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         },
     )
     app.add_middleware(RequestSizeLimit, limit=settings.max_request)
-    for module in (system, github, workspaces, commands, files):
+    for module in (system, github, workspaces, commands, files, processes):
         app.include_router(module.router)
     return app
 

@@ -59,7 +59,7 @@ async def write_file(
         size = int(declared)
         if size > limit:
             raise PayloadTooLarge(f"the file is {size} bytes; the limit (WORKSPACE_MAX_UPLOAD) is {limit}")
-        chunks = _sync_chunks(request.stream(), limit)
+        chunks = sync_chunks(request.stream(), limit)
         written = await in_thread(mgr.write_file, who, workspace_id, path, chunks, size, int(mode, 8))
     else:
         # No length given (chunked upload): spool it first, since the helper commits a file
@@ -96,12 +96,12 @@ async def write_archive(workspace_id: str, path: WorkspacePath, request: Request
     Errors: 400 for a bad archive or a provider that cannot move archives, 404 when the
     workspace is not yours, 409 when it is not running, 413 past WORKSPACE_MAX_UPLOAD.
     """
-    chunks = _sync_chunks(request.stream(), mgr.settings.max_upload)
+    chunks = sync_chunks(request.stream(), mgr.settings.max_upload)
     await in_thread(mgr.write_archive, who, workspace_id, path, chunks)
     return Response(status_code=204)
 
 
-def _sync_chunks(stream: AsyncIterator[bytes], limit: int) -> Iterator[bytes]:
+def sync_chunks(stream: AsyncIterator[bytes], limit: int) -> Iterator[bytes]:
     """The request body, pulled from the event loop by a worker thread, at most `limit` bytes."""
 
     async def next_chunk() -> bytes | None:

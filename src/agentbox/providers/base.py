@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from agentbox.errors import BadRequest, ProviderError
 from agentbox.network import NO_NETWORK, POLICY_KINDS, PolicyKind
+from agentbox.providers.processes import ProcessTable
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class Capabilities:
     network_policies: frozenset[str] = POLICY_KINDS
     #: How to get the policies it lacks, for the refusal ("" when there is no way).
     network_hint: str = ""
+    #: Background processes (`Provider.processes`): started, found again by PID, output by offset.
+    processes: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
         """Unpack a tar stream into the directory `path`, creating it if needed."""
+
+    def processes(self, ref: str) -> ProcessTable:
+        """The workspace's background processes; only when `capabilities().processes` says so."""
+        raise BadRequest(f"the {self.name} provider has no background processes: use exec, or another provider")
 
 
 def distinct(providers: Iterable[Provider]) -> list[Provider]:

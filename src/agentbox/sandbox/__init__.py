@@ -19,6 +19,8 @@ HELPER_IN_WORKSPACE = "/.agentbox/agentbox-exec"
 #: The directory (bind-mounted from the host) where the helper's init serves its control socket.
 CONTROL_IN_WORKSPACE = "/.agentbox/run"
 CONTROL_SOCKET = "control.sock"
+#: Where the helper keeps background processes (on the workspace's own disk; processes.c).
+PROCS_IN_WORKSPACE = "/.agentbox/procs"
 
 _CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-static", "-s"]
 
@@ -27,8 +29,13 @@ class HelperMissing(RuntimeError):
     pass
 
 
-def _source() -> Path:
-    return Path(str(resources.files("agentbox.sandbox") / "agentbox-exec.c"))
+#: The helper's C sources (compiled together) and the header they share.
+SOURCES = ("agentbox-exec.c", "processes.c")
+HEADER = "helper.h"
+
+
+def _source(name: str = SOURCES[0]) -> Path:
+    return Path(str(resources.files("agentbox.sandbox") / name))
 
 
 def build(output: Path | None = None, *, strict: bool = False) -> Path:
@@ -43,7 +50,10 @@ def build(output: Path | None = None, *, strict: bool = False) -> Path:
         )
     flags = [*_CFLAGS, "-Werror"] if strict else _CFLAGS
     result = subprocess.run(
-        [compiler, *flags, "-o", str(binary), str(source)], capture_output=True, text=True, check=False
+        [compiler, *flags, "-o", str(binary), *(str(_source(name)) for name in SOURCES)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise HelperMissing(f"building {binary} failed:\n{result.stderr.strip()}")
@@ -53,9 +63,9 @@ def build(output: Path | None = None, *, strict: bool = False) -> Path:
 @cache
 def helper_path() -> Path:
     """The compiled helper, built with the system C compiler when missing or older than its source."""
-    source = _source()
-    binary = source.with_suffix("")
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+    binary = _source().with_suffix("")
+    newest = max(_source(name).stat().st_mtime for name in (*SOURCES, HEADER))
+    if binary.exists() and binary.stat().st_mtime >= newest:
         return binary
     return build(binary)
 

@@ -7,7 +7,7 @@
  * without a shell.
  *
  * Build: cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -static -s \
- *           -o agentbox-exec agentbox-exec.c
+ *           -o agentbox-exec agentbox-exec.c processes.c
  */
 #include <dirent.h>
 #include <errno.h>
@@ -29,17 +29,20 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BUFSZ 65536
-#define READY_LINE "agentbox-exec ready"
-#define NSEC 1000000000LL
+#include "helper.h"
 
-static int usage(void) {
+#define READY_LINE "agentbox-exec ready"
+
+int usage(void) {
     fputs("usage: agentbox-exec init [-M MAX_MEMORY_BYTES] [-P MAX_TASKS] [-S SOCKET -I WORKSPACE_ID]\n"
           "       agentbox-exec run [-t SECONDS] [-m MAX_BYTES] [-i] -- ARGV...\n"
           "       agentbox-exec get PATH\n"
           "       agentbox-exec put PATH [-p MODE] [-s SIZE]\n"
           "       agentbox-exec mkdir PATH\n"
-          "       agentbox-exec probe\n", stderr);
+          "       agentbox-exec probe\n"
+          "       agentbox-exec spawn [-i] [-c COLS -r ROWS] [-j META] -- ARGV...\n"
+          "       agentbox-exec procs [PID] | output PID OFFSET [-f] | signal PID SIGNUM\n"
+          "       agentbox-exec input PID [-c | -w COLS ROWS]\n", stderr);
     return 2;
 }
 
@@ -47,13 +50,15 @@ static int usage(void) {
 
 /* Symbolic errno names: the host maps them to API errors, so they must not
  * depend on the libc's strerror() wording. */
-static const char *errno_name(int e) {
+const char *errno_name(int e) {
     static const struct { int e; const char *n; } tab[] = {
         {ENOENT, "ENOENT"}, {EACCES, "EACCES"}, {EPERM, "EPERM"},
         {ENOTDIR, "ENOTDIR"}, {EISDIR, "EISDIR"}, {ELOOP, "ELOOP"},
         {ENAMETOOLONG, "ENAMETOOLONG"}, {ENOSPC, "ENOSPC"}, {EROFS, "EROFS"},
         {EEXIST, "EEXIST"}, {EINVAL, "EINVAL"}, {ENOMEM, "ENOMEM"},
         {EFBIG, "EFBIG"}, {EDQUOT, "EDQUOT"}, {EIO, "EIO"}, {EBUSY, "EBUSY"},
+        {ESRCH, "ESRCH"}, {EBADF, "EBADF"}, {EPIPE, "EPIPE"}, {ETIMEDOUT, "ETIMEDOUT"},
+        {ENOTSUP, "ENOTSUP"},
     };
     static char other[32];
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
@@ -64,17 +69,17 @@ static const char *errno_name(int e) {
 }
 
 /* Protocol error line on stdout; returns exit code 1 for convenience. */
-static int report_error(int e, const char *msg) {
+int report_error(int e, const char *msg) {
     printf("E %s %s\n", errno_name(e), msg ? msg : strerror(e));
     fflush(stdout);
     return 1;
 }
 
-static int flush_stdout(void) { return fflush(stdout) == 0 ? 0 : 1; }
+int flush_stdout(void) { return fflush(stdout) == 0 ? 0 : 1; }
 
 /* write() everything, retrying on EINTR and waiting out EAGAIN (the fd we
  * were handed may be non-blocking).  Returns 0, or -1 with errno set. */
-static int write_all(int fd, const char *buf, size_t len) {
+int write_all(int fd, const char *buf, size_t len) {
     while (len > 0) {
         ssize_t n = write(fd, buf, len);
         if (n >= 0) {
@@ -95,16 +100,16 @@ static int write_all(int fd, const char *buf, size_t len) {
 /* The connection a subcommand answers on when it came through the control
  * socket (see "serve"); -1 under `docker exec`, where fds 1 and 2 are the
  * exec's own streams. */
-static int frame_fd = -1;
+int frame_fd = -1;
 
-static int send_frame(int fd, int kind, const void *data, size_t len) {
+int send_frame(int fd, int kind, const void *data, size_t len) {
     unsigned char head[5] = {(unsigned char)kind, (unsigned char)(len >> 24), (unsigned char)(len >> 16),
                              (unsigned char)(len >> 8), (unsigned char)len};
     return write_all(fd, (const char *)head, sizeof head) < 0 ? -1 : write_all(fd, data, len);
 }
 
 /* Output of stream 1 (stdout) or 2 (stderr).  Returns 0, or -1 with errno. */
-static int emit(int stream, const char *buf, size_t len) {
+int emit(int stream, const char *buf, size_t len) {
     return frame_fd < 0 ? write_all(stream, buf, len) : send_frame(frame_fd, stream, buf, len);
 }
 
@@ -158,7 +163,7 @@ static sigset_t term_and_chld(void) {
 
 /* ---- init ----------------------------------------------------------------- */
 
-static long long now_ns(void) {
+long long now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * NSEC + ts.tv_nsec;
@@ -244,6 +249,7 @@ static int cmd_init(int argc, char **argv) {
     }
     sigset_t set = term_and_chld();
     sigprocmask(SIG_BLOCK, &set, NULL);
+    procs_mark_stopped();   /* background processes of an earlier boot ended with it */
     /* Listening before the ready line, so that the socket is there as soon as the host
      * may use it; the server and its workers inherit it, and a new server takes it over. */
     int listener = socket_path ? listen_on(socket_path) : -1;
@@ -374,7 +380,7 @@ static void poll_streams(struct stream *ss, const struct timespec *tp, const sig
 
 /* Close every fd >= 3 but keep1/keep2.  Lists /proc/self/fd, which stays
  * cheap under a huge RLIMIT_NOFILE; falls back to a bounded loop. */
-static void close_other_fds(int keep1, int keep2) {
+void close_other_fds(int keep1, int keep2) {
     int fds[1024], count = 0;
     DIR *d = opendir("/proc/self/fd");
     struct dirent *de;
@@ -471,7 +477,7 @@ static int parse_run_flags(int argc, char **argv, double *timeout, int *interact
 /* The workspace's task limit is an argument of PID 1 ("init -P N"), where no
  * workload can change it; every command runs with it as RLIMIT_NPROC, soft and
  * hard, so it cannot be raised again without privileges. */
-static void apply_task_limit(void) {
+void apply_task_limit(void) {
     char args[4096];
     int fd = open("/proc/1/cmdline", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -846,7 +852,7 @@ static FILE *framed_stream(int stream) {
     return f;
 }
 
-static int read_exactly(int fd, char *buf, size_t len) {
+int read_exactly(int fd, char *buf, size_t len) {
     while (len > 0) {
         ssize_t n = read(fd, buf, len);
         if (n == 0 || (n < 0 && errno != EINTR))
@@ -998,6 +1004,8 @@ int main(int argc, char **argv) {
 static int dispatch(int argc, char **argv) {
     static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"run", cmd_run}, {"get", cmd_get}, {"put", cmd_put}, {"mkdir", cmd_mkdir}, {"probe", cmd_probe},
+        {"spawn", cmd_spawn}, {"procs", cmd_procs}, {"output", cmd_output}, {"signal", cmd_signal},
+        {"input", cmd_input},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(argv[0], cmds[i].name))

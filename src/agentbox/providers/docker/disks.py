@@ -25,8 +25,11 @@ from agentbox.errors import ProviderError
 
 log = logging.getLogger("agentbox.providers.docker.disks")
 
-#: Subdirectories of each disk and where they appear in the workspace.
-TMP, HOME, WORKSPACE = "tmp", "home", "workspace"
+#: Subdirectories of each disk and where they appear in the workspace. PROCS holds the helper's
+#: background processes (their output counts against the disk like any file).
+TMP, HOME, WORKSPACE, PROCS = "tmp", "home", "workspace", "procs"
+#: (name, mode, owned by the workspace user)
+_SUBDIRS = ((WORKSPACE, 0o755, True), (HOME, 0o755, True), (TMP, 0o1777, False), (PROCS, 0o700, True))
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -84,7 +87,7 @@ class Disks:
 
     def _layout(self) -> Path:
         """A directory with the disk's layout, copied into each new filesystem by mkfs."""
-        layout = self.root / ".layout"
+        layout = self.root / f".layout-{len(_SUBDIRS)}"  # a new subdirectory means a new layout
         if not layout.is_dir():
             partial = self.root / f".layout.{os.getpid()}.{threading.get_ident()}"
             partial.mkdir(parents=True)
@@ -96,7 +99,7 @@ class Disks:
         return layout
 
     def _lay_out(self, target: Path) -> None:
-        for sub, mode, owned in ((WORKSPACE, 0o755, True), (HOME, 0o755, True), (TMP, 0o1777, False)):
+        for sub, mode, owned in _SUBDIRS:
             path = target / sub
             path.mkdir(exist_ok=True)
             os.chmod(path, mode)

@@ -35,14 +35,22 @@ from agentbox.providers.base import (
     ProviderState,
     WorkspaceSpec,
 )
-from agentbox.providers.docker.disks import HOME, TMP, WORKSPACE, Disks
+from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
 from agentbox.providers.docker.engine import EngineTransport, Frames, engine_errors
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
 from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
 from agentbox.providers.docker.runtime import STANDARD_RUNTIME
-from agentbox.sandbox import CONTROL_IN_WORKSPACE, CONTROL_SOCKET, HELPER_IN_WORKSPACE, helper_bytes, helper_digest
-from agentbox.sandbox.channel import HelperChannel
+from agentbox.sandbox import (
+    CONTROL_IN_WORKSPACE,
+    CONTROL_SOCKET,
+    HELPER_IN_WORKSPACE,
+    PROCS_IN_WORKSPACE,
+    helper_bytes,
+    helper_digest,
+)
+from agentbox.sandbox.channel import HelperChannel, Transport
 from agentbox.sandbox.control import ControlSocketTransport, SocketFirst
+from agentbox.sandbox.processes import HelperProcesses
 
 log = logging.getLogger("agentbox.providers.docker")
 
@@ -104,10 +112,11 @@ class DockerProvider(Provider):
 
     def capabilities(self) -> Capabilities:
         if self.network is not None:
-            return Capabilities(runtime=self.runtime, isolation=self._isolation)
+            return Capabilities(runtime=self.runtime, isolation=self._isolation, processes=True)
         return Capabilities(
             runtime=self.runtime,
             isolation=self._isolation,
+            processes=True,
             network_policies=POLICY_KINDS - {"allow"},
             network_hint="allow lists need the workspace network and its firewall: run the server with "
             "WORKSPACE_NETWORK_NAME set",
@@ -131,6 +140,7 @@ class DockerProvider(Provider):
         formatting = self._background.submit(self.disks.format, spec.id, spec.disk)
         binds = [(self.helper, HELPER, True), (disk / WORKSPACE, "/workspace", False)]
         binds += [(disk / TMP, "/tmp", False), (disk / HOME, HOME_IN_WORKSPACE, False)]
+        binds.append((disk / PROCS, PROCS_IN_WORKSPACE, False))
         init = [HELPER, "init"]
         host_memory, host_pids = spec.memory, spec.pids_limit
         if self.runtime != STANDARD_RUNTIME:
@@ -330,16 +340,22 @@ class DockerProvider(Provider):
         os.chown(directory, int(uid), int(gid or uid))
         return directory
 
-    def _channel(self, ref: str) -> HelperChannel:
+    def _transport(self, ref: str) -> Transport:
         """Into the sandbox through the helper's control socket, or the Engine API's exec when there is none."""
         engine = EngineTransport(self.client, ref, self.user)
         if self.control_root is None:
-            return HelperChannel(engine)
+            return engine
         workspace_id = _workspace_id(ref)
         socket_path = self.control_root / workspace_id / CONTROL_SOCKET
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
-            return HelperChannel(engine)
-        return HelperChannel(SocketFirst(ControlSocketTransport(socket_path, workspace_id), engine))
+            return engine
+        return SocketFirst(ControlSocketTransport(socket_path, workspace_id), engine)
+
+    def _channel(self, ref: str) -> HelperChannel:
+        return HelperChannel(self._transport(ref))
+
+    def processes(self, ref: str) -> HelperProcesses:
+        return HelperProcesses(self._transport(ref))
 
     def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
         return self._channel(ref).exec_stream(request)

@@ -1,0 +1,115 @@
+"""The HTTP API's bodies for background processes (routes in api/processes.py)."""
+
+from __future__ import annotations
+
+import signal as signals
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from agentbox.providers.processes import ProcessInfo, ProcessRequest, ProcessStatus, ProcessStream, TerminalSize
+from agentbox.schemas import AbsolutePath, CommandLine, Env, argv_of
+
+
+class TerminalSizeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cols: int = Field(ge=1, le=1000)
+    rows: int = Field(ge=1, le=1000)
+
+    def to_size(self) -> TerminalSize:
+        return TerminalSize(cols=self.cols, rows=self.rows)
+
+
+class ProcessIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: CommandLine = Field(description="a shell command run by /bin/sh -c, or an argv list run as is")
+    cwd: AbsolutePath = "/workspace"
+    env: Env = Field(default_factory=dict)
+    stdin: bool = Field(False, description="keep its stdin open for POST .../stdin (a terminal always has one)")
+    pty: TerminalSizeIn | None = Field(None, description="run it on a terminal of this size (one `pty` stream)")
+    tag: str | None = Field(None, max_length=256, description="your own name for it, shown in the list")
+
+    def to_request(self) -> ProcessRequest:
+        return ProcessRequest(
+            argv=argv_of(self.command),
+            cwd=self.cwd,
+            env=dict(self.env),
+            stdin=self.stdin,
+            pty=self.pty.to_size() if self.pty else None,
+            tag=self.tag,
+        )
+
+
+class TerminalSizeOut(BaseModel):
+    cols: int
+    rows: int
+
+
+class ProcessOut(BaseModel):
+    pid: int = Field(description="its PID inside the workspace")
+    tag: str | None
+    command: list[str]
+    cwd: str
+    status: ProcessStatus
+    stdin: bool
+    pty: TerminalSizeOut | None
+    started_at: datetime | None
+    exit_code: int | None = Field(description="None while it runs, and when a signal ended it")
+    signal: str | None = Field(description='the signal that ended it, e.g. "SIGKILL"')
+    ended_at: datetime | None
+
+    @classmethod
+    def of(cls, info: ProcessInfo) -> ProcessOut:
+        fields = vars(info) | {"pty": TerminalSizeOut(**vars(info.pty)) if info.pty else None}
+        return cls(**fields)
+
+
+class ProcessList(BaseModel):
+    processes: list[ProcessOut]
+
+
+def _signal_number(name: str) -> str:
+    full = name if name.startswith("SIG") else f"SIG{name}"
+    if full not in signals.Signals.__members__ or full in ("SIG_DFL", "SIG_IGN"):
+        raise ValueError(f"{name!r} is not a signal: use a name such as SIGINT, SIGTERM, SIGKILL or SIGHUP")
+    return full
+
+
+class SignalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    signal: Annotated[str, Field(max_length=16), AfterValidator(_signal_number)] = Field(
+        description='a signal name, e.g. "SIGINT"; it goes to the process\'s whole process group'
+    )
+
+    @property
+    def number(self) -> int:
+        return int(signals.Signals[self.signal])
+
+
+class ProcessOutputEvent(BaseModel):
+    """A piece of a process's output (a line of GET .../output)."""
+
+    stream: ProcessStream
+    offset: int = Field(description="bytes of the process's output before this piece")
+    next_offset: int = Field(description="where to resume after this piece (?offset=)")
+    data: str = Field(description="the bytes as UTF-8 text (invalid sequences replaced)")
+
+
+class OutputDroppedEvent(BaseModel):
+    """The output from `offset` up to `resumed_at` is no longer kept (only the newest 16 MiB are)."""
+
+    dropped: Literal[True] = True
+    offset: int
+    resumed_at: int
+
+
+class ProcessExitEvent(BaseModel):
+    """How the process ended: the last line, once it has."""
+
+    exit_code: int | None
+    signal: str | None
+    ended_at: datetime | None

@@ -1,0 +1,250 @@
+"""Background processes through the helper (processes.c), over any `Transport` into the sandbox.
+
+The helper keeps each process's record, output and exit in the workspace itself, so this side
+holds no state: every call asks the sandbox. What it answers:
+
+    spawn [-i] [-c COLS -r ROWS] -j META -- ARGV    "OK <pid>" | "E <ERRNO> <why>"
+    procs [PID]        "P <pid> <meta bytes> <exit bytes> <alive>\\n" + meta + exit, per process
+    output PID OFFSET [-f]   "S <first offset>\\n", then records: u8 stream (1 stdout, 2 stderr,
+                       3 terminal; 0 the end, with the exit line; 9 keep-alive), u32 length, data
+    signal PID SIGNUM  "OK" | "E ..."
+    input PID [-c | -w COLS ROWS]   stdin from ours; "OK <bytes>" | "E ..."
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import signal as signals
+import struct
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from agentbox.errors import BadRequest, Conflict, NotFound, ProviderError
+from agentbox.models import utcnow
+from agentbox.providers.processes import (
+    OutputDropped,
+    ProcessEnded,
+    ProcessEvent,
+    ProcessInfo,
+    ProcessOutput,
+    ProcessRequest,
+    ProcessStream,
+    TerminalSize,
+)
+from agentbox.sandbox.channel import Call, Invocation, Transport
+
+_STREAMS: dict[int, ProcessStream] = {1: "stdout", 2: "stderr", 3: "pty"}
+_END, _KEEPALIVE = 0, 9
+_RECORD = struct.Struct(">BI")
+
+
+class HelperProcesses:
+    """The process table of one sandbox (see `agentbox.providers.processes.ProcessTable`)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def start(self, request: ProcessRequest) -> ProcessInfo:
+        started_at = utcnow()
+        meta = {
+            "command": request.argv,
+            "cwd": request.cwd,
+            "tag": request.tag,
+            "stdin": request.stdin or request.pty is not None,
+            "pty": vars(request.pty) if request.pty else None,
+            "started_at": started_at.isoformat(),
+        }
+        argv = ["spawn", "-j", json.dumps(meta)]
+        if request.stdin:
+            argv.append("-i")
+        if request.pty:
+            argv += ["-c", str(request.pty.cols), "-r", str(request.pty.rows)]
+        answer = self._answer(Invocation([*argv, "--", *request.argv], cwd=request.cwd, env=request.env))
+        if not answer.startswith(b"OK "):
+            _raise(answer, None, BadRequest)
+        return _info(int(answer.split()[1]), meta, b"", alive=True)
+
+    def list(self) -> list[ProcessInfo]:
+        return sorted(_parse_table(self._stdout(Invocation(["procs"]))), key=lambda p: p.pid)
+
+    def get(self, pid: int) -> ProcessInfo:
+        answer = self._stdout(Invocation(["procs", str(pid)]))
+        if answer.startswith(b"E "):
+            _raise(answer, pid)
+        found = _parse_table(answer)
+        if not found:
+            raise NotFound(_missing(pid))
+        return found[0]
+
+    def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent]:
+        # Started here, not lazily, so that an unknown PID fails before any output is promised.
+        call = self.transport.call(Invocation(["output", str(pid), str(offset), *(["-f"] if follow else [])]))
+        reader = _Records(call)
+        try:
+            header = reader.line()
+        except BaseException:
+            call.close()
+            raise
+        if not header.startswith(b"S "):
+            call.close()
+            _raise(header, pid)
+        return _output_events(call, reader, offset, int(header.split()[1]))
+
+    def write_stdin(self, pid: int, data: Iterable[bytes]) -> int:
+        answer = self._answer(Invocation(["input", str(pid)], stdin=True), data)
+        if not answer.startswith(b"OK"):
+            _raise(answer, pid)
+        return int(answer.split()[1])
+
+    def close_stdin(self, pid: int) -> None:
+        self._ok(["input", str(pid), "-c"], pid)
+
+    def signal(self, pid: int, signum: int) -> None:
+        self._ok(["signal", str(pid), str(signum)], pid)
+
+    def resize(self, pid: int, size: TerminalSize) -> None:
+        self._ok(["input", str(pid), "-w", str(size.cols), str(size.rows)], pid)
+
+    def _ok(self, argv: builtins.list[str], pid: int) -> None:
+        answer = self._answer(Invocation(argv))
+        if not answer.startswith(b"OK"):
+            _raise(answer, pid)
+
+    def _answer(self, invocation: Invocation, stdin: Iterable[bytes] | None = None) -> bytes:
+        return self._stdout(invocation, stdin).strip()
+
+    def _stdout(self, invocation: Invocation, stdin: Iterable[bytes] | None = None) -> bytes:
+        call = self.transport.call(invocation)
+        try:
+            if stdin is not None:
+                call.send(stdin)
+            return b"".join(data for stream, data in call.frames() if stream == 1)
+        finally:
+            call.close()
+
+
+class _Records:
+    """Reads the `output` answer: a header line, then records, from the call's stdout."""
+
+    def __init__(self, call: Call) -> None:
+        self._chunks = (data for stream, data in call.frames() if stream == 1)
+        self._buffer = bytearray()
+
+    def _fill(self, size: int) -> bool:
+        while len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return False
+            self._buffer += chunk
+        return True
+
+    def line(self) -> bytes:
+        while b"\n" not in self._buffer:
+            if not self._fill(len(self._buffer) + 1):
+                return bytes(self._buffer)
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return line
+
+    def records(self) -> Iterator[tuple[int, bytes]]:
+        while self._fill(_RECORD.size):
+            kind, length = _RECORD.unpack_from(self._buffer)
+            if not self._fill(_RECORD.size + length):
+                raise ProviderError("the workspace helper ended a process's output mid-record")
+            data = bytes(self._buffer[_RECORD.size : _RECORD.size + length])
+            del self._buffer[: _RECORD.size + length]
+            yield kind, data
+
+
+def _output_events(call: Call, reader: _Records, asked: int, begin: int) -> Iterator[ProcessEvent]:
+    try:
+        if begin > asked:
+            yield OutputDropped(offset=asked, resumed_at=begin)
+        offset = begin
+        for kind, data in reader.records():
+            if kind == _END:
+                yield _ended(data)
+                return
+            if kind in _STREAMS and data:
+                yield ProcessOutput(_STREAMS[kind], offset, data)
+                offset += len(data)
+    finally:
+        call.close()
+
+
+def _parse_table(data: bytes) -> builtins.list[ProcessInfo]:
+    found = []
+    while data.startswith(b"P "):
+        header, _, rest = data.partition(b"\n")
+        _, pid, meta_len, exit_len, alive = header.split(b" ")
+        meta, ended = rest[: int(meta_len)], rest[int(meta_len) : int(meta_len) + int(exit_len)]
+        data = rest[int(meta_len) + int(exit_len) :]
+        try:
+            found.append(_info(int(pid), json.loads(meta), ended, alive == b"1"))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # a record the workload itself has damaged: it is its own to lose
+    return found
+
+
+def _info(pid: int, meta: dict[str, Any], ended: bytes, alive: bool) -> ProcessInfo:
+    end = _ended(ended) if ended else None
+    if end is None and not alive:  # its supervisor was killed from inside: how it ended is unknown
+        end = ProcessEnded(exit_code=None, signal=None, ended_at=None)
+    pty = meta.get("pty")
+    return ProcessInfo(
+        pid=pid,
+        command=[str(arg) for arg in meta["command"]],
+        cwd=str(meta.get("cwd") or ""),
+        tag=meta.get("tag"),
+        stdin=bool(meta.get("stdin")),
+        pty=TerminalSize(int(pty["cols"]), int(pty["rows"])) if pty else None,
+        status="running" if end is None else "exited",
+        started_at=datetime.fromisoformat(meta["started_at"]) if meta.get("started_at") else None,
+        exit_code=end.exit_code if end else None,
+        signal=end.signal if end else None,
+        ended_at=end.ended_at if end else None,
+    )
+
+
+def _ended(line: bytes) -> ProcessEnded:
+    """The helper's exit line: "<exit code or -1> <signal or 0> <unix ns>[ stopped]"."""
+    fields = line.split()
+    code, signum, ns = int(fields[0]), int(fields[1]), int(fields[2])
+    return ProcessEnded(
+        exit_code=code if code >= 0 else None,
+        signal=_signal_name(signum) if signum else None,
+        ended_at=datetime.fromtimestamp(ns / 1e9, UTC),
+    )
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signals.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
+
+
+def _missing(pid: int) -> str:
+    return f"process {pid}: no such process in this workspace (GET .../processes lists them)"
+
+
+#: The helper's errors for a process that exists but cannot take the request.
+_CONFLICTS = {"ESRCH", "EBADF", "EPIPE"}
+
+
+def _raise(answer: bytes, pid: int | None, default: type[ProviderError] | type[BadRequest] = ProviderError) -> None:
+    if not answer.startswith(b"E "):
+        raise ProviderError(f"unexpected answer from the workspace helper: {answer[:200]!r}")
+    _, name, message = [*answer.decode("utf-8", "replace").split(" ", 2), "", ""][:3]
+    what = f"process {pid}: " if pid is not None else ""
+    if name == "ENOENT" and pid is not None:
+        raise NotFound(_missing(pid))
+    if name in _CONFLICTS:
+        raise Conflict(what + message)
+    if name == "ENOTSUP":
+        raise Conflict(f"{message}: processes need a workspace made by this version of agentbox")
+    if name == "ETIMEDOUT":
+        raise Conflict(what + message)
+    raise default(what + message.strip())

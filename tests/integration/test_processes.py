@@ -1,0 +1,188 @@
+"""Background processes over real gVisor and runc workspaces: they outlive the request and the server,
+their output resumes by offset, DELETE leaves no child behind, terminals resize, and bad input is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agentbox.client import APIError, Client, ProcessStreamEvent
+from agentbox.process_schemas import OutputDroppedEvent, ProcessExitEvent, ProcessOutputEvent
+from agentbox.schemas import WorkspaceOut
+
+from .conftest import Server, eventually
+
+COUNT_SLOWLY = "for i in $(seq 1 60); do echo line $i; sleep 0.05; done"
+COUNTED = "".join(f"line {i}\n" for i in range(1, 61))
+
+
+@pytest.fixture(params=["gvisor", "docker"])
+def docker_workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[WorkspaceOut]:
+    created = alice.create(provider=request.param)
+    yield created
+    with contextlib.suppress(APIError):
+        alice.delete(created.id)
+
+
+def text_of(events: Iterable[ProcessStreamEvent]) -> str:
+    return "".join(event.data for event in events if isinstance(event, ProcessOutputEvent))
+
+
+def running_commands(client: Client, workspace_id: str) -> list[str]:
+    """The command names of every process in the workspace (ps needs no procps: /proc is enough)."""
+    found = client.exec(workspace_id, "cat /proc/[0-9]*/comm 2>/dev/null").stdout
+    return found.split()
+
+
+def test_a_background_server_answers_commands_and_delete_leaves_no_child(
+    alice: Client, docker_workspace: WorkspaceOut
+) -> None:
+    workspace_id = docker_workspace.id
+    serving = alice.start_process(
+        workspace_id, "cd /tmp && echo hello > index.html && exec python3 -m http.server 8123", tag="web"
+    )
+    assert serving.status == "running" and serving.tag == "web" and serving.pid > 1
+    fetch = "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8123/').read())\""
+    assert eventually(lambda: alice.exec(workspace_id, fetch).stdout) == "b'hello\\n'\n"
+    assert [p.pid for p in alice.processes(workspace_id)] == [serving.pid]
+
+    # A process with children of its own: DELETE takes the whole group.
+    family = alice.start_process(workspace_id, "sleep 1000 & sleep 1000 & wait")
+    eventually(lambda: running_commands(alice, workspace_id).count("sleep") == 2 or None)
+    alice.kill(workspace_id, family.pid)
+    alice.kill(workspace_id, serving.pid)
+    assert "sleep" not in running_commands(alice, workspace_id)
+    assert "python3" not in running_commands(alice, workspace_id)
+    ended = alice.process(workspace_id, family.pid)
+    assert (ended.status, ended.signal, ended.exit_code) == ("exited", "SIGKILL", None)
+    alice.kill(workspace_id, family.pid)  # killing what has exited is not an error
+
+
+def test_output_resumes_exactly_where_the_client_left(alice: Client, docker_workspace: WorkspaceOut) -> None:
+    workspace_id = docker_workspace.id
+    started = alice.start_process(workspace_id, COUNT_SLOWLY)
+    received, resume_at = "", 0
+    # Leave after three pieces (the request ends: the process must not notice), come back, repeat.
+    while True:
+        events = alice.process_output(workspace_id, started.pid, offset=resume_at, follow=True)
+        pieces = list(itertools.islice(events, 3))
+        events.close()
+        for event in pieces:
+            if isinstance(event, ProcessOutputEvent):
+                assert event.offset == resume_at
+                received, resume_at = received + event.data, event.next_offset
+        if any(isinstance(event, ProcessExitEvent) for event in pieces):
+            break
+    assert received == COUNTED
+    assert alice.process(workspace_id, started.pid).exit_code == 0
+
+
+def test_processes_outlive_a_killed_server(tmp_path: Path) -> None:
+    server = Server(tmp_path).start()
+    try:
+        with server.client() as client:
+            workspace = client.create()
+            started = client.start_process(workspace.id, COUNT_SLOWLY)
+            first = next(e for e in client.process_output(workspace.id, started.pid, follow=True))
+            assert isinstance(first, ProcessOutputEvent)
+        server.stop(kill=True)
+        server.start()
+        with server.client() as client:
+            events = list(client.process_output(workspace.id, started.pid, offset=first.next_offset, follow=True))
+            assert first.data + text_of(events) == COUNTED
+            assert isinstance(events[-1], ProcessExitEvent) and events[-1].exit_code == 0
+            client.delete(workspace.id)
+    finally:
+        server.stop()
+
+
+def test_stdin_signals_and_their_refusals(alice: Client, docker_workspace: WorkspaceOut) -> None:
+    workspace_id = docker_workspace.id
+    cat = alice.start_process(workspace_id, ["cat"], stdin=True)
+    alice.write_stdin(workspace_id, cat.pid, b"first\n")
+    alice.write_stdin(workspace_id, cat.pid, b"second\n")
+    alice.close_stdin(workspace_id, cat.pid)
+    events = list(alice.process_output(workspace_id, cat.pid, follow=True))
+    assert text_of(events) == "first\nsecond\n"
+    assert isinstance(events[-1], ProcessExitEvent) and events[-1].exit_code == 0
+
+    sleeper = alice.start_process(workspace_id, ["sleep", "1000"])
+    with pytest.raises(APIError) as no_stdin:
+        alice.write_stdin(workspace_id, sleeper.pid, b"x")
+    assert no_stdin.value.status_code == 409 and "without stdin" in no_stdin.value.detail
+    with pytest.raises(APIError) as no_such_signal:
+        alice.signal(workspace_id, sleeper.pid, "SIGNOPE")
+    assert no_such_signal.value.status_code == 422
+    with pytest.raises(APIError) as no_terminal:
+        alice.resize(workspace_id, sleeper.pid, 80, 24)
+    assert no_terminal.value.status_code == 409
+    alice.signal(workspace_id, sleeper.pid, "SIGTERM")
+    ended = eventually(lambda: (p := alice.process(workspace_id, sleeper.pid)).status == "exited" and p)
+    assert ended.signal == "SIGTERM"
+    with pytest.raises(APIError) as gone:
+        alice.signal(workspace_id, sleeper.pid, "SIGTERM")
+    assert gone.value.status_code == 409
+
+    for bad in (lambda: alice.process(workspace_id, 999999), lambda: alice.kill(workspace_id, 999999)):
+        with pytest.raises(APIError) as unknown:
+            bad()
+        assert unknown.value.status_code == 404
+    with pytest.raises(APIError) as missing_program:
+        alice.start_process(workspace_id, ["no-such-program"])
+    assert missing_program.value.status_code == 400 and "no-such-program" in missing_program.value.detail
+
+
+def test_a_terminal_sees_its_resize(alice: Client, docker_workspace: WorkspaceOut) -> None:
+    workspace_id = docker_workspace.id
+    shell = alice.start_process(workspace_id, "stty size; read line; stty size", pty={"cols": 100, "rows": 30})
+    assert shell.pty is not None and shell.stdin
+    eventually(lambda: "30 100" in text_of(alice.process_output(workspace_id, shell.pid)) or None)
+    alice.resize(workspace_id, shell.pid, 132, 43)
+    alice.write_stdin(workspace_id, shell.pid, b"\n")
+    events = list(alice.process_output(workspace_id, shell.pid, follow=True))
+    assert {e.stream for e in events if isinstance(e, ProcessOutputEvent)} == {"pty"}
+    assert text_of(events).split("\r\n")[-2] == "43 132"
+    for cols, rows in ((0, 24), (80, 100000)):
+        with pytest.raises(APIError) as absurd:
+            alice.resize(workspace_id, shell.pid, cols, rows)
+        assert absurd.value.status_code == 422
+
+
+def test_a_stopped_workspace_ends_its_processes_and_says_so(alice: Client) -> None:
+    workspace = alice.create()
+    try:
+        sleeper = alice.start_process(workspace.id, ["sleep", "1000"])
+        alice.stop(workspace.id)
+        alice.start(workspace.id)
+        ended = alice.process(workspace.id, sleeper.pid)
+        assert (ended.status, ended.signal) == ("exited", "SIGKILL")
+        events = list(alice.process_output(workspace.id, sleeper.pid, follow=True))
+        assert isinstance(events[-1], ProcessExitEvent)  # a follower is never left waiting
+    finally:
+        alice.delete(workspace.id)
+
+
+def test_output_past_the_kept_amount_says_what_was_dropped(alice: Client, docker_workspace: WorkspaceOut) -> None:
+    workspace_id = docker_workspace.id
+    # 24 MiB of output: more than the 16 MiB (at least) kept.
+    flood = alice.start_process(workspace_id, "head -c 25165824 /dev/zero | tr '\\0' x")
+    eventually(lambda: alice.process(workspace_id, flood.pid).status == "exited" or None)
+    events = alice.process_output(workspace_id, flood.pid)
+    first = next(events)
+    assert isinstance(first, OutputDroppedEvent) and first.offset == 0 and first.resumed_at > 0
+    kept = sum(len(e.data) for e in events if isinstance(e, ProcessOutputEvent))
+    assert kept == 25165824 - first.resumed_at and kept >= 16 << 20
+
+
+def test_a_provider_without_processes_refuses_them(alice: Client) -> None:
+    workspace = alice.create(provider="e2b")
+    try:
+        with pytest.raises(APIError) as refused:
+            alice.start_process(workspace.id, ["true"])
+        assert refused.value.status_code == 400 and "e2b" in refused.value.detail
+    finally:
+        alice.delete(workspace.id)
