@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import signal
 import sys
 import tarfile
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from rich.table import Column, Table
 from agentbox.client import APIError, Client
 from agentbox.config import ConfigError, Settings, load_settings
 from agentbox.schemas import DirListing, ExitEvent, OutputEvent
+from agentbox.terminal import attach, terminal_size
 
 app = typer.Typer(help="Isolated workspaces for AI agents, on Docker with gVisor.", no_args_is_help=True)
 ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args_is_help=True)
@@ -30,6 +33,8 @@ console = Console()
 T = TypeVar("T")
 errors = Console(stderr=True)
 _TIMESTAMP = TypeAdapter(datetime)
+#: `ws shell`: a login bash where there is one, else sh.
+LOGIN_SHELL = ["/bin/sh", "-c", "command -v bash >/dev/null && exec bash -l; exec sh -l"]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -237,6 +242,37 @@ def ws_exec(
     _call(run)
     sys.stdout.flush()
     raise typer.Exit(code)
+
+
+@ws.command("shell")
+def ws_shell(
+    workspace_id: Annotated[str, typer.Argument(help="workspace id")],
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
+    attach_to: Annotated[
+        int | None, typer.Option("--attach", help="PID of a shell left running earlier, to attach to it again")
+    ] = None,
+) -> None:
+    """Open an interactive shell in the workspace (bash if it has one, else sh); exit with its exit code.
+
+    The shell runs as a background process: if the connection drops, it goes on, and
+    `--attach PID` takes it up again.
+    """
+    cols, rows = terminal_size(0)
+    env = {"TERM": os.environ.get("TERM", "xterm-256color")}
+
+    def run() -> int:
+        with _client(url, api_key) as client:
+            pid = (
+                attach_to
+                or client.start_process(workspace_id, LOGIN_SHELL, pty={"cols": cols, "rows": rows}, env=env).pid
+            )
+        ended = attach(url, api_key, workspace_id, pid)
+        if ended is None:
+            _fail(f"disconnected; the shell goes on: `agentbox ws shell {workspace_id} --attach {pid}` takes it up")
+        return ended.exit_code if ended.exit_code is not None else 128 + signal.Signals[ended.signal or "SIGKILL"]
+
+    raise typer.Exit(_call(run))
 
 
 @ws.command("cp")

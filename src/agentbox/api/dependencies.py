@@ -42,15 +42,19 @@ async def owner(request: Request, credentials: Annotated[HTTPAuthorizationCreden
     """The owner whose API key the request bears; 401 without a key or with an unknown one."""
     if credentials is None:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>` (keys come from WORKSPACE_API_KEYS)")
-    presented = credentials.credentials.encode()
-    found: str | None = None
-    # Compare against every key, in constant time each, so timing says nothing about which matched.
-    keys: dict[str, str] = request.app.state.service.settings.owners_by_key
-    for key, key_owner in keys.items():
-        if hmac.compare_digest(presented, key.encode()):
-            found = key_owner
+    found = owner_of_key(request.app.state.service.settings.owners_by_key, credentials.credentials)
     if found is None:
         raise Unauthorized("invalid API key: use one of the keys in the server's WORKSPACE_API_KEYS")
+    return found
+
+
+def owner_of_key(owners_by_key: dict[str, str], presented: str) -> str | None:
+    """Whose key `presented` is, if anyone's."""
+    found: str | None = None
+    # Compare against every key, in constant time each, so timing says nothing about which matched.
+    for key, key_owner in owners_by_key.items():
+        if hmac.compare_digest(presented.encode(), key.encode()):
+            found = key_owner
     return found
 
 

@@ -1,0 +1,133 @@
+"""Terminals: a WebSocket onto a background process started with `pty`.
+
+Binary frames carry the terminal's bytes both ways; a text frame `{"cols", "rows"}` resizes it.
+The server sends the process's output from `?offset=` (default: all that is kept, so that a
+reconnecting client redraws), then a text frame with its exit, and closes.
+
+A browser cannot set an Authorization header on a WebSocket, so besides the bearer header the
+socket takes `?token=`: a JWT that lives for a minute, minted by POST .../terminal/token and
+signed with the API key that asked for it. There is no secret of its own to share between
+servers, and removing the key revokes its tokens.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+
+import anyio
+import jwt
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from agentbox.api.dependencies import Manager, in_thread, owner_of_key
+from agentbox.errors import AgentboxError, Conflict, Unauthorized
+from agentbox.process_schemas import ProcessExitEvent, TerminalSizeIn
+from agentbox.providers.processes import ProcessEnded, ProcessEvent, ProcessOutput, ProcessTable
+
+router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/processes/{pid}/terminal", tags=["processes"])
+
+TOKEN_SECONDS = 60
+_ALGORITHM = "HS256"
+
+
+class TerminalToken(BaseModel):
+    token: str
+    expires_in: int
+
+
+@router.post("/token", response_model=TerminalToken)
+async def terminal_token(workspace_id: str, pid: int, request: Request, mgr: Manager) -> TerminalToken:
+    """A token for `?token=` on this process's terminal socket, valid for a minute (for browsers)."""
+    owner, key = _bearer(request.headers.get("authorization"), mgr.settings.owners_by_key)
+    await in_thread(mgr.get, owner, workspace_id)  # 404 unless it is the caller's
+    claims = {"sub": owner, "ws": workspace_id, "pid": pid, "exp": int(time.time()) + TOKEN_SECONDS}
+    return TerminalToken(token=jwt.encode(claims, key, algorithm=_ALGORITHM), expires_in=TOKEN_SECONDS)
+
+
+@router.websocket("")
+async def terminal(websocket: WebSocket, workspace_id: str, pid: int, offset: int = 0, token: str = "") -> None:
+    """The terminal of process `pid` (see the module's docstring). Refused with the HTTP status of the
+    error (401, 404, 409 for a process without a terminal) before the upgrade."""
+    service = websocket.app.state.service
+    try:
+        if service.manager is None:
+            raise Unauthorized("agent workspaces are disabled on this server")
+        keys = service.settings.owners_by_key
+        header = websocket.headers.get("authorization")
+        owner = _bearer(header, keys)[0] if header else _token_owner(token, keys, workspace_id, pid)
+        table: ProcessTable = await in_thread(service.manager.processes, owner, workspace_id)
+        info = await in_thread(table.get, pid)
+        if info.pty is None:
+            raise Conflict(f"process {pid} has no terminal: start it with `pty` to attach to it")
+        events = await in_thread(table.output, pid, max(0, offset), True)
+    except AgentboxError as exc:
+        await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
+        return
+    await websocket.accept()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_send_output, websocket, events)
+        await _receive_input(websocket, table, pid)
+        tasks.cancel_scope.cancel()
+
+
+async def _send_output(websocket: WebSocket, events: Iterator[ProcessEvent]) -> None:
+    while True:
+        # Abandoned on cancel: the helper's keep-alive wakes the thread within seconds and the
+        # dropped generator then closes its call.
+        event = await anyio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)
+        if event is None:
+            break
+        if isinstance(event, ProcessOutput):
+            await websocket.send_bytes(event.data)
+        elif isinstance(event, ProcessEnded):
+            ended = ProcessExitEvent(exit_code=event.exit_code, signal=event.signal, ended_at=event.ended_at)
+            await websocket.send_text(ended.model_dump_json())
+            break
+    await websocket.close()
+
+
+async def _receive_input(websocket: WebSocket, table: ProcessTable, pid: int) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        try:
+            if message.get("bytes"):
+                await in_thread(table.write_stdin, pid, [message["bytes"]])
+            elif message.get("text"):
+                size = TerminalSizeIn.model_validate(json.loads(message["text"]))
+                await in_thread(table.resize, pid, size.to_size())
+        except (ValueError, ValidationError) as exc:  # the socket stays; the frame is refused
+            await websocket.send_text(json.dumps({"error": f'a text frame must be {{"cols", "rows"}}: {exc}'}))
+        except Conflict:
+            return  # it has ended: the output side says how and closes
+
+
+def _bearer(header: str | None, keys: dict[str, str]) -> tuple[str, str]:
+    scheme, _, presented = (header or "").partition(" ")
+    owner = owner_of_key(keys, presented) if scheme.lower() == "bearer" else None
+    if owner is None:
+        raise Unauthorized("a valid API key is needed: send `Authorization: Bearer <key>`")
+    return owner, presented
+
+
+def _token_owner(token: str, keys: dict[str, str], workspace_id: str, pid: int) -> str:
+    """The owner a terminal token was minted for, if it is valid for this process."""
+    try:
+        claimed = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except jwt.PyJWTError:
+        claimed = None
+    for key, owner in keys.items():
+        if owner != claimed:
+            continue
+        try:
+            claims = jwt.decode(token, key, algorithms=[_ALGORITHM], options={"require": ["exp", "sub"]})
+        except jwt.PyJWTError:
+            continue
+        if claims.get("ws") == workspace_id and claims.get("pid") == pid:
+            return owner
+    raise Unauthorized(
+        "the terminal needs `Authorization: Bearer <key>` or a valid `?token=` "
+        "(POST .../terminal/token mints one; it lasts a minute)"
+    )
