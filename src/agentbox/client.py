@@ -31,6 +31,7 @@ from agentbox.schemas import (
     Health,
     OutputEvent,
     PushOut,
+    WatchEventOut,
     WorkspaceList,
     WorkspaceOut,
     WriteResult,
@@ -156,20 +157,21 @@ class Client:
         APIError (before the first event): 404, 409, 422, as `exec`.
         """
         body = {"command": command, **options}
-        yield from self._stream("POST", f"/workspaces/{workspace_id}/exec/stream", _stream_event, json=body)
+        return self._stream("POST", f"/workspaces/{workspace_id}/exec/stream", _stream_event, json=body)
 
     def _stream(
         self, method: str, url: str, parse: Callable[[httpx.Response, str], Event], **kwargs: Any
     ) -> Iterator[Event]:
+        """The answer's NDJSON lines as events. Eager: the request is answered (or its error raised) before
+        this returns, so that what the stream watches is in place; closing the iterator ends the request."""
         # No read timeout: a stream may stay silent for as long as what it follows does.
         timeout = httpx.Timeout(self._http.timeout.connect, read=None)
-        with self._http.stream(method, url, timeout=timeout, **kwargs) as response:
-            if response.status_code >= 400:
-                response.read()
-                _raise_for_status(response)
-            for line in response.iter_lines():
-                if line:
-                    yield parse(response, line)
+        response = self._http.send(self._http.build_request(method, url, timeout=timeout, **kwargs), stream=True)
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            _raise_for_status(response)
+        return _events(response, parse)
 
     def read_file(self, workspace_id: str, path: str) -> bytes:
         """A file's content (a directory: see `read_path`). Raises APIError: 404 when it does not exist."""
@@ -208,6 +210,12 @@ class Client:
         """Unpack a tar archive into a directory. Raises APIError: 400 (bad archive or provider), 404, 413."""
         self._call("PUT", f"/workspaces/{workspace_id}/archive", params={"path": path}, content=tar_data)
 
+    def watch(self, workspace_id: str, path: str, recursive: bool = False) -> Iterator[WatchEventOut]:
+        """What happens under directory `path` from now on, until the iterator is closed. Raises APIError
+        (before the first event): 404 when the directory does not exist, 400 when the provider cannot."""
+        params = {"path": path, "recursive": recursive}
+        return self._stream("GET", f"/workspaces/{workspace_id}/watch", _watch_event, params=params)
+
     # Background processes
 
     def start_process(self, workspace_id: str, command: str | builtins.list[str], **options: Any) -> ProcessOut:
@@ -230,7 +238,7 @@ class Client:
         ended; with `follow`, until it ends. Raises APIError (before the first event): 404."""
         params = {"offset": offset, "follow": follow}
         url = f"/workspaces/{workspace_id}/processes/{pid}/output"
-        yield from self._stream("GET", url, _process_event, params=params)
+        return self._stream("GET", url, _process_event, params=params)
 
     def write_stdin(self, workspace_id: str, pid: int, data: bytes | Iterable[bytes]) -> None:
         """Raises APIError: 409 when it has no stdin (any more) or has exited."""
@@ -270,6 +278,19 @@ def _stream_event(response: httpx.Response, line: str) -> ExecStreamEvent:
         return ErrorEvent.model_validate(payload)
     except (ValueError, TypeError) as exc:  # ValidationError is a ValueError
         raise APIError(response.status_code, f"the server streamed a line that is not an exec event: {exc}") from None
+
+
+def _events(response: httpx.Response, parse: Callable[[httpx.Response, str], Event]) -> Iterator[Event]:
+    try:
+        for line in response.iter_lines():
+            if line:
+                yield parse(response, line)
+    finally:
+        response.close()
+
+
+def _watch_event(_response: httpx.Response, line: str) -> WatchEventOut:
+    return WatchEventOut.model_validate_json(line)
 
 
 def _process_event(response: httpx.Response, line: str) -> ProcessStreamEvent:

@@ -29,6 +29,7 @@ from agentbox.providers.base import (
     FileStat,
     Provider,
     Resources,
+    WatchEvent,
     WorkspaceSpec,
     distinct,
 )
@@ -305,6 +306,12 @@ class WorkspaceManager:
         if name in self.unavailable:
             raise BadRequest(f"provider {name!r} is not available: {self.unavailable[name]}")
         raise BadRequest(f"unknown provider {name!r}: use one of {', '.join(sorted(self.providers))}")
+
+    def watch(self, owner: str, workspace_id: str, path: str, recursive: bool) -> Iterator[WatchEvent]:
+        provider, ref = self._target(owner, workspace_id)
+        if not provider.capabilities().watch:
+            raise BadRequest(f"this workspace's provider ({provider.name}) cannot watch files")
+        return provider.watch(ref, path, recursive)
 
     # Background processes
 

@@ -295,6 +295,13 @@ class DirEntryOut(BaseModel):
     mtime: int
 
 
+class WatchEventOut(BaseModel):
+    """Something that happened under a watched directory (a line of GET .../watch)."""
+
+    type: Literal["create", "write", "remove", "rename", "chmod"]
+    path: str
+
+
 class DirListing(BaseModel):
     path: str
     type: Literal["dir"] = "dir"

@@ -1,4 +1,4 @@
-"""File routes: read and write one file (or list a directory), and move directories as tar archives."""
+"""File routes: read and write one file (or list a directory), move directories as tar archives, watch one."""
 
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentbox.api.dependencies import Manager, Owner, WorkspacePath, in_thread
 from agentbox.errors import PayloadTooLarge
-from agentbox.schemas import DirEntryOut, DirListing, WriteResult
+from agentbox.providers.base import WatchEvent
+from agentbox.schemas import DirEntryOut, DirListing, WatchEventOut, WriteResult
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["files"])
 
@@ -99,6 +100,34 @@ async def write_archive(workspace_id: str, path: WorkspacePath, request: Request
     chunks = sync_chunks(request.stream(), mgr.settings.max_upload)
     await in_thread(mgr.write_archive, who, workspace_id, path, chunks)
     return Response(status_code=204)
+
+
+@router.get("/watch", responses={200: {"content": {"application/x-ndjson": {}}}})
+async def watch(
+    workspace_id: str,
+    path: WorkspacePath,
+    mgr: Manager,
+    who: Owner,
+    recursive: Annotated[bool, Query(description="also what happens in its subdirectories")] = False,
+) -> StreamingResponse:
+    """Stream what happens under a directory from now on, as NDJSON `{"type", "path"}` lines
+    (type: create, write, remove, rename, chmod), until you leave or the directory goes.
+
+    The answer starts once the watch is in place. Errors: 404 when the directory does not
+    exist, 400 when the provider cannot watch files, 409 when the workspace is not running.
+    """
+    events = await in_thread(mgr.watch, who, workspace_id, path, recursive)
+    lines = (WatchEventOut(type=e.type, path=e.path).model_dump_json().encode() + b"\n" for e in events)
+    return StreamingResponse(_closing(lines, events), media_type="application/x-ndjson")
+
+
+def _closing(lines: Iterator[bytes], events: Iterator[WatchEvent]) -> Iterator[bytes]:
+    try:
+        yield from lines
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 def sync_chunks(stream: AsyncIterator[bytes], limit: int) -> Iterator[bytes]:

@@ -122,6 +122,15 @@ class FileStat:
     mode: int
 
 
+WatchEventType = Literal["create", "write", "remove", "rename", "chmod"]
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: WatchEventType
+    path: str
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a provider can do beyond the contract every provider keeps (commands, files, inventory).
@@ -142,6 +151,8 @@ class Capabilities:
     network_hint: str = ""
     #: Background processes (`Provider.processes`): started, found again by PID, output by offset.
     processes: bool = False
+    #: File system events under a directory (`Provider.watch`).
+    watch: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,6 +262,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
         """Unpack a tar stream into the directory `path`, creating it if needed."""
+
+    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent]:
+        """Events under the directory `path` from now on, until the iterator is closed (or the directory
+        goes). Returns once the watch is in place; FileError for a path that is not a directory."""
+        raise BadRequest(f"the {self.name} provider cannot watch files")
 
     def processes(self, ref: str) -> ProcessTable:
         """The workspace's background processes; only when `capabilities().processes` says so."""

@@ -7,7 +7,7 @@
  * without a shell.
  *
  * Build: cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -static -s \
- *           -o agentbox-exec agentbox-exec.c processes.c
+ *           -o agentbox-exec agentbox-exec.c processes.c watch.c
  */
 #include <dirent.h>
 #include <errno.h>
@@ -42,7 +42,8 @@ int usage(void) {
           "       agentbox-exec probe\n"
           "       agentbox-exec spawn [-i] [-c COLS -r ROWS] [-j META] -- ARGV...\n"
           "       agentbox-exec procs [PID] | output PID OFFSET [-f] | signal PID SIGNUM\n"
-          "       agentbox-exec input PID [-c | -w COLS ROWS]\n", stderr);
+          "       agentbox-exec input PID [-c | -w COLS ROWS]\n"
+          "       agentbox-exec watch PATH [-r]\n", stderr);
     return 2;
 }
 
@@ -1005,7 +1006,7 @@ static int dispatch(int argc, char **argv) {
     static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"run", cmd_run}, {"get", cmd_get}, {"put", cmd_put}, {"mkdir", cmd_mkdir}, {"probe", cmd_probe},
         {"spawn", cmd_spawn}, {"procs", cmd_procs}, {"output", cmd_output}, {"signal", cmd_signal},
-        {"input", cmd_input},
+        {"input", cmd_input}, {"watch", cmd_watch},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(argv[0], cmds[i].name))

@@ -11,6 +11,7 @@ exec API. What the helper answers is defined by agentbox-exec.c:
     put PATH -p MODE -s SIZE   SIZE bytes on stdin, written atomically; "OK <size>" or "E ..."
     mkdir PATH          "OK" or "E ..."
     probe               exit 0 once the sandbox runs code
+    watch PATH [-r]     "W", then "<type> <path>" per event, each ended by a NUL (an empty one: keep-alive)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar, cast, get_args
 
 from agentbox.errors import BadRequest, FileError, ProviderError
 from agentbox.providers.base import (
@@ -30,6 +31,8 @@ from agentbox.providers.base import (
     Exit,
     FileStat,
     Output,
+    WatchEvent,
+    WatchEventType,
     signal_of,
 )
 
@@ -37,6 +40,8 @@ from agentbox.providers.base import (
 HOST_GRACE_SECONDS = 10.0
 NO_LIMIT = 1 << 62
 _TYPES: dict[bytes, EntryType] = {b"f": "file", b"d": "dir", b"l": "symlink", b"o": "other"}
+WATCH_EVENT_TYPES = set(get_args(WatchEventType))
+T = TypeVar("T")
 
 
 class Call(Protocol):
@@ -158,6 +163,15 @@ class HelperChannel:
             message = errors.decode("utf-8", "replace").strip()[-1000:]
             raise BadRequest(f"unpacking the archive into {path} failed (tar exit {code}): {message}")
 
+    def watch(self, path: str, recursive: bool) -> Iterator[WatchEvent]:
+        call = self.transport.call(Invocation(["watch", path, *(["-r"] if recursive else [])]))
+        records = _records(_stdout(call))
+        first = next(records, b"")
+        if first != b"W":
+            call.close()
+            _raise_helper_error(first.strip(), path)
+        return _closing(call, _watch_events(records))
+
     def _get(self, path: str) -> tuple[Call, _HeaderReader, bytes]:
         call = self.transport.call(Invocation(["get", path]))
         reader = _HeaderReader(_stdout(call))
@@ -187,13 +201,31 @@ def _events(call: Call, timeout: float | None, started: float) -> Iterator[ExecE
         call.close()
 
 
+def _records(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """NUL-ended records (or, when the helper could not start, its one error line)."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\0")
+        yield from complete
+    if buffer:
+        yield buffer
+
+
+def _watch_events(records: Iterator[bytes]) -> Iterator[WatchEvent]:
+    for record in records:
+        kind, _, path = record.decode("utf-8", "replace").partition(" ")
+        if kind in WATCH_EVENT_TYPES:
+            yield WatchEvent(cast(WatchEventType, kind), path)
+
+
 def _stdout(call: Call) -> Iterator[bytes]:
     for stream, data in call.frames():
         if stream == 1:
             yield data
 
 
-def _closing(call: Call, chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _closing(call: Call, chunks: Iterator[T]) -> Iterator[T]:
     try:
         yield from chunks
     finally:

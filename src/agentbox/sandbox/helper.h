@@ -30,4 +30,7 @@ int cmd_signal(int argc, char **argv);
 int cmd_input(int argc, char **argv);
 void procs_mark_stopped(void);
 
+/* watch.c */
+int cmd_watch(int argc, char **argv);
+
 #endif

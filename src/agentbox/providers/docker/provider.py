@@ -33,6 +33,7 @@ from agentbox.providers.base import (
     FileStat,
     Provider,
     ProviderState,
+    WatchEvent,
     WorkspaceSpec,
 )
 from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
@@ -112,11 +113,12 @@ class DockerProvider(Provider):
 
     def capabilities(self) -> Capabilities:
         if self.network is not None:
-            return Capabilities(runtime=self.runtime, isolation=self._isolation, processes=True)
+            return Capabilities(runtime=self.runtime, isolation=self._isolation, processes=True, watch=True)
         return Capabilities(
             runtime=self.runtime,
             isolation=self._isolation,
             processes=True,
+            watch=True,
             network_policies=POLICY_KINDS - {"allow"},
             network_hint="allow lists need the workspace network and its firewall: run the server with "
             "WORKSPACE_NETWORK_NAME set",
@@ -353,6 +355,9 @@ class DockerProvider(Provider):
 
     def _channel(self, ref: str) -> HelperChannel:
         return HelperChannel(self._transport(ref))
+
+    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent]:
+        return self._channel(ref).watch(path, recursive)
 
     def processes(self, ref: str) -> HelperProcesses:
         return HelperProcesses(self._transport(ref))
