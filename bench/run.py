@@ -126,6 +126,9 @@ def main() -> None:
             print(f"==> runtime {runtime}, image {IMAGE}, {args.rounds} rounds each", flush=True)
             results |= cold_and_exec(api, engine, runtime, args.rounds)
             density = idle_density(api, engine, args.idle)
+            server_pid = SERVER_PIDS[str(api.base_url)]
+            density |= background_processes(api, server_pid, workspaces=20, per_workspace=5)
+            density |= floods(api, server_pid)
             workloads = {}
             if project:
                 with server(Path(ptrace_dir), WORKSPACE_GVISOR_RUNTIME="runsc-ptrace") as ptrace:
@@ -147,11 +150,16 @@ def main() -> None:
     report(results, density, workloads, runtime, args.output)
 
 
+#: base URL -> PID of the bench's servers (for their memory).
+SERVER_PIDS: dict[str, int] = {}
+
+
 @contextmanager
 def server(data_dir: Path, **settings: str) -> Iterator[httpx.Client]:
     """An agentbox server of its own; every workspace it made is deleted afterwards."""
     process, url = start_server(data_dir, **settings)
     api = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+    SERVER_PIDS[str(api.base_url)] = process.pid
     try:
         yield api
     finally:
@@ -418,6 +426,72 @@ def idle_density(api: httpx.Client, engine: docker.DockerClient, count: int) -> 
         "idle_cpu_percent_per_workspace_p50": round(statistics.median(cpu) * 100, 2),
         "fit_by_cpu": int((os.cpu_count() or 1) / max(statistics.median(cpu), 1e-6)),
     }
+
+
+def server_memory_mib(pid: int) -> tuple[float, float]:
+    """(resident now, the high-water mark of resident) of process `pid`, in MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def background_processes(api: httpx.Client, server_pid: int, workspaces: int, per_workspace: int) -> dict[str, float]:
+    """`workspaces` x `per_workspace` background processes, each followed by a client of its own to its end:
+    every byte must arrive; the server's memory is written down."""
+    count = workspaces * per_workspace
+    print(f"==> {count} background processes across {workspaces} workspaces, each followed", flush=True)
+    script = "i=0; while [ $i -lt 2000 ]; do i=$((i+1)); echo line $i of this background process; done"
+    expected = sum(len(f"line {i} of this background process\n") for i in range(1, 2001))
+    ids = [api.post("/workspaces", json={}).raise_for_status().json()["id"] for _ in range(workspaces)]
+    rss_before, hwm_before = server_memory_mib(server_pid)
+    limits = httpx.Limits(max_connections=count + 10)
+    with httpx.Client(base_url=api.base_url, headers=api.headers, timeout=300, limits=limits) as followers:
+
+        def follow(i: int) -> str:
+            workspace_id = ids[i % workspaces]
+            pid = api.post(f"/workspaces/{workspace_id}/processes", json={"command": script}).raise_for_status()
+            url = f"/workspaces/{workspace_id}/processes/{pid.json()['pid']}/output"
+            received, ended = 0, False
+            with followers.stream("GET", url, params={"follow": True}) as lines:
+                for line in lines.iter_lines():
+                    event = json.loads(line) if line else {}
+                    received += len(event.get("data", "").encode())
+                    ended = ended or "exit_code" in event
+            return f"{received} {ended}"
+
+        timings, outcomes = burst_of(follow, count)
+    rss_after, hwm_after = server_memory_mib(server_pid)
+    for workspace_id in ids:
+        api.delete(f"/workspaces/{workspace_id}")
+    delivered = [int(outcome.split()[0]) for outcome in outcomes]
+    return {
+        "background_processes": count,
+        "background_all_delivered": int(all(d == expected for d in delivered) and all("True" in o for o in outcomes)),
+        "background_bytes_lost": sum(expected - d for d in delivered),
+        "background_followed_s_p50": round(statistics.median(timings) / 1000, 2),
+        "background_server_rss_growth_mib": round(rss_after - rss_before, 1),
+        "background_server_peak_growth_mib": round(hwm_after - hwm_before, 1),
+    }
+
+
+def floods(api: httpx.Client, server_pid: int) -> dict[str, float]:
+    """1 GiB of stdout through exec and through a followed background process: the server's peak memory growth."""
+    print("==> 1 GiB floods through exec and a followed process: server memory", flush=True)
+    workspace_id = api.post("/workspaces", json={}).raise_for_status().json()["id"]
+    flood = "head -c 1073741824 /dev/zero"
+    found: dict[str, float] = {}
+    for name in ("exec", "process"):
+        _, peak_before = server_memory_mib(server_pid)
+        if name == "exec":
+            api.post(f"/workspaces/{workspace_id}/exec", json={"command": flood}).raise_for_status()
+        else:
+            pid = api.post(f"/workspaces/{workspace_id}/processes", json={"command": flood}).json()["pid"]
+            url = f"/workspaces/{workspace_id}/processes/{pid}/output"
+            with api.stream("GET", url, params={"follow": True}) as lines:
+                for _ in lines.iter_bytes():
+                    pass
+        found[f"flood_{name}_server_peak_growth_mib"] = round(server_memory_mib(server_pid)[1] - peak_before, 1)
+    api.delete(f"/workspaces/{workspace_id}")
+    return found
 
 
 def download_project() -> bytes:

@@ -186,3 +186,28 @@ def test_a_provider_without_processes_refuses_them(alice: Client) -> None:
         assert refused.value.status_code == 400 and "e2b" in refused.value.detail
     finally:
         alice.delete(workspace.id)
+
+
+def peak_memory_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+
+
+def test_a_gigabyte_flood_leaves_the_servers_memory_flat(tmp_path: Path) -> None:
+    server = Server(tmp_path).start()
+    assert server.process is not None
+    flood = "head -c 1073741824 /dev/zero"
+    try:
+        with server.client() as client:
+            workspace = client.create()
+            client.exec(workspace.id, "true")  # the server has served an exec before it is measured
+            before = peak_memory_mib(server.process.pid)
+            result = client.exec(workspace.id, flood)
+            assert result.stdout_truncated and len(result.stdout) == 10 << 20  # the server's exec output limit
+            flooding = client.start_process(workspace.id, flood)
+            for _ in client.process_output(workspace.id, flooding.pid, follow=True):
+                pass
+            assert peak_memory_mib(server.process.pid) - before <= 32
+            client.delete(workspace.id)
+    finally:
+        server.stop()

@@ -10,14 +10,16 @@ from pydantic import BaseModel
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
 from agentbox.errors import AgentboxError
-from agentbox.providers.base import ExecEvent, Exit, OutputLimit, TextDecoder
+from agentbox.providers.base import ExecEvent, ExecResult, Exit, OutputLimit, TextDecoder
 from agentbox.schemas import ErrorEvent, ExecIn, ExecOut, ExitEvent, OutputEvent
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["commands"])
 
+TEXT_PIECE = 1 << 16
+
 
 @router.post("/exec", response_model=ExecOut)
-async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> ExecOut:
+async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> StreamingResponse:
     """Run a command to its end and return its exit code and output (each stream capped, and flagged if cut).
 
     A command that runs past its `timeout` is killed and answered with `timed_out` and exit
@@ -25,7 +27,24 @@ async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner
     a malformed body, 410/502 when its sandbox is gone or the provider fails.
     """
     result = await in_thread(mgr.exec, who, workspace_id, body.to_command())
-    return ExecOut(**vars(result))
+    # Encoded piece by piece: as one JSON document, 10 MiB of control characters would take 60.
+    return StreamingResponse(exec_json(result), media_type="application/json")
+
+
+def exec_json(result: ExecResult) -> Iterator[bytes]:
+    """`result` as the JSON of an ExecOut, a piece at a time."""
+    fields = vars(result)
+    yield b"{"
+    for position, (name, value) in enumerate(fields.items()):
+        yield (b"," if position else b"") + json.dumps(name).encode() + b":"
+        if isinstance(value, str):
+            yield b'"'
+            for start in range(0, len(value), TEXT_PIECE):
+                yield json.dumps(value[start : start + TEXT_PIECE], ensure_ascii=False)[1:-1].encode()
+            yield b'"'
+        else:
+            yield json.dumps(value).encode()
+    yield b"}"
 
 
 @router.post("/exec/stream", responses={200: {"content": {"application/x-ndjson": {}}}})

@@ -298,25 +298,32 @@ class OutputLimit:
 def collect(events: Iterable[ExecEvent], limit: int) -> ExecResult:
     """Gather an exec's events into one result, keeping at most `limit` bytes per stream."""
     kept = OutputLimit(limit)
-    chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    # One growing buffer per stream, not a list joined at the end: a flood costs `limit`, not twice it.
+    buffers = {"stdout": bytearray(), "stderr": bytearray()}
     exit_event: Exit | None = None
     for event in events:
         if isinstance(event, Exit):
             exit_event = event
         else:
-            chunks[event.stream].append(kept.take(event))
+            buffers[event.stream] += kept.take(event)
     if exit_event is None:
         raise ProviderError("the command's output ended without an exit status; run it again")
     return ExecResult(
         exit_code=exit_event.exit_code,
-        stdout=b"".join(chunks["stdout"]).decode("utf-8", "replace"),
-        stderr=b"".join(chunks["stderr"]).decode("utf-8", "replace"),
+        stdout=_text(buffers.pop("stdout")),
+        stderr=_text(buffers.pop("stderr")),
         duration_ms=exit_event.duration_ms,
         timed_out=exit_event.timed_out,
         stdout_truncated=kept.truncated["stdout"],
         stderr_truncated=kept.truncated["stderr"],
         signal=exit_event.signal,
     )
+
+
+def _text(buffer: bytearray) -> str:
+    text = buffer.decode("utf-8", "replace")
+    buffer.clear()
+    return text
 
 
 class TextDecoder:
