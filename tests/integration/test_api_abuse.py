@@ -32,7 +32,7 @@ def test_every_endpoint_but_health_wants_a_valid_key(server: Server) -> None:
     for method, path in sorted(found - PUBLIC):
         url = server.url + path.replace("{workspace_id}", "ws-0123456789abcdef").replace(
             "{app_id}", "gh-0123456789abcdef"
-        )
+        ).replace("{pid}", "1")
         for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": "Basic YTpi"}):
             response = httpx.request(method, url, headers=headers, params={"path": "/workspace"})
             assert response.status_code == 401, (method, path, headers, response.text)
@@ -64,6 +64,8 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
 ) -> None:
     alice_app = alice._call("POST", "/github/apps", json={"app_id": 1, "private_key": new_private_key()}).json()["id"]
     # A well-formed request for every endpoint that names a workspace or an App, as its owner would send it.
+    processes = "/api/v1/workspaces/{workspace_id}/processes"
+    process = processes + "/{pid}"
     attempts: dict[tuple[str, str], Callable[[], object]] = {
         ("GET", "/api/v1/workspaces/{workspace_id}"): lambda: bob.get(victim),
         ("DELETE", "/api/v1/workspaces/{workspace_id}"): lambda: bob.delete(victim),
@@ -82,6 +84,19 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
         ),
         ("POST", "/api/v1/workspaces/{workspace_id}/git/push"): lambda: bob._call(
             "POST", f"/workspaces/{victim}/git/push"
+        ),
+        ("GET", "/api/v1/workspaces/{workspace_id}/watch"): lambda: bob.watch(victim, "/workspace"),
+        ("POST", f"{processes}"): lambda: bob.start_process(victim, ["true"]),
+        ("GET", f"{processes}"): lambda: bob.processes(victim),
+        ("GET", f"{process}"): lambda: bob.process(victim, 1),
+        ("DELETE", f"{process}"): lambda: bob.kill(victim, 1),
+        ("GET", f"{process}/output"): lambda: list(bob.process_output(victim, 1)),
+        ("POST", f"{process}/stdin"): lambda: bob.write_stdin(victim, 1, b"x"),
+        ("POST", f"{process}/stdin/close"): lambda: bob.close_stdin(victim, 1),
+        ("POST", f"{process}/signal"): lambda: bob.signal(victim, 1, "SIGKILL"),
+        ("POST", f"{process}/resize"): lambda: bob.resize(victim, 1, 80, 24),
+        ("POST", f"{process}/terminal/token"): lambda: bob._call(
+            "POST", f"/workspaces/{victim}/processes/1/terminal/token"
         ),
         ("GET", "/api/v1/github/apps/{app_id}"): lambda: bob._call("GET", f"/github/apps/{alice_app}"),
         ("DELETE", "/api/v1/github/apps/{app_id}"): lambda: bob._call("DELETE", f"/github/apps/{alice_app}"),

@@ -9,12 +9,12 @@ import docker
 import pytest
 
 from agentbox.client import Client
-from agentbox.sandbox import CONTROL_IN_WORKSPACE, HELPER_IN_WORKSPACE
+from agentbox.sandbox import CONTROL_IN_WORKSPACE, HELPER_IN_WORKSPACE, PROCS_IN_WORKSPACE
 
 RUNTIMES = {"gvisor": "runsc", "docker": "runc"}
 # Docker writes these three per container; everything else mounted is the workspace's own.
 DOCKER_FILES = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
-OWN_STORAGE = {"/workspace", "/tmp", "/home/agent"}
+OWN_STORAGE = {"/workspace", "/tmp", "/home/agent", PROCS_IN_WORKSPACE}  # the last: background processes
 
 
 @pytest.fixture(params=sorted(RUNTIMES), scope="module")
