@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
@@ -19,7 +19,7 @@ TEXT_PIECE = 1 << 16
 
 
 @router.post("/exec", response_model=ExecOut)
-async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> StreamingResponse:
+async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> Response:
     """Run a command to its end and return its exit code and output (each stream capped, and flagged if cut).
 
     A command that runs past its `timeout` is killed and answered with `timed_out` and exit
@@ -27,24 +27,28 @@ async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner
     a malformed body, 410/502 when its sandbox is gone or the provider fails.
     """
     result = await in_thread(mgr.exec, who, workspace_id, body.to_command())
+    if len(result.stdout) + len(result.stderr) <= TEXT_PIECE:
+        return Response(b"".join(exec_json(result)), media_type="application/json")
     # Encoded piece by piece: as one JSON document, 10 MiB of control characters would take 60.
     return StreamingResponse(exec_json(result), media_type="application/json")
 
 
 def exec_json(result: ExecResult) -> Iterator[bytes]:
-    """`result` as the JSON of an ExecOut, a piece at a time."""
-    fields = vars(result)
-    yield b"{"
-    for position, (name, value) in enumerate(fields.items()):
-        yield (b"," if position else b"") + json.dumps(name).encode() + b":"
-        if isinstance(value, str):
-            yield b'"'
-            for start in range(0, len(value), TEXT_PIECE):
-                yield json.dumps(value[start : start + TEXT_PIECE], ensure_ascii=False)[1:-1].encode()
-            yield b'"'
-        else:
-            yield json.dumps(value).encode()
-    yield b"}"
+    """`result` as the JSON of an ExecOut, in pieces of about TEXT_PIECE bytes."""
+    pending = bytearray(b"{")
+    for position, (name, value) in enumerate(vars(result).items()):
+        pending += (b"," if position else b"") + json.dumps(name).encode() + b":"
+        if not isinstance(value, str):
+            pending += json.dumps(value).encode()
+            continue
+        pending += b'"'
+        for start in range(0, len(value), TEXT_PIECE):
+            pending += json.dumps(value[start : start + TEXT_PIECE], ensure_ascii=False)[1:-1].encode()
+            if len(pending) >= TEXT_PIECE:
+                yield bytes(pending)
+                pending.clear()
+        pending += b'"'
+    yield bytes(pending + b"}")
 
 
 @router.post("/exec/stream", responses={200: {"content": {"application/x-ndjson": {}}}})
