@@ -280,9 +280,10 @@ class WorkspaceManager:
         provider, ref = self._target(owner, workspace_id)
         return provider.stat(ref, path)
 
-    def read_file(self, owner: str, workspace_id: str, path: str) -> tuple[FileStat, Iterator[bytes]]:
+    def read(self, owner: str, workspace_id: str, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
+        """A file (stat and bytes) or a directory's entries."""
         provider, ref = self._target(owner, workspace_id)
-        return provider.read_file(ref, path)
+        return provider.read(ref, path)
 
     def write_file(
         self, owner: str, workspace_id: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644

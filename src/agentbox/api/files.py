@@ -27,11 +27,11 @@ async def read_file(workspace_id: str, path: WorkspacePath, mgr: Manager, who: O
     Errors: 404 when the workspace is not yours or the path does not exist, 403 when it may not
     be read, 409 when the workspace is not running.
     """
-    found = await in_thread(mgr.stat, who, workspace_id, path)
+    found = await in_thread(mgr.read, who, workspace_id, path)
     if isinstance(found, list):
         entries = [DirEntryOut(name=e.name, type=e.type, size=e.size, mode=f"{e.mode:o}", mtime=e.mtime) for e in found]
         return JSONResponse(DirListing(path=path, entries=entries).model_dump())
-    stat, body = await in_thread(mgr.read_file, who, workspace_id, path)
+    stat, body = found
     return StreamingResponse(
         body,
         media_type="application/octet-stream",

@@ -251,6 +251,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]: ...
 
+    def read(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
+        """A file's size, mode and bytes, or a directory's entries: `stat` and `read_file` in one look."""
+        found = self.stat(ref, path)
+        return found if isinstance(found, list) else self.read_file(ref, path)
+
     @abc.abstractmethod
     def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
         """Write exactly `size` bytes from `data` to `path`, atomically: all of it or nothing."""

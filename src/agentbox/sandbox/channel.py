@@ -117,11 +117,20 @@ class HelperChannel:
             call.close()
 
     def read_file(self, path: str) -> tuple[FileStat, Iterator[bytes]]:
-        call, reader, header = self._get(path)
-        if not header.startswith(b"F "):
-            call.close()
+        found = self.read(path)
+        if isinstance(found, list):
             raise FileError("EISDIR", "Is a directory", path)
-        return _file_stat(header), _closing(call, reader.body())
+        return found
+
+    def read(self, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
+        """One `get`: a file's stat and bytes (streamed), or a directory's entries."""
+        call, reader, header = self._get(path)
+        if header.startswith(b"F "):
+            return _file_stat(header), _closing(call, reader.body())
+        try:
+            return _parse_listing(b"".join(reader.body()))
+        finally:
+            call.close()
 
     def write_file(self, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
         call = self.transport.call(Invocation(["put", path, "-p", f"{mode:o}", "-s", str(size)], stdin=True))

@@ -371,6 +371,9 @@ class DockerProvider(Provider):
     def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]:
         return self._channel(ref).read_file(path)
 
+    def read(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
+        return self._channel(ref).read(path)
+
     def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
         return self._channel(ref).write_file(path, data, size, mode)
 
