@@ -63,6 +63,12 @@ def test_the_process_table_skips_records_the_workload_damaged() -> None:
     assert (found[0].status, found[0].signal, found[0].exit_code) == ("exited", "SIGKILL", None)
 
 
+def test_an_exit_record_the_workload_overwrote_still_says_it_ended() -> None:
+    meta = json.dumps({"command": ["x"]}).encode()
+    (found,) = _parse_table(b"P 5 %d 9 0\n" % len(meta) + meta + b"garbage!\n")
+    assert (found.status, found.exit_code, found.ended_at) == ("exited", None, None)
+
+
 def test_a_process_whose_supervisor_vanished_is_reported_ended() -> None:
     meta = json.dumps({"command": ["x"], "started_at": None}).encode()
     (found,) = _parse_table(b"P 5 %d 0 0\n" % len(meta) + meta)

@@ -210,12 +210,15 @@ def _info(pid: int, meta: dict[str, Any], ended: bytes, alive: bool) -> ProcessI
 
 def _ended(line: bytes) -> ProcessEnded:
     """The helper's exit line: "<exit code or -1> <signal or 0> <unix ns>[ stopped]"."""
-    fields = line.split()
-    code, signum, ns = int(fields[0]), int(fields[1]), int(fields[2])
+    try:
+        code, signum, ns = (int(field) for field in line.split()[:3])
+        ended_at = datetime.fromtimestamp(ns / 1e9, UTC)
+    except (ValueError, OverflowError, OSError):  # a file the workload itself overwrote: it ended, how is lost
+        return ProcessEnded(exit_code=None, signal=None, ended_at=None)
     return ProcessEnded(
         exit_code=code if code >= 0 else None,
         signal=_signal_name(signum) if signum else None,
-        ended_at=datetime.fromtimestamp(ns / 1e9, UTC),
+        ended_at=ended_at,
     )
 
 
