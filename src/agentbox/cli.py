@@ -4,49 +4,34 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import signal
 import sys
 import tarfile
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated
 
-import httpx
 import typer
 from pydantic import TypeAdapter
-from rich.console import Console
 from rich.table import Column, Table
 
-from agentbox.client import APIError, Client
+from agentbox import cli_processes
+from agentbox.cli_common import KeyOption, UrlOption, api_client, console, errors, fail, guarded
 from agentbox.config import ConfigError, Settings, load_settings
 from agentbox.schemas import DirListing, ExitEvent, OutputEvent
-from agentbox.terminal import attach, terminal_size
 
 app = typer.Typer(help="Isolated workspaces for AI agents, on Docker with gVisor.", no_args_is_help=True)
 ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args_is_help=True)
 app.add_typer(ws, name="ws")
 github = typer.Typer(help="GitHub App credentials stored by this server.", no_args_is_help=True)
 app.add_typer(github, name="github")
-console = Console()
-T = TypeVar("T")
-errors = Console(stderr=True)
 _TIMESTAMP = TypeAdapter(datetime)
-#: `ws shell`: a login bash where there is one, else sh.
-LOGIN_SHELL = ["/bin/sh", "-c", "command -v bash >/dev/null && exec bash -l; exec sh -l"]
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    errors.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
 
 
 @app.command()
@@ -66,7 +51,7 @@ def serve(
     try:
         service = Service.start(settings)
     except StartupError as exc:
-        _fail(exc.detail, 2)
+        fail(exc.detail, 2)
     try:
         # The app closes the service at shutdown (warm pool removed, background work stopped).
         uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level.lower())
@@ -88,7 +73,7 @@ def rotate_key() -> None:
     settings = _settings()
     keyring = settings.keyring
     if keyring is None:
-        _fail(
+        fail(
             "GITHUB_APP_ENCRYPTION_KEY is not set: set it to the new key (and GITHUB_APP_ENCRYPTION_OLD_KEY to the old)"
         )
     store = Store(settings.sqlalchemy_url)
@@ -96,7 +81,7 @@ def rotate_key() -> None:
         store.migrate()
         resealed, apps = GitHub(store, keyring).rotate()
     except SealedSecretError as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
     finally:
         store.close()
     console.print(f"re-encrypted {resealed} secret(s) of {apps} GitHub App(s) under the current key")
@@ -115,19 +100,10 @@ def doctor() -> None:
         if not check.ok:
             console.print(f"     [yellow]fix:[/yellow] {check.fix}", highlight=False, soft_wrap=True)
     if failed:
-        _fail(f"{failed} check(s) failed: each says how to fix it above")
+        fail(f"{failed} check(s) failed: each says how to fix it above")
 
 
 # Client commands
-
-UrlOption = Annotated[str, typer.Option("--url", envvar="AGENTBOX_URL", help="server URL")]
-KeyOption = Annotated[str, typer.Option("--api-key", envvar="AGENTBOX_API_KEY", help="API key (or AGENTBOX_API_KEY)")]
-
-
-def _client(url: str, api_key: str) -> Client:
-    if not api_key:
-        _fail("no API key: pass --api-key or set AGENTBOX_API_KEY", 2)
-    return Client(url, api_key)
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -135,7 +111,7 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
     for value in values:
         key, sep, val = value.partition("=")
         if not sep or not key:
-            _fail(f"{flag} {value!r} must be KEY=VALUE", 2)
+            fail(f"{flag} {value!r} must be KEY=VALUE", 2)
         pairs[key] = val
     return pairs
 
@@ -162,7 +138,7 @@ def ws_create(
 ) -> None:
     """Create a workspace and print its id."""
     if allow and network is not None:
-        _fail("give --network or --allow, not both", 2)
+        fail("give --network or --allow, not both", 2)
     options = {
         k: v
         for k, v in {
@@ -177,8 +153,8 @@ def ws_create(
         }.items()
         if v is not None
     }
-    with _client(url, api_key) as client:
-        workspace = _call(
+    with api_client(url, api_key) as client:
+        workspace = guarded(
             lambda: client.create(
                 ephemeral=not persistent, env=_pairs(env, "--env"), labels=_pairs(label, "--label"), **options
             )
@@ -194,8 +170,8 @@ def ws_ls(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print ids only")] = False,
 ) -> None:
     """List your workspaces."""
-    with _client(url, api_key) as client:
-        found = _call(lambda: client.list(status=status))
+    with api_client(url, api_key) as client:
+        found = guarded(lambda: client.list(status=status))
     if quiet:
         for w in found:
             print(w.id)
@@ -226,7 +202,7 @@ def ws_exec(
 
     def run() -> None:
         nonlocal code
-        with _client(url, api_key) as client:
+        with api_client(url, api_key) as client:
             for event in client.exec_stream(workspace_id, argv, **options):
                 if isinstance(event, OutputEvent):
                     (sys.stdout if event.stream == "stdout" else sys.stderr).write(event.data)
@@ -237,42 +213,11 @@ def ws_exec(
                     elif event.signal:
                         errors.print(f"[yellow]killed by {event.signal}[/yellow]")
                 else:
-                    _fail(event.error)
+                    fail(event.error)
 
-    _call(run)
+    guarded(run)
     sys.stdout.flush()
     raise typer.Exit(code)
-
-
-@ws.command("shell")
-def ws_shell(
-    workspace_id: Annotated[str, typer.Argument(help="workspace id")],
-    url: UrlOption = "http://127.0.0.1:8000",
-    api_key: KeyOption = "",
-    attach_to: Annotated[
-        int | None, typer.Option("--attach", help="PID of a shell left running earlier, to attach to it again")
-    ] = None,
-) -> None:
-    """Open an interactive shell in the workspace (bash if it has one, else sh); exit with its exit code.
-
-    The shell runs as a background process: if the connection drops, it goes on, and
-    `--attach PID` takes it up again.
-    """
-    cols, rows = terminal_size(0)
-    env = {"TERM": os.environ.get("TERM", "xterm-256color")}
-
-    def run() -> int:
-        with _client(url, api_key) as client:
-            pid = (
-                attach_to
-                or client.start_process(workspace_id, LOGIN_SHELL, pty={"cols": cols, "rows": rows}, env=env).pid
-            )
-        ended = attach(url, api_key, workspace_id, pid)
-        if ended is None:
-            _fail(f"disconnected; the shell goes on: `agentbox ws shell {workspace_id} --attach {pid}` takes it up")
-        return ended.exit_code if ended.exit_code is not None else 128 + signal.Signals[ended.signal or "SIGKILL"]
-
-    raise typer.Exit(_call(run))
 
 
 @ws.command("cp")
@@ -285,8 +230,8 @@ def ws_cp(
     """Copy a file or directory into or out of a workspace (like docker cp)."""
     remote_src, remote_dst = _remote(source), _remote(destination)
     if (remote_src is None) == (remote_dst is None):
-        _fail("exactly one of SOURCE and DESTINATION must be WORKSPACE:/path", 2)
-    with _client(url, api_key) as client:
+        fail("exactly one of SOURCE and DESTINATION must be WORKSPACE:/path", 2)
+    with api_client(url, api_key) as client:
         if remote_dst is not None:
             workspace_id, path = remote_dst
             local = Path(source)
@@ -294,17 +239,17 @@ def ws_cp(
                 buffer = io.BytesIO()
                 with tarfile.open(fileobj=buffer, mode="w") as tar:
                     tar.add(local, arcname=".")
-                _call(lambda: client.write_archive(workspace_id, path, buffer.getvalue()))
+                guarded(lambda: client.write_archive(workspace_id, path, buffer.getvalue()))
             elif local.is_file():
-                _call(lambda: client.write_file(workspace_id, path, local.read_bytes()))
+                guarded(lambda: client.write_file(workspace_id, path, local.read_bytes()))
             else:
-                _fail(f"{source}: no such file or directory", 2)
+                fail(f"{source}: no such file or directory", 2)
         else:
             assert remote_src is not None
             workspace_id, path = remote_src
-            content = _call(lambda: client.read_path(workspace_id, path))
+            content = guarded(lambda: client.read_path(workspace_id, path))
             if isinstance(content, DirListing):
-                data = _call(lambda: client.read_archive(workspace_id, path))
+                data = guarded(lambda: client.read_archive(workspace_id, path))
                 Path(destination).mkdir(parents=True, exist_ok=True)
                 with tarfile.open(fileobj=io.BytesIO(data)) as tar:
                     tar.extractall(destination, filter="data")
@@ -319,8 +264,8 @@ def ws_push(
     api_key: KeyOption = "",
 ) -> None:
     """Push the current branch of the workspace's repository (made with --repo) to GitHub."""
-    with _client(url, api_key) as client:
-        pushed = _call(lambda: client.git_push(workspace_id))
+    with api_client(url, api_key) as client:
+        pushed = guarded(lambda: client.git_push(workspace_id))
     console.print(f"pushed {pushed.branch} ({pushed.commit[:12]}) to {pushed.repository}", highlight=False)
 
 
@@ -331,9 +276,9 @@ def ws_rm(
     api_key: KeyOption = "",
 ) -> None:
     """Delete workspaces and everything in them."""
-    with _client(url, api_key) as client:
+    with api_client(url, api_key) as client:
         for workspace_id in workspace_ids:
-            _call(lambda workspace_id=workspace_id: client.delete(workspace_id))  # type: ignore[misc]
+            guarded(lambda workspace_id=workspace_id: client.delete(workspace_id))  # type: ignore[misc]
             console.print(f"deleted {workspace_id}", highlight=False)
 
 
@@ -349,8 +294,8 @@ def ws_extend(
         raise typer.BadParameter(
             "must be more than 0 (fractions are fine: 0.5 is twelve hours)", param_hint="--ttl-days"
         )
-    with _client(url, api_key) as client:
-        workspace = _call(lambda: client.extend(workspace_id, ttl_days))
+    with api_client(url, api_key) as client:
+        workspace = guarded(lambda: client.extend(workspace_id, ttl_days))
     console.print(f"{workspace_id} now expires at {_timestamp(workspace.expires_at)}", highlight=False)
 
 
@@ -366,16 +311,8 @@ def _remote(spec: str) -> tuple[str, str] | None:
     return None
 
 
-def _call(function: Callable[[], T]) -> T:
-    try:
-        return function()
-    except APIError as exc:
-        _fail(f"{exc.detail} (HTTP {exc.status_code})")
-    except httpx.TransportError as exc:
-        _fail(f"cannot reach the server: {exc}; is `agentbox serve` running? (--url, AGENTBOX_URL)")
-    except httpx.HTTPError as exc:  # e.g. a redirect loop: whatever answers is not an agentbox server
-        _fail(f"talking to the server failed: {exc}; check --url (AGENTBOX_URL)")
-
+for name, command in cli_processes.COMMANDS.items():
+    ws.command(name, context_settings=cli_processes.CONTEXTS.get(name))(command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

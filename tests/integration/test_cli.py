@@ -128,3 +128,24 @@ def test_cli_network_repo_and_push_options_reach_the_server(server: Server) -> N
         assert push.returncode == 1 and "not created with a repository" in " ".join(push.stderr.split())
     finally:
         agentbox(server, "ws", "rm", workspace_id)
+
+
+def test_ws_spawn_ps_logs_kill(server: Server) -> None:
+    workspace_id = agentbox(server, "ws", "create").stdout.strip()
+    try:
+        pid = agentbox(
+            server, "ws", "spawn", workspace_id, "--tag", "greeter", "--", "sh", "-c", "echo hi; echo oops >&2"
+        )
+        pid = pid.stdout.strip()
+        sleeper = agentbox(server, "ws", "spawn", workspace_id, "--", "sleep", "1000").stdout.strip()
+        logs = agentbox(server, "ws", "logs", workspace_id, pid, "--follow")
+        assert logs.stdout == "hi\n" and "oops" in logs.stderr and "exit code 0" in logs.stderr
+        assert agentbox(server, "ws", "logs", workspace_id, pid, "--offset", "1").stdout == "i\n"
+        listing = agentbox(server, "ws", "ps", workspace_id).stdout
+        assert "greeter" in listing and sleeper in listing and "running" in listing
+        agentbox(server, "ws", "kill", workspace_id, sleeper)
+        assert "SIGKILL" in agentbox(server, "ws", "ps", workspace_id).stdout
+        unknown = agentbox(server, "ws", "logs", workspace_id, "99999", check=False)
+        assert unknown.returncode == 1 and "no such process" in unknown.stderr and "Traceback" not in unknown.stderr
+    finally:
+        agentbox(server, "ws", "rm", workspace_id)
