@@ -117,3 +117,12 @@ def test_watch_records_become_events() -> None:
     chunks = [b"create /w/a\0wr", b"ite /w/a\0\0remove /w/a b\nc\0bogus x\0"]
     events = list(_watch_events(_records(iter(chunks))))
     assert [(e.type, e.path) for e in events] == [("create", "/w/a"), ("write", "/w/a"), ("remove", "/w/a b\nc")]
+
+
+def test_a_follower_whose_sandbox_went_away_is_told_so_with_where_to_resume() -> None:
+    record = struct.Struct(">BI")
+    cut_off = b"S 0\n" + record.pack(1, 5) + b"hello"  # and then the connection ends: no exit record
+    assert list(HelperProcesses(_Answer(cut_off)).output(4)) == [ProcessOutput("stdout", 0, b"hello")]
+    lines = [json.loads(line) for line in output_lines(HelperProcesses(_Answer(cut_off)).output(4, follow=True))]
+    assert lines[0]["data"] == "hello"
+    assert "went away" in lines[-1]["error"] and "offset 5" in lines[-1]["error"]

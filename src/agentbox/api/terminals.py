@@ -75,7 +75,12 @@ async def _send_output(websocket: WebSocket, events: Iterator[ProcessEvent]) -> 
     while True:
         # Abandoned on cancel: the helper's keep-alive wakes the thread within seconds and the
         # dropped generator then closes its call.
-        event = await anyio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)
+        try:
+            event = await anyio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)
+        except AgentboxError as exc:  # the sandbox went away: say so rather than drop the line
+            await websocket.send_text(json.dumps({"error": exc.detail}))
+            await websocket.close(code=1011)
+            return
         if event is None:
             break
         if isinstance(event, ProcessOutput):

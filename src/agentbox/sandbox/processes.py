@@ -90,7 +90,7 @@ class HelperProcesses:
         if not header.startswith(b"S "):
             call.close()
             _raise(header, pid)
-        return _output_events(call, reader, offset, int(header.split()[1]))
+        return _output_events(call, reader, offset, int(header.split()[1]), follow)
 
     def write_stdin(self, pid: int, data: Iterable[bytes]) -> int:
         answer = self._answer(Invocation(["input", str(pid)], stdin=True), data)
@@ -158,11 +158,11 @@ class _Records:
             yield kind, data
 
 
-def _output_events(call: Call, reader: _Records, asked: int, begin: int) -> Iterator[ProcessEvent]:
+def _output_events(call: Call, reader: _Records, asked: int, begin: int, follow: bool) -> Iterator[ProcessEvent]:
+    offset = begin
     try:
         if begin > asked:
             yield OutputDropped(offset=asked, resumed_at=begin)
-        offset = begin
         for kind, data in reader.records():
             if kind == _END:
                 yield _ended(data)
@@ -172,6 +172,8 @@ def _output_events(call: Call, reader: _Records, asked: int, begin: int) -> Iter
                 offset += len(data)
     finally:
         call.close()
+    if follow:  # a follower ends with the process, never silently: the sandbox stopped or restarted
+        raise ProviderError(f"the workspace's helper went away while following; ask again from offset {offset}")
 
 
 def _parse_table(data: bytes) -> builtins.list[ProcessInfo]:
