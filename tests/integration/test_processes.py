@@ -28,6 +28,19 @@ def docker_workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[
         alice.delete(created.id)
 
 
+@contextlib.contextmanager
+def own_server(tmp_path: Path) -> Iterator[Server]:
+    """A server of the test's own; the workspaces it made are deleted, whether the test passed or not."""
+    server = Server(tmp_path).start()
+    try:
+        yield server
+    finally:
+        with server.client() as client:
+            for workspace in client.list():
+                client.delete(workspace.id)
+        server.stop()
+
+
 def text_of(events: Iterable[ProcessStreamEvent]) -> str:
     return "".join(event.data for event in events if isinstance(event, ProcessOutputEvent))
 
@@ -82,8 +95,7 @@ def test_output_resumes_exactly_where_the_client_left(alice: Client, docker_work
 
 
 def test_processes_outlive_a_killed_server(tmp_path: Path) -> None:
-    server = Server(tmp_path).start()
-    try:
+    with own_server(tmp_path) as server:
         with server.client() as client:
             workspace = client.create()
             started = client.start_process(workspace.id, COUNT_SLOWLY)
@@ -95,9 +107,6 @@ def test_processes_outlive_a_killed_server(tmp_path: Path) -> None:
             events = list(client.process_output(workspace.id, started.pid, offset=first.next_offset, follow=True))
             assert first.data + text_of(events) == COUNTED
             assert isinstance(events[-1], ProcessExitEvent) and events[-1].exit_code == 0
-            client.delete(workspace.id)
-    finally:
-        server.stop()
 
 
 def test_stdin_signals_and_their_refusals(alice: Client, docker_workspace: WorkspaceOut) -> None:
@@ -194,20 +203,24 @@ def peak_memory_mib(pid: int) -> float:
 
 
 def test_a_gigabyte_flood_leaves_the_servers_memory_flat(tmp_path: Path) -> None:
-    server = Server(tmp_path).start()
-    assert server.process is not None
     flood = "head -c 1073741824 /dev/zero"
-    try:
-        with server.client() as client:
-            workspace = client.create()
-            client.exec(workspace.id, "true")  # the server has served an exec before it is measured
-            before = peak_memory_mib(server.process.pid)
-            result = client.exec(workspace.id, flood)
-            assert result.stdout_truncated and len(result.stdout) == 10 << 20  # the server's exec output limit
-            flooding = client.start_process(workspace.id, flood)
-            for _ in client.process_output(workspace.id, flooding.pid, follow=True):
-                pass
-            assert peak_memory_mib(server.process.pid) - before <= 32
-            client.delete(workspace.id)
-    finally:
-        server.stop()
+    with own_server(tmp_path) as server, server.client() as client:
+        assert server.process is not None
+        workspace = client.create()
+        client.exec(workspace.id, "true")  # the server has served an exec before it is measured
+        before = peak_memory_mib(server.process.pid)
+        result = client.exec(workspace.id, flood)
+        assert result.stdout_truncated and len(result.stdout) == 10 << 20  # the server's exec output limit
+        flooding = client.start_process(workspace.id, flood)
+        expected, last = 0, None
+        for event in client.process_output(workspace.id, flooding.pid, follow=True):
+            # A follower that falls behind the output kept is told where it goes on: offsets stay exact.
+            if isinstance(event, OutputDroppedEvent):
+                assert event.offset == expected and event.resumed_at > expected
+                expected = event.resumed_at
+            elif isinstance(event, ProcessOutputEvent):
+                assert event.offset == expected
+                expected = event.next_offset
+            last = event
+        assert isinstance(last, ProcessExitEvent) and expected == 1 << 30
+        assert peak_memory_mib(server.process.pid) - before <= 32

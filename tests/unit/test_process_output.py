@@ -103,6 +103,7 @@ class _Answer:
 def test_output_records_are_read_from_where_the_helper_started() -> None:
     record = struct.Struct(">BI")
     answer = b"S 10\n" + record.pack(1, 3) + b"abc" + record.pack(9, 0) + record.pack(2, 2) + b"de"
+    answer += record.pack(8, 2) + b"40" + record.pack(1, 1) + b"f"  # fell behind a rotation: on from 40
     ended = b"0 0 1764331200000000000\n"
     answer += record.pack(0, len(ended)) + ended
     helper = _Answer(answer)
@@ -110,7 +111,8 @@ def test_output_records_are_read_from_where_the_helper_started() -> None:
     assert helper.invocations[0].argv == ["output", "4", "3"]
     assert events[0] == OutputDropped(3, 10)
     assert events[1:3] == [ProcessOutput("stdout", 10, b"abc"), ProcessOutput("stderr", 13, b"de")]
-    assert isinstance(events[3], ProcessEnded) and events[3].exit_code == 0
+    assert events[3:5] == [OutputDropped(15, 40), ProcessOutput("stdout", 40, b"f")]
+    assert isinstance(events[5], ProcessEnded) and events[5].exit_code == 0
 
 
 def test_watch_records_become_events() -> None:

@@ -21,7 +21,8 @@
  *   spawn [-i] [-c COLS -r ROWS] [-j META] -- ARGV   "OK <pid>" or "E <ERRNO> <why>"
  *   procs [PID]     per process "P <pid> <meta bytes> <exit bytes> <alive>\n", meta, exit
  *   output PID OFFSET [-f]   "S <first offset sent>\n", then records as above;
- *                   stream 0 is the end ("exit" content), 9 a keep-alive
+ *                   stream 0 is the end ("exit" content), 8 a jump past output
+ *                   rotated away meanwhile (data: the offset it goes on from), 9 a keep-alive
  *   signal PID SIGNUM         to its whole group; SIGKILL until the group is empty
  *   input PID [-c | -w COLS ROWS]   stdin (from our stdin) | close it | resize
  */
@@ -598,8 +599,14 @@ int cmd_output(int argc, char **argv) {
             snprintf(path, sizeof path, "%s/out.%020lld", dir, pos);
             fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
             file_off = 0;
-            if (fd < 0 && segments(dir, starts) > 0 && starts[0] > pos)
-                pos = begin = starts[0];   /* rotated away while we looked: go on from the oldest kept */
+            if (fd < 0 && segments(dir, starts) > 0 && starts[0] > pos) {
+                /* Rotated away while we read: go on from the oldest kept, and say where that is. */
+                char where[32];
+                int n = snprintf(where, sizeof where, "%lld", starts[0]);
+                if (send_record(8, where, (size_t)n) < 0)
+                    return 1;
+                pos = begin = starts[0];
+            }
         }
         unsigned char head[5];
         size_t len;
@@ -616,8 +623,10 @@ int cmd_output(int argc, char **argv) {
             continue;
         }
         /* At the end of what this segment holds so far. */
-        snprintf(path, sizeof path, "%s/out.%020lld", dir, pos);
-        if (fd >= 0 && file_off > 0 && access(path, F_OK) == 0) {   /* the next segment starts here */
+        int n_now = fd >= 0 && file_off > 0 ? segments(dir, starts) : 0;
+        if (n_now > 0 && starts[n_now - 1] >= pos) {
+            /* Newer output is in another segment: the next one (it starts here), or, if that one
+             * was rotated away already, the oldest kept (opening it below says so). */
             close(fd);
             fd = -1;
             continue;

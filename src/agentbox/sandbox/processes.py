@@ -36,7 +36,7 @@ from agentbox.providers.processes import (
 from agentbox.sandbox.channel import Call, Invocation, Transport
 
 _STREAMS: dict[int, ProcessStream] = {1: "stdout", 2: "stderr", 3: "pty"}
-_END, _KEEPALIVE = 0, 9
+_END, _SKIPPED, _KEEPALIVE = 0, 8, 9
 _RECORD = struct.Struct(">BI")
 
 
@@ -167,7 +167,10 @@ def _output_events(call: Call, reader: _Records, asked: int, begin: int, follow:
             if kind == _END:
                 yield _ended(data)
                 return
-            if kind in _STREAMS and data:
+            if kind == _SKIPPED:  # the follower fell behind the oldest output kept
+                yield OutputDropped(offset=offset, resumed_at=int(data))
+                offset = int(data)
+            elif kind in _STREAMS and data:
                 yield ProcessOutput(_STREAMS[kind], offset, data)
                 offset += len(data)
     finally:
