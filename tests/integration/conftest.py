@@ -295,6 +295,15 @@ def workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[Workspa
         alice.delete(created.id)
 
 
+@pytest.fixture(params=["gvisor", "docker"])
+def docker_workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[WorkspaceOut]:
+    """A running workspace of each Docker provider (what runs agentbox's own helper)."""
+    created = alice.create(provider=request.param)
+    yield created
+    with contextlib.suppress(APIError):  # the test may have deleted it already
+        alice.delete(created.id)
+
+
 # Run inside a workspace: try each host:port, report "connected", "timeout" or the errno's name.
 PROBE = """
 import errno, json, socket, sys

@@ -20,14 +20,6 @@ COUNT_SLOWLY = "for i in $(seq 1 60); do echo line $i; sleep 0.05; done"
 COUNTED = "".join(f"line {i}\n" for i in range(1, 61))
 
 
-@pytest.fixture(params=["gvisor", "docker"])
-def docker_workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[WorkspaceOut]:
-    created = alice.create(provider=request.param)
-    yield created
-    with contextlib.suppress(APIError):
-        alice.delete(created.id)
-
-
 @contextlib.contextmanager
 def own_server(tmp_path: Path) -> Iterator[Server]:
     """A server of the test's own; the workspaces it made are deleted, whether the test passed or not."""

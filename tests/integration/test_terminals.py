@@ -14,26 +14,17 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from agentbox.client import APIError, Client
+from agentbox.client import Client
 from agentbox.schemas import WorkspaceOut
 from agentbox.terminal import terminal_url
 
 from .conftest import KEYS, Server
-
-
-@pytest.fixture(params=["gvisor", "docker"])
-def docker_workspace(request: pytest.FixtureRequest, alice: Client) -> Iterator[WorkspaceOut]:
-    created = alice.create(provider=request.param)
-    yield created
-    with contextlib.suppress(APIError):
-        alice.delete(created.id)
 
 
 def read_until(connection: ClientConnection, wanted: bytes, timeout: float = 30) -> bytes:

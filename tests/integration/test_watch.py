@@ -10,8 +10,6 @@ import pytest
 from agentbox.client import APIError, Client
 from agentbox.schemas import WatchEventOut, WorkspaceOut
 
-from .test_processes import docker_workspace  # noqa: F401 (a fixture)
-
 
 def collect(events: Iterator[WatchEventOut], found: list[WatchEventOut], until: str) -> None:
     for event in events:
@@ -20,7 +18,7 @@ def collect(events: Iterator[WatchEventOut], found: list[WatchEventOut], until: 
             return
 
 
-def test_watch_sees_files_created_by_commands(alice: Client, docker_workspace: WorkspaceOut) -> None:  # noqa: F811
+def test_watch_sees_files_created_by_commands(alice: Client, docker_workspace: WorkspaceOut) -> None:
     workspace_id = docker_workspace.id
     alice.exec(workspace_id, "mkdir -p /workspace/watched/deep")
     # It returns once the watch is in place: nothing done after it is missed.
@@ -42,7 +40,7 @@ def test_watch_sees_files_created_by_commands(alice: Client, docker_workspace: W
     assert ("create", "/workspace/watched/last.txt") in seen
 
 
-def test_watch_refuses_what_it_cannot_watch(alice: Client, docker_workspace: WorkspaceOut) -> None:  # noqa: F811
+def test_watch_refuses_what_it_cannot_watch(alice: Client, docker_workspace: WorkspaceOut) -> None:
     for path, status in (("/workspace/no-such-dir", 404), ("relative", 422)):
         with pytest.raises(APIError) as refused:
             alice.watch(docker_workspace.id, path)

@@ -6,12 +6,11 @@ from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
-from agentbox.errors import AgentboxError
+from agentbox.api.ndjson import guarded_lines, json_line
 from agentbox.providers.base import ExecEvent, ExecResult, Exit, OutputLimit, TextDecoder
-from agentbox.schemas import ErrorEvent, ExecIn, ExecOut, ExitEvent, OutputEvent
+from agentbox.schemas import ExecIn, ExecOut, ExitEvent, OutputEvent
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["commands"])
 
@@ -66,33 +65,26 @@ async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner)
 
 def ndjson_lines(events: Iterator[ExecEvent], limit: int) -> Iterator[bytes]:
     """Exec events as NDJSON lines; output past `limit` per stream is dropped and flagged."""
+    return guarded_lines(_exec_lines(events, limit), events)
+
+
+def _exec_lines(events: Iterator[ExecEvent], limit: int) -> Iterator[bytes]:
     decoders: dict[Literal["stdout", "stderr"], TextDecoder] = {"stdout": TextDecoder(), "stderr": TextDecoder()}
     kept = OutputLimit(limit)
-    try:
-        for event in events:
-            if isinstance(event, Exit):
-                for stream, decoder in decoders.items():
-                    if tail := decoder.decode(b"", final=True):
-                        yield _line(OutputEvent(stream=stream, data=tail))
-                yield _line(
-                    ExitEvent(
-                        exit_code=event.exit_code,
-                        timed_out=event.timed_out,
-                        duration_ms=event.duration_ms,
-                        signal=event.signal,
-                        stdout_truncated=kept.truncated["stdout"],
-                        stderr_truncated=kept.truncated["stderr"],
-                    )
+    for event in events:
+        if isinstance(event, Exit):
+            for stream, decoder in decoders.items():
+                if tail := decoder.decode(b"", final=True):
+                    yield json_line(OutputEvent(stream=stream, data=tail))
+            yield json_line(
+                ExitEvent(
+                    exit_code=event.exit_code,
+                    timed_out=event.timed_out,
+                    duration_ms=event.duration_ms,
+                    signal=event.signal,
+                    stdout_truncated=kept.truncated["stdout"],
+                    stderr_truncated=kept.truncated["stderr"],
                 )
-            elif text := decoders[event.stream].decode(kept.take(event)):
-                yield _line(OutputEvent(stream=event.stream, data=text))
-    except AgentboxError as exc:
-        yield _line(ErrorEvent(error=exc.detail))
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
-
-
-def _line(event: BaseModel) -> bytes:
-    return json.dumps(event.model_dump(), ensure_ascii=False).encode() + b"\n"
+            )
+        elif text := decoders[event.stream].decode(kept.take(event)):
+            yield json_line(OutputEvent(stream=event.stream, data=text))

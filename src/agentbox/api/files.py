@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentbox.api.dependencies import Manager, Owner, WorkspacePath, in_thread
+from agentbox.api.ndjson import guarded_lines, json_line
 from agentbox.errors import PayloadTooLarge
-from agentbox.providers.base import WatchEvent
 from agentbox.schemas import DirEntryOut, DirListing, WatchEventOut, WriteResult
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["files"])
@@ -117,17 +117,8 @@ async def watch(
     exist, 400 when the provider cannot watch files, 409 when the workspace is not running.
     """
     events = await in_thread(mgr.watch, who, workspace_id, path, recursive)
-    lines = (WatchEventOut(type=e.type, path=e.path).model_dump_json().encode() + b"\n" for e in events)
-    return StreamingResponse(_closing(lines, events), media_type="application/x-ndjson")
-
-
-def _closing(lines: Iterator[bytes], events: Iterator[WatchEvent]) -> Iterator[bytes]:
-    try:
-        yield from lines
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
+    lines = (json_line(WatchEventOut(type=e.type, path=e.path)) for e in events)
+    return StreamingResponse(guarded_lines(lines, events), media_type="application/x-ndjson")
 
 
 def sync_chunks(stream: AsyncIterator[bytes], limit: int) -> Iterator[bytes]:

@@ -5,18 +5,17 @@ state, so any server, restarted or not, serves any client that comes back with a
 """
 
 import contextlib
-import json
 import signal
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
 from agentbox.api.files import sync_chunks
-from agentbox.errors import AgentboxError, Conflict
+from agentbox.api.ndjson import guarded_lines, json_line
+from agentbox.errors import Conflict
 from agentbox.process_schemas import (
     OutputDroppedEvent,
     ProcessExitEvent,
@@ -28,7 +27,6 @@ from agentbox.process_schemas import (
     TerminalSizeIn,
 )
 from agentbox.providers.processes import OutputDropped, ProcessEnded, ProcessEvent, ProcessOutput
-from agentbox.schemas import ErrorEvent
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/processes", tags=["processes"])
 
@@ -128,36 +126,33 @@ async def kill_process(workspace_id: str, pid: int, mgr: Manager, who: Owner) ->
 
 def output_lines(events: Iterator[ProcessEvent]) -> Iterator[bytes]:
     """Process output events as NDJSON lines, text cut only between UTF-8 characters."""
+    return guarded_lines(_output_lines(events), events)
+
+
+def _output_lines(events: Iterator[ProcessEvent]) -> Iterator[bytes]:
     held: ProcessOutput | None = None  # the start of a character whose rest is in the next piece
-    try:
-        for event in events:
-            if isinstance(event, ProcessOutput):
-                if held is not None and held.stream == event.stream:
-                    event = ProcessOutput(event.stream, held.offset, held.data + event.data)
-                elif held is not None:
-                    yield _output_line(held)
-                held = None
-                whole = _complete(event.data)
-                if whole < len(event.data):
-                    held = ProcessOutput(event.stream, event.offset + whole, event.data[whole:])
-                if whole:
-                    yield _output_line(ProcessOutput(event.stream, event.offset, event.data[:whole]))
-                continue
-            if held is not None:
+    for event in events:
+        if isinstance(event, ProcessOutput):
+            if held is not None and held.stream == event.stream:
+                event = ProcessOutput(event.stream, held.offset, held.data + event.data)
+            elif held is not None:
                 yield _output_line(held)
-                held = None
-            if isinstance(event, OutputDropped):
-                yield _line(OutputDroppedEvent(offset=event.offset, resumed_at=event.resumed_at))
-            elif isinstance(event, ProcessEnded):
-                yield _line(ProcessExitEvent(exit_code=event.exit_code, signal=event.signal, ended_at=event.ended_at))
+            held = None
+            whole = _complete(event.data)
+            if whole < len(event.data):
+                held = ProcessOutput(event.stream, event.offset + whole, event.data[whole:])
+            if whole:
+                yield _output_line(ProcessOutput(event.stream, event.offset, event.data[:whole]))
+            continue
         if held is not None:
             yield _output_line(held)
-    except AgentboxError as exc:
-        yield _line(ErrorEvent(error=exc.detail))
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
+            held = None
+        if isinstance(event, OutputDropped):
+            yield json_line(OutputDroppedEvent(offset=event.offset, resumed_at=event.resumed_at))
+        elif isinstance(event, ProcessEnded):
+            yield json_line(ProcessExitEvent(exit_code=event.exit_code, signal=event.signal, ended_at=event.ended_at))
+    if held is not None:
+        yield _output_line(held)
 
 
 def _complete(data: bytes) -> int:
@@ -173,8 +168,4 @@ def _complete(data: bytes) -> int:
 def _output_line(piece: ProcessOutput) -> bytes:
     text = piece.data.decode("utf-8", "replace")
     end = piece.offset + len(piece.data)
-    return _line(ProcessOutputEvent(stream=piece.stream, offset=piece.offset, next_offset=end, data=text))
-
-
-def _line(event: BaseModel) -> bytes:
-    return json.dumps(event.model_dump(mode="json"), ensure_ascii=False).encode() + b"\n"
+    return json_line(ProcessOutputEvent(stream=piece.stream, offset=piece.offset, next_offset=end, data=text))

@@ -523,6 +523,20 @@ static void exec_child(char **cmd, int interactive, int out, int err, int ep, si
     _exit(127);
 }
 
+/* What the child's exec did, read from the read end `ep` of its CLOEXEC pipe: EOF, it
+ * succeeded (0); an int, it failed with that errno (the child is reaped then). */
+int exec_result(int ep, pid_t child) {
+    int exec_errno;
+    ssize_t n;
+    while ((n = read(ep, &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR)
+        ;
+    close(ep);
+    if (n != (ssize_t)sizeof exec_errno)
+        return 0;
+    waitpid(child, NULL, 0);
+    return exec_errno;
+}
+
 static int cmd_run(int argc, char **argv) {
     double timeout = 0;
     static int interactive;   /* static: vfork() below must not clobber it */
@@ -559,15 +573,9 @@ static int cmd_run(int argc, char **argv) {
     close(err[1]);
     close(ep[1]);
 
-    /* EOF: exec succeeded (setsid is done, so the group exists).  An int:
-     * exec failed, and the message must come from us. */
-    int exec_errno;
-    ssize_t n;
-    while ((n = read(ep[0], &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR)
-        ;
-    close(ep[0]);
-    if (n == (ssize_t)sizeof exec_errno) {
-        waitpid(child, NULL, 0);
+    /* Exec succeeded (setsid is done, so the group exists), or failed and the message must come from us. */
+    int exec_errno = exec_result(ep[0], child);
+    if (exec_errno) {
         fprintf(stderr, "agentbox-exec: cannot run '%s': %s\n", cmd[0], strerror(exec_errno));
         return exec_errno == ENOENT ? 127 : 126;
     }

@@ -3,6 +3,7 @@
 #define AGENTBOX_HELPER_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #define BUFSZ 65536
 #define NSEC 1000000000LL
@@ -21,6 +22,7 @@ int read_exactly(int fd, char *buf, size_t len);
 long long now_ns(void);
 void close_other_fds(int keep1, int keep2);
 void apply_task_limit(void);
+int exec_result(int ep, pid_t child);
 
 /* processes.c: background processes that outlive the call that started them. */
 int cmd_spawn(int argc, char **argv);

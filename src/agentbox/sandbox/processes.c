@@ -407,15 +407,9 @@ static void run_shim(char **cmd, int want_stdin, int cols, int rows, const char 
             close(child_fds[fd]);
     if (child < 0)
         shim_fail(report, e, "starting", cmd[0]);
-    int exec_errno;
-    ssize_t n;
-    while ((n = read(ep[0], &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR)
-        ;
-    close(ep[0]);
-    if (n == (ssize_t)sizeof exec_errno) {
-        waitpid(child, NULL, 0);
+    int exec_errno = exec_result(ep[0], child);
+    if (exec_errno)
         shim_fail(report, exec_errno, "cannot run", cmd[0]);
-    }
     if (s.in >= 0)
         fcntl(s.in, F_SETFL, fcntl(s.in, F_GETFL) | O_NONBLOCK);
     snprintf(s.dir, sizeof s.dir, PROCS_DIR "/%d", (int)child);
@@ -706,7 +700,8 @@ static int message(int c, char kind, const char *data, size_t len) {
     if (n == 1 && answer == 'k')
         return 0;
     if (n == 1 && answer == 'n')
-        return report_error(EBADF, kind == 'w' ? "the process has no terminal" : "the process was started without stdin"), -1;
+        return report_error(EBADF, kind == 'w' ? "the process has no terminal (start it with \"pty\")"
+                                      : "the process was started without stdin (start it with \"stdin\": true)"), -1;
     if (n == 1 && answer == 'e')
         return report_error(EPIPE, "the process closed its stdin"), -1;
     if (n == 1)
