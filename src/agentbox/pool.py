@@ -13,12 +13,15 @@ import threading
 
 from agentbox.config import Settings
 from agentbox.domain import NewWorkspace
-from agentbox.errors import reason_of
+from agentbox.errors import ProviderError, reason_of
 from agentbox.metrics import Metrics
 from agentbox.models import Status, Workspace, new_workspace_id, utcnow
 from agentbox.network import columns_of
-from agentbox.providers.base import Provider, WorkspaceSpec
+from agentbox.providers.base import ExecRequest, Provider, WorkspaceSpec
 from agentbox.store import Store
+
+#: Two: the Docker helper keeps two workers waiting for calls and hands them out in turn, so each serves one.
+WARM_UP_COMMANDS = 2
 
 log = logging.getLogger("agentbox.pool")
 
@@ -127,6 +130,7 @@ class WarmPool:
                 workspace.allow_cidrs = self.provider.resolve_allow_list(workspace.allow)
                 self.store.update(workspace.id, allow_cidrs=workspace.allow_cidrs)
             ref = self.provider.create(WorkspaceSpec.of(workspace))
+            self._first_commands(ref)
         except Exception as exc:
             reason = reason_of(exc)
             log.warning("warm pool: booting a workspace failed: %s", reason)
@@ -136,6 +140,17 @@ class WarmPool:
         if self.store.transition(workspace.id, POOLED, "pool_ready", provider_ref=ref) is None:
             self.provider.destroy(ref)  # discarded while it booted
         return True
+
+    def _first_commands(self, ref: str) -> None:
+        """Run a command or two before the workspace counts as ready: it proves the workspace works, and
+        the owner's first command no longer pays for a sandbox's first start of a program (under gVisor,
+        ~20 ms of loading the C library and looking up files, and the helper's workers' first faults)."""
+        for _ in range(WARM_UP_COMMANDS):
+            result = self.provider.exec(ref, ExecRequest(argv=["true"], timeout=30))
+            if result.exit_code != 0:
+                raise ProviderError(
+                    f"a new workspace cannot run `true` (exit code {result.exit_code}): {result.stderr}"
+                )
 
     def discard(self, workspace: Workspace) -> None:
         discard_pooled(self.store, self.provider, workspace)

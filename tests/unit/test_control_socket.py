@@ -65,6 +65,40 @@ def test_commands_run_with_their_cwd_env_streams_and_exit_code(workspace: tuple[
     assert (code, timed_out) == (124, True)
 
 
+def test_a_worker_serves_call_after_call_and_nothing_of_one_reaches_the_next(
+    workspace: tuple[HelperChannel, Path],
+) -> None:
+    channel, home = workspace
+    (home / "sub").mkdir()
+    workers = set()
+    for _ in range(6):
+        code, out, _, _ = run(
+            channel, 'echo "$PPID ${SECRET:-unset} $PWD"; exit 7', str(home / "sub"), env={"SECRET": "s"}
+        )
+        workers.add(out.split()[0])
+        assert (code, out.split()[1:]) == (7, ["s", str(home / "sub")])
+    # Short calls one after another take no fork: the two waiting workers serve them all.
+    assert len(workers) <= 2, f"{len(workers)} workers for 6 calls: the control server forks per call again"
+    # After a timeout, a refused start and a file write, the next call starts clean.
+    assert run(channel, "sleep 5", str(home), timeout=0.2)[3]
+    with pytest.raises(BadRequest):
+        run(channel, "true", str(home / "nowhere"))
+    channel.write_file(str(home / "f"), [b"x"], 1)
+    for _ in range(4):
+        code, out, err, _ = run(
+            channel, 'echo "${SECRET:-unset}"; ls /proc/$PPID/fd | wc -l; pwd; ls -l /proc/$PPID/fd >&2', ""
+        )
+        assert out.split()[0] == "unset" and out.split()[2] == os.getcwd()  # the helper's own cwd again
+        # 0-2, the listening socket, the server's, the call's, the command's two pipes
+        assert int(out.split()[1]) <= 8, f"the worker holds fds a call left open: {err}"
+
+
+def test_a_command_that_leaves_a_background_process_holding_its_output(workspace: tuple[HelperChannel, Path]) -> None:
+    channel, home = workspace
+    assert run(channel, "sleep 3 & echo started", str(home))[:2] == (0, "started\n")
+    assert run(channel, "echo next", str(home))[:2] == (0, "next\n")
+
+
 def test_files_go_both_ways_byte_exact(workspace: tuple[HelperChannel, Path]) -> None:
     channel, home = workspace
     data = os.urandom(3 << 20)  # binary, several frames' worth
@@ -99,19 +133,34 @@ def test_a_socket_that_leads_to_another_workspace_is_refused(helper: str, tmp_pa
         # A workload in ws-a replaces its socket with a link to ws-b's.
         (tmp_path / "a").mkdir()
         (tmp_path / "a" / "control.sock").symlink_to(tmp_path / "b" / "control.sock")
-        with pytest.raises(ControlSocketError, match="not the helper of ws-a"):
-            ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a").call(Invocation(["probe"]))
+        marker = tmp_path / "ran-in-b"
+        with pytest.raises(ControlSocketError, match="not a socket"):
+            ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a").call(
+                Invocation(["run", "--", "touch", str(marker)])
+            )
 
         class Fallback:
             def call(self, invocation: Invocation) -> Call:
                 raise LookupError("fell back")
 
         linked = ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a")
-        with pytest.raises(LookupError, match="fell back"):  # nothing was sent to ws-b
-            SocketFirst(linked, Fallback()).call(Invocation(["probe"]))
+        with pytest.raises(LookupError, match="fell back"):
+            SocketFirst(linked, Fallback()).call(Invocation(["run", "--", "touch", str(marker)]))
+        time.sleep(0.2)
+        assert not marker.exists()  # nothing was sent to ws-b
     finally:
         other.terminate()
         other.wait()
+
+
+def test_a_helper_that_is_not_this_workspaces_is_refused(helper: str, tmp_path: Path) -> None:
+    stale = serve(helper, tmp_path / "a", "ws-b")  # say, left from another workspace
+    try:
+        with pytest.raises(ControlSocketError, match="not the helper of ws-a"):
+            ControlSocketTransport(tmp_path / "a" / "control.sock", "ws-a").call(Invocation(["probe"]))
+    finally:
+        stale.terminate()
+        stale.wait()
 
 
 def test_no_socket_falls_back(tmp_path: Path) -> None:

@@ -15,6 +15,9 @@ from agentbox.schemas import DirEntryOut, DirListing, WatchEventOut, WriteResult
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["files"])
 
+#: Files up to this size go through the server in one piece rather than streamed.
+IN_ONE_PIECE = 8 << 20
+
 
 @router.get(
     "/files",
@@ -32,11 +35,10 @@ async def read_file(workspace_id: str, path: WorkspacePath, mgr: Manager, who: O
         entries = [DirEntryOut(name=e.name, type=e.type, size=e.size, mode=f"{e.mode:o}", mtime=e.mtime) for e in found]
         return JSONResponse(DirListing(path=path, entries=entries).model_dump())
     stat, body = found
-    return StreamingResponse(
-        body,
-        media_type="application/octet-stream",
-        headers={"Content-Length": str(stat.size), "X-File-Mode": f"{stat.mode:o}"},
-    )
+    headers = {"Content-Length": str(stat.size), "X-File-Mode": f"{stat.mode:o}"}
+    if stat.size <= IN_ONE_PIECE:
+        return Response(await in_thread(b"".join, body), media_type="application/octet-stream", headers=headers)
+    return StreamingResponse(body, media_type="application/octet-stream", headers=headers)
 
 
 @router.put("/files", response_model=WriteResult)
@@ -60,7 +62,9 @@ async def write_file(
         size = int(declared)
         if size > limit:
             raise PayloadTooLarge(f"the file is {size} bytes; the limit (WORKSPACE_MAX_UPLOAD) is {limit}")
-        chunks = sync_chunks(request.stream(), limit)
+        # A small file is taken whole first: each piece handed between the event loop and the
+        # worker thread costs a thread switch (1 MiB took ~5 ms in 64 KiB pieces).
+        chunks = iter([await request.body()]) if size <= IN_ONE_PIECE else sync_chunks(request.stream(), limit)
         written = await in_thread(mgr.write_file, who, workspace_id, path, chunks, size, int(mode, 8))
     else:
         # No length given (chunked upload): spool it first, since the helper commits a file

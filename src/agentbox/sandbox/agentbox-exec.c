@@ -12,7 +12,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -114,7 +116,12 @@ int emit(int stream, const char *buf, size_t len) {
     return frame_fd < 0 ? write_all(stream, buf, len) : send_frame(frame_fd, stream, buf, len);
 }
 
-/* Exit with `code`; over the control socket, the host learns it from the last frame. */
+/* Set while a control-socket worker serves a call it may outlive (see "serve"). */
+static sigjmp_buf *call_done;
+static pid_t worker_pid;
+
+/* End the subcommand with `code`; over the control socket, the host learns it from the
+ * last frame, and a worker that may serve again goes back to waiting. */
 static void leave(int code) {
     if (frame_fd >= 0) {
         fflush(stdout);
@@ -123,6 +130,8 @@ static void leave(int code) {
                               (unsigned char)(code >> 8), (unsigned char)code};
         send_frame(frame_fd, 3, c, sizeof c);
     }
+    if (call_done && getpid() == worker_pid)   /* never in a child the subcommand forked */
+        siglongjmp(*call_done, 1);
     _exit(code);
 }
 
@@ -314,7 +323,8 @@ struct stream {
 
 static pid_t child = -1;       /* also the id of the child's process group */
 static int child_reaped;
-static unsigned long long max_bytes = 10485760;
+#define DEFAULT_MAX_BYTES 10485760ULL
+static unsigned long long max_bytes = DEFAULT_MAX_BYTES;
 
 /* SIGKILL the command's whole process group and reap the command.  Once is
  * not enough under gVisor: a member that is inside fork() when the signal
@@ -402,7 +412,10 @@ void close_other_fds(int keep1, int keep2) {
 /* A background process started by the command still holds the pipes.  A
  * detached process keeps reading (and dropping) until EOF, so that process
  * never gets EPIPE/SIGPIPE, while we return to the host right away. */
+static int keep_worker;   /* the call leaves nothing behind, so its worker may serve another */
+
 static void spawn_drainer(struct stream *ss) {
+    keep_worker = 0;
     pid_t pid = fork();
     if (pid < 0)
         perror("agentbox-exec: fork drainer");
@@ -499,7 +512,28 @@ void apply_task_limit(void) {
     }
 }
 
-static void exec_child(char **cmd, int interactive, int out, int err, int ep, sigset_t *mask) {
+/* The file execvp() would run for NAME, found before the fork: under gVisor every failed
+ * execve() of the PATH search costs about 2 ms, and `true` is found in the fourth directory
+ * of Debian's PATH.  NAME itself when it has a slash or is not found (execvp then reports
+ * why); `buf` holds the result otherwise. */
+const char *command_path(const char *name, char *buf, size_t size) {
+    const char *path = getenv("PATH");
+    if (strchr(name, '/') || !*name)
+        return name;
+    for (const char *dir = path && *path ? path : "/bin:/usr/bin"; dir;) {
+        const char *end = strchr(dir, ':');
+        int len = end ? (int)(end - dir) : (int)strlen(dir);
+        struct stat st;
+        /* An empty entry is the current directory, as for execvp. */
+        if (snprintf(buf, size, "%.*s%s%s", len, dir, len ? "/" : "./", name) < (int)size &&
+            access(buf, X_OK) == 0 && stat(buf, &st) == 0 && S_ISREG(st.st_mode))
+            return buf;
+        dir = end ? end + 1 : NULL;
+    }
+    return name;
+}
+
+static void exec_child(const char *file, char **cmd, int interactive, int out, int err, int ep, sigset_t *mask) {
     setsid();   /* own session and process group, so a timeout kills it all */
     apply_task_limit();
     signal(SIGPIPE, SIG_DFL);
@@ -516,7 +550,7 @@ static void exec_child(char **cmd, int interactive, int out, int err, int ep, si
     }
     dup2(out, 1);   /* dup2 clears CLOEXEC on the copy */
     dup2(err, 2);
-    execvp(cmd[0], cmd);
+    execvp(file, cmd);   /* argv[0] stays as the caller wrote it */
     int e = errno;
     ssize_t w = write(ep, &e, sizeof e);
     (void)w;
@@ -540,6 +574,11 @@ int exec_result(int ep, pid_t child) {
 static int cmd_run(int argc, char **argv) {
     double timeout = 0;
     static int interactive;   /* static: vfork() below must not clobber it */
+    interactive = 0;          /* a worker runs one call after another */
+    max_bytes = DEFAULT_MAX_BYTES;
+    got_chld = got_sig = 0;
+    child = -1;
+    child_reaped = 0;
     int first = parse_run_flags(argc, argv, &timeout, &interactive);
     if (first < 0)
         return usage();
@@ -562,13 +601,15 @@ static int cmd_run(int argc, char **argv) {
     /* The command's orphans become ours while we run, so a timeout can reap them (kill_group). */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     int out[2], err[2], ep[2];
+    char path[PATH_MAX];
+    const char *file = command_path(cmd[0], path, sizeof path);
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0 ||
         (child = vfork()) < 0) {
         perror("agentbox-exec");
         return 126;
     }
     if (child == 0)
-        exec_child(cmd, interactive, out[1], err[1], ep[1], &orig);
+        exec_child(file, cmd, interactive, out[1], err[1], ep[1], &orig);
     close(out[1]);
     close(err[1]);
     close(ep[1]);
@@ -843,8 +884,8 @@ static int cmd_probe(int argc, char **argv) {
  * The subcommand runs in the process that accepted the connection, with the
  * socket as its stdin and its output framed (emit, and stdio through
  * framed_stream), so it behaves exactly as under `docker exec`.  That process
- * was forked before the connection came: a fork costs several milliseconds
- * under gVisor, and the next one is made while this call runs. */
+ * (a worker) was forked before the connection came, and serves the next call
+ * when this one leaves nothing behind: a fork costs 5-8 ms under gVisor. */
 #define MAX_REQUEST (64 << 20)
 
 static int dispatch(int argc, char **argv);
@@ -881,7 +922,19 @@ static int refuse(int c, const char *what, const char *detail) {
     return 1;
 }
 
-/* Serve one accepted connection `c` (close-on-exec); returns only on failure. */
+/* The request of the call being served; freed when the worker goes back to waiting. */
+static char *request;
+static char **fields;
+
+/* Subcommands that leave nothing in the worker once they end (`run` unless it had to hand
+ * its pipes to a drainer): their worker may serve the next call. */
+static int reusable(const char *name) {
+    return !strcmp(name, "run") || !strcmp(name, "get") || !strcmp(name, "put") ||
+           !strcmp(name, "mkdir") || !strcmp(name, "probe");
+}
+
+/* Serve one accepted connection `c` (close-on-exec): through leave() back into the worker's
+ * sigsetjmp, or a return when the request was refused or the connection broke. */
 static int serve_one(int c, const char *id) {
     char hello[300];
     int n = snprintf(hello, sizeof hello, "AGX1 %s\n", id);
@@ -891,7 +944,7 @@ static int serve_one(int c, const char *id) {
     if (read_exactly(c, (char *)head, 4) < 0)
         return 1;
     size_t len = (size_t)head[0] << 24 | (size_t)head[1] << 16 | (size_t)head[2] << 8 | head[3];
-    char *req = len <= MAX_REQUEST ? malloc(len + 1) : NULL;
+    char *req = request = len <= MAX_REQUEST ? malloc(len + 1) : NULL;
     if (!req)
         return refuse(c, "request", "too large");
     if (read_exactly(c, req, len) < 0)
@@ -901,7 +954,7 @@ static int serve_one(int c, const char *id) {
     size_t count = 0;
     for (size_t i = 0; i < len; i++)
         count += req[i] == '\0';
-    char **fields = calloc(count + 1, sizeof *fields);
+    fields = calloc(count + 1, sizeof *fields);
     if (!fields || count < 3)
         return refuse(c, "request", "malformed");
     for (size_t i = 0, f = 0; f < count; i += strlen(req + i) + 1)
@@ -921,6 +974,7 @@ static int serve_one(int c, const char *id) {
     frame_fd = c;
     signal(SIGPIPE, SIG_DFL);
     signal(SIGCHLD, SIG_DFL);
+    keep_worker = reusable(fields[2 + envs]);
     leave(dispatch((int)(count - 2 - envs), fields + 2 + envs));
     return 0;
 }
@@ -940,32 +994,86 @@ static void warm_up(void) {
     fflush(stdout);
 }
 
-/* A process that waits for the next connection; it writes a byte to `taken`
- * as soon as it has one, so that the server makes the next in its place. */
-static pid_t spare_worker(int s, const char *id, int *taken) {
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(p[0]);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* no spare outlives its server, which init replaces */
-        warm_up();
+/* What a call may have changed in its worker, put back: the worker is then as it was
+ * before the call (cwd, environment, stdio, signals, fds; zombies reaped). */
+static void after_call(int s, int server, const char *cwd, char **env, FILE *out, FILE *err) {
+    if (stdout != out) {   /* the framed streams, flushed by leave() */
+        fclose(stdout);
+        stdout = out;
+    }
+    if (stderr != err) {
+        fclose(stderr);
+        stderr = err;
+    }
+    frame_fd = -1;
+    clearenv();   /* before the request goes: the call's variables point into it */
+    for (char **e = env; *e; e++)
+        putenv(*e);
+    free(request);
+    free(fields);
+    request = NULL;
+    fields = NULL;
+    if (chdir(cwd) < 0) { /* gone: the next call says so if it needs it */ }
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0 && dup2(null, 0) == 0)
+        close(null);
+    close_other_fds(s, server);   /* the connection, and whatever the call left open */
+    prctl(PR_SET_CHILD_SUBREAPER, 0);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGPIPE, SIG_IGN);
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ;
+    signal(SIGCHLD, SIG_IGN);   /* orphans the call left us are reaped as they end */
+    optind = 1;
+}
+
+/* Calls one worker serves at most: whatever a call leaks stays bounded. */
+#define WORKER_CALLS 1000
+
+/* A worker: waits for a connection, tells the server ('t') and serves it.  After a call
+ * that leaves nothing behind it asks the server ('f') whether to wait for another ('k')
+ * or end; otherwise it ends, and the server makes another when it needs one.  Serving
+ * calls one after another without a fork matters under gVisor, where a fork costs 5-8 ms of
+ * the sandbox's CPU and slows the call that runs meanwhile. */
+static void worker(int s, const char *id, int server) {
+    pid_t server_pid = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);   /* no idle worker outlives its server, which init replaces */
+    close_other_fds(s, server);   /* the server's ends of the other workers' sockets */
+    warm_up();
+    char cwd[PATH_MAX];
+    size_t count = 0;
+    while (environ && environ[count])
+        count++;
+    char **env = calloc(count + 1, sizeof *env);
+    if (!getcwd(cwd, sizeof cwd) || !env)
+        _exit(1);
+    memcpy(env, environ, count * sizeof *env);   /* the strings stay: they are init's */
+    FILE *out = stdout, *err = stderr;
+    worker_pid = getpid();
+    for (int calls = 1;; calls++) {
         int c;
         while ((c = accept4(s, NULL, NULL, SOCK_CLOEXEC)) < 0)
             if (errno != EINTR)
                 usleep(10000);   /* EMFILE and the like: do not spin */
         prctl(PR_SET_PDEATHSIG, 0);   /* a call under way finishes whatever happens to the server */
-        if (write(p[1], "x", 1) < 0) { /* the server is gone: serve anyway */ }
-        close(p[1]);
-        close(s);
-        _exit(serve_one(c, id));
+        if (write(server, "t", 1) < 0) { /* the server is gone: serve anyway */ }
+        sigjmp_buf done;
+        if (sigsetjmp(done, 1) == 0) {
+            call_done = &done;
+            keep_worker = 1;
+            serve_one(c, id);   /* returns only when the call was refused or its connection broke */
+        }
+        call_done = NULL;
+        char verdict = 0;
+        if (!keep_worker || calls >= WORKER_CALLS || write(server, "f", 1) != 1 || read(server, &verdict, 1) != 1 ||
+            verdict != 'k')
+            _exit(0);
+        after_call(s, server, cwd, env, out, err);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != server_pid)
+            _exit(0);
     }
-    close(p[1]);
-    *taken = pid < 0 ? -1 : p[0];
-    if (pid < 0)
-        close(p[0]);
-    return pid;
 }
 
 /* The control socket, listening; -1 (and why, on stderr) if it cannot be made. */
@@ -987,12 +1095,15 @@ static int listen_on(const char *path) {
     return s;
 }
 
-/* The control server on listening socket `s`.  It keeps SPARES workers waiting, but makes
- * the replacement for one that took a call only after REFILL_MS (or at once when none is
- * left): a fork costs several milliseconds of the sandbox's CPU under gVisor, which the call
- * that just started should not have to share. */
+/* The control server on listening socket `s`.  It keeps SPARES workers waiting.  When one
+ * takes a call, the replacement is made only after REFILL_MS (at once when none is left):
+ * the call usually ends before, and its worker waits again, so that calls one after another
+ * cost no fork at all. */
 #define SPARES 2
 #define REFILL_MS 100
+#define MAX_WORKERS 1024
+
+enum { IDLE, BUSY, ENDING };
 
 static pid_t start_server(int s, const char *id) {
     pid_t init = getpid();
@@ -1000,7 +1111,7 @@ static pid_t start_server(int s, const char *id) {
     if (pid != 0)
         return pid;
     /* Ends with init: in a container that is the container's end anyway, but init may run
-     * elsewhere (the unit tests run it on the host), and its spares end with it in turn. */
+     * elsewhere (the unit tests run it on the host), and its workers end with it in turn. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != init)
         _exit(0);
@@ -1009,32 +1120,53 @@ static pid_t start_server(int s, const char *id) {
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGCHLD, SIG_IGN);   /* workers reap themselves */
     signal(SIGPIPE, SIG_IGN);
-    struct pollfd waiting[SPARES];
-    int idle = 0;
+    static struct pollfd workers[MAX_WORKERS];
+    static int state[MAX_WORKERS];
+    int count = 0, idle = 0;
     long long refill_at = 0;
     for (;;) {
-        while (idle < SPARES && (idle == 0 || now_ns() >= refill_at)) {
-            if (spare_worker(s, id, &waiting[idle].fd) < 0) {
+        while (idle < SPARES && count < MAX_WORKERS && (idle == 0 || now_ns() >= refill_at)) {
+            int pair[2];
+            pid_t w = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0 ? -1 : fork();
+            if (w == 0) {
+                close(pair[0]);
+                worker(s, id, pair[1]);
+            }
+            if (w < 0) {
                 sleep(1);   /* out of processes: the workload's task limit; try again */
                 continue;
             }
-            waiting[idle++].events = POLLIN;
+            close(pair[1]);
+            workers[count] = (struct pollfd){.fd = pair[0], .events = POLLIN};
+            state[count++] = IDLE;
+            idle++;
         }
         long long wait_ms = idle < SPARES ? (refill_at - now_ns()) / 1000000 + 1 : -1;
-        if (poll(waiting, (nfds_t)idle, (int)wait_ms) <= 0)
+        if (poll(workers, (nfds_t)count, (int)wait_ms) <= 0)
             continue;
-        for (int i = 0; i < idle;) {
-            if (!waiting[i].revents) {
-                i++;
+        for (int i = 0; i < count; i++) {
+            if (!workers[i].revents)
                 continue;
+            char said;
+            ssize_t n = read(workers[i].fd, &said, 1);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n == 1 && said == 't') {
+                idle -= state[i] == IDLE;
+                state[i] = BUSY;
+                refill_at = now_ns() + REFILL_MS * 1000000LL;
+            } else if (n == 1 && said == 'f') {
+                int keep = idle < SPARES;   /* enough are waiting: this one ends */
+                state[i] = keep ? IDLE : ENDING;
+                idle += keep;
+                if (write(workers[i].fd, keep ? "k" : "x", 1) < 0) { /* it died: EOF follows */ }
+            } else {   /* EOF: it ended, or something killed it */
+                idle -= state[i] == IDLE;
+                close(workers[i].fd);
+                workers[i] = workers[--count];
+                state[i] = state[count];
+                i--;
             }
-            /* A byte: it took a connection.  EOF: it died waiting (killed). Either way, replace it. */
-            char byte;
-            if (read(waiting[i].fd, &byte, 1) < 0 && errno == EINTR)
-                continue;
-            close(waiting[i].fd);
-            waiting[i] = waiting[--idle];
-            refill_at = now_ns() + REFILL_MS * 1000000LL;
         }
     }
 }

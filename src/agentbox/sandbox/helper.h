@@ -22,6 +22,7 @@ int read_exactly(int fd, char *buf, size_t len);
 long long now_ns(void);
 void close_other_fds(int keep1, int keep2);
 void apply_task_limit(void);
+const char *command_path(const char *name, char *buf, size_t size);
 int exec_result(int ep, pid_t child);
 
 /* processes.c: background processes that outlive the call that started them. */

@@ -29,6 +29,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -378,6 +379,8 @@ static void run_shim(char **cmd, int want_stdin, int cols, int rows, const char 
     }
     if (pipe2(ep, O_CLOEXEC) < 0)
         shim_fail(report, errno, "starting", cmd[0]);
+    char path[PATH_MAX];
+    const char *file = command_path(cmd[0], path, sizeof path);
     pid_t child = fork();
     if (child == 0) {
         setsid();   /* its own session and group: signals and DELETE reach all of it */
@@ -394,7 +397,7 @@ static void run_shim(char **cmd, int want_stdin, int cols, int rows, const char 
         for (int fd = 0; fd < 3; fd++)
             if (child_fds[fd] != fd && dup2(child_fds[fd], fd) < 0)
                 goto failed;
-        execvp(cmd[0], cmd);
+        execvp(file, cmd);
     failed:;
         int e = errno;
         if (write(ep[1], &e, sizeof e) < 0) { /* the shim reports a start without an answer */ }
