@@ -171,7 +171,7 @@ class Client:
             response.read()
             response.close()
             _raise_for_status(response)
-        return _events(response, parse)
+        return EventStream(response, parse)
 
     def read_file(self, workspace_id: str, path: str) -> bytes:
         """A file's content (a directory: see `read_path`). Raises APIError: 404 when it does not exist."""
@@ -280,13 +280,24 @@ def _stream_event(response: httpx.Response, line: str) -> ExecStreamEvent:
         raise APIError(response.status_code, f"the server streamed a line that is not an exec event: {exc}") from None
 
 
-def _events(response: httpx.Response, parse: Callable[[httpx.Response, str], Event]) -> Iterator[Event]:
-    try:
-        for line in response.iter_lines():
-            if line:
-                yield parse(response, line)
-    finally:
-        response.close()
+class EventStream(Iterator[Event]):
+    """The events of a streamed answer, as they come. `close()` ends the request, read or not (closing
+    a generator that was never started would not run its clean-up: the request would stay open)."""
+
+    def __init__(self, response: httpx.Response, parse: Callable[[httpx.Response, str], Event]) -> None:
+        self._response = response
+        self._events = (parse(response, line) for line in response.iter_lines() if line)
+
+    def __next__(self) -> Event:
+        try:
+            return next(self._events)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._events.close()
+        self._response.close()
 
 
 def _watch_event(_response: httpx.Response, line: str) -> WatchEventOut:

@@ -308,7 +308,7 @@ class WorkspaceManager:
             raise BadRequest(f"provider {name!r} is not available: {self.unavailable[name]}")
         raise BadRequest(f"unknown provider {name!r}: use one of {', '.join(sorted(self.providers))}")
 
-    def watch(self, owner: str, workspace_id: str, path: str, recursive: bool) -> Iterator[WatchEvent]:
+    def watch(self, owner: str, workspace_id: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         provider, ref = self._target(owner, workspace_id)
         if not provider.capabilities().watch:
             raise BadRequest(f"this workspace's provider ({provider.name}) cannot watch files")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import posixpath
 import secrets
 import threading
 import time
@@ -38,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from agentbox.errors import AgentboxError, FileError
-from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileStat, WorkspaceSpec
+from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileStat, WatchEvent, WorkspaceSpec
 from agentbox.providers.docker import DockerProvider, install_helper
 from agentbox.providers.docker.disks import Disks
 
@@ -73,6 +74,45 @@ class Sandbox:
         }
 
 
+_EVENT_TYPES = {
+    "create": F.EventType.CREATE,
+    "write": F.EventType.WRITE,
+    "remove": F.EventType.REMOVE,
+    "rename": F.EventType.RENAME,
+    "chmod": F.EventType.CHMOD,
+}
+
+
+@dataclass
+class Watcher:
+    """An envd watcher: events kept until the SDK asks for them (GetWatcherEvents), as envd does."""
+
+    path: str
+    source: Iterator[WatchEvent | None]
+    stopped: threading.Event = field(default_factory=threading.Event)
+    _events: list[F.FilesystemEvent] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self) -> None:
+        try:
+            for event in self.source:  # a None every 2 s at most: the chance to stop
+                if self.stopped.is_set():
+                    return
+                if event is not None:
+                    name = posixpath.relpath(event.path, self.path)
+                    with self._lock:
+                        self._events.append(F.FilesystemEvent(name=name, type=_EVENT_TYPES[event.type]))
+        finally:
+            close = getattr(self.source, "close", None)
+            if close is not None:
+                close()
+
+    def take(self) -> list[F.FilesystemEvent]:
+        with self._lock:
+            taken, self._events = self._events, []
+        return taken
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"code": status, "message": message}, status_code=status)
 
@@ -89,6 +129,7 @@ class E2BStandIn:
     port: int = field(default_factory=free_port)
     api_key: str = field(default_factory=lambda: "e2b_" + secrets.token_hex(16))
     sandboxes: dict[str, Sandbox] = field(default_factory=dict)
+    watchers: dict[str, Watcher] = field(default_factory=dict)
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(100))
     _server: uvicorn.Server | None = None
     _app: Any = None
@@ -105,6 +146,7 @@ class E2BStandIn:
             disks=Disks(self.data_dir / "disks", "1000:1000"),
             helper=install_helper(self.data_dir / "bin"),
             instance="e2b-standin",
+            control_root=self.data_dir / "run",  # as envd would: a channel that ends what the client leaves
         )
 
     @property
@@ -278,6 +320,32 @@ class E2BStandIn:
                     ]
                 )
 
+            async def create_watcher(self, request: F.CreateWatcherRequest, ctx: Any) -> F.CreateWatcherResponse:
+                ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
+                try:
+                    events = await asyncio.to_thread(standin.provider.watch, ref, request.path, request.recursive)
+                except AgentboxError as exc:
+                    raise _connect_error(exc) from None
+                watcher = Watcher(request.path, events)
+                threading.Thread(target=watcher.run, daemon=True).start()
+                watcher_id = secrets.token_hex(8)
+                standin.watchers[watcher_id] = watcher
+                return F.CreateWatcherResponse(watcher_id=watcher_id)
+
+            async def get_watcher_events(
+                self, request: F.GetWatcherEventsRequest, ctx: Any
+            ) -> F.GetWatcherEventsResponse:
+                watcher = standin.watchers.get(request.watcher_id)
+                if watcher is None:
+                    raise ConnectError(Code.NOT_FOUND, f"watcher {request.watcher_id} not found")
+                return F.GetWatcherEventsResponse(events=watcher.take())
+
+            async def remove_watcher(self, request: F.RemoveWatcherRequest, ctx: Any) -> F.RemoveWatcherResponse:
+                watcher = standin.watchers.pop(request.watcher_id, None)
+                if watcher is not None:
+                    watcher.stopped.set()
+                return F.RemoveWatcherResponse()
+
             async def remove(self, request: F.RemoveRequest, ctx: Any) -> F.RemoveResponse:
                 ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
                 argv = ["rm", "-rf", request.path]
@@ -328,6 +396,8 @@ class E2BStandIn:
             self._server = None
 
     def stop(self) -> None:
+        for watcher in self.watchers.values():
+            watcher.stopped.set()
         for sandbox_id in list(self.sandboxes):
             self.provider.destroy(self._ref(sandbox_id))
         self.sandboxes.clear()

@@ -86,6 +86,22 @@ def test_output_resumes_exactly_where_the_client_left(alice: Client, docker_work
     assert alice.process(workspace_id, started.pid).exit_code == 0
 
 
+def test_a_follower_of_a_quiet_process_ends_when_its_client_leaves(
+    alice: Client, docker_workspace: WorkspaceOut
+) -> None:
+    workspace_id = docker_workspace.id
+    quiet = alice.start_process(workspace_id, "echo once; sleep 600")
+    # Readers of its output file: its supervisor, and each follower the helper serves.
+    readers = f"ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c 'procs/{quiet.pid}/out' || true"
+    alone = int(alice.exec(workspace_id, readers).stdout)
+    events = alice.process_output(workspace_id, quiet.pid, follow=True)
+    assert text_of(itertools.islice(events, 1)) == "once\n"
+    assert int(alice.exec(workspace_id, readers).stdout) == alone + 1
+    events.close()
+    eventually(lambda: int(alice.exec(workspace_id, readers).stdout) == alone, timeout=20)
+    assert alice.process(workspace_id, quiet.pid).status == "running"  # the process itself goes on
+
+
 def test_processes_outlive_a_killed_server(tmp_path: Path) -> None:
     with own_server(tmp_path) as server:
         with server.client() as client:

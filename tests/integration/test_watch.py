@@ -1,4 +1,5 @@
-"""Watching a directory in real gVisor and runc workspaces: it sees what commands do there."""
+"""Watching a directory in real gVisor, runc and E2B workspaces: it sees what commands do there, and ends when
+its client leaves."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from agentbox.client import APIError, Client
 from agentbox.schemas import WatchEventOut, WorkspaceOut
 
+from .conftest import eventually
+
 
 def collect(events: Iterator[WatchEventOut], found: list[WatchEventOut], until: str) -> None:
     for event in events:
@@ -18,8 +21,8 @@ def collect(events: Iterator[WatchEventOut], found: list[WatchEventOut], until: 
             return
 
 
-def test_watch_sees_files_created_by_commands(alice: Client, docker_workspace: WorkspaceOut) -> None:
-    workspace_id = docker_workspace.id
+def test_watch_sees_files_created_by_commands(alice: Client, workspace: WorkspaceOut) -> None:
+    workspace_id = workspace.id
     alice.exec(workspace_id, "mkdir -p /workspace/watched/deep")
     # It returns once the watch is in place: nothing done after it is missed.
     events = alice.watch(workspace_id, "/workspace/watched", recursive=True)
@@ -40,12 +43,25 @@ def test_watch_sees_files_created_by_commands(alice: Client, docker_workspace: W
     assert ("create", "/workspace/watched/last.txt") in seen
 
 
-def test_watch_refuses_what_it_cannot_watch(alice: Client, docker_workspace: WorkspaceOut) -> None:
+def test_watch_refuses_what_it_cannot_watch(alice: Client, workspace: WorkspaceOut) -> None:
     for path, status in (("/workspace/no-such-dir", 404), ("relative", 422)):
         with pytest.raises(APIError) as refused:
-            alice.watch(docker_workspace.id, path)
+            alice.watch(workspace.id, path)
         assert refused.value.status_code == status
-    alice.exec(docker_workspace.id, "touch /workspace/plain-file")
+    alice.exec(workspace.id, "touch /workspace/plain-file")
     with pytest.raises(APIError) as not_a_dir:
-        alice.watch(docker_workspace.id, "/workspace/plain-file")
+        alice.watch(workspace.id, "/workspace/plain-file")
     assert not_a_dir.value.status_code == 404
+
+
+# inotify instances in the workspace (the helper's watch holds one; under E2B, the one envd's stand-in holds).
+INOTIFY = "ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c inotify || true"
+
+
+def test_a_watch_ends_when_its_client_leaves(alice: Client, workspace: WorkspaceOut) -> None:
+    """Even when nothing happens in the directory: a watch never outlives the client that asked for it."""
+    alice.exec(workspace.id, "mkdir -p /workspace/quiet")
+    events = alice.watch(workspace.id, "/workspace/quiet")
+    assert alice.exec(workspace.id, INOTIFY).stdout.strip() == "1"
+    events.close()
+    eventually(lambda: alice.exec(workspace.id, INOTIFY).stdout.strip() == "0", timeout=20)

@@ -110,15 +110,21 @@ def test_output_records_are_read_from_where_the_helper_started() -> None:
     events = list(HelperProcesses(helper).output(4, offset=3))
     assert helper.invocations[0].argv == ["output", "4", "3"]
     assert events[0] == OutputDropped(3, 10)
-    assert events[1:3] == [ProcessOutput("stdout", 10, b"abc"), ProcessOutput("stderr", 13, b"de")]
-    assert events[3:5] == [OutputDropped(15, 40), ProcessOutput("stdout", 40, b"f")]
-    assert isinstance(events[5], ProcessEnded) and events[5].exit_code == 0
+    # The keep-alive between them is a None: the caller's chance to see that its client left.
+    assert events[1:4] == [ProcessOutput("stdout", 10, b"abc"), None, ProcessOutput("stderr", 13, b"de")]
+    assert events[4:6] == [OutputDropped(15, 40), ProcessOutput("stdout", 40, b"f")]
+    assert isinstance(events[6], ProcessEnded) and events[6].exit_code == 0
 
 
 def test_watch_records_become_events() -> None:
     chunks = [b"create /w/a\0wr", b"ite /w/a\0\0remove /w/a b\nc\0bogus x\0"]
     events = list(_watch_events(_records(iter(chunks))))
-    assert [(e.type, e.path) for e in events] == [("create", "/w/a"), ("write", "/w/a"), ("remove", "/w/a b\nc")]
+    assert [(e.type, e.path) if e else None for e in events] == [
+        ("create", "/w/a"),
+        ("write", "/w/a"),
+        None,  # the helper's keep-alive
+        ("remove", "/w/a b\nc"),
+    ]
 
 
 def test_a_follower_whose_sandbox_went_away_is_told_so_with_where_to_resume() -> None:

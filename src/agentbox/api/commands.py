@@ -5,10 +5,11 @@ from collections.abc import Iterator
 from typing import Literal
 
 from fastapi import APIRouter
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
 from agentbox.api.ndjson import guarded_lines, json_line
+from agentbox.api.streaming import ClosingStreamingResponse
 from agentbox.providers.base import ExecEvent, ExecResult, Exit, OutputLimit, TextDecoder
 from agentbox.schemas import ExecIn, ExecOut, ExitEvent, OutputEvent
 
@@ -29,7 +30,7 @@ async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner
     if len(result.stdout) + len(result.stderr) <= TEXT_PIECE:
         return Response(b"".join(exec_json(result)), media_type="application/json")
     # Encoded piece by piece: as one JSON document, 10 MiB of control characters would take 60.
-    return StreamingResponse(exec_json(result), media_type="application/json")
+    return ClosingStreamingResponse(exec_json(result), media_type="application/json")
 
 
 def exec_json(result: ExecResult) -> Iterator[bytes]:
@@ -51,7 +52,7 @@ def exec_json(result: ExecResult) -> Iterator[bytes]:
 
 
 @router.post("/exec/stream", responses={200: {"content": {"application/x-ndjson": {}}}})
-async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> StreamingResponse:
+async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> ClosingStreamingResponse:
     """Run a command and stream its output as it comes, as NDJSON.
 
     Each line is `{"stream": "stdout"|"stderr", "data": ...}`; the last is the exit
@@ -60,7 +61,9 @@ async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner)
     stream starts are as for exec: 404, 409, 422.
     """
     events = await in_thread(mgr.exec_stream, who, workspace_id, body.to_command())
-    return StreamingResponse(ndjson_lines(events, mgr.settings.exec_output_limit), media_type="application/x-ndjson")
+    return ClosingStreamingResponse(
+        ndjson_lines(events, mgr.settings.exec_output_limit), media_type="application/x-ndjson"
+    )
 
 
 def ndjson_lines(events: Iterator[ExecEvent], limit: int) -> Iterator[bytes]:

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import anyio.from_thread
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from agentbox.api.dependencies import Manager, Owner, WorkspacePath, in_thread
 from agentbox.api.ndjson import guarded_lines, json_line
+from agentbox.api.streaming import ClosingStreamingResponse
 from agentbox.errors import PayloadTooLarge
 from agentbox.schemas import DirEntryOut, DirListing, WatchEventOut, WriteResult
 
@@ -38,7 +39,7 @@ async def read_file(workspace_id: str, path: WorkspacePath, mgr: Manager, who: O
     headers = {"Content-Length": str(stat.size), "X-File-Mode": f"{stat.mode:o}"}
     if stat.size <= IN_ONE_PIECE:
         return Response(await in_thread(b"".join, body), media_type="application/octet-stream", headers=headers)
-    return StreamingResponse(body, media_type="application/octet-stream", headers=headers)
+    return ClosingStreamingResponse(body, media_type="application/octet-stream", headers=headers)
 
 
 @router.put("/files", response_model=WriteResult)
@@ -84,14 +85,14 @@ async def write_file(
 
 
 @router.get("/archive", response_model=None, responses={200: {"content": {"application/x-tar": {}}}})
-async def read_archive(workspace_id: str, path: WorkspacePath, mgr: Manager, who: Owner) -> StreamingResponse:
+async def read_archive(workspace_id: str, path: WorkspacePath, mgr: Manager, who: Owner) -> ClosingStreamingResponse:
     """Stream a directory as an uncompressed tar archive, its entries relative to it.
 
     Errors: 400 when the provider cannot move archives (E2B: use /files), 404 when the
     workspace is not yours or the path does not exist, 409 when the workspace is not running.
     """
     body = await in_thread(mgr.read_archive, who, workspace_id, path)
-    return StreamingResponse(body, media_type="application/x-tar")
+    return ClosingStreamingResponse(body, media_type="application/x-tar")
 
 
 @router.put("/archive", status_code=204)
@@ -113,7 +114,7 @@ async def watch(
     mgr: Manager,
     who: Owner,
     recursive: Annotated[bool, Query(description="also what happens in its subdirectories")] = False,
-) -> StreamingResponse:
+) -> ClosingStreamingResponse:
     """Stream what happens under a directory from now on, as NDJSON `{"type", "path"}` lines
     (type: create, write, remove, rename, chmod), until you leave or the directory goes.
 
@@ -121,8 +122,10 @@ async def watch(
     exist, 400 when the provider cannot watch files, 409 when the workspace is not running.
     """
     events = await in_thread(mgr.watch, who, workspace_id, path, recursive)
-    lines = (json_line(WatchEventOut(type=e.type, path=e.path)) for e in events)
-    return StreamingResponse(guarded_lines(lines, events), media_type="application/x-ndjson")
+    # A quiet watch still hands the response an empty piece now and then: the point where a client
+    # that left is noticed, and the watch in the sandbox ends.
+    lines = (json_line(WatchEventOut(type=e.type, path=e.path)) if e else b"" for e in events)
+    return ClosingStreamingResponse(guarded_lines(lines, events), media_type="application/x-ndjson")
 
 
 def sync_chunks(stream: AsyncIterator[bytes], limit: int) -> Iterator[bytes]:

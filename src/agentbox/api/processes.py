@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import StreamingResponse
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
 from agentbox.api.files import sync_chunks
 from agentbox.api.ndjson import guarded_lines, json_line
+from agentbox.api.streaming import ClosingStreamingResponse
 from agentbox.errors import Conflict
 from agentbox.process_schemas import (
     OutputDroppedEvent,
@@ -64,7 +64,7 @@ async def process_output(
     who: Owner,
     offset: Annotated[int, Query(ge=0, description="the byte to start from (a line's next_offset)")] = 0,
     follow: Annotated[bool, Query(description="wait for more output until the process ends")] = False,
-) -> StreamingResponse:
+) -> ClosingStreamingResponse:
     """Its output from `offset` as NDJSON: `{"stream", "offset", "next_offset", "data"}` lines.
 
     A `{"dropped": true, ...}` line comes first when output from `offset` is no longer kept
@@ -74,7 +74,7 @@ async def process_output(
     """
     table = await in_thread(mgr.processes, who, workspace_id)
     events = await in_thread(table.output, pid, offset, follow)
-    return StreamingResponse(output_lines(events), media_type="application/x-ndjson")
+    return ClosingStreamingResponse(output_lines(events), media_type="application/x-ndjson")
 
 
 @router.post("/{pid}/stdin", status_code=204)
@@ -124,14 +124,17 @@ async def kill_process(workspace_id: str, pid: int, mgr: Manager, who: Owner) ->
     return Response(status_code=204)
 
 
-def output_lines(events: Iterator[ProcessEvent]) -> Iterator[bytes]:
+def output_lines(events: Iterator[ProcessEvent | None]) -> Iterator[bytes]:
     """Process output events as NDJSON lines, text cut only between UTF-8 characters."""
     return guarded_lines(_output_lines(events), events)
 
 
-def _output_lines(events: Iterator[ProcessEvent]) -> Iterator[bytes]:
+def _output_lines(events: Iterator[ProcessEvent | None]) -> Iterator[bytes]:
     held: ProcessOutput | None = None  # the start of a character whose rest is in the next piece
     for event in events:
+        if event is None:
+            yield b""  # nothing new: where a client that left is noticed (see ClosingStreamingResponse)
+            continue
         if isinstance(event, ProcessOutput):
             if held is not None and held.stream == event.stream:
                 event = ProcessOutput(event.stream, held.offset, held.data + event.data)

@@ -29,6 +29,7 @@ router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/processes/{pid}/ter
 
 TOKEN_SECONDS = 60
 _ALGORITHM = "HS256"
+_END = object()  # what next() gives once the output has ended (None means "nothing new")
 
 
 class TerminalToken(BaseModel):
@@ -71,17 +72,17 @@ async def terminal(websocket: WebSocket, workspace_id: str, pid: int, offset: in
         tasks.cancel_scope.cancel()
 
 
-async def _send_output(websocket: WebSocket, events: Iterator[ProcessEvent]) -> None:
+async def _send_output(websocket: WebSocket, events: Iterator[ProcessEvent | None]) -> None:
     while True:
-        # Abandoned on cancel: the helper's keep-alive wakes the thread within seconds and the
-        # dropped generator then closes its call.
+        # Abandoned on cancel: the helper's keep-alive (a None) wakes the thread within seconds and
+        # the dropped generator then closes its call.
         try:
-            event = await anyio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)
+            event = await anyio.to_thread.run_sync(next, events, _END, abandon_on_cancel=True)
         except AgentboxError as exc:  # the sandbox went away: say so rather than drop the line
             await websocket.send_text(json.dumps({"error": exc.detail}))
             await websocket.close(code=1011)
             return
-        if event is None:
+        if event is _END:
             break
         if isinstance(event, ProcessOutput):
             await websocket.send_bytes(event.data)

@@ -268,9 +268,11 @@ class Provider(abc.ABC):
     def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
         """Unpack a tar stream into the directory `path`, creating it if needed."""
 
-    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent]:
+    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         """Events under the directory `path` from now on, until the iterator is closed (or the directory
-        goes). Returns once the watch is in place; FileError for a path that is not a directory."""
+        goes), and a None every few seconds at most when nothing happened: the caller's chance to notice
+        that its own client left, and close the iterator, when nothing would happen for hours. Returns
+        once the watch is in place; FileError for a path that is not a directory."""
         raise BadRequest(f"the {self.name} provider cannot watch files")
 
     def processes(self, ref: str) -> ProcessTable:

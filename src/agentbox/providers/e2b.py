@@ -15,6 +15,7 @@ How agentbox's model maps onto E2B's (docs in the README, "Providers"):
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import queue
 import shlex
 import tempfile
@@ -28,7 +29,7 @@ from typing import IO, Any
 
 import e2b
 import httpx
-from e2b import CommandHandle, Sandbox, SandboxQuery, SandboxState
+from e2b import CommandHandle, Sandbox, SandboxQuery, SandboxState, WatchHandle
 
 from agentbox.errors import BadRequest, FileError, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.providers.base import (
@@ -44,6 +45,7 @@ from agentbox.providers.base import (
     Provider,
     ProviderState,
     Resources,
+    WatchEvent,
     WorkspaceSpec,
     signal_of,
 )
@@ -53,6 +55,7 @@ INSTANCE_KEY = "agentbox.instance"
 MAX_TIMEOUT = 24 * 3600  # E2B's longest sandbox lifetime, in seconds
 RENEW_SLACK = 3600  # renew once an hour at most, not every round
 _TYPES: dict[str, EntryType] = {"file": "file", "dir": "dir"}
+WATCH_POLL_SECONDS = 0.1  # how often a watch asks envd for new events
 
 
 @contextmanager
@@ -113,6 +116,21 @@ def _relayed(events: queue.Queue[ExecEvent | BaseException], handle: CommandHand
                 handle.kill()
 
 
+def _watch_events(handle: WatchHandle, path: str) -> Iterator[WatchEvent | None]:
+    try:
+        while True:
+            with e2b_errors("watching the directory", path):
+                events = handle.get_new_events()
+            for event in events:
+                yield WatchEvent(event.type.value, posixpath.join(path, event.name))
+            if not events:
+                yield None
+                time.sleep(WATCH_POLL_SECONDS)
+    finally:
+        with contextlib.suppress(Exception):  # gone with its sandbox, or E2B is unreachable: nothing to stop
+            handle.stop()
+
+
 class E2BProvider(Provider):
     name = "e2b"
 
@@ -130,6 +148,7 @@ class E2BProvider(Provider):
             isolation="E2B sandbox (Firecracker microVM)",
             sized_per_request=False,
             network_policies=frozenset({"egress", "none"}),  # "none": the SDK's allow_internet_access=False
+            watch=True,
         )
 
     def resources(self, ref: str) -> Resources:
@@ -302,6 +321,12 @@ class E2BProvider(Provider):
             self._run(ref, f"mkdir -p {shlex.quote(path)} && tar -C {shlex.quote(path)} -xf {archive}")
         finally:
             self._run(ref, f"rm -f {archive}")
+
+    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
+        """Through envd's watcher, which keeps the events until asked (the SDK's `watch_dir`)."""
+        with e2b_errors("watching the directory", path):
+            handle = self._sandbox(ref).files.watch_dir(path, recursive=recursive)
+        return _watch_events(handle, path)
 
     # Helpers
 

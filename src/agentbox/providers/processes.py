@@ -92,10 +92,11 @@ class ProcessTable(Protocol):
 
     def get(self, pid: int) -> ProcessInfo: ...
 
-    def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent]:
+    def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent | None]:
         """Its output from byte `offset` (OutputDropped first if some of that is gone), then ProcessEnded
         if it has ended. With `follow`, waits for more until it ends (the caller closes the iterator
-        to stop earlier)."""
+        to stop earlier), with a None every few seconds at most while nothing comes: the caller's
+        chance to notice that its own client left."""
 
     def write_stdin(self, pid: int, data: Iterable[bytes]) -> int:
         """Send `data` to its stdin; the bytes sent. Conflict when it has no stdin or closed it."""

@@ -172,7 +172,7 @@ class HelperChannel:
             message = errors.decode("utf-8", "replace").strip()[-1000:]
             raise BadRequest(f"unpacking the archive into {path} failed (tar exit {code}): {message}")
 
-    def watch(self, path: str, recursive: bool) -> Iterator[WatchEvent]:
+    def watch(self, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         call = self.transport.call(Invocation(["watch", path, *(["-r"] if recursive else [])]))
         records = _records(_stdout(call))
         first = next(records, b"")
@@ -221,10 +221,12 @@ def _records(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield buffer
 
 
-def _watch_events(records: Iterator[bytes]) -> Iterator[WatchEvent]:
+def _watch_events(records: Iterator[bytes]) -> Iterator[WatchEvent | None]:
     for record in records:
         kind, _, path = record.decode("utf-8", "replace").partition(" ")
-        if kind in WATCH_EVENT_TYPES:
+        if not record:
+            yield None  # the helper's every-2-s sign of life
+        elif kind in WATCH_EVENT_TYPES:
             yield WatchEvent(cast(WatchEventType, kind), path)
 
 

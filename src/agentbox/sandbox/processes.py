@@ -78,7 +78,7 @@ class HelperProcesses:
             raise NotFound(_missing(pid))
         return found[0]
 
-    def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent]:
+    def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent | None]:
         # Started here, not lazily, so that an unknown PID fails before any output is promised.
         call = self.transport.call(Invocation(["output", str(pid), str(offset), *(["-f"] if follow else [])]))
         reader = _Records(call)
@@ -158,7 +158,7 @@ class _Records:
             yield kind, data
 
 
-def _output_events(call: Call, reader: _Records, asked: int, begin: int, follow: bool) -> Iterator[ProcessEvent]:
+def _output_events(call: Call, reader: _Records, asked: int, begin: int, follow: bool) -> Iterator[ProcessEvent | None]:
     offset = begin
     try:
         if begin > asked:
@@ -173,6 +173,8 @@ def _output_events(call: Call, reader: _Records, asked: int, begin: int, follow:
             elif kind in _STREAMS and data:
                 yield ProcessOutput(_STREAMS[kind], offset, data)
                 offset += len(data)
+            elif kind == _KEEPALIVE:
+                yield None
     finally:
         call.close()
     if follow:  # a follower ends with the process, never silently: the sandbox stopped or restarted

@@ -356,7 +356,7 @@ class DockerProvider(Provider):
     def _channel(self, ref: str) -> HelperChannel:
         return HelperChannel(self._transport(ref))
 
-    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent]:
+    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         return self._channel(ref).watch(path, recursive)
 
     def processes(self, ref: str) -> HelperProcesses:
