@@ -139,7 +139,10 @@ runsc_path=$(command -v runsc)
 # The helper in each workspace serves its control socket on a bind-mounted directory: runsc
 # must let the sandbox make a Unix socket the host can connect to. Builds without the flag
 # (bookworm's 2022 one) leave it out, and the service uses `docker exec` instead.
-if "$runsc_path" flags 2>&1 | grep -q -- '-host-uds '; then
+# (The flags are read whole first: `grep -q` quitting early would kill runsc with SIGPIPE, and
+# under pipefail that read as "no such flag", registering runsc without it now and then.)
+runsc_flags=$("$runsc_path" flags 2>&1 || true)
+if grep -q -- '-host-uds ' <<<"$runsc_flags"; then
     DEFAULT_RUNSC_ARGS="$DEFAULT_RUNSC_ARGS --host-uds=create"
     PTRACE_RUNSC_ARGS="$PTRACE_RUNSC_ARGS --host-uds=create"
 fi

@@ -39,12 +39,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from agentbox.errors import AgentboxError, FileError
-from agentbox.providers.base import DirEntry, ExecRequest, Exit, FileStat, WatchEvent, WorkspaceSpec
+from agentbox.providers.base import DirEntry, ExecRequest, FileStat, WatchEvent, WorkspaceSpec
 from agentbox.providers.docker import DockerProvider, install_helper
 from agentbox.providers.docker.disks import Disks
+from agentbox.sandbox.channel import NO_LIMIT, Invocation
 
 from .conftest import free_port
 
+KILLED = -1  # envd's exit code for a process ended by a signal
 ENVD_VERSION = "0.5.7"  # new enough for streamed (octet-stream) uploads
 DEFAULT_IMAGE = "agentbox/workspace:bookworm"
 
@@ -130,6 +132,7 @@ class E2BStandIn:
     api_key: str = field(default_factory=lambda: "e2b_" + secrets.token_hex(16))
     sandboxes: dict[str, Sandbox] = field(default_factory=dict)
     watchers: dict[str, Watcher] = field(default_factory=dict)
+    processes: dict[int, Any] = field(default_factory=dict)  # envd's PID -> the helper call running it
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(100))
     _server: uvicorn.Server | None = None
     _app: Any = None
@@ -256,46 +259,78 @@ class E2BStandIn:
         standin = self
 
         class Process(process_connect.Process):
+            """Each envd process is a `run` of agentbox's helper in the backing workspace."""
+
             async def start(self, request: P.StartRequest, ctx: Any) -> AsyncIterator[P.StartResponse]:
                 ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
                 config = request.process
-                deadline = ctx.timeout_ms / 1000 if ctx.timeout_ms else None  # envd ends it at the SDK's deadline
-                exec_request = ExecRequest(
-                    argv=[config.cmd, *config.args],
+                seconds = ctx.timeout_ms / 1000 if ctx.timeout_ms else None  # envd ends it at the SDK's deadline
+                argv = ["run", "-m", str(NO_LIMIT), *(["-t", str(seconds)] if seconds else [])]
+                invocation = Invocation(
+                    [*argv, *(["-i"] if request.stdin else []), "--", config.cmd, *config.args],
+                    stdin=request.stdin,
                     cwd=config.cwd or "/workspace",
                     env=dict(config.envs),
-                    timeout=deadline,
                 )
+                try:
+                    call = await asyncio.to_thread(standin.provider._transport(ref).call, invocation)
+                except AgentboxError as exc:
+                    raise _connect_error(exc) from None
+                pid = next(standin._pids)
+                standin.processes[pid] = call
                 events: asyncio.Queue[Any] = asyncio.Queue()
                 loop = asyncio.get_running_loop()
 
-                def run() -> None:
+                def pump() -> None:
                     try:
-                        for event in standin.provider.exec_stream(ref, exec_request):
-                            loop.call_soon_threadsafe(events.put_nowait, event)
-                    except AgentboxError as exc:
+                        for stream, data in call.frames():
+                            loop.call_soon_threadsafe(events.put_nowait, (stream, data))
+                        loop.call_soon_threadsafe(events.put_nowait, call.exit_code())
+                    except (AgentboxError, TimeoutError) as exc:
                         loop.call_soon_threadsafe(events.put_nowait, exc)
+                    except OSError:  # killed (SendSignal closed the call), as envd says it
+                        loop.call_soon_threadsafe(events.put_nowait, KILLED)
 
-                threading.Thread(target=run, daemon=True).start()
-                first = await events.get()
-                if isinstance(first, AgentboxError):
-                    raise _connect_error(first)
-                yield _event("start", P.ProcessEvent.StartEvent(pid=next(standin._pids)))
-                event = first
-                while True:
-                    if isinstance(event, Exit):
-                        end = P.ProcessEvent.EndEvent(
-                            exit_code=event.exit_code, exited=True, status=f"exit status {event.exit_code}"
-                        )
-                        yield _event("end", end)
-                        return
-                    if isinstance(event, AgentboxError):
-                        raise _connect_error(event)
-                    yield _event("data", P.ProcessEvent.DataEvent(output=Oneof(event.stream, event.data)))
-                    event = await events.get()
+                threading.Thread(target=pump, daemon=True).start()
+                try:
+                    yield _event("start", P.ProcessEvent.StartEvent(pid=pid))
+                    while True:
+                        event = await events.get()
+                        if isinstance(event, int):
+                            status = "signal: killed" if event == KILLED else f"exit status {event}"
+                            end = P.ProcessEvent.EndEvent(exit_code=event, exited=event != KILLED, status=status)
+                            yield _event("end", end)
+                            return
+                        if isinstance(event, AgentboxError):
+                            raise _connect_error(event)
+                        if isinstance(event, TimeoutError):
+                            raise ConnectError(Code.DEADLINE_EXCEEDED, "the process passed its deadline")
+                        stream, data = event
+                        output = Oneof("stdout" if stream == 1 else "stderr", data)
+                        yield _event("data", P.ProcessEvent.DataEvent(output=output))
+                finally:
+                    standin.processes.pop(pid, None)
+                    await asyncio.to_thread(call.close)
+
+            def _process(self, selector: P.ProcessSelector) -> Any:
+                call = standin.processes.get(selector.selector.value if selector.selector else -1)
+                if call is None:
+                    raise ConnectError(Code.NOT_FOUND, "process not found")
+                return call
+
+            async def send_input(self, request: P.SendInputRequest, ctx: Any) -> P.SendInputResponse:
+                call = self._process(request.process)
+                await asyncio.to_thread(call.write, request.input.input.value)
+                return P.SendInputResponse()
+
+            async def close_stdin(self, request: P.CloseStdinRequest, ctx: Any) -> P.CloseStdinResponse:
+                await asyncio.to_thread(self._process(request.process).end_input)
+                return P.CloseStdinResponse()
 
             async def send_signal(self, request: P.SendSignalRequest, ctx: Any) -> P.SendSignalResponse:
-                return P.SendSignalResponse()  # the command's own deadline ends it
+                # SIGKILL or SIGTERM: the helper ends the command's group when its call closes.
+                await asyncio.to_thread(self._process(request.process).close)
+                return P.SendSignalResponse()
 
         async def stat(ctx: Any, path: str) -> FileStat | list[DirEntry]:
             ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))

@@ -1,4 +1,4 @@
-"""Background processes over real gVisor and runc workspaces: they outlive the request and the server,
+"""Background processes over real gVisor, runc and E2B workspaces: they outlive the request and the server,
 their output resumes by offset, DELETE leaves no child behind, terminals resize, and bad input is refused."""
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def running_commands(client: Client, workspace_id: str) -> list[str]:
 
 
 def test_a_background_server_answers_commands_and_delete_leaves_no_child(
-    alice: Client, docker_workspace: WorkspaceOut
+    alice: Client, workspace: WorkspaceOut
 ) -> None:
-    workspace_id = docker_workspace.id
+    workspace_id = workspace.id
     serving = alice.start_process(
         workspace_id, "cd /tmp && echo hello > index.html && exec python3 -m http.server 8123", tag="web"
     )
@@ -67,8 +67,8 @@ def test_a_background_server_answers_commands_and_delete_leaves_no_child(
     alice.kill(workspace_id, family.pid)  # killing what has exited is not an error
 
 
-def test_output_resumes_exactly_where_the_client_left(alice: Client, docker_workspace: WorkspaceOut) -> None:
-    workspace_id = docker_workspace.id
+def test_output_resumes_exactly_where_the_client_left(alice: Client, workspace: WorkspaceOut) -> None:
+    workspace_id = workspace.id
     started = alice.start_process(workspace_id, COUNT_SLOWLY)
     received, resume_at = "", 0
     # Leave after three pieces (the request ends: the process must not notice), come back, repeat.
@@ -86,10 +86,8 @@ def test_output_resumes_exactly_where_the_client_left(alice: Client, docker_work
     assert alice.process(workspace_id, started.pid).exit_code == 0
 
 
-def test_a_follower_of_a_quiet_process_ends_when_its_client_leaves(
-    alice: Client, docker_workspace: WorkspaceOut
-) -> None:
-    workspace_id = docker_workspace.id
+def test_a_follower_of_a_quiet_process_ends_when_its_client_leaves(alice: Client, workspace: WorkspaceOut) -> None:
+    workspace_id = workspace.id
     quiet = alice.start_process(workspace_id, "echo once; sleep 600")
     # Readers of its output file: its supervisor, and each follower the helper serves.
     readers = f"ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c 'procs/{quiet.pid}/out' || true"
@@ -117,8 +115,8 @@ def test_processes_outlive_a_killed_server(tmp_path: Path) -> None:
             assert isinstance(events[-1], ProcessExitEvent) and events[-1].exit_code == 0
 
 
-def test_stdin_signals_and_their_refusals(alice: Client, docker_workspace: WorkspaceOut) -> None:
-    workspace_id = docker_workspace.id
+def test_stdin_signals_and_their_refusals(alice: Client, workspace: WorkspaceOut) -> None:
+    workspace_id = workspace.id
     cat = alice.start_process(workspace_id, ["cat"], stdin=True)
     alice.write_stdin(workspace_id, cat.pid, b"first\n")
     alice.write_stdin(workspace_id, cat.pid, b"second\n")
@@ -153,8 +151,8 @@ def test_stdin_signals_and_their_refusals(alice: Client, docker_workspace: Works
     assert missing_program.value.status_code == 400 and "no-such-program" in missing_program.value.detail
 
 
-def test_a_terminal_sees_its_resize(alice: Client, docker_workspace: WorkspaceOut) -> None:
-    workspace_id = docker_workspace.id
+def test_a_terminal_sees_its_resize(alice: Client, workspace: WorkspaceOut) -> None:
+    workspace_id = workspace.id
     shell = alice.start_process(workspace_id, "stty size; read line; stty size", pty={"cols": 100, "rows": 30})
     assert shell.pty is not None and shell.stdin
     eventually(lambda: "30 100" in text_of(alice.process_output(workspace_id, shell.pid)) or None)
@@ -183,8 +181,8 @@ def test_a_stopped_workspace_ends_its_processes_and_says_so(alice: Client) -> No
         alice.delete(workspace.id)
 
 
-def test_output_past_the_kept_amount_says_what_was_dropped(alice: Client, docker_workspace: WorkspaceOut) -> None:
-    workspace_id = docker_workspace.id
+def test_output_past_the_kept_amount_says_what_was_dropped(alice: Client, workspace: WorkspaceOut) -> None:
+    workspace_id = workspace.id
     # 24 MiB of output: more than the 16 MiB (at least) kept.
     flood = alice.start_process(workspace_id, "head -c 25165824 /dev/zero | tr '\\0' x")
     eventually(lambda: alice.process(workspace_id, flood.pid).status == "exited" or None)
@@ -193,16 +191,6 @@ def test_output_past_the_kept_amount_says_what_was_dropped(alice: Client, docker
     assert isinstance(first, OutputDroppedEvent) and first.offset == 0 and first.resumed_at > 0
     kept = sum(len(e.data) for e in events if isinstance(e, ProcessOutputEvent))
     assert kept == 25165824 - first.resumed_at and kept >= 16 << 20
-
-
-def test_a_provider_without_processes_refuses_them(alice: Client) -> None:
-    workspace = alice.create(provider="e2b")
-    try:
-        with pytest.raises(APIError) as refused:
-            alice.start_process(workspace.id, ["true"])
-        assert refused.value.status_code == 400 and "e2b" in refused.value.detail
-    finally:
-        alice.delete(workspace.id)
 
 
 def peak_memory_mib(pid: int) -> float:

@@ -1,4 +1,4 @@
-"""Terminals over a real WebSocket into gVisor and runc workspaces, their authentication, and
+"""Terminals over a real WebSocket into gVisor, runc and E2B workspaces, their authentication, and
 `agentbox ws shell` driven through a real pseudo-terminal."""
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ def read_until(connection: ClientConnection, wanted: bytes, timeout: float = 30)
 
 
 def test_a_terminal_resizes_runs_commands_and_ends_with_its_exit(
-    server: Server, alice: Client, docker_workspace: WorkspaceOut
+    server: Server, alice: Client, workspace: WorkspaceOut
 ) -> None:
-    shell = alice.start_process(docker_workspace.id, ["sh"], pty={"cols": 80, "rows": 24})
-    url = terminal_url(server.url, docker_workspace.id, shell.pid)
+    shell = alice.start_process(workspace.id, ["sh"], pty={"cols": 80, "rows": 24})
+    url = terminal_url(server.url, workspace.id, shell.pid)
     with connect(url, additional_headers={"Authorization": f"Bearer {KEYS['alice']}"}) as terminal:
         terminal.send(json.dumps({"cols": 91, "rows": 37}))
         terminal.send(b"stty size\n")

@@ -233,3 +233,13 @@ def test_every_endpoint_is_described_in_the_docs(app: TestClient) -> None:
     assert len(operations) == 31
     undescribed = [(method, path) for method, path, operation in operations if not operation.get("description")]
     assert undescribed == []
+
+
+def test_a_provider_without_processes_or_watching_refuses_them_by_name(alice: Client) -> None:
+    workspace = alice.create()  # the fake provider has neither
+    started = refused(lambda: alice.start_process(workspace.id, ["true"]))
+    assert started.status_code == 400 and "gvisor" in started.detail
+    listed = refused(lambda: alice.processes(workspace.id))
+    assert listed.status_code == 400
+    watched = refused(lambda: alice.watch(workspace.id, "/workspace"))
+    assert watched.status_code == 400 and "watch" in watched.detail

@@ -104,6 +104,7 @@ int write_all(int fd, const char *buf, size_t len) {
  * socket (see "serve"); -1 under `docker exec`, where fds 1 and 2 are the
  * exec's own streams. */
 int frame_fd = -1;
+static int text_out;   /* see base64_write */
 
 int send_frame(int fd, int kind, const void *data, size_t len) {
     unsigned char head[5] = {(unsigned char)kind, (unsigned char)(len >> 24), (unsigned char)(len >> 16),
@@ -111,9 +112,38 @@ int send_frame(int fd, int kind, const void *data, size_t len) {
     return write_all(fd, (const char *)head, sizeof head) < 0 ? -1 : write_all(fd, data, len);
 }
 
+/* AGENTBOX_TEXT set: stdout carries text only (E2B's SDK decodes a command's output as UTF-8),
+ * so each piece of it goes out as a line of base64. */
+
+static ssize_t base64_write(void *cookie, const char *buf, size_t size) {
+    (void)cookie;
+    static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *in = (const unsigned char *)buf;
+    char *line = malloc((size + 2) / 3 * 4 + 1);
+    if (!line)
+        return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < size; i += 3) {
+        unsigned v = (unsigned)in[i] << 16 | (i + 1 < size ? (unsigned)in[i + 1] << 8 : 0) |
+                     (i + 2 < size ? in[i + 2] : 0);
+        line[n++] = digits[v >> 18 & 63];
+        line[n++] = digits[v >> 12 & 63];
+        line[n++] = i + 1 < size ? digits[v >> 6 & 63] : '=';
+        line[n++] = i + 2 < size ? digits[v & 63] : '=';
+    }
+    line[n++] = '\n';
+    int ok = write_all(1, line, n);
+    free(line);
+    return ok < 0 ? -1 : (ssize_t)size;
+}
+
 /* Output of stream 1 (stdout) or 2 (stderr).  Returns 0, or -1 with errno. */
 int emit(int stream, const char *buf, size_t len) {
-    return frame_fd < 0 ? write_all(stream, buf, len) : send_frame(frame_fd, stream, buf, len);
+    if (frame_fd >= 0)
+        return send_frame(frame_fd, stream, buf, len);
+    if (text_out && stream == 1)
+        return fflush(stdout) == 0 && base64_write(NULL, buf, len) == (ssize_t)len ? 0 : -1;
+    return write_all(stream, buf, len);
 }
 
 /* Set while a control-socket worker serves a call it may outlive (see "serve"). */
@@ -132,6 +162,8 @@ static void leave(int code) {
     }
     if (call_done && getpid() == worker_pid)   /* never in a child the subcommand forked */
         siglongjmp(*call_done, 1);
+    if (text_out)
+        fflush(stdout);
     _exit(code);
 }
 
@@ -1182,6 +1214,15 @@ int main(int argc, char **argv) {
 
     if (argc >= 2 && !strcmp(argv[1], "init"))
         return cmd_init(argc - 1, argv + 1);
+    if (getenv("AGENTBOX_TEXT")) {
+        cookie_io_functions_t io = {.write = base64_write};
+        FILE *text = fopencookie(NULL, "w", io);
+        if (text) {
+            setvbuf(text, NULL, _IOFBF, BUFSZ);
+            stdout = text;
+            text_out = 1;
+        }
+    }
     return argc >= 2 ? dispatch(argc - 1, argv + 1) : usage();
 }
 

@@ -51,13 +51,21 @@ class SocketStream:
         sent = 0
         try:
             for chunk in chunks:
-                self._sock.sendall(chunk)
+                self.write(chunk)
                 sent += len(chunk)
         except BrokenPipeError:
             pass  # the command stopped reading; its exit status says why
+        self.end_input()
+        return sent
+
+    def write(self, data: bytes) -> None:
+        """Part of the command's stdin; BrokenPipeError once it stopped reading."""
+        self._sock.sendall(data)
+
+    def end_input(self) -> None:
+        """Close the command's stdin: it reads the end."""
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
-        return sent
 
     def _recv_exactly(self, size: int) -> bytes | None:
         while len(self._pending) < size:

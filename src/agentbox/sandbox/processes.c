@@ -48,12 +48,17 @@
 
 #include "helper.h"
 
-#define PROCS_DIR "/.agentbox/procs"
+#define PROCS_DIR "/.agentbox/procs"   /* on the workspace's disk; AGENTBOX_PROCS elsewhere (E2B) */
 #define SEGMENT_BYTES (4LL << 20)
 #define KEEP_BYTES (16LL << 20)
 #define MAX_SEGMENTS 64
 #define MAX_META (64 << 10)
 #define KEEPALIVE_NS (2 * NSEC)
+
+static const char *procs_dir(void) {
+    const char *dir = getenv("AGENTBOX_PROCS");
+    return dir && *dir ? dir : PROCS_DIR;
+}
 
 static long long unix_ns(void) {
     struct timespec ts;
@@ -76,7 +81,7 @@ static int proc_dir(const char *arg, char *dir, size_t size, int *pid) {
     struct stat st;
     if (*arg == '\0' || *end || n <= 0 || n > 1 << 30)
         return report_error(EINVAL, "not a process id"), -1;
-    snprintf(dir, size, PROCS_DIR "/%ld", n);
+    snprintf(dir, size, "%s/%ld", procs_dir(), n);
     if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
         return report_error(ENOENT, "no such process"), -1;
     *pid = (int)n;
@@ -327,7 +332,7 @@ static void remove_entry(const char *dir) {
 
 static struct sockaddr_un control_address(int pid) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    snprintf(addr.sun_path, sizeof addr.sun_path, PROCS_DIR "/%d/ctl", pid);
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s/%d/ctl", procs_dir(), pid);
     return addr;
 }
 
@@ -397,6 +402,8 @@ static void run_shim(char **cmd, int want_stdin, int cols, int rows, const char 
         for (int fd = 0; fd < 3; fd++)
             if (child_fds[fd] != fd && dup2(child_fds[fd], fd) < 0)
                 goto failed;
+        unsetenv("AGENTBOX_PROCS");   /* the helper's own settings, not the command's */
+        unsetenv("AGENTBOX_TEXT");
         execvp(file, cmd);
     failed:;
         int e = errno;
@@ -415,7 +422,7 @@ static void run_shim(char **cmd, int want_stdin, int cols, int rows, const char 
         shim_fail(report, exec_errno, "cannot run", cmd[0]);
     if (s.in >= 0)
         fcntl(s.in, F_SETFL, fcntl(s.in, F_GETFL) | O_NONBLOCK);
-    snprintf(s.dir, sizeof s.dir, PROCS_DIR "/%d", (int)child);
+    snprintf(s.dir, sizeof s.dir, "%s/%d", procs_dir(), (int)child);
     remove_entry(s.dir);   /* a process of an earlier boot that had this PID */
     if (mkdir(s.dir, 0700) < 0 || write_small_file(s.dir, "meta", meta) < 0 || (s.listener = listen_here((int)child)) < 0) {
         kill(-child, SIGKILL);
@@ -447,7 +454,7 @@ int cmd_spawn(int argc, char **argv) {
     if (optind >= argc || cols < 0 || rows < 0 || cols > 65535 || rows > 65535 || (cols > 0) != (rows > 0))
         return usage();
     struct stat st;
-    if (stat(PROCS_DIR, &st) < 0 || !S_ISDIR(st.st_mode))
+    if (stat(procs_dir(), &st) < 0 || !S_ISDIR(st.st_mode))
         return report_error(ENOTSUP, "this workspace has no process table (it was made before agentbox had one)");
     int report[2];
     if (pipe2(report, O_CLOEXEC) < 0)
@@ -480,7 +487,7 @@ int cmd_spawn(int argc, char **argv) {
 static int describe(int pid) {
     char dir[128], path[192];
     size_t meta_len = 0, exit_len = 0;
-    snprintf(dir, sizeof dir, PROCS_DIR "/%d", pid);
+    snprintf(dir, sizeof dir, "%s/%d", procs_dir(), pid);
     snprintf(path, sizeof path, "%s/meta", dir);
     char *meta = slurp(path, MAX_META, &meta_len);
     snprintf(path, sizeof path, "%s/exit", dir);
@@ -509,7 +516,7 @@ int cmd_procs(int argc, char **argv) {
         describe(pid);
         return flush_stdout();
     }
-    DIR *d = opendir(PROCS_DIR);
+    DIR *d = opendir(procs_dir());
     struct dirent *de;
     while (d && (de = readdir(d)) != NULL) {
         char *end;
@@ -524,14 +531,14 @@ int cmd_procs(int argc, char **argv) {
 
 /* At boot: whatever has no "exit" ended when the workspace stopped. */
 void procs_mark_stopped(void) {
-    DIR *d = opendir(PROCS_DIR);
+    DIR *d = opendir(procs_dir());
     struct dirent *de;
     char dir[300], path[320], line[96];
     snprintf(line, sizeof line, "-1 %d %lld stopped\n", SIGKILL, unix_ns());
     while (d && (de = readdir(d)) != NULL) {
         if (de->d_name[0] < '0' || de->d_name[0] > '9')
             continue;
-        snprintf(dir, sizeof dir, PROCS_DIR "/%s", de->d_name);
+        snprintf(dir, sizeof dir, "%s/%s", procs_dir(), de->d_name);
         snprintf(path, sizeof path, "%s/exit", dir);
         if (access(path, F_OK) != 0)
             write_small_file(dir, "exit", line);

@@ -28,10 +28,9 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 import e2b
-import httpx
 from e2b import CommandHandle, Sandbox, SandboxQuery, SandboxState, WatchHandle
 
-from agentbox.errors import BadRequest, FileError, ProviderError, ProviderUnavailable, WorkspaceGone
+from agentbox.errors import BadRequest, FileError, WorkspaceGone
 from agentbox.providers.base import (
     TIMEOUT_EXIT_CODE,
     Capabilities,
@@ -49,6 +48,9 @@ from agentbox.providers.base import (
     WorkspaceSpec,
     signal_of,
 )
+from agentbox.providers.e2b.commands import CommandTransport, install
+from agentbox.providers.e2b.errors import e2b_errors
+from agentbox.sandbox.processes import HelperProcesses
 
 WORKSPACE_KEY = "agentbox.workspace.id"
 INSTANCE_KEY = "agentbox.instance"
@@ -68,33 +70,6 @@ def _spooled(data: Iterable[bytes]) -> Iterator[tuple[IO[bytes], int]]:
             size += len(chunk)
         spool.seek(0)
         yield spool, size
-
-
-@contextmanager
-def e2b_errors(what: str, path: str | None = None) -> Iterator[None]:
-    """Turn the SDK's exceptions into provider errors that say what to do."""
-    try:
-        yield
-    except (e2b.SandboxNotFoundException, e2b.SandboxNotRunningException) as exc:
-        raise WorkspaceGone(f"{what}: E2B no longer has the sandbox ({exc})") from None
-    except e2b.FileNotFoundException as exc:
-        raise FileError("ENOENT", str(exc), path or "") from None
-    except e2b.NotEnoughSpaceException as exc:
-        raise FileError("ENOSPC", str(exc), path or "") from None
-    except (e2b.InvalidArgumentException, e2b.TemplateException) as exc:
-        raise BadRequest(f"{what}: E2B refused it: {exc}") from None
-    except e2b.AuthenticationException:
-        raise ProviderError(f"{what}: E2B refused the API key: check E2B_API_KEY") from None
-    except (e2b.RateLimitException, e2b.ServiceBusyException) as exc:
-        raise ProviderUnavailable(f"{what}: E2B is busy or rate-limiting ({exc}); try again shortly") from None
-    except (e2b.TimeoutException, e2b.SandboxUnreachableException) as exc:
-        raise ProviderUnavailable(f"{what}: E2B did not answer in time ({exc}); try again") from None
-    except e2b.SandboxException as exc:
-        if "permission denied" in str(exc).lower():  # envd answers 403, which the SDK does not map
-            raise FileError("EACCES", "permission denied", path or "") from None
-        raise ProviderError(f"{what}: E2B said: {exc}") from None
-    except (httpx.HTTPError, OSError) as exc:  # the API client's (httpx) and envd's transports
-        raise ProviderUnavailable(f"{what}: E2B cannot be reached ({exc}); check E2B_DOMAIN / E2B_API_URL") from None
 
 
 def _relayed(events: queue.Queue[ExecEvent | BaseException], handle: CommandHandle[Any]) -> Iterator[ExecEvent]:
@@ -140,6 +115,7 @@ class E2BProvider(Provider):
         self.default_image = default_image
         self.template = template
         self._connected: dict[str, Sandbox] = {}
+        self._helpers: dict[str, str] = {}  # sandbox -> where agentbox's helper is in it
         self._lock = threading.Lock()
 
     def capabilities(self) -> Capabilities:
@@ -148,6 +124,7 @@ class E2BProvider(Provider):
             isolation="E2B sandbox (Firecracker microVM)",
             sized_per_request=False,
             network_policies=frozenset({"egress", "none"}),  # "none": the SDK's allow_internet_access=False
+            processes=True,
             watch=True,
         )
 
@@ -199,6 +176,7 @@ class E2BProvider(Provider):
     def destroy(self, ref: str) -> None:
         with self._lock:
             self._connected.pop(ref, None)
+            self._helpers.pop(ref, None)
         with e2b_errors("removing the E2B sandbox"), contextlib.suppress(e2b.SandboxNotFoundException):
             Sandbox.kill(ref, **self._opts)
 
@@ -321,6 +299,17 @@ class E2BProvider(Provider):
             self._run(ref, f"mkdir -p {shlex.quote(path)} && tar -C {shlex.quote(path)} -xf {archive}")
         finally:
             self._run(ref, f"rm -f {archive}")
+
+    def processes(self, ref: str) -> HelperProcesses:
+        """agentbox's own process table, kept by its helper in the sandbox (see commands.py)."""
+        sandbox = self._sandbox(ref)
+        with self._lock:
+            helper = self._helpers.get(ref)
+        if helper is None:
+            helper = install(sandbox)
+            with self._lock:
+                self._helpers[ref] = helper
+        return HelperProcesses(CommandTransport(sandbox, helper))
 
     def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         """Through envd's watcher, which keeps the events until asked (the SDK's `watch_dir`)."""

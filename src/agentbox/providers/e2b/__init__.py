@@ -1,0 +1,7 @@
+"""Workspaces as E2B sandboxes: the provider (provider.py), the helper reached through envd's
+commands (commands.py), and the SDK's errors as agentbox's (errors.py)."""
+
+from agentbox.providers.e2b.errors import e2b_errors
+from agentbox.providers.e2b.provider import E2BProvider
+
+__all__ = ["E2BProvider", "e2b_errors"]
