@@ -1,5 +1,6 @@
 """Streamed answers from the provider's (blocking) iterators, closed however the answer ends."""
 
+import inspect
 from collections.abc import Iterator
 
 import anyio
@@ -25,6 +26,9 @@ class ClosingStreamingResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             close = getattr(self._source, "close", None)
-            if close is not None:
+            finished = (
+                inspect.isgenerator(self._source) and inspect.getgeneratorstate(self._source) == inspect.GEN_CLOSED
+            )
+            if close is not None and not finished:  # a finished one costs no thread hop
                 with anyio.CancelScope(shield=True):  # it may block (an E2B watcher is removed over HTTP)
                     await anyio.to_thread.run_sync(close)
