@@ -111,7 +111,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    engine = docker.from_env()
+    engine = docker.from_env(max_pool_size=64)  # the bursts' threads call the same URLs at once
     project = None if args.skip_workloads else download_project()
     results: dict[str, list[float]] = {}
     with (

@@ -30,6 +30,9 @@ from agentbox.reconcile import Reconciler
 from agentbox.store import Store
 
 log = logging.getLogger("agentbox.service")
+#: Connections kept per Engine API URL: as many as the API has worker threads (api/app.py), which
+#: may all call the engine at once.
+ENGINE_CONNECTIONS = 400
 
 
 class StartupError(AgentboxError):
@@ -107,7 +110,10 @@ class Service:
         """`gvisor` (runsc, or its fallback) and `docker` (runc) on the engine at DOCKER_HOST, sharing one network."""
         settings = self.settings
         try:
-            self.docker_client = docker.from_env(timeout=120)
+            # docker-py keeps a pool per URL, of 10 connections by default; past that, concurrent calls to
+            # one URL (a burst of creates) overflow it, and the warning it then logs can crash on a pool
+            # closed meanwhile (urllib3: 'NoneType' has no attribute 'qsize'). Room for every thread.
+            self.docker_client = docker.from_env(timeout=120, max_pool_size=ENGINE_CONNECTIONS)
             self.docker_client.ping()
             self.runtime = choose_runtime(
                 self.docker_client, settings.gvisor_runtime, settings.gvisor_fallback_runtime, settings.probe_timeout

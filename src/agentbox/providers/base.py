@@ -270,7 +270,7 @@ class Provider(abc.ABC):
 
     def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         """Events under the directory `path` from now on, until the iterator is closed (or the directory
-        goes), and a None every few seconds at most when nothing happened: the caller's chance to notice
+        goes), and a None after every few seconds in which nothing happened: the caller's chance to notice
         that its own client left, and close the iterator, when nothing would happen for hours. Returns
         once the watch is in place; FileError for a path that is not a directory."""
         raise BadRequest(f"the {self.name} provider cannot watch files")

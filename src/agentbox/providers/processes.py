@@ -95,7 +95,7 @@ class ProcessTable(Protocol):
     def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent | None]:
         """Its output from byte `offset` (OutputDropped first if some of that is gone), then ProcessEnded
         if it has ended. With `follow`, waits for more until it ends (the caller closes the iterator
-        to stop earlier), with a None every few seconds at most while nothing comes: the caller's
+        to stop earlier), with a None after every few seconds in which nothing came: the caller's
         chance to notice that its own client left."""
 
     def write_stdin(self, pid: int, data: Iterable[bytes]) -> int:

@@ -58,6 +58,7 @@ MAX_TIMEOUT = 24 * 3600  # E2B's longest sandbox lifetime, in seconds
 RENEW_SLACK = 3600  # renew once an hour at most, not every round
 _TYPES: dict[str, EntryType] = {"file": "file", "dir": "dir"}
 WATCH_POLL_SECONDS = 0.1  # how often a watch asks envd for new events
+WATCH_QUIET_SECONDS = 2.0  # a None after this long without any (Provider.watch)
 
 
 @contextmanager
@@ -92,14 +93,19 @@ def _relayed(events: queue.Queue[ExecEvent | BaseException], handle: CommandHand
 
 
 def _watch_events(handle: WatchHandle, path: str) -> Iterator[WatchEvent | None]:
+    quiet_since = time.monotonic()
     try:
         while True:
             with e2b_errors("watching the directory", path):
                 events = handle.get_new_events()
             for event in events:
                 yield WatchEvent(event.type.value, posixpath.join(path, event.name))
-            if not events:
+            if events:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= WATCH_QUIET_SECONDS:
+                quiet_since = time.monotonic()
                 yield None
+            else:
                 time.sleep(WATCH_POLL_SECONDS)
     finally:
         with contextlib.suppress(Exception):  # gone with its sandbox, or E2B is unreachable: nothing to stop
