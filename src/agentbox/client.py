@@ -30,6 +30,8 @@ from agentbox.schemas import (
     ExitEvent,
     Health,
     OutputEvent,
+    ProviderList,
+    ProviderStatus,
     PushOut,
     WatchEventOut,
     WorkspaceList,
@@ -88,6 +90,10 @@ class Client:
     def health(self) -> Health:
         """The server's health: runtime, gVisor platform, providers, version. Needs no key."""
         return _parse(Health, self._call("GET", "/health"))
+
+    def providers(self) -> builtins.list[ProviderStatus]:
+        """The server's providers: available or why not, runtime and platform, capabilities, active count."""
+        return _parse(ProviderList, self._call("GET", "/providers")).providers
 
     def create(self, **options: Any) -> WorkspaceOut:
         """Create a workspace with the fields of `CreateWorkspace` as keywords; return it, running.

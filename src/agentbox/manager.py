@@ -37,6 +37,8 @@ from agentbox.providers.processes import ProcessInfo, ProcessRequest, ProcessTab
 from agentbox.store import LIVE, Store
 
 log = logging.getLogger("agentbox.manager")
+#: How often a workspace's use is written down (and its expiry slid): at most once in this long.
+USE_RECORDED_EVERY = timedelta(seconds=60)
 
 
 class WorkspaceManager:
@@ -167,6 +169,10 @@ class WorkspaceManager:
         if workspace is None or workspace.owner != owner or workspace.status == Status.DELETED:
             raise NotFound(f"no workspace {workspace_id!r}: list yours with GET /api/v1/workspaces")
         return workspace
+
+    def active_by_provider(self) -> dict[str, int]:
+        """Workspaces starting or running, every owner's, per provider name."""
+        return self.store.count_active_by_provider()
 
     def find(
         self, owner: str, status: Status | None = None, labels: Mapping[str, str] | None = None
@@ -348,7 +354,18 @@ class WorkspaceManager:
     def _running(self, owner: str, workspace_id: str) -> Workspace:
         workspace = self.get(owner, workspace_id)
         self._require(workspace, Status.RUNNING, "use")
-        return workspace
+        return self._used(workspace)
+
+    def _used(self, workspace: Workspace) -> Workspace:
+        """Record the use, and slide an ephemeral workspace's expiry to its TTL from now: one that is
+        used never expires under its user, an idle one still does. Written at most once a minute, so
+        that a command costs no database write."""
+        now = utcnow()
+        if workspace.last_used_at is not None and now - workspace.last_used_at < USE_RECORDED_EVERY:
+            return workspace
+        ttl = workspace.ttl_days
+        expires_at = now + timedelta(days=ttl) if ttl is not None else workspace.expires_at
+        return self.store.update(workspace.id, last_used_at=now, expires_at=expires_at)
 
     def _exec_target(self, owner: str, workspace_id: str, command: Command) -> tuple[Provider, str, ExecRequest]:
         workspace = self._running(owner, workspace_id)

@@ -181,7 +181,7 @@ class CreateWorkspace(BaseModel):
         description='"egress" (the public internet), "none" (loopback only), or {"allow": [CIDRs or hostnames]}; '
         "default: the server's WORKSPACE_NETWORK_POLICY",
     )
-    repo: RepoSpec | None = Field(None, description="a repository to check out into /workspace/<name>")
+    repo: RepoSpec | None = Field(default=None, description="a repository to check out into /workspace/<name>")
 
     def to_domain(self) -> NewWorkspace:
         fields = {name: getattr(self, name) for name in type(self).model_fields if name != "repo"}
@@ -210,9 +210,14 @@ class WorkspaceOut(BaseModel):
     ttl_days: float | None
     created_at: datetime
     expires_at: datetime | None
+    last_used_at: datetime | None = Field(
+        default=None,
+        description="its last command, file or process call (to the minute); each use of an "
+        "ephemeral workspace moves expires_at to its TTL from then",
+    )
     labels: dict[str, str]
     network: NetworkPolicy
-    repo: dict[str, Any] | None = Field(None, description="the repository checked out at create, and where")
+    repo: dict[str, Any] | None = Field(default=None, description="the repository checked out at create, and where")
     error: str | None = None
 
     @field_validator("memory", "disk", mode="before")
@@ -256,7 +261,9 @@ class ExecOut(BaseModel):
     timed_out: bool
     stdout_truncated: bool
     stderr_truncated: bool
-    signal: str | None = Field(None, description='the signal that killed the command, e.g. "SIGKILL" (memory limit)')
+    signal: str | None = Field(
+        default=None, description='the signal that killed the command, e.g. "SIGKILL" (memory limit)'
+    )
 
 
 class OutputEvent(BaseModel):
@@ -272,7 +279,9 @@ class ExitEvent(BaseModel):
     exit_code: int
     timed_out: bool
     duration_ms: int
-    signal: str | None = Field(None, description='the signal that killed the command, e.g. "SIGKILL" (memory limit)')
+    signal: str | None = Field(
+        default=None, description='the signal that killed the command, e.g. "SIGKILL" (memory limit)'
+    )
     stdout_truncated: bool
     stderr_truncated: bool
 
@@ -322,6 +331,24 @@ class ProviderInfo(BaseModel):
     stop_start: bool
     archives: bool
     sized_per_request: bool = Field(description="false: cpu, memory and disk come from its template")
+    processes: bool = Field(description="background processes and terminals")
+    watch: bool = Field(description="watching a directory for changes")
+
+
+class ProviderStatus(BaseModel):
+    """One provider this server is configured with (WORKSPACE_PROVIDERS), usable or not."""
+
+    name: str
+    available: bool
+    reason: str | None = Field(default=None, description="why it cannot be used here, and the fix; null when available")
+    runtime: str | None = Field(default=None, description="what runs its workspaces (runsc, runc, e2b)")
+    platform: str | None = Field(default=None, description="gVisor's platform (systrap, ptrace) for a gVisor provider")
+    capabilities: ProviderInfo | None = None
+    active: int = Field(description="its workspaces starting or running now, every owner's")
+
+
+class ProviderList(BaseModel):
+    providers: list[ProviderStatus]
 
 
 class Health(BaseModel):

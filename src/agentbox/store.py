@@ -162,6 +162,14 @@ class Store:
         with self.session() as session:
             return session.scalar(select(func.count()).where(Workspace.status.in_(ACTIVE))) or 0
 
+    def count_active_by_provider(self) -> dict[str, int]:
+        """Active workspaces (every owner's) per provider name; providers with none are left out."""
+        query = (
+            select(Workspace.provider, func.count()).where(Workspace.status.in_(ACTIVE)).group_by(Workspace.provider)
+        )
+        with self.session() as session:
+            return {provider: count for provider, count in session.execute(query).all()}
+
     def expired(self, now: datetime) -> list[Workspace]:
         """Ephemeral workspaces whose time is up, in any state but deleted."""
         query = (

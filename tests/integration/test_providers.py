@@ -47,6 +47,21 @@ def test_every_provider_runs_the_lifecycle_and_leaves_nothing(
     assert gone.value.status_code == 404
 
 
+def test_the_providers_list_says_what_each_runs_on_and_can_do(alice: Client) -> None:
+    before = {p.name: p.active for p in alice.providers()}
+    made = [alice.create(provider=name).id for name in ("gvisor", "docker", "e2b")]
+    try:
+        found = {p.name: p for p in alice.providers()}
+        assert all(found[name].available and found[name].active == before[name] + 1 for name in found)
+        gvisor, runc = found["gvisor"], found["docker"]
+        assert (gvisor.runtime, gvisor.platform, runc.runtime, runc.platform) == ("runsc", "systrap", "runc", None)
+        for offers in (p.capabilities for p in found.values()):
+            assert offers is not None and offers.processes and offers.watch
+    finally:
+        for workspace_id in made:
+            alice.delete(workspace_id)
+
+
 def test_e2b_sandboxes_carry_the_ttl_and_agentbox_s_ids(alice: Client, server: Server, e2b: E2BStandIn) -> None:
     workspace = alice.create(provider="e2b", ttl_days=0.01, labels={"job": "x"})
     try:
@@ -95,6 +110,9 @@ def test_without_an_e2b_key_asking_for_e2b_says_what_is_missing(tmp_path: Path) 
             alice.create(provider="e2b")
         assert refused.value.status_code == 400 and "E2B_API_KEY" in refused.value.detail
         assert "e2b" not in server.health().providers
+        with server.client() as alice:
+            e2b = {p.name: p for p in alice.providers()}["e2b"]
+        assert not e2b.available and e2b.reason is not None and "E2B_API_KEY" in e2b.reason
     finally:
         server.stop()
     with pytest.raises(RuntimeError) as error:

@@ -7,6 +7,7 @@ TestClient (which also runs the app's lifespan).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -230,7 +231,7 @@ def test_every_endpoint_is_described_in_the_docs(app: TestClient) -> None:
         for path, methods in app.get("/openapi.json").json()["paths"].items()
         for method, operation in methods.items()
     ]
-    assert len(operations) == 31
+    assert len(operations) == 32
     undescribed = [(method, path) for method, path, operation in operations if not operation.get("description")]
     assert undescribed == []
 
@@ -243,3 +244,56 @@ def test_a_provider_without_processes_or_watching_refuses_them_by_name(alice: Cl
     assert listed.status_code == 400
     watched = refused(lambda: alice.watch(workspace.id, "/workspace"))
     assert watched.status_code == 400 and "watch" in watched.detail
+
+
+def test_providers_say_what_each_can_do_and_how_many_workspaces_it_runs(
+    app: TestClient, alice: Client, bob: Client
+) -> None:
+    alice.create()
+    bob.create()
+    alice.create(provider="e2b")
+    found = {p.name: p for p in alice.providers()}
+    assert set(found) == {"gvisor", "docker", "e2b"}  # the default WORKSPACE_PROVIDERS
+    assert not found["docker"].available and found["docker"].reason  # this test's server has none
+    assert (found["gvisor"].available, found["gvisor"].active, found["e2b"].active) == (True, 2, 1)
+    assert found["gvisor"].capabilities is not None and found["gvisor"].capabilities.runtime == "fake"
+    assert found["e2b"].capabilities is not None and not found["e2b"].capabilities.stop_start
+    with client(app, None) as anonymous:
+        assert refused(anonymous.providers).status_code == 401
+
+
+def test_a_provider_that_cannot_be_used_here_says_why(tmp_path: Path) -> None:
+    settings = load_settings(
+        ENABLE_AGENT_WORKSPACES="true",
+        WORKSPACE_DATA_DIR=str(tmp_path),
+        WORKSPACE_API_KEYS=f"alice:{KEYS['alice']}",
+        WORKSPACE_PROVIDERS="gvisor,e2b",
+    )
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    unavailable = {"e2b": "E2B_API_KEY is not set: set it to your E2B key"}
+    manager = WorkspaceManager(settings, store, {"gvisor": FakeProvider("gvisor")}, unavailable=unavailable)
+    service = Service(settings=settings, store=store, manager=manager)
+    with TestClient(create_app(settings, service)) as app, client(app, KEYS["alice"]) as alice:
+        e2b = {p.name: p for p in alice.providers()}["e2b"]
+    assert (e2b.available, e2b.reason, e2b.capabilities) == (False, unavailable["e2b"], None)
+
+
+def test_using_an_ephemeral_workspace_slides_its_expiry(app: TestClient, alice: Client) -> None:
+    created = alice.create(ttl_days=1)
+    assert created.last_used_at is None
+    alice.exec(created.id, ["true"])
+    used = alice.get(created.id)
+    assert used.last_used_at is not None and used.expires_at is not None and created.expires_at is not None
+    assert used.expires_at > created.expires_at  # a day from its use, not from its creation
+    # Back-dated as if a day had passed: the next use moves it on again; an idle one would have expired.
+    store: Store = app.app.state.service.store
+    day_ago = used.last_used_at - timedelta(days=1)
+    store.update(created.id, last_used_at=day_ago, expires_at=used.expires_at - timedelta(days=1))
+    alice.write_file(created.id, "/workspace/a.txt", b"a")  # any use: files too
+    again = alice.get(created.id)
+    assert again.last_used_at is not None and again.last_used_at > day_ago
+    assert again.expires_at is not None and again.expires_at >= used.expires_at
+    kept = alice.create(ephemeral=False)
+    alice.exec(kept.id, ["true"])
+    assert alice.get(kept.id).expires_at is None  # a kept workspace has no expiry to slide

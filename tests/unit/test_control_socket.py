@@ -77,8 +77,9 @@ def test_a_worker_serves_call_after_call_and_nothing_of_one_reaches_the_next(
         )
         workers.add(out.split()[0])
         assert (code, out.split()[1:]) == (7, ["s", str(home / "sub")])
-    # Short calls one after another take no fork: the two waiting workers serve them all.
-    assert len(workers) <= 2, f"{len(workers)} workers for 6 calls: the control server forks per call again"
+    # Short calls one after another take no fork: the two waiting workers serve them all (a third may
+    # come in when a call outlasts the 100 ms after which a replacement is made, on a loaded machine).
+    assert len(workers) <= 3, f"{len(workers)} workers for 6 calls: the control server forks per call again"
     # After a timeout, a refused start and a file write, the next call starts clean.
     assert run(channel, "sleep 5", str(home), timeout=0.2)[3]
     with pytest.raises(BadRequest):

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agentbox.api.dependencies import Owner
-from agentbox.schemas import Health, ProviderInfo
+from agentbox.providers.base import Capabilities
+from agentbox.schemas import Health, ProviderInfo, ProviderList, ProviderStatus
 from agentbox.service import Service
 
 VERSION = version("agentbox")
@@ -29,13 +30,7 @@ def health(request: Request) -> Health:
         reason = "workspaces are disabled (ENABLE_AGENT_WORKSPACES=false)"
     else:
         reason = f"no Docker provider on this server (WORKSPACE_PROVIDERS={','.join(svc.settings.providers)})"
-    capabilities = {}
-    for name, provider in sorted(manager.providers.items()) if manager else []:
-        offers = provider.capabilities()
-        capabilities[name] = ProviderInfo(
-            **{field: getattr(offers, field) for field in ProviderInfo.model_fields if field != "network_policies"},
-            network_policies=sorted(offers.network_policies),
-        )
+    capabilities = {name: _info(p.capabilities()) for name, p in sorted(manager.providers.items())} if manager else {}
     return Health(
         status="ok",
         workspaces_enabled=svc.settings.enabled,
@@ -48,6 +43,46 @@ def health(request: Request) -> Health:
         capabilities=capabilities,
         unavailable=dict(manager.unavailable) if manager else {},
         version=VERSION,
+    )
+
+
+@router.get("/api/v1/providers", response_model=ProviderList)
+def providers(request: Request, who: Owner) -> ProviderList:
+    """List the providers this server is configured with (WORKSPACE_PROVIDERS): whether each can be
+    used here (if not, why and how to fix it), its runtime and gVisor platform, what it can do, and
+    how many workspaces it runs now. Empty with workspaces disabled. Errors: 401 without a valid key.
+    """
+    svc: Service = request.app.state.service
+    choice, manager = svc.runtime, svc.manager
+    if manager is None:
+        return ProviderList(providers=[])
+    active = manager.active_by_provider()
+    found = []
+    for name in svc.settings.providers:
+        provider = manager.providers.get(name)
+        if provider is None:
+            reason = manager.unavailable.get(name, "not set up on this server")
+            found.append(ProviderStatus(name=name, available=False, reason=reason, active=active.get(name, 0)))
+            continue
+        offers = provider.capabilities()
+        on_gvisor = choice is not None and choice.gvisor and offers.runtime == choice.runtime
+        found.append(
+            ProviderStatus(
+                name=name,
+                available=True,
+                runtime=offers.runtime,
+                platform=choice.platform if on_gvisor and choice else None,
+                capabilities=_info(offers),
+                active=active.get(name, 0),
+            )
+        )
+    return ProviderList(providers=found)
+
+
+def _info(offers: Capabilities) -> ProviderInfo:
+    return ProviderInfo(
+        **{field: getattr(offers, field) for field in ProviderInfo.model_fields if field != "network_policies"},
+        network_policies=sorted(offers.network_policies),
     )
 
 
