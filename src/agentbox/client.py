@@ -24,6 +24,7 @@ from agentbox.process_schemas import (
 from agentbox.schemas import (
     DirEntryOut,
     DirListing,
+    EditToolOut,
     ErrorEvent,
     ExecOut,
     ExecStreamEvent,
@@ -33,6 +34,7 @@ from agentbox.schemas import (
     ProviderList,
     ProviderStatus,
     PushOut,
+    ReadToolOut,
     WatchEventOut,
     WorkspaceList,
     WorkspaceOut,
@@ -178,6 +180,23 @@ class Client:
             response.close()
             _raise_for_status(response)
         return EventStream(response, parse)
+
+    def read_tool(self, workspace_id: str, path: str, offset: int = 1, limit: int = 2000) -> ReadToolOut:
+        """A text file's lines, numbered, from line `offset`; a directory's entries. Raises APIError: 404, 413."""
+        body = {"path": path, "offset": offset, "limit": limit}
+        return _parse(ReadToolOut, self._call("POST", f"/workspaces/{workspace_id}/tools/read", json=body))
+
+    def write_tool(self, workspace_id: str, path: str, content: str) -> WriteResult:
+        """Write a text file whole, parents made. Raises APIError: 404, 409, 507."""
+        body = {"path": path, "content": content}
+        return _parse(WriteResult, self._call("POST", f"/workspaces/{workspace_id}/tools/write", json=body))
+
+    def edit_tool(self, workspace_id: str, path: str, old: str, new: str, replace_all: bool = False) -> int:
+        """Replace `old` with `new` in a text file; how many times. Raises APIError: 422 when `old` is
+        missing or not unique (without `replace_all`), 404."""
+        body = {"path": path, "old_string": old, "new_string": new, "replace_all": replace_all}
+        answer = self._call("POST", f"/workspaces/{workspace_id}/tools/edit", json=body)
+        return _parse(EditToolOut, answer).replacements
 
     def read_file(self, workspace_id: str, path: str) -> bytes:
         """A file's content (a directory: see `read_path`). Raises APIError: 404 when it does not exist."""

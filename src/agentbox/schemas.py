@@ -365,3 +365,35 @@ class Health(BaseModel):
         default_factory=dict, description="providers this server cannot offer, with the reason and the fix"
     )
     version: str
+
+
+class ReadToolIn(BaseModel):
+    path: AbsolutePath
+    offset: int = Field(default=1, ge=1, description="the first line to give, counted from 1")
+    limit: int = Field(default=2000, ge=1, le=100_000, description="how many lines at most")
+
+
+class ReadToolOut(BaseModel):
+    path: str
+    content: str = Field(description='numbered lines ("     1\\tfirst line\\n"), or a directory\'s entries')
+    total_lines: int = Field(description="lines in the whole file (entries, for a directory)")
+    size: int
+    is_binary: bool = Field(description="true: not text (a NUL, or not UTF-8); content is then empty")
+    is_directory: bool
+
+
+class WriteToolIn(BaseModel):
+    path: AbsolutePath
+    content: str = Field(max_length=16 << 20)
+
+
+class EditToolIn(BaseModel):
+    path: AbsolutePath
+    old_string: str = Field(min_length=1, max_length=1 << 20)
+    new_string: str = Field(max_length=1 << 20)
+    replace_all: bool = False
+
+
+class EditToolOut(BaseModel):
+    path: str
+    replacements: int

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentbox.api import commands, files, github, processes, system, terminals, workspaces
+from agentbox.api import commands, files, github, processes, system, terminals, tools, workspaces
 from agentbox.api.dependencies import in_thread
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError
@@ -56,7 +56,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         },
     )
     app.add_middleware(RequestSizeLimit, limit=settings.max_request)
-    for module in (system, github, workspaces, commands, files, processes, terminals):
+    for module in (system, github, workspaces, commands, files, tools, processes, terminals):
         app.include_router(module.router)
     return app
 
