@@ -63,54 +63,62 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
     server: Server, alice: Client, bob: Client, victim: str
 ) -> None:
     alice_app = alice._call("POST", "/github/apps", json={"app_id": 1, "private_key": new_private_key()}).json()["id"]
-    # A well-formed request for every endpoint that names a workspace or an App, as its owner would send it.
-    processes = "/api/v1/workspaces/{workspace_id}/processes"
-    process = processes + "/{pid}"
-    attempts: dict[tuple[str, str], Callable[[], object]] = {
-        ("GET", "/api/v1/workspaces/{workspace_id}"): lambda: bob.get(victim),
-        ("DELETE", "/api/v1/workspaces/{workspace_id}"): lambda: bob.delete(victim),
-        ("POST", "/api/v1/workspaces/{workspace_id}/stop"): lambda: bob.stop(victim),
-        ("POST", "/api/v1/workspaces/{workspace_id}/start"): lambda: bob.start(victim),
-        ("POST", "/api/v1/workspaces/{workspace_id}/extend"): lambda: bob.extend(victim),
-        ("POST", "/api/v1/workspaces/{workspace_id}/exec"): lambda: bob.exec(victim, "touch /workspace/pwned"),
-        ("POST", "/api/v1/workspaces/{workspace_id}/exec/stream"): lambda: list(
-            bob.exec_stream(victim, "touch /workspace/pwned")
-        ),
-        ("GET", "/api/v1/workspaces/{workspace_id}/files"): lambda: bob.read_file(victim, "/workspace/secret.txt"),
-        ("PUT", "/api/v1/workspaces/{workspace_id}/files"): lambda: bob.write_file(victim, "/workspace/pwned", b"x"),
-        ("GET", "/api/v1/workspaces/{workspace_id}/archive"): lambda: bob.read_archive(victim, "/workspace"),
-        ("PUT", "/api/v1/workspaces/{workspace_id}/archive"): lambda: bob.write_archive(
-            victim, "/workspace", archive()
-        ),
-        ("POST", "/api/v1/workspaces/{workspace_id}/git/push"): lambda: bob._call(
-            "POST", f"/workspaces/{victim}/git/push"
-        ),
-        ("GET", "/api/v1/workspaces/{workspace_id}/watch"): lambda: bob.watch(victim, "/workspace"),
-        ("POST", f"{processes}"): lambda: bob.start_process(victim, ["true"]),
-        ("GET", f"{processes}"): lambda: bob.processes(victim),
-        ("GET", f"{process}"): lambda: bob.process(victim, 1),
-        ("DELETE", f"{process}"): lambda: bob.kill(victim, 1),
-        ("GET", f"{process}/output"): lambda: list(bob.process_output(victim, 1)),
-        ("POST", f"{process}/stdin"): lambda: bob.write_stdin(victim, 1, b"x"),
-        ("POST", f"{process}/stdin/close"): lambda: bob.close_stdin(victim, 1),
-        ("POST", f"{process}/signal"): lambda: bob.signal(victim, 1, "SIGKILL"),
-        ("POST", f"{process}/resize"): lambda: bob.resize(victim, 1, 80, 24),
-        ("POST", f"{process}/terminal/token"): lambda: bob._call(
-            "POST", f"/workspaces/{victim}/processes/1/terminal/token"
-        ),
-        ("GET", "/api/v1/github/apps/{app_id}"): lambda: bob._call("GET", f"/github/apps/{alice_app}"),
-        ("DELETE", "/api/v1/github/apps/{app_id}"): lambda: bob._call("DELETE", f"/github/apps/{alice_app}"),
-    }
-    naming_a_resource = {e for e in endpoints(server) if "{workspace_id}" in e[1] or "{app_id}" in e[1]}
-    assert set(attempts) == naming_a_resource, "an endpoint without an owner-isolation case"
-    for endpoint, attempt in attempts.items():
-        with pytest.raises(APIError) as denied:
-            attempt()
-        assert denied.value.status_code == 404, (endpoint, denied.value)  # as if it did not exist
-        assert victim in str(denied.value.detail) or alice_app in str(denied.value.detail)
-    assert victim not in [w.id for w in bob.list()]
-    assert alice._call("GET", f"/github/apps/{alice_app}").json()["id"] == alice_app
-    alice._call("DELETE", f"/github/apps/{alice_app}")
+    try:
+        # A well-formed request for every endpoint that names a workspace or an App, as its owner would send it.
+        processes = "/api/v1/workspaces/{workspace_id}/processes"
+        tools = "/api/v1/workspaces/{workspace_id}/tools"
+        process = processes + "/{pid}"
+        attempts: dict[tuple[str, str], Callable[[], object]] = {
+            ("GET", "/api/v1/workspaces/{workspace_id}"): lambda: bob.get(victim),
+            ("DELETE", "/api/v1/workspaces/{workspace_id}"): lambda: bob.delete(victim),
+            ("POST", "/api/v1/workspaces/{workspace_id}/stop"): lambda: bob.stop(victim),
+            ("POST", "/api/v1/workspaces/{workspace_id}/start"): lambda: bob.start(victim),
+            ("POST", "/api/v1/workspaces/{workspace_id}/extend"): lambda: bob.extend(victim),
+            ("POST", "/api/v1/workspaces/{workspace_id}/exec"): lambda: bob.exec(victim, "touch /workspace/pwned"),
+            ("POST", "/api/v1/workspaces/{workspace_id}/exec/stream"): lambda: list(
+                bob.exec_stream(victim, "touch /workspace/pwned")
+            ),
+            ("GET", "/api/v1/workspaces/{workspace_id}/files"): lambda: bob.read_file(victim, "/workspace/secret.txt"),
+            ("PUT", "/api/v1/workspaces/{workspace_id}/files"): lambda: bob.write_file(
+                victim, "/workspace/pwned", b"x"
+            ),
+            ("GET", "/api/v1/workspaces/{workspace_id}/archive"): lambda: bob.read_archive(victim, "/workspace"),
+            ("PUT", "/api/v1/workspaces/{workspace_id}/archive"): lambda: bob.write_archive(
+                victim, "/workspace", archive()
+            ),
+            ("POST", "/api/v1/workspaces/{workspace_id}/git/push"): lambda: bob._call(
+                "POST", f"/workspaces/{victim}/git/push"
+            ),
+            ("GET", "/api/v1/workspaces/{workspace_id}/watch"): lambda: bob.watch(victim, "/workspace"),
+            ("POST", f"{tools}/read"): lambda: bob.read_tool(victim, "/workspace/secret.txt"),
+            ("POST", f"{tools}/write"): lambda: bob.write_tool(victim, "/workspace/pwned", "x"),
+            ("POST", f"{tools}/edit"): lambda: bob.edit_tool(victim, "/workspace/secret.txt", "s", "x"),
+            ("POST", f"{processes}"): lambda: bob.start_process(victim, ["true"]),
+            ("GET", f"{processes}"): lambda: bob.processes(victim),
+            ("GET", f"{process}"): lambda: bob.process(victim, 1),
+            ("DELETE", f"{process}"): lambda: bob.kill(victim, 1),
+            ("GET", f"{process}/output"): lambda: list(bob.process_output(victim, 1)),
+            ("POST", f"{process}/stdin"): lambda: bob.write_stdin(victim, 1, b"x"),
+            ("POST", f"{process}/stdin/close"): lambda: bob.close_stdin(victim, 1),
+            ("POST", f"{process}/signal"): lambda: bob.signal(victim, 1, "SIGKILL"),
+            ("POST", f"{process}/resize"): lambda: bob.resize(victim, 1, 80, 24),
+            ("POST", f"{process}/terminal/token"): lambda: bob._call(
+                "POST", f"/workspaces/{victim}/processes/1/terminal/token"
+            ),
+            ("GET", "/api/v1/github/apps/{app_id}"): lambda: bob._call("GET", f"/github/apps/{alice_app}"),
+            ("DELETE", "/api/v1/github/apps/{app_id}"): lambda: bob._call("DELETE", f"/github/apps/{alice_app}"),
+        }
+        naming_a_resource = {e for e in endpoints(server) if "{workspace_id}" in e[1] or "{app_id}" in e[1]}
+        assert set(attempts) == naming_a_resource, "an endpoint without an owner-isolation case"
+        for endpoint, attempt in attempts.items():
+            with pytest.raises(APIError) as denied:
+                attempt()
+            assert denied.value.status_code == 404, (endpoint, denied.value)  # as if it did not exist
+            assert victim in str(denied.value.detail) or alice_app in str(denied.value.detail)
+        assert victim not in [w.id for w in bob.list()]
+        assert alice._call("GET", f"/github/apps/{alice_app}").json()["id"] == alice_app
+    finally:  # a failure must not leave Alice an App that the next tests would meet
+        alice._call("DELETE", f"/github/apps/{alice_app}")
     # Alice's workspace went on as before: running, her file there, nothing of Bob's.
     assert alice.get(victim).status == "running"
     assert alice.exec(victim, "ls /workspace").stdout == "secret.txt\n"

@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, settings
 from .conftest import KEYS, Server
 
 AUTH = {"Authorization": f"Bearer {KEYS['fuzzer']}"}
+#: uvicorn's answer (400, plain text) to bytes that are not an HTTP request; the app never sees them.
+UNPARSABLE = "Invalid HTTP request received."
 
 
 @pytest.fixture(scope="module")
@@ -30,5 +32,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 def test_generated_requests_never_get_a_server_error(case: schemathesis.Case) -> None:
     response = case.call(headers=AUTH, timeout=120)
     assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"
+    if response.text == UNPARSABLE:
+        return  # not HTTP at all (say, a control character in a header): uvicorn's parser answers, not the app
     if response.status_code >= 400:
         assert response.json()["detail"], "an error without a detail"
