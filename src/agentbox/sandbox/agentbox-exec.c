@@ -1068,9 +1068,10 @@ static void after_call(int s, int server, const char *cwd, char **env, FILE *out
  * or end; otherwise it ends, and the server makes another when it needs one.  Serving
  * calls one after another without a fork matters under gVisor, where a fork costs 5-8 ms of
  * the sandbox's CPU and slows the call that runs meanwhile. */
-static void worker(int s, const char *id, int server) {
-    pid_t server_pid = getppid();
+static void worker(int s, const char *id, int server, pid_t server_pid) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);   /* no idle worker outlives its server, which init replaces */
+    if (getppid() != server_pid)
+        _exit(0);   /* it died before the line above: no signal will come */
     close_other_fds(s, server);   /* the server's ends of the other workers' sockets */
     warm_up();
     char cwd[PATH_MAX];
@@ -1154,6 +1155,7 @@ static pid_t start_server(int s, const char *id) {
     signal(SIGPIPE, SIG_IGN);
     static struct pollfd workers[MAX_WORKERS];
     static int state[MAX_WORKERS];
+    pid_t self = getpid();
     int count = 0, idle = 0;
     long long refill_at = 0;
     for (;;) {
@@ -1162,7 +1164,7 @@ static pid_t start_server(int s, const char *id) {
             pid_t w = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0 ? -1 : fork();
             if (w == 0) {
                 close(pair[0]);
-                worker(s, id, pair[1]);
+                worker(s, id, pair[1], self);
             }
             if (w < 0) {
                 sleep(1);   /* out of processes: the workload's task limit; try again */
