@@ -20,7 +20,6 @@ from agentbox.errors import (
     BadRequest,
     Conflict,
     NotFound,
-    PayloadTooLarge,
     ProviderError,
     TooManyWorkspaces,
     Unprocessable,
@@ -306,30 +305,19 @@ class WorkspaceManager:
         found = self.read(owner, workspace_id, path)
         if isinstance(found, list):
             return tools.listing(found)
-        return tools.numbered(self._whole(path, *found), offset, limit)
+        return tools.numbered(tools.whole(path, *found), offset, limit)
 
     def edit_tool(self, owner: str, workspace_id: str, path: str, old: str, new: str, replace_all: bool) -> int:
         """The edit tool: replace `old` with `new` in a text file; how many times. Its mode is kept."""
         provider, ref = self._target(owner, workspace_id)
         stat, chunks = provider.read_file(ref, path)
-        data = self._whole(path, stat, chunks)
+        data = tools.whole(path, stat, chunks)
         if tools.is_binary(data):
             raise Unprocessable(f"{path} is a binary file: the edit tool changes text; write the file whole instead")
         text, count = tools.replaced(data.decode("utf-8"), old, new, replace_all)
         encoded = text.encode()
         provider.write_file(ref, path, [encoded], len(encoded), stat.mode)
         return count
-
-    def _whole(self, path: str, stat: FileStat, chunks: Iterator[bytes]) -> bytes:
-        if stat.size > tools.MAX_TOOL_FILE:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-            raise PayloadTooLarge(
-                f"{path} is {stat.size} bytes; the file tools take files up to {tools.MAX_TOOL_FILE}: "
-                "use GET /files for bigger ones"
-            )
-        return b"".join(chunks)
 
     def write_file(
         self, owner: str, workspace_id: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644

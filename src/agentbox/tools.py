@@ -7,10 +7,11 @@ refuses to guess which of several matches was meant.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from agentbox.errors import Unprocessable
-from agentbox.providers.base import DirEntry
+from agentbox.errors import PayloadTooLarge, Unprocessable
+from agentbox.providers.base import DirEntry, FileStat
 
 #: Lines a read gives when it names no limit.
 DEFAULT_LINES = 2000
@@ -27,6 +28,19 @@ class ReadResult:
     size: int
     is_binary: bool
     is_directory: bool
+
+
+def whole(path: str, stat: FileStat, chunks: Iterator[bytes]) -> bytes:
+    """A file's bytes, held whole; PayloadTooLarge (its call closed) past MAX_TOOL_FILE."""
+    if stat.size > MAX_TOOL_FILE:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+        raise PayloadTooLarge(
+            f"{path} is {stat.size} bytes; the file tools take files up to {MAX_TOOL_FILE}: "
+            "use GET /files for bigger ones"
+        )
+    return b"".join(chunks)
 
 
 def is_binary(data: bytes) -> bool:
