@@ -20,6 +20,9 @@ from agentbox.process_schemas import (
     ProcessList,
     ProcessOut,
     ProcessOutputEvent,
+    SessionList,
+    SessionOut,
+    SessionRunOut,
 )
 from agentbox.schemas import (
     DirEntryOut,
@@ -29,6 +32,8 @@ from agentbox.schemas import (
     ExecOut,
     ExecStreamEvent,
     ExitEvent,
+    GlobToolOut,
+    GrepToolOut,
     Health,
     OutputEvent,
     ProviderList,
@@ -197,6 +202,37 @@ class Client:
         body = {"path": path, "old_string": old, "new_string": new, "replace_all": replace_all}
         answer = self._call("POST", f"/workspaces/{workspace_id}/tools/edit", json=body)
         return _parse(EditToolOut, answer).replacements
+
+    def glob_tool(self, workspace_id: str, pattern: str, path: str = "/workspace", limit: int = 1000) -> GlobToolOut:
+        """Files under `path` matching `pattern` (`**` crosses directories), newest first. Raises APIError: 404."""
+        body = {"pattern": pattern, "path": path, "limit": limit}
+        return _parse(GlobToolOut, self._call("POST", f"/workspaces/{workspace_id}/tools/glob", json=body))
+
+    def grep_tool(self, workspace_id: str, pattern: str, path: str = "/workspace", **options: Any) -> GrepToolOut:
+        """Lines matching a regular expression (options: include, context, ignore_case, limit).
+        Raises APIError: 404 for a missing path, 422 for a bad pattern."""
+        body = {"pattern": pattern, "path": path, **options}
+        return _parse(GrepToolOut, self._call("POST", f"/workspaces/{workspace_id}/tools/grep", json=body))
+
+    # Shell sessions
+
+    def open_session(self, workspace_id: str, cwd: str = "/workspace", env: dict[str, str] | None = None) -> str:
+        """A new shell session; its id. Raises APIError: 400 without bash, 404, 409."""
+        body = {"cwd": cwd, "env": env or {}}
+        return _parse(SessionOut, self._call("POST", f"/workspaces/{workspace_id}/sessions", json=body)).session_id
+
+    def sessions(self, workspace_id: str) -> builtins.list[SessionOut]:
+        return _parse(SessionList, self._call("GET", f"/workspaces/{workspace_id}/sessions")).sessions
+
+    def run_in_session(
+        self, workspace_id: str, session_id: str, command: str, timeout: float | None = None
+    ) -> SessionRunOut:
+        """Run shell text in the session. Raises APIError: 404, 409 when it has ended or is busy."""
+        url = f"/workspaces/{workspace_id}/sessions/{session_id}/run"
+        return _parse(SessionRunOut, self._call("POST", url, json={"command": command, "timeout": timeout}))
+
+    def close_session(self, workspace_id: str, session_id: str) -> None:
+        self._call("DELETE", f"/workspaces/{workspace_id}/sessions/{session_id}")
 
     def read_file(self, workspace_id: str, path: str) -> bytes:
         """A file's content (a directory: see `read_path`). Raises APIError: 404 when it does not exist."""

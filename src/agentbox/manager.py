@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import timedelta
 
-from agentbox import tools
+from agentbox import search, tools
 from agentbox.config import Settings
 from agentbox.domain import Command, NewWorkspace
 from agentbox.errors import (
@@ -40,14 +40,18 @@ from agentbox.providers.base import (
     Resources,
     WatchEvent,
     WorkspaceSpec,
+    close_stream,
     distinct,
 )
 from agentbox.providers.processes import ProcessInfo, ProcessRequest, ProcessTable
+from agentbox.sessions import SessionRun, ShellSessions
 from agentbox.store import LIVE, Store
 
 log = logging.getLogger("agentbox.manager")
 #: How often a workspace's use is written down (and its expiry slid): at most once in this long.
 USE_RECORDED_EVERY = timedelta(seconds=60)
+#: Seconds a shell session's command runs before it is interrupted, when it names no timeout.
+SESSION_TIMEOUT = 120.0
 
 
 class WorkspaceManager:
@@ -70,6 +74,7 @@ class WorkspaceManager:
         self.unavailable = dict(unavailable or {})
         self.metrics = metrics or Metrics()
         self.pool = pool
+        self.sessions = ShellSessions()
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
         self.on_change: Callable[[], None] = lambda: None
         self.metrics.observe(store.count_active, self.pool.ready if self.pool else lambda: 0)
@@ -319,6 +324,25 @@ class WorkspaceManager:
         provider.write_file(ref, path, [encoded], len(encoded), stat.mode)
         return count
 
+    def glob_tool(self, owner: str, workspace_id: str, pattern: str, root: str, limit: int) -> search.GlobResult:
+        """The glob tool: files under `root` matching `pattern`, newest first."""
+        provider, ref = self._target(owner, workspace_id)
+        listing = provider.exec(ref, self._search_request(search.glob_command(pattern, root)))
+        return search.globbed(pattern, root, listing, limit)
+
+    def grep_tool(self, owner: str, workspace_id: str, query: search.GrepQuery) -> search.GrepResult:
+        """The grep tool: lines matching a regular expression, with context, until a bound."""
+        provider, ref = self._target(owner, workspace_id)
+        events = provider.exec_stream(ref, self._search_request(search.grep_command(query)))
+        try:
+            return search.grepped(query, events)
+        finally:
+            close_stream(events)
+
+    def _search_request(self, argv: list[str]) -> ExecRequest:
+        timeout = min(search.SEARCH_SECONDS, self.settings.exec_timeout)
+        return ExecRequest(argv=argv, cwd="/", timeout=timeout, output_limit=search.SEARCH_OUTPUT)
+
     def write_file(
         self, owner: str, workspace_id: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644
     ) -> int:
@@ -358,6 +382,28 @@ class WorkspaceManager:
         workspace = self._running(owner, workspace_id)
         env = {**workspace.env, **request.env}  # the workspace's env, then the process's own
         return self._process_table(workspace).start(replace(request, env=env))
+
+    # Shell sessions
+
+    def open_session(self, owner: str, workspace_id: str, cwd: str, env: Mapping[str, str]) -> ProcessInfo:
+        workspace = self._running(owner, workspace_id)
+        table = self._process_table(workspace)
+        return self.sessions.open(table, workspace.id, cwd, {**workspace.env, **env})
+
+    def list_sessions(self, owner: str, workspace_id: str) -> list[ProcessInfo]:
+        return self.sessions.list(self.processes(owner, workspace_id))
+
+    def run_in_session(
+        self, owner: str, workspace_id: str, session: int, command: str, timeout: float | None
+    ) -> SessionRun:
+        """Run a command in a session; it is interrupted after `timeout` (None: SESSION_TIMEOUT, at most
+        the server's WORKSPACE_EXEC_TIMEOUT)."""
+        table = self.processes(owner, workspace_id)
+        wait = min(timeout or SESSION_TIMEOUT, self.settings.exec_timeout)
+        return self.sessions.run(table, workspace_id, session, command, wait, self.settings.exec_output_limit)
+
+    def close_session(self, owner: str, workspace_id: str, session: int) -> None:
+        self.sessions.close(self.processes(owner, workspace_id), workspace_id, session)
 
     def _process_table(self, workspace: Workspace) -> ProcessTable:
         provider = self._provider(workspace.provider)

@@ -1,4 +1,4 @@
-"""The HTTP API's bodies for background processes (routes in api/processes.py)."""
+"""The HTTP API's bodies for background processes and shell sessions (routes: api/processes.py, api/sessions.py)."""
 
 from __future__ import annotations
 
@@ -113,3 +113,49 @@ class ProcessExitEvent(BaseModel):
     exit_code: int | None
     signal: str | None
     ended_at: datetime | None
+
+
+class SessionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cwd: AbsolutePath = Field("/workspace", description="where its shell starts")
+    env: Env = Field(default_factory=dict, description="added to the workspace's own environment")
+
+
+class SessionOut(BaseModel):
+    session_id: str = Field(description="its id: the PID of its shell in the workspace")
+    cwd: str = Field(description="where it started (a later `cd` moves it)")
+    status: ProcessStatus
+    started_at: datetime | None
+
+    @classmethod
+    def of(cls, info: ProcessInfo) -> SessionOut:
+        return cls(session_id=str(info.pid), cwd=info.cwd, status=info.status, started_at=info.started_at)
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionOut]
+
+
+class SessionRunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field(min_length=1, max_length=1 << 20, description="shell text, run by the session's bash")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="seconds before it is interrupted (^C, then SIGTERM); default 120, at most the server's "
+        "WORKSPACE_EXEC_TIMEOUT",
+    )
+
+
+class SessionRunOut(BaseModel):
+    stdout: str
+    stderr: str
+    exit_code: int | None = Field(description="its status (130 when interrupted); null when the session was killed")
+    duration_ms: int
+    timed_out: bool = Field(description="true: it ran past `timeout` and was interrupted")
+    stdout_truncated: bool
+    stderr_truncated: bool
+    session_ended: bool = Field(description="true: the shell is gone (`exit`, or a command that ignored ^C and TERM)")

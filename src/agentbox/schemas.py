@@ -397,3 +397,46 @@ class EditToolIn(BaseModel):
 class EditToolOut(BaseModel):
     path: str
     replacements: int
+
+
+NoNul = Annotated[str, AfterValidator(_no_nul)]
+
+
+class GlobToolIn(BaseModel):
+    pattern: NoNul = Field(
+        min_length=1,
+        max_length=4096,
+        description="a glob relative to `path`: `*` and `?` within a directory, `**` across any, `{a,b}`, `[...]`",
+        examples=["**/*.py"],
+    )
+    path: AbsolutePath = Field("/workspace", description="the directory to search under")
+    limit: int = Field(default=1000, ge=1, le=10_000, description="how many paths at most")
+
+
+class GlobToolOut(BaseModel):
+    paths: list[str] = Field(description="matching files (and links), newest first")
+    truncated: bool = Field(description="true: more matched than `limit`, or the search hit its time or size bound")
+
+
+class GrepToolIn(BaseModel):
+    pattern: NoNul = Field(min_length=1, max_length=4096, description="a regular expression (ripgrep's syntax)")
+    path: AbsolutePath = Field("/workspace", description="a directory or file to search")
+    include: NoNul | None = Field(None, max_length=1024, description='only files whose names match this glob ("*.py")')
+    context: int = Field(default=0, ge=0, le=20, description="lines of context around each match")
+    ignore_case: bool = False
+    limit: int = Field(default=200, ge=1, le=5000, description="how many matching lines at most")
+
+
+class GrepLineOut(BaseModel):
+    path: str
+    line_number: int
+    line: str = Field(description="the line, cut at 500 characters")
+    is_match: bool = Field(description="false for a context line")
+
+
+class GrepToolOut(BaseModel):
+    matches: list[GrepLineOut]
+    truncated: bool = Field(description="true: stopped at `limit`, 1 MiB of text or 20 seconds; narrow the search")
+    engine: Literal["rg", "grep"] = Field(
+        description="rg (skips .gitignored, hidden and binary files) or, in images without it, grep -P"
+    )

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agentbox.errors import PayloadTooLarge, Unprocessable
-from agentbox.providers.base import DirEntry, FileStat
+from agentbox.providers.base import DirEntry, FileStat, close_stream
 
 #: Lines a read gives when it names no limit.
 DEFAULT_LINES = 2000
@@ -33,9 +33,7 @@ class ReadResult:
 def whole(path: str, stat: FileStat, chunks: Iterator[bytes]) -> bytes:
     """A file's bytes, held whole; PayloadTooLarge (its call closed) past MAX_TOOL_FILE."""
     if stat.size > MAX_TOOL_FILE:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_stream(chunks)
         raise PayloadTooLarge(
             f"{path} is {stat.size} bytes; the file tools take files up to {MAX_TOOL_FILE}: "
             "use GET /files for bigger ones"

@@ -1,9 +1,22 @@
-"""Tool routes: the file tools agents call, on any provider (grep, glob and shell sessions to come)."""
+"""Tool routes: the file and search tools agents call, on any provider."""
 
 from fastapi import APIRouter
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
-from agentbox.schemas import EditToolIn, EditToolOut, ReadToolIn, ReadToolOut, WriteResult, WriteToolIn
+from agentbox.schemas import (
+    EditToolIn,
+    EditToolOut,
+    GlobToolIn,
+    GlobToolOut,
+    GrepLineOut,
+    GrepToolIn,
+    GrepToolOut,
+    ReadToolIn,
+    ReadToolOut,
+    WriteResult,
+    WriteToolIn,
+)
+from agentbox.search import GrepQuery
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/tools", tags=["tools"])
 
@@ -41,3 +54,29 @@ async def edit(workspace_id: str, body: EditToolIn, mgr: Manager, who: Owner) ->
         mgr.edit_tool, who, workspace_id, body.path, body.old_string, body.new_string, body.replace_all
     )
     return EditToolOut(path=body.path, replacements=count)
+
+
+@router.post("/glob", response_model=GlobToolOut)
+async def glob(workspace_id: str, body: GlobToolIn, mgr: Manager, who: Owner) -> GlobToolOut:
+    """Files (and links) under `path` whose path relative to it matches `pattern`, newest first.
+
+    Bounded: at most `limit` paths, 8 MiB of listing and 20 seconds; `truncated` says when a
+    bound was reached. Errors: 404 when `path` does not exist.
+    """
+    found = await in_thread(mgr.glob_tool, who, workspace_id, body.pattern, body.path, body.limit)
+    return GlobToolOut(paths=found.paths, truncated=found.truncated)
+
+
+@router.post("/grep", response_model=GrepToolOut)
+async def grep(workspace_id: str, body: GrepToolIn, mgr: Manager, who: Owner) -> GrepToolOut:
+    """Lines matching a regular expression under `path`, with `context` lines around them.
+
+    Runs ripgrep in the workspace (files that .gitignore or a hidden name hides, and binary files,
+    are skipped), or grep -P where the image has no ripgrep. Bounded: at most `limit` matching
+    lines, 1 MiB of text and 20 seconds; `truncated` says when a bound stopped it. Errors: 404
+    when `path` does not exist, 422 for a pattern the engine cannot parse (its message included).
+    """
+    query = GrepQuery(**body.model_dump())
+    found = await in_thread(mgr.grep_tool, who, workspace_id, query)
+    lines = [GrepLineOut(**vars(line)) for line in found.matches]
+    return GrepToolOut(matches=lines, truncated=found.truncated, engine=found.engine)

@@ -280,6 +280,14 @@ class Provider(abc.ABC):
         raise BadRequest(f"the {self.name} provider has no background processes: use exec, or another provider")
 
 
+def close_stream(stream: Iterator[Any]) -> None:
+    """End a stream whose rest is not wanted: closing a provider's iterator ends what feeds it (a command,
+    a follower), where dropping it would leave that to the garbage collector."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+
+
 def distinct(providers: Iterable[Provider]) -> list[Provider]:
     """One provider per scope."""
     return list({provider.scope: provider for provider in providers}.values())
