@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 from rich.table import Column, Table
 
 from agentbox import cli_processes
-from agentbox.cli_common import KeyOption, UrlOption, api_client, console, errors, fail, guarded
+from agentbox.cli_common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, require_key
 from agentbox.config import ConfigError, Settings, load_settings
 from agentbox.schemas import DirListing, ExitEvent, OutputEvent
 
@@ -101,6 +101,20 @@ def doctor() -> None:
             console.print(f"     [yellow]fix:[/yellow] {check.fix}", highlight=False, soft_wrap=True)
     if failed:
         fail(f"{failed} check(s) failed: each says how to fix it above")
+
+
+@app.command("mcp")
+def mcp_stdio(url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "") -> None:
+    """Serve agentbox's tools over MCP on stdin and stdout, for MCP clients that launch a command.
+
+    Each tool call is a request to the server at --url (AGENTBOX_URL) with --api-key
+    (AGENTBOX_API_KEY). A server also serves MCP itself, over HTTP at /mcp.
+    """
+    import anyio
+
+    from agentbox.mcp.stdio import serve as serve_mcp
+
+    anyio.run(serve_mcp, url, require_key(api_key))
 
 
 # Client commands

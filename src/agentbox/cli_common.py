@@ -24,10 +24,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def api_client(url: str, api_key: str) -> Client:
+def require_key(api_key: str) -> str:
+    """`api_key`; exits with a message (code 2) when none was given."""
     if not api_key:
         fail("no API key: pass --api-key or set AGENTBOX_API_KEY", 2)
-    return Client(url, api_key)
+    return api_key
+
+
+def api_client(url: str, api_key: str) -> Client:
+    return Client(url, require_key(api_key))
 
 
 def guarded(function: Callable[[], T]) -> T:

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     )
     # The E2B template that stands for the default image (WORKSPACE_IMAGE) on the e2b provider.
     e2b_template: str = Field("base", min_length=1, max_length=256, validation_alias="WORKSPACE_E2B_TEMPLATE")
+    # Set (a domain with wildcard DNS onto this server, e.g. "preview.example.com" or "localhost:8000"):
+    # previews are also served at http(s)://{port}-{workspace id}.{domain}/, where an app's absolute
+    # links work. Unset: previews are served under /preview/{token}/ only.
+    preview_domain: str = Field(
+        "", pattern=r"^([A-Za-z0-9-]+\.)*[A-Za-z0-9-]+(:\d+)?$|^$", validation_alias="WORKSPACE_PREVIEW_DOMAIN"
+    )
     # What workspaces that do not ask may reach (see docs/security.md).
     network_policy: Annotated[NetworkPolicy, NoDecode, BeforeValidator(_policy)] = Field(
         "egress", validation_alias="WORKSPACE_NETWORK_POLICY"

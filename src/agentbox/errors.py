@@ -6,6 +6,7 @@ One hierarchy for the whole service, providers included; the API turns any of th
     AgentboxError (500)
     ├── BadRequest (400)             the request cannot work as given: fix it and send it again
     ├── Unauthorized (401)
+    ├── Forbidden (403)              a credential that does not grant this (a preview token)
     ├── NotFound (404)
     ├── Conflict (409)               the workspace is not in a state that allows it
     ├── PayloadTooLarge (413)
@@ -36,6 +37,10 @@ class BadRequest(AgentboxError):
 
 class Unauthorized(AgentboxError):
     status_code = 401
+
+
+class Forbidden(AgentboxError):
+    status_code = 403
 
 
 class NotFound(AgentboxError):

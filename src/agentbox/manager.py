@@ -36,6 +36,7 @@ from agentbox.providers.base import (
     ExecRequest,
     ExecResult,
     FileStat,
+    PortConnection,
     Provider,
     Resources,
     WatchEvent,
@@ -382,6 +383,16 @@ class WorkspaceManager:
         workspace = self._running(owner, workspace_id)
         env = {**workspace.env, **request.env}  # the workspace's env, then the process's own
         return self._process_table(workspace).start(replace(request, env=env))
+
+    # Ports
+
+    def connect(self, owner: str, workspace_id: str, port: int) -> PortConnection:
+        """A connection to `port` on the workspace's loopback (a preview). ProviderError (502) when
+        nothing listens there."""
+        provider, ref = self._target(owner, workspace_id)
+        if not provider.capabilities().ports:
+            raise BadRequest(f"the {provider.name} provider cannot reach ports inside its workspaces")
+        return provider.connect(ref, port)
 
     # Shell sessions
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # The fenced server's network, and the stand-in world outside it (see `world`).
 NETWORK = "agentbox-test-net"
+PREVIEW_DOMAIN = "preview.localhost"
 WORLD = "agentbox-test-world"
 PUBLIC, OTHER_PUBLIC, PRIVATE = "198.51.100.2", "198.51.100.3", "10.213.0.2"
 # How a connection the firewall refuses fails: at once, never by timing out.
@@ -269,7 +270,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, e2b: E2BStandIn) -> Iterato
     # and E2B through the official SDK, pointed at the stand-in by the SDK's own variables.
     env = {"GITHUB_APP_ENCRYPTION_KEY": "ab" * 32, "E2B_API_KEY": e2b.api_key}
     env |= {"E2B_API_URL": e2b.url, "E2B_SANDBOX_URL": e2b.url, "E2B_CONNECTION_RETRIES": "0"}
-    running = Server(tmp_path_factory.mktemp("server"), env=env).start()
+    running = Server(tmp_path_factory.mktemp("server"), env=env)
+    # Host-form previews on *.preview.localhost, reached in tests by the Host header alone.
+    running.env["WORKSPACE_PREVIEW_DOMAIN"] = f"{PREVIEW_DOMAIN}:{running.port}"
+    running.start()
     yield running
     running.stop()
 

@@ -13,12 +13,25 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentbox.api import commands, files, github, processes, system, terminals, tools, workspaces
+from agentbox.api import (
+    commands,
+    files,
+    github,
+    ports,
+    processes,
+    sessions,
+    system,
+    terminals,
+    tools,
+    workspaces,
+)
 from agentbox.api.dependencies import in_thread
 from agentbox.config import Settings
 from agentbox.errors import AgentboxError
+from agentbox.mcp import http as mcp_http  # a module, not its names: agentbox.mcp.http imports api.dependencies
 from agentbox.service import Service
 
 log = logging.getLogger("agentbox.api")
@@ -34,6 +47,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     nothing after `uvicorn.run` would run.)
     """
 
+    mcp = mcp_http.MCPEndpoint(settings.max_request)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A followed output stream holds a worker thread while it waits; anyio's default of 40
@@ -41,7 +56,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         app.state.service = service or await in_thread(Service.start, settings)
         try:
-            yield
+            async with mcp.running(app):
+                yield
         finally:
             await in_thread(app.state.service.close)
 
@@ -56,8 +72,12 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         },
     )
     app.add_middleware(RequestSizeLimit, limit=settings.max_request)
-    for module in (system, github, workspaces, commands, files, tools, processes, terminals):
+    if settings.preview_domain:
+        app.add_middleware(ports.PreviewHosts, domain=settings.preview_domain)
+    for module in (system, github, workspaces, commands, files, tools, sessions, processes, terminals, ports):
         app.include_router(module.router)
+    # A route of the ASGI endpoint itself (a mount would redirect /mcp to /mcp/); not in the OpenAPI schema.
+    app.router.routes.append(Route(mcp_http.PATH, mcp, include_in_schema=False))
     return app
 
 

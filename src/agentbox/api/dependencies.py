@@ -48,6 +48,11 @@ async def owner(request: Request, credentials: Annotated[HTTPAuthorizationCreden
     return found
 
 
+async def owner_of_request(request: Request) -> str:
+    """`owner` outside a route's dependencies (an ASGI endpoint such as /mcp): the same checks, the same 401s."""
+    return await owner(request, await _bearer(request))
+
+
 def owner_of_key(owners_by_key: dict[str, str], presented: str) -> str | None:
     """Whose key `presented` is, if anyone's."""
     found: str | None = None

@@ -17,8 +17,14 @@ class ClosingStreamingResponse(StreamingResponse):
     to return first, so the iterator is never closed while it runs.
     """
 
-    def __init__(self, content: Iterator[bytes], media_type: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(content, media_type=media_type, headers=headers)
+    def __init__(
+        self,
+        content: Iterator[bytes],
+        media_type: str | None = None,
+        headers: dict[str, str] | None = None,
+        status_code: int = 200,
+    ) -> None:
+        super().__init__(content, status_code=status_code, media_type=media_type, headers=headers)
         self._source = content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

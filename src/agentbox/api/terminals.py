@@ -11,16 +11,15 @@ servers, and removing the key revokes its tokens.
 """
 
 import json
-import time
 from collections.abc import Iterator
 
 import anyio
-import jwt
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from agentbox.api.dependencies import Manager, in_thread, owner_of_key
+from agentbox.api.dependencies import Manager, in_thread
+from agentbox.api.tokens import bearer, mint, owner_of
 from agentbox.errors import AgentboxError, Conflict, Unauthorized
 from agentbox.process_schemas import ProcessExitEvent, TerminalSizeIn
 from agentbox.providers.processes import ProcessEnded, ProcessEvent, ProcessOutput, ProcessTable
@@ -28,7 +27,6 @@ from agentbox.providers.processes import ProcessEnded, ProcessEvent, ProcessOutp
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/processes/{pid}/terminal", tags=["processes"])
 
 TOKEN_SECONDS = 60
-_ALGORITHM = "HS256"
 _END = object()  # what next() gives once the output has ended (None means "nothing new")
 
 
@@ -40,10 +38,10 @@ class TerminalToken(BaseModel):
 @router.post("/token", response_model=TerminalToken)
 async def terminal_token(workspace_id: str, pid: int, request: Request, mgr: Manager) -> TerminalToken:
     """A token for `?token=` on this process's terminal socket, valid for a minute (for browsers)."""
-    owner, key = _bearer(request.headers.get("authorization"), mgr.settings.owners_by_key)
+    owner, key = bearer(request.headers.get("authorization"), mgr.settings.owners_by_key)
     await in_thread(mgr.get, owner, workspace_id)  # 404 unless it is the caller's
-    claims = {"sub": owner, "ws": workspace_id, "pid": pid, "exp": int(time.time()) + TOKEN_SECONDS}
-    return TerminalToken(token=jwt.encode(claims, key, algorithm=_ALGORITHM), expires_in=TOKEN_SECONDS)
+    token, _ = mint(owner, key, TOKEN_SECONDS, ws=workspace_id, pid=pid)
+    return TerminalToken(token=token, expires_in=TOKEN_SECONDS)
 
 
 @router.websocket("")
@@ -56,7 +54,7 @@ async def terminal(websocket: WebSocket, workspace_id: str, pid: int, offset: in
             raise Unauthorized("agent workspaces are disabled on this server")
         keys = service.settings.owners_by_key
         header = websocket.headers.get("authorization")
-        owner = _bearer(header, keys)[0] if header else _token_owner(token, keys, workspace_id, pid)
+        owner = bearer(header, keys)[0] if header else _token_owner(token, keys, workspace_id, pid)
         table: ProcessTable = await in_thread(service.manager.processes, owner, workspace_id)
         info = await in_thread(table.get, pid)
         if info.pty is None:
@@ -110,30 +108,12 @@ async def _receive_input(websocket: WebSocket, table: ProcessTable, pid: int) ->
             return  # it has ended: the output side says how and closes
 
 
-def _bearer(header: str | None, keys: dict[str, str]) -> tuple[str, str]:
-    scheme, _, presented = (header or "").partition(" ")
-    owner = owner_of_key(keys, presented) if scheme.lower() == "bearer" else None
-    if owner is None:
-        raise Unauthorized("a valid API key is needed: send `Authorization: Bearer <key>`")
-    return owner, presented
-
-
 def _token_owner(token: str, keys: dict[str, str], workspace_id: str, pid: int) -> str:
     """The owner a terminal token was minted for, if it is valid for this process."""
-    try:
-        claimed = jwt.decode(token, options={"verify_signature": False}).get("sub")
-    except jwt.PyJWTError:
-        claimed = None
-    for key, owner in keys.items():
-        if owner != claimed:
-            continue
-        try:
-            claims = jwt.decode(token, key, algorithms=[_ALGORITHM], options={"require": ["exp", "sub"]})
-        except jwt.PyJWTError:
-            continue
-        if claims.get("ws") == workspace_id and claims.get("pid") == pid:
-            return owner
-    raise Unauthorized(
-        "the terminal needs `Authorization: Bearer <key>` or a valid `?token=` "
-        "(POST .../terminal/token mints one; it lasts a minute)"
-    )
+    owner = owner_of(token, keys, ws=workspace_id, pid=pid)
+    if owner is None:
+        raise Unauthorized(
+            "the terminal needs `Authorization: Bearer <key>` or a valid `?token=` "
+            "(POST .../terminal/token mints one; it lasts a minute)"
+        )
+    return owner

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agentbox.errors import BadRequest, ProviderError
 from agentbox.network import NO_NETWORK, POLICY_KINDS, PolicyKind
@@ -153,6 +153,22 @@ class Capabilities:
     processes: bool = False
     #: File system events under a directory (`Provider.watch`).
     watch: bool = False
+    #: Connections to ports on a workspace's loopback (`Provider.connect`), for previews.
+    ports: bool = False
+
+
+class PortConnection(Protocol):
+    """A TCP connection to a server inside a workspace. Reads and writes may come from two threads."""
+
+    def read(self) -> bytes:
+        """The next bytes the server sent; b"" once it has closed its side."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def end_input(self) -> None:
+        """Nothing more will be written (the server reads an end of input)."""
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -274,6 +290,11 @@ class Provider(abc.ABC):
         that its own client left, and close the iterator, when nothing would happen for hours. Returns
         once the watch is in place; FileError for a path that is not a directory."""
         raise BadRequest(f"the {self.name} provider cannot watch files")
+
+    def connect(self, ref: str, port: int) -> PortConnection:
+        """A connection to `port` on the workspace's own loopback, whatever its network policy; only when
+        `capabilities().ports` says so. ProviderError (502) when nothing listens there."""
+        raise BadRequest(f"the {self.name} provider cannot reach ports inside a workspace")
 
     def processes(self, ref: str) -> ProcessTable:
         """The workspace's background processes; only when `capabilities().processes` says so."""

@@ -30,7 +30,7 @@ class HelperMissing(RuntimeError):
 
 
 #: The helper's C sources (compiled together) and the header they share.
-SOURCES = ("agentbox-exec.c", "processes.c", "watch.c")
+SOURCES = ("agentbox-exec.c", "processes.c", "watch.c", "connect.c")
 HEADER = "helper.h"
 
 

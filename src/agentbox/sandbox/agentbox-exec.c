@@ -7,7 +7,7 @@
  * without a shell.
  *
  * Build: cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -static -s \
- *           -o agentbox-exec agentbox-exec.c processes.c watch.c
+ *           -o agentbox-exec agentbox-exec.c processes.c watch.c connect.c
  */
 #include <dirent.h>
 #include <errno.h>
@@ -45,7 +45,8 @@ int usage(void) {
           "       agentbox-exec spawn [-i] [-c COLS -r ROWS] [-j META] -- ARGV...\n"
           "       agentbox-exec procs [PID] | output PID OFFSET [-f] | signal PID SIGNUM\n"
           "       agentbox-exec input PID [-c | -w COLS ROWS]\n"
-          "       agentbox-exec watch PATH [-r]\n", stderr);
+          "       agentbox-exec watch PATH [-r]\n"
+          "       agentbox-exec connect PORT\n", stderr);
     return 2;
 }
 
@@ -61,7 +62,7 @@ const char *errno_name(int e) {
         {EEXIST, "EEXIST"}, {EINVAL, "EINVAL"}, {ENOMEM, "ENOMEM"},
         {EFBIG, "EFBIG"}, {EDQUOT, "EDQUOT"}, {EIO, "EIO"}, {EBUSY, "EBUSY"},
         {ESRCH, "ESRCH"}, {EBADF, "EBADF"}, {EPIPE, "EPIPE"}, {ETIMEDOUT, "ETIMEDOUT"},
-        {ENOTSUP, "ENOTSUP"},
+        {ENOTSUP, "ENOTSUP"}, {ECONNREFUSED, "ECONNREFUSED"},
     };
     static char other[32];
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
@@ -962,7 +963,7 @@ static char **fields;
  * its pipes to a drainer): their worker may serve the next call. */
 static int reusable(const char *name) {
     return !strcmp(name, "run") || !strcmp(name, "get") || !strcmp(name, "put") ||
-           !strcmp(name, "mkdir") || !strcmp(name, "probe");
+           !strcmp(name, "mkdir") || !strcmp(name, "probe") || !strcmp(name, "connect");
 }
 
 /* Serve one accepted connection `c` (close-on-exec): through leave() back into the worker's
@@ -1233,7 +1234,7 @@ static int dispatch(int argc, char **argv) {
     static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"run", cmd_run}, {"get", cmd_get}, {"put", cmd_put}, {"mkdir", cmd_mkdir}, {"probe", cmd_probe},
         {"spawn", cmd_spawn}, {"procs", cmd_procs}, {"output", cmd_output}, {"signal", cmd_signal},
-        {"input", cmd_input}, {"watch", cmd_watch},
+        {"input", cmd_input}, {"watch", cmd_watch}, {"connect", cmd_connect},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(argv[0], cmds[i].name))

@@ -12,6 +12,8 @@ exec API. What the helper answers is defined by agentbox-exec.c:
     mkdir PATH          "OK" or "E ..."
     probe               exit 0 once the sandbox runs code
     watch PATH [-r]     "W", then "<type> <path>" per event, each ended by a NUL (an empty one: keep-alive)
+    connect PORT        "OK\n", then the bytes of a connection to PORT on the sandbox's loopback (and
+                        stdin to it), or "E ECONNREFUSED ..." when nothing listens there
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from agentbox.providers.base import (
     WatchEventType,
     signal_of,
 )
+from agentbox.sandbox.tunnel import Tunnel
 
 # If the helper itself is wedged, the host gives up this long after the command's deadline.
 HOST_GRACE_SECONDS = 10.0
@@ -180,6 +183,21 @@ class HelperChannel:
             call.close()
             _raise_helper_error(first.strip(), path)
         return _closing(call, _watch_events(records))
+
+    def connect(self, port: int) -> Tunnel:
+        """A connection to `port` on the sandbox's loopback. ProviderError (502) when nothing listens there."""
+        call = self.transport.call(Invocation(["connect", str(port)], stdin=True))
+        reader = _HeaderReader(_stdout(call))
+        answer = reader.header()
+        if answer == b"OK":
+            return Tunnel(call, reader.body())
+        call.close()
+        if answer.startswith(b"E ECONNREFUSED"):
+            raise ProviderError(
+                f"nothing listens on port {port} in the workspace: start a server there (on 0.0.0.0 or 127.0.0.1), "
+                "or check its port"
+            )
+        raise ProviderError(f"port {port}: unexpected answer from the workspace helper: {answer[:200]!r}")
 
     def _get(self, path: str) -> tuple[Call, _HeaderReader, bytes]:
         call = self.transport.call(Invocation(["get", path]))

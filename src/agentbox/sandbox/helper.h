@@ -36,4 +36,7 @@ void procs_mark_stopped(void);
 /* watch.c */
 int cmd_watch(int argc, char **argv);
 
+/* connect.c */
+int cmd_connect(int argc, char **argv);
+
 #endif

@@ -52,6 +52,7 @@ from agentbox.sandbox import (
 from agentbox.sandbox.channel import HelperChannel, Transport
 from agentbox.sandbox.control import ControlSocketTransport, SocketFirst
 from agentbox.sandbox.processes import HelperProcesses
+from agentbox.sandbox.tunnel import Tunnel
 
 log = logging.getLogger("agentbox.providers.docker")
 
@@ -113,12 +114,13 @@ class DockerProvider(Provider):
 
     def capabilities(self) -> Capabilities:
         if self.network is not None:
-            return Capabilities(runtime=self.runtime, isolation=self._isolation, processes=True, watch=True)
+            return Capabilities(runtime=self.runtime, isolation=self._isolation, processes=True, watch=True, ports=True)
         return Capabilities(
             runtime=self.runtime,
             isolation=self._isolation,
             processes=True,
             watch=True,
+            ports=True,
             network_policies=POLICY_KINDS - {"allow"},
             network_hint="allow lists need the workspace network and its firewall: run the server with "
             "WORKSPACE_NETWORK_NAME set",
@@ -358,6 +360,9 @@ class DockerProvider(Provider):
 
     def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         return self._channel(ref).watch(path, recursive)
+
+    def connect(self, ref: str, port: int) -> Tunnel:
+        return self._channel(ref).connect(port)
 
     def processes(self, ref: str) -> HelperProcesses:
         return HelperProcesses(self._transport(ref))

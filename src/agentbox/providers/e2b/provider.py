@@ -50,7 +50,9 @@ from agentbox.providers.base import (
 )
 from agentbox.providers.e2b.commands import CommandTransport, install
 from agentbox.providers.e2b.errors import e2b_errors
+from agentbox.sandbox.channel import HelperChannel
 from agentbox.sandbox.processes import HelperProcesses
+from agentbox.sandbox.tunnel import Tunnel
 
 WORKSPACE_KEY = "agentbox.workspace.id"
 INSTANCE_KEY = "agentbox.instance"
@@ -132,6 +134,7 @@ class E2BProvider(Provider):
             network_policies=frozenset({"egress", "none"}),  # "none": the SDK's allow_internet_access=False
             processes=True,
             watch=True,
+            ports=True,
         )
 
     def resources(self, ref: str) -> Resources:
@@ -308,14 +311,11 @@ class E2BProvider(Provider):
 
     def processes(self, ref: str) -> HelperProcesses:
         """agentbox's own process table, kept by its helper in the sandbox (see commands.py)."""
-        sandbox = self._sandbox(ref)
-        with self._lock:
-            helper = self._helpers.get(ref)
-        if helper is None:
-            helper = install(sandbox)
-            with self._lock:
-                self._helpers[ref] = helper
-        return HelperProcesses(CommandTransport(sandbox, helper))
+        return HelperProcesses(self._helper(ref))
+
+    def connect(self, ref: str, port: int) -> Tunnel:
+        """Through agentbox's helper too: the same path as on Docker, and it needs no public port."""
+        return HelperChannel(self._helper(ref)).connect(port)
 
     def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         """Through envd's watcher, which keeps the events until asked (the SDK's `watch_dir`)."""
@@ -324,6 +324,17 @@ class E2BProvider(Provider):
         return _watch_events(handle, path)
 
     # Helpers
+
+    def _helper(self, ref: str) -> CommandTransport:
+        """agentbox's helper in the sandbox, installed on first use."""
+        sandbox = self._sandbox(ref)
+        with self._lock:
+            helper = self._helpers.get(ref)
+        if helper is None:
+            helper = install(sandbox)
+            with self._lock:
+                self._helpers[ref] = helper
+        return CommandTransport(sandbox, helper)
 
     def _sandbox(self, ref: str) -> Sandbox:
         with self._lock:

@@ -1,0 +1,210 @@
+"""Port previews: a server listening inside a workspace, reached through agentbox, HTTP and WebSocket alike.
+
+Three ways in, one way through (the workspace's channel, so no route into its network is
+needed and `"network": "none"` workspaces have previews too):
+
+- `/api/v1/workspaces/{id}/ports/{port}/...` for API clients, with their bearer key;
+- `/preview/{token}/...` for browsers: the token (GET .../ports/{port}/url) names the workspace
+  and port, is signed with the asking owner's API key and expires;
+- `http(s)://{port}-{id}.{WORKSPACE_PREVIEW_DOMAIN}/...` when that is set: the app sees the
+  root of its own host, so its absolute links work. The token comes once as
+  `?agentbox_preview=` and is then kept in a cookie for that host only.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from typing import Annotated
+from urllib.parse import parse_qsl, urlencode
+
+import jwt
+from fastapi import APIRouter, Query, Request, WebSocket
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agentbox.api.dependencies import Manager, Owner, in_thread
+from agentbox.api.proxy import PREVIEW_COOKIE, Connect, proxy_http, proxy_websocket
+from agentbox.api.tokens import bearer, mint, owner_of
+from agentbox.errors import AgentboxError, Forbidden, Unauthorized
+from agentbox.manager import WorkspaceManager
+
+router = APIRouter(tags=["previews"])
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+_PREFIX = "/api/v1/workspaces/{workspace_id}/ports/{port}"
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+#: A preview URL's life when the request names none, and the longest allowed.
+DEFAULT_SECONDS = 3600
+MAX_SECONDS = 7 * 86400
+
+
+class PreviewURL(BaseModel):
+    url: str = Field(description="for a browser: the host form when the server has a preview domain, else path_url")
+    path_url: str = Field(description="/preview/{token}/ on this server: works without wildcard DNS")
+    expires_at: int = Field(description="Unix time after which the URL is refused (403)")
+
+
+@router.get(_PREFIX + "/url", response_model=PreviewURL)
+async def preview_url(
+    workspace_id: str,
+    port: Port,
+    request: Request,
+    mgr: Manager,
+    who: Owner,
+    expires_in: Annotated[int, Query(ge=60, le=MAX_SECONDS, description="seconds the URL works")] = DEFAULT_SECONDS,
+) -> PreviewURL:
+    """A URL a browser can open to reach the server on `port` in the workspace, without an API key.
+
+    Anyone with the URL reaches that port until it expires; removing the API key that asked for it
+    revokes it. (A GET of the app's own path /url through the API form is this endpoint: use a
+    preview URL for that one.) Errors: 404 when the workspace is not yours.
+    """
+    await in_thread(mgr.get, who, workspace_id)
+    _, key = bearer(request.headers.get("authorization"), mgr.settings.owners_by_key)
+    token, expires = mint(who, key, expires_in, use="preview", ws=workspace_id, port=port)
+    path_url = f"{str(request.base_url).rstrip('/')}/preview/{token}/"
+    url = path_url
+    if mgr.settings.preview_domain:
+        query = urlencode({PREVIEW_COOKIE: token})
+        url = f"{request.url.scheme}://{port}-{workspace_id}.{mgr.settings.preview_domain}/?{query}"
+    return PreviewURL(url=url, path_url=path_url, expires_at=expires)
+
+
+# Not in the OpenAPI schema: one path under seven methods, whose answers are the workspace's server's own.
+@router.api_route(_PREFIX + "/{path:path}", methods=_METHODS, include_in_schema=False)
+async def through_api(workspace_id: str, port: Port, path: str, request: Request, mgr: Manager, who: Owner) -> Response:
+    """Send this request to the server on `port` in the workspace (at `/{path}`, with the query) and
+    give its answer as it is. The API key is not passed on.
+
+    Errors: 502 when nothing listens on the port, 504 when the server does not start answering
+    within 60 s, 404 when the workspace is not yours, 409 when it is not running.
+    """
+    prefix = _PREFIX.format(workspace_id=workspace_id, port=port)
+    return await proxy_http(request, _connect(mgr, who, workspace_id, port), _target(request, prefix), prefix, port)
+
+
+@router.websocket(_PREFIX + "/{path:path}")
+async def websocket_through_api(websocket: WebSocket, workspace_id: str, port: int, path: str) -> None:
+    """A WebSocket onto the server on `port`, with `Authorization: Bearer <key>`."""
+    service = websocket.app.state.service
+    try:
+        if service.manager is None or not 1 <= port <= 65535:
+            raise Unauthorized("no such port or workspaces are disabled on this server")
+        owner, _ = bearer(websocket.headers.get("authorization"), service.settings.owners_by_key)
+    except AgentboxError as exc:
+        await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
+        return
+    prefix = _PREFIX.format(workspace_id=workspace_id, port=port)
+    await proxy_websocket(
+        websocket, _connect(service.manager, owner, workspace_id, port), _target(websocket, prefix), port
+    )
+
+
+@router.api_route("/preview/{token}/{path:path}", methods=_METHODS, include_in_schema=False)
+async def through_preview(token: str, path: str, request: Request) -> Response:
+    try:
+        connect, port = _preview(request, token)
+    except AgentboxError as exc:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    prefix = f"/preview/{token}"
+    return await proxy_http(request, connect, _target(request, prefix), prefix, port)
+
+
+@router.websocket("/preview/{token}/{path:path}")
+async def websocket_through_preview(websocket: WebSocket, token: str, path: str) -> None:
+    try:
+        connect, port = _preview(websocket, token)
+    except AgentboxError as exc:
+        await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
+        return
+    await proxy_websocket(websocket, connect, _target(websocket, f"/preview/{token}"), port)
+
+
+def _preview(connection: Request | WebSocket, token: str, host: tuple[str, int] | None = None) -> tuple[Connect, int]:
+    """Where a preview token leads: (how to connect there, the port). Forbidden when it is not valid
+    (for the workspace and port of `host`, in the host form)."""
+    service = connection.app.state.service
+    if service.manager is None:
+        raise Forbidden("agent workspaces are disabled on this server")
+    claims = _claims(token)
+    workspace_id, port = host or (claims.get("ws"), claims.get("port"))
+    owner = owner_of(token, service.settings.owners_by_key, use="preview", ws=workspace_id, port=port)
+    if owner is None or not isinstance(workspace_id, str) or not isinstance(port, int):
+        raise Forbidden(
+            "this preview link is not valid here or has expired: ask for a new one with "
+            "GET /api/v1/workspaces/{id}/ports/{port}/url"
+        )
+    return _connect(service.manager, owner, workspace_id, port), port
+
+
+def _claims(token: str) -> dict[str, object]:
+    """A token's claims, unverified: only to learn which workspace and port it names (then verified)."""
+    try:
+        claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+    return claims
+
+
+def _connect(mgr: WorkspaceManager, owner: str, workspace_id: str, port: int) -> Connect:
+    return functools.partial(mgr.connect, owner, workspace_id, port)
+
+
+def _target(connection: Request | WebSocket, prefix: str) -> str:
+    """The path and query the workspace's server gets: what follows `prefix`, as the client sent it."""
+    raw: bytes = connection.scope.get("raw_path") or connection.scope["path"].encode()
+    path = raw.decode("latin-1")[len(prefix) :] or "/"
+    query = connection.scope.get("query_string", b"").decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
+class PreviewHosts:
+    """Serves `{port}-{id}.{WORKSPACE_PREVIEW_DOMAIN}` hosts as previews; passes every other host on."""
+
+    def __init__(self, app: ASGIApp, domain: str) -> None:
+        self.app = app
+        self.pattern = re.compile(rf"^(\d{{1,5}})-(ws-[0-9a-f]+)\.{re.escape(domain.split(':')[0])}(:\d+)?$", re.I)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        found = self.pattern.match(host) if scope["type"] in ("http", "websocket") else None
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        target = (int(found.group(1)), found.group(2).lower())
+        if scope["type"] == "websocket":
+            await self._websocket(WebSocket(scope, receive, send), target)
+        else:
+            response = await self._http(Request(scope, receive), target)
+            await response(scope, receive, send)
+
+    async def _http(self, request: Request, target: tuple[int, str]) -> Response:
+        port, workspace_id = target
+        offered = request.query_params.get(PREVIEW_COOKIE)
+        token = offered or request.cookies.get(PREVIEW_COOKIE, "")
+        try:
+            connect, _ = _preview(request, token, (workspace_id, port))
+        except AgentboxError as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        if offered:  # once in the query: kept in a cookie of this host, and the URL made clean
+            query = urlencode([(k, v) for k, v in parse_qsl(request.url.query) if k != PREVIEW_COOKIE])
+            clean = request.url.replace(query=query)
+            answer = RedirectResponse(str(clean), status_code=307)
+            max_age = max(int(_claims(token).get("exp", 0)) - int(time.time()), 0)  # type: ignore[call-overload]
+            answer.set_cookie(PREVIEW_COOKIE, token, max_age=max_age, httponly=True, samesite="lax")
+            return answer
+        return await proxy_http(request, connect, _target(request, ""), "", port)
+
+    async def _websocket(self, websocket: WebSocket, target: tuple[int, str]) -> None:
+        port, workspace_id = target
+        token = websocket.query_params.get(PREVIEW_COOKIE) or websocket.cookies.get(PREVIEW_COOKIE, "")
+        try:
+            connect, _ = _preview(websocket, token, (workspace_id, port))
+        except AgentboxError as exc:
+            await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
+            return
+        await proxy_websocket(websocket, connect, _target(websocket, ""), port)
