@@ -25,6 +25,7 @@ from agentbox.process_schemas import (
     SessionRunOut,
 )
 from agentbox.schemas import (
+    AuditPage,
     DirEntryOut,
     DirListing,
     EditToolOut,
@@ -213,6 +214,11 @@ class Client:
         Raises APIError: 404 for a missing path, 422 for a bad pattern."""
         body = {"pattern": pattern, "path": path, **options}
         return _parse(GrepToolOut, self._call("POST", f"/workspaces/{workspace_id}/tools/grep", json=body))
+
+    def audit(self, workspace_id: str, limit: int = 100, before: int | None = None) -> AuditPage:
+        """The calls made on the workspace, newest first; pass `next_before` as `before` for older ones."""
+        params = {"limit": limit, **({"before": before} if before is not None else {})}
+        return _parse(AuditPage, self._call("GET", f"/workspaces/{workspace_id}/audit", params=params))
 
     # Shell sessions
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from agentbox import search, tools
+from agentbox.audit import AuditLog
 from agentbox.config import Settings
 from agentbox.domain import Command, NewWorkspace
 from agentbox.errors import (
@@ -76,6 +77,7 @@ class WorkspaceManager:
         self.metrics = metrics or Metrics()
         self.pool = pool
         self.sessions = ShellSessions()
+        self.audit = AuditLog(store)
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
         self.on_change: Callable[[], None] = lambda: None
         self.metrics.observe(store.count_active, self.pool.ready if self.pool else lambda: 0)

@@ -1,4 +1,4 @@
-"""What agentbox persists: workspaces and the events that happened to them.
+"""What agentbox persists: workspaces, the events that happened to them, and the calls made on them (audit).
 
 The schema is owned by the Alembic migrations in `agentbox/migrations`; these classes
 must match them (a unit test compares the two).
@@ -129,3 +129,18 @@ class Event(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class AuditRecord(Base):
+    """One call of the API on a workspace: who, what (with its arguments summarized), how it ended."""
+
+    __tablename__ = "audit_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[str] = mapped_column(String(32), index=True)  # kept after the workspace is deleted
+    owner: Mapped[str | None] = mapped_column(String(64))  # None: the caller was not authenticated
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(String(128))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[int] = mapped_column(Integer)
+    duration_ms: Mapped[int] = mapped_column(Integer)

@@ -211,6 +211,8 @@ class Service:
         if self.github is not None:
             self.github.close()
             self.github = None
+        if self.manager is not None:
+            self.manager.audit.close()
         self.store.close()
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from agentbox.models import Event, Status, Workspace, utcnow
+from agentbox.models import AuditRecord, Event, Status, Workspace, utcnow
 
 #: Counted against WORKSPACE_MAX_CONCURRENT.
 ACTIVE = (Status.STARTING.value, Status.RUNNING.value)
@@ -185,6 +185,18 @@ class Store:
         query = select(Event).where(Event.workspace_id == workspace_id).order_by(Event.id)
         with self.session() as session:
             return list(session.scalars(query))
+
+    def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        with self.session() as session:
+            session.add_all(records)
+
+    def audit(self, workspace_id: str, limit: int, before: int | None = None) -> list[AuditRecord]:
+        """The newest `limit` audit records of a workspace (older than record `before`, if given)."""
+        query = select(AuditRecord).where(AuditRecord.workspace_id == workspace_id)
+        if before is not None:
+            query = query.where(AuditRecord.id < before)
+        with self.session() as session:
+            return list(session.scalars(query.order_by(AuditRecord.id.desc()).limit(limit)))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -235,7 +235,7 @@ def test_every_endpoint_is_described_in_the_docs(app: TestClient) -> None:
         for path, methods in app.get("/openapi.json").json()["paths"].items()
         for method, operation in methods.items()
     ]
-    assert len(operations) == 42
+    assert len(operations) == 43
     undescribed = [(method, path) for method, path, operation in operations if not operation.get("description")]
     assert undescribed == []
 
@@ -301,3 +301,31 @@ def test_using_an_ephemeral_workspace_slides_its_expiry(app: TestClient, alice: 
     kept = alice.create(ephemeral=False)
     alice.exec(kept.id, ["true"])
     assert alice.get(kept.id).expires_at is None  # a kept workspace has no expiry to slide
+
+
+def test_the_audit_trail_records_each_call_without_contents_or_env_values(alice: Client, bob: Client) -> None:
+    workspace = alice.create()
+    alice.exec(workspace.id, "echo hi", env={"SECRET_TOKEN": "hunter2"})
+    alice.write_tool(workspace.id, "/workspace/notes.txt", "the launch code is 0000")
+    refused(lambda: bob.exec(workspace.id, "true"))
+    alice.write_file(workspace.id, "/workspace/blob.bin", b"\0binary")
+
+    page = alice.audit(workspace.id)
+    assert [(r.owner, r.action, r.status) for r in page.records] == [
+        ("alice", "PUT /files", 200),
+        ("bob", "POST /exec", 404),
+        ("alice", "POST /tools/write", 200),
+        ("alice", "POST /exec", 200),
+    ]
+    assert page.records[3].arguments == {"command": "echo hi", "env": ["SECRET_TOKEN"]}
+    assert page.records[2].arguments == {"path": "/workspace/notes.txt", "content": "<23 characters>"}
+    assert page.records[0].arguments == {"path": "/workspace/blob.bin", "mode": "644"}  # and not its bytes
+    assert all(r.duration_ms >= 0 for r in page.records) and page.next_before is None
+    kept = page.model_dump_json()
+    assert "hunter2" not in kept and "launch code" not in kept
+
+    first = alice.audit(workspace.id, limit=3)
+    assert first.next_before == first.records[-1].id
+    rest = alice.audit(workspace.id, limit=3, before=first.next_before)
+    assert [r.action for r in rest.records] == ["POST /exec"] and rest.next_before is None
+    assert refused(lambda: bob.audit(workspace.id)).status_code == 404

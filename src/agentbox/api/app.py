@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentbox.api import (
+    audit,
     commands,
     files,
     github,
@@ -72,9 +73,10 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         },
     )
     app.add_middleware(RequestSizeLimit, limit=settings.max_request)
+    app.add_middleware(audit.AuditTrail)
     if settings.preview_domain:
         app.add_middleware(ports.PreviewHosts, domain=settings.preview_domain)
-    for module in (system, github, workspaces, commands, files, tools, sessions, processes, terminals, ports):
+    for module in (system, github, workspaces, commands, files, tools, sessions, processes, terminals, ports, audit):
         app.include_router(module.router)
     # A route of the ASGI endpoint itself (a mount would redirect /mcp to /mcp/); not in the OpenAPI schema.
     app.router.routes.append(Route(mcp_http.PATH, mcp, include_in_schema=False))

@@ -45,6 +45,7 @@ async def owner(request: Request, credentials: Annotated[HTTPAuthorizationCreden
     found = owner_of_key(request.app.state.service.settings.owners_by_key, credentials.credentials)
     if found is None:
         raise Unauthorized("invalid API key: use one of the keys in the server's WORKSPACE_API_KEYS")
+    request.state.owner = found  # for the audit trail
     return found
 
 

@@ -95,6 +95,7 @@ async def websocket_through_api(websocket: WebSocket, workspace_id: str, port: i
         if service.manager is None or not 1 <= port <= 65535:
             raise Unauthorized("no such port or workspaces are disabled on this server")
         owner, _ = bearer(websocket.headers.get("authorization"), service.settings.owners_by_key)
+        websocket.state.owner = owner  # for the audit trail
     except AgentboxError as exc:
         await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
         return

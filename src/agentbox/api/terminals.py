@@ -55,6 +55,7 @@ async def terminal(websocket: WebSocket, workspace_id: str, pid: int, offset: in
         keys = service.settings.owners_by_key
         header = websocket.headers.get("authorization")
         owner = bearer(header, keys)[0] if header else _token_owner(token, keys, workspace_id, pid)
+        websocket.state.owner = owner  # for the audit trail
         table: ProcessTable = await in_thread(service.manager.processes, owner, workspace_id)
         info = await in_thread(table.get, pid)
         if info.pty is None:

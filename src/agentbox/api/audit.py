@@ -1,0 +1,109 @@
+"""The audit trail in the API: a middleware that records every call on a workspace, and the route that reads them."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Query
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentbox.api.dependencies import Manager, Owner, in_thread
+from agentbox.audit import AuditLog, Call, summarized
+from agentbox.models import utcnow
+from agentbox.schemas import AuditPage, AuditRecordOut
+
+router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/audit", tags=["workspaces"])
+
+_ON_WORKSPACE = re.compile(r"^/api/v1/workspaces/([^/]+)(/.*)?$")
+_PREFIX = "/api/v1/workspaces/{workspace_id}"
+#: JSON bodies up to this size are summarized in the trail (bigger ones: only their size).
+MAX_SUMMARIZED_BODY = 16 << 20
+
+
+@router.get("", response_model=AuditPage)
+async def audit_trail(
+    workspace_id: str,
+    mgr: Manager,
+    who: Owner,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(ge=1, description="only records older than this id")] = None,
+) -> AuditPage:
+    """Every call made on the workspace (commands, processes, tools, sessions, files, previews), newest
+    first: who, what, its arguments without file contents or env values, its status and duration."""
+    await in_thread(mgr.get, who, workspace_id)
+    log: AuditLog = mgr.audit
+    records = await in_thread(log.page, workspace_id, limit, before)
+    page = [AuditRecordOut.model_validate(record, from_attributes=True) for record in records]
+    return AuditPage(records=page, next_before=page[-1].id if len(page) == limit else None)
+
+
+class AuditTrail:
+    """Records each HTTP request and WebSocket on /api/v1/workspaces/{id}/... once it has ended."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        on = _ON_WORKSPACE.match(scope["path"]) if scope["type"] in ("http", "websocket") else None
+        method = scope.get("method", "WEBSOCKET")
+        if on is None or (method == "GET" and on.group(2) == "/audit"):
+            await self.app(scope, receive, send)
+            return
+        started, at = time.monotonic(), utcnow()
+        status = 0
+        headers = dict(scope.get("headers", []))
+        body = bytearray()
+        keep_body = headers.get(b"content-type", b"").startswith(b"application/json")
+
+        async def receiving() -> Message:
+            message = await receive()
+            if keep_body and message["type"] == "http.request" and len(body) <= MAX_SUMMARIZED_BODY:
+                body.extend(message.get("body", b""))
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                status = message["status"]
+            elif message["type"] == "websocket.accept":
+                status = 101
+            await send(message)
+
+        try:
+            await self.app(scope, receiving, sending)
+        finally:
+            service = scope["app"].state.service
+            manager = service.manager if service is not None else None
+            if manager is not None:
+                route = scope.get("route")
+                template = getattr(route, "path", _PREFIX + (on.group(2) or ""))
+                manager.audit.record(
+                    Call(
+                        workspace_id=on.group(1),
+                        owner=scope.get("state", {}).get("owner"),
+                        at=at,
+                        action=f"{method} {template.removeprefix(_PREFIX) or '/'}",
+                        arguments=summarized(_arguments(scope, bytes(body))),
+                        status=status or 500,
+                        duration_ms=int((time.monotonic() - started) * 1000),
+                    )
+                )
+
+
+def _arguments(scope: Scope, body: bytes) -> dict[str, Any]:
+    arguments: dict[str, Any] = {k: v for k, v in scope.get("path_params", {}).items() if k != "workspace_id"}
+    arguments |= dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    if body:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            arguments |= parsed
+        else:
+            arguments["body"] = f"<{len(body)} bytes>"
+    return arguments

@@ -1,0 +1,144 @@
+"""The audit trail: every call of the API on a workspace, written down and logged as a structured line.
+
+What is kept of a call is who made it, on which workspace, what (the method and route), its
+arguments summarized, its status and how long it took. File contents (`content`, `old_string`,
+`new_string`) are replaced by their length and environment variables by their names: the
+trail says what an agent did without becoming a copy of its files or secrets.
+
+Records are written by a thread of their own, a batch at a time, so that a call does not wait
+for the database; a read of the trail first waits for what is queued (`flush`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from agentbox.models import AuditRecord
+from agentbox.store import Store
+
+log = logging.getLogger("agentbox.audit")
+
+#: Argument names whose values are file contents: only their length is kept.
+CONTENTS = frozenset({"content", "old_string", "new_string"})
+#: Argument names whose values are secrets of some kind: never kept.
+SECRETS = frozenset({"token", "agentbox_preview"})
+#: Characters of any other string argument kept (a long command is cut).
+MAX_TEXT = 1000
+_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Call:
+    workspace_id: str
+    owner: str | None
+    at: datetime
+    action: str  # "POST /exec", "GET /files", "WEBSOCKET /processes/{pid}/terminal"...
+    arguments: dict[str, Any]
+    status: int
+    duration_ms: int
+
+
+def summarized(arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` as the trail keeps them (see the module's docstring)."""
+    kept: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if name in SECRETS:
+            continue
+        if name in CONTENTS:
+            kept[name] = f"<{len(value)} characters>" if isinstance(value, str) else "<not kept>"
+        elif name == "env" and isinstance(value, dict):
+            kept[name] = sorted(value)  # the names only
+        else:
+            kept[name] = _short(value)
+    return kept
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return value[:MAX_TEXT] + f"… ({len(value)} characters)"
+    if isinstance(value, list):
+        return [_short(item) for item in value[:100]]
+    if isinstance(value, dict):
+        return {str(key): _short(item) for key, item in list(value.items())[:100]}
+    return value
+
+
+class AuditLog:
+    """Where calls are recorded: a queue, drained into the store by a writer thread."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: queue.SimpleQueue[Call | threading.Event | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def record(self, call: Call) -> None:
+        """Queue `call` for the store and log it now, as one JSON line."""
+        log.info(json.dumps({"audit": True, **vars(call), "at": call.at.isoformat()}, default=str))
+        self._ensure_writer()
+        self._queue.put(call)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every call recorded before is in the store."""
+        self._ensure_writer()
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._queue.put(None)
+            writer.join(timeout=30)
+
+    def page(self, workspace_id: str, limit: int, before: int | None = None) -> list[AuditRecord]:
+        """The newest `limit` records of a workspace, older than record `before` if given."""
+        self.flush()
+        return self.store.audit(workspace_id, limit, before)
+
+    def _ensure_writer(self) -> None:
+        with self._lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write, name="audit-writer", daemon=True)
+                self._writer.start()
+
+    def _write(self) -> None:
+        while True:
+            batch: list[Call] = []
+            waiting: list[threading.Event] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    self._store(batch)
+                    for event in waiting:
+                        event.set()
+                    return
+                if isinstance(item, threading.Event):
+                    waiting.append(item)
+                else:
+                    batch.append(item)
+                if len(batch) >= _BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._store(batch)
+            for event in waiting:
+                event.set()
+
+    def _store(self, batch: list[Call]) -> None:
+        if not batch:
+            return
+        try:
+            self.store.add_audit([AuditRecord(**vars(call)) for call in batch])
+        except Exception:  # the database is away: the lines are in the log; the server goes on
+            log.exception("writing %d audit records failed", len(batch))
