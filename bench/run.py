@@ -201,6 +201,8 @@ def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, 
         sample("exec_api", lambda: api.post(f"/workspaces/{workspace_id}/exec", json={"command": ["true"]}))
         sample("exec_raw", raw_exec)
 
+    results |= agent_tools(api, workspace_id, rounds)
+
     print("==> a 1 MiB file written and read through the API", flush=True)
     megabyte, files = os.urandom(1 << 20), f"/workspaces/{workspace_id}/files"
     for _ in range(rounds):
@@ -208,6 +210,40 @@ def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, 
         sample("file_read_1m", lambda: api.get(files, params={"path": "/tmp/1m"}).raise_for_status())
     api.delete(f"/workspaces/{workspace_id}")
     target.remove(force=True)
+    return results
+
+
+def agent_tools(api: httpx.Client, workspace_id: str, rounds: int) -> dict[str, list[float]]:
+    """The calls an agent makes, each alone and twenty in a row (a loop: read, edit, run, search), in a
+    running gVisor workspace; and a page fetched through a port preview."""
+    print("==> agent tools: file tools, search, a shell session, a port preview", flush=True)
+    base = f"/workspaces/{workspace_id}"
+    source = "".join(f"def function_{i}(x):\n    return x + {i}\n\n" for i in range(70))
+    api.post(f"{base}/tools/write", json={"path": "/workspace/app/module.py", "content": source}).raise_for_status()
+    api.post(f"{base}/exec", json={"command": "cp -r /usr/lib/python3.11/json /usr/lib/python3.11/email /workspace/"})
+    session = api.post(f"{base}/sessions", json={}).raise_for_status().json()["session_id"]
+    api.post(f"{base}/processes", json={"command": "python3 -m http.server 8000 --bind 127.0.0.1", "cwd": "/workspace"})
+    calls: dict[str, Callable[[int], httpx.Response]] = {
+        "tool_read": lambda _: api.post(f"{base}/tools/read", json={"path": "/workspace/app/module.py"}),
+        "tool_edit": lambda i: api.post(
+            f"{base}/tools/edit",
+            json={"path": "/workspace/app/module.py", "old_string": f"x + {i % 70}\n", "new_string": f"x + {i % 70}\n"},
+        ),
+        "tool_glob": lambda _: api.post(f"{base}/tools/glob", json={"pattern": "**/*.py"}),
+        "tool_grep": lambda _: api.post(f"{base}/tools/grep", json={"pattern": r"def \w+\(", "limit": 100}),
+        "session_run": lambda _: api.post(f"{base}/sessions/{session}/run", json={"command": "true"}),
+        "preview_get": lambda _: api.get(f"{base}/ports/8000/app/module.py"),
+    }
+    while api.get(f"{base}/ports/8000/").status_code != 200:
+        time.sleep(0.2)
+    results: dict[str, list[float]] = {name: [] for name in calls}
+    for name, call in calls.items():
+        for i in range(rounds):
+            started = time.perf_counter()
+            call(i).raise_for_status()
+            results[name].append((time.perf_counter() - started) * 1000)
+    loop = ["tool_read", "tool_edit", "session_run", "tool_grep", "tool_read"] * 4
+    results["agent_loop_20_calls"] = timed(lambda: [calls[name](i) for i, name in enumerate(loop)], max(3, rounds // 3))
     return results
 
 

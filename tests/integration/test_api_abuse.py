@@ -67,6 +67,7 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
         # A well-formed request for every endpoint that names a workspace or an App, as its owner would send it.
         processes = "/api/v1/workspaces/{workspace_id}/processes"
         tools = "/api/v1/workspaces/{workspace_id}/tools"
+        sessions = "/api/v1/workspaces/{workspace_id}/sessions"
         process = processes + "/{pid}"
         attempts: dict[tuple[str, str], Callable[[], object]] = {
             ("GET", "/api/v1/workspaces/{workspace_id}"): lambda: bob.get(victim),
@@ -93,6 +94,16 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
             ("POST", f"{tools}/read"): lambda: bob.read_tool(victim, "/workspace/secret.txt"),
             ("POST", f"{tools}/write"): lambda: bob.write_tool(victim, "/workspace/pwned", "x"),
             ("POST", f"{tools}/edit"): lambda: bob.edit_tool(victim, "/workspace/secret.txt", "s", "x"),
+            ("POST", f"{tools}/glob"): lambda: bob.glob_tool(victim, "**"),
+            ("POST", f"{tools}/grep"): lambda: bob.grep_tool(victim, "secret"),
+            ("POST", f"{sessions}"): lambda: bob.open_session(victim),
+            ("GET", f"{sessions}"): lambda: bob.sessions(victim),
+            ("POST", f"{sessions}/{{session_id}}/run"): lambda: bob.run_in_session(victim, "1", "touch /tmp/pwned"),
+            ("DELETE", f"{sessions}/{{session_id}}"): lambda: bob.close_session(victim, "1"),
+            ("GET", "/api/v1/workspaces/{workspace_id}/ports/{port}/url"): lambda: bob._call(
+                "GET", f"/workspaces/{victim}/ports/8000/url"
+            ),
+            ("GET", "/api/v1/workspaces/{workspace_id}/audit"): lambda: bob.audit(victim),
             ("POST", f"{processes}"): lambda: bob.start_process(victim, ["true"]),
             ("GET", f"{processes}"): lambda: bob.processes(victim),
             ("GET", f"{process}"): lambda: bob.process(victim, 1),
