@@ -283,6 +283,20 @@ def ws_push(
     console.print(f"pushed {pushed.branch} ({pushed.commit[:12]}) to {pushed.repository}", highlight=False)
 
 
+@ws.command("preview")
+def ws_preview(
+    workspace_id: Annotated[str, typer.Argument(help="workspace id")],
+    port: Annotated[int, typer.Argument(help="the port a server listens on inside the workspace", min=1, max=65535)],
+    expires_in: Annotated[int, typer.Option("--expires-in", help="seconds the URL works", min=60)] = 3600,
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
+) -> None:
+    """Print a URL that opens the server on PORT in the workspace in a browser (no key needed)."""
+    with api_client(url, api_key) as client:
+        preview = guarded(lambda: client.preview_url(workspace_id, port, expires_in))
+    print(preview.url)
+
+
 @ws.command("rm")
 def ws_rm(
     workspace_ids: Annotated[list[str], typer.Argument(help="workspace ids")],

@@ -37,6 +37,7 @@ from agentbox.schemas import (
     GrepToolOut,
     Health,
     OutputEvent,
+    PreviewURL,
     ProviderList,
     ProviderStatus,
     PushOut,
@@ -219,6 +220,11 @@ class Client:
         """The calls made on the workspace, newest first; pass `next_before` as `before` for older ones."""
         params = {"limit": limit, **({"before": before} if before is not None else {})}
         return _parse(AuditPage, self._call("GET", f"/workspaces/{workspace_id}/audit", params=params))
+
+    def preview_url(self, workspace_id: str, port: int, expires_in: int = 3600) -> PreviewURL:
+        """A URL a browser opens to reach the server on `port` in the workspace. Raises APIError: 404, 422."""
+        url = f"/workspaces/{workspace_id}/ports/{port}/url"
+        return _parse(PreviewURL, self._call("GET", url, params={"expires_in": expires_in}))
 
     # Shell sessions
 

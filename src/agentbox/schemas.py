@@ -457,3 +457,9 @@ class AuditRecordOut(BaseModel):
 class AuditPage(BaseModel):
     records: list[AuditRecordOut] = Field(description="newest first")
     next_before: int | None = Field(description="pass as `before` for the next (older) page; null when there is none")
+
+
+class PreviewURL(BaseModel):
+    url: str = Field(description="for a browser: the host form when the server has a preview domain, else path_url")
+    path_url: str = Field(description="/preview/{token}/ on this server: works without wildcard DNS")
+    expires_at: int = Field(description="Unix time after which the URL is refused (403)")

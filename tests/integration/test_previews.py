@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -76,6 +78,12 @@ def test_a_preview_url_works_without_a_key_and_only_for_its_port(
     assert httpx.get(f"{server.url}/app.js", headers={"host": host}).status_code == 403  # no token
     other_port = host.replace(f"{PORT}-", "8001-", 1)
     assert httpx.get(f"{server.url}/", headers={"host": other_port, "cookie": cookie}).status_code == 403
+
+    command = [sys.executable, "-m", "agentbox.cli", "ws", "preview", web.id, str(PORT)]
+    printed = subprocess.run(
+        [*command, "--url", server.url, "--api-key", KEYS["alice"]], capture_output=True, text=True, check=True
+    ).stdout
+    assert printed.startswith(f"http://{host}/?agentbox_preview=")
 
     expired, _ = mint("alice", KEYS["alice"], -10, use="preview", ws=web.id, port=PORT)
     refused = httpx.get(f"{server.url}/preview/{expired}/")

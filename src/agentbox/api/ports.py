@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlencode
 import jwt
 from fastapi import APIRouter, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,6 +31,7 @@ from agentbox.api.proxy import PREVIEW_COOKIE, Connect, proxy_http, proxy_websoc
 from agentbox.api.tokens import bearer, mint, owner_of
 from agentbox.errors import AgentboxError, Forbidden, Unauthorized
 from agentbox.manager import WorkspaceManager
+from agentbox.schemas import PreviewURL
 
 router = APIRouter(tags=["previews"])
 
@@ -40,12 +41,6 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: A preview URL's life when the request names none, and the longest allowed.
 DEFAULT_SECONDS = 3600
 MAX_SECONDS = 7 * 86400
-
-
-class PreviewURL(BaseModel):
-    url: str = Field(description="for a browser: the host form when the server has a preview domain, else path_url")
-    path_url: str = Field(description="/preview/{token}/ on this server: works without wildcard DNS")
-    expires_at: int = Field(description="Unix time after which the URL is refused (403)")
 
 
 @router.get(_PREFIX + "/url", response_model=PreviewURL)

@@ -28,9 +28,11 @@ HeadersOf = Callable[[ServerRequestContext[Any, Any]], Mapping[str, str]]
 
 INSTRUCTIONS = (
     "agentbox gives you isolated Linux workspaces to run code in. Create one with create_workspace, "
-    "pass its id as workspace_id to exec, read_file, write_file, edit_file and the process tools, "
-    "and delete it with delete_workspace when you are done. Paths in a workspace are absolute; "
-    "its working directory is /workspace."
+    "pass its id as workspace_id to the other tools, and delete it with delete_workspace when you are "
+    "done. Paths in a workspace are absolute; its working directory is /workspace. Use read_file, "
+    "write_file, edit_file, glob and grep for files; open_session and run_in_session for shell commands "
+    "that build on each other (cd, variables); exec for one-off commands; start_process for servers, "
+    "and preview_url to open one in a browser."
 )
 
 
