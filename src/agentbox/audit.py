@@ -15,6 +15,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,8 @@ SECRETS = frozenset({"token", "agentbox_preview"})
 #: Characters of any other string argument kept (a long command is cut).
 MAX_TEXT = 1000
 _BATCH = 500
+#: Seconds the writer gathers calls before writing them together.
+GATHER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ class AuditLog:
 
     def record(self, call: Call) -> None:
         """Queue `call` for the store and log it now, as one JSON line."""
-        log.info(json.dumps({"audit": True, **vars(call), "at": call.at.isoformat()}, default=str))
+        if log.isEnabledFor(logging.INFO):
+            log.info(json.dumps({"audit": True, **vars(call), "at": call.at.isoformat()}, default=str))
         self._ensure_writer()
         self._queue.put(call)
 
@@ -111,10 +115,13 @@ class AuditLog:
                 self._writer.start()
 
     def _write(self) -> None:
+        """Gather calls for up to GATHER_SECONDS (one commit for many, not one per call), or until a
+        reader waits or the log closes; write them; again."""
         while True:
             batch: list[Call] = []
             waiting: list[threading.Event] = []
             item = self._queue.get()
+            deadline = time.monotonic() + GATHER_SECONDS
             while True:
                 if item is None:
                     self._store(batch)
@@ -123,12 +130,12 @@ class AuditLog:
                     return
                 if isinstance(item, threading.Event):
                     waiting.append(item)
-                else:
-                    batch.append(item)
+                    break
+                batch.append(item)
                 if len(batch) >= _BATCH:
                     break
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     break
             self._store(batch)

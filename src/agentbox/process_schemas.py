@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from agentbox.providers.processes import ProcessInfo, ProcessRequest, ProcessStatus, ProcessStream, TerminalSize
-from agentbox.schemas import AbsolutePath, CommandLine, Env, argv_of
+from agentbox.schemas import AbsolutePath, CommandLine, Env, NoNul, argv_of
 
 
 class TerminalSizeIn(BaseModel):
@@ -140,7 +140,7 @@ class SessionList(BaseModel):
 class SessionRunIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    command: str = Field(min_length=1, max_length=1 << 20, description="shell text, run by the session's bash")
+    command: NoNul = Field(min_length=1, max_length=1 << 20, description="shell text, run by the session's bash")
     timeout: float | None = Field(
         None,
         gt=0,

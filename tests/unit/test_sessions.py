@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from agentbox.sessions import MarkedOutput
+from agentbox.sessions import MarkedOutput, ansi_c
 
 
 @pytest.mark.parametrize("piece", [1, 3, 7, 1000])
@@ -22,3 +24,11 @@ def test_another_runs_marker_is_output_and_the_limit_holds() -> None:
     assert not out.done
     out.feed(b"\x1eagentbox-00ff\n")  # stderr's marker has no status
     assert (out.done, out.status, out.truncated, len(out.text())) == (True, None, True, 10)
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", 'it\'s \\ "quoted" $HOME `x` $(y)', "two\nlines\tand\x1bcontrol\x7f", "ünïcødé ✓", "\\x41"]
+)
+def test_a_command_reaches_bash_exactly_as_written(text: str) -> None:
+    shown = subprocess.run(["bash", "-c", f"printf %s {ansi_c(text)}"], capture_output=True, check=True).stdout
+    assert shown.decode() == text
