@@ -960,10 +960,15 @@ static char *request;
 static char **fields;
 
 /* Subcommands that leave nothing in the worker once they end (`run` unless it had to hand
- * its pipes to a drainer): their worker may serve the next call. */
+ * its pipes to a drainer; not `spawn`, whose supervisor it forks): their worker may serve the
+ * next call. */
 static int reusable(const char *name) {
-    return !strcmp(name, "run") || !strcmp(name, "get") || !strcmp(name, "put") ||
-           !strcmp(name, "mkdir") || !strcmp(name, "probe") || !strcmp(name, "connect");
+    static const char *const names[] = {"run", "get", "put", "mkdir", "probe", "connect",
+                                        "procs", "output", "input", "signal"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(name, names[i]))
+            return 1;
+    return 0;
 }
 
 /* Serve one accepted connection `c` (close-on-exec): through leave() back into the worker's
