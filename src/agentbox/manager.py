@@ -42,7 +42,6 @@ from agentbox.providers.base import (
     Resources,
     WatchEvent,
     WorkspaceSpec,
-    close_stream,
     distinct,
 )
 from agentbox.providers.processes import ProcessInfo, ProcessRequest, ProcessTable
@@ -336,11 +335,7 @@ class WorkspaceManager:
     def grep_tool(self, owner: str, workspace_id: str, query: search.GrepQuery) -> search.GrepResult:
         """The grep tool: lines matching a regular expression, with context, until a bound."""
         provider, ref = self._target(owner, workspace_id)
-        events = provider.exec_stream(ref, self._search_request(search.grep_command(query)))
-        try:
-            return search.grepped(query, events)
-        finally:
-            close_stream(events)
+        return search.grep(query, lambda argv: provider.exec_stream(ref, self._search_request(argv)))
 
     def _search_request(self, argv: list[str]) -> ExecRequest:
         timeout = min(search.SEARCH_SECONDS, self.settings.exec_timeout)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agentbox.errors import NotFound, Unprocessable
-from agentbox.providers.base import ExecEvent, ExecResult, Exit
+from agentbox.errors import BadRequest, NotFound, Unprocessable
+from agentbox.providers.base import ExecEvent, ExecResult, Exit, close_stream
 
 #: Seconds a search may run; what it found by then is the answer, marked truncated.
 SEARCH_SECONDS = 20.0
@@ -154,46 +153,65 @@ class GrepLine:
 class GrepResult:
     matches: list[GrepLine] = field(default_factory=list)
     truncated: bool = False
-    engine: Literal["rg", "grep"] = "rg"
+    engine: Literal["rg", "grep"] = "rg"  # which one ran
 
 
-def grep_command(query: GrepQuery) -> list[str]:
-    """ripgrep with JSON output where the image has it (it skips what .gitignore and hidden names
-    hide, and binary files), else GNU grep -P; the first line of output says which ran."""
-    rg = ["rg", "--json", "--no-config", "--max-filesize", "16M"]
-    grep = ["grep", "-rnIZP"]
+Engine = Literal["rg", "grep"]
+#: Tried in this order: ripgrep (it skips what .gitignore and hidden names hide, and binary files),
+#: then GNU grep -P for images without it.
+ENGINES: tuple[Engine, ...] = ("rg", "grep")
+#: How the helper ends a command whose program is not in the image.
+_NOT_INSTALLED = 127
+
+
+def grep(query: GrepQuery, run: Callable[[list[str]], Iterator[ExecEvent]]) -> GrepResult:
+    """Search with the first engine the workspace has; `run` starts a command there.
+
+    NotFound for a path that does not exist, Unprocessable for a pattern the engine refuses,
+    BadRequest when the image has neither engine.
+    """
+    for engine in ENGINES:
+        events = run(grep_command(query, engine))
+        try:
+            found = grepped(query, events, engine)
+        finally:
+            close_stream(events)  # stops a search cut short
+        if found is not None:
+            return found
+    raise BadRequest("grep needs ripgrep or GNU grep in the workspace's image: install one (apt-get install ripgrep)")
+
+
+def grep_command(query: GrepQuery, engine: Engine) -> list[str]:
+    if engine == "rg":
+        argv = ["rg", "--json", "--no-config", "--max-filesize", "16M"]
+        include = ["-g", query.include] if query.include else []
+    else:
+        argv = ["grep", "-rnIZP"]
+        include = [f"--include={query.include}"] if query.include else []
     if query.ignore_case:
-        rg.append("-i")
-        grep.append("-i")
+        argv.append("-i")
     if query.context:
-        rg += ["-C", str(query.context)]
-        grep += ["-C", str(query.context)]
-    if query.include:
-        rg += ["-g", query.include]
-        grep.append(f"--include={query.include}")
-    tail = ["-e", query.pattern, "--", query.path]
-    script = (
-        f"if command -v rg >/dev/null 2>&1; then echo rg; exec {shlex.join(rg + tail)}; "
-        f"else echo grep; exec {shlex.join(grep + tail)}; fi"
-    )
-    return ["/bin/sh", "-c", script]
+        argv += ["-C", str(query.context)]
+    return [*argv, *include, "-e", query.pattern, "--", query.path]
 
 
-def grepped(query: GrepQuery, events: Iterable[ExecEvent]) -> GrepResult:
-    """`grep_command`'s output as lines, read until the search ends or reaches a bound (then truncated).
+def grepped(query: GrepQuery, events: Iterable[ExecEvent], engine: Engine) -> GrepResult | None:
+    """`grep_command`'s output as lines, read until the search ends or reaches a bound (then truncated);
+    None when `engine` is not in the workspace's image.
 
     NotFound for a path that does not exist; Unprocessable for a pattern the engine refuses.
-    The caller closes `events` afterwards, which stops a search cut short.
     """
-    result = GrepResult()
+    result = GrepResult(engine=engine)
+    parse = _rg_line if engine == "rg" else _grep_line
     pending = b""
     stderr = b""
-    parse = None
     matched = text = 0
     for event in events:
         if isinstance(event, Exit):
             if event.timed_out:
                 result.truncated = True
+            elif event.exit_code == _NOT_INSTALLED and not result.matches:
+                return None
             elif event.exit_code >= 2 and not result.matches:
                 _refuse_when_unusable(query, stderr.decode("utf-8", "replace"))
             return result
@@ -203,10 +221,6 @@ def grepped(query: GrepQuery, events: Iterable[ExecEvent]) -> GrepResult:
         pending += event.data
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            if parse is None:
-                result.engine = "rg" if line == b"rg" else "grep"
-                parse = _rg_line if result.engine == "rg" else _grep_line
-                continue
             found = parse(line)
             if found is None:
                 continue

@@ -46,6 +46,7 @@ def web(alice: Client, workspace: WorkspaceOut) -> Iterator[WorkspaceOut]:
 def test_the_api_form_reaches_the_server_and_keeps_the_key_out(alice: Client, bob: Client, web: WorkspaceOut) -> None:
     answer = through_api(alice, web.id, "/some/path?x=1&y=%2F", method="POST", content=b"hello")
     assert answer.status_code == 200 and answer.headers["x-served-by"] == "echo"
+    assert answer.headers.get_list("set-cookie") == ["first=1", "second=2"]  # a repeated header stays repeated
     seen = answer.json()
     assert (seen["method"], seen["path"], seen["body"]) == ("POST", "/some/path?x=1&y=%2F", "hello")
     headers = {name.lower(): value for name, value in seen["headers"].items()}

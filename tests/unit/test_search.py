@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agentbox.errors import NotFound, Unprocessable
+from agentbox.errors import BadRequest, NotFound, Unprocessable
 from agentbox.providers.base import ExecEvent, Exit, Output
-from agentbox.search import GrepQuery, compile_glob, grep_command, grepped
+from agentbox.search import GrepQuery, compile_glob, grep, grepped
 
 
 @pytest.mark.parametrize(
@@ -40,15 +40,21 @@ def test_glob_semantics(pattern: str, path: str, matches: bool) -> None:
     assert any(regex.fullmatch(path) for regex in compile_glob(pattern)) is matches
 
 
-def run_here(argv: list[str], without_rg: bool) -> list[ExecEvent]:
-    """The command run on this host, its output as a provider's exec would give it."""
-    env = dict(os.environ)
-    if without_rg:  # a PATH with grep and sh but no rg
-        env["PATH"] = "/usr/bin:/bin"
-        if shutil.which("rg", path=env["PATH"]):
-            pytest.skip("rg is installed in /usr/bin on this host")
-    done = subprocess.run(argv, capture_output=True, env=env, check=False)
-    return [Output("stdout", done.stdout), Output("stderr", done.stderr), Exit(done.returncode, False, 1)]
+def run_here(argv: list[str]) -> Iterator[ExecEvent]:
+    """The command run on this host with a PATH that has grep but no rg, its output as a provider's exec
+    gives it (the helper's exit 127 for a program that is not there)."""
+    path = "/usr/bin:/bin"
+    if shutil.which("rg", path=path):
+        pytest.skip("rg is installed in /usr/bin on this host")
+    program = shutil.which(argv[0], path=path)
+    if program is None:
+        yield Output("stderr", f"agentbox-exec: cannot run '{argv[0]}': No such file or directory\n".encode())
+        yield Exit(127, False, 1)
+        return
+    done = subprocess.run([program, *argv[1:]], capture_output=True, check=False)
+    yield Output("stdout", done.stdout)
+    yield Output("stderr", done.stderr)
+    yield Exit(done.returncode, False, 1)
 
 
 @pytest.fixture
@@ -62,7 +68,7 @@ def tree(tmp_path: Path) -> Path:
 
 def test_grep_fallback_gives_matches_and_context(tree: Path) -> None:
     query = GrepQuery(pattern=r"def \w+", path=str(tree), context=1)
-    found = grepped(query, run_here(grep_command(query), without_rg=True))
+    found = grep(query, run_here)
     assert found.engine == "grep" and not found.truncated
     lines = sorted((m.path.removeprefix(str(tree)), m.line_number, m.line, m.is_match) for m in found.matches)
     assert lines == [
@@ -75,19 +81,25 @@ def test_grep_fallback_gives_matches_and_context(tree: Path) -> None:
 
 
 def test_grep_fallback_bounds_and_refusals(tree: Path) -> None:
-    query = GrepQuery(pattern="x", path=str(tree), limit=2)
-    bounded = grepped(query, run_here(grep_command(query), without_rg=True))
+    bounded = grep(GrepQuery(pattern="x", path=str(tree), limit=2), run_here)
     assert len(bounded.matches) == 2 and bounded.truncated
-    missing = GrepQuery(pattern="x", path=str(tree / "nowhere"))
     with pytest.raises(NotFound):
-        grepped(missing, run_here(grep_command(missing), without_rg=True))
-    bad = GrepQuery(pattern="(", path=str(tree))
+        grep(GrepQuery(pattern="x", path=str(tree / "nowhere")), run_here)
     with pytest.raises(Unprocessable, match="parenthes"):
-        grepped(bad, run_here(grep_command(bad), without_rg=True))
+        grep(GrepQuery(pattern="(", path=str(tree)), run_here)
+
+
+def test_an_image_without_either_engine_is_told_what_to_install() -> None:
+    def nothing_installed(argv: list[str]) -> Iterator[ExecEvent]:
+        yield Exit(127, False, 1)
+
+    with pytest.raises(BadRequest, match="apt-get install ripgrep"):
+        grep(GrepQuery(pattern="x", path="/w"), nothing_installed)
 
 
 def test_long_lines_are_cut_and_a_timeout_is_a_truncated_answer() -> None:
     query = GrepQuery(pattern="x", path="/w")
     line = b"/w/f\x002:" + b"x" * 2000 + b"\n"
-    found = grepped(query, [Output("stdout", b"grep\n" + line), Exit(124, True, 20_000)])
+    found = grepped(query, [Output("stdout", line), Exit(124, True, 20_000)], "grep")
+    assert found is not None
     assert found.truncated and len(found.matches[0].line) == 501 and found.matches[0].line.endswith("…")

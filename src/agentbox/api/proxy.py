@@ -48,6 +48,8 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+#: What the answer's framing was between the app and agentbox, not between agentbox and the client.
+_HOP_BY_HOP_ANSWER = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
 
 Connect = Callable[[], PortConnection]
 
@@ -85,7 +87,9 @@ async def proxy_http(request: Request, connect: Connect, target: str, prefix: st
     status, answer_headers, content = await anyio.to_thread.run_sync(
         _exchange, connect, request.method, target, headers, body, length
     )
-    return ClosingStreamingResponse(content, status_code=status, headers=answer_headers)
+    response = ClosingStreamingResponse(content, status_code=status)
+    response.raw_headers = answer_headers  # as a list: a header may come more than once (Set-Cookie)
+    return response
 
 
 def _exchange(
@@ -95,7 +99,7 @@ def _exchange(
     headers: list[tuple[bytes, bytes]],
     body: Iterator[bytes],
     length: str | None,
-) -> tuple[int, dict[str, str], Iterator[bytes]]:
+) -> tuple[int, list[tuple[bytes, bytes]], Iterator[bytes]]:
     connection = connect()
     try:
         client = h11.Connection(h11.CLIENT)
@@ -111,11 +115,7 @@ def _exchange(
     except BaseException:
         connection.close()
         raise
-    headers_out = {
-        name.decode("latin-1"): value.decode("latin-1")
-        for name, value in answer.headers
-        if name.decode("latin-1").lower() not in ("connection", "keep-alive", "transfer-encoding")
-    }
+    headers_out = [(name, value) for name, value in answer.headers if name not in _HOP_BY_HOP_ANSWER]
     return answer.status_code, headers_out, _answer_body(client, connection)
 
 

@@ -32,6 +32,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-Served-By", "echo")
+        self.send_header("Set-Cookie", "first=1")
+        self.send_header("Set-Cookie", "second=2")
         self.end_headers()
         self.wfile.write(data.encode())
 
