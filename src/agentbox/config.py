@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     )
     # The E2B template that stands for the default image (WORKSPACE_IMAGE) on the e2b provider.
     e2b_template: str = Field("base", min_length=1, max_length=256, validation_alias="WORKSPACE_E2B_TEMPLATE")
+    # E2B's control-plane API under /e2b, for code written for E2B's SDK (E2B_API_URL=<server>/e2b).
+    e2b_api: bool = Field(True, validation_alias="WORKSPACE_E2B_API")
     # Set (a domain with wildcard DNS onto this server, e.g. "preview.example.com" or "localhost:8000"):
     # previews are also served at http(s)://{port}-{workspace id}.{domain}/, where an app's absolute
     # links work. Unset: previews are served under /preview/{token}/ only.

@@ -37,6 +37,9 @@ class NewWorkspace:
     disk: int | None = None
     ephemeral: bool = True
     ttl_days: float | None = None
+    #: A fixed end instead of a sliding TTL (E2B's `timeout`): the workspace ends this many seconds
+    #: from its creation, used or not, unless its deadline is moved.
+    deadline_seconds: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     network: NetworkPolicy | None = None

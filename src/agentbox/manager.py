@@ -115,6 +115,8 @@ class WorkspaceManager:
         now = utcnow()
         ttl_days = (request.ttl_days or self.settings.default_ttl_days) if request.ephemeral else None
         expires_at = now + timedelta(days=ttl_days) if ttl_days is not None else None
+        if request.deadline_seconds is not None:  # a fixed end: no TTL to slide
+            ttl_days, expires_at = None, now + timedelta(seconds=request.deadline_seconds)
         policy = request.network if request.network is not None else self.settings.network_policy
         if kind_of(policy) not in capabilities.network_policies:
             enforced = ", ".join(sorted(capabilities.network_policies))
@@ -241,6 +243,15 @@ class WorkspaceManager:
             raise Conflict(f"workspace {workspace.id} is persistent and never expires: there is nothing to extend")
         ttl = ttl_days or workspace.ttl_days or self.settings.default_ttl_days
         return self.store.update(workspace.id, "extended", ttl_days=ttl, expires_at=utcnow() + timedelta(days=ttl))
+
+    def set_deadline(self, owner: str, workspace_id: str, seconds: float, only_later: bool = False) -> Workspace:
+        """End the workspace `seconds` from now, used or not (E2B's `set_timeout`); with `only_later`,
+        never earlier than its current end (E2B's `connect`)."""
+        workspace = self.get(owner, workspace_id)
+        deadline = utcnow() + timedelta(seconds=seconds)
+        if only_later and workspace.expires_at is not None and workspace.expires_at > deadline:
+            return workspace
+        return self.store.update(workspace.id, "deadline_set", ephemeral=True, ttl_days=None, expires_at=deadline)
 
     # Background work (see lifecycle.py)
 

@@ -54,6 +54,8 @@ EnvKey = Annotated[str, Field(max_length=256), AfterValidator(_env_key)]
 EnvValue = Annotated[str, Field(max_length=65536), AfterValidator(_no_nul)]
 Env = Annotated[dict[EnvKey, EnvValue], Field(max_length=256)]
 LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")]
+#: E2B's metadata keys (stored as labels) may also hold `_` ("sandbox_test_id").
+MetadataKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,62}$")]
 LabelValue = Annotated[str, Field(max_length=256), AfterValidator(_no_nul)]
 AbsolutePath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_absolute_path)]
 #: A shell command (run by /bin/sh -c) or an argv list (run as is).

@@ -279,6 +279,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, e2b: E2BStandIn) -> Iterato
 
 
 @pytest.fixture
+def reaping(tmp_path: Path) -> Iterator[Server]:
+    """A server of its own that looks for expired workspaces every second."""
+    server = Server(tmp_path, env={"WORKSPACE_REAP_INTERVAL": "1"}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def alice(server: Server) -> Iterator[Client]:
     with server.client("alice") as client:
         yield client

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import docker
 import pytest
@@ -16,13 +14,6 @@ from agentbox.store import Store
 from .conftest import Server, eventually
 
 SECOND = 1 / 86400  # in days
-
-
-@pytest.fixture
-def reaping(tmp_path: Path) -> Iterator[Server]:
-    server = Server(tmp_path, env={"WORKSPACE_REAP_INTERVAL": "1"}).start()
-    yield server
-    server.stop()
 
 
 def test_expired_workspaces_are_destroyed_and_recorded_persistent_ones_stay(

@@ -31,6 +31,7 @@ from agentbox.api import (
 )
 from agentbox.api.dependencies import in_thread
 from agentbox.config import Settings
+from agentbox.e2b_api import control as e2b_control
 from agentbox.errors import AgentboxError
 from agentbox.mcp import http as mcp_http  # a module, not its names: agentbox.mcp.http imports api.dependencies
 from agentbox.service import Service
@@ -70,6 +71,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             AgentboxError: agentbox_error,
             RequestValidationError: invalid_request,
             Exception: unexpected_error,
+            e2b_control.E2BError: e2b_control.e2b_error,
         },
     )
     app.add_middleware(RequestSizeLimit, limit=settings.max_request)
@@ -78,6 +80,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         app.add_middleware(ports.PreviewHosts, domain=settings.preview_domain)
     for module in (system, github, workspaces, commands, files, tools, sessions, processes, terminals, ports, audit):
         app.include_router(module.router)
+    if settings.e2b_api:
+        app.include_router(e2b_control.router)
     # A route of the ASGI endpoint itself (a mount would redirect /mcp to /mcp/); not in the OpenAPI schema.
     app.router.routes.append(Route(mcp_http.PATH, mcp, include_in_schema=False))
     return app
