@@ -15,14 +15,13 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from agentbox.process_schemas import (
-    OutputDroppedEvent,
-    ProcessExitEvent,
     ProcessList,
     ProcessOut,
-    ProcessOutputEvent,
+    ProcessStreamEvent,
     SessionList,
     SessionOut,
     SessionRunOut,
+    process_event,
 )
 from agentbox.schemas import (
     AuditPage,
@@ -50,8 +49,6 @@ from agentbox.schemas import (
 
 Model = TypeVar("Model", bound=BaseModel)
 Event = TypeVar("Event")
-#: One line of GET .../processes/{pid}/output.
-ProcessStreamEvent = ProcessOutputEvent | OutputDroppedEvent | ProcessExitEvent | ErrorEvent
 
 
 class APIError(Exception):
@@ -379,15 +376,8 @@ def _watch_event(_response: httpx.Response, line: str) -> WatchEventOut:
 
 def _process_event(response: httpx.Response, line: str) -> ProcessStreamEvent:
     try:
-        payload = json.loads(line)
-        if "stream" in payload:
-            return ProcessOutputEvent.model_validate(payload)
-        if "dropped" in payload:
-            return OutputDroppedEvent.model_validate(payload)
-        if "exit_code" in payload:
-            return ProcessExitEvent.model_validate(payload)
-        return ErrorEvent.model_validate(payload)
-    except (ValueError, TypeError) as exc:
+        return process_event(json.loads(line))
+    except ValueError as exc:
         raise APIError(response.status_code, f"the server streamed a line that is not a process event: {exc}") from None
 
 

@@ -399,7 +399,10 @@ class WorkspaceManager:
         nothing listens there."""
         provider, ref = self._target(owner, workspace_id)
         if not provider.capabilities().ports:
-            raise BadRequest(f"the {provider.name} provider cannot reach ports inside its workspaces")
+            raise BadRequest(
+                f"the {provider.name} provider cannot reach ports inside its workspaces: use a gvisor, docker or "
+                "e2b workspace for previews"
+            )
         return provider.connect(ref, port)
 
     # Shell sessions

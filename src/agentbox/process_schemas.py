@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import signal as signals
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from agentbox.providers.processes import ProcessInfo, ProcessRequest, ProcessStatus, ProcessStream, TerminalSize
-from agentbox.schemas import AbsolutePath, CommandLine, Env, NoNul, argv_of
+from agentbox.schemas import AbsolutePath, CommandLine, Env, ErrorEvent, NoNul, Seconds, argv_of
 
 
 class TerminalSizeIn(BaseModel):
@@ -115,6 +115,26 @@ class ProcessExitEvent(BaseModel):
     ended_at: datetime | None
 
 
+#: One line of GET .../processes/{pid}/output.
+ProcessStreamEvent = ProcessOutputEvent | OutputDroppedEvent | ProcessExitEvent | ErrorEvent
+
+
+def process_event(payload: Any) -> ProcessStreamEvent:
+    """A line of GET .../output (parsed JSON) as its model, told apart by its keys.
+
+    Raises ValueError (pydantic's ValidationError is one) for a line that is none of them.
+    """
+    if not isinstance(payload, dict):
+        raise ValueError(f"a line of the output is not a JSON object: {payload!r}")
+    if "stream" in payload:
+        return ProcessOutputEvent.model_validate(payload)
+    if "dropped" in payload:
+        return OutputDroppedEvent.model_validate(payload)
+    if "exit_code" in payload:
+        return ProcessExitEvent.model_validate(payload)
+    return ErrorEvent.model_validate(payload)
+
+
 class SessionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -141,10 +161,8 @@ class SessionRunIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: NoNul = Field(min_length=1, max_length=1 << 20, description="shell text, run by the session's bash")
-    timeout: float | None = Field(
+    timeout: Seconds | None = Field(
         None,
-        gt=0,
-        le=7 * 86400,
         description="seconds before it is interrupted (^C, then SIGTERM); default 120, at most the server's "
         "WORKSPACE_EXEC_TIMEOUT",
     )

@@ -50,6 +50,9 @@ def _absolute_path(value: str) -> str:
     return value
 
 
+#: The longest time a request may name (a timeout, a lifetime): a week.
+MAX_SECONDS = 7 * 86400
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 EnvKey = Annotated[str, Field(max_length=256), AfterValidator(_env_key)]
 EnvValue = Annotated[str, Field(max_length=65536), AfterValidator(_no_nul)]
 Env = Annotated[dict[EnvKey, EnvValue], Field(max_length=256)]
@@ -241,10 +244,8 @@ class ExecIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: CommandLine = Field(description="a shell command run by /bin/sh -c, or an argv list run as is")
-    timeout: float | None = Field(
+    timeout: Seconds | None = Field(
         None,
-        gt=0,
-        le=7 * 86400,
         description="seconds; the command's process group is killed after it (default: the server's "
         "WORKSPACE_EXEC_TIMEOUT, one hour)",
     )

@@ -68,7 +68,7 @@ def glob_command(pattern: str, root: str) -> list[str]:
 def globbed(pattern: str, root: str, result: ExecResult, limit: int) -> GlobResult:
     """The paths of `glob_command`'s output that match `pattern` exactly, newest first, at most `limit`."""
     if not result.stdout and _MISSING in result.stderr:
-        raise NotFound(f"{root}: no such directory in the workspace")
+        raise NotFound(f"{root}: no such directory in the workspace: check the path (absolute, e.g. /workspace)")
     matches = compile_glob(pattern)
     prefix = root.rstrip("/") + "/"
     found: list[tuple[float, str]] = []
@@ -237,7 +237,7 @@ def _refuse_when_unusable(query: GrepQuery, stderr: str) -> None:
     """A missing path and a bad pattern are the caller's to fix; unreadable files found on the way are
     not (the search goes on without them, as grep's own does)."""
     if f"{query.path}: {_MISSING}" in stderr:
-        raise NotFound(f"{query.path}: no such file or directory in the workspace")
+        raise NotFound(f"{query.path}: no such file or directory in the workspace: check the path (absolute)")
     problems = [line.strip() for line in stderr.splitlines() if line.strip() and "Permission denied" not in line]
     if problems:
         raise Unprocessable(f"the search failed, check the pattern: {' '.join(problems[-6:])}")

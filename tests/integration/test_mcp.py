@@ -4,23 +4,21 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
 from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 
 from agentbox.client import APIError
 from agentbox.mcp.tools import TOOLS
+from tests.mcp_sessions import over_stdio, over_streamable_http, text
 
 from .conftest import KEYS, Server
 
@@ -39,29 +37,13 @@ async def over_http(server: Server, key: str) -> AsyncIterator[ClientSession]:
     headers = {"Authorization": f"Bearer {key}"}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http,
-        streamable_http_client(f"{server.url}/mcp", http_client=http) as (read, write),
-        ClientSession(read, write) as session,
+        over_streamable_http(http, f"{server.url}/mcp") as session,
     ):
-        await session.initialize()
         yield session
 
 
-@asynccontextmanager
-async def over_stdio(server: Server, key: str) -> AsyncIterator[ClientSession]:
-    command = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "agentbox.cli", "mcp"],
-        env={"AGENTBOX_URL": server.url, "AGENTBOX_API_KEY": key},
-    )
-    async with stdio_client(command) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
-        yield session
-
-
-def text(result: CallToolResult) -> str:
-    (block,) = result.content
-    assert isinstance(block, TextContent)
-    return block.text
+def over_agentbox_mcp(server: Server, key: str) -> AbstractAsyncContextManager[ClientSession]:
+    return over_stdio(env={"AGENTBOX_URL": server.url, "AGENTBOX_API_KEY": key})
 
 
 async def called(session: ClientSession, tool: str, arguments: dict[str, Any]) -> CallToolResult:
@@ -71,7 +53,7 @@ async def called(session: ClientSession, tool: str, arguments: dict[str, Any]) -
     return result
 
 
-@pytest.mark.parametrize("transport", [over_http, over_stdio], ids=["streamable-http", "stdio"])
+@pytest.mark.parametrize("transport", [over_http, over_agentbox_mcp], ids=["streamable-http", "stdio"])
 async def test_an_agent_writes_runs_and_cleans_up_a_workspace_over_mcp(server: Server, transport: Any) -> None:
     label = f"mcp-{uuid.uuid4().hex[:8]}"
     try:

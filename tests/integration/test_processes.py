@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agentbox.client import APIError, Client, ProcessStreamEvent
-from agentbox.process_schemas import OutputDroppedEvent, ProcessExitEvent, ProcessOutputEvent
+from agentbox.client import APIError, Client
+from agentbox.process_schemas import OutputDroppedEvent, ProcessExitEvent, ProcessOutputEvent, ProcessStreamEvent
 from agentbox.schemas import WorkspaceOut
 
 from .conftest import Server, eventually

@@ -14,18 +14,14 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from agentbox.api import create_app
 from agentbox.client import APIError, Client
-from agentbox.config import load_settings
-from agentbox.manager import WorkspaceManager
 from agentbox.models import Status
 from agentbox.providers.base import Capabilities
 from agentbox.schemas import DirListing, ExitEvent, OutputEvent, WriteResult
-from agentbox.service import Service
 from agentbox.store import Store
 from tests.fake_provider import FakeProvider
+from tests.unit.apps import KEYS, build_app
 
-KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef00"}
 # Like E2B: it cannot stop and start a workspace.
 NO_STOP = Capabilities(runtime="limited", isolation="elsewhere", stop_start=False)
 
@@ -52,16 +48,7 @@ def providers() -> dict[str, FakeProvider]:
 
 def serve(tmp_path: Path, providers: dict[str, FakeProvider] | None) -> Iterator[TestClient]:
     """The app over a started service: a manager over `providers`, or none (workspaces disabled)."""
-    settings = load_settings(
-        ENABLE_AGENT_WORKSPACES="true" if providers is not None else "false",
-        WORKSPACE_DATA_DIR=str(tmp_path),
-        WORKSPACE_API_KEYS=",".join(f"{owner}:{key}" for owner, key in KEYS.items()),
-    )
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.migrate()
-    manager = WorkspaceManager(settings, store, providers) if providers is not None else None
-    # The app closes the service (and so the store) at shutdown.
-    with TestClient(create_app(settings, Service(settings=settings, store=store, manager=manager))) as app:
+    with TestClient(build_app(tmp_path, providers)) as app:
         yield app
 
 
@@ -267,18 +254,9 @@ def test_providers_say_what_each_can_do_and_how_many_workspaces_it_runs(
 
 
 def test_a_provider_that_cannot_be_used_here_says_why(tmp_path: Path) -> None:
-    settings = load_settings(
-        ENABLE_AGENT_WORKSPACES="true",
-        WORKSPACE_DATA_DIR=str(tmp_path),
-        WORKSPACE_API_KEYS=f"alice:{KEYS['alice']}",
-        WORKSPACE_PROVIDERS="gvisor,e2b",
-    )
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.migrate()
     unavailable = {"e2b": "E2B_API_KEY is not set: set it to your E2B key"}
-    manager = WorkspaceManager(settings, store, {"gvisor": FakeProvider("gvisor")}, unavailable=unavailable)
-    service = Service(settings=settings, store=store, manager=manager)
-    with TestClient(create_app(settings, service)) as app, client(app, KEYS["alice"]) as alice:
+    built = build_app(tmp_path, {"gvisor": FakeProvider("gvisor")}, unavailable, WORKSPACE_PROVIDERS="gvisor,e2b")
+    with TestClient(built) as app, client(app, KEYS["alice"]) as alice:
         e2b = {p.name: p for p in alice.providers()}["e2b"]
     assert (e2b.available, e2b.reason, e2b.capabilities) == (False, unavailable["e2b"], None)
 

@@ -12,13 +12,8 @@ from e2b import AuthenticationException, Sandbox, SandboxNotFoundException, Sand
 from e2b.sandbox.sandbox_api import SandboxState
 from fastapi.testclient import TestClient
 
-from agentbox.api import create_app
-from agentbox.config import load_settings
-from agentbox.manager import WorkspaceManager
-from agentbox.service import Service
-from agentbox.store import Store
 from tests.fake_provider import FakeProvider
-from tests.unit.test_mcp import KEYS, build_app, uvicorn_serving
+from tests.unit.apps import KEYS, build_app, uvicorn_serving
 
 
 @pytest.fixture
@@ -74,14 +69,5 @@ def test_an_unknown_sandbox_is_e2bs_not_found(e2b_env: str) -> None:
 
 
 def test_the_endpoint_can_be_turned_off(tmp_path: Path) -> None:
-    settings = load_settings(
-        ENABLE_AGENT_WORKSPACES="true",
-        WORKSPACE_DATA_DIR=str(tmp_path),
-        WORKSPACE_API_KEYS=f"alice:{KEYS['alice']}",
-        WORKSPACE_E2B_API="false",
-    )
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.migrate()
-    manager = WorkspaceManager(settings, store, {"gvisor": FakeProvider("gvisor")})
-    with TestClient(create_app(settings, Service(settings=settings, store=store, manager=manager))) as app:
+    with TestClient(build_app(tmp_path, {"gvisor": FakeProvider("gvisor")}, WORKSPACE_E2B_API="false")) as app:
         assert app.get("/e2b/v2/sandboxes", headers={"X-API-Key": KEYS["alice"]}).status_code == 404

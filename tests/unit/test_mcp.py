@@ -9,42 +9,32 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import httpx2
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from agentbox.api import create_app
 from agentbox.cli import app as cli
-from agentbox.config import load_settings
-from agentbox.manager import WorkspaceManager
 from agentbox.mcp import answers
 from agentbox.mcp.tools import TOOLS, OutputFrom
 from agentbox.process_schemas import ProcessIn, SessionIn
 from agentbox.schemas import CreateWorkspace, EditToolIn, ExecIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
-from agentbox.service import Service
-from agentbox.store import Store
 from tests.fake_provider import FakeProvider
+from tests.mcp_sessions import over_stdio, over_streamable_http, text
+from tests.unit.apps import KEYS, build_app, uvicorn_serving
 
 pytestmark = pytest.mark.anyio
 
-KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef00"}
 BASE = "http://agentbox"
 
 
@@ -56,19 +46,6 @@ def anyio_backend() -> str:
 @pytest.fixture
 def providers() -> dict[str, FakeProvider]:
     return {"gvisor": FakeProvider("gvisor")}
-
-
-def build_app(tmp_path: Path, providers: dict[str, FakeProvider] | None) -> FastAPI:
-    """The app over a service with a manager over `providers`, or none (workspaces disabled)."""
-    settings = load_settings(
-        ENABLE_AGENT_WORKSPACES="true" if providers is not None else "false",
-        WORKSPACE_DATA_DIR=str(tmp_path),
-        WORKSPACE_API_KEYS=",".join(f"{owner}:{key}" for owner, key in KEYS.items()),
-    )
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.migrate()
-    manager = WorkspaceManager(settings, store, providers) if providers is not None else None
-    return create_app(settings, Service(settings=settings, store=store, manager=manager))
 
 
 @asynccontextmanager
@@ -88,19 +65,8 @@ def http_client(app: FastAPI, key: str | None) -> httpx2.AsyncClient:
 @asynccontextmanager
 async def mcp_session(app: FastAPI, key: str) -> AsyncIterator[ClientSession]:
     """An initialized MCP session with `app` at /mcp, as the owner of `key`."""
-    async with (
-        http_client(app, key) as http,
-        streamable_http_client(f"{BASE}/mcp", http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with http_client(app, key) as http, over_streamable_http(http, f"{BASE}/mcp") as session:
         yield session
-
-
-def text(result: CallToolResult) -> str:
-    (block,) = result.content
-    assert isinstance(block, TextContent)
-    return block.text
 
 
 async def api_detail(app: FastAPI, key: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -320,27 +286,6 @@ def test_process_output_is_its_text_then_its_exit_or_where_to_read_on() -> None:
 # Over stdio: `agentbox mcp` against a real HTTP server.
 
 
-@contextmanager
-def uvicorn_serving(app: FastAPI) -> Iterator[str]:
-    """`app` served by uvicorn on a free loopback port, in a thread; its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-    assert not thread.is_alive(), "uvicorn did not stop (the app's lifespan did not end)"
-
-
 @pytest.fixture
 def server_url(tmp_path: Path, providers: dict[str, FakeProvider]) -> Iterator[str]:
     with uvicorn_serving(build_app(tmp_path, providers)) as url:
@@ -348,13 +293,7 @@ def server_url(tmp_path: Path, providers: dict[str, FakeProvider]) -> Iterator[s
 
 
 async def test_agentbox_mcp_serves_the_tools_over_stdio(server_url: str, providers: dict[str, FakeProvider]) -> None:
-    command = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "agentbox.cli", "mcp"],
-        env={"AGENTBOX_URL": server_url, "AGENTBOX_API_KEY": KEYS["alice"]},
-    )
-    async with stdio_client(command) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
+    async with over_stdio(env={"AGENTBOX_URL": server_url, "AGENTBOX_API_KEY": KEYS["alice"]}) as session:
         assert {tool.name for tool in (await session.list_tools()).tools} == {tool.name for tool in TOOLS}
         created = await session.call_tool("create_workspace", {})
         assert created.structured_content is not None and created.structured_content["owner"] == "alice"
@@ -369,11 +308,7 @@ async def test_agentbox_mcp_says_when_the_server_cannot_be_reached() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    command = StdioServerParameters(
-        command=sys.executable, args=["-m", "agentbox.cli", "mcp", "--url", url, "--api-key", KEYS["alice"]]
-    )
-    async with stdio_client(command) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
+    async with over_stdio("--url", url, "--api-key", KEYS["alice"]) as session:
         failed = await session.call_tool("list_workspaces", {})
     assert failed.is_error and text(failed).startswith(f"cannot reach the agentbox server at {url}")
 

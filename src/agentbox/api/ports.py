@@ -29,18 +29,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agentbox.api.dependencies import Manager, Owner, in_thread
 from agentbox.api.proxy import PREVIEW_COOKIE, Connect, proxy_http, proxy_websocket
 from agentbox.api.tokens import bearer, mint, owner_of
-from agentbox.errors import AgentboxError, Forbidden, Unauthorized
+from agentbox.errors import AgentboxError, Forbidden, NotFound, Unprocessable
 from agentbox.manager import WorkspaceManager
-from agentbox.schemas import PreviewURL
+from agentbox.schemas import MAX_SECONDS, PreviewURL
 
 router = APIRouter(tags=["previews"])
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 _PREFIX = "/api/v1/workspaces/{workspace_id}/ports/{port}"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-#: A preview URL's life when the request names none, and the longest allowed.
+#: A preview URL's life when the request names none (MAX_SECONDS the longest).
 DEFAULT_SECONDS = 3600
-MAX_SECONDS = 7 * 86400
 
 
 @router.get(_PREFIX + "/url", response_model=PreviewURL)
@@ -87,8 +86,10 @@ async def websocket_through_api(websocket: WebSocket, workspace_id: str, port: i
     """A WebSocket onto the server on `port`, with `Authorization: Bearer <key>`."""
     service = websocket.app.state.service
     try:
-        if service.manager is None or not 1 <= port <= 65535:
-            raise Unauthorized("no such port or workspaces are disabled on this server")
+        if service.manager is None:
+            raise NotFound("agent workspaces are disabled on this server: set ENABLE_AGENT_WORKSPACES=true")
+        if not 1 <= port <= 65535:
+            raise Unprocessable(f"port {port}: a port is a number from 1 to 65535")
         owner, _ = bearer(websocket.headers.get("authorization"), service.settings.owners_by_key)
         websocket.state.owner = owner  # for the audit trail
     except AgentboxError as exc:
@@ -125,7 +126,7 @@ def _preview(connection: Request | WebSocket, token: str, host: tuple[str, int] 
     (for the workspace and port of `host`, in the host form)."""
     service = connection.app.state.service
     if service.manager is None:
-        raise Forbidden("agent workspaces are disabled on this server")
+        raise Forbidden("agent workspaces are disabled on this server: set ENABLE_AGENT_WORKSPACES=true")
     claims = _claims(token)
     workspace_id, port = host or (claims.get("ws"), claims.get("port"))
     owner = owner_of(token, service.settings.owners_by_key, use="preview", ws=workspace_id, port=port)
@@ -190,7 +191,8 @@ class PreviewHosts:
             query = urlencode([(k, v) for k, v in parse_qsl(request.url.query) if k != PREVIEW_COOKIE])
             clean = request.url.replace(query=query)
             answer = RedirectResponse(str(clean), status_code=307)
-            max_age = max(int(_claims(token).get("exp", 0)) - int(time.time()), 0)  # type: ignore[call-overload]
+            expires = _claims(token).get("exp")  # verified by _preview: an int
+            max_age = max(expires - int(time.time()), 0) if isinstance(expires, int) else 0
             answer.set_cookie(PREVIEW_COOKIE, token, max_age=max_age, httponly=True, samesite="lax")
             return answer
         return await proxy_http(request, connect, _target(request, ""), "", port)

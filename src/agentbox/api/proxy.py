@@ -134,11 +134,19 @@ def _answer_head(client: h11.Connection, connection: PortConnection) -> h11.Resp
             if isinstance(event, h11.ConnectionClosed):
                 if not timer.is_alive():
                     raise TimeoutError
-                raise ProviderError("the workspace's server closed the connection without answering")
+                raise ProviderError(
+                    "the workspace's server closed the connection without answering: see its output "
+                    "(GET .../processes/{pid}/output) for why"
+                )
     except TimeoutError:
-        raise GatewayTimeout(f"the workspace's server did not answer within {ANSWER_SECONDS:g} seconds") from None
+        raise GatewayTimeout(
+            f"the workspace's server did not answer within {ANSWER_SECONDS:g} seconds: see its output "
+            "(GET .../processes/{pid}/output), or whether it is busy"
+        ) from None
     except h11.RemoteProtocolError as exc:
-        raise ProviderError(f"the workspace's server did not answer in HTTP/1.1: {exc}") from None
+        raise ProviderError(
+            f"the workspace's server did not answer in HTTP/1.1 ({exc}): is an HTTP server listening on that port?"
+        ) from None
     finally:
         timer.cancel()
 

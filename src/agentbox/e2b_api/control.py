@@ -26,7 +26,7 @@ from agentbox.domain import NewWorkspace
 from agentbox.errors import AgentboxError, NotFound
 from agentbox.manager import WorkspaceManager
 from agentbox.models import Status, Workspace
-from agentbox.schemas import Env, LabelValue, MetadataKey
+from agentbox.schemas import MAX_SECONDS, Env, LabelValue, MetadataKey
 
 PREFIX = "/e2b"
 #: The envd protocol version agentbox answers as (see docs/e2b-wire-protocol.md, "envdVersion").
@@ -81,20 +81,17 @@ async def _call(function: Callable[..., Any], *args: Any) -> Any:
         raise E2BError(exc.status_code, exc.detail) from None
 
 
-class NewSandbox(BaseModel):
+class Timeout(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
+    timeout: int = Field(DEFAULT_TIMEOUT, ge=0, le=MAX_SECONDS)
+
+
+class NewSandbox(Timeout):
     template_id: str = Field(BASE_TEMPLATE, alias="templateID", min_length=1, max_length=512)
-    timeout: int = Field(DEFAULT_TIMEOUT, ge=0, le=7 * 86400)
     metadata: dict[MetadataKey, LabelValue] = Field(default_factory=dict, max_length=64)
     env_vars: Env = Field(default_factory=dict, alias="envVars")
     allow_internet_access: bool = True
-
-
-class Timeout(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    timeout: int = Field(DEFAULT_TIMEOUT, ge=0, le=7 * 86400)
 
 
 @router.post("/v2/sandboxes", status_code=201)

@@ -22,8 +22,9 @@ from agentbox.process_schemas import (
     ProcessOut,
     ProcessOutputEvent,
     SessionRunOut,
+    process_event,
 )
-from agentbox.schemas import EditToolOut, ErrorEvent, ExecOut, GlobToolOut, GrepToolOut, ReadToolOut, WriteResult
+from agentbox.schemas import EditToolOut, ExecOut, GlobToolOut, GrepToolOut, ReadToolOut, WriteResult
 
 Model = TypeVar("Model", bound=BaseModel)
 #: A successful answer of the route, and the tool's validated arguments, as the tool's result.
@@ -189,7 +190,7 @@ def output_answer(response: httpx.Response, arguments: Any) -> CallToolResult:
     """
     lines = [json.loads(line) for line in response.text.splitlines() if line.strip()]
     text, next_offset, ended = [], arguments.offset, None
-    for event in _process_events(lines):
+    for event in map(process_event, lines):
         if isinstance(event, ProcessOutputEvent):
             text.append(event.data)
             next_offset = event.next_offset
@@ -211,20 +212,3 @@ def output_answer(response: httpx.Response, arguments: Any) -> CallToolResult:
         output += f"[ended by {ended.signal or 'an unknown cause'}]"
     exit_line = ended.model_dump(mode="json") if ended else None
     return result({"lines": lines, "next_offset": next_offset, "exit": exit_line}, output)
-
-
-def _process_events(
-    lines: Iterable[Any],
-) -> Iterable[ProcessOutputEvent | OutputDroppedEvent | ProcessExitEvent | ErrorEvent]:
-    """The lines of GET .../output as their models, told apart by their keys (as the typed client does)."""
-    for line in lines:
-        if not isinstance(line, dict):
-            raise ValueError(f"a line of the output is not a JSON object: {line!r}")
-        if "stream" in line:
-            yield ProcessOutputEvent.model_validate(line)
-        elif "dropped" in line:
-            yield OutputDroppedEvent.model_validate(line)
-        elif "exit_code" in line:
-            yield ProcessExitEvent.model_validate(line)
-        else:
-            yield ErrorEvent.model_validate(line)

@@ -17,7 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from agentbox.mcp import answers
 from agentbox.models import Status
 from agentbox.process_schemas import ProcessIn, SessionIn, SessionRunIn
-from agentbox.schemas import CreateWorkspace, EditToolIn, ExecIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
+from agentbox.schemas import (
+    MAX_SECONDS,
+    CreateWorkspace,
+    EditToolIn,
+    ExecIn,
+    GlobToolIn,
+    GrepToolIn,
+    ReadToolIn,
+    WriteToolIn,
+)
 
 #: Where the routes are; a tool's `path` is under it.
 API_PREFIX = "/api/v1"
@@ -67,7 +76,7 @@ class SessionRef(WorkspaceRef):
 
 class PortRef(WorkspaceRef):
     port: int = Field(ge=1, le=65535, description="the port a server listens on inside the workspace")
-    expires_in: int = Field(3600, ge=60, le=7 * 86400, description="seconds the URL works")
+    expires_in: int = Field(3600, ge=60, le=MAX_SECONDS, description="seconds the URL works")
 
 
 class WorkspaceFilter(BaseModel):
