@@ -30,6 +30,7 @@ host:
 
 image: host
 	@bash scripts/build-image.sh "$(WORKSPACE_IMAGE)"
+	@bash scripts/build-e2b-image.sh "$(WORKSPACE_IMAGE)"
 
 # Serve on $(HOST):$(PORT) with workspaces enabled; the API key is made once and kept in $(DATA_DIR).
 run: setup

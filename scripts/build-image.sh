@@ -19,7 +19,7 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH
 IMAGE=${1:-${WORKSPACE_IMAGE:-agentbox/workspace:bookworm}}
 SUITE=bookworm
 MIRROR=${AGENTBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-INCLUDE=python3,git,ca-certificates,bash,procps,ripgrep
+INCLUDE=python3,python-is-python3,git,ca-certificates,curl,bash,procps,ripgrep
 # Changing this script changes the recipe label, so an image from an older recipe is rebuilt.
 RECIPE=$(sha256sum "$0" | cut -c1-12)
 LOCK=/var/tmp/agentbox-build-image.lock

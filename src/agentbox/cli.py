@@ -52,6 +52,15 @@ def serve(
         service = Service.start(settings)
     except StartupError as exc:
         fail(exc.detail, 2)
+    if settings.enabled and settings.e2b_api:
+        from agentbox.e2b_api.control import sdk_urls
+
+        api, sandbox = sdk_urls(f"http://{host}:{port}")
+        console.print(
+            f"E2B's SDK: E2B_API_URL={api} E2B_SANDBOX_URL={sandbox} (E2B_API_KEY: a key of WORKSPACE_API_KEYS)",
+            soft_wrap=True,
+            highlight=False,
+        )
     try:
         # The app closes the service at shutdown (warm pool removed, background work stopped).
         uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level.lower())

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     e2b_template: str = Field("base", min_length=1, max_length=256, validation_alias="WORKSPACE_E2B_TEMPLATE")
     # E2B's control-plane API under /e2b, for code written for E2B's SDK (E2B_API_URL=<server>/e2b).
     e2b_api: bool = Field(True, validation_alias="WORKSPACE_E2B_API")
+    # The image behind E2B's `base` template on that endpoint (scripts/build-e2b-image.sh): E2B's user
+    # `user`, uid 1000, home /home/user. Other templates name agentbox images.
+    e2b_base_image: str = Field(
+        "agentbox/e2b-base:bookworm", min_length=1, max_length=256, validation_alias="WORKSPACE_E2B_BASE_IMAGE"
+    )
     # Set (a domain with wildcard DNS onto this server, e.g. "preview.example.com" or "localhost:8000"):
     # previews are also served at http(s)://{port}-{workspace id}.{domain}/, where an app's absolute
     # links work. Unset: previews are served under /preview/{token}/ only.

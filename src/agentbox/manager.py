@@ -188,6 +188,10 @@ class WorkspaceManager:
             raise NotFound(f"no workspace {workspace_id!r}: list yours with GET /api/v1/workspaces")
         return workspace
 
+    def has_image(self, image: str) -> bool:
+        """Whether the default provider can make workspaces from `image`."""
+        return self._provider(self.settings.default_provider).has_image(image)
+
     def active_by_provider(self) -> dict[str, int]:
         """Workspaces starting or running, every owner's, per provider name."""
         return self.store.count_active_by_provider()
@@ -218,6 +222,14 @@ class WorkspaceManager:
         provider.stop(self._ref(workspace))
         stopped = self.store.update(workspace.id, "stopped", status=Status.STOPPED.value, error=None)
         self.on_change()
+        return stopped
+
+    def pause(self, owner: str, workspace_id: str) -> Workspace:
+        """Stop it, files kept; one with a fixed end (E2B's timeout) then has none, as E2B's paused
+        sandboxes wait to be resumed (`set_deadline` gives it a new end)."""
+        stopped = self.stop(owner, workspace_id)
+        if stopped.ephemeral and stopped.ttl_days is None:
+            stopped = self.store.update(stopped.id, "deadline_cleared", ephemeral=False, expires_at=None)
         return stopped
 
     def start(self, owner: str, workspace_id: str) -> Workspace:

@@ -367,6 +367,10 @@ class Health(BaseModel):
     unavailable: dict[str, str] = Field(
         default_factory=dict, description="providers this server cannot offer, with the reason and the fix"
     )
+    e2b_api_url: str | None = Field(
+        None, description="E2B_API_URL for code written for E2B's SDK; null when WORKSPACE_E2B_API=false"
+    )
+    e2b_sandbox_url: str | None = Field(None, description="E2B_SANDBOX_URL for E2B's SDK (envd); null when off")
     version: str
 
 

@@ -71,3 +71,26 @@ def test_an_unknown_sandbox_is_e2bs_not_found(e2b_env: str) -> None:
 def test_the_endpoint_can_be_turned_off(tmp_path: Path) -> None:
     with TestClient(build_app(tmp_path, {"gvisor": FakeProvider("gvisor")}, WORKSPACE_E2B_API="false")) as app:
         assert app.get("/e2b/v2/sandboxes", headers={"X-API-Key": KEYS["alice"]}).status_code == 404
+        assert app.get("/e2b/envd/health", headers={"E2b-Sandbox-Id": "ws-0000000000000000"}).status_code == 404
+        health = app.get("/api/v1/health").json()
+        assert (health["e2b_api_url"], health["e2b_sandbox_url"]) == (None, None)
+
+
+def test_what_e2b_does_not_offer_is_e2bs_404(e2b_env: str) -> None:
+    answer = httpx.get(f"{e2b_env}/e2b/volumes", headers={"X-API-Key": KEYS["alice"]})
+    assert answer.status_code == 404 and "not offered" in answer.json()["message"]
+    assert httpx.get(f"{e2b_env}/e2b/envd/elsewhere").status_code == 404
+
+
+def test_a_paused_sandbox_waits_without_an_end_until_connect(e2b_env: str) -> None:
+    sandbox = Sandbox.create(timeout=60)
+    sandbox.pause()
+    info = sandbox.get_info()
+    assert info.state == SandboxState.PAUSED
+    assert (
+        Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED])).next_items()[0].sandbox_id == sandbox.sandbox_id
+    )
+    Sandbox.connect(sandbox.sandbox_id, timeout=60)
+    assert sandbox.get_info().state == SandboxState.RUNNING
+    assert sandbox.get_info().end_at < datetime.now(UTC) + timedelta(seconds=70)
+    sandbox.kill()

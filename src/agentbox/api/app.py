@@ -32,6 +32,7 @@ from agentbox.api import (
 from agentbox.api.dependencies import in_thread
 from agentbox.config import Settings
 from agentbox.e2b_api import control as e2b_control
+from agentbox.e2b_api import envd as e2b_envd
 from agentbox.errors import AgentboxError
 from agentbox.mcp import http as mcp_http  # a module, not its names: agentbox.mcp.http imports api.dependencies
 from agentbox.service import Service
@@ -78,6 +79,8 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     app.add_middleware(audit.AuditTrail)
     if settings.preview_domain:
         app.add_middleware(ports.PreviewHosts, domain=settings.preview_domain)
+    if settings.e2b_api:  # outermost: envd's hosts and paths are its own (its uploads have their own limit)
+        app.add_middleware(e2b_envd.EnvdRoutes, domain=settings.preview_domain)
     for module in (system, github, workspaces, commands, files, tools, sessions, processes, terminals, ports, audit):
         app.include_router(module.router)
     if settings.e2b_api:

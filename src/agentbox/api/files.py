@@ -1,8 +1,9 @@
 """File routes: read and write one file (or list a directory), move directories as tar archives, watch one."""
 
 import tempfile
+import zlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+from typing import IO, Annotated
 
 import anyio.from_thread
 from fastapi import APIRouter, Query, Request, Response
@@ -70,14 +71,8 @@ async def write_file(
     else:
         # No length given (chunked upload): spool it first, since the helper commits a file
         # only when it got exactly the announced number of bytes.
-        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
-            size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"the upload exceeds the limit (WORKSPACE_MAX_UPLOAD) of {limit} bytes")
-                spool.write(chunk)
-            spool.seek(0)
+        spool, size = await spooled(request.stream(), limit)
+        with spool:
             written = await in_thread(
                 mgr.write_file, who, workspace_id, path, iter(lambda: spool.read(1 << 16), b""), size, int(mode, 8)
             )
@@ -126,6 +121,30 @@ async def watch(
     # that left is noticed, and the watch in the sandbox ends.
     lines = (json_line(WatchEventOut(type=e.type, path=e.path)) if e else b"" for e in events)
     return ClosingStreamingResponse(guarded_lines(lines, events), media_type="application/x-ndjson")
+
+
+async def spooled(chunks: AsyncIterator[bytes], limit: int, gunzip: bool = False) -> tuple[IO[bytes], int]:
+    """A request body in a temporary file (in memory up to 8 MiB), at its start, and its size.
+
+    PayloadTooLarge past `limit` bytes (after decompressing, with `gunzip`); zlib.error for a body
+    that is not whole gzip."""
+    spool = tempfile.SpooledTemporaryFile(max_size=IN_ONE_PIECE)  # noqa: SIM115 (the caller closes it)
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gunzip else None
+    size = 0
+    try:
+        async for chunk in chunks:
+            data = inflate.decompress(chunk) if inflate is not None else chunk
+            size += len(data)
+            if size > limit:
+                raise PayloadTooLarge(f"the upload exceeds the limit (WORKSPACE_MAX_UPLOAD) of {limit} bytes")
+            spool.write(data)
+        if inflate is not None and not inflate.eof:
+            raise zlib.error("the compressed body ended early")
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool, size
 
 
 def sync_chunks(stream: AsyncIterator[bytes], limit: int) -> Iterator[bytes]:

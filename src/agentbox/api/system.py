@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agentbox.api.dependencies import Owner
+from agentbox.e2b_api import control as e2b_control
 from agentbox.providers.base import Capabilities
 from agentbox.schemas import Health, ProviderInfo, ProviderList, ProviderStatus
 from agentbox.service import Service
@@ -43,7 +44,15 @@ def health(request: Request) -> Health:
         capabilities=capabilities,
         unavailable=dict(manager.unavailable) if manager else {},
         version=VERSION,
+        **_e2b_urls(request, svc),
     )
+
+
+def _e2b_urls(request: Request, svc: Service) -> dict[str, str]:
+    if not (svc.settings.enabled and svc.settings.e2b_api):
+        return {}
+    api, sandbox = e2b_control.sdk_urls(str(request.base_url).rstrip("/"))
+    return {"e2b_api_url": api, "e2b_sandbox_url": sandbox}
 
 
 @router.get("/api/v1/providers", response_model=ProviderList)

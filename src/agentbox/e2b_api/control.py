@@ -7,13 +7,14 @@ firewall, pool and reaper. E2B's `timeout` is a fixed end, not a sliding TTL: th
 then, used or not, unless `set_timeout` or `connect` moves it. Metadata is the workspace's labels.
 Errors are E2B's shape, `{"code", "message"}`, which the SDK parses before mapping them.
 
-Work in progress (issue 15): envd (commands, files) is not served yet.
+envd, what the SDK reaches inside a sandbox, is envd.py; `envdAccessToken` is made in access.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
@@ -23,14 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentbox.api.dependencies import in_thread, owner_of_key
 from agentbox.domain import NewWorkspace
+from agentbox.e2b_api import access
 from agentbox.errors import AgentboxError, NotFound
 from agentbox.manager import WorkspaceManager
-from agentbox.models import Status, Workspace
+from agentbox.models import Status, Workspace, utcnow
 from agentbox.schemas import MAX_SECONDS, Env, LabelValue, MetadataKey
 
 PREFIX = "/e2b"
 #: The envd protocol version agentbox answers as (see docs/e2b-wire-protocol.md, "envdVersion").
-ENVD_VERSION = "0.5.7"
+ENVD_VERSION = "0.6.4"
 CLIENT_ID = "agentbox"
 #: E2B's default sandbox lifetime when `create` names none.
 DEFAULT_TIMEOUT = 300
@@ -38,6 +40,11 @@ DEFAULT_TIMEOUT = 300
 BASE_TEMPLATE = "base"
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+def sdk_urls(base: str) -> tuple[str, str]:
+    """E2B_API_URL and E2B_SANDBOX_URL of a server at `base` (its root URL, no trailing slash)."""
+    return f"{base}{PREFIX}", f"{base}{PREFIX}/envd"
 
 
 class E2BError(Exception):
@@ -62,15 +69,21 @@ async def _manager(request: Request) -> WorkspaceManager:
     return found
 
 
-async def _owner(request: Request, x_api_key: Annotated[str, Header()] = "") -> str:
+@dataclass(frozen=True)
+class Caller:
+    owner: str
+    key: str  # the API key it called with: sandboxes' envd tokens are made with it
+
+
+async def _caller(request: Request, x_api_key: Annotated[str, Header()] = "") -> Caller:
     found = owner_of_key(request.app.state.service.settings.owners_by_key, x_api_key)
     if found is None:
         raise E2BError(401, "invalid API key: E2B_API_KEY must be one of the agentbox server's WORKSPACE_API_KEYS")
-    return found
+    return Caller(found, x_api_key)
 
 
 Manager = Annotated[WorkspaceManager, Depends(_manager)]
-Owner = Annotated[str, Depends(_owner)]
+Who = Annotated[Caller, Depends(_caller)]
 
 
 async def _call(function: Callable[..., Any], *args: Any) -> Any:
@@ -95,33 +108,40 @@ class NewSandbox(Timeout):
 
 
 @router.post("/v2/sandboxes", status_code=201)
-async def create(body: NewSandbox, mgr: Manager, who: Owner) -> dict[str, Any]:
+async def create(body: NewSandbox, mgr: Manager, who: Who) -> dict[str, Any]:
     request = NewWorkspace(
-        image=None if body.template_id == BASE_TEMPLATE else body.template_id,
+        image=_image(body.template_id, mgr),
         env=dict(body.env_vars),
         labels=dict(body.metadata),
         network=None if body.allow_internet_access else "none",
         deadline_seconds=body.timeout or DEFAULT_TIMEOUT,
     )
-    workspace: Workspace = await _call(mgr.create, who, request)
-    return _sandbox(workspace, mgr)
+    workspace: Workspace = await _call(mgr.create, who.owner, request)
+    return _sandbox(workspace, mgr, who)
 
 
 @router.get("/v2/sandboxes")
 async def list_sandboxes(
     mgr: Manager,
-    who: Owner,
+    who: Who,
     metadata: str = "",
     state: str = "",
-    order: Literal["asc", "desc"] = "asc",
+    order: Literal["asc", "desc"] = "desc",
     template: str = "",
+    started_after: Annotated[datetime | None, Query(alias="startedAfter")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     next_token: Annotated[str, Query(alias="nextToken")] = "",
 ) -> Response:
     wanted = dict(parse_qsl(metadata))
     states = {s for s in state.split(",") if s} or {"running", "paused"}
-    found: list[Workspace] = await _call(mgr.find, who, None, wanted)
-    listed = [w for w in found if _state(w) in states and (not template or _template(w, mgr) == template)]
+    found: list[Workspace] = await _call(mgr.find, who.owner, None, wanted)
+    listed = [
+        w
+        for w in found
+        if _state(w) in states
+        and (not template or _template(w, mgr) == template)
+        and (started_after is None or w.created_at >= _aware(started_after))
+    ]
     listed.sort(key=lambda w: (w.created_at, w.id), reverse=order == "desc")
     ids = [w.id for w in listed]
     start = ids.index(next_token) + 1 if next_token in ids else 0  # the token: the last id of the page before
@@ -131,32 +151,70 @@ async def list_sandboxes(
 
 
 @router.get("/sandboxes/{sandbox_id}")
-async def get_info(sandbox_id: str, mgr: Manager, who: Owner) -> dict[str, Any]:
-    workspace: Workspace = await _call(_found, mgr, who, sandbox_id)
-    return {**_listed(workspace, mgr), "envdAccessToken": None, "domain": None}
+async def get_info(sandbox_id: str, mgr: Manager, who: Who) -> dict[str, Any]:
+    workspace: Workspace = await _call(_found, mgr, who.owner, sandbox_id)
+    return {**_listed(workspace, mgr), **_sandbox(workspace, mgr, who)}
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
-async def kill(sandbox_id: str, mgr: Manager, who: Owner) -> Response:
-    await _call(_found, mgr, who, sandbox_id)
-    await _call(mgr.delete, who, sandbox_id)
+async def kill(sandbox_id: str, mgr: Manager, who: Who) -> Response:
+    try:
+        await _call(_found, mgr, who.owner, sandbox_id)
+    except E2BError:
+        # Gone in E2B's eyes (past its end) but maybe not removed yet: removed now, and "not found".
+        workspace = await in_thread(mgr.store.get, sandbox_id)
+        if workspace is not None and workspace.owner == who.owner and ended(workspace):
+            await _call(mgr.delete, who.owner, sandbox_id)
+        raise
+    await _call(mgr.delete, who.owner, sandbox_id)
     return Response(status_code=204)
 
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
-async def set_timeout(sandbox_id: str, body: Timeout, mgr: Manager, who: Owner) -> Response:
-    await _call(_found, mgr, who, sandbox_id)
-    await _call(mgr.set_deadline, who, sandbox_id, body.timeout)
+async def set_timeout(sandbox_id: str, body: Timeout, mgr: Manager, who: Who) -> Response:
+    await _call(_found, mgr, who.owner, sandbox_id)
+    await _call(mgr.set_deadline, who.owner, sandbox_id, body.timeout)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+async def pause(sandbox_id: str, mgr: Manager, who: Who) -> Response:
+    """Pause: the sandbox stops, its files kept, and waits without an end until `connect` resumes it."""
+    workspace: Workspace = await _call(_found, mgr, who.owner, sandbox_id)
+    if workspace.status == Status.STOPPED:
+        raise E2BError(409, f"sandbox {sandbox_id} is already paused")
+    await _call(mgr.pause, who.owner, sandbox_id)
     return Response(status_code=204)
 
 
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
-async def connect(sandbox_id: str, body: Timeout, mgr: Manager, who: Owner) -> dict[str, Any]:
-    workspace: Workspace = await _call(_found, mgr, who, sandbox_id)
+async def connect(sandbox_id: str, body: Timeout, mgr: Manager, who: Who) -> dict[str, Any]:
+    workspace: Workspace = await _call(_found, mgr, who.owner, sandbox_id)
     if workspace.status == Status.STOPPED:
-        workspace = await _call(mgr.start, who, sandbox_id)
-    workspace = await _call(mgr.set_deadline, who, sandbox_id, body.timeout, True)
-    return _sandbox(workspace, mgr)
+        workspace = await _call(mgr.start, who.owner, sandbox_id)
+    workspace = await _call(mgr.set_deadline, who.owner, sandbox_id, body.timeout, True)
+    return _sandbox(workspace, mgr, who)
+
+
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
+async def resume(sandbox_id: str, body: Timeout, mgr: Manager, who: Who) -> dict[str, Any]:
+    """The older form of `connect` for a paused sandbox."""
+    return await connect(sandbox_id, body, mgr, who)
+
+
+@router.get("/templates/aliases/{alias}")
+async def template_alias(alias: str, mgr: Manager, who: Who) -> dict[str, Any]:
+    """Whether a template exists: `base`, or an image on the engine of the server's default provider."""
+    image = _image(alias, mgr)
+    if not await _call(mgr.has_image, image):
+        raise E2BError(404, f"template {alias!r} not found: use `base`, or an image on the agentbox server's engine")
+    return {"templateID": alias, "public": True}
+
+
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def unknown(path: str) -> Response:
+    """What E2B offers and agentbox does not (templates builds, volumes, snapshots...), in E2B's shape."""
+    raise E2BError(404, f"/{path} is not offered by agentbox's E2B endpoint (see docs/e2b-endpoint.md)")
 
 
 def _found(mgr: WorkspaceManager, owner: str, sandbox_id: str) -> Workspace:
@@ -165,27 +223,44 @@ def _found(mgr: WorkspaceManager, owner: str, sandbox_id: str) -> Workspace:
         workspace = mgr.get(owner, sandbox_id)
     except NotFound:
         workspace = None
-    if workspace is None or workspace.status not in (Status.RUNNING, Status.STOPPED, Status.STARTING):
+    if (
+        workspace is None
+        or workspace.status not in (Status.RUNNING, Status.STOPPED, Status.STARTING)
+        or ended(workspace)
+    ):
         raise NotFound(f"sandbox {sandbox_id} not found")
     return workspace
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _image(template: str, mgr: WorkspaceManager) -> str:
+    return mgr.settings.e2b_base_image if template == BASE_TEMPLATE else template
+
+
+def ended(workspace: Workspace) -> bool:
+    """Past its end: E2B's sandbox is gone at its timeout, though the reaper's next round removes it."""
+    return workspace.expires_at is not None and workspace.expires_at <= utcnow()
+
+
 def _template(workspace: Workspace, mgr: WorkspaceManager) -> str:
-    return BASE_TEMPLATE if workspace.image == mgr.settings.image else workspace.image
+    return BASE_TEMPLATE if workspace.image == mgr.settings.e2b_base_image else workspace.image
 
 
 def _state(workspace: Workspace) -> str:
     return "paused" if workspace.status == Status.STOPPED else "running"
 
 
-def _sandbox(workspace: Workspace, mgr: WorkspaceManager) -> dict[str, Any]:
+def _sandbox(workspace: Workspace, mgr: WorkspaceManager, who: Caller) -> dict[str, Any]:
     return {
         "sandboxID": workspace.id,
         "templateID": _template(workspace, mgr),
         "clientID": CLIENT_ID,
         "envdVersion": ENVD_VERSION,
-        "envdAccessToken": None,
-        "domain": None,
+        "envdAccessToken": access.envd_token(who.key, workspace.id),
+        "domain": mgr.settings.preview_domain or None,
     }
 
 

@@ -205,6 +205,11 @@ class Provider(abc.ABC):
         """What the workspace really got, when the provider decides it (None: what was asked)."""
         return None
 
+    def has_image(self, image: str) -> bool:
+        """Whether workspaces can be made from `image`; a provider that cannot tell says True (and
+        `create` refuses what it cannot make). Raises ProviderUnavailable."""
+        return True
+
     def keep(self, ref: str, until: datetime | None) -> None:
         """Make sure the workspace lives until `until` (None: until it is deleted). Called every round.
 

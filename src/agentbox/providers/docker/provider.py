@@ -58,7 +58,8 @@ log = logging.getLogger("agentbox.providers.docker")
 
 CONTAINER_PREFIX = "agentbox-"
 HELPER = HELPER_IN_WORKSPACE
-HOME_IN_WORKSPACE = "/home/agent"
+#: The home of images that name none (the default image's user, `agent`, lives there).
+DEFAULT_HOME = "/home/agent"
 READY_LINE = b"agentbox-exec ready"  # what init prints first (agentbox-exec.c)
 # Room in a gVisor sandbox's host cgroup for gVisor itself (sentry and gofer) on top of the
 # workload's limit, plus an eighth of the limit for what the workload allocates between two
@@ -137,13 +138,31 @@ class DockerProvider(Provider):
 
     # Lifecycle
 
+    def has_image(self, image: str) -> bool:
+        with engine_errors("looking up the image"):
+            try:
+                self.client.images.get(image)
+            except docker.errors.ImageNotFound:
+                return False
+        return True
+
+    def _home(self, image: str) -> str:
+        """The home the image names (its HOME), which the workspace's disk then holds."""
+        try:
+            env = self.client.images.get(image).attrs["Config"].get("Env") or []
+        except docker.errors.DockerException:
+            return DEFAULT_HOME  # a missing image is reported by the create call itself
+        homes = [e.partition("=")[2] for e in env if e.startswith("HOME=")]
+        return homes[-1] if homes and homes[-1].startswith("/") and homes[-1] != "/" else DEFAULT_HOME
+
     def create(self, spec: WorkspaceSpec) -> str:
         ref = CONTAINER_PREFIX + spec.id
         disk = self.disks.reserve(spec.id)
         # mkfs + mount (~45 ms) overlap the engine's create call.
         formatting = self._background.submit(self.disks.format, spec.id, spec.disk)
         binds = [(self.helper, HELPER, True), (disk / WORKSPACE, "/workspace", False)]
-        binds += [(disk / TMP, "/tmp", False), (disk / HOME, HOME_IN_WORKSPACE, False)]
+        home = self._home(spec.image)
+        binds += [(disk / TMP, "/tmp", False), (disk / HOME, home, False)]
         binds.append((disk / PROCS, PROCS_IN_WORKSPACE, False))
         init = [HELPER, "init"]
         host_memory, host_pids = spec.memory, spec.pids_limit
@@ -168,7 +187,7 @@ class DockerProvider(Provider):
             "runtime": self.runtime,
             "user": self.user,
             "working_dir": "/workspace",
-            "environment": {"HOME": HOME_IN_WORKSPACE},
+            "environment": {"HOME": home},
             "mounts": [Mount(target, str(source), type="bind", read_only=ro) for source, target, ro in binds],
             "read_only": True,
             "nano_cpus": int(spec.cpu * 1e9),

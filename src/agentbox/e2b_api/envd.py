@@ -1,0 +1,337 @@
+"""envd, E2B's in-sandbox daemon, served by agentbox for every sandbox of its E2B endpoint.
+
+E2B runs envd inside each sandbox; agentbox serves its protocol on the server instead, over the
+workspace's own channel (processes, files and watches go through the provider like any API
+call). Two ways in, as E2B's SDK reaches envd:
+
+- `E2B_SANDBOX_URL=<server>/e2b/envd`: one URL for every sandbox, which one named by the
+  `E2b-Sandbox-Id` header the SDK always sends;
+- the host form `49983-{id}.{WORKSPACE_PREVIEW_DOMAIN}` (`E2B_DOMAIN`), the same wildcard host as
+  port previews, envd at the host's root.
+
+Every call but `/health` carries the sandbox's access token (`X-Access-Token`, see access.py),
+or, for `/files`, a signature made from it. The Connect services (process.py, filesystem.py)
+find the sandbox a call is for in `TARGET`, set here once the call is let in.
+"""
+
+from __future__ import annotations
+
+import base64
+import posixpath
+import re
+import time
+import zlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from connectrpc.code import Code
+from connectrpc.codec import Codec, proto_binary_codec, proto_json_codec
+from connectrpc.errors import ConnectError
+from e2b.envd.filesystem.filesystem_connect import FilesystemASGIApplication
+from e2b.envd.process.process_connect import ProcessASGIApplication
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agentbox.api.dependencies import in_thread
+from agentbox.api.files import spooled
+from agentbox.api.streaming import ClosingStreamingResponse
+from agentbox.e2b_api import access, control
+from agentbox.e2b_api.filesystem import FilesystemService
+from agentbox.e2b_api.process import ProcessService
+from agentbox.errors import AgentboxError, PayloadTooLarge
+from agentbox.manager import WorkspaceManager
+from agentbox.models import Status, Workspace
+
+#: Where envd is served under the header form (E2B_SANDBOX_URL).
+PREFIX = control.PREFIX + "/envd"
+#: The port E2B's SDK names envd by in the host form.
+ENVD_PORT = 49983
+#: The home (and default working directory) of E2B's `base` template; other images work in /workspace.
+E2B_HOME = "/home/user"
+#: Users the SDK may name: E2B's own default, and agentbox's; both are the workspace's uid 1000.
+SANDBOX_USERS = frozenset({"", "user", "agent"})
+#: Files up to this size are taken whole rather than spooled.
+IN_ONE_PIECE = 8 << 20
+
+
+@dataclass(frozen=True)
+class Target:
+    """The sandbox a call is for, once it is let in."""
+
+    manager: WorkspaceManager
+    owner: str
+    workspace: Workspace
+    home: str
+
+    @property
+    def id(self) -> str:
+        return self.workspace.id
+
+    def path(self, path: str) -> str:
+        """A path as envd takes it: relative ones (and `~`) from the user's home."""
+        if path == "~" or path.startswith("~/"):
+            path = self.home + path[1:]
+        return posixpath.normpath(posixpath.join(self.home, path)) if path else self.home
+
+
+TARGET: ContextVar[Target] = ContextVar("envd_target")
+
+
+class EnvdError(Exception):
+    """An answer before any Connect service or file route runs: E2B's JSON shape, read by both."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def response(self, path: str) -> JSONResponse:
+        """envd's HTTP routes answer `{"code": <status>, "message"}`; the Connect ones a Connect error."""
+        if path.startswith(("/process.Process/", "/filesystem.Filesystem/")):
+            code = _CONNECT_CODES.get(self.status, "unknown")
+            return JSONResponse({"code": code, "message": self.message}, self.status)
+        return JSONResponse({"code": self.status, "message": self.message}, self.status)
+
+
+_CONNECT_CODES = {401: "unauthenticated", 403: "permission_denied", 404: "not_found", 502: "unavailable"}
+
+
+class EnvdRoutes:
+    """Serves envd under PREFIX and at `49983-{id}.{domain}` hosts; passes everything else on."""
+
+    def __init__(self, app: ASGIApp, domain: str = "") -> None:
+        self.app = app
+        host = re.escape(domain.split(":")[0]) if domain else None
+        self.host = re.compile(rf"^{ENVD_PORT}-(ws-[0-9a-f]+)\.{host}(:\d+)?$", re.I) if host else None
+        self.process = ProcessASGIApplication(ProcessService(), codecs=_CODECS)
+        self.filesystem = FilesystemASGIApplication(FilesystemService(), codecs=_CODECS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == PREFIX or path.startswith(PREFIX + "/"):
+            inner = dict(scope, path=path[len(PREFIX) :] or "/", root_path=scope.get("root_path", "") + PREFIX)
+            await self.serve(inner, receive, send, None)
+            return
+        if path == "/files" and b"signature=" in scope.get("query_string", b""):
+            # The SDK's signed URLs put /files at the root of E2B_SANDBOX_URL's host.
+            await self.serve(scope, receive, send, None)
+            return
+        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        found = self.host.match(host) if self.host else None
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        await self.serve(scope, receive, send, found.group(1).lower())
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, host_sandbox: str | None) -> None:
+        request = Request(scope, receive)
+        try:
+            target = await _let_in(request, host_sandbox)
+        except EnvdError as exc:
+            await exc.response(scope["path"])(scope, receive, send)
+            return
+        if target is None:  # /health of a running sandbox
+            await Response(status_code=204)(scope, receive, send)
+            return
+        reset = TARGET.set(target)
+        try:
+            path = scope["path"]
+            if path.startswith(self.process.path + "/"):
+                await self.process(scope, receive, send)
+            elif path.startswith(self.filesystem.path + "/"):
+                await self.filesystem(scope, receive, send)
+            else:
+                response = await _files(request, target)
+                await response(scope, receive, send)
+        finally:
+            TARGET.reset(reset)
+
+
+class _ReadOrRefuse:
+    """A Connect codec that says `invalid_argument` for a body it cannot read.
+
+    connect-python's own codecs let that escape as a ValueError, which it answers with a 500."""
+
+    def __init__(self, codec: Codec[Any, Any]) -> None:
+        self.codec = codec
+
+    def name(self) -> str:
+        return self.codec.name()
+
+    def encode(self, message: Any) -> bytes:
+        return self.codec.encode(message)
+
+    def decode(self, data: bytes | bytearray, message_class: type[Any]) -> Any:
+        try:
+            return self.codec.decode(data, message_class)
+        except ValueError as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, f"the request's message could not be read: {exc}") from None
+
+
+_CODECS = [_ReadOrRefuse(proto_binary_codec()), _ReadOrRefuse(proto_json_codec())]
+
+
+async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
+    """The target of an envd call, once it is shown to be allowed; None for `/health`. EnvdError otherwise."""
+    service = request.app.state.service
+    manager: WorkspaceManager | None = service.manager
+    path = request.url.path
+    known = path == "/health" or path == "/files" or path.startswith(("/process.Process/", "/filesystem.Filesystem/"))
+    if manager is None or not service.settings.e2b_api or not known:
+        raise EnvdError(404, f"no such envd call: {request.method} {path}")
+    sandbox_id = host_sandbox or request.headers.get("e2b-sandbox-id", "")
+    keys = service.settings.owners_by_key
+    signed = path == "/files" and "signature" in request.query_params
+    if not sandbox_id and signed:
+        workspace = await in_thread(_signed_for, manager, keys, request)
+        sandbox_id = workspace.id if workspace is not None else ""
+    else:
+        workspace = await in_thread(manager.store.get, sandbox_id) if sandbox_id else None
+    if workspace is None or workspace.status != Status.RUNNING or control.ended(workspace):
+        # E2B's proxy's words: the SDK maps "was not found" to SandboxNotRunningException.
+        raise EnvdError(502, f"The sandbox {sandbox_id or '(none named)'} was not found")
+    if path == "/health":
+        return None
+    owner_keys = [key for key, owner in keys.items() if owner == workspace.owner]
+    if signed:
+        expiration = request.query_params.get("signature_expiration", "")
+        if expiration.isdigit() and int(expiration) < time.time():
+            raise EnvdError(401, "signature is already expired")  # E2B's words, which its tests expect
+        if not _signature_valid(request, owner_keys, workspace.id):
+            raise EnvdError(401, "invalid signature: make the file URL again with the sandbox's access token")
+    elif not access.token_matches(request.headers.get("x-access-token", ""), owner_keys, workspace.id):
+        raise EnvdError(401, "invalid access token: send the sandbox's envdAccessToken as X-Access-Token")
+    user = _user(request)
+    if user not in SANDBOX_USERS:
+        raise EnvdError(
+            403, f"user {user!r} is not offered: everything runs as the sandbox's user `user` (uid 1000), no root"
+        )
+    home = E2B_HOME if workspace.image == manager.settings.e2b_base_image else "/workspace"
+    return Target(manager, workspace.owner, workspace, home)
+
+
+def _user(request: Request) -> str:
+    """The user a call names: `?username=` on /files, Basic authorization on the Connect calls."""
+    if request.url.path == "/files":
+        return request.query_params.get("username", "")
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        return base64.b64decode(encoded).decode().partition(":")[0]
+    except (ValueError, UnicodeDecodeError):
+        return "?"
+
+
+def _signature_valid(request: Request, keys: list[str], sandbox_id: str) -> bool:
+    query = request.query_params
+    operation = "read" if request.method == "GET" else "write"
+    return any(
+        access.signature_matches(
+            query["signature"],
+            query.get("path", ""),
+            operation,
+            query.get("username", ""),
+            access.envd_token(key, sandbox_id),
+            query.get("signature_expiration"),
+        )
+        for key in keys
+    )
+
+
+def _signed_for(manager: WorkspaceManager, keys: dict[str, str], request: Request) -> Workspace | None:
+    """The sandbox a signed file URL without a sandbox id is for: the one whose token signed it.
+
+    Under E2B_SANDBOX_URL the SDK's `download_url`/`upload_url` carry no sandbox id (E2B's own
+    are host-form URLs). Each running workspace's tokens are tried: a few hashes per workspace.
+    """
+    for workspace in manager.store.find(statuses=[Status.RUNNING.value]):
+        if _signature_valid(request, [k for k, o in keys.items() if o == workspace.owner], workspace.id):
+            return workspace
+    return None
+
+
+# /files
+
+
+async def _files(request: Request, target: Target) -> Response:
+    path = target.path(request.query_params.get("path", ""))
+    try:
+        if request.method == "GET":
+            return await _download(target, path)
+        if request.method == "POST":
+            if any(name.startswith("x-metadata-") for name in request.headers):
+                raise EnvdError(
+                    400,
+                    "file metadata (X-Metadata-*) is not offered: gVisor's file systems here keep no extended "
+                    "attributes; write the file without metadata",
+                )
+            return JSONResponse([await _upload_one(request, target, path, part) for part in await _parts(request)])
+    except AgentboxError as exc:
+        return JSONResponse({"code": exc.status_code, "message": exc.detail}, exc.status_code)
+    except EnvdError as exc:
+        return exc.response("/files")
+    return JSONResponse({"code": 405, "message": "use GET or POST on /files"}, 405)
+
+
+async def _download(target: Target, path: str) -> Response:
+    found = await in_thread(target.manager.read, target.owner, target.id, path)
+    if isinstance(found, list):
+        raise EnvdError(400, f"{path} is a directory: read the files in it, or list it")
+    stat, body = found
+    disposition = f'attachment; filename="{posixpath.basename(path)}"'
+    headers = {"Content-Length": str(stat.size), "Content-Disposition": disposition}
+    if stat.size <= IN_ONE_PIECE:
+        return Response(await in_thread(b"".join, body), media_type="application/octet-stream", headers=headers)
+    return ClosingStreamingResponse(body, media_type="application/octet-stream", headers=headers)
+
+
+@dataclass
+class _Part:
+    path: str | None  # None: the `path` parameter
+    data: Any  # a file object at its start
+    size: int
+
+
+async def _parts(request: Request) -> list[_Part]:
+    """The files of an upload: the parts of a multipart form (each part's file name is its path), or
+    the whole body (octet-stream, gzip when its Content-Encoding says so)."""
+    limit = request.app.state.service.settings.max_upload
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=1000)
+        parts = []
+        for _, value in form.multi_items():
+            if isinstance(value, str):
+                continue
+            if (value.size or 0) > limit:
+                raise PayloadTooLarge(f"{value.filename} is over the limit (WORKSPACE_MAX_UPLOAD) of {limit} bytes")
+            parts.append(_Part(value.filename or None, value.file, value.size or 0))
+        if not parts:
+            raise EnvdError(400, "the form has no file part: send each file as a `file` part named by its path")
+        return parts
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding not in ("identity", "gzip"):
+        raise EnvdError(400, f"Content-Encoding {encoding!r} is not supported: send gzip or identity")
+    try:
+        spool, size = await spooled(request.stream(), limit, gunzip=encoding == "gzip")
+    except zlib.error as exc:
+        raise EnvdError(400, f"the body is not gzip ({exc}): compress it whole, or drop Content-Encoding") from None
+    return [_Part(None, spool, size)]
+
+
+async def _upload_one(request: Request, target: Target, default_path: str, part: _Part) -> dict[str, str]:
+    path = target.path(part.path) if part.path else default_path
+    if not part.path and not request.query_params.get("path"):
+        raise EnvdError(400, "name the file: a `path` parameter, or the part's file name")
+    try:
+        chunks: Iterator[bytes] = iter(lambda: part.data.read(1 << 20), b"")
+        await in_thread(target.manager.write_file, target.owner, target.id, path, chunks, part.size, 0o644)
+    finally:
+        part.data.close()
+    return {"name": posixpath.basename(path), "path": path, "type": "file"}
