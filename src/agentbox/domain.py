@@ -44,6 +44,8 @@ class NewWorkspace:
     labels: dict[str, str] = field(default_factory=dict)
     network: NetworkPolicy | None = None
     repo: Checkout | None = None
+    #: Its ports answer in the preview host form without a token (E2B's default for its sandboxes).
+    public_ports: bool = False
 
 
 @dataclass(frozen=True)

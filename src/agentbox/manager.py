@@ -131,6 +131,7 @@ class WorkspaceManager:
             "ttl_days": ttl_days,
             "env": dict(request.env),
             "labels": dict(request.labels),
+            "public_ports": request.public_ports,
             "created_at": now,
             "expires_at": expires_at,
         }

@@ -102,6 +102,10 @@ class Workspace(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # to USE_RECORDED_EVERY
+    # Its ports answer in the preview host form without a token (E2B's public sandbox URLs).
+    public_ports: Mapped[bool] = mapped_column(default=False)
+    # Whether its last pause kept its memory and processes (a checkpoint); None: never paused.
+    memory_kept: Mapped[bool | None] = mapped_column(default=None)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -30,6 +30,7 @@ from e2b import (
     PtySize,
     Sandbox,
     SandboxException,
+    SandboxNetworkOpts,
     SandboxNotFoundException,
     SandboxState,
     Template,
@@ -324,3 +325,45 @@ def test_the_server_says_where_e2bs_sdk_goes(server: Server) -> None:
     health = httpx.get(f"{server.url}/api/v1/health").json()
     assert (health["e2b_api_url"], health["e2b_sandbox_url"]) == (f"{server.url}/e2b", f"{server.url}/e2b/envd")
     assert f"E2B_API_URL={server.url}/e2b E2B_SANDBOX_URL={server.url}/e2b/envd" in server.log_path.read_text()
+
+
+def test_get_host_reaches_ports_publicly_unless_the_sandbox_asks_otherwise(sandbox: Sandbox, server: Server) -> None:
+    sandbox.commands.run("python3 -m http.server 8000 --bind 127.0.0.1", background=True, timeout=0)
+    host = sandbox.get_host(8000)
+    assert host == f"8000-{sandbox.sandbox_id}.{PREVIEW_DOMAIN}:{server.port}"  # the preview host form
+    page = eventually(lambda: _fetched(server, host), timeout=30)
+    assert page.status_code == 200 and "Directory listing" in page.text
+
+    private = Sandbox.create(timeout=120, network=SandboxNetworkOpts(allow_public_traffic=False))
+    try:
+        assert private.traffic_access_token
+        private.commands.run("python3 -m http.server 8000 --bind 127.0.0.1", background=True, timeout=0)
+        private_host = private.get_host(8000)
+        opened = eventually(lambda: _fetched(server, private_host, private.traffic_access_token), timeout=30)
+        assert opened.status_code == 200
+        assert _fetched(server, private_host).status_code == 403  # no token: E2B's answer too
+        assert _fetched(server, private_host, "forged").status_code == 403
+    finally:
+        private.kill()
+
+
+def _fetched(server: Server, host: str, traffic_token: str | None = None) -> httpx.Response | None:
+    headers = {"Host": host} | ({"e2b-traffic-access-token": traffic_token} if traffic_token else {})
+    answer = httpx.get(f"{server.url}/", headers=headers)
+    return answer if answer.status_code != 502 else None  # 502: nothing listens yet
+
+
+def test_egress_options_are_enforced_or_refused(sdk: str, server: Server) -> None:
+    fenced = Sandbox.create(timeout=60, network=SandboxNetworkOpts(deny_out=["0.0.0.0/0"]))
+    try:
+        with server.client("alice") as alice:
+            assert alice.get(fenced.sandbox_id).network == "none"  # the firewall's own tests show what that means
+    finally:
+        fenced.kill()
+    # An allow list needs the workspace network, which this server has not: refused, saying so.
+    with pytest.raises(SandboxException, match="cannot enforce"):
+        Sandbox.create(network=SandboxNetworkOpts(deny_out=["0.0.0.0/0"], allow_out=["10.9.8.0/24"]))
+    with pytest.raises(SandboxException, match="allow list"):  # a deny list agentbox cannot enforce: refused
+        Sandbox.create(network=SandboxNetworkOpts(deny_out=["10.0.0.0/8"]))
+    with pytest.raises(SandboxException, match="maskRequestHost"):  # unknown to agentbox: refused, not ignored
+        Sandbox.create(network=SandboxNetworkOpts(mask_request_host="x"))

@@ -96,10 +96,13 @@ async def agentbox_error(_request: Request, exc: AgentboxError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
-async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    """A 422 naming each bad field and what is wrong with it."""
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A 422 naming each bad field and what is wrong with it (E2B's 400 shape under /e2b)."""
     # FastAPI's own answer repeats each bad value ("input"), which may be a private key or an env value.
     errors = [{k: v for k, v in error.items() if k not in ("input", "ctx", "url")} for error in exc.errors()]
+    if request.url.path.startswith(e2b_control.PREFIX + "/"):
+        said = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in errors)
+        return await e2b_control.e2b_error(request, e2b_control.E2BError(400, said))
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 

@@ -29,8 +29,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agentbox.api.dependencies import Manager, Owner, in_thread
 from agentbox.api.proxy import PREVIEW_COOKIE, Connect, proxy_http, proxy_websocket
 from agentbox.api.tokens import bearer, mint, owner_of
+from agentbox.e2b_api import access
 from agentbox.errors import AgentboxError, Forbidden, NotFound, Unprocessable
 from agentbox.manager import WorkspaceManager
+from agentbox.models import Status
 from agentbox.schemas import MAX_SECONDS, PreviewURL
 
 router = APIRouter(tags=["previews"])
@@ -138,6 +140,25 @@ def _preview(connection: Request | WebSocket, token: str, host: tuple[str, int] 
     return _connect(service.manager, owner, workspace_id, port), port
 
 
+#: The header that opens the ports of a sandbox made with E2B's `allowPublicTraffic: false`.
+TRAFFIC_HEADER = "e2b-traffic-access-token"
+
+
+def _open_port(connection: Request | WebSocket, workspace_id: str, port: int) -> Connect | None:
+    """A port reached without a preview token: one of a workspace whose ports are public, or one
+    opened by its traffic token (E2B's sandbox URLs). None otherwise."""
+    service = connection.app.state.service
+    manager: WorkspaceManager | None = service.manager
+    workspace = manager.store.get(workspace_id) if manager is not None else None
+    if manager is None or workspace is None or workspace.status != Status.RUNNING:
+        return None
+    presented = connection.headers.get(TRAFFIC_HEADER, "")
+    keys = [key for key, owner in service.settings.owners_by_key.items() if owner == workspace.owner]
+    if workspace.public_ports or (presented and access.token_matches(presented, keys, workspace.id, "traffic")):
+        return _connect(manager, workspace.owner, workspace.id, port)
+    return None
+
+
 def _claims(token: str) -> dict[str, object]:
     """A token's claims, unverified: only to learn which workspace and port it names (then verified)."""
     try:
@@ -180,13 +201,17 @@ class PreviewHosts:
             await response(scope, receive, send)
 
     async def _http(self, request: Request, target: tuple[int, str]) -> Response:
+        try:
+            return await self._answer(request, target)
+        except AgentboxError as exc:  # out here, past the app's own error handlers
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    async def _answer(self, request: Request, target: tuple[int, str]) -> Response:
         port, workspace_id = target
         offered = request.query_params.get(PREVIEW_COOKIE)
         token = offered or request.cookies.get(PREVIEW_COOKIE, "")
-        try:
-            connect, _ = _preview(request, token, (workspace_id, port))
-        except AgentboxError as exc:
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        open_port = None if token else await in_thread(_open_port, request, workspace_id, port)
+        connect = open_port or _preview(request, token, (workspace_id, port))[0]
         if offered:  # once in the query: kept in a cookie of this host, and the URL made clean
             query = urlencode([(k, v) for k, v in parse_qsl(request.url.query) if k != PREVIEW_COOKIE])
             clean = request.url.replace(query=query)
@@ -200,8 +225,9 @@ class PreviewHosts:
     async def _websocket(self, websocket: WebSocket, target: tuple[int, str]) -> None:
         port, workspace_id = target
         token = websocket.query_params.get(PREVIEW_COOKIE) or websocket.cookies.get(PREVIEW_COOKIE, "")
+        open_port = None if token else await in_thread(_open_port, websocket, workspace_id, port)
         try:
-            connect, _ = _preview(websocket, token, (workspace_id, port))
+            connect = open_port or _preview(websocket, token, (workspace_id, port))[0]
         except AgentboxError as exc:
             await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
             return

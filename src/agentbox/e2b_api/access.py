@@ -15,16 +15,27 @@ import hmac
 from collections.abc import Iterable
 
 
-def envd_token(key: str, sandbox_id: str) -> str:
-    digest = hmac.new(key.encode(), f"envd:{sandbox_id}".encode(), hashlib.sha256).digest()
+def _token(key: str, use: str, sandbox_id: str) -> str:
+    digest = hmac.new(key.encode(), f"{use}:{sandbox_id}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def token_matches(presented: str, keys: Iterable[str], sandbox_id: str) -> bool:
-    """Whether `presented` is the envd token of `sandbox_id` under one of `keys` (in constant time each)."""
+def envd_token(key: str, sandbox_id: str) -> str:
+    """What the SDK sends envd as X-Access-Token."""
+    return _token(key, "envd", sandbox_id)
+
+
+def traffic_token(key: str, sandbox_id: str) -> str:
+    """What reaches the ports of a sandbox made with `allowPublicTraffic: false` (E2B's
+    `e2b-traffic-access-token` header)."""
+    return _token(key, "traffic", sandbox_id)
+
+
+def token_matches(presented: str, keys: Iterable[str], sandbox_id: str, use: str = "envd") -> bool:
+    """Whether `presented` is the `use` token of `sandbox_id` under one of `keys` (in constant time each)."""
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(presented.encode(), envd_token(key, sandbox_id).encode())
+        matched |= hmac.compare_digest(presented.encode(), _token(key, use, sandbox_id).encode())
     return matched
 
 

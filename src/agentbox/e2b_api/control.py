@@ -28,6 +28,7 @@ from agentbox.e2b_api import access
 from agentbox.errors import AgentboxError, NotFound
 from agentbox.manager import WorkspaceManager
 from agentbox.models import Status, Workspace, utcnow
+from agentbox.network import AllowList, Destination, NetworkPolicy
 from agentbox.schemas import MAX_SECONDS, Env, LabelValue, MetadataKey
 
 PREFIX = "/e2b"
@@ -100,11 +101,37 @@ class Timeout(BaseModel):
     timeout: int = Field(DEFAULT_TIMEOUT, ge=0, le=MAX_SECONDS)
 
 
+#: E2B's "all traffic" in its egress rules.
+ALL_TRAFFIC = "0.0.0.0/0"
+
+
+class SandboxNetwork(BaseModel):
+    """What agentbox can enforce of E2B's network options; anything else is refused, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    allow_public_traffic: bool = Field(True, alias="allowPublicTraffic")
+    allow_out: list[Destination] = Field(default_factory=list, alias="allowOut", max_length=64)
+    deny_out: list[str] = Field(default_factory=list, alias="denyOut", max_length=64)
+
+    def policy(self, allow_internet_access: bool) -> NetworkPolicy | None:
+        if not self.deny_out and not self.allow_out:
+            return None if allow_internet_access else "none"
+        if self.deny_out != [ALL_TRAFFIC] or not allow_internet_access:
+            raise E2BError(
+                400,
+                "denyOut: agentbox enforces an allow list (denyOut [0.0.0.0/0] with allowOut) or no egress at all, "
+                "not a deny list",
+            )
+        return AllowList(allow=self.allow_out) if self.allow_out else "none"
+
+
 class NewSandbox(Timeout):
     template_id: str = Field(BASE_TEMPLATE, alias="templateID", min_length=1, max_length=512)
     metadata: dict[MetadataKey, LabelValue] = Field(default_factory=dict, max_length=64)
     env_vars: Env = Field(default_factory=dict, alias="envVars")
     allow_internet_access: bool = True
+    network: SandboxNetwork = Field(default_factory=lambda: SandboxNetwork.model_validate({}))
 
 
 @router.post("/v2/sandboxes", status_code=201)
@@ -113,8 +140,9 @@ async def create(body: NewSandbox, mgr: Manager, who: Who) -> dict[str, Any]:
         image=_image(body.template_id, mgr),
         env=dict(body.env_vars),
         labels=dict(body.metadata),
-        network=None if body.allow_internet_access else "none",
+        network=body.network.policy(body.allow_internet_access),
         deadline_seconds=body.timeout or DEFAULT_TIMEOUT,
+        public_ports=body.network.allow_public_traffic,
     )
     workspace: Workspace = await _call(mgr.create, who.owner, request)
     return _sandbox(workspace, mgr, who)
@@ -260,6 +288,7 @@ def _sandbox(workspace: Workspace, mgr: WorkspaceManager, who: Caller) -> dict[s
         "clientID": CLIENT_ID,
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": access.envd_token(who.key, workspace.id),
+        "trafficAccessToken": None if workspace.public_ports else access.traffic_token(who.key, workspace.id),
         "domain": mgr.settings.preview_domain or None,
     }
 
