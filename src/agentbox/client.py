@@ -135,6 +135,13 @@ class Client:
         """
         return _parse(WorkspaceOut, self._call("POST", f"/workspaces/{workspace_id}/stop"))
 
+    def pause(self, workspace_id: str) -> WorkspaceOut:
+        """Pause a workspace (its memory too where the runtime can: `memory_kept`); `start` resumes it.
+
+        Raises APIError: 400 when its provider cannot stop workspaces, 404, 409.
+        """
+        return _parse(WorkspaceOut, self._call("POST", f"/workspaces/{workspace_id}/pause"))
+
     def start(self, workspace_id: str) -> WorkspaceOut:
         """Start a stopped workspace; return it. Raises APIError: 404, 409, 429."""
         return _parse(WorkspaceOut, self._call("POST", f"/workspaces/{workspace_id}/start"))

@@ -189,6 +189,12 @@ class WorkspaceManager:
             raise NotFound(f"no workspace {workspace_id!r}: list yours with GET /api/v1/workspaces")
         return workspace
 
+    def alive(self, workspace: Workspace) -> bool:
+        """Whether its provider says it runs now (a workspace being deleted is still "running" in the store
+        until its sandbox is gone)."""
+        ref = workspace.provider_ref
+        return ref is not None and self._provider(workspace.provider).state(ref) == "running"
+
     def has_image(self, image: str) -> bool:
         """Whether the default provider can make workspaces from `image`."""
         return self._provider(self.settings.default_provider).has_image(image)
@@ -226,12 +232,17 @@ class WorkspaceManager:
         return stopped
 
     def pause(self, owner: str, workspace_id: str) -> Workspace:
-        """Stop it, files kept; one with a fixed end (E2B's timeout) then has none, as E2B's paused
-        sandboxes wait to be resumed (`set_deadline` gives it a new end)."""
+        """Stop it so that `start` resumes it, and say what was kept (`memory_kept`). One with a fixed end
+        (E2B's timeout) then has none, as E2B's paused sandboxes wait to be resumed (`set_deadline`
+        gives it a new end)."""
         stopped = self.stop(owner, workspace_id)
+        # Files only: gVisor's checkpoint refuses a sandbox holding a host-bound Unix socket (the
+        # helper's control channel) and, without one, lost a process writing to its disk at restore
+        # here (docs/e2b-endpoint.md, "Pause").
+        fields: dict[str, object] = {"memory_kept": False}
         if stopped.ephemeral and stopped.ttl_days is None:
-            stopped = self.store.update(stopped.id, "deadline_cleared", ephemeral=False, expires_at=None)
-        return stopped
+            fields |= {"ephemeral": False, "expires_at": None}
+        return self.store.update(stopped.id, "paused", **fields)
 
     def start(self, owner: str, workspace_id: str) -> Workspace:
         workspace = self.get(owner, workspace_id)

@@ -223,6 +223,9 @@ class WorkspaceOut(BaseModel):
     labels: dict[str, str]
     network: NetworkPolicy
     repo: dict[str, Any] | None = Field(default=None, description="the repository checked out at create, and where")
+    memory_kept: bool | None = Field(
+        default=None, description="whether its last pause kept its memory and processes (null: never paused)"
+    )
     error: str | None = None
 
     @field_validator("memory", "disk", mode="before")

@@ -73,6 +73,7 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
             ("GET", "/api/v1/workspaces/{workspace_id}"): lambda: bob.get(victim),
             ("DELETE", "/api/v1/workspaces/{workspace_id}"): lambda: bob.delete(victim),
             ("POST", "/api/v1/workspaces/{workspace_id}/stop"): lambda: bob.stop(victim),
+            ("POST", "/api/v1/workspaces/{workspace_id}/pause"): lambda: bob.pause(victim),
             ("POST", "/api/v1/workspaces/{workspace_id}/start"): lambda: bob.start(victim),
             ("POST", "/api/v1/workspaces/{workspace_id}/extend"): lambda: bob.extend(victim),
             ("POST", "/api/v1/workspaces/{workspace_id}/exec"): lambda: bob.exec(victim, "touch /workspace/pwned"),

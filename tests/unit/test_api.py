@@ -168,7 +168,18 @@ def test_a_provider_that_cannot_stop_says_so(alice: Client) -> None:
     workspace = alice.create(provider="e2b")
     refusal = refused(lambda: alice.stop(workspace.id))
     assert refusal.status_code == 400 and "cannot be stopped" in refusal.detail
+    assert refused(lambda: alice.pause(workspace.id)).status_code == 400
     assert alice.get(workspace.id).status == Status.RUNNING
+
+
+def test_a_pause_says_whether_memory_was_kept_and_start_resumes(alice: Client) -> None:
+    workspace = alice.create()
+    assert workspace.memory_kept is None
+    paused = alice.pause(workspace.id)
+    # A provider that cannot checkpoint (this fake, like runc) keeps the files only.
+    assert (paused.status, paused.memory_kept) == (Status.STOPPED, False)
+    assert alice.start(workspace.id).status == Status.RUNNING
+    assert alice.get(workspace.id).memory_kept is False
 
 
 @pytest.mark.parametrize(
@@ -222,7 +233,7 @@ def test_every_endpoint_is_described_in_the_docs(app: TestClient) -> None:
         for path, methods in app.get("/openapi.json").json()["paths"].items()
         for method, operation in methods.items()
     ]
-    assert len(operations) == 43
+    assert len(operations) == 44
     undescribed = [(method, path) for method, path, operation in operations if not operation.get("description")]
     assert undescribed == []
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2b import AuthenticationException, Sandbox, SandboxNotFoundException, SandboxQuery
+from e2b import AuthenticationException, Sandbox, SandboxException, SandboxNotFoundException, SandboxQuery
 from e2b.sandbox.sandbox_api import SandboxState
 from fastapi.testclient import TestClient
 
@@ -94,3 +94,11 @@ def test_a_paused_sandbox_waits_without_an_end_until_connect(e2b_env: str) -> No
     assert sandbox.get_info().state == SandboxState.RUNNING
     assert sandbox.get_info().end_at < datetime.now(UTC) + timedelta(seconds=70)
     sandbox.kill()
+
+
+def test_what_agentbox_cannot_do_is_refused_not_dropped(e2b_env: str) -> None:
+    with pytest.raises(SandboxException, match="autoPause"):
+        Sandbox.create(lifecycle={"on_timeout": "pause"})
+    with pytest.raises(SandboxException, match="allow list"):
+        Sandbox.create(network={"deny_out": ["10.0.0.0/8"]})
+    assert Sandbox.list().next_items() == []  # nothing was made

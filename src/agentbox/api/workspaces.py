@@ -68,6 +68,17 @@ async def stop_workspace(workspace_id: str, mgr: Manager, who: Owner) -> Workspa
     return WorkspaceOut.of(await in_thread(mgr.stop, who, workspace_id))
 
 
+@router.post("/{workspace_id}/pause", response_model=WorkspaceOut)
+async def pause_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
+    """Pause a running workspace: its memory and processes kept where the runtime can checkpoint it,
+    its files always; `memory_kept` says which. `start` resumes it.
+
+    Errors: 400 when its provider cannot stop and start workspaces (E2B), 404 when it is not
+    yours, 409 when it is neither running nor stopped.
+    """
+    return WorkspaceOut.of(await in_thread(mgr.pause, who, workspace_id))
+
+
 @router.post("/{workspace_id}/start", response_model=WorkspaceOut)
 async def start_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
     """Start a stopped workspace again; return it (a running one is returned as is).

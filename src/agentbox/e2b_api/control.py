@@ -132,10 +132,30 @@ class NewSandbox(Timeout):
     env_vars: Env = Field(default_factory=dict, alias="envVars")
     allow_internet_access: bool = True
     network: SandboxNetwork = Field(default_factory=lambda: SandboxNetwork.model_validate({}))
+    secure: bool = True  # envd is always secured (E2B's SDK now says the same)
+    # E2B features agentbox does not offer: refused when asked for, never silently dropped.
+    auto_pause: bool = Field(False, alias="autoPause")
+    auto_resume: Any = Field(None, alias="autoResume")
+    mcp: Any = None
+    iam: Any = None
+    volume_mounts: Any = Field(None, alias="volumeMounts")
+
+    def refusals(self) -> list[str]:
+        asked = {
+            "autoPause (pausing at the timeout; call pause() instead)": self.auto_pause,
+            "autoResume": self.auto_resume not in (None, False, {}),
+            "mcp (the MCP gateway; agentbox serves MCP at /mcp)": self.mcp not in (None, {}),
+            "iam": self.iam not in (None, {}),
+            "volumeMounts": self.volume_mounts not in (None, [], {}),
+        }
+        return [name for name, wanted in asked.items() if wanted]
 
 
 @router.post("/v2/sandboxes", status_code=201)
 async def create(body: NewSandbox, mgr: Manager, who: Who) -> dict[str, Any]:
+    refused = body.refusals()
+    if refused:
+        raise E2BError(400, f"not offered by agentbox's E2B endpoint: {', '.join(refused)}")
     request = NewWorkspace(
         image=_image(body.template_id, mgr),
         env=dict(body.env_vars),

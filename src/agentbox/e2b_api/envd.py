@@ -193,7 +193,11 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
         sandbox_id = workspace.id if workspace is not None else ""
     else:
         workspace = await in_thread(manager.store.get, sandbox_id) if sandbox_id else None
-    if workspace is None or workspace.status != Status.RUNNING or control.ended(workspace):
+    gone = workspace is None or workspace.status != Status.RUNNING or control.ended(workspace)
+    # /health asks the provider too: the SDK asks it whether a sandbox whose stream broke is gone.
+    if not gone and path == "/health" and workspace is not None:
+        gone = not await in_thread(_alive, manager, workspace)
+    if gone or workspace is None:
         # E2B's proxy's words: the SDK maps "was not found" to SandboxNotRunningException.
         raise EnvdError(502, f"The sandbox {sandbox_id or '(none named)'} was not found")
     if path == "/health":
@@ -214,6 +218,13 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
         )
     home = E2B_HOME if workspace.image == manager.settings.e2b_base_image else "/workspace"
     return Target(manager, workspace.owner, workspace, home)
+
+
+def _alive(manager: WorkspaceManager, workspace: Workspace) -> bool:
+    try:
+        return manager.alive(workspace)
+    except AgentboxError:
+        return False
 
 
 def _user(request: Request) -> str:

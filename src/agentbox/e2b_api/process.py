@@ -38,6 +38,8 @@ from agentbox.providers.processes import (
 T = TypeVar("T")
 R = TypeVar("R")
 
+#: Seconds between a command's deadline and its kill.
+DEADLINE_GRACE = 1.0
 #: envd's exit code for a process that a signal ended.
 SIGNALLED = -1
 _SIGNALS = {P.Signal.SIGKILL: signals.SIGKILL, P.Signal.SIGTERM: signals.SIGTERM}
@@ -185,7 +187,8 @@ class ProcessService(process_connect.Process):
         started: ProcessInfo = await call(target.manager.start_process, target.owner, target.id, wanted)
         table = _table()
         if timeout_ms:
-            self._kill_later(table, started.pid, timeout_ms / 1000)
+            # A moment after the SDK's own deadline, so that it says "timed out", not "killed".
+            self._kill_later(table, started.pid, timeout_ms / 1000 + DEADLINE_GRACE)
         return table, started.pid
 
     async def list(self, request: P.ListRequest, ctx: RequestContext[Any, Any]) -> P.ListResponse:
