@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal as signals
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -37,9 +38,9 @@ from agentbox.providers.processes import (
 
 T = TypeVar("T")
 R = TypeVar("R")
+#: A command's process table, its PID, and its deadline (time.monotonic()) if it has one.
+Begun = tuple[ProcessTable, int, float | None]
 
-#: Seconds between a command's deadline and its kill.
-DEADLINE_GRACE = 1.0
 #: envd's exit code for a process that a signal ended.
 SIGNALLED = -1
 _SIGNALS = {P.Signal.SIGKILL: signals.SIGKILL, P.Signal.SIGTERM: signals.SIGTERM}
@@ -129,12 +130,13 @@ def _end(ended: ProcessEnded) -> P.ProcessEvent:
     return _event("end", end)
 
 
-async def _events(begun: Awaitable[tuple[ProcessTable, int]], wrap: Callable[..., R]) -> AsyncGenerator[R, None]:
+async def _events(begun: Awaitable[Begun], wrap: Callable[..., R]) -> AsyncGenerator[R, None]:
     """start, the output (kept and to come), keep-alives while it is quiet, and the end; each `wrap`ped.
+    A command that ran into its deadline ends the stream with `deadline_exceeded`, as envd's does.
 
     One generator, not one around another: the server closes what the handler returned when
     its client leaves, and that close must reach the follower in the sandbox."""
-    table, pid = await begun
+    table, pid, deadline = await begun
     source = drain(await call(table.output, pid, 0, True))
     try:
         yield wrap(event=_event("start", P.ProcessEvent.StartEvent(pid=pid)))
@@ -145,6 +147,8 @@ async def _events(begun: Awaitable[tuple[ProcessTable, int]], wrap: Callable[...
             elif isinstance(event, ProcessOutput):
                 yield wrap(event=_event("data", P.ProcessEvent.DataEvent(output=one_of(event.stream, event.data))))
             elif isinstance(event, ProcessEnded):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ConnectError(Code.DEADLINE_EXCEEDED, "the command ran past its timeout and was killed")
                 yield wrap(event=_end(event))
                 return
             # OutputDropped (over KEPT_OUTPUT): envd keeps no output at all, so nothing to say
@@ -152,12 +156,12 @@ async def _events(begun: Awaitable[tuple[ProcessTable, int]], wrap: Callable[...
         await source.aclose()  # ends the follower in the sandbox; the process runs on
 
 
-async def _running(pid: int) -> tuple[ProcessTable, int]:
+async def _running(pid: int) -> Begun:
     table = _table()
     info: ProcessInfo = await call(table.get, pid)
     if info.status != "running":
         raise ConnectError(Code.NOT_FOUND, f"process with pid {pid} not found")
-    return table, pid
+    return table, pid, None
 
 
 class ProcessService(process_connect.Process):
@@ -172,7 +176,9 @@ class ProcessService(process_connect.Process):
     def connect(self, request: P.ConnectRequest, ctx: RequestContext[Any, Any]) -> AsyncIterator[P.ConnectResponse]:
         return _events(_running(_pid(request.process)), P.ConnectResponse)
 
-    async def _started(self, request: P.StartRequest, timeout_ms: float | None) -> tuple[ProcessTable, int]:
+    async def _started(
+        self, request: P.StartRequest, timeout_ms: float | None
+    ) -> tuple[ProcessTable, int, float | None]:
         target = envd.TARGET.get()
         pty = request.pty.size if request.pty is not None else None
         config = request.process or P.ProcessConfig()
@@ -186,10 +192,10 @@ class ProcessService(process_connect.Process):
         )
         started: ProcessInfo = await call(target.manager.start_process, target.owner, target.id, wanted)
         table = _table()
-        if timeout_ms:
-            # A moment after the SDK's own deadline, so that it says "timed out", not "killed".
-            self._kill_later(table, started.pid, timeout_ms / 1000 + DEADLINE_GRACE)
-        return table, started.pid
+        if not timeout_ms:
+            return table, started.pid, None
+        self._kill_later(table, started.pid, timeout_ms / 1000)
+        return table, started.pid, time.monotonic() + timeout_ms / 1000
 
     async def list(self, request: P.ListRequest, ctx: RequestContext[Any, Any]) -> P.ListResponse:
         table = _table()
