@@ -202,6 +202,7 @@ def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, 
         sample("exec_raw", raw_exec)
 
     results |= agent_tools(api, workspace_id, rounds)
+    results |= e2b_sdk(str(api.base_url).removesuffix("/api/v1"), rounds)
 
     print("==> a 1 MiB file written and read through the API", flush=True)
     megabyte, files = os.urandom(1 << 20), f"/workspaces/{workspace_id}/files"
@@ -244,6 +245,31 @@ def agent_tools(api: httpx.Client, workspace_id: str, rounds: int) -> dict[str, 
             results[name].append((time.perf_counter() - started) * 1000)
     loop = ["tool_read", "tool_edit", "session_run", "tool_grep", "tool_read"] * 4
     results["agent_loop_20_calls"] = timed(lambda: [calls[name](i) for i, name in enumerate(loop)], max(3, rounds // 3))
+    return results
+
+
+def e2b_sdk(root: str, rounds: int) -> dict[str, list[float]]:
+    """Code written for E2B's SDK, unmodified, against this server: a sandbox made and its first command
+    run (`base` template, gVisor), then commands and a file written and read one after another."""
+    from e2b import Sandbox
+
+    print("==> E2B's SDK against agentbox's endpoint", flush=True)
+    os.environ |= {"E2B_API_URL": f"{root}/e2b", "E2B_SANDBOX_URL": f"{root}/e2b/envd", "E2B_API_KEY": KEY}
+    results: dict[str, list[float]] = {"e2b_create_first_command": [], "e2b_run": [], "e2b_write_read_1k": []}
+    made: list[Sandbox] = []
+
+    def first_command() -> None:
+        made.append(Sandbox.create(timeout=600))
+        made[-1].commands.run("true")
+
+    results["e2b_create_first_command"] = timed(first_command, max(3, rounds // 3))
+    sandbox = made[-1]
+    results["e2b_run"] = timed(lambda: sandbox.commands.run("true"), rounds)
+    results["e2b_write_read_1k"] = timed(
+        lambda: sandbox.files.write("bench.txt", "x" * 1024) and sandbox.files.read("bench.txt"), rounds
+    )
+    for each in made:
+        each.kill()
     return results
 
 
@@ -631,6 +657,7 @@ def report(
         "create_api_over_raw_p50": round(summary["create_api"]["p50_ms"] / summary["create_raw"]["p50_ms"], 2),
         "exec_api_over_raw_p50": round(summary["exec_api"]["p50_ms"] / summary["exec_raw"]["p50_ms"], 2),
         "claim_over_cold_create_p50": round(summary["claim_api"]["p50_ms"] / summary["create_api"]["p50_ms"], 3),
+        "e2b_run_over_exec_api_p50": round(summary["e2b_run"]["p50_ms"] / summary["exec_api"]["p50_ms"], 2),
     }
     for crowded in ("", "_crowded"):
         if f"burst_api{crowded}" in summary:

@@ -189,12 +189,6 @@ class WorkspaceManager:
             raise NotFound(f"no workspace {workspace_id!r}: list yours with GET /api/v1/workspaces")
         return workspace
 
-    def alive(self, workspace: Workspace) -> bool:
-        """Whether its provider says it runs now (a workspace being deleted is still "running" in the store
-        until its sandbox is gone)."""
-        ref = workspace.provider_ref
-        return ref is not None and self._provider(workspace.provider).state(ref) == "running"
-
     def has_image(self, image: str) -> bool:
         """Whether the default provider can make workspaces from `image`."""
         return self._provider(self.settings.default_provider).has_image(image)

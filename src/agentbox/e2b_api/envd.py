@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agentbox.api.dependencies import in_thread
 from agentbox.api.files import spooled
 from agentbox.api.streaming import ClosingStreamingResponse
+from agentbox.domain import Command
 from agentbox.e2b_api import access, control
 from agentbox.e2b_api.filesystem import FilesystemService
 from agentbox.e2b_api.process import ProcessService
@@ -181,7 +182,7 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
     """The target of an envd call, once it is shown to be allowed; None for `/health`. EnvdError otherwise."""
     service = request.app.state.service
     manager: WorkspaceManager | None = service.manager
-    path = request.url.path
+    path: str = request.scope["path"]  # under PREFIX: what follows it
     known = path == "/health" or path == "/files" or path.startswith(("/process.Process/", "/filesystem.Filesystem/"))
     if manager is None or not service.settings.e2b_api or not known:
         raise EnvdError(404, f"no such envd call: {request.method} {path}")
@@ -194,7 +195,7 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
     else:
         workspace = await in_thread(manager.store.get, sandbox_id) if sandbox_id else None
     gone = workspace is None or workspace.status != Status.RUNNING or control.ended(workspace)
-    # /health asks the provider too: the SDK asks it whether a sandbox whose stream broke is gone.
+    # /health looks into the sandbox: the SDK asks it whether a sandbox whose stream broke is gone.
     if not gone and path == "/health" and workspace is not None:
         gone = not await in_thread(_alive, manager, workspace)
     if gone or workspace is None:
@@ -221,15 +222,17 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
 
 
 def _alive(manager: WorkspaceManager, workspace: Workspace) -> bool:
+    """Whether a command runs in it now: envd's /health is a round trip into the sandbox, and a
+    sandbox being deleted still reads as running in the store (and to the engine) for a moment."""
     try:
-        return manager.alive(workspace)
+        return manager.exec(workspace.owner, workspace.id, Command(argv=["true"], cwd="/", timeout=5)).exit_code == 0
     except AgentboxError:
         return False
 
 
 def _user(request: Request) -> str:
     """The user a call names: `?username=` on /files, Basic authorization on the Connect calls."""
-    if request.url.path == "/files":
+    if request.scope["path"] == "/files":
         return request.query_params.get("username", "")
     scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":
