@@ -17,6 +17,7 @@ import builtins
 import json
 import signal as signals
 import struct
+import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,9 @@ from agentbox.providers.processes import (
 from agentbox.sandbox.channel import Call, Invocation, Transport
 
 _STREAMS: dict[int, ProcessStream] = {1: "stdout", 2: "stderr", 3: "pty"}
+#: Looks at the table while a process's end is being written (a supervisor killed from inside never
+#: writes it: that one is reported ended, how unknown, after these).
+SETTLE_TRIES, SETTLE_PAUSE = 5, 0.02
 _END, _SKIPPED, _KEEPALIVE = 0, 8, 9
 _RECORD = struct.Struct(">BI")
 
@@ -67,16 +71,30 @@ class HelperProcesses:
         return _info(int(answer.split()[1]), meta, b"", alive=True)
 
     def list(self) -> list[ProcessInfo]:
-        return sorted(_parse_table(self._stdout(Invocation(["procs"]))), key=lambda p: p.pid)
+        return sorted(self._settled(["procs"]), key=lambda p: p.pid)
 
     def get(self, pid: int) -> ProcessInfo:
-        answer = self._stdout(Invocation(["procs", str(pid)]))
-        if answer.startswith(b"E "):
-            _raise(answer, pid)
-        found = _parse_table(answer)
+        found = self._settled(["procs", str(pid)], pid)
         if not found:
             raise NotFound(_missing(pid))
         return found[0]
+
+    def _settled(self, argv: builtins.list[str], pid: int | None = None) -> builtins.list[ProcessInfo]:
+        """The table, asked again (briefly) while a process is gone but its end not yet written: the
+        moment between its supervisor reaping it and recording how it ended."""
+        found = self._table(argv, pid)
+        for _ in range(SETTLE_TRIES):
+            if not any(p.status == "exited" and p.ended_at is None for p in found):
+                break
+            time.sleep(SETTLE_PAUSE)
+            found = self._table(argv, pid)
+        return found
+
+    def _table(self, argv: builtins.list[str], pid: int | None) -> builtins.list[ProcessInfo]:
+        answer = self._stdout(Invocation(argv))
+        if answer.startswith(b"E "):
+            _raise(answer, pid)
+        return _parse_table(answer)
 
     def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent | None]:
         # Started here, not lazily, so that an unknown PID fails before any output is promised.

@@ -148,10 +148,11 @@ class DockerProvider(Provider):
 
     def _home(self, image: str) -> str:
         """The home the image names (its HOME), which the workspace's disk then holds."""
-        try:
-            env = self.client.images.get(image).attrs["Config"].get("Env") or []
-        except docker.errors.DockerException:
-            return DEFAULT_HOME  # a missing image is reported by the create call itself
+        with engine_errors("inspecting the image"):
+            try:
+                env = self.client.images.get(image).attrs["Config"].get("Env") or []
+            except docker.errors.ImageNotFound:
+                return DEFAULT_HOME  # a missing image is reported by the create call itself
         homes = [e.partition("=")[2] for e in env if e.startswith("HOME=")]
         return homes[-1] if homes and homes[-1].startswith("/") and homes[-1] != "/" else DEFAULT_HOME
 
