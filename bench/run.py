@@ -202,7 +202,7 @@ def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, 
         sample("exec_raw", raw_exec)
 
     results |= agent_tools(api, workspace_id, rounds)
-    results |= e2b_sdk(str(api.base_url).removesuffix("/api/v1"), rounds)
+    results |= e2b_sdk(str(api.base_url).rstrip("/").removesuffix("/api/v1"), rounds)
 
     print("==> a 1 MiB file written and read through the API", flush=True)
     megabyte, files = os.urandom(1 << 20), f"/workspaces/{workspace_id}/files"

@@ -25,7 +25,7 @@ from protobuf.wkt import Timestamp
 
 from agentbox.domain import Command
 from agentbox.e2b_api import envd
-from agentbox.e2b_api.process import call, drain, one_of
+from agentbox.e2b_api.rpc import call, drain, one_of
 from agentbox.providers.base import ExecResult, WatchEvent
 
 #: What find prints per path: type (a link's target's), own type, size, mode, permissions, owner,

@@ -12,19 +12,18 @@ import asyncio
 import contextlib
 import signal as signals
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import anyio
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from e2b.envd.process import process_connect
 from e2b.envd.process import process_pb as P
-from protobuf import Oneof
 
 from agentbox.api.dependencies import in_thread
 from agentbox.e2b_api import envd
+from agentbox.e2b_api.rpc import call, connect_error, drain, one_of
 from agentbox.errors import AgentboxError, Conflict
 from agentbox.providers.processes import (
     ProcessEnded,
@@ -36,7 +35,6 @@ from agentbox.providers.processes import (
     TerminalSize,
 )
 
-T = TypeVar("T")
 R = TypeVar("R")
 #: A command's process table, its PID, and its deadline (time.monotonic()) if it has one.
 Begun = tuple[ProcessTable, int, float | None]
@@ -44,59 +42,6 @@ Begun = tuple[ProcessTable, int, float | None]
 #: envd's exit code for a process that a signal ended.
 SIGNALLED = -1
 _SIGNALS = {P.Signal.SIGKILL: signals.SIGKILL, P.Signal.SIGTERM: signals.SIGTERM}
-_DONE = object()
-
-
-def connect_error(exc: AgentboxError) -> ConnectError:
-    """An agentbox error as the Connect code the SDK maps to the matching exception."""
-    code = {
-        400: Code.INVALID_ARGUMENT,
-        401: Code.UNAUTHENTICATED,
-        403: Code.PERMISSION_DENIED,
-        404: Code.NOT_FOUND,
-        409: Code.FAILED_PRECONDITION,
-        413: Code.RESOURCE_EXHAUSTED,
-        422: Code.INVALID_ARGUMENT,
-        429: Code.RESOURCE_EXHAUSTED,
-        507: Code.RESOURCE_EXHAUSTED,
-        # The sandbox went away or cannot be reached: the SDK then asks /health what happened.
-        410: Code.UNAVAILABLE,
-        502: Code.UNAVAILABLE,
-        503: Code.UNAVAILABLE,
-    }.get(exc.status_code, Code.INTERNAL)
-    return ConnectError(code, exc.detail)
-
-
-async def call(function: Callable[..., T], *args: Any) -> T:
-    """A blocking provider call in a worker thread, its errors as Connect's."""
-    try:
-        return await in_thread(function, *args)
-    except AgentboxError as exc:
-        raise connect_error(exc) from None
-
-
-async def drain(events: Iterator[T]) -> AsyncGenerator[T, None]:
-    """A blocking iterator's items, pulled in worker threads; closed however the caller stops.
-
-    A pull under way is never abandoned: a generator cannot be closed while it runs, so the close
-    waits for it (provider iterators hand up a None every few seconds at most)."""
-    pull: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            pull = asyncio.ensure_future(call(next, events, _DONE))
-            item = await asyncio.shield(pull)
-            pull = None
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        with anyio.CancelScope(shield=True):
-            if pull is not None:
-                with contextlib.suppress(BaseException):
-                    await pull
-            close = getattr(events, "close", None)
-            if close is not None:
-                await in_thread(close)
 
 
 def _table() -> ProcessTable:
@@ -109,12 +54,6 @@ def _pid(selector: P.ProcessSelector | None) -> int:
     if chosen is None or chosen.field != "pid":
         raise ConnectError(Code.INVALID_ARGUMENT, "name the process by its pid (tags are not offered)")
     return int(chosen.value)
-
-
-def one_of(field: str, value: Any) -> Any:
-    """A oneof's value. (protobuf-py types each by its field's name as a literal, which a name chosen at run
-    time cannot be; the message checks the name when it is built.)"""
-    return Oneof(field, value)
 
 
 def _event(kind: str, value: Any) -> P.ProcessEvent:
@@ -134,8 +73,9 @@ async def _events(begun: Awaitable[Begun], wrap: Callable[..., R]) -> AsyncGener
     """start, the output (kept and to come), keep-alives while it is quiet, and the end; each `wrap`ped.
     A command that ran into its deadline ends the stream with `deadline_exceeded`, as envd's does.
 
-    One generator, not one around another: the server closes what the handler returned when
-    its client leaves, and that close must reach the follower in the sandbox."""
+    It closes its source itself: the server closes what the handler returned when its client
+    leaves, and that close must reach the follower in the sandbox (an inner generator is not
+    closed with the one around it)."""
     table, pid, deadline = await begun
     source = drain(await call(table.output, pid, 0, True))
     try:
