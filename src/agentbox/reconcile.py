@@ -52,10 +52,18 @@ class Reconciler:
                 provider.destroy(ref)
         for record in records.values():
             state = held[record.id][2] if record.id in held else "missing"
+            if record.status == Status.RUNNING and state != "running" and record.provider_ref:
+                # Looked at again: the inventory was taken before the records were read, and a
+                # workspace that finished starting in between was not running then but is now.
+                state = self._state_now(record, record.provider_ref, state)
             self._settle(record, state, startup)
-            if state == "running" and record.status == Status.RUNNING and record.provider_ref:
+            if state == "running" and record.status == Status.RUNNING and record.provider_ref and record.id in held:
                 # Providers whose sandboxes end by themselves (E2B) keep them until their TTL.
                 held[record.id][0].keep(record.provider_ref, record.expires_at)
+
+    def _state_now(self, record: Workspace, ref: str, seen: ProviderState) -> ProviderState:
+        provider = self.providers.get(record.provider)
+        return provider.state(ref) if provider is not None else seen
 
     def _settle(self, record: Workspace, state: ProviderState, startup: bool) -> None:
         """Bring one record in line with its sandbox's `state`."""
