@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     def owners_by_key(self) -> dict[str, str]:
         return parse_api_keys(self.api_keys.get_secret_value())
 
+    def keys_of(self, owner: str) -> list[str]:
+        """Every API key of `owner` (what tokens made for their workspaces may be signed with)."""
+        return [key for key, key_owner in self.owners_by_key.items() if key_owner == owner]
+
 
 def parse_api_keys(text: str) -> dict[str, str]:
     """`owner:key,owner2:key2` -> {key: owner}. Errors never repeat a key."""

@@ -37,8 +37,14 @@ async def read_file(workspace_id: str, path: WorkspacePath, mgr: Manager, who: O
         entries = [DirEntryOut(name=e.name, type=e.type, size=e.size, mode=f"{e.mode:o}", mtime=e.mtime) for e in found]
         return JSONResponse(DirListing(path=path, entries=entries).model_dump())
     stat, body = found
-    headers = {"Content-Length": str(stat.size), "X-File-Mode": f"{stat.mode:o}"}
-    if stat.size <= IN_ONE_PIECE:
+    return await file_answer(stat.size, body, {"X-File-Mode": f"{stat.mode:o}"})
+
+
+async def file_answer(size: int, body: Iterator[bytes], headers: dict[str, str]) -> Response:
+    """A file's bytes: whole when small (each piece handed from a worker thread costs a switch), else
+    streamed and closed however the answer ends."""
+    headers = {"Content-Length": str(size), **headers}
+    if size <= IN_ONE_PIECE:
         return Response(await in_thread(b"".join, body), media_type="application/octet-stream", headers=headers)
     return ClosingStreamingResponse(body, media_type="application/octet-stream", headers=headers)
 

@@ -153,7 +153,7 @@ def _open_port(connection: Request | WebSocket, workspace_id: str, port: int) ->
     if manager is None or workspace is None or workspace.status != Status.RUNNING:
         return None
     presented = connection.headers.get(TRAFFIC_HEADER, "")
-    keys = [key for key, owner in service.settings.owners_by_key.items() if owner == workspace.owner]
+    keys = service.settings.keys_of(workspace.owner)
     if workspace.public_ports or (presented and access.token_matches(presented, keys, workspace.id, "traffic")):
         return _connect(manager, workspace.owner, workspace.id, port)
     return None

@@ -36,8 +36,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentbox.api.dependencies import in_thread
-from agentbox.api.files import spooled
-from agentbox.api.streaming import ClosingStreamingResponse
+from agentbox.api.files import file_answer, spooled
+from agentbox.config import Settings
 from agentbox.domain import Command
 from agentbox.e2b_api import access, control
 from agentbox.e2b_api.filesystem import FilesystemService
@@ -54,8 +54,6 @@ ENVD_PORT = 49983
 E2B_HOME = "/home/user"
 #: Users the SDK may name: E2B's own default, and agentbox's; both are the workspace's uid 1000.
 SANDBOX_USERS = frozenset({"", "user", "agent"})
-#: Files up to this size are taken whole rather than spooled.
-IN_ONE_PIECE = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -185,12 +183,15 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
     path: str = request.scope["path"]  # under PREFIX: what follows it
     known = path == "/health" or path == "/files" or path.startswith(("/process.Process/", "/filesystem.Filesystem/"))
     if manager is None or not service.settings.e2b_api or not known:
-        raise EnvdError(404, f"no such envd call: {request.method} {path}")
+        raise EnvdError(
+            404,
+            f"no such envd call: {request.method} {path}; envd serves /health, /files, /process.Process/* and "
+            "/filesystem.Filesystem/* (and is off when WORKSPACE_E2B_API=false)",
+        )
     sandbox_id = host_sandbox or request.headers.get("e2b-sandbox-id", "")
-    keys = service.settings.owners_by_key
     signed = path == "/files" and "signature" in request.query_params
     if not sandbox_id and signed:
-        workspace = await in_thread(_signed_for, manager, keys, request)
+        workspace = await in_thread(_signed_for, manager, service.settings, request)
         sandbox_id = workspace.id if workspace is not None else ""
     else:
         workspace = await in_thread(manager.store.get, sandbox_id) if sandbox_id else None
@@ -200,10 +201,14 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
         gone = not await in_thread(_alive, manager, workspace)
     if gone or workspace is None:
         # E2B's proxy's words: the SDK maps "was not found" to SandboxNotRunningException.
-        raise EnvdError(502, f"The sandbox {sandbox_id or '(none named)'} was not found")
+        raise EnvdError(
+            502,
+            f"The sandbox {sandbox_id or '(none named)'} was not found: it was killed, ended at its timeout or is "
+            "paused (Sandbox.connect resumes a paused one)",
+        )
     if path == "/health":
         return None
-    owner_keys = [key for key, owner in keys.items() if owner == workspace.owner]
+    owner_keys = service.settings.keys_of(workspace.owner)
     if signed:
         expiration = request.query_params.get("signature_expiration", "")
         if expiration.isdigit() and int(expiration) < time.time():
@@ -259,14 +264,14 @@ def _signature_valid(request: Request, keys: list[str], sandbox_id: str) -> bool
     )
 
 
-def _signed_for(manager: WorkspaceManager, keys: dict[str, str], request: Request) -> Workspace | None:
+def _signed_for(manager: WorkspaceManager, settings: Settings, request: Request) -> Workspace | None:
     """The sandbox a signed file URL without a sandbox id is for: the one whose token signed it.
 
     Under E2B_SANDBOX_URL the SDK's `download_url`/`upload_url` carry no sandbox id (E2B's own
     are host-form URLs). Each running workspace's tokens are tried: a few hashes per workspace.
     """
     for workspace in manager.store.find(statuses=[Status.RUNNING.value]):
-        if _signature_valid(request, [k for k, o in keys.items() if o == workspace.owner], workspace.id):
+        if _signature_valid(request, settings.keys_of(workspace.owner), workspace.id):
             return workspace
     return None
 
@@ -299,11 +304,9 @@ async def _download(target: Target, path: str) -> Response:
     if isinstance(found, list):
         raise EnvdError(400, f"{path} is a directory: read the files in it, or list it")
     stat, body = found
-    disposition = f'attachment; filename="{posixpath.basename(path)}"'
-    headers = {"Content-Length": str(stat.size), "Content-Disposition": disposition}
-    if stat.size <= IN_ONE_PIECE:
-        return Response(await in_thread(b"".join, body), media_type="application/octet-stream", headers=headers)
-    return ClosingStreamingResponse(body, media_type="application/octet-stream", headers=headers)
+    return await file_answer(
+        stat.size, body, {"Content-Disposition": f'attachment; filename="{posixpath.basename(path)}"'}
+    )
 
 
 @dataclass
