@@ -4,9 +4,13 @@
 #   a. install what is missing among dockerd, debootstrap, busybox (apt), and runsc at the
 #      pinned version from bookworm-backports (the first runsc Debian ships with the
 #      systrap platform; bookworm's own 20221219 has only ptrace, 2-10x slower here)
-#   b. register two runtimes in /etc/docker/daemon.json (merged, rewritten only on change):
+#   b. register three runtimes in /etc/docker/daemon.json (merged, rewritten only on change):
 #      `runsc` (systrap) and `runsc-ptrace`, the fallback the service probes when systrap
-#      does not run on a host (or the runsc installed is too old for it)
+#      does not run on a host (or the runsc installed is too old for it), and `runsc-nonet`
+#      (runsc's args with --network=none) for workspaces without network, which gVisor can
+#      checkpoint; and turn on the engine's "experimental" checkpoints (a pause that keeps
+#      memory). A running dockerd picks up the runtimes by SIGHUP, "experimental" only when it
+#      next starts: that is said, never forced (a restart would stop every workspace)
 #   c. start dockerd if it is not answering (cleaning up after a killed one)
 #   d. reload dockerd (SIGHUP) if it was running and its runtime registration is stale
 #   e. raise kernel.pid_max if it is low (gVisor spends several host threads per task in a
@@ -146,12 +150,15 @@ if grep -q -- '-host-uds ' <<<"$runsc_flags"; then
     DEFAULT_RUNSC_ARGS="$DEFAULT_RUNSC_ARGS --host-uds=create"
     PTRACE_RUNSC_ARGS="$PTRACE_RUNSC_ARGS --host-uds=create"
 fi
-# {"runsc": {...}, "runsc-ptrace": {...}}: what daemon.json and the live engine must say.
+# {"runsc": {...}, "runsc-ptrace": {...}, "runsc-nonet": {...}}: what daemon.json and the live
+# engine must say.
 want_runtimes=$(python3 -c '
 import json, sys
 path, primary, ptrace = sys.argv[1:]
-entry = lambda args: {"path": path, "runtimeArgs": args.split()}
-print(json.dumps({"runsc": entry(primary), "runsc-ptrace": entry(ptrace)}, sort_keys=True))
+entry = lambda args: {"path": path, "runtimeArgs": args}
+nonet = [a for a in primary.split() if not a.startswith("--network=")] + ["--network=none"]
+print(json.dumps({"runsc": entry(primary.split()), "runsc-ptrace": entry(ptrace.split()),
+                  "runsc-nonet": entry(nonet)}, sort_keys=True))
 ' "$runsc_path" "${AGENTBOX_RUNSC_ARGS:-$DEFAULT_RUNSC_ARGS}" "$PTRACE_RUNSC_ARGS")
 daemon_json_changed=0
 if [ "${AGENTBOX_SKIP_RUNSC:-0}" = "1" ]; then
@@ -175,11 +182,12 @@ if os.path.exists(path):
 runtimes = conf.get("runtimes")
 if not isinstance(runtimes, dict):
     runtimes = {}
-if all(runtimes.get(name) == entry for name, entry in want.items()) and conf.get("runtimes") is runtimes:
+if all(runtimes.get(name) == entry for name, entry in want.items()) and conf.get("experimental") is True:
     print("unchanged")
     sys.exit(0)
 runtimes.update(want)
 conf["runtimes"] = runtimes
+conf["experimental"] = True
 os.makedirs(os.path.dirname(path), exist_ok=True)
 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".daemon.json.")
 with os.fdopen(fd, "w") as f:
@@ -190,7 +198,7 @@ os.replace(tmp, path)
 print("changed")
 EOF
     )
-    summary="runsc ($runsc_path ${AGENTBOX_RUNSC_ARGS:-$DEFAULT_RUNSC_ARGS}) and runsc-ptrace ($PTRACE_RUNSC_ARGS)"
+    summary="runsc ($runsc_path ${AGENTBOX_RUNSC_ARGS:-$DEFAULT_RUNSC_ARGS}), runsc-ptrace ($PTRACE_RUNSC_ARGS), runsc-nonet; experimental"
     if [ "$result" = "changed" ]; then
         daemon_json_changed=1
         say "registered in $DAEMON_JSON: $summary"
@@ -283,6 +291,10 @@ sys.exit(0 if all(same(live.get(name), entry) for name, entry in want.items()) e
         done
     elif ! runtime_ok; then
         dump_log_and_die "dockerd does not report the runsc runtimes configured in $DAEMON_JSON"
+    fi
+    if [ "$(timeout 15 docker info --format '{{.ExperimentalBuild}}' 2>/dev/null)" != true ]; then
+        echo "note: dockerd runs without \"experimental\": true (set in $DAEMON_JSON), so it cannot checkpoint:" \
+             "a pause keeps a workspace's files, not its memory, until dockerd restarts" >&2
     fi
 fi
 

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # Probed when the gVisor runtime fails its probe: the same runsc on the ptrace platform, which
     # works wherever runsc does (slower). Empty: no gVisor fallback, straight to runc.
     gvisor_fallback_runtime: str = Field("runsc-ptrace", validation_alias="WORKSPACE_GVISOR_FALLBACK_RUNTIME")
+    # Workspaces without network run under this runtime (runsc --network=none, registered by
+    # scripts/setup-host.sh) when the engine has it and checkpoints (dockerd's "experimental"), so
+    # that a pause keeps their memory. Empty: every pause keeps files only.
+    gvisor_checkpoint_runtime: str = Field("runsc-nonet", validation_alias="WORKSPACE_GVISOR_CHECKPOINT_RUNTIME")
     probe_timeout: float = Field(20.0, gt=0, validation_alias="WORKSPACE_PROBE_TIMEOUT")
     # Processes and threads a workspace may run (under gVisor: its RLIMIT_NPROC; the host's pids
     # cgroup gets room for gVisor's own threads, see docs/runtime.md).

@@ -91,6 +91,18 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
                 "older builds know only ptrace, kvm hangs in nested VMs), then reload the engine",
             )
 
+    checkpointing = settings.gvisor_checkpoint_runtime
+    if checkpointing:
+        experimental = bool(client.info().get("ExperimentalBuild"))
+        yield Check(
+            "pauses keep memory (gVisor checkpoints of workspaces without network)",
+            checkpointing in known and experimental,
+            f"{checkpointing} {'registered' if checkpointing in known else 'not registered'}, dockerd "
+            f'{"with" if experimental else "without"} "experimental": true',
+            'run scripts/setup-host.sh (it registers the runtime and sets "experimental"), then restart dockerd '
+            "when no workspace runs; or set WORKSPACE_GVISOR_CHECKPOINT_RUNTIME= to pause with files only",
+        )
+
     try:
         client.images.get(settings.image)
         yield Check(f"workspace image {settings.image}", True, "present")

@@ -213,30 +213,32 @@ class WorkspaceManager:
         self.on_change()
 
     def stop(self, owner: str, workspace_id: str) -> Workspace:
+        return self._halt(owner, workspace_id, pause=False)
+
+    def pause(self, owner: str, workspace_id: str) -> Workspace:
+        """Stop it so that `start` resumes it, its memory and processes kept where the provider can
+        (`memory_kept`). One with a fixed end (E2B's timeout) then has none, as E2B's paused sandboxes
+        wait to be resumed (`set_deadline` gives it a new end). A stopped one is returned as is."""
+        return self._halt(owner, workspace_id, pause=True)
+
+    def _halt(self, owner: str, workspace_id: str, pause: bool) -> Workspace:
         workspace = self.get(owner, workspace_id)
         if workspace.status == Status.STOPPED:
             return workspace
-        self._require(workspace, Status.RUNNING, "stop")
+        self._require(workspace, Status.RUNNING, "pause" if pause else "stop")
         provider = self._provider(workspace.provider)
         if not provider.capabilities().stop_start:
             raise BadRequest(f"a {workspace.provider} workspace cannot be stopped and started: delete it when done")
-        provider.stop(self._ref(workspace))
-        stopped = self.store.update(workspace.id, "stopped", status=Status.STOPPED.value, error=None)
+        fields: dict[str, object] = {"status": Status.STOPPED.value, "error": None}
+        if pause:
+            fields["memory_kept"] = provider.pause(self._ref(workspace))
+            if workspace.ephemeral and workspace.ttl_days is None:
+                fields |= {"ephemeral": False, "expires_at": None}
+        else:
+            provider.stop(self._ref(workspace))
+        halted = self.store.update(workspace.id, "paused" if pause else "stopped", **fields)
         self.on_change()
-        return stopped
-
-    def pause(self, owner: str, workspace_id: str) -> Workspace:
-        """Stop it so that `start` resumes it, and say what was kept (`memory_kept`). One with a fixed end
-        (E2B's timeout) then has none, as E2B's paused sandboxes wait to be resumed (`set_deadline`
-        gives it a new end)."""
-        stopped = self.stop(owner, workspace_id)
-        # Files only: gVisor's checkpoint refuses a sandbox holding a host-bound Unix socket (the
-        # helper's control channel) and, without one, lost a process writing to its disk at restore
-        # here (docs/e2b-endpoint.md, "Pause").
-        fields: dict[str, object] = {"memory_kept": False}
-        if stopped.ephemeral and stopped.ttl_days is None:
-            fields |= {"ephemeral": False, "expires_at": None}
-        return self.store.update(stopped.id, "paused", **fields)
+        return halted
 
     def start(self, owner: str, workspace_id: str) -> Workspace:
         workspace = self.get(owner, workspace_id)

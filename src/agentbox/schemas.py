@@ -339,6 +339,10 @@ class ProviderInfo(BaseModel):
     sized_per_request: bool = Field(description="false: cpu, memory and disk come from its template")
     processes: bool = Field(description="background processes and terminals")
     watch: bool = Field(description="watching a directory for changes")
+    pause_keeps_memory: list[str] = Field(
+        description="the network policies of the workspaces whose pause keeps memory and processes "
+        "(a checkpoint); others keep files only"
+    )
 
 
 class ProviderStatus(BaseModel):

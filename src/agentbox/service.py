@@ -24,7 +24,7 @@ from agentbox.providers.docker import DockerProvider, install_helper
 from agentbox.providers.docker.disks import Disks
 from agentbox.providers.docker.firewall import FirewallError
 from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork
-from agentbox.providers.docker.runtime import STANDARD_RUNTIME, RuntimeChoice, choose_runtime
+from agentbox.providers.docker.runtime import STANDARD_RUNTIME, RuntimeChoice, checkpoint_runtime, choose_runtime
 from agentbox.providers.e2b import E2BProvider
 from agentbox.reconcile import Reconciler
 from agentbox.store import Store
@@ -118,6 +118,9 @@ class Service:
             self.runtime = choose_runtime(
                 self.docker_client, settings.gvisor_runtime, settings.gvisor_fallback_runtime, settings.probe_timeout
             )
+            checkpointing = checkpoint_runtime(
+                self.docker_client, self.runtime, settings.gvisor_checkpoint_runtime, settings.gvisor_runtime
+            )
         except (docker.errors.DockerException, requests.exceptions.ConnectionError) as exc:
             raise StartupError(
                 f"cannot use the Docker engine ({exc}): start dockerd (`make run` does it) or set DOCKER_HOST; "
@@ -145,6 +148,7 @@ class Service:
                 instance=settings.instance_id,
                 network=network,
                 control_root=settings.data_dir / "run",
+                checkpoint_runtime=checkpointing if name == "gvisor" else None,
             )
             if name == "gvisor":
                 self._reboot_after_runsc_upgrade(provider)

@@ -290,6 +290,27 @@ def test_pause_keeps_files_and_connect_resumes(sandbox: Sandbox) -> None:
     assert resumed.files.read("kept.txt") == "still here"
 
 
+def test_pause_of_a_sandbox_without_internet_keeps_its_processes(sdk: str) -> None:
+    sandbox = Sandbox.create(allow_internet_access=False, timeout=300)
+    try:
+        counting = "i=0; while true; do i=$((i+1)); echo $i > count; sleep 0.05; done"  # the count is in memory
+        sandbox.files.write("count", "0")
+        handle = sandbox.commands.run(counting, background=True)
+
+        def count(sbx: Sandbox) -> int:
+            return int(sbx.files.read("count").strip() or 0)  # empty while the shell rewrites it
+
+        eventually(lambda: count(sandbox) >= 5)
+        sandbox.pause()
+        resumed = Sandbox.connect(sandbox.sandbox_id, timeout=300)
+        assert handle.pid in [process.pid for process in resumed.commands.list()]
+        first = eventually(lambda: count(resumed))
+        assert first >= 5  # the same shell, counting on from its memory
+        assert eventually(lambda: count(resumed) > first + 5)
+    finally:
+        sandbox.kill()
+
+
 def test_a_sandbox_past_its_timeout_is_gone_at_once(sandbox: Sandbox) -> None:
     sandbox.set_timeout(1)
     time.sleep(2)

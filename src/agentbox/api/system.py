@@ -89,9 +89,9 @@ def providers(request: Request, who: Owner) -> ProviderList:
 
 
 def _info(offers: Capabilities) -> ProviderInfo:
-    return ProviderInfo(
-        **{field: getattr(offers, field) for field in ProviderInfo.model_fields if field != "network_policies"},
-        network_policies=sorted(offers.network_policies),
+    fields = {field: getattr(offers, field) for field in ProviderInfo.model_fields}
+    return ProviderInfo.model_validate(
+        fields | {name: sorted(value) for name, value in fields.items() if isinstance(value, frozenset)}
     )
 
 

@@ -155,6 +155,8 @@ class Capabilities:
     watch: bool = False
     #: Connections to ports on a workspace's loopback (`Provider.connect`), for previews.
     ports: bool = False
+    #: The network policies of the workspaces whose pause keeps memory and processes (`Provider.pause`).
+    pause_keeps_memory: frozenset[str] = frozenset()
 
 
 class PortConnection(Protocol):
@@ -240,6 +242,11 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def stop(self, ref: str) -> None: ...
+
+    def pause(self, ref: str) -> bool:
+        """Stop the workspace so that `start` resumes it; True when its memory and processes were kept too."""
+        self.stop(ref)
+        return False
 
     @abc.abstractmethod
     def destroy(self, ref: str) -> None:

@@ -269,7 +269,12 @@ static pid_t largest_process(long long *rss_pages) {
  * the host's OOM killer would kill the whole sandbox; so the host limit gets
  * headroom, and init kills the largest process as soon as the workload uses
  * more than BYTES, which is what a process hitting a memory limit sees on
- * Linux (SIGKILL).  -P TASKS is read by `run` (see apply_task_limit). */
+ * Linux (SIGKILL).  -P TASKS is read by `run` (see apply_task_limit).
+ *
+ * SIGUSR1 makes init let go of the control socket (-S): the server and its
+ * workers end, the socket is closed and its file removed; SIGUSR2 listens
+ * again.  Under gVisor the socket is a host socket, and a sandbox holding one
+ * cannot be checkpointed: the host lets go around a pause that keeps memory. */
 #define MIN_TICK_MS 25
 #define MAX_TICK_MS 1000
 static int listen_on(const char *path);
@@ -291,6 +296,8 @@ static int cmd_init(int argc, char **argv) {
             return usage();
     }
     sigset_t set = term_and_chld();
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
     sigprocmask(SIG_BLOCK, &set, NULL);
     procs_mark_stopped();   /* background processes of an earlier boot ended with it */
     /* Listening before the ready line, so that the socket is there as soon as the host
@@ -309,13 +316,25 @@ static int cmd_init(int argc, char **argv) {
             /* SIGCHLDs coalesce: reap everything on each wake-up.  The control server
              * comes back if something killed it. */
             if (gone == server)
-                server = start_server(listener, workspace_id);
+                server = listener >= 0 ? start_server(listener, workspace_id) : -1;
         }
         long long wait = next_check - now_ns();
         struct timespec tick = {0, wait > 0 ? wait : 0};
         int sig = max_memory > 0 ? sigtimedwait(&set, NULL, &tick) : sigwaitinfo(&set, NULL);
         if (sig == SIGTERM || sig == SIGINT)
             return 0;
+        if (sig == SIGUSR1 && listener >= 0) {
+            if (server > 0 && kill(server, SIGTERM) == 0)
+                while (waitpid(server, NULL, 0) < 0 && errno == EINTR)
+                    ;   /* it ends once every worker has, so nothing holds the socket after */
+            server = -1;
+            close(listener);
+            listener = -1;
+            unlink(socket_path);   /* the host's sign that nothing holds it */
+        } else if (sig == SIGUSR2 && listener < 0 && socket_path) {
+            listener = listen_on(socket_path);
+            server = listener >= 0 ? start_server(listener, workspace_id) : -1;
+        }
         if (max_memory <= 0 || now_ns() < next_check)
             continue;   /* on the clock, not on every exit: SIGCHLDs may never stop */
         next_check = now_ns() + MIN_TICK_MS * 1000000LL;
@@ -1144,6 +1163,13 @@ static int listen_on(const char *path) {
 
 enum { IDLE, BUSY, ENDING };
 
+static volatile sig_atomic_t server_ending;
+
+static void on_server_term(int sig) {
+    (void)sig;
+    server_ending = 1;
+}
+
 static pid_t start_server(int s, const char *id) {
     pid_t init = getpid();
     pid_t pid = fork();
@@ -1154,22 +1180,40 @@ static pid_t start_server(int s, const char *id) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != init)
         _exit(0);
-    sigset_t none;
+    /* SIGTERM (init letting go of the socket) is taken only inside ppoll(). */
+    sigset_t none, term;
     sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    struct sigaction sa = {.sa_handler = on_server_term};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigprocmask(SIG_SETMASK, &term, NULL);
     signal(SIGCHLD, SIG_IGN);   /* workers reap themselves */
     signal(SIGPIPE, SIG_IGN);
     static struct pollfd workers[MAX_WORKERS];
     static int state[MAX_WORKERS];
+    static pid_t pids[MAX_WORKERS];
     pid_t self = getpid();
     int count = 0, idle = 0;
     long long refill_at = 0;
     for (;;) {
+        if (server_ending) {
+            /* Busy workers too: a call under way ends with the socket.  With SIGCHLD ignored,
+             * wait() returns only once every child is gone. */
+            for (int i = 0; i < count; i++)
+                kill(pids[i], SIGKILL);
+            while (wait(NULL) >= 0 || errno == EINTR)
+                ;
+            _exit(0);
+        }
         while (idle < SPARES && count < MAX_WORKERS && (idle == 0 || now_ns() >= refill_at)) {
             int pair[2];
             pid_t w = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0 ? -1 : fork();
             if (w == 0) {
                 close(pair[0]);
+                signal(SIGTERM, SIG_DFL);
+                sigprocmask(SIG_SETMASK, &none, NULL);
                 worker(s, id, pair[1], self);
             }
             if (w < 0) {
@@ -1178,11 +1222,13 @@ static pid_t start_server(int s, const char *id) {
             }
             close(pair[1]);
             workers[count] = (struct pollfd){.fd = pair[0], .events = POLLIN};
+            pids[count] = w;
             state[count++] = IDLE;
             idle++;
         }
-        long long wait_ms = idle < SPARES ? (refill_at - now_ns()) / 1000000 + 1 : -1;
-        if (poll(workers, (nfds_t)count, (int)wait_ms) <= 0)
+        long long wait_ns = idle < SPARES ? refill_at - now_ns() + 1000000 : -1;
+        struct timespec wait = {wait_ns / NSEC, wait_ns % NSEC};
+        if (ppoll(workers, (nfds_t)count, wait_ns >= 0 ? &wait : NULL, &none) <= 0)
             continue;
         for (int i = 0; i < count; i++) {
             if (!workers[i].revents)
@@ -1204,6 +1250,7 @@ static pid_t start_server(int s, const char *id) {
                 idle -= state[i] == IDLE;
                 close(workers[i].fd);
                 workers[i] = workers[--count];
+                pids[i] = pids[count];
                 state[i] = state[count];
                 i--;
             }

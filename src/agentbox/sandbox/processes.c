@@ -12,11 +12,13 @@
  *               u8 stream (1 stdout, 2 stderr, 3 terminal), u32 length
  *               (big-endian), data.  A new segment every SEGMENT_BYTES; the
  *               oldest go while the newer ones hold KEEP_BYTES.
- *   ctl         the shim's socket: stdin, closing stdin, terminal size
  *   exit        "<exit code or -1> <signal or 0> <unix ns>[ stopped]", once it ended
  *
  * The directory is on the workspace's own disk, so output counts against its
- * size like any other file.  The subcommands the host calls:
+ * size like any other file.  The shim listens for stdin, closing stdin and
+ * terminal sizes on an abstract socket named after that directory, not on a
+ * file in it: under gVisor a socket file on a bind-mounted disk is a host
+ * socket, and a sandbox holding one cannot be checkpointed (pause).  The subcommands the host calls:
  *
  *   spawn [-i] [-c COLS -r ROWS] [-j META] -- ARGV   "OK <pid>" or "E <ERRNO> <why>"
  *   procs [PID]     per process "P <pid> <meta bytes> <exit bytes> <alive>\n", meta, exit
@@ -32,6 +34,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,11 +269,9 @@ static void shim_finish(struct shim *s, int status) {
         for (int reads = 0; reads < 256 && s->out[i] >= 0 && pump_output(s, i) > 0; reads++)
             ;
     }
-    char line[96], path[192];
+    char line[96];
     snprintf(line, sizeof line, "%d %d %lld\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
              WIFSIGNALED(status) ? WTERMSIG(status) : 0, unix_ns());
-    snprintf(path, sizeof path, "%s/ctl", s->dir);
-    unlink(path);
     write_small_file(s->dir, "exit", line);
     _exit(0);
 }
@@ -330,16 +331,20 @@ static void remove_entry(const char *dir) {
     rmdir(dir);
 }
 
-static struct sockaddr_un control_address(int pid) {
+/* The shim's abstract socket ("\0<procs dir>/<pid>/ctl"); its length in *len. */
+static struct sockaddr_un control_address(int pid, socklen_t *len) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    snprintf(addr.sun_path, sizeof addr.sun_path, "%s/%d/ctl", procs_dir(), pid);
+    int n = snprintf(addr.sun_path + 1, sizeof addr.sun_path - 1, "%s/%d/ctl", procs_dir(), pid);
+    n = n < (int)sizeof addr.sun_path - 1 ? n : (int)sizeof addr.sun_path - 2;
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
     return addr;
 }
 
 static int listen_here(int pid) {
-    struct sockaddr_un addr = control_address(pid);
+    socklen_t len;
+    struct sockaddr_un addr = control_address(pid, &len);
     int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (l < 0 || bind(l, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(l, 16) < 0)
+    if (l < 0 || bind(l, (struct sockaddr *)&addr, len) < 0 || listen(l, 16) < 0)
         return -1;
     return l;
 }
@@ -728,10 +733,11 @@ int cmd_input(int argc, char **argv) {
         return usage();
     if (proc_dir(argv[1], dir, sizeof dir, &pid) < 0)
         return 1;
-    struct sockaddr_un addr = control_address(pid);
+    socklen_t len;
+    struct sockaddr_un addr = control_address(pid, &len);
     int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct timeval patience = {30, 0};
-    if (c < 0 || connect(c, (struct sockaddr *)&addr, sizeof addr) < 0)
+    if (c < 0 || connect(c, (struct sockaddr *)&addr, len) < 0)
         return report_error(ESRCH, "the process has exited");
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
     if (argc > 2 && !strcmp(argv[2], "-c"))

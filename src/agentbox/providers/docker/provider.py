@@ -10,6 +10,7 @@ can only ever resolve within the container it lives in.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -36,6 +37,7 @@ from agentbox.providers.base import (
     WatchEvent,
     WorkspaceSpec,
 )
+from agentbox.providers.docker.checkpoints import LET_GO_OF_SOCKET, LISTEN_AGAIN, Checkpoints
 from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
 from agentbox.providers.docker.engine import EngineTransport, Frames, engine_errors
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
@@ -69,6 +71,8 @@ GVISOR_HOST_PIDS_PER_TASK = 40
 STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL when a workspace stops
 # The kernel's limit on a Unix socket's path (sun_path, with its NUL); a longer one is not used.
 MAX_SOCKET_PATH = 107
+# How long init may take to let go of its control socket before a checkpoint, or to listen again.
+SOCKET_PATIENCE = 10.0
 
 
 class DockerProvider(Provider):
@@ -91,11 +95,14 @@ class DockerProvider(Provider):
         instance: str,
         network: WorkspaceNetwork | None = None,
         control_root: Path | None = None,
+        checkpoint_runtime: str | None = None,
     ) -> None:
         """`network`: the fenced workspace network (WORKSPACE_NETWORK_NAME); None puts workspaces that may
         reach the internet on Docker's default bridge, with no firewall, and refuses allow lists.
         `control_root`: where each workspace's control directory is made (its helper's socket); None: every
-        command and file operation goes through the Engine API's exec."""
+        command and file operation goes through the Engine API's exec.
+        `checkpoint_runtime`: the runtime of workspaces without network, which the engine can checkpoint,
+        so that a pause keeps their memory; None: pauses keep files only."""
         self.client = client
         self.network = network
         self.control_root = control_root
@@ -105,6 +112,8 @@ class DockerProvider(Provider):
         self.disks = disks
         self.helper = helper
         self.instance = instance
+        self.checkpoint_runtime = checkpoint_runtime
+        self.checkpoints = Checkpoints(client)
         self._isolation = isolation
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
 
@@ -114,14 +123,18 @@ class DockerProvider(Provider):
         return ("docker", self.instance)
 
     def capabilities(self) -> Capabilities:
-        if self.network is not None:
-            return Capabilities(runtime=self.runtime, isolation=self._isolation, processes=True, watch=True, ports=True)
-        return Capabilities(
+        offers = Capabilities(
             runtime=self.runtime,
             isolation=self._isolation,
             processes=True,
             watch=True,
             ports=True,
+            pause_keeps_memory=frozenset({"none"} if self.checkpoint_runtime else ()),
+        )
+        if self.network is not None:
+            return offers
+        return dataclasses.replace(
+            offers,
             network_policies=POLICY_KINDS - {"allow"},
             network_hint="allow lists need the workspace network and its firewall: run the server with "
             "WORKSPACE_NETWORK_NAME set",
@@ -185,7 +198,7 @@ class DockerProvider(Provider):
             "name": ref,
             "hostname": spec.id.replace("_", "-"),
             "labels": labels,
-            "runtime": self.runtime,
+            "runtime": self.checkpoint_runtime if spec.network == "none" and self.checkpoint_runtime else self.runtime,
             "user": self.user,
             "working_dir": "/workspace",
             "environment": {"HOME": home},
@@ -262,13 +275,76 @@ class DockerProvider(Provider):
 
     def start(self, ref: str) -> None:
         self.disks.ensure_mounted(_workspace_id(ref))
-        with engine_errors("starting the workspace"):
-            self.client.api.start(ref)
+        if self.checkpoint_runtime is not None and self.checkpoints.exists(ref):
+            self._resume(ref)
+        else:
+            with engine_errors("starting the workspace"):
+                self.client.api.start(ref)
         self._channel(ref).probe()
+
+    def _resume(self, ref: str) -> None:
+        """Start a workspace from its checkpoint (memory and processes as they were), else afresh."""
+        try:
+            self.checkpoints.restore(ref)
+        except ProviderError as exc:
+            # A checkpoint of another runsc build, say: the files are on the disk, the processes are lost.
+            log.warning(
+                "workspace %s could not be restored from its checkpoint, starting it afresh: %s",
+                _workspace_id(ref),
+                exc.detail,
+            )
+            with engine_errors("starting the workspace"):
+                self.client.api.start(ref)
+        else:
+            self._signal_init(ref, LISTEN_AGAIN)
+            if not self._await_socket(ref, present=True):  # commands still reach it, through the engine
+                log.warning("workspace %s was restored but its init did not listen again", _workspace_id(ref))
+        finally:
+            self.checkpoints.remove(ref)
 
     def stop(self, ref: str) -> None:
         with engine_errors("stopping the workspace"):
             self.client.api.stop(ref, timeout=STOP_TIMEOUT)
+
+    def pause(self, ref: str) -> bool:
+        if self.checkpoint_runtime is None or self._runtime_of(ref) != self.checkpoint_runtime:
+            self.stop(ref)
+            return False
+        self._signal_init(ref, LET_GO_OF_SOCKET)
+        try:
+            if not self._await_socket(ref, present=False):
+                raise ProviderError(f"its init did not let go of its control socket within {SOCKET_PATIENCE:g} s")
+            self.checkpoints.create(ref)
+        except ProviderError as exc:
+            log.warning(
+                "workspace %s could not be checkpointed, stopping it (files kept, memory not): %s",
+                _workspace_id(ref),
+                exc.detail,
+            )
+            self.stop(ref)
+            return False
+        return True
+
+    def _runtime_of(self, ref: str) -> str:
+        with engine_errors("inspecting the workspace"):
+            return str(self.client.api.inspect_container(ref)["HostConfig"].get("Runtime"))
+
+    def _signal_init(self, ref: str, signal: str) -> None:
+        if self.control_root is not None:
+            with engine_errors("signalling the workspace's init"):
+                self.client.api.kill(ref, signal=signal)
+
+    def _await_socket(self, ref: str, present: bool) -> bool:
+        """Whether init made (or removed) its control socket within SOCKET_PATIENCE."""
+        if self.control_root is None:
+            return True
+        path = self.control_root / _workspace_id(ref) / CONTROL_SOCKET
+        deadline = time.monotonic() + SOCKET_PATIENCE
+        while path.exists() != present:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def reboot_unreachable(self) -> list[str]:
         """Restart the running gVisor sandboxes that commands can no longer reach; return their refs.

@@ -182,3 +182,26 @@ def _without_gvisor(why: str, doctor: str = "for the fix") -> RuntimeChoice:
     )
     log.warning(reason)
     return RuntimeChoice(STANDARD_RUNTIME, gvisor=False, reason=reason)
+
+
+def checkpoint_runtime(client: docker.DockerClient, choice: RuntimeChoice, wanted: str, primary: str) -> str | None:
+    """`wanted` (the runtime for workspaces without network whose pause keeps memory) when the engine
+    can use it: registered, with checkpoints on (experimental), and gVisor chosen on its primary
+    registration (the same binary and platform). Else None, and pauses keep files only."""
+    if not wanted or not choice.gvisor or choice.runtime != primary:
+        return None
+    info = client.info()
+    if wanted not in (info.get("Runtimes") or {}):
+        log.info(
+            "no %s runtime registered: a pause keeps a workspace's files, not its memory "
+            "(scripts/setup-host.sh registers it)",
+            wanted,
+        )
+        return None
+    if not info.get("ExperimentalBuild"):
+        log.warning(
+            'dockerd runs without "experimental": true, so it cannot checkpoint: a pause keeps a '
+            "workspace's files, not its memory (scripts/setup-host.sh sets it; dockerd must restart)"
+        )
+        return None
+    return wanted

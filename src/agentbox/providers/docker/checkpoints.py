@@ -1,0 +1,53 @@
+"""Pauses that keep a workspace's memory: gVisor's checkpoint and restore, through the engine.
+
+The Engine API has them (experimental: dockerd runs with `"experimental": true`), docker-py does
+not, so the calls are made here with its client. gVisor refuses to checkpoint a sandbox with the
+host network passthrough (`--network=host`) or holding a host Unix socket, so only workspaces
+without network run under the checkpointing runtime (runsc `--network=none`), and the helper's
+init lets go of its control socket first (`cmd_init` in agentbox-exec.c).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import docker
+
+from agentbox.providers.docker.engine import engine_errors
+
+#: The one checkpoint a paused workspace has; it goes once the workspace is resumed.
+CHECKPOINT = "agentbox-pause"
+#: What init takes as "close the control socket" and "listen on it again".
+LET_GO_OF_SOCKET = "SIGUSR1"
+LISTEN_AGAIN = "SIGUSR2"
+
+
+class Checkpoints:
+    """The engine's checkpoints of containers, by container name or id."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._api: Any = client.api
+
+    def create(self, ref: str) -> None:
+        """Checkpoint the container and stop it. Raises ProviderError (gVisor's refusal), WorkspaceGone."""
+        with engine_errors("checkpointing the workspace"):
+            url = self._api._url("/containers/{0}/checkpoints", ref)
+            self._api._raise_for_status(self._api._post_json(url, data={"CheckpointID": CHECKPOINT, "Exit": True}))
+
+    def exists(self, ref: str) -> bool:
+        """Whether the container was paused with its memory. Raises ProviderError, WorkspaceGone."""
+        with engine_errors("listing the workspace's checkpoints"):
+            found = self._api._result(self._api._get(self._api._url("/containers/{0}/checkpoints", ref)), json=True)
+        return any(entry.get("Name") == CHECKPOINT for entry in found or [])
+
+    def restore(self, ref: str) -> None:
+        """Start the container from its checkpoint. Raises ProviderError, WorkspaceGone."""
+        with engine_errors("restoring the workspace from its checkpoint"):
+            url = self._api._url("/containers/{0}/start", ref)
+            self._api._raise_for_status(self._api._post(url, params={"checkpoint": CHECKPOINT}))
+
+    def remove(self, ref: str) -> None:
+        """Drop the checkpoint (its memory image). Raises ProviderError, WorkspaceGone."""
+        with engine_errors("removing the workspace's checkpoint"):
+            url = self._api._url("/containers/{0}/checkpoints/{1}", ref, CHECKPOINT)
+            self._api._raise_for_status(self._api._delete(url))
