@@ -46,6 +46,17 @@ class NewWorkspace:
     repo: Checkout | None = None
     #: Its ports answer in the preview host form without a token (E2B's default for its sandboxes).
     public_ports: bool = False
+    #: Paused at its fixed end (`deadline_seconds`) instead of deleted.
+    pause_at_end: PauseAtEnd | None = None
+
+
+@dataclass(frozen=True)
+class PauseAtEnd:
+    """E2B's lifecycle `onTimeout: pause`: what the pause at the end keeps, and whether traffic to the
+    paused workspace (envd, its ports) resumes it, for another `deadline_seconds`."""
+
+    keep_memory: bool = True
+    auto_resume: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import timedelta
 
 from agentbox import search, tools
@@ -18,6 +18,7 @@ from agentbox.audit import AuditLog
 from agentbox.config import Settings
 from agentbox.domain import Command, NewWorkspace
 from agentbox.errors import (
+    AgentboxError,
     BadRequest,
     Conflict,
     NotFound,
@@ -132,6 +133,9 @@ class WorkspaceManager:
             "env": dict(request.env),
             "labels": dict(request.labels),
             "public_ports": request.public_ports,
+            "pause_at_end": None
+            if request.pause_at_end is None
+            else asdict(request.pause_at_end) | {"seconds": request.deadline_seconds},
             "created_at": now,
             "expires_at": expires_at,
         }
@@ -213,16 +217,16 @@ class WorkspaceManager:
         self.on_change()
 
     def stop(self, owner: str, workspace_id: str) -> Workspace:
-        return self._halt(owner, workspace_id, pause=False)
+        return self._halt(self.get(owner, workspace_id), pause=False)
 
-    def pause(self, owner: str, workspace_id: str) -> Workspace:
-        """Stop it so that `start` resumes it, its memory and processes kept where the provider can
-        (`memory_kept`). One with a fixed end (E2B's timeout) then has none, as E2B's paused sandboxes
-        wait to be resumed (`set_deadline` gives it a new end). A stopped one is returned as is."""
-        return self._halt(owner, workspace_id, pause=True)
+    def pause(self, owner: str, workspace_id: str, keep_memory: bool = True) -> Workspace:
+        """Stop it so that `start` resumes it, its memory and processes kept where the provider can and
+        `keep_memory` asks (`memory_kept` says). One with a fixed end (E2B's timeout) then has none, as
+        E2B's paused sandboxes wait to be resumed (`set_deadline` gives it a new end). A stopped one is
+        returned as is."""
+        return self._halt(self.get(owner, workspace_id), pause=True, keep_memory=keep_memory)
 
-    def _halt(self, owner: str, workspace_id: str, pause: bool) -> Workspace:
-        workspace = self.get(owner, workspace_id)
+    def _halt(self, workspace: Workspace, pause: bool, keep_memory: bool = True) -> Workspace:
         if workspace.status == Status.STOPPED:
             return workspace
         self._require(workspace, Status.RUNNING, "pause" if pause else "stop")
@@ -230,17 +234,38 @@ class WorkspaceManager:
         if not provider.capabilities().stop_start:
             raise BadRequest(f"a {workspace.provider} workspace cannot be stopped and started: delete it when done")
         fields: dict[str, object] = {"status": Status.STOPPED.value, "error": None}
-        if pause:
+        if pause and keep_memory:
             fields["memory_kept"] = provider.pause(self._ref(workspace))
-            if workspace.ephemeral and workspace.ttl_days is None:
-                fields |= {"ephemeral": False, "expires_at": None}
         else:
             provider.stop(self._ref(workspace))
+            fields |= {"memory_kept": False} if pause else {}
+        if pause and workspace.ephemeral and workspace.ttl_days is None:
+            fields |= {"ephemeral": False, "expires_at": None}
         halted = self.store.update(workspace.id, "paused" if pause else "stopped", **fields)
         self.on_change()
         return halted
 
-    def start(self, owner: str, workspace_id: str) -> Workspace:
+    def pause_at_end(self, workspace: Workspace) -> Workspace:
+        """Pause a workspace made to be paused at its end (`NewWorkspace.pause_at_end`) whose end has come."""
+        assert workspace.pause_at_end is not None
+        log.info("workspace %s of %s reached its end: paused", workspace.id, workspace.owner)
+        return self._halt(workspace, pause=True, keep_memory=bool(workspace.pause_at_end.get("keep_memory")))
+
+    def wake(self, workspace: Workspace) -> Workspace:
+        """The workspace as traffic to it finds it (E2B's auto-resume: envd calls, its ports). One made to
+        pause at its end and be woken by traffic, paused or past its end, is running again with a new end;
+        any other is returned as is."""
+        policy = workspace.pause_at_end
+        ended = workspace.expires_at is not None and workspace.expires_at <= utcnow()
+        if not (policy and policy.get("auto_resume") and (workspace.status == Status.STOPPED or ended)):
+            return workspace
+        if workspace.status == Status.STOPPED:
+            workspace = self.start(workspace.owner, workspace.id)
+        seconds = float(policy.get("seconds") or 0)
+        return self.set_deadline(workspace.owner, workspace.id, seconds, only_later=True) if seconds else workspace
+
+    def start(self, owner: str, workspace_id: str, restore: bool = True) -> Workspace:
+        """Start it again; a paused one with its memory, unless `restore` is False (a fresh boot, files kept)."""
         workspace = self.get(owner, workspace_id)
         if workspace.status == Status.RUNNING:
             return workspace
@@ -249,7 +274,10 @@ class WorkspaceManager:
             self._check_room()
             self.store.update(workspace.id, "starting", status=Status.STARTING.value)
         try:
-            self._provider(workspace.provider).start(self._ref(workspace))
+            provider = self._provider(workspace.provider)
+            if not restore:
+                provider.discard_memory(self._ref(workspace))
+            provider.start(self._ref(workspace))
         except BaseException as exc:
             self.metrics.failures.labels("start").inc()
             self.store.update(workspace.id, "start_failed", status=Status.STOPPED.value, error=reason_of(exc))
@@ -279,6 +307,12 @@ class WorkspaceManager:
         """Destroy ephemeral workspaces whose TTL has passed; return how many."""
         reaped = 0
         for workspace in self.store.expired(utcnow()):
+            if workspace.pause_at_end is not None and workspace.status == Status.RUNNING:
+                try:
+                    self.pause_at_end(workspace)
+                except AgentboxError as exc:  # changed meanwhile, or the engine is away: the next round
+                    log.warning("pausing workspace %s at its end failed: %s", workspace.id, exc.detail)
+                continue
             if self.store.retire(workspace.id, "expired", expected=LIVE) is None:
                 continue  # deleted meanwhile
             reaped += 1

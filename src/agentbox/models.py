@@ -106,6 +106,9 @@ class Workspace(Base):
     public_ports: Mapped[bool] = mapped_column(default=False)
     # Whether its last pause kept its memory and processes (a checkpoint); None: never paused.
     memory_kept: Mapped[bool | None] = mapped_column(default=None)
+    # Paused instead of deleted at its fixed end (E2B's lifecycle): PauseAtEnd's fields, and the
+    # `seconds` an automatic resume gives it. None: deleted at its end.
+    pause_at_end: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

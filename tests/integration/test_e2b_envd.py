@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -307,6 +308,44 @@ def test_pause_of_a_sandbox_without_internet_keeps_its_processes(sdk: str) -> No
         first = eventually(lambda: count(resumed))
         assert first >= 5  # the same shell, counting on from its memory
         assert eventually(lambda: count(resumed) > first + 5)
+    finally:
+        sandbox.kill()
+
+
+def test_a_full_pause_restores_the_same_boot_and_a_filesystem_pause_reboots(sdk: str) -> None:
+    sandbox = Sandbox.create(allow_internet_access=False, timeout=300)
+    try:
+
+        def boot_id() -> str:
+            return sandbox.files.read("/proc/sys/kernel/random/boot_id").strip()
+
+        booted = boot_id()
+        sandbox.files.write("kept.txt", "on the disk")
+        sandbox.pause()
+        sandbox.connect(timeout=300)
+        assert boot_id() == booted  # restored in place, memory and all
+        sandbox.pause(keep_memory=False)
+        sandbox.connect(timeout=300)
+        assert boot_id() != booted  # booted afresh from its files
+        assert sandbox.files.read("kept.txt") == "on the disk"
+        sandbox.pause()
+        sandbox.connect(timeout=300, on_resume="reboot")  # a memory pause, resumed by a fresh boot
+        assert boot_id() not in (booted, "")
+    finally:
+        sandbox.kill()
+
+
+def test_a_sandbox_paused_at_its_timeout_is_woken_by_its_own_traffic(sdk: str) -> None:
+    sandbox = Sandbox.create(
+        allow_internet_access=False, timeout=3, lifecycle={"on_timeout": "pause", "auto_resume": True}
+    )
+    try:
+        handle = sandbox.commands.run("sleep 600", background=True)
+        time.sleep(3.5)
+        assert sandbox.get_info().state == SandboxState.PAUSED  # at its timeout: paused, not killed
+        assert handle.pid in [process.pid for process in sandbox.commands.list()]  # woken, its process alive
+        info = sandbox.get_info()
+        assert info.state == SandboxState.RUNNING and info.end_at > datetime.now(UTC)
     finally:
         sandbox.kill()
 

@@ -163,6 +163,8 @@ def test_files_round_trip_binary_and_listing(alice: Client, workspace: Workspace
     assert entries["run.sh"].mode == "755"
     assert alice.write_file(ws, "/workspace/empty", b"").size == 0
     assert alice.read_file(ws, "/workspace/empty") == b""
+    # Files of /proc say they are empty and are not.
+    assert alice.read_file(ws, "/proc/self/status").startswith(b"Name:")
     with pytest.raises(APIError) as missing:
         alice.read_file(ws, "/workspace/nope")
     assert missing.value.status_code == 404 and "nope" in missing.value.detail

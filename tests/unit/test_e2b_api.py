@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ def e2b_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     providers = {"gvisor": FakeProvider("gvisor")}
     with uvicorn_serving(build_app(tmp_path, providers)) as url:
         monkeypatch.setenv("E2B_API_URL", f"{url}/e2b")
-        monkeypatch.setenv("E2B_SANDBOX_URL", url)
+        monkeypatch.setenv("E2B_SANDBOX_URL", f"{url}/e2b/envd")
         monkeypatch.setenv("E2B_API_KEY", KEYS["alice"])
         monkeypatch.setenv("E2B_CONNECTION_RETRIES", "0")
         yield url
@@ -96,9 +97,68 @@ def test_a_paused_sandbox_waits_without_an_end_until_connect(e2b_env: str) -> No
     sandbox.kill()
 
 
+def test_a_sandbox_made_to_pause_at_its_timeout_is_paused_not_killed(e2b_env: str) -> None:
+    sandbox = Sandbox.create(timeout=1, lifecycle={"on_timeout": "pause", "auto_resume": False})
+    time.sleep(1.5)
+    assert sandbox.is_running() is False  # traffic does not wake it
+    info = sandbox.get_info()
+    assert info.state == SandboxState.PAUSED
+    assert info.lifecycle == {"on_timeout": "pause", "auto_resume": False}
+    sandbox.connect(timeout=60)
+    assert sandbox.get_info().state == SandboxState.RUNNING
+    sandbox.kill()
+
+
+def test_auto_resume_wakes_a_sandbox_paused_at_its_timeout_for_its_own_callers(e2b_env: str) -> None:
+    sandbox = Sandbox.create(timeout=1, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    time.sleep(1.5)
+    stranger = httpx.get(f"{e2b_env}/e2b/envd/health", headers={"E2b-Sandbox-Id": sandbox.sandbox_id})
+    assert stranger.status_code == 502  # no token: nothing wakes, nothing is said
+    assert Sandbox.get_info(sandbox.sandbox_id).end_at < datetime.now(UTC)
+    assert sandbox.is_running() is True  # envd with the sandbox's token: resumed, with a new end
+    info = sandbox.get_info()
+    assert info.state == SandboxState.RUNNING
+    assert info.end_at > datetime.now(UTC) + timedelta(seconds=0.5)
+    sandbox.kill()
+
+
+def test_the_reaper_pauses_a_sandbox_made_to_pause_at_its_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = build_app(tmp_path, {"gvisor": FakeProvider("gvisor")})
+    with uvicorn_serving(app) as url:
+        monkeypatch.setenv("E2B_API_URL", f"{url}/e2b")
+        monkeypatch.setenv("E2B_API_KEY", KEYS["alice"])
+        kept = Sandbox.create(timeout=1, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
+        killed = Sandbox.create(timeout=1)
+        time.sleep(1.5)
+        manager = app.state.service.manager
+        assert manager.reap_expired() == 1  # the other one paused, not counted as expired
+        record = manager.store.get(kept.sandbox_id)
+        assert record.status == "stopped" and record.memory_kept is False and record.expires_at is None
+        assert manager.store.get(killed.sandbox_id).status == "deleted"
+        assert kept.get_info().state == SandboxState.PAUSED
+
+
+@pytest.mark.parametrize(
+    ("asked", "fragment"),
+    [
+        ({"autoResume": {"enabled": True}}, "autoResume needs autoPause"),
+        ({"autoPause": True, "autoPauseMemory": False, "autoResume": {"enabled": True}}, "filesystem-only"),
+    ],
+)
+def test_auto_resume_that_could_not_work_is_refused(e2b_env: str, asked: dict[str, object], fragment: str) -> None:
+    # (The SDK refuses these itself; other clients reach the server.)
+    refused = httpx.post(
+        f"{e2b_env}/e2b/v2/sandboxes", json={"templateID": "base", **asked}, headers={"X-API-Key": KEYS["alice"]}
+    )
+    assert refused.status_code == 400 and fragment in refused.json()["message"]
+    assert Sandbox.list().next_items() == []
+
+
 def test_what_agentbox_cannot_do_is_refused_not_dropped(e2b_env: str) -> None:
-    with pytest.raises(SandboxException, match="autoPause"):
-        Sandbox.create(lifecycle={"on_timeout": "pause"})
+    with pytest.raises(SandboxException, match="mcp"):
+        Sandbox.create(mcp={"github": {}})
     with pytest.raises(SandboxException, match="allow list"):
         Sandbox.create(network={"deny_out": ["10.0.0.0/8"]})
     assert Sandbox.list().next_items() == []  # nothing was made

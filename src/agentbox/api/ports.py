@@ -150,13 +150,15 @@ def _open_port(connection: Request | WebSocket, workspace_id: str, port: int) ->
     service = connection.app.state.service
     manager: WorkspaceManager | None = service.manager
     workspace = manager.store.get(workspace_id) if manager is not None else None
-    if manager is None or workspace is None or workspace.status != Status.RUNNING:
+    if manager is None or workspace is None:
         return None
     presented = connection.headers.get(TRAFFIC_HEADER, "")
     keys = service.settings.keys_of(workspace.owner)
-    if workspace.public_ports or (presented and access.token_matches(presented, keys, workspace.id, "traffic")):
-        return _connect(manager, workspace.owner, workspace.id, port)
-    return None
+    opened = workspace.public_ports or (presented and access.token_matches(presented, keys, workspace.id, "traffic"))
+    if not opened:
+        return None
+    workspace = manager.wake(workspace)  # E2B's auto-resume: traffic to a sandbox paused at its timeout
+    return _connect(manager, workspace.owner, workspace.id, port) if workspace.status == Status.RUNNING else None
 
 
 def _claims(token: str) -> dict[str, object]:

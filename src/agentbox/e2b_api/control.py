@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentbox.api.dependencies import in_thread, owner_of_key
-from agentbox.domain import NewWorkspace
+from agentbox.domain import NewWorkspace, PauseAtEnd
 from agentbox.e2b_api import access
 from agentbox.errors import AgentboxError, NotFound
 from agentbox.manager import WorkspaceManager
@@ -101,6 +101,24 @@ class Timeout(BaseModel):
     timeout: int = Field(DEFAULT_TIMEOUT, ge=0, le=MAX_SECONDS)
 
 
+class Connect(Timeout):
+    #: False: a paused sandbox boots afresh from its files, whatever memory its pause kept.
+    memory: bool = True
+
+
+class Pause(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    #: False: keep the files only (E2B's `mode="filesystem"`); else the memory too where it can be kept.
+    memory: bool = True
+
+
+class AutoResume(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+
+
 #: E2B's "all traffic" in its egress rules.
 ALL_TRAFFIC = "0.0.0.0/0"
 
@@ -133,22 +151,33 @@ class NewSandbox(Timeout):
     allow_internet_access: bool = True
     network: SandboxNetwork = Field(default_factory=lambda: SandboxNetwork.model_validate({}))
     secure: bool = True  # envd is always secured (E2B's SDK now says the same)
-    # E2B features agentbox does not offer: refused when asked for, never silently dropped.
+    # E2B's lifecycle: paused at the timeout instead of killed, and woken by traffic.
     auto_pause: bool = Field(False, alias="autoPause")
-    auto_resume: Any = Field(None, alias="autoResume")
+    auto_pause_memory: bool | None = Field(None, alias="autoPauseMemory")
+    auto_resume: AutoResume | None = Field(None, alias="autoResume")
+    # E2B features agentbox does not offer: refused when asked for, never silently dropped.
     mcp: Any = None
     iam: Any = None
     volume_mounts: Any = Field(None, alias="volumeMounts")
 
     def refusals(self) -> list[str]:
         asked = {
-            "autoPause (pausing at the timeout; call pause() instead)": self.auto_pause,
-            "autoResume": self.auto_resume not in (None, False, {}),
             "mcp (the MCP gateway; agentbox serves MCP at /mcp)": self.mcp not in (None, {}),
             "iam": self.iam not in (None, {}),
             "volumeMounts": self.volume_mounts not in (None, [], {}),
         }
         return [name for name, wanted in asked.items() if wanted]
+
+    def pause_at_end(self) -> PauseAtEnd | None:
+        """Raises E2BError (400) for an auto-resume that could not work."""
+        auto_resume = self.auto_resume is not None and self.auto_resume.enabled
+        if auto_resume and not self.auto_pause:
+            raise E2BError(400, "autoResume needs autoPause: only a sandbox paused at its timeout can be woken")
+        if auto_resume and self.auto_pause_memory is False:
+            raise E2BError(400, "autoResume cannot wake a filesystem-only pause (autoPauseMemory false): use connect()")
+        if not self.auto_pause:
+            return None
+        return PauseAtEnd(keep_memory=self.auto_pause_memory is not False, auto_resume=auto_resume)
 
 
 @router.post("/v2/sandboxes", status_code=201)
@@ -163,6 +192,7 @@ async def create(body: NewSandbox, mgr: Manager, who: Who) -> dict[str, Any]:
         network=body.network.policy(body.allow_internet_access),
         deadline_seconds=body.timeout or DEFAULT_TIMEOUT,
         public_ports=body.network.allow_public_traffic,
+        pause_at_end=body.pause_at_end(),
     )
     workspace: Workspace = await _call(mgr.create, who.owner, request)
     return _sandbox(workspace, mgr, who)
@@ -226,26 +256,27 @@ async def set_timeout(sandbox_id: str, body: Timeout, mgr: Manager, who: Who) ->
 
 
 @router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
-async def pause(sandbox_id: str, mgr: Manager, who: Who) -> Response:
-    """Pause: the sandbox stops, its files kept, and waits without an end until `connect` resumes it."""
+async def pause(sandbox_id: str, mgr: Manager, who: Who, body: Pause | None = None) -> Response:
+    """Pause: the sandbox stops, its files kept (its memory too where agentbox can: a sandbox without
+    internet access, under gVisor's checkpoints), and waits without an end until `connect` resumes it."""
     workspace: Workspace = await _call(_found, mgr, who.owner, sandbox_id)
     if workspace.status == Status.STOPPED:
         raise E2BError(409, f"sandbox {sandbox_id} is already paused")
-    await _call(mgr.pause, who.owner, sandbox_id)
+    await _call(mgr.pause, who.owner, sandbox_id, body is None or body.memory)
     return Response(status_code=204)
 
 
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
-async def connect(sandbox_id: str, body: Timeout, mgr: Manager, who: Who) -> dict[str, Any]:
+async def connect(sandbox_id: str, body: Connect, mgr: Manager, who: Who) -> dict[str, Any]:
     workspace: Workspace = await _call(_found, mgr, who.owner, sandbox_id)
     if workspace.status == Status.STOPPED:
-        workspace = await _call(mgr.start, who.owner, sandbox_id)
+        workspace = await _call(mgr.start, who.owner, sandbox_id, body.memory)
     workspace = await _call(mgr.set_deadline, who.owner, sandbox_id, body.timeout, True)
     return _sandbox(workspace, mgr, who)
 
 
 @router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
-async def resume(sandbox_id: str, body: Timeout, mgr: Manager, who: Who) -> dict[str, Any]:
+async def resume(sandbox_id: str, body: Connect, mgr: Manager, who: Who) -> dict[str, Any]:
     """The older form of `connect` for a paused sandbox."""
     return await connect(sandbox_id, body, mgr, who)
 
@@ -266,11 +297,14 @@ async def unknown(path: str) -> Response:
 
 
 def _found(mgr: WorkspaceManager, owner: str, sandbox_id: str) -> Workspace:
-    """The owner's sandbox; NotFound in E2B's words otherwise (and for a deleted or failed one)."""
+    """The owner's sandbox; NotFound in E2B's words otherwise (and for a deleted or failed one). One made
+    to pause at its timeout and past it is paused now, if the reaper has not come by yet."""
     try:
         workspace = mgr.get(owner, sandbox_id)
     except NotFound:
         workspace = None
+    if workspace is not None and workspace.pause_at_end is not None and ended(workspace):
+        workspace = mgr.pause_at_end(workspace)
     if (
         workspace is None
         or workspace.status not in (Status.RUNNING, Status.STOPPED, Status.STARTING)
@@ -327,4 +361,9 @@ def _listed(workspace: Workspace, mgr: WorkspaceManager) -> dict[str, Any]:
         "state": _state(workspace),
         "envdVersion": ENVD_VERSION,
         "metadata": dict(workspace.labels),
+        "lifecycle": {
+            "onTimeout": "pause" if workspace.pause_at_end else "kill",
+            "autoResume": bool(workspace.pause_at_end and workspace.pause_at_end.get("auto_resume")),
+        },
+        **({} if workspace.memory_kept is None else {"pauseMode": "full" if workspace.memory_kept else "filesystem"}),
     }

@@ -195,6 +195,10 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
         sandbox_id = workspace.id if workspace is not None else ""
     else:
         workspace = await in_thread(manager.store.get, sandbox_id) if sandbox_id else None
+    if workspace is not None and access.token_matches(
+        request.headers.get("x-access-token", ""), service.settings.keys_of(workspace.owner), workspace.id
+    ):
+        workspace = await in_thread(manager.wake, workspace)  # E2B's auto-resume, for its own callers only
     gone = workspace is None or workspace.status != Status.RUNNING or control.ended(workspace)
     # /health looks into the sandbox: the SDK asks it whether a sandbox whose stream broke is gone.
     if not gone and path == "/health" and workspace is not None:

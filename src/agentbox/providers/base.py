@@ -248,6 +248,10 @@ class Provider(abc.ABC):
         self.stop(ref)
         return False
 
+    def discard_memory(self, ref: str) -> None:
+        """Forget what a pause kept in memory, so that the next `start` boots afresh (files kept)."""
+        return None  # `pause` above keeps none
+
     @abc.abstractmethod
     def destroy(self, ref: str) -> None:
         """Remove the workspace and its storage. Removing one that is already gone is not an error."""

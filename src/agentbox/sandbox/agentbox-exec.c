@@ -715,6 +715,26 @@ static int entry_cmp(const void *a, const void *b) {
     return strcmp(((const struct entry *)a)->name, ((const struct entry *)b)->name);
 }
 
+/* Files of /proc and /sys say they are empty and are not: what one read gives, up to
+ * SIZELESS_MAX bytes (theirs are small), announced with its size like any file. */
+#define SIZELESS_MAX (1 << 20)
+
+static int get_sizeless(int fd, mode_t mode) {
+    char *buf = malloc(SIZELESS_MAX);
+    size_t got = 0;
+    ssize_t n;
+    while (buf && got < SIZELESS_MAX && ((n = read(fd, buf + got, SIZELESS_MAX - got)) > 0 || (n < 0 && errno == EINTR)))
+        got += n > 0 ? (size_t)n : 0;
+    close(fd);
+    if (!buf)
+        return report_error(ENOMEM, NULL);
+    printf("F %zu %o\n", got, (unsigned)(mode & 07777));
+    fflush(stdout);
+    int bad = got > 0 && emit(1, buf, got) < 0;
+    free(buf);
+    return bad;
+}
+
 static int get_file(const char *path) {
     /* O_NONBLOCK + fstat: should the path have become a FIFO since stat(),
      * we neither block in open() nor stream it. */
@@ -724,6 +744,8 @@ static int get_file(const char *path) {
         return report_error(errno, NULL);
     if (!S_ISREG(st.st_mode))
         return report_error(EINVAL, "not a regular file or directory");
+    if (st.st_size == 0)
+        return get_sizeless(fd, st.st_mode);
     printf("F %lld %o\n", (long long)st.st_size, (unsigned)(st.st_mode & 07777));
     fflush(stdout);
 

@@ -325,6 +325,10 @@ class DockerProvider(Provider):
             return False
         return True
 
+    def discard_memory(self, ref: str) -> None:
+        if self.checkpoint_runtime is not None and self.checkpoints.exists(ref):
+            self.checkpoints.remove(ref)
+
     def _runtime_of(self, ref: str) -> str:
         with engine_errors("inspecting the workspace"):
             return str(self.client.api.inspect_container(ref)["HostConfig"].get("Runtime"))
