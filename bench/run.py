@@ -125,6 +125,7 @@ def main() -> None:
             runtime = api.get("/health").json()["runtime"]
             print(f"==> runtime {runtime}, image {IMAGE}, {args.rounds} rounds each", flush=True)
             results |= cold_and_exec(api, engine, runtime, args.rounds)
+            results |= pauses(api, args.rounds)
             density = idle_density(api, engine, args.idle)
             server_pid = SERVER_PIDS[str(api.base_url)]
             density |= background_processes(api, server_pid, workspaces=20, per_workspace=5)
@@ -211,6 +212,28 @@ def cold_and_exec(api: httpx.Client, engine: docker.DockerClient, runtime: str, 
         sample("file_read_1m", lambda: api.get(files, params={"path": "/tmp/1m"}).raise_for_status())
     api.delete(f"/workspaces/{workspace_id}")
     target.remove(force=True)
+    return results
+
+
+def pauses(api: httpx.Client, rounds: int) -> dict[str, list[float]]:
+    """Pause and resume (to the first command after it) with the memory kept (a workspace without network:
+    a gVisor checkpoint) and with files only (one with network: a stop and a boot), each running a process."""
+    print("==> pause and resume: with memory (no network) and files only (network)", flush=True)
+    results: dict[str, list[float]] = {}
+    for kind, network in (("memory", "none"), ("files", "egress")):
+        base = f"/workspaces/{api.post('/workspaces', json={'network': network}).json()['id']}"
+        api.post(f"{base}/processes", json={"command": ["sleep", "infinity"]}).raise_for_status()
+        for _ in range(rounds):
+            started = time.perf_counter()
+            kept = api.post(f"{base}/pause").json()["memory_kept"]
+            results.setdefault(f"pause_{kind}", []).append((time.perf_counter() - started) * 1000)
+            if kept != (kind == "memory"):
+                raise SystemExit(f"a pause of a workspace with network {network!r} said memory_kept={kept}")
+            started = time.perf_counter()
+            api.post(f"{base}/start").raise_for_status()
+            api.post(f"{base}/exec", json={"command": ["true"]}).raise_for_status()
+            results.setdefault(f"resume_{kind}", []).append((time.perf_counter() - started) * 1000)
+        api.delete(base)
     return results
 
 
@@ -672,6 +695,9 @@ def report(
         "exec_api_over_raw_p50": round(summary["exec_api"]["p50_ms"] / summary["exec_raw"]["p50_ms"], 2),
         "claim_over_cold_create_p50": round(summary["claim_api"]["p50_ms"] / summary["create_api"]["p50_ms"], 3),
         "e2b_run_over_exec_api_p50": round(summary["e2b_run"]["p50_ms"] / summary["exec_api"]["p50_ms"], 2),
+        "resume_memory_over_files_p50": round(
+            summary["resume_memory"]["p50_ms"] / summary["resume_files"]["p50_ms"], 2
+        ),
     }
     for crowded in ("", "_crowded"):
         if f"burst_api{crowded}" in summary:

@@ -43,6 +43,24 @@ def test_watch_sees_files_created_by_commands(alice: Client, workspace: Workspac
     assert ("create", "/workspace/watched/last.txt") in seen
 
 
+def test_a_recursive_watch_sees_what_a_new_directory_already_holds(
+    alice: Client, docker_workspace: WorkspaceOut
+) -> None:
+    # The files are made before the watch can reach their just-made directories: they are reported anyway.
+    workspace_id = docker_workspace.id
+    alice.exec(workspace_id, "mkdir -p /workspace/watched")
+    events = alice.watch(workspace_id, "/workspace/watched", recursive=True)
+    found: list[WatchEventOut] = []
+    reader = threading.Thread(target=collect, args=(events, found, "last.txt"), daemon=True)
+    alice.exec(workspace_id, "cd /workspace/watched && mkdir -p a/b && echo x > a/b/leaf.txt && echo y > a/top.txt")
+    alice.exec(workspace_id, "touch /workspace/watched/a/b/last.txt")
+    reader.start()
+    reader.join(timeout=60)
+    events.close()
+    created = {e.path for e in found if e.type == "create"}
+    assert {f"/workspace/watched/{p}" for p in ("a", "a/b", "a/b/leaf.txt", "a/top.txt", "a/b/last.txt")} <= created
+
+
 def test_watch_refuses_what_it_cannot_watch(alice: Client, workspace: WorkspaceOut) -> None:
     for path, status in (("/workspace/no-such-dir", 404), ("relative", 422)):
         with pytest.raises(APIError) as refused:

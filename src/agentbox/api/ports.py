@@ -32,7 +32,7 @@ from agentbox.api.tokens import bearer, mint, owner_of
 from agentbox.e2b_api import access
 from agentbox.errors import AgentboxError, Forbidden, NotFound, Unprocessable
 from agentbox.manager import WorkspaceManager
-from agentbox.models import Status
+from agentbox.models import Status, Workspace
 from agentbox.schemas import MAX_SECONDS, PreviewURL
 
 router = APIRouter(tags=["previews"])
@@ -80,7 +80,7 @@ async def through_api(workspace_id: str, port: Port, path: str, request: Request
     within 60 s, 404 when the workspace is not yours, 409 when it is not running.
     """
     prefix = _PREFIX.format(workspace_id=workspace_id, port=port)
-    return await proxy_http(request, _connect(mgr, who, workspace_id, port), _target(request, prefix), prefix, port)
+    return await proxy_http(request, _connect(mgr, who, workspace_id, port), target_of(request, prefix), prefix, port)
 
 
 @router.websocket(_PREFIX + "/{path:path}")
@@ -99,7 +99,7 @@ async def websocket_through_api(websocket: WebSocket, workspace_id: str, port: i
         return
     prefix = _PREFIX.format(workspace_id=workspace_id, port=port)
     await proxy_websocket(
-        websocket, _connect(service.manager, owner, workspace_id, port), _target(websocket, prefix), port
+        websocket, _connect(service.manager, owner, workspace_id, port), target_of(websocket, prefix), port
     )
 
 
@@ -110,7 +110,7 @@ async def through_preview(token: str, path: str, request: Request) -> Response:
     except AgentboxError as exc:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
     prefix = f"/preview/{token}"
-    return await proxy_http(request, connect, _target(request, prefix), prefix, port)
+    return await proxy_http(request, connect, target_of(request, prefix), prefix, port)
 
 
 @router.websocket("/preview/{token}/{path:path}")
@@ -120,7 +120,7 @@ async def websocket_through_preview(websocket: WebSocket, token: str, path: str)
     except AgentboxError as exc:
         await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
         return
-    await proxy_websocket(websocket, connect, _target(websocket, f"/preview/{token}"), port)
+    await proxy_websocket(websocket, connect, target_of(websocket, f"/preview/{token}"), port)
 
 
 def _preview(connection: Request | WebSocket, token: str, host: tuple[str, int] | None = None) -> tuple[Connect, int]:
@@ -144,9 +144,10 @@ def _preview(connection: Request | WebSocket, token: str, host: tuple[str, int] 
 TRAFFIC_HEADER = "e2b-traffic-access-token"
 
 
-def _open_port(connection: Request | WebSocket, workspace_id: str, port: int) -> Connect | None:
-    """A port reached without a preview token: one of a workspace whose ports are public, or one
-    opened by its traffic token (E2B's sandbox URLs). None otherwise."""
+def open_workspace(connection: Request | WebSocket, workspace_id: str) -> Workspace | None:
+    """The workspace whose ports a request without a preview token may reach: one whose ports are
+    public, or one its traffic token opens (E2B's sandbox URLs), woken first if it sleeps (E2B's
+    auto-resume). None otherwise."""
     service = connection.app.state.service
     manager: WorkspaceManager | None = service.manager
     workspace = manager.store.get(workspace_id) if manager is not None else None
@@ -155,10 +156,14 @@ def _open_port(connection: Request | WebSocket, workspace_id: str, port: int) ->
     presented = connection.headers.get(TRAFFIC_HEADER, "")
     keys = service.settings.keys_of(workspace.owner)
     opened = workspace.public_ports or (presented and access.token_matches(presented, keys, workspace.id, "traffic"))
-    if not opened:
+    return manager.wake(workspace) if opened else None
+
+
+def _open_port(connection: Request | WebSocket, workspace_id: str, port: int) -> Connect | None:
+    workspace = open_workspace(connection, workspace_id)
+    if workspace is None or workspace.status != Status.RUNNING:
         return None
-    workspace = manager.wake(workspace)  # E2B's auto-resume: traffic to a sandbox paused at its timeout
-    return _connect(manager, workspace.owner, workspace.id, port) if workspace.status == Status.RUNNING else None
+    return _connect(connection.app.state.service.manager, workspace.owner, workspace.id, port)
 
 
 def _claims(token: str) -> dict[str, object]:
@@ -174,7 +179,7 @@ def _connect(mgr: WorkspaceManager, owner: str, workspace_id: str, port: int) ->
     return functools.partial(mgr.connect, owner, workspace_id, port)
 
 
-def _target(connection: Request | WebSocket, prefix: str) -> str:
+def target_of(connection: Request | WebSocket, prefix: str) -> str:
     """The path and query the workspace's server gets: what follows `prefix`, as the client sent it."""
     raw: bytes = connection.scope.get("raw_path") or connection.scope["path"].encode()
     path = raw.decode("latin-1")[len(prefix) :] or "/"
@@ -222,7 +227,7 @@ class PreviewHosts:
             max_age = max(expires - int(time.time()), 0) if isinstance(expires, int) else 0
             answer.set_cookie(PREVIEW_COOKIE, token, max_age=max_age, httponly=True, samesite="lax")
             return answer
-        return await proxy_http(request, connect, _target(request, ""), "", port)
+        return await proxy_http(request, connect, target_of(request, ""), "", port)
 
     async def _websocket(self, websocket: WebSocket, target: tuple[int, str]) -> None:
         port, workspace_id = target
@@ -233,4 +238,4 @@ class PreviewHosts:
         except AgentboxError as exc:
             await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
             return
-        await proxy_websocket(websocket, connect, _target(websocket, ""), port)
+        await proxy_websocket(websocket, connect, target_of(websocket, ""), port)

@@ -39,6 +39,8 @@ CLIENT_ID = "agentbox"
 DEFAULT_TIMEOUT = 300
 #: The template that stands for the server's default image.
 BASE_TEMPLATE = "base"
+#: The `e2b-code-interpreter` SDK's default template (interpreter.py).
+INTERPRETER_TEMPLATE = "code-interpreter-v1"
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
@@ -319,7 +321,8 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _image(template: str, mgr: WorkspaceManager) -> str:
-    return mgr.settings.e2b_base_image if template == BASE_TEMPLATE else template
+    # Every sandbox has the code interpreter (interpreter.py): its template is the base image.
+    return mgr.settings.e2b_base_image if template in (BASE_TEMPLATE, INTERPRETER_TEMPLATE) else template
 
 
 def ended(workspace: Workspace) -> bool:

@@ -17,6 +17,7 @@ find the sandbox a call is for in `TARGET`, set here once the call is let in.
 from __future__ import annotations
 
 import base64
+import functools
 import posixpath
 import re
 import time
@@ -37,9 +38,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentbox.api.dependencies import in_thread
 from agentbox.api.files import file_answer, spooled
+from agentbox.api.ports import open_workspace, target_of
+from agentbox.api.proxy import proxy_http
 from agentbox.config import Settings
 from agentbox.domain import Command
-from agentbox.e2b_api import access, control
+from agentbox.e2b_api import access, control, interpreter
 from agentbox.e2b_api.filesystem import FilesystemService
 from agentbox.e2b_api.process import ProcessService
 from agentbox.errors import AgentboxError, PayloadTooLarge
@@ -99,12 +102,14 @@ _CONNECT_CODES = {401: "unauthenticated", 403: "permission_denied", 404: "not_fo
 
 
 class EnvdRoutes:
-    """Serves envd under PREFIX and at `49983-{id}.{domain}` hosts; passes everything else on."""
+    """Serves envd under PREFIX and at `49983-{id}.{domain}` hosts, and a sandbox's other ports under PREFIX
+    by the `E2b-Sandbox-Port` header (the code interpreter's too, at `49999-{id}.{domain}` as well);
+    passes everything else on."""
 
     def __init__(self, app: ASGIApp, domain: str = "") -> None:
         self.app = app
         host = re.escape(domain.split(":")[0]) if domain else None
-        self.host = re.compile(rf"^{ENVD_PORT}-(ws-[0-9a-f]+)\.{host}(:\d+)?$", re.I) if host else None
+        self.host = re.compile(rf"^(\d{{1,5}})-(ws-[0-9a-f]+)\.{host}(:\d+)?$", re.I) if host else None
         self.process = ProcessASGIApplication(ProcessService(), codecs=_CODECS)
         self.filesystem = FilesystemASGIApplication(FilesystemService(), codecs=_CODECS)
 
@@ -113,20 +118,31 @@ class EnvdRoutes:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        headers = dict(scope.get("headers", []))
         if path == PREFIX or path.startswith(PREFIX + "/"):
             inner = dict(scope, path=path[len(PREFIX) :] or "/", root_path=scope.get("root_path", "") + PREFIX)
-            await self.serve(inner, receive, send, None)
+            port = headers.get(b"e2b-sandbox-port", b"").decode("latin-1")
+            if port.isdigit() and int(port) != ENVD_PORT:
+                sandbox_id = headers.get(b"e2b-sandbox-id", b"").decode("latin-1")
+                raw = scope.get("raw_path") or path.encode()
+                inner["raw_path"] = raw[len(PREFIX) :] or b"/"
+                await _port_traffic(Request(inner, receive), sandbox_id, int(port))(inner, receive, send)
+            else:
+                await self.serve(inner, receive, send, None)
             return
         if path == "/files" and b"signature=" in scope.get("query_string", b""):
             # The SDK's signed URLs put /files at the root of E2B_SANDBOX_URL's host.
             await self.serve(scope, receive, send, None)
             return
-        host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        host = headers.get(b"host", b"").decode("latin-1")
         found = self.host.match(host) if self.host else None
-        if found is None:
-            await self.app(scope, receive, send)
-            return
-        await self.serve(scope, receive, send, found.group(1).lower())
+        port = int(found.group(1)) if found else None
+        if found is None or port not in (ENVD_PORT, interpreter.PORT):
+            await self.app(scope, receive, send)  # other ports: previews (api/ports.py)
+        elif port == ENVD_PORT:
+            await self.serve(scope, receive, send, found.group(2).lower())
+        else:
+            await _port_traffic(Request(scope, receive), found.group(2).lower(), interpreter.PORT)(scope, receive, send)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, host_sandbox: str | None) -> None:
         request = Request(scope, receive)
@@ -226,8 +242,39 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
         raise EnvdError(
             403, f"user {user!r} is not offered: everything runs as the sandbox's user `user` (uid 1000), no root"
         )
-    home = E2B_HOME if workspace.image == manager.settings.e2b_base_image else "/workspace"
-    return Target(manager, workspace.owner, workspace, home)
+    return Target(manager, workspace.owner, workspace, home_of(workspace, manager.settings))
+
+
+def _port_traffic(request: Request, sandbox_id: str, port: int) -> ASGIApp:
+    """A request for one of the sandbox's ports, as E2B's proxy lets it in (public ports, or its traffic
+    token); the code interpreter is started when it is asked for and not there yet."""
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        manager: WorkspaceManager | None = request.app.state.service.manager
+        workspace = await in_thread(open_workspace, request, sandbox_id) if manager else None
+        if manager is None or workspace is None or workspace.status != Status.RUNNING:
+            await EnvdError(
+                502,
+                f"The sandbox {sandbox_id or '(none named)'} was not found, or its port {port} is not open to this "
+                "request (send its traffic access token as E2B-Traffic-Access-Token)",
+            ).response(scope["path"])(scope, receive, send)
+            return
+        if port == interpreter.PORT:
+            connect = interpreter.connector(manager, workspace, home_of(workspace, manager.settings))
+        else:
+            connect = functools.partial(manager.connect, workspace.owner, workspace.id, port)
+        try:
+            response = await proxy_http(request, connect, target_of(request, ""), "", port)
+        except AgentboxError as exc:
+            response = JSONResponse({"code": exc.status_code, "message": exc.detail}, status_code=exc.status_code)
+        await response(scope, receive, send)
+
+    return answer
+
+
+def home_of(workspace: Workspace, settings: Settings) -> str:
+    """The user's home, where relative paths start: E2B's in its `base` template, else /workspace."""
+    return E2B_HOME if workspace.image == settings.e2b_base_image else "/workspace"
 
 
 def _alive(manager: WorkspaceManager, workspace: Workspace) -> bool:

@@ -8,7 +8,6 @@ Watchers made by CreateWatcher live in this server until removed (or their sandb
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import posixpath
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -105,6 +104,10 @@ async def _entry_if_there(path: str) -> F.EntryInfo | None:
 #: How long GetWatcherEvents waits for a first event when it has none: what a call that just changed
 #: the directory caused is still on its way from the sandbox (a few ms).
 ARRIVING = 0.1
+#: Then it takes the events that keep coming until none has for QUIET seconds (at most SETTLING in
+#: all): one change is several events, which may arrive a few ms apart (a directory, then what is in it).
+QUIET = 0.03
+SETTLING = 0.3
 
 
 @dataclass
@@ -256,9 +259,15 @@ class FilesystemService(filesystem_connect.Filesystem):
         if watcher.error is not None and not watcher.events:
             self._watchers.pop(request.watcher_id, None)
             raise watcher.error
-        if not watcher.events and watcher.error is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watcher.arrived.wait(), ARRIVING)
+        settled = asyncio.get_running_loop().time() + SETTLING
+        wait = QUIET if watcher.events else ARRIVING
+        while watcher.error is None and asyncio.get_running_loop().time() < settled:
+            watcher.arrived.clear()
+            try:
+                await asyncio.wait_for(watcher.arrived.wait(), wait)
+            except TimeoutError:
+                break
+            wait = QUIET
         taken, watcher.events = watcher.events, []
         watcher.arrived.clear()
         return F.GetWatcherEventsResponse(events=taken)

@@ -6,8 +6,9 @@
  *   newlines); an empty one every 2 s of quiet, so that a host that went away is noticed
  *   (the write fails).  "E <ERRNO> <why>\n" instead of "W" when it cannot watch.
  *
- * With -r, directories created later are watched too (their contents from then on).  Ends
- * when the directory itself goes ("remove PATH" last).
+ * With -r, directories created later are watched too; what one already holds when its watch
+ * is in place (a file made in it at once, a tree moved in) is reported as created (and
+ * written, when not empty), as it could not be seen otherwise.  Ends when the directory itself goes ("remove PATH" last).
  */
 #include <errno.h>
 #include <dirent.h>
@@ -27,7 +28,9 @@
 
 static char *watched[MAX_WATCHES];   /* path of each watch descriptor (they are small integers) */
 
-static void add_watch(int fd, const char *path, int recursive) {
+/* Watch `path` (and, recursive, the directories under it); with `report`, say that what
+ * they hold was created. */
+static void add_watch(int fd, const char *path, int recursive, int report) {
     int wd = inotify_add_watch(fd, path, EVENTS | IN_ONLYDIR);
     if (wd < 0 || wd >= MAX_WATCHES)
         return;
@@ -39,10 +42,21 @@ static void add_watch(int fd, const char *path, int recursive) {
     struct dirent *de;
     while (d && (de = readdir(d)) != NULL) {
         char child[PATH_MAX];
-        if (de->d_type != DT_DIR || !strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
             continue;
-        if (snprintf(child, sizeof child, "%s/%s", path, de->d_name) < (int)sizeof child)
-            add_watch(fd, child, recursive);
+        if (snprintf(child, sizeof child, "%s/%s", path, de->d_name) >= (int)sizeof child)
+            continue;
+        struct stat st;
+        if (report) {   /* a file already written was created, then written: both are said */
+            printf("create %s", child);
+            putchar('\0');
+            if (lstat(child, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+                printf("write %s", child);
+                putchar('\0');
+            }
+        }
+        if (de->d_type == DT_DIR)
+            add_watch(fd, child, recursive, report);
     }
     if (d)
         closedir(d);
@@ -76,7 +90,7 @@ int cmd_watch(int argc, char **argv) {
     snprintf(root, sizeof root, "%s", argv[1]);
     for (size_t n = strlen(root); n > 1 && root[n - 1] == '/'; n--)
         root[n - 1] = '\0';
-    add_watch(fd, root, recursive);
+    add_watch(fd, root, recursive, 0);
     fputs("W", stdout);
     putchar('\0');
     if (flush_stdout())
@@ -113,7 +127,7 @@ int cmd_watch(int argc, char **argv) {
             printf("%s %s", kind_of(e->mask), path);
             putchar('\0');
             if (recursive && (e->mask & (IN_CREATE | IN_MOVED_TO)) && (e->mask & IN_ISDIR))
-                add_watch(fd, path, recursive);
+                add_watch(fd, path, recursive, 1);
             if ((e->mask & (IN_DELETE_SELF | IN_MOVE_SELF)) && !strcmp(dir, root))
                 return flush_stdout();
         }

@@ -9,9 +9,11 @@ init lets go of its control socket first (`cmd_init` in agentbox-exec.c).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import docker
+import docker.errors
 
 from agentbox.providers.docker.engine import engine_errors
 
@@ -20,6 +22,8 @@ CHECKPOINT = "agentbox-pause"
 #: What init takes as "close the control socket" and "listen on it again".
 LET_GO_OF_SOCKET = "SIGUSR1"
 LISTEN_AGAIN = "SIGUSR2"
+#: How long a restore waits for containerd to let go of an earlier copy of the checkpoint.
+UPLOAD_PATIENCE = 10.0
 
 
 class Checkpoints:
@@ -42,9 +46,20 @@ class Checkpoints:
 
     def restore(self, ref: str) -> None:
         """Start the container from its checkpoint. Raises ProviderError, WorkspaceGone."""
-        with engine_errors("restoring the workspace from its checkpoint"):
-            url = self._api._url("/containers/{0}/start", ref)
-            self._api._raise_for_status(self._api._post(url, params={"checkpoint": CHECKPOINT}))
+        url = self._api._url("/containers/{0}/start", ref)
+        give_up = time.monotonic() + UPLOAD_PATIENCE
+        while True:
+            try:
+                self._api._raise_for_status(self._api._post(url, params={"checkpoint": CHECKPOINT}))
+                return
+            except docker.errors.APIError as exc:
+                # The engine hands the checkpoint to containerd as content; right after a checkpoint,
+                # containerd may still hold that content and refuse it ("already exists", moby#42900)
+                # until its garbage collection runs, a moment later.
+                if "already exists" not in str(exc.explanation) or time.monotonic() > give_up:
+                    with engine_errors("restoring the workspace from its checkpoint"):
+                        raise
+            time.sleep(0.1)
 
     def remove(self, ref: str) -> None:
         """Drop the checkpoint (its memory image). Raises ProviderError, WorkspaceGone."""
