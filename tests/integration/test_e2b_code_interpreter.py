@@ -4,6 +4,7 @@ pause that rebooted the sandbox."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -39,7 +40,7 @@ def test_code_runs_with_state_output_results_and_errors(sandbox: Sandbox) -> Non
     rich = sandbox.run_code("class Page:\n    def _repr_html_(self):\n        return '<b>hi</b>'\nPage()")
     assert rich.results[0].html == "<b>hi</b>" and rich.results[0].is_main_result
     env = sandbox.run_code("import os\nos.environ.get('ONLY_NOW')", envs={"ONLY_NOW": "yes"})
-    assert env.text == "'yes'"
+    assert env.text == "yes"  # a string as it is, as E2B gives it
     assert sandbox.run_code("os.environ.get('ONLY_NOW')").text is None  # for that execution only
     assert sandbox.run_code("input()").error.name == "EOFError"  # the code's stdin is empty
 
@@ -47,7 +48,7 @@ def test_code_runs_with_state_output_results_and_errors(sandbox: Sandbox) -> Non
 def test_contexts_are_separate_namespaces(sandbox: Sandbox) -> None:
     sandbox.run_code("shared = 1")
     context = sandbox.create_code_context(cwd="/tmp")
-    assert sandbox.run_code("import os\nos.getcwd()", context=context).text == "'/tmp'"
+    assert sandbox.run_code("import os\nos.getcwd()", context=context).text == "/tmp"
     assert sandbox.run_code("shared", context=context).error.name == "NameError"
     assert context.id in [c.id for c in sandbox.list_code_contexts()]
     sandbox.run_code("here = 1", context=context)
@@ -65,17 +66,27 @@ def test_a_timeout_interrupts_the_code_and_frees_the_context(sandbox: Sandbox) -
     sandbox.run_code("kept = 'still here'")
     with pytest.raises(TimeoutException):
         sandbox.run_code("import time\ntime.sleep(60)", timeout=2)
-    assert sandbox.run_code("kept").text == "'still here'"
+    assert sandbox.run_code("kept").text == "still here"
     died = sandbox.run_code("import os\nos._exit(3)")
     assert died.error is not None and "exit status 3" in died.error.value
     assert sandbox.run_code("1 + 1").text == "2"  # a fresh namespace, at once
+
+
+def test_a_sandbox_killed_during_an_execution_is_said_to_be(sandbox: Sandbox) -> None:
+    killer = threading.Timer(2.0, sandbox.kill)
+    killer.start()
+    try:
+        with pytest.raises(TimeoutException, match="sandbox was killed"):  # not an answer that looks whole
+            sandbox.run_code("import time\ntime.sleep(120)", timeout=120)
+    finally:
+        killer.cancel()
 
 
 def test_the_interpreter_comes_back_after_a_pause_that_rebooted(sandbox: Sandbox) -> None:
     sandbox.run_code("x = 1")
     sandbox.pause()  # a sandbox with internet access: files kept, processes not
     sandbox.connect(timeout=300)
-    assert sandbox.run_code("'back'").text == "'back'"
+    assert sandbox.run_code("'back'").text == "back"
 
 
 def test_the_interpreter_port_is_closed_to_others(sandbox: Sandbox, server: Server) -> None:

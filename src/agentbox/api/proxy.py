@@ -24,7 +24,7 @@ from websockets.http11 import Response as HandshakeResponse
 from websockets.uri import parse_uri
 
 from agentbox.api.files import sync_chunks
-from agentbox.api.streaming import ClosingStreamingResponse
+from agentbox.api.streaming import ClosingStreamingResponse, CutShort
 from agentbox.errors import AgentboxError, ProviderError
 from agentbox.providers.base import PortConnection
 
@@ -159,10 +159,12 @@ def _answer_body(client: h11.Connection, connection: PortConnection) -> Iterator
                 client.receive_data(connection.read())
             elif isinstance(event, h11.Data):
                 yield bytes(event.data)
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            elif isinstance(event, h11.EndOfMessage):
                 return
+            elif isinstance(event, h11.ConnectionClosed):
+                raise CutShort
     except h11.RemoteProtocolError:
-        return  # cut short: the client sees the answer end early, as it would have directly
+        raise CutShort from None  # the client sees the answer broken, as it would have directly
     finally:
         connection.close()
 

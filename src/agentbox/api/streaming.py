@@ -8,6 +8,11 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 
+class CutShort(Exception):
+    """Raised by a ClosingStreamingResponse's content that ended before its answer did (a proxied server
+    gone mid-answer): the answer is left incomplete, so that the client sees it broken, not whole."""
+
+
 class ClosingStreamingResponse(StreamingResponse):
     """A `StreamingResponse` over a sync iterator that is closed when the answer ends, by any way.
 
@@ -30,6 +35,8 @@ class ClosingStreamingResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except CutShort:
+            pass  # without its last message the server ends the connection: the client's read fails
         finally:
             close = getattr(self._source, "close", None)
             finished = (

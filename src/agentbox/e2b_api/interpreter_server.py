@@ -29,7 +29,6 @@ import linecache
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 PORT = 49999
+#: Seconds of quiet in an execution between two keep-alive lines.
+KEEPALIVE = 1.0
 #: The name the code runs under, in tracebacks.
 CELL = "<cell>"
 LANGUAGES = ("python",)
@@ -65,6 +66,8 @@ def kernel(requests_fd: int, protocol_fd: int) -> None:
     The code's own stdin is empty: `input()` must not eat the requests."""
     requests = os.fdopen(requests_fd, "r")
     protocol = os.fdopen(protocol_fd, "w", buffering=1)
+    for stream in (sys.stdout, sys.stderr):  # a line at a time, as Jupyter streams it
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     namespace: dict[str, Any] = {"__name__": "__main__"}
 
     def send(message: dict[str, Any]) -> None:
@@ -110,7 +113,7 @@ def kernel(requests_fd: int, protocol_fd: int) -> None:
 
 
 def represent(value: object) -> dict[str, Any]:
-    shown: dict[str, Any] = {"text": repr(value)}
+    shown: dict[str, Any] = {"text": value if isinstance(value, str) else repr(value)}  # E2B's: a string as is
     for field, method in FORMATS.items():
         make = getattr(value, method, None)
         if callable(make):
@@ -145,7 +148,7 @@ class Context:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         self.process = subprocess.Popen(
-            [sys.executable, "-u", __file__, "kernel", str(requests_r), str(protocol_w)],
+            [sys.executable, __file__, "kernel", str(requests_r), str(protocol_w)],
             stdin=subprocess.DEVNULL,
             stdout=out_w,
             stderr=err_w,
@@ -155,6 +158,8 @@ class Context:
         )
         for fd in (requests_r, protocol_w, out_w, err_w):
             os.close(fd)
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
         self.requests = os.fdopen(requests_w, "wb")
         self.protocol, self.out, self.err = protocol_r, out_r, err_r
 
@@ -175,8 +180,9 @@ class Context:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGINT)
 
-    def execute(self, code: str, env: dict[str, str], client: socket.socket) -> Iterator[dict[str, Any]]:
-        """The execution's messages, as the SDK reads them, until it ends; interrupted if `client` hangs up."""
+    def execute(self, code: str, env: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """The execution's messages, as the SDK reads them, until it ends; a keep-alive every KEEPALIVE
+        seconds of quiet, so that a client that went away is found out (writing to it fails)."""
         with self.lock:
             try:
                 self.requests.write((json.dumps({"code": code, "env": env}) + "\n").encode())
@@ -184,48 +190,41 @@ class Context:
             except BrokenPipeError:
                 yield from self._died()
                 return
-            yield from self._messages(client)
+            yield from self._messages()
 
-    def _messages(self, client: socket.socket) -> Iterator[dict[str, Any]]:
+    def _messages(self) -> Iterator[dict[str, Any]]:
         decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in (self.out, self.err)}
         names = {self.out: "stdout", self.err: "stderr"}
+
+        def printed() -> Iterator[dict[str, Any]]:
+            for fd in (self.out, self.err):  # non-blocking: what is there now
+                with contextlib.suppress(BlockingIOError):
+                    while data := os.read(fd, 65536):
+                        yield output(names[fd], decoders[fd].decode(data))
+
         pending = b""
         with selectors.DefaultSelector() as selector:
-            for fd in (self.protocol, self.out, self.err, client.fileno()):
+            for fd in (self.protocol, self.out, self.err):
                 selector.register(fd, selectors.EVENT_READ)
             while True:
-                for key, _ in selector.select():
-                    fd = key.fd
-                    if fd == client.fileno():
-                        if not client.recv(1, socket.MSG_PEEK):  # it hung up (its timeout): free the context
-                            self.interrupt()
-                        selector.unregister(fd)
-                        continue
-                    data = os.read(fd, 65536)
-                    if fd != self.protocol:
-                        if data:
-                            yield output(names[fd], decoders[fd].decode(data))
-                        continue
-                    if not data:
-                        yield from self._died()
+                ready = {key.fd for key, _ in selector.select(KEEPALIVE)}
+                if not ready:
+                    yield {"type": "keepalive"}  # a type the SDK passes over
+                yield from printed()
+                if self.protocol not in ready:
+                    continue
+                data = os.read(self.protocol, 65536)
+                if not data:
+                    yield from self._died()
+                    return
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield from printed()  # what the code printed before this message goes first
+                    message = json.loads(line)
+                    if message["type"] == "end":
                         return
-                    pending += data
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        # What the code printed before this message is in the pipes already: it goes first.
-                        for each in (self.out, self.err):
-                            os.set_blocking(each, False)
-                            try:
-                                while chunk := os.read(each, 65536):
-                                    yield output(names[each], decoders[each].decode(chunk))
-                            except BlockingIOError:
-                                pass
-                            finally:
-                                os.set_blocking(each, True)
-                        message = json.loads(line)
-                        if message["type"] == "end":
-                            return
-                        yield message
+                    yield message
 
     def _died(self) -> Iterator[dict[str, Any]]:
         code = self.process.wait()
@@ -285,8 +284,10 @@ class Handler(BaseHTTPRequestHandler):
             self.execute(body)
         elif parts == ["contexts"]:
             language = self.language(body)
-            if language is not None:
-                cwd = body.get("cwd") or self.contexts.home
+            cwd = str(body.get("cwd") or self.contexts.home)
+            if language is not None and not os.access(cwd, os.X_OK):
+                self.answer(400, f"cwd {cwd!r} is not a directory the sandbox's user may enter")
+            elif language is not None:
                 self.answer(200, self.contexts.create(language, cwd).describe())
         elif len(parts) == 3 and parts[0] == "contexts" and parts[2] == "restart":
             context = self.context(parts[1])
@@ -326,7 +327,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        messages = context.execute(code, env, self.connection)
+        messages = context.execute(code, env)
         try:
             for message in messages:
                 line = (json.dumps(message) + "\n").encode()
@@ -334,7 +335,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
-            context.interrupt()
+            context.interrupt()  # the client went away (its timeout): the context is freed for the next
             for _ in messages:  # to the end of the interrupted execution
                 pass
 

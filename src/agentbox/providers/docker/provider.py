@@ -73,6 +73,8 @@ STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL when a workspace stops
 MAX_SOCKET_PATH = 107
 # How long init may take to let go of its control socket before a checkpoint, or to listen again.
 SOCKET_PATIENCE = 10.0
+# How long a delete waits for another one of the same workspace, under way, to finish.
+REMOVAL_PATIENCE = 60.0
 
 
 class DockerProvider(Provider):
@@ -396,7 +398,10 @@ class DockerProvider(Provider):
                 with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
                     try:
                         self.client.api.remove_container(container["Id"], v=True, force=True)
-                    except docker.errors.APIError:
+                    except docker.errors.APIError as exc:
+                        if "already in progress" in str(exc.explanation):
+                            self._await_removal(container["Id"])  # a delete at the same time: it finishes it
+                            continue
                         # A sandbox that this host's runsc cannot signal (booted by another build)
                         # refuses a forced removal; a stop still ends it.
                         self.client.api.stop(container["Id"], timeout=STOP_TIMEOUT)
@@ -409,6 +414,17 @@ class DockerProvider(Provider):
                 self.network.leave(workspace_id)
             except AgentboxError as exc:  # the workspace is gone; the next restore drops its rules
                 log.warning("removing the firewall rules of %s failed: %s", workspace_id, exc.detail)
+
+    def _await_removal(self, container: str) -> None:
+        """Wait until the engine has removed the container. Raises ProviderError past REMOVAL_PATIENCE."""
+        deadline = time.monotonic() + REMOVAL_PATIENCE
+        while time.monotonic() < deadline:
+            try:
+                self.client.api.inspect_container(container)
+            except docker.errors.NotFound:
+                return
+            time.sleep(0.1)
+        raise ProviderError(f"the engine did not finish removing container {container[:12]} in {REMOVAL_PATIENCE:g} s")
 
     def state(self, ref: str) -> ProviderState:
         try:
