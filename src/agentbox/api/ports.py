@@ -232,8 +232,8 @@ class PreviewHosts:
     async def _websocket(self, websocket: WebSocket, target: tuple[int, str]) -> None:
         port, workspace_id = target
         token = websocket.query_params.get(PREVIEW_COOKIE) or websocket.cookies.get(PREVIEW_COOKIE, "")
-        open_port = None if token else await in_thread(_open_port, websocket, workspace_id, port)
         try:
+            open_port = None if token else await in_thread(_open_port, websocket, workspace_id, port)
             connect = open_port or _preview(websocket, token, (workspace_id, port))[0]
         except AgentboxError as exc:
             await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))

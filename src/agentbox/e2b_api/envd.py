@@ -214,7 +214,10 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
     if workspace is not None and access.token_matches(
         request.headers.get("x-access-token", ""), service.settings.keys_of(workspace.owner), workspace.id
     ):
-        workspace = await in_thread(manager.wake, workspace)  # E2B's auto-resume, for its own callers only
+        try:
+            workspace = await in_thread(manager.wake, workspace)  # E2B's auto-resume, for its own callers only
+        except AgentboxError as exc:  # the concurrency cap, the engine away
+            raise EnvdError(exc.status_code, f"resuming sandbox {workspace.id} failed: {exc.detail}") from None
     gone = workspace is None or workspace.status != Status.RUNNING or control.ended(workspace)
     # /health looks into the sandbox: the SDK asks it whether a sandbox whose stream broke is gone.
     if not gone and path == "/health" and workspace is not None:
@@ -251,22 +254,23 @@ def _port_traffic(request: Request, sandbox_id: str, port: int) -> ASGIApp:
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
         manager: WorkspaceManager | None = request.app.state.service.manager
-        workspace = await in_thread(open_workspace, request, sandbox_id) if manager else None
-        if manager is None or workspace is None or workspace.status != Status.RUNNING:
-            await EnvdError(
-                502,
-                f"The sandbox {sandbox_id or '(none named)'} was not found, or its port {port} is not open to this "
-                "request (send its traffic access token as E2B-Traffic-Access-Token)",
-            ).response(scope["path"])(scope, receive, send)
-            return
-        if port == interpreter.PORT:
-            connect = interpreter.connector(manager, workspace, home_of(workspace, manager.settings))
-        else:
-            connect = functools.partial(manager.connect, workspace.owner, workspace.id, port)
         try:
+            workspace = await in_thread(open_workspace, request, sandbox_id) if manager else None
+            if manager is None or workspace is None or workspace.status != Status.RUNNING:
+                raise EnvdError(
+                    502,
+                    f"The sandbox {sandbox_id or '(none named)'} was not found, or its port {port} is not open to "
+                    "this request (send its traffic access token as E2B-Traffic-Access-Token)",
+                )
+            if port == interpreter.PORT:
+                connect = interpreter.connector(manager, workspace, home_of(workspace, manager.settings))
+            else:
+                connect = functools.partial(manager.connect, workspace.owner, workspace.id, port)
             response = await proxy_http(request, connect, target_of(request, ""), "", port)
-        except AgentboxError as exc:
-            response = JSONResponse({"code": exc.status_code, "message": exc.detail}, status_code=exc.status_code)
+        except AgentboxError as exc:  # the engine away, nothing listening, a resume refused
+            response = EnvdError(exc.status_code, exc.detail).response(scope["path"])
+        except EnvdError as exc:
+            response = exc.response(scope["path"])
         await response(scope, receive, send)
 
     return answer
