@@ -85,6 +85,7 @@ class FileError(ProviderError):
         "EPERM": 403,
         "EISDIR": 409,
         "EEXIST": 409,
+        "EAGAIN": 409,
     }
 
     def __init__(self, errno_name: str, message: str, path: str) -> None:

@@ -4,6 +4,7 @@ and memory go on after `start`), any other keeps its files and says that its mem
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import docker
@@ -58,6 +59,8 @@ def test_a_pause_keeps_the_processes_and_sessions_of_a_workspace_without_network
         before = counted(alice, workspace.id, counter.pid)
         paused = alice.pause(workspace.id)
         assert paused.status == "stopped" and paused.memory_kept is True
+        time.sleep(2)  # the engine must not boot it afresh meanwhile (its restart policy)
+        assert docker_client.containers.get(f"agentbox-{workspace.id}").status == "exited"
         with pytest.raises(APIError) as refused:
             alice.exec(workspace.id, ["true"])
         assert refused.value.status_code == 409

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agentbox.errors import BadRequest
+from agentbox.errors import BadRequest, FileError
 from agentbox.providers.base import ExecRequest, collect
 from agentbox.sandbox import build
 from agentbox.sandbox.channel import Call, HelperChannel, Invocation
@@ -107,6 +107,24 @@ def test_files_go_both_ways_byte_exact(workspace: tuple[HelperChannel, Path]) ->
     assert (home / "blob").read_bytes() == data
     stat, chunks = channel.read_file(str(home / "blob"))
     assert stat.size == len(data) and b"".join(chunks) == data
+
+
+def test_a_file_that_shrinks_while_it_is_read_is_an_error_not_padding(workspace: tuple[HelperChannel, Path]) -> None:
+    channel, home = workspace
+    (home / "big").write_bytes(b"x" * (8 << 20))  # more than the socket holds: the helper waits on us
+    _, chunks = channel.read_file(str(home / "big"))
+    first = next(chunks)
+    os.truncate(home / "big", 1000)  # a rewrite under way
+    with pytest.raises(FileError) as changed:
+        b"".join([first, *chunks])
+    assert changed.value.status_code == 409 and "read it again" in changed.value.detail
+
+
+def test_files_that_say_they_are_empty_are_read_whole(workspace: tuple[HelperChannel, Path]) -> None:
+    channel, _ = workspace
+    stat, chunks = channel.read_file("/proc/self/status")
+    content = b"".join(chunks)
+    assert content.startswith(b"Name:") and stat.size == len(content)
 
 
 def test_a_missing_working_directory_is_a_clear_400(workspace: tuple[HelperChannel, Path]) -> None:

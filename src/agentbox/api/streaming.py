@@ -7,6 +7,8 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from agentbox.errors import AgentboxError
+
 
 class CutShort(Exception):
     """Raised by a ClosingStreamingResponse's content that ended before its answer did (a proxied server
@@ -35,7 +37,7 @@ class ClosingStreamingResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
-        except CutShort:
+        except (CutShort, AgentboxError):
             pass  # without its last message the server ends the connection: the client's read fails
         finally:
             close = getattr(self._source, "close", None)

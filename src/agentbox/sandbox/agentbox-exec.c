@@ -259,7 +259,7 @@ static pid_t largest_process(long long *rss_pages) {
     return best;
 }
 
-/* PID 1: reap orphans forever, exit 0 at once on SIGTERM/SIGINT.  The signals
+/* PID 1: reap orphans forever, exit at once on SIGTERM/SIGINT (128 + the signal).  The signals
  * are blocked and taken with sigtimedwait(): the kernel drops signals with the
  * default action that are sent to a PID namespace's init, but a blocked
  * signal is always queued.  No handlers.
@@ -322,7 +322,7 @@ static int cmd_init(int argc, char **argv) {
         struct timespec tick = {0, wait > 0 ? wait : 0};
         int sig = max_memory > 0 ? sigtimedwait(&set, NULL, &tick) : sigwaitinfo(&set, NULL);
         if (sig == SIGTERM || sig == SIGINT)
-            return 0;
+            return 128 + sig;   /* ended by a signal: the engine restarts an on-failure workspace after its own restart */
         if (sig == SIGUSR1 && listener >= 0) {
             if (server > 0 && kill(server, SIGTERM) == 0)
                 while (waitpid(server, NULL, 0) < 0 && errno == EINTR)

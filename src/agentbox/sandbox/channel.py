@@ -129,7 +129,7 @@ class HelperChannel:
         """One `get`: a file's stat and bytes (streamed), or a directory's entries."""
         call, reader, header = self._get(path)
         if header.startswith(b"F "):
-            return _file_stat(header), _closing(call, reader.body())
+            return _file_stat(header), _checked(call, reader.body(), path)
         try:
             return _parse_listing(b"".join(reader.body()))
         finally:
@@ -252,6 +252,17 @@ def _stdout(call: Call) -> Iterator[bytes]:
     for stream, data in call.frames():
         if stream == 1:
             yield data
+
+
+def _checked(call: Call, chunks: Iterator[bytes], path: str) -> Iterator[bytes]:
+    """A file's bytes, and FileError at the end if the helper could not read all it announced: the file
+    shrank while it was read (a rewrite under way), and the helper padded it to keep the framing."""
+    try:
+        yield from chunks
+        if call.exit_code() != 0:
+            raise FileError("EAGAIN", "it changed while it was read; read it again", path)
+    finally:
+        call.close()
 
 
 def _closing(call: Call, chunks: Iterator[T]) -> Iterator[T]:

@@ -73,6 +73,13 @@ STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL when a workspace stops
 MAX_SOCKET_PATH = 107
 # How long init may take to let go of its control socket before a checkpoint, or to listen again.
 SOCKET_PATIENCE = 10.0
+# A workspace comes back when it dies or the engine restarts, unless stopped. One whose pause keeps its
+# memory comes back only from a failure: a checkpoint ends the container with status 0 and is no stop to
+# the engine, which would boot it afresh at once under unless-stopped (init ends with 128 + the signal
+# when the engine stops it, so an engine restart still brings it back). `docker update` cannot change a
+# policy later: runsc has no update.
+RESTARTING = {"Name": "unless-stopped"}
+RESTARTING_UNLESS_CHECKPOINTED = {"Name": "on-failure"}
 # How long a delete waits for another one of the same workspace, under way, to finish.
 REMOVAL_PATIENCE = 60.0
 
@@ -196,11 +203,12 @@ class DockerProvider(Provider):
             binds.append((self._control_dir(spec.id), CONTROL_IN_WORKSPACE, False))
             init += ["-S", f"{CONTROL_IN_WORKSPACE}/{CONTROL_SOCKET}", "-I", spec.id]
         labels = {WORKSPACE_LABEL: spec.id, INSTANCE_LABEL: self.instance}
+        runtime = self.checkpoint_runtime if spec.network == "none" and self.checkpoint_runtime else self.runtime
         options: dict[str, Any] = {
             "name": ref,
             "hostname": spec.id.replace("_", "-"),
             "labels": labels,
-            "runtime": self.checkpoint_runtime if spec.network == "none" and self.checkpoint_runtime else self.runtime,
+            "runtime": runtime,
             "user": self.user,
             "working_dir": "/workspace",
             "environment": {"HOME": home},
@@ -213,7 +221,7 @@ class DockerProvider(Provider):
             # A sandbox that dies (gVisor itself out of host threads or memory: the host limits are
             # the last line; its exit status is then not always an error) comes back by itself, as
             # after an engine restart; its files live on the disk and survive. `stop` still stops.
-            "restart_policy": {"Name": "unless-stopped"},
+            "restart_policy": RESTARTING_UNLESS_CHECKPOINTED if runtime == self.checkpoint_runtime else RESTARTING,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
         }
