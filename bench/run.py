@@ -222,7 +222,7 @@ def pauses(api: httpx.Client, rounds: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {}
     for kind, network in (("memory", "none"), ("files", "egress")):
         base = f"/workspaces/{api.post('/workspaces', json={'network': network}).json()['id']}"
-        api.post(f"{base}/processes", json={"command": ["sleep", "infinity"]}).raise_for_status()
+        sleeper = api.post(f"{base}/processes", json={"command": ["sleep", "infinity"]}).json()["pid"]
         for _ in range(rounds):
             started = time.perf_counter()
             kept = api.post(f"{base}/pause").json()["memory_kept"]
@@ -233,6 +233,10 @@ def pauses(api: httpx.Client, rounds: int) -> dict[str, list[float]]:
             api.post(f"{base}/start").raise_for_status()
             api.post(f"{base}/exec", json={"command": ["true"]}).raise_for_status()
             results.setdefault(f"resume_{kind}", []).append((time.perf_counter() - started) * 1000)
+            if kind == "memory" and api.get(f"{base}/processes/{sleeper}").json()["status"] != "running":
+                raise SystemExit("a resume that should have restored memory booted afresh (its process is gone)")
+            if kind == "files":  # a boot: the next round's process
+                sleeper = api.post(f"{base}/processes", json={"command": ["sleep", "infinity"]}).json()["pid"]
         api.delete(base)
     return results
 

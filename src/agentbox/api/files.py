@@ -43,9 +43,9 @@ async def read_file(workspace_id: str, path: WorkspacePath, mgr: Manager, who: O
 async def file_answer(size: int, body: Iterator[bytes], headers: dict[str, str]) -> Response:
     """A file's bytes: whole when small (each piece handed from a worker thread costs a switch), else
     streamed and closed however the answer ends."""
-    headers = {"Content-Length": str(size), **headers}
-    if size <= IN_ONE_PIECE:
+    if size <= IN_ONE_PIECE:  # its length as read: a provider's stat may not match (/proc, a rewrite)
         return Response(await in_thread(b"".join, body), media_type="application/octet-stream", headers=headers)
+    headers = {"Content-Length": str(size), **headers}
     return ClosingStreamingResponse(body, media_type="application/octet-stream", headers=headers)
 
 
