@@ -279,6 +279,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, e2b: E2BStandIn) -> Iterato
 
 
 @pytest.fixture
+def sdk(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """E2B's SDKs' own variables, pointing at agentbox's E2B endpoint (nothing of E2B's cloud)."""
+    monkeypatch.setenv("E2B_API_URL", f"{server.url}/e2b")
+    monkeypatch.setenv("E2B_SANDBOX_URL", f"{server.url}/e2b/envd")
+    monkeypatch.setenv("E2B_API_KEY", KEYS["alice"])
+    monkeypatch.setenv("E2B_CONNECTION_RETRIES", "0")
+    yield server.url
+
+
+@pytest.fixture
 def reaping(tmp_path: Path) -> Iterator[Server]:
     """A server of its own that looks for expired workspaces every second."""
     server = Server(tmp_path, env={"WORKSPACE_REAP_INTERVAL": "1"}).start()

@@ -12,15 +12,11 @@ import pytest
 from e2b import NotFoundException, SandboxException, TimeoutException
 from e2b_code_interpreter import Sandbox
 
-from .conftest import KEYS, Server
+from .conftest import Server
 
 
 @pytest.fixture
-def sandbox(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    monkeypatch.setenv("E2B_API_URL", f"{server.url}/e2b")
-    monkeypatch.setenv("E2B_SANDBOX_URL", f"{server.url}/e2b/envd")
-    monkeypatch.setenv("E2B_API_KEY", KEYS["alice"])
-    monkeypatch.setenv("E2B_CONNECTION_RETRIES", "0")
+def sandbox(sdk: str) -> Iterator[Sandbox]:
     made = Sandbox.create(timeout=300)  # the SDK's own template, code-interpreter-v1
     yield made
     made.kill()

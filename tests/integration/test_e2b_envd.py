@@ -42,16 +42,6 @@ from .conftest import KEYS, PREVIEW_DOMAIN, Server, eventually
 
 
 @pytest.fixture
-def sdk(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The SDK's variables, pointing at agentbox (nothing of E2B's cloud)."""
-    monkeypatch.setenv("E2B_API_URL", f"{server.url}/e2b")
-    monkeypatch.setenv("E2B_SANDBOX_URL", f"{server.url}/e2b/envd")
-    monkeypatch.setenv("E2B_API_KEY", KEYS["alice"])
-    monkeypatch.setenv("E2B_CONNECTION_RETRIES", "0")
-    yield server.url
-
-
-@pytest.fixture
 def sandbox(sdk: str) -> Iterator[Sandbox]:
     made = Sandbox.create(timeout=300)
     yield made
