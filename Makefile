@@ -9,9 +9,11 @@ PORT ?= 8000
 NETWORK ?= workspace_net
 export WORKSPACE_IMAGE ?= agentbox/workspace:bookworm
 
-.PHONY: setup venv host helper image run test unit integration lint doctor bench clean
+UI_VENDOR := src/agentbox/ui/vendor
 
-setup: venv helper host image
+.PHONY: setup venv host helper image ui browser run test unit integration lint doctor bench clean
+
+setup: venv helper host image ui
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +30,14 @@ $(HELPER): $(wildcard src/agentbox/sandbox/*.c src/agentbox/sandbox/*.h) $(VENV)
 host:
 	@bash scripts/setup-host.sh
 
+ui: $(UI_VENDOR)/xterm.mjs
+$(UI_VENDOR)/xterm.mjs: ui/package.json ui/package-lock.json scripts/build-ui.sh
+	@bash scripts/build-ui.sh
+
+# Debian's Chromium, which the dashboard's browser tests drive.
+browser:
+	@bash scripts/setup-browser.sh
+
 image: host
 	@bash scripts/build-image.sh "$(WORKSPACE_IMAGE)"
 	@bash scripts/build-e2b-image.sh "$(WORKSPACE_IMAGE)"
@@ -42,13 +52,13 @@ run: setup
 	  WORKSPACE_API_KEYS="admin:$$(cat "$(DATA_DIR)/api-key")" \
 	  $(BIN)/agentbox serve --host $(HOST) --port $(PORT)
 
-test: setup lint
+test: setup browser lint
 	$(BIN)/pytest -q tests
 
 unit: venv helper
 	$(BIN)/pytest -q tests/unit
 
-integration: setup
+integration: setup browser
 	$(BIN)/pytest -q tests/integration
 
 lint: venv
@@ -63,4 +73,4 @@ doctor: venv helper
 	$(BIN)/agentbox doctor
 
 clean:
-	rm -rf $(VENV) $(HELPER) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HELPER) .pytest_cache .mypy_cache .ruff_cache ui/node_modules $(UI_VENDOR)

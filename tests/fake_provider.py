@@ -27,6 +27,7 @@ from agentbox.providers.base import (
     Output,
     Provider,
     ProviderState,
+    Usage,
     WorkspaceSpec,
 )
 
@@ -37,6 +38,7 @@ class FakeSandbox:
     spec: WorkspaceSpec
     state: ProviderState = "running"
     files: dict[str, bytes] = field(default_factory=dict)
+    usage: Usage | None = None  # what usage() says while it runs (None: not measured)
 
 
 #: Answers a command in a sandbox: (exit code, stdout, stderr).
@@ -121,6 +123,10 @@ class FakeProvider(Provider):
 
     def inventory(self) -> dict[str, tuple[str, ProviderState]]:
         return {sandbox.id: (ref, sandbox.state) for ref, sandbox in list(self.sandboxes.items())}
+
+    def usage(self, ref: str) -> Usage | None:
+        sandbox = self._get(ref)
+        return sandbox.usage if sandbox.state == "running" else None
 
     # Commands
 

@@ -52,6 +52,7 @@ def serve(
         service = Service.start(settings)
     except StartupError as exc:
         fail(exc.detail, 2)
+    console.print(f"Dashboard: http://{host}:{port}/ui/ (sign in with a key of WORKSPACE_API_KEYS)", highlight=False)
     if settings.enabled and settings.e2b_api:
         from agentbox.e2b_api.control import sdk_urls
 

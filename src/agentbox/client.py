@@ -25,6 +25,7 @@ from agentbox.process_schemas import (
 )
 from agentbox.schemas import (
     AuditPage,
+    Capacity,
     DirEntryOut,
     DirListing,
     EditToolOut,
@@ -35,12 +36,14 @@ from agentbox.schemas import (
     GlobToolOut,
     GrepToolOut,
     Health,
+    ListeningPorts,
     OutputEvent,
     PreviewURL,
     ProviderList,
     ProviderStatus,
     PushOut,
     ReadToolOut,
+    UsageOut,
     WatchEventOut,
     WorkspaceList,
     WorkspaceOut,
@@ -100,6 +103,10 @@ class Client:
     def providers(self) -> builtins.list[ProviderStatus]:
         """The server's providers: available or why not, runtime and platform, capabilities, active count."""
         return _parse(ProviderList, self._call("GET", "/providers")).providers
+
+    def capacity(self) -> Capacity:
+        """The cap on active workspaces, how many are active, and the warm pool's state."""
+        return _parse(Capacity, self._call("GET", "/capacity"))
 
     def create(self, **options: Any) -> WorkspaceOut:
         """Create a workspace with the fields of `CreateWorkspace` as keywords; return it, running.
@@ -224,6 +231,15 @@ class Client:
         """The calls made on the workspace, newest first; pass `next_before` as `before` for older ones."""
         params = {"limit": limit, **({"before": before} if before is not None else {})}
         return _parse(AuditPage, self._call("GET", f"/workspaces/{workspace_id}/audit", params=params))
+
+    def usage(self, workspace_id: str) -> UsageOut:
+        """Its CPU and memory over the last hour. Raises APIError: 404 when it is not yours, or the
+        server measures nothing (WORKSPACE_USAGE_INTERVAL=0)."""
+        return _parse(UsageOut, self._call("GET", f"/workspaces/{workspace_id}/usage"))
+
+    def listening_ports(self, workspace_id: str) -> builtins.list[int]:
+        """The TCP ports something listens on in the workspace. Raises APIError: 409 when it is not running."""
+        return _parse(ListeningPorts, self._call("GET", f"/workspaces/{workspace_id}/ports")).ports
 
     def preview_url(self, workspace_id: str, port: int, expires_in: int = 3600) -> PreviewURL:
         """A URL a browser opens to reach the server on `port` in the workspace. Raises APIError: 404, 422."""

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     # Seconds a command may run when its request names no timeout (a runaway command ends some day).
     exec_timeout: float = Field(3600.0, gt=0, le=7 * 86400, validation_alias="WORKSPACE_EXEC_TIMEOUT")
     reap_interval: float = Field(30.0, gt=0, le=3600, validation_alias="WORKSPACE_REAP_INTERVAL")
+    # Seconds between two measurements of every running workspace's CPU and memory (0: none).
+    usage_interval: float = Field(10.0, ge=0, le=600, validation_alias="WORKSPACE_USAGE_INTERVAL")
     max_upload: Size = Field(parse_size("1G"), validation_alias="WORKSPACE_MAX_UPLOAD")
     # Every other request body (JSON: a create, an exec) is read into memory, so it is capped.
     max_request: Size = Field(parse_size("8M"), validation_alias="WORKSPACE_MAX_REQUEST")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, replace
 from datetime import timedelta
 
-from agentbox import search, tools
+from agentbox import listening, search, tools
 from agentbox.audit import AuditLog
 from agentbox.config import Settings
 from agentbox.domain import Command, NewWorkspace
@@ -21,10 +21,12 @@ from agentbox.errors import (
     AgentboxError,
     BadRequest,
     Conflict,
+    FileError,
     NotFound,
     ProviderError,
     TooManyWorkspaces,
     Unprocessable,
+    WorkspaceGone,
     reason_of,
 )
 from agentbox.github.service import GitHub
@@ -41,6 +43,7 @@ from agentbox.providers.base import (
     PortConnection,
     Provider,
     Resources,
+    Usage,
     WatchEvent,
     WorkspaceSpec,
     distinct,
@@ -458,6 +461,35 @@ class WorkspaceManager:
                 "e2b workspace for previews"
             )
         return provider.connect(ref, port)
+
+    def listening_ports(self, owner: str, workspace_id: str) -> list[int]:
+        """The TCP ports something listens on in the workspace (any address), ascending."""
+        provider, ref = self._target(owner, workspace_id)
+        found: set[int] = set()
+        for table in listening.TABLES:
+            try:
+                _, chunks = provider.read_file(ref, table)
+            except FileError as exc:
+                if exc.status_code == 404:  # a kernel without IPv6
+                    continue
+                raise
+            found |= listening.listening_ports(b"".join(chunks).decode(errors="replace"))
+        return sorted(found)
+
+    def measure(self) -> dict[str, Usage]:
+        """What each running workspace (every owner's, the warm pool's) uses now, where its provider can say."""
+        found = {}
+        for workspace in self.store.find(statuses=[Status.RUNNING.value]):
+            provider = self.providers.get(workspace.provider)
+            if provider is None or not workspace.provider_ref:
+                continue
+            try:
+                usage = provider.usage(workspace.provider_ref)
+            except WorkspaceGone:  # deleted since it was listed
+                continue
+            if usage is not None:
+                found[workspace.id] = usage
+        return found
 
     # Shell sessions
 

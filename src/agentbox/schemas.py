@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from agentbox.github.app import GITHUB_API
 from agentbox.models import GitHubApp, Status, Workspace
 from agentbox.network import NetworkPolicy, policy_of
 from agentbox.sizes import SizeError, format_size, parse_size
+from agentbox.usage import UsageSample
 
 MIN_MEMORY = parse_size("64M")
 MIN_DISK = parse_size("64M")
@@ -227,6 +229,11 @@ class WorkspaceOut(BaseModel):
         default=None, description="whether its last pause kept its memory and processes (null: never paused)"
     )
     error: str | None = None
+    usage: UsageSampleOut | None = Field(
+        default=None,
+        description="CPU and memory at its last measurement (every WORKSPACE_USAGE_INTERVAL seconds); "
+        "null: not running, not measured yet, or its provider cannot say",
+    )
 
     @field_validator("memory", "disk", mode="before")
     @classmethod
@@ -234,9 +241,36 @@ class WorkspaceOut(BaseModel):
         return format_size(value) if isinstance(value, int) else value
 
     @classmethod
-    def of(cls, workspace: Workspace) -> WorkspaceOut:
-        fields = {name: getattr(workspace, name) for name in cls.model_fields if name != "network"}
-        return cls.model_validate({**fields, "network": policy_of(workspace.network, workspace.allow)})
+    def of(cls, workspace: Workspace, usage: UsageSample | None = None) -> WorkspaceOut:
+        fields = {name: getattr(workspace, name) for name in cls.model_fields if name not in ("network", "usage")}
+        network = policy_of(workspace.network, workspace.allow)
+        return cls.model_validate({**fields, "network": network, "usage": usage and asdict(usage)})
+
+
+class UsageSampleOut(BaseModel):
+    at: datetime
+    cpu: float | None = Field(
+        description="cores busy on average since the sample before (0.5: half a core); null for the first of a run"
+    )
+    memory: int = Field(description="bytes in use: its working set, without file cache the kernel can take back")
+
+
+class UsageOut(BaseModel):
+    interval: float = Field(description="seconds between two samples (WORKSPACE_USAGE_INTERVAL)")
+    samples: list[UsageSampleOut] = Field(description="the last hour's, oldest first")
+
+
+class ListeningPorts(BaseModel):
+    ports: list[int] = Field(description="TCP ports something listens on inside the workspace, on any address")
+
+
+class Capacity(BaseModel):
+    max_concurrent: int = Field(
+        description="workspaces that may be starting or running at once (WORKSPACE_MAX_CONCURRENT)"
+    )
+    active: int = Field(description="workspaces starting or running now, every owner's and the warm pool's")
+    warm_pool_size: int = Field(description="booted workspaces kept ready to claim (WORKSPACE_WARM_POOL_SIZE)")
+    warm_pool_ready: int = Field(description="of those, ready now")
 
 
 class WorkspaceList(BaseModel):

@@ -28,6 +28,7 @@ from agentbox.providers.docker.runtime import STANDARD_RUNTIME, RuntimeChoice, c
 from agentbox.providers.e2b import E2BProvider
 from agentbox.reconcile import Reconciler
 from agentbox.store import Store
+from agentbox.usage import UsageHistory
 
 log = logging.getLogger("agentbox.service")
 #: Connections kept per Engine API URL: as many as the API has worker threads (api/app.py), which
@@ -49,6 +50,7 @@ class Service:
     metrics: Metrics = field(default_factory=Metrics)
     docker_client: docker.DockerClient | None = field(default=None, repr=False)
     github: GitHub | None = None
+    usage: UsageHistory | None = None
 
     @classmethod
     def start(cls, settings: Settings) -> Service:
@@ -105,6 +107,9 @@ class Service:
             raise StartupError(f"reconciling workspaces with their providers failed: {exc.detail}") from None
         self.lifecycle = Lifecycle(self.manager, reconciler, pool, settings.reap_interval)
         self.lifecycle.start()
+        if settings.usage_interval > 0:
+            self.usage = UsageHistory(self.manager.measure, settings.usage_interval)
+            self.usage.start()
 
     def _docker_providers(self) -> dict[str, Provider]:
         """`gvisor` (runsc, or its fallback) and `docker` (runc) on the engine at DOCKER_HOST, sharing one network."""
@@ -206,6 +211,9 @@ class Service:
 
     def close(self) -> None:
         """Stop background work, remove the idle warm pool, release the engine and the database. Idempotent."""
+        if self.usage is not None:
+            self.usage.stop()
+            self.usage = None
         if self.lifecycle is not None:
             self.lifecycle.stop()  # and with it the idle warm pool
             self.lifecycle = None

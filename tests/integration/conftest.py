@@ -268,7 +268,8 @@ def e2b(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerCl
 def server(tmp_path_factory: pytest.TempPathFactory, e2b: E2BStandIn) -> Iterator[Server]:
     # With GitHub Apps configured, so that their endpoints are exercised too (no App is registered),
     # and E2B through the official SDK, pointed at the stand-in by the SDK's own variables.
-    env = {"GITHUB_APP_ENCRYPTION_KEY": "ab" * 32, "E2B_API_KEY": e2b.api_key}
+    # Usage sampled every 2 s, so that the dashboard's charts have points within a test.
+    env = {"GITHUB_APP_ENCRYPTION_KEY": "ab" * 32, "E2B_API_KEY": e2b.api_key, "WORKSPACE_USAGE_INTERVAL": "2"}
     env |= {"E2B_API_URL": e2b.url, "E2B_SANDBOX_URL": e2b.url, "E2B_CONNECTION_RETRIES": "0"}
     running = Server(tmp_path_factory.mktemp("server"), env=env)
     # Host-form previews on *.preview.localhost, reached in tests by the Host header alone.

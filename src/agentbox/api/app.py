@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentbox.api import (
     audit,
     commands,
+    dashboard,
     files,
     github,
     ports,
@@ -87,6 +88,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         app.include_router(e2b_control.router)
     # A route of the ASGI endpoint itself (a mount would redirect /mcp to /mcp/); not in the OpenAPI schema.
     app.router.routes.append(Route(mcp_http.PATH, mcp, include_in_schema=False))
+    dashboard.mount(app)
     return app
 
 

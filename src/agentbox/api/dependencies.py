@@ -15,6 +15,7 @@ from agentbox.errors import NotFound, Unauthorized
 from agentbox.github.service import GitHub
 from agentbox.manager import WorkspaceManager
 from agentbox.schemas import AbsolutePath
+from agentbox.usage import UsageHistory
 
 T = TypeVar("T")
 
@@ -75,7 +76,14 @@ async def github(request: Request) -> GitHub:
     return found
 
 
+async def usage_history(request: Request) -> UsageHistory | None:
+    """The server's record of workspaces' CPU and memory; None when WORKSPACE_USAGE_INTERVAL=0."""
+    found: UsageHistory | None = request.app.state.service.usage
+    return found
+
+
 Manager = Annotated[WorkspaceManager, Depends(manager)]
+History = Annotated[UsageHistory | None, Depends(usage_history)]
 GitHubApps = Annotated[GitHub, Depends(github)]
 # Handlers list `Manager` before `Owner` so that a disabled server answers 404 before asking for a key.
 Owner = Annotated[str, Depends(owner)]

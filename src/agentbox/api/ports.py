@@ -33,7 +33,7 @@ from agentbox.e2b_api import access
 from agentbox.errors import AgentboxError, Forbidden, NotFound, Unprocessable
 from agentbox.manager import WorkspaceManager
 from agentbox.models import Status, Workspace
-from agentbox.schemas import MAX_SECONDS, PreviewURL
+from agentbox.schemas import MAX_SECONDS, ListeningPorts, PreviewURL
 
 router = APIRouter(tags=["previews"])
 
@@ -42,6 +42,15 @@ _PREFIX = "/api/v1/workspaces/{workspace_id}/ports/{port}"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: A preview URL's life when the request names none (MAX_SECONDS the longest).
 DEFAULT_SECONDS = 3600
+
+
+@router.get("/api/v1/workspaces/{workspace_id}/ports", response_model=ListeningPorts)
+async def listening_ports(workspace_id: str, mgr: Manager, who: Owner) -> ListeningPorts:
+    """The TCP ports something listens on inside the workspace: what a preview can reach.
+
+    Errors: 404 when the workspace is not yours, 409 when it is not running.
+    """
+    return ListeningPorts(ports=await in_thread(mgr.listening_ports, who, workspace_id))
 
 
 @router.get(_PREFIX + "/url", response_model=PreviewURL)

@@ -5,10 +5,10 @@ from importlib.metadata import version
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agentbox.api.dependencies import Owner
+from agentbox.api.dependencies import Manager, Owner, in_thread
 from agentbox.e2b_api import control as e2b_control
 from agentbox.providers.base import Capabilities
-from agentbox.schemas import Health, ProviderInfo, ProviderList, ProviderStatus
+from agentbox.schemas import Capacity, Health, ProviderInfo, ProviderList, ProviderStatus
 from agentbox.service import Service
 
 VERSION = version("agentbox")
@@ -92,6 +92,20 @@ def _info(offers: Capabilities) -> ProviderInfo:
     fields = {field: getattr(offers, field) for field in ProviderInfo.model_fields}
     return ProviderInfo.model_validate(
         fields | {name: sorted(value) for name, value in fields.items() if isinstance(value, frozenset)}
+    )
+
+
+@router.get("/api/v1/capacity", response_model=Capacity)
+async def capacity(mgr: Manager, who: Owner) -> Capacity:
+    """How many workspaces may be active at once, how many are, and the warm pool's state.
+
+    Errors: 401 without a valid key, 404 with workspaces disabled."""
+    pool = mgr.pool
+    return Capacity(
+        max_concurrent=mgr.settings.max_concurrent,
+        active=await in_thread(mgr.store.count_active),
+        warm_pool_size=pool.size if pool else 0,
+        warm_pool_ready=await in_thread(pool.ready) if pool else 0,
     )
 
 

@@ -1,13 +1,14 @@
-"""Workspace routes: create, list, get and delete a workspace; stop, start and extend it."""
+"""Workspace routes: create, list, get and delete a workspace; stop, start and extend it; its CPU and memory."""
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from agentbox.api.dependencies import Manager, Owner, in_thread
-from agentbox.errors import Unprocessable
+from agentbox.api.dependencies import History, Manager, Owner, in_thread
+from agentbox.errors import NotFound, Unprocessable
 from agentbox.models import Status
-from agentbox.schemas import CreateWorkspace, ExtendWorkspace, WorkspaceList, WorkspaceOut
+from agentbox.schemas import CreateWorkspace, ExtendWorkspace, UsageOut, UsageSampleOut, WorkspaceList, WorkspaceOut
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
@@ -28,6 +29,7 @@ async def create_workspace(body: CreateWorkspace, mgr: Manager, who: Owner) -> W
 async def list_workspaces(
     mgr: Manager,
     who: Owner,
+    history: History,
     status: Status | None = None,
     label: Annotated[list[str], Query(description="key=value; repeat to require several")] = [],  # noqa: B006
 ) -> WorkspaceList:
@@ -42,13 +44,28 @@ async def list_workspaces(
             raise Unprocessable(f"label filter {item!r} must be key=value")
         wanted[key] = value
     found = await in_thread(mgr.find, who, status, wanted)
-    return WorkspaceList(workspaces=[WorkspaceOut.of(w) for w in found])
+    return WorkspaceList(workspaces=[WorkspaceOut.of(w, history.latest(w.id) if history else None) for w in found])
 
 
 @router.get("/{workspace_id}", response_model=WorkspaceOut)
-async def get_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
+async def get_workspace(workspace_id: str, mgr: Manager, who: Owner, history: History) -> WorkspaceOut:
     """Return one of your workspaces. Errors: 404 when there is no such workspace of yours."""
-    return WorkspaceOut.of(await in_thread(mgr.get, who, workspace_id))
+    workspace = await in_thread(mgr.get, who, workspace_id)
+    return WorkspaceOut.of(workspace, history.latest(workspace.id) if history else None)
+
+
+@router.get("/{workspace_id}/usage", response_model=UsageOut)
+async def workspace_usage(workspace_id: str, mgr: Manager, who: Owner, history: History) -> UsageOut:
+    """Its CPU and memory over the last hour, sampled every WORKSPACE_USAGE_INTERVAL seconds while it
+    runs (kept by this server since it started). Empty when its provider cannot measure them.
+
+    Errors: 404 when it is not yours, or when the server measures nothing (WORKSPACE_USAGE_INTERVAL=0).
+    """
+    await in_thread(mgr.get, who, workspace_id)
+    if history is None:
+        raise NotFound("this server does not measure workspaces (WORKSPACE_USAGE_INTERVAL=0)")
+    samples = [UsageSampleOut.model_validate(asdict(s)) for s in history.of(workspace_id)]
+    return UsageOut(interval=history.interval, samples=samples)
 
 
 @router.delete("/{workspace_id}", status_code=204)

@@ -182,6 +182,14 @@ class Resources:
     disk: int | None = None
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a running workspace uses now: CPU time since it started and memory held (its working set)."""
+
+    cpu_seconds: float
+    memory_bytes: int
+
+
 ProviderState = Literal["running", "stopped", "missing"]
 
 
@@ -205,6 +213,12 @@ class Provider(abc.ABC):
 
     def resources(self, ref: str) -> Resources | None:
         """What the workspace really got, when the provider decides it (None: what was asked)."""
+        return None
+
+    def usage(self, ref: str) -> Usage | None:
+        """Its CPU time and memory now; None when it is not running or this provider cannot measure them.
+
+        Raises ProviderError when the engine cannot be asked."""
         return None
 
     def has_image(self, image: str) -> bool:

@@ -34,6 +34,7 @@ from agentbox.providers.base import (
     FileStat,
     Provider,
     ProviderState,
+    Usage,
     WatchEvent,
     WorkspaceSpec,
 )
@@ -43,6 +44,7 @@ from agentbox.providers.docker.engine import EngineTransport, Frames, engine_err
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
 from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
 from agentbox.providers.docker.runtime import STANDARD_RUNTIME
+from agentbox.providers.docker.usage import cgroup_usage, stats_usage
 from agentbox.sandbox import (
     CONTROL_IN_WORKSPACE,
     CONTROL_SOCKET,
@@ -442,6 +444,16 @@ class DockerProvider(Provider):
             return "missing"
         state = details["State"]
         return "running" if state.get("Running") or state.get("Restarting") else "stopped"
+
+    def usage(self, ref: str) -> Usage | None:
+        with engine_errors("measuring the workspace"):
+            details = self.client.api.inspect_container(ref)
+            if not details["State"].get("Running"):
+                return None
+            found = cgroup_usage(details["Id"], details["HostConfig"].get("CgroupParent") or "")
+            if found is None:  # a cgroup layout not known here (or not visible to this server): the engine knows
+                found = stats_usage(self.client.api.stats(ref, stream=False, one_shot=True))
+        return found
 
     def inventory(self) -> dict[str, tuple[str, ProviderState]]:
         with engine_errors("listing workspaces"):

@@ -1,0 +1,979 @@
+// agentbox's dashboard: plain modules over the HTTP API, no framework. Every page is a view that
+// draws into <main> and returns how to undo itself (timers, sockets, streams), so that leaving a
+// page leaves nothing running. Text from the API is only ever set as text, never as HTML.
+
+const KEY = "agentbox.key";
+const API = "/api/v1";
+const POLL_MS = 3000;
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+// --- the API -------------------------------------------------------------------------------
+
+async function call(method, path, { json, body, raw = false, signal } = {}) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY) ?? ""}` };
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  }
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body, signal });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, "cannot reach the agentbox server: is it still running?");
+  }
+  if (!response.ok) {
+    const error = new ApiError(response.status, await detailOf(response));
+    if (response.status === 401) signOut(error.message);
+    throw error;
+  }
+  if (raw) return response;
+  return response.status === 204 ? null : response.json();
+}
+
+async function detailOf(response) {
+  try {
+    const { detail } = await response.json();
+    if (Array.isArray(detail)) return detail.map((e) => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ");
+    if (detail) return String(detail);
+  } catch {
+    // not JSON: fall through to the status
+  }
+  return `the server answered ${response.status} ${response.statusText}`;
+}
+
+const ws = (id) => `${API}/workspaces/${encodeURIComponent(id)}`;
+
+// --- small helpers ---------------------------------------------------------------------------
+
+function h(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+    else if (name === "dataset") Object.assign(element.dataset, value);
+    else element.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : String(child));
+  }
+  return element;
+}
+
+function showError(error) {
+  if (error?.name === "AbortError") return;
+  const box = document.getElementById("error");
+  document.getElementById("error-text").textContent = error?.message ?? String(error);
+  box.hidden = false;
+}
+
+function clearError() {
+  document.getElementById("error").hidden = true;
+}
+
+// Runs an action from a button: the button says it is busy, an error is shown, never thrown.
+async function act(button, busyText, action) {
+  const text = button?.textContent;
+  if (button) {
+    button.disabled = true;
+    button.textContent = busyText;
+  }
+  try {
+    clearError();
+    return await action();
+  } catch (error) {
+    showError(error);
+  } finally {
+    if (button) {
+      button.disabled = false;
+      button.textContent = text;
+    }
+  }
+}
+
+function confirmed(question, verb = "Confirm") {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = question;
+  document.getElementById("confirm-ok").textContent = verb;
+  dialog.returnValue = "";
+  dialog.showModal();
+  document.getElementById("confirm-ok").focus();
+  return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
+}
+
+const UNITS = { K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+const bytesOf = (size) => Number.parseFloat(size) * (UNITS[String(size).slice(-1)] ?? 1);
+
+function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  for (const [unit, size] of [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
+    if (n >= size) return `${(n / size).toFixed(n >= 10 * size ? 0 : 1)} ${unit}`;
+  }
+  return `${n} B`;
+}
+
+function span(seconds) {
+  const s = Math.abs(seconds);
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400 * 2) return `${(s / 3600).toFixed(s < 36000 ? 1 : 0)} h`;
+  return `${Math.round(s / 86400)} d`;
+}
+
+const since = (iso) => (Date.now() - Date.parse(iso)) / 1000;
+const localTime = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
+
+function expiry(workspace) {
+  if (!workspace.expires_at) return "never";
+  const left = -since(workspace.expires_at);
+  return left > 0 ? `in ${span(left)}` : "now";
+}
+
+function cpuUse(workspace) {
+  const cpu = workspace.usage?.cpu;
+  return cpu === null || cpu === undefined ? "–" : `${Math.round((100 * cpu) / workspace.cpu)}% of ${workspace.cpu}`;
+}
+
+function memoryUse(workspace) {
+  return workspace.usage ? `${bytes(workspace.usage.memory)} / ${bytes(bytesOf(workspace.memory))}` : "–";
+}
+
+const statusBadge = (status) => h("span", { class: `status ${status}` }, status);
+
+// Re-draws `container` with `draw()` only when `signature` changed, keeping keyboard focus on the
+// element with the same data-key (a list that refreshes every few seconds must not steal focus).
+function redraw(container, signature, draw) {
+  if (container.dataset.signature === signature) return;
+  container.dataset.signature = signature;
+  const focused = document.activeElement?.dataset?.key;
+  container.replaceChildren(...[draw()].flat());
+  if (focused) container.querySelector(`[data-key="${CSS.escape(focused)}"]`)?.focus();
+}
+
+// Runs `work` now and every `ms` after it ends; the function returned stops it, and its `now()`
+// runs it at once (after an action, rather than at the next tick).
+function every(ms, work) {
+  let stopped = false;
+  let timer;
+  let round = 0;
+  const tick = async () => {
+    clearTimeout(timer);
+    const mine = ++round;
+    try {
+      await work();
+    } catch (error) {
+      showError(error);
+    }
+    if (!stopped && mine === round) timer = setTimeout(tick, ms);
+  };
+  tick();
+  const stop = () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+  stop.now = tick;
+  return stop;
+}
+
+// --- sign-in ------------------------------------------------------------------------------
+
+let errorAfterRender = null;
+
+function navigate(hash) {
+  if (location.hash === hash) render();
+  else location.hash = hash; // the hashchange renders
+}
+
+function signOut(reason) {
+  sessionStorage.removeItem(KEY);
+  errorAfterRender = reason;
+  navigate("#/signin");
+}
+
+function signInView(main) {
+  const key = h("input", { type: "password", id: "api-key", autocomplete: "current-password", required: true });
+  const button = h("button", { type: "submit" }, "Sign in");
+  const form = h(
+    "form",
+    { class: "card signin", "aria-labelledby": "signin-title" },
+    h("h1", { id: "signin-title" }, "Sign in to agentbox"),
+    h("label", { for: "api-key" }, "API key", key),
+    h("p", { class: "muted" }, "One of the server's WORKSPACE_API_KEYS (make run prints it). It is kept for this tab only."),
+    h("div", { class: "row end" }, button),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    await act(button, "Signing in…", async () => {
+      sessionStorage.setItem(KEY, key.value.trim());
+      await call("GET", `${API}/workspaces`); // a 401 signs out again, saying why
+      navigate("#/");
+    });
+  });
+  main.append(form);
+  key.focus();
+}
+
+// --- workspaces ------------------------------------------------------------------------------
+
+function workspaceActions(workspace, refresh, { open = false } = {}) {
+  const id = workspace.id;
+  const action = (label, busy, path, question, verb, options = {}) =>
+    h(
+      "button",
+      {
+        type: "button",
+        class: `small ${options.danger ? "danger" : "quiet"}`,
+        dataset: { key: `${label}:${id}` },
+        "aria-label": `${label} ${id}`,
+        onclick: async (event) => {
+          if (!(await confirmed(question, verb))) return;
+          await act(event.currentTarget, busy, async () => {
+            await call(options.method ?? "POST", path);
+            await refresh(options.method === "DELETE");
+          });
+        },
+      },
+      label,
+    );
+  const buttons = [];
+  if (open) buttons.push(h("a", { class: "button small quiet", href: `#/w/${id}`, dataset: { key: `open:${id}` } }, "Open"));
+  if (workspace.status === "running") buttons.push(action("Stop", "Stopping…", `${ws(id)}/stop`, `Stop ${id}? Its files are kept; its processes end.`, "Stop"));
+  if (workspace.status === "stopped") buttons.push(action("Start", "Starting…", `${ws(id)}/start`, `Start ${id} again?`, "Start"));
+  if (workspace.ttl_days !== null && workspace.status !== "failed") {
+    const days = workspace.ttl_days;
+    buttons.push(action("Extend", "Extending…", `${ws(id)}/extend`, `Extend ${id} to ${span(days * 86400)} from now?`, "Extend"));
+  }
+  buttons.push(
+    action("Delete", "Deleting…", ws(id), `Delete ${id} and every file in it? This cannot be undone.`, "Delete", {
+      method: "DELETE",
+      danger: true,
+    }),
+  );
+  return h("div", { class: "row" }, buttons);
+}
+
+function createForm(onCreated) {
+  const field = (label, input) => h("label", {}, label, input);
+  const provider = h("select", { name: "provider" }, h("option", { value: "" }, "server default"));
+  const network = h(
+    "select",
+    { name: "network" },
+    h("option", { value: "" }, "server default"),
+    h("option", { value: "egress" }, "internet (egress)"),
+    h("option", { value: "none" }, "none (loopback only)"),
+    h("option", { value: "allow" }, "allow list…"),
+  );
+  const allow = h("input", { name: "allow", placeholder: "pypi.org, 10.0.0.0/8", disabled: true });
+  network.addEventListener("change", () => (allow.disabled = network.value !== "allow"));
+  const inputs = {
+    image: h("input", { name: "image", placeholder: "server default" }),
+    cpu: h("input", { name: "cpu", type: "number", min: "0.1", step: "0.1", placeholder: "default" }),
+    memory: h("input", { name: "memory", placeholder: "e.g. 1G" }),
+    disk: h("input", { name: "disk", placeholder: "e.g. 10G" }),
+    ttl_days: h("input", { name: "ttl_days", type: "number", min: "0.01", step: "any", placeholder: "default" }),
+    labels: h("input", { name: "labels", placeholder: "team=ml, task=42" }),
+  };
+  const button = h("button", { type: "submit", id: "create" }, "Create workspace");
+  const progress = h("p", { class: "notice", role: "status", hidden: true });
+  const form = h(
+    "form",
+    { class: "card", "aria-label": "New workspace" },
+    h("h2", {}, "New workspace"),
+    h(
+      "div",
+      { class: "form-grid" },
+      field("Provider", provider),
+      field("Image", inputs.image),
+      field("CPUs", inputs.cpu),
+      field("Memory", inputs.memory),
+      field("Disk", inputs.disk),
+      field("TTL (days)", inputs.ttl_days),
+      field("Network", network),
+      field("Allowed destinations", allow),
+      field("Labels", inputs.labels),
+      h("div", {}, button),
+    ),
+    progress,
+  );
+  call("GET", `${API}/providers`)
+    .then(({ providers }) => {
+      for (const p of providers.filter((p) => p.available)) provider.append(h("option", { value: p.name }, `${p.name} (${p.runtime})`));
+    })
+    .catch(showError);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = {};
+    if (provider.value) body.provider = provider.value;
+    for (const name of ["image", "memory", "disk"]) if (inputs[name].value.trim()) body[name] = inputs[name].value.trim();
+    for (const name of ["cpu", "ttl_days"]) if (inputs[name].value) body[name] = Number(inputs[name].value);
+    if (network.value === "allow") body.network = { allow: allow.value.split(",").map((s) => s.trim()).filter(Boolean) };
+    else if (network.value) body.network = network.value;
+    const labels = inputs.labels.value.split(",").map((s) => s.trim()).filter(Boolean);
+    if (labels.some((l) => !l.includes("="))) return showError(new Error("Labels: write each as key=value, separated by commas"));
+    body.labels = Object.fromEntries(labels.map((l) => [l.slice(0, l.indexOf("=")).trim(), l.slice(l.indexOf("=") + 1).trim()]));
+    progress.hidden = false;
+    progress.textContent = `Creating a workspace${body.provider ? ` on ${body.provider}` : ""}: booting its sandbox…`;
+    const started = performance.now();
+    const created = await act(button, "Creating…", () => call("POST", `${API}/workspaces`, { json: body }));
+    if (created) {
+      progress.textContent = `Created ${created.id} in ${((performance.now() - started) / 1000).toFixed(1)} s.`;
+      onCreated(created);
+    } else {
+      progress.hidden = true;
+    }
+  });
+  return form;
+}
+
+function workspacesView(main) {
+  const tbody = h("tbody");
+  const empty = h("p", { class: "muted", hidden: true }, "No workspaces yet: create one above.");
+  let latest = [];
+  const refresh = async () => {
+    latest = (await call("GET", `${API}/workspaces`)).workspaces;
+    empty.hidden = latest.length > 0;
+    redraw(tbody, JSON.stringify(latest), () => latest.map((w) => workspaceRow(w, refresh)));
+  };
+  main.append(
+    h("h1", {}, "Workspaces"),
+    createForm(() => refresh().catch(showError)),
+    h(
+      "div",
+      { class: "card table-wrap" },
+      h(
+        "table",
+        { "aria-label": "Workspaces" },
+        h(
+          "thead",
+          {},
+          h("tr", {}, ...["ID", "Status", "Provider", "Runtime", "Image", "CPU", "Memory", "Age", "Expires", "Labels", "Actions"].map((c) => h("th", { scope: "col" }, c))),
+        ),
+        tbody,
+      ),
+      empty,
+    ),
+  );
+  return every(POLL_MS, refresh);
+}
+
+function workspaceRow(w, refresh) {
+  const labels = Object.entries(w.labels).map(([k, v]) => h("span", { class: "label" }, `${k}=${v}`));
+  return h(
+    "tr",
+    { dataset: { workspace: w.id } },
+    h("td", {}, h("a", { href: `#/w/${w.id}`, dataset: { key: `link:${w.id}` } }, w.id)),
+    h("td", {}, statusBadge(w.status), w.error ? h("div", { class: "muted wrap" }, w.error) : null),
+    h("td", {}, w.provider),
+    h("td", {}, w.runtime),
+    h("td", { class: "wrap" }, w.image),
+    h("td", { class: "meter" }, cpuUse(w)),
+    h("td", { class: "meter" }, memoryUse(w)),
+    h("td", { title: localTime(w.created_at) }, span(since(w.created_at))),
+    h("td", { title: localTime(w.expires_at) }, expiry(w), w.ttl_days !== null ? h("div", { class: "muted" }, `TTL ${span(w.ttl_days * 86400)}`) : null),
+    h("td", { class: "wrap" }, labels),
+    h("td", {}, workspaceActions(w, () => refresh(), { open: true })),
+  );
+}
+
+// --- one workspace ---------------------------------------------------------------------------
+
+const TABS = { terminal: "Terminal", processes: "Processes", files: "Files", ports: "Ports", audit: "Audit", usage: "Usage" };
+
+function workspaceView(main, id, tab) {
+  tab = TABS[tab] ? tab : "terminal";
+  const header = h("div", { class: "card" });
+  const panel = h("section", { id: "panel", "aria-label": TABS[tab] });
+  const tabs = h(
+    "nav",
+    { class: "tabs", "aria-label": "Workspace sections" },
+    Object.entries(TABS).map(([name, label]) => h("a", { href: `#/w/${id}/${name}`, "aria-current": name === tab ? "page" : null }, label)),
+  );
+  main.append(h("p", {}, h("a", { href: "#/" }, "← All workspaces")), header, tabs, panel);
+  let undoTab = null;
+  let shownFor = null; // the status the tab was drawn for: a stop or a start draws it again
+  const undo = () => {
+    const undoing = undoTab;
+    undoTab = null;
+    if (typeof undoing?.then === "function") undoing.then((done) => done?.());
+    else undoing?.();
+  };
+  const stopHeader = every(POLL_MS, async () => {
+    let workspace;
+    try {
+      workspace = await call("GET", ws(id));
+    } catch (error) {
+      if (error.status === 404) return navigate("#/");
+      throw error;
+    }
+    redraw(header, JSON.stringify(workspace), () => workspaceHeader(workspace, (deleted) => (deleted ? navigate("#/") : stopHeader.now())));
+    if (workspace.status !== shownFor) {
+      shownFor = workspace.status;
+      undo();
+      panel.replaceChildren();
+      undoTab = VIEWS[tab](panel, workspace);
+    }
+  });
+  return () => {
+    stopHeader();
+    undo();
+  };
+}
+
+function workspaceHeader(w, refresh) {
+  return [
+    h("div", { class: "spread" }, h("h1", {}, w.id, " ", statusBadge(w.status)), workspaceActions(w, refresh)),
+    h(
+      "dl",
+      { class: "facts" },
+      ...[
+        ["Provider", `${w.provider} (${w.runtime})`],
+        ["Image", w.image],
+        ["Size", `${w.cpu} CPU, ${w.memory} memory, ${w.disk} disk`],
+        ["In use", `CPU ${cpuUse(w)}, memory ${memoryUse(w)}`],
+        ["Network", typeof w.network === "string" ? w.network : `allow ${w.network.allow.join(", ")}`],
+        ["Created", `${localTime(w.created_at)} (${span(since(w.created_at))} ago)`],
+        ["Expires", w.expires_at ? `${localTime(w.expires_at)} (${expiry(w)})` : "never (persistent)"],
+        ["Labels", Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "none"],
+        ...(w.error ? [["Error", w.error]] : []),
+      ].flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]),
+    ),
+  ];
+}
+
+function notRunning(panel, w) {
+  if (w.status === "running") return false;
+  panel.append(h("p", { class: "notice" }, `This workspace is ${w.status}: start it to use its ${panel.getAttribute("aria-label").toLowerCase()}.`));
+  return true;
+}
+
+// The terminal: a login shell started as a background process on a PTY, reached over the terminal
+// WebSocket. Its PID is kept for the tab's session, so that coming back re-attaches to the same shell
+// (the server replays what it printed).
+async function terminalTab(panel, w) {
+  if (notRunning(panel, w)) return;
+  let xterm;
+  try {
+    xterm = await Promise.all([import("./vendor/xterm.mjs"), import("./vendor/addon-fit.mjs")]);
+  } catch {
+    panel.append(h("p", { class: "error" }, "The terminal's files are missing on the server: run `make ui` (it needs npm) and reload."));
+    return;
+  }
+  const [{ Terminal }, { FitAddon }] = xterm;
+  const box = h("div", { class: "terminal", id: "terminal" });
+  const state = h("p", { class: "muted", role: "status" }, "Connecting…");
+  panel.append(state, box);
+  const term = new Terminal({ cursorBlink: true, fontSize: 14, fontFamily: '"DejaVu Sans Mono", monospace', scrollback: 5000 });
+  const fit = new FitAddon();
+  term.loadAddon(fit);
+  term.open(box);
+  fit.fit();
+  const remembered = `agentbox.terminal.${w.id}`;
+  let socket;
+  const observer = new ResizeObserver(() => fit.fit());
+  const undo = () => {
+    observer.disconnect();
+    socket?.close();
+    term.dispose();
+  };
+  try {
+    let pid = Number(sessionStorage.getItem(remembered)) || null;
+    if (pid) {
+      const known = await call("GET", `${ws(w.id)}/processes/${pid}`).catch(() => null);
+      if (known?.status !== "running" || !known.pty) pid = null;
+    }
+    if (!pid) {
+      const command = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
+      const started = await call("POST", `${ws(w.id)}/processes`, {
+        json: { command, pty: { cols: term.cols, rows: term.rows }, tag: "dashboard terminal", env: { TERM: "xterm-256color" } },
+      });
+      pid = started.pid;
+      sessionStorage.setItem(remembered, String(pid));
+    }
+    const { token } = await call("POST", `${ws(w.id)}/processes/${pid}/terminal/token`);
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    socket = new WebSocket(`${scheme}://${location.host}${ws(w.id)}/processes/${pid}/terminal?token=${encodeURIComponent(token)}`);
+    socket.binaryType = "arraybuffer";
+    const encoder = new TextEncoder();
+    socket.onopen = () => {
+      state.textContent = `Shell (PID ${pid}) — it keeps running when you leave this page.`;
+      socket.send(JSON.stringify({ cols: term.cols, rows: term.rows }));
+      term.focus();
+    };
+    socket.onmessage = (event) => {
+      if (typeof event.data !== "string") return term.write(new Uint8Array(event.data));
+      const message = JSON.parse(event.data);
+      if (message.error) return showError(new Error(`Terminal: ${message.error}`));
+      sessionStorage.removeItem(remembered);
+      const how = message.signal ? `by ${message.signal}` : `with exit code ${message.exit_code}`;
+      state.textContent = `The shell ended ${how}: open this tab again for a new one.`;
+    };
+    socket.onclose = (event) => {
+      if (event.code !== 1000 && event.code !== 1005) state.textContent = "Disconnected from the terminal: open this tab again to reconnect.";
+    };
+    term.onData((data) => socket.readyState === WebSocket.OPEN && socket.send(encoder.encode(data)));
+    term.onResize(({ cols, rows }) => socket.readyState === WebSocket.OPEN && socket.send(JSON.stringify({ cols, rows })));
+    observer.observe(box);
+  } catch (error) {
+    state.textContent = "No terminal.";
+    showError(error);
+  }
+  return undo;
+}
+
+function processesTab(panel, w) {
+  if (notRunning(panel, w)) return;
+  const command = h("input", { name: "command", placeholder: "python3 -m http.server 8000", required: true, "aria-label": "Command" });
+  const button = h("button", { type: "submit" }, "Start");
+  const tbody = h("tbody");
+  const output = h("pre", { class: "output", "aria-label": "Output", "aria-live": "polite" });
+  const outputTitle = h("h2", { hidden: true });
+  let selected = null;
+  let reading = null;
+  const refresh = async () => {
+    const { processes } = await call("GET", `${ws(w.id)}/processes`);
+    processes.sort((a, b) => b.pid - a.pid);
+    redraw(tbody, JSON.stringify([processes, selected]), () => processes.map(processRow));
+  };
+  const show = (process) => {
+    selected = process.pid;
+    reading?.abort();
+    reading = new AbortController();
+    outputTitle.hidden = false;
+    outputTitle.textContent = `Output of ${process.pid}: ${process.command.join(" ")}`;
+    output.textContent = "";
+    follow(`${ws(w.id)}/processes/${process.pid}/output?follow=true`, output, reading.signal).catch(showError);
+    refresh().catch(showError);
+  };
+  const processRow = (p) =>
+    h(
+      "tr",
+      { class: p.pid === selected ? "selected" : "" },
+      h("td", {}, p.pid),
+      h("td", { class: "wrap" }, p.command.join(" "), p.tag ? h("div", { class: "muted" }, p.tag) : null),
+      h("td", {}, statusBadge(p.status)),
+      h("td", {}, p.started_at ? `${span(since(p.started_at))} ago` : "–"),
+      h("td", {}, p.signal ?? p.exit_code ?? "–"),
+      h(
+        "td",
+        {},
+        h(
+          "div",
+          { class: "row" },
+          h("button", { type: "button", class: "small quiet", dataset: { key: `output:${p.pid}` }, onclick: () => show(p) }, "Output"),
+          p.status === "running"
+            ? h(
+                "button",
+                {
+                  type: "button",
+                  class: "small danger",
+                  dataset: { key: `kill:${p.pid}` },
+                  onclick: async (event) => {
+                    if (!(await confirmed(`Kill process ${p.pid} (${p.command.join(" ")})?`, "Kill"))) return;
+                    await act(event.currentTarget, "Killing…", async () => {
+                      await call("DELETE", `${ws(w.id)}/processes/${p.pid}`);
+                      await refresh();
+                    });
+                  },
+                },
+                "Kill",
+              )
+            : null,
+        ),
+      ),
+    );
+  const form = h("form", { class: "card row", "aria-label": "Start a process" }, command, button);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const started = await act(button, "Starting…", () => call("POST", `${ws(w.id)}/processes`, { json: { command: command.value, cwd: "/workspace" } }));
+    if (started) {
+      command.value = "";
+      show(started);
+    }
+  });
+  panel.append(
+    form,
+    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Processes" }, h("thead", {}, h("tr", {}, ...["PID", "Command", "Status", "Started", "Exit", ""].map((c) => h("th", { scope: "col" }, c)))), tbody)),
+    outputTitle,
+    output,
+  );
+  const stop = every(POLL_MS, refresh);
+  return () => {
+    stop();
+    reading?.abort();
+  };
+}
+
+// Appends a process's output (NDJSON lines) to `pre` as it comes, until it ends or `signal` aborts.
+async function follow(path, pre, signal) {
+  const response = await call("GET", path, { raw: true, signal });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let pending = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      pending += value;
+      const lines = pending.split("\n");
+      pending = lines.pop();
+      for (const line of lines.filter(Boolean)) {
+        const event = JSON.parse(line);
+        if (event.data !== undefined) pre.append(event.data);
+        else if (event.dropped) pre.append(`\n[older output was dropped]\n`);
+        else if (event.error) pre.append(`\n[${event.error}]\n`);
+        else if ("exit_code" in event) pre.append(`\n[ended ${event.signal ? `by ${event.signal}` : `with exit code ${event.exit_code}`}]\n`);
+        pre.scrollTop = pre.scrollHeight;
+      }
+    }
+  } catch (error) {
+    if (error.name !== "AbortError") throw error;
+  }
+}
+
+function filesTab(panel, w) {
+  if (notRunning(panel, w)) return;
+  let dir = sessionStorage.getItem(`agentbox.dir.${w.id}`) || "/workspace";
+  const crumbs = h("nav", { class: "crumbs row", "aria-label": "Folder" });
+  const tbody = h("tbody");
+  const viewer = h("div");
+  const picker = h("input", { type: "file", multiple: true, id: "upload", class: "visually-hidden" });
+  const progress = h("span", { class: "muted", role: "status" });
+  const join = (name) => (dir === "/" ? `/${name}` : `${dir}/${name}`);
+  const open = async (path) => {
+    dir = path;
+    sessionStorage.setItem(`agentbox.dir.${w.id}`, dir);
+    viewer.replaceChildren();
+    await list();
+  };
+  const list = async () => {
+    const listing = await call("GET", `${ws(w.id)}/files?path=${encodeURIComponent(dir)}`);
+    if (listing.type !== "dir") return;
+    const parts = dir.split("/").filter(Boolean);
+    crumbs.replaceChildren(
+      h("button", { type: "button", class: "small quiet", onclick: () => open("/").catch(showError) }, "/"),
+      ...parts.map((part, i) => h("button", { type: "button", class: "small quiet", onclick: () => open(`/${parts.slice(0, i + 1).join("/")}`).catch(showError) }, `${part}/`)),
+    );
+    const entries = listing.entries.sort((a, b) => (b.type === "dir") - (a.type === "dir") || a.name.localeCompare(b.name));
+    tbody.replaceChildren(
+      ...(dir !== "/" ? [h("tr", {}, h("td", {}, h("button", { type: "button", class: "small quiet", onclick: () => open(dir.replace(/\/[^/]+$/, "") || "/").catch(showError) }, "..")), h("td", {}, "dir"), h("td"), h("td"), h("td"))] : []),
+      ...entries.map((e) =>
+        h(
+          "tr",
+          {},
+          h(
+            "td",
+            { class: "wrap" },
+            h("button", { type: "button", class: "small quiet", dataset: { key: `entry:${e.name}` }, onclick: () => (e.type === "dir" ? open(join(e.name)) : view(join(e.name), e)).catch(showError) }, e.type === "dir" ? `${e.name}/` : e.name),
+          ),
+          h("td", {}, e.type),
+          h("td", { class: "meter" }, e.type === "dir" ? "" : bytes(e.size)),
+          h("td", {}, e.mode),
+          h("td", {}, new Date(e.mtime * 1000).toLocaleString()),
+        ),
+      ),
+    );
+    if (!entries.length) tbody.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "Empty folder: drop files here to upload them.")));
+  };
+  const view = async (path, entry) => {
+    const name = path.split("/").pop();
+    const response = await call("GET", `${ws(w.id)}/files?path=${encodeURIComponent(path)}`, { raw: true });
+    const blob = await response.blob();
+    const download = h("button", { type: "button", class: "small", onclick: () => save(blob, name) }, "Download");
+    let body;
+    const text = blob.size <= 1 << 20 ? await blob.text() : null;
+    if (text !== null && !text.includes("\u0000") && !text.includes("\uFFFD")) body = h("pre", { class: "file", "aria-label": `Contents of ${path}` }, text);
+    else body = h("p", { class: "muted" }, blob.size > 1 << 20 ? "Too big to show here: download it." : "A binary file: download it to look inside.");
+    viewer.replaceChildren(h("div", { class: "card" }, h("div", { class: "spread" }, h("h2", {}, path), h("div", { class: "row" }, h("span", { class: "muted" }, `${bytes(entry.size)}, mode ${entry.mode}`), download)), body));
+  };
+  const upload = async (files) => {
+    const all = [...files];
+    try {
+      for (const [i, file] of all.entries()) {
+        progress.textContent = `Uploading ${file.name} (${i + 1} of ${all.length}, ${bytes(file.size)})…`;
+        await call("PUT", `${ws(w.id)}/files?path=${encodeURIComponent(join(file.name))}`, { body: file });
+      }
+      progress.textContent = `Uploaded ${all.length} file${all.length === 1 ? "" : "s"} to ${dir}.`;
+    } catch (error) {
+      progress.textContent = "";
+      showError(error);
+    }
+    await list().catch(showError);
+  };
+  picker.addEventListener("change", () => upload(picker.files).then(() => (picker.value = "")));
+  const drop = h(
+    "div",
+    { class: "card drop table-wrap", id: "drop" },
+    h("div", { class: "spread" }, crumbs, h("div", { class: "row" }, progress, h("label", { class: "button small", for: "upload", tabindex: "0", onkeydown: (e) => (e.key === "Enter" || e.key === " ") && picker.click() }, "Upload files…"), picker)),
+    h("p", { class: "muted" }, "Drop files anywhere on this box to upload them to this folder."),
+    h("table", { "aria-label": "Files" }, h("thead", {}, h("tr", {}, ...["Name", "Type", "Size", "Mode", "Modified"].map((c) => h("th", { scope: "col" }, c)))), tbody),
+  );
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    if (event.dataTransfer.files.length) upload(event.dataTransfer.files);
+  });
+  panel.append(drop, viewer);
+  list().catch(async (error) => {
+    if (error.status === 404 && dir !== "/workspace") return open("/workspace").catch(showError);
+    showError(error);
+  });
+}
+
+function save(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+function portsTab(panel, w) {
+  if (notRunning(panel, w)) return;
+  const tbody = h("tbody");
+  const urls = new Map(); // port -> preview URL (minted once per visit: each lasts an hour)
+  const urlOf = async (port) => {
+    if (!urls.has(port)) urls.set(port, (await call("GET", `${ws(w.id)}/ports/${port}/url`)).url);
+    return urls.get(port);
+  };
+  const refresh = async () => {
+    const { ports } = await call("GET", `${ws(w.id)}/ports`);
+    const links = await Promise.all(ports.map(urlOf));
+    redraw(tbody, JSON.stringify(ports), () =>
+      ports.length
+        ? ports.map((port, i) =>
+            h("tr", {}, h("td", {}, port), h("td", {}, h("a", { href: links[i], target: "_blank", rel: "noopener", class: "button small", dataset: { key: `preview:${port}` } }, `Open preview of port ${port}`))),
+          )
+        : [h("tr", {}, h("td", { colspan: 2, class: "muted" }, "Nothing listens yet. Start a server in the terminal or as a process, e.g. python3 -m http.server 8000."))],
+    );
+  };
+  const port = h("input", { type: "number", min: "1", max: "65535", placeholder: "8000", "aria-label": "Port", required: true });
+  const button = h("button", { type: "submit" }, "Open preview");
+  const form = h("form", { class: "card row", "aria-label": "Open a port" }, h("span", {}, "Another port:"), port, button);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const url = await act(button, "Opening…", () => urlOf(Number(port.value)));
+    if (url) window.open(url, "_blank", "noopener");
+  });
+  panel.append(
+    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Listening ports" }, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Port"), h("th", { scope: "col" }, "Preview"))), tbody)),
+    form,
+    h("p", { class: "muted" }, "A preview URL opens the port without an API key for an hour: share it with care."),
+  );
+  return every(POLL_MS, refresh);
+}
+
+function auditTab(panel, w) {
+  const tbody = h("tbody");
+  const more = h("button", { type: "button", class: "quiet", hidden: true }, "Older records");
+  let before = null;
+  const load = async (append) => {
+    const page = await call("GET", `${ws(w.id)}/audit?limit=50${append && before ? `&before=${before}` : ""}`);
+    before = page.next_before;
+    more.hidden = before === null;
+    const rows = page.records.map((r) =>
+      h(
+        "tr",
+        {},
+        h("td", { title: r.at }, localTime(r.at)),
+        h("td", {}, r.owner ?? "–"),
+        h("td", {}, r.action),
+        h("td", { class: "wrap" }, Object.keys(r.arguments).length ? JSON.stringify(r.arguments) : ""),
+        h("td", {}, r.status),
+        h("td", { class: "meter" }, `${r.duration_ms} ms`),
+      ),
+    );
+    if (append) tbody.append(...rows);
+    else tbody.replaceChildren(...rows);
+    if (!tbody.children.length) tbody.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No calls on this workspace yet.")));
+  };
+  more.addEventListener("click", () => act(more, "Loading…", () => load(true)));
+  const reload = h("button", { type: "button", class: "quiet", onclick: (e) => act(e.currentTarget, "Loading…", () => load(false)) }, "Reload");
+  panel.append(
+    h("div", { class: "spread" }, h("p", { class: "muted" }, "Every call made on this workspace, newest first."), reload),
+    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Audit trail" }, h("thead", {}, h("tr", {}, ...["When", "Who", "Action", "Arguments", "Status", "Took"].map((c) => h("th", { scope: "col" }, c)))), tbody)),
+    more,
+  );
+  load(false).catch(showError);
+}
+
+function usageTab(panel, w) {
+  const charts = h("div", { class: "charts" });
+  const note = h("p", { class: "muted", role: "status" });
+  panel.append(note, charts);
+  const limit = bytesOf(w.memory);
+  return every(5000, async () => {
+    const { interval, samples } = await call("GET", `${ws(w.id)}/usage`);
+    note.textContent = samples.length
+      ? `The last hour, measured every ${interval} s while it runs (kept by this server since it started).`
+      : `No measurements yet: they come every ${interval} s while the workspace runs${w.provider === "e2b" ? " (the e2b provider reports none)" : ""}.`;
+    redraw(charts, JSON.stringify(samples), () => [
+      chart("CPU", samples, (s) => s.cpu, w.cpu, (v) => `${Math.round((100 * v) / w.cpu)}% of ${w.cpu} CPU`, `${w.cpu} CPU`),
+      chart("Memory", samples, (s) => s.memory, limit, (v) => `${bytes(v)} of ${bytes(limit)}`, bytes(limit)),
+    ]);
+  });
+}
+
+// A line chart of the last hour as SVG: time across, 0..max up.
+function chart(title, samples, value, max, format, maxLabel) {
+  const width = 600;
+  const height = 180;
+  const left = 8;
+  const top = 24;
+  const plotHeight = height - top - 20;
+  const now = Date.now();
+  const points = samples
+    .filter((s) => value(s) !== null)
+    .map((s) => [left + ((Date.parse(s.at) - (now - 3600e3)) / 3600e3) * (width - 2 * left), top + plotHeight * (1 - Math.min(1, value(s) / max))]);
+  const last = samples.filter((s) => value(s) !== null).at(-1);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `${title} over the last hour${last ? `, now ${format(value(last))}` : ", no data yet"}`);
+  const add = (tag, attributes, text) => {
+    const element = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attributes)) element.setAttribute(k, v);
+    if (text) element.textContent = text;
+    svg.append(element);
+  };
+  add("line", { class: "axis", x1: left, x2: width - left, y1: top, y2: top });
+  add("line", { class: "axis", x1: left, x2: width - left, y1: top + plotHeight, y2: top + plotHeight });
+  add("text", { x: left, y: 14 }, `${title}: ${last ? format(value(last)) : "no data yet"}`);
+  add("text", { x: left, y: height - 4 }, "1 hour ago");
+  add("text", { x: width - left, y: height - 4, "text-anchor": "end" }, "now");
+  add("text", { x: width - left, y: top - 4, "text-anchor": "end" }, maxLabel);
+  if (points.length) {
+    const line = points.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
+    add("polygon", { class: "area", points: `${points[0][0]},${top + plotHeight} ${line} ${points.at(-1)[0]},${top + plotHeight}` });
+    add("polyline", { class: "line", points: line });
+    const [x, y] = points.at(-1);
+    add("circle", { class: "line", cx: x.toFixed(1), cy: y.toFixed(1), r: 3 });
+  }
+  return h("figure", { class: "card chart" }, svg);
+}
+
+const VIEWS = { terminal: terminalTab, processes: processesTab, files: filesTab, ports: portsTab, audit: auditTab, usage: usageTab };
+
+// --- the server ------------------------------------------------------------------------------
+
+function serverView(main) {
+  const health = h("div", { class: "card" });
+  const capacity = h("div", { class: "card" });
+  const providers = h("tbody");
+  const metrics = h("pre", { class: "output", hidden: true, "aria-label": "Metrics" });
+  main.append(
+    h("h1", {}, "Server"),
+    h("div", { class: "charts" }, health, capacity),
+    h("h2", {}, "Providers"),
+    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Providers" }, h("thead", {}, h("tr", {}, ...["Name", "Available", "Runtime", "Platform", "Active", "Network policies", "Note"].map((c) => h("th", { scope: "col" }, c)))), providers)),
+    h(
+      "div",
+      { class: "card row" },
+      h("a", { href: "/docs", target: "_blank", rel: "noopener" }, "API reference (/docs)"),
+      h("a", { href: "/metrics" }, "Prometheus metrics (/metrics, needs the key)"),
+      h(
+        "button",
+        {
+          type: "button",
+          class: "small quiet",
+          onclick: (event) =>
+            act(event.currentTarget, "Loading…", async () => {
+              metrics.textContent = await (await call("GET", "/metrics", { raw: true })).text();
+              metrics.hidden = false;
+            }),
+        },
+        "Show the metrics here",
+      ),
+    ),
+    metrics,
+  );
+  const facts = (title, pairs) => [h("h2", {}, title), h("dl", { class: "facts" }, ...pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))];
+  return every(5000, async () => {
+    const [state, { providers: list }, room] = await Promise.all([call("GET", `${API}/health`), call("GET", `${API}/providers`), call("GET", `${API}/capacity`)]);
+    redraw(health, JSON.stringify(state), () =>
+      facts("Health", [
+        ["Status", state.status],
+        ["Version", state.version],
+        ["Runtime", state.runtime ?? "none"],
+        ["gVisor", state.gvisor ? `yes, platform ${state.gvisor_platform}${state.runsc_version ? `, runsc ${state.runsc_version}` : ""}` : "no"],
+        ["Why", state.runtime_reason],
+        ["Providers", state.providers.join(", ") || "none"],
+        ["E2B endpoint", state.e2b_api_url ?? "off"],
+      ]),
+    );
+    redraw(capacity, JSON.stringify(room), () =>
+      facts("Capacity", [
+        ["Active workspaces", `${room.active} of ${room.max_concurrent} (WORKSPACE_MAX_CONCURRENT)`],
+        ["Warm pool", room.warm_pool_size ? `${room.warm_pool_ready} of ${room.warm_pool_size} ready` : "off (WORKSPACE_WARM_POOL_SIZE=0)"],
+      ]),
+    );
+    redraw(providers, JSON.stringify(list), () =>
+      list.map((p) =>
+        h(
+          "tr",
+          {},
+          h("td", {}, p.name),
+          h("td", {}, p.available ? "yes" : "no"),
+          h("td", {}, p.runtime ?? "–"),
+          h("td", {}, p.platform ?? "–"),
+          h("td", {}, p.active),
+          h("td", {}, p.capabilities?.network_policies.join(", ") ?? "–"),
+          h("td", { class: "wrap" }, p.reason ?? ""),
+        ),
+      ),
+    );
+  });
+}
+
+// --- routing ---------------------------------------------------------------------------------
+
+let undoView = null;
+
+function render() {
+  undoView?.();
+  undoView = null;
+  clearError();
+  if (errorAfterRender) showError(new Error(errorAfterRender));
+  errorAfterRender = null;
+  const main = document.getElementById("main");
+  main.replaceChildren();
+  const signedIn = Boolean(sessionStorage.getItem(KEY));
+  document.getElementById("nav").hidden = !signedIn;
+  document.getElementById("sign-out").hidden = !signedIn;
+  const [, section = "", id, tab] = location.hash.split("/");
+  for (const link of document.querySelectorAll("#nav a")) {
+    const current = link.dataset.section === (section === "server" ? "server" : "workspaces");
+    if (current) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (!signedIn) {
+    document.title = "Sign in · agentbox";
+    return signInView(main);
+  }
+  if (section === "server") {
+    document.title = "Server · agentbox";
+    undoView = serverView(main);
+  } else if (section === "w" && id) {
+    document.title = `${id} · agentbox`;
+    undoView = workspaceView(main, decodeURIComponent(id), tab);
+  } else {
+    document.title = "Workspaces · agentbox";
+    undoView = workspacesView(main);
+  }
+}
+
+document.getElementById("sign-out").addEventListener("click", () => signOut());
+document.getElementById("error-close").addEventListener("click", clearError);
+window.addEventListener("hashchange", render);
+render();

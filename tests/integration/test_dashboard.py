@@ -1,0 +1,332 @@
+"""The dashboard at /ui, driven in Debian's headless Chromium (through Playwright) against a live
+agentbox whose workspaces are real gVisor sandboxes.
+
+Screenshots of the main pages land in tests/artifacts/dashboard (AGENTBOX_ARTIFACTS to move them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from agentbox.client import APIError, Client
+
+from .conftest import KEYS, Server, eventually
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = os.environ.get("AGENTBOX_CHROMIUM", "/usr/bin/chromium")
+# What the machine notes say Debian's Chromium needs here: no sandbox as root, and no background
+# connections (this machine's closed network refuses them, many at a time).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(os.environ.get("AGENTBOX_ARTIFACTS", Path(__file__).parents[1] / "artifacts")) / "dashboard"
+LAPTOP = {"width": 1366, "height": 860}
+PHONE = {"width": 390, "height": 844}
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/setup-browser.sh)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        # Each launch has a new, empty profile (Playwright makes its own user-data-dir).
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=LAPTOP)
+    context.set_default_timeout(TIMEOUT_MS)
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert errors == [], f"the page threw: {errors}"
+
+
+def sign_in(page: Page, server: Server, owner: str = "alice") -> None:
+    page.goto(server.url + "/")
+    page.get_by_label("API key").fill(KEYS[owner])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Workspaces")).to_be_visible()
+
+
+def shoot(page: Page, name: str) -> None:
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def create_in_dashboard(page: Page, **fields: str) -> str:
+    """Fill the create form, submit it, and return the new workspace's id."""
+    for label, value in fields.items():
+        page.get_by_label(label, exact=True).fill(value)
+    page.get_by_role("button", name="Create workspace").click()
+    said = page.get_by_text(re.compile(r"^Created ws-[0-9a-f]+ in"))
+    expect(said).to_be_visible()
+    found = re.search(r"ws-[0-9a-f]+", said.inner_text())
+    assert found is not None
+    return found.group(0)
+
+
+def confirm(page: Page, button: str) -> None:
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name=button).click()
+
+
+def test_a_workspace_from_sign_in_to_delete(page: Page, server: Server, alice: Client) -> None:
+    """The issue's path: sign in, create, `echo hello` in the terminal, upload a file and see it,
+    start a web server and open its preview, delete."""
+    sign_in(page, server)
+    workspace_id = create_in_dashboard(page, Labels="purpose=dashboard-test")
+    row = page.locator(f'tr[data-workspace="{workspace_id}"]')
+    expect(row).to_contain_text("running")
+    expect(row).to_contain_text("purpose=dashboard-test")
+    expect(row).to_contain_text("runsc")
+    shoot(page, "workspaces")
+
+    # The terminal: keys typed into xterm.js reach a shell in the sandbox, its answer comes back.
+    row.get_by_role("link", name=workspace_id).click()
+    expect(page.get_by_text(re.compile(r"^Shell \(PID \d+\)"))).to_be_visible()
+    page.locator("#terminal").click()
+    page.keyboard.type("echo hel''lo from $(uname -s)\n")  # quoted so the echo itself cannot match
+    expect(page.locator(".xterm-rows")).to_contain_text("hello from Linux")
+    shoot(page, "terminal")
+
+    # Files: upload through the file picker; the listing shows it; it opens as text.
+    page.get_by_role("link", name="Files").click()
+    page.locator("#upload").set_input_files(
+        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"uploaded from the dashboard\n"}]
+    )
+    expect(page.get_by_role("status").filter(has_text="Uploaded 1 file")).to_be_visible()
+    page.get_by_role("button", name="notes.txt").click()
+    expect(page.get_by_label("Contents of /workspace/notes.txt")).to_have_text("uploaded from the dashboard\n")
+    assert alice.exec(workspace_id, "cat /workspace/notes.txt").stdout == "uploaded from the dashboard\n"
+    shoot(page, "files")
+
+    # A web server started as a process; its live output; its port listed; its preview opened.
+    page.get_by_role("link", name="Processes").click()
+    page.get_by_label("Command").fill("python3 -u -m http.server 8000")
+    page.get_by_role("button", name="Start", exact=True).click()
+    expect(page.get_by_label("Output")).to_contain_text("Serving HTTP on")
+    shoot(page, "processes")
+    page.get_by_role("link", name="Ports").click()
+    preview_link = page.get_by_role("link", name="Open preview of port 8000")
+    with page.expect_popup() as opened:
+        preview_link.click()
+    preview = opened.value
+    expect(preview.get_by_role("link", name="notes.txt")).to_be_visible()
+    preview.close()
+    shoot(page, "ports")
+
+    # Delete, confirmed: gone from the list, the API and the engine.
+    page.get_by_role("link", name="← All workspaces").click()
+    page.locator(f'tr[data-workspace="{workspace_id}"]').get_by_role("button", name=f"Delete {workspace_id}").click()
+    confirm(page, "Delete")
+    expect(page.locator(f'tr[data-workspace="{workspace_id}"]')).to_have_count(0)
+    with pytest.raises(APIError) as gone:
+        alice.get(workspace_id)
+    assert gone.value.status_code == 404
+
+
+def test_stop_start_and_extend_ask_first_and_do_it(page: Page, server: Server, alice: Client) -> None:
+    workspace = alice.create(ttl_days=1, labels={"purpose": "dashboard-lifecycle"})
+    try:
+        sign_in(page, server)
+        page.goto(f"{server.url}/ui/#/w/{workspace.id}/processes")
+        header = page.locator(".card").first
+        expect(header).to_contain_text("running")
+
+        header.get_by_role("button", name=f"Stop {workspace.id}").click()
+        page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+        assert alice.get(workspace.id).status == "running"  # cancelled: nothing happened
+
+        header.get_by_role("button", name=f"Stop {workspace.id}").click()
+        confirm(page, "Stop")
+        expect(header).to_contain_text("stopped")
+        assert alice.get(workspace.id).status == "stopped"
+        expect(page.get_by_text("This workspace is stopped")).to_be_visible()
+
+        header.get_by_role("button", name=f"Start {workspace.id}").click()
+        confirm(page, "Start")
+        expect(header.locator(".status")).to_have_text("running")
+
+        before = alice.get(workspace.id).expires_at
+        header.get_by_role("button", name=f"Extend {workspace.id}").click()
+        confirm(page, "Extend")
+        eventually(lambda: alice.get(workspace.id).expires_at != before, timeout=30)
+    finally:
+        alice.delete(workspace.id)
+
+
+def test_drag_and_drop_uploads_into_the_open_folder(page: Page, server: Server, alice: Client) -> None:
+    workspace = alice.create()
+    try:
+        alice.exec(workspace.id, "mkdir -p /workspace/inbox")
+        sign_in(page, server)
+        page.goto(f"{server.url}/ui/#/w/{workspace.id}/files")
+        page.get_by_role("button", name="inbox/").click()
+        expect(page.get_by_text("Empty folder")).to_be_visible()
+        dropped = page.evaluate_handle(
+            """() => {
+                const data = new DataTransfer();
+                data.items.add(new File(["dropped\\n"], "dropped.txt", {type: "text/plain"}));
+                data.items.add(new File([new Uint8Array([0, 1, 2, 255])], "blob.bin"));
+                return data;
+            }"""
+        )
+        page.locator("#drop").dispatch_event("drop", {"dataTransfer": dropped})
+        expect(page.get_by_role("status").filter(has_text="Uploaded 2 files to /workspace/inbox")).to_be_visible()
+        expect(page.get_by_role("button", name="dropped.txt")).to_be_visible()
+        assert alice.exec(workspace.id, "cat /workspace/inbox/dropped.txt").stdout == "dropped\n"
+        assert alice.exec(workspace.id, "od -An -tu1 /workspace/inbox/blob.bin").stdout.split() == [
+            "0",
+            "1",
+            "2",
+            "255",
+        ]
+
+        page.get_by_role("button", name="blob.bin").click()
+        expect(page.get_by_text("A binary file: download it")).to_be_visible()
+        with page.expect_download() as downloading:
+            page.get_by_role("button", name="Download").click()
+        saved = downloading.value
+        assert saved.suggested_filename == "blob.bin"
+        assert Path(saved.path()).read_bytes() == bytes([0, 1, 2, 255])
+    finally:
+        alice.delete(workspace.id)
+
+
+def test_each_owner_sees_only_their_own_and_the_key_lives_in_the_tab(
+    browser: Browser, page: Page, server: Server, alice: Client
+) -> None:
+    workspace = alice.create(labels={"purpose": "dashboard-owners"})
+    try:
+        page.goto(server.url + "/ui/")
+        page.get_by_label("API key").fill("not-a-key")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_contain_text("invalid API key")
+        expect(page.get_by_label("API key")).to_be_visible()
+
+        sign_in(page, server, "bob")
+        expect(page.get_by_text("No workspaces yet")).to_be_visible()
+        expect(page.locator(f'tr[data-workspace="{workspace.id}"]')).to_have_count(0)
+        page.goto(f"{server.url}/ui/#/w/{workspace.id}")  # alice's, by its id: bob is sent back
+        expect(page.get_by_role("heading", name="Workspaces")).to_be_visible()
+
+        assert page.evaluate("localStorage.length") == 0  # kept in the tab's session storage only
+        other = browser.new_page()
+        other.goto(server.url + "/ui/")
+        expect(other.get_by_label("API key")).to_be_visible()
+        other.close()
+
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_label("API key")).to_be_visible()
+        assert page.evaluate("sessionStorage.length") == 0
+    finally:
+        alice.delete(workspace.id)
+
+
+def test_api_errors_read_as_sentences(page: Page, server: Server) -> None:
+    sign_in(page, server)
+    page.get_by_label("Memory", exact=True).fill("lots")
+    page.get_by_role("button", name="Create workspace").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("memory")
+    expect(alert).not_to_contain_text("[object Object]")
+    page.get_by_label("Dismiss the error").click()
+    expect(alert).to_be_hidden()
+
+    page.get_by_label("Memory", exact=True).fill("")
+    page.get_by_label("Labels", exact=True).fill("no-equals-sign")
+    page.get_by_role("button", name="Create workspace").click()
+    expect(alert).to_contain_text("key=value")
+
+
+def test_usage_charts_and_the_server_page(page: Page, server: Server, alice: Client) -> None:
+    workspace = alice.create(cpu=1, memory="512M")
+    try:
+        # Busy for a while: a core's worth of CPU and 64 MiB held.
+        alice.start_process(
+            workspace.id,
+            command=[
+                "python3",
+                "-c",
+                "import time\nb = bytearray(64 << 20)\nend = time.time() + 20\nwhile time.time() < end: pass",
+            ],
+        )
+        busy = eventually(lambda: [s for s in alice.usage(workspace.id).samples if s.cpu and s.cpu > 0.5], timeout=40)
+        assert busy and all(s.memory > 64 << 20 for s in busy)
+        assert alice.get(workspace.id).usage is not None
+
+        sign_in(page, server)
+        page.goto(f"{server.url}/ui/#/w/{workspace.id}/usage")
+        expect(page.get_by_role("img", name=re.compile(r"^CPU over the last hour, now \d+% of 1 CPU"))).to_be_visible()
+        expect(
+            page.get_by_role("img", name=re.compile(r"^Memory over the last hour, now \d+ MiB of 512 MiB"))
+        ).to_be_visible()
+        shoot(page, "usage")
+
+        page.get_by_role("link", name="Audit").click()
+        expect(page.get_by_role("table", name="Audit trail")).to_contain_text("POST /processes")
+        shoot(page, "audit")
+
+        page.get_by_role("link", name="Server").click()
+        expect(page.get_by_role("heading", name="Health")).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^yes, platform (systrap|ptrace)"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^\d+ of 10 \(WORKSPACE_MAX_CONCURRENT\)"))).to_be_visible()
+        expect(page.get_by_text("off (WORKSPACE_WARM_POOL_SIZE=0)")).to_be_visible()
+        providers = page.get_by_role("table", name="Providers")
+        expect(providers).to_contain_text("gvisor")
+        expect(providers).to_contain_text("runsc")
+        expect(page.get_by_role("link", name="API reference (/docs)")).to_have_attribute("href", "/docs")
+        page.get_by_role("button", name="Show the metrics here").click()
+        expect(page.get_by_label("Metrics")).to_contain_text("agentbox_")
+        shoot(page, "server")
+    finally:
+        alice.delete(workspace.id)
+
+
+def test_a_narrow_window_by_keyboard_alone(browser: Browser, server: Server, alice: Client) -> None:
+    workspace = alice.create(labels={"purpose": "dashboard-narrow"})
+    context = browser.new_context(viewport=PHONE)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(server.url + "/ui/")
+        page.keyboard.type(KEYS["alice"])  # the key field has the focus
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", name="Workspaces")).to_be_visible()
+        link = page.get_by_role("link", name=workspace.id)
+        for _ in range(80):  # Tab until the workspace's link has the focus, then open it
+            page.keyboard.press("Tab")
+            if link.evaluate("element => element === document.activeElement"):
+                break
+        else:
+            pytest.fail("the workspace's link cannot be reached with Tab")
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", name=workspace.id)).to_be_visible()
+        # Nothing wider than the window: tables scroll inside their own box.
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        expect(page.get_by_text(re.compile(r"^Shell \(PID \d+\)"))).to_be_visible()
+        shoot(page, "narrow")
+    finally:
+        context.close()
+        alice.delete(workspace.id)
