@@ -66,7 +66,7 @@ lint: venv
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: setup
+bench: setup browser
 	$(BIN)/python bench/run.py
 
 doctor: venv helper

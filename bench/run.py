@@ -125,6 +125,7 @@ def main() -> None:
             runtime = api.get("/health").json()["runtime"]
             print(f"==> runtime {runtime}, image {IMAGE}, {args.rounds} rounds each", flush=True)
             results |= cold_and_exec(api, engine, runtime, args.rounds)
+            results |= dashboard(str(api.base_url).removesuffix("/api/v1"), engine, runtime, args.rounds)
             results |= pauses(api, args.rounds)
             density = idle_density(api, engine, args.idle)
             server_pid = SERVER_PIDS[str(api.base_url)]
@@ -238,6 +239,60 @@ def pauses(api: httpx.Client, rounds: int) -> dict[str, list[float]]:
             if kind == "files":  # a boot: the next round's process
                 sleeper = api.post(f"{base}/processes", json={"command": ["sleep", "infinity"]}).json()["pid"]
         api.delete(base)
+    return results
+
+
+def dashboard(root: str, engine: docker.DockerClient, runtime: str, rounds: int) -> dict[str, list[float]]:
+    """What a dashboard user waits for, in Debian's headless Chromium: the workspace list drawn after a
+    reload, and a workspace made with the form until `echo` answers in its terminal (the form, the
+    page, the shell and its WebSocket: to set against create_api + exec_api). And what the usage
+    sampler pays per workspace: its cgroup read against the engine's stats call."""
+    from playwright.sync_api import sync_playwright
+
+    from agentbox.providers.docker.usage import cgroup_usage
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from tests.browser import launch
+
+    print("==> the dashboard in Chromium: list, create to terminal output; usage: cgroup vs engine stats", flush=True)
+    results: dict[str, list[float]] = {"dashboard_list": [], "dashboard_create_to_terminal": []}
+    api = httpx.Client(base_url=f"{root}/api/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page(viewport={"width": 1366, "height": 860})
+        page.goto(f"{root}/ui/")
+        page.get_by_label("API key").fill(KEY)
+        page.get_by_role("button", name="Sign in").click()
+        for _ in range(rounds):
+            page.goto(f"{root}/ui/#/")
+            started = time.perf_counter()
+            page.get_by_role("button", name="Create workspace").click()
+            said = page.wait_for_selector("text=/^Created ws-/").inner_text()
+            workspace_id = said.split()[1]
+            page.click(f"a[href='#/w/{workspace_id}']")
+            page.click("#terminal .xterm-screen", timeout=60_000)
+            page.wait_for_selector("text=/^Shell \\(PID/")
+            page.keyboard.type("echo ready-$((40 + 2))\n")
+            page.wait_for_function(
+                "() => document.querySelector('.xterm-rows')?.textContent.includes('ready-42')", polling="raf"
+            )
+            results["dashboard_create_to_terminal"].append((time.perf_counter() - started) * 1000)
+            page.goto(f"{root}/ui/#/")
+            started = time.perf_counter()
+            page.reload()
+            page.wait_for_selector(f"tr[data-workspace='{workspace_id}']")
+            results["dashboard_list"].append((time.perf_counter() - started) * 1000)
+            api.delete(f"/workspaces/{workspace_id}").raise_for_status()
+        browser.close()
+    api.close()
+    container = engine.containers.run(IMAGE, ["sleep", "infinity"], runtime=runtime, detach=True)
+    try:
+        results["usage_cgroup"] = timed(lambda: cgroup_usage(container.id), rounds)
+        results["usage_engine_stats"] = timed(
+            lambda: engine.api.stats(container.id, stream=False, one_shot=True), rounds
+        )
+    finally:
+        container.remove(force=True)
     return results
 
 
@@ -718,6 +773,14 @@ def report(
         "exec_api_over_raw_p50": round(summary["exec_api"]["p50_ms"] / summary["exec_raw"]["p50_ms"], 2),
         "claim_over_cold_create_p50": round(summary["claim_api"]["p50_ms"] / summary["create_api"]["p50_ms"], 3),
         "e2b_run_over_exec_api_p50": round(summary["e2b_run"]["p50_ms"] / summary["exec_api"]["p50_ms"], 2),
+        "dashboard_create_to_terminal_over_api_create_exec_p50": round(
+            summary["dashboard_create_to_terminal"]["p50_ms"]
+            / (summary["create_api"]["p50_ms"] + summary["exec_api"]["p50_ms"]),
+            2,
+        ),
+        "usage_engine_stats_over_cgroup_p50": round(  # from the samples: a cgroup read rounds to 0.0 ms
+            statistics.median(results["usage_engine_stats"]) / statistics.median(results["usage_cgroup"])
+        ),
         "resume_memory_over_files_p50": round(
             summary["resume_memory"]["p50_ms"] / summary["resume_files"]["p50_ms"], 2
         ),

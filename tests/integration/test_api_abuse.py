@@ -105,6 +105,8 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
                 "GET", f"/workspaces/{victim}/ports/8000/url"
             ),
             ("GET", "/api/v1/workspaces/{workspace_id}/audit"): lambda: bob.audit(victim),
+            ("GET", "/api/v1/workspaces/{workspace_id}/usage"): lambda: bob.usage(victim),
+            ("GET", "/api/v1/workspaces/{workspace_id}/ports"): lambda: bob.listening_ports(victim),
             ("POST", f"{processes}"): lambda: bob.start_process(victim, ["true"]),
             ("GET", f"{processes}"): lambda: bob.processes(victim),
             ("GET", f"{process}"): lambda: bob.process(victim, 1),

@@ -15,23 +15,12 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from agentbox.client import APIError, Client
+from tests.browser import launch
 
 from .conftest import KEYS, Server, eventually
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("AGENTBOX_CHROMIUM", "/usr/bin/chromium")
-# What the machine notes say Debian's Chromium needs here: no sandbox as root, and no background
-# connections (this machine's closed network refuses them, many at a time).
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(os.environ.get("AGENTBOX_ARTIFACTS", Path(__file__).parents[1] / "artifacts")) / "dashboard"
 LAPTOP = {"width": 1366, "height": 860}
 PHONE = {"width": 390, "height": 844}
@@ -40,12 +29,9 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/setup-browser.sh)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        # Each launch has a new, empty profile (Playwright makes its own user-data-dir).
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        launched = launch(playwright)
         yield launched
         launched.close()
 

@@ -318,3 +318,15 @@ def test_the_audit_trail_records_each_call_without_contents_or_env_values(alice:
     rest = alice.audit(workspace.id, limit=3, before=first.next_before)
     assert [r.action for r in rest.records] == ["POST /exec"] and rest.next_before is None
     assert refused(lambda: bob.audit(workspace.id)).status_code == 404
+
+
+def test_the_dashboard_is_served_from_the_package_under_its_policy(app: TestClient) -> None:
+    root = app.get("/", follow_redirects=False)
+    assert root.status_code == 307 and root.headers["location"] == "/ui/"
+    page = app.get("/ui/")
+    assert page.status_code == 200 and '<script type="module" src="app.js">' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    script = app.get("/ui/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "frame-ancestors 'none'" in script.headers["content-security-policy"]
+    assert app.get("/ui/nothing.js").status_code == 404
