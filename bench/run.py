@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
@@ -125,7 +126,7 @@ def main() -> None:
             runtime = api.get("/health").json()["runtime"]
             print(f"==> runtime {runtime}, image {IMAGE}, {args.rounds} rounds each", flush=True)
             results |= cold_and_exec(api, engine, runtime, args.rounds)
-            results |= dashboard(str(api.base_url).removesuffix("/api/v1"), engine, runtime, args.rounds)
+            results |= dashboard(str(api.base_url).rstrip("/").removesuffix("/api/v1"), engine, runtime, args.rounds)
             results |= pauses(api, args.rounds)
             density = idle_density(api, engine, args.idle)
             server_pid = SERVER_PIDS[str(api.base_url)]
@@ -263,26 +264,36 @@ def dashboard(root: str, engine: docker.DockerClient, runtime: str, rounds: int)
         page.goto(f"{root}/ui/")
         page.get_by_label("API key").fill(KEY)
         page.get_by_role("button", name="Sign in").click()
+
+        # Waits poll on each frame (Playwright's own waits for text back off to 1 s between looks).
+        def shown(script: str) -> None:
+            page.wait_for_function(script, polling="raf", timeout=60_000)
+
         for _ in range(rounds):
             page.goto(f"{root}/ui/#/")
-            started = time.perf_counter()
+            steps = [time.perf_counter()]
             page.get_by_role("button", name="Create workspace").click()
-            said = page.wait_for_selector("text=/^Created ws-/").inner_text()
-            workspace_id = said.split()[1]
+            shown("() => document.querySelector('[role=status]')?.textContent.startsWith('Created ws-')")
+            steps.append(time.perf_counter())
+            workspace_id = page.locator("[role=status]").first.inner_text().split()[1]
             page.click(f"a[href='#/w/{workspace_id}']")
-            page.click("#terminal .xterm-screen", timeout=60_000)
-            page.wait_for_selector("text=/^Shell \\(PID/")
+            shown("() => document.querySelector('[role=status]')?.textContent.startsWith('Shell (PID')")
+            steps.append(time.perf_counter())
+            page.click("#terminal .xterm-screen")
             page.keyboard.type("echo ready-$((40 + 2))\n")
-            page.wait_for_function(
-                "() => document.querySelector('.xterm-rows')?.textContent.includes('ready-42')", polling="raf"
-            )
-            results["dashboard_create_to_terminal"].append((time.perf_counter() - started) * 1000)
+            shown("() => document.querySelector('.xterm-rows')?.textContent.includes('ready-42')")
+            steps.append(time.perf_counter())
+            names = ("dashboard_create", "dashboard_open_terminal", "dashboard_echo")
+            for name, begun, ended in zip(names, steps, steps[1:], strict=False):
+                results.setdefault(name, []).append((ended - begun) * 1000)
+            results["dashboard_create_to_terminal"].append((steps[-1] - steps[0]) * 1000)
             page.goto(f"{root}/ui/#/")
             started = time.perf_counter()
             page.reload()
-            page.wait_for_selector(f"tr[data-workspace='{workspace_id}']")
+            shown(f"() => document.querySelector(\"tr[data-workspace='{workspace_id}']\") !== null")
             results["dashboard_list"].append((time.perf_counter() - started) * 1000)
             api.delete(f"/workspaces/{workspace_id}").raise_for_status()
+        results["dashboard_keystroke"] = _keystrokes(page, root, api, rounds)
         browser.close()
     api.close()
     container = engine.containers.run(IMAGE, ["sleep", "infinity"], runtime=runtime, detach=True)
@@ -294,6 +305,35 @@ def dashboard(root: str, engine: docker.DockerClient, runtime: str, rounds: int)
     finally:
         container.remove(force=True)
     return results
+
+
+def _keystrokes(page: Any, root: str, api: httpx.Client, rounds: int) -> list[float]:
+    """A key's echo in the dashboard's terminal, timed in the page: keydown to the echoed character drawn."""
+    workspace_id = api.post("/workspaces", json={}).raise_for_status().json()["id"]
+    page.goto(f"{root}/ui/#/w/{workspace_id}/terminal")
+    page.wait_for_function("() => document.querySelector('.xterm-rows')?.textContent.includes('$')", polling="raf")
+    page.click("#terminal .xterm-screen")
+    page.evaluate(
+        """() => {
+            window.echoes = [];
+            let pressed = 0, typed = '', key = '';
+            const rows = document.querySelector('.xterm-rows');
+            document.addEventListener('keydown', (e) => { pressed = performance.now(); key = e.key; }, true);
+            new MutationObserver(() => {
+                if (key && rows.textContent.includes('$ ' + typed + key)) {
+                    window.echoes.push(performance.now() - pressed);
+                    typed += key;
+                    key = '';
+                }
+            }).observe(rows, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    for i in range(rounds):
+        page.keyboard.press("abcdefghijklmnopqrstuvwxyz"[i % 26])
+        page.wait_for_function(f"() => window.echoes.length > {i}", polling="raf")
+    echoes: list[float] = page.evaluate("window.echoes")
+    api.delete(f"/workspaces/{workspace_id}").raise_for_status()
+    return echoes
 
 
 def agent_tools(api: httpx.Client, workspace_id: str, rounds: int) -> dict[str, list[float]]:
