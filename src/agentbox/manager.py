@@ -463,8 +463,11 @@ class WorkspaceManager:
         return provider.connect(ref, port)
 
     def listening_ports(self, owner: str, workspace_id: str) -> list[int]:
-        """The TCP ports something listens on in the workspace (any address), ascending."""
-        provider, ref = self._target(owner, workspace_id)
+        """The TCP ports something listens on in the workspace (any address), ascending. A look, not a
+        use: a dashboard asks every few seconds, which must not keep an idle workspace from expiring."""
+        workspace = self.get(owner, workspace_id)
+        self._require(workspace, Status.RUNNING, "list the ports of")
+        provider, ref = self._provider(workspace.provider), self._ref(workspace)
         found: set[int] = set()
         for table in listening.TABLES:
             try:

@@ -20,6 +20,9 @@ router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/audit", tags=["work
 
 _ON_WORKSPACE = re.compile(r"^/api/v1/workspaces/([^/]+)(/.*)?$")
 _PREFIX = "/api/v1/workspaces/{workspace_id}"
+#: Reads of a workspace's state that touch nothing in it: a dashboard asks them every few seconds,
+#: and the trail is of what was done. Left out when they succeed; a refused one is still kept.
+_STATUS_READS = frozenset({None, "/", "/usage", "/ports", "/processes"})
 #: JSON bodies up to this size are summarized in the trail (bigger ones: only their size).
 MAX_SUMMARIZED_BODY = 16 << 20
 
@@ -78,7 +81,8 @@ class AuditTrail:
         finally:
             service = scope["app"].state.service
             manager = service.manager if service is not None else None
-            if manager is not None:
+            status_read = method == "GET" and on.group(2) in _STATUS_READS and 0 < status < 400
+            if manager is not None and not status_read:
                 route = scope.get("route")
                 template = getattr(route, "path", _PREFIX + (on.group(2) or ""))
                 manager.audit.record(

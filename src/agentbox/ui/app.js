@@ -5,6 +5,7 @@
 const KEY = "agentbox.key";
 const API = "/api/v1";
 const POLL_MS = 3000;
+const SHOWN_BYTES = 1 << 20; // files up to this size are shown as text; bigger ones only downloaded
 
 class ApiError extends Error {
   constructor(status, detail) {
@@ -144,6 +145,13 @@ function cpuUse(workspace) {
 function memoryUse(workspace) {
   return workspace.usage ? `${bytes(workspace.usage.memory)} / ${bytes(bytesOf(workspace.memory))}` : "–";
 }
+
+// A table with a header row of `columns`, named `label` for assistive technology; its rows go in `tbody`.
+const table = (label, columns, tbody) =>
+  h("table", { "aria-label": label }, h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))), tbody);
+
+// A list of [term, value] pairs, as a definition list.
+const facts = (pairs) => h("dl", { class: "facts" }, pairs.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
 
 const statusBadge = (status) => h("span", { class: `status ${status}` }, status);
 
@@ -347,16 +355,7 @@ function workspacesView(main) {
     h(
       "div",
       { class: "card table-wrap" },
-      h(
-        "table",
-        { "aria-label": "Workspaces" },
-        h(
-          "thead",
-          {},
-          h("tr", {}, ...["ID", "Status", "Provider", "Runtime", "Image", "CPU", "Memory", "Age", "Expires", "Labels", "Actions"].map((c) => h("th", { scope: "col" }, c))),
-        ),
-        tbody,
-      ),
+      table("Workspaces", ["ID", "Status", "Provider", "Runtime", "Image", "CPU", "Memory", "Age", "Expires", "Labels", "Actions"], tbody),
       empty,
     ),
   );
@@ -429,21 +428,17 @@ function workspaceView(main, id, tab) {
 function workspaceHeader(w, refresh) {
   return [
     h("div", { class: "spread" }, h("h1", {}, w.id, " ", statusBadge(w.status)), workspaceActions(w, refresh)),
-    h(
-      "dl",
-      { class: "facts" },
-      ...[
-        ["Provider", `${w.provider} (${w.runtime})`],
-        ["Image", w.image],
-        ["Size", `${w.cpu} CPU, ${w.memory} memory, ${w.disk} disk`],
-        ["In use", `CPU ${cpuUse(w)}, memory ${memoryUse(w)}`],
-        ["Network", typeof w.network === "string" ? w.network : `allow ${w.network.allow.join(", ")}`],
-        ["Created", `${localTime(w.created_at)} (${span(since(w.created_at))} ago)`],
-        ["Expires", w.expires_at ? `${localTime(w.expires_at)} (${expiry(w)})` : "never (persistent)"],
-        ["Labels", Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "none"],
-        ...(w.error ? [["Error", w.error]] : []),
-      ].flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]),
-    ),
+    facts([
+      ["Provider", `${w.provider} (${w.runtime})`],
+      ["Image", w.image],
+      ["Size", `${w.cpu} CPU, ${w.memory} memory, ${w.disk} disk`],
+      ["In use", `CPU ${cpuUse(w)}, memory ${memoryUse(w)}`],
+      ["Network", typeof w.network === "string" ? w.network : `allow ${w.network.allow.join(", ")}`],
+      ["Created", `${localTime(w.created_at)} (${span(since(w.created_at))} ago)`],
+      ["Expires", w.expires_at ? `${localTime(w.expires_at)} (${expiry(w)})` : "never (persistent)"],
+      ["Labels", Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "none"],
+      ...(w.error ? [["Error", w.error]] : []),
+    ]),
   ];
 }
 
@@ -599,7 +594,7 @@ function processesTab(panel, w) {
   });
   panel.append(
     form,
-    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Processes" }, h("thead", {}, h("tr", {}, ...["PID", "Command", "Status", "Started", "Exit", ""].map((c) => h("th", { scope: "col" }, c)))), tbody)),
+    h("div", { class: "card table-wrap" }, table("Processes", ["PID", "Command", "Status", "Started", "Exit", ""], tbody)),
     outputTitle,
     output,
   );
@@ -680,15 +675,16 @@ function filesTab(panel, w) {
     );
     if (!entries.length) tbody.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "Empty folder: drop files here to upload them.")));
   };
+  // Small files are fetched to be shown; a big one only when it is downloaded.
   const view = async (path, entry) => {
     const name = path.split("/").pop();
-    const response = await call("GET", `${ws(w.id)}/files?path=${encodeURIComponent(path)}`, { raw: true });
-    const blob = await response.blob();
-    const download = h("button", { type: "button", class: "small", onclick: () => save(blob, name) }, "Download");
+    const fetchBlob = async () => (await call("GET", `${ws(w.id)}/files?path=${encodeURIComponent(path)}`, { raw: true })).blob();
+    const blob = entry.size <= SHOWN_BYTES ? await fetchBlob() : null;
+    const download = h("button", { type: "button", class: "small", onclick: (event) => act(event.currentTarget, "Downloading…", async () => save(blob ?? (await fetchBlob()), name)) }, "Download");
+    const text = blob ? await blob.text() : null;
     let body;
-    const text = blob.size <= 1 << 20 ? await blob.text() : null;
     if (text !== null && !text.includes("\u0000") && !text.includes("\uFFFD")) body = h("pre", { class: "file", "aria-label": `Contents of ${path}` }, text);
-    else body = h("p", { class: "muted" }, blob.size > 1 << 20 ? "Too big to show here: download it." : "A binary file: download it to look inside.");
+    else body = h("p", { class: "muted" }, blob ? "A binary file: download it to look inside." : "Too big to show here: download it.");
     viewer.replaceChildren(h("div", { class: "card" }, h("div", { class: "spread" }, h("h2", {}, path), h("div", { class: "row" }, h("span", { class: "muted" }, `${bytes(entry.size)}, mode ${entry.mode}`), download)), body));
   };
   const upload = async (files) => {
@@ -711,7 +707,7 @@ function filesTab(panel, w) {
     { class: "card drop table-wrap", id: "drop" },
     h("div", { class: "spread" }, crumbs, h("div", { class: "row" }, progress, h("label", { class: "button small", for: "upload", tabindex: "0", onkeydown: (e) => (e.key === "Enter" || e.key === " ") && picker.click() }, "Upload files…"), picker)),
     h("p", { class: "muted" }, "Drop files anywhere on this box to upload them to this folder."),
-    h("table", { "aria-label": "Files" }, h("thead", {}, h("tr", {}, ...["Name", "Type", "Size", "Mode", "Modified"].map((c) => h("th", { scope: "col" }, c)))), tbody),
+    table("Files", ["Name", "Type", "Size", "Mode", "Modified"], tbody),
   );
   drop.addEventListener("dragover", (event) => {
     event.preventDefault();
@@ -767,7 +763,7 @@ function portsTab(panel, w) {
     if (url) window.open(url, "_blank", "noopener");
   });
   panel.append(
-    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Listening ports" }, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Port"), h("th", { scope: "col" }, "Preview"))), tbody)),
+    h("div", { class: "card table-wrap" }, table("Listening ports", ["Port", "Preview"], tbody)),
     form,
     h("p", { class: "muted" }, "A preview URL opens the port without an API key for an hour: share it with care."),
   );
@@ -802,7 +798,7 @@ function auditTab(panel, w) {
   const reload = h("button", { type: "button", class: "quiet", onclick: (e) => act(e.currentTarget, "Loading…", () => load(false)) }, "Reload");
   panel.append(
     h("div", { class: "spread" }, h("p", { class: "muted" }, "Every call made on this workspace, newest first."), reload),
-    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Audit trail" }, h("thead", {}, h("tr", {}, ...["When", "Who", "Action", "Arguments", "Status", "Took"].map((c) => h("th", { scope: "col" }, c)))), tbody)),
+    h("div", { class: "card table-wrap" }, table("Audit trail", ["When", "Who", "Action", "Arguments", "Status", "Took"], tbody)),
     more,
   );
   load(false).catch(showError);
@@ -876,7 +872,7 @@ function serverView(main) {
     h("h1", {}, "Server"),
     h("div", { class: "charts" }, health, capacity),
     h("h2", {}, "Providers"),
-    h("div", { class: "card table-wrap" }, h("table", { "aria-label": "Providers" }, h("thead", {}, h("tr", {}, ...["Name", "Available", "Runtime", "Platform", "Active", "Network policies", "Note"].map((c) => h("th", { scope: "col" }, c)))), providers)),
+    h("div", { class: "card table-wrap" }, table("Providers", ["Name", "Available", "Runtime", "Platform", "Active", "Network policies", "Note"], providers)),
     h(
       "div",
       { class: "card row" },
@@ -898,11 +894,11 @@ function serverView(main) {
     ),
     metrics,
   );
-  const facts = (title, pairs) => [h("h2", {}, title), h("dl", { class: "facts" }, ...pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))];
+  const titled = (title, pairs) => [h("h2", {}, title), facts(pairs)];
   return every(5000, async () => {
     const [state, { providers: list }, room] = await Promise.all([call("GET", `${API}/health`), call("GET", `${API}/providers`), call("GET", `${API}/capacity`)]);
     redraw(health, JSON.stringify(state), () =>
-      facts("Health", [
+      titled("Health", [
         ["Status", state.status],
         ["Version", state.version],
         ["Runtime", state.runtime ?? "none"],
@@ -913,7 +909,7 @@ function serverView(main) {
       ]),
     );
     redraw(capacity, JSON.stringify(room), () =>
-      facts("Capacity", [
+      titled("Capacity", [
         ["Active workspaces", `${room.active} of ${room.max_concurrent} (WORKSPACE_MAX_CONCURRENT)`],
         ["Warm pool", room.warm_pool_size ? `${room.warm_pool_ready} of ${room.warm_pool_size} ready` : "off (WORKSPACE_WARM_POOL_SIZE=0)"],
       ]),
