@@ -527,7 +527,7 @@ function processesTab(panel, w) {
   const command = h("input", { name: "command", placeholder: "python3 -m http.server 8000", required: true, "aria-label": "Command" });
   const button = h("button", { type: "submit" }, "Start");
   const tbody = h("tbody");
-  const output = h("pre", { class: "output", "aria-label": "Output", "aria-live": "polite" });
+  const output = h("pre", { class: "output", "aria-label": "Output", "aria-live": "polite", hidden: true });
   const outputTitle = h("h2", { hidden: true });
   let selected = null;
   let reading = null;
@@ -540,7 +540,7 @@ function processesTab(panel, w) {
     selected = process.pid;
     reading?.abort();
     reading = new AbortController();
-    outputTitle.hidden = false;
+    outputTitle.hidden = output.hidden = false;
     outputTitle.textContent = `Output of ${process.pid}: ${process.command.join(" ")}`;
     output.textContent = "";
     follow(`${ws(w.id)}/processes/${process.pid}/output?follow=true`, output, reading.signal).catch(showError);
