@@ -294,6 +294,7 @@ def dashboard(root: str, engine: docker.DockerClient, runtime: str, rounds: int)
             results["dashboard_list"].append((time.perf_counter() - started) * 1000)
             api.delete(f"/workspaces/{workspace_id}").raise_for_status()
         results["dashboard_keystroke"] = _keystrokes(page, root, api, rounds)
+        results["terminal_socket_echo"] = _socket_echoes(root, api, rounds)
         browser.close()
     api.close()
     container = engine.containers.run(IMAGE, ["sleep", "infinity"], runtime=runtime, detach=True)
@@ -332,6 +333,26 @@ def _keystrokes(page: Any, root: str, api: httpx.Client, rounds: int) -> list[fl
         page.keyboard.press("abcdefghijklmnopqrstuvwxyz"[i % 26])
         page.wait_for_function(f"() => window.echoes.length > {i}", polling="raf")
     echoes: list[float] = page.evaluate("window.echoes")
+    api.delete(f"/workspaces/{workspace_id}").raise_for_status()
+    return echoes
+
+
+def _socket_echoes(root: str, api: httpx.Client, rounds: int) -> list[float]:
+    """A byte's echo through the terminal WebSocket alone (`cat` on a PTY), for a client outside a browser."""
+    from websockets.sync.client import connect
+
+    workspace_id = api.post("/workspaces", json={}).raise_for_status().json()["id"]
+    base = f"/workspaces/{workspace_id}/processes"
+    pid = api.post(base, json={"command": ["cat"], "pty": {"cols": 80, "rows": 24}}).raise_for_status().json()["pid"]
+    token = api.post(f"{base}/{pid}/terminal/token").raise_for_status().json()["token"]
+    echoes = []
+    with connect(f"{root.replace('http', 'ws', 1)}/api/v1{base}/{pid}/terminal?token={token}") as socket:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            socket.send(b"x")
+            while b"x" not in socket.recv():
+                pass
+            echoes.append((time.perf_counter() - started) * 1000)
     api.delete(f"/workspaces/{workspace_id}").raise_for_status()
     return echoes
 
