@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from agentbox.errors import AgentboxError
 from agentbox.models import utcnow
@@ -60,8 +60,9 @@ class UsageHistory:
 
     def of(self, workspace_id: str) -> list[UsageSample]:
         """The samples of the last hour, oldest first (empty: none yet, or its provider cannot measure)."""
+        since = self._clock() - timedelta(seconds=SPAN_SECONDS)  # the deque's length assumes rounds on time
         with self._lock:
-            return list(self._samples.get(workspace_id, ()))
+            return [s for s in self._samples.get(workspace_id, ()) if s.at >= since]
 
     def latest(self, workspace_id: str) -> UsageSample | None:
         with self._lock:

@@ -64,11 +64,16 @@ def test_the_history_is_an_hour_long() -> None:
     clock, measured = Clock(), {"ws-a": Usage(cpu_seconds=0.0, memory_bytes=MiB)}
     history = UsageHistory(lambda: dict(measured), interval=60, clock=clock)
     for _ in range(90):  # an hour and a half, a sample a minute
-        history.sample()
         clock.advance(60)
+        history.sample()
     samples = history.of("ws-a")
     assert len(samples) == SPAN_SECONDS // 60 + 1
     assert (samples[-1].at - samples[0].at).total_seconds() == SPAN_SECONDS
+    late = UsageHistory(lambda: dict(measured), interval=60, clock=clock)
+    for _ in range(90):  # rounds late (every 2 minutes): still only the last hour
+        clock.advance(120)
+        late.sample()
+    assert len(late.of("ws-a")) == SPAN_SECONDS // 120 + 1
     del measured["ws-a"]
     clock.advance(SPAN_SECONDS + 60)  # gone for over an hour: forgotten
     history.sample()
