@@ -444,6 +444,10 @@ class WorkspaceManager:
         """The background processes of a running workspace of `owner`."""
         return self._process_table(self._running(owner, workspace_id))
 
+    def list_processes(self, owner: str, workspace_id: str) -> list[ProcessInfo]:
+        """Every background process of a running workspace of `owner`, running or exited (a look)."""
+        return self._process_table(self._looked_at(owner, workspace_id)).list()
+
     def start_process(self, owner: str, workspace_id: str, request: ProcessRequest) -> ProcessInfo:
         workspace = self._running(owner, workspace_id)
         env = {**workspace.env, **request.env}  # the workspace's env, then the process's own
@@ -463,10 +467,8 @@ class WorkspaceManager:
         return provider.connect(ref, port)
 
     def listening_ports(self, owner: str, workspace_id: str) -> list[int]:
-        """The TCP ports something listens on in the workspace (any address), ascending. A look, not a
-        use: a dashboard asks every few seconds, which must not keep an idle workspace from expiring."""
-        workspace = self.get(owner, workspace_id)
-        self._require(workspace, Status.RUNNING, "list the ports of")
+        """The TCP ports something listens on in the workspace (any address), ascending (a look)."""
+        workspace = self._looked_at(owner, workspace_id)
         provider, ref = self._provider(workspace.provider), self._ref(workspace)
         found: set[int] = set()
         for table in listening.TABLES:
@@ -540,6 +542,13 @@ class WorkspaceManager:
         workspace = self.get(owner, workspace_id)
         self._require(workspace, Status.RUNNING, "use")
         return self._used(workspace)
+
+    def _looked_at(self, owner: str, workspace_id: str) -> Workspace:
+        """A running workspace of `owner`, for a look at its state: not a use, so its expiry stays (a
+        dashboard looks every few seconds, which must not keep an idle workspace from expiring)."""
+        workspace = self.get(owner, workspace_id)
+        self._require(workspace, Status.RUNNING, "look into")
+        return workspace
 
     def _used(self, workspace: Workspace) -> Workspace:
         """Record the use, and slide an ephemeral workspace's expiry to its TTL from now: one that is

@@ -316,3 +316,25 @@ def test_a_narrow_window_by_keyboard_alone(browser: Browser, server: Server, ali
     finally:
         context.close()
         alice.delete(workspace.id)
+
+
+def test_the_dashboards_looks_neither_keep_a_workspace_alive_nor_fill_its_trail(alice: Client) -> None:
+    """What the dashboard asks every few seconds (the workspace, its usage, ports and processes)."""
+    workspace = alice.create(ttl_days=1)
+    try:
+        for _ in range(2):
+            alice.get(workspace.id)
+            alice.usage(workspace.id)
+            alice.listening_ports(workspace.id)
+            alice.processes(workspace.id)
+        looked = alice.get(workspace.id)
+        assert looked.last_used_at is None and looked.expires_at == workspace.expires_at
+        assert alice.audit(workspace.id).records == []
+
+        alice.exec(workspace.id, "true")  # a use
+        used = alice.get(workspace.id)
+        assert used.last_used_at is not None and used.expires_at is not None and workspace.expires_at is not None
+        assert used.expires_at > workspace.expires_at
+        assert [r.action for r in alice.audit(workspace.id).records] == ["POST /exec"]
+    finally:
+        alice.delete(workspace.id)

@@ -45,8 +45,9 @@ async def start_process(workspace_id: str, body: ProcessIn, mgr: Manager, who: O
 @router.get("", response_model=ProcessList)
 async def list_processes(workspace_id: str, mgr: Manager, who: Owner) -> ProcessList:
     """Every background process started in the workspace, running or exited."""
-    table = await in_thread(mgr.processes, who, workspace_id)
-    return ProcessList(processes=[ProcessOut.of(info) for info in await in_thread(table.list)])
+    return ProcessList(
+        processes=[ProcessOut.of(info) for info in await in_thread(mgr.list_processes, who, workspace_id)]
+    )
 
 
 @router.get("/{pid}", response_model=ProcessOut)
