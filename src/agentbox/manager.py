@@ -482,7 +482,7 @@ class WorkspaceManager:
         return sorted(found)
 
     def measure(self) -> dict[str, Usage]:
-        """What each running workspace (every owner's, the warm pool's) uses now, where its provider can say."""
+        """What each running workspace (every owner's) uses now, where its provider can say."""
         found = {}
         for workspace in self.store.find(statuses=[Status.RUNNING.value]):
             provider = self.providers.get(workspace.provider)
@@ -539,15 +539,13 @@ class WorkspaceManager:
         return provider, ref
 
     def _running(self, owner: str, workspace_id: str) -> Workspace:
-        workspace = self.get(owner, workspace_id)
-        self._require(workspace, Status.RUNNING, "use")
-        return self._used(workspace)
+        return self._used(self._looked_at(owner, workspace_id, "use"))
 
-    def _looked_at(self, owner: str, workspace_id: str) -> Workspace:
+    def _looked_at(self, owner: str, workspace_id: str, action: str = "look into") -> Workspace:
         """A running workspace of `owner`, for a look at its state: not a use, so its expiry stays (a
         dashboard looks every few seconds, which must not keep an idle workspace from expiring)."""
         workspace = self.get(owner, workspace_id)
-        self._require(workspace, Status.RUNNING, "look into")
+        self._require(workspace, Status.RUNNING, action)
         return workspace
 
     def _used(self, workspace: Workspace) -> Workspace:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -244,10 +243,12 @@ class WorkspaceOut(BaseModel):
     def of(cls, workspace: Workspace, usage: UsageSample | None = None) -> WorkspaceOut:
         fields = {name: getattr(workspace, name) for name in cls.model_fields if name not in ("network", "usage")}
         network = policy_of(workspace.network, workspace.allow)
-        return cls.model_validate({**fields, "network": network, "usage": usage and asdict(usage)})
+        return cls.model_validate({**fields, "network": network, "usage": usage})
 
 
 class UsageSampleOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     at: datetime
     cpu: float | None = Field(
         description="cores busy on average since the sample before (0.5: half a core); null for the first of a run"
@@ -268,7 +269,7 @@ class Capacity(BaseModel):
     max_concurrent: int = Field(
         description="workspaces that may be starting or running at once (WORKSPACE_MAX_CONCURRENT)"
     )
-    active: int = Field(description="workspaces starting or running now, every owner's and the warm pool's")
+    active: int = Field(description="workspaces starting or running now, every owner's (the warm pool's apart)")
     warm_pool_size: int = Field(description="booted workspaces kept ready to claim (WORKSPACE_WARM_POOL_SIZE)")
     warm_pool_ready: int = Field(description="of those, ready now")
 

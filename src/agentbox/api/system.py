@@ -103,7 +103,7 @@ async def capacity(mgr: Manager, who: Owner) -> Capacity:
     pool = mgr.pool
     return Capacity(
         max_concurrent=mgr.settings.max_concurrent,
-        active=await in_thread(mgr.store.count_active),
+        active=sum((await in_thread(mgr.active_by_provider)).values()),
         warm_pool_size=pool.size if pool else 0,
         warm_pool_ready=await in_thread(pool.ready) if pool else 0,
     )

@@ -1,6 +1,5 @@
 """Workspace routes: create, list, get and delete a workspace; stop, start and extend it; its CPU and memory."""
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -63,8 +62,11 @@ async def workspace_usage(workspace_id: str, mgr: Manager, who: Owner, history: 
     """
     await in_thread(mgr.get, who, workspace_id)
     if history is None:
-        raise NotFound("this server does not measure workspaces (WORKSPACE_USAGE_INTERVAL=0)")
-    samples = [UsageSampleOut.model_validate(asdict(s)) for s in history.of(workspace_id)]
+        raise NotFound(
+            "this server does not measure workspaces (WORKSPACE_USAGE_INTERVAL=0): set it to the seconds "
+            "between two measurements (10 by default) and restart it"
+        )
+    samples = [UsageSampleOut.model_validate(s) for s in history.of(workspace_id)]
     return UsageOut(interval=history.interval, samples=samples)
 
 

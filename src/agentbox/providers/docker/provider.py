@@ -434,7 +434,10 @@ class DockerProvider(Provider):
             except docker.errors.NotFound:
                 return
             time.sleep(0.1)
-        raise ProviderError(f"the engine did not finish removing container {container[:12]} in {REMOVAL_PATIENCE:g} s")
+        raise ProviderError(
+            f"the engine did not finish removing container {container[:12]} in {REMOVAL_PATIENCE:g} s: "
+            "delete the workspace again"
+        )
 
     def state(self, ref: str) -> ProviderState:
         try:
