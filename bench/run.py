@@ -29,6 +29,8 @@ from typing import Any
 
 import docker
 import httpx
+from hostile_helper import hostile_helper
+from idle_websockets import idle_websockets
 
 KEY = "bench-key-0123456789abcdef"
 IMAGE = os.environ.get("WORKSPACE_IMAGE", "agentbox/workspace:bookworm")
@@ -82,6 +84,8 @@ def start_server(data_dir: Path, **settings: str) -> tuple[subprocess.Popen[byte
         "WORKSPACE_DEFAULT_MEMORY": "512M",
         "WORKSPACE_DEFAULT_CPU": "1",
         "WORKSPACE_MAX_CONCURRENT": "100",
+        # Everything comes from 127.0.0.1, E2B's envd calls and previews without an API key: not a flood.
+        "WORKSPACE_RATE_LIMIT_ANONYMOUS": "1000000/minute",
         **settings,
     }
     process = subprocess.Popen(
@@ -106,6 +110,9 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=10, help="idle workspaces for the density measurement")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latest.json")
     parser.add_argument("--skip-workloads", action="store_true", help="leave out the real-workload section")
+    parser.add_argument(
+        "--websockets", type=int, default=300, help="idle proxied WebSockets beside an API call (default 300)"
+    )
     parser.add_argument("--burst", type=int, default=20, help="concurrent create+exec in the burst rows (default 20)")
     parser.add_argument(
         "--crowd", type=int, default=100, help="idle workspaces on the network for the crowded burst rows (default 100)"
@@ -132,6 +139,8 @@ def main() -> None:
             server_pid = SERVER_PIDS[str(api.base_url)]
             density |= background_processes(api, server_pid, workspaces=20, per_workspace=5)
             density |= floods(api, server_pid)
+            density |= hostile_helper(api, server_pid)
+            results |= idle_websockets(api, str(api.base_url).rstrip("/").removesuffix("/api/v1"), args.websockets)
             workloads = {}
             if project:
                 with server(Path(ptrace_dir), WORKSPACE_GVISOR_RUNTIME="runsc-ptrace") as ptrace:
@@ -846,6 +855,11 @@ def report(
             summary["resume_memory"]["p50_ms"] / summary["resume_files"]["p50_ms"], 2
         ),
     }
+    idle = [name for name in summary if name.startswith("get_workspace_") and name != "get_workspace_no_websockets"]
+    if idle and "get_workspace_no_websockets" in summary:
+        ratios[f"{idle[0]}_over_none_p50"] = round(
+            summary[idle[0]]["p50_ms"] / summary["get_workspace_no_websockets"]["p50_ms"], 2
+        )
     for crowded in ("", "_crowded"):
         if f"burst_api{crowded}" in summary:
             ratios[f"burst_api_over_raw{crowded}_p50"] = round(

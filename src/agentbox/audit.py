@@ -7,6 +7,11 @@ trail says what an agent did without becoming a copy of its files or secrets.
 
 Records are written by a thread of their own, a batch at a time, so that a call does not wait
 for the database; a read of the trail first waits for what is queued (`flush`).
+
+A workspace's trail is its owner's: a call is kept (stored and logged) only when its caller
+was authenticated as the workspace's owner, checked against the store by the writer (one
+query per batch). Anyone else's attempts (no key, another owner's key) would otherwise let
+a stranger write into, and flood, a trail that is not theirs.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from agentbox.models import AuditRecord
+from sqlalchemy import select
+
+from agentbox.models import AuditRecord, Workspace
 from agentbox.store import Store
 
 log = logging.getLogger("agentbox.audit")
@@ -82,9 +89,9 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def record(self, call: Call) -> None:
-        """Queue `call` for the store and log it now, as one JSON line."""
-        if log.isEnabledFor(logging.INFO):
-            log.info(json.dumps({"audit": True, **vars(call), "at": call.at.isoformat()}, default=str))
+        """Queue `call`: the writer stores it, and logs it as one JSON line, if its caller owns the workspace."""
+        if call.owner is None:
+            return  # an unauthenticated call is nobody's to record (the access log has it)
         self._ensure_writer()
         self._queue.put(call)
 
@@ -146,6 +153,30 @@ class AuditLog:
         if not batch:
             return
         try:
-            self.store.add_audit([AuditRecord(**vars(call)) for call in batch])
+            owners = self._owners({call.workspace_id for call in batch})
+        except Exception:  # the database is away: log the calls, marked unchecked; the server goes on
+            log.exception("checking the owners of %d audited calls failed", len(batch))
+            for call in batch:
+                _log(call, unchecked=True)
+            return
+        kept = [call for call in batch if call.owner is not None and owners.get(call.workspace_id) == call.owner]
+        for call in kept:
+            _log(call)
+        if not kept:
+            return
+        try:
+            self.store.add_audit([AuditRecord(**vars(call)) for call in kept])
         except Exception:  # the database is away: the lines are in the log; the server goes on
-            log.exception("writing %d audit records failed", len(batch))
+            log.exception("writing %d audit records failed", len(kept))
+
+    def _owners(self, workspace_ids: set[str]) -> dict[str, str]:
+        """The owner of each of these workspaces that exists."""
+        query = select(Workspace.id, Workspace.owner).where(Workspace.id.in_(sorted(workspace_ids)))
+        with self.store.session() as session:
+            return {workspace_id: owner for workspace_id, owner in session.execute(query)}
+
+
+def _log(call: Call, unchecked: bool = False) -> None:
+    if log.isEnabledFor(logging.INFO):
+        line = {"audit": True, **vars(call), "at": call.at.isoformat()} | ({"unchecked": True} if unchecked else {})
+        log.info(json.dumps(line, default=str))

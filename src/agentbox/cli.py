@@ -14,7 +14,7 @@ import typer
 from pydantic import TypeAdapter
 from rich.table import Column, Table
 
-from agentbox import cli_processes
+from agentbox import cli_keys, cli_processes
 from agentbox.cli_common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, require_key
 from agentbox.config import ConfigError, Settings, load_settings
 from agentbox.schemas import DirListing, ExitEvent, OutputEvent
@@ -24,6 +24,7 @@ ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args
 app.add_typer(ws, name="ws")
 github = typer.Typer(help="GitHub App credentials stored by this server.", no_args_is_help=True)
 app.add_typer(github, name="github")
+app.add_typer(cli_keys.app, name="keys")
 _TIMESTAMP = TypeAdapter(datetime)
 
 
@@ -44,6 +45,7 @@ def serve(
     import uvicorn
 
     from agentbox.api import create_app
+    from agentbox.api.proxy import MAX_MESSAGE
     from agentbox.service import Service, StartupError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -52,19 +54,31 @@ def serve(
         service = Service.start(settings)
     except StartupError as exc:
         fail(exc.detail, 2)
-    console.print(f"Dashboard: http://{host}:{port}/ui/ (sign in with a key of WORKSPACE_API_KEYS)", highlight=False)
+    console.print(
+        f"Dashboard: http://{host}:{port}/ui/ (sign in with an API key; admins make more: agentbox keys create)",
+        highlight=False,
+    )
     if settings.enabled and settings.e2b_api:
         from agentbox.e2b_api.control import sdk_urls
 
         api, sandbox = sdk_urls(f"http://{host}:{port}")
         console.print(
-            f"E2B's SDK: E2B_API_URL={api} E2B_SANDBOX_URL={sandbox} (E2B_API_KEY: a key of WORKSPACE_API_KEYS)",
+            f"E2B's SDK: E2B_API_URL={api} E2B_SANDBOX_URL={sandbox} (E2B_API_KEY: an agentbox API key)",
             soft_wrap=True,
             highlight=False,
         )
     try:
         # The app closes the service at shutdown (warm pool removed, background work stopped).
-        uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level.lower())
+        # A WebSocket's incoming messages are queued by uvicorn until the app reads them: a few, of at
+        # most the size a relay passes on (api/proxy.py), not its defaults of 32 x 16 MiB.
+        uvicorn.run(
+            create_app(settings, service),
+            host=host,
+            port=port,
+            log_level=log_level.lower(),
+            ws_max_size=MAX_MESSAGE,
+            ws_max_queue=4,
+        )
     except BaseException:
         service.close()  # e.g. the port was taken: uvicorn exits before any shutdown
         raise

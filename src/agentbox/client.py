@@ -36,7 +36,10 @@ from agentbox.schemas import (
     GlobToolOut,
     GrepToolOut,
     Health,
+    KeyList,
+    KeyOut,
     ListeningPorts,
+    NewKeyOut,
     OutputEvent,
     PreviewURL,
     ProviderList,
@@ -108,11 +111,36 @@ class Client:
         """The cap on active workspaces, how many are active, and the warm pool's state."""
         return _parse(Capacity, self._call("GET", "/capacity"))
 
+    def create_key(self, owner: str, name: str, admin: bool = False, **quota: Any) -> NewKeyOut:
+        """Make an API key for `owner` (needs an admin's key); `quota`: max_workspaces, max_cpus, max_memory.
+        Its `secret` is in the answer, this once.
+
+        Raises APIError: 403 when this client's key is not an admin's, 422 for bad fields.
+        """
+        body = {"owner": owner, "name": name, "admin": admin, **quota}
+        return _parse(NewKeyOut, self._call("POST", "/keys", json=body))
+
+    def list_keys(self, owner: str | None = None, include_revoked: bool = False) -> builtins.list[KeyOut]:
+        """API keys (no secrets): every owner's (or `owner`'s) for an admin, else this client's owner's."""
+        params: dict[str, Any] = {"include_revoked": include_revoked} | ({"owner": owner} if owner else {})
+        return _parse(KeyList, self._call("GET", "/keys", params=params)).keys
+
+    def my_key(self) -> KeyOut:
+        """The record of the key this client uses."""
+        return _parse(KeyOut, self._call("GET", "/keys/me"))
+
+    def revoke_key(self, key_id: str) -> KeyOut:
+        """Revoke a key (an admin: any; others: their own): it stops working everywhere within a second.
+
+        Raises APIError: 404 when there is no such key (of yours), 400 for the last admin key.
+        """
+        return _parse(KeyOut, self._call("DELETE", f"/keys/{key_id}"))
+
     def create(self, **options: Any) -> WorkspaceOut:
         """Create a workspace with the fields of `CreateWorkspace` as keywords; return it, running.
 
         Raises APIError: 400 when the provider cannot do what is asked, 422 for bad options,
-        429 when the server's limit of active workspaces is reached.
+        429 when the server's limit of active workspaces, or a quota of this client's key, is reached.
         """
         return _parse(WorkspaceOut, self._call("POST", "/workspaces", json=options))
 

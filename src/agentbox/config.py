@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from limits import parse as parse_rate
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -77,6 +78,13 @@ class Settings(BaseSettings):
     github_app_encryption_key: SecretStr = Field(SecretStr(""), validation_alias="GITHUB_APP_ENCRYPTION_KEY")
     # The previous key while a rotation is under way (`agentbox github rotate-key`).
     github_app_encryption_old_key: SecretStr = Field(SecretStr(""), validation_alias="GITHUB_APP_ENCRYPTION_OLD_KEY")
+    # Hosts (`host` or `host:port`, comma-separated) a GitHub App's api_url may name although they resolve to
+    # loopback or private addresses (a GitHub Enterprise Server inside the network), and the only ones allowed http.
+    github_allowed_hosts: Annotated[
+        tuple[Annotated[str, Field(pattern=r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")], ...],
+        NoDecode,
+        BeforeValidator(_names),
+    ] = Field((), validation_alias="GITHUB_API_ALLOWED_HOSTS")
 
     # agentbox's own.
     data_dir: Path = Field(default_factory=_default_data_dir, validation_alias="WORKSPACE_DATA_DIR")
@@ -118,16 +126,64 @@ class Settings(BaseSettings):
     e2b_base_image: str = Field(
         "agentbox/e2b-base:bookworm", min_length=1, max_length=256, validation_alias="WORKSPACE_E2B_BASE_IMAGE"
     )
-    # Set (a domain with wildcard DNS onto this server, e.g. "preview.example.com" or "localhost:8000"):
-    # previews are also served at http(s)://{port}-{workspace id}.{domain}/, where an app's absolute
-    # links work. Unset: previews are served under /preview/{token}/ only.
+    # A domain with wildcard DNS onto this server (e.g. "preview.example.com"; best a registrable domain
+    # of its own, apart from the dashboard's): a browser's preview of a port is its own origin,
+    # http(s)://{port}-{workspace id}.{domain}/. Unset: {port}-{workspace id}.localhost:{the server's
+    # port}, which browsers resolve to this machine themselves (one machine, no DNS).
     preview_domain: str = Field(
         "", pattern=r"^([A-Za-z0-9-]+\.)*[A-Za-z0-9-]+(:\d+)?$|^$", validation_alias="WORKSPACE_PREVIEW_DOMAIN"
+    )
+    # What is sent on to a server in a workspace (previews, E2B port traffic): a request body's bytes at
+    # most (413 past them), and the WebSockets open at once per workspace and per caller (an API key's
+    # owner, or a preview visitor's address): 429 past either. Each WebSocket holds a helper process in
+    # the sandbox, so the per-workspace cap stays well under WORKSPACE_PIDS_LIMIT.
+    max_proxied_body: Size = Field(parse_size("100M"), validation_alias="WORKSPACE_MAX_PROXIED_BODY")
+    max_websockets_per_workspace: int = Field(
+        100, ge=1, le=100_000, validation_alias="WORKSPACE_MAX_WEBSOCKETS_PER_WORKSPACE"
+    )
+    max_websockets_per_caller: int = Field(
+        500, ge=1, le=1_000_000, validation_alias="WORKSPACE_MAX_WEBSOCKETS_PER_CALLER"
     )
     # What workspaces that do not ask may reach (see docs/security.md).
     network_policy: Annotated[NetworkPolicy, NoDecode, BeforeValidator(_policy)] = Field(
         "egress", validation_alias="WORKSPACE_NETWORK_POLICY"
     )
+
+    # Signs preview links, terminal and E2B tokens (at least 32 characters); replicas must share it.
+    # Unset: one is made at the first start and kept in WORKSPACE_DATA_DIR/secret-key.
+    secret_key: SecretStr = Field(SecretStr(""), validation_alias="WORKSPACE_SECRET_KEY")
+    # Owners whose WORKSPACE_API_KEYS keys are admins (manage API keys). Empty: the first entry's owner.
+    admins: Annotated[list[str], NoDecode, BeforeValidator(_names)] = Field([], validation_alias="WORKSPACE_ADMINS")
+    # Refused credentials a client address may present per window before it is refused outright,
+    # and calls per window on routes that need no API key (`limits` notation: "30/minute").
+    rate_limit_failures: str = Field("30/minute", validation_alias="WORKSPACE_RATE_LIMIT_FAILURES")
+    rate_limit_anonymous: str = Field("1200/minute", validation_alias="WORKSPACE_RATE_LIMIT_ANONYMOUS")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "must be at least 32 characters (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        return value
+
+    @field_validator("rate_limit_failures", "rate_limit_anonymous")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        try:
+            parse_rate(value)
+        except ValueError:
+            raise ValueError('must be a rate such as "30/minute" or "5/second"') from None
+        return value
+
+    @property
+    def admin_owners(self) -> frozenset[str]:
+        """Owners whose keys from WORKSPACE_API_KEYS are admins."""
+        if self.admins:
+            return frozenset(self.admins)
+        first = next(iter(self.owners_by_key.values()), None)
+        return frozenset([first] if first else [])
 
     @model_validator(mode="after")
     def _default_is_offered(self) -> Settings:
@@ -211,7 +267,13 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
-_SECRET_VARIABLES = {"E2B_API_KEY", "GITHUB_APP_ENCRYPTION_KEY", "GITHUB_APP_ENCRYPTION_OLD_KEY", "WORKSPACE_API_KEYS"}
+_SECRET_VARIABLES = {
+    "E2B_API_KEY",
+    "GITHUB_APP_ENCRYPTION_KEY",
+    "GITHUB_APP_ENCRYPTION_OLD_KEY",
+    "WORKSPACE_API_KEYS",
+    "WORKSPACE_SECRET_KEY",
+}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -51,6 +51,16 @@ class NewWorkspace:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Limits on an owner's active workspaces (starting or running) that the caller's API key sets;
+    None: no limit of the key's own (the server's WORKSPACE_MAX_CONCURRENT still holds)."""
+
+    max_workspaces: int | None = None
+    max_cpus: float | None = None
+    max_memory: int | None = None  # bytes
+
+
+@dataclass(frozen=True)
 class PauseAtEnd:
     """E2B's lifecycle `onTimeout: pause`: what the pause at the end keeps, and whether traffic to the
     paused workspace (envd, its ports) resumes it, for another `deadline_seconds`."""

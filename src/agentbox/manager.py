@@ -16,7 +16,7 @@ from datetime import timedelta
 from agentbox import listening, search, tools
 from agentbox.audit import AuditLog
 from agentbox.config import Settings
-from agentbox.domain import Command, NewWorkspace
+from agentbox.domain import Command, NewWorkspace, Quota
 from agentbox.errors import (
     AgentboxError,
     BadRequest,
@@ -50,6 +50,7 @@ from agentbox.providers.base import (
 )
 from agentbox.providers.processes import ProcessInfo, ProcessRequest, ProcessTable
 from agentbox.sessions import SessionRun, ShellSessions
+from agentbox.sizes import format_size
 from agentbox.store import LIVE, Store
 
 log = logging.getLogger("agentbox.manager")
@@ -87,14 +88,16 @@ class WorkspaceManager:
 
     # Lifecycle
 
-    def create(self, owner: str, request: NewWorkspace) -> Workspace:
-        """A running workspace of `owner`, with the repository asked for checked out in it."""
+    def create(self, owner: str, request: NewWorkspace, quota: Quota | None = None) -> Workspace:
+        """A running workspace of `owner`, with the repository asked for checked out in it.
+
+        `quota`: the asking key's limits on the owner's active workspaces (429 naming the one reached)."""
         if request.repo is None:
-            return self._create(owner, request)
+            return self._create(owner, request, quota)
         if self.github is None:
             raise BadRequest("repo: GitHub Apps are not configured on this server (GITHUB_APP_ENCRYPTION_KEY)")
         app = self.github.choose(owner, request.repo)  # a missing App is a 400 before anything is made
-        workspace = self._create(owner, request)
+        workspace = self._create(owner, request, quota)
         try:
             repo = self.github.checkout(app, request.repo, self._provider(workspace.provider), self._ref(workspace))
         except BaseException as exc:
@@ -105,7 +108,7 @@ class WorkspaceManager:
             raise
         return self.store.update(workspace.id, "checked_out", repo=repo)
 
-    def _create(self, owner: str, request: NewWorkspace) -> Workspace:
+    def _create(self, owner: str, request: NewWorkspace, quota: Quota | None) -> Workspace:
         started = time.monotonic()
         provider_name = request.provider or self.settings.default_provider
         provider = self._provider(provider_name)
@@ -146,8 +149,9 @@ class WorkspaceManager:
         # Resolved before admission, not under it: a name lookup may take seconds. (A pooled
         # workspace has its own; a cold create after an empty pool resolves below.)
         allow_cidrs = None if pool is not None else self._resolve(provider, network["allow"])
+        cpu, memory = request.cpu or self.settings.default_cpu, request.memory or self.settings.default_memory
         with self.store.admission():
-            self._check_room()
+            self._check_room(owner, quota, cpu, memory)
             if pool is not None:
                 claimed = pool.take(status=Status.RUNNING.value, **claim)
                 if claimed is not None:
@@ -159,8 +163,8 @@ class WorkspaceManager:
                 runtime=capabilities.runtime,
                 status=Status.STARTING.value,
                 image=request.image or self.settings.image,
-                cpu=request.cpu or self.settings.default_cpu,
-                memory=request.memory or self.settings.default_memory,
+                cpu=cpu,
+                memory=memory,
                 disk=request.disk or self.settings.default_disk,
                 pids_limit=self.settings.pids_limit,
                 allow_cidrs=allow_cidrs,
@@ -267,14 +271,16 @@ class WorkspaceManager:
         seconds = float(policy.get("seconds") or 0)
         return self.set_deadline(workspace.owner, workspace.id, seconds, only_later=True) if seconds else workspace
 
-    def start(self, owner: str, workspace_id: str, restore: bool = True) -> Workspace:
-        """Start it again; a paused one with its memory, unless `restore` is False (a fresh boot, files kept)."""
+    def start(self, owner: str, workspace_id: str, restore: bool = True, quota: Quota | None = None) -> Workspace:
+        """Start it again; a paused one with its memory, unless `restore` is False (a fresh boot, files kept).
+
+        `quota`: the asking key's limits on the owner's active workspaces."""
         workspace = self.get(owner, workspace_id)
         if workspace.status == Status.RUNNING:
             return workspace
         self._require(workspace, Status.STOPPED, "start")
         with self.store.admission():
-            self._check_room()
+            self._check_room(owner, quota, workspace.cpu, workspace.memory)
             self.store.update(workspace.id, "starting", status=Status.STARTING.value)
         try:
             provider = self._provider(workspace.provider)
@@ -473,12 +479,12 @@ class WorkspaceManager:
         found: set[int] = set()
         for table in listening.TABLES:
             try:
-                _, chunks = provider.read_file(ref, table)
+                stat, chunks = provider.read_file(ref, table)
             except FileError as exc:
                 if exc.status_code == 404:  # a kernel without IPv6
                     continue
                 raise
-            found |= listening.listening_ports(b"".join(chunks).decode(errors="replace"))
+            found |= listening.listening_ports(listening.table_text(table, stat.size, chunks))
         return sorted(found)
 
     def measure(self) -> dict[str, Usage]:
@@ -570,14 +576,34 @@ class WorkspaceManager:
         )
         return self._provider(workspace.provider), self._ref(workspace), request
 
-    def _check_room(self) -> None:
-        """Refuse when the cap is reached; the caller holds the store's admission lock."""
+    def _check_room(self, owner: str, quota: Quota | None, cpu: float, memory: int) -> None:
+        """Refuse when the cap, or a quota of the asking key, would be passed by one more workspace of
+        `cpu` and `memory`; the caller holds the store's admission lock, so both stay exact."""
         active = self.store.count_active()
         if active >= self.settings.max_concurrent:
             self.metrics.rejections.inc()
             raise TooManyWorkspaces(
                 f"{active} workspaces are active, the limit (WORKSPACE_MAX_CONCURRENT) is "
                 f"{self.settings.max_concurrent}: stop or delete one, or try again later"
+            )
+        if quota is None or quota == Quota():
+            return
+        count, cpus, used_memory = self.store.active_of(owner)
+        reached = None
+        if quota.max_workspaces is not None and count + 1 > quota.max_workspaces:
+            reached = f"max_workspaces ({quota.max_workspaces}): {owner} has {count} active"
+        elif quota.max_cpus is not None and cpus + cpu > quota.max_cpus + 1e-9:
+            reached = f"max_cpus ({quota.max_cpus:g}): {owner}'s active workspaces use {cpus:g}, this one asks {cpu:g}"
+        elif quota.max_memory is not None and used_memory + memory > quota.max_memory:
+            reached = (
+                f"max_memory ({format_size(quota.max_memory)}): {owner}'s active workspaces use "
+                f"{format_size(used_memory)}, this one asks {format_size(memory)}"
+            )
+        if reached is not None:
+            self.metrics.rejections.inc()
+            raise TooManyWorkspaces(
+                f"your API key's quota {reached}: stop or delete a workspace, ask for less, "
+                "or ask an admin for a key with a larger quota"
             )
 
     @staticmethod

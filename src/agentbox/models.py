@@ -57,6 +57,11 @@ def new_app_id() -> str:
     return "gh-" + secrets.token_hex(8)
 
 
+def new_key_id() -> str:
+    # Random, never derived from the key: it travels in tokens, which must say nothing about the key.
+    return "key-" + secrets.token_hex(8)
+
+
 class Status(enum.StrEnum):
     # A pre-booted container of the warm pool: no owner yet, not counted as active.
     POOLED = "pooled"
@@ -124,6 +129,27 @@ class GitHubApp(Base):
     private_key: Mapped[bytes] = mapped_column(LargeBinary)
     webhook_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: whose it is, what it may do, and whether it still works. Only its SHA-256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # hex SHA-256 of the secret
+    admin: Mapped[bool] = mapped_column(default=False)
+    # Where it came from: "env" (WORKSPACE_API_KEYS, kept in step at each start) or "api".
+    source: Mapped[str] = mapped_column(String(8))
+    # Quotas over the owner's active workspaces while this key asks (None: only the server's cap).
+    max_workspaces: Mapped[int | None] = mapped_column(Integer)
+    max_cpus: Mapped[float | None] = mapped_column(Float)
+    max_memory: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class Event(Base):

@@ -11,6 +11,9 @@ import docker.errors
 import requests.exceptions
 from sqlalchemy.engine import make_url
 
+from agentbox.auth.keys import ApiKeys
+from agentbox.auth.limits import Throttle
+from agentbox.auth.tokens import Tokens, server_secret
 from agentbox.config import ProviderName, Settings
 from agentbox.errors import AgentboxError
 from agentbox.github.service import GitHub
@@ -44,6 +47,9 @@ class StartupError(AgentboxError):
 class Service:
     settings: Settings
     store: Store
+    keys: ApiKeys
+    tokens: Tokens
+    throttle: Throttle
     runtime: RuntimeChoice | None = None
     manager: WorkspaceManager | None = None
     lifecycle: Lifecycle | None = None
@@ -54,13 +60,31 @@ class Service:
 
     @classmethod
     def start(cls, settings: Settings) -> Service:
-        service = cls(settings=settings, store=Store(settings.sqlalchemy_url))
+        service = cls.over(settings, Store(settings.sqlalchemy_url))
         try:
             service._open()
         except BaseException:
             service.close()  # nothing half-open: no engine connection, no database pool
             raise
         return service
+
+    @classmethod
+    def over(cls, settings: Settings, store: Store) -> Service:
+        """A service on `store` with who-gets-in in place (keys, tokens, rate limits) and nothing started."""
+        keys = ApiKeys(store)
+        try:
+            secret = server_secret(settings.secret_key.get_secret_value(), settings.data_dir)
+        except (OSError, ValueError) as exc:
+            store.close()
+            raise StartupError(
+                f"the server's token secret (WORKSPACE_SECRET_KEY or WORKSPACE_DATA_DIR): {exc}"
+            ) from None
+        throttle = Throttle(settings.rate_limit_failures, settings.rate_limit_anonymous)
+        return cls(settings=settings, store=store, keys=keys, tokens=Tokens(secret, keys), throttle=throttle)
+
+    def sync_keys(self) -> None:
+        """Make the key records match WORKSPACE_API_KEYS (keys added there made, removed ones revoked)."""
+        self.keys.sync_from_settings(self.settings.owners_by_key, self.settings.admin_owners)
 
     def _open(self) -> None:
         settings = self.settings
@@ -71,13 +95,17 @@ class Service:
                 f"cannot open or migrate the database at WORKSPACE_DATABASE_URL "
                 f"({_redact(settings.sqlalchemy_url)}): {exc}"
             ) from None
+        self.sync_keys()
         keyring = settings.keyring
-        self.github = GitHub(self.store, keyring) if keyring is not None else None
+        self.github = GitHub(self.store, keyring, settings.github_allowed_hosts) if keyring is not None else None
         if not settings.enabled:
             log.info("agent workspaces are disabled (ENABLE_AGENT_WORKSPACES=false): no engine is contacted")
             return
-        if not settings.owners_by_key:
-            log.warning("WORKSPACE_API_KEYS is empty: every workspace request will be refused (401)")
+        if not self.keys.any():
+            log.warning(
+                "no API key works: every workspace request will be refused (401); set WORKSPACE_API_KEYS "
+                "(owner:key) to make the first admin's key"
+            )
         e2b_key = settings.e2b_api_key.get_secret_value()
         offered = ",".join(settings.providers)
         unavailable = {

@@ -162,6 +162,17 @@ class Store:
         with self.session() as session:
             return session.scalar(select(func.count()).where(Workspace.status.in_(ACTIVE))) or 0
 
+    def active_of(self, owner: str) -> tuple[int, float, int]:
+        """`owner`'s active workspaces: how many, their CPUs and their memory (bytes) together."""
+        query = select(
+            func.count(), func.coalesce(func.sum(Workspace.cpu), 0.0), func.coalesce(func.sum(Workspace.memory), 0)
+        )
+        with self.session() as session:
+            count, cpus, memory = session.execute(
+                query.where(Workspace.owner == owner, Workspace.status.in_(ACTIVE))
+            ).one()
+        return int(count), float(cpus), int(memory)
+
     def count_active_by_provider(self) -> dict[str, int]:
         """Active workspaces (every owner's) per provider name; providers with none are left out."""
         query = (

@@ -94,6 +94,10 @@ class Server:
             "WORKSPACE_API_KEYS": ",".join(f"{owner}:{key}" for owner, key in KEYS.items()),
             "WORKSPACE_DEFAULT_MEMORY": "512M",
             "WORKSPACE_DEFAULT_CPU": "1",
+            # The whole suite calls from 127.0.0.1, many times without a key or with a wrong one on
+            # purpose: the rate limits are tested on servers of their own (test_api_keys.py).
+            "WORKSPACE_RATE_LIMIT_FAILURES": "1000000/minute",
+            "WORKSPACE_RATE_LIMIT_ANONYMOUS": "1000000/minute",
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -8,6 +8,11 @@ found by the `E2b-Sandbox-Id` header the SDK sends. The SDK is pointed at it wit
 agentbox's Docker provider (under its own instance label), so commands really run.
 
 Envd's server side reuses the SDK's own generated Connect classes.
+
+Access as E2B grants it: envd answers only requests carrying the sandbox's envd access token
+(`X-Access-Token`, which the SDK sends), and a sandbox's other ports (E2B's proxy, reached by the
+`E2b-Sandbox-Port` header) answer anyone if the sandbox was made with public traffic (E2B's
+default), else only requests carrying its traffic token (`E2b-Traffic-Access-Token`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import h11
 import uvicorn
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -35,6 +41,7 @@ from e2b.envd.process import process_connect
 from e2b.envd.process import process_pb as P
 from protobuf import Oneof
 from protobuf.wkt import Timestamp
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -47,6 +54,7 @@ from agentbox.sandbox.channel import NO_LIMIT, Invocation
 from .conftest import free_port
 
 KILLED = -1  # envd's exit code for a process ended by a signal
+ENVD_PORT = 49983
 ENVD_VERSION = "0.5.7"  # new enough for streamed (octet-stream) uploads
 DEFAULT_IMAGE = "agentbox/workspace:bookworm"
 
@@ -59,9 +67,19 @@ class Sandbox:
     started_at: datetime
     end_at: datetime
     state: str = "running"
+    public_traffic: bool = True  # E2B's default when `allowPublicTraffic` is not sent
+    envd_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    traffic_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def created(self) -> dict[str, Any]:
-        return {"sandboxID": self.id, "templateID": self.template, "clientID": "standin", "envdVersion": ENVD_VERSION}
+        return {
+            "sandboxID": self.id,
+            "templateID": self.template,
+            "clientID": "standin",
+            "envdVersion": ENVD_VERSION,
+            "envdAccessToken": self.envd_token,
+            "trafficAccessToken": None if self.public_traffic else self.traffic_token,
+        }
 
     def listed(self) -> dict[str, Any]:
         return {
@@ -75,6 +93,9 @@ class Sandbox:
             "metadata": self.metadata,
         }
 
+
+#: Request headers passed on to a sandbox's port (nothing of E2B's own, no tokens).
+_PASSED = frozenset({"accept", "content-type", "user-agent", "cookie"})
 
 _EVENT_TYPES = {
     "create": F.EventType.CREATE,
@@ -193,15 +214,7 @@ class E2BStandIn:
             if sandbox.state == "paused":
                 await asyncio.to_thread(self.provider.start, self._ref(sandbox_id))
                 sandbox.state = "running"
-            return JSONResponse(
-                {
-                    "sandboxID": sandbox.id,
-                    "templateID": sandbox.template,
-                    "clientID": "standin",
-                    "envdVersion": ENVD_VERSION,
-                },
-                status_code=201,
-            )
+            return JSONResponse(sandbox.created(), status_code=201)
         return _error(404, f"no such call: {method} {path}")
 
     async def _create(self, body: dict[str, Any]) -> Response:
@@ -218,15 +231,16 @@ class E2BStandIn:
         except AgentboxError as exc:
             return _error(400 if exc.status_code == 400 else 500, f"template {template!r}: {exc.detail}")
         now = datetime.now(UTC)
-        self.sandboxes[sandbox_id] = Sandbox(
+        sandbox = Sandbox(
             sandbox_id,
             template,
             dict(body.get("metadata") or {}),
             now,
             now + timedelta(seconds=body.get("timeout", 300)),
+            public_traffic=bool((body.get("network") or {}).get("allowPublicTraffic", True)),
         )
-        answer = {"sandboxID": sandbox_id, "templateID": template, "clientID": "standin", "envdVersion": ENVD_VERSION}
-        return JSONResponse(answer, status_code=201)
+        self.sandboxes[sandbox_id] = sandbox
+        return JSONResponse(sandbox.created(), status_code=201)
 
     def _list(self, metadata: str, states: str) -> Response:
         wanted = {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, v in urllib.parse.parse_qsl(metadata)}
@@ -236,6 +250,52 @@ class E2BStandIn:
             if all(s.metadata.get(k) == v for k, v in wanted.items()) and (not states or s.state in states.split(","))
         ]
         return JSONResponse(chosen)
+
+    # A sandbox's other ports, through E2B's proxy
+
+    async def port_traffic(self, request: Request, sandbox: Sandbox, port: int) -> Response:
+        """Refused without the traffic token unless the sandbox is public (E2B's 403); else relayed
+        to the port inside (one request per connection, answered whole: enough for tests)."""
+        if not sandbox.public_traffic and request.headers.get("e2b-traffic-access-token") != sandbox.traffic_token:
+            return _error(403, "the sandbox is not public: send its traffic access token (E2b-Traffic-Access-Token)")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        head = [f"{request.method} {target} HTTP/1.1", f"Host: localhost:{port}", "Connection: close"]
+        body = await request.body()
+        head += [f"{name}: {value}" for name, value in request.headers.items() if name.lower() in _PASSED]
+        raw = ("\r\n".join(head) + f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        try:
+            answer = await asyncio.to_thread(self._exchange, self._ref(sandbox.id), port, request.method, raw)
+        except AgentboxError as exc:
+            return _error(502, f"port {port}: {exc.detail}")
+        return answer
+
+    def _exchange(self, ref: str, port: int, method: str, raw: bytes) -> Response:
+        tunnel = self.provider.connect(ref, port)
+        try:
+            tunnel.write(raw)
+            tunnel.end_input()
+            client = h11.Connection(h11.CLIENT)
+            # The client's side of what was sent, so that h11 reads the answer to it.
+            client.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
+            client.send(h11.EndOfMessage())
+            status, headers, content = 502, [], bytearray()
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(tunnel.read())
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    headers = [(k.decode(), v.decode()) for k, v in event.headers if k.lower() != b"content-length"]
+                elif isinstance(event, h11.Data):
+                    content += event.data
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    break
+        finally:
+            tunnel.close()
+        response = Response(bytes(content), status_code=status)
+        for name, value in headers:
+            response.headers.append(name, value)
+        return response
 
     # envd: /files and /health
 
@@ -394,6 +454,18 @@ class E2BStandIn:
             if scope["type"] != "http":
                 return
             path = scope["path"]
+            headers = Headers(scope=scope)
+            sandbox = self.sandboxes.get(headers.get("e2b-sandbox-id", ""))
+            port = headers.get("e2b-sandbox-port", str(ENVD_PORT))
+            if sandbox is not None and port != str(ENVD_PORT):
+                traffic = await self.port_traffic(Request(scope, receive), sandbox, int(port))
+                await traffic(scope, receive, send)
+                return
+            if sandbox is not None and path != "/health" and headers.get("x-access-token") != sandbox.envd_token:
+                # envd's own answer to a request without the sandbox's access token.
+                refused = _error(401, "unauthorized access, please provide a valid access token or method signing")
+                await refused(scope, receive, send)
+                return
             if path.startswith(process_app.path + "/"):
                 await process_app(scope, receive, send)
                 return

@@ -230,6 +230,42 @@ def test_each_owner_sees_only_their_own_and_the_key_lives_in_the_tab(
         alice.delete(workspace.id)
 
 
+def test_an_admin_makes_and_revokes_keys_and_others_see_only_their_own(
+    browser: Browser, page: Page, server: Server
+) -> None:
+    sign_in(page, server)  # alice: the first owner of WORKSPACE_API_KEYS, an admin
+    page.get_by_role("link", name="API keys").click()
+    expect(page.get_by_role("heading", name="API keys", exact=True)).to_be_visible()
+    form = page.get_by_role("form", name="New API key")
+    form.get_by_label("Owner").fill("erin")
+    form.get_by_label("Name").fill("dashboard-made")
+    form.get_by_label("Max workspaces").fill("2")
+    form.get_by_role("button", name="Make key").click()
+    secret = page.get_by_label("The new key").input_value()
+    assert secret.startswith("agbx_")
+    with Client(server.url, secret) as erin:
+        made = erin.my_key()
+        assert made.owner == "erin" and made.max_workspaces == 2 and erin.list() == []
+        row = page.get_by_role("row").filter(has_text=made.id)
+        expect(row).to_contain_text("2 workspaces")
+        shoot(page, "keys")
+        row.get_by_role("button", name=f"Revoke {made.id}").click()
+        confirm(page, "Revoke")
+        expect(page.get_by_role("row").filter(has_text=made.id)).to_have_count(0)
+        with pytest.raises(APIError) as refused:
+            eventually(lambda: erin.list(), timeout=2)
+        assert refused.value.status_code == 401
+
+    other = browser.new_page()  # bob is no admin: his own keys, no form
+    sign_in(other, server, "bob")
+    other.get_by_role("link", name="API keys").click()
+    expect(other.get_by_text("no", exact=True)).to_be_visible()
+    expect(other.get_by_role("form", name="New API key")).to_have_count(0)
+    expect(other.get_by_role("row").filter(has_text="erin")).to_have_count(0)
+    expect(other.get_by_role("row").filter(has_text="bob")).to_have_count(1)
+    other.close()
+
+
 def test_api_errors_read_as_sentences(page: Page, server: Server) -> None:
     sign_in(page, server)
     page.get_by_label("Memory", exact=True).fill("lots")

@@ -41,6 +41,12 @@ def test_code_runs_with_state_output_results_and_errors(sandbox: Sandbox) -> Non
     assert sandbox.run_code("input()").error.name == "EOFError"  # the code's stdin is empty
 
 
+def test_a_context_can_be_made_before_any_code_runs(sandbox: Sandbox) -> None:
+    # The SDK's context calls carry no access token: the interpreter must already run, as on E2B.
+    context = sandbox.create_code_context(cwd="/tmp")
+    assert sandbox.run_code("import os\nos.getcwd()", context=context).text == "/tmp"
+
+
 def test_contexts_are_separate_namespaces(sandbox: Sandbox) -> None:
     sandbox.run_code("shared = 1")
     context = sandbox.create_code_context(cwd="/tmp")
@@ -88,12 +94,18 @@ def test_the_interpreter_comes_back_after_a_pause_that_rebooted(sandbox: Sandbox
 def test_the_interpreter_port_is_closed_to_others(sandbox: Sandbox, server: Server) -> None:
     headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49999"}
     bob = httpx.Client(base_url=f"{server.url}/e2b/envd", headers={**headers, "X-Access-Token": "forged"})
-    # Its ports are public as on E2B (allow_public_traffic defaults to true): reachable without a token.
-    assert bob.get("/health").status_code == 200
+    # Its ports are public as on E2B (allow_public_traffic defaults to true), but its interpreter is no
+    # public app: a context is a process in the sandbox. It takes the access token or the traffic token.
+    assert bob.get("/health").status_code == 401
+    assert bob.post("/contexts", json={}).status_code == 401
+    assert bob.post("/execute", json={"code": "1"}).status_code == 401
+    traffic = {"E2B-Traffic-Access-Token": sandbox.traffic_access_token or ""}
+    assert httpx.get(f"{server.url}/e2b/envd/health", headers={**headers, **traffic}).status_code == 200
+    assert sandbox.run_code("1").text == "1"
     closed = Sandbox.create(timeout=60, network={"allow_public_traffic": False})
     try:
         shut = {"E2b-Sandbox-Id": closed.sandbox_id, "E2b-Sandbox-Port": "49999"}
-        assert httpx.get(f"{server.url}/e2b/envd/health", headers=shut).status_code == 502
+        assert httpx.get(f"{server.url}/e2b/envd/health", headers=shut).status_code == 401
         assert closed.run_code("6 * 7").text == "42"  # the SDK sends the traffic token
     finally:
         closed.kill()

@@ -22,6 +22,8 @@ from .github_standin import GitHubStandIn, new_private_key
 KEY, NEW_KEY = secrets.token_hex(32), secrets.token_hex(32)
 REPOSITORY = "octo/hello"
 README = "# hello\nfrom the stand-in\n"
+# The stand-in listens on loopback, which the server reaches for a GitHub App only when told to.
+ALLOWED = {"GITHUB_API_ALLOWED_HOSTS": "127.0.0.1"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitHubStandIn]
 
 @pytest.fixture(scope="module")
 def gh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("gh"), env={"GITHUB_APP_ENCRYPTION_KEY": KEY}).start()
+    server = Server(tmp_path_factory.mktemp("gh"), env={"GITHUB_APP_ENCRYPTION_KEY": KEY, **ALLOWED}).start()
     yield server
     server.stop()
 
@@ -177,7 +179,7 @@ def test_a_key_github_does_not_know_gets_a_clear_error_and_leaves_nothing(gh: Se
 
 def test_the_key_can_be_rotated_while_the_server_runs(tmp_path: Path, standin: GitHubStandIn) -> None:
     def serve(env: dict[str, str]) -> Server:
-        return Server(tmp_path, env=env).start()
+        return Server(tmp_path, env={**env, **ALLOWED}).start()
 
     def checks_out(server: Server) -> bool:
         with server.client() as alice:

@@ -13,7 +13,6 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from agentbox.api.tokens import mint
 from agentbox.client import Client
 from agentbox.schemas import WorkspaceOut
 
@@ -46,7 +45,8 @@ def web(alice: Client, workspace: WorkspaceOut) -> Iterator[WorkspaceOut]:
 def test_the_api_form_reaches_the_server_and_keeps_the_key_out(alice: Client, bob: Client, web: WorkspaceOut) -> None:
     answer = through_api(alice, web.id, "/some/path?x=1&y=%2F", method="POST", content=b"hello")
     assert answer.status_code == 200 and answer.headers["x-served-by"] == "echo"
-    assert answer.headers.get_list("set-cookie") == ["first=1", "second=2"]  # a repeated header stays repeated
+    # On agentbox's own origin the app's answer is sandboxed and sets no cookie (test_attack_previews.py).
+    assert "set-cookie" not in answer.headers and answer.headers["content-security-policy"].startswith("sandbox ")
     seen = answer.json()
     assert (seen["method"], seen["path"], seen["body"]) == ("POST", "/some/path?x=1&y=%2F", "hello")
     headers = {name.lower(): value for name, value in seen["headers"].items()}
@@ -75,6 +75,9 @@ def test_a_preview_url_works_without_a_key_and_only_for_its_port(
     cookie = first.headers["set-cookie"].split(";")[0]
     page = httpx.get(f"{server.url}/app.js", headers={"host": host, "cookie": f"{cookie}; theirs=1"})
     assert page.status_code == 200 and page.json()["path"] == "/app.js"
+    # Its own origin: the app's answer as it is, a repeated header still repeated.
+    assert page.headers.get_list("set-cookie") == ["first=1", "second=2"]
+    assert "content-security-policy" not in page.headers
     assert page.json()["headers"].get("cookie") == "theirs=1"  # agentbox's own cookie stays here
     assert httpx.get(f"{server.url}/app.js", headers={"host": host}).status_code == 403  # no token
     other_port = host.replace(f"{PORT}-", "8001-", 1)
@@ -86,8 +89,9 @@ def test_a_preview_url_works_without_a_key_and_only_for_its_port(
     ).stdout
     assert printed.startswith(f"http://{host}/?agentbox_preview=")
 
-    expired, _ = mint("alice", KEYS["alice"], -10, use="preview", ws=web.id, port=PORT)
-    refused = httpx.get(f"{server.url}/preview/{expired}/")
+    token = preview["path_url"].rstrip("/").rsplit("/", 1)[1]
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    refused = httpx.get(f"{server.url}/preview/{forged}/")
     assert refused.status_code == 403 and "GET /api/v1/workspaces/" in refused.json()["detail"]
     assert httpx.get(f"{server.url}/preview/not-a-token/").status_code == 403
 

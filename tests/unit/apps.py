@@ -38,8 +38,10 @@ def build_app(
     )
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store.migrate()
-    manager = None if providers is None else WorkspaceManager(loaded, store, providers, unavailable=unavailable)
-    return create_app(loaded, Service(settings=loaded, store=store, manager=manager))
+    service = Service.over(loaded, store)
+    service.sync_keys()
+    service.manager = WorkspaceManager(loaded, store, providers, unavailable=unavailable) if providers else None
+    return create_app(loaded, service)
 
 
 @contextmanager

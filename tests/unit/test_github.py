@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
+import re
 import secrets
+import socket
 
 import jwt
 import pytest
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 from agentbox.config import ConfigError, load_settings
 from agentbox.github.app import AppCredentials, app_jwt
 from agentbox.github.crypto import DecryptError, Keyring, parse_key
+from agentbox.github.egress import EgressPolicy, Refused, _forbidden
 
 KEY, OTHER = secrets.token_bytes(32), secrets.token_bytes(32)
 
@@ -85,3 +89,82 @@ def test_the_app_jwt_is_rs256_from_the_app_and_lives_under_ten_minutes() -> None
     assert claims["exp"] - 1_800_000_000 == 540 and claims["exp"] - claims["iat"] <= 600
     assert app.git_url == "https://github.com"
     assert AppCredentials("gh-2", 1, "https://ghe.example.com/api/v3", "").git_url == "https://ghe.example.com"
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.1", "private"),
+        ("172.16.0.1", "private"),
+        ("169.254.169.254", "link-local"),  # cloud metadata
+        ("100.64.0.1", "shared (carrier-grade NAT)"),
+        ("224.0.0.251", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("0.0.0.0", "unspecified"),
+        ("::1", "loopback"),
+        ("fe80::1", "link-local"),
+        ("fd00::1", "private"),
+        ("::ffff:127.0.0.1", "loopback"),  # IPv4 inside IPv6: judged as the IPv4 it is
+        ("2002:a00:1::", "private"),  # 6to4 of 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
+        ("140.82.112.6", None),  # a public address (GitHub's)
+        ("2606:4700::1111", None),
+    ],
+)
+def test_only_public_addresses_are_reachable_for_an_app(address: str, kind: str | None) -> None:
+    assert _forbidden(ipaddress.ip_address(address)) == kind
+
+
+def test_an_api_url_must_be_https_and_public_unless_its_host_is_allowed() -> None:
+    strict = EgressPolicy()
+    for url in ("http://127.0.0.1:8080/api/v3", "https://127.0.0.1/api/v3", "https://10.0.0.5", "https://[::1]:8443"):
+        with pytest.raises(Refused):
+            strict.check(url)
+    with pytest.raises(Refused, match=re.escape("localhost (at 127.0.0.1) is a loopback address")):
+        strict.check("https://localhost/api/v3")  # a name is judged by what it resolves to
+    with pytest.raises(Refused, match=r"http is accepted only for hosts .* GITHUB_API_ALLOWED_HOSTS"):
+        strict.check("http://api.example.com/api/v3")
+    with pytest.raises(Refused, match="credentials"):
+        strict.check("https://user:pass@api.github.com")
+    strict.check("https://api.github.com")  # a name that does not resolve now is checked at each connection
+
+    allowed = EgressPolicy(["127.0.0.1:8080", "ghe.internal", "[::1]"])
+    allowed.check("http://127.0.0.1:8080/api/v3")
+    allowed.check("https://[::1]:9999/api/v3")  # a host without a port: any port
+    with pytest.raises(Refused):
+        allowed.check("http://127.0.0.1:8081/api/v3")  # another port of an allowed host:port
+    assert allowed.allows("GHE.Internal.", 443) and allowed.allows("0:0::1", 1)
+    assert allowed.curl_resolve("http://127.0.0.1:8080/octo/hello.git") is None  # allowed: nothing to pin
+    with pytest.raises(ValueError, match="GITHUB_API_ALLOWED_HOSTS"):
+        EgressPolicy(["[not-an-address"])
+
+
+def test_git_connects_to_the_addresses_that_were_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {"ghe.example.com": ["203.0.113.10", "2001:db8::10"], "rebound.example.com": ["140.82.112.6", "10.0.0.1"]}
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    policy = EgressPolicy()
+    # 203.0.113.0/24 and 2001:db8::/32 are documentation ranges: not public either.
+    with pytest.raises(Refused, match=r"not globally routable|reserved|private"):
+        policy.curl_resolve("https://ghe.example.com/octo/hello.git")
+    answers["ghe.example.com"] = ["140.82.112.3", "2606:50c0::1"]
+    assert policy.curl_resolve("https://ghe.example.com/octo/hello.git") == (
+        "ghe.example.com:443:140.82.112.3,[2606:50c0::1]"
+    )
+    with pytest.raises(Refused, match=re.escape("10.0.0.1")):  # one private answer among public ones is enough
+        policy.curl_resolve("https://rebound.example.com:8443/octo/hello.git")
+
+
+def test_the_allowed_hosts_setting_is_a_comma_separated_list_of_host_or_host_port() -> None:
+    assert load_settings(GITHUB_API_ALLOWED_HOSTS="127.0.0.1:8080, ghe.internal").github_allowed_hosts == (
+        "127.0.0.1:8080",
+        "ghe.internal",
+    )
+    assert load_settings().github_allowed_hosts == ()
+    with pytest.raises(ConfigError, match="GITHUB_API_ALLOWED_HOSTS"):
+        load_settings(GITHUB_API_ALLOWED_HOSTS="https://ghe.internal/api/v3")

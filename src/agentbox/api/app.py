@@ -5,6 +5,7 @@ the answer. Every error leaves as JSON with a `detail`.
 """
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,6 +23,7 @@ from agentbox.api import (
     dashboard,
     files,
     github,
+    keys,
     ports,
     processes,
     sessions,
@@ -31,6 +33,8 @@ from agentbox.api import (
     workspaces,
 )
 from agentbox.api.dependencies import in_thread
+from agentbox.api.limits import RateLimits
+from agentbox.api.revocations import EndOnRevocation, Revocations
 from agentbox.config import Settings
 from agentbox.e2b_api import control as e2b_control
 from agentbox.e2b_api import envd as e2b_envd
@@ -52,16 +56,22 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
     """
 
     mcp = mcp_http.MCPEndpoint(settings.max_request)
+    revocations = Revocations()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A followed output stream holds a worker thread while it waits; anyio's default of 40
         # would let 40 followers stall every other request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+        for name in ("uvicorn.access", "uvicorn.error"):  # configured by now: the filter stays
+            if not any(isinstance(f, RedactTokens) for f in logging.getLogger(name).filters):
+                logging.getLogger(name).addFilter(RedactTokens())
         app.state.service = service or await in_thread(Service.start, settings)
         try:
-            async with mcp.running(app):
+            async with anyio.create_task_group() as background, mcp.running(app):
+                background.start_soon(revocations.run, app.state.service.keys)
                 yield
+                background.cancel_scope.cancel()
         finally:
             await in_thread(app.state.service.close)
 
@@ -76,13 +86,28 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
             e2b_control.E2BError: e2b_control.e2b_error,
         },
     )
+    app.state.revocations = revocations
     app.add_middleware(RequestSizeLimit, limit=settings.max_request)
     app.add_middleware(audit.AuditTrail)
-    if settings.preview_domain:
-        app.add_middleware(ports.PreviewHosts, domain=settings.preview_domain)
-    if settings.e2b_api:  # outermost: envd's hosts and paths are its own (its uploads have their own limit)
+    app.add_middleware(ports.PreviewHosts, domain=settings.preview_domain)  # *.localhost when no domain is set
+    if settings.e2b_api:  # envd's hosts and paths are its own (its uploads have their own limit)
         app.add_middleware(e2b_envd.EnvdRoutes, domain=settings.preview_domain)
-    for module in (system, github, workspaces, commands, files, tools, sessions, processes, terminals, ports, audit):
+    app.add_middleware(EndOnRevocation, revocations=revocations)  # around every way in, previews and envd too
+    app.add_middleware(RateLimits)  # outermost: a refused address reaches nothing
+    for module in (
+        system,
+        keys,
+        github,
+        workspaces,
+        commands,
+        files,
+        tools,
+        sessions,
+        processes,
+        terminals,
+        ports,
+        audit,
+    ):
         app.include_router(module.router)
     if settings.e2b_api:
         app.include_router(e2b_control.router)
@@ -114,6 +139,23 @@ async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
 
+class RedactTokens(logging.Filter):
+    """Keeps tokens out of the server's log: a preview link's path, `?token=` and signed URLs' signatures
+    (uvicorn logs each request's path and query)."""
+
+    _PATH = re.compile(r"/preview/[^/?\s]+")
+    _QUERY = re.compile(r"([?&](?:token|agentbox_preview|signature)=)[^&\s\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+    @classmethod
+    def redact(cls, text: str) -> str:
+        return cls._QUERY.sub(r"\1<redacted>", cls._PATH.sub("/preview/<token>", text))
+
+
 class RequestSizeLimit:
     """Refuse request bodies over `limit` bytes with a 413, except uploads (PUT), which have their own.
 
@@ -125,8 +167,11 @@ class RequestSizeLimit:
         self.app = app
         self.limit = limit
 
+    #: Bodies relayed to a workspace's server: streamed with backpressure under WORKSPACE_MAX_PROXIED_BODY.
+    _PROXIED = re.compile(r"^/(preview/|api/v1/workspaces/[^/]+/ports/\d+/)")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "PUT":
+        if scope["type"] != "http" or scope["method"] == "PUT" or self._PROXIED.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -16,6 +18,8 @@ from agentbox.audit import AuditLog, Call, summarized
 from agentbox.models import utcnow
 from agentbox.schemas import AuditPage, AuditRecordOut
 
+log = logging.getLogger("agentbox.audit")
+
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/audit", tags=["workspaces"])
 
 _ON_WORKSPACE = re.compile(r"^/api/v1/workspaces/([^/]+)(/.*)?$")
@@ -23,8 +27,9 @@ _PREFIX = "/api/v1/workspaces/{workspace_id}"
 #: Reads of a workspace's state that touch nothing in it: a dashboard asks them every few seconds,
 #: and the trail is of what was done. Left out when they succeed; a refused one is still kept.
 _STATUS_READS = frozenset({None, "/", "/usage", "/ports", "/processes"})
-#: JSON bodies up to this size are summarized in the trail (bigger ones: only their size).
-MAX_SUMMARIZED_BODY = 16 << 20
+#: JSON bodies up to this size are summarized in the trail (bigger ones: only their size). Small: it is
+#: held in memory for the whole call, for every call in flight, whoever sends it.
+MAX_SUMMARIZED_BODY = 64 << 10
 
 
 @router.get("", response_model=AuditPage)
@@ -45,7 +50,8 @@ async def audit_trail(
 
 
 class AuditTrail:
-    """Records each HTTP request and WebSocket on /api/v1/workspaces/{id}/... once it has ended."""
+    """Records each HTTP request and WebSocket on /api/v1/workspaces/{id}/... once it has ended, when its
+    caller was authenticated (the AuditLog keeps it only if that caller owns the workspace)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -60,12 +66,19 @@ class AuditTrail:
         status = 0
         headers = dict(scope.get("headers", []))
         body = bytearray()
+        size = 0  # of the whole body; `body` holds it only while it is small enough to summarize
         keep_body = headers.get(b"content-type", b"").startswith(b"application/json")
 
         async def receiving() -> Message:
+            nonlocal size
             message = await receive()
-            if keep_body and message["type"] == "http.request" and len(body) <= MAX_SUMMARIZED_BODY:
-                body.extend(message.get("body", b""))
+            if keep_body and message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size <= MAX_SUMMARIZED_BODY:
+                    body.extend(chunk)
+                else:
+                    body.clear()
             return message
 
         async def sending(message: Message) -> None:
@@ -79,35 +92,53 @@ class AuditTrail:
         try:
             await self.app(scope, receiving, sending)
         finally:
-            service = scope["app"].state.service
-            manager = service.manager if service is not None else None
-            status_read = method == "GET" and on.group(2) in _STATUS_READS and 0 < status < 400
-            if manager is not None and not status_read:
-                route = scope.get("route")
-                template = getattr(route, "path", _PREFIX + (on.group(2) or ""))
-                manager.audit.record(
-                    Call(
-                        workspace_id=on.group(1),
-                        owner=scope.get("state", {}).get("owner"),
-                        at=at,
-                        action=f"{method} {template.removeprefix(_PREFIX) or '/'}",
-                        arguments=summarized(_arguments(scope, bytes(body))),
-                        status=status or 500,
-                        duration_ms=int((time.monotonic() - started) * 1000),
-                    )
-                )
+            try:
+                self._record(scope, on, method, at, status, int((time.monotonic() - started) * 1000), bytes(body), size)
+            except Exception:  # the trail must never break the call it describes
+                log.exception("recording a call on %s failed", scope["path"])
+
+    @staticmethod
+    def _record(
+        scope: Scope,
+        on: re.Match[str],
+        method: str,
+        at: datetime,
+        status: int,
+        duration_ms: int,
+        body: bytes,
+        size: int,
+    ) -> None:
+        service = scope["app"].state.service
+        manager = service.manager if service is not None else None
+        owner = scope.get("state", {}).get("owner")
+        status_read = method == "GET" and on.group(2) in _STATUS_READS and 0 < status < 400
+        if manager is None or owner is None or status_read:
+            return  # nobody authenticated: nothing of theirs goes into anyone's trail
+        route = scope.get("route")
+        template = getattr(route, "path", _PREFIX + (on.group(2) or ""))
+        manager.audit.record(
+            Call(
+                workspace_id=on.group(1),
+                owner=owner,
+                at=at,
+                action=f"{method} {template.removeprefix(_PREFIX) or '/'}",
+                arguments=summarized(_arguments(scope, body, size)),
+                status=status or 500,
+                duration_ms=duration_ms,
+            )
+        )
 
 
-def _arguments(scope: Scope, body: bytes) -> dict[str, Any]:
+def _arguments(scope: Scope, body: bytes, size: int) -> dict[str, Any]:
     arguments: dict[str, Any] = {k: v for k, v in scope.get("path_params", {}).items() if k != "workspace_id"}
     arguments |= dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-    if body:
+    if size:
         try:
-            parsed = json.loads(body)
+            parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
         if isinstance(parsed, dict):
             arguments |= parsed
         else:
-            arguments["body"] = f"<{len(body)} bytes>"
+            arguments["body"] = f"<{size} bytes>"
     return arguments

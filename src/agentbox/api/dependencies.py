@@ -3,15 +3,16 @@
 Also `in_thread`, how handlers call the manager's blocking methods without blocking the event loop.
 """
 
-import hmac
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, Query, Request
+from fastapi.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from agentbox.errors import NotFound, Unauthorized
+from agentbox.auth.keys import ApiKeys, Caller
+from agentbox.errors import Forbidden, NotFound, Unauthorized
 from agentbox.github.service import GitHub
 from agentbox.manager import WorkspaceManager
 from agentbox.schemas import AbsolutePath
@@ -39,30 +40,61 @@ async def manager(request: Request) -> WorkspaceManager:
     return found
 
 
-async def owner(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """The owner whose API key the request bears; 401 without a key or with an unknown one."""
+async def caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Caller:
+    """Who the request's API key belongs to; 401 without a key or with one that does not work."""
+    service = request.app.state.service
     if credentials is None:
-        raise Unauthorized("missing API key: send `Authorization: Bearer <key>` (keys come from WORKSPACE_API_KEYS)")
-    found = owner_of_key(request.app.state.service.settings.owners_by_key, credentials.credentials)
+        raise Unauthorized(
+            "missing API key: send `Authorization: Bearer <key>` (an admin makes keys: agentbox keys create)"
+        )
+    found = await authenticated(service.keys, credentials.credentials)
     if found is None:
-        raise Unauthorized("invalid API key: use one of the keys in the server's WORKSPACE_API_KEYS")
-    request.state.owner = found  # for the audit trail
+        refused(request)
+        raise Unauthorized(
+            "invalid API key: it is unknown or was revoked; use a key of WORKSPACE_API_KEYS or one an admin made "
+            "(agentbox keys create)"
+        )
+    return watched(request, found)
+
+
+async def owner(found: Annotated[Caller, Depends(caller)]) -> str:
+    """The owner whose API key the request bears (see `caller`)."""
+    return found.owner
+
+
+async def admin(found: Annotated[Caller, Depends(caller)]) -> Caller:
+    """The caller, when their key is an admin's; 403 otherwise."""
+    if not found.admin:
+        raise Forbidden("managing API keys needs an admin's key (WORKSPACE_ADMINS, or a key made with admin=true)")
     return found
 
 
-async def owner_of_request(request: Request) -> str:
-    """`owner` outside a route's dependencies (an ASGI endpoint such as /mcp): the same checks, the same 401s."""
-    return await owner(request, await _bearer(request))
+async def caller_of_request(request: Request) -> Caller:
+    """`caller` outside a route's dependencies (an ASGI endpoint such as /mcp): the same checks, the same 401s."""
+    return await caller(request, await _bearer(request))
 
 
-def owner_of_key(owners_by_key: dict[str, str], presented: str) -> str | None:
-    """Whose key `presented` is, if anyone's."""
-    found: str | None = None
-    # Compare against every key, in constant time each, so timing says nothing about which matched.
-    for key, key_owner in owners_by_key.items():
-        if hmac.compare_digest(presented.encode(), key.encode()):
-            found = key_owner
+async def authenticated(keys: ApiKeys, presented: str) -> Caller | None:
+    """The caller of key `presented`, from the cache when it knows, else from the database in a worker thread."""
+    hit, found = keys.peek(presented)
+    return found if hit else await in_thread(keys.authenticate, presented)
+
+
+def watched(connection: HTTPConnection, found: Caller) -> Caller:
+    """`found`, now known as the connection's caller: to the audit trail, and to the watch that ends the
+    connection if its key is revoked (api/revocations.py)."""
+    connection.state.owner = found.owner
+    connection.state.caller = found
+    connection.app.state.revocations.watch(connection.scope, found.key_id)
     return found
+
+
+def refused(connection: HTTPConnection) -> None:
+    """Count a refused credential against the client's address (rate limits on failed authentication)."""
+    client = connection.client
+    connection.app.state.service.throttle.failure(client.host if client else "")
 
 
 async def github(request: Request) -> GitHub:
@@ -87,4 +119,6 @@ History = Annotated[UsageHistory | None, Depends(usage_history)]
 GitHubApps = Annotated[GitHub, Depends(github)]
 # Handlers list `Manager` before `Owner` so that a disabled server answers 404 before asking for a key.
 Owner = Annotated[str, Depends(owner)]
+Who = Annotated[Caller, Depends(caller)]
+Admin = Annotated[Caller, Depends(admin)]
 WorkspacePath = Annotated[AbsolutePath, Query(description="absolute path inside the workspace")]

@@ -3,12 +3,16 @@
 Three ways in, one way through (the workspace's channel, so no route into its network is
 needed and `"network": "none"` workspaces have previews too):
 
-- `/api/v1/workspaces/{id}/ports/{port}/...` for API clients, with their bearer key;
-- `/preview/{token}/...` for browsers: the token (GET .../ports/{port}/url) names the workspace
-  and port, is signed with the asking owner's API key and expires;
-- `http(s)://{port}-{id}.{WORKSPACE_PREVIEW_DOMAIN}/...` when that is set: the app sees the
-  root of its own host, so its absolute links work. The token comes once as
-  `?agentbox_preview=` and is then kept in a cookie for that host only.
+- `http(s)://{port}-{id}.{domain}/...` for browsers: the app on an origin of its own, at the root
+  of its own host (so its absolute links work). The domain is WORKSPACE_PREVIEW_DOMAIN, or, when
+  that is not set, `localhost` with the server's port: browsers resolve every `*.localhost` name
+  to this machine, so previews have their own origins on one machine with no DNS set up. The token
+  (GET .../ports/{port}/url: it names the workspace and port, and expires) comes once as
+  `?agentbox_preview=` and is then kept in a cookie for that host only (`Secure` when the
+  request came over https);
+- `/api/v1/workspaces/{id}/ports/{port}/...` for API clients, with their bearer key, and
+  `/preview/{token}/...` for clients without wildcard names: both on agentbox's own origin, so
+  the app's answers are shown there as an opaque origin (see proxy.py).
 """
 
 from __future__ import annotations
@@ -19,16 +23,16 @@ import time
 from typing import Annotated
 from urllib.parse import parse_qsl, urlencode
 
-import jwt
 from fastapi import APIRouter, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import Field
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentbox.api.dependencies import Manager, Owner, in_thread
-from agentbox.api.proxy import PREVIEW_COOKIE, Connect, proxy_http, proxy_websocket
-from agentbox.api.tokens import bearer, mint, owner_of
+from agentbox.api.dependencies import Manager, Owner, Who, in_thread
+from agentbox.api.proxy import PREVIEW_COOKIE, PREVIEW_HOST, Connect, caller_of, proxy_http, proxy_websocket
+from agentbox.api.tokens import bearer_caller, token_caller
+from agentbox.auth.tokens import Tokens
 from agentbox.e2b_api import access
 from agentbox.errors import AgentboxError, Forbidden, NotFound, Unprocessable
 from agentbox.manager import WorkspaceManager
@@ -42,6 +46,10 @@ _PREFIX = "/api/v1/workspaces/{workspace_id}/ports/{port}"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: A preview URL's life when the request names none (MAX_SECONDS the longest).
 DEFAULT_SECONDS = 3600
+#: Where previews have origins of their own when WORKSPACE_PREVIEW_DOMAIN is not set (RFC 6761:
+#: browsers resolve `*.localhost` to the loopback address themselves).
+LOCAL_PREVIEW_DOMAIN = "localhost"
+PREVIEW_USE = "preview"
 
 
 @router.get("/api/v1/workspaces/{workspace_id}/ports", response_model=ListeningPorts)
@@ -59,23 +67,27 @@ async def preview_url(
     port: Port,
     request: Request,
     mgr: Manager,
-    who: Owner,
+    who: Who,
     expires_in: Annotated[int, Query(ge=60, le=MAX_SECONDS, description="seconds the URL works")] = DEFAULT_SECONDS,
 ) -> PreviewURL:
     """A URL a browser can open to reach the server on `port` in the workspace, without an API key.
 
+    `url` is the app on an origin of its own: `{port}-{id}.{WORKSPACE_PREVIEW_DOMAIN}`, or
+    `{port}-{id}.localhost:{this server's port}` when no domain is set (browsers resolve
+    `*.localhost` to this machine). `path_url` works without such names, on this server's own
+    origin, where the app's pages are sandboxed (no cookies, storage or service workers).
     Anyone with the URL reaches that port until it expires; removing the API key that asked for it
     revokes it. (A GET of the app's own path /url through the API form is this endpoint: use a
     preview URL for that one.) Errors: 404 when the workspace is not yours.
     """
-    await in_thread(mgr.get, who, workspace_id)
-    _, key = bearer(request.headers.get("authorization"), mgr.settings.owners_by_key)
-    token, expires = mint(who, key, expires_in, use="preview", ws=workspace_id, port=port)
+    await in_thread(mgr.get, who.owner, workspace_id)
+    token, expires = request.app.state.service.tokens.mint(who, PREVIEW_USE, expires_in, ws=workspace_id, port=port)
     path_url = f"{str(request.base_url).rstrip('/')}/preview/{token}/"
-    url = path_url
-    if mgr.settings.preview_domain:
-        query = urlencode({PREVIEW_COOKIE: token})
-        url = f"{request.url.scheme}://{port}-{workspace_id}.{mgr.settings.preview_domain}/?{query}"
+    domain = mgr.settings.preview_domain
+    if not domain:
+        domain = LOCAL_PREVIEW_DOMAIN + (f":{request.url.port}" if request.url.port else "")
+    query = urlencode({PREVIEW_COOKIE: token})
+    url = f"{request.url.scheme}://{port}-{workspace_id}.{domain}/?{query}"
     return PreviewURL(url=url, path_url=path_url, expires_at=expires)
 
 
@@ -83,7 +95,7 @@ async def preview_url(
 @router.api_route(_PREFIX + "/{path:path}", methods=_METHODS, include_in_schema=False)
 async def through_api(workspace_id: str, port: Port, path: str, request: Request, mgr: Manager, who: Owner) -> Response:
     """Send this request to the server on `port` in the workspace (at `/{path}`, with the query) and
-    give its answer as it is. The API key is not passed on.
+    give its answer, shown as an opaque origin (see proxy.py). The API key is not passed on.
 
     Errors: 502 when nothing listens on the port, 504 when the server does not start answering
     within 60 s, 404 when the workspace is not yours, 409 when it is not running.
@@ -101,52 +113,55 @@ async def websocket_through_api(websocket: WebSocket, workspace_id: str, port: i
             raise NotFound("agent workspaces are disabled on this server: set ENABLE_AGENT_WORKSPACES=true")
         if not 1 <= port <= 65535:
             raise Unprocessable(f"port {port}: a port is a number from 1 to 65535")
-        owner, _ = bearer(websocket.headers.get("authorization"), service.settings.owners_by_key)
-        websocket.state.owner = owner  # for the audit trail
+        owner = (await bearer_caller(websocket)).owner
     except AgentboxError as exc:
         await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
         return
     prefix = _PREFIX.format(workspace_id=workspace_id, port=port)
+    connect = _connect(service.manager, owner, workspace_id, port)
     await proxy_websocket(
-        websocket, _connect(service.manager, owner, workspace_id, port), target_of(websocket, prefix), port
+        websocket, connect, target_of(websocket, prefix), port, workspace_id, caller_of(websocket, owner)
     )
 
 
 @router.api_route("/preview/{token}/{path:path}", methods=_METHODS, include_in_schema=False)
 async def through_preview(token: str, path: str, request: Request) -> Response:
     try:
-        connect, port = _preview(request, token)
+        connect, port, _ = await _preview(request, token)
     except AgentboxError as exc:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-    prefix = f"/preview/{token}"
-    return await proxy_http(request, connect, target_of(request, prefix), prefix, port)
+    # No X-Forwarded-Prefix: this one carries the token, which the app never sees.
+    return await proxy_http(request, connect, target_of(request, f"/preview/{token}"), "", port)
 
 
 @router.websocket("/preview/{token}/{path:path}")
 async def websocket_through_preview(websocket: WebSocket, token: str, path: str) -> None:
     try:
-        connect, port = _preview(websocket, token)
+        connect, port, workspace_id = await _preview(websocket, token)
     except AgentboxError as exc:
         await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
         return
-    await proxy_websocket(websocket, connect, target_of(websocket, f"/preview/{token}"), port)
+    target = target_of(websocket, f"/preview/{token}")
+    await proxy_websocket(websocket, connect, target, port, workspace_id, caller_of(websocket))
 
 
-def _preview(connection: Request | WebSocket, token: str, host: tuple[str, int] | None = None) -> tuple[Connect, int]:
-    """Where a preview token leads: (how to connect there, the port). Forbidden when it is not valid
-    (for the workspace and port of `host`, in the host form)."""
+async def _preview(
+    connection: Request | WebSocket, token: str, host: tuple[str, int] | None = None
+) -> tuple[Connect, int, str]:
+    """Where a preview token leads: (how to connect there, the port, the workspace). Forbidden when it
+    is not valid (for the workspace and port of `host`, in the host form)."""
     service = connection.app.state.service
     if service.manager is None:
         raise Forbidden("agent workspaces are disabled on this server: set ENABLE_AGENT_WORKSPACES=true")
-    claims = _claims(token)
+    claims = Tokens.claims(token)
     workspace_id, port = host or (claims.get("ws"), claims.get("port"))
-    owner = owner_of(token, service.settings.owners_by_key, use="preview", ws=workspace_id, port=port)
-    if owner is None or not isinstance(workspace_id, str) or not isinstance(port, int):
+    found = await token_caller(connection, token, PREVIEW_USE, ws=workspace_id, port=port)
+    if found is None or not isinstance(workspace_id, str) or not isinstance(port, int):
         raise Forbidden(
             "this preview link is not valid here or has expired: ask for a new one with "
             "GET /api/v1/workspaces/{id}/ports/{port}/url"
         )
-    return _connect(service.manager, owner, workspace_id, port), port
+    return _connect(service.manager, found.owner, workspace_id, port), port, workspace_id
 
 
 #: The header that opens the ports of a sandbox made with E2B's `allowPublicTraffic: false`.
@@ -163,8 +178,7 @@ def open_workspace(connection: Request | WebSocket, workspace_id: str) -> Worksp
     if manager is None or workspace is None:
         return None
     presented = connection.headers.get(TRAFFIC_HEADER, "")
-    keys = service.settings.keys_of(workspace.owner)
-    opened = workspace.public_ports or (presented and access.token_matches(presented, keys, workspace.id, "traffic"))
+    opened = workspace.public_ports or access.token_matches(presented, service.tokens, workspace, access.TRAFFIC)
     return manager.wake(workspace) if opened else None
 
 
@@ -173,15 +187,6 @@ def _open_port(connection: Request | WebSocket, workspace_id: str, port: int) ->
     if workspace is None or workspace.status != Status.RUNNING:
         return None
     return _connect(connection.app.state.service.manager, workspace.owner, workspace.id, port)
-
-
-def _claims(token: str) -> dict[str, object]:
-    """A token's claims, unverified: only to learn which workspace and port it names (then verified)."""
-    try:
-        claims: dict[str, object] = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return {}
-    return claims
 
 
 def _connect(mgr: WorkspaceManager, owner: str, workspace_id: str, port: int) -> Connect:
@@ -193,15 +198,23 @@ def target_of(connection: Request | WebSocket, prefix: str) -> str:
     raw: bytes = connection.scope.get("raw_path") or connection.scope["path"].encode()
     path = raw.decode("latin-1")[len(prefix) :] or "/"
     query = connection.scope.get("query_string", b"").decode("latin-1")
+    query = "&".join(p for p in query.split("&") if p and p.split("=", 1)[0] != PREVIEW_COOKIE)  # agentbox's own
     return f"{path}?{query}" if query else path
 
 
+def preview_host_pattern(domain: str) -> re.Pattern[str]:
+    """`{port}-{id}.{domain}` (any port after it); `*.localhost` when `domain` is empty."""
+    name = (domain or LOCAL_PREVIEW_DOMAIN).split(":")[0]
+    return re.compile(rf"^(\d{{1,5}})-(ws-[0-9a-f]+)\.{re.escape(name)}(:\d+)?$", re.I)
+
+
 class PreviewHosts:
-    """Serves `{port}-{id}.{WORKSPACE_PREVIEW_DOMAIN}` hosts as previews; passes every other host on."""
+    """Serves `{port}-{id}.{WORKSPACE_PREVIEW_DOMAIN}` hosts (`*.localhost` when it is not set) as
+    previews, each the app's own origin; passes every other host on."""
 
     def __init__(self, app: ASGIApp, domain: str) -> None:
         self.app = app
-        self.pattern = re.compile(rf"^(\d{{1,5}})-(ws-[0-9a-f]+)\.{re.escape(domain.split(':')[0])}(:\d+)?$", re.I)
+        self.pattern = preview_host_pattern(domain)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
@@ -210,6 +223,7 @@ class PreviewHosts:
             await self.app(scope, receive, send)
             return
         target = (int(found.group(1)), found.group(2).lower())
+        scope = {**scope, PREVIEW_HOST: target}  # the app's own origin (proxy.py)
         if scope["type"] == "websocket":
             await self._websocket(WebSocket(scope, receive, send), target)
         else:
@@ -227,14 +241,17 @@ class PreviewHosts:
         offered = request.query_params.get(PREVIEW_COOKIE)
         token = offered or request.cookies.get(PREVIEW_COOKIE, "")
         open_port = None if token else await in_thread(_open_port, request, workspace_id, port)
-        connect = open_port or _preview(request, token, (workspace_id, port))[0]
+        connect = open_port or (await _preview(request, token, (workspace_id, port)))[0]
         if offered:  # once in the query: kept in a cookie of this host, and the URL made clean
             query = urlencode([(k, v) for k, v in parse_qsl(request.url.query) if k != PREVIEW_COOKIE])
             clean = request.url.replace(query=query)
             answer = RedirectResponse(str(clean), status_code=307)
-            expires = _claims(token).get("exp")  # verified by _preview: an int
+            expires = Tokens.claims(token).get("exp")  # verified by _preview: an int
             max_age = max(expires - int(time.time()), 0) if isinstance(expires, int) else 0
-            answer.set_cookie(PREVIEW_COOKIE, token, max_age=max_age, httponly=True, samesite="lax")
+            # Secure behind https: the scheme uvicorn saw, or X-Forwarded-Proto from a proxy it trusts
+            # (FORWARDED_ALLOW_IPS: by default the loopback address alone).
+            secure = request.url.scheme == "https"
+            answer.set_cookie(PREVIEW_COOKIE, token, max_age=max_age, httponly=True, samesite="lax", secure=secure)
             return answer
         return await proxy_http(request, connect, target_of(request, ""), "", port)
 
@@ -243,8 +260,8 @@ class PreviewHosts:
         token = websocket.query_params.get(PREVIEW_COOKIE) or websocket.cookies.get(PREVIEW_COOKIE, "")
         try:
             open_port = None if token else await in_thread(_open_port, websocket, workspace_id, port)
-            connect = open_port or _preview(websocket, token, (workspace_id, port))[0]
+            connect = open_port or (await _preview(websocket, token, (workspace_id, port)))[0]
         except AgentboxError as exc:
             await websocket.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code))
             return
-        await proxy_websocket(websocket, connect, target_of(websocket, ""), port)
+        await proxy_websocket(websocket, connect, target_of(websocket, ""), port, workspace_id, caller_of(websocket))

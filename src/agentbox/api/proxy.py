@@ -1,72 +1,177 @@
-"""HTTP and WebSocket proxying onto a server inside a workspace, over one `PortConnection` per request.
+"""HTTP and WebSocket proxying onto a server inside a workspace, over one port connection per request.
 
 HTTP/1.1 is spoken to the workspace's server with h11 (one request per connection,
 `Connection: close`); a WebSocket with the sans-I/O protocol of `websockets`, its messages
-relayed to the client's socket one by one. What the client sent to reach agentbox (its API
-key, agentbox's preview cookie) is never passed on to the workspace.
+relayed one by one. Both run on the event loop over an `AsyncPort` (sandbox/async_tunnel.py):
+an open WebSocket costs sockets, not a thread; a body goes on only as fast as the server takes
+it; when either end of a WebSocket leaves, the other is closed (a server that ignores the close
+is cut CLOSE_SECONDS later). WebSockets are capped per workspace and per caller (`Relays`).
+
+Where an answer is shown decides what it may carry. A preview host (`{port}-{id}.{domain}`,
+marked by ports.PreviewHosts) is the app's own origin: its answer passes as it is, its cookies
+made host-only. Anywhere else (the path forms, E2B's header form) is agentbox's own origin, the
+dashboard's and the API's, so the answer is shown as an opaque origin (`SANDBOXED`): it sets no
+cookie, no service worker scope, nothing else that acts on the whole origin (`ORIGIN_WIDE`), the
+app receives no cookie of that origin, and a page of that origin cannot load it as a script, a
+style or a worker. What the client sent to reach agentbox (its API key, E2B's tokens, agentbox's
+preview cookie and parameter, a Referer naming a preview token) never reaches the workspace.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from urllib.parse import urlsplit
 
 import anyio
-import anyio.from_thread
+import anyio.to_thread
 import h11
-from fastapi import Request, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
-from starlette.responses import Response
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response as HandshakeResponse
 from websockets.uri import parse_uri
 
-from agentbox.api.files import sync_chunks
-from agentbox.api.streaming import ClosingStreamingResponse, CutShort
-from agentbox.errors import AgentboxError, ProviderError
+from agentbox.api.streaming import CutShort
+from agentbox.errors import AgentboxError, Forbidden, PayloadTooLarge, ProviderError
 from agentbox.providers.base import PortConnection
+from agentbox.sandbox.async_tunnel import AsyncPort, as_async
 
-#: Seconds the workspace's server has to start answering (its status line and headers).
+#: Seconds the workspace's server has to start answering (its status line and headers), and to
+#: answer a WebSocket's upgrade.
 ANSWER_SECONDS = 60.0
+#: Seconds the workspace's server may leave a request's body untaken before the request is given up.
+STALL_SECONDS = 60.0
+#: Seconds a WebSocket's server has to close once the client has left, before its connection is cut.
+CLOSE_SECONDS = 3.0
 #: Bytes of one WebSocket message relayed at most, either way.
 MAX_MESSAGE = 16 << 20
 PREVIEW_COOKIE = "agentbox_preview"
-_HOP_BY_HOP = frozenset(
+#: Set in the ASGI scope by ports.PreviewHosts on a request to a preview host: (port, workspace id).
+PREVIEW_HOST = "agentbox.preview_host"
+
+_NOT_FORWARDED = frozenset(
     {
+        # hop-by-hop, or framing that is agentbox's own towards the server
         "connection",
         "keep-alive",
         "proxy-authenticate",
-        "proxy-authorization",
         "te",
         "trailer",
         "transfer-encoding",
         "upgrade",
         "host",
-        "authorization",
         "content-length",
+        # the client's credentials for agentbox or E2B's endpoint, never the app's
+        "authorization",
+        "proxy-authorization",
+        "x-access-token",
+        "e2b-traffic-access-token",
+        # set by agentbox itself
+        "x-forwarded-host",
+        "x-forwarded-prefix",
+        "x-forwarded-proto",
     }
 )
 #: What the answer's framing was between the app and agentbox, not between agentbox and the client.
 _HOP_BY_HOP_ANSWER = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
+#: Answer headers that act on the whole origin showing them (or on the browser's dealings with it):
+#: never passed from an app on agentbox's own origin. Its CSP and the like are replaced by SANDBOXED.
+ORIGIN_WIDE = frozenset(
+    {
+        b"set-cookie",
+        b"set-cookie2",
+        b"service-worker-allowed",
+        b"clear-site-data",
+        b"strict-transport-security",
+        b"public-key-pins",
+        b"public-key-pins-report-only",
+        b"expect-ct",
+        b"alt-svc",
+        b"nel",
+        b"report-to",
+        b"reporting-endpoints",
+        b"accept-ch",
+        b"critical-ch",
+        b"origin-trial",
+        b"origin-agent-cluster",
+        b"speculation-rules",
+        b"set-login",
+        b"access-control-allow-credentials",
+        b"content-security-policy",
+        b"content-security-policy-report-only",
+        b"referrer-policy",
+        b"x-content-type-options",
+        b"permissions-policy",
+        b"document-policy",
+        b"cross-origin-opener-policy",
+        b"cross-origin-opener-policy-report-only",
+        b"cross-origin-embedder-policy",
+        b"cross-origin-embedder-policy-report-only",
+    }
+)
+#: What an app's answer on agentbox's own origin is sent with. `sandbox` without `allow-same-origin`
+#: makes its page an opaque origin: its scripts run, but cannot read the origin's storage or
+#: cookies, register a service worker, or call the API as the dashboard. (No Cross-Origin-
+#: Resource-Policy: the page's own images and scripts come to it from a different origin now, its
+#: own opaque one, and `same-origin` would block them.)
+SANDBOXED = [
+    (b"content-security-policy", b"sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),  # the path form's URL carries its token
+]
+#: What a page of agentbox's own origin (the dashboard) may not load from an app: code or styles
+#: would run as the dashboard, whatever the app's answer says (`Sec-Fetch-Dest`).
+_NOT_EMBEDDED = frozenset(
+    {"script", "style", "worker", "sharedworker", "serviceworker", "audioworklet", "paintworklet", "xslt", "json"}
+)
 
 Connect = Callable[[], PortConnection]
 
 
-def forwarded_headers(headers: list[tuple[bytes, bytes]], port: int, prefix: str) -> list[tuple[bytes, bytes]]:
-    """The client's headers as the workspace's server gets them: hop-by-hop ones and agentbox's own
-    credentials removed, Host its own, and where the request really went in X-Forwarded-*."""
-    kept = [(name, value) for name, value in headers if name.lower().decode() not in _HOP_BY_HOP]
-    kept = [
-        (name, _without_preview_cookie(value)) if name.lower() == b"cookie" else (name, value) for name, value in kept
-    ]
-    original = dict(headers)
+class GatewayTimeout(ProviderError):
+    status_code = 504
+
+
+class TooManyRelays(AgentboxError):
+    status_code = 429
+
+
+def own_origin(connection: HTTPConnection) -> bool:
+    """Whether the request came to a preview host: the app's own origin, not agentbox's."""
+    return PREVIEW_HOST in connection.scope
+
+
+def forwarded_headers(connection: HTTPConnection, port: int, prefix: str) -> list[tuple[bytes, bytes]]:
+    """The client's headers as the workspace's server gets them: hop-by-hop ones and agentbox's and E2B's
+    credentials removed, Host its own, where the request really went in X-Forwarded-* (the prefix only
+    when it is not secret: "" for a preview token's path), and cookies only on the app's own origin."""
+    own = own_origin(connection)
+    kept = []
+    for name, value in connection.headers.raw:
+        lower = name.lower()
+        if lower.decode("latin-1") in _NOT_FORWARDED:
+            continue
+        if lower == b"cookie":
+            if not own:
+                continue  # agentbox's origin's jar is shared by every path-form preview: none of it is the app's
+            value = _without_preview_cookie(value)
+        elif lower == b"referer" and _names_a_token(value):
+            continue
+        if value:
+            kept.append((name, value))
     return [
         (b"host", f"localhost:{port}".encode()),
-        *[(name, value) for name, value in kept if value],
-        (b"x-forwarded-host", original.get(b"host", b"")),
-        (b"x-forwarded-prefix", prefix.encode()),
+        *kept,
+        (b"x-forwarded-host", connection.headers.get("host", "").encode("latin-1")),
+        (b"x-forwarded-proto", connection.url.scheme.replace("ws", "http", 1).encode()),
+        *([(b"x-forwarded-prefix", prefix.encode("latin-1"))] if prefix else []),
     ]
 
 
@@ -75,197 +180,407 @@ def _without_preview_cookie(value: bytes) -> bytes:
     return b"; ".join(c for c in crumbs if c and not c.startswith(PREVIEW_COOKIE.encode() + b"="))
 
 
+def _names_a_token(referer: bytes) -> bool:
+    """A Referer from a path-form page (/preview/{token}/...) or a URL with the preview parameter."""
+    text = referer.decode("latin-1")
+    return PREVIEW_COOKIE in text or urlsplit(text).path.startswith("/preview/")
+
+
+def answer_headers(headers: Iterable[tuple[bytes, bytes]], own: bool) -> list[tuple[bytes, bytes]]:
+    """The app's answer headers as the client gets them (see the module's docstring)."""
+    kept = [(name, value) for name, value in headers if name not in _HOP_BY_HOP_ANSWER]
+    if not own:
+        return [*[(name, value) for name, value in kept if name not in ORIGIN_WIDE], *SANDBOXED]
+    return [
+        (name, _host_only(value)) if name == b"set-cookie" else (name, value)
+        for name, value in kept
+        if not (name == b"set-cookie" and value.lstrip().startswith(PREVIEW_COOKIE.encode() + b"="))
+    ]
+
+
+def _host_only(cookie: bytes) -> bytes:
+    """A Set-Cookie without its Domain: a preview's cookie is for its own host, not its siblings under
+    the same preview domain."""
+    first, *attributes = cookie.split(b";")
+    kept = [a for a in attributes if a.split(b"=", 1)[0].strip().lower() != b"domain"]
+    return b";".join([first, *kept])
+
+
+def _embedding_refused(headers: Headers) -> bool:
+    if headers.get("service-worker"):
+        return True  # a service worker's script: never from an app on agentbox's origin
+    return headers.get("sec-fetch-site") == "same-origin" and headers.get("sec-fetch-dest", "") in _NOT_EMBEDDED
+
+
+async def _open(connect: Connect) -> AsyncPort:
+    """A connection to the server: made in a worker thread (briefly: a socket's connect, an exec), then
+    driven from the event loop. Shielded, so that a client leaving meanwhile cannot leak it."""
+    with anyio.CancelScope(shield=True):
+        connection = await anyio.to_thread.run_sync(connect)
+    return as_async(connection)
+
+
+async def _close(port: AsyncPort) -> None:
+    with anyio.CancelScope(shield=True):
+        await port.aclose()
+
+
+# HTTP
+
+
 async def proxy_http(request: Request, connect: Connect, target: str, prefix: str, port: int) -> Response:
     """Send `request` to the server on `port` (at `target`, its path and query there) and stream its answer.
 
-    A 502 when nothing listens there, a 504 when it does not start answering in ANSWER_SECONDS.
+    A 502 when nothing listens there, a 504 when it does not start answering in ANSWER_SECONDS (or
+    leaves the body untaken for STALL_SECONDS), a 413 past WORKSPACE_MAX_PROXIED_BODY.
     """
-    headers = forwarded_headers(request.headers.raw, port, prefix)
+    own = own_origin(request)
+    if not own and _embedding_refused(request.headers):
+        raise Forbidden(
+            "a page of agentbox's own origin may not load a workspace's app as a script, style or worker: "
+            "open the app's preview URL (GET /api/v1/workspaces/{id}/ports/{port}/url) instead"
+        )
+    limit: int = request.app.state.service.settings.max_proxied_body
     length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    headers = forwarded_headers(request, port, prefix)
     has_body = length not in (None, "0") or "chunked" in request.headers.get("transfer-encoding", "")
-    body = sync_chunks(request.stream(), 1 << 40) if has_body else iter(())
-    status, answer_headers, content = await anyio.to_thread.run_sync(
-        _exchange, connect, request.method, target, headers, body, length
-    )
-    response = ClosingStreamingResponse(content, status_code=status)
-    response.raw_headers = answer_headers  # as a list: a header may come more than once (Set-Cookie)
-    return response
-
-
-def _exchange(
-    connect: Connect,
-    method: str,
-    target: str,
-    headers: list[tuple[bytes, bytes]],
-    body: Iterator[bytes],
-    length: str | None,
-) -> tuple[int, list[tuple[bytes, bytes]], Iterator[bytes]]:
-    connection = connect()
+    connection = await _open(connect)
     try:
         client = h11.Connection(h11.CLIENT)
         framing = [(b"content-length", length.encode())] if length is not None else []
-        if length is None and method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        if length is None and request.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             framing = [(b"transfer-encoding", b"chunked")]
-        request = h11.Request(method=method, target=target, headers=[*headers, *framing, (b"connection", b"close")])
-        connection.write(client.send(request) or b"")
-        for chunk in body:
-            connection.write(client.send(h11.Data(data=chunk)) or b"")
-        connection.write(client.send(h11.EndOfMessage()) or b"")
-        answer = _answer_head(client, connection)
+        head = h11.Request(
+            method=request.method, target=target, headers=[*headers, *framing, (b"connection", b"close")]
+        )
+        taken = await _send(connection, client.send(head))
+        if taken and has_body:
+            taken = await _send_body(request, client, connection, limit)
+        if taken:
+            await _send(connection, client.send(h11.EndOfMessage()))
+        answer = await _answer_head(client, connection)
     except BaseException:
-        connection.close()
+        await _close(connection)
         raise
-    headers_out = [(name, value) for name, value in answer.headers if name not in _HOP_BY_HOP_ANSWER]
-    return answer.status_code, headers_out, _answer_body(client, connection)
+    return _Relayed(
+        _answer_body(client, connection), answer.status_code, answer_headers(answer.headers, own), connection
+    )
 
 
-def _answer_head(client: h11.Connection, connection: PortConnection) -> h11.Response:
-    """The status line and headers, within ANSWER_SECONDS (the connection is closed to stop waiting)."""
-    timer = threading.Timer(ANSWER_SECONDS, connection.close)
-    timer.start()
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body exceeds {limit} bytes, the most sent on to a workspace's server "
+        "(WORKSPACE_MAX_PROXIED_BODY): send less, or ask the server's operator to raise it"
+    )
+
+
+async def _send(connection: AsyncPort, data: bytes | None) -> bool:
+    """Write `data`; False when the server no longer takes any (its answer may say why)."""
+    if not data:
+        return True
     try:
-        while True:
-            event = client.next_event()
-            if event is h11.NEED_DATA:
-                client.receive_data(connection.read())
-                continue
-            if isinstance(event, h11.Response):
-                return event
-            if isinstance(event, h11.ConnectionClosed):
-                if not timer.is_alive():
-                    raise TimeoutError
-                raise ProviderError(
-                    "the workspace's server closed the connection without answering: see its output "
-                    "(GET .../processes/{pid}/output) for why"
-                )
+        with anyio.fail_after(STALL_SECONDS):
+            await connection.write(data)
+    except BrokenPipeError:
+        return False
     except TimeoutError:
         raise GatewayTimeout(
-            f"the workspace's server did not answer within {ANSWER_SECONDS:g} seconds: see its output "
+            f"the workspace's server took none of the request's body for {STALL_SECONDS:g} seconds: see its output "
             "(GET .../processes/{pid}/output), or whether it is busy"
         ) from None
-    except h11.RemoteProtocolError as exc:
-        raise ProviderError(
-            f"the workspace's server did not answer in HTTP/1.1 ({exc}): is an HTTP server listening on that port?"
-        ) from None
-    finally:
-        timer.cancel()
+    return True
 
 
-def _answer_body(client: h11.Connection, connection: PortConnection) -> Iterator[bytes]:
-    try:
-        while True:
+async def _send_body(request: Request, client: h11.Connection, connection: AsyncPort, limit: int) -> bool:
+    """The request's body, as it arrives and as fast as the server takes it; counted, so that a body
+    without a Content-Length is held to `limit` too."""
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        if chunk and not await _send(connection, client.send(h11.Data(data=chunk))):
+            return False
+    return True
+
+
+async def _answer_head(client: h11.Connection, connection: AsyncPort) -> h11.Response:
+    """The status line and headers, within ANSWER_SECONDS."""
+    with anyio.move_on_after(ANSWER_SECONDS):
+        try:
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await connection.read())
+                elif isinstance(event, h11.Response):
+                    return event
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ProviderError(
+                        "the workspace's server closed the connection without answering: see its output "
+                        "(GET .../processes/{pid}/output) for why"
+                    )
+                # an InformationalResponse (100 Continue): the answer comes after it
+        except h11.RemoteProtocolError as exc:
+            raise ProviderError(
+                f"the workspace's server did not answer in HTTP/1.1 ({exc}): is an HTTP server listening on that port?"
+            ) from None
+    raise GatewayTimeout(
+        f"the workspace's server did not answer within {ANSWER_SECONDS:g} seconds: see its output "
+        "(GET .../processes/{pid}/output), or whether it is busy"
+    )
+
+
+async def _answer_body(client: h11.Connection, connection: AsyncPort) -> AsyncIterator[bytes]:
+    """The answer's body as it comes (read only as fast as the client takes it); CutShort if it breaks off."""
+    while True:
+        try:
             event = client.next_event()
-            if event is h11.NEED_DATA:
-                client.receive_data(connection.read())
-            elif isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise CutShort
-    except h11.RemoteProtocolError:
-        raise CutShort from None  # the client sees the answer broken, as it would have directly
-    finally:
-        connection.close()
+        except h11.RemoteProtocolError:
+            raise CutShort from None  # the client sees the answer broken, as it would have directly
+        if event is h11.NEED_DATA:
+            client.receive_data(await connection.read())
+        elif isinstance(event, h11.Data):
+            yield bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return
+        elif isinstance(event, h11.ConnectionClosed):
+            raise CutShort
 
 
-class GatewayTimeout(ProviderError):
-    status_code = 504
+class _Relayed(StreamingResponse):
+    """The app's answer, streamed; its connection closed however the answer ends."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], status_code: int, headers: list[tuple[bytes, bytes]], port: AsyncPort
+    ) -> None:
+        super().__init__(content, status_code=status_code)
+        self.raw_headers = headers  # as a list: a header may come more than once (Set-Cookie)
+        self._port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except CutShort:
+            pass  # without its last message the server ends the connection: the client's read fails
+        finally:
+            await _close(self._port)
 
 
 # WebSocket
 
 
-async def proxy_websocket(websocket: WebSocket, connect: Connect, target: str, port: int) -> None:
+class Relays:
+    """The WebSockets relayed at once, per workspace and per caller; a new one past either cap is refused."""
+
+    def __init__(self, per_workspace: int, per_caller: int) -> None:
+        self.per_workspace = per_workspace
+        self.per_caller = per_caller
+        self._workspaces: Counter[str] = Counter()
+        self._callers: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, workspace_id: str, caller: str) -> Iterator[None]:
+        """One relay's place (TooManyRelays when there is none), for as long as the block runs."""
+        if self._workspaces[workspace_id] >= self.per_workspace:
+            raise TooManyRelays(
+                f"workspace {workspace_id} has {self.per_workspace} WebSockets open through agentbox, the most it may "
+                "have (WORKSPACE_MAX_WEBSOCKETS_PER_WORKSPACE): close one first"
+            )
+        if self._callers[caller] >= self.per_caller:
+            raise TooManyRelays(
+                f"you have {self.per_caller} WebSockets open through agentbox, the most one caller may have "
+                "(WORKSPACE_MAX_WEBSOCKETS_PER_CALLER): close one first"
+            )
+        self._workspaces[workspace_id] += 1
+        self._callers[caller] += 1
+        try:
+            yield
+        finally:
+            for counts, key in ((self._workspaces, workspace_id), (self._callers, caller)):
+                counts[key] -= 1
+                if counts[key] <= 0:
+                    del counts[key]
+
+
+def relays_of(app: FastAPI) -> Relays:
+    """The app's relay counts (one event loop: no lock needed)."""
+    relays: Relays | None = getattr(app.state, "websocket_relays", None)
+    if relays is None:
+        settings = app.state.service.settings
+        relays = Relays(settings.max_websockets_per_workspace, settings.max_websockets_per_caller)
+        app.state.websocket_relays = relays
+    return relays
+
+
+def caller_of(connection: HTTPConnection, owner: str | None = None) -> str:
+    """Whom a relay counts against: the API key's owner, else the client's address (a preview's visitor)."""
+    if owner is not None:
+        return f"owner {owner}"
+    return f"address {connection.client.host if connection.client else '?'}"
+
+
+async def proxy_websocket(
+    websocket: WebSocket, connect: Connect, target: str, port: int, workspace_id: str, caller: str
+) -> None:
     """Relay `websocket` to a WebSocket server on `port` at `target`, message by message, until either
-    side closes. The client's socket is refused (with the error's status) when the server's is."""
-    offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    side leaves. The client's socket is refused (with the error's status) when the server's is, and
+    with a 429 past the caps."""
     try:
-        upstream = await anyio.to_thread.run_sync(_Upstream.open, connect, port, target, offered)
+        with relays_of(websocket.app).hold(workspace_id, caller):
+            await _relay(websocket, connect, target, port)
+    except TooManyRelays as exc:
+        await websocket.send_denial_response(_error(exc))
+
+
+async def _relay(websocket: WebSocket, connect: Connect, target: str, port: int) -> None:
+    try:
+        connection = await _open(connect)
     except AgentboxError as exc:
         await websocket.send_denial_response(_error(exc))
         return
-    await websocket.accept(subprotocol=upstream.subprotocol)
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_client_to_upstream, websocket, upstream)
-        await anyio.to_thread.run_sync(upstream.relay_to, websocket, abandon_on_cancel=True)
-        tasks.cancel_scope.cancel()
-    upstream.close()
-    with contextlib.suppress(Exception):  # the client may have gone already: nothing left to tell it
-        await websocket.close(code=upstream.close_code)
+    try:
+        offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        headers = [
+            (n, v) for n, v in forwarded_headers(websocket, port, "") if not n.lower().startswith(b"sec-websocket-")
+        ]
+        try:
+            upstream = await _Upstream.open(connection, port, target, offered, headers)
+        except AgentboxError as exc:
+            await websocket.send_denial_response(_error(exc))
+            return
+        await websocket.accept(subprotocol=upstream.subprotocol)
+        await upstream.relay(websocket)
+    finally:
+        await _close(connection)
 
 
 def _error(exc: AgentboxError) -> Response:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
 
-async def _client_to_upstream(websocket: WebSocket, upstream: _Upstream) -> None:
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            await anyio.to_thread.run_sync(upstream.send_close, message.get("code", 1000))
-            return
-        if message.get("bytes") is not None:
-            await anyio.to_thread.run_sync(upstream.send, Opcode.BINARY, message["bytes"])
-        elif message.get("text") is not None:
-            await anyio.to_thread.run_sync(upstream.send, Opcode.TEXT, message["text"].encode())
-
-
 class _Upstream:
     """The WebSocket client side, towards the workspace's server (websockets' sans-I/O protocol)."""
 
-    def __init__(self, connection: PortConnection, protocol: ClientProtocol, answer: HandshakeResponse) -> None:
+    def __init__(self, connection: AsyncPort, protocol: ClientProtocol, answer: HandshakeResponse) -> None:
         self.connection = connection
         self.protocol = protocol
         self.subprotocol = answer.headers.get("Sec-WebSocket-Protocol")
         #: What the client's socket is closed with: the server's own code, or 1014 (bad gateway) when
         #: the server's connection ended without one.
         self.close_code = 1014
-        self._lock = threading.Lock()  # the protocol is shared by the two directions
+        self.closed = anyio.Event()  # the server's side has ended
+        self._flushing = anyio.Lock()  # what the protocol has to send leaves in its order
+        self._pending: Sequence[object] = ()  # frames that came with the handshake's answer
 
     @classmethod
-    def open(cls, connect: Connect, port: int, target: str, subprotocols: list[str]) -> _Upstream:
-        connection = connect()
-        try:
-            protocol = ClientProtocol(
-                parse_uri(f"ws://localhost:{port}{target}"),
-                subprotocols=subprotocols or None,  # type: ignore[arg-type]
-                max_size=MAX_MESSAGE,
-            )
-            protocol.send_request(protocol.connect())
-            cls._flush(protocol, connection)
+    async def open(
+        cls,
+        connection: AsyncPort,
+        port: int,
+        target: str,
+        subprotocols: list[str],
+        headers: list[tuple[bytes, bytes]],
+    ) -> _Upstream:
+        """The handshake: ProviderError (502) when the server refuses or does not answer in HTTP/1.1,
+        GatewayTimeout (504) when it does not answer within ANSWER_SECONDS."""
+        protocol = ClientProtocol(
+            parse_uri(f"ws://localhost:{port}{target}"),
+            subprotocols=subprotocols or None,  # type: ignore[arg-type]
+            max_size=MAX_MESSAGE,
+        )
+        request = protocol.connect()
+        for name, value in headers:
+            if name.lower() != b"host":
+                request.headers[name.decode("latin-1")] = value.decode("latin-1")
+        protocol.send_request(request)
+        with anyio.move_on_after(ANSWER_SECONDS):
+            for data in protocol.data_to_send():
+                await _send(connection, data)
             while True:
-                data = connection.read()
+                data = await connection.read()
+                if data:
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+                events = protocol.events_received()
+                for position, event in enumerate(events):
+                    if not isinstance(event, HandshakeResponse):
+                        continue
+                    if protocol.handshake_exc is not None:
+                        raise ProviderError(
+                            f"the workspace's server refused the WebSocket (HTTP {event.status_code}): "
+                            f"{protocol.handshake_exc}"
+                        )
+                    upstream = cls(connection, protocol, event)
+                    upstream._pending = events[position + 1 :]
+                    return upstream
+                if protocol.handshake_exc is not None:  # not an HTTP/1.1 answer at all
+                    why = protocol.handshake_exc.__cause__ or protocol.handshake_exc
+                    raise ProviderError(
+                        f"the workspace's server did not answer the WebSocket's upgrade in HTTP/1.1 ({why}): "
+                        "is a WebSocket server listening on that port?"
+                    )
                 if not data:
                     raise ProviderError("the workspace's server closed the connection during the WebSocket handshake")
-                protocol.receive_data(data)
-                for event in protocol.events_received():
-                    if isinstance(event, HandshakeResponse):
-                        if protocol.handshake_exc is not None:
-                            raise ProviderError(
-                                f"the workspace's server refused the WebSocket (HTTP {event.status_code}): "
-                                f"{protocol.handshake_exc}"
-                            )
-                        return cls(connection, protocol, event)
-        except BaseException:
-            connection.close()
-            raise
+        raise GatewayTimeout(
+            f"the workspace's server did not answer the WebSocket's upgrade within {ANSWER_SECONDS:g} s"
+        )
 
-    def relay_to(self, websocket: WebSocket) -> None:
-        """Messages from the server to the client (in a worker thread) until the server closes."""
+    async def relay(self, websocket: WebSocket) -> None:
+        """Both directions until either side leaves; then the other is closed."""
+        async with anyio.create_task_group() as tasks:
+
+            async def from_server() -> None:
+                try:
+                    await self._to_client(websocket)
+                finally:
+                    self.closed.set()
+                    tasks.cancel_scope.cancel()
+
+            tasks.start_soon(from_server)
+            await self._from_client(websocket)
+            # The client has gone and the server was asked to close: it has a moment to do so.
+            with anyio.move_on_after(CLOSE_SECONDS):
+                await self.closed.wait()
+            tasks.cancel_scope.cancel()
+        with contextlib.suppress(Exception):  # the client may have gone already: nothing left to tell it
+            await websocket.close(code=self.close_code)
+
+    async def _from_client(self, websocket: WebSocket) -> None:
+        """The client's messages to the server, each sent before the next is taken (the server paces the client)."""
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                code = message.get("code", 1000)
+                with contextlib.suppress(Exception):  # already closing
+                    self.protocol.send_close(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1000)
+                await self._flush()
+                return
+            if message.get("bytes") is not None:
+                self.protocol.send_binary(message["bytes"])
+            elif message.get("text") is not None:
+                self.protocol.send_text(message["text"].encode())
+            else:
+                continue
+            if not await self._flush():
+                return  # the server's side is gone: from_server sees its end
+
+    async def _to_client(self, websocket: WebSocket) -> None:
+        """The server's messages to the client until it closes (or the client has gone)."""
         parts: list[bytes] = []
         opcode = Opcode.TEXT
-        while data := self.connection.read():
-            with self._lock:
-                self.protocol.receive_data(data)
-                events = self.protocol.events_received()
-                self._flush(self.protocol, self.connection)  # pongs, the answer to a close
+        events: Sequence[object] = self._pending
+        while True:
             for frame in events:
                 if not isinstance(frame, Frame):
                     continue
                 if frame.opcode == Opcode.CLOSE:
-                    code = self.protocol.close_code
+                    # (close_rcvd, not close_code: the latter waits for the TCP connection's end)
+                    code = self.protocol.close_rcvd.code if self.protocol.close_rcvd is not None else None
                     self.close_code = code if code is not None and code not in (1005, 1006, 1015) else 1000
+                    await self._flush()  # the answer to its close
                     return
                 if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
                     opcode, parts = frame.opcode, [bytes(frame.data)]
@@ -273,42 +588,36 @@ class _Upstream:
                     parts.append(bytes(frame.data))
                 else:
                     continue  # ping and pong: the protocol answers pings itself
-                if frame.fin and not self._to_client(websocket, opcode, b"".join(parts)):
+                if frame.fin and not await _deliver(websocket, opcode, b"".join(parts)):
                     return
+            await self._flush()  # pongs
+            data = await self.connection.read()
+            if not data:
+                return
+            self.protocol.receive_data(data)
+            events = list(self.protocol.events_received())
 
-    @staticmethod
-    def _to_client(websocket: WebSocket, opcode: Opcode, message: bytes) -> bool:
-        """Send one message to the client; False when it has gone."""
-        try:
-            if opcode == Opcode.TEXT:
-                anyio.from_thread.run(websocket.send_text, message.decode("utf-8", "replace"))
-            else:
-                anyio.from_thread.run(websocket.send_bytes, message)
-        except Exception:  # disconnected (uvicorn's ClientDisconnected, Starlette's WebSocketDisconnect...)
-            return False
+    async def _flush(self) -> bool:
+        """Send what the protocol has to send; False when the server no longer takes it."""
+        async with self._flushing:
+            for data in self.protocol.data_to_send():
+                try:
+                    if not data:  # the protocol's end of stream
+                        await self.connection.end_input()
+                    elif not await _send(self.connection, data):
+                        return False
+                except GatewayTimeout:  # it has taken nothing for STALL_SECONDS: given up
+                    return False
         return True
 
-    def send(self, opcode: Opcode, data: bytes) -> None:
-        with self._lock:
-            if opcode == Opcode.TEXT:
-                self.protocol.send_text(data)
-            else:
-                self.protocol.send_binary(data)
-            self._flush(self.protocol, self.connection)
 
-    def send_close(self, code: int) -> None:
-        with self._lock:
-            try:
-                self.protocol.send_close(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1000)
-            except Exception:  # already closing
-                return
-            self._flush(self.protocol, self.connection)
-
-    def close(self) -> None:
-        self.connection.close()
-
-    @staticmethod
-    def _flush(protocol: ClientProtocol, connection: PortConnection) -> None:
-        for data in protocol.data_to_send():
-            if data:
-                connection.write(data)
+async def _deliver(websocket: WebSocket, opcode: Opcode, message: bytes) -> bool:
+    """Send one message to the client; False when it has gone."""
+    try:
+        if opcode == Opcode.TEXT:
+            await websocket.send_text(message.decode("utf-8", "replace"))
+        else:
+            await websocket.send_bytes(message)
+    except Exception:  # disconnected (uvicorn's ClientDisconnected, Starlette's WebSocketDisconnect...)
+        return False
+    return True

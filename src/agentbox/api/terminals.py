@@ -5,9 +5,8 @@ The server sends the process's output from `?offset=` (default: all that is kept
 reconnecting client redraws), then a text frame with its exit, and closes.
 
 A browser cannot set an Authorization header on a WebSocket, so besides the bearer header the
-socket takes `?token=`: a JWT that lives for a minute, minted by POST .../terminal/token and
-signed with the API key that asked for it. There is no secret of its own to share between
-servers, and removing the key revokes its tokens.
+socket takes `?token=`: a token for this process's terminal that lives for a minute, minted by
+POST .../terminal/token (auth/tokens.py). Revoking the key that minted it ends the terminal too.
 """
 
 import json
@@ -18,8 +17,8 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from agentbox.api.dependencies import Manager, in_thread
-from agentbox.api.tokens import bearer, mint, owner_of
+from agentbox.api.dependencies import Manager, Who, in_thread
+from agentbox.api.tokens import bearer_caller, token_caller
 from agentbox.errors import AgentboxError, Conflict, Unauthorized
 from agentbox.process_schemas import ProcessExitEvent, TerminalSizeIn
 from agentbox.providers.processes import ProcessEnded, ProcessEvent, ProcessOutput, ProcessTable
@@ -27,6 +26,7 @@ from agentbox.providers.processes import ProcessEnded, ProcessEvent, ProcessOutp
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/processes/{pid}/terminal", tags=["processes"])
 
 TOKEN_SECONDS = 60
+TOKEN_USE = "terminal"
 _END = object()  # what next() gives once the output has ended (None means "nothing new")
 
 
@@ -36,11 +36,10 @@ class TerminalToken(BaseModel):
 
 
 @router.post("/token", response_model=TerminalToken)
-async def terminal_token(workspace_id: str, pid: int, request: Request, mgr: Manager) -> TerminalToken:
+async def terminal_token(workspace_id: str, pid: int, request: Request, mgr: Manager, who: Who) -> TerminalToken:
     """A token for `?token=` on this process's terminal socket, valid for a minute (for browsers)."""
-    owner, key = bearer(request.headers.get("authorization"), mgr.settings.owners_by_key)
-    await in_thread(mgr.get, owner, workspace_id)  # 404 unless it is the caller's
-    token, _ = mint(owner, key, TOKEN_SECONDS, ws=workspace_id, pid=pid)
+    await in_thread(mgr.get, who.owner, workspace_id)  # 404 unless it is the caller's
+    token, _ = request.app.state.service.tokens.mint(who, TOKEN_USE, TOKEN_SECONDS, ws=workspace_id, pid=pid)
     return TerminalToken(token=token, expires_in=TOKEN_SECONDS)
 
 
@@ -52,10 +51,10 @@ async def terminal(websocket: WebSocket, workspace_id: str, pid: int, offset: in
     try:
         if service.manager is None:
             raise Unauthorized("agent workspaces are disabled on this server")
-        keys = service.settings.owners_by_key
-        header = websocket.headers.get("authorization")
-        owner = bearer(header, keys)[0] if header else _token_owner(token, keys, workspace_id, pid)
-        websocket.state.owner = owner  # for the audit trail
+        if websocket.headers.get("authorization"):
+            owner = (await bearer_caller(websocket)).owner
+        else:
+            owner = await _token_owner(websocket, token, workspace_id, pid)
         table: ProcessTable = await in_thread(service.manager.processes, owner, workspace_id)
         info = await in_thread(table.get, pid)
         if info.pty is None:
@@ -109,12 +108,12 @@ async def _receive_input(websocket: WebSocket, table: ProcessTable, pid: int) ->
             return  # it has ended: the output side says how and closes
 
 
-def _token_owner(token: str, keys: dict[str, str], workspace_id: str, pid: int) -> str:
+async def _token_owner(websocket: WebSocket, token: str, workspace_id: str, pid: int) -> str:
     """The owner a terminal token was minted for, if it is valid for this process."""
-    owner = owner_of(token, keys, ws=workspace_id, pid=pid)
-    if owner is None:
+    found = await token_caller(websocket, token, TOKEN_USE, ws=workspace_id, pid=pid)
+    if found is None:
         raise Unauthorized(
             "the terminal needs `Authorization: Bearer <key>` or a valid `?token=` "
             "(POST .../terminal/token mints one; it lasts a minute)"
         )
-    return owner
+    return found.owner

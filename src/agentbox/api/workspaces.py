@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from agentbox.api.dependencies import History, Manager, Owner, in_thread
+from agentbox.api.dependencies import History, Manager, Owner, Who, in_thread
 from agentbox.errors import NotFound, Unprocessable
 from agentbox.models import Status
 from agentbox.schemas import CreateWorkspace, ExtendWorkspace, UsageOut, UsageSampleOut, WorkspaceList, WorkspaceOut
@@ -13,15 +13,16 @@ router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
 
 @router.post("", status_code=201, response_model=WorkspaceOut)
-async def create_workspace(body: CreateWorkspace, mgr: Manager, who: Owner) -> WorkspaceOut:
+async def create_workspace(body: CreateWorkspace, mgr: Manager, who: Who) -> WorkspaceOut:
     """Create a workspace and return it, running (201).
 
     It comes from the warm pool when one matches, else it is booted. Errors: 400 when the
     provider cannot do what is asked (sizes, network policy, unknown provider, no GitHub App
     for `repo`), 422 for a malformed body, 429 when WORKSPACE_MAX_CONCURRENT workspaces are
-    active, 502/503 when the provider fails or is unreachable.
+    active or a quota of your API key would be passed (the detail names it), 502/503 when the
+    provider fails or is unreachable.
     """
-    return WorkspaceOut.of(await in_thread(mgr.create, who, body.to_domain()))
+    return WorkspaceOut.of(await in_thread(mgr.create, who.owner, body.to_domain(), who.quota))
 
 
 @router.get("", response_model=WorkspaceList)
@@ -99,13 +100,13 @@ async def pause_workspace(workspace_id: str, mgr: Manager, who: Owner) -> Worksp
 
 
 @router.post("/{workspace_id}/start", response_model=WorkspaceOut)
-async def start_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
+async def start_workspace(workspace_id: str, mgr: Manager, who: Who) -> WorkspaceOut:
     """Start a stopped workspace again; return it (a running one is returned as is).
 
     Errors: 404 when it is not yours, 409 when it is neither stopped nor running, 429 when
-    WORKSPACE_MAX_CONCURRENT workspaces are active.
+    WORKSPACE_MAX_CONCURRENT workspaces are active or a quota of your API key would be passed.
     """
-    return WorkspaceOut.of(await in_thread(mgr.start, who, workspace_id))
+    return WorkspaceOut.of(await in_thread(mgr.start, who.owner, workspace_id, True, who.quota))
 
 
 @router.post("/{workspace_id}/extend", response_model=WorkspaceOut)

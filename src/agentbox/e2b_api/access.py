@@ -1,9 +1,9 @@
 """Who may reach a sandbox's envd: its access token, and the signatures of file URLs made from it.
 
-The token is an HMAC of the sandbox's id under one of its owner's API keys, so there is no
-secret of agentbox's own to keep or share between servers, any key of the owner gives the
-same sandbox a token that works, and removing a key revokes the tokens made with it. Signed
-file URLs follow E2B's v1 scheme (the SDK makes them; see e2b/sandbox/signature.py): the
+The access token (and the traffic token of a sandbox without public ports) is bound to the
+sandbox and to the API key that created or connected to it (auth/tokens.py `Tokens.bound`): it
+is signed with the server's secret, works while that key does, and says nothing about the key.
+Signed file URLs follow E2B's v1 scheme (the SDK makes them; see e2b/sandbox/signature.py): the
 SHA-256 of `path:operation:user:token[:expiration]`.
 """
 
@@ -12,31 +12,33 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable
+
+from agentbox.auth.keys import Caller
+from agentbox.auth.tokens import Tokens
+from agentbox.models import Workspace
+
+ENVD, TRAFFIC = "envd", "traffic"
 
 
-def _token(key: str, use: str, sandbox_id: str) -> str:
-    digest = hmac.new(key.encode(), f"{use}:{sandbox_id}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def envd_token(key: str, sandbox_id: str) -> str:
+def envd_token(tokens: Tokens, caller: Caller, sandbox_id: str) -> str:
     """What the SDK sends envd as X-Access-Token."""
-    return _token(key, "envd", sandbox_id)
+    return tokens.bound(caller, ENVD, sandbox_id)
 
 
-def traffic_token(key: str, sandbox_id: str) -> str:
+def traffic_token(tokens: Tokens, caller: Caller, sandbox_id: str) -> str:
     """What reaches the ports of a sandbox made with `allowPublicTraffic: false` (E2B's
     `e2b-traffic-access-token` header)."""
-    return _token(key, "traffic", sandbox_id)
+    return tokens.bound(caller, TRAFFIC, sandbox_id)
 
 
-def token_matches(presented: str, keys: Iterable[str], sandbox_id: str, use: str = "envd") -> bool:
-    """Whether `presented` is the `use` token of `sandbox_id` under one of `keys` (in constant time each)."""
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented.encode(), _token(key, use, sandbox_id).encode())
-    return matched
+def token_matches(presented: str, tokens: Tokens, workspace: Workspace, use: str = ENVD) -> bool:
+    """Whether `presented` is a `use` token of `workspace` made with a working key of its owner."""
+    return bool(presented) and tokens.check_bound(presented, use, workspace.id, workspace.owner) is not None
+
+
+def envd_tokens(tokens: Tokens, workspace: Workspace) -> list[str]:
+    """Every access token `workspace` may have been handed out with (one per working key of its owner)."""
+    return tokens.bound_of(workspace.owner, ENVD, workspace.id)
 
 
 def signature(path: str, operation: str, user: str, token: str, expiration: int | None) -> str:

@@ -13,7 +13,6 @@ envd, what the SDK reaches inside a sandbox, is envd.py; `envdAccessToken` is ma
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
@@ -22,9 +21,12 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentbox.api.dependencies import in_thread, owner_of_key
+from agentbox.api.dependencies import authenticated, in_thread, refused
+from agentbox.auth.keys import Caller
+from agentbox.auth.tokens import Tokens
+from agentbox.config import Settings
 from agentbox.domain import NewWorkspace, PauseAtEnd
-from agentbox.e2b_api import access
+from agentbox.e2b_api import access, interpreter
 from agentbox.errors import AgentboxError, NotFound
 from agentbox.manager import WorkspaceManager
 from agentbox.models import Status, Workspace, utcnow
@@ -41,6 +43,8 @@ DEFAULT_TIMEOUT = 300
 BASE_TEMPLATE = "base"
 #: The `e2b-code-interpreter` SDK's default template (interpreter.py).
 INTERPRETER_TEMPLATE = "code-interpreter-v1"
+#: The home (and default working directory) of E2B's `base` template; other images work in /workspace.
+E2B_HOME = "/home/user"
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
@@ -72,20 +76,21 @@ async def _manager(request: Request) -> WorkspaceManager:
     return found
 
 
-@dataclass(frozen=True)
-class Caller:
-    owner: str
-    key: str  # the API key it called with: sandboxes' envd tokens are made with it
-
-
 async def _caller(request: Request, x_api_key: Annotated[str, Header()] = "") -> Caller:
-    found = owner_of_key(request.app.state.service.settings.owners_by_key, x_api_key)
+    found = await authenticated(request.app.state.service.keys, x_api_key)
     if found is None:
-        raise E2BError(401, "invalid API key: E2B_API_KEY must be one of the agentbox server's WORKSPACE_API_KEYS")
-    return Caller(found, x_api_key)
+        refused(request)
+        raise E2BError(401, "invalid API key: E2B_API_KEY must be an agentbox API key that works (unknown or revoked)")
+    return found
+
+
+async def _tokens(request: Request) -> Tokens:
+    found: Tokens = request.app.state.service.tokens
+    return found
 
 
 Manager = Annotated[WorkspaceManager, Depends(_manager)]
+Signer = Annotated[Tokens, Depends(_tokens)]
 Who = Annotated[Caller, Depends(_caller)]
 
 
@@ -183,7 +188,7 @@ class NewSandbox(Timeout):
 
 
 @router.post("/v2/sandboxes", status_code=201)
-async def create(body: NewSandbox, mgr: Manager, who: Who) -> dict[str, Any]:
+async def create(body: NewSandbox, mgr: Manager, who: Who, tokens: Signer) -> dict[str, Any]:
     refused = body.refusals()
     if refused:
         raise E2BError(400, f"not offered by agentbox's E2B endpoint: {', '.join(refused)}")
@@ -196,8 +201,12 @@ async def create(body: NewSandbox, mgr: Manager, who: Who) -> dict[str, Any]:
         public_ports=body.network.allow_public_traffic,
         pause_at_end=body.pause_at_end(),
     )
-    workspace: Workspace = await _call(mgr.create, who.owner, request)
-    return _sandbox(workspace, mgr, who)
+    workspace: Workspace = await _call(mgr.create, who.owner, request, who.quota)
+    if body.template_id == INTERPRETER_TEMPLATE:
+        # E2B's interpreter runs from the sandbox's boot, and its SDK's context calls come without the
+        # access token that would start ours (envd.py): so a sandbox of its template gets it now.
+        await _call(interpreter.ready, mgr, workspace, home_of(workspace, mgr.settings))
+    return _sandbox(workspace, mgr, who, tokens)
 
 
 @router.get("/v2/sandboxes")
@@ -231,9 +240,9 @@ async def list_sandboxes(
 
 
 @router.get("/sandboxes/{sandbox_id}")
-async def get_info(sandbox_id: str, mgr: Manager, who: Who) -> dict[str, Any]:
+async def get_info(sandbox_id: str, mgr: Manager, who: Who, tokens: Signer) -> dict[str, Any]:
     workspace: Workspace = await _call(_found, mgr, who.owner, sandbox_id)
-    return {**_listed(workspace, mgr), **_sandbox(workspace, mgr, who)}
+    return {**_listed(workspace, mgr), **_sandbox(workspace, mgr, who, tokens)}
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
@@ -269,18 +278,18 @@ async def pause(sandbox_id: str, mgr: Manager, who: Who, body: Pause | None = No
 
 
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
-async def connect(sandbox_id: str, body: Connect, mgr: Manager, who: Who) -> dict[str, Any]:
+async def connect(sandbox_id: str, body: Connect, mgr: Manager, who: Who, tokens: Signer) -> dict[str, Any]:
     workspace: Workspace = await _call(_found, mgr, who.owner, sandbox_id)
     if workspace.status == Status.STOPPED:
-        workspace = await _call(mgr.start, who.owner, sandbox_id, body.memory)
+        workspace = await _call(mgr.start, who.owner, sandbox_id, body.memory, who.quota)
     workspace = await _call(mgr.set_deadline, who.owner, sandbox_id, body.timeout, True)
-    return _sandbox(workspace, mgr, who)
+    return _sandbox(workspace, mgr, who, tokens)
 
 
 @router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
-async def resume(sandbox_id: str, body: Connect, mgr: Manager, who: Who) -> dict[str, Any]:
+async def resume(sandbox_id: str, body: Connect, mgr: Manager, who: Who, tokens: Signer) -> dict[str, Any]:
     """The older form of `connect` for a paused sandbox."""
-    return await connect(sandbox_id, body, mgr, who)
+    return await connect(sandbox_id, body, mgr, who, tokens)
 
 
 @router.get("/templates/aliases/{alias}")
@@ -330,6 +339,11 @@ def ended(workspace: Workspace) -> bool:
     return workspace.expires_at is not None and workspace.expires_at <= utcnow()
 
 
+def home_of(workspace: Workspace, settings: Settings) -> str:
+    """The user's home, where envd's relative paths start: E2B's in its `base` template, else /workspace."""
+    return E2B_HOME if workspace.image == settings.e2b_base_image else "/workspace"
+
+
 def _template(workspace: Workspace, mgr: WorkspaceManager) -> str:
     return BASE_TEMPLATE if workspace.image == mgr.settings.e2b_base_image else workspace.image
 
@@ -338,14 +352,16 @@ def _state(workspace: Workspace) -> str:
     return "paused" if workspace.status == Status.STOPPED else "running"
 
 
-def _sandbox(workspace: Workspace, mgr: WorkspaceManager, who: Caller) -> dict[str, Any]:
+def _sandbox(workspace: Workspace, mgr: WorkspaceManager, who: Caller, tokens: Tokens) -> dict[str, Any]:
     return {
         "sandboxID": workspace.id,
         "templateID": _template(workspace, mgr),
         "clientID": CLIENT_ID,
         "envdVersion": ENVD_VERSION,
-        "envdAccessToken": access.envd_token(who.key, workspace.id),
-        "trafficAccessToken": None if workspace.public_ports else access.traffic_token(who.key, workspace.id),
+        "envdAccessToken": access.envd_token(tokens, who, workspace.id),
+        # Given for public sandboxes too (E2B gives none): the code interpreter's SDK sends it on its context
+        # calls, which carry no access token, and the interpreter is closed to anyone without one of the two.
+        "trafficAccessToken": access.traffic_token(tokens, who, workspace.id),
         "domain": mgr.settings.preview_domain or None,
     }
 

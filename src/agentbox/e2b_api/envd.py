@@ -10,8 +10,10 @@ call). Two ways in, as E2B's SDK reaches envd:
   port previews, envd at the host's root.
 
 Every call but `/health` carries the sandbox's access token (`X-Access-Token`, see access.py),
-or, for `/files`, a signature made from it. The Connect services (process.py, filesystem.py)
-find the sandbox a call is for in `TARGET`, set here once the call is let in.
+or, for `/files`, a signature made from it; `/health` without it is answered from the store,
+with nothing run in the sandbox. The right to a call is shown before anything wakes, runs or
+starts in the sandbox. The Connect services (process.py, filesystem.py) find the sandbox a call
+is for in `TARGET`, set here once the call is let in.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ from connectrpc.codec import Codec, proto_binary_codec, proto_json_codec
 from connectrpc.errors import ConnectError
 from e2b.envd.filesystem.filesystem_connect import FilesystemASGIApplication
 from e2b.envd.process.process_connect import ProcessASGIApplication
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentbox.api.dependencies import in_thread
 from agentbox.api.files import file_answer, spooled
-from agentbox.api.ports import open_workspace, target_of
-from agentbox.api.proxy import proxy_http
+from agentbox.api.ports import TRAFFIC_HEADER, open_workspace, target_of
+from agentbox.api.proxy import Connect, proxy_http
+from agentbox.auth.tokens import Tokens
 from agentbox.config import Settings
 from agentbox.domain import Command
 from agentbox.e2b_api import access, control, interpreter
@@ -53,8 +57,6 @@ from agentbox.models import Status, Workspace
 PREFIX = control.PREFIX + "/envd"
 #: The port E2B's SDK names envd by in the host form.
 ENVD_PORT = 49983
-#: The home (and default working directory) of E2B's `base` template; other images work in /workspace.
-E2B_HOME = "/home/user"
 #: Users the SDK may name: E2B's own default, and agentbox's; both are the workspace's uid 1000.
 SANDBOX_USERS = frozenset({"", "user", "agent"})
 
@@ -211,16 +213,17 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
         sandbox_id = workspace.id if workspace is not None else ""
     else:
         workspace = await in_thread(manager.store.get, sandbox_id) if sandbox_id else None
-    if workspace is not None and access.token_matches(
-        request.headers.get("x-access-token", ""), service.settings.keys_of(workspace.owner), workspace.id
-    ):
+    presented = request.headers.get("x-access-token", "")
+    holder = workspace is not None and access.token_matches(presented, service.tokens, workspace)
+    if holder and workspace is not None:
         try:
             workspace = await in_thread(manager.wake, workspace)  # E2B's auto-resume, for its own callers only
         except AgentboxError as exc:  # the concurrency cap, the engine away
             raise EnvdError(exc.status_code, f"resuming sandbox {workspace.id} failed: {exc.detail}") from None
     gone = workspace is None or workspace.status != Status.RUNNING or control.ended(workspace)
-    # /health looks into the sandbox: the SDK asks it whether a sandbox whose stream broke is gone.
-    if not gone and path == "/health" and workspace is not None:
+    # /health looks into the sandbox for the SDK (it sends the token), which asks it whether a sandbox
+    # whose stream broke is gone; anyone else is answered from the store: a stranger runs nothing there.
+    if not gone and path == "/health" and holder and workspace is not None:
         gone = not await in_thread(_alive, manager, workspace)
     if gone or workspace is None:
         # E2B's proxy's words: the SDK maps "was not found" to SandboxNotRunningException.
@@ -231,40 +234,38 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
         )
     if path == "/health":
         return None
-    owner_keys = service.settings.keys_of(workspace.owner)
+    envd_tokens = access.envd_tokens(service.tokens, workspace)
     if signed:
         expiration = request.query_params.get("signature_expiration", "")
         if expiration.isdigit() and int(expiration) < time.time():
             raise EnvdError(401, "signature is already expired")  # E2B's words, which its tests expect
-        if not _signature_valid(request, owner_keys, workspace.id):
+        if not _signature_valid(request, envd_tokens):
             raise EnvdError(401, "invalid signature: make the file URL again with the sandbox's access token")
-    elif not access.token_matches(request.headers.get("x-access-token", ""), owner_keys, workspace.id):
+    elif not access.token_matches(request.headers.get("x-access-token", ""), service.tokens, workspace):
         raise EnvdError(401, "invalid access token: send the sandbox's envdAccessToken as X-Access-Token")
     user = _user(request)
     if user not in SANDBOX_USERS:
         raise EnvdError(
             403, f"user {user!r} is not offered: everything runs as the sandbox's user `user` (uid 1000), no root"
         )
-    return Target(manager, workspace.owner, workspace, home_of(workspace, manager.settings))
+    return Target(manager, workspace.owner, workspace, control.home_of(workspace, manager.settings))
 
 
 def _port_traffic(request: Request, sandbox_id: str, port: int) -> ASGIApp:
     """A request for one of the sandbox's ports, as E2B's proxy lets it in (public ports, or its traffic
-    token); the code interpreter is started when it is asked for and not there yet."""
+    token); the code interpreter's takes the sandbox's access token first (see `_interpreter`)."""
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
         manager: WorkspaceManager | None = request.app.state.service.manager
         try:
-            workspace = await in_thread(open_workspace, request, sandbox_id) if manager else None
-            if manager is None or workspace is None or workspace.status != Status.RUNNING:
-                raise EnvdError(
-                    502,
-                    f"The sandbox {sandbox_id or '(none named)'} was not found, or its port {port} is not open to "
-                    "this request (send its traffic access token as E2B-Traffic-Access-Token)",
-                )
+            if manager is None:
+                raise EnvdError(502, _closed(sandbox_id, port))
             if port == interpreter.PORT:
-                connect = interpreter.connector(manager, workspace, home_of(workspace, manager.settings))
+                connect = await in_thread(_interpreter, request, manager, sandbox_id)
             else:
+                workspace = await in_thread(open_workspace, request, sandbox_id)  # the right first, then a wake
+                if workspace is None or workspace.status != Status.RUNNING:
+                    raise EnvdError(502, _closed(sandbox_id, port))
                 connect = functools.partial(manager.connect, workspace.owner, workspace.id, port)
             response = await proxy_http(request, connect, target_of(request, ""), "", port)
         except AgentboxError as exc:  # the engine away, nothing listening, a resume refused
@@ -276,9 +277,49 @@ def _port_traffic(request: Request, sandbox_id: str, port: int) -> ASGIApp:
     return answer
 
 
-def home_of(workspace: Workspace, settings: Settings) -> str:
-    """The user's home, where relative paths start: E2B's in its `base` template, else /workspace."""
-    return E2B_HOME if workspace.image == settings.e2b_base_image else "/workspace"
+def _interpreter(request: Request, manager: WorkspaceManager, sandbox_id: str) -> Connect:
+    """Connections to the sandbox's code interpreter, for a caller shown to have the right to them.
+
+    Its access token lets a caller wake the sandbox, start the interpreter and run code. Without it,
+    only the SDK's context calls and /health go on, with the sandbox's traffic token, to an interpreter
+    that already runs: nothing is woken, written or started for them.
+    """
+    workspace = manager.store.get(sandbox_id) if sandbox_id else None
+    if workspace is None:
+        raise EnvdError(502, _closed(sandbox_id, interpreter.PORT))
+    presented = request.headers.get("x-access-token", "")
+    if access.token_matches(presented, request.app.state.service.tokens, workspace):
+        workspace = manager.wake(workspace)  # E2B's auto-resume, for its own callers only
+        if workspace.status != Status.RUNNING:
+            raise EnvdError(502, _closed(sandbox_id, interpreter.PORT))
+        return interpreter.connector(manager, workspace, control.home_of(workspace, manager.settings))
+    if interpreter.needs_token(request.method, target_of(request, "")):
+        said = "an invalid access token was sent" if presented else "no access token was sent"
+        raise EnvdError(
+            401,
+            f"running code in sandbox {workspace.id}'s code interpreter takes the sandbox's access token ({said}): "
+            "send its envdAccessToken as X-Access-Token, as the SDK's run_code does",
+        )
+    # The SDK's context calls carry the traffic token, which every sandbox is given (control.py): even
+    # on a public sandbox the interpreter is no public app, since a context is a process in it.
+    if not access.token_matches(
+        request.headers.get(TRAFFIC_HEADER, ""), request.app.state.service.tokens, workspace, access.TRAFFIC
+    ):
+        raise EnvdError(
+            401,
+            f"sandbox {workspace.id}'s code interpreter takes its access token (X-Access-Token) or its traffic "
+            "token (E2B-Traffic-Access-Token), as E2B's SDK sends them",
+        )
+    if workspace.status != Status.RUNNING:
+        raise EnvdError(502, _closed(sandbox_id, interpreter.PORT))
+    return interpreter.running(manager, workspace)
+
+
+def _closed(sandbox_id: str, port: int) -> str:
+    return (
+        f"The sandbox {sandbox_id or '(none named)'} was not found, or its port {port} is not open to this request "
+        "(send its traffic access token as E2B-Traffic-Access-Token)"
+    )
 
 
 def _alive(manager: WorkspaceManager, workspace: Workspace) -> bool:
@@ -303,7 +344,7 @@ def _user(request: Request) -> str:
         return "?"
 
 
-def _signature_valid(request: Request, keys: list[str], sandbox_id: str) -> bool:
+def _signature_valid(request: Request, envd_tokens: list[str]) -> bool:
     query = request.query_params
     operation = "read" if request.method == "GET" else "write"
     return any(
@@ -312,10 +353,10 @@ def _signature_valid(request: Request, keys: list[str], sandbox_id: str) -> bool
             query.get("path", ""),
             operation,
             query.get("username", ""),
-            access.envd_token(key, sandbox_id),
+            token,
             query.get("signature_expiration"),
         )
-        for key in keys
+        for token in envd_tokens
     )
 
 
@@ -325,8 +366,13 @@ def _signed_for(manager: WorkspaceManager, settings: Settings, request: Request)
     Under E2B_SANDBOX_URL the SDK's `download_url`/`upload_url` carry no sandbox id (E2B's own
     are host-form URLs). Each running workspace's tokens are tried: a few hashes per workspace.
     """
+    tokens: Tokens = request.app.state.service.tokens
+    keys_of: dict[str, list[str]] = {}  # owner -> ids of their working keys, read once per owner
     for workspace in manager.store.find(statuses=[Status.RUNNING.value]):
-        if _signature_valid(request, settings.keys_of(workspace.owner), workspace.id):
+        if workspace.owner not in keys_of:
+            keys_of[workspace.owner] = [key.id for key in tokens.keys.find(workspace.owner)]
+        candidates = [tokens.bound_with(key_id, access.ENVD, workspace.id) for key_id in keys_of[workspace.owner]]
+        if _signature_valid(request, candidates):
             return workspace
     return None
 
@@ -340,18 +386,33 @@ async def _files(request: Request, target: Target) -> Response:
         if request.method == "GET":
             return await _download(target, path)
         if request.method == "POST":
-            if any(name.startswith("x-metadata-") for name in request.headers):
-                raise EnvdError(
-                    400,
-                    "file metadata (X-Metadata-*) is not offered: gVisor's file systems here keep no extended "
-                    "attributes; write the file without metadata",
-                )
-            return JSONResponse([await _upload_one(request, target, path, part) for part in await _parts(request)])
+            return await _upload(request, target, path)
     except AgentboxError as exc:
-        return JSONResponse({"code": exc.status_code, "message": exc.detail}, exc.status_code)
+        refused = JSONResponse({"code": exc.status_code, "message": exc.detail}, exc.status_code)
     except EnvdError as exc:
-        return exc.response("/files")
-    return JSONResponse({"code": 405, "message": "use GET or POST on /files"}, 405)
+        refused = exc.response("/files")
+    else:
+        return JSONResponse({"code": 405, "message": "use GET or POST on /files"}, 405)
+    if request.method == "POST":
+        # Refused while the body may still come: closing the connection stops the client sending the
+        # rest (kept open, the server would read it all to find the next request).
+        refused.headers["Connection"] = "close"
+    return refused
+
+
+async def _upload(request: Request, target: Target, path: str) -> Response:
+    if any(name.startswith("x-metadata-") for name in request.headers):
+        raise EnvdError(
+            400,
+            "file metadata (X-Metadata-*) is not offered: gVisor's file systems here keep no extended "
+            "attributes; write the file without metadata",
+        )
+    parts = await _parts(request)
+    try:
+        return JSONResponse([await _upload_one(request, target, path, part) for part in parts])
+    finally:
+        for part in parts:  # those after a failed one too
+            part.data.close()
 
 
 async def _download(target: Target, path: str) -> Response:
@@ -373,20 +434,11 @@ class _Part:
 
 async def _parts(request: Request) -> list[_Part]:
     """The files of an upload: the parts of a multipart form (each part's file name is its path), or
-    the whole body (octet-stream, gzip when its Content-Encoding says so)."""
+    the whole body (octet-stream, gzip when its Content-Encoding says so). PayloadTooLarge as soon as
+    their bytes together pass WORKSPACE_MAX_UPLOAD: no more than that is ever taken in."""
     limit = request.app.state.service.settings.max_upload
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form(max_files=1000)
-        parts = []
-        for _, value in form.multi_items():
-            if isinstance(value, str):
-                continue
-            if (value.size or 0) > limit:
-                raise PayloadTooLarge(f"{value.filename} is over the limit (WORKSPACE_MAX_UPLOAD) of {limit} bytes")
-            parts.append(_Part(value.filename or None, value.file, value.size or 0))
-        if not parts:
-            raise EnvdError(400, "the form has no file part: send each file as a `file` part named by its path")
-        return parts
+        return await _form_parts(request, limit)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding not in ("identity", "gzip"):
         raise EnvdError(400, f"Content-Encoding {encoding!r} is not supported: send gzip or identity")
@@ -397,13 +449,63 @@ async def _parts(request: Request) -> list[_Part]:
     return [_Part(None, spool, size)]
 
 
+#: Parts of one upload form, and the size of a part that is not a file (a field, read and ignored).
+MAX_FORM_PARTS = 1000
+MAX_FIELD_SIZE = 64 << 10
+
+
+class _CappedParser(MultiPartParser):
+    """Starlette's multipart parser, with the upload limit counted over every part's bytes as they
+    arrive: its own per-part limit leaves file parts unbounded (spooled whole, then measured).
+    (python-multipart bounds each part's headers itself.)"""
+
+    #: Each file is kept in memory up to this, then on disk: a form of many files holds at most
+    #: MAX_FORM_PARTS of these in memory (Starlette's 1 MiB made that a GiB).
+    spool_max_size = 16 << 10
+
+    def __init__(self, request: Request, limit: int) -> None:
+        super().__init__(
+            request.headers,
+            request.stream(),
+            max_files=MAX_FORM_PARTS,
+            max_fields=MAX_FORM_PARTS,
+            max_part_size=MAX_FIELD_SIZE,
+        )
+        self.limit = limit
+        self.taken = 0
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.taken += end - start
+        if self.taken > self.limit:
+            raise PayloadTooLarge(
+                f"the upload's files exceed the limit (WORKSPACE_MAX_UPLOAD) of {self.limit} bytes together: "
+                "send fewer or smaller files per request"
+            )
+        super().on_part_data(data, start, end)
+
+
+async def _form_parts(request: Request, limit: int) -> list[_Part]:
+    try:
+        form = await _CappedParser(request, limit).parse()  # it closes what it spooled when it fails
+    except MultiPartException as exc:
+        reason = exc.__cause__ or exc  # python-multipart's own words, which Starlette wraps
+        raise EnvdError(
+            400, f"the multipart form could not be read ({reason}): send each file as a part with its headers"
+        ) from None
+    parts = [
+        _Part(value.filename or None, value.file, value.size or 0)
+        for _, value in form.multi_items()
+        if not isinstance(value, str)
+    ]
+    if not parts:
+        raise EnvdError(400, "the form has no file part: send each file as a `file` part named by its path")
+    return parts
+
+
 async def _upload_one(request: Request, target: Target, default_path: str, part: _Part) -> dict[str, str]:
     path = target.path(part.path) if part.path else default_path
     if not part.path and not request.query_params.get("path"):
         raise EnvdError(400, "name the file: a `path` parameter, or the part's file name")
-    try:
-        chunks: Iterator[bytes] = iter(lambda: part.data.read(1 << 20), b"")
-        await in_thread(target.manager.write_file, target.owner, target.id, path, chunks, part.size, 0o644)
-    finally:
-        part.data.close()
+    chunks: Iterator[bytes] = iter(lambda: part.data.read(1 << 20), b"")
+    await in_thread(target.manager.write_file, target.owner, target.id, path, chunks, part.size, 0o644)
     return {"name": posixpath.basename(path), "path": path, "type": "file"}

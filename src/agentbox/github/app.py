@@ -4,10 +4,15 @@ As GitHub documents it: an RS256 JWT signed with the App's private key, `iss` = 
 issued a minute in the past (clock skew) and valid for 9 minutes (GitHub's maximum is 10);
 then `POST /app/installations/{id}/access_tokens`, optionally scoped to repositories. Tokens
 live an hour; they are cached until 5 minutes before they expire.
+
+Connections go only where `egress.EgressPolicy` allows (public addresses, or hosts the operator
+allowed), checked at each connection. What the remote answers is never repeated in an error: a
+URL that reaches somewhere it should not must not become a way to read that place.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -18,12 +23,22 @@ import httpx
 import jwt
 
 from agentbox.errors import AgentboxError
+from agentbox.github.egress import SETTING, EgressPolicy, PinnedTransport, Refused
 
 GITHUB_API = "https://api.github.com"
 JWT_BACKDATE = 60  # seconds: the issuer's clock may be ahead of GitHub's
 JWT_LIFETIME = 9 * 60
 TOKEN_MARGIN = timedelta(minutes=5)
 HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+#: GitHub's answers to the two calls made are a few hundred bytes; more is not GitHub.
+MAX_ANSWER = 1 << 20
+#: What to do about a refusal, by GitHub's status.
+_ADVICE = {
+    401: "GitHub did not accept the App's JWT: check the App's id and private key",
+    403: "the App lacks a permission: give it contents read and write access",
+    404: "the App is not installed on the repository, or the repository does not exist: install the App on it",
+    422: "GitHub refused the request: check the repository's name and that the App is installed on it",
+}
 
 
 class GitHubError(AgentboxError):
@@ -64,15 +79,18 @@ def app_jwt(app: AppCredentials, now: float | None = None) -> str:
 class TokenMinter:
     """Installation tokens per (App, installation, repositories), cached until shortly before they expire."""
 
-    def __init__(self, timeout: float = 30.0) -> None:
-        self._http = httpx.Client(timeout=timeout, headers=HEADERS)
+    def __init__(self, policy: EgressPolicy | None = None, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(timeout=timeout, headers=HEADERS, transport=PinnedTransport(policy or EgressPolicy()))
         self._cache: dict[tuple[str, int, tuple[str, ...]], Token] = {}
         self._lock = threading.Lock()
 
     def installation_of(self, app: AppCredentials, repository: str) -> int:
         """The App's installation on `owner/name`."""
         answer = self._call(app, "GET", f"/repos/{repository}/installation")
-        return int(answer["id"])
+        installation = answer.get("id")
+        if not isinstance(installation, int):
+            raise _not_github(app, "GET", "/repos/{owner}/{repo}/installation")
+        return installation
 
     def token(
         self, app: AppCredentials, installation_id: int, repositories: tuple[str, ...] = (), fresh: bool = False
@@ -85,7 +103,12 @@ class TokenMinter:
                 return cached
         body = {"repositories": list(repositories)} if repositories else {}
         answer = self._call(app, "POST", f"/app/installations/{installation_id}/access_tokens", json=body)
-        token = Token(answer["token"], datetime.fromisoformat(answer["expires_at"].replace("Z", "+00:00")))
+        try:
+            token = Token(
+                str(answer["token"]), datetime.fromisoformat(str(answer["expires_at"]).replace("Z", "+00:00"))
+            )
+        except (KeyError, ValueError):
+            raise _not_github(app, "POST", "/app/installations/{id}/access_tokens") from None
         with self._lock:
             self._cache[key] = token
         return token
@@ -100,23 +123,37 @@ class TokenMinter:
 
     def _call(self, app: AppCredentials, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         url = app.api_url.rstrip("/") + path
+        headers = {"Authorization": f"Bearer {app_jwt(app)}"}
         try:
-            response = self._http.request(
-                method,
-                url,
-                headers={"Authorization": f"Bearer {app_jwt(app)}"},
-                **kwargs,
-            )
+            with self._http.stream(method, url, headers=headers, **kwargs) as response:
+                status = response.status_code
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body.extend(chunk)
+                    if len(body) > MAX_ANSWER:
+                        raise _not_github(app, method, path)
+        except Refused as exc:
+            raise GitHubError(
+                f"GitHub App {app.id}'s api_url {app.api_url} is refused: {exc}. Register the App again "
+                f"with a public https api_url, or ask the operator to allow its host in {SETTING}"
+            ) from None
         except httpx.HTTPError as exc:
             raise GitHubError(f"GitHub at {app.api_url} cannot be reached ({exc}); check the App's api_url") from None
-        if response.status_code >= 400:
-            try:
-                message = response.json().get("message", "")
-            except ValueError:
-                message = response.text[:200]
-            raise GitHubError(
-                f"GitHub answered {method} {path} with {response.status_code}: {message} "
-                f"(App {app.app_id}: is it installed on the repository, with contents access?)"
-            )
-        answer: dict[str, Any] = response.json()
+        if status >= 400:
+            # The status and what to do, never the answer's text (see the module's docstring).
+            advice = _ADVICE.get(status, f"check the App's api_url ({app.api_url}) and try again")
+            raise GitHubError(f"GitHub answered {method} {path} with {status} (App {app.app_id}): {advice}")
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if status not in (200, 201) or not isinstance(answer, dict):
+            raise _not_github(app, method, path)
         return answer
+
+
+def _not_github(app: AppCredentials, method: str, path: str) -> GitHubError:
+    return GitHubError(
+        f"the answer to {method} {path} from {app.api_url} is not GitHub's API (App {app.app_id}): "
+        "check the App's api_url (https://api.github.com, or https://HOST/api/v3 for Enterprise Server)"
+    )

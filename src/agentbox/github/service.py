@@ -4,6 +4,9 @@ Repositories move through the service, never through the workspace's network: th
 clones with a short-lived installation token and copies the files in; a push takes a git
 bundle out of the workspace and pushes it with a freshly minted token. So no token or key
 ever enters a workspace, and it works for workspaces with no network at all.
+
+The server connects only where `egress` allows (an App's api_url and git host: https and public
+addresses, unless the operator allowed the host), checked at registration and at each connection.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import shlex
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,9 @@ from sqlalchemy import select
 from agentbox.domain import Checkout
 from agentbox.errors import AgentboxError, BadRequest, Conflict, NotFound
 from agentbox.github import git
-from agentbox.github.app import AppCredentials, TokenMinter
+from agentbox.github.app import AppCredentials, GitHubError, TokenMinter
 from agentbox.github.crypto import DecryptError, Keyring
+from agentbox.github.egress import SETTING, EgressPolicy, Refused
 from agentbox.models import GitHubApp, new_app_id, utcnow
 from agentbox.providers.base import ExecRequest, Provider
 from agentbox.schemas import RegisterApp
@@ -43,14 +48,24 @@ def _context(app_row_id: str, column: str) -> str:
 
 
 class GitHub:
-    def __init__(self, store: Store, keyring: Keyring, minter: TokenMinter | None = None) -> None:
+    def __init__(
+        self, store: Store, keyring: Keyring, allowed_hosts: Iterable[str] = (), minter: TokenMinter | None = None
+    ) -> None:
         self.store = store
         self.keyring = keyring
-        self.minter = minter or TokenMinter()
+        self.egress = EgressPolicy(allowed_hosts)
+        self.minter = minter or TokenMinter(self.egress)
 
     # Registrations
 
     def register(self, owner: str, body: RegisterApp) -> GitHubApp:
+        try:
+            self.egress.check(body.api_url)
+        except Refused as exc:
+            raise BadRequest(
+                f"api_url: {exc} (hosts on the server's own network are reached only when the operator lists "
+                f"them in {SETTING})"
+            ) from None
         row_id = new_app_id()
         app = GitHubApp(
             id=row_id,
@@ -143,7 +158,8 @@ class GitHub:
         path = f"/workspace/{spec.name}"
         with tempfile.TemporaryDirectory(prefix="agentbox-clone-") as scratch:
             clone = Path(scratch) / spec.name
-            git.clone(f"{app.git_url}/{spec.repository}.git", token.value, spec.ref, clone)
+            url = f"{app.git_url}/{spec.repository}.git"
+            git.clone(url, token.value, spec.ref, clone, self._pin(app, url))
             provider.write_archive(ref, path, git.tar_stream(clone))
         return {
             "repository": spec.repository,
@@ -174,12 +190,21 @@ class GitHub:
                     bundle.write(chunk)
                 bundle.flush()
                 token = self.minter.token(app, int(repo["installation_id"]), (repo["repository"].split("/")[1],), True)
-                commit = git.push_bundle(
-                    Path(bundle.name), branch, f"{app.git_url}/{repo['repository']}.git", token.value
-                )
+                url = f"{app.git_url}/{repo['repository']}.git"
+                commit = git.push_bundle(Path(bundle.name), branch, url, token.value, self._pin(app, url))
         finally:
             provider.exec(ref, ExecRequest(argv=["rm", "-f", BUNDLE_IN_WORKSPACE]))
         return branch, commit
+
+    def _pin(self, app: AppCredentials, url: str) -> str | None:
+        """Where git may connect for `url` (see `egress.EgressPolicy.curl_resolve`)."""
+        try:
+            return self.egress.curl_resolve(url)
+        except Refused as exc:
+            raise GitHubError(
+                f"GitHub App {app.id}'s git host is refused: {exc}. Register the App again with a public https "
+                f"api_url, or ask the operator to allow its host in {SETTING}"
+            ) from None
 
     def close(self) -> None:
         self.minter.close()

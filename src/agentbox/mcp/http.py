@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentbox.api.dependencies import manager, owner_of_request
+from agentbox.api.dependencies import caller_of_request, manager
 from agentbox.errors import AgentboxError
 from agentbox.mcp.server import build_server
 
@@ -68,7 +68,7 @@ class MCPEndpoint:
         AgentboxError (500) when the endpoint is not running."""
         request = Request(scope)
         await manager(request)
-        await owner_of_request(request)
+        await caller_of_request(request)
         if request.method == "GET":
             # Stateless, it never has anything to send on a stream of its own: say so, as the
             # specification allows, rather than hold the connection open for nothing.

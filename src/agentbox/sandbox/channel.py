@@ -18,10 +18,11 @@ exec API. What the helper answers is defined by agentbox-exec.c:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, cast, get_args
+from typing import Literal, Protocol, TypeVar, cast, get_args
 
 from agentbox.errors import BadRequest, FileError, ProviderError
 from agentbox.providers.base import (
@@ -41,10 +42,54 @@ from agentbox.sandbox.tunnel import Tunnel
 
 # If the helper itself is wedged, the host gives up this long after the command's deadline.
 HOST_GRACE_SECONDS = 10.0
+#: Seconds of silence after which a call that answers at once (a file, a listing, the process table)
+#: fails: far past what a genuine helper takes, even on a loaded host.
+IDLE_SECONDS = 60.0
 NO_LIMIT = 1 << 62
+
+# What the helper answers is untrusted (a workload can put its own listener on the control
+# socket, control.py), so every part of an answer is read within a bound, far above what the
+# genuine helper (agentbox-exec.c, watch.c, connect.c) sends: a helper past one fails its call
+# (HelperMalformed), and a call never holds more than its bound.
+
+#: A line: a `get` or `connect` header ("F <size> <mode>", "D", "OK", "E <ERRNO> <message>") or
+#: an answer such as "OK <bytes>". The helper's are under 300 bytes (the message is strerror's,
+#: or a short sentence of its own).
+MAX_LINE = 16 << 10
+#: Answers gathered whole: a probe's two lines, tar's complaints (its run is capped at TAR_ERRORS).
+MAX_ANSWER = 1 << 20
+TAR_ERRORS = 64 << 10
+#: One directory entry, "<type> <size> <mode> <mtime> <name>": four numbers and a name of at most
+#: NAME_MAX (255) bytes.
+MAX_ENTRY = 4 << 10
+#: A listing is answered as one document, so it is held whole: bounded, generously since a real
+#: directory can be big. 50,000 entries take about 12 MiB here once parsed; 16 MiB of listing is
+#: that many entries with names of 300 bytes.
+MAX_ENTRIES = 50_000
+MAX_LISTING_BYTES = 16 << 20
+#: One watch event, "<type> <path>": paths are at most PATH_MAX (4096) bytes.
+MAX_WATCH_RECORD = 16 << 10
+#: The helper's own messages (a command that cannot start, the memory limit) go to stderr past
+#: the output cap a command's run was given (`run -m`, which forwards up to the cap plus a byte).
+HELPER_MESSAGES = 64 << 10
+
+_FILE_HEADER = re.compile(rb"F (\d{1,20}) ([0-7]{1,7})")
+_ENTRY = re.compile(rb"([fdlo]) (-?\d{1,20}) ([0-7]{1,7}) (-?\d{1,20}) (.+)", re.DOTALL)
+_WRITTEN = re.compile(rb"OK (\d{1,20})")
 _TYPES: dict[bytes, EntryType] = {b"f": "file", b"d": "dir", b"l": "symlink", b"o": "other"}
 WATCH_EVENT_TYPES = set(get_args(WatchEventType))
 T = TypeVar("T")
+
+
+class HelperMalformed(ProviderError):
+    """The helper answered what agentbox's helper never sends: only this call fails."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"the workspace's helper sent {what}, which agentbox's helper never does: something in the workspace may "
+            "have replaced it. Stop and start the workspace (its files are kept); if it happens again, check what "
+            "runs in it"
+        )
 
 
 class Call(Protocol):
@@ -71,6 +116,10 @@ class Invocation:
     cwd: str | None = None
     env: dict[str, str] | None = None
     deadline: float | None = None  # time.monotonic() by which the output must have ended
+    #: Seconds the answer may go silent before the call fails: a helper that says its hello and then
+    #: nothing must not hold a worker thread for ever. None for calls that wait by design (watch,
+    #: follow, connect), whose genuine helper sends keep-alives or whose silence is the app's.
+    idle: float | None = None
 
 
 class Transport(Protocol):
@@ -92,7 +141,7 @@ class HelperChannel:
         """Return once a command has run in the sandbox; ProviderError if none can."""
         call = self.transport.call(Invocation(["probe"], deadline=time.monotonic() + 60))
         try:
-            output = b"".join(data for _, data in call.frames())
+            output = _gather((data for _, data in call.frames()), MAX_ANSWER, "a probe's answer")
             code = call.exit_code()
         finally:
             call.close()
@@ -108,14 +157,14 @@ class HelperChannel:
         started = time.monotonic()
         # Started here, not lazily, so that a missing workspace fails before any output is promised.
         call = self.transport.call(Invocation([*argv, "--", *request.argv], False, request.cwd, request.env, deadline))
-        return _events(call, request.timeout, started)
+        return _events(call, request.timeout, started, request.output_limit)
 
     def stat(self, path: str) -> FileStat | list[DirEntry]:
         call, reader, header = self._get(path)
         try:
             if header.startswith(b"F "):
                 return _file_stat(header)
-            return _parse_listing(b"".join(reader.body()))
+            return _listing(reader, path)
         finally:
             call.close()
 
@@ -128,46 +177,60 @@ class HelperChannel:
     def read(self, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
         """One `get`: a file's stat and bytes (streamed), or a directory's entries."""
         call, reader, header = self._get(path)
-        if header.startswith(b"F "):
-            return _file_stat(header), _checked(call, reader.body(), path)
+        if not header.startswith(b"F "):
+            try:
+                return _listing(reader, path)
+            finally:
+                call.close()
         try:
-            return _parse_listing(b"".join(reader.body()))
-        finally:
+            stat = _file_stat(header)
+        except BaseException:
             call.close()
+            raise
+        return stat, _checked(call, reader.rest(), stat.size, path)
 
     def write_file(self, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
-        call = self.transport.call(Invocation(["put", path, "-p", f"{mode:o}", "-s", str(size)], stdin=True))
+        call = self.transport.call(
+            Invocation(["put", path, "-p", f"{mode:o}", "-s", str(size)], stdin=True, idle=IDLE_SECONDS)
+        )
         try:
             call.send(data)
-            answer = b"".join(_stdout(call)).strip()
+            answer = _gather(_stdout(call), MAX_LINE, "an answer to a write").strip()
         finally:
             call.close()
-        if not answer.startswith(b"OK"):
+        written = _WRITTEN.fullmatch(answer)
+        if written is None:
             _raise_helper_error(answer, path)
-        return int(answer.split(b" ")[1])
+            raise AssertionError("unreachable")
+        return int(written[1])
 
     def read_archive(self, path: str) -> Iterator[bytes]:
         if not isinstance(self.stat(path), list):
             raise FileError("ENOTDIR", "Not a directory", path)
         call = self.transport.call(
-            Invocation(["run", "-m", str(NO_LIMIT), "--", "tar", "-c", "-f", "-", "-C", path, "."])
+            Invocation(["run", "-m", str(NO_LIMIT), "--", "tar", "-c", "-f", "-", "-C", path, "."], idle=IDLE_SECONDS)
         )
         return _closing(call, _stdout(call))
 
     def write_archive(self, path: str, data: Iterable[bytes]) -> None:
-        call = self.transport.call(Invocation(["mkdir", path]))
+        call = self.transport.call(Invocation(["mkdir", path], idle=IDLE_SECONDS))
         try:
-            answer = b"".join(_stdout(call)).strip()
+            answer = _gather(_stdout(call), MAX_LINE, "an answer to mkdir").strip()
         finally:
             call.close()
         if answer != b"OK":
             _raise_helper_error(answer, path)
         call = self.transport.call(
-            Invocation(["run", "-i", "-m", "65536", "--", "tar", "-x", "-f", "-", "-C", path], stdin=True)
+            Invocation(
+                ["run", "-i", "-m", str(TAR_ERRORS), "--", "tar", "-x", "-f", "-", "-C", path],
+                stdin=True,
+                idle=IDLE_SECONDS,
+            )
         )
         try:
             call.send(data)
-            errors = b"".join(chunk for stream, chunk in call.frames() if stream == 2)
+            stderr = (chunk for stream, chunk in call.frames() if stream == 2)
+            errors = _gather(stderr, TAR_ERRORS + 1 + HELPER_MESSAGES, "more of tar's errors than its run allows")
             code = call.exit_code()
         finally:
             call.close()
@@ -178,7 +241,11 @@ class HelperChannel:
     def watch(self, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         call = self.transport.call(Invocation(["watch", path, *(["-r"] if recursive else [])]))
         records = _records(_stdout(call))
-        first = next(records, b"")
+        try:
+            first = next(records, b"")
+        except BaseException:
+            call.close()
+            raise
         if first != b"W":
             call.close()
             _raise_helper_error(first.strip(), path)
@@ -187,34 +254,50 @@ class HelperChannel:
     def connect(self, port: int) -> Tunnel:
         """A connection to `port` on the sandbox's loopback. ProviderError (502) when nothing listens there."""
         call = self.transport.call(Invocation(["connect", str(port)], stdin=True))
-        reader = _HeaderReader(_stdout(call))
-        answer = reader.header()
+        reader = AnswerReader(_stdout(call))
+        try:
+            answer = reader.line()
+        except BaseException:
+            call.close()
+            raise
         if answer == b"OK":
-            return Tunnel(call, reader.body())
+            return Tunnel(call, reader.rest())
         call.close()
         if answer.startswith(b"E ECONNREFUSED"):
             raise ProviderError(
                 f"nothing listens on port {port} in the workspace: start a server there (on 0.0.0.0 or 127.0.0.1), "
                 "or check its port"
             )
-        raise ProviderError(f"port {port}: unexpected answer from the workspace helper: {answer[:200]!r}")
+        raise HelperMalformed(f"an unexpected answer to connecting to port {port} ({answer[:200]!r})")
 
-    def _get(self, path: str) -> tuple[Call, _HeaderReader, bytes]:
-        call = self.transport.call(Invocation(["get", path]))
-        reader = _HeaderReader(_stdout(call))
-        header = reader.header()
-        if header.startswith((b"F ", b"D")):
+    def _get(self, path: str) -> tuple[Call, AnswerReader, bytes]:
+        call = self.transport.call(Invocation(["get", path], idle=IDLE_SECONDS))
+        reader = AnswerReader(_stdout(call))
+        try:
+            header = reader.line()
+        except BaseException:
+            call.close()
+            raise
+        if header == b"D" or header.startswith(b"F "):
             return call, reader, header
         call.close()
         _raise_helper_error(header, path)
         raise AssertionError("unreachable")
 
 
-def _events(call: Call, timeout: float | None, started: float) -> Iterator[ExecEvent]:
+def _events(call: Call, timeout: float | None, started: float, limit: int) -> Iterator[ExecEvent]:
+    # The helper forwards at most `limit` + 1 bytes of each stream (the extra byte says "truncated"),
+    # then its own messages: a helper that sends more is not ours, and nothing past that is passed on.
+    allowed = limit + 1 + HELPER_MESSAGES
+    sent = {"stdout": 0, "stderr": 0}
     try:
         try:
             for stream, data in call.frames():
-                yield Output("stdout" if stream == 1 else "stderr", data)
+                name: Literal["stdout", "stderr"] = "stdout" if stream == 1 else "stderr"
+                sent[name] += len(data)
+                if sent[name] > allowed:
+                    raise HelperMalformed(f"more {name} than the {limit} bytes the command's run was allowed")
+                yield Output(name, data)
         except TimeoutError:
             duration_ms = int((time.monotonic() - started) * 1000)
             yield Exit(exit_code=TIMEOUT_EXIT_CODE, timed_out=True, duration_ms=duration_ms)
@@ -228,15 +311,11 @@ def _events(call: Call, timeout: float | None, started: float) -> Iterator[ExecE
         call.close()
 
 
-def _records(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """NUL-ended records (or, when the helper could not start, its one error line)."""
-    buffer = b""
-    for chunk in chunks:
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\0")
-        yield from complete
-    if buffer:
-        yield buffer
+def _records(chunks: Iterator[bytes], limit: int = MAX_WATCH_RECORD) -> Iterator[bytes]:
+    """NUL-ended records of at most `limit` bytes (or, when the helper could not start, its one error line)."""
+    reader = AnswerReader(chunks)
+    while (record := reader.until(b"\0", limit, "a watch event")) is not None:
+        yield record
 
 
 def _watch_events(records: Iterator[bytes]) -> Iterator[WatchEvent | None]:
@@ -254,13 +333,22 @@ def _stdout(call: Call) -> Iterator[bytes]:
             yield data
 
 
-def _checked(call: Call, chunks: Iterator[bytes], path: str) -> Iterator[bytes]:
-    """A file's bytes, and FileError at the end if the helper could not read all it announced: the file
-    shrank while it was read (a rewrite under way), and the helper padded it to keep the framing."""
+def _checked(call: Call, chunks: Iterator[bytes], size: int, path: str) -> Iterator[bytes]:
+    """A file's `size` bytes, and FileError at the end if the helper could not read all it announced: the
+    file shrank while it was read (a rewrite under way), and the helper padded it to keep the framing.
+    Never a byte past `size`, and never fewer without an error."""
     try:
-        yield from chunks
-        if call.exit_code() != 0:
+        left = size
+        for chunk in chunks:
+            if len(chunk) > left:
+                raise HelperMalformed(f"more of {path} than the {size} bytes it announced")
+            left -= len(chunk)
+            yield chunk
+        code = call.exit_code()
+        if code != 0:
             raise FileError("EAGAIN", "it changed while it was read; read it again", path)
+        if left:
+            raise HelperMalformed(f"{size - left} bytes of {path} where it announced {size}")
     finally:
         call.close()
 
@@ -272,51 +360,115 @@ def _closing(call: Call, chunks: Iterator[T]) -> Iterator[T]:
         call.close()
 
 
-class _HeaderReader:
-    """Reads the helper's `get` answer: one header line, then a body."""
+class AnswerReader:
+    """The helper's stdout read as lines, NUL-ended records or blocks of a given size, each within a bound.
+
+    It holds at most the bound asked for plus one piece of output, and copies each byte a fixed
+    number of times however the output was cut (no `buffer += chunk` over a whole answer).
+    """
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
-        self.rest = b""
+        self._buffer = bytearray()
 
-    def header(self) -> bytes:
-        buffer = b""
-        for chunk in self._chunks:
-            buffer += chunk
-            if b"\n" in buffer:
-                line, self.rest = buffer.split(b"\n", 1)
-                return line
-        return buffer
+    def line(self) -> bytes:
+        """The next line (MAX_LINE at most), without its newline; at the end, what is left (maybe b"")."""
+        return self.until(b"\n", MAX_LINE, "a line") or b""
 
-    def body(self) -> Iterator[bytes]:
-        if self.rest:
-            yield self.rest
+    def until(self, end: bytes, limit: int, what: str) -> bytes | None:
+        """The bytes before the next `end` (which is taken too); at the end of the answer, what is left,
+        or None when nothing is. HelperMalformed when `limit` bytes pass without `end`."""
+        searched = 0
+        while (found := self._buffer.find(end, searched)) < 0:
+            if len(self._buffer) > limit:
+                raise HelperMalformed(f"{what} longer than {limit} bytes")
+            searched = len(self._buffer)
+            if not self._more():
+                return self._take(len(self._buffer)) if self._buffer else None
+        if found > limit:
+            raise HelperMalformed(f"{what} longer than {limit} bytes")
+        data = self._take(found)
+        del self._buffer[: len(end)]
+        return data
+
+    def exactly(self, size: int) -> bytes | None:
+        """The next `size` bytes (bounded by the caller), or None when the answer ends first."""
+        while len(self._buffer) < size:
+            if not self._more():
+                return None
+        return self._take(size)
+
+    def rest(self) -> Iterator[bytes]:
+        """What is left of the answer, as it comes."""
+        if self._buffer:
+            yield self._take(len(self._buffer))
         yield from self._chunks
+
+    def _more(self) -> bool:
+        for chunk in self._chunks:
+            if chunk:
+                self._buffer += chunk
+                return True
+        return False
+
+    def _take(self, size: int) -> bytes:
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:size])
+        del self._buffer[:size]
+        return data
+
+
+def _gather(chunks: Iterable[bytes], limit: int, what: str) -> bytes:
+    """A short answer whole; HelperMalformed past `limit` bytes."""
+    gathered = bytearray()
+    for chunk in chunks:
+        gathered += chunk
+        if len(gathered) > limit:
+            raise HelperMalformed(f"{what} longer than {limit} bytes")
+    return bytes(gathered)
 
 
 def _file_stat(header: bytes) -> FileStat:
-    _, size, mode = header.split(b" ")
-    return FileStat(size=int(size), mode=int(mode, 8))
+    found = _FILE_HEADER.fullmatch(header)
+    if found is None:
+        raise HelperMalformed(f"a malformed file header ({header[:200]!r})")
+    return FileStat(size=int(found[1]), mode=int(found[2], 8))
 
 
 def _raise_helper_error(line: bytes, path: str) -> None:
     if line.startswith(b"E "):
         _, errno_name, message = [*line.decode("utf-8", "replace").split(" ", 2), "", ""][:3]
         raise FileError(errno_name, message, path)
-    raise ProviderError(f"{path}: unexpected answer from the workspace helper: {line[:200]!r}")
+    raise HelperMalformed(f"an unexpected answer about {path} ({line[:200]!r})")
 
 
-def _parse_listing(data: bytes) -> list[DirEntry]:
-    entries = []
-    for record in filter(None, data.split(b"\0")):
-        kind, size, mode, mtime, name = record.split(b" ", 4)
-        entries.append(
-            DirEntry(
-                name=name.decode("utf-8", "replace"),
-                type=_TYPES.get(kind, "other"),
-                size=int(size),
-                mode=int(mode, 8),
-                mtime=int(mtime),
+def _listing(reader: AnswerReader, path: str) -> list[DirEntry]:
+    """A directory's entries, parsed as they come: within MAX_ENTRIES and MAX_LISTING_BYTES."""
+    entries: list[DirEntry] = []
+    total = 0
+    while (record := reader.until(b"\0", MAX_ENTRY, "a directory entry")) is not None:
+        total += len(record) + 1
+        if not record:
+            continue
+        if len(entries) == MAX_ENTRIES or total > MAX_LISTING_BYTES:
+            raise ProviderError(
+                f"{path}: the directory has more than {MAX_ENTRIES} entries (or {MAX_LISTING_BYTES >> 20} MiB of "
+                "listing), more than agentbox lists at once: list its subdirectories, or run `ls` or `find` in it "
+                "through exec"
             )
-        )
+        entries.append(_entry(record))
     return entries
+
+
+def _entry(record: bytes) -> DirEntry:
+    found = _ENTRY.fullmatch(record)
+    if found is None:
+        raise HelperMalformed(f"a malformed directory entry ({record[:200]!r})")
+    kind, size, mode, mtime, name = found.groups()
+    return DirEntry(
+        name=name.decode("utf-8", "replace"),
+        type=_TYPES[kind],
+        size=int(size),
+        mode=int(mode, 8),
+        mtime=int(mtime),
+    )

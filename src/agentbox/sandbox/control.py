@@ -24,14 +24,29 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from agentbox.errors import BadRequest, ProviderError
-from agentbox.sandbox.channel import Call, Invocation, Transport
+from agentbox.sandbox.channel import Call, HelperMalformed, Invocation, Transport
 
 log = logging.getLogger("agentbox.sandbox.control")
 
 MAGIC = b"AGX1"
-EXIT, REFUSED = 3, 4  # frame kinds past 1 (stdout) and 2 (stderr), which the channel reads as they are
+STDOUT, STDERR, EXIT, REFUSED = 1, 2, 3, 4  # the helper's frame kinds; 1 and 2 go to the channel as they are
 #: How long a helper may take to say who it is; it answers at once unless the sandbox is wedged.
 HELLO_SECONDS = 10.0
+
+# What a workspace's helper sends is untrusted: a workload can put its own listener on the
+# control socket and answer a correct hello. So every size it announces is checked against
+# what the genuine helper (agentbox-exec.c) can send, with room to spare, before any of it is
+# read, and payloads are handed on in pieces as they arrive, never gathered whole.
+
+#: The largest frame the genuine helper sends is one read of a file that says it is empty
+#: (/proc, /sys: get_sizeless sends up to SIZELESS_MAX = 1 MiB at once); output, file bodies
+#: and listings go in pieces of at most BUFSZ (64 KiB, helper.h). Four times the largest: a
+#: frame announced past this is not our helper talking. Public: every reader of frames uses it.
+MAX_FRAME = 4 << 20
+#: A refusal is one short line (refuse() formats it into 4200 bytes).
+MAX_REFUSAL = 64 << 10
+#: Bytes asked of the socket at once, and so the largest piece of a payload handed on.
+READ_SIZE = 64 << 10
 
 
 class ControlSocketError(Exception):
@@ -39,12 +54,17 @@ class ControlSocketError(Exception):
 
 
 class SocketStream:
-    """A connected socket to a helper: its stdin, and reads of exact sizes with a deadline."""
+    """A connected socket to a helper: its stdin, and its answer read with a deadline.
 
-    def __init__(self, sock: socket.socket, deadline: float | None) -> None:
+    What it reads ahead is at most one READ_SIZE piece: headers are read exactly, payloads
+    handed on in pieces (`_pieces`), so a call holds a constant amount whatever is announced.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float | None, idle: float | None = None) -> None:
         self._sock = sock
         self._deadline = deadline
-        self._pending = b""
+        self._idle = idle
+        self._ahead = bytearray()  # received, not yet handed on (at most one READ_SIZE piece)
 
     def send(self, chunks: Iterable[bytes]) -> int:
         """Write all of `chunks` to the command's stdin, then close it; return the bytes sent."""
@@ -67,19 +87,57 @@ class SocketStream:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_WR)
 
+    def _recv(self, size: int) -> bytes:
+        """At most `size` bytes, as soon as some arrive; b"" at the end. TimeoutError past the deadline,
+        HelperMalformed after `idle` seconds of silence."""
+        left = None if self._deadline is None else max(0.01, self._deadline - time.monotonic())
+        if self._idle is None or (left is not None and left <= self._idle):
+            self._sock.settimeout(left)
+            return self._sock.recv(size)
+        self._sock.settimeout(self._idle)
+        try:
+            return self._sock.recv(size)
+        except TimeoutError:
+            raise HelperMalformed(f"nothing for {self._idle:g} s in the middle of its answer") from None
+
+    def _receive(self) -> bool:
+        """One more piece from the socket into `_ahead`; False at its end."""
+        data = self._recv(READ_SIZE)
+        self._ahead += data
+        return bool(data)
+
     def _recv_exactly(self, size: int) -> bytes | None:
-        while len(self._pending) < size:
-            if self._deadline is not None:
-                self._sock.settimeout(max(0.01, self._deadline - time.monotonic()))
-            data = self._sock.recv(max(65536, size - len(self._pending)))
-            if not data:
+        """`size` bytes (a header: small), or None if the answer ends first."""
+        while len(self._ahead) < size:
+            if not self._receive():
                 return None
-            self._pending += data
-        data, self._pending = self._pending[:size], self._pending[size:]
+        data = bytes(self._ahead[:size])
+        del self._ahead[:size]
         return data
+
+    def _pieces(self, size: int) -> Iterator[bytes]:
+        """The next `size` bytes in pieces of at most READ_SIZE, as they arrive; fewer if the answer ends."""
+        while size > 0:
+            if self._ahead:
+                with memoryview(self._ahead) as view:
+                    piece = bytes(view[:size])
+                del self._ahead[: len(piece)]
+            else:  # straight from the socket: no copy through `_ahead`
+                piece = self._recv(min(size, READ_SIZE))
+                if not piece:
+                    return
+            size -= len(piece)
+            yield piece
 
     def close(self) -> None:
         self._sock.close()
+
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """The socket and what was received and not handed on yet, for a reader of its own (the event
+        loop's, sandbox/async_tunnel.py); this stream must not be read afterwards."""
+        ahead = bytes(self._ahead)
+        self._ahead.clear()
+        return self._sock, ahead
 
 
 class SocketCall(SocketStream):
@@ -88,20 +146,25 @@ class SocketCall(SocketStream):
     _exit: int | None = None
 
     def frames(self) -> Iterator[tuple[int, bytes]]:
+        """Output as it comes, a large frame in several pieces; HelperMalformed for a frame no helper sends."""
         while True:
             header = self._recv_exactly(5)
             if header is None:
                 return
             kind, size = struct.unpack(">BL", header)
-            payload = self._recv_exactly(size)
-            if payload is None:
+            if kind in (STDOUT, STDERR) and size <= MAX_FRAME:
+                for piece in self._pieces(size):
+                    yield kind, piece
+                continue
+            if kind == EXIT and size == 4:
+                payload = self._recv_exactly(size)
+                if payload is not None:
+                    (self._exit,) = struct.unpack(">i", payload)
                 return
-            if kind == EXIT:
-                (self._exit,) = struct.unpack(">i", payload)
-                return
-            if kind == REFUSED:
-                raise _refusal(payload.decode("utf-8", "replace"))
-            yield kind, payload
+            if kind == REFUSED and size <= MAX_REFUSAL:
+                payload = self._recv_exactly(size)
+                raise _refusal((payload or b"").decode("utf-8", "replace"))
+            raise HelperMalformed(f"a frame of kind {kind} and {size} bytes (at most {MAX_FRAME} of output)")
 
     def exit_code(self) -> int:
         if self._exit is None:
@@ -141,7 +204,7 @@ class ControlSocketTransport:
             raise
         if not invocation.stdin:
             sock.shutdown(socket.SHUT_WR)
-        return SocketCall(sock, invocation.deadline)
+        return SocketCall(sock, invocation.deadline, invocation.idle)
 
     def _connect(self, sock: socket.socket) -> None:
         # The socket lives in a directory the workspace can write to: a workload could swap it for a

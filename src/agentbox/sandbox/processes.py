@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import signal as signals
 import struct
 import time
@@ -34,7 +35,15 @@ from agentbox.providers.processes import (
     ProcessStream,
     TerminalSize,
 )
-from agentbox.sandbox.channel import Call, Invocation, Transport
+from agentbox.sandbox.channel import (
+    IDLE_SECONDS,
+    MAX_LINE,
+    AnswerReader,
+    Call,
+    HelperMalformed,
+    Invocation,
+    Transport,
+)
 
 _STREAMS: dict[int, ProcessStream] = {1: "stdout", 2: "stderr", 3: "pty"}
 #: Looks at the table while a process's end is being written (a supervisor killed from inside never
@@ -42,6 +51,22 @@ _STREAMS: dict[int, ProcessStream] = {1: "stdout", 2: "stderr", 3: "pty"}
 SETTLE_TRIES, SETTLE_PAUSE = 5, 0.02
 _END, _SKIPPED, _KEEPALIVE = 0, 8, 9
 _RECORD = struct.Struct(">BI")
+
+# What the helper answers is untrusted (see agentbox.sandbox.channel): each part is read within a
+# bound far above what processes.c sends, and a helper past one fails its call (HelperMalformed).
+
+#: An output record: processes.c sends at most BUFSZ (64 KiB) of output in one, or its exit line
+#: (256 bytes at most) or an offset.
+MAX_OUTPUT_RECORD = 256 << 10
+#: A process's record in the table: its "meta" is read up to MAX_META (64 KiB), "exit" up to 256 bytes.
+MAX_META = 256 << 10
+MAX_EXIT = 4 << 10
+#: The table is answered as one document, so it is held whole: bounded, generously (about 4 KiB
+#: each once parsed). Exited processes stay listed until removed (DELETE .../processes/{pid}).
+MAX_PROCESSES = 10_000
+MAX_TABLE_BYTES = 16 << 20
+_TABLE_HEADER = re.compile(rb"P (\d{1,10}) (\d{1,10}) (\d{1,10}) ([01])")
+_NUMBER = re.compile(rb"-?\d{1,20}")
 
 
 class HelperProcesses:
@@ -68,7 +93,7 @@ class HelperProcesses:
         answer = self._answer(Invocation([*argv, "--", *request.argv], cwd=request.cwd, env=request.env))
         if not answer.startswith(b"OK "):
             _raise(answer, None, BadRequest)
-        return _info(int(answer.split()[1]), meta, b"", alive=True)
+        return _info(_number(answer[3:], "a process id"), meta, b"", alive=True)
 
     def list(self) -> list[ProcessInfo]:
         return sorted(self._settled(["procs"]), key=lambda p: p.pid)
@@ -91,30 +116,35 @@ class HelperProcesses:
         return found
 
     def _table(self, argv: builtins.list[str], pid: int | None) -> builtins.list[ProcessInfo]:
-        answer = self._stdout(Invocation(argv))
-        if answer.startswith(b"E "):
-            _raise(answer, pid)
-        return _parse_table(answer)
+        call = self.transport.call(Invocation(argv, idle=IDLE_SECONDS))
+        try:
+            reader = AnswerReader(_stdout(call))
+            if (first := reader.exactly(2)) == b"E ":  # an error line, or the first record's "P "
+                _raise(first + (reader.line()), pid)
+            return _read_table(reader, first or b"")
+        finally:
+            call.close()
 
     def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent | None]:
         # Started here, not lazily, so that an unknown PID fails before any output is promised.
-        call = self.transport.call(Invocation(["output", str(pid), str(offset), *(["-f"] if follow else [])]))
+        argv = ["output", str(pid), str(offset), *(["-f"] if follow else [])]
+        call = self.transport.call(Invocation(argv, idle=None if follow else IDLE_SECONDS))
         reader = _Records(call)
         try:
             header = reader.line()
+            if not header.startswith(b"S "):
+                _raise(header, pid)
+            begin = _number(header[2:], "an output offset")
         except BaseException:
             call.close()
             raise
-        if not header.startswith(b"S "):
-            call.close()
-            _raise(header, pid)
-        return _output_events(call, reader, offset, int(header.split()[1]), follow)
+        return _output_events(call, reader, offset, begin, follow)
 
     def write_stdin(self, pid: int, data: Iterable[bytes]) -> int:
         answer = self._answer(Invocation(["input", str(pid)], stdin=True), data)
-        if not answer.startswith(b"OK"):
+        if not answer.startswith(b"OK "):
             _raise(answer, pid)
-        return int(answer.split()[1])
+        return _number(answer[3:], "a count of bytes written")
 
     def close_stdin(self, pid: int) -> None:
         self._ok(["input", str(pid), "-c"], pid)
@@ -131,48 +161,42 @@ class HelperProcesses:
             _raise(answer, pid)
 
     def _answer(self, invocation: Invocation, stdin: Iterable[bytes] | None = None) -> bytes:
-        return self._stdout(invocation, stdin).strip()
-
-    def _stdout(self, invocation: Invocation, stdin: Iterable[bytes] | None = None) -> bytes:
+        """A one-line answer ("OK ...", "E ..."), MAX_LINE at most."""
         call = self.transport.call(invocation)
         try:
             if stdin is not None:
                 call.send(stdin)
-            return b"".join(data for stream, data in call.frames() if stream == 1)
+            answer = bytearray()
+            for data in _stdout(call):
+                answer += data
+                if len(answer) > MAX_LINE:
+                    raise HelperMalformed(f"an answer longer than {MAX_LINE} bytes")
+            return bytes(answer).strip()
         finally:
             call.close()
+
+
+def _stdout(call: Call) -> Iterator[bytes]:
+    return (data for stream, data in call.frames() if stream == 1)
 
 
 class _Records:
     """Reads the `output` answer: a header line, then records, from the call's stdout."""
 
     def __init__(self, call: Call) -> None:
-        self._chunks = (data for stream, data in call.frames() if stream == 1)
-        self._buffer = bytearray()
-
-    def _fill(self, size: int) -> bool:
-        while len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return False
-            self._buffer += chunk
-        return True
+        self._reader = AnswerReader(_stdout(call))
 
     def line(self) -> bytes:
-        while b"\n" not in self._buffer:
-            if not self._fill(len(self._buffer) + 1):
-                return bytes(self._buffer)
-        line, _, rest = bytes(self._buffer).partition(b"\n")
-        self._buffer = bytearray(rest)
-        return line
+        return self._reader.line()
 
     def records(self) -> Iterator[tuple[int, bytes]]:
-        while self._fill(_RECORD.size):
-            kind, length = _RECORD.unpack_from(self._buffer)
-            if not self._fill(_RECORD.size + length):
+        while (head := self._reader.exactly(_RECORD.size)) is not None:
+            kind, length = _RECORD.unpack(head)
+            if length > MAX_OUTPUT_RECORD:
+                raise HelperMalformed(f"an output record of {length} bytes (at most {MAX_OUTPUT_RECORD})")
+            data = self._reader.exactly(length)
+            if data is None:
                 raise ProviderError("the workspace helper ended a process's output mid-record")
-            data = bytes(self._buffer[_RECORD.size : _RECORD.size + length])
-            del self._buffer[: _RECORD.size + length]
             yield kind, data
 
 
@@ -186,8 +210,9 @@ def _output_events(call: Call, reader: _Records, asked: int, begin: int, follow:
                 yield _ended(data)
                 return
             if kind == _SKIPPED:  # the follower fell behind the oldest output kept
-                yield OutputDropped(offset=offset, resumed_at=int(data))
-                offset = int(data)
+                resumed_at = _number(data, "an output offset")
+                yield OutputDropped(offset=offset, resumed_at=resumed_at)
+                offset = resumed_at
             elif kind in _STREAMS and data:
                 yield ProcessOutput(_STREAMS[kind], offset, data)
                 offset += len(data)
@@ -200,17 +225,44 @@ def _output_events(call: Call, reader: _Records, asked: int, begin: int, follow:
 
 
 def _parse_table(data: bytes) -> builtins.list[ProcessInfo]:
-    found = []
-    while data.startswith(b"P "):
-        header, _, rest = data.partition(b"\n")
-        _, pid, meta_len, exit_len, alive = header.split(b" ")
-        meta, ended = rest[: int(meta_len)], rest[int(meta_len) : int(meta_len) + int(exit_len)]
-        data = rest[int(meta_len) + int(exit_len) :]
+    return _read_table(AnswerReader(iter([data])))
+
+
+def _read_table(reader: AnswerReader, first: bytes = b"") -> builtins.list[ProcessInfo]:
+    """The `procs` answer, parsed as it comes (`first`: its first bytes, read already), within
+    MAX_PROCESSES and MAX_TABLE_BYTES; each record "P <pid> <meta bytes> <exit bytes> <alive>\n", meta, exit."""
+    found: builtins.list[ProcessInfo] = []
+    total = 0
+    while header := first + reader.line():
+        first = b""
+        parsed = _TABLE_HEADER.fullmatch(header)
+        if parsed is None:
+            raise HelperMalformed(f"a malformed process record ({header[:200]!r})")
+        pid, meta_len, exit_len = (int(field) for field in parsed.groups()[:3])
+        if meta_len > MAX_META or exit_len > MAX_EXIT:
+            raise HelperMalformed(f"a process record of {meta_len} + {exit_len} bytes")
+        total += len(header) + 1 + meta_len + exit_len
+        if len(found) == MAX_PROCESSES or total > MAX_TABLE_BYTES:
+            raise ProviderError(
+                f"the workspace's process table has more than {MAX_PROCESSES} processes (or "
+                f"{MAX_TABLE_BYTES >> 20} MiB of records), more than agentbox lists at once: remove exited ones "
+                "(DELETE .../processes/{pid}; `ls /.agentbox/procs` through exec shows their PIDs)"
+            )
+        meta, ended = reader.exactly(meta_len), reader.exactly(exit_len)
+        if meta is None or ended is None:
+            break  # cut short: the sandbox stopped while it answered
         try:
-            found.append(_info(int(pid), json.loads(meta), ended, alive == b"1"))
-        except (ValueError, TypeError, KeyError, AttributeError):
+            found.append(_info(pid, json.loads(meta), ended, parsed[4] == b"1"))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):  # RecursionError: "[[[[..."
             continue  # a record the workload itself has damaged: it is its own to lose
     return found
+
+
+def _number(field: bytes, what: str) -> int:
+    """An integer the helper sent (a PID, an offset, a count)."""
+    if _NUMBER.fullmatch(field.strip()) is None:
+        raise HelperMalformed(f"{what} that is not a number ({field[:100]!r})")
+    return int(field)
 
 
 def _info(pid: int, meta: dict[str, Any], ended: bytes, alive: bool) -> ProcessInfo:
@@ -222,7 +274,7 @@ def _info(pid: int, meta: dict[str, Any], ended: bytes, alive: bool) -> ProcessI
         pid=pid,
         command=[str(arg) for arg in meta["command"]],
         cwd=str(meta.get("cwd") or ""),
-        tag=meta.get("tag"),
+        tag=tag if isinstance(tag := meta.get("tag"), str) else None,
         stdin=bool(meta.get("stdin")),
         pty=TerminalSize(int(pty["cols"]), int(pty["rows"])) if pty else None,
         status="running" if end is None else "exited",

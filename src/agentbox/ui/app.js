@@ -213,7 +213,7 @@ function signInView(main) {
     { class: "card signin", "aria-labelledby": "signin-title" },
     h("h1", { id: "signin-title" }, "Sign in to agentbox"),
     h("label", { for: "api-key" }, "API key", key),
-    h("p", { class: "muted" }, "One of the server's WORKSPACE_API_KEYS (make run prints it). It is kept for this tab only."),
+    h("p", { class: "muted" }, "An agentbox API key: one of WORKSPACE_API_KEYS (make run prints it), or one an admin made. It is kept for this tab only."),
     h("div", { class: "row end" }, button),
   );
   form.addEventListener("submit", async (event) => {
@@ -932,6 +932,112 @@ function serverView(main) {
   });
 }
 
+// --- API keys ------------------------------------------------------------------------------
+
+function keysView(main) {
+  const tbody = h("tbody");
+  const mine = h("div", { class: "card" });
+  const shown = h("div", { class: "card notice", role: "status", hidden: true });
+  const form = h("div");
+  main.append(h("h1", {}, "API keys"), mine, shown, form, h("div", { class: "card table-wrap" }, table("API keys", ["ID", "Owner", "Name", "Admin", "Quota", "Last used", "Actions"], tbody)));
+  let me = null;
+  const refresh = async () => {
+    me ??= await call("GET", `${API}/keys/me`);
+    if (!mine.childElementCount) {
+      mine.append(h("h2", {}, "Your key"), facts([["Owner", me.owner], ["Name", me.name], ["Admin", me.admin ? "yes: you make and revoke everyone's keys" : "no"], ["Quota", quotaOf(me)]]));
+      if (me.admin) form.replaceWith(keyForm(shown, () => refresh().catch(showError)));
+    }
+    const { keys } = await call("GET", `${API}/keys`);
+    redraw(tbody, JSON.stringify(keys), () => keys.map((key) => keyRow(key, me, refresh)));
+  };
+  return every(POLL_MS * 2, refresh);
+}
+
+const quotaOf = (key) =>
+  [["workspaces", key.max_workspaces], ["CPUs", key.max_cpus], ["memory", key.max_memory]]
+    .filter(([, value]) => value !== null)
+    .map(([label, value]) => `${value} ${label}`)
+    .join(", ") || "none";
+
+function keyRow(key, me, refresh) {
+  const revoke = h(
+    "button",
+    {
+      type: "button",
+      class: "small danger",
+      dataset: { key: `revoke:${key.id}` },
+      "aria-label": `Revoke ${key.id}`,
+      onclick: async (event) => {
+        const own = key.id === me.id ? " This is the key you are signed in with." : "";
+        if (!(await confirmed(`Revoke ${key.id} (${key.name}, ${key.owner})? Everything made with it stops working within a second.${own}`, "Revoke"))) return;
+        await act(event.currentTarget, "Revoking…", async () => {
+          await call("DELETE", `${API}/keys/${encodeURIComponent(key.id)}`);
+          await refresh();
+        });
+      },
+    },
+    "Revoke",
+  );
+  return h(
+    "tr",
+    {},
+    h("td", { class: "mono" }, key.id),
+    h("td", {}, key.owner),
+    h("td", {}, key.name),
+    h("td", {}, key.admin ? "yes" : ""),
+    h("td", {}, quotaOf(key)),
+    h("td", {}, key.last_used_at ? `${span(since(key.last_used_at))} ago` : "never"),
+    h("td", {}, revoke),
+  );
+}
+
+function keyForm(shown, onCreated) {
+  const field = (label, input) => h("label", {}, label, input);
+  const inputs = {
+    owner: h("input", { name: "owner", required: true, placeholder: "e.g. alice" }),
+    name: h("input", { name: "name", required: true, placeholder: "e.g. ci" }),
+    max_workspaces: h("input", { name: "max_workspaces", type: "number", min: "1", placeholder: "no limit" }),
+    max_cpus: h("input", { name: "max_cpus", type: "number", min: "0.1", step: "0.1", placeholder: "no limit" }),
+    max_memory: h("input", { name: "max_memory", placeholder: "e.g. 16G" }),
+  };
+  const admin = h("input", { name: "admin", type: "checkbox" });
+  const button = h("button", { type: "submit" }, "Make key");
+  const form = h(
+    "form",
+    { class: "card", "aria-label": "New API key" },
+    h("h2", {}, "New API key"),
+    h(
+      "div",
+      { class: "form-grid" },
+      field("Owner", inputs.owner),
+      field("Name", inputs.name),
+      field("Max workspaces", inputs.max_workspaces),
+      field("Max CPUs", inputs.max_cpus),
+      field("Max memory", inputs.max_memory),
+      h("label", { class: "row" }, admin, "Admin"),
+      h("div", {}, button),
+    ),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { owner: inputs.owner.value.trim(), name: inputs.name.value.trim(), admin: admin.checked };
+    for (const name of ["max_workspaces", "max_cpus"]) if (inputs[name].value) body[name] = Number(inputs[name].value);
+    if (inputs.max_memory.value.trim()) body.max_memory = inputs.max_memory.value.trim();
+    const made = await act(button, "Making…", () => call("POST", `${API}/keys`, { json: body }));
+    if (!made) return;
+    const secret = h("input", { readonly: true, value: made.secret, "aria-label": "The new key", class: "mono", size: 60 });
+    shown.replaceChildren(
+      h("p", {}, `Made ${made.id} for ${made.owner}. Copy its secret now: it is shown this once.`),
+      secret,
+    );
+    shown.hidden = false;
+    secret.select();
+    form.reset();
+    onCreated();
+  });
+  return form;
+}
+
 // --- routing ---------------------------------------------------------------------------------
 
 let undoView = null;
@@ -949,7 +1055,7 @@ function render() {
   document.getElementById("sign-out").hidden = !signedIn;
   const [, section = "", id, tab] = location.hash.split("/");
   for (const link of document.querySelectorAll("#nav a")) {
-    const current = link.dataset.section === (section === "server" ? "server" : "workspaces");
+    const current = link.dataset.section === (["server", "keys"].includes(section) ? section : "workspaces");
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
@@ -960,6 +1066,9 @@ function render() {
   if (section === "server") {
     document.title = "Server · agentbox";
     undoView = serverView(main);
+  } else if (section === "keys") {
+    document.title = "API keys · agentbox";
+    undoView = keysView(main);
   } else if (section === "w" && id) {
     document.title = `${id} · agentbox`;
     undoView = workspaceView(main, decodeURIComponent(id), tab);

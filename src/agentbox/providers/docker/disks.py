@@ -115,7 +115,11 @@ class Disks:
         return target
 
     def _mount(self, name: str) -> None:
-        _run("mount", "-o", "loop,noinit_itable", str(self._image(name)), str(self.mountpoint(name)))
+        # nosuid,nodev: the workload writes this filesystem, so a setuid binary or a device node made on
+        # it (by root in the workspace, or written into the image from outside) must mean nothing; the
+        # bind mounts into the container inherit both. Not noexec: agents build and run programs in
+        # /workspace and /tmp, which is the point of a workspace.
+        _run("mount", "-o", "loop,nosuid,nodev,noinit_itable", str(self._image(name)), str(self.mountpoint(name)))
 
     def destroy(self, name: str) -> None:
         target = self.mountpoint(name)

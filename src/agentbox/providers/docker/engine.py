@@ -18,6 +18,9 @@ from agentbox.sandbox import HELPER_IN_WORKSPACE
 from agentbox.sandbox.channel import Invocation
 from agentbox.sandbox.control import SocketStream
 
+#: The engine's own message when it cannot start the helper is a line or two.
+FAILURE_BYTES = 4096
+
 
 @contextmanager
 def engine_errors(what: str) -> Iterator[None]:
@@ -55,10 +58,10 @@ class Frames(SocketStream):
             if header is None:
                 return
             stream, size = struct.unpack(">BxxxL", header)
-            payload = self._recv_exactly(size)
-            if payload is None:
-                return
-            yield stream, payload
+            # The engine frames what the helper writes, as it writes it; a frame is still handed on
+            # in pieces, so what a call holds never depends on what was written at once.
+            for piece in self._pieces(size):
+                yield stream, piece
 
     def close(self) -> None:
         super().close()
@@ -78,8 +81,9 @@ class EngineCall(Frames):
     def frames(self) -> Iterator[tuple[int, bytes]]:
         for stream, data in super().frames():
             if self._first and data.startswith(b"OCI runtime exec failed"):
-                # The engine could not start the helper at all; it says why in-band.
-                raise _engine_exec_failure(data + b"".join(d for _, d in super().frames()))
+                # The engine could not start the helper at all; it says why in-band, in a line or two
+                # (or a command printed this itself: a bounded look, then the call fails either way).
+                raise _engine_exec_failure(data[:FAILURE_BYTES] + _head(super().frames(), FAILURE_BYTES))
             self._first = False
             yield stream, data
 
@@ -116,6 +120,16 @@ class EngineTransport:
                 environment=[f"{k}={v}" for k, v in (invocation.env or {}).items()],
             )["Id"]
         return EngineCall(self._api, exec_id, invocation.deadline)
+
+
+def _head(frames: Iterator[tuple[int, bytes]], limit: int) -> bytes:
+    """At most `limit` bytes of what is left of `frames`."""
+    head = bytearray()
+    for _, data in frames:
+        head += data[: limit - len(head)]
+        if len(head) >= limit:
+            break
+    return bytes(head)
 
 
 def _engine_exec_failure(message: bytes) -> AgentboxError:

@@ -9,7 +9,11 @@ How agentbox's model maps onto E2B's (docs in the README, "Providers"):
 - cpu, memory and disk are the template's (E2B sets them when a template is built);
 - the TTL becomes the sandbox's timeout, capped at E2B's maximum of 24 hours;
 - stop and start are E2B's pause and resume;
-- agentbox's ids travel in the sandbox's metadata, which is how `inventory` finds them.
+- agentbox's ids travel in the sandbox's metadata, which is how `inventory` finds them;
+- sandboxes are made closed to public traffic (E2B's `allow_public_traffic=False`): their ports
+  answer at E2B's public URLs only to requests carrying the sandbox's traffic token, which
+  agentbox never hands out. agentbox itself reaches ports through its helper over envd (`connect`),
+  authenticated by the sandbox's envd access token the SDK sends, so it needs no public port.
 """
 
 from __future__ import annotations
@@ -117,8 +121,11 @@ def _watch_events(handle: WatchHandle, path: str) -> Iterator[WatchEvent | None]
 class E2BProvider(Provider):
     name = "e2b"
 
-    def __init__(self, api_key: str, *, instance: str, default_image: str, template: str) -> None:
+    def __init__(
+        self, api_key: str, *, instance: str, default_image: str, template: str, public_traffic: bool = False
+    ) -> None:
         self._opts: dict[str, Any] = {"api_key": api_key}
+        self.public_traffic = public_traffic
         self.instance = instance
         self.default_image = default_image
         self.template = template
@@ -164,6 +171,7 @@ class E2BProvider(Provider):
                 timeout=timeout,
                 metadata=metadata,
                 allow_internet_access=spec.network != "none",
+                network={"allow_public_traffic": self.public_traffic},
                 **self._opts,
             )
         with self._lock:

@@ -1,0 +1,58 @@
+"""API keys: an admin makes, lists and revokes them; anyone sees their own key's record."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from agentbox.api.dependencies import Admin, Who, in_thread
+from agentbox.auth.keys import ApiKeys
+from agentbox.errors import NotFound
+from agentbox.schemas import CreateKey, KeyList, KeyOut, NewKeyOut
+
+router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
+
+
+def _keys(request: Request) -> ApiKeys:
+    found: ApiKeys = request.app.state.service.keys
+    return found
+
+
+@router.post("", status_code=201, response_model=NewKeyOut)
+async def create_key(body: CreateKey, request: Request, who: Admin) -> NewKeyOut:
+    """Make an API key for `owner` (admins only) and show its secret, this once.
+
+    Errors: 401 without a key that works, 403 when yours is not an admin's, 422 for a bad body."""
+    record, secret = await in_thread(_keys(request).create, body.owner, body.name, body.admin, body.quota())
+    return NewKeyOut.model_validate({**KeyOut.model_validate(record).model_dump(), "secret": secret})
+
+
+@router.get("", response_model=KeyList)
+async def list_keys(
+    request: Request,
+    who: Who,
+    owner: Annotated[str | None, Query(description="only this owner's (admins); others always see their own")] = None,
+    include_revoked: bool = False,
+) -> KeyList:
+    """API keys, oldest first: every owner's for an admin, else the caller's own. Secrets are never listed."""
+    wanted = owner if who.admin else who.owner
+    records = await in_thread(_keys(request).find, wanted, include_revoked)
+    return KeyList(keys=[KeyOut.model_validate(record) for record in records])
+
+
+@router.get("/me", response_model=KeyOut)
+async def my_key(request: Request, who: Who) -> KeyOut:
+    """The record of the key this request bears (what the dashboard shows: whose, admin or not, quotas)."""
+    return KeyOut.model_validate(await in_thread(_keys(request).get, who.key_id))
+
+
+@router.delete("/{key_id}", response_model=KeyOut)
+async def revoke_key(key_id: str, request: Request, who: Who) -> KeyOut:
+    """Revoke a key: every call with it, and every link, token and connection it made, stops working
+    within a second. Admins revoke any key, others only their own.
+
+    Errors: 404 when there is no such key (of yours), 400 for the last admin key that works."""
+    keys = _keys(request)
+    record = await in_thread(keys.get, key_id)
+    if not who.admin and record.owner != who.owner:
+        raise NotFound(f"no API key {key_id!r}: list yours with GET /api/v1/keys")
+    return KeyOut.model_validate(await in_thread(keys.revoke, key_id))
