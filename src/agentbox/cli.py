@@ -45,7 +45,7 @@ def serve(
     import uvicorn
 
     from agentbox.api import create_app
-    from agentbox.api.proxy import MAX_MESSAGE
+    from agentbox.api.websocket_relay import MAX_MESSAGE
     from agentbox.service import Service, StartupError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -30,8 +30,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentbox.api.dependencies import Manager, Owner, Who, in_thread
-from agentbox.api.proxy import PREVIEW_COOKIE, PREVIEW_HOST, Connect, caller_of, proxy_http, proxy_websocket
+from agentbox.api.proxy import PREVIEW_COOKIE, PREVIEW_HOST, Connect, proxy_http
 from agentbox.api.tokens import bearer_caller, token_caller
+from agentbox.api.websocket_relay import caller_of, proxy_websocket
 from agentbox.auth.tokens import Tokens
 from agentbox.e2b_api import access
 from agentbox.errors import AgentboxError, Forbidden, NotFound, Unprocessable

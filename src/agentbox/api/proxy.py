@@ -1,11 +1,9 @@
-"""HTTP and WebSocket proxying onto a server inside a workspace, over one port connection per request.
+"""HTTP proxying onto a server inside a workspace, over one port connection per request, and what
+may pass between the two (the header policy that WebSocket relays, websocket_relay.py, share).
 
 HTTP/1.1 is spoken to the workspace's server with h11 (one request per connection,
-`Connection: close`); a WebSocket with the sans-I/O protocol of `websockets`, its messages
-relayed one by one. Both run on the event loop over an `AsyncPort` (sandbox/async_tunnel.py):
-an open WebSocket costs sockets, not a thread; a body goes on only as fast as the server takes
-it; when either end of a WebSocket leaves, the other is closed (a server that ignores the close
-is cut CLOSE_SECONDS later). WebSockets are capped per workspace and per caller (`Relays`).
+`Connection: close`), on the event loop over an `AsyncPort` (sandbox/async_tunnel.py): a body
+goes on only as fast as the server takes it, at most WORKSPACE_MAX_PROXIED_BODY.
 
 Where an answer is shown decides what it may carry. A preview host (`{port}-{id}.{domain}`,
 marked by ports.PreviewHosts) is the app's own origin: its answer passes as it is, its cookies
@@ -19,27 +17,20 @@ preview cookie and parameter, a Referer naming a preview token) never reaches th
 
 from __future__ import annotations
 
-import contextlib
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
 import h11
-from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi import Request
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Response as HandshakeResponse
-from websockets.uri import parse_uri
 
 from agentbox.api.streaming import CutShort
-from agentbox.errors import AgentboxError, Forbidden, PayloadTooLarge, ProviderError
+from agentbox.errors import Forbidden, PayloadTooLarge, ProviderError
 from agentbox.providers.base import PortConnection
 from agentbox.sandbox.async_tunnel import AsyncPort, as_async
 
@@ -48,10 +39,6 @@ from agentbox.sandbox.async_tunnel import AsyncPort, as_async
 ANSWER_SECONDS = 60.0
 #: Seconds the workspace's server may leave a request's body untaken before the request is given up.
 STALL_SECONDS = 60.0
-#: Seconds a WebSocket's server has to close once the client has left, before its connection is cut.
-CLOSE_SECONDS = 3.0
-#: Bytes of one WebSocket message relayed at most, either way.
-MAX_MESSAGE = 16 << 20
 PREVIEW_COOKIE = "agentbox_preview"
 #: Set in the ASGI scope by ports.PreviewHosts on a request to a preview host: (port, workspace id).
 PREVIEW_HOST = "agentbox.preview_host"
@@ -139,10 +126,6 @@ class GatewayTimeout(ProviderError):
     status_code = 504
 
 
-class TooManyRelays(AgentboxError):
-    status_code = 429
-
-
 def own_origin(connection: HTTPConnection) -> bool:
     """Whether the request came to a preview host: the app's own origin, not agentbox's."""
     return PREVIEW_HOST in connection.scope
@@ -212,7 +195,7 @@ def _embedding_refused(headers: Headers) -> bool:
     return headers.get("sec-fetch-site") == "same-origin" and headers.get("sec-fetch-dest", "") in _NOT_EMBEDDED
 
 
-async def _open(connect: Connect) -> AsyncPort:
+async def open_port(connect: Connect) -> AsyncPort:
     """A connection to the server: made in a worker thread (briefly: a socket's connect, an exec), then
     driven from the event loop. Shielded, so that a client leaving meanwhile cannot leak it."""
     with anyio.CancelScope(shield=True):
@@ -220,7 +203,7 @@ async def _open(connect: Connect) -> AsyncPort:
     return as_async(connection)
 
 
-async def _close(port: AsyncPort) -> None:
+async def close_port(port: AsyncPort) -> None:
     with anyio.CancelScope(shield=True):
         await port.aclose()
 
@@ -246,7 +229,7 @@ async def proxy_http(request: Request, connect: Connect, target: str, prefix: st
         raise _too_large(limit)
     headers = forwarded_headers(request, port, prefix)
     has_body = length not in (None, "0") or "chunked" in request.headers.get("transfer-encoding", "")
-    connection = await _open(connect)
+    connection = await open_port(connect)
     try:
         client = h11.Connection(h11.CLIENT)
         framing = [(b"content-length", length.encode())] if length is not None else []
@@ -255,14 +238,14 @@ async def proxy_http(request: Request, connect: Connect, target: str, prefix: st
         head = h11.Request(
             method=request.method, target=target, headers=[*headers, *framing, (b"connection", b"close")]
         )
-        taken = await _send(connection, client.send(head))
+        taken = await send_to(connection, client.send(head))
         if taken and has_body:
             taken = await _send_body(request, client, connection, limit)
         if taken:
-            await _send(connection, client.send(h11.EndOfMessage()))
+            await send_to(connection, client.send(h11.EndOfMessage()))
         answer = await _answer_head(client, connection)
     except BaseException:
-        await _close(connection)
+        await close_port(connection)
         raise
     return _Relayed(
         _answer_body(client, connection), answer.status_code, answer_headers(answer.headers, own), connection
@@ -276,7 +259,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-async def _send(connection: AsyncPort, data: bytes | None) -> bool:
+async def send_to(connection: AsyncPort, data: bytes | None) -> bool:
     """Write `data`; False when the server no longer takes any (its answer may say why)."""
     if not data:
         return True
@@ -301,7 +284,7 @@ async def _send_body(request: Request, client: h11.Connection, connection: Async
         received += len(chunk)
         if received > limit:
             raise _too_large(limit)
-        if chunk and not await _send(connection, client.send(h11.Data(data=chunk))):
+        if chunk and not await send_to(connection, client.send(h11.Data(data=chunk))):
             return False
     return True
 
@@ -365,259 +348,4 @@ class _Relayed(StreamingResponse):
         except CutShort:
             pass  # without its last message the server ends the connection: the client's read fails
         finally:
-            await _close(self._port)
-
-
-# WebSocket
-
-
-class Relays:
-    """The WebSockets relayed at once, per workspace and per caller; a new one past either cap is refused."""
-
-    def __init__(self, per_workspace: int, per_caller: int) -> None:
-        self.per_workspace = per_workspace
-        self.per_caller = per_caller
-        self._workspaces: Counter[str] = Counter()
-        self._callers: Counter[str] = Counter()
-
-    @contextlib.contextmanager
-    def hold(self, workspace_id: str, caller: str) -> Iterator[None]:
-        """One relay's place (TooManyRelays when there is none), for as long as the block runs."""
-        if self._workspaces[workspace_id] >= self.per_workspace:
-            raise TooManyRelays(
-                f"workspace {workspace_id} has {self.per_workspace} WebSockets open through agentbox, the most it may "
-                "have (WORKSPACE_MAX_WEBSOCKETS_PER_WORKSPACE): close one first"
-            )
-        if self._callers[caller] >= self.per_caller:
-            raise TooManyRelays(
-                f"you have {self.per_caller} WebSockets open through agentbox, the most one caller may have "
-                "(WORKSPACE_MAX_WEBSOCKETS_PER_CALLER): close one first"
-            )
-        self._workspaces[workspace_id] += 1
-        self._callers[caller] += 1
-        try:
-            yield
-        finally:
-            for counts, key in ((self._workspaces, workspace_id), (self._callers, caller)):
-                counts[key] -= 1
-                if counts[key] <= 0:
-                    del counts[key]
-
-
-def relays_of(app: FastAPI) -> Relays:
-    """The app's relay counts (one event loop: no lock needed)."""
-    relays: Relays | None = getattr(app.state, "websocket_relays", None)
-    if relays is None:
-        settings = app.state.service.settings
-        relays = Relays(settings.max_websockets_per_workspace, settings.max_websockets_per_caller)
-        app.state.websocket_relays = relays
-    return relays
-
-
-def caller_of(connection: HTTPConnection, owner: str | None = None) -> str:
-    """Whom a relay counts against: the API key's owner, else the client's address (a preview's visitor)."""
-    if owner is not None:
-        return f"owner {owner}"
-    return f"address {connection.client.host if connection.client else '?'}"
-
-
-async def proxy_websocket(
-    websocket: WebSocket, connect: Connect, target: str, port: int, workspace_id: str, caller: str
-) -> None:
-    """Relay `websocket` to a WebSocket server on `port` at `target`, message by message, until either
-    side leaves. The client's socket is refused (with the error's status) when the server's is, and
-    with a 429 past the caps."""
-    try:
-        with relays_of(websocket.app).hold(workspace_id, caller):
-            await _relay(websocket, connect, target, port)
-    except TooManyRelays as exc:
-        await websocket.send_denial_response(_error(exc))
-
-
-async def _relay(websocket: WebSocket, connect: Connect, target: str, port: int) -> None:
-    try:
-        connection = await _open(connect)
-    except AgentboxError as exc:
-        await websocket.send_denial_response(_error(exc))
-        return
-    try:
-        offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
-        headers = [
-            (n, v) for n, v in forwarded_headers(websocket, port, "") if not n.lower().startswith(b"sec-websocket-")
-        ]
-        try:
-            upstream = await _Upstream.open(connection, port, target, offered, headers)
-        except AgentboxError as exc:
-            await websocket.send_denial_response(_error(exc))
-            return
-        await websocket.accept(subprotocol=upstream.subprotocol)
-        await upstream.relay(websocket)
-    finally:
-        await _close(connection)
-
-
-def _error(exc: AgentboxError) -> Response:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-
-
-class _Upstream:
-    """The WebSocket client side, towards the workspace's server (websockets' sans-I/O protocol)."""
-
-    def __init__(self, connection: AsyncPort, protocol: ClientProtocol, answer: HandshakeResponse) -> None:
-        self.connection = connection
-        self.protocol = protocol
-        self.subprotocol = answer.headers.get("Sec-WebSocket-Protocol")
-        #: What the client's socket is closed with: the server's own code, or 1014 (bad gateway) when
-        #: the server's connection ended without one.
-        self.close_code = 1014
-        self.closed = anyio.Event()  # the server's side has ended
-        self._flushing = anyio.Lock()  # what the protocol has to send leaves in its order
-        self._pending: Sequence[object] = ()  # frames that came with the handshake's answer
-
-    @classmethod
-    async def open(
-        cls,
-        connection: AsyncPort,
-        port: int,
-        target: str,
-        subprotocols: list[str],
-        headers: list[tuple[bytes, bytes]],
-    ) -> _Upstream:
-        """The handshake: ProviderError (502) when the server refuses or does not answer in HTTP/1.1,
-        GatewayTimeout (504) when it does not answer within ANSWER_SECONDS."""
-        protocol = ClientProtocol(
-            parse_uri(f"ws://localhost:{port}{target}"),
-            subprotocols=subprotocols or None,  # type: ignore[arg-type]
-            max_size=MAX_MESSAGE,
-        )
-        request = protocol.connect()
-        for name, value in headers:
-            if name.lower() != b"host":
-                request.headers[name.decode("latin-1")] = value.decode("latin-1")
-        protocol.send_request(request)
-        with anyio.move_on_after(ANSWER_SECONDS):
-            for data in protocol.data_to_send():
-                await _send(connection, data)
-            while True:
-                data = await connection.read()
-                if data:
-                    protocol.receive_data(data)
-                else:
-                    protocol.receive_eof()
-                events = protocol.events_received()
-                for position, event in enumerate(events):
-                    if not isinstance(event, HandshakeResponse):
-                        continue
-                    if protocol.handshake_exc is not None:
-                        raise ProviderError(
-                            f"the workspace's server refused the WebSocket (HTTP {event.status_code}): "
-                            f"{protocol.handshake_exc}"
-                        )
-                    upstream = cls(connection, protocol, event)
-                    upstream._pending = events[position + 1 :]
-                    return upstream
-                if protocol.handshake_exc is not None:  # not an HTTP/1.1 answer at all
-                    why = protocol.handshake_exc.__cause__ or protocol.handshake_exc
-                    raise ProviderError(
-                        f"the workspace's server did not answer the WebSocket's upgrade in HTTP/1.1 ({why}): "
-                        "is a WebSocket server listening on that port?"
-                    )
-                if not data:
-                    raise ProviderError("the workspace's server closed the connection during the WebSocket handshake")
-        raise GatewayTimeout(
-            f"the workspace's server did not answer the WebSocket's upgrade within {ANSWER_SECONDS:g} s"
-        )
-
-    async def relay(self, websocket: WebSocket) -> None:
-        """Both directions until either side leaves; then the other is closed."""
-        async with anyio.create_task_group() as tasks:
-
-            async def from_server() -> None:
-                try:
-                    await self._to_client(websocket)
-                finally:
-                    self.closed.set()
-                    tasks.cancel_scope.cancel()
-
-            tasks.start_soon(from_server)
-            await self._from_client(websocket)
-            # The client has gone and the server was asked to close: it has a moment to do so.
-            with anyio.move_on_after(CLOSE_SECONDS):
-                await self.closed.wait()
-            tasks.cancel_scope.cancel()
-        with contextlib.suppress(Exception):  # the client may have gone already: nothing left to tell it
-            await websocket.close(code=self.close_code)
-
-    async def _from_client(self, websocket: WebSocket) -> None:
-        """The client's messages to the server, each sent before the next is taken (the server paces the client)."""
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                code = message.get("code", 1000)
-                with contextlib.suppress(Exception):  # already closing
-                    self.protocol.send_close(code if 1000 <= code < 5000 and code not in (1005, 1006) else 1000)
-                await self._flush()
-                return
-            if message.get("bytes") is not None:
-                self.protocol.send_binary(message["bytes"])
-            elif message.get("text") is not None:
-                self.protocol.send_text(message["text"].encode())
-            else:
-                continue
-            if not await self._flush():
-                return  # the server's side is gone: from_server sees its end
-
-    async def _to_client(self, websocket: WebSocket) -> None:
-        """The server's messages to the client until it closes (or the client has gone)."""
-        parts: list[bytes] = []
-        opcode = Opcode.TEXT
-        events: Sequence[object] = self._pending
-        while True:
-            for frame in events:
-                if not isinstance(frame, Frame):
-                    continue
-                if frame.opcode == Opcode.CLOSE:
-                    # (close_rcvd, not close_code: the latter waits for the TCP connection's end)
-                    code = self.protocol.close_rcvd.code if self.protocol.close_rcvd is not None else None
-                    self.close_code = code if code is not None and code not in (1005, 1006, 1015) else 1000
-                    await self._flush()  # the answer to its close
-                    return
-                if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
-                    opcode, parts = frame.opcode, [bytes(frame.data)]
-                elif frame.opcode == Opcode.CONT:
-                    parts.append(bytes(frame.data))
-                else:
-                    continue  # ping and pong: the protocol answers pings itself
-                if frame.fin and not await _deliver(websocket, opcode, b"".join(parts)):
-                    return
-            await self._flush()  # pongs
-            data = await self.connection.read()
-            if not data:
-                return
-            self.protocol.receive_data(data)
-            events = list(self.protocol.events_received())
-
-    async def _flush(self) -> bool:
-        """Send what the protocol has to send; False when the server no longer takes it."""
-        async with self._flushing:
-            for data in self.protocol.data_to_send():
-                try:
-                    if not data:  # the protocol's end of stream
-                        await self.connection.end_input()
-                    elif not await _send(self.connection, data):
-                        return False
-                except GatewayTimeout:  # it has taken nothing for STALL_SECONDS: given up
-                    return False
-        return True
-
-
-async def _deliver(websocket: WebSocket, opcode: Opcode, message: bytes) -> bool:
-    """Send one message to the client; False when it has gone."""
-    try:
-        if opcode == Opcode.TEXT:
-            await websocket.send_text(message.decode("utf-8", "replace"))
-        else:
-            await websocket.send_bytes(message)
-    except Exception:  # disconnected (uvicorn's ClientDisconnected, Starlette's WebSocketDisconnect...)
-        return False
-    return True
+            await close_port(self._port)
