@@ -159,7 +159,7 @@ async def _preview(
     found = await token_caller(connection, token, PREVIEW_USE, ws=workspace_id, port=port)
     if found is None or not isinstance(workspace_id, str) or not isinstance(port, int):
         raise Forbidden(
-            "this preview link is not valid here or has expired: ask for a new one with "
+            "this preview link is not valid here, has expired, or its key was revoked: ask for a new one with "
             "GET /api/v1/workspaces/{id}/ports/{port}/url"
         )
     return _connect(service.manager, found.owner, workspace_id, port), port, workspace_id
