@@ -162,3 +162,24 @@ def test_what_agentbox_cannot_do_is_refused_not_dropped(e2b_env: str) -> None:
     with pytest.raises(SandboxException, match="allow list"):
         Sandbox.create(network={"deny_out": ["10.0.0.0/8"]})
     assert Sandbox.list().next_items() == []  # nothing was made
+
+
+def test_wrong_sandbox_tokens_count_as_refused_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A guesser of envd access tokens or traffic tokens is stopped like a guesser of API keys.
+    app = build_app(tmp_path, {"gvisor": FakeProvider("gvisor")}, WORKSPACE_RATE_LIMIT_FAILURES="3/minute")
+    with uvicorn_serving(app) as url:
+        monkeypatch.setenv("E2B_API_URL", f"{url}/e2b")
+        monkeypatch.setenv("E2B_SANDBOX_URL", f"{url}/e2b/envd")
+        monkeypatch.setenv("E2B_API_KEY", KEYS["alice"])
+        sandbox = Sandbox.create(timeout=120, network={"allow_public_traffic": False})
+        envd = {"E2b-Sandbox-Id": sandbox.sandbox_id}
+        files = f"{url}/e2b/envd/files"
+        good = {**envd, "X-Access-Token": sandbox._envd_access_token or ""}
+        assert httpx.get(files, params={"path": "/"}, headers=good).status_code != 401
+        wrong_envd = {**envd, "X-Access-Token": "key-0000000000000000.guess"}
+        assert httpx.get(files, params={"path": "/"}, headers=wrong_envd).status_code == 401
+        port = {**envd, "E2b-Sandbox-Port": "8080", "E2B-Traffic-Access-Token": "guess"}
+        assert httpx.get(f"{url}/e2b/envd/", headers=port).status_code == 502  # E2B's "not open to you"
+        assert httpx.get(files, params={"path": "/"}, headers=wrong_envd).status_code == 401
+        blocked = httpx.get(files, params={"path": "/"}, headers=good)  # the address, whatever it brings now
+        assert blocked.status_code == 429 and "refused credentials" in blocked.json()["detail"]

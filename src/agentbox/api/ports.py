@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentbox.api.dependencies import Manager, Owner, Who, in_thread
 from agentbox.api.proxy import PREVIEW_COOKIE, PREVIEW_HOST, Connect, proxy_http
-from agentbox.api.tokens import bearer_caller, token_caller
+from agentbox.api.tokens import bearer_caller, bound_caller, token_caller
 from agentbox.api.websocket_relay import caller_of, proxy_websocket
 from agentbox.auth.tokens import Tokens
 from agentbox.e2b_api import access
@@ -179,7 +179,7 @@ def open_workspace(connection: Request | WebSocket, workspace_id: str) -> Worksp
     if manager is None or workspace is None:
         return None
     presented = connection.headers.get(TRAFFIC_HEADER, "")
-    opened = workspace.public_ports or access.token_matches(presented, service.tokens, workspace, access.TRAFFIC)
+    opened = workspace.public_ports or bound_caller(connection, presented, access.TRAFFIC, workspace) is not None
     return manager.wake(workspace) if opened else None
 
 

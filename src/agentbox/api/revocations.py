@@ -11,6 +11,7 @@ streamed is cut off.
 from __future__ import annotations
 
 import logging
+import threading
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +30,8 @@ REVOKED_CLOSE = 1008
 
 class Revocations:
     def __init__(self) -> None:
+        # watch() is called from worker threads too (a token checked there), the rest from the loop.
+        self._lock = threading.Lock()
         self._by_key: dict[str, set[anyio.CancelScope]] = {}
         self._key_of: dict[anyio.CancelScope, str] = {}
 
@@ -36,31 +39,35 @@ class Revocations:
         """End the request of `scope` when key `key_id` is revoked (no-op outside `EndOnRevocation`)."""
         cancel = scope.get("state", {}).get(_STATE)
         if isinstance(cancel, anyio.CancelScope):
-            self._by_key.setdefault(key_id, set()).add(cancel)
-            self._key_of[cancel] = key_id
+            with self._lock:
+                self._by_key.setdefault(key_id, set()).add(cancel)
+                self._key_of[cancel] = key_id
 
     def forget(self, cancel: anyio.CancelScope) -> None:
-        key_id = self._key_of.pop(cancel, None)
-        if key_id is not None:
-            held = self._by_key.get(key_id, set())
+        with self._lock:
+            key_id = self._key_of.pop(cancel, None)
+            held = self._by_key.get(key_id, set()) if key_id is not None else set()
             held.discard(cancel)
-            if not held:
+            if key_id is not None and not held:
                 self._by_key.pop(key_id, None)
 
     async def run(self, keys: ApiKeys) -> None:
         """Cancel what keys revoked in `keys` hold open, every INTERVAL seconds, for ever."""
         while True:
             await anyio.sleep(INTERVAL)
-            if not self._by_key:
+            with self._lock:
+                watched = list(self._by_key)
+            if not watched:
                 continue
             try:
-                revoked = await in_thread(keys.revoked_among, list(self._by_key))
+                revoked = await in_thread(keys.revoked_among, watched)
             except Exception:  # the database away for a moment: look again next round
                 log.warning("checking live connections' keys failed", exc_info=True)
                 continue
-            for key_id in revoked:
-                for cancel in self._by_key.get(key_id, set()):
-                    cancel.cancel()
+            with self._lock:
+                ending = [cancel for key_id in revoked for cancel in self._by_key.get(key_id, ())]
+            for cancel in ending:
+                cancel.cancel()
 
 
 class EndOnRevocation:
@@ -94,7 +101,9 @@ class EndOnRevocation:
             # Before the accept this is a refusal (403); after it, a close the client sees.
             await send({"type": "websocket.close", "code": REVOKED_CLOSE, "reason": "API key revoked"})
         elif not started:
-            body = b'{"detail":"the API key of this request was revoked"}'
+            body = (
+                b'{"detail":"the API key of this request was revoked: ask an admin for a key (agentbox keys create)"}'
+            )
             await send(
                 {"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"application/json")]}
             )

@@ -1,5 +1,6 @@
-"""Credentials outside the Authorization dependency: a WebSocket's bearer header, and the tokens
-made for what cannot send one (a browser's WebSocket, a preview link). See auth/tokens.py.
+"""Credentials outside the Authorization dependency: a WebSocket's bearer header, the tokens made for
+what cannot send one (a browser's WebSocket, a preview link), and E2B's tokens bound to a sandbox.
+Each is counted when refused (rate limits) and watched when accepted (revocation). See auth/tokens.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from fastapi.requests import HTTPConnection
 from agentbox.api.dependencies import authenticated, in_thread, refused, watched
 from agentbox.auth.keys import Caller
 from agentbox.errors import Unauthorized
+from agentbox.models import Workspace
 
 
 async def bearer_caller(connection: HTTPConnection) -> Caller:
@@ -21,6 +23,18 @@ async def bearer_caller(connection: HTTPConnection) -> Caller:
     if found is None:
         refused(connection)
         raise Unauthorized("a valid API key is needed: send `Authorization: Bearer <key>`")
+    return watched(connection, found)
+
+
+def bound_caller(connection: HTTPConnection, presented: str, use: str, workspace: Workspace) -> Caller | None:
+    """The caller of a token bound to `workspace` for `use` (E2B's access and traffic tokens), while its key
+    works and is the workspace owner's; None without one. May read the database (call it in a thread)."""
+    if not presented:
+        return None
+    found = connection.app.state.service.tokens.check_bound(presented, use, workspace.id, workspace.owner)
+    if found is None:
+        refused(connection)
+        return None
     return watched(connection, found)
 
 

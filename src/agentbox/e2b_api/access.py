@@ -31,11 +31,6 @@ def traffic_token(tokens: Tokens, caller: Caller, sandbox_id: str) -> str:
     return tokens.bound(caller, TRAFFIC, sandbox_id)
 
 
-def token_matches(presented: str, tokens: Tokens, workspace: Workspace, use: str = ENVD) -> bool:
-    """Whether `presented` is a `use` token of `workspace` made with a working key of its owner."""
-    return bool(presented) and tokens.check_bound(presented, use, workspace.id, workspace.owner) is not None
-
-
 def envd_tokens(tokens: Tokens, workspace: Workspace) -> list[str]:
     """Every access token `workspace` may have been handed out with (one per working key of its owner)."""
     return tokens.bound_of(workspace.owner, ENVD, workspace.id)

@@ -39,10 +39,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentbox.api.dependencies import in_thread
+from agentbox.api.dependencies import in_thread, refused
 from agentbox.api.files import file_answer, spooled
 from agentbox.api.ports import TRAFFIC_HEADER, open_workspace, target_of
 from agentbox.api.proxy import Connect, proxy_http
+from agentbox.api.tokens import bound_caller
 from agentbox.auth.tokens import Tokens
 from agentbox.config import Settings
 from agentbox.domain import Command
@@ -214,8 +215,8 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
     else:
         workspace = await in_thread(manager.store.get, sandbox_id) if sandbox_id else None
     presented = request.headers.get("x-access-token", "")
-    holder = workspace is not None and access.token_matches(presented, service.tokens, workspace)
-    if holder and workspace is not None:
+    holder = None if workspace is None else await in_thread(bound_caller, request, presented, access.ENVD, workspace)
+    if holder is not None and workspace is not None:
         try:
             workspace = await in_thread(manager.wake, workspace)  # E2B's auto-resume, for its own callers only
         except AgentboxError as exc:  # the concurrency cap, the engine away
@@ -223,7 +224,7 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
     gone = workspace is None or workspace.status != Status.RUNNING or control.ended(workspace)
     # /health looks into the sandbox for the SDK (it sends the token), which asks it whether a sandbox
     # whose stream broke is gone; anyone else is answered from the store: a stranger runs nothing there.
-    if not gone and path == "/health" and holder and workspace is not None:
+    if not gone and path == "/health" and holder is not None and workspace is not None:
         gone = not await in_thread(_alive, manager, workspace)
     if gone or workspace is None:
         # E2B's proxy's words: the SDK maps "was not found" to SandboxNotRunningException.
@@ -234,14 +235,14 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
         )
     if path == "/health":
         return None
-    envd_tokens = access.envd_tokens(service.tokens, workspace)
     if signed:
         expiration = request.query_params.get("signature_expiration", "")
         if expiration.isdigit() and int(expiration) < time.time():
             raise EnvdError(401, "signature is already expired")  # E2B's words, which its tests expect
-        if not _signature_valid(request, envd_tokens):
+        if not await in_thread(_signature_valid, request, access.envd_tokens(service.tokens, workspace)):
+            refused(request)
             raise EnvdError(401, "invalid signature: make the file URL again with the sandbox's access token")
-    elif not access.token_matches(request.headers.get("x-access-token", ""), service.tokens, workspace):
+    elif holder is None:
         raise EnvdError(401, "invalid access token: send the sandbox's envdAccessToken as X-Access-Token")
     user = _user(request)
     if user not in SANDBOX_USERS:
@@ -288,7 +289,7 @@ def _interpreter(request: Request, manager: WorkspaceManager, sandbox_id: str) -
     if workspace is None:
         raise EnvdError(502, _closed(sandbox_id, interpreter.PORT))
     presented = request.headers.get("x-access-token", "")
-    if access.token_matches(presented, request.app.state.service.tokens, workspace):
+    if bound_caller(request, presented, access.ENVD, workspace):
         workspace = manager.wake(workspace)  # E2B's auto-resume, for its own callers only
         if workspace.status != Status.RUNNING:
             raise EnvdError(502, _closed(sandbox_id, interpreter.PORT))
@@ -302,9 +303,7 @@ def _interpreter(request: Request, manager: WorkspaceManager, sandbox_id: str) -
         )
     # The SDK's context calls carry the traffic token, which every sandbox is given (control.py): even
     # on a public sandbox the interpreter is no public app, since a context is a process in it.
-    if not access.token_matches(
-        request.headers.get(TRAFFIC_HEADER, ""), request.app.state.service.tokens, workspace, access.TRAFFIC
-    ):
+    if not bound_caller(request, request.headers.get(TRAFFIC_HEADER, ""), access.TRAFFIC, workspace):
         raise EnvdError(
             401,
             f"sandbox {workspace.id}'s code interpreter takes its access token (X-Access-Token) or its traffic "
