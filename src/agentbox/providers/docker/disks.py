@@ -125,7 +125,12 @@ class Disks:
         target = self.mountpoint(name)
         # Lazy only if something (a container being torn down) still holds it.
         if os.path.ismount(target) and subprocess.run(["umount", str(target)], capture_output=True).returncode:
-            _run("umount", "--lazy", str(target))
+            try:
+                _run("umount", "--lazy", str(target))
+            except ProviderError:
+                if os.path.ismount(target):
+                    raise
+                # Not mounted any more: a removal of the same workspace running at once unmounted it first.
         self._image(name).unlink(missing_ok=True)
         if target.exists():
             shutil.rmtree(target, ignore_errors=True)
