@@ -115,6 +115,9 @@ class Workspace(Base):
     # `seconds` an automatic resume gives it. None: deleted at its end.
     pause_at_end: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The replica creating it, while it is `starting`: only that replica's death (its heartbeat
+    # gone stale) lets reconciliation retire the row.
+    replica: Mapped[str | None] = mapped_column(String(64))
 
 
 class GitHubApp(Base):
@@ -177,3 +180,37 @@ class AuditRecord(Base):
     arguments: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[int] = mapped_column(Integer)
     duration_ms: Mapped[int] = mapped_column(Integer)
+
+
+class Replica(Base):
+    """A server process sharing the database: alive while its heartbeat is fresh."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str | None] = mapped_column(String(256))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Lease(Base):
+    """A named lease (the leader's): held by one replica until it expires or is renewed."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SessionClaim(Base):
+    """A shell session's state shared by the replicas: where its output was read up to, and which
+    replica runs a command in it now (`holder`, until `until`; None: idle)."""
+
+    __tablename__ = "session_claims"
+
+    workspace_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    read_to: Mapped[int | None] = mapped_column(BigInteger)
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime)

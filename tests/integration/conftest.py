@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -82,11 +83,11 @@ def end_process(process: subprocess.Popen[bytes], kill: bool = False) -> None:
 class Server:
     """`agentbox serve` in a subprocess, as a user would run it."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, log_name: str = "server.log") -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir / "server.log"
+        self.log_path = data_dir / log_name
         self.env = {
             **os.environ,
             "ENABLE_AGENT_WORKSPACES": "true",
@@ -437,6 +438,39 @@ def probe(client: Client, workspace_id: str, *targets: str) -> dict[str, str]:
     return found
 
 
+class Replicas:
+    """`count` replicas of one deployment, as `make run REPLICAS=N` starts them: one data
+    directory (so one instance id and one token secret), one PostgreSQL, each replica on a port
+    of its own here so that a test can choose which one it talks to (and kill it)."""
+
+    def __init__(self, data_dir: Path, database_url: str, count: int = 3, env: dict[str, str] | None = None) -> None:
+        self.servers = [
+            Server(
+                data_dir,
+                env={"WORKSPACE_DATABASE_URL": database_url, "WORKSPACE_REPLICA_ID": f"r{n}", **(env or {})},
+                log_name=f"server-r{n}.log",
+            )
+            for n in range(1, count + 1)
+        ]
+
+    def start(self) -> Replicas:
+        # The first one alone migrates the database; the others then start together.
+        self.servers[0].start()
+        with concurrent.futures.ThreadPoolExecutor(len(self.servers)) as pool:
+            list(pool.map(lambda server: server.start(), self.servers[1:]))
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __getitem__(self, index: int) -> Server:
+        return self.servers[index]
+
+    def __iter__(self) -> Iterator[Server]:
+        return iter(self.servers)
+
+
 def address_of(client: docker.DockerClient, workspace_id: str) -> str:
     networks = client.api.inspect_container(f"agentbox-{workspace_id}")["NetworkSettings"]["Networks"]
     return str(networks[NETWORK]["IPAddress"])
@@ -456,6 +490,16 @@ def postgres_admin() -> str:
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, postgres_url: str) -> Iterator[Replicas]:
+    """Three replicas of one deployment on a fresh PostgreSQL database, stopped afterwards."""
+    running = Replicas(tmp_path, postgres_url).start()
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture
