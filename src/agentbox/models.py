@@ -205,7 +205,8 @@ class Lease(Base):
 
 class SessionClaim(Base):
     """A shell session's state shared by the replicas: where its output was read up to, and which
-    replica runs a command in it now (`holder`, until `until`; None: idle)."""
+    replica runs a command in it now (`holder`, until `until`; None: idle). `nonce`: the end marker
+    of the command written to its shell whose end nobody has read yet (see agentbox.session_claims)."""
 
     __tablename__ = "session_claims"
 
@@ -214,3 +215,4 @@ class SessionClaim(Base):
     holder: Mapped[str | None] = mapped_column(String(64))
     read_to: Mapped[int | None] = mapped_column(BigInteger)
     until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    nonce: Mapped[str | None] = mapped_column(String(32))

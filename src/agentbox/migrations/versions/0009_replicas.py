@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("holder", sa.String(64), nullable=True),
         sa.Column("read_to", sa.BigInteger(), nullable=True),
         sa.Column("until", UTCDateTime(), nullable=True),
+        sa.Column("nonce", sa.String(32), nullable=True),
     )
     with op.batch_alter_table("workspaces") as batch:
         batch.add_column(sa.Column("replica", sa.String(64), nullable=True))
