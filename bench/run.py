@@ -584,24 +584,29 @@ def pool_bursts(api: httpx.Client, engine: docker.DockerClient, size: int) -> di
 
 
 def firewall_changes() -> dict[str, list[float]]:
-    """One workspace's firewall grant + revoke, with 1 and with 200 others on the network (real iptables, on
-    the chains of a bridge that does not exist)."""
+    """One workspace's firewall grant + revoke, and the periodic check of the whole firewall (nothing missing),
+    with 1 and with 200 others on the network (real iptables, both families, on the chains of a bridge that
+    does not exist)."""
     from agentbox.providers.docker.firewall import ALWAYS_BLOCKED, Firewall
     from agentbox.providers.docker.network import mac_address
 
-    print("==> firewall: one workspace's grant + revoke with 1 and 200 workspaces on the network", flush=True)
+    print("==> firewall: a grant + revoke and the periodic check, with 1 and 200 workspaces on the network", flush=True)
     results: dict[str, list[float]] = {}
-    rules = Firewall(bridge="abx-bench0", tag="abxbench0000", blocked=ALWAYS_BLOCKED, resolvers=(), ipv6=False)
+    rules = Firewall(bridge="abx-bench0", tag="abxbench0000", blocked=ALWAYS_BLOCKED, resolvers=(), ipv6=True)
     try:
         for others in (1, 200):
             rules.adopt({mac_address(f"ws-{i}"): None for i in range(others)})
-            samples = []
+            changes, checks = [], []
             for _ in range(20):
                 began = time.perf_counter()
                 rules.grant(mac_address("ws-new"), ["203.0.113.7/32"])
                 rules.revoke(mac_address("ws-new"))
-                samples.append((time.perf_counter() - began) * 1000)
-            results[f"firewall_{others}"] = samples
+                changes.append((time.perf_counter() - began) * 1000)
+                began = time.perf_counter()
+                rules.restore()
+                checks.append((time.perf_counter() - began) * 1000)
+            results[f"firewall_{others}"] = changes
+            results[f"firewall_check_{others}"] = checks
     finally:
         rules.remove()
     return results
@@ -865,10 +870,11 @@ def report(
             ratios[f"burst_api_over_raw{crowded}_p50"] = round(
                 summary[f"burst_api{crowded}"]["p50_ms"] / summary[f"burst_raw{crowded}"]["p50_ms"], 2
             )
-    if "firewall_200" in summary:
-        ratios["firewall_200_over_1_p50"] = round(
-            summary["firewall_200"]["p50_ms"] / summary["firewall_1"]["p50_ms"], 2
-        )
+    for firewall in ("firewall", "firewall_check"):
+        if f"{firewall}_200" in summary:
+            ratios[f"{firewall}_200_over_1_p50"] = round(
+                summary[f"{firewall}_200"]["p50_ms"] / summary[f"{firewall}_1"]["p50_ms"], 2
+            )
     print(f"\n{'measurement':<20}{'p50 ms':>10}{'p95 ms':>10}")
     for name, values in summary.items():
         print(f"{name:<20}{values['p50_ms']:>10}{values['p95_ms']:>10}")

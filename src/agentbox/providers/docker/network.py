@@ -84,7 +84,7 @@ class WorkspaceNetwork:
         return self.firewall.resolve(entries)
 
     def restore(self) -> None:
-        """Rewrite the firewall and hook it in again (it may have been flushed); raises FirewallError."""
+        """Check the firewall and write back only what is missing (it may have been flushed); raises FirewallError."""
         self.firewall.restore()
 
 
