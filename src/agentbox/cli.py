@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import sys
 import tarfile
 from datetime import datetime
@@ -40,6 +41,13 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on", min=1, max=65535)] = 8000,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    reuse_port: Annotated[
+        bool,
+        typer.Option(
+            help="share the port with other replicas of this deployment (SO_REUSEPORT: the kernel spreads "
+            "connections between them, and a replica that stops leaves the others serving)"
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP API server."""
     import uvicorn
@@ -50,8 +58,15 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings()
+    sockets = []
+    if reuse_port:
+        # Bound before the service starts, so that a port another program holds fails at once.
+        try:
+            sockets = [_reused_port(host, port)]
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} with SO_REUSEPORT: {exc.strerror}", 2)
     try:
-        service = Service.start(settings)
+        service = Service.start(settings, address=f"{host}:{port}")
     except StartupError as exc:
         fail(exc.detail, 2)
     console.print(
@@ -71,7 +86,7 @@ def serve(
         # The app closes the service at shutdown (warm pool removed, background work stopped).
         # A WebSocket's incoming messages are queued by uvicorn until the app reads them: a few, of at
         # most the size a relay passes on (api/proxy.py), not its defaults of 32 x 16 MiB.
-        uvicorn.run(
+        config = uvicorn.Config(
             create_app(settings, service),
             host=host,
             port=port,
@@ -79,9 +94,22 @@ def serve(
             ws_max_size=MAX_MESSAGE,
             ws_max_queue=4,
         )
+        uvicorn.Server(config).run(sockets=sockets or None)
     except BaseException:
         service.close()  # e.g. the port was taken: uvicorn exits before any shutdown
         raise
+
+
+def _reused_port(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that other processes with SO_REUSEPORT may bind too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 @github.command("rotate-key")

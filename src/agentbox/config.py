@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,6 +52,12 @@ def _policy(value: Any) -> Any:
 def _names(value: Any) -> Any:
     """A comma-separated list, as the environment gives it."""
     return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
+
+
+def _default_replica_id() -> str:
+    """This process's name among the replicas sharing a database: the host's name and a random part, so that
+    two processes never share one by accident (a restart is a new replica unless WORKSPACE_REPLICA_ID says)."""
+    return f"{socket.gethostname()[:48]}-{secrets.token_hex(4)}"
 
 
 def _default_data_dir() -> Path:
@@ -149,6 +157,13 @@ class Settings(BaseSettings):
         "egress", validation_alias="WORKSPACE_NETWORK_POLICY"
     )
 
+    # This server's name among the replicas sharing WORKSPACE_DATABASE_URL (docs/architecture.md, "Replicas").
+    # Fixed names (r1, r2, ...) let a restarted replica finish what its previous run left half-made at once.
+    replica_id: str = Field(
+        default_factory=_default_replica_id,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$",
+        validation_alias="WORKSPACE_REPLICA_ID",
+    )
     # Signs preview links, terminal and E2B tokens (at least 32 characters); replicas must share it.
     # Unset: one is made at the first start and kept in WORKSPACE_DATA_DIR/secret-key.
     secret_key: SecretStr = Field(SecretStr(""), validation_alias="WORKSPACE_SECRET_KEY")

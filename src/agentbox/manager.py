@@ -169,6 +169,7 @@ class WorkspaceManager:
                 pids_limit=self.settings.pids_limit,
                 allow_cidrs=allow_cidrs,
                 updated_at=now,
+                replica=self.settings.replica_id,
                 **network,
                 **claim,
             )
@@ -186,7 +187,15 @@ class WorkspaceManager:
             raise
         actual = vars(provider.resources(ref) or Resources())
         sizes = {name: value for name, value in actual.items() if value is not None}
-        created = self.store.update(workspace.id, "started", status=Status.RUNNING.value, provider_ref=ref, **sizes)
+        fields = {"status": Status.RUNNING.value, "provider_ref": ref, **sizes}
+        created = self.store.transition(workspace.id, (Status.STARTING.value,), "started", **fields)
+        if created is None:  # deleted meanwhile, or given up by the leader (replicas.py): it must not come back
+            provider.destroy(ref)
+            self.metrics.failures.labels("create").inc()
+            raise Conflict(
+                f"workspace {workspace.id} was removed while it was being made (deleted, or given up because this "
+                "server lost touch with the database for too long): create it again"
+            )
         return self._handed_out("cold", created, started)
 
     def _handed_out(self, source: str, workspace: Workspace, started: float) -> Workspace:
@@ -281,7 +290,17 @@ class WorkspaceManager:
         self._require(workspace, Status.STOPPED, "start")
         with self.store.admission():
             self._check_room(owner, quota, workspace.cpu, workspace.memory)
-            self.store.update(workspace.id, "starting", status=Status.STARTING.value)
+            if (
+                self.store.transition(
+                    workspace.id,
+                    (Status.STOPPED.value,),
+                    "starting",
+                    status=Status.STARTING.value,
+                    replica=self.settings.replica_id,
+                )
+                is None
+            ):
+                raise Conflict(f"workspace {workspace.id} changed while it was being started: look at it again")
         try:
             provider = self._provider(workspace.provider)
             if not restore:
@@ -289,9 +308,20 @@ class WorkspaceManager:
             provider.start(self._ref(workspace))
         except BaseException as exc:
             self.metrics.failures.labels("start").inc()
-            self.store.update(workspace.id, "start_failed", status=Status.STOPPED.value, error=reason_of(exc))
+            self.store.transition(
+                workspace.id,
+                (Status.STARTING.value,),
+                "start_failed",
+                status=Status.STOPPED.value,
+                error=reason_of(exc),
+            )
             raise
-        return self.store.update(workspace.id, "started", status=Status.RUNNING.value, error=None)
+        running = self.store.transition(
+            workspace.id, (Status.STARTING.value,), "started", status=Status.RUNNING.value, error=None
+        )
+        if running is None:  # deleted meanwhile, or given up (and so stopped) by the leader
+            raise Conflict(f"workspace {workspace.id} changed while it was being started: look at it again")
+        return running
 
     def extend(self, owner: str, workspace_id: str, ttl_days: float | None = None) -> Workspace:
         """Renew an ephemeral workspace's TTL from now (by `ttl_days`, else its own TTL)."""

@@ -115,8 +115,8 @@ class Workspace(Base):
     # `seconds` an automatic resume gives it. None: deleted at its end.
     pause_at_end: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # The replica creating it, while it is `starting`: only that replica's death (its heartbeat
-    # gone stale) lets reconciliation retire the row.
+    # The replica creating or starting it while it is `starting`, or booting it into the warm pool:
+    # only that replica's death (its heartbeat gone stale) lets reconciliation give the row up.
     replica: Mapped[str | None] = mapped_column(String(64))
 
 
@@ -201,6 +201,20 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class UsageSampleRow(Base):
+    """One measurement of a running workspace, taken by the leader and read by every replica (usage.py)."""
+
+    __tablename__ = "usage_samples"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    workspace_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    cpu: Mapped[float | None] = mapped_column(Float)  # cores busy since the sample before (None: the first)
+    memory: Mapped[int] = mapped_column(BigInteger)
 
 
 class SessionClaim(Base):

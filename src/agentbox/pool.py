@@ -4,12 +4,17 @@ Pooled workspaces are rows with status `pooled` and no owner, so that they survi
 restart of the server and reconciliation knows them. A claim turns the row into an
 ordinary running workspace in one guarded update; everything a request may vary without
 changing the container (owner, labels, TTL, env: applied to each exec) is set then.
+
+With several replicas, any replica claims (under the admission lock in the database, so two never
+take one row and the cap stays exact) and only the leader fills: a booting row records the replica
+booting it, so that its death lets the next leader discard it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from agentbox.config import Settings
 from agentbox.domain import NewWorkspace
@@ -97,15 +102,16 @@ class WarmPool:
         """How many to keep: pooled workspaces never count against the cap, so the pool shrinks near it."""
         return min(self.size, max(0, self.settings.max_concurrent - self.store.count_active()))
 
-    def fill(self) -> None:
-        """Shrink to fit the cap and the settings, then boot containers until the pool is full."""
+    def fill(self, keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Shrink to fit the cap and the settings, then boot containers until the pool is full, or until
+        `keep_going` says no (this replica lost the lead)."""
         pooled = self.pooled()
         target = self._target()
         keep = sorted((w for w in pooled if self.fits(w)), key=lambda w: w.provider_ref is None)
         for workspace in [w for w in pooled if not self.fits(w)] + keep[target:]:
             self.discard(workspace)
         have = min(len(keep), target)
-        while have < self._target() and not self._stopping.is_set():
+        while have < self._target() and not self._stopping.is_set() and keep_going():
             if not self._boot_one():
                 return  # try again at the next round rather than spin on a broken engine or image
             have += 1
@@ -120,6 +126,7 @@ class WarmPool:
             ephemeral=True,
             env={},
             labels={},
+            replica=self.settings.replica_id,
             created_at=now,
             updated_at=now,
             **self._spec(),
@@ -160,7 +167,8 @@ class WarmPool:
         self._stopping.set()
 
     def drain(self) -> None:
-        """Destroy every pooled workspace (at shutdown: idle containers should not outlive the service)."""
+        """Destroy every pooled workspace (when the last replica stops: idle containers should not outlive
+        the service, but the others still claim them while any runs)."""
         for workspace in self.pooled():
             self.discard(workspace)
 

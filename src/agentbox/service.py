@@ -30,8 +30,9 @@ from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork
 from agentbox.providers.docker.runtime import STANDARD_RUNTIME, RuntimeChoice, checkpoint_runtime, choose_runtime
 from agentbox.providers.e2b import E2BProvider
 from agentbox.reconcile import Reconciler
+from agentbox.replicas import Replica, ReplicaIdInUse
 from agentbox.store import Store
-from agentbox.usage import UsageHistory
+from agentbox.usage import SharedSamples, UsageHistory
 
 log = logging.getLogger("agentbox.service")
 #: Connections kept per Engine API URL: as many as the API has worker threads (api/app.py), which
@@ -57,10 +58,15 @@ class Service:
     docker_client: docker.DockerClient | None = field(default=None, repr=False)
     github: GitHub | None = None
     usage: UsageHistory | None = None
+    #: This process among the replicas sharing the database (None with workspaces disabled).
+    replica: Replica | None = None
+    #: Where this replica serves (host:port), as the replicas table shows it.
+    address: str | None = None
 
     @classmethod
-    def start(cls, settings: Settings) -> Service:
+    def start(cls, settings: Settings, address: str | None = None) -> Service:
         service = cls.over(settings, Store(settings.sqlalchemy_url))
+        service.address = address
         try:
             service._open()
         except BaseException:
@@ -128,15 +134,25 @@ class Service:
         if settings.warm_pool_size > 0 and settings.default_provider in providers:
             pool = WarmPool(settings, self.store, providers[settings.default_provider], self.metrics)
         self.manager = WorkspaceManager(settings, self.store, providers, unavailable, self.metrics, self.github, pool)
-        reconciler = Reconciler(self.store, providers, pool, self.metrics)
+        replica = Replica(self.store, settings.replica_id, self.address)
         try:
-            reconciler.run(startup=True)
+            replica.join()  # a lone replica (SQLite, or the first on PostgreSQL) leads from here on
+        except ReplicaIdInUse as exc:
+            raise StartupError(str(exc)) from None
+        self.replica = replica
+        reconciler = Reconciler(self.store, providers, pool, self.metrics, replica)
+        try:
+            # The leader reconciles everything before serving; another replica gives up only what its own
+            # previous run left half-made (the leader does the rest).
+            reconciler.run(startup=True, everything=replica.leads())
         except AgentboxError as exc:
             raise StartupError(f"reconciling workspaces with their providers failed: {exc.detail}") from None
-        self.lifecycle = Lifecycle(self.manager, reconciler, pool, settings.reap_interval)
+        self.lifecycle = Lifecycle(self.manager, reconciler, pool, settings.reap_interval, replica)
         self.lifecycle.start()
         if settings.usage_interval > 0:
-            self.usage = UsageHistory(self.manager.measure, settings.usage_interval)
+            self.usage = UsageHistory(
+                self.manager.measure, settings.usage_interval, shared=SharedSamples(self.store), leads=replica.leads
+            )
             self.usage.start()
 
     def _docker_providers(self) -> dict[str, Provider]:
@@ -243,8 +259,11 @@ class Service:
             self.usage.stop()
             self.usage = None
         if self.lifecycle is not None:
-            self.lifecycle.stop()  # and with it the idle warm pool
+            self.lifecycle.stop()  # leaves the replicas; the last one out removes the idle warm pool
             self.lifecycle = None
+        if self.replica is not None:
+            self.replica.leave()  # already left with the lifecycle, unless start-up failed before it
+            self.replica = None
         if self.docker_client is not None:
             self.docker_client.close()
             self.docker_client = None

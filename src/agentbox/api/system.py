@@ -44,6 +44,9 @@ def health(request: Request) -> Health:
         capabilities=capabilities,
         unavailable=dict(manager.unavailable) if manager else {},
         version=VERSION,
+        replica=svc.settings.replica_id,
+        leader=svc.replica.leader if svc.replica else None,
+        replicas=svc.replica.alive if svc.replica else [],
         **_e2b_urls(request, svc),
     )
 

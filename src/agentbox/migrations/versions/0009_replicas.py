@@ -1,5 +1,5 @@
 """Several replicas on one database: who is alive, who leads, who is creating what, and which
-replica is running a command in a shell session.
+replica is running a command in a shell session; and the usage samples the leader takes for all.
 
 Revision ID: 0009
 Revises: 0008
@@ -41,9 +41,18 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("workspaces") as batch:
         batch.add_column(sa.Column("replica", sa.String(64), nullable=True))
+    op.create_table(
+        "usage_samples",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("workspace_id", sa.String(32), nullable=False),
+        sa.Column("at", UTCDateTime(), nullable=False, index=True),
+        sa.Column("cpu", sa.Float(), nullable=True),
+        sa.Column("memory", sa.BigInteger(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("usage_samples")
     with op.batch_alter_table("workspaces") as batch:
         batch.drop_column("replica")
     op.drop_table("session_claims")

@@ -225,18 +225,20 @@ class Firewall:
         wrong: list[str] = []
         for chain, rules in self.rules(self.grants, family).items():
             have = listed.get(chain, [])
-            if chain in present and [_norm(rule) for rule in have] == [_norm(rule) for rule in rules]:
-                continue
             if chain in present and chain == self.grant_chain:
-                # No process of ours grants IPv6: there, every grant is a stray.
-                foreign = [rule for rule in have if family == 4 and self._foreign(rule, prune, dropped)]
-                patch = None if whole else self._patch(have, rules, foreign)
+
+                def kept(rule: str) -> bool:  # no process of ours grants IPv6: there, every grant is a stray
+                    return family == 4 and self._foreign(rule, prune, dropped)
+
+                patch = None if whole else self._patch(have, rules, kept)
                 if patch is not None:
                     lines += patch
                     if patch:
                         wrong.append(f"{len(patch)} rule(s) of {chain}")
                     continue
-                rules = [*foreign, *rules]  # kept ahead of the final reject
+                rules = [*filter(kept, have), *rules]  # ahead of the final reject
+            elif chain in present and [_norm(rule) for rule in have] == [_norm(rule) for rule in rules]:
+                continue
             declared.append(chain)
             lines += [f"-A {chain} {rule}" for rule in rules]
             wrong.append(f"{chain} {'changed' if chain in present else 'missing'}")
@@ -254,21 +256,20 @@ class Firewall:
         match = GRANT_RULE.fullmatch(_norm(rule))
         return not prune and match is not None and match["mac"] not in self.grants and match["mac"] not in dropped
 
-    def _patch(self, have: list[str], rules: list[str], foreign: list[str]) -> list[str] | None:
-        """The grant chain's missing rules inserted and its strays deleted; None when its end is not the one
-        final reject (flushed, or tampered with), which a rewrite of the chain repairs."""
+    def _patch(self, have: list[str], rules: list[str], kept: Callable[[str], bool]) -> list[str] | None:
+        """The grant chain's missing rules inserted and its strays deleted (but those `kept`); None when its end
+        is not the one final reject (flushed, or tampered with), which a rewrite of the chain repairs."""
         listed = [_norm(rule) for rule in have]
         final = _norm(rules[-1])
         if not listed or listed[-1] != final or listed.count(final) != 1:
             return None
         wanted = {_norm(rule): rule for rule in rules[:-1]}
-        kept = {_norm(rule) for rule in foreign}
         seen: set[str] = set()
         lines = []
         for rule, normed in zip(have[:-1], listed[:-1], strict=True):
             if normed in wanted and normed not in seen:
                 seen.add(normed)
-            elif normed not in kept:  # not a grant, a stale or doubled one of ours, or one being pruned
+            elif normed in wanted or not kept(rule):  # doubled, stale, not a grant, or one being pruned
                 lines.append(f"-D {self.grant_chain} {rule}")
         # At the top, before the chain's final reject; the order of grants does not matter.
         return lines + [f"-I {self.grant_chain} 1 {rule}" for normed, rule in wanted.items() if normed not in seen]
