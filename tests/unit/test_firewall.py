@@ -294,3 +294,29 @@ def test_a_revoke_that_cannot_be_written_is_retried_by_the_next_check(monkeypatc
         firewall.revoke(mac_address("ws-1"))
     firewall.restore()  # no longer this process's grant, but its to delete
     assert kernel.written == [f"iptables-restore: *filter\n-D {firewall.grant_chain} {left}\nCOMMIT\n"]
+
+
+def test_without_docker_user_the_rest_is_restored_and_the_check_fails_saying_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    firewall = fenced({mac_address("ws-1"): None})
+    # `iptables -F; iptables -X`: every jump gone, and DOCKER-USER itself (the host's INPUT is open meanwhile).
+    flushed = (
+        saved(firewall, {}, hooked=False)
+        .replace(":DOCKER-USER - [0:0]\n", "")
+        .replace("-A DOCKER-USER -j RETURN\n", "")
+    )
+    text, _ = firewall.plan(flushed)
+    assert text is not None and f"-I INPUT 1 -i {firewall.bridge} -j {firewall.input_chain}" in text
+    assert "DOCKER-USER" not in text  # a jump from a chain that is not there would fail the whole transaction
+    intact6 = saved(firewall, firewall.rules(firewall.grants, 6), 6)
+    written = []
+
+    def run(argv: list[str], stdin: str | None = None) -> str:
+        written.extend([stdin] if stdin else [])
+        return {"iptables-save": flushed, "ip6tables-save": intact6}.get(argv[0], "")
+
+    monkeypatch.setattr("agentbox.providers.docker.firewall._run", run)
+    with pytest.raises(FirewallError, match=r"no iptables DOCKER-USER chain .* restart dockerd"):
+        firewall.restore()
+    assert written == [text]  # the rest was written before saying so

@@ -244,7 +244,9 @@ class Firewall:
             wrong.append(f"{chain} {'changed' if chain in present else 'missing'}")
         for builtin, chain in self.hooks(family):
             hook = f"-i {self.bridge} -j {chain}"
-            if _norm(hook) not in {_norm(rule) for rule in listed.get(builtin, [])}:
+            if builtin not in present:
+                wrong.append(f"no {builtin} chain to jump from")  # the rest is written all the same
+            elif _norm(hook) not in {_norm(rule) for rule in listed.get(builtin, [])}:
                 lines.append(f"-I {builtin} 1 {hook}")
                 wrong.append(f"the jump from {builtin} to {chain}")
         if not lines:
@@ -352,12 +354,13 @@ class Firewall:
     def _repair(self, prune: bool, families: Iterable[int] | None = None) -> list[str]:
         """Read the chains, write what differs (`plan`); what was wrong. Raises FirewallError."""
         wrong = []
+        unhooked: list[str] = []
         for family in self.families if families is None else families:
             tool = "iptables" if family == 4 else "ip6tables"
             for whole in (False, True):
-                text, found = self.plan(
-                    _run([f"{tool}-save", "-t", "filter"]), family, prune=prune, whole=whole, drop=self._dropping
-                )
+                saved = _run([f"{tool}-save", "-t", "filter"])
+                text, found = self.plan(saved, family, prune=prune, whole=whole, drop=self._dropping)
+                absent = [f"{tool} {builtin}" for builtin, _ in self.hooks(family) if f"\n:{builtin} " not in saved]
                 if text is None:
                     break
                 try:
@@ -370,7 +373,14 @@ class Firewall:
                     continue
                 wrong += [f"{tool}: {what}" for what in found]
                 break
+            unhooked += absent
         self._dropping.clear()  # every family's listing had none of their rules left, or they were deleted
+        if unhooked:
+            # Docker makes DOCKER-USER (and hooks it into FORWARD) when it starts; without it nothing is fenced.
+            raise FirewallError(
+                f"firewall: no {', '.join(unhooked)} chain to hook the workspace network's rules into (flushed and "
+                "deleted?): restart dockerd, which makes DOCKER-USER again; the rest of the rules were restored"
+            )
         return wrong
 
     def remove(self) -> None:
