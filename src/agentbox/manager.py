@@ -8,6 +8,8 @@ to run in worker threads.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, replace
@@ -49,6 +51,7 @@ from agentbox.providers.base import (
     distinct,
 )
 from agentbox.providers.processes import ProcessInfo, ProcessRequest, ProcessTable
+from agentbox.session_claims import SessionClaims
 from agentbox.sessions import SessionRun, ShellSessions
 from agentbox.sizes import format_size
 from agentbox.store import LIVE, Store
@@ -80,7 +83,9 @@ class WorkspaceManager:
         self.unavailable = dict(unavailable or {})
         self.metrics = metrics or Metrics()
         self.pool = pool
-        self.sessions = ShellSessions()
+        # WORKSPACE_REPLICA_ID names this replica; until settings carry it, a name of this process alone.
+        holder = getattr(settings, "replica_id", None) or f"pid{os.getpid()}-{secrets.token_hex(4)}"
+        self.sessions = ShellSessions(SessionClaims(store, holder))
         self.audit = AuditLog(store)
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
         self.on_change: Callable[[], None] = lambda: None
@@ -230,6 +235,7 @@ class WorkspaceManager:
         if workspace.provider_ref:
             self._provider(workspace.provider).destroy(workspace.provider_ref)
         self.store.retire(workspace.id, "deleted")
+        self.sessions.forget(workspace.id)
         self.on_change()
 
     def stop(self, owner: str, workspace_id: str) -> Workspace:
@@ -258,6 +264,8 @@ class WorkspaceManager:
         if pause and workspace.ephemeral and workspace.ttl_days is None:
             fields |= {"ephemeral": False, "expires_at": None}
         halted = self.store.update(workspace.id, "paused" if pause else "stopped", **fields)
+        if not fields.get("memory_kept"):  # its processes ended: a session's PID may name another one next boot
+            self.sessions.forget(workspace.id)
         self.on_change()
         return halted
 
@@ -365,6 +373,7 @@ class WorkspaceManager:
                     log.warning("removing expired workspace %s failed: %s", workspace.id, exc.detail)
         if reaped:
             self.on_change()
+        self.sessions.claims.sweep()  # what other ends (reconciliation, failed creates) left of sessions
         return reaped
 
     # Isolation
