@@ -9,7 +9,7 @@ import sys
 import tarfile
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from pydantic import TypeAdapter
@@ -17,6 +17,7 @@ from rich.table import Column, Table
 
 from agentbox import cli_keys, cli_processes
 from agentbox.cli_common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, require_key
+from agentbox.client import AllowOptions, ExecOptions, RepoOptions, WorkspaceOptions
 from agentbox.config import ConfigError, Settings, load_settings
 from agentbox.schemas import DirListing, ExitEvent, OutputEvent
 
@@ -203,29 +204,43 @@ def ws_create(
     ref: Annotated[str | None, typer.Option(help="branch, tag or commit of --repo")] = None,
 ) -> None:
     """Create a workspace and print its id."""
+    options = WorkspaceOptions(ephemeral=not persistent, env=_pairs(env, "--env"), labels=_pairs(label, "--label"))
+    if image is not None:
+        options["image"] = image
+    if provider is not None:
+        options["provider"] = provider
+    if cpu is not None:
+        options["cpu"] = cpu
+    if memory is not None:
+        options["memory"] = memory
+    if disk is not None:
+        options["disk"] = disk
+    if ttl_days is not None:
+        options["ttl_days"] = ttl_days
+    if (policy := _network_policy(network, allow)) is not None:
+        options["network"] = policy
+    if repo is not None:
+        options["repo"] = RepoOptions(repository=repo)
+        if ref is not None:
+            options["repo"]["ref"] = ref
+    with api_client(url, api_key) as client:
+        workspace = guarded(lambda: client.create(**options))
+    console.print(workspace.id, highlight=False)
+
+
+def _network_policy(network: str | None, allow: list[str]) -> Literal["egress", "none"] | AllowOptions | None:
+    """--network or --allow as a policy; None: the server's default."""
     if allow and network is not None:
         fail("give --network or --allow, not both", 2)
-    options = {
-        k: v
-        for k, v in {
-            "image": image,
-            "provider": provider,
-            "cpu": cpu,
-            "memory": memory,
-            "disk": disk,
-            "ttl_days": ttl_days,
-            "network": {"allow": allow} if allow else network,
-            "repo": {"repository": repo, "ref": ref} if repo else None,
-        }.items()
-        if v is not None
-    }
-    with api_client(url, api_key) as client:
-        workspace = guarded(
-            lambda: client.create(
-                ephemeral=not persistent, env=_pairs(env, "--env"), labels=_pairs(label, "--label"), **options
-            )
-        )
-    console.print(workspace.id, highlight=False)
+    if allow:
+        return AllowOptions(allow=allow)
+    if network is None:
+        return None
+    if network == "egress":
+        return "egress"
+    if network == "none":
+        return "none"
+    fail(f"--network {network!r}: egress or none (or --allow DESTINATION, repeatable)", 2)
 
 
 @ws.command("ls")
@@ -262,7 +277,9 @@ def ws_exec(
     cwd: Annotated[str, typer.Option(help="working directory in the workspace")] = "/workspace",
 ) -> None:
     """Run a command, streaming its output; exit with its exit code (124 if it timed out)."""
-    options = {"cwd": cwd, **({"timeout": timeout} if timeout else {})}
+    options = ExecOptions(cwd=cwd)
+    if timeout:
+        options["timeout"] = timeout
     argv: str | list[str] = command[0] if len(command) == 1 else command
     code = 1
 

@@ -40,7 +40,7 @@ def guarded(function: Callable[[], T]) -> T:
     try:
         return function()
     except APIError as exc:
-        fail(f"{exc.detail} (HTTP {exc.status_code})")
+        fail(f"{exc.message} (HTTP {exc.status_code})")
     except httpx.TransportError as exc:
         fail(f"cannot reach the server: {exc}; is `agentbox serve` running? (--url, AGENTBOX_URL)")
     except httpx.HTTPError as exc:  # e.g. a redirect loop: whatever answers is not an agentbox server

@@ -8,6 +8,7 @@ import typer
 from rich.table import Column, Table
 
 from agentbox.cli_common import KeyOption, UrlOption, api_client, console, errors, guarded
+from agentbox.client import KeyQuota
 
 app = typer.Typer(
     help="API keys of a running agentbox server (an admin's key makes and lists them).", no_args_is_help=True
@@ -26,11 +27,15 @@ def keys_create(
     api_key: KeyOption = "",
 ) -> None:
     """Make a key and print its secret (shown this once: keep it)."""
-    quota = {"max_workspaces": max_workspaces, "max_cpus": max_cpus, "max_memory": max_memory}
+    quota = KeyQuota()
+    if max_workspaces is not None:
+        quota["max_workspaces"] = max_workspaces
+    if max_cpus is not None:
+        quota["max_cpus"] = max_cpus
+    if max_memory is not None:
+        quota["max_memory"] = max_memory
     with api_client(url, api_key) as client:
-        made = guarded(
-            lambda: client.create_key(owner, name, admin, **{k: v for k, v in quota.items() if v is not None})
-        )
+        made = guarded(lambda: client.create_key(owner, name, admin, **quota))
     errors.print(f"made {made.id} for {made.owner}; its secret is shown this once:", highlight=False)
     console.print(made.secret, highlight=False, soft_wrap=True)
 

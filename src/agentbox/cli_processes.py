@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from agentbox.cli_common import KeyOption, UrlOption, api_client, console, errors, fail, guarded
+from agentbox.client import TerminalSize
 from agentbox.process_schemas import OutputDroppedEvent, ProcessExitEvent, ProcessOutputEvent
 from agentbox.terminal import attach, terminal_size
 
@@ -120,7 +121,7 @@ def ws_shell(
 
     def run() -> int:
         with api_client(url, api_key) as client:
-            size = {"cols": cols, "rows": rows}
+            size = TerminalSize(cols=cols, rows=rows)
             pid = attach_to or client.start_process(workspace_id, LOGIN_SHELL, pty=size, env=env).pid
         ended = attach(url, api_key, workspace_id, pid)
         if ended is None:

@@ -1,15 +1,21 @@
 """A Python client for the agentbox HTTP API (used by the CLI and the tests); it returns the API's own models.
 
 Every method raises `APIError` (with the answer's `status_code` and `detail`) when the server
-answers with an error, and httpx's `TransportError` when it cannot be reached.
+answers with an error, or with something that is not what the API documents, and httpx's
+`TransportError` when it cannot be reached. Each method's docstring names the statuses it may
+meet besides 401 (no key, or one that does not work) and 429 (too many refused keys from this
+address), which any may.
+
+Importing it loads neither the server (SQLAlchemy, FastAPI) nor its settings: the bodies of
+schemas.py and process_schemas.py are the server's and the client's alike.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Literal, Required, TypedDict, TypeVar, Unpack
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -30,9 +36,11 @@ from agentbox.schemas import (
     DirListing,
     EditToolOut,
     ErrorEvent,
+    ErrorOut,
     ExecOut,
     ExecStreamEvent,
     ExitEvent,
+    FieldError,
     GlobToolOut,
     GrepToolOut,
     Health,
@@ -55,15 +63,98 @@ from agentbox.schemas import (
 
 Model = TypeVar("Model", bound=BaseModel)
 Event = TypeVar("Event")
+#: Query parameters: by name, or httpx's own where a name repeats (`label=a=1&label=b=2`).
+Query = Mapping[str, str | int | float | bool] | httpx.QueryParams
+#: A request body sent as is: bytes, or pieces of it as they come (a file being read).
+Body = bytes | Iterable[bytes]
+
+
+class RepoOptions(TypedDict, total=False):
+    """`repo` of `Client.create`: a GitHub repository to check out into /workspace/<name> (schemas.RepoSpec)."""
+
+    repository: Required[str]  # owner/name
+    ref: str  # a branch, tag or commit
+    installation_id: int
+    app: str  # the registered App's id (gh-...); default: your only one
+
+
+class AllowOptions(TypedDict):
+    """A network policy that lets the workspace reach only these destinations (IPv4 CIDRs or hostnames)."""
+
+    allow: builtins.list[str]
+
+
+class WorkspaceOptions(TypedDict, total=False):
+    """The fields of a workspace to create (schemas.CreateWorkspace); each left out takes the server's default."""
+
+    provider: str  # gvisor, docker or e2b
+    image: str
+    cpu: float
+    memory: int | str  # bytes, or a size such as "512M"
+    disk: int | str
+    ephemeral: bool
+    ttl_days: float
+    env: dict[str, str]
+    labels: dict[str, str]
+    network: Literal["egress", "none"] | AllowOptions
+    repo: RepoOptions
+
+
+class ExecOptions(TypedDict, total=False):
+    """How to run a command (schemas.ExecIn)."""
+
+    timeout: float  # seconds; default: the server's WORKSPACE_EXEC_TIMEOUT
+    cwd: str  # absolute; default /workspace
+    env: dict[str, str]  # added to the workspace's own
+
+
+class TerminalSize(TypedDict):
+    cols: int
+    rows: int
+
+
+class ProcessOptions(TypedDict, total=False):
+    """How to start a background process (process_schemas.ProcessIn)."""
+
+    cwd: str
+    env: dict[str, str]
+    stdin: bool  # keep its stdin open for `write_stdin`
+    pty: TerminalSize  # run it on a terminal of this size
+    tag: str | None  # your own name for it
+
+
+class GrepOptions(TypedDict, total=False):
+    """A search's options besides its pattern and path (schemas.GrepToolIn)."""
+
+    include: str  # only files whose names match this glob
+    context: int  # lines around each match
+    ignore_case: bool
+    limit: int  # matching lines at most
+
+
+class KeyQuota(TypedDict, total=False):
+    """Limits on the key owner's active workspaces while the key asks (schemas.CreateKey)."""
+
+    max_workspaces: int
+    max_cpus: float
+    max_memory: int | str  # bytes, or a size such as "16G"
 
 
 class APIError(Exception):
-    """The server answered with an error: its HTTP `status_code` and its `detail` (a string, or a 422's list)."""
+    """The server answered with an error: its HTTP `status_code` and its `detail`, a sentence saying what
+    to fix, or for a request that does not validate (422), each bad field."""
 
-    def __init__(self, status_code: int, detail: Any) -> None:
-        super().__init__(f"{status_code}: {detail}")
+    def __init__(self, status_code: int, detail: str | builtins.list[FieldError]) -> None:
         self.status_code = status_code
         self.detail = detail
+        super().__init__(f"{status_code}: {self.message}")
+
+    @property
+    def message(self) -> str:
+        """`detail` as one line of text: the sentence, or each bad field as `where: what`."""
+        if isinstance(self.detail, str):
+            return self.detail
+        return "; ".join(f"{'.'.join(str(part) for part in error.loc)}: {error.msg}" for error in self.detail)
 
 
 class Client:
@@ -94,13 +185,15 @@ class Client:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        response = self._http.request(method, url, **kwargs)
+    def _call(
+        self, method: str, url: str, *, params: Query | None = None, json: object = None, content: Body | None = None
+    ) -> httpx.Response:
+        response = self._http.request(method, url, params=params, json=json, content=content)
         _raise_for_status(response)
         return response
 
     def health(self) -> Health:
-        """The server's health: runtime, gVisor platform, providers, version. Needs no key."""
+        """The server's health: runtime, gVisor platform, providers, version. Needs no key; raises only 429."""
         return _parse(Health, self._call("GET", "/health"))
 
     def providers(self) -> builtins.list[ProviderStatus]:
@@ -108,12 +201,15 @@ class Client:
         return _parse(ProviderList, self._call("GET", "/providers")).providers
 
     def capacity(self) -> Capacity:
-        """The cap on active workspaces, how many are active, and the warm pool's state."""
+        """The cap on active workspaces, how many are active, and the warm pool's state.
+
+        Raises APIError: 404 when workspaces are disabled on the server.
+        """
         return _parse(Capacity, self._call("GET", "/capacity"))
 
-    def create_key(self, owner: str, name: str, admin: bool = False, **quota: Any) -> NewKeyOut:
-        """Make an API key for `owner` (needs an admin's key); `quota`: max_workspaces, max_cpus, max_memory.
-        Its `secret` is in the answer, this once.
+    def create_key(self, owner: str, name: str, admin: bool = False, **quota: Unpack[KeyQuota]) -> NewKeyOut:
+        """Make an API key for `owner` (needs an admin's key), with the quotas given. Its `secret` is in the
+        answer, this once.
 
         Raises APIError: 403 when this client's key is not an admin's, 422 for bad fields.
         """
@@ -121,12 +217,15 @@ class Client:
         return _parse(NewKeyOut, self._call("POST", "/keys", json=body))
 
     def list_keys(self, owner: str | None = None, include_revoked: bool = False) -> builtins.list[KeyOut]:
-        """API keys (no secrets): every owner's (or `owner`'s) for an admin, else this client's owner's."""
-        params: dict[str, Any] = {"include_revoked": include_revoked} | ({"owner": owner} if owner else {})
+        """API keys (no secrets): every owner's (or `owner`'s) for an admin, else this client's owner's.
+
+        Raises APIError: 422 for a malformed owner.
+        """
+        params: dict[str, str | bool] = {"include_revoked": include_revoked} | ({"owner": owner} if owner else {})
         return _parse(KeyList, self._call("GET", "/keys", params=params)).keys
 
     def my_key(self) -> KeyOut:
-        """The record of the key this client uses."""
+        """The record of the key this client uses. Raises only APIError 401 (or 429)."""
         return _parse(KeyOut, self._call("GET", "/keys/me"))
 
     def revoke_key(self, key_id: str) -> KeyOut:
@@ -136,11 +235,12 @@ class Client:
         """
         return _parse(KeyOut, self._call("DELETE", f"/keys/{key_id}"))
 
-    def create(self, **options: Any) -> WorkspaceOut:
+    def create(self, **options: Unpack[WorkspaceOptions]) -> WorkspaceOut:
         """Create a workspace with the fields of `CreateWorkspace` as keywords; return it, running.
 
-        Raises APIError: 400 when the provider cannot do what is asked, 422 for bad options,
-        429 when the server's limit of active workspaces, or a quota of this client's key, is reached.
+        Raises APIError: 400 when the provider cannot do what is asked, 404 when workspaces are
+        disabled, 422 for bad options, 429 when the server's limit of active workspaces, or a quota
+        of this client's key, is reached, 502/503 when the provider fails or cannot be reached.
         """
         return _parse(WorkspaceOut, self._call("POST", "/workspaces", json=options))
 
@@ -149,10 +249,10 @@ class Client:
 
         Raises APIError: 422 for an unknown status.
         """
-        params: builtins.list[tuple[str, str]] = [("label", f"{k}={v}") for k, v in (labels or {}).items()]
-        if status:
-            params.append(("status", status))
-        return _parse(WorkspaceList, self._call("GET", "/workspaces", params=params)).workspaces
+        pairs = [("label", f"{k}={v}") for k, v in (labels or {}).items()] + ([("status", status)] if status else [])
+        return _parse(
+            WorkspaceList, self._call("GET", "/workspaces", params=httpx.QueryParams(tuple(pairs)))
+        ).workspaces
 
     def get(self, workspace_id: str) -> WorkspaceOut:
         """One of your workspaces. Raises APIError: 404 when there is no such workspace of yours."""
@@ -193,34 +293,41 @@ class Client:
         """
         return _parse(PushOut, self._call("POST", f"/workspaces/{workspace_id}/git/push"))
 
-    def exec(self, workspace_id: str, command: str | builtins.list[str], **options: Any) -> ExecOut:
+    def exec(self, workspace_id: str, command: str | builtins.list[str], **options: Unpack[ExecOptions]) -> ExecOut:
         """Run a command (a shell string or an argv list) to its end; its exit code and output.
 
-        `options`: `timeout`, `cwd`, `env`, as in `ExecIn`. Raises APIError: 404, 409 when the
-        workspace is not running, 422 for bad options.
+        Raises APIError: 400 when `cwd` is not a directory, 404, 409 when the workspace is not
+        running, 410 when its sandbox is gone, 422 for bad options, 502/503 when the provider fails.
         """
         body = {"command": command, **options}
         return _parse(ExecOut, self._call("POST", f"/workspaces/{workspace_id}/exec", json=body))
 
     def exec_stream(
-        self, workspace_id: str, command: str | builtins.list[str], **options: Any
+        self, workspace_id: str, command: str | builtins.list[str], **options: Unpack[ExecOptions]
     ) -> Iterator[ExecStreamEvent]:
         """Run a command and yield its output as it comes (`OutputEvent`), then an `ExitEvent`.
 
         If the command cannot go on, the last event is an `ErrorEvent` instead. Raises
-        APIError (before the first event): 404, 409, 422, as `exec`.
+        APIError (before the first event) as `exec`, and while iterating when a line is not an event.
         """
         body = {"command": command, **options}
         return self._stream("POST", f"/workspaces/{workspace_id}/exec/stream", _stream_event, json=body)
 
     def _stream(
-        self, method: str, url: str, parse: Callable[[httpx.Response, str], Event], **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        parse: Callable[[httpx.Response, str], Event],
+        *,
+        params: Query | None = None,
+        json: object = None,
     ) -> Iterator[Event]:
         """The answer's NDJSON lines as events. Eager: the request is answered (or its error raised) before
         this returns, so that what the stream watches is in place; closing the iterator ends the request."""
         # No read timeout: a stream may stay silent for as long as what it follows does.
         timeout = httpx.Timeout(self._http.timeout.connect, read=None)
-        response = self._http.send(self._http.build_request(method, url, timeout=timeout, **kwargs), stream=True)
+        request = self._http.build_request(method, url, params=params, json=json, timeout=timeout)
+        response = self._http.send(request, stream=True)
         if response.status_code >= 400:
             response.read()
             response.close()
@@ -228,12 +335,20 @@ class Client:
         return EventStream(response, parse)
 
     def read_tool(self, workspace_id: str, path: str, offset: int = 1, limit: int = 2000) -> ReadToolOut:
-        """A text file's lines, numbered, from line `offset`; a directory's entries. Raises APIError: 404, 413."""
+        """A text file's lines, numbered, from line `offset`; a directory's entries.
+
+        Raises APIError: 403 when it may not be read, 404 when it does not exist, 409 when the
+        workspace is not running, 413 for a file over 16 MiB, 422 for a relative path.
+        """
         body = {"path": path, "offset": offset, "limit": limit}
         return _parse(ReadToolOut, self._call("POST", f"/workspaces/{workspace_id}/tools/read", json=body))
 
     def write_tool(self, workspace_id: str, path: str, content: str) -> WriteResult:
-        """Write a text file whole, parents made. Raises APIError: 404, 409, 507."""
+        """Write a text file whole, parents made.
+
+        Raises APIError: 403, 404, 409 when the workspace is not running or `path` is a directory,
+        422 for a relative path, 507 when the disk is full.
+        """
         body = {"path": path, "content": content}
         return _parse(WriteResult, self._call("POST", f"/workspaces/{workspace_id}/tools/write", json=body))
 
@@ -245,19 +360,30 @@ class Client:
         return _parse(EditToolOut, answer).replacements
 
     def glob_tool(self, workspace_id: str, pattern: str, path: str = "/workspace", limit: int = 1000) -> GlobToolOut:
-        """Files under `path` matching `pattern` (`**` crosses directories), newest first. Raises APIError: 404."""
+        """Files under `path` matching `pattern` (`**` crosses directories), newest first.
+
+        Raises APIError: 404 when `path` does not exist, 409 when the workspace is not running, 422.
+        """
         body = {"pattern": pattern, "path": path, "limit": limit}
         return _parse(GlobToolOut, self._call("POST", f"/workspaces/{workspace_id}/tools/glob", json=body))
 
-    def grep_tool(self, workspace_id: str, pattern: str, path: str = "/workspace", **options: Any) -> GrepToolOut:
-        """Lines matching a regular expression (options: include, context, ignore_case, limit).
-        Raises APIError: 404 for a missing path, 422 for a bad pattern."""
+    def grep_tool(
+        self, workspace_id: str, pattern: str, path: str = "/workspace", **options: Unpack[GrepOptions]
+    ) -> GrepToolOut:
+        """Lines matching a regular expression under `path`.
+
+        Raises APIError: 404 for a missing path, 409 when the workspace is not running, 422 for a
+        pattern the engine cannot parse.
+        """
         body = {"pattern": pattern, "path": path, **options}
         return _parse(GrepToolOut, self._call("POST", f"/workspaces/{workspace_id}/tools/grep", json=body))
 
     def audit(self, workspace_id: str, limit: int = 100, before: int | None = None) -> AuditPage:
-        """The calls made on the workspace, newest first; pass `next_before` as `before` for older ones."""
-        params = {"limit": limit, **({"before": before} if before is not None else {})}
+        """The calls made on the workspace, newest first; pass `next_before` as `before` for older ones.
+
+        Raises APIError: 404 when it is not yours, 422 for a limit out of 1-1000.
+        """
+        params: Query = {"limit": limit} | ({"before": before} if before is not None else {})
         return _parse(AuditPage, self._call("GET", f"/workspaces/{workspace_id}/audit", params=params))
 
     def usage(self, workspace_id: str) -> UsageOut:
@@ -266,7 +392,7 @@ class Client:
         return _parse(UsageOut, self._call("GET", f"/workspaces/{workspace_id}/usage"))
 
     def listening_ports(self, workspace_id: str) -> builtins.list[int]:
-        """The TCP ports something listens on in the workspace. Raises APIError: 409 when it is not running."""
+        """The TCP ports something listens on in the workspace. Raises APIError: 404, 409 when it is not running."""
         return _parse(ListeningPorts, self._call("GET", f"/workspaces/{workspace_id}/ports")).ports
 
     def preview_url(self, workspace_id: str, port: int, expires_in: int = 3600) -> PreviewURL:
@@ -277,25 +403,33 @@ class Client:
     # Shell sessions
 
     def open_session(self, workspace_id: str, cwd: str = "/workspace", env: dict[str, str] | None = None) -> str:
-        """A new shell session; its id. Raises APIError: 400 without bash, 404, 409."""
+        """A new shell session; its id. Raises APIError: 400 without bash, 404, 409 when the workspace is not
+        running."""
         body = {"cwd": cwd, "env": env or {}}
         return _parse(SessionOut, self._call("POST", f"/workspaces/{workspace_id}/sessions", json=body)).session_id
 
     def sessions(self, workspace_id: str) -> builtins.list[SessionOut]:
+        """The workspace's open shell sessions. Raises APIError: 404, 409 when it is not running."""
         return _parse(SessionList, self._call("GET", f"/workspaces/{workspace_id}/sessions")).sessions
 
     def run_in_session(
         self, workspace_id: str, session_id: str, command: str, timeout: float | None = None
     ) -> SessionRunOut:
-        """Run shell text in the session. Raises APIError: 404, 409 when it has ended or is busy."""
+        """Run shell text in the session. Raises APIError: 404 for an unknown session, 409 when it has ended or
+        is busy, 422 for a bad timeout."""
         url = f"/workspaces/{workspace_id}/sessions/{session_id}/run"
         return _parse(SessionRunOut, self._call("POST", url, json={"command": command, "timeout": timeout}))
 
     def close_session(self, workspace_id: str, session_id: str) -> None:
+        """End the session's shell and what it started. Raises APIError: 404 for an unknown session."""
         self._call("DELETE", f"/workspaces/{workspace_id}/sessions/{session_id}")
 
     def read_file(self, workspace_id: str, path: str) -> bytes:
-        """A file's content (a directory: see `read_path`). Raises APIError: 404 when it does not exist."""
+        """A file's content (a directory: see `read_path`).
+
+        Raises APIError: 403 when it may not be read, 404 when it does not exist, 409 when the
+        workspace is not running, 422 for a relative path.
+        """
         return self._call("GET", f"/workspaces/{workspace_id}/files", params={"path": path}).content
 
     def list_dir(self, workspace_id: str, path: str) -> builtins.list[DirEntryOut]:
@@ -306,17 +440,17 @@ class Client:
         return found.entries
 
     def read_path(self, workspace_id: str, path: str) -> bytes | DirListing:
-        """A file's content, or a directory's listing, in one request. Raises APIError: 404 when it does not exist."""
+        """A file's content, or a directory's listing, in one request. Raises APIError as `read_file`."""
         response = self._call("GET", f"/workspaces/{workspace_id}/files", params={"path": path})
         if response.headers.get("content-type", "").startswith("application/json"):
             return _parse(DirListing, response)
         return response.content
 
-    def write_file(self, workspace_id: str, path: str, data: bytes | Iterable[bytes], mode: str = "644") -> WriteResult:
+    def write_file(self, workspace_id: str, path: str, data: Body, mode: str = "644") -> WriteResult:
         """Write a whole file (parents made as needed) with octal permissions `mode`; its path and size.
 
-        Raises APIError: 413 past the server's upload limit, 422 for a bad path or mode, 507 when
-        the workspace's disk is full.
+        Raises APIError: 404, 409 when the workspace is not running or `path` is a directory, 413
+        past the server's upload limit, 422 for a bad path or mode, 507 when the workspace's disk is full.
         """
         response = self._call(
             "PUT", f"/workspaces/{workspace_id}/files", params={"path": path, "mode": mode}, content=data
@@ -324,28 +458,39 @@ class Client:
         return _parse(WriteResult, response)
 
     def read_archive(self, workspace_id: str, path: str) -> bytes:
-        """A directory as a tar archive. Raises APIError: 400 when the provider cannot move archives, 404."""
+        """A directory as a tar archive. Raises APIError: 400 when the provider cannot move archives, 404,
+        409 when the workspace is not running."""
         return self._call("GET", f"/workspaces/{workspace_id}/archive", params={"path": path}).content
 
-    def write_archive(self, workspace_id: str, path: str, tar_data: bytes | Iterable[bytes]) -> None:
-        """Unpack a tar archive into a directory. Raises APIError: 400 (bad archive or provider), 404, 413."""
+    def write_archive(self, workspace_id: str, path: str, tar_data: Body) -> None:
+        """Unpack a tar archive into a directory. Raises APIError: 400 (bad archive or provider), 404, 409,
+        413 past the server's upload limit, 507 when the disk is full."""
         self._call("PUT", f"/workspaces/{workspace_id}/archive", params={"path": path}, content=tar_data)
 
     def watch(self, workspace_id: str, path: str, recursive: bool = False) -> Iterator[WatchEventOut]:
         """What happens under directory `path` from now on, until the iterator is closed. Raises APIError
         (before the first event): 404 when the directory does not exist, 400 when the provider cannot."""
-        params = {"path": path, "recursive": recursive}
+        params: Query = {"path": path, "recursive": recursive}
         return self._stream("GET", f"/workspaces/{workspace_id}/watch", _watch_event, params=params)
 
     # Background processes
 
-    def start_process(self, workspace_id: str, command: str | builtins.list[str], **options: Any) -> ProcessOut:
-        """Start a process in the background (options: cwd, env, stdin, pty={"cols", "rows"}, tag).
-        Raises APIError: 400 when it cannot be started, 404, 409 when the workspace is not running."""
+    def start_process(
+        self, workspace_id: str, command: str | builtins.list[str], **options: Unpack[ProcessOptions]
+    ) -> ProcessOut:
+        """Start a process in the background; it runs until it ends or is killed.
+
+        Raises APIError: 400 when it cannot be started (or the provider has no background
+        processes), 404, 409 when the workspace is not running, 422 for bad options.
+        """
         body = {"command": command, **options}
         return _parse(ProcessOut, self._call("POST", f"/workspaces/{workspace_id}/processes", json=body))
 
     def processes(self, workspace_id: str) -> builtins.list[ProcessOut]:
+        """Every background process of the workspace, running or exited.
+
+        Raises APIError: 400 when its provider has no background processes, 404, 409 when it is not running.
+        """
         return _parse(ProcessList, self._call("GET", f"/workspaces/{workspace_id}/processes")).processes
 
     def process(self, workspace_id: str, pid: int) -> ProcessOut:
@@ -356,28 +501,34 @@ class Client:
         self, workspace_id: str, pid: int, offset: int = 0, follow: bool = False
     ) -> Iterator[ProcessStreamEvent]:
         """Its output from byte `offset` (resume from the last event's `next_offset`), then its exit if it has
-        ended; with `follow`, until it ends. Raises APIError (before the first event): 404."""
-        params = {"offset": offset, "follow": follow}
+        ended; with `follow`, until it ends. Raises APIError (before the first event): 404 for an unknown PID,
+        409 when the workspace is not running; while iterating when a line is not an event."""
+        params: Query = {"offset": offset, "follow": follow}
         url = f"/workspaces/{workspace_id}/processes/{pid}/output"
         return self._stream("GET", url, _process_event, params=params)
 
-    def write_stdin(self, workspace_id: str, pid: int, data: bytes | Iterable[bytes]) -> None:
-        """Raises APIError: 409 when it has no stdin (any more) or has exited."""
+    def write_stdin(self, workspace_id: str, pid: int, data: Body) -> None:
+        """Send `data` to its stdin. Raises APIError: 404 for an unknown PID, 409 when it has no stdin (any
+        more) or has exited, 413 past the server's request limit."""
         self._call("POST", f"/workspaces/{workspace_id}/processes/{pid}/stdin", content=data)
 
     def close_stdin(self, workspace_id: str, pid: int) -> None:
+        """End its stdin (it reads end-of-file). Raises APIError: 404, 409 when it has no stdin or has exited."""
         self._call("POST", f"/workspaces/{workspace_id}/processes/{pid}/stdin/close")
 
     def signal(self, workspace_id: str, pid: int, signal: str) -> None:
-        """Signal its process group. Raises APIError: 409 when it has exited, 422 for an unknown signal."""
+        """Signal its process group. Raises APIError: 404, 409 when it has exited, 422 for an unknown signal."""
         self._call("POST", f"/workspaces/{workspace_id}/processes/{pid}/signal", json={"signal": signal})
 
     def resize(self, workspace_id: str, pid: int, cols: int, rows: int) -> None:
-        """Resize its terminal. Raises APIError: 409 when it has none, 422 for an absurd size."""
+        """Resize its terminal. Raises APIError: 404, 409 when it has none, 422 for an absurd size."""
         self._call("POST", f"/workspaces/{workspace_id}/processes/{pid}/resize", json={"cols": cols, "rows": rows})
 
     def kill(self, workspace_id: str, pid: int) -> None:
-        """Kill it and its whole process group; returns once they are gone."""
+        """Kill it and its whole process group; returns once they are gone (one already exited is no error).
+
+        Raises APIError: 404 for an unknown PID, 409 when the workspace is not running.
+        """
         self._call("DELETE", f"/workspaces/{workspace_id}/processes/{pid}")
 
 
@@ -436,8 +587,7 @@ def _raise_for_status(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    detail = body.get("detail") if isinstance(body, dict) else response.text
+        detail = ErrorOut.model_validate_json(response.content).detail
+    except ValidationError:  # not the API's error body (a proxy in between, say): what it said, as text
+        detail = response.text or f"HTTP {response.status_code} without a body"
     raise APIError(response.status_code, detail)

@@ -13,18 +13,17 @@ import re
 import secrets
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from limits import parse as parse_rate
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from agentbox.domain import ProviderName as ProviderName  # re-exported: service.py knows it from here
 from agentbox.github.crypto import Keyring, parse_key
 from agentbox.network import NetworkPolicy
 from agentbox.sizes import SizeError, parse_size
-
-ProviderName = Literal["gvisor", "docker", "e2b"]
 
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 

@@ -3,13 +3,37 @@
 The manager, the pool and the GitHub service work on them, so nothing below the API depends on
 pydantic's request models or on HTTP, and a caller with no HTTP in between (the CLI's local
 commands, tests, a future second API) builds them directly.
+
+Also the names that the API's bodies (schemas.py) and the server's rows and settings share, such as
+a workspace's statuses: here rather than in models.py or config.py, so that the bodies, and the
+client that parses them, need neither SQLAlchemy nor the server's settings.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from typing import Literal
 
 from agentbox.network import NetworkPolicy
+
+#: The providers a server may offer (WORKSPACE_PROVIDERS); a workspace is made by one of them.
+ProviderName = Literal["gvisor", "docker", "e2b"]
+
+#: GitHub's own API; a GitHub App registered without an `api_url` is on it.
+GITHUB_API = "https://api.github.com"
+
+
+class Status(enum.StrEnum):
+    """Where a workspace is in its life (models.Workspace.status)."""
+
+    # A pre-booted container of the warm pool: no owner yet, not counted as active.
+    POOLED = "pooled"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    DELETED = "deleted"
 
 
 @dataclass(frozen=True)

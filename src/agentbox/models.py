@@ -6,7 +6,6 @@ must match them (a unit test compares the two).
 
 from __future__ import annotations
 
-import enum
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +24,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Re-exported: the server's modules know it from here; the API's bodies take it from domain.
+from agentbox.domain import Status as Status
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -60,16 +62,6 @@ def new_app_id() -> str:
 def new_key_id() -> str:
     # Random, never derived from the key: it travels in tokens, which must say nothing about the key.
     return "key-" + secrets.token_hex(8)
-
-
-class Status(enum.StrEnum):
-    # A pre-booted container of the warm pool: no owner yet, not counted as active.
-    POOLED = "pooled"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPED = "stopped"
-    FAILED = "failed"
-    DELETED = "deleted"
 
 
 class Base(DeclarativeBase):

@@ -1,9 +1,13 @@
-"""The HTTP API's request and response bodies."""
+"""The HTTP API's request and response bodies.
+
+The client parses answers with them, so they stay free of the server: no ORM rows, no settings
+(rows become answers in the routes that read them, e.g. api/workspaces.py's `workspace_out`).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -13,18 +17,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     SecretStr,
     WithJsonSchema,
     field_validator,
 )
 
-from agentbox.config import ProviderName
-from agentbox.domain import Checkout, Command, NewWorkspace, Quota
-from agentbox.github.app import GITHUB_API
-from agentbox.models import GitHubApp, Status, Workspace
-from agentbox.network import NetworkPolicy, policy_of
+from agentbox.domain import GITHUB_API, Checkout, Command, NewWorkspace, ProviderName, Quota, Status
+from agentbox.network import NetworkPolicy
 from agentbox.sizes import SizeError, format_size, parse_size
-from agentbox.usage import UsageSample
 
 MIN_MEMORY = parse_size("64M")
 MIN_DISK = parse_size("64M")
@@ -133,16 +134,6 @@ class GitHubAppOut(BaseModel):
     has_webhook_secret: bool
     created_at: datetime
 
-    @classmethod
-    def of(cls, app: GitHubApp) -> GitHubAppOut:
-        return cls(
-            id=app.id,
-            app_id=app.app_id,
-            api_url=app.api_url,
-            has_webhook_secret=app.webhook_secret is not None,
-            created_at=app.created_at,
-        )
-
 
 class GitHubAppList(BaseModel):
     apps: list[GitHubAppOut]
@@ -162,6 +153,16 @@ class RepoSpec(BaseModel):
 
     def to_checkout(self) -> Checkout:
         return Checkout(self.repository, self.ref, self.installation_id, self.app)
+
+
+class CheckoutOut(BaseModel):
+    """The repository checked out into a workspace when it was made, and where."""
+
+    repository: str = Field(description="owner/name on GitHub")
+    ref: str | None = Field(default=None, description="the branch, tag or commit asked for; null: the default branch")
+    app: str | None = Field(default=None, description="the registered GitHub App it was fetched with")
+    installation_id: int | None = None
+    path: str = Field(description="where it is in the workspace")
 
 
 class PushOut(BaseModel):
@@ -223,7 +224,7 @@ class WorkspaceOut(BaseModel):
     )
     labels: dict[str, str]
     network: NetworkPolicy
-    repo: dict[str, Any] | None = Field(default=None, description="the repository checked out at create, and where")
+    repo: CheckoutOut | None = Field(default=None, description="the repository checked out at create, and where")
     memory_kept: bool | None = Field(
         default=None, description="whether its last pause kept its memory and processes (null: never paused)"
     )
@@ -238,12 +239,6 @@ class WorkspaceOut(BaseModel):
     @classmethod
     def _readable_size(cls, value: int | str) -> str:
         return format_size(value) if isinstance(value, int) else value
-
-    @classmethod
-    def of(cls, workspace: Workspace, usage: UsageSample | None = None) -> WorkspaceOut:
-        fields = {name: getattr(workspace, name) for name in cls.model_fields if name not in ("network", "usage")}
-        network = policy_of(workspace.network, workspace.allow)
-        return cls.model_validate({**fields, "network": network, "usage": usage})
 
 
 class UsageSampleOut(BaseModel):
@@ -501,7 +496,7 @@ class AuditRecordOut(BaseModel):
     at: datetime
     owner: str | None
     action: str = Field(description='the method and route, e.g. "POST /exec", "POST /sessions/{session_id}/run"')
-    arguments: dict[str, Any] = Field(
+    arguments: dict[str, JsonValue] = Field(
         description="path, query and body arguments; file contents and env values left out"
     )
     status: int = Field(description="the HTTP status answered (101: a WebSocket accepted)")
@@ -572,3 +567,24 @@ class NewKeyOut(KeyOut):
 
 class KeyList(BaseModel):
     keys: list[KeyOut]
+
+
+class FieldError(BaseModel):
+    """One bad field of a request (a 422)."""
+
+    # Other keys are kept, not dropped, so that a client sees all a server sent (tests check that a
+    # bad value is never echoed back).
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description='what kind of problem, e.g. "missing", "string_too_long"')
+    loc: list[str | int] = Field(description='where: "body", "query", "path" or "header", then the field\'s path')
+    msg: str = Field(description="what is wrong with it")
+
+
+class ErrorOut(BaseModel):
+    """The body of every error the API answers (4xx and 5xx)."""
+
+    detail: str | list[FieldError] = Field(
+        description="what went wrong and what to do about it; for a request that does not validate (422), "
+        "each bad field"
+    )

@@ -105,7 +105,11 @@ def test_a_repository_is_cloned_into_a_gvisor_workspace_and_a_branch_pushed_back
         workspace = alice.create(repo={"repository": REPOSITORY, "app": app})
         workspace_id = workspace.id
         try:
-            assert workspace.runtime == "runsc" and workspace.repo["path"] == "/workspace/hello"
+            assert (
+                workspace.runtime == "runsc"
+                and workspace.repo is not None
+                and workspace.repo.path == "/workspace/hello"
+            )
             assert standin.verified_jwts >= 1 and len(standin.minted) >= 1  # a JWT GitHub would accept
             assert standin.minted[-1].repositories == ("hello",)  # scoped to that repository
             assert alice.exec(workspace_id, "cat /workspace/hello/README.md").stdout == README

@@ -24,6 +24,7 @@ from agentbox.api import (
     files,
     github,
     keys,
+    openapi,
     ports,
     processes,
     sessions,
@@ -75,9 +76,10 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         finally:
             await in_thread(app.state.service.close)
 
-    app = FastAPI(
+    app = openapi.DocumentedAPI(
         title="agentbox",
         version=system.VERSION,
+        description=openapi.DESCRIPTION,
         lifespan=lifespan,
         exception_handlers={
             AgentboxError: agentbox_error,

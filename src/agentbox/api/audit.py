@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
+from agentbox.api.openapi import errors
 from agentbox.audit import AuditLog, Call, summarized
 from agentbox.models import utcnow
 from agentbox.schemas import AuditPage, AuditRecordOut
@@ -32,7 +33,7 @@ _STATUS_READS = frozenset({None, "/", "/usage", "/ports", "/processes"})
 MAX_SUMMARIZED_BODY = 64 << 10
 
 
-@router.get("", response_model=AuditPage)
+@router.get("", summary="A workspace's audit trail", response_model=AuditPage, responses=errors(404, 422))
 async def audit_trail(
     workspace_id: str,
     mgr: Manager,
@@ -41,7 +42,9 @@ async def audit_trail(
     before: Annotated[int | None, Query(ge=1, description="only records older than this id")] = None,
 ) -> AuditPage:
     """Every call made on the workspace (commands, processes, tools, sessions, files, previews), newest
-    first: who, what, its arguments without file contents or env values, its status and duration."""
+    first: who, what, its arguments without file contents or env values, its status and duration.
+
+    Needs an API key: the workspace's owner's; the trail holds only the owner's calls."""
     await in_thread(mgr.get, who, workspace_id)
     log: AuditLog = mgr.audit
     records = await in_thread(log.page, workspace_id, limit, before)

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
 from agentbox.api.ndjson import guarded_lines, json_line
+from agentbox.api.openapi import IN_SANDBOX, errors, ndjson
 from agentbox.api.streaming import ClosingStreamingResponse
 from agentbox.providers.base import ExecEvent, ExecResult, Exit, OutputLimit, TextDecoder
 from agentbox.schemas import ExecIn, ExecOut, ExitEvent, OutputEvent
@@ -16,15 +17,18 @@ from agentbox.schemas import ExecIn, ExecOut, ExitEvent, OutputEvent
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["commands"])
 
 TEXT_PIECE = 1 << 16
+_NO_CWD = (400, "`cwd` is not a directory in the workspace.")
 
 
-@router.post("/exec", response_model=ExecOut)
+@router.post("/exec", summary="Run a command", response_model=ExecOut, responses=errors(_NO_CWD, *IN_SANDBOX, 413, 422))
 async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> Response:
-    """Run a command to its end and return its exit code and output (each stream capped, and flagged if cut).
+    """Run a command to its end and return its exit code and output (each stream capped at
+    WORKSPACE_EXEC_OUTPUT_LIMIT, and flagged if cut).
 
     A command that runs past its `timeout` is killed and answered with `timed_out` and exit
-    code 124. Errors: 404 when the workspace is not yours, 409 when it is not running, 422 for
-    a malformed body, 410/502 when its sandbox is gone or the provider fails.
+    code 124. A command that cannot be started (no such program) exits 127, as in a shell.
+
+    Needs an API key: the workspace's owner's.
     """
     result = await in_thread(mgr.exec, who, workspace_id, body.to_command())
     if len(result.stdout) + len(result.stderr) <= TEXT_PIECE:
@@ -51,14 +55,22 @@ def exec_json(result: ExecResult) -> Iterator[bytes]:
     yield bytes(pending + b"}")
 
 
-@router.post("/exec/stream", responses={200: {"content": {"application/x-ndjson": {}}}})
+@router.post(
+    "/exec/stream",
+    summary="Run a command, its output streamed",
+    response_class=ClosingStreamingResponse,
+    responses=ndjson("ExecStreamEvent", "The command's output as it comes, then how it ended.")
+    | errors(_NO_CWD, *IN_SANDBOX, 413, 422),
+)
 async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> ClosingStreamingResponse:
     """Run a command and stream its output as it comes, as NDJSON.
 
     Each line is `{"stream": "stdout"|"stderr", "data": ...}`; the last is the exit
     (`exit_code`, `timed_out`, `duration_ms`, `signal`, `stdout_truncated`,
-    `stderr_truncated`), or `{"error": ...}` if the command could not go on. Errors before the
-    stream starts are as for exec: 404, 409, 422.
+    `stderr_truncated`), or `{"error": ...}` if the command could not go on. The errors listed
+    come before the stream starts.
+
+    Needs an API key: the workspace's owner's.
     """
     events = await in_thread(mgr.exec_stream, who, workspace_id, body.to_command())
     return ClosingStreamingResponse(

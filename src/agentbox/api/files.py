@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from agentbox.api.dependencies import Manager, Owner, WorkspacePath, in_thread
 from agentbox.api.ndjson import guarded_lines, json_line
+from agentbox.api.openapi import FILE_ERRORS, errors, ndjson
 from agentbox.api.streaming import ClosingStreamingResponse
 from agentbox.errors import PayloadTooLarge
 from agentbox.schemas import DirEntryOut, DirListing, WatchEventOut, WriteResult
@@ -20,17 +21,32 @@ router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["files"])
 #: Files up to this size go through the server in one piece rather than streamed.
 IN_ONE_PIECE = 8 << 20
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+_ARCHIVES = (
+    400,
+    "The workspace's provider cannot move archives (E2B: use /files), the archive is not a tar, or the "
+    "operation failed in the workspace otherwise (the detail says why).",
+)
+
 
 @router.get(
     "/files",
+    summary="Read a file or list a directory",
     response_model=None,
-    responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+    responses=errors(*FILE_ERRORS)
+    | {
+        200: {
+            "model": DirListing,
+            "description": "A file's bytes (`application/octet-stream`), or a directory's entries (JSON).",
+            "content": {"application/octet-stream": BINARY},
+            "headers": {"X-File-Mode": {"description": "a file's permissions, octal", "schema": {"type": "string"}}},
+        }
+    },
 )
 async def read_file(workspace_id: str, path: WorkspacePath, mgr: Manager, who: Owner) -> Response:
     """Return a file's bytes (octet-stream, its mode in X-File-Mode), or a directory's entries (JSON).
 
-    Errors: 404 when the workspace is not yours or the path does not exist, 403 when it may not
-    be read, 409 when the workspace is not running.
+    Needs an API key: the workspace's owner's.
     """
     found = await in_thread(mgr.read, who, workspace_id, path)
     if isinstance(found, list):
@@ -49,7 +65,13 @@ async def file_answer(size: int, body: Iterator[bytes], headers: dict[str, str])
     return ClosingStreamingResponse(body, media_type="application/octet-stream", headers=headers)
 
 
-@router.put("/files", response_model=WriteResult)
+@router.put(
+    "/files",
+    summary="Write a file",
+    response_model=WriteResult,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}},
+    responses=errors(*FILE_ERRORS, (413, "The file is larger than WORKSPACE_MAX_UPLOAD."), 507),
+)
 async def write_file(
     workspace_id: str,
     path: WorkspacePath,
@@ -60,9 +82,9 @@ async def write_file(
 ) -> WriteResult:
     """Write the request body to a file, replacing it whole or not at all; return its path and size.
 
-    Missing parent directories are made. Errors: 404 when the workspace is not yours, 409 when
-    it is not running, 413 past WORKSPACE_MAX_UPLOAD, 422 for a bad path or mode, 507 when
-    the workspace's disk is full.
+    Missing parent directories are made.
+
+    Needs an API key: the workspace's owner's.
     """
     limit = mgr.settings.max_upload
     declared = request.headers.get("content-length")
@@ -85,30 +107,47 @@ async def write_file(
     return WriteResult(path=path, size=written)
 
 
-@router.get("/archive", response_model=None, responses={200: {"content": {"application/x-tar": {}}}})
+@router.get(
+    "/archive",
+    summary="Read a directory as a tar archive",
+    response_model=None,
+    response_class=ClosingStreamingResponse,
+    responses=errors(*FILE_ERRORS, _ARCHIVES)
+    | {200: {"description": "The directory as a tar archive.", "content": {"application/x-tar": BINARY}}},
+)
 async def read_archive(workspace_id: str, path: WorkspacePath, mgr: Manager, who: Owner) -> ClosingStreamingResponse:
     """Stream a directory as an uncompressed tar archive, its entries relative to it.
 
-    Errors: 400 when the provider cannot move archives (E2B: use /files), 404 when the
-    workspace is not yours or the path does not exist, 409 when the workspace is not running.
+    Needs an API key: the workspace's owner's.
     """
     body = await in_thread(mgr.read_archive, who, workspace_id, path)
     return ClosingStreamingResponse(body, media_type="application/x-tar")
 
 
-@router.put("/archive", status_code=204)
+@router.put(
+    "/archive",
+    summary="Unpack a tar archive into a directory",
+    status_code=204,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/x-tar": BINARY}}},
+    responses=errors(*FILE_ERRORS, _ARCHIVES, (413, "The archive is larger than WORKSPACE_MAX_UPLOAD."), 507),
+)
 async def write_archive(workspace_id: str, path: WorkspacePath, request: Request, mgr: Manager, who: Owner) -> Response:
     """Unpack the tar archive in the request body into a directory (204, no body).
 
-    Errors: 400 for a bad archive or a provider that cannot move archives, 404 when the
-    workspace is not yours, 409 when it is not running, 413 past WORKSPACE_MAX_UPLOAD.
+    Needs an API key: the workspace's owner's.
     """
     chunks = sync_chunks(request.stream(), mgr.settings.max_upload)
     await in_thread(mgr.write_archive, who, workspace_id, path, chunks)
     return Response(status_code=204)
 
 
-@router.get("/watch", responses={200: {"content": {"application/x-ndjson": {}}}})
+@router.get(
+    "/watch",
+    summary="Watch a directory",
+    response_class=ClosingStreamingResponse,
+    responses=ndjson("WatchEventOut", "What happens under the directory, from now on.")
+    | errors(*FILE_ERRORS, (400, "The workspace's provider cannot watch files.")),
+)
 async def watch(
     workspace_id: str,
     path: WorkspacePath,
@@ -119,8 +158,9 @@ async def watch(
     """Stream what happens under a directory from now on, as NDJSON `{"type", "path"}` lines
     (type: create, write, remove, rename, chmod), until you leave or the directory goes.
 
-    The answer starts once the watch is in place. Errors: 404 when the directory does not
-    exist, 400 when the provider cannot watch files, 409 when the workspace is not running.
+    The answer starts once the watch is in place.
+
+    Needs an API key: the workspace's owner's.
     """
     events = await in_thread(mgr.watch, who, workspace_id, path, recursive)
     # A quiet watch still hands the response an empty piece now and then: the point where a client

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from agentbox.api.dependencies import Admin, Who, in_thread
+from agentbox.api.openapi import errors
 from agentbox.auth.keys import ApiKeys
 from agentbox.errors import NotFound
 from agentbox.schemas import CreateKey, KeyList, KeyOut, NewKeyOut
@@ -17,40 +18,58 @@ def _keys(request: Request) -> ApiKeys:
     return found
 
 
-@router.post("", status_code=201, response_model=NewKeyOut)
+@router.post(
+    "",
+    summary="Make an API key",
+    status_code=201,
+    response_model=NewKeyOut,
+    responses=errors((403, "Your key is not an admin's."), 413, 422),
+)
 async def create_key(body: CreateKey, request: Request, who: Admin) -> NewKeyOut:
-    """Make an API key for `owner` (admins only) and show its secret, this once.
+    """Make an API key for `owner` and show its secret, this once (only its hash is kept).
 
-    Errors: 401 without a key that works, 403 when yours is not an admin's, 422 for a bad body."""
+    Needs an admin's API key."""
     record, secret = await in_thread(_keys(request).create, body.owner, body.name, body.admin, body.quota())
     return NewKeyOut.model_validate({**KeyOut.model_validate(record).model_dump(), "secret": secret})
 
 
-@router.get("", response_model=KeyList)
+@router.get("", summary="List API keys", response_model=KeyList, responses=errors(422))
 async def list_keys(
     request: Request,
     who: Who,
     owner: Annotated[str | None, Query(description="only this owner's (admins); others always see their own")] = None,
     include_revoked: bool = False,
 ) -> KeyList:
-    """API keys, oldest first: every owner's for an admin, else the caller's own. Secrets are never listed."""
+    """API keys, oldest first: every owner's for an admin, else the caller's own. Secrets are never listed.
+
+    Needs an API key (an admin's to see other owners' keys)."""
     wanted = owner if who.admin else who.owner
     records = await in_thread(_keys(request).find, wanted, include_revoked)
     return KeyList(keys=[KeyOut.model_validate(record) for record in records])
 
 
-@router.get("/me", response_model=KeyOut)
+@router.get("/me", summary="The key of this request", response_model=KeyOut, responses=errors())
 async def my_key(request: Request, who: Who) -> KeyOut:
-    """The record of the key this request bears (what the dashboard shows: whose, admin or not, quotas)."""
+    """The record of the key this request bears (what the dashboard shows: whose, admin or not, quotas).
+
+    Needs an API key."""
     return KeyOut.model_validate(await in_thread(_keys(request).get, who.key_id))
 
 
-@router.delete("/{key_id}", response_model=KeyOut)
+@router.delete(
+    "/{key_id}",
+    summary="Revoke an API key",
+    response_model=KeyOut,
+    responses=errors(
+        (400, "It is the last admin key that works: make another admin's key first."),
+        (404, "No such key (of yours, unless you are an admin)."),
+    ),
+)
 async def revoke_key(key_id: str, request: Request, who: Who) -> KeyOut:
     """Revoke a key: every call with it, and every link, token and connection it made, stops working
-    within a second. Admins revoke any key, others only their own.
+    within a second. Returns its record, revoked.
 
-    Errors: 404 when there is no such key (of yours), 400 for the last admin key that works."""
+    Needs an API key: an admin's revokes any key, another only its owner's keys."""
     keys = _keys(request)
     record = await in_thread(keys.get, key_id)
     if not who.admin and record.owner != who.owner:

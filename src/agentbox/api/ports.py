@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentbox.api.dependencies import Manager, Owner, Who, in_thread
+from agentbox.api.openapi import IN_SANDBOX, errors
 from agentbox.api.proxy import PREVIEW_COOKIE, PREVIEW_HOST, Connect, proxy_http
 from agentbox.api.tokens import bearer_caller, bound_caller, token_caller
 from agentbox.api.websocket_relay import caller_of, proxy_websocket
@@ -53,16 +54,21 @@ LOCAL_PREVIEW_DOMAIN = "localhost"
 PREVIEW_USE = "preview"
 
 
-@router.get("/api/v1/workspaces/{workspace_id}/ports", response_model=ListeningPorts)
+@router.get(
+    "/api/v1/workspaces/{workspace_id}/ports",
+    summary="Ports listening in a workspace",
+    response_model=ListeningPorts,
+    responses=errors(*IN_SANDBOX),
+)
 async def listening_ports(workspace_id: str, mgr: Manager, who: Owner) -> ListeningPorts:
     """The TCP ports something listens on inside the workspace: what a preview can reach.
 
-    Errors: 404 when the workspace is not yours, 409 when it is not running.
+    Needs an API key: the workspace's owner's.
     """
     return ListeningPorts(ports=await in_thread(mgr.listening_ports, who, workspace_id))
 
 
-@router.get(_PREFIX + "/url", response_model=PreviewURL)
+@router.get(_PREFIX + "/url", summary="A preview URL for a port", response_model=PreviewURL, responses=errors(404, 422))
 async def preview_url(
     workspace_id: str,
     port: Port,
@@ -79,7 +85,9 @@ async def preview_url(
     origin, where the app's pages are sandboxed (no cookies, storage or service workers).
     Anyone with the URL reaches that port until it expires; removing the API key that asked for it
     revokes it. (A GET of the app's own path /url through the API form is this endpoint: use a
-    preview URL for that one.) Errors: 404 when the workspace is not yours.
+    preview URL for that one.)
+
+    Needs an API key: the workspace's owner's. The URL works while that key does.
     """
     await in_thread(mgr.get, who.owner, workspace_id)
     token, expires = request.app.state.service.tokens.mint(who, PREVIEW_USE, expires_in, ws=workspace_id, port=port)
@@ -92,7 +100,8 @@ async def preview_url(
     return PreviewURL(url=url, path_url=path_url, expires_at=expires)
 
 
-# Not in the OpenAPI schema: one path under seven methods, whose answers are the workspace's server's own.
+# Not in the OpenAPI schema: one path under seven methods, whose answers are the workspace's server's own
+# (listed with why in the document's description: openapi.UNDOCUMENTED).
 @router.api_route(_PREFIX + "/{path:path}", methods=_METHODS, include_in_schema=False)
 async def through_api(workspace_id: str, port: Port, path: str, request: Request, mgr: Manager, who: Owner) -> Response:
     """Send this request to the server on `port` in the workspace (at `/{path}`, with the query) and

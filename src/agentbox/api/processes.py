@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 from agentbox.api.dependencies import Manager, Owner, in_thread
 from agentbox.api.files import sync_chunks
 from agentbox.api.ndjson import guarded_lines, json_line
+from agentbox.api.openapi import IN_SANDBOX, errors, ndjson
 from agentbox.api.streaming import ClosingStreamingResponse
 from agentbox.errors import Conflict
 from agentbox.process_schemas import (
@@ -30,34 +31,64 @@ from agentbox.providers.processes import OutputDropped, ProcessEnded, ProcessEve
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/processes", tags=["processes"])
 
+_NO_PROCESSES = (400, "The workspace's provider has no background processes.")
+_NO_PID = (404, "No workspace of yours with this id, or no background process with this PID in it.")
+#: What every route on one process may answer.
+_ONE = (_NO_PROCESSES, *IN_SANDBOX, _NO_PID, 422)
 
-@router.post("", status_code=201, response_model=ProcessOut)
+
+@router.post(
+    "",
+    summary="Start a background process",
+    status_code=201,
+    response_model=ProcessOut,
+    responses=errors(
+        (400, "The program cannot be started (not found, `cwd` missing), or the provider has no background processes."),
+        *IN_SANDBOX,
+        413,
+        422,
+    ),
+)
 async def start_process(workspace_id: str, body: ProcessIn, mgr: Manager, who: Owner) -> ProcessOut:
     """Start a process in the background and return it, running (201), with its PID in the workspace.
 
     It runs until it ends or is killed, whatever happens to this request or to the server.
-    Errors: 400 when the program cannot be started or the provider has no background
-    processes, 404 when the workspace is not yours, 409 when it is not running.
+
+    Needs an API key: the workspace's owner's.
     """
     return ProcessOut.of(await in_thread(mgr.start_process, who, workspace_id, body.to_request()))
 
 
-@router.get("", response_model=ProcessList)
+@router.get(
+    "", summary="List background processes", response_model=ProcessList, responses=errors(_NO_PROCESSES, *IN_SANDBOX)
+)
 async def list_processes(workspace_id: str, mgr: Manager, who: Owner) -> ProcessList:
-    """Every background process started in the workspace, running or exited."""
+    """Every background process started in the workspace, running or exited.
+
+    Needs an API key: the workspace's owner's.
+    """
     return ProcessList(
         processes=[ProcessOut.of(info) for info in await in_thread(mgr.list_processes, who, workspace_id)]
     )
 
 
-@router.get("/{pid}", response_model=ProcessOut)
+@router.get("/{pid}", summary="Get a background process", response_model=ProcessOut, responses=errors(*_ONE))
 async def get_process(workspace_id: str, pid: int, mgr: Manager, who: Owner) -> ProcessOut:
-    """One background process. Errors: 404 for a PID that is not one of them."""
+    """One background process: its command, whether it runs, and how it ended if it has.
+
+    Needs an API key: the workspace's owner's.
+    """
     table = await in_thread(mgr.processes, who, workspace_id)
     return ProcessOut.of(await in_thread(table.get, pid))
 
 
-@router.get("/{pid}/output", responses={200: {"content": {"application/x-ndjson": {}}}})
+@router.get(
+    "/{pid}/output",
+    summary="A process's output, streamed",
+    response_class=ClosingStreamingResponse,
+    responses=ndjson("ProcessStreamEvent", "Its output from `offset`, then its exit once it has ended.")
+    | errors(*_ONE),
+)
 async def process_output(
     workspace_id: str,
     pid: int,
@@ -71,53 +102,94 @@ async def process_output(
     A `{"dropped": true, ...}` line comes first when output from `offset` is no longer kept
     (the newest 16 MiB are); once the process has ended, the last line is its exit
     (`exit_code`, `signal`, `ended_at`). To resume after a disconnect, ask again with the last
-    line's `next_offset`. Errors: 404 for an unknown PID.
+    line's `next_offset`.
+
+    Needs an API key: the workspace's owner's.
     """
     table = await in_thread(mgr.processes, who, workspace_id)
     events = await in_thread(table.output, pid, offset, follow)
     return ClosingStreamingResponse(output_lines(events), media_type="application/x-ndjson")
 
 
-@router.post("/{pid}/stdin", status_code=204)
+@router.post(
+    "/{pid}/stdin",
+    summary="Write to a process's stdin",
+    status_code=204,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+    responses=errors(*_ONE, (409, "It was started without `stdin`, has closed it, or has exited."), 413),
+)
 async def write_stdin(workspace_id: str, pid: int, request: Request, mgr: Manager, who: Owner) -> Response:
     """Send the request body to its stdin (204).
 
-    Errors: 409 when it was started without `stdin`, has closed it or has exited.
+    Needs an API key: the workspace's owner's.
     """
     table = await in_thread(mgr.processes, who, workspace_id)
     await in_thread(table.write_stdin, pid, sync_chunks(request.stream(), mgr.settings.max_upload))
     return Response(status_code=204)
 
 
-@router.post("/{pid}/stdin/close", status_code=204)
+@router.post(
+    "/{pid}/stdin/close",
+    summary="Close a process's stdin",
+    status_code=204,
+    responses=errors(*_ONE, (409, "It was started without `stdin`, has closed it, or has exited.")),
+)
 async def close_stdin(workspace_id: str, pid: int, mgr: Manager, who: Owner) -> Response:
-    """End its stdin, so that it reads end-of-file (on a terminal: ^D)."""
+    """End its stdin, so that it reads end-of-file (on a terminal: ^D).
+
+    Needs an API key: the workspace's owner's.
+    """
     table = await in_thread(mgr.processes, who, workspace_id)
     await in_thread(table.close_stdin, pid)
     return Response(status_code=204)
 
 
-@router.post("/{pid}/signal", status_code=204)
+@router.post(
+    "/{pid}/signal",
+    summary="Signal a process",
+    status_code=204,
+    responses=errors(*_ONE, (409, "It has exited."), 413, (422, "An unknown signal, or a body that is not valid.")),
+)
 async def send_signal(workspace_id: str, pid: int, body: SignalIn, mgr: Manager, who: Owner) -> Response:
-    """Send a signal to its process group (204). Errors: 409 when it has exited, 422 for an unknown signal."""
+    """Send a signal to its process group (204).
+
+    Needs an API key: the workspace's owner's.
+    """
     table = await in_thread(mgr.processes, who, workspace_id)
     await in_thread(table.signal, pid, body.number)
     return Response(status_code=204)
 
 
-@router.post("/{pid}/resize", status_code=204)
+@router.post(
+    "/{pid}/resize",
+    summary="Resize a process's terminal",
+    status_code=204,
+    responses=errors(
+        *_ONE, (409, "It runs without a terminal, or has exited."), 413, (422, "A size out of 1-1000, or no size.")
+    ),
+)
 async def resize(workspace_id: str, pid: int, body: TerminalSizeIn, mgr: Manager, who: Owner) -> Response:
-    """Resize its terminal. Errors: 409 when it runs without one, 422 for a size out of 1-1000."""
+    """Resize its terminal (204): the program in it is told (SIGWINCH).
+
+    Needs an API key: the workspace's owner's.
+    """
     table = await in_thread(mgr.processes, who, workspace_id)
     await in_thread(table.resize, pid, body.to_size())
     return Response(status_code=204)
 
 
-@router.delete("/{pid}", status_code=204)
+@router.delete("/{pid}", summary="Kill a process", status_code=204, responses=errors(*_ONE))
 async def kill_process(workspace_id: str, pid: int, mgr: Manager, who: Owner) -> Response:
     """Kill it and everything in its process group, children included; returns once they are gone (204).
 
     Its record and output stay readable. Killing one that has already exited is not an error.
+
+    Needs an API key: the workspace's owner's.
     """
     table = await in_thread(mgr.processes, who, workspace_id)
     with contextlib.suppress(Conflict):  # already exited: what DELETE asks for is true

@@ -7,45 +7,86 @@ in the workspace as a background process (see agentbox.sessions).
 from fastapi import APIRouter, Response
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
+from agentbox.api.openapi import IN_SANDBOX, errors
 from agentbox.errors import NotFound
 from agentbox.process_schemas import SessionIn, SessionList, SessionOut, SessionRunIn, SessionRunOut
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/sessions", tags=["sessions"])
 
+_NO_SESSION = (404, "No workspace of yours with this id, or no open session with this id in it.")
 
-@router.post("", status_code=201, response_model=SessionOut)
+
+@router.post(
+    "",
+    summary="Open a shell session",
+    status_code=201,
+    response_model=SessionOut,
+    responses=errors(
+        (
+            400,
+            "The workspace's image has no bash, `cwd` is not a directory, or its provider has no background processes.",
+        ),
+        *IN_SANDBOX,
+        413,
+        422,
+    ),
+)
 async def open_session(workspace_id: str, body: SessionIn, mgr: Manager, who: Owner) -> SessionOut:
     """Open a shell session (bash) in `cwd` (201).
 
-    Errors: 400 when the workspace's image has no bash or its provider has no background
-    processes, 404 when the workspace is not yours, 409 when it is not running.
+    Needs an API key: the workspace's owner's.
     """
     return SessionOut.of(await in_thread(mgr.open_session, who, workspace_id, body.cwd, body.env))
 
 
-@router.get("", response_model=SessionList)
+@router.get(
+    "",
+    summary="List shell sessions",
+    response_model=SessionList,
+    responses=errors((400, "The workspace's provider has no background processes."), *IN_SANDBOX),
+)
 async def list_sessions(workspace_id: str, mgr: Manager, who: Owner) -> SessionList:
-    """The workspace's open sessions."""
+    """The workspace's open shell sessions: each one's id, where it started, and whether its shell runs.
+
+    Needs an API key: the workspace's owner's.
+    """
     found = await in_thread(mgr.list_sessions, who, workspace_id)
     return SessionList(sessions=[SessionOut.of(info) for info in found])
 
 
-@router.post("/{session_id}/run", response_model=SessionRunOut)
+@router.post(
+    "/{session_id}/run",
+    summary="Run shell text in a session",
+    response_model=SessionRunOut,
+    responses=errors(
+        *IN_SANDBOX,
+        _NO_SESSION,
+        (409, "The workspace is not running, or the session has ended or is running another command."),
+        413,
+        422,
+    ),
+)
 async def run(workspace_id: str, session_id: str, body: SessionRunIn, mgr: Manager, who: Owner) -> SessionRunOut:
     """Run shell text in the session and return its output once it is done.
 
     It sees what earlier commands left: the directory, exported and plain variables, functions.
     Past `timeout` it is interrupted as by ^C and the session stays usable (`timed_out`).
-    Its stdin is empty (/dev/null). Errors: 404 for an unknown session, 409 when it has ended or
-    is running another command.
+    Its stdin is empty (/dev/null).
+
+    Needs an API key: the workspace's owner's.
     """
     found = await in_thread(mgr.run_in_session, who, workspace_id, _pid(session_id), body.command, body.timeout)
     return SessionRunOut(**vars(found))
 
 
-@router.delete("/{session_id}", status_code=204)
+@router.delete(
+    "/{session_id}", summary="Close a shell session", status_code=204, responses=errors(*IN_SANDBOX, _NO_SESSION)
+)
 async def close_session(workspace_id: str, session_id: str, mgr: Manager, who: Owner) -> Response:
-    """End the session's shell and what it started (204). Errors: 404 for an unknown session."""
+    """End the session's shell and what it started (204).
+
+    Needs an API key: the workspace's owner's.
+    """
     await in_thread(mgr.close_session, who, workspace_id, _pid(session_id))
     return Response(status_code=204)
 

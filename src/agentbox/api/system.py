@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agentbox.api.dependencies import Manager, Owner, in_thread
+from agentbox.api.openapi import errors
 from agentbox.e2b_api import control as e2b_control
 from agentbox.providers.base import Capabilities
 from agentbox.schemas import Capacity, Health, ProviderInfo, ProviderList, ProviderStatus
@@ -16,7 +17,7 @@ VERSION = version("agentbox")
 router = APIRouter(tags=["system"])
 
 
-@router.get("/api/v1/health", response_model=Health)
+@router.get("/api/v1/health", summary="The server's health", response_model=Health, responses=errors(key=False))
 def health(request: Request) -> Health:
     """Say whether the server is up, which runtime isolates workspaces, and which providers it offers.
 
@@ -58,11 +59,13 @@ def _e2b_urls(request: Request, svc: Service) -> dict[str, str]:
     return {"e2b_api_url": api, "e2b_sandbox_url": sandbox}
 
 
-@router.get("/api/v1/providers", response_model=ProviderList)
+@router.get("/api/v1/providers", summary="List the providers", response_model=ProviderList, responses=errors())
 def providers(request: Request, who: Owner) -> ProviderList:
     """List the providers this server is configured with (WORKSPACE_PROVIDERS): whether each can be
     used here (if not, why and how to fix it), its runtime and gVisor platform, what it can do, and
-    how many workspaces it runs now. Empty with workspaces disabled. Errors: 401 without a valid key.
+    how many workspaces it runs now. Empty with workspaces disabled.
+
+    Needs an API key.
     """
     svc: Service = request.app.state.service
     choice, manager = svc.runtime, svc.manager
@@ -98,11 +101,16 @@ def _info(offers: Capabilities) -> ProviderInfo:
     )
 
 
-@router.get("/api/v1/capacity", response_model=Capacity)
+@router.get(
+    "/api/v1/capacity",
+    summary="Workspace capacity and the warm pool",
+    response_model=Capacity,
+    responses=errors((404, "Workspaces are disabled on this server (ENABLE_AGENT_WORKSPACES).")),
+)
 async def capacity(mgr: Manager, who: Owner) -> Capacity:
     """How many workspaces may be active at once, how many are, and the warm pool's state.
 
-    Errors: 401 without a valid key, 404 with workspaces disabled."""
+    Needs an API key."""
     pool = mgr.pool
     return Capacity(
         max_concurrent=mgr.settings.max_concurrent,
@@ -112,9 +120,16 @@ async def capacity(mgr: Manager, who: Owner) -> Capacity:
     )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses=errors() | {200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request, who: Owner) -> Response:
-    """Return the server's metrics in Prometheus' text format. Errors: 401 without a valid API key."""
+    """Return the server's metrics in Prometheus' text format.
+
+    Needs an API key, anyone's."""
     # Any key will do (Prometheus sends one with `authorization` in its scrape config).
     svc: Service = request.app.state.service
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)

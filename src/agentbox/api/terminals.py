@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import anyio
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from agentbox.api.dependencies import Manager, Who, in_thread
+from agentbox.api.openapi import errors
 from agentbox.api.tokens import bearer_caller, token_caller
 from agentbox.errors import AgentboxError, Conflict, Unauthorized
 from agentbox.process_schemas import ProcessExitEvent, TerminalSizeIn
@@ -31,13 +32,22 @@ _END = object()  # what next() gives once the output has ended (None means "noth
 
 
 class TerminalToken(BaseModel):
-    token: str
-    expires_in: int
+    token: str = Field(description="for `?token=` on the terminal's WebSocket")
+    expires_in: int = Field(description="seconds it is accepted for")
 
 
-@router.post("/token", response_model=TerminalToken)
+@router.post(
+    "/token",
+    summary="A token for a process's terminal socket",
+    response_model=TerminalToken,
+    responses=errors(404, 422),
+)
 async def terminal_token(workspace_id: str, pid: int, request: Request, mgr: Manager, who: Who) -> TerminalToken:
-    """A token for `?token=` on this process's terminal socket, valid for a minute (for browsers)."""
+    """A token for `?token=` on this process's terminal socket (a WebSocket: see this document's
+    description), valid for a minute; for browsers, which cannot send the socket an Authorization header.
+
+    Needs an API key: the workspace's owner's. The token works while that key does.
+    """
     await in_thread(mgr.get, who.owner, workspace_id)  # 404 unless it is the caller's
     token, _ = request.app.state.service.tokens.mint(who, TOKEN_USE, TOKEN_SECONDS, ws=workspace_id, pid=pid)
     return TerminalToken(token=token, expires_in=TOKEN_SECONDS)

@@ -5,27 +5,70 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from agentbox.api.dependencies import History, Manager, Owner, Who, in_thread
+from agentbox.api.openapi import errors
 from agentbox.errors import NotFound, Unprocessable
-from agentbox.models import Status
+from agentbox.models import Status, Workspace
+from agentbox.network import policy_of
 from agentbox.schemas import CreateWorkspace, ExtendWorkspace, UsageOut, UsageSampleOut, WorkspaceList, WorkspaceOut
+from agentbox.usage import UsageSample
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
+_QUOTA = (
+    429,
+    "WORKSPACE_MAX_CONCURRENT workspaces are active, or a quota of your API key would be passed (the detail "
+    "names it); or too many refused credentials from your address (`Retry-After`).",
+)
+_NOT_STOPPABLE = (400, "Its provider cannot stop and start workspaces (E2B).")
+_NOT_RUNNING_OR_STOPPED = (409, "It is neither running nor stopped (starting, failed).")
 
-@router.post("", status_code=201, response_model=WorkspaceOut)
+
+def workspace_out(workspace: Workspace, usage: UsageSample | None = None) -> WorkspaceOut:
+    """A workspace's row as the API shows it, with its last measurement of CPU and memory."""
+    fields = {name: getattr(workspace, name) for name in WorkspaceOut.model_fields if name not in ("network", "usage")}
+    network = policy_of(workspace.network, workspace.allow)
+    return WorkspaceOut.model_validate({**fields, "network": network, "usage": usage})
+
+
+@router.post(
+    "",
+    summary="Create a workspace",
+    status_code=201,
+    response_model=WorkspaceOut,
+    responses=errors(
+        (
+            400,
+            "The provider cannot do what is asked (sizes, network policy, an unavailable provider, an image it "
+            "cannot find), or `repo` names no GitHub App of yours.",
+        ),
+        (404, "Workspaces are disabled on this server (ENABLE_AGENT_WORKSPACES)."),
+        413,
+        422,
+        _QUOTA,
+        502,
+        503,
+    ),
+)
 async def create_workspace(body: CreateWorkspace, mgr: Manager, who: Who) -> WorkspaceOut:
     """Create a workspace and return it, running (201).
 
-    It comes from the warm pool when one matches, else it is booted. Errors: 400 when the
-    provider cannot do what is asked (sizes, network policy, unknown provider, no GitHub App
-    for `repo`), 422 for a malformed body, 429 when WORKSPACE_MAX_CONCURRENT workspaces are
-    active or a quota of your API key would be passed (the detail names it), 502/503 when the
-    provider fails or is unreachable.
+    It comes from the warm pool when one matches, else it is booted; the answer comes once code has
+    run in it.
+
+    Needs an API key; the workspace is its owner's, within the key's quotas.
     """
-    return WorkspaceOut.of(await in_thread(mgr.create, who.owner, body.to_domain(), who.quota))
+    return workspace_out(await in_thread(mgr.create, who.owner, body.to_domain(), who.quota))
 
 
-@router.get("", response_model=WorkspaceList)
+@router.get(
+    "",
+    summary="List your workspaces",
+    response_model=WorkspaceList,
+    responses=errors(
+        (404, "Workspaces are disabled on this server (ENABLE_AGENT_WORKSPACES)."),
+        (422, "An unknown status, or a label filter that is not key=value."),
+    ),
+)
 async def list_workspaces(
     mgr: Manager,
     who: Owner,
@@ -35,7 +78,7 @@ async def list_workspaces(
 ) -> WorkspaceList:
     """List your workspaces that are not deleted, optionally only those with `status` and every `label`.
 
-    Errors: 422 for an unknown status or a label filter that is not key=value.
+    Needs an API key: its owner's workspaces are listed.
     """
     wanted = {}
     for item in label:
@@ -44,22 +87,36 @@ async def list_workspaces(
             raise Unprocessable(f"label filter {item!r} must be key=value")
         wanted[key] = value
     found = await in_thread(mgr.find, who, status, wanted)
-    return WorkspaceList(workspaces=[WorkspaceOut.of(w, history.latest(w.id) if history else None) for w in found])
+    return WorkspaceList(workspaces=[workspace_out(w, history.latest(w.id) if history else None) for w in found])
 
 
-@router.get("/{workspace_id}", response_model=WorkspaceOut)
+@router.get("/{workspace_id}", summary="Get a workspace", response_model=WorkspaceOut, responses=errors(404))
 async def get_workspace(workspace_id: str, mgr: Manager, who: Owner, history: History) -> WorkspaceOut:
-    """Return one of your workspaces. Errors: 404 when there is no such workspace of yours."""
+    """Return one of your workspaces.
+
+    Needs an API key: the workspace's owner's.
+    """
     workspace = await in_thread(mgr.get, who, workspace_id)
-    return WorkspaceOut.of(workspace, history.latest(workspace.id) if history else None)
+    return workspace_out(workspace, history.latest(workspace.id) if history else None)
 
 
-@router.get("/{workspace_id}/usage", response_model=UsageOut)
+@router.get(
+    "/{workspace_id}/usage",
+    summary="A workspace's CPU and memory",
+    response_model=UsageOut,
+    responses=errors(
+        (
+            404,
+            "No workspace of yours with this id, workspaces are disabled, or this server measures nothing "
+            "(WORKSPACE_USAGE_INTERVAL=0).",
+        )
+    ),
+)
 async def workspace_usage(workspace_id: str, mgr: Manager, who: Owner, history: History) -> UsageOut:
     """Its CPU and memory over the last hour, sampled every WORKSPACE_USAGE_INTERVAL seconds while it
     runs (kept by this server since it started). Empty when its provider cannot measure them.
 
-    Errors: 404 when it is not yours, or when the server measures nothing (WORKSPACE_USAGE_INTERVAL=0).
+    Needs an API key: the workspace's owner's.
     """
     await in_thread(mgr.get, who, workspace_id)
     if history is None:
@@ -71,51 +128,76 @@ async def workspace_usage(workspace_id: str, mgr: Manager, who: Owner, history: 
     return UsageOut(interval=history.interval, samples=samples)
 
 
-@router.delete("/{workspace_id}", status_code=204)
+@router.delete(
+    "/{workspace_id}",
+    summary="Delete a workspace",
+    status_code=204,
+    responses=errors((404, "No workspace of yours with this id (or it is deleted already)."), 502, 503),
+)
 async def delete_workspace(workspace_id: str, mgr: Manager, who: Owner) -> Response:
-    """Delete a workspace and everything in it (204, no body). Errors: 404 when it is not yours or gone."""
+    """Delete a workspace and everything in it: its container and its storage (204, no body).
+
+    Needs an API key: the workspace's owner's.
+    """
     await in_thread(mgr.delete, who, workspace_id)
     return Response(status_code=204)
 
 
-@router.post("/{workspace_id}/stop", response_model=WorkspaceOut)
+@router.post(
+    "/{workspace_id}/stop",
+    summary="Stop a workspace",
+    response_model=WorkspaceOut,
+    responses=errors(_NOT_STOPPABLE, 404, _NOT_RUNNING_OR_STOPPED, 502, 503),
+)
 async def stop_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
     """Stop a running workspace, keeping its files; return it (a stopped one is returned as is).
 
-    Errors: 400 when its provider cannot stop and start workspaces (E2B), 404 when it is not
-    yours, 409 when it is neither running nor stopped.
+    Needs an API key: the workspace's owner's.
     """
-    return WorkspaceOut.of(await in_thread(mgr.stop, who, workspace_id))
+    return workspace_out(await in_thread(mgr.stop, who, workspace_id))
 
 
-@router.post("/{workspace_id}/pause", response_model=WorkspaceOut)
+@router.post(
+    "/{workspace_id}/pause",
+    summary="Pause a workspace",
+    response_model=WorkspaceOut,
+    responses=errors(_NOT_STOPPABLE, 404, _NOT_RUNNING_OR_STOPPED, 502, 503),
+)
 async def pause_workspace(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceOut:
     """Pause a running workspace: its memory and processes kept where the runtime can checkpoint it,
     its files always; `memory_kept` says which. `start` resumes it.
 
-    Errors: 400 when its provider cannot stop and start workspaces (E2B), 404 when it is not
-    yours, 409 when it is neither running nor stopped.
+    Needs an API key: the workspace's owner's.
     """
-    return WorkspaceOut.of(await in_thread(mgr.pause, who, workspace_id))
+    return workspace_out(await in_thread(mgr.pause, who, workspace_id))
 
 
-@router.post("/{workspace_id}/start", response_model=WorkspaceOut)
+@router.post(
+    "/{workspace_id}/start",
+    summary="Start a workspace",
+    response_model=WorkspaceOut,
+    responses=errors(404, (409, "It is neither stopped nor running (starting, failed)."), _QUOTA, 502, 503),
+)
 async def start_workspace(workspace_id: str, mgr: Manager, who: Who) -> WorkspaceOut:
-    """Start a stopped workspace again; return it (a running one is returned as is).
+    """Start a stopped (or paused) workspace again; return it (a running one is returned as is).
 
-    Errors: 404 when it is not yours, 409 when it is neither stopped nor running, 429 when
-    WORKSPACE_MAX_CONCURRENT workspaces are active or a quota of your API key would be passed.
+    Needs an API key: the workspace's owner's, within its quotas.
     """
-    return WorkspaceOut.of(await in_thread(mgr.start, who.owner, workspace_id, True, who.quota))
+    return workspace_out(await in_thread(mgr.start, who.owner, workspace_id, True, who.quota))
 
 
-@router.post("/{workspace_id}/extend", response_model=WorkspaceOut)
+@router.post(
+    "/{workspace_id}/extend",
+    summary="Extend a workspace's TTL",
+    response_model=WorkspaceOut,
+    responses=errors(404, (409, "It is persistent: it never expires."), 413, 422),
+)
 async def extend_workspace(
     workspace_id: str, mgr: Manager, who: Owner, body: ExtendWorkspace | None = None
 ) -> WorkspaceOut:
     """Renew an ephemeral workspace's TTL from now (by `ttl_days`, else its own TTL); return it.
 
-    Errors: 404 when it is not yours, 409 when it is persistent (it never expires).
+    Needs an API key: the workspace's owner's.
     """
     ttl_days = body.ttl_days if body else None
-    return WorkspaceOut.of(await in_thread(mgr.extend, who, workspace_id, ttl_days))
+    return workspace_out(await in_thread(mgr.extend, who, workspace_id, ttl_days))

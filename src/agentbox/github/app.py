@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import jwt
 
+from agentbox.domain import GITHUB_API
 from agentbox.errors import AgentboxError
 from agentbox.github.egress import SETTING, EgressPolicy, PinnedTransport, Refused
 
-GITHUB_API = "https://api.github.com"
 JWT_BACKDATE = 60  # seconds: the issuer's clock may be ahead of GitHub's
 JWT_LIFETIME = 9 * 60
 TOKEN_MARGIN = timedelta(minutes=5)
