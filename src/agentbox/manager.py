@@ -8,8 +8,6 @@ to run in worker threads.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, replace
@@ -83,9 +81,7 @@ class WorkspaceManager:
         self.unavailable = dict(unavailable or {})
         self.metrics = metrics or Metrics()
         self.pool = pool
-        # WORKSPACE_REPLICA_ID names this replica; until settings carry it, a name of this process alone.
-        holder = getattr(settings, "replica_id", None) or f"pid{os.getpid()}-{secrets.token_hex(4)}"
-        self.sessions = ShellSessions(SessionClaims(store, holder))
+        self.sessions = ShellSessions(SessionClaims(store, settings.replica_id))
         self.audit = AuditLog(store)
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
         self.on_change: Callable[[], None] = lambda: None
