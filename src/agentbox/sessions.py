@@ -262,8 +262,8 @@ class ShellSessions:
             close_stream(events)
         if ended is not None:
             self.forget(workspace_id, pid)
-        else:
-            self.claims.release(workspace_id, pid, offset, None)
+        else:  # a stream that stopped short of the markers leaves the rest for the next command to skip
+            self.claims.release(workspace_id, pid, offset, None if stdout.done and stderr.done else nonce)
         return SessionRun(
             stdout=stdout.text(),
             stderr=stderr.text(),

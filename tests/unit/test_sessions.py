@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -316,3 +317,31 @@ def test_the_earlier_commands_output_is_skipped_whatever_pieces_it_comes_in() ->
         for start in range(0, len(stream), piece):
             out.feed(stream[start : start + piece])
         assert (out.done, out.status, out.text()) == (True, 0, "mine\n")
+
+
+class CutShort(HostProcesses):
+    """A table whose next follower stops after its first piece of output, as a stream the sandbox's going
+    away cut short would, without an error."""
+
+    cut = False
+
+    def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent | None]:
+        events = super().output(pid, offset, follow)
+        if not (self.cut and follow):
+            return events
+        self.cut = False
+        return itertools.islice(events, 1)
+
+
+def test_a_command_whose_output_was_cut_short_leaves_its_rest_to_nobody(store: Store) -> None:
+    table = CutShort()
+    try:
+        sessions = replica(store, "r1")
+        session = sessions.open(table, "ws-a", "/tmp", {})
+        table.cut = True
+        cut = sessions.run(table, "ws-a", session.pid, "echo part-one; sleep 0.5; echo part-two", 10, 1000)
+        assert cut.stdout == "part-one\n" and cut.exit_code is None
+        after = replica(store, "r2").run(table, "ws-a", session.pid, "echo next", 10, 1000)
+        assert (after.stdout, after.stderr, after.exit_code) == ("next\n", "", 0)
+    finally:
+        table.end()
