@@ -29,6 +29,9 @@ from agentbox.sizes import SizeError, format_size, parse_size
 
 MIN_MEMORY = parse_size("64M")
 MIN_DISK = parse_size("64M")
+#: The largest size a request may name (1 PiB): beyond any machine, and well inside the 64-bit
+#: integers that the engine and the database hold sizes in (a bigger one was a 500).
+MAX_SIZE = 1 << 50
 
 
 def _env_key(key: str) -> str:
@@ -84,6 +87,8 @@ def _size_at_least(minimum: int) -> BeforeValidator:
             raise ValueError(str(exc)) from None
         if size < minimum:
             raise ValueError(f"must be at least {format_size(minimum)}")
+        if size > MAX_SIZE:
+            raise ValueError(f"must be at most {format_size(MAX_SIZE)}")
         return size
 
     return BeforeValidator(validate)
@@ -92,7 +97,7 @@ def _size_at_least(minimum: int) -> BeforeValidator:
 _SIZE_SCHEMA = WithJsonSchema(
     {
         "anyOf": [
-            {"type": "integer", "minimum": 1},
+            {"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
             {"type": "string", "pattern": r"^\d+(\.\d+)?[kmgtKMGT]?(i?[bB])?$"},
         ],
         "description": 'bytes, or a size such as "512M" or "4G" (binary units, as Docker)',

@@ -186,6 +186,7 @@ def test_a_pause_says_whether_memory_was_kept_and_start_resumes(alice: Client) -
     ("call", "field"),
     [
         (lambda c: c.create(memory="4Q"), ["body", "memory"]),
+        (lambda c: c.create(memory="996559397047834M"), ["body", "memory"]),  # past 64 bits: was a 500
         (lambda c: c.create(surprise=1), ["body", "surprise"]),
         (lambda c: c.exec(c.create().id, "true", cwd="relative"), ["body", "cwd"]),
         (lambda c: c.read_file(c.create().id, "relative"), ["query", "path"]),
