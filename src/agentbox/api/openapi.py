@@ -88,7 +88,7 @@ def ndjson(line: str, what: str) -> Responses:
     """
     if line not in LINES:
         raise ValueError(f"{line!r} is not a name of LINES")
-    body = {"type": "string", "description": f"NDJSON: one JSON object per line, each a {line}"}
+    body = {"type": "string", "description": f"NDJSON: one JSON object per line, each as {line} says"}
     return {200: {"description": what, "content": {NDJSON: {"schema": body, "itemSchema": {"$ref": REF + line}}}}}
 
 
@@ -149,10 +149,12 @@ BEFORE_ROUTES: dict[str, str] = {
         "WebSocket. The link's token comes once as `?agentbox_preview=` and is then kept in a cookie of that "
         "host."
     ),
-    "/e2b/envd/ and 49983-{workspace_id}.{WORKSPACE_PREVIEW_DOMAIN}": (
-        "envd, E2B's in-sandbox daemon (E2B_SANDBOX_URL): Connect RPC, `/files` and `/health` as E2B's SDK "
-        "speaks them, with the sandbox's access token (docs/e2b-wire-protocol.md)."
+    "/e2b/envd/": (
+        "envd, E2B's in-sandbox daemon (E2B_SANDBOX_URL), for every sandbox (the `E2b-Sandbox-Id` header names "
+        "it): Connect RPC, `/files` and `/health` as E2B's SDK speaks them, with the sandbox's access token "
+        "(docs/e2b-wire-protocol.md)."
     ),
+    "49983-{workspace_id}.{WORKSPACE_PREVIEW_DOMAIN}": "envd of one sandbox, at the root of its own host (E2B_DOMAIN).",
 }
 
 
