@@ -7,6 +7,8 @@ DATA_DIR ?= $(CURDIR)/.agentbox
 HOST ?= 127.0.0.1
 PORT ?= 8000
 NETWORK ?= workspace_net
+# More than one: that many replicas on $(HOST):$(PORT) (SO_REUSEPORT) over a PostgreSQL of their own.
+REPLICAS ?= 1
 export WORKSPACE_IMAGE ?= agentbox/workspace:bookworm
 
 UI_VENDOR := src/agentbox/ui/vendor
@@ -48,9 +50,13 @@ run: setup
 	@test -s "$(DATA_DIR)/api-key" || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$(DATA_DIR)/api-key")
 	@echo "==> API key (owner 'admin'): $$(cat "$(DATA_DIR)/api-key")"
 	@echo "    try: curl -H \"Authorization: Bearer $$(cat "$(DATA_DIR)/api-key")\" -X POST http://$(HOST):$(PORT)/api/v1/workspaces"
+	@if [ "$(REPLICAS)" != 1 ]; then \
+	  DATA_DIR="$(DATA_DIR)" HOST=$(HOST) PORT=$(PORT) NETWORK="$(NETWORK)" API_KEY="$$(cat "$(DATA_DIR)/api-key")" \
+	    exec bash scripts/run-replicas.sh "$(REPLICAS)"; \
+	fi; \
 	ENABLE_AGENT_WORKSPACES=true WORKSPACE_DATA_DIR="$(DATA_DIR)" WORKSPACE_NETWORK_NAME="$(NETWORK)" \
 	  WORKSPACE_API_KEYS="admin:$$(cat "$(DATA_DIR)/api-key")" \
-	  $(BIN)/agentbox serve --host $(HOST) --port $(PORT)
+	  exec $(BIN)/agentbox serve --host $(HOST) --port $(PORT)
 
 test: setup browser lint
 	$(BIN)/pytest -q tests

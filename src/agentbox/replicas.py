@@ -267,7 +267,13 @@ class Replica:
                     wait = min(wait, max(0.05, self._renew_at - began))
                 else:
                     self._lease_until = float("-inf")
-                self._leader = self.id if held else (lease.holder if lease is not None and not free else None)
+                if held:
+                    self._leader = self.id
+                elif free:  # another bidder won just now: who
+                    fresh = Lease.name == LEADER, Lease.expires_at > now
+                    self._leader = session.scalar(select(Lease.holder).where(*fresh))
+                else:
+                    self._leader = lease.holder if lease is not None else None
                 self._alive = sorted(self._live(session, now))
         except SQLAlchemyError as exc:
             log.warning("replica %s: the database did not answer (%s); retrying", self.id, exc)
@@ -305,7 +311,8 @@ class Replica:
             return True
         insert = postgresql_insert if self._postgres else sqlite_insert
         first = insert(Lease).values(name=LEADER, holder=self.id, expires_at=until).on_conflict_do_nothing()
-        return bool(_changed(session, first))
+        # Whether a row went in, by what it returns: psycopg's rowcount of an ORM insert says -1.
+        return session.execute(first.returning(Lease.holder)).first() is not None
 
     def _live(self, session: Session, now: datetime) -> set[str]:
         if self._alone:

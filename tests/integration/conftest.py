@@ -152,8 +152,9 @@ class Server:
 
     @property
     def instance(self) -> str:
-        """The label value that marks this server's containers on the engine."""
-        return load_settings(WORKSPACE_DATA_DIR=str(self.data_dir)).instance_id
+        """The label value that marks this server's containers on the engine (from its database's URL)."""
+        database = self.env.get("WORKSPACE_DATABASE_URL", "")
+        return load_settings(WORKSPACE_DATA_DIR=str(self.data_dir), WORKSPACE_DATABASE_URL=database).instance_id
 
     def containers(self, client: docker.DockerClient) -> dict[str, str]:
         """This server's workspace containers on the engine: workspace id -> state."""
