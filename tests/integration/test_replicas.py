@@ -17,7 +17,8 @@ import httpx
 import pytest
 import sqlalchemy
 
-from agentbox.replicas import LEASE_SECONDS, REPLICA_TIMEOUT
+from agentbox.replicas import LEASE_SECONDS, REPLICA_TIMEOUT, Replica
+from agentbox.store import Store
 
 from .conftest import KEYS, Replicas, Server, eventually
 
@@ -233,3 +234,31 @@ def test_a_replica_restarted_after_a_crash_rejoins_and_its_id_is_its_own(
             made = http.post("/workspaces", json={"provider": "docker"}).json()["id"]
             assert http.post(f"/workspaces/{made}/exec", json={"command": "echo ok"}).json()["stdout"] == "ok\n"
             assert http.delete(f"/workspaces/{made}").status_code == 204
+
+
+def test_of_replicas_bidding_at_once_for_a_free_lease_one_wins(postgres_url: str) -> None:
+    # Eight processes' worth of bidders on one PostgreSQL, all at the moment the lease is free: the
+    # database's guarded update (or first insert) lets exactly one through.
+    store = Store(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    store.migrate()
+    try:
+        bidders = [Replica(store, f"b{n}") for n in range(8)]
+        for bidder in bidders:
+            bidder.register()
+
+        def bid(bidder: Replica, go: threading.Barrier) -> bool:
+            go.wait()
+            bidder.tick()
+            return bidder.leads()
+
+        for attempt in range(2):  # the first time the lease row does not exist yet; then it was given up
+            go = threading.Barrier(len(bidders))
+            with ThreadPoolExecutor(len(bidders)) as pool:
+                won = list(pool.map(bid, bidders, [go] * len(bidders)))
+            assert won.count(True) == 1, (attempt, won)
+            winner = bidders[won.index(True)]
+            assert {bidder.leader for bidder in bidders} == {winner.id}
+            winner.leave()  # gives the lease up: free for the next round
+            bidders.remove(winner)
+    finally:
+        store.close()
