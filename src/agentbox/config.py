@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     # cgroup gets room for gVisor's own threads, see docs/runtime.md).
     pids_limit: int = Field(256, ge=64, le=65536, validation_alias="WORKSPACE_PIDS_LIMIT")
     user: str = Field("1000:1000", pattern=r"^\d+(:\d+)?$", validation_alias="WORKSPACE_USER")
+    # How the server reaches the helper in each Docker workspace: "socket", the Unix socket in the data directory
+    # (the server on the engine's host), or "tcp", a port in the workspace's network namespace that answers
+    # only to whoever proves the workspace's key (derived from WORKSPACE_SECRET_KEY: every replica can). A
+    # workspace with "network": "none" has no address and keeps the socket (docs/architecture.md).
+    helper_channel: Literal["socket", "tcp"] = Field("socket", validation_alias="WORKSPACE_HELPER_CHANNEL")
+    # The helper's TCP port in every workspace with a network under "tcp" (a workload cannot listen on it).
+    helper_port: int = Field(7633, ge=1024, le=65535, validation_alias="WORKSPACE_HELPER_PORT")
     exec_output_limit: Size = Field(10 * 1024 * 1024, validation_alias="WORKSPACE_EXEC_OUTPUT_LIMIT")
     # Seconds a command may run when its request names no timeout (a runaway command ends some day).
     exec_timeout: float = Field(3600.0, gt=0, le=7 * 86400, validation_alias="WORKSPACE_EXEC_TIMEOUT")

@@ -520,7 +520,7 @@ class WorkspaceManager:
                     continue
                 raise
             found |= listening.listening_ports(listening.table_text(table, stat.size, chunks))
-        return sorted(found)
+        return sorted(found - provider.reserved_ports(ref))
 
     def measure(self) -> dict[str, Usage]:
         """What each running workspace (every owner's) uses now, where its provider can say."""

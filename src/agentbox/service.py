@@ -24,6 +24,7 @@ from agentbox.network import AllowList
 from agentbox.pool import WarmPool
 from agentbox.providers.base import Provider
 from agentbox.providers.docker import DockerProvider, install_helper
+from agentbox.providers.docker.channel import TcpChannel
 from agentbox.providers.docker.disks import Disks
 from agentbox.providers.docker.firewall import FirewallError
 from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork
@@ -180,6 +181,10 @@ class Service:
         if not disks.enforced:
             log.warning("SECURITY: workspace disk limits are NOT enforced: %s", disks.why_not)
         helper = install_helper(settings.data_dir / "bin")
+        tcp_channel = None
+        if settings.helper_channel == "tcp":  # keys from the server's secret: any replica derives them
+            secret = server_secret(settings.secret_key.get_secret_value(), settings.data_dir)
+            tcp_channel = TcpChannel(settings.helper_port, secret, settings.data_dir / "secrets")
         isolation = "gVisor user-space kernel" if self.runtime.gvisor else "container (runc fallback)"
         providers: dict[str, Provider] = {}
         for name, runtime, kind in (
@@ -198,6 +203,7 @@ class Service:
                 network=network,
                 control_root=settings.data_dir / "run",
                 checkpoint_runtime=checkpointing if name == "gvisor" else None,
+                tcp_channel=tcp_channel,
             )
             if name == "gvisor":
                 self._reboot_after_runsc_upgrade(provider)

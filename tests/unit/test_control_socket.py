@@ -1,12 +1,16 @@
 """The helper's control socket, end to end on the host: the real helper serving, the real transport asking.
 
-No Docker: the helper is a static Linux binary, run here as it runs as a workspace's init.
+No Docker: the helper is a static Linux binary, run here as it runs as a workspace's init. The
+calls run over both of its transports, the Unix socket and the TCP channel (tests/unit/test_helper_tcp.py
+has what only TCP has: its handshake and what it refuses).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +23,8 @@ from agentbox.providers.base import ExecRequest, collect
 from agentbox.sandbox import build
 from agentbox.sandbox.channel import Call, HelperChannel, Invocation
 from agentbox.sandbox.control import ControlSocketError, ControlSocketTransport, SocketFirst
+from agentbox.sandbox.handshake import key_file_text
+from agentbox.sandbox.tcp import TcpTransport
 
 if not (shutil.which("cc") or shutil.which("gcc")):
     pytest.skip("no C compiler (cc) on PATH; cannot build agentbox-exec", allow_module_level=True)
@@ -29,20 +35,45 @@ def helper(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build(tmp_path_factory.mktemp("helper") / "agentbox-exec", strict=True))
 
 
-def serve(helper: str, directory: Path, workspace_id: str) -> subprocess.Popen[bytes]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(
+    helper: str, directory: Path, workspace_id: str, key: bytes | None = None, port: int = 0
+) -> subprocess.Popen[bytes]:
+    """The helper's init serving `directory`/control.sock and, with `key`, TCP `port` on loopback."""
     directory.mkdir(parents=True, exist_ok=True)
-    init = subprocess.Popen([helper, "init", "-S", str(directory / "control.sock"), "-I", workspace_id])
+    argv = [helper, "init", "-S", str(directory / "control.sock"), "-I", workspace_id]
+    if key is not None:
+        key_file = directory / "helper-key"
+        key_file.write_bytes(key_file_text(key))
+        key_file.chmod(0o400)
+        argv += ["-K", str(key_file), "-T", str(port)]
+    init = subprocess.Popen(argv)
     deadline = time.monotonic() + 5
-    while not (directory / "control.sock").exists():
+    while not (directory / "control.sock").exists() or (key is not None and not listening(port)):
         assert time.monotonic() < deadline, "the helper never made its socket"
         time.sleep(0.01)
     return init
 
 
-@pytest.fixture
-def workspace(helper: str, tmp_path: Path) -> Iterator[tuple[HelperChannel, Path]]:
-    init = serve(helper, tmp_path / "run", "ws-a")
-    yield HelperChannel(ControlSocketTransport(tmp_path / "run" / "control.sock", "ws-a")), tmp_path
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(params=["socket", "tcp"])
+def workspace(request: pytest.FixtureRequest, helper: str, tmp_path: Path) -> Iterator[tuple[HelperChannel, Path]]:
+    if request.param == "socket":
+        init = serve(helper, tmp_path / "run", "ws-a")
+        yield HelperChannel(ControlSocketTransport(tmp_path / "run" / "control.sock", "ws-a")), tmp_path
+    else:
+        key, port = secrets.token_bytes(32), free_port()
+        init = serve(helper, tmp_path / "run", "ws-a", key, port)
+        yield HelperChannel(TcpTransport("ws-a", key, port, lambda fresh: "127.0.0.1")), tmp_path
     init.terminate()
     init.wait()
 
@@ -85,13 +116,16 @@ def test_a_worker_serves_call_after_call_and_nothing_of_one_reaches_the_next(
     with pytest.raises(BadRequest):
         run(channel, "true", str(home / "nowhere"))
     channel.write_file(str(home / "f"), [b"x"], 1)
+    # 0-2, the listening sockets, the server's, the call's, the command's two pipes. Counted again a few
+    # times: just after the command starts, the worker may not have closed its ends of the start's pipes.
+    most = 8 + isinstance(channel.transport, TcpTransport)
+    count = f'for i in 1 2 3 4 5; do n=$(ls /proc/$PPID/fd | wc -l); [ "$n" -le {most} ] && break; sleep 0.1; done'
     for _ in range(4):
         code, out, err, _ = run(
-            channel, 'echo "${SECRET:-unset}"; ls /proc/$PPID/fd | wc -l; pwd; ls -l /proc/$PPID/fd >&2', ""
+            channel, f'echo "${{SECRET:-unset}}"; {count}; echo $n; pwd; ls -l /proc/$PPID/fd >&2', ""
         )
         assert out.split()[0] == "unset" and out.split()[2] == os.getcwd()  # the helper's own cwd again
-        # 0-2, the listening socket, the server's, the call's, the command's two pipes
-        assert int(out.split()[1]) <= 8, f"the worker holds fds a call left open: {err}"
+        assert int(out.split()[1]) <= most, f"the worker holds fds a call left open: {err}"
 
 
 def test_a_command_that_leaves_a_background_process_holding_its_output(workspace: tuple[HelperChannel, Path]) -> None:

@@ -326,6 +326,10 @@ class Provider(abc.ABC):
         `capabilities().ports` says so. ProviderError (502) when nothing listens there."""
         raise BadRequest(f"the {self.name} provider cannot reach ports inside a workspace")
 
+    def reserved_ports(self, ref: str) -> frozenset[int]:
+        """Ports the provider's own machinery listens on in the workspace (not the workload's: no preview)."""
+        return frozenset()
+
     def processes(self, ref: str) -> ProcessTable:
         """The workspace's background processes; only when `capabilities().processes` says so."""
         raise BadRequest(f"the {self.name} provider has no background processes: use exec, or another provider")

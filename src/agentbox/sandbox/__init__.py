@@ -30,7 +30,7 @@ class HelperMissing(RuntimeError):
 
 
 #: The helper's C sources (compiled together) and the header they share.
-SOURCES = ("agentbox-exec.c", "processes.c", "watch.c", "connect.c")
+SOURCES = ("agentbox-exec.c", "processes.c", "watch.c", "connect.c", "handshake.c")
 HEADER = "helper.h"
 
 

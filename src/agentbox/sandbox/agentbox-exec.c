@@ -7,11 +7,12 @@
  * without a shell.
  *
  * Build: cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -static -s \
- *           -o agentbox-exec agentbox-exec.c processes.c watch.c connect.c
+ *           -o agentbox-exec agentbox-exec.c processes.c watch.c connect.c handshake.c
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -24,6 +25,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
@@ -36,7 +38,8 @@
 #define READY_LINE "agentbox-exec ready"
 
 int usage(void) {
-    fputs("usage: agentbox-exec init [-M MAX_MEMORY_BYTES] [-P MAX_TASKS] [-S SOCKET -I WORKSPACE_ID]\n"
+    fputs("usage: agentbox-exec init [-M MAX_MEMORY_BYTES] [-P MAX_TASKS] [-S SOCKET] [-I WORKSPACE_ID]\n"
+          "                            [-K KEY_FILE -T PORT] [-U UID[:GID]]\n"
           "       agentbox-exec run [-t SECONDS] [-m MAX_BYTES] [-i] -- ARGV...\n"
           "       agentbox-exec get PATH\n"
           "       agentbox-exec put PATH [-p MODE] [-s SIZE]\n"
@@ -110,7 +113,19 @@ static int text_out;   /* see base64_write */
 int send_frame(int fd, int kind, const void *data, size_t len) {
     unsigned char head[5] = {(unsigned char)kind, (unsigned char)(len >> 24), (unsigned char)(len >> 16),
                              (unsigned char)(len >> 8), (unsigned char)len};
-    return write_all(fd, (const char *)head, sizeof head) < 0 ? -1 : write_all(fd, data, len);
+    /* Header and data in one write: over TCP, one segment rather than two for a small frame. */
+    struct iovec iov[2] = {{head, sizeof head}, {(void *)data, len}};
+    ssize_t n;
+    while ((n = writev(fd, iov, len ? 2 : 1)) < 0 && errno == EINTR)
+        ;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+        return -1;
+    if (n < 0)
+        n = 0;   /* a non-blocking fd that is full: write_all below waits */
+    if ((size_t)n < sizeof head)
+        return write_all(fd, (const char *)head + n, sizeof head - (size_t)n) < 0 ? -1 : write_all(fd, data, len);
+    n -= (ssize_t)sizeof head;
+    return write_all(fd, (const char *)data + n, len - (size_t)n);
 }
 
 /* AGENTBOX_TEXT set: stdout carries text only (E2B's SDK decodes a command's output as UTF-8),
@@ -274,15 +289,58 @@ static pid_t largest_process(long long *rss_pages) {
  * SIGUSR1 makes init let go of the control socket (-S): the server and its
  * workers end, the socket is closed and its file removed; SIGUSR2 listens
  * again.  Under gVisor the socket is a host socket, and a sandbox holding one
- * cannot be checkpointed: the host lets go around a pause that keeps memory. */
+ * cannot be checkpointed: the host lets go around a pause that keeps memory.
+ *
+ * -K KEY_FILE -T PORT also serve the control protocol on TCP port PORT, to
+ * connections that prove they know the workspace's channel key (handshake.c).
+ * The key file is root's alone: init starts as root, reads it, and drops to
+ * -U UID[:GID] (the workspace's user, who runs every command) before anything
+ * else, non-dumpable from then on, so that no workload can read the key from
+ * the file or from the helper's memory.  The TCP listener stays init's for the
+ * sandbox's life (a SIGUSR1 stops serving it, never closes it), so that no
+ * workload can bind the port instead. */
 #define MIN_TICK_MS 25
 #define MAX_TICK_MS 1000
 static int listen_on(const char *path);
-static pid_t start_server(int s, const char *id);
+static pid_t start_server(int s, int t, const char *id);
+static unsigned char channel_key[CHANNEL_KEY_BYTES];
+
+/* Become UID:GID for good (groups: GID alone, as Docker gives a user named as uid:gid), with no
+ * capability left to regain.  -1 (and why, on stderr) if that cannot be done: better no
+ * workspace than commands run as root. */
+static int drop_to(const char *spec, long *uid_out) {
+    char *end;
+    long uid = strtol(spec, &end, 10), gid = uid;
+    if (*end == ':')
+        gid = strtol(end + 1, &end, 10);
+    if (*end || uid <= 0 || gid < 0) {
+        fprintf(stderr, "agentbox-exec: -U %s: not UID[:GID] of a user other than root\n", spec);
+        return -1;
+    }
+    *uid_out = uid;
+    if (getuid() == (uid_t)uid && geteuid() == (uid_t)uid)
+        return 0;   /* started as that user already: nothing to drop */
+    /* The bounding set too, where init may (CAP_SETPCAP): nothing the workload runs could ever
+     * gain a capability back, with or without no-new-privileges. */
+    for (int cap = 0; cap < 64; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL && errno != EPERM)
+            break;
+    gid_t group = (gid_t)gid;
+    if (setgroups(1, &group) < 0 || setgid(group) < 0 || setuid((uid_t)uid) < 0) {
+        fprintf(stderr, "agentbox-exec: cannot become user %s: %s\n", spec, strerror(errno));
+        return -1;
+    }
+    if (setuid(0) == 0 || getuid() != (uid_t)uid || geteuid() != (uid_t)uid) {
+        fprintf(stderr, "agentbox-exec: still able to become root after dropping to %s\n", spec);
+        return -1;
+    }
+    return 0;
+}
 
 static int cmd_init(int argc, char **argv) {
     long long max_memory = 0;
-    const char *socket_path = NULL, *workspace_id = "";
+    long tcp_port = 0, workload = -1;
+    const char *socket_path = NULL, *workspace_id = "", *key_path = NULL, *user = NULL;
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc)
             return usage();
@@ -292,9 +350,30 @@ static int cmd_init(int argc, char **argv) {
             socket_path = argv[i + 1];
         else if (!strcmp(argv[i], "-I"))
             workspace_id = argv[i + 1];
+        else if (!strcmp(argv[i], "-K"))
+            key_path = argv[i + 1];
+        else if (!strcmp(argv[i], "-T"))
+            tcp_port = strtol(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "-U"))
+            user = argv[i + 1];
         else if (strcmp(argv[i], "-P"))
             return usage();
     }
+    if (tcp_port < 0 || tcp_port > 65535)
+        return usage();
+    /* The key is read first, while init is still root (who alone may read it), then init becomes
+     * the workspace's user: nothing runs as root past these lines. */
+    if (user)
+        workload = strtol(user, NULL, 10);   /* checked by drop_to */
+    else if (getuid() != 0)
+        workload = (long)getuid();   /* init's own user runs the commands */
+    int have_key = tcp_port > 0 && key_path && load_channel_key(key_path, workload, channel_key) == 0;
+    if (user && drop_to(user, &workload) < 0)
+        return 1;
+    if (have_key)
+        prctl(PR_SET_DUMPABLE, 0);   /* no ptrace, no /proc/<pid>/mem of init, its server or its workers */
+    else if (tcp_port > 0 && !key_path)
+        fputs("agentbox-exec: no TCP channel: -T without -K (no key to check connections with)\n", stderr);
     sigset_t set = term_and_chld();
     sigaddset(&set, SIGUSR1);
     sigaddset(&set, SIGUSR2);
@@ -303,7 +382,10 @@ static int cmd_init(int argc, char **argv) {
     /* Listening before the ready line, so that the socket is there as soon as the host
      * may use it; the server and its workers inherit it, and a new server takes it over. */
     int listener = socket_path ? listen_on(socket_path) : -1;
-    pid_t server = listener >= 0 ? start_server(listener, workspace_id) : -1;
+    int tcp = have_key ? listen_tcp((int)tcp_port) : -1;
+    if (tcp >= 0)
+        announce_address();
+    pid_t server = listener >= 0 || tcp >= 0 ? start_server(listener, tcp, workspace_id) : -1;
     /* The host waits for this line: proof that code runs in the sandbox. */
     fputs(READY_LINE "\n", stdout);
     fflush(stdout);
@@ -316,24 +398,27 @@ static int cmd_init(int argc, char **argv) {
             /* SIGCHLDs coalesce: reap everything on each wake-up.  The control server
              * comes back if something killed it. */
             if (gone == server)
-                server = listener >= 0 ? start_server(listener, workspace_id) : -1;
+                server = listener >= 0 || tcp >= 0 ? start_server(listener, tcp, workspace_id) : -1;
         }
         long long wait = next_check - now_ns();
         struct timespec tick = {0, wait > 0 ? wait : 0};
         int sig = max_memory > 0 ? sigtimedwait(&set, NULL, &tick) : sigwaitinfo(&set, NULL);
         if (sig == SIGTERM || sig == SIGINT)
             return 128 + sig;   /* ended by a signal: the engine restarts an on-failure workspace after its own restart */
-        if (sig == SIGUSR1 && listener >= 0) {
-            if (server > 0 && kill(server, SIGTERM) == 0)
+        if (sig == SIGUSR1 && server > 0) {
+            if (kill(server, SIGTERM) == 0)
                 while (waitpid(server, NULL, 0) < 0 && errno == EINTR)
                     ;   /* it ends once every worker has, so nothing holds the socket after */
             server = -1;
-            close(listener);
-            listener = -1;
-            unlink(socket_path);   /* the host's sign that nothing holds it */
-        } else if (sig == SIGUSR2 && listener < 0 && socket_path) {
-            listener = listen_on(socket_path);
-            server = listener >= 0 ? start_server(listener, workspace_id) : -1;
+            if (listener >= 0) {
+                close(listener);
+                listener = -1;
+                unlink(socket_path);   /* the host's sign that nothing holds it */
+            }
+        } else if (sig == SIGUSR2 && server < 0) {
+            if (listener < 0 && socket_path)
+                listener = listen_on(socket_path);
+            server = listener >= 0 || tcp >= 0 ? start_server(listener, tcp, workspace_id) : -1;
         }
         if (max_memory <= 0 || now_ns() < next_check)
             continue;   /* on the clock, not on every exit: SIGCHLDs may never stop */
@@ -419,7 +504,7 @@ static ssize_t pump(struct stream *s) {
     unsigned long long room = max_bytes + 1 - s->sent;
     size_t len = (unsigned long long)n < room ? (size_t)n : (size_t)room;
     if (len > 0 && emit(s->out, buf, len) < 0) {
-        if (errno == EPIPE) {   /* the host went away: stop the work */
+        if (errno == EPIPE || errno == ECONNRESET) {   /* the host went away: stop the work */
             kill_group();
             _exit(141);
         }
@@ -441,21 +526,21 @@ static void poll_streams(struct stream *ss, const struct timespec *tp, const sig
             pump(&ss[i]);
 }
 
-/* Close every fd >= 3 but keep1/keep2.  Lists /proc/self/fd, which stays
+/* Close every fd >= 3 but keep1/keep2/keep3.  Lists /proc/self/fd, which stays
  * cheap under a huge RLIMIT_NOFILE; falls back to a bounded loop. */
-void close_other_fds(int keep1, int keep2) {
+void close_other_fds(int keep1, int keep2, int keep3) {
     int fds[1024], count = 0;
     DIR *d = opendir("/proc/self/fd");
     struct dirent *de;
     while (d && (de = readdir(d)) != NULL && count < 1024) {
         int fd = atoi(de->d_name);   /* "." and ".." give 0 */
-        if (fd >= 3 && fd != keep1 && fd != keep2 && fd != dirfd(d))
+        if (fd >= 3 && fd != keep1 && fd != keep2 && fd != keep3 && fd != dirfd(d))
             fds[count++] = fd;
     }
     if (d)
         closedir(d);
     for (int fd = 3; !d && fd < 65536; fd++)
-        if (fd != keep1 && fd != keep2)
+        if (fd != keep1 && fd != keep2 && fd != keep3)
             close(fd);
     for (int i = 0; i < count; i++)
         close(fds[i]);
@@ -477,7 +562,7 @@ static void spawn_drainer(struct stream *ss) {
     int devnull = open("/dev/null", O_RDWR);
     for (int fd = 0; fd < 3; fd++)
         dup2(devnull, fd);
-    close_other_fds(ss[0].fd, ss[1].fd);   /* the control connection too */
+    close_other_fds(ss[0].fd, ss[1].fd, -1);   /* the control connection too */
     frame_fd = -1;
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
@@ -959,7 +1044,11 @@ static int cmd_probe(int argc, char **argv) {
  * socket as its stdin and its output framed (emit, and stdio through
  * framed_stream), so it behaves exactly as under `docker exec`.  That process
  * (a worker) was forked before the connection came, and serves the next call
- * when this one leaves nothing behind: a fork costs 5-8 ms under gVisor. */
+ * when this one leaves nothing behind: a fork costs 5-8 ms under gVisor.
+ *
+ * On the TCP listener (-T), the same, after the handshake of handshake.c: a
+ * connection that does not prove it knows the channel key is closed before
+ * the hello, and its worker waits for the next one. */
 #define MAX_REQUEST (64 << 20)
 
 static int dispatch(int argc, char **argv);
@@ -1073,9 +1162,12 @@ static void warm_up(void) {
     fflush(stdout);
 }
 
+/* The listeners a worker accepts calls on: the Unix socket (-S) and the TCP port (-T), -1 if none. */
+static int unix_listener = -1, tcp_listener = -1;
+
 /* What a call may have changed in its worker, put back: the worker is then as it was
  * before the call (cwd, environment, stdio, signals, fds; zombies reaped). */
-static void after_call(int s, int server, const char *cwd, char **env, FILE *out, FILE *err) {
+static void after_call(int server, const char *cwd, char **env, FILE *out, FILE *err) {
     if (stdout != out) {   /* the framed streams, flushed by leave() */
         fclose(stdout);
         stdout = out;
@@ -1096,7 +1188,7 @@ static void after_call(int s, int server, const char *cwd, char **env, FILE *out
     int null = open("/dev/null", O_RDONLY);
     if (null >= 0 && dup2(null, 0) == 0)
         close(null);
-    close_other_fds(s, server);   /* the connection, and whatever the call left open */
+    close_other_fds(unix_listener, tcp_listener, server);   /* the connection, and whatever the call left open */
     prctl(PR_SET_CHILD_SUBREAPER, 0);
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
@@ -1110,16 +1202,41 @@ static void after_call(int s, int server, const char *cwd, char **env, FILE *out
 /* Calls one worker serves at most: whatever a call leaks stays bounded. */
 #define WORKER_CALLS 1000
 
+/* The next connection on either listener (both non-blocking: the workers wait on them
+ * together, and the one that loses a race waits again); *tcp says which. */
+static int accept_call(int *tcp) {
+    struct pollfd p[2] = {{.fd = unix_listener, .events = POLLIN}, {.fd = tcp_listener, .events = POLLIN}};
+    for (;;) {
+        if (poll(p, 2, -1) < 0) {
+            if (errno != EINTR)
+                usleep(10000);
+            continue;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (p[i].fd < 0 || !p[i].revents)
+                continue;
+            int c = accept4(p[i].fd, NULL, NULL, SOCK_CLOEXEC);
+            if (c >= 0) {
+                *tcp = i == 1;
+                return c;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+                usleep(10000);   /* EMFILE and the like: do not spin */
+        }
+    }
+}
+
 /* A worker: waits for a connection, tells the server ('t') and serves it.  After a call
  * that leaves nothing behind it asks the server ('f') whether to wait for another ('k')
  * or end; otherwise it ends, and the server makes another when it needs one.  Serving
  * calls one after another without a fork matters under gVisor, where a fork costs 5-8 ms of
- * the sandbox's CPU and slows the call that runs meanwhile. */
-static void worker(int s, const char *id, int server, pid_t server_pid) {
+ * the sandbox's CPU and slows the call that runs meanwhile.  A TCP connection is first
+ * authenticated ('h' while it is, 'r' when refused: the worker then waits again). */
+static void worker(const char *id, int server, pid_t server_pid) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);   /* no idle worker outlives its server, which init replaces */
     if (getppid() != server_pid)
         _exit(0);   /* it died before the line above: no signal will come */
-    close_other_fds(s, server);   /* the server's ends of the other workers' sockets */
+    close_other_fds(unix_listener, tcp_listener, server);   /* the server's ends of the other workers' sockets */
     warm_up();
     char cwd[PATH_MAX];
     size_t count = 0;
@@ -1132,10 +1249,17 @@ static void worker(int s, const char *id, int server, pid_t server_pid) {
     FILE *out = stdout, *err = stderr;
     worker_pid = getpid();
     for (int calls = 1;; calls++) {
-        int c;
-        while ((c = accept4(s, NULL, NULL, SOCK_CLOEXEC)) < 0)
-            if (errno != EINTR)
-                usleep(10000);   /* EMFILE and the like: do not spin */
+        int tcp;
+        int c = accept_call(&tcp);
+        if (tcp) {
+            if (write(server, "h", 1) < 0) { /* the server is gone: PDEATHSIG ends us */ }
+            if (handshake(c, channel_key, id) < 0) {
+                close(c);   /* unread: not a byte of what it sent past its proof */
+                calls--;
+                if (write(server, "r", 1) < 0) { /* as above */ }
+                continue;
+            }
+        }
         prctl(PR_SET_PDEATHSIG, 0);   /* a call under way finishes whatever happens to the server */
         if (write(server, "t", 1) < 0) { /* the server is gone: serve anyway */ }
         sigjmp_buf done;
@@ -1149,7 +1273,7 @@ static void worker(int s, const char *id, int server, pid_t server_pid) {
         if (!keep_worker || calls >= WORKER_CALLS || write(server, "f", 1) != 1 || read(server, &verdict, 1) != 1 ||
             verdict != 'k')
             _exit(0);
-        after_call(s, server, cwd, env, out, err);
+        after_call(server, cwd, env, out, err);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != server_pid)
             _exit(0);
@@ -1175,15 +1299,18 @@ static int listen_on(const char *path) {
     return s;
 }
 
-/* The control server on listening socket `s`.  It keeps SPARES workers waiting.  When one
- * takes a call, the replacement is made only after REFILL_MS (at once when none is left):
- * the call usually ends before, and its worker waits again, so that calls one after another
- * cost no fork at all. */
+/* The control server on listening sockets `s` (Unix) and `t` (TCP), either -1.  It keeps SPARES
+ * workers waiting.  When one takes a call, the replacement is made only after REFILL_MS (at once
+ * when none is left): the call usually ends before, and its worker waits again, so that calls one
+ * after another cost no fork at all.  Workers in a TCP handshake are not waiting, but past
+ * MAX_HANDSHAKES of them no replacement is made until one ends: connections that never prove
+ * anything cost the sandbox a bounded number of processes, for HANDSHAKE_MS at most each. */
 #define SPARES 2
 #define REFILL_MS 100
 #define MAX_WORKERS 1024
+#define MAX_HANDSHAKES 8
 
-enum { IDLE, BUSY, ENDING };
+enum { IDLE, HANDSHAKE, BUSY, ENDING };
 
 static volatile sig_atomic_t server_ending;
 
@@ -1192,7 +1319,7 @@ static void on_server_term(int sig) {
     server_ending = 1;
 }
 
-static pid_t start_server(int s, const char *id) {
+static pid_t start_server(int s, int t, const char *id) {
     pid_t init = getpid();
     pid_t pid = fork();
     if (pid != 0)
@@ -1217,8 +1344,12 @@ static pid_t start_server(int s, const char *id) {
     static int state[MAX_WORKERS];
     static pid_t pids[MAX_WORKERS];
     pid_t self = getpid();
-    int count = 0, idle = 0;
+    int count = 0, idle = 0, handshakes = 0;
     long long refill_at = 0;
+    unix_listener = s;
+    tcp_listener = t;
+    if (s >= 0)   /* workers poll both listeners: a lost race must not block in accept */
+        fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK);
     for (;;) {
         if (server_ending) {
             /* Busy workers too: a call under way ends with the socket.  With SIGCHLD ignored,
@@ -1229,14 +1360,15 @@ static pid_t start_server(int s, const char *id) {
                 ;
             _exit(0);
         }
-        while (idle < SPARES && count < MAX_WORKERS && (idle == 0 || now_ns() >= refill_at)) {
+        while (idle < SPARES && count < MAX_WORKERS && handshakes < MAX_HANDSHAKES &&
+               (idle == 0 || now_ns() >= refill_at)) {
             int pair[2];
             pid_t w = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0 ? -1 : fork();
             if (w == 0) {
                 close(pair[0]);
                 signal(SIGTERM, SIG_DFL);
                 sigprocmask(SIG_SETMASK, &none, NULL);
-                worker(s, id, pair[1], self);
+                worker(id, pair[1], self);
             }
             if (w < 0) {
                 sleep(1);   /* out of processes: the workload's task limit; try again */
@@ -1259,8 +1391,17 @@ static pid_t start_server(int s, const char *id) {
             ssize_t n = read(workers[i].fd, &said, 1);
             if (n < 0 && errno == EINTR)
                 continue;
-            if (n == 1 && said == 't') {
+            if (n == 1 && said == 'h') {
                 idle -= state[i] == IDLE;
+                handshakes += state[i] != HANDSHAKE;
+                state[i] = HANDSHAKE;
+            } else if (n == 1 && said == 'r') {
+                handshakes -= state[i] == HANDSHAKE;
+                idle += state[i] != IDLE;
+                state[i] = IDLE;
+            } else if (n == 1 && said == 't') {
+                idle -= state[i] == IDLE;
+                handshakes -= state[i] == HANDSHAKE;
                 state[i] = BUSY;
                 refill_at = now_ns() + REFILL_MS * 1000000LL;
             } else if (n == 1 && said == 'f') {
@@ -1270,6 +1411,7 @@ static pid_t start_server(int s, const char *id) {
                 if (write(workers[i].fd, keep ? "k" : "x", 1) < 0) { /* it died: EOF follows */ }
             } else {   /* EOF: it ended, or something killed it */
                 idle -= state[i] == IDLE;
+                handshakes -= state[i] == HANDSHAKE;
                 close(workers[i].fd);
                 workers[i] = workers[--count];
                 pids[i] = pids[count];

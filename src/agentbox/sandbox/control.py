@@ -1,10 +1,14 @@
-"""The helper's control socket: a `Transport` that reaches it without `docker exec`.
+"""The helper's control protocol over a socket of its own, and its Unix socket: `Transport`s without `docker exec`.
 
 In a workspace made with a control directory, the helper's init keeps a server on a Unix
 socket there (agentbox-exec.c, "serve"); the directory is bind-mounted from the host, so the
 server connects to it like any local socket, with no network in the workspace. Each call
 is one connection: the helper says who it is, takes the request, and answers in frames
 (1 stdout, 2 stderr, 3 exit code, 4 could not start). Binary data travels as it is.
+
+The same protocol goes over TCP (tcp.py) once a handshake has proved both ends know the
+workspace's channel key: `FramedTransport` is what the two share, and they differ only in how
+the socket is opened (`_open`).
 
 Why a socket rather than `docker exec`: each exec costs the engine a new runsc process and
 a round trip through dockerd and containerd (~60 ms under gVisor here); a connection costs
@@ -20,7 +24,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from agentbox.errors import BadRequest, ProviderError
@@ -51,6 +55,14 @@ READ_SIZE = 64 << 10
 
 class ControlSocketError(Exception):
     """The socket cannot be used (no server, someone else answered): the caller may fall back."""
+
+
+def encode_request(invocation: Invocation) -> bytes:
+    """The request as the helper reads it: u32 length, then NUL-terminated cwd, env count, env, argv."""
+    entries = [f"{key}={value}" for key, value in (invocation.env or {}).items()]
+    fields = [invocation.cwd or "", str(len(entries)), *entries, *invocation.argv]
+    request = b"".join(field.encode() + b"\0" for field in fields)
+    return struct.pack(">L", len(request)) + request
 
 
 class SocketStream:
@@ -175,36 +187,85 @@ class SocketCall(SocketStream):
         return self._exit
 
 
-class ControlSocketTransport:
-    """The helper of workspace `workspace_id` at the socket `path` (a `Transport` of the channel)."""
+class FramedTransport:
+    """The helper of workspace `workspace_id` over a socket of this transport's own (a `Transport` of the
+    channel): the request, the helper's hello, then its frames, whatever the socket is.
 
-    def __init__(self, path: Path, workspace_id: str) -> None:
-        self.path = path
-        self.workspace_id = workspace_id
+    A subclass says how the socket is opened (`_open`: connected, and whoever answers proven to be
+    this workspace's helper as far as the transport can tell before the request goes) and what to
+    call the other end in errors (`where`).
+    """
+
+    workspace_id: str
+
+    @property
+    def where(self) -> str:
+        raise NotImplementedError
+
+    def _open(self) -> socket.socket:
+        """A connected socket, its timeout HELLO_SECONDS; OSError or ControlSocketError when there is none."""
+        raise NotImplementedError
 
     def call(self, invocation: Invocation) -> SocketCall:
         """Raises ControlSocketError when nothing (or the wrong helper) answers: then fall back to another way in."""
-        entries = [f"{key}={value}" for key, value in (invocation.env or {}).items()]
-        fields = [invocation.cwd or "", str(len(entries)), *entries, *invocation.argv]
-        request = b"".join(field.encode() + b"\0" for field in fields)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        return self._call(self._open, self.where, invocation)
+
+    def _call(self, opener: Callable[[], socket.socket], where: str, invocation: Invocation) -> SocketCall:
+        request = encode_request(invocation)
         try:
-            sock.settimeout(HELLO_SECONDS)
-            self._connect(sock)
+            sock = opener()
+        except OSError as exc:
+            raise ControlSocketError(f"{where}: {exc}") from None
+        try:
             # The request goes before the helper's hello is read: waking the sandbox once rather than
-            # twice saves milliseconds under gVisor. `_connect` makes sure only this workspace listens.
-            sock.sendall(struct.pack(">L", len(request)) + request)
-            self._check_hello(sock)
+            # twice saves milliseconds under gVisor. `_open` made sure only this workspace's helper listens.
+            sock.sendall(request)
+            self._check_hello(sock, where)
             sock.settimeout(None)
         except OSError as exc:
             sock.close()
-            raise ControlSocketError(f"{self.path}: {exc}") from None
+            raise ControlSocketError(f"{where}: {exc}") from None
         except BaseException:
             sock.close()
             raise
         if not invocation.stdin:
             sock.shutdown(socket.SHUT_WR)
         return SocketCall(sock, invocation.deadline, invocation.idle)
+
+    def _check_hello(self, sock: socket.socket, where: str) -> None:
+        # Whoever answers must say it is this workspace's helper: a socket left from an earlier
+        # workspace with the same directory, or a workload's own listener, is not.
+        expected = MAGIC + b" " + self.workspace_id.encode() + b"\n"
+        hello = b""
+        while len(hello) < len(expected):  # not a byte more: the answer follows at once
+            data = sock.recv(len(expected) - len(hello))
+            if not data:
+                break
+            hello += data
+        if hello != expected:
+            raise ControlSocketError(f"{where}: answered {hello[:80]!r}, not the helper of {self.workspace_id}")
+
+
+class ControlSocketTransport(FramedTransport):
+    """The helper of workspace `workspace_id` at the Unix socket `path` (a `Transport` of the channel)."""
+
+    def __init__(self, path: Path, workspace_id: str) -> None:
+        self.path = path
+        self.workspace_id = workspace_id
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def _open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(HELLO_SECONDS)
+            self._connect(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def _connect(self, sock: socket.socket) -> None:
         # The socket lives in a directory the workspace can write to: a workload could swap it for a
@@ -219,28 +280,17 @@ class ControlSocketTransport:
         finally:
             os.close(fd)
 
-    def _check_hello(self, sock: socket.socket) -> None:
-        # Whoever answers must say it is this workspace's helper: a socket left from an earlier
-        # workspace with the same directory, or a workload's own listener, is not.
-        expected = MAGIC + b" " + self.workspace_id.encode() + b"\n"
-        hello = b""
-        while len(hello) < len(expected):  # not a byte more: the answer follows at once
-            data = sock.recv(len(expected) - len(hello))
-            if not data:
-                break
-            hello += data
-        if hello != expected:
-            raise ControlSocketError(f"{self.path}: answered {hello[:80]!r}, not the helper of {self.workspace_id}")
-
 
 class SocketFirst:
-    """The control socket when it answers, else `fallback` (a `Transport` of the channel).
+    """`primary` (the control socket, or the TCP channel) when it answers, else `fallback` (a `Transport`
+    of the channel); `primary` raises ControlSocketError when it cannot be used.
 
-    The fallback serves workspaces made before they had a control socket, and runtimes that
-    cannot pass a Unix socket through to the host (runsc without --host-uds=create).
+    The fallback serves workspaces made before they had a control socket (or a TCP listener),
+    runtimes that cannot pass a Unix socket through to the host (runsc without --host-uds=create),
+    and workspaces without network over TCP (they have no address).
     """
 
-    def __init__(self, primary: ControlSocketTransport, fallback: Transport) -> None:
+    def __init__(self, primary: Transport, fallback: Transport) -> None:
         self.primary = primary
         self.fallback = fallback
 

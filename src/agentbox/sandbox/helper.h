@@ -20,7 +20,7 @@ int send_frame(int fd, int kind, const void *data, size_t len);
 int emit(int stream, const char *buf, size_t len);
 int read_exactly(int fd, char *buf, size_t len);
 long long now_ns(void);
-void close_other_fds(int keep1, int keep2);
+void close_other_fds(int keep1, int keep2, int keep3);
 void apply_task_limit(void);
 const char *command_path(const char *name, char *buf, size_t size);
 int exec_result(int ep, pid_t child);
@@ -38,5 +38,12 @@ int cmd_watch(int argc, char **argv);
 
 /* connect.c */
 int cmd_connect(int argc, char **argv);
+
+/* handshake.c: the helper channel over TCP */
+#define CHANNEL_KEY_BYTES 32
+int load_channel_key(const char *path, long workload, unsigned char key[CHANNEL_KEY_BYTES]);
+int listen_tcp(int port);
+int handshake(int c, const unsigned char key[CHANNEL_KEY_BYTES], const char *id);
+void announce_address(void);
 
 #endif

@@ -354,7 +354,7 @@ static void run_shim(char **cmd, int want_stdin, int cols, int rows, const char 
     int null = open("/dev/null", O_RDWR);
     for (int fd = 0; fd < 3; fd++)
         dup2(null, fd);
-    close_other_fds(report, -1);   /* the control connection above all */
+    close_other_fds(report, -1, -1);   /* the control connection above all */
     frame_fd = -1;
     signal(SIGPIPE, SIG_IGN);
     signal(SIGTERM, SIG_DFL);

@@ -38,6 +38,7 @@ from agentbox.providers.base import (
     WatchEvent,
     WorkspaceSpec,
 )
+from agentbox.providers.docker.channel import ROOT_START_CAPABILITIES, SECRET_IN_WORKSPACE, TcpChannel
 from agentbox.providers.docker.checkpoints import LET_GO_OF_SOCKET, LISTEN_AGAIN, Checkpoints
 from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
 from agentbox.providers.docker.engine import EngineTransport, Frames, engine_errors
@@ -56,6 +57,7 @@ from agentbox.sandbox import (
 from agentbox.sandbox.channel import HelperChannel, Transport
 from agentbox.sandbox.control import ControlSocketTransport, SocketFirst
 from agentbox.sandbox.processes import HelperProcesses
+from agentbox.sandbox.tcp import TcpTransport
 from agentbox.sandbox.tunnel import Tunnel
 
 log = logging.getLogger("agentbox.providers.docker")
@@ -107,13 +109,17 @@ class DockerProvider(Provider):
         network: WorkspaceNetwork | None = None,
         control_root: Path | None = None,
         checkpoint_runtime: str | None = None,
+        tcp_channel: TcpChannel | None = None,
     ) -> None:
         """`network`: the fenced workspace network (WORKSPACE_NETWORK_NAME); None puts workspaces that may
         reach the internet on Docker's default bridge, with no firewall, and refuses allow lists.
         `control_root`: where each workspace's control directory is made (its helper's socket); None: every
         command and file operation goes through the Engine API's exec.
         `checkpoint_runtime`: the runtime of workspaces without network, which the engine can checkpoint,
-        so that a pause keeps their memory; None: pauses keep files only."""
+        so that a pause keeps their memory; None: pauses keep files only.
+        `tcp_channel`: reach the helper of each workspace with a network over TCP, at its address
+        (WORKSPACE_HELPER_CHANNEL=tcp, channel.py); the control socket, then the Engine API's exec,
+        remain for workspaces without network and for those made without the listener."""
         self.client = client
         self.network = network
         self.control_root = control_root
@@ -124,6 +130,7 @@ class DockerProvider(Provider):
         self.helper = helper
         self.instance = instance
         self.checkpoint_runtime = checkpoint_runtime
+        self.tcp_channel = tcp_channel
         self.checkpoints = Checkpoints(client)
         self._isolation = isolation
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
@@ -203,7 +210,17 @@ class DockerProvider(Provider):
             host_pids = spec.pids_limit * GVISOR_HOST_PIDS_PER_TASK + 256
         if self.control_root is not None:
             binds.append((self._control_dir(spec.id), CONTROL_IN_WORKSPACE, False))
-            init += ["-S", f"{CONTROL_IN_WORKSPACE}/{CONTROL_SOCKET}", "-I", spec.id]
+            init += ["-S", f"{CONTROL_IN_WORKSPACE}/{CONTROL_SOCKET}"]
+        user, capabilities = self.user, []
+        if self.tcp_channel is not None and spec.network != "none":
+            # The key is root's alone in the sandbox: init starts as root, reads it and becomes the workspace's
+            # user before anything else runs (agentbox-exec.c, cmd_init). A workspace without network has no
+            # address to listen on: it keeps the Unix socket, and starts as the workspace's user.
+            binds.append((self.tcp_channel.install_key(spec.id), SECRET_IN_WORKSPACE, True))
+            init += self.tcp_channel.init_arguments(spec.id, self.user)
+            user, capabilities = "0:0", ROOT_START_CAPABILITIES
+        if self.control_root is not None or self.tcp_channel is not None:
+            init += ["-I", spec.id]
         labels = {WORKSPACE_LABEL: spec.id, INSTANCE_LABEL: self.instance}
         runtime = self.checkpoint_runtime if spec.network == "none" and self.checkpoint_runtime else self.runtime
         options: dict[str, Any] = {
@@ -211,7 +228,7 @@ class DockerProvider(Provider):
             "hostname": spec.id.replace("_", "-"),
             "labels": labels,
             "runtime": runtime,
-            "user": self.user,
+            "user": user,
             "working_dir": "/workspace",
             "environment": {"HOME": home},
             "mounts": [Mount(target, str(source), type="bind", read_only=ro) for source, target, ro in binds],
@@ -225,6 +242,7 @@ class DockerProvider(Provider):
             # after an engine restart; its files live on the disk and survive. `stop` still stops.
             "restart_policy": RESTARTING_UNLESS_CHECKPOINTED if runtime == self.checkpoint_runtime else RESTARTING,
             "cap_drop": ["ALL"],
+            "cap_add": capabilities,
             "security_opt": ["no-new-privileges"],
         }
         if spec.network == "none":
@@ -286,6 +304,7 @@ class DockerProvider(Provider):
         )
 
     def start(self, ref: str) -> None:
+        self._forget_address(ref)
         self.disks.ensure_mounted(_workspace_id(ref))
         if self.checkpoint_runtime is not None and self.checkpoints.exists(ref):
             self._resume(ref)
@@ -315,6 +334,7 @@ class DockerProvider(Provider):
             self.checkpoints.remove(ref)
 
     def stop(self, ref: str) -> None:
+        self._forget_address(ref)
         with engine_errors("stopping the workspace"):
             self.client.api.stop(ref, timeout=STOP_TIMEOUT)
 
@@ -419,6 +439,8 @@ class DockerProvider(Provider):
         self.disks.destroy(workspace_id)
         if self.control_root is not None:
             shutil.rmtree(self.control_root / workspace_id, ignore_errors=True)
+        if self.tcp_channel is not None:
+            self.tcp_channel.remove_key(workspace_id)
         if self.network is not None:
             try:
                 self.network.leave(workspace_id)
@@ -484,15 +506,43 @@ class DockerProvider(Provider):
         return directory
 
     def _transport(self, ref: str) -> Transport:
-        """Into the sandbox through the helper's control socket, or the Engine API's exec when there is none."""
-        engine = EngineTransport(self.client, ref, self.user)
-        if self.control_root is None:
-            return engine
+        """Into the sandbox over TCP (WORKSPACE_HELPER_CHANNEL=tcp) or through the helper's control socket, with
+        the Engine API's exec behind either for a workspace that has neither."""
+        transport = self._fallback(ref)
         workspace_id = _workspace_id(ref)
-        socket_path = self.control_root / workspace_id / CONTROL_SOCKET
-        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
-            return engine
-        return SocketFirst(ControlSocketTransport(socket_path, workspace_id), engine)
+        if self.control_root is not None:
+            socket_path = self.control_root / workspace_id / CONTROL_SOCKET
+            if len(os.fsencode(socket_path)) <= MAX_SOCKET_PATH:
+                transport = SocketFirst(ControlSocketTransport(socket_path, workspace_id), transport)
+        if self.tcp_channel is not None:
+            channel = self.tcp_channel
+
+            def addresses(fresh: bool) -> str | None:
+                return channel.address(workspace_id, fresh, lambda: self._inspect(ref))
+
+            tcp = TcpTransport(workspace_id, channel.key(workspace_id), channel.port, addresses)
+            transport = SocketFirst(tcp, transport)
+        return transport
+
+    def _fallback(self, ref: str) -> Transport:
+        """The way in when the helper's own listeners cannot be used: the Engine API's exec."""
+        return EngineTransport(self.client, ref, self.user)
+
+    def _inspect(self, ref: str) -> dict[str, Any]:
+        with engine_errors("inspecting the workspace"):
+            found: dict[str, Any] = self.client.api.inspect_container(ref)
+        return found
+
+    def _forget_address(self, ref: str) -> None:
+        if self.tcp_channel is not None:
+            self.tcp_channel.forget(_workspace_id(ref))
+
+    def reserved_ports(self, ref: str) -> frozenset[int]:
+        if self.tcp_channel is None:
+            return frozenset()
+        channel, workspace_id = self.tcp_channel, _workspace_id(ref)
+        listens = channel.address(workspace_id, False, lambda: self._inspect(ref)) is not None
+        return frozenset({channel.port} if listens else ())
 
     def _channel(self, ref: str) -> HelperChannel:
         return HelperChannel(self._transport(ref))
