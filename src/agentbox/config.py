@@ -13,7 +13,7 @@ import re
 import secrets
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from limits import parse as parse_rate
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
