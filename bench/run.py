@@ -31,6 +31,7 @@ import docker
 import httpx
 from hostile_helper import hostile_helper
 from idle_websockets import idle_websockets
+from replica_bursts import replica_bursts, report_alone
 
 KEY = "bench-key-0123456789abcdef"
 IMAGE = os.environ.get("WORKSPACE_IMAGE", "agentbox/workspace:bookworm")
@@ -108,7 +109,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="samples per measurement (default 15)")
     parser.add_argument("--idle", type=int, default=10, help="idle workspaces for the density measurement")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "latest.json")
+    parser.add_argument(
+        "--output", type=Path, help="where the results go (default results/latest.json, or results/ONLY.json)"
+    )
+    parser.add_argument("--only", choices=["replicas"], help="run this section alone")
     parser.add_argument("--skip-workloads", action="store_true", help="leave out the real-workload section")
     parser.add_argument(
         "--websockets", type=int, default=300, help="idle proxied WebSockets beside an API call (default 300)"
@@ -118,6 +122,10 @@ def main() -> None:
         "--crowd", type=int, default=100, help="idle workspaces on the network for the crowded burst rows (default 100)"
     )
     args = parser.parse_args()
+    output = args.output or Path(__file__).parent / "results" / f"{args.only or 'latest'}.json"
+    if args.only == "replicas":
+        report_alone(replica_bursts(args.burst, KEY, create_and_exec, burst_of), output)
+        return
 
     engine = docker.from_env(max_pool_size=64)  # the bursts' threads call the same URLs at once
     project = None if args.skip_workloads else download_project()
@@ -159,7 +167,8 @@ def main() -> None:
         with fenced_network(engine), server(Path(pool_dir), **pooled) as api:
             results |= pool_bursts(api, engine, args.burst)
         results |= firewall_changes()
-    report(results, density, workloads, runtime, args.output)
+    results |= replica_bursts(args.burst, KEY, create_and_exec, burst_of)
+    report(results, density, workloads, runtime, output)
 
 
 #: base URL -> PID of the bench's servers (for their memory).
@@ -868,6 +877,10 @@ def report(
             ratios[f"burst_api_over_raw{crowded}_p50"] = round(
                 summary[f"burst_api{crowded}"]["p50_ms"] / summary[f"burst_raw{crowded}"]["p50_ms"], 2
             )
+    if "burst_replicas_1" in summary:
+        ratios["burst_replicas_3_over_1_p50"] = round(
+            summary["burst_replicas_3"]["p50_ms"] / summary["burst_replicas_1"]["p50_ms"], 2
+        )
     for firewall in ("firewall", "firewall_check"):
         if f"{firewall}_200" in summary:
             ratios[f"{firewall}_200_over_1_p50"] = round(
