@@ -5,11 +5,13 @@
 #
 # Every replica is an `agentbox serve --reuse-port` on $HOST:$PORT: the kernel (SO_REUSEPORT) spreads
 # incoming connections between them, and a replica that stops or dies drops out of the spread on its
-# own, so there is no proxy to run. They share the data directory ($DATA_DIR: the token secret, the
-# workspaces' disks) and a PostgreSQL database of their own ($DATABASE, on the cluster of
-# scripts/start-postgres.sh), and are named r1..rN (WORKSPACE_REPLICA_ID). r1 starts first and
-# migrates the database; the others follow. Ctrl-C (or SIGTERM) stops them all; the last one out
-# removes the warm pool. Each replica's log is $DATA_DIR/replica-rK.log.
+# own, so there is no proxy to run. They share a data directory ($DATA_DIR/replicas: the token
+# secret, the workspaces' disks) and a PostgreSQL database ($DATABASE, on the cluster of
+# scripts/start-postgres.sh), both their own: a deployment of its own beside the one-server `make
+# run` (whose SQLite and disks are in $DATA_DIR), which they never take for theirs. They are named
+# r1..rN (WORKSPACE_REPLICA_ID). r1 starts first and migrates the database; the others follow.
+# Ctrl-C (or SIGTERM) stops them all; the last one out removes the warm pool. Each replica's log is
+# $DATA_DIR/replicas/replica-rK.log.
 #
 # Environment (the Makefile sets it): DATA_DIR, HOST, PORT, NETWORK, API_KEY, and optionally
 # DATABASE (default agentbox_replicas) and any WORKSPACE_* setting, passed on to every replica.
@@ -21,6 +23,8 @@ COUNT=${1:?usage: $0 REPLICAS}
 DATABASE=${DATABASE:-agentbox_replicas}
 [[ "$DATABASE" =~ ^[a-z_][a-z0-9_]*$ ]] || { echo "error: DATABASE must be a plain name, not '$DATABASE'" >&2; exit 2; }
 HERE=$(cd "$(dirname "$0")/.." && pwd)
+DATA_DIR="$DATA_DIR/replicas"
+mkdir -p "$DATA_DIR" && chmod 700 "$DATA_DIR"
 PYTHON="$HERE/.venv/bin/python"
 
 echo "==> PostgreSQL (scripts/start-postgres.sh), database $DATABASE" >&2
