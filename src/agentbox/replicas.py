@@ -111,6 +111,7 @@ class Replica:
         self._renew_at = float("-inf")
         self._was_leading = False
         self._displaced = False
+        self._left_last = False  # whether no other replica was alive when this one left
         self._leader: str | None = None
         self._alive: list[str] = []
         self._stop = threading.Event()
@@ -188,7 +189,7 @@ class Replica:
         self._threads.clear()
         self._lease_until = float("-inf")
         if self._started_at is None:
-            return not self.others_alive()
+            return self._left_last
         try:
             with self.store.session() as session:
                 now = self._clock(session)
@@ -201,11 +202,11 @@ class Replica:
             if given_up:
                 self._notify_now("lease")
             self._started_at = None
-            return not self.others_alive()
+            self._left_last = not self.others_alive()
         except SQLAlchemyError as exc:
             # The others take over when the lease and the heartbeat expire; the pool stays for them.
             log.warning("replica %s: leaving the replicas table failed: %s", self.id, exc)
-            return False
+        return self._left_last
 
     # What the others ask
 
