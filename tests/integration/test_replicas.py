@@ -262,3 +262,27 @@ def test_of_replicas_bidding_at_once_for_a_free_lease_one_wins(postgres_url: str
             bidders.remove(winner)
     finally:
         store.close()
+
+
+def test_a_change_on_one_replica_wakes_the_others_through_the_database(postgres_url: str) -> None:
+    # A claim or a delete on a replica that does not lead must wake the leader's pool refill at once
+    # (NOTIFY), not at its next round; and a lease given up at shutdown is taken without waiting.
+    store = Store(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    store.migrate()
+    one, two = Replica(store, "n1"), Replica(store, "n2")
+    woken = threading.Event()
+    try:
+        one.join()
+        two.join()
+        assert one.leads() and not two.leads()
+        one.on_change = woken.set
+        eventually(lambda: (two.nudge(), woken.wait(0.5))[1], timeout=20)  # once its LISTEN is in place
+        woken.clear()
+        two.on_change = woken.set
+        assert one.leave() is False  # two is alive
+        eventually(two.leads, timeout=5)  # not after the lease's 15 s: at its nudge, or its next beat at worst
+        assert woken.is_set()  # told that it leads now
+    finally:
+        one.leave()
+        two.leave()
+        store.close()
