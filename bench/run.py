@@ -29,6 +29,9 @@ from typing import Any
 
 import docker
 import httpx
+from channels import helper_channels
+from channels import ratios as channel_ratios
+from channels import report_alone as report_channels
 from hostile_helper import hostile_helper
 from idle_websockets import idle_websockets
 from replica_bursts import replica_bursts, report_alone
@@ -112,7 +115,7 @@ def main() -> None:
     parser.add_argument(
         "--output", type=Path, help="where the results go (default results/latest.json, or results/ONLY.json)"
     )
-    parser.add_argument("--only", choices=["replicas"], help="run this section alone")
+    parser.add_argument("--only", choices=["replicas", "channels"], help="run this section alone")
     parser.add_argument("--skip-workloads", action="store_true", help="leave out the real-workload section")
     parser.add_argument(
         "--websockets", type=int, default=300, help="idle proxied WebSockets beside an API call (default 300)"
@@ -125,6 +128,9 @@ def main() -> None:
     output = args.output or Path(__file__).parent / "results" / f"{args.only or 'latest'}.json"
     if args.only == "replicas":
         report_alone(replica_bursts(args.burst, KEY, create_and_exec, burst_of), output)
+        return
+    if args.only == "channels":
+        report_channels(helper_channels(server, args.rounds), output)
         return
 
     engine = docker.from_env(max_pool_size=64)  # the bursts' threads call the same URLs at once
@@ -156,6 +162,7 @@ def main() -> None:
                     workloads = real_workloads(targets, project)
         with server(Path(warm_dir), WORKSPACE_WARM_POOL_SIZE="2") as api:
             results |= warm_claims(api, args.rounds, pool_size=2)
+        results |= helper_channels(server, args.rounds)
         # Each server makes the network afresh: a workspace network belongs to one deployment.
         with fenced_network(engine), server(Path(burst_dir), **BURST_SERVER) as api:
             results |= bursts(api, engine, runtime, args.burst)
@@ -881,6 +888,7 @@ def report(
         ratios["burst_replicas_3_over_1_p50"] = round(
             summary["burst_replicas_3"]["p50_ms"] / summary["burst_replicas_1"]["p50_ms"], 2
         )
+    ratios |= channel_ratios(results)
     for firewall in ("firewall", "firewall_check"):
         if f"{firewall}_200" in summary:
             ratios[f"{firewall}_200_over_1_p50"] = round(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import get_args
 
@@ -183,6 +184,11 @@ class Service:
         helper = install_helper(settings.data_dir / "bin")
         tcp_channel = None
         if settings.helper_channel == "tcp":  # keys from the server's secret: any replica derives them
+            if os.geteuid() != 0:
+                raise StartupError(
+                    "WORKSPACE_HELPER_CHANNEL=tcp: each workspace's channel key is a file that only root may read (the "
+                    "sandbox's init reads it as root): run agentbox as root, or set WORKSPACE_HELPER_CHANNEL=socket"
+                )
             secret = server_secret(settings.secret_key.get_secret_value(), settings.data_dir)
             tcp_channel = TcpChannel(settings.helper_port, secret, settings.data_dir / "secrets")
         isolation = "gVisor user-space kernel" if self.runtime.gvisor else "container (runc fallback)"
