@@ -191,9 +191,9 @@ class FramedTransport:
     """The helper of workspace `workspace_id` over a socket of this transport's own (a `Transport` of the
     channel): the request, the helper's hello, then its frames, whatever the socket is.
 
-    A subclass says how the socket is opened (`_open`: connected, and whoever answers proven to be
-    this workspace's helper as far as the transport can tell before the request goes) and what to
-    call the other end in errors (`where`).
+    A subclass says how the socket is opened (`_open`, or an opener of its own given to `_call`:
+    connected, and whoever answers proven to be this workspace's helper as far as the transport can
+    tell before the request goes) and what to call the other end in errors (`where`).
     """
 
     workspace_id: str

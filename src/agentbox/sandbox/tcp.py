@@ -58,12 +58,6 @@ class TcpTransport(FramedTransport):
             raise ControlSocketError(f"{self.where}: the workspace has no address (no network)")
         return self._call(lambda: self._open_at(address), f"{self.where} at {address}", invocation)
 
-    def _open(self) -> socket.socket:
-        address = self._addresses(False)
-        if address is None:
-            raise ControlSocketError(f"{self.where}: the workspace has no address (no network)")
-        return self._open_at(address)
-
     def _open_at(self, address: str) -> socket.socket:
         sock = socket.create_connection((address, self.port), timeout=HELLO_SECONDS)
         try:
