@@ -96,8 +96,8 @@ def direct_channels(data_dir: Path, workspace_id: str) -> dict[str, object]:
 
 
 def direct(channel: object, operation: str, megabyte: bytes) -> None:
-    from agentbox.providers.base import ExecRequest, collect
     from agentbox.sandbox.channel import HelperChannel
+    from agentbox.sandbox.runtime import ExecRequest, collect
 
     assert isinstance(channel, HelperChannel)
     if operation == "exec_true":

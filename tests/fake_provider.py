@@ -17,19 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from agentbox.errors import FileError, WorkspaceGone
-from agentbox.providers.base import (
-    Capabilities,
-    DirEntry,
-    ExecEvent,
-    ExecRequest,
-    Exit,
-    FileStat,
-    Output,
-    Provider,
-    ProviderState,
-    Usage,
-    WorkspaceSpec,
-)
+from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
+from agentbox.sandbox.runtime import DirEntry, ExecEvent, ExecRequest, Exit, FileStat, Output
 
 
 @dataclass

@@ -14,7 +14,8 @@ import tarfile
 import pytest
 
 from agentbox.errors import FileError, WorkspaceGone
-from agentbox.providers.base import ExecRequest, FileStat, Provider, WorkspaceSpec
+from agentbox.providers.base import Provider, WorkspaceSpec
+from agentbox.sandbox.runtime import ExecRequest, FileStat
 
 
 def spec(image: str) -> WorkspaceSpec:

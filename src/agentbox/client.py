@@ -20,7 +20,7 @@ from typing import Literal, Required, TypedDict, TypeVar, Unpack
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from agentbox.process_schemas import (
+from agentbox.wire.processes import (
     ProcessList,
     ProcessOut,
     ProcessStreamEvent,
@@ -29,7 +29,7 @@ from agentbox.process_schemas import (
     SessionRunOut,
     process_event,
 )
-from agentbox.schemas import (
+from agentbox.wire.schemas import (
     AuditPage,
     Capacity,
     DirEntryOut,

@@ -20,10 +20,10 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from agentbox.domain import ProviderName as ProviderName  # re-exported: service.py knows it from here
 from agentbox.github.crypto import Keyring, parse_key
-from agentbox.network import NetworkPolicy
-from agentbox.sizes import SizeError, parse_size
+from agentbox.wire.domain import ProviderName as ProviderName  # re-exported: service.py knows it from here
+from agentbox.wire.network import NetworkPolicy
+from agentbox.wire.sizes import SizeError, parse_size
 
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 

@@ -46,10 +46,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from agentbox.errors import AgentboxError, FileError
-from agentbox.providers.base import DirEntry, ExecRequest, FileStat, WatchEvent, WorkspaceSpec
+from agentbox.providers.base import WorkspaceSpec
 from agentbox.providers.docker import DockerProvider, install_helper
 from agentbox.providers.docker.disks import Disks
 from agentbox.sandbox.channel import NO_LIMIT, Invocation
+from agentbox.sandbox.runtime import DirEntry, ExecRequest, FileStat, WatchEvent
 
 from .conftest import free_port
 

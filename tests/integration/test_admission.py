@@ -10,7 +10,7 @@ from pathlib import Path
 import docker
 import httpx
 
-from agentbox.store import Store
+from agentbox.db.store import Store
 
 from .conftest import KEYS, WORKSPACE_LABEL, Server
 

@@ -56,9 +56,9 @@ def test_strangers_leave_nothing_in_a_workspaces_trail_and_the_owner_is_still_re
         assert int(size) > 100 << 10 and trail[0].arguments == {}
         # Nor in the structured log: only alice's two calls are there for this workspace.
         logged = [
-            json.loads(line.split(" agentbox.audit: ", 1)[1])
+            json.loads(line.split(" agentbox.workspaces.audit: ", 1)[1])
             for line in server.log().splitlines()
-            if " agentbox.audit: " in line and workspace.id in line and '"audit": true' in line
+            if " agentbox.workspaces.audit: " in line and workspace.id in line and '"audit": true' in line
         ]
         assert {entry["owner"] for entry in logged} == {"alice"} and len(logged) == 2
     finally:

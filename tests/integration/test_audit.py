@@ -46,9 +46,9 @@ def test_the_trail_lists_an_agents_calls_and_the_log_has_them_as_json(server: Se
         assert "swordfish" not in kept and "marlin" not in kept and "sekrit" not in kept
 
         logged = [
-            json.loads(line.split(" agentbox.audit: ", 1)[1])
+            json.loads(line.split(" agentbox.workspaces.audit: ", 1)[1])
             for line in server.log().splitlines()
-            if " agentbox.audit: " in line and workspace.id in line
+            if " agentbox.workspaces.audit: " in line and workspace.id in line
         ]
         assert [entry["action"] for entry in logged][-9:] == [record.action for record in reversed(trail)]
 

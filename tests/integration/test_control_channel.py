@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.schemas import ErrorEvent, ExitEvent, OutputEvent, WorkspaceOut
+from agentbox.wire.schemas import ErrorEvent, ExitEvent, OutputEvent, WorkspaceOut
 
 from .conftest import Server, eventually
 

@@ -15,7 +15,7 @@ import docker.errors
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.network import AllowList
+from agentbox.wire.network import AllowList
 
 from .conftest import (
     NETWORK,

@@ -11,9 +11,9 @@ import docker
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.process_schemas import ProcessOutputEvent
 from agentbox.providers.docker.checkpoints import Checkpoints
-from agentbox.schemas import WorkspaceOut
+from agentbox.wire.processes import ProcessOutputEvent
+from agentbox.wire.schemas import WorkspaceOut
 
 from .conftest import eventually
 

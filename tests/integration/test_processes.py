@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.process_schemas import OutputDroppedEvent, ProcessExitEvent, ProcessOutputEvent, ProcessStreamEvent
-from agentbox.schemas import WorkspaceOut
+from agentbox.wire.processes import OutputDroppedEvent, ProcessExitEvent, ProcessOutputEvent, ProcessStreamEvent
+from agentbox.wire.schemas import WorkspaceOut
 
 from .conftest import Server, eventually
 

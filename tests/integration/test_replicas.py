@@ -17,8 +17,8 @@ import httpx
 import pytest
 import sqlalchemy
 
-from agentbox.replicas import LEASE_SECONDS, REPLICA_TIMEOUT, Replica
-from agentbox.store import Store
+from agentbox.db.store import Store
+from agentbox.workspaces.replicas import LEASE_SECONDS, REPLICA_TIMEOUT, Replica
 
 from .conftest import KEYS, Replicas, Server, eventually
 

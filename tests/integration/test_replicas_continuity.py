@@ -19,13 +19,13 @@ from e2b import Sandbox
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from agentbox.cli.terminal import terminal_url
 from agentbox.client import APIError, Client
+from agentbox.db.store import Store
 from agentbox.errors import Conflict
-from agentbox.process_schemas import ProcessExitEvent, ProcessOutputEvent, SessionRunOut
-from agentbox.schemas import ErrorEvent, WorkspaceOut
-from agentbox.session_claims import Claim, SessionClaims
-from agentbox.store import Store
-from agentbox.terminal import terminal_url
+from agentbox.wire.processes import ProcessExitEvent, ProcessOutputEvent, SessionRunOut
+from agentbox.wire.schemas import ErrorEvent, WorkspaceOut
+from agentbox.workspaces.session_claims import Claim, SessionClaims
 
 from .conftest import KEYS, Replicas, Server, eventually
 from .test_previews import ECHO_SERVER, PORT

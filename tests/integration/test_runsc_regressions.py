@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 
 from agentbox.client import Client
-from agentbox.schemas import WorkspaceOut
+from agentbox.wire.schemas import WorkspaceOut
 
 from .conftest import container_id
 

@@ -20,9 +20,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from agentbox.cli.terminal import terminal_url
 from agentbox.client import Client
-from agentbox.schemas import WorkspaceOut
-from agentbox.terminal import terminal_url
+from agentbox.wire.schemas import WorkspaceOut
 
 from .conftest import KEYS, Server
 

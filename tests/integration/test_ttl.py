@@ -9,7 +9,7 @@ import docker
 import pytest
 
 from agentbox.client import APIError
-from agentbox.store import Store
+from agentbox.db.store import Store
 
 from .conftest import Server, eventually
 

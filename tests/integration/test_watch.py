@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.schemas import WatchEventOut, WorkspaceOut
+from agentbox.wire.schemas import WatchEventOut, WorkspaceOut
 
 from .conftest import eventually
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.schemas import ExitEvent, OutputEvent, WorkspaceOut
+from agentbox.wire.schemas import ExitEvent, OutputEvent, WorkspaceOut
 
 from .conftest import WORKSPACE_LABEL, Server
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from agentbox.api import create_app
 from agentbox.config import load_settings
-from agentbox.manager import WorkspaceManager
-from agentbox.service import Service
-from agentbox.store import Store
+from agentbox.db.store import Store
+from agentbox.server.app import create_app
+from agentbox.server.service import Service
+from agentbox.workspaces.manager import WorkspaceManager
 from tests.fake_provider import FakeProvider
 
 KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef00"}

@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agentbox.client import APIError, Client
-from agentbox.models import Status
+from agentbox.db.models import Status
+from agentbox.db.store import Store
 from agentbox.providers.base import Capabilities
-from agentbox.schemas import DirListing, ExitEvent, OutputEvent, WriteResult
-from agentbox.store import Store
+from agentbox.wire.schemas import DirListing, ExitEvent, OutputEvent, WriteResult
 from tests.fake_provider import FakeProvider
 from tests.unit.apps import KEYS, build_app
 

@@ -15,9 +15,9 @@ from agentbox.auth import keys as keys_module
 from agentbox.auth.keys import ApiKeys, digest_of
 from agentbox.auth.limits import Throttle
 from agentbox.auth.tokens import SECRET_FILE, Tokens, server_secret
-from agentbox.domain import Quota
+from agentbox.db.store import Store
 from agentbox.errors import BadRequest, NotFound
-from agentbox.store import Store
+from agentbox.wire.domain import Quota
 
 ENV_KEYS = {"alice-key-0123456789abcdef": "alice", "bob-key-0123456789abcdef00": "bob"}
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentbox.config import ConfigError, load_settings, parse_api_keys
-from agentbox.sizes import SizeError, format_size, parse_size
+from agentbox.wire.sizes import SizeError, format_size, parse_size
 
 SPEC_DEFAULTS = {
     "enabled": False,

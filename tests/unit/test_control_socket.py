@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from agentbox.errors import BadRequest, FileError
-from agentbox.providers.base import ExecRequest, collect
 from agentbox.sandbox import build
 from agentbox.sandbox.channel import Call, HelperChannel, Invocation
 from agentbox.sandbox.control import ControlSocketError, ControlSocketTransport, SocketFirst
 from agentbox.sandbox.handshake import key_file_text
+from agentbox.sandbox.runtime import ExecRequest, collect
 from agentbox.sandbox.tcp import TcpTransport
 
 if not (shutil.which("cc") or shutil.which("gcc")):

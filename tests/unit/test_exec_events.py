@@ -5,8 +5,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentbox.api import ndjson_lines
-from agentbox.providers.base import Exit, Output, collect, signal_of
+from agentbox.api.commands import ndjson_lines
+from agentbox.sandbox.runtime import Exit, Output, collect, signal_of
 
 
 def test_collect_caps_each_stream_and_flags_it() -> None:

@@ -11,7 +11,6 @@ import pytest
 
 from agentbox.config import ConfigError, load_settings
 from agentbox.errors import BadRequest
-from agentbox.network import AllowList, columns_of, policy_of
 from agentbox.providers.docker.firewall import (
     ALWAYS_BLOCKED,
     Firewall,
@@ -21,6 +20,7 @@ from agentbox.providers.docker.firewall import (
     resolve_allow_list,
 )
 from agentbox.providers.docker.network import mac_address
+from agentbox.wire.network import AllowList, columns_of, policy_of
 
 FIREWALL = Firewall(
     bridge="br-0123456789ab",

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from agentbox.providers.base import ExecRequest, collect
 from agentbox.sandbox import build
 from agentbox.sandbox.channel import HelperChannel, Invocation
 from agentbox.sandbox.control import ControlSocketError, encode_request
@@ -34,6 +33,7 @@ from agentbox.sandbox.handshake import (
     key_file_text,
     listener_proof,
 )
+from agentbox.sandbox.runtime import ExecRequest, collect
 from agentbox.sandbox.tcp import TcpTransport
 
 from .test_control_socket import free_port, listening

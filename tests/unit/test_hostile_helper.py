@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from agentbox import listening
 from agentbox.errors import ProviderError
-from agentbox.providers.base import ExecRequest, FileStat, collect
 from agentbox.sandbox import channel as channel_module
 from agentbox.sandbox import processes as processes_module
 from agentbox.sandbox.channel import MAX_ENTRIES, HelperChannel, HelperMalformed
 from agentbox.sandbox.control import ControlSocketTransport
 from agentbox.sandbox.processes import HelperProcesses
+from agentbox.sandbox.runtime import ExecRequest, FileStat, collect
+from agentbox.workspaces import listening
 
 WORKSPACE = "ws-hostile"
 #: What one fake helper sends at most before it gives up: an old host that buffers everything

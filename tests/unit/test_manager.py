@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from agentbox.config import load_settings
-from agentbox.domain import Command, NewWorkspace
+from agentbox.db.models import Status
+from agentbox.db.store import Store
 from agentbox.errors import BadRequest
-from agentbox.manager import WorkspaceManager
-from agentbox.models import Status
-from agentbox.network import AllowList
 from agentbox.providers.base import Capabilities
-from agentbox.store import Store
+from agentbox.wire.domain import Command, NewWorkspace
+from agentbox.wire.network import AllowList
+from agentbox.workspaces.manager import WorkspaceManager
 from tests.fake_provider import FakeProvider
 
 # Like E2B: no allow lists (agentbox's firewall cannot reach it), no stop/start, no archives.

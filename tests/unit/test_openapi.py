@@ -20,9 +20,9 @@ from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
-from agentbox.api import dependencies, openapi
 from agentbox.client import Client
-from agentbox.schemas import ErrorOut
+from agentbox.web import dependencies, openapi
+from agentbox.wire.schemas import ErrorOut
 from tests.fake_provider import FakeProvider
 from tests.unit.apps import KEYS, build_app
 from tests.unit.test_api import InProcess

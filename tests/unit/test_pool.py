@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from agentbox.config import load_settings
-from agentbox.domain import NewWorkspace
+from agentbox.db.models import Status, Workspace, new_workspace_id
+from agentbox.db.store import Store
 from agentbox.errors import TooManyWorkspaces
-from agentbox.manager import WorkspaceManager
-from agentbox.metrics import Metrics
-from agentbox.models import Status, Workspace, new_workspace_id
-from agentbox.pool import WarmPool
 from agentbox.providers.base import WorkspaceSpec
-from agentbox.reconcile import Reconciler
-from agentbox.store import Store
+from agentbox.wire.domain import NewWorkspace
+from agentbox.workspaces.manager import WorkspaceManager
+from agentbox.workspaces.metrics import Metrics
+from agentbox.workspaces.pool import WarmPool
+from agentbox.workspaces.reconcile import Reconciler
 from tests.fake_provider import FakeProvider
 from tests.unit.test_store import make_workspace
 

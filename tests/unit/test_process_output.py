@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from agentbox.api.commands import exec_json
 from agentbox.api.processes import output_lines
-from agentbox.providers.base import ExecResult
-from agentbox.providers.processes import OutputDropped, ProcessEnded, ProcessOutput
 from agentbox.sandbox.channel import Invocation, _records, _watch_events
+from agentbox.sandbox.process_table import OutputDropped, ProcessEnded, ProcessOutput
 from agentbox.sandbox.processes import HelperProcesses, _parse_table
-from agentbox.schemas import ExecOut
+from agentbox.sandbox.runtime import ExecResult
+from agentbox.wire.schemas import ExecOut
 
 
 @given(

@@ -17,18 +17,18 @@ import pytest
 from sqlalchemy.orm import Session
 
 from agentbox.config import Settings, load_settings
-from agentbox.domain import NewWorkspace
+from agentbox.db.models import Lease, Status, new_workspace_id
+from agentbox.db.store import Store
 from agentbox.errors import Conflict
-from agentbox.lifecycle import Lifecycle
-from agentbox.manager import WorkspaceManager
-from agentbox.metrics import Metrics
-from agentbox.models import Lease, Status, new_workspace_id
-from agentbox.pool import WarmPool
 from agentbox.providers.base import Usage, WorkspaceSpec
-from agentbox.reconcile import Reconciler
-from agentbox.replicas import LEADER, Replica, ReplicaIdInUse
-from agentbox.store import Store
-from agentbox.usage import SharedSamples, UsageHistory
+from agentbox.wire.domain import NewWorkspace
+from agentbox.workspaces.background import Lifecycle
+from agentbox.workspaces.manager import WorkspaceManager
+from agentbox.workspaces.metrics import Metrics
+from agentbox.workspaces.pool import WarmPool
+from agentbox.workspaces.reconcile import Reconciler
+from agentbox.workspaces.replicas import LEADER, Replica, ReplicaIdInUse
+from agentbox.workspaces.usage import SharedSamples, UsageHistory
 from tests.fake_provider import FakeProvider
 from tests.unit.test_store import make_workspace
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agentbox.errors import BadRequest, NotFound, Unprocessable
-from agentbox.providers.base import ExecEvent, Exit, Output
-from agentbox.search import GrepQuery, compile_glob, grep, grepped
+from agentbox.sandbox.runtime import ExecEvent, Exit, Output
+from agentbox.workspaces.search import GrepQuery, compile_glob, grep, grepped
 
 
 @pytest.mark.parametrize(

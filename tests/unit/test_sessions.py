@@ -18,9 +18,10 @@ from typing import Literal
 
 import pytest
 
+from agentbox.db.models import Status
+from agentbox.db.store import Store
 from agentbox.errors import Conflict, NotFound
-from agentbox.models import Status
-from agentbox.providers.processes import (
+from agentbox.sandbox.process_table import (
     ProcessEnded,
     ProcessEvent,
     ProcessInfo,
@@ -28,9 +29,8 @@ from agentbox.providers.processes import (
     ProcessRequest,
     TerminalSize,
 )
-from agentbox.session_claims import Claim, SessionClaims
-from agentbox.sessions import MarkedOutput, ShellSessions, ansi_c, run_line
-from agentbox.store import Store
+from agentbox.workspaces.session_claims import Claim, SessionClaims
+from agentbox.workspaces.sessions import MarkedOutput, ShellSessions, ansi_c, run_line
 from tests.unit.test_store import make_workspace
 
 

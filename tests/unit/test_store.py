@@ -6,8 +6,8 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from agentbox.models import Base, Status, Workspace
-from agentbox.store import Store
+from agentbox.db.models import Base, Status, Workspace
+from agentbox.db.store import Store
 
 
 def make_workspace(workspace_id: str, owner: str = "alice", status: Status = Status.RUNNING) -> Workspace:

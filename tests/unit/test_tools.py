@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentbox.errors import Unprocessable
-from agentbox.providers.base import DirEntry
-from agentbox.tools import is_binary, listing, numbered, replaced
+from agentbox.sandbox.runtime import DirEntry
+from agentbox.workspaces.tools import is_binary, listing, numbered, replaced
 
 
 def test_lines_are_numbered_from_the_offset_asked_for() -> None:

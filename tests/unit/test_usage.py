@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agentbox.client import APIError, Client
-from agentbox.listening import listening_ports
 from agentbox.providers.base import Usage
 from agentbox.providers.docker.usage import cgroup_usage, stats_usage
-from agentbox.usage import SPAN_SECONDS, UsageHistory
+from agentbox.workspaces.listening import listening_ports
+from agentbox.workspaces.usage import SPAN_SECONDS, UsageHistory
 from tests.fake_provider import FakeProvider
 from tests.unit.apps import KEYS, build_app
 from tests.unit.test_api import InProcess

@@ -1,14 +1,11 @@
-"""The HTTP API under /api/v1: `create_app` builds it (app.py); each resource's routes live in a module of their own.
+"""The HTTP API under /api/v1: each resource's routes in a module of their own, mounted by
+agentbox.server.app. Routes validate, ask the core (agentbox.workspaces) and shape the answer.
 
-dependencies.py  what handlers take from a request: the manager, the caller, the GitHub service
-workspaces.py    create, list, get, delete, stop, start, extend
-commands.py      exec and exec/stream
-files.py         files and archives
-github.py        GitHub Apps and git push
-system.py        health and metrics
+workspaces.py  create, list, get, delete, stop, start, pause, extend, usage
+commands.py    exec and exec/stream          files.py      files and archives
+processes.py   background processes          terminals.py  terminals (WebSocket)
+sessions.py    shell sessions                tools.py      read, edit, glob, grep
+ports.py       listening ports and previews  audit.py      the audit trail
+keys.py        API keys                      github.py     GitHub Apps and git push
+dashboard.py   the dashboard's static files  (the server's own: agentbox.server.system)
 """
-
-from agentbox.api.app import create_app
-from agentbox.api.commands import ndjson_lines
-
-__all__ = ["create_app", "ndjson_lines"]

@@ -13,13 +13,13 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Query
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentbox.api.dependencies import Manager, Owner, in_thread
-from agentbox.api.openapi import errors
-from agentbox.audit import AuditLog, Call, summarized
-from agentbox.models import utcnow
-from agentbox.schemas import AuditPage, AuditRecordOut
+from agentbox.db.models import utcnow
+from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.openapi import errors
+from agentbox.wire.schemas import AuditPage, AuditRecordOut
+from agentbox.workspaces.audit import AuditLog, Call, summarized
 
-log = logging.getLogger("agentbox.audit")
+log = logging.getLogger("agentbox.workspaces.audit")
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/audit", tags=["workspaces"])
 

@@ -7,12 +7,12 @@ from typing import Literal
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from agentbox.api.dependencies import Manager, Owner, in_thread
-from agentbox.api.ndjson import guarded_lines, json_line
-from agentbox.api.openapi import IN_SANDBOX, errors, ndjson
-from agentbox.api.streaming import ClosingStreamingResponse
-from agentbox.providers.base import ExecEvent, ExecResult, Exit, OutputLimit, TextDecoder
-from agentbox.schemas import ExecIn, ExecOut, ExitEvent, OutputEvent
+from agentbox.sandbox.runtime import ExecEvent, ExecResult, Exit, OutputLimit, TextDecoder
+from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.ndjson import guarded_lines, json_line
+from agentbox.web.openapi import IN_SANDBOX, errors, ndjson
+from agentbox.web.streaming import ClosingStreamingResponse
+from agentbox.wire.schemas import ExecIn, ExecOut, ExitEvent, OutputEvent
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["commands"])
 

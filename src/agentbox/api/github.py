@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter, Response
 
-from agentbox.api.dependencies import GitHubApps, Manager, Owner, in_thread
-from agentbox.api.openapi import errors
-from agentbox.models import GitHubApp
-from agentbox.schemas import GitHubAppList, GitHubAppOut, PushOut, RegisterApp
+from agentbox.db.models import GitHubApp
+from agentbox.web.dependencies import GitHubApps, Manager, Owner, in_thread
+from agentbox.web.openapi import errors
+from agentbox.wire.schemas import GitHubAppList, GitHubAppOut, PushOut, RegisterApp
 
 router = APIRouter(prefix="/api/v1", tags=["github"])
 

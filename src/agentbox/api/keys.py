@@ -4,11 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from agentbox.api.dependencies import Admin, Who, in_thread
-from agentbox.api.openapi import errors
 from agentbox.auth.keys import ApiKeys
 from agentbox.errors import NotFound
-from agentbox.schemas import CreateKey, KeyList, KeyOut, NewKeyOut
+from agentbox.web.dependencies import Admin, Who, in_thread
+from agentbox.web.openapi import errors
+from agentbox.wire.schemas import CreateKey, KeyList, KeyOut, NewKeyOut
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 

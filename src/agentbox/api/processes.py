@@ -1,6 +1,6 @@
 """Background process routes: start one, list them, read output by offset, stdin, signals, kill.
 
-The processes live in the workspace (see agentbox.providers.processes): these routes hold no
+The processes live in the workspace (see agentbox.sandbox.process_table): these routes hold no
 state, so any server, restarted or not, serves any client that comes back with a PID.
 """
 
@@ -11,13 +11,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from agentbox.api.dependencies import Manager, Owner, in_thread
-from agentbox.api.files import sync_chunks
-from agentbox.api.ndjson import guarded_lines, json_line
-from agentbox.api.openapi import IN_SANDBOX, errors, ndjson
-from agentbox.api.streaming import ClosingStreamingResponse
 from agentbox.errors import Conflict
-from agentbox.process_schemas import (
+from agentbox.sandbox.process_table import OutputDropped, ProcessEnded, ProcessEvent, ProcessOutput
+from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.files import sync_chunks
+from agentbox.web.ndjson import guarded_lines, json_line
+from agentbox.web.openapi import IN_SANDBOX, errors, ndjson
+from agentbox.web.streaming import ClosingStreamingResponse
+from agentbox.wire.processes import (
     OutputDroppedEvent,
     ProcessExitEvent,
     ProcessIn,
@@ -27,7 +28,6 @@ from agentbox.process_schemas import (
     SignalIn,
     TerminalSizeIn,
 )
-from agentbox.providers.processes import OutputDropped, ProcessEnded, ProcessEvent, ProcessOutput
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/processes", tags=["processes"])
 

@@ -1,15 +1,15 @@
 """Shell session routes: open one, run commands in it one after another, list them, close one.
 
 A session keeps its shell's state (directory, variables, functions) between commands; it lives
-in the workspace as a background process (see agentbox.sessions).
+in the workspace as a background process (see agentbox.workspaces.sessions).
 """
 
 from fastapi import APIRouter, Response
 
-from agentbox.api.dependencies import Manager, Owner, in_thread
-from agentbox.api.openapi import IN_SANDBOX, errors
 from agentbox.errors import NotFound
-from agentbox.process_schemas import SessionIn, SessionList, SessionOut, SessionRunIn, SessionRunOut
+from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.openapi import IN_SANDBOX, errors
+from agentbox.wire.processes import SessionIn, SessionList, SessionOut, SessionRunIn, SessionRunOut
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/sessions", tags=["sessions"])
 

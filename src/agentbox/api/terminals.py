@@ -17,12 +17,12 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from agentbox.api.dependencies import Manager, Who, in_thread
-from agentbox.api.openapi import errors
-from agentbox.api.tokens import bearer_caller, token_caller
 from agentbox.errors import AgentboxError, Conflict, Unauthorized
-from agentbox.process_schemas import ProcessExitEvent, TerminalSizeIn
-from agentbox.providers.processes import ProcessEnded, ProcessEvent, ProcessOutput, ProcessTable
+from agentbox.sandbox.process_table import ProcessEnded, ProcessEvent, ProcessOutput, ProcessTable
+from agentbox.web.dependencies import Manager, Who, in_thread
+from agentbox.web.openapi import errors
+from agentbox.web.tokens import bearer_caller, token_caller
+from agentbox.wire.processes import ProcessExitEvent, TerminalSizeIn
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/processes/{pid}/terminal", tags=["processes"])
 

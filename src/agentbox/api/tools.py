@@ -2,9 +2,9 @@
 
 from fastapi import APIRouter
 
-from agentbox.api.dependencies import Manager, Owner, in_thread
-from agentbox.api.openapi import FILE_ERRORS, errors
-from agentbox.schemas import (
+from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.openapi import FILE_ERRORS, errors
+from agentbox.wire.schemas import (
     EditToolIn,
     EditToolOut,
     GlobToolIn,
@@ -17,7 +17,7 @@ from agentbox.schemas import (
     WriteResult,
     WriteToolIn,
 )
-from agentbox.search import GrepQuery
+from agentbox.workspaces.search import GrepQuery
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/tools", tags=["tools"])
 

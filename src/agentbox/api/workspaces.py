@@ -4,13 +4,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from agentbox.api.dependencies import History, Manager, Owner, Who, in_thread
-from agentbox.api.openapi import errors
+from agentbox.db.models import Workspace
 from agentbox.errors import NotFound, Unprocessable
-from agentbox.models import Status, Workspace
-from agentbox.network import policy_of
-from agentbox.schemas import CreateWorkspace, ExtendWorkspace, UsageOut, UsageSampleOut, WorkspaceList, WorkspaceOut
-from agentbox.usage import UsageSample
+from agentbox.web.dependencies import History, Manager, Owner, Who, in_thread
+from agentbox.web.openapi import errors
+from agentbox.wire.domain import Status
+from agentbox.wire.network import policy_of
+from agentbox.wire.schemas import (
+    CreateWorkspace,
+    ExtendWorkspace,
+    UsageOut,
+    UsageSampleOut,
+    WorkspaceList,
+    WorkspaceOut,
+)
+from agentbox.workspaces.usage import UsageSample
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 

@@ -25,10 +25,10 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from agentbox.domain import Quota
+from agentbox.db.models import ApiKey, new_key_id, utcnow
+from agentbox.db.store import Store
 from agentbox.errors import BadRequest, NotFound
-from agentbox.models import ApiKey, new_key_id, utcnow
-from agentbox.store import Store
+from agentbox.wire.domain import Quota
 
 log = logging.getLogger("agentbox.auth")
 

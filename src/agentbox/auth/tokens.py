@@ -32,6 +32,9 @@ _ALGORITHM = "HS256"
 #: Bytes of a secret made by the server.
 SECRET_BYTES = 32
 SECRET_FILE = "secret-key"
+#: Uses of tokens bound to one E2B sandbox: envd's access token, and the traffic token that opens
+#: its ports (the `e2b-traffic-access-token` header).
+ENVD, TRAFFIC = "envd", "traffic"
 
 
 def server_secret(configured: str, data_dir: Path) -> bytes:

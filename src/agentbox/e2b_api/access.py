@@ -14,10 +14,8 @@ import hashlib
 import hmac
 
 from agentbox.auth.keys import Caller
-from agentbox.auth.tokens import Tokens
-from agentbox.models import Workspace
-
-ENVD, TRAFFIC = "envd", "traffic"
+from agentbox.auth.tokens import ENVD, TRAFFIC, Tokens
+from agentbox.db.models import Workspace
 
 
 def envd_token(tokens: Tokens, caller: Caller, sandbox_id: str) -> str:

@@ -21,17 +21,17 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentbox.api.dependencies import authenticated, in_thread, refused
 from agentbox.auth.keys import Caller
 from agentbox.auth.tokens import Tokens
 from agentbox.config import Settings
-from agentbox.domain import NewWorkspace, PauseAtEnd
+from agentbox.db.models import Workspace, utcnow
 from agentbox.e2b_api import access, interpreter
 from agentbox.errors import AgentboxError, NotFound
-from agentbox.manager import WorkspaceManager
-from agentbox.models import Status, Workspace, utcnow
-from agentbox.network import AllowList, Destination, NetworkPolicy
-from agentbox.schemas import MAX_SECONDS, Env, LabelValue, MetadataKey
+from agentbox.web.dependencies import authenticated, in_thread, refused
+from agentbox.wire.domain import NewWorkspace, PauseAtEnd, Status
+from agentbox.wire.network import AllowList, Destination, NetworkPolicy
+from agentbox.wire.schemas import MAX_SECONDS, Env, LabelValue, MetadataKey
+from agentbox.workspaces.manager import WorkspaceManager
 
 PREFIX = "/e2b"
 #: The envd protocol version agentbox answers as (see docs/e2b-wire-protocol.md, "envdVersion").

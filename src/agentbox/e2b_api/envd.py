@@ -39,20 +39,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentbox.api.dependencies import in_thread, refused
-from agentbox.api.files import file_answer, spooled
-from agentbox.api.ports import TRAFFIC_HEADER, open_workspace, target_of
-from agentbox.api.proxy import Connect, proxy_http
-from agentbox.api.tokens import bound_caller
-from agentbox.auth.tokens import Tokens
+from agentbox.auth.tokens import ENVD, TRAFFIC, Tokens
 from agentbox.config import Settings
-from agentbox.domain import Command
+from agentbox.db.models import Workspace
 from agentbox.e2b_api import access, control, interpreter
 from agentbox.e2b_api.filesystem import FilesystemService
 from agentbox.e2b_api.process import ProcessService
 from agentbox.errors import AgentboxError, PayloadTooLarge
-from agentbox.manager import WorkspaceManager
-from agentbox.models import Status, Workspace
+from agentbox.web.dependencies import in_thread, refused
+from agentbox.web.files import file_answer, spooled
+from agentbox.web.previews import TRAFFIC_HEADER, open_workspace, target_of
+from agentbox.web.proxy import Connect, proxy_http
+from agentbox.web.tokens import bound_caller
+from agentbox.wire.domain import Command, Status
+from agentbox.workspaces.manager import WorkspaceManager
 
 #: Where envd is served under the header form (E2B_SANDBOX_URL).
 PREFIX = control.PREFIX + "/envd"
@@ -215,7 +215,7 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
     else:
         workspace = await in_thread(manager.store.get, sandbox_id) if sandbox_id else None
     presented = request.headers.get("x-access-token", "")
-    holder = None if workspace is None else await in_thread(bound_caller, request, presented, access.ENVD, workspace)
+    holder = None if workspace is None else await in_thread(bound_caller, request, presented, ENVD, workspace)
     if holder is not None and workspace is not None:
         try:
             workspace = await in_thread(manager.wake, workspace)  # E2B's auto-resume, for its own callers only
@@ -289,7 +289,7 @@ def _interpreter(request: Request, manager: WorkspaceManager, sandbox_id: str) -
     if workspace is None:
         raise EnvdError(502, _closed(sandbox_id, interpreter.PORT))
     presented = request.headers.get("x-access-token", "")
-    if bound_caller(request, presented, access.ENVD, workspace):
+    if bound_caller(request, presented, ENVD, workspace):
         workspace = manager.wake(workspace)  # E2B's auto-resume, for its own callers only
         if workspace.status != Status.RUNNING:
             raise EnvdError(502, _closed(sandbox_id, interpreter.PORT))
@@ -303,7 +303,7 @@ def _interpreter(request: Request, manager: WorkspaceManager, sandbox_id: str) -
         )
     # The SDK's context calls carry the traffic token, which every sandbox is given (control.py): even
     # on a public sandbox the interpreter is no public app, since a context is a process in it.
-    if not bound_caller(request, request.headers.get(TRAFFIC_HEADER, ""), access.TRAFFIC, workspace):
+    if not bound_caller(request, request.headers.get(TRAFFIC_HEADER, ""), TRAFFIC, workspace):
         raise EnvdError(
             401,
             f"sandbox {workspace.id}'s code interpreter takes its access token (X-Access-Token) or its traffic "
@@ -370,7 +370,7 @@ def _signed_for(manager: WorkspaceManager, settings: Settings, request: Request)
     for workspace in manager.store.find(statuses=[Status.RUNNING.value]):
         if workspace.owner not in keys_of:
             keys_of[workspace.owner] = [key.id for key in tokens.keys.find(workspace.owner)]
-        candidates = [tokens.bound_with(key_id, access.ENVD, workspace.id) for key_id in keys_of[workspace.owner]]
+        candidates = [tokens.bound_with(key_id, ENVD, workspace.id) for key_id in keys_of[workspace.owner]]
         if _signature_valid(request, candidates):
             return workspace
     return None

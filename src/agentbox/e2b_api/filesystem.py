@@ -22,10 +22,10 @@ from e2b.envd.filesystem import filesystem_connect
 from e2b.envd.filesystem import filesystem_pb as F
 from protobuf.wkt import Timestamp
 
-from agentbox.domain import Command
 from agentbox.e2b_api import envd
 from agentbox.e2b_api.rpc import call, drain, one_of
-from agentbox.providers.base import ExecResult, WatchEvent
+from agentbox.sandbox.runtime import ExecResult, WatchEvent
+from agentbox.wire.domain import Command
 
 #: What find prints per path: type (a link's target's), own type, size, mode, permissions, owner,
 #: group, mtime, link text, path; each field NUL-terminated (paths may hold anything but NUL).

@@ -20,12 +20,12 @@ import re
 import time
 from importlib import resources
 
-from agentbox.api.proxy import Connect
+from agentbox.db.models import Workspace
 from agentbox.errors import ProviderError, Unauthorized
-from agentbox.manager import WorkspaceManager
-from agentbox.models import Workspace
-from agentbox.providers.base import PortConnection
-from agentbox.providers.processes import ProcessRequest
+from agentbox.sandbox.process_table import ProcessRequest
+from agentbox.sandbox.runtime import PortConnection
+from agentbox.web.proxy import Connect
+from agentbox.workspaces.manager import WorkspaceManager
 
 PORT = 49999
 #: Where the server's file is written in the sandbox (on its disk, outside the user's home).

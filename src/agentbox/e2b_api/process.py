@@ -21,11 +21,10 @@ from connectrpc.request import RequestContext
 from e2b.envd.process import process_connect
 from e2b.envd.process import process_pb as P
 
-from agentbox.api.dependencies import in_thread
 from agentbox.e2b_api import envd
 from agentbox.e2b_api.rpc import call, connect_error, drain, one_of
 from agentbox.errors import AgentboxError, Conflict
-from agentbox.providers.processes import (
+from agentbox.sandbox.process_table import (
     ProcessEnded,
     ProcessEvent,
     ProcessInfo,
@@ -34,6 +33,7 @@ from agentbox.providers.processes import (
     ProcessTable,
     TerminalSize,
 )
+from agentbox.web.dependencies import in_thread
 
 R = TypeVar("R")
 #: A command's process table, its PID, and its deadline (time.monotonic()) if it has one.

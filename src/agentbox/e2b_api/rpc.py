@@ -13,8 +13,8 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from protobuf import Oneof
 
-from agentbox.api.dependencies import in_thread
 from agentbox.errors import AgentboxError
+from agentbox.web.dependencies import in_thread
 
 T = TypeVar("T")
 _DONE = object()

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import jwt
 
-from agentbox.domain import GITHUB_API
 from agentbox.errors import AgentboxError
 from agentbox.github.egress import SETTING, EgressPolicy, PinnedTransport, Refused
+from agentbox.wire.domain import GITHUB_API
 
 JWT_BACKDATE = 60  # seconds: the issuer's clock may be ahead of GitHub's
 JWT_LIFETIME = 9 * 60

@@ -20,16 +20,17 @@ from typing import Any
 
 from sqlalchemy import select
 
-from agentbox.domain import Checkout
+from agentbox.db.models import GitHubApp, new_app_id, utcnow
+from agentbox.db.store import Store
 from agentbox.errors import AgentboxError, BadRequest, Conflict, NotFound
 from agentbox.github import git
 from agentbox.github.app import AppCredentials, GitHubError, TokenMinter
 from agentbox.github.crypto import DecryptError, Keyring
 from agentbox.github.egress import SETTING, EgressPolicy, Refused
-from agentbox.models import GitHubApp, new_app_id, utcnow
-from agentbox.providers.base import ExecRequest, Provider
-from agentbox.schemas import RegisterApp
-from agentbox.store import Store
+from agentbox.providers.base import Provider
+from agentbox.sandbox.runtime import ExecRequest
+from agentbox.wire.domain import Checkout
+from agentbox.wire.schemas import RegisterApp
 
 log = logging.getLogger("agentbox.github")
 

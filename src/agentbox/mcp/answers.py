@@ -16,7 +16,7 @@ import httpx
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 
-from agentbox.process_schemas import (
+from agentbox.wire.processes import (
     OutputDroppedEvent,
     ProcessExitEvent,
     ProcessOut,
@@ -24,7 +24,7 @@ from agentbox.process_schemas import (
     SessionRunOut,
     process_event,
 )
-from agentbox.schemas import EditToolOut, ExecOut, GlobToolOut, GrepToolOut, ReadToolOut, WriteResult
+from agentbox.wire.schemas import EditToolOut, ExecOut, GlobToolOut, GrepToolOut, ReadToolOut, WriteResult
 
 Model = TypeVar("Model", bound=BaseModel)
 #: A successful answer of the route, and the tool's validated arguments, as the tool's result.

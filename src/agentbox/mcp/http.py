@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentbox.api.dependencies import caller_of_request, manager
 from agentbox.errors import AgentboxError
 from agentbox.mcp.server import build_server
+from agentbox.web.dependencies import caller_of_request, manager
 
 PATH = "/mcp"
 #: The base URL of the tools' in-process requests; never resolved, they do not leave the process.

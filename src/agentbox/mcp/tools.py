@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agentbox.mcp import answers
-from agentbox.models import Status
-from agentbox.process_schemas import ProcessIn, SessionIn, SessionRunIn
-from agentbox.schemas import (
+from agentbox.wire.domain import Status
+from agentbox.wire.processes import ProcessIn, SessionIn, SessionRunIn
+from agentbox.wire.schemas import (
     MAX_SECONDS,
     CreateWorkspace,
     EditToolIn,

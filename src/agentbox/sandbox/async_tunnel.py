@@ -23,8 +23,8 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
-from agentbox.providers.base import PortConnection
 from agentbox.sandbox.control import MAX_FRAME, READ_SIZE, STDERR, STDOUT, SocketCall
+from agentbox.sandbox.runtime import PortConnection
 from agentbox.sandbox.tunnel import Tunnel
 
 #: Blocking calls of connections over other transports at once, per direction (reads; writes and

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar, cast, get_args
 
 from agentbox.errors import BadRequest, FileError, ProviderError
-from agentbox.providers.base import (
+from agentbox.sandbox.runtime import (
     TIMEOUT_EXIT_CODE,
     DirEntry,
     EntryType,

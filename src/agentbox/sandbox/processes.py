@@ -24,17 +24,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentbox.errors import BadRequest, Conflict, NotFound, ProviderError
-from agentbox.models import utcnow
-from agentbox.providers.processes import (
-    OutputDropped,
-    ProcessEnded,
-    ProcessEvent,
-    ProcessInfo,
-    ProcessOutput,
-    ProcessRequest,
-    ProcessStream,
-    TerminalSize,
-)
 from agentbox.sandbox.channel import (
     IDLE_SECONDS,
     MAX_LINE,
@@ -43,6 +32,16 @@ from agentbox.sandbox.channel import (
     HelperMalformed,
     Invocation,
     Transport,
+)
+from agentbox.sandbox.process_table import (
+    OutputDropped,
+    ProcessEnded,
+    ProcessEvent,
+    ProcessInfo,
+    ProcessOutput,
+    ProcessRequest,
+    ProcessStream,
+    TerminalSize,
 )
 
 _STREAMS: dict[int, ProcessStream] = {1: "stdout", 2: "stderr", 3: "pty"}
@@ -70,13 +69,13 @@ _NUMBER = re.compile(rb"-?\d{1,20}")
 
 
 class HelperProcesses:
-    """The process table of one sandbox (see `agentbox.providers.processes.ProcessTable`)."""
+    """The process table of one sandbox (see `agentbox.sandbox.process_table.ProcessTable`)."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
 
     def start(self, request: ProcessRequest) -> ProcessInfo:
-        started_at = utcnow()
+        started_at = datetime.now(UTC)
         meta = {
             "command": request.argv,
             "cwd": request.cwd,

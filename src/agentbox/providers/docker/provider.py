@@ -25,19 +25,7 @@ import docker.errors
 from docker.types import Mount
 
 from agentbox.errors import AgentboxError, BadRequest, ProviderError, WorkspaceGone
-from agentbox.network import NO_NETWORK, POLICY_KINDS
-from agentbox.providers.base import (
-    Capabilities,
-    DirEntry,
-    ExecEvent,
-    ExecRequest,
-    FileStat,
-    Provider,
-    ProviderState,
-    Usage,
-    WatchEvent,
-    WorkspaceSpec,
-)
+from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
 from agentbox.providers.docker.channel import ROOT_START_CAPABILITIES, SECRET_IN_WORKSPACE, TcpChannel
 from agentbox.providers.docker.checkpoints import LET_GO_OF_SOCKET, LISTEN_AGAIN, Checkpoints
 from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
@@ -57,8 +45,10 @@ from agentbox.sandbox import (
 from agentbox.sandbox.channel import HelperChannel, Transport
 from agentbox.sandbox.control import ControlSocketTransport, SocketFirst
 from agentbox.sandbox.processes import HelperProcesses
+from agentbox.sandbox.runtime import DirEntry, ExecEvent, ExecRequest, FileStat, WatchEvent
 from agentbox.sandbox.tcp import TcpTransport
 from agentbox.sandbox.tunnel import Tunnel
+from agentbox.wire.network import NO_NETWORK, POLICY_KINDS
 
 log = logging.getLogger("agentbox.providers.docker")
 

@@ -35,9 +35,13 @@ import e2b
 from e2b import CommandHandle, Sandbox, SandboxQuery, SandboxState, WatchHandle
 
 from agentbox.errors import BadRequest, FileError, WorkspaceGone
-from agentbox.providers.base import (
+from agentbox.providers.base import Capabilities, Provider, ProviderState, Resources, WorkspaceSpec
+from agentbox.providers.e2b.commands import CommandTransport, install
+from agentbox.providers.e2b.errors import e2b_errors
+from agentbox.sandbox.channel import HelperChannel
+from agentbox.sandbox.processes import HelperProcesses
+from agentbox.sandbox.runtime import (
     TIMEOUT_EXIT_CODE,
-    Capabilities,
     DirEntry,
     EntryType,
     ExecEvent,
@@ -45,17 +49,9 @@ from agentbox.providers.base import (
     Exit,
     FileStat,
     Output,
-    Provider,
-    ProviderState,
-    Resources,
     WatchEvent,
-    WorkspaceSpec,
     signal_of,
 )
-from agentbox.providers.e2b.commands import CommandTransport, install
-from agentbox.providers.e2b.errors import e2b_errors
-from agentbox.sandbox.channel import HelperChannel
-from agentbox.sandbox.processes import HelperProcesses
 from agentbox.sandbox.tunnel import Tunnel
 
 WORKSPACE_KEY = "agentbox.workspace.id"

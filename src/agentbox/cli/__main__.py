@@ -1,0 +1,5 @@
+import sys
+
+from agentbox.cli.main import app
+
+sys.exit(app())

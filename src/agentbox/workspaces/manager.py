@@ -1,0 +1,646 @@
+"""Workspace lifecycle: ownership, admission, persistence, and which provider does the work.
+
+The manager is the only place that combines the store and the providers; it never knows
+how a provider runs things. All methods block (database and engine calls) and are meant
+to run in worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, replace
+from datetime import timedelta
+
+from agentbox.config import Settings
+from agentbox.db.models import Status, Workspace, new_workspace_id, utcnow
+from agentbox.db.store import LIVE, Store
+from agentbox.errors import (
+    AgentboxError,
+    BadRequest,
+    Conflict,
+    FileError,
+    NotFound,
+    ProviderError,
+    TooManyWorkspaces,
+    Unprocessable,
+    WorkspaceGone,
+    reason_of,
+)
+from agentbox.github.service import GitHub
+from agentbox.providers.base import Provider, Resources, Usage, WorkspaceSpec, distinct
+from agentbox.sandbox.process_table import ProcessInfo, ProcessRequest, ProcessTable
+from agentbox.sandbox.runtime import DirEntry, ExecEvent, ExecRequest, ExecResult, FileStat, PortConnection, WatchEvent
+from agentbox.wire.domain import Command, NewWorkspace, Quota
+from agentbox.wire.network import columns_of, kind_of
+from agentbox.wire.sizes import format_size
+from agentbox.workspaces import listening, search, tools
+from agentbox.workspaces.audit import AuditLog
+from agentbox.workspaces.metrics import Metrics
+from agentbox.workspaces.pool import WarmPool
+from agentbox.workspaces.session_claims import SessionClaims
+from agentbox.workspaces.sessions import SessionRun, ShellSessions
+
+log = logging.getLogger("agentbox.workspaces.manager")
+#: How often a workspace's use is written down (and its expiry slid): at most once in this long.
+USE_RECORDED_EVERY = timedelta(seconds=60)
+#: Seconds a shell session's command runs before it is interrupted, when it names no timeout.
+SESSION_TIMEOUT = 120.0
+
+
+class WorkspaceManager:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        providers: Mapping[str, Provider],
+        unavailable: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
+        github: GitHub | None = None,
+        pool: WarmPool | None = None,
+    ) -> None:
+        """`unavailable`: providers that exist but cannot be used here, with the reason and the fix;
+        `pool`: the warm pool creates claim from (the background loop fills it)."""
+        self.settings = settings
+        self.github = github
+        self.store = store
+        self.providers = dict(providers)
+        self.unavailable = dict(unavailable or {})
+        self.metrics = metrics or Metrics()
+        self.pool = pool
+        self.sessions = ShellSessions(SessionClaims(store, settings.replica_id))
+        self.audit = AuditLog(store)
+        #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
+        self.on_change: Callable[[], None] = lambda: None
+        self.metrics.observe(store.count_active, self.pool.ready if self.pool else lambda: 0)
+
+    # Lifecycle
+
+    def create(self, owner: str, request: NewWorkspace, quota: Quota | None = None) -> Workspace:
+        """A running workspace of `owner`, with the repository asked for checked out in it.
+
+        `quota`: the asking key's limits on the owner's active workspaces (429 naming the one reached)."""
+        if request.repo is None:
+            return self._create(owner, request, quota)
+        if self.github is None:
+            raise BadRequest("repo: GitHub Apps are not configured on this server (GITHUB_APP_ENCRYPTION_KEY)")
+        app = self.github.choose(owner, request.repo)  # a missing App is a 400 before anything is made
+        workspace = self._create(owner, request, quota)
+        try:
+            repo = self.github.checkout(app, request.repo, self._provider(workspace.provider), self._ref(workspace))
+        except BaseException as exc:
+            self.metrics.failures.labels("checkout").inc()
+            self._provider(workspace.provider).destroy(self._ref(workspace))
+            self.store.retire(workspace.id, "checkout_failed", reason_of(exc))
+            self.on_change()
+            raise
+        return self.store.update(workspace.id, "checked_out", repo=repo)
+
+    def _create(self, owner: str, request: NewWorkspace, quota: Quota | None) -> Workspace:
+        started = time.monotonic()
+        provider_name = request.provider or self.settings.default_provider
+        provider = self._provider(provider_name)
+        capabilities = provider.capabilities()
+        asked = [name for name in ("cpu", "memory", "disk") if getattr(request, name) is not None]
+        if asked and not capabilities.sized_per_request:
+            raise BadRequest(
+                f"{', '.join(asked)}: a {provider_name} workspace gets them from its template, not per request; "
+                "choose a template (`image`) built with the sizes you need"
+            )
+        now = utcnow()
+        ttl_days = (request.ttl_days or self.settings.default_ttl_days) if request.ephemeral else None
+        expires_at = now + timedelta(days=ttl_days) if ttl_days is not None else None
+        if request.deadline_seconds is not None:  # a fixed end: no TTL to slide
+            ttl_days, expires_at = None, now + timedelta(seconds=request.deadline_seconds)
+        policy = request.network if request.network is not None else self.settings.network_policy
+        if kind_of(policy) not in capabilities.network_policies:
+            enforced = ", ".join(sorted(capabilities.network_policies))
+            raise BadRequest(
+                f"network {kind_of(policy)!r}: the {provider_name} provider cannot enforce it (it can: {enforced}); "
+                + (capabilities.network_hint or "ask for one of those, or use another provider")
+            )
+        network = columns_of(policy, self.settings.network_name)
+        claim = {
+            "owner": owner,
+            "ephemeral": request.ephemeral,
+            "ttl_days": ttl_days,
+            "env": dict(request.env),
+            "labels": dict(request.labels),
+            "public_ports": request.public_ports,
+            "pause_at_end": None
+            if request.pause_at_end is None
+            else asdict(request.pause_at_end) | {"seconds": request.deadline_seconds},
+            "created_at": now,
+            "expires_at": expires_at,
+        }
+        pool = self.pool if self.pool is not None and self.pool.serves(provider_name, request, network) else None
+        # Resolved before admission, not under it: a name lookup may take seconds. (A pooled
+        # workspace has its own; a cold create after an empty pool resolves below.)
+        allow_cidrs = None if pool is not None else self._resolve(provider, network["allow"])
+        cpu, memory = request.cpu or self.settings.default_cpu, request.memory or self.settings.default_memory
+        with self.store.admission():
+            self._check_room(owner, quota, cpu, memory)
+            if pool is not None:
+                claimed = pool.take(status=Status.RUNNING.value, **claim)
+                if claimed is not None:
+                    self.on_change()
+                    return self._handed_out("pool", claimed, started)
+            workspace = Workspace(
+                id=new_workspace_id(),
+                provider=provider_name,
+                runtime=capabilities.runtime,
+                status=Status.STARTING.value,
+                image=request.image or self.settings.image,
+                cpu=cpu,
+                memory=memory,
+                disk=request.disk or self.settings.default_disk,
+                pids_limit=self.settings.pids_limit,
+                allow_cidrs=allow_cidrs,
+                updated_at=now,
+                replica=self.settings.replica_id,
+                **network,
+                **claim,
+            )
+            self.store.add(workspace, "created", image=workspace.image)
+        self.on_change()  # a cold start may leave the pool too big for the cap
+        try:
+            if workspace.allow is not None and workspace.allow_cidrs is None:  # the pool was empty
+                workspace.allow_cidrs = self._resolve(provider, workspace.allow)
+                self.store.update(workspace.id, allow_cidrs=workspace.allow_cidrs)
+            ref = provider.create(WorkspaceSpec.of(workspace))
+        except BaseException as exc:
+            # The caller gets the error and no id: hide the row, keep its story in the events.
+            self.metrics.failures.labels("create").inc()
+            self.store.retire(workspace.id, "create_failed", reason_of(exc))
+            raise
+        actual = vars(provider.resources(ref) or Resources())
+        sizes = {name: value for name, value in actual.items() if value is not None}
+        fields = {"status": Status.RUNNING.value, "provider_ref": ref, **sizes}
+        created = self.store.transition(workspace.id, (Status.STARTING.value,), "started", **fields)
+        if created is None:  # deleted meanwhile, or given up by the leader (replicas.py): it must not come back
+            provider.destroy(ref)
+            self.metrics.failures.labels("create").inc()
+            raise Conflict(
+                f"workspace {workspace.id} was removed while it was being made (deleted, or given up because this "
+                "server lost touch with the database for too long): create it again"
+            )
+        return self._handed_out("cold", created, started)
+
+    def _handed_out(self, source: str, workspace: Workspace, started: float) -> Workspace:
+        self.metrics.creates.labels(source).inc()
+        self.metrics.create_seconds.labels(source).observe(time.monotonic() - started)
+        return workspace
+
+    def get(self, owner: str, workspace_id: str) -> Workspace:
+        workspace = self.store.get(workspace_id)
+        if workspace is None or workspace.owner != owner or workspace.status == Status.DELETED:
+            raise NotFound(f"no workspace {workspace_id!r}: list yours with GET /api/v1/workspaces")
+        return workspace
+
+    def has_image(self, image: str) -> bool:
+        """Whether the default provider can make workspaces from `image`."""
+        return self._provider(self.settings.default_provider).has_image(image)
+
+    def active_by_provider(self) -> dict[str, int]:
+        """Workspaces starting or running, every owner's, per provider name."""
+        return self.store.count_active_by_provider()
+
+    def find(
+        self, owner: str, status: Status | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[Workspace]:
+        statuses = [status.value] if status else list(LIVE)
+        found = self.store.find(owner=owner, statuses=statuses)
+        wanted = dict(labels or {})
+        return [w for w in found if all(w.labels.get(k) == v for k, v in wanted.items())]
+
+    def delete(self, owner: str, workspace_id: str) -> None:
+        workspace = self.get(owner, workspace_id)
+        if workspace.provider_ref:
+            self._provider(workspace.provider).destroy(workspace.provider_ref)
+        self.store.retire(workspace.id, "deleted")
+        self.sessions.forget(workspace.id)
+        self.on_change()
+
+    def stop(self, owner: str, workspace_id: str) -> Workspace:
+        return self._halt(self.get(owner, workspace_id), pause=False)
+
+    def pause(self, owner: str, workspace_id: str, keep_memory: bool = True) -> Workspace:
+        """Stop it so that `start` resumes it, its memory and processes kept where the provider can and
+        `keep_memory` asks (`memory_kept` says). One with a fixed end (E2B's timeout) then has none, as
+        E2B's paused sandboxes wait to be resumed (`set_deadline` gives it a new end). A stopped one is
+        returned as is."""
+        return self._halt(self.get(owner, workspace_id), pause=True, keep_memory=keep_memory)
+
+    def _halt(self, workspace: Workspace, pause: bool, keep_memory: bool = True) -> Workspace:
+        if workspace.status == Status.STOPPED:
+            return workspace
+        self._require(workspace, Status.RUNNING, "pause" if pause else "stop")
+        provider = self._provider(workspace.provider)
+        if not provider.capabilities().stop_start:
+            raise BadRequest(f"a {workspace.provider} workspace cannot be stopped and started: delete it when done")
+        fields: dict[str, object] = {"status": Status.STOPPED.value, "error": None}
+        if pause and keep_memory:
+            fields["memory_kept"] = provider.pause(self._ref(workspace))
+        else:
+            provider.stop(self._ref(workspace))
+            fields |= {"memory_kept": False} if pause else {}
+        if pause and workspace.ephemeral and workspace.ttl_days is None:
+            fields |= {"ephemeral": False, "expires_at": None}
+        halted = self.store.update(workspace.id, "paused" if pause else "stopped", **fields)
+        if not fields.get("memory_kept"):  # its processes ended: a session's PID may name another one next boot
+            self.sessions.forget(workspace.id)
+        self.on_change()
+        return halted
+
+    def pause_at_end(self, workspace: Workspace) -> Workspace:
+        """Pause a workspace made to be paused at its end (`NewWorkspace.pause_at_end`) whose end has come."""
+        assert workspace.pause_at_end is not None
+        log.info("workspace %s of %s reached its end: paused", workspace.id, workspace.owner)
+        return self._halt(workspace, pause=True, keep_memory=bool(workspace.pause_at_end.get("keep_memory")))
+
+    def wake(self, workspace: Workspace) -> Workspace:
+        """The workspace as traffic to it finds it (E2B's auto-resume: envd calls, its ports). One made to
+        pause at its end and be woken by traffic, paused or past its end, is running again with a new end;
+        any other is returned as is."""
+        policy = workspace.pause_at_end
+        ended = workspace.expires_at is not None and workspace.expires_at <= utcnow()
+        if not (policy and policy.get("auto_resume") and (workspace.status == Status.STOPPED or ended)):
+            return workspace
+        if workspace.status == Status.STOPPED:
+            workspace = self.start(workspace.owner, workspace.id)
+        seconds = float(policy.get("seconds") or 0)
+        return self.set_deadline(workspace.owner, workspace.id, seconds, only_later=True) if seconds else workspace
+
+    def start(self, owner: str, workspace_id: str, restore: bool = True, quota: Quota | None = None) -> Workspace:
+        """Start it again; a paused one with its memory, unless `restore` is False (a fresh boot, files kept).
+
+        `quota`: the asking key's limits on the owner's active workspaces."""
+        workspace = self.get(owner, workspace_id)
+        if workspace.status == Status.RUNNING:
+            return workspace
+        self._require(workspace, Status.STOPPED, "start")
+        with self.store.admission():
+            self._check_room(owner, quota, workspace.cpu, workspace.memory)
+            if (
+                self.store.transition(
+                    workspace.id,
+                    (Status.STOPPED.value,),
+                    "starting",
+                    status=Status.STARTING.value,
+                    replica=self.settings.replica_id,
+                )
+                is None
+            ):
+                raise Conflict(f"workspace {workspace.id} changed while it was being started: look at it again")
+        try:
+            provider = self._provider(workspace.provider)
+            if not restore:
+                provider.discard_memory(self._ref(workspace))
+            provider.start(self._ref(workspace))
+        except BaseException as exc:
+            self.metrics.failures.labels("start").inc()
+            self.store.transition(
+                workspace.id,
+                (Status.STARTING.value,),
+                "start_failed",
+                status=Status.STOPPED.value,
+                error=reason_of(exc),
+            )
+            raise
+        running = self.store.transition(
+            workspace.id, (Status.STARTING.value,), "started", status=Status.RUNNING.value, error=None
+        )
+        if running is None:  # deleted meanwhile, or given up (and so stopped) by the leader
+            raise Conflict(f"workspace {workspace.id} changed while it was being started: look at it again")
+        return running
+
+    def extend(self, owner: str, workspace_id: str, ttl_days: float | None = None) -> Workspace:
+        """Renew an ephemeral workspace's TTL from now (by `ttl_days`, else its own TTL)."""
+        workspace = self.get(owner, workspace_id)
+        if not workspace.ephemeral:
+            raise Conflict(f"workspace {workspace.id} is persistent and never expires: there is nothing to extend")
+        ttl = ttl_days or workspace.ttl_days or self.settings.default_ttl_days
+        return self.store.update(workspace.id, "extended", ttl_days=ttl, expires_at=utcnow() + timedelta(days=ttl))
+
+    def set_deadline(self, owner: str, workspace_id: str, seconds: float, only_later: bool = False) -> Workspace:
+        """End the workspace `seconds` from now, used or not (E2B's `set_timeout`); with `only_later`,
+        never earlier than its current end (E2B's `connect`)."""
+        workspace = self.get(owner, workspace_id)
+        deadline = utcnow() + timedelta(seconds=seconds)
+        if only_later and workspace.expires_at is not None and workspace.expires_at > deadline:
+            return workspace
+        return self.store.update(workspace.id, "deadline_set", ephemeral=True, ttl_days=None, expires_at=deadline)
+
+    # Background work (see lifecycle.py)
+
+    def reap_expired(self) -> int:
+        """Destroy ephemeral workspaces whose TTL has passed; return how many."""
+        reaped = 0
+        for workspace in self.store.expired(utcnow()):
+            if workspace.pause_at_end is not None and workspace.status == Status.RUNNING:
+                try:
+                    self.pause_at_end(workspace)
+                except AgentboxError as exc:  # changed meanwhile, or the engine is away: the next round
+                    log.warning("pausing workspace %s at its end failed: %s", workspace.id, exc.detail)
+                continue
+            if self.store.retire(workspace.id, "expired", expected=LIVE) is None:
+                continue  # deleted meanwhile
+            reaped += 1
+            self.metrics.expiries.inc()
+            log.info("workspace %s of %s expired (TTL %s days)", workspace.id, workspace.owner, workspace.ttl_days)
+            if workspace.provider_ref:
+                try:
+                    self._provider(workspace.provider).destroy(workspace.provider_ref)
+                except ProviderError as exc:
+                    # Its row is gone, so the next reconciliation removes it as an orphan.
+                    log.warning("removing expired workspace %s failed: %s", workspace.id, exc.detail)
+        if reaped:
+            self.on_change()
+        self.sessions.claims.sweep()  # what other ends (reconciliation, failed creates) left of sessions
+        return reaped
+
+    # Isolation
+
+    def enforce_isolation(self) -> None:
+        """Have every provider re-assert what something outside may have undone (a firewall flush)."""
+        for provider in distinct(self.providers.values()):
+            provider.enforce()
+
+    def _resolve(self, provider: Provider, allow: object) -> list[str] | None:
+        return provider.resolve_allow_list(allow) if isinstance(allow, list) else None
+
+    # Repositories
+
+    def git_push(self, owner: str, workspace_id: str) -> tuple[Workspace, str, str]:
+        """Push the current branch of the workspace's repository; (workspace, branch, commit)."""
+        workspace = self._running(owner, workspace_id)
+        if workspace.repo is None:
+            raise Conflict(f"workspace {workspace.id} was not created with a repository (`repo` at create)")
+        if self.github is None:
+            raise BadRequest("GitHub Apps are not configured on this server (GITHUB_APP_ENCRYPTION_KEY)")
+        branch, commit = self.github.push(
+            owner, workspace.repo, self._provider(workspace.provider), self._ref(workspace)
+        )
+        self.store.record(workspace.id, "pushed", branch=branch, commit=commit)
+        return workspace, branch, commit
+
+    # Commands and files
+
+    def exec(self, owner: str, workspace_id: str, command: Command) -> ExecResult:
+        provider, ref, request = self._exec_target(owner, workspace_id, command)
+        return provider.exec(ref, request)
+
+    def exec_stream(self, owner: str, workspace_id: str, command: Command) -> Iterator[ExecEvent]:
+        provider, ref, request = self._exec_target(owner, workspace_id, command)
+        return provider.exec_stream(ref, request)
+
+    def stat(self, owner: str, workspace_id: str, path: str) -> FileStat | list[DirEntry]:
+        provider, ref = self._target(owner, workspace_id)
+        return provider.stat(ref, path)
+
+    def read(self, owner: str, workspace_id: str, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
+        """A file (stat and bytes) or a directory's entries."""
+        provider, ref = self._target(owner, workspace_id)
+        return provider.read(ref, path)
+
+    def read_tool(self, owner: str, workspace_id: str, path: str, offset: int, limit: int) -> tools.ReadResult:
+        """The read tool: a file's lines, numbered, or a directory's listing."""
+        found = self.read(owner, workspace_id, path)
+        if isinstance(found, list):
+            return tools.listing(found)
+        return tools.numbered(tools.whole(path, *found), offset, limit)
+
+    def edit_tool(self, owner: str, workspace_id: str, path: str, old: str, new: str, replace_all: bool) -> int:
+        """The edit tool: replace `old` with `new` in a text file; how many times. Its mode is kept."""
+        provider, ref = self._target(owner, workspace_id)
+        stat, chunks = provider.read_file(ref, path)
+        data = tools.whole(path, stat, chunks)
+        if tools.is_binary(data):
+            raise Unprocessable(f"{path} is a binary file: the edit tool changes text; write the file whole instead")
+        text, count = tools.replaced(data.decode("utf-8"), old, new, replace_all)
+        encoded = text.encode()
+        provider.write_file(ref, path, [encoded], len(encoded), stat.mode)
+        return count
+
+    def glob_tool(self, owner: str, workspace_id: str, pattern: str, root: str, limit: int) -> search.GlobResult:
+        """The glob tool: files under `root` matching `pattern`, newest first."""
+        provider, ref = self._target(owner, workspace_id)
+        listing = provider.exec(ref, self._search_request(search.glob_command(pattern, root)))
+        return search.globbed(pattern, root, listing, limit)
+
+    def grep_tool(self, owner: str, workspace_id: str, query: search.GrepQuery) -> search.GrepResult:
+        """The grep tool: lines matching a regular expression, with context, until a bound."""
+        provider, ref = self._target(owner, workspace_id)
+        return search.grep(query, lambda argv: provider.exec_stream(ref, self._search_request(argv)))
+
+    def _search_request(self, argv: list[str]) -> ExecRequest:
+        timeout = min(search.SEARCH_SECONDS, self.settings.exec_timeout)
+        return ExecRequest(argv=argv, cwd="/", timeout=timeout, output_limit=search.SEARCH_OUTPUT)
+
+    def write_file(
+        self, owner: str, workspace_id: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644
+    ) -> int:
+        provider, ref = self._target(owner, workspace_id)
+        return provider.write_file(ref, path, data, size, mode)
+
+    def read_archive(self, owner: str, workspace_id: str, path: str) -> Iterator[bytes]:
+        provider, ref = self._archive_target(owner, workspace_id)
+        return provider.read_archive(ref, path)
+
+    def write_archive(self, owner: str, workspace_id: str, path: str, data: Iterable[bytes]) -> None:
+        provider, ref = self._archive_target(owner, workspace_id)
+        provider.write_archive(ref, path, data)
+
+    # Helpers
+
+    def _provider(self, name: str) -> Provider:
+        if name in self.providers:
+            return self.providers[name]
+        if name in self.unavailable:
+            raise BadRequest(f"provider {name!r} is not available: {self.unavailable[name]}")
+        raise BadRequest(f"unknown provider {name!r}: use one of {', '.join(sorted(self.providers))}")
+
+    def watch(self, owner: str, workspace_id: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
+        provider, ref = self._target(owner, workspace_id)
+        if not provider.capabilities().watch:
+            raise BadRequest(f"this workspace's provider ({provider.name}) cannot watch files")
+        return provider.watch(ref, path, recursive)
+
+    # Background processes
+
+    def processes(self, owner: str, workspace_id: str) -> ProcessTable:
+        """The background processes of a running workspace of `owner`."""
+        return self._process_table(self._running(owner, workspace_id))
+
+    def list_processes(self, owner: str, workspace_id: str) -> list[ProcessInfo]:
+        """Every background process of a running workspace of `owner`, running or exited (a look)."""
+        return self._process_table(self._looked_at(owner, workspace_id)).list()
+
+    def start_process(self, owner: str, workspace_id: str, request: ProcessRequest) -> ProcessInfo:
+        workspace = self._running(owner, workspace_id)
+        env = {**workspace.env, **request.env}  # the workspace's env, then the process's own
+        return self._process_table(workspace).start(replace(request, env=env))
+
+    # Ports
+
+    def connect(self, owner: str, workspace_id: str, port: int) -> PortConnection:
+        """A connection to `port` on the workspace's loopback (a preview). ProviderError (502) when
+        nothing listens there."""
+        provider, ref = self._target(owner, workspace_id)
+        if not provider.capabilities().ports:
+            raise BadRequest(
+                f"the {provider.name} provider cannot reach ports inside its workspaces: use a gvisor, docker or "
+                "e2b workspace for previews"
+            )
+        return provider.connect(ref, port)
+
+    def listening_ports(self, owner: str, workspace_id: str) -> list[int]:
+        """The TCP ports something listens on in the workspace (any address), ascending (a look)."""
+        workspace = self._looked_at(owner, workspace_id)
+        provider, ref = self._provider(workspace.provider), self._ref(workspace)
+        found: set[int] = set()
+        for table in listening.TABLES:
+            try:
+                stat, chunks = provider.read_file(ref, table)
+            except FileError as exc:
+                if exc.status_code == 404:  # a kernel without IPv6
+                    continue
+                raise
+            found |= listening.listening_ports(listening.table_text(table, stat.size, chunks))
+        return sorted(found - provider.reserved_ports(ref))
+
+    def measure(self) -> dict[str, Usage]:
+        """What each running workspace (every owner's) uses now, where its provider can say."""
+        found = {}
+        for workspace in self.store.find(statuses=[Status.RUNNING.value]):
+            provider = self.providers.get(workspace.provider)
+            if provider is None or not workspace.provider_ref:
+                continue
+            try:
+                usage = provider.usage(workspace.provider_ref)
+            except WorkspaceGone:  # deleted since it was listed
+                continue
+            if usage is not None:
+                found[workspace.id] = usage
+        return found
+
+    # Shell sessions
+
+    def open_session(self, owner: str, workspace_id: str, cwd: str, env: Mapping[str, str]) -> ProcessInfo:
+        workspace = self._running(owner, workspace_id)
+        table = self._process_table(workspace)
+        return self.sessions.open(table, workspace.id, cwd, {**workspace.env, **env})
+
+    def list_sessions(self, owner: str, workspace_id: str) -> list[ProcessInfo]:
+        return self.sessions.list(self.processes(owner, workspace_id))
+
+    def run_in_session(
+        self, owner: str, workspace_id: str, session: int, command: str, timeout: float | None
+    ) -> SessionRun:
+        """Run a command in a session; it is interrupted after `timeout` (None: SESSION_TIMEOUT, at most
+        the server's WORKSPACE_EXEC_TIMEOUT)."""
+        table = self.processes(owner, workspace_id)
+        wait = min(timeout or SESSION_TIMEOUT, self.settings.exec_timeout)
+        return self.sessions.run(table, workspace_id, session, command, wait, self.settings.exec_output_limit)
+
+    def close_session(self, owner: str, workspace_id: str, session: int) -> None:
+        self.sessions.close(self.processes(owner, workspace_id), workspace_id, session)
+
+    def _process_table(self, workspace: Workspace) -> ProcessTable:
+        provider = self._provider(workspace.provider)
+        if not provider.capabilities().processes:
+            raise BadRequest(
+                f"the {workspace.provider} provider has no background processes: use exec, or a workspace "
+                "of the gvisor or docker provider"
+            )
+        return provider.processes(self._ref(workspace))
+
+    def _target(self, owner: str, workspace_id: str) -> tuple[Provider, str]:
+        """The provider and handle of a running workspace of `owner`."""
+        workspace = self._running(owner, workspace_id)
+        return self._provider(workspace.provider), self._ref(workspace)
+
+    def _archive_target(self, owner: str, workspace_id: str) -> tuple[Provider, str]:
+        provider, ref = self._target(owner, workspace_id)
+        if not provider.capabilities().archives:
+            raise BadRequest("this workspace's provider cannot move tar archives: use the files endpoint per file")
+        return provider, ref
+
+    def _running(self, owner: str, workspace_id: str) -> Workspace:
+        return self._used(self._looked_at(owner, workspace_id, "use"))
+
+    def _looked_at(self, owner: str, workspace_id: str, action: str = "look into") -> Workspace:
+        """A running workspace of `owner`, for a look at its state: not a use, so its expiry stays (a
+        dashboard looks every few seconds, which must not keep an idle workspace from expiring)."""
+        workspace = self.get(owner, workspace_id)
+        self._require(workspace, Status.RUNNING, action)
+        return workspace
+
+    def _used(self, workspace: Workspace) -> Workspace:
+        """Record the use, and slide an ephemeral workspace's expiry to its TTL from now: one that is
+        used never expires under its user, an idle one still does. Written at most once a minute, so
+        that a command costs no database write."""
+        now = utcnow()
+        if workspace.last_used_at is not None and now - workspace.last_used_at < USE_RECORDED_EVERY:
+            return workspace
+        ttl = workspace.ttl_days
+        expires_at = now + timedelta(days=ttl) if ttl is not None else workspace.expires_at
+        return self.store.update(workspace.id, last_used_at=now, expires_at=expires_at)
+
+    def _exec_target(self, owner: str, workspace_id: str, command: Command) -> tuple[Provider, str, ExecRequest]:
+        workspace = self._running(owner, workspace_id)
+        request = ExecRequest(
+            argv=command.argv,
+            cwd=command.cwd,
+            env={**workspace.env, **command.env},  # the workspace's env, then the command's own
+            timeout=command.timeout or self.settings.exec_timeout,
+            output_limit=self.settings.exec_output_limit,
+        )
+        return self._provider(workspace.provider), self._ref(workspace), request
+
+    def _check_room(self, owner: str, quota: Quota | None, cpu: float, memory: int) -> None:
+        """Refuse when the cap, or a quota of the asking key, would be passed by one more workspace of
+        `cpu` and `memory`; the caller holds the store's admission lock, so both stay exact."""
+        active = self.store.count_active()
+        if active >= self.settings.max_concurrent:
+            self.metrics.rejections.inc()
+            raise TooManyWorkspaces(
+                f"{active} workspaces are active, the limit (WORKSPACE_MAX_CONCURRENT) is "
+                f"{self.settings.max_concurrent}: stop or delete one, or try again later"
+            )
+        if quota is None or quota == Quota():
+            return
+        count, cpus, used_memory = self.store.active_of(owner)
+        reached = None
+        if quota.max_workspaces is not None and count + 1 > quota.max_workspaces:
+            reached = f"max_workspaces ({quota.max_workspaces}): {owner} has {count} active"
+        elif quota.max_cpus is not None and cpus + cpu > quota.max_cpus + 1e-9:
+            reached = f"max_cpus ({quota.max_cpus:g}): {owner}'s active workspaces use {cpus:g}, this one asks {cpu:g}"
+        elif quota.max_memory is not None and used_memory + memory > quota.max_memory:
+            reached = (
+                f"max_memory ({format_size(quota.max_memory)}): {owner}'s active workspaces use "
+                f"{format_size(used_memory)}, this one asks {format_size(memory)}"
+            )
+        if reached is not None:
+            self.metrics.rejections.inc()
+            raise TooManyWorkspaces(
+                f"your API key's quota {reached}: stop or delete a workspace, ask for less, "
+                "or ask an admin for a key with a larger quota"
+            )
+
+    @staticmethod
+    def _require(workspace: Workspace, status: Status, action: str) -> None:
+        if workspace.status != status:
+            hint = {
+                Status.STOPPED: f"start it first with POST /api/v1/workspaces/{workspace.id}/start",
+                Status.STARTING: "wait until it is running",
+                Status.FAILED: f"it failed ({workspace.error}); delete it and create a new one",
+            }.get(Status(workspace.status), "")
+            raise Conflict(f"cannot {action} workspace {workspace.id}: it is {workspace.status}; {hint}".rstrip("; "))
+
+    @staticmethod
+    def _ref(workspace: Workspace) -> str:
+        if not workspace.provider_ref:
+            raise Conflict(f"workspace {workspace.id} has no sandbox yet: wait until it is running")
+        return workspace.provider_ref
