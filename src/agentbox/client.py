@@ -7,7 +7,7 @@ meet besides 401 (no key, or one that does not work) and 429 (too many refused k
 address), which any may.
 
 Importing it loads neither the server (SQLAlchemy, FastAPI) nor its settings: the bodies of
-schemas.py and process_schemas.py are the server's and the client's alike.
+agentbox.wire (one module per resource) are the server's and the client's alike.
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ from typing import Literal, Required, TypedDict, TypeVar, Unpack
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from agentbox.wire.audit import AuditPage
+from agentbox.wire.commands import ErrorEvent, ExecOut, ExecStreamEvent, ExitEvent, OutputEvent
+from agentbox.wire.common import ErrorOut, FieldError
+from agentbox.wire.files import DirEntryOut, DirListing, WatchEventOut, WriteResult
+from agentbox.wire.github import PushOut
+from agentbox.wire.keys import KeyList, KeyOut, NewKeyOut
+from agentbox.wire.ports import ListeningPorts, PreviewURL
 from agentbox.wire.processes import (
     ProcessList,
     ProcessOut,
@@ -29,37 +36,9 @@ from agentbox.wire.processes import (
     SessionRunOut,
     process_event,
 )
-from agentbox.wire.schemas import (
-    AuditPage,
-    Capacity,
-    DirEntryOut,
-    DirListing,
-    EditToolOut,
-    ErrorEvent,
-    ErrorOut,
-    ExecOut,
-    ExecStreamEvent,
-    ExitEvent,
-    FieldError,
-    GlobToolOut,
-    GrepToolOut,
-    Health,
-    KeyList,
-    KeyOut,
-    ListeningPorts,
-    NewKeyOut,
-    OutputEvent,
-    PreviewURL,
-    ProviderList,
-    ProviderStatus,
-    PushOut,
-    ReadToolOut,
-    UsageOut,
-    WatchEventOut,
-    WorkspaceList,
-    WorkspaceOut,
-    WriteResult,
-)
+from agentbox.wire.system import Capacity, Health, ProviderList, ProviderStatus
+from agentbox.wire.tools import EditToolOut, GlobToolOut, GrepToolOut, ReadToolOut
+from agentbox.wire.workspaces import UsageOut, WorkspaceList, WorkspaceOut
 
 Model = TypeVar("Model", bound=BaseModel)
 Event = TypeVar("Event")
@@ -70,7 +49,7 @@ Body = bytes | Iterable[bytes]
 
 
 class RepoOptions(TypedDict, total=False):
-    """`repo` of `Client.create`: a GitHub repository to check out into /workspace/<name> (schemas.RepoSpec)."""
+    """`repo` of `Client.create`: a GitHub repository to check out into /workspace/<name> (wire.github.RepoSpec)."""
 
     repository: Required[str]  # owner/name
     ref: str  # a branch, tag or commit
@@ -85,7 +64,7 @@ class AllowOptions(TypedDict):
 
 
 class WorkspaceOptions(TypedDict, total=False):
-    """The fields of a workspace to create (schemas.CreateWorkspace); each left out takes the server's default."""
+    """The fields of a workspace to create (wire.workspaces.CreateWorkspace); each left out: the server's default."""
 
     provider: str  # gvisor, docker or e2b
     image: str
@@ -101,7 +80,7 @@ class WorkspaceOptions(TypedDict, total=False):
 
 
 class ExecOptions(TypedDict, total=False):
-    """How to run a command (schemas.ExecIn)."""
+    """How to run a command (wire.commands.ExecIn)."""
 
     timeout: float  # seconds; default: the server's WORKSPACE_EXEC_TIMEOUT
     cwd: str  # absolute; default /workspace
@@ -114,7 +93,7 @@ class TerminalSize(TypedDict):
 
 
 class ProcessOptions(TypedDict, total=False):
-    """How to start a background process (process_schemas.ProcessIn)."""
+    """How to start a background process (wire.processes.ProcessIn)."""
 
     cwd: str
     env: dict[str, str]
@@ -124,7 +103,7 @@ class ProcessOptions(TypedDict, total=False):
 
 
 class GrepOptions(TypedDict, total=False):
-    """A search's options besides its pattern and path (schemas.GrepToolIn)."""
+    """A search's options besides its pattern and path (wire.tools.GrepToolIn)."""
 
     include: str  # only files whose names match this glob
     context: int  # lines around each match
@@ -133,7 +112,7 @@ class GrepOptions(TypedDict, total=False):
 
 
 class KeyQuota(TypedDict, total=False):
-    """Limits on the key owner's active workspaces while the key asks (schemas.CreateKey)."""
+    """Limits on the key owner's active workspaces while the key asks (wire.keys.CreateKey)."""
 
     max_workspaces: int
     max_cpus: float

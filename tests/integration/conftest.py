@@ -29,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentbox.client import APIError, Client
 from agentbox.config import load_settings
 from agentbox.providers.docker.firewall import Firewall
-from agentbox.wire.schemas import Health, WorkspaceOut
+from agentbox.wire.system import Health
+from agentbox.wire.workspaces import WorkspaceOut
 
 if TYPE_CHECKING:
     from .e2b_standin import E2BStandIn

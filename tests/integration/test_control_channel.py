@@ -15,7 +15,8 @@ import docker
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.wire.schemas import ErrorEvent, ExitEvent, OutputEvent, WorkspaceOut
+from agentbox.wire.commands import ErrorEvent, ExitEvent, OutputEvent
+from agentbox.wire.workspaces import WorkspaceOut
 
 from .conftest import Server, eventually
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.wire.schemas import PushOut
+from agentbox.wire.github import PushOut
 
 from .conftest import KEYS, Server
 from .github_standin import GitHubStandIn, new_private_key

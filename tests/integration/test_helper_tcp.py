@@ -19,7 +19,7 @@ from agentbox.client import Client
 from agentbox.sandbox.channel import Invocation
 from agentbox.sandbox.control import encode_request
 from agentbox.sandbox.handshake import ANSWER_BYTES, MAGIC, ClientHandshake, channel_key
-from agentbox.wire.schemas import WorkspaceOut
+from agentbox.wire.workspaces import WorkspaceOut
 
 from .conftest import KEYS, REJECTED, Server, eventually, probe, remove_network
 

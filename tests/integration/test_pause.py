@@ -13,7 +13,7 @@ import pytest
 from agentbox.client import APIError, Client
 from agentbox.providers.docker.checkpoints import Checkpoints
 from agentbox.wire.processes import ProcessOutputEvent
-from agentbox.wire.schemas import WorkspaceOut
+from agentbox.wire.workspaces import WorkspaceOut
 
 from .conftest import eventually
 

@@ -12,7 +12,7 @@ import pytest
 
 from agentbox.client import APIError, Client
 from agentbox.wire.processes import OutputDroppedEvent, ProcessExitEvent, ProcessOutputEvent, ProcessStreamEvent
-from agentbox.wire.schemas import WorkspaceOut
+from agentbox.wire.workspaces import WorkspaceOut
 
 from .conftest import Server, eventually
 

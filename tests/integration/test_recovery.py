@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from agentbox.client import APIError
-from agentbox.wire.schemas import WorkspaceOut
+from agentbox.wire.workspaces import WorkspaceOut
 
 from .conftest import BUSYBOX_IMAGE, WORKSPACE_LABEL, Server, container_id, eventually, reads_back
 from .engines import second_engine

@@ -23,8 +23,9 @@ from agentbox.cli.terminal import terminal_url
 from agentbox.client import APIError, Client
 from agentbox.db.store import Store
 from agentbox.errors import Conflict
+from agentbox.wire.commands import ErrorEvent
 from agentbox.wire.processes import ProcessExitEvent, ProcessOutputEvent, SessionRunOut
-from agentbox.wire.schemas import ErrorEvent, WorkspaceOut
+from agentbox.wire.workspaces import WorkspaceOut
 from agentbox.workspaces.session_claims import Claim, SessionClaims
 
 from .conftest import KEYS, Replicas, Server, eventually

@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 
 from agentbox.client import Client
-from agentbox.wire.schemas import WorkspaceOut
+from agentbox.wire.workspaces import WorkspaceOut
 
 from .conftest import container_id
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.wire.schemas import WorkspaceOut
+from agentbox.wire.workspaces import WorkspaceOut
 
 
 def test_a_session_keeps_directory_variables_and_functions(alice: Client, workspace: WorkspaceOut) -> None:

@@ -22,7 +22,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from agentbox.cli.terminal import terminal_url
 from agentbox.client import Client
-from agentbox.wire.schemas import WorkspaceOut
+from agentbox.wire.workspaces import WorkspaceOut
 
 from .conftest import KEYS, Server
 

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.wire.schemas import WatchEventOut, WorkspaceOut
+from agentbox.wire.files import WatchEventOut
+from agentbox.wire.workspaces import WorkspaceOut
 
 from .conftest import eventually
 

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from agentbox.client import APIError, Client
-from agentbox.wire.schemas import ExitEvent, OutputEvent, WorkspaceOut
+from agentbox.wire.commands import ExitEvent, OutputEvent
+from agentbox.wire.workspaces import WorkspaceOut
 
 from .conftest import WORKSPACE_LABEL, Server
 

@@ -18,7 +18,8 @@ from agentbox.client import APIError, Client
 from agentbox.db.models import Status
 from agentbox.db.store import Store
 from agentbox.providers.base import Capabilities
-from agentbox.wire.schemas import DirListing, ExitEvent, OutputEvent, WriteResult
+from agentbox.wire.commands import ExitEvent, OutputEvent
+from agentbox.wire.files import DirListing, WriteResult
 from tests.fake_provider import FakeProvider
 from tests.unit.apps import KEYS, build_app
 

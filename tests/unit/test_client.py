@@ -10,8 +10,13 @@ import pytest
 from pydantic import BaseModel
 
 from agentbox import client
+from agentbox.wire.commands import ExecIn
+from agentbox.wire.common import FieldError
+from agentbox.wire.github import RepoSpec
+from agentbox.wire.keys import CreateKey
 from agentbox.wire.processes import ProcessIn
-from agentbox.wire.schemas import CreateKey, CreateWorkspace, ExecIn, FieldError, GrepToolIn, RepoSpec
+from agentbox.wire.tools import GrepToolIn
+from agentbox.wire.workspaces import CreateWorkspace
 
 #: What a program that only talks to a server must not load: the server, its database, its settings.
 SERVER_ONLY = ("sqlalchemy", "fastapi", "starlette", "alembic", "docker", "uvicorn", "agentbox.config")
@@ -23,7 +28,7 @@ def test_importing_the_client_loads_nothing_of_the_server() -> None:
     loaded = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout)
     server = [name for name in loaded if name in SERVER_ONLY or name.split(".")[0] in SERVER_ONLY]
     assert server == []
-    assert "agentbox.db.models" not in loaded and "agentbox.wire.schemas" in loaded  # the bodies come, the rows do not
+    assert "agentbox.db.models" not in loaded and "agentbox.wire.workspaces" in loaded  # the bodies come, not the rows
 
 
 @pytest.mark.parametrize(

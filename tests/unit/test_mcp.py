@@ -27,8 +27,10 @@ from typer.testing import CliRunner
 from agentbox.cli.main import app as cli
 from agentbox.mcp import answers
 from agentbox.mcp.tools import TOOLS, OutputFrom
+from agentbox.wire.commands import ExecIn
 from agentbox.wire.processes import ProcessIn, SessionIn
-from agentbox.wire.schemas import CreateWorkspace, EditToolIn, ExecIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
+from agentbox.wire.tools import EditToolIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
+from agentbox.wire.workspaces import CreateWorkspace
 from tests.fake_provider import FakeProvider
 from tests.mcp_sessions import over_stdio, over_streamable_http, text
 from tests.unit.apps import KEYS, build_app, uvicorn_serving

@@ -22,7 +22,7 @@ from starlette.routing import Mount
 
 from agentbox.client import Client
 from agentbox.web import dependencies, openapi
-from agentbox.wire.schemas import ErrorOut
+from agentbox.wire.common import ErrorOut
 from tests.fake_provider import FakeProvider
 from tests.unit.apps import KEYS, build_app
 from tests.unit.test_api import InProcess
@@ -92,7 +92,7 @@ def test_every_operation_answers_a_typed_success(operations: list[Operation]) ->
             content = answer.get("content", {})
             if status == "204":
                 typed = not content
-            else:  # JSON: a model of schemas.py (not `dict`); a file or a stream: its media type and what it holds
+            else:  # JSON: a model of wire/ (not `dict`); a file or a stream: its media type and what it holds
                 typed = bool(content) and all(
                     "$ref" in media.get("schema", {})
                     if kind == "application/json"

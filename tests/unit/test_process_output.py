@@ -16,7 +16,7 @@ from agentbox.sandbox.channel import Invocation, _records, _watch_events
 from agentbox.sandbox.process_table import OutputDropped, ProcessEnded, ProcessOutput
 from agentbox.sandbox.processes import HelperProcesses, _parse_table
 from agentbox.sandbox.runtime import ExecResult
-from agentbox.wire.schemas import ExecOut
+from agentbox.wire.commands import ExecOut
 
 
 @given(

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentbox.db.models import utcnow
 from agentbox.web.dependencies import Manager, Owner, in_thread
 from agentbox.web.openapi import errors
-from agentbox.wire.schemas import AuditPage, AuditRecordOut
+from agentbox.wire.audit import AuditPage, AuditRecordOut
 from agentbox.workspaces.audit import AuditLog, Call, summarized
 
 log = logging.getLogger("agentbox.workspaces.audit")

@@ -12,7 +12,7 @@ from agentbox.web.dependencies import Manager, Owner, in_thread
 from agentbox.web.ndjson import guarded_lines, json_line
 from agentbox.web.openapi import IN_SANDBOX, errors, ndjson
 from agentbox.web.streaming import ClosingStreamingResponse
-from agentbox.wire.schemas import ExecIn, ExecOut, ExitEvent, OutputEvent
+from agentbox.wire.commands import ExecIn, ExecOut, ExitEvent, OutputEvent
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["commands"])
 

@@ -11,7 +11,7 @@ from agentbox.web.files import IN_ONE_PIECE, file_answer, spooled, sync_chunks
 from agentbox.web.ndjson import guarded_lines, json_line
 from agentbox.web.openapi import FILE_ERRORS, errors, ndjson
 from agentbox.web.streaming import ClosingStreamingResponse
-from agentbox.wire.schemas import DirEntryOut, DirListing, WatchEventOut, WriteResult
+from agentbox.wire.files import DirEntryOut, DirListing, WatchEventOut, WriteResult
 
 router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["files"])
 

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Response
 from agentbox.db.models import GitHubApp
 from agentbox.web.dependencies import GitHubApps, Manager, Owner, in_thread
 from agentbox.web.openapi import errors
-from agentbox.wire.schemas import GitHubAppList, GitHubAppOut, PushOut, RegisterApp
+from agentbox.wire.github import GitHubAppList, GitHubAppOut, PushOut, RegisterApp
 
 router = APIRouter(prefix="/api/v1", tags=["github"])
 

@@ -8,7 +8,7 @@ from agentbox.auth.keys import ApiKeys
 from agentbox.errors import NotFound
 from agentbox.web.dependencies import Admin, Who, in_thread
 from agentbox.web.openapi import errors
-from agentbox.wire.schemas import CreateKey, KeyList, KeyOut, NewKeyOut
+from agentbox.wire.keys import CreateKey, KeyList, KeyOut, NewKeyOut
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 

@@ -39,7 +39,8 @@ from agentbox.web.previews import (
 from agentbox.web.proxy import PREVIEW_COOKIE, proxy_http
 from agentbox.web.tokens import bearer_caller
 from agentbox.web.websocket_relay import caller_of, proxy_websocket
-from agentbox.wire.schemas import MAX_SECONDS, ListeningPorts, PreviewURL
+from agentbox.wire.common import MAX_SECONDS
+from agentbox.wire.ports import ListeningPorts, PreviewURL
 
 router = APIRouter(tags=["previews"])
 

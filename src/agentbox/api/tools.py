@@ -4,7 +4,8 @@ from fastapi import APIRouter
 
 from agentbox.web.dependencies import Manager, Owner, in_thread
 from agentbox.web.openapi import FILE_ERRORS, errors
-from agentbox.wire.schemas import (
+from agentbox.wire.files import WriteResult
+from agentbox.wire.tools import (
     EditToolIn,
     EditToolOut,
     GlobToolIn,
@@ -14,7 +15,6 @@ from agentbox.wire.schemas import (
     GrepToolOut,
     ReadToolIn,
     ReadToolOut,
-    WriteResult,
     WriteToolIn,
 )
 from agentbox.workspaces.search import GrepQuery

@@ -10,7 +10,7 @@ from agentbox.web.dependencies import History, Manager, Owner, Who, in_thread
 from agentbox.web.openapi import errors
 from agentbox.wire.domain import Status
 from agentbox.wire.network import policy_of
-from agentbox.wire.schemas import (
+from agentbox.wire.workspaces import (
     CreateWorkspace,
     ExtendWorkspace,
     UsageOut,

@@ -20,7 +20,8 @@ from agentbox.cli import processes as cli_processes
 from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, require_key
 from agentbox.client import AllowOptions, ExecOptions, RepoOptions, WorkspaceOptions
 from agentbox.config import ConfigError, Settings, load_settings
-from agentbox.wire.schemas import DirListing, ExitEvent, OutputEvent
+from agentbox.wire.commands import ExitEvent, OutputEvent
+from agentbox.wire.files import DirListing
 
 app = typer.Typer(help="Isolated workspaces for AI agents, on Docker with gVisor.", no_args_is_help=True)
 ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args_is_help=True)

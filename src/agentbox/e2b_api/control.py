@@ -28,9 +28,9 @@ from agentbox.db.models import Workspace, utcnow
 from agentbox.e2b_api import access, interpreter
 from agentbox.errors import AgentboxError, NotFound
 from agentbox.web.dependencies import authenticated, in_thread, refused
+from agentbox.wire.common import MAX_SECONDS, Env, LabelValue, MetadataKey
 from agentbox.wire.domain import NewWorkspace, PauseAtEnd, Status
 from agentbox.wire.network import AllowList, Destination, NetworkPolicy
-from agentbox.wire.schemas import MAX_SECONDS, Env, LabelValue, MetadataKey
 from agentbox.workspaces.manager import WorkspaceManager
 
 PREFIX = "/e2b"

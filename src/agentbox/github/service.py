@@ -30,7 +30,7 @@ from agentbox.github.egress import SETTING, EgressPolicy, Refused
 from agentbox.providers.base import Provider
 from agentbox.sandbox.runtime import ExecRequest
 from agentbox.wire.domain import Checkout
-from agentbox.wire.schemas import RegisterApp
+from agentbox.wire.github import RegisterApp
 
 log = logging.getLogger("agentbox.github")
 

@@ -16,6 +16,8 @@ import httpx
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 
+from agentbox.wire.commands import ExecOut
+from agentbox.wire.files import WriteResult
 from agentbox.wire.processes import (
     OutputDroppedEvent,
     ProcessExitEvent,
@@ -24,7 +26,7 @@ from agentbox.wire.processes import (
     SessionRunOut,
     process_event,
 )
-from agentbox.wire.schemas import EditToolOut, ExecOut, GlobToolOut, GrepToolOut, ReadToolOut, WriteResult
+from agentbox.wire.tools import EditToolOut, GlobToolOut, GrepToolOut, ReadToolOut
 
 Model = TypeVar("Model", bound=BaseModel)
 #: A successful answer of the route, and the tool's validated arguments, as the tool's result.

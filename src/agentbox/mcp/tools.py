@@ -15,18 +15,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agentbox.mcp import answers
+from agentbox.wire.commands import ExecIn
+from agentbox.wire.common import MAX_SECONDS
 from agentbox.wire.domain import Status
 from agentbox.wire.processes import ProcessIn, SessionIn, SessionRunIn
-from agentbox.wire.schemas import (
-    MAX_SECONDS,
-    CreateWorkspace,
-    EditToolIn,
-    ExecIn,
-    GlobToolIn,
-    GrepToolIn,
-    ReadToolIn,
-    WriteToolIn,
-)
+from agentbox.wire.tools import EditToolIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
+from agentbox.wire.workspaces import CreateWorkspace
 
 #: Where the routes are; a tool's `path` is under it.
 API_PREFIX = "/api/v1"

@@ -10,7 +10,7 @@ from agentbox.providers.base import Capabilities
 from agentbox.server.service import Service
 from agentbox.web.dependencies import Manager, Owner, in_thread
 from agentbox.web.openapi import errors
-from agentbox.wire.schemas import Capacity, Health, ProviderInfo, ProviderList, ProviderStatus
+from agentbox.wire.system import Capacity, Health, ProviderInfo, ProviderList, ProviderStatus
 
 VERSION = version("agentbox")
 

@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from agentbox.auth.keys import ApiKeys, Caller
 from agentbox.errors import Forbidden, NotFound, Unauthorized
 from agentbox.github.service import GitHub
-from agentbox.wire.schemas import AbsolutePath
+from agentbox.wire.common import AbsolutePath
 from agentbox.workspaces.manager import WorkspaceManager
 from agentbox.workspaces.usage import UsageHistory
 

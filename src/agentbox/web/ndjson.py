@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pydantic import BaseModel
 
 from agentbox.errors import AgentboxError
-from agentbox.wire.schemas import ErrorEvent
+from agentbox.wire.commands import ErrorEvent
 
 
 def json_line(event: BaseModel) -> bytes:

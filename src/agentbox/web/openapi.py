@@ -14,8 +14,10 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import TypeAdapter
 
+from agentbox.wire.commands import ExecStreamEvent
+from agentbox.wire.common import ErrorOut
+from agentbox.wire.files import WatchEventOut
 from agentbox.wire.processes import ProcessStreamEvent
-from agentbox.wire.schemas import ErrorOut, ExecStreamEvent, WatchEventOut
 
 #: FastAPI's `responses`: extra answers of a route by status.
 Responses = dict[int | str, dict[str, Any]]

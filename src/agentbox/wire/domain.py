@@ -4,7 +4,7 @@ The manager, the pool and the GitHub service work on them, so nothing below the 
 pydantic's request models or on HTTP, and a caller with no HTTP in between (the CLI's local
 commands, tests, a future second API) builds them directly.
 
-Also the names that the API's bodies (schemas.py) and the server's rows and settings share, such as
+Also the names that the API's bodies (the other modules of wire/) and the server's rows and settings share, such as
 a workspace's statuses: here rather than in models.py or config.py, so that the bodies, and the
 client that parses them, need neither SQLAlchemy nor the server's settings.
 """

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from agentbox.sandbox.process_table import ProcessInfo, ProcessRequest, ProcessStatus, ProcessStream, TerminalSize
-from agentbox.wire.schemas import AbsolutePath, CommandLine, Env, ErrorEvent, NoNul, Seconds, argv_of
+from agentbox.wire.commands import ErrorEvent
+from agentbox.wire.common import AbsolutePath, CommandLine, Env, NoNul, Seconds, argv_of
 
 
 class TerminalSizeIn(BaseModel):
