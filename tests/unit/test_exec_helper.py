@@ -1,4 +1,4 @@
-"""Tests for the in-container helper ``agentbox-exec`` (src/agentbox/sandbox/agentbox-exec.c).
+"""Tests for the in-container helper ``agentbox-exec`` (src/agentbox/sandbox/*.c, main.c lists them).
 
 The helper is a plain static Linux binary, so it is compiled into a temp dir and run
 directly on the host; no Docker needed.

@@ -29,19 +29,25 @@ class HelperMissing(RuntimeError):
     pass
 
 
-#: The helper's C sources (compiled together) and the header they share.
-SOURCES = ("agentbox-exec.c", "processes.c", "watch.c", "connect.c", "handshake.c")
-HEADER = "helper.h"
+def _here() -> Path:
+    return Path(str(resources.files("agentbox.sandbox")))
 
 
-def _source(name: str = SOURCES[0]) -> Path:
-    return Path(str(resources.files("agentbox.sandbox") / name))
+def _sources() -> list[Path]:
+    """The helper's C sources, compiled together (main.c lists what each is for).
+
+    Every `.c` of this package, as the Makefile's prerequisites are, so that a file added to the
+    helper is built without a list to keep in step."""
+    return sorted(_here().glob("*.c"))
+
+
+def _binary() -> Path:
+    return _here() / "agentbox-exec"
 
 
 def build(output: Path | None = None, *, strict: bool = False) -> Path:
-    """Compile the helper (next to its source by default); `strict` turns warnings into errors."""
-    source = _source()
-    binary = output or source.with_suffix("")
+    """Compile the helper (next to its sources by default); `strict` turns warnings into errors."""
+    binary = output or _binary()
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise HelperMissing(
@@ -50,7 +56,7 @@ def build(output: Path | None = None, *, strict: bool = False) -> Path:
         )
     flags = [*_CFLAGS, "-Werror"] if strict else _CFLAGS
     result = subprocess.run(
-        [compiler, *flags, "-o", str(binary), *(str(_source(name)) for name in SOURCES)],
+        [compiler, *flags, "-o", str(binary), *map(str, _sources())],
         capture_output=True,
         text=True,
         check=False,
@@ -62,9 +68,9 @@ def build(output: Path | None = None, *, strict: bool = False) -> Path:
 
 @cache
 def helper_path() -> Path:
-    """The compiled helper, built with the system C compiler when missing or older than its source."""
-    binary = _source().with_suffix("")
-    newest = max(_source(name).stat().st_mtime for name in (*SOURCES, HEADER))
+    """The compiled helper, built with the system C compiler when missing or older than a source or header."""
+    binary = _binary()
+    newest = max(path.stat().st_mtime for path in (*_sources(), *_here().glob("*.h")))
     if binary.exists() and binary.stat().st_mtime >= newest:
         return binary
     return build(binary)

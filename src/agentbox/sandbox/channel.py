@@ -3,7 +3,7 @@
 A provider that can start the helper in its sandbox (with arguments, stdin, and stdout and
 stderr kept apart) gives a `Transport`; `HelperChannel` turns that into commands and files.
 The Docker provider's transport is the Engine API's exec; a Kubernetes one would be the pod
-exec API. What the helper answers is defined by agentbox-exec.c:
+exec API. What the helper answers is defined by run.c, files.c and main.c (probe):
 
     run [-t SECONDS] [-m MAX_BYTES] [-i] -- ARGV   output as it comes; exit code (124: timed out)
     get PATH            "F <size> <octal mode>\\n" + the bytes, or "D\\n" + NUL-separated entries
@@ -49,7 +49,7 @@ NO_LIMIT = 1 << 62
 
 # What the helper answers is untrusted (a workload can put its own listener on the control
 # socket, control.py), so every part of an answer is read within a bound, far above what the
-# genuine helper (agentbox-exec.c, watch.c, connect.c) sends: a helper past one fails its call
+# genuine helper (run.c, files.c, watch.c, connect.c) sends: a helper past one fails its call
 # (HelperMalformed), and a call never holds more than its bound.
 
 #: A line: a `get` or `connect` header ("F <size> <mode>", "D", "OK", "E <ERRNO> <message>") or

@@ -1,7 +1,7 @@
 """The helper's control protocol over a socket of its own, and its Unix socket: `Transport`s without `docker exec`.
 
 In a workspace made with a control directory, the helper's init keeps a server on a Unix
-socket there (agentbox-exec.c, "serve"); the directory is bind-mounted from the host, so the
+socket there (server.c, worker.c); the directory is bind-mounted from the host, so the
 server connects to it like any local socket, with no network in the workspace. Each call
 is one connection: the helper says who it is, takes the request, and answers in frames
 (1 stdout, 2 stderr, 3 exit code, 4 could not start). Binary data travels as it is.
@@ -39,15 +39,15 @@ HELLO_SECONDS = 10.0
 
 # What a workspace's helper sends is untrusted: a workload can put its own listener on the
 # control socket and answer a correct hello. So every size it announces is checked against
-# what the genuine helper (agentbox-exec.c) can send, with room to spare, before any of it is
+# what the genuine helper (output.c, worker.c) can send, with room to spare, before any of it is
 # read, and payloads are handed on in pieces as they arrive, never gathered whole.
 
 #: The largest frame the genuine helper sends is one read of a file that says it is empty
-#: (/proc, /sys: get_sizeless sends up to SIZELESS_MAX = 1 MiB at once); output, file bodies
+#: (/proc, /sys: get_sizeless in files.c sends up to SIZELESS_MAX = 1 MiB at once); output, file bodies
 #: and listings go in pieces of at most BUFSZ (64 KiB, helper.h). Four times the largest: a
 #: frame announced past this is not our helper talking. Public: every reader of frames uses it.
 MAX_FRAME = 4 << 20
-#: A refusal is one short line (refuse() formats it into 4200 bytes).
+#: A refusal is one short line (refuse() in worker.c formats it into 4200 bytes).
 MAX_REFUSAL = 64 << 10
 #: Bytes asked of the socket at once, and so the largest piece of a payload handed on.
 READ_SIZE = 64 << 10

@@ -52,9 +52,10 @@ _END, _SKIPPED, _KEEPALIVE = 0, 8, 9
 _RECORD = struct.Struct(">BI")
 
 # What the helper answers is untrusted (see agentbox.sandbox.channel): each part is read within a
-# bound far above what processes.c sends, and a helper past one fails its call (HelperMalformed).
+# bound far above what processes.c and process_io.c send, and a helper past one fails its call
+# (HelperMalformed).
 
-#: An output record: processes.c sends at most BUFSZ (64 KiB) of output in one, or its exit line
+#: An output record: process_io.c sends at most BUFSZ (64 KiB) of output in one, or its exit line
 #: (256 bytes at most) or an offset.
 MAX_OUTPUT_RECORD = 256 << 10
 #: A process's record in the table: its "meta" is read up to MAX_META (64 KiB), "exit" up to 256 bytes.

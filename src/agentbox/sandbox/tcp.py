@@ -1,8 +1,8 @@
 """The helper's control protocol over TCP: a `Transport` for a control plane that is not on the sandbox's host.
 
-The helper's init can listen on a TCP port in the workspace's network namespace (agentbox-exec.c,
-`init -K KEY_FILE -T PORT`). A connection there first goes through the handshake of handshake.py
-(both ends prove they know the workspace's channel key, on fresh nonces); after it, the request,
+The helper's init can listen on a TCP port in the workspace's network namespace (init.c,
+handshake.c: `init -K KEY_FILE -T PORT`). A connection there first goes through the handshake of
+handshake.py (both ends prove they know the workspace's channel key, on fresh nonces); after it, the request,
 the hello and the frames are exactly those of the Unix socket (control.FramedTransport), so
 every call of the channel, the tunnels of previews and the event loop's take-over of a socket
 (async_tunnel.py) work over it unchanged.

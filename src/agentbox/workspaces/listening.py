@@ -13,7 +13,7 @@ from agentbox.sandbox.runtime import close_stream
 
 TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 #: A table is read whole. The helper sends a /proc file as one read of at most 1 MiB
-#: (agentbox-exec.c, SIZELESS_MAX): one announced past this is not agentbox's helper talking.
+#: (files.c, SIZELESS_MAX): one announced past this is not agentbox's helper talking.
 MAX_TABLE = 4 << 20
 _LISTEN = "0A"  # the kernel's TCP_LISTEN, as the tables write it
 

@@ -4,7 +4,7 @@ The Engine API has them (experimental: dockerd runs with `"experimental": true`)
 not, so the calls are made here with its client. gVisor refuses to checkpoint a sandbox with the
 host network passthrough (`--network=host`) or holding a host Unix socket, so only workspaces
 without network run under the checkpointing runtime (runsc `--network=none`), and the helper's
-init lets go of its control socket first (`cmd_init` in agentbox-exec.c).
+init lets go of its control socket first (`cmd_init` in init.c).
 """
 
 from __future__ import annotations

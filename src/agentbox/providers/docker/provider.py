@@ -56,7 +56,7 @@ CONTAINER_PREFIX = "agentbox-"
 HELPER = HELPER_IN_WORKSPACE
 #: The home of images that name none (the default image's user, `agent`, lives there).
 DEFAULT_HOME = "/home/agent"
-READY_LINE = b"agentbox-exec ready"  # what init prints first (agentbox-exec.c)
+READY_LINE = b"agentbox-exec ready"  # what init prints first (init.c)
 # Room in a gVisor sandbox's host cgroup for gVisor itself (sentry and gofer) on top of the
 # workload's limit, plus an eighth of the limit for what the workload allocates between two
 # checks of the in-sandbox OOM killer.
@@ -192,7 +192,7 @@ class DockerProvider(Provider):
             # gVisor's own kernel shares the workload's cgroups, and hitting a host limit kills the
             # whole sandbox, not the process. So the limits are enforced inside the sandbox, with
             # headroom on the host: init kills the biggest process past the memory limit (see
-            # cmd_init in agentbox-exec.c), and every command runs with RLIMIT_NPROC, which gVisor
+            # cmd_init in init.c), and every command runs with RLIMIT_NPROC, which gVisor
             # counts per sandbox (each task costs ~15 host threads under ptrace, measured). Not
             # Docker's --ulimit: runsc applies that to its own host process too.
             host_memory = spec.memory + GVISOR_MEMORY_HEADROOM + spec.memory // 8
@@ -204,7 +204,7 @@ class DockerProvider(Provider):
         user, capabilities = self.user, []
         if self.tcp_channel is not None and spec.network != "none":
             # The key is root's alone in the sandbox: init starts as root, reads it and becomes the workspace's
-            # user before anything else runs (agentbox-exec.c, cmd_init). A workspace without network has no
+            # user before anything else runs (init.c, cmd_init). A workspace without network has no
             # address to listen on: it keeps the Unix socket, and starts as the workspace's user.
             binds.append((self.tcp_channel.install_key(spec.id), SECRET_IN_WORKSPACE, True))
             init += self.tcp_channel.init_arguments(spec.id, self.user)
