@@ -1,5 +1,5 @@
 """What idle proxied WebSockets cost the API: an owner's `GET /workspaces/{id}` with none open, and with
-`count` open onto servers in real workspaces (each a socket, never a thread; see api/proxy.py).
+`count` open onto servers in real workspaces (each a socket, never a thread; see web/proxy.py).
 
     idle_websockets(api, root, count=300)   # api: httpx.Client on {root}/api/v1 with a bearer key
 

@@ -44,7 +44,7 @@ def test_a_workspace_lives_its_life_through_the_provider(
 ) -> None:
     workspace = manager.create("alice", NewWorkspace())
     assert workspace.status == Status.RUNNING and workspace.runtime == "fake"
-    result = manager.exec("alice", workspace.id, Command(argv=["/bin/sh", "-c", "echo hi; exit 4"]))
+    result = manager.use("alice", workspace.id).exec(Command(argv=["/bin/sh", "-c", "echo hi; exit 4"]))
     assert (result.exit_code, result.stdout) == (4, "hi\n")
     assert manager.stop("alice", workspace.id).status == Status.STOPPED
     assert manager.start("alice", workspace.id).status == Status.RUNNING
@@ -69,6 +69,6 @@ def test_what_a_provider_cannot_enforce_is_refused_not_weakened(
     archive = io.BytesIO()
     tarfile.open(fileobj=archive, mode="w").close()
     with pytest.raises(BadRequest) as no_archives:
-        manager.write_archive("alice", workspace.id, "/workspace", [archive.getvalue()])
+        manager.use("alice", workspace.id).write_archive("/workspace", [archive.getvalue()])
     assert "files endpoint" in no_archives.value.detail
     assert manager.get("alice", workspace.id).status == Status.RUNNING

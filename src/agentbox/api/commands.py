@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from agentbox.sandbox.runtime import ExecEvent, ExecResult, Exit, OutputLimit, TextDecoder
-from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.dependencies import InUse, Manager, in_thread
 from agentbox.web.ndjson import guarded_lines, json_line
 from agentbox.web.openapi import IN_SANDBOX, errors, ndjson
 from agentbox.web.streaming import ClosingStreamingResponse
@@ -21,7 +21,7 @@ _NO_CWD = (400, "`cwd` is not a directory in the workspace.")
 
 
 @router.post("/exec", summary="Run a command", response_model=ExecOut, responses=errors(_NO_CWD, *IN_SANDBOX, 413, 422))
-async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> Response:
+async def exec_command(workspace_id: str, body: ExecIn, ws: InUse) -> Response:
     """Run a command to its end and return its exit code and output (each stream capped at
     WORKSPACE_EXEC_OUTPUT_LIMIT, and flagged if cut).
 
@@ -30,7 +30,7 @@ async def exec_command(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner
 
     Needs an API key: the workspace's owner's.
     """
-    result = await in_thread(mgr.exec, who, workspace_id, body.to_command())
+    result = await in_thread(ws.exec, body.to_command())
     if len(result.stdout) + len(result.stderr) <= TEXT_PIECE:
         return Response(b"".join(exec_json(result)), media_type="application/json")
     # Encoded piece by piece: as one JSON document, 10 MiB of control characters would take 60.
@@ -62,7 +62,7 @@ def exec_json(result: ExecResult) -> Iterator[bytes]:
     responses=ndjson("ExecStreamEvent", "The command's output as it comes, then how it ended.")
     | errors(_NO_CWD, *IN_SANDBOX, 413, 422),
 )
-async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner) -> ClosingStreamingResponse:
+async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, ws: InUse) -> ClosingStreamingResponse:
     """Run a command and stream its output as it comes, as NDJSON.
 
     Each line is `{"stream": "stdout"|"stderr", "data": ...}`; the last is the exit
@@ -72,7 +72,7 @@ async def exec_stream(workspace_id: str, body: ExecIn, mgr: Manager, who: Owner)
 
     Needs an API key: the workspace's owner's.
     """
-    events = await in_thread(mgr.exec_stream, who, workspace_id, body.to_command())
+    events = await in_thread(ws.exec_stream, body.to_command())
     return ClosingStreamingResponse(
         ndjson_lines(events, mgr.settings.exec_output_limit), media_type="application/x-ndjson"
     )

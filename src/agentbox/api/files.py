@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from agentbox.errors import PayloadTooLarge
-from agentbox.web.dependencies import Manager, Owner, WorkspacePath, in_thread
+from agentbox.web.dependencies import InUse, Manager, WorkspacePath, in_thread
 from agentbox.web.files import IN_ONE_PIECE, file_answer, spooled, sync_chunks
 from agentbox.web.ndjson import guarded_lines, json_line
 from agentbox.web.openapi import FILE_ERRORS, errors, ndjson
@@ -38,12 +38,12 @@ _ARCHIVES = (
         }
     },
 )
-async def read_file(workspace_id: str, path: WorkspacePath, mgr: Manager, who: Owner) -> Response:
+async def read_file(workspace_id: str, path: WorkspacePath, ws: InUse) -> Response:
     """Return a file's bytes (octet-stream, its mode in X-File-Mode), or a directory's entries (JSON).
 
     Needs an API key: the workspace's owner's.
     """
-    found = await in_thread(mgr.read, who, workspace_id, path)
+    found = await in_thread(ws.read, path)
     if isinstance(found, list):
         entries = [DirEntryOut(name=e.name, type=e.type, size=e.size, mode=f"{e.mode:o}", mtime=e.mtime) for e in found]
         return JSONResponse(DirListing(path=path, entries=entries).model_dump())
@@ -63,7 +63,7 @@ async def write_file(
     path: WorkspacePath,
     request: Request,
     mgr: Manager,
-    who: Owner,
+    ws: InUse,
     mode: Annotated[str, Query(pattern=r"^[0-7]{3,4}$", description="octal permissions")] = "644",
 ) -> WriteResult:
     """Write the request body to a file, replacing it whole or not at all; return its path and size.
@@ -81,15 +81,13 @@ async def write_file(
         # A small file is taken whole first: each piece handed between the event loop and the
         # worker thread costs a thread switch (1 MiB took ~5 ms in 64 KiB pieces).
         chunks = iter([await request.body()]) if size <= IN_ONE_PIECE else sync_chunks(request.stream(), limit)
-        written = await in_thread(mgr.write_file, who, workspace_id, path, chunks, size, int(mode, 8))
+        written = await in_thread(ws.write_file, path, chunks, size, int(mode, 8))
     else:
         # No length given (chunked upload): spool it first, since the helper commits a file
         # only when it got exactly the announced number of bytes.
         spool, size = await spooled(request.stream(), limit)
         with spool:
-            written = await in_thread(
-                mgr.write_file, who, workspace_id, path, iter(lambda: spool.read(1 << 16), b""), size, int(mode, 8)
-            )
+            written = await in_thread(ws.write_file, path, iter(lambda: spool.read(1 << 16), b""), size, int(mode, 8))
     return WriteResult(path=path, size=written)
 
 
@@ -101,12 +99,12 @@ async def write_file(
     responses=errors(*FILE_ERRORS, _ARCHIVES)
     | {200: {"description": "The directory as a tar archive.", "content": {"application/x-tar": BINARY}}},
 )
-async def read_archive(workspace_id: str, path: WorkspacePath, mgr: Manager, who: Owner) -> ClosingStreamingResponse:
+async def read_archive(workspace_id: str, path: WorkspacePath, ws: InUse) -> ClosingStreamingResponse:
     """Stream a directory as an uncompressed tar archive, its entries relative to it.
 
     Needs an API key: the workspace's owner's.
     """
-    body = await in_thread(mgr.read_archive, who, workspace_id, path)
+    body = await in_thread(ws.read_archive, path)
     return ClosingStreamingResponse(body, media_type="application/x-tar")
 
 
@@ -117,13 +115,13 @@ async def read_archive(workspace_id: str, path: WorkspacePath, mgr: Manager, who
     openapi_extra={"requestBody": {"required": True, "content": {"application/x-tar": BINARY}}},
     responses=errors(*FILE_ERRORS, _ARCHIVES, (413, "The archive is larger than WORKSPACE_MAX_UPLOAD."), 507),
 )
-async def write_archive(workspace_id: str, path: WorkspacePath, request: Request, mgr: Manager, who: Owner) -> Response:
+async def write_archive(workspace_id: str, path: WorkspacePath, request: Request, mgr: Manager, ws: InUse) -> Response:
     """Unpack the tar archive in the request body into a directory (204, no body).
 
     Needs an API key: the workspace's owner's.
     """
     chunks = sync_chunks(request.stream(), mgr.settings.max_upload)
-    await in_thread(mgr.write_archive, who, workspace_id, path, chunks)
+    await in_thread(ws.write_archive, path, chunks)
     return Response(status_code=204)
 
 
@@ -137,8 +135,7 @@ async def write_archive(workspace_id: str, path: WorkspacePath, request: Request
 async def watch(
     workspace_id: str,
     path: WorkspacePath,
-    mgr: Manager,
-    who: Owner,
+    ws: InUse,
     recursive: Annotated[bool, Query(description="also what happens in its subdirectories")] = False,
 ) -> ClosingStreamingResponse:
     """Stream what happens under a directory from now on, as NDJSON `{"type", "path"}` lines
@@ -148,7 +145,7 @@ async def watch(
 
     Needs an API key: the workspace's owner's.
     """
-    events = await in_thread(mgr.watch, who, workspace_id, path, recursive)
+    events = await in_thread(ws.watch, path, recursive)
     # A quiet watch still hands the response an empty piece now and then: the point where a client
     # that left is noticed, and the watch in the sandbox ends.
     lines = (json_line(WatchEventOut(type=e.type, path=e.path)) if e else b"" for e in events)

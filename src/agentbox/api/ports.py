@@ -26,16 +26,9 @@ from pydantic import Field
 from starlette.responses import Response
 
 from agentbox.errors import AgentboxError, NotFound, Unprocessable
-from agentbox.web.dependencies import Manager, Owner, Who, in_thread
+from agentbox.web.dependencies import LookedAt, Manager, Owner, Who, in_thread
 from agentbox.web.openapi import IN_SANDBOX, errors
-from agentbox.web.previews import (
-    DEFAULT_SECONDS,
-    LOCAL_PREVIEW_DOMAIN,
-    PREVIEW_USE,
-    connect_of,
-    preview_of,
-    target_of,
-)
+from agentbox.web.previews import DEFAULT_SECONDS, LOCAL_PREVIEW_DOMAIN, PREVIEW_USE, connect_of, preview_of, target_of
 from agentbox.web.proxy import PREVIEW_COOKIE, proxy_http
 from agentbox.web.tokens import bearer_caller
 from agentbox.web.websocket_relay import caller_of, proxy_websocket
@@ -55,12 +48,12 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     response_model=ListeningPorts,
     responses=errors(*IN_SANDBOX),
 )
-async def listening_ports(workspace_id: str, mgr: Manager, who: Owner) -> ListeningPorts:
+async def listening_ports(workspace_id: str, ws: LookedAt) -> ListeningPorts:
     """The TCP ports something listens on inside the workspace: what a preview can reach.
 
     Needs an API key: the workspace's owner's.
     """
-    return ListeningPorts(ports=await in_thread(mgr.listening_ports, who, workspace_id))
+    return ListeningPorts(ports=await in_thread(ws.listening_ports))
 
 
 @router.get(_PREFIX + "/url", summary="A preview URL for a port", response_model=PreviewURL, responses=errors(404, 422))

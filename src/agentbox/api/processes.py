@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from agentbox.errors import Conflict
 from agentbox.sandbox.process_table import OutputDropped, ProcessEnded, ProcessEvent, ProcessOutput
-from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.dependencies import InUse, LookedAt, Manager, in_thread
 from agentbox.web.files import sync_chunks
 from agentbox.web.ndjson import guarded_lines, json_line
 from agentbox.web.openapi import IN_SANDBOX, errors, ndjson
@@ -49,36 +49,34 @@ _ONE = (_NO_PROCESSES, *IN_SANDBOX, _NO_PID, 422)
         422,
     ),
 )
-async def start_process(workspace_id: str, body: ProcessIn, mgr: Manager, who: Owner) -> ProcessOut:
+async def start_process(workspace_id: str, body: ProcessIn, ws: InUse) -> ProcessOut:
     """Start a process in the background and return it, running (201), with its PID in the workspace.
 
     It runs until it ends or is killed, whatever happens to this request or to the server.
 
     Needs an API key: the workspace's owner's.
     """
-    return ProcessOut.of(await in_thread(mgr.start_process, who, workspace_id, body.to_request()))
+    return ProcessOut.of(await in_thread(ws.start_process, body.to_request()))
 
 
 @router.get(
     "", summary="List background processes", response_model=ProcessList, responses=errors(_NO_PROCESSES, *IN_SANDBOX)
 )
-async def list_processes(workspace_id: str, mgr: Manager, who: Owner) -> ProcessList:
+async def list_processes(workspace_id: str, ws: LookedAt) -> ProcessList:
     """Every background process started in the workspace, running or exited.
 
     Needs an API key: the workspace's owner's.
     """
-    return ProcessList(
-        processes=[ProcessOut.of(info) for info in await in_thread(mgr.list_processes, who, workspace_id)]
-    )
+    return ProcessList(processes=[ProcessOut.of(info) for info in await in_thread(lambda: ws.processes().list())])
 
 
 @router.get("/{pid}", summary="Get a background process", response_model=ProcessOut, responses=errors(*_ONE))
-async def get_process(workspace_id: str, pid: int, mgr: Manager, who: Owner) -> ProcessOut:
+async def get_process(workspace_id: str, pid: int, ws: InUse) -> ProcessOut:
     """One background process: its command, whether it runs, and how it ended if it has.
 
     Needs an API key: the workspace's owner's.
     """
-    table = await in_thread(mgr.processes, who, workspace_id)
+    table = await in_thread(ws.processes)
     return ProcessOut.of(await in_thread(table.get, pid))
 
 
@@ -92,8 +90,7 @@ async def get_process(workspace_id: str, pid: int, mgr: Manager, who: Owner) -> 
 async def process_output(
     workspace_id: str,
     pid: int,
-    mgr: Manager,
-    who: Owner,
+    ws: InUse,
     offset: Annotated[int, Query(ge=0, description="the byte to start from (a line's next_offset)")] = 0,
     follow: Annotated[bool, Query(description="wait for more output until the process ends")] = False,
 ) -> ClosingStreamingResponse:
@@ -106,7 +103,7 @@ async def process_output(
 
     Needs an API key: the workspace's owner's.
     """
-    table = await in_thread(mgr.processes, who, workspace_id)
+    table = await in_thread(ws.processes)
     events = await in_thread(table.output, pid, offset, follow)
     return ClosingStreamingResponse(output_lines(events), media_type="application/x-ndjson")
 
@@ -123,12 +120,12 @@ async def process_output(
     },
     responses=errors(*_ONE, (409, "It was started without `stdin`, has closed it, or has exited."), 413),
 )
-async def write_stdin(workspace_id: str, pid: int, request: Request, mgr: Manager, who: Owner) -> Response:
+async def write_stdin(workspace_id: str, pid: int, request: Request, mgr: Manager, ws: InUse) -> Response:
     """Send the request body to its stdin (204).
 
     Needs an API key: the workspace's owner's.
     """
-    table = await in_thread(mgr.processes, who, workspace_id)
+    table = await in_thread(ws.processes)
     await in_thread(table.write_stdin, pid, sync_chunks(request.stream(), mgr.settings.max_upload))
     return Response(status_code=204)
 
@@ -139,12 +136,12 @@ async def write_stdin(workspace_id: str, pid: int, request: Request, mgr: Manage
     status_code=204,
     responses=errors(*_ONE, (409, "It was started without `stdin`, has closed it, or has exited.")),
 )
-async def close_stdin(workspace_id: str, pid: int, mgr: Manager, who: Owner) -> Response:
+async def close_stdin(workspace_id: str, pid: int, ws: InUse) -> Response:
     """End its stdin, so that it reads end-of-file (on a terminal: ^D).
 
     Needs an API key: the workspace's owner's.
     """
-    table = await in_thread(mgr.processes, who, workspace_id)
+    table = await in_thread(ws.processes)
     await in_thread(table.close_stdin, pid)
     return Response(status_code=204)
 
@@ -155,12 +152,12 @@ async def close_stdin(workspace_id: str, pid: int, mgr: Manager, who: Owner) -> 
     status_code=204,
     responses=errors(*_ONE, (409, "It has exited."), 413, (422, "An unknown signal, or a body that is not valid.")),
 )
-async def send_signal(workspace_id: str, pid: int, body: SignalIn, mgr: Manager, who: Owner) -> Response:
+async def send_signal(workspace_id: str, pid: int, body: SignalIn, ws: InUse) -> Response:
     """Send a signal to its process group (204).
 
     Needs an API key: the workspace's owner's.
     """
-    table = await in_thread(mgr.processes, who, workspace_id)
+    table = await in_thread(ws.processes)
     await in_thread(table.signal, pid, body.number)
     return Response(status_code=204)
 
@@ -173,25 +170,25 @@ async def send_signal(workspace_id: str, pid: int, body: SignalIn, mgr: Manager,
         *_ONE, (409, "It runs without a terminal, or has exited."), 413, (422, "A size out of 1-1000, or no size.")
     ),
 )
-async def resize(workspace_id: str, pid: int, body: TerminalSizeIn, mgr: Manager, who: Owner) -> Response:
+async def resize(workspace_id: str, pid: int, body: TerminalSizeIn, ws: InUse) -> Response:
     """Resize its terminal (204): the program in it is told (SIGWINCH).
 
     Needs an API key: the workspace's owner's.
     """
-    table = await in_thread(mgr.processes, who, workspace_id)
+    table = await in_thread(ws.processes)
     await in_thread(table.resize, pid, body.to_size())
     return Response(status_code=204)
 
 
 @router.delete("/{pid}", summary="Kill a process", status_code=204, responses=errors(*_ONE))
-async def kill_process(workspace_id: str, pid: int, mgr: Manager, who: Owner) -> Response:
+async def kill_process(workspace_id: str, pid: int, ws: InUse) -> Response:
     """Kill it and everything in its process group, children included; returns once they are gone (204).
 
     Its record and output stay readable. Killing one that has already exited is not an error.
 
     Needs an API key: the workspace's owner's.
     """
-    table = await in_thread(mgr.processes, who, workspace_id)
+    table = await in_thread(ws.processes)
     with contextlib.suppress(Conflict):  # already exited: what DELETE asks for is true
         await in_thread(table.signal, pid, signal.SIGKILL)
     return Response(status_code=204)

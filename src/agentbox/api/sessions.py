@@ -7,7 +7,7 @@ in the workspace as a background process (see agentbox.workspaces.sessions).
 from fastapi import APIRouter, Response
 
 from agentbox.errors import NotFound
-from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.dependencies import InUse, in_thread
 from agentbox.web.openapi import IN_SANDBOX, errors
 from agentbox.wire.processes import SessionIn, SessionList, SessionOut, SessionRunIn, SessionRunOut
 
@@ -31,12 +31,12 @@ _NO_SESSION = (404, "No workspace of yours with this id, or no open session with
         422,
     ),
 )
-async def open_session(workspace_id: str, body: SessionIn, mgr: Manager, who: Owner) -> SessionOut:
+async def open_session(workspace_id: str, body: SessionIn, ws: InUse) -> SessionOut:
     """Open a shell session (bash) in `cwd` (201).
 
     Needs an API key: the workspace's owner's.
     """
-    return SessionOut.of(await in_thread(mgr.open_session, who, workspace_id, body.cwd, body.env))
+    return SessionOut.of(await in_thread(ws.open_session, body.cwd, body.env))
 
 
 @router.get(
@@ -45,12 +45,12 @@ async def open_session(workspace_id: str, body: SessionIn, mgr: Manager, who: Ow
     response_model=SessionList,
     responses=errors((400, "The workspace's provider has no background processes."), *IN_SANDBOX),
 )
-async def list_sessions(workspace_id: str, mgr: Manager, who: Owner) -> SessionList:
+async def list_sessions(workspace_id: str, ws: InUse) -> SessionList:
     """The workspace's open shell sessions: each one's id, where it started, and whether its shell runs.
 
     Needs an API key: the workspace's owner's.
     """
-    found = await in_thread(mgr.list_sessions, who, workspace_id)
+    found = await in_thread(ws.list_sessions)
     return SessionList(sessions=[SessionOut.of(info) for info in found])
 
 
@@ -66,7 +66,7 @@ async def list_sessions(workspace_id: str, mgr: Manager, who: Owner) -> SessionL
         422,
     ),
 )
-async def run(workspace_id: str, session_id: str, body: SessionRunIn, mgr: Manager, who: Owner) -> SessionRunOut:
+async def run(workspace_id: str, session_id: str, body: SessionRunIn, ws: InUse) -> SessionRunOut:
     """Run shell text in the session and return its output once it is done.
 
     It sees what earlier commands left: the directory, exported and plain variables, functions.
@@ -75,19 +75,19 @@ async def run(workspace_id: str, session_id: str, body: SessionRunIn, mgr: Manag
 
     Needs an API key: the workspace's owner's.
     """
-    found = await in_thread(mgr.run_in_session, who, workspace_id, _pid(session_id), body.command, body.timeout)
+    found = await in_thread(ws.run_in_session, _pid(session_id), body.command, body.timeout)
     return SessionRunOut(**vars(found))
 
 
 @router.delete(
     "/{session_id}", summary="Close a shell session", status_code=204, responses=errors(*IN_SANDBOX, _NO_SESSION)
 )
-async def close_session(workspace_id: str, session_id: str, mgr: Manager, who: Owner) -> Response:
+async def close_session(workspace_id: str, session_id: str, ws: InUse) -> Response:
     """End the session's shell and what it started (204).
 
     Needs an API key: the workspace's owner's.
     """
-    await in_thread(mgr.close_session, who, workspace_id, _pid(session_id))
+    await in_thread(ws.close_session, _pid(session_id))
     return Response(status_code=204)
 
 

@@ -65,7 +65,7 @@ async def terminal(websocket: WebSocket, workspace_id: str, pid: int, offset: in
             owner = (await bearer_caller(websocket)).owner
         else:
             owner = await _token_owner(websocket, token, workspace_id, pid)
-        table: ProcessTable = await in_thread(service.manager.processes, owner, workspace_id)
+        table: ProcessTable = await in_thread(lambda: service.manager.use(owner, workspace_id).processes())
         info = await in_thread(table.get, pid)
         if info.pty is None:
             raise Conflict(f"process {pid} has no terminal: start it with `pty` to attach to it")

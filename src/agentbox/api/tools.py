@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.dependencies import InUse, in_thread
 from agentbox.web.openapi import FILE_ERRORS, errors
 from agentbox.wire.files import WriteResult
 from agentbox.wire.tools import (
@@ -28,14 +28,14 @@ router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}/tools", tags=["tool
     response_model=ReadToolOut,
     responses=errors(*FILE_ERRORS, (413, "The file is over 16 MiB (read it with GET .../files), or the body is.")),
 )
-async def read(workspace_id: str, body: ReadToolIn, mgr: Manager, who: Owner) -> ReadToolOut:
+async def read(workspace_id: str, body: ReadToolIn, ws: InUse) -> ReadToolOut:
     """Read a text file as numbered lines (from `offset`, at most `limit`), or list a directory.
 
     A binary file says so (`is_binary`) instead of giving its bytes.
 
     Needs an API key: the workspace's owner's.
     """
-    found = await in_thread(mgr.read_tool, who, workspace_id, body.path, body.offset, body.limit)
+    found = await in_thread(ws.read_tool, body.path, body.offset, body.limit)
     return ReadToolOut(path=body.path, **vars(found))
 
 
@@ -45,13 +45,13 @@ async def read(workspace_id: str, body: ReadToolIn, mgr: Manager, who: Owner) ->
     response_model=WriteResult,
     responses=errors(*FILE_ERRORS, 413, 507),
 )
-async def write(workspace_id: str, body: WriteToolIn, mgr: Manager, who: Owner) -> WriteResult:
+async def write(workspace_id: str, body: WriteToolIn, ws: InUse) -> WriteResult:
     """Write a text file whole (UTF-8), making missing parent directories; owned by the workspace's user.
 
     Needs an API key: the workspace's owner's.
     """
     data = body.content.encode()
-    written = await in_thread(mgr.write_file, who, workspace_id, body.path, [data], len(data))
+    written = await in_thread(ws.write_file, body.path, [data], len(data))
     return WriteResult(path=body.path, size=written)
 
 
@@ -70,21 +70,19 @@ async def write(workspace_id: str, body: WriteToolIn, mgr: Manager, who: Owner) 
         507,
     ),
 )
-async def edit(workspace_id: str, body: EditToolIn, mgr: Manager, who: Owner) -> EditToolOut:
+async def edit(workspace_id: str, body: EditToolIn, ws: InUse) -> EditToolOut:
     """Replace `old_string` with `new_string` in a text file, exactly; the file keeps its mode.
 
     Needs an API key: the workspace's owner's.
     """
-    count = await in_thread(
-        mgr.edit_tool, who, workspace_id, body.path, body.old_string, body.new_string, body.replace_all
-    )
+    count = await in_thread(ws.edit_tool, body.path, body.old_string, body.new_string, body.replace_all)
     return EditToolOut(path=body.path, replacements=count)
 
 
 @router.post(
     "/glob", summary="Glob tool: find files by pattern", response_model=GlobToolOut, responses=errors(*FILE_ERRORS, 413)
 )
-async def glob(workspace_id: str, body: GlobToolIn, mgr: Manager, who: Owner) -> GlobToolOut:
+async def glob(workspace_id: str, body: GlobToolIn, ws: InUse) -> GlobToolOut:
     """Files (and links) under `path` whose path relative to it matches `pattern`, newest first.
 
     Bounded: at most `limit` paths, 8 MiB of listing and 20 seconds; `truncated` says when a
@@ -92,7 +90,7 @@ async def glob(workspace_id: str, body: GlobToolIn, mgr: Manager, who: Owner) ->
 
     Needs an API key: the workspace's owner's.
     """
-    found = await in_thread(mgr.glob_tool, who, workspace_id, body.pattern, body.path, body.limit)
+    found = await in_thread(ws.glob_tool, body.pattern, body.path, body.limit)
     return GlobToolOut(paths=found.paths, truncated=found.truncated)
 
 
@@ -106,7 +104,7 @@ async def glob(workspace_id: str, body: GlobToolIn, mgr: Manager, who: Owner) ->
         (422, "The engine cannot parse the pattern (its message is in the detail), or the body is not valid."),
     ),
 )
-async def grep(workspace_id: str, body: GrepToolIn, mgr: Manager, who: Owner) -> GrepToolOut:
+async def grep(workspace_id: str, body: GrepToolIn, ws: InUse) -> GrepToolOut:
     """Lines matching a regular expression under `path`, with `context` lines around them.
 
     Runs ripgrep in the workspace (files that .gitignore or a hidden name hides, and binary files,
@@ -116,6 +114,6 @@ async def grep(workspace_id: str, body: GrepToolIn, mgr: Manager, who: Owner) ->
     Needs an API key: the workspace's owner's.
     """
     query = GrepQuery(**body.model_dump())
-    found = await in_thread(mgr.grep_tool, who, workspace_id, query)
+    found = await in_thread(ws.grep_tool, query)
     lines = [GrepLineOut(**vars(line)) for line in found.matches]
     return GrepToolOut(matches=lines, truncated=found.truncated, engine=found.engine)

@@ -88,7 +88,7 @@ def serve(
     try:
         # The app closes the service at shutdown (warm pool removed, background work stopped).
         # A WebSocket's incoming messages are queued by uvicorn until the app reads them: a few, of at
-        # most the size a relay passes on (api/proxy.py), not its defaults of 32 x 16 MiB.
+        # most the size a relay passes on (web/proxy.py), not its defaults of 32 x 16 MiB.
         config = uvicorn.Config(
             create_app(settings, service),
             host=host,

@@ -251,7 +251,7 @@ async def kill(sandbox_id: str, mgr: Manager, who: Who) -> Response:
         await _call(_found, mgr, who.owner, sandbox_id)
     except E2BError:
         # Gone in E2B's eyes (past its end) but maybe not removed yet: removed now, and "not found".
-        workspace = await in_thread(mgr.store.get, sandbox_id)
+        workspace = await in_thread(mgr.lookup, sandbox_id)
         if workspace is not None and workspace.owner == who.owner and ended(workspace):
             await _call(mgr.delete, who.owner, sandbox_id)
         raise

@@ -19,7 +19,6 @@ is for in `TARGET`, set here once the call is let in.
 from __future__ import annotations
 
 import base64
-import functools
 import posixpath
 import re
 import time
@@ -48,10 +47,11 @@ from agentbox.e2b_api.process import ProcessService
 from agentbox.errors import AgentboxError, PayloadTooLarge
 from agentbox.web.dependencies import in_thread, refused
 from agentbox.web.files import file_answer, spooled
-from agentbox.web.previews import TRAFFIC_HEADER, open_workspace, target_of
+from agentbox.web.previews import TRAFFIC_HEADER, connect_of, open_workspace, target_of
 from agentbox.web.proxy import Connect, proxy_http
 from agentbox.web.tokens import bound_caller
 from agentbox.wire.domain import Command, Status
+from agentbox.workspaces.handle import WorkspaceHandle
 from agentbox.workspaces.manager import WorkspaceManager
 
 #: Where envd is served under the header form (E2B_SANDBOX_URL).
@@ -74,6 +74,10 @@ class Target:
     @property
     def id(self) -> str:
         return self.workspace.id
+
+    def use(self) -> WorkspaceHandle:
+        """The sandbox to work in (a use: its expiry slides); blocks on the database."""
+        return self.manager.use(self.owner, self.id)
 
     def path(self, path: str) -> str:
         """A path as envd takes it: relative ones (and `~`) from the user's home."""
@@ -213,7 +217,7 @@ async def _let_in(request: Request, host_sandbox: str | None) -> Target | None:
         workspace = await in_thread(_signed_for, manager, service.settings, request)
         sandbox_id = workspace.id if workspace is not None else ""
     else:
-        workspace = await in_thread(manager.store.get, sandbox_id) if sandbox_id else None
+        workspace = await in_thread(manager.lookup, sandbox_id) if sandbox_id else None
     presented = request.headers.get("x-access-token", "")
     holder = None if workspace is None else await in_thread(bound_caller, request, presented, ENVD, workspace)
     if holder is not None and workspace is not None:
@@ -267,7 +271,7 @@ def _port_traffic(request: Request, sandbox_id: str, port: int) -> ASGIApp:
                 workspace = await in_thread(open_workspace, request, sandbox_id)  # the right first, then a wake
                 if workspace is None or workspace.status != Status.RUNNING:
                     raise EnvdError(502, _closed(sandbox_id, port))
-                connect = functools.partial(manager.connect, workspace.owner, workspace.id, port)
+                connect = connect_of(manager, workspace.owner, workspace.id, port)
             response = await proxy_http(request, connect, target_of(request, ""), "", port)
         except AgentboxError as exc:  # the engine away, nothing listening, a resume refused
             response = EnvdError(exc.status_code, exc.detail).response(scope["path"])
@@ -285,7 +289,7 @@ def _interpreter(request: Request, manager: WorkspaceManager, sandbox_id: str) -
     only the SDK's context calls and /health go on, with the sandbox's traffic token, to an interpreter
     that already runs: nothing is woken, written or started for them.
     """
-    workspace = manager.store.get(sandbox_id) if sandbox_id else None
+    workspace = manager.lookup(sandbox_id) if sandbox_id else None
     if workspace is None:
         raise EnvdError(502, _closed(sandbox_id, interpreter.PORT))
     presented = request.headers.get("x-access-token", "")
@@ -325,7 +329,9 @@ def _alive(manager: WorkspaceManager, workspace: Workspace) -> bool:
     """Whether a command runs in it now: envd's /health is a round trip into the sandbox, and a
     sandbox being deleted still reads as running in the store (and to the engine) for a moment."""
     try:
-        return manager.exec(workspace.owner, workspace.id, Command(argv=["true"], cwd="/", timeout=5)).exit_code == 0
+        return (
+            manager.use(workspace.owner, workspace.id).exec(Command(argv=["true"], cwd="/", timeout=5)).exit_code == 0
+        )
     except AgentboxError:
         return False
 
@@ -367,7 +373,7 @@ def _signed_for(manager: WorkspaceManager, settings: Settings, request: Request)
     """
     tokens: Tokens = request.app.state.service.tokens
     keys_of: dict[str, list[str]] = {}  # owner -> ids of their working keys, read once per owner
-    for workspace in manager.store.find(statuses=[Status.RUNNING.value]):
+    for workspace in manager.running():
         if workspace.owner not in keys_of:
             keys_of[workspace.owner] = [key.id for key in tokens.keys.find(workspace.owner)]
         candidates = [tokens.bound_with(key_id, ENVD, workspace.id) for key_id in keys_of[workspace.owner]]
@@ -415,7 +421,7 @@ async def _upload(request: Request, target: Target, path: str) -> Response:
 
 
 async def _download(target: Target, path: str) -> Response:
-    found = await in_thread(target.manager.read, target.owner, target.id, path)
+    found = await in_thread(lambda: target.use().read(path))
     if isinstance(found, list):
         raise EnvdError(400, f"{path} is a directory: read the files in it, or list it")
     stat, body = found
@@ -506,5 +512,5 @@ async def _upload_one(request: Request, target: Target, default_path: str, part:
     if not part.path and not request.query_params.get("path"):
         raise EnvdError(400, "name the file: a `path` parameter, or the part's file name")
     chunks: Iterator[bytes] = iter(lambda: part.data.read(1 << 20), b"")
-    await in_thread(target.manager.write_file, target.owner, target.id, path, chunks, part.size, 0o644)
+    await in_thread(lambda: target.use().write_file(path, chunks, part.size, 0o644))
     return {"name": posixpath.basename(path), "path": path, "type": "file"}

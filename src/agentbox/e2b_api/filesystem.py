@@ -46,7 +46,7 @@ KEPT_EVENTS = 10_000
 async def _run(argv: list[str]) -> ExecResult:
     target = envd.TARGET.get()
     command = Command(argv=argv, cwd="/", timeout=30)
-    result: ExecResult = await call(target.manager.exec, target.owner, target.id, command)
+    result: ExecResult = await call(lambda: target.use().exec(command))
     return result
 
 
@@ -157,7 +157,7 @@ async def _watch(path: str, recursive: bool, with_entries: bool) -> AsyncGenerat
     info = await _stat(path)
     if info.type != F.FileType.DIRECTORY:
         raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory: watch a directory")
-    events = await call(target.manager.watch, target.owner, target.id, path, recursive)
+    events = await call(lambda: target.use().watch(path, recursive))
     return _translated(path, events, with_entries)
 
 

@@ -1,7 +1,7 @@
 """E2B's code interpreter on port 49999 of a sandbox, for the `e2b-code-interpreter` SDK.
 
 E2B bakes its interpreter into the `code-interpreter-v1` template and starts it at boot. agentbox
-starts its own (interpreter_server.py, a file of this package written into the sandbox) the first
+starts its own (sandbox/interpreter_server.py, a file of agentbox written into the sandbox) the first
 time a call with the sandbox's access token (`run_code`) finds nothing listening on that port:
 after a create, after a pause that did not keep memory, after the workload killed it. So every
 sandbox of the E2B endpoint has it, and the template name `code-interpreter-v1` is the `base` image.
@@ -52,7 +52,7 @@ def running(manager: WorkspaceManager, workspace: Workspace) -> Connect:
 
     def connect() -> PortConnection:
         try:
-            return manager.connect(workspace.owner, workspace.id, PORT)
+            return manager.use(workspace.owner, workspace.id).connect(PORT)
         except ProviderError:
             raise Unauthorized(
                 f"the code interpreter of sandbox {workspace.id} is not running, and only a call with the "
@@ -68,14 +68,14 @@ def connector(manager: WorkspaceManager, workspace: Workspace, home: str) -> Con
 
     def connect() -> PortConnection:
         try:
-            return manager.connect(workspace.owner, workspace.id, PORT)
+            return manager.use(workspace.owner, workspace.id).connect(PORT)
         except ProviderError:
             pass
         start(manager, workspace, home)
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             try:
-                return manager.connect(workspace.owner, workspace.id, PORT)
+                return manager.use(workspace.owner, workspace.id).connect(PORT)
             except ProviderError:
                 if time.monotonic() > deadline:
                     raise ProviderError(
@@ -94,7 +94,7 @@ def ready(manager: WorkspaceManager, workspace: Workspace, home: str) -> None:
 
 def start(manager: WorkspaceManager, workspace: Workspace, home: str) -> None:
     """Start the interpreter in the sandbox (it listens on PORT a moment later)."""
-    source = resources.files("agentbox.e2b_api").joinpath("interpreter_server.py").read_bytes()
-    manager.write_file(workspace.owner, workspace.id, SERVER_PATH, [source], len(source))
+    source = resources.files("agentbox.sandbox").joinpath("interpreter_server.py").read_bytes()
+    manager.use(workspace.owner, workspace.id).write_file(SERVER_PATH, [source], len(source))
     request = ProcessRequest(argv=["python3", SERVER_PATH], cwd=home, tag=TAG)
-    manager.start_process(workspace.owner, workspace.id, request)
+    manager.use(workspace.owner, workspace.id).start_process(request)

@@ -46,7 +46,7 @@ _SIGNALS = {P.Signal.SIGKILL: signals.SIGKILL, P.Signal.SIGTERM: signals.SIGTERM
 
 def _table() -> ProcessTable:
     target = envd.TARGET.get()
-    return target.manager.processes(target.owner, target.id)
+    return target.use().processes()
 
 
 def _pid(selector: P.ProcessSelector | None) -> int:
@@ -130,7 +130,7 @@ class ProcessService(process_connect.Process):
             pty=TerminalSize(cols=pty.cols or 80, rows=pty.rows or 24) if pty else None,
             tag=request.tag if request.has_field("tag") else None,
         )
-        started: ProcessInfo = await call(target.manager.start_process, target.owner, target.id, wanted)
+        started: ProcessInfo = await call(lambda: target.use().start_process(wanted))
         table = _table()
         if not timeout_ms:
             return table, started.pid, None

@@ -1,6 +1,6 @@
 """The MCP tools: one entry of TOOLS per tool, each a call of one route of the HTTP API.
 
-A tool's arguments are the route's own request body model (schemas.py, process_schemas.py),
+A tool's arguments are the route's own request body model (in wire/),
 with the route's path fields (`workspace_id`, `pid`) added first: its inputSchema is that
 model's JSON schema, and its arguments are validated by it, as the route validates its body.
 Adding a tool for a new route is one entry here.

@@ -37,7 +37,7 @@ from agentbox.workspaces.replicas import Replica, ReplicaIdInUse
 from agentbox.workspaces.usage import SharedSamples, UsageHistory
 
 log = logging.getLogger("agentbox.server.service")
-#: Connections kept per Engine API URL: as many as the API has worker threads (api/app.py), which
+#: Connections kept per Engine API URL: as many as the API has worker threads (server/app.py), which
 #: may all call the engine at once.
 ENGINE_CONNECTIONS = 400
 

@@ -15,6 +15,7 @@ from agentbox.auth.keys import ApiKeys, Caller
 from agentbox.errors import Forbidden, NotFound, Unauthorized
 from agentbox.github.service import GitHub
 from agentbox.wire.common import AbsolutePath
+from agentbox.workspaces.handle import WorkspaceHandle
 from agentbox.workspaces.manager import WorkspaceManager
 from agentbox.workspaces.usage import UsageHistory
 
@@ -84,7 +85,7 @@ async def authenticated(keys: ApiKeys, presented: str) -> Caller | None:
 
 def watched(connection: HTTPConnection, found: Caller) -> Caller:
     """`found`, now known as the connection's caller: to the audit trail, and to the watch that ends the
-    connection if its key is revoked (api/revocations.py)."""
+    connection if its key is revoked (web/revocations.py)."""
     connection.state.owner = found.owner
     connection.state.caller = found
     connection.app.state.revocations.watch(connection.scope, found.key_id)
@@ -122,3 +123,20 @@ Owner = Annotated[str, Depends(owner)]
 Who = Annotated[Caller, Depends(caller)]
 Admin = Annotated[Caller, Depends(admin)]
 WorkspacePath = Annotated[AbsolutePath, Query(description="absolute path inside the workspace")]
+
+
+# Sync on purpose: they read the database, so FastAPI runs them in a worker thread.
+
+
+def in_use(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceHandle:
+    """The caller's running workspace named in the path, to work in (a use: its expiry slides)."""
+    return mgr.use(who, workspace_id)
+
+
+def looked_at(workspace_id: str, mgr: Manager, who: Owner) -> WorkspaceHandle:
+    """The caller's running workspace named in the path, for a look (its expiry stays)."""
+    return mgr.look(who, workspace_id)
+
+
+InUse = Annotated[WorkspaceHandle, Depends(in_use)]
+LookedAt = Annotated[WorkspaceHandle, Depends(looked_at)]

@@ -64,7 +64,7 @@ FILE_ERRORS: tuple[Error, ...] = (
 def errors(*codes: Error, key: bool = True) -> Responses:
     """FastAPI `responses` for these error statuses, each with the ErrorOut body.
 
-    Every route also answers 429 (the rate limits of api/limits.py come before any route) and, unless
+    Every route also answers 429 (the rate limits of web/limits.py come before any route) and, unless
     `key` is false (a route that needs no API key), 401.
     """
     answers: Responses = {}

@@ -7,7 +7,6 @@ use the same hosts and checks.
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from urllib.parse import parse_qsl, urlencode
@@ -64,7 +63,7 @@ def open_workspace(connection: Request | WebSocket, workspace_id: str) -> Worksp
     auto-resume). None otherwise."""
     service = connection.app.state.service
     manager: WorkspaceManager | None = service.manager
-    workspace = manager.store.get(workspace_id) if manager is not None else None
+    workspace = manager.lookup(workspace_id) if manager is not None else None
     if manager is None or workspace is None:
         return None
     presented = connection.headers.get(TRAFFIC_HEADER, "")
@@ -80,7 +79,7 @@ def _open_port(connection: Request | WebSocket, workspace_id: str, port: int) ->
 
 
 def connect_of(mgr: WorkspaceManager, owner: str, workspace_id: str, port: int) -> Connect:
-    return functools.partial(mgr.connect, owner, workspace_id, port)
+    return lambda: mgr.use(owner, workspace_id).connect(port)
 
 
 def target_of(connection: Request | WebSocket, prefix: str) -> str:

@@ -4,7 +4,7 @@ The client's socket and the workspace's server (websockets' sans-I/O protocol ov
 `AsyncPort`, sandbox/async_tunnel.py) are relayed until either side leaves; the other is then
 closed (a server that ignores the close is cut CLOSE_SECONDS later). An open relay costs sockets,
 not a thread. Relays are capped per workspace and per caller (`Relays`). What reaches the
-workspace's server is decided by api/proxy.py's header policy, as for HTTP.
+workspace's server is decided by web/proxy.py's header policy, as for HTTP.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from datetime import timedelta
 
 from agentbox.config import Settings
@@ -20,33 +20,26 @@ from agentbox.errors import (
     AgentboxError,
     BadRequest,
     Conflict,
-    FileError,
     NotFound,
     ProviderError,
-    TooManyWorkspaces,
-    Unprocessable,
     WorkspaceGone,
     reason_of,
 )
 from agentbox.github.service import GitHub
 from agentbox.providers.base import Provider, Resources, Usage, WorkspaceSpec, distinct
-from agentbox.sandbox.process_table import ProcessInfo, ProcessRequest, ProcessTable
-from agentbox.sandbox.runtime import DirEntry, ExecEvent, ExecRequest, ExecResult, FileStat, PortConnection, WatchEvent
-from agentbox.wire.domain import Command, NewWorkspace, Quota
+from agentbox.wire.domain import NewWorkspace, Quota
 from agentbox.wire.network import columns_of, kind_of
-from agentbox.wire.sizes import format_size
-from agentbox.workspaces import listening, search, tools
+from agentbox.workspaces.admission import Admission
 from agentbox.workspaces.audit import AuditLog
+from agentbox.workspaces.handle import WorkspaceHandle
 from agentbox.workspaces.metrics import Metrics
 from agentbox.workspaces.pool import WarmPool
 from agentbox.workspaces.session_claims import SessionClaims
-from agentbox.workspaces.sessions import SessionRun, ShellSessions
+from agentbox.workspaces.sessions import ShellSessions
 
 log = logging.getLogger("agentbox.workspaces.manager")
 #: How often a workspace's use is written down (and its expiry slid): at most once in this long.
 USE_RECORDED_EVERY = timedelta(seconds=60)
-#: Seconds a shell session's command runs before it is interrupted, when it names no timeout.
-SESSION_TIMEOUT = 120.0
 
 
 class WorkspaceManager:
@@ -71,6 +64,7 @@ class WorkspaceManager:
         self.pool = pool
         self.sessions = ShellSessions(SessionClaims(store, settings.replica_id))
         self.audit = AuditLog(store)
+        self.admission = Admission(store, settings.max_concurrent, self.metrics)
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
         self.on_change: Callable[[], None] = lambda: None
         self.metrics.observe(store.count_active, self.pool.ready if self.pool else lambda: 0)
@@ -140,7 +134,7 @@ class WorkspaceManager:
         allow_cidrs = None if pool is not None else self._resolve(provider, network["allow"])
         cpu, memory = request.cpu or self.settings.default_cpu, request.memory or self.settings.default_memory
         with self.store.admission():
-            self._check_room(owner, quota, cpu, memory)
+            self.admission.check(owner, quota, cpu, memory)
             if pool is not None:
                 claimed = pool.take(status=Status.RUNNING.value, **claim)
                 if claimed is not None:
@@ -197,6 +191,15 @@ class WorkspaceManager:
         if workspace is None or workspace.owner != owner or workspace.status == Status.DELETED:
             raise NotFound(f"no workspace {workspace_id!r}: list yours with GET /api/v1/workspaces")
         return workspace
+
+    def lookup(self, workspace_id: str) -> Workspace | None:
+        """Any owner's workspace by id, or None: for callers that prove their right some other way
+        than by owner (a token bound to the workspace, a public port) and check it themselves."""
+        return self.store.get(workspace_id)
+
+    def running(self) -> list[Workspace]:
+        """Every owner's running workspaces."""
+        return self.store.find(statuses=[Status.RUNNING.value])
 
     def has_image(self, image: str) -> bool:
         """Whether the default provider can make workspaces from `image`."""
@@ -281,7 +284,7 @@ class WorkspaceManager:
             return workspace
         self._require(workspace, Status.STOPPED, "start")
         with self.store.admission():
-            self._check_room(owner, quota, workspace.cpu, workspace.memory)
+            self.admission.check(owner, quota, workspace.cpu, workspace.memory)
             if (
                 self.store.transition(
                     workspace.id,
@@ -332,7 +335,7 @@ class WorkspaceManager:
             return workspace
         return self.store.update(workspace.id, "deadline_set", ephemeral=True, ttl_days=None, expires_at=deadline)
 
-    # Background work (see lifecycle.py)
+    # Background work (see background.py)
 
     def reap_expired(self) -> int:
         """Destroy ephemeral workspaces whose TTL has passed; return how many."""
@@ -385,73 +388,6 @@ class WorkspaceManager:
         self.store.record(workspace.id, "pushed", branch=branch, commit=commit)
         return workspace, branch, commit
 
-    # Commands and files
-
-    def exec(self, owner: str, workspace_id: str, command: Command) -> ExecResult:
-        provider, ref, request = self._exec_target(owner, workspace_id, command)
-        return provider.exec(ref, request)
-
-    def exec_stream(self, owner: str, workspace_id: str, command: Command) -> Iterator[ExecEvent]:
-        provider, ref, request = self._exec_target(owner, workspace_id, command)
-        return provider.exec_stream(ref, request)
-
-    def stat(self, owner: str, workspace_id: str, path: str) -> FileStat | list[DirEntry]:
-        provider, ref = self._target(owner, workspace_id)
-        return provider.stat(ref, path)
-
-    def read(self, owner: str, workspace_id: str, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
-        """A file (stat and bytes) or a directory's entries."""
-        provider, ref = self._target(owner, workspace_id)
-        return provider.read(ref, path)
-
-    def read_tool(self, owner: str, workspace_id: str, path: str, offset: int, limit: int) -> tools.ReadResult:
-        """The read tool: a file's lines, numbered, or a directory's listing."""
-        found = self.read(owner, workspace_id, path)
-        if isinstance(found, list):
-            return tools.listing(found)
-        return tools.numbered(tools.whole(path, *found), offset, limit)
-
-    def edit_tool(self, owner: str, workspace_id: str, path: str, old: str, new: str, replace_all: bool) -> int:
-        """The edit tool: replace `old` with `new` in a text file; how many times. Its mode is kept."""
-        provider, ref = self._target(owner, workspace_id)
-        stat, chunks = provider.read_file(ref, path)
-        data = tools.whole(path, stat, chunks)
-        if tools.is_binary(data):
-            raise Unprocessable(f"{path} is a binary file: the edit tool changes text; write the file whole instead")
-        text, count = tools.replaced(data.decode("utf-8"), old, new, replace_all)
-        encoded = text.encode()
-        provider.write_file(ref, path, [encoded], len(encoded), stat.mode)
-        return count
-
-    def glob_tool(self, owner: str, workspace_id: str, pattern: str, root: str, limit: int) -> search.GlobResult:
-        """The glob tool: files under `root` matching `pattern`, newest first."""
-        provider, ref = self._target(owner, workspace_id)
-        listing = provider.exec(ref, self._search_request(search.glob_command(pattern, root)))
-        return search.globbed(pattern, root, listing, limit)
-
-    def grep_tool(self, owner: str, workspace_id: str, query: search.GrepQuery) -> search.GrepResult:
-        """The grep tool: lines matching a regular expression, with context, until a bound."""
-        provider, ref = self._target(owner, workspace_id)
-        return search.grep(query, lambda argv: provider.exec_stream(ref, self._search_request(argv)))
-
-    def _search_request(self, argv: list[str]) -> ExecRequest:
-        timeout = min(search.SEARCH_SECONDS, self.settings.exec_timeout)
-        return ExecRequest(argv=argv, cwd="/", timeout=timeout, output_limit=search.SEARCH_OUTPUT)
-
-    def write_file(
-        self, owner: str, workspace_id: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644
-    ) -> int:
-        provider, ref = self._target(owner, workspace_id)
-        return provider.write_file(ref, path, data, size, mode)
-
-    def read_archive(self, owner: str, workspace_id: str, path: str) -> Iterator[bytes]:
-        provider, ref = self._archive_target(owner, workspace_id)
-        return provider.read_archive(ref, path)
-
-    def write_archive(self, owner: str, workspace_id: str, path: str, data: Iterable[bytes]) -> None:
-        provider, ref = self._archive_target(owner, workspace_id)
-        provider.write_archive(ref, path, data)
-
     # Helpers
 
     def _provider(self, name: str) -> Provider:
@@ -461,59 +397,10 @@ class WorkspaceManager:
             raise BadRequest(f"provider {name!r} is not available: {self.unavailable[name]}")
         raise BadRequest(f"unknown provider {name!r}: use one of {', '.join(sorted(self.providers))}")
 
-    def watch(self, owner: str, workspace_id: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
-        provider, ref = self._target(owner, workspace_id)
-        if not provider.capabilities().watch:
-            raise BadRequest(f"this workspace's provider ({provider.name}) cannot watch files")
-        return provider.watch(ref, path, recursive)
-
-    # Background processes
-
-    def processes(self, owner: str, workspace_id: str) -> ProcessTable:
-        """The background processes of a running workspace of `owner`."""
-        return self._process_table(self._running(owner, workspace_id))
-
-    def list_processes(self, owner: str, workspace_id: str) -> list[ProcessInfo]:
-        """Every background process of a running workspace of `owner`, running or exited (a look)."""
-        return self._process_table(self._looked_at(owner, workspace_id)).list()
-
-    def start_process(self, owner: str, workspace_id: str, request: ProcessRequest) -> ProcessInfo:
-        workspace = self._running(owner, workspace_id)
-        env = {**workspace.env, **request.env}  # the workspace's env, then the process's own
-        return self._process_table(workspace).start(replace(request, env=env))
-
-    # Ports
-
-    def connect(self, owner: str, workspace_id: str, port: int) -> PortConnection:
-        """A connection to `port` on the workspace's loopback (a preview). ProviderError (502) when
-        nothing listens there."""
-        provider, ref = self._target(owner, workspace_id)
-        if not provider.capabilities().ports:
-            raise BadRequest(
-                f"the {provider.name} provider cannot reach ports inside its workspaces: use a gvisor, docker or "
-                "e2b workspace for previews"
-            )
-        return provider.connect(ref, port)
-
-    def listening_ports(self, owner: str, workspace_id: str) -> list[int]:
-        """The TCP ports something listens on in the workspace (any address), ascending (a look)."""
-        workspace = self._looked_at(owner, workspace_id)
-        provider, ref = self._provider(workspace.provider), self._ref(workspace)
-        found: set[int] = set()
-        for table in listening.TABLES:
-            try:
-                stat, chunks = provider.read_file(ref, table)
-            except FileError as exc:
-                if exc.status_code == 404:  # a kernel without IPv6
-                    continue
-                raise
-            found |= listening.listening_ports(listening.table_text(table, stat.size, chunks))
-        return sorted(found - provider.reserved_ports(ref))
-
     def measure(self) -> dict[str, Usage]:
         """What each running workspace (every owner's) uses now, where its provider can say."""
         found = {}
-        for workspace in self.store.find(statuses=[Status.RUNNING.value]):
+        for workspace in self.running():
             provider = self.providers.get(workspace.provider)
             if provider is None or not workspace.provider_ref:
                 continue
@@ -527,45 +414,22 @@ class WorkspaceManager:
 
     # Shell sessions
 
-    def open_session(self, owner: str, workspace_id: str, cwd: str, env: Mapping[str, str]) -> ProcessInfo:
-        workspace = self._running(owner, workspace_id)
-        table = self._process_table(workspace)
-        return self.sessions.open(table, workspace.id, cwd, {**workspace.env, **env})
+    # Inside a workspace
 
-    def list_sessions(self, owner: str, workspace_id: str) -> list[ProcessInfo]:
-        return self.sessions.list(self.processes(owner, workspace_id))
+    def use(self, owner: str, workspace_id: str) -> WorkspaceHandle:
+        """A running workspace of `owner`, to work in: the use is recorded and an ephemeral workspace's
+        expiry slides. NotFound (404) for another owner's, Conflict (409) for one not running."""
+        return self._handle(self._running(owner, workspace_id))
 
-    def run_in_session(
-        self, owner: str, workspace_id: str, session: int, command: str, timeout: float | None
-    ) -> SessionRun:
-        """Run a command in a session; it is interrupted after `timeout` (None: SESSION_TIMEOUT, at most
-        the server's WORKSPACE_EXEC_TIMEOUT)."""
-        table = self.processes(owner, workspace_id)
-        wait = min(timeout or SESSION_TIMEOUT, self.settings.exec_timeout)
-        return self.sessions.run(table, workspace_id, session, command, wait, self.settings.exec_output_limit)
+    def look(self, owner: str, workspace_id: str) -> WorkspaceHandle:
+        """A running workspace of `owner`, for a look at its state (its processes, its ports): not a use,
+        so its expiry stays. NotFound (404), Conflict (409) as `use`."""
+        return self._handle(self._looked_at(owner, workspace_id))
 
-    def close_session(self, owner: str, workspace_id: str, session: int) -> None:
-        self.sessions.close(self.processes(owner, workspace_id), workspace_id, session)
-
-    def _process_table(self, workspace: Workspace) -> ProcessTable:
-        provider = self._provider(workspace.provider)
-        if not provider.capabilities().processes:
-            raise BadRequest(
-                f"the {workspace.provider} provider has no background processes: use exec, or a workspace "
-                "of the gvisor or docker provider"
-            )
-        return provider.processes(self._ref(workspace))
-
-    def _target(self, owner: str, workspace_id: str) -> tuple[Provider, str]:
-        """The provider and handle of a running workspace of `owner`."""
-        workspace = self._running(owner, workspace_id)
-        return self._provider(workspace.provider), self._ref(workspace)
-
-    def _archive_target(self, owner: str, workspace_id: str) -> tuple[Provider, str]:
-        provider, ref = self._target(owner, workspace_id)
-        if not provider.capabilities().archives:
-            raise BadRequest("this workspace's provider cannot move tar archives: use the files endpoint per file")
-        return provider, ref
+    def _handle(self, workspace: Workspace) -> WorkspaceHandle:
+        return WorkspaceHandle(
+            workspace, self._provider(workspace.provider), self._ref(workspace), self.settings, self.sessions
+        )
 
     def _running(self, owner: str, workspace_id: str) -> Workspace:
         return self._used(self._looked_at(owner, workspace_id, "use"))
@@ -587,47 +451,6 @@ class WorkspaceManager:
         ttl = workspace.ttl_days
         expires_at = now + timedelta(days=ttl) if ttl is not None else workspace.expires_at
         return self.store.update(workspace.id, last_used_at=now, expires_at=expires_at)
-
-    def _exec_target(self, owner: str, workspace_id: str, command: Command) -> tuple[Provider, str, ExecRequest]:
-        workspace = self._running(owner, workspace_id)
-        request = ExecRequest(
-            argv=command.argv,
-            cwd=command.cwd,
-            env={**workspace.env, **command.env},  # the workspace's env, then the command's own
-            timeout=command.timeout or self.settings.exec_timeout,
-            output_limit=self.settings.exec_output_limit,
-        )
-        return self._provider(workspace.provider), self._ref(workspace), request
-
-    def _check_room(self, owner: str, quota: Quota | None, cpu: float, memory: int) -> None:
-        """Refuse when the cap, or a quota of the asking key, would be passed by one more workspace of
-        `cpu` and `memory`; the caller holds the store's admission lock, so both stay exact."""
-        active = self.store.count_active()
-        if active >= self.settings.max_concurrent:
-            self.metrics.rejections.inc()
-            raise TooManyWorkspaces(
-                f"{active} workspaces are active, the limit (WORKSPACE_MAX_CONCURRENT) is "
-                f"{self.settings.max_concurrent}: stop or delete one, or try again later"
-            )
-        if quota is None or quota == Quota():
-            return
-        count, cpus, used_memory = self.store.active_of(owner)
-        reached = None
-        if quota.max_workspaces is not None and count + 1 > quota.max_workspaces:
-            reached = f"max_workspaces ({quota.max_workspaces}): {owner} has {count} active"
-        elif quota.max_cpus is not None and cpus + cpu > quota.max_cpus + 1e-9:
-            reached = f"max_cpus ({quota.max_cpus:g}): {owner}'s active workspaces use {cpus:g}, this one asks {cpu:g}"
-        elif quota.max_memory is not None and used_memory + memory > quota.max_memory:
-            reached = (
-                f"max_memory ({format_size(quota.max_memory)}): {owner}'s active workspaces use "
-                f"{format_size(used_memory)}, this one asks {format_size(memory)}"
-            )
-        if reached is not None:
-            self.metrics.rejections.inc()
-            raise TooManyWorkspaces(
-                f"your API key's quota {reached}: stop or delete a workspace, ask for less, "
-                "or ask an admin for a key with a larger quota"
-            )
 
     @staticmethod
     def _require(workspace: Workspace, status: Status, action: str) -> None:

@@ -37,7 +37,7 @@ POOLED = (Status.POOLED.value,)
 class WarmPool:
     def __init__(self, settings: Settings, store: Store, provider: Provider, metrics: Metrics) -> None:
         """A pool of `settings.warm_pool_size` workspaces of `provider` (the default one) with the default
-        image, limits and network policy. The background loop (lifecycle.py) fills, stops and drains it."""
+        image, limits and network policy. The background loop (background.py) fills, stops and drains it."""
         self.settings = settings
         self.store = store
         self.provider_name = provider.name

@@ -5,7 +5,7 @@ Every server process is a replica with an id (WORKSPACE_REPLICA_ID). It writes i
 what it was making (its `starting` rows, its half-booted pool workspaces) may be given up by the
 leader. The leader is the holder of the lease named "leader" in `leases`: taken for LEASE_SECONDS,
 renewed every RENEW_SECONDS, taken over by another replica once it has expired. Only the leader does
-the background work that must happen once (lifecycle.py: expiry, reconciliation, isolation, the warm
+the background work that must happen once (background.py: expiry, reconciliation, isolation, the warm
 pool; usage.py: sampling). On SQLite there is one replica, which takes the lease at its start.
 
 Every time compared between replicas is the database's (PostgreSQL's `clock_timestamp()`), never a
