@@ -11,7 +11,7 @@
  *   helper -> host   the helper's nonce (32 random bytes)
  *                    + HMAC-SHA256(key, LISTENER_LABEL || workspace id || NUL || host nonce || helper nonce)
  *   host -> helper   HMAC-SHA256(key, CLIENT_LABEL || workspace id || NUL || host nonce || helper nonce)
- *                    then the request, exactly as on the Unix socket (serve_one)
+ *                    then the request, exactly as on the Unix socket (serve_one, worker.c)
  *
  * Each proof covers the other side's fresh nonce, so none can be replayed, and the two labels
  * differ, so the helper's answer to a stranger's nonce is never a host's proof.  The helper reads
