@@ -1,9 +1,10 @@
 """A provider that keeps workspaces in memory, for unit tests of everything above the provider layer.
 
 Files are a dict per workspace; commands are answered by a handler (by default a few shell
-builtins: `true`, `false`, `echo`, `cat`, `exit N`). It honours the same contract as the real
-providers (tests/provider_contract.py), so the manager, the pool and the API can be tested
-without Docker, root or a network.
+builtins: `true`, `false`, `echo`, `cat`, `exit N`). The provider holds the sandboxes (the
+lifecycle); `FakeRuntime`, which `runtime(ref)` hands out, reaches inside one. It honours the
+same contract as the real providers (tests/provider_contract.py), so the manager, the pool and
+the API can be tested without Docker, root or a network.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from agentbox.errors import FileError, WorkspaceGone
+from agentbox.errors import BadRequest, FileError, WorkspaceGone
 from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
-from agentbox.sandbox.runtime import DirEntry, ExecEvent, ExecRequest, Exit, FileStat, Output
+from agentbox.sandbox.process_table import ProcessTable
+from agentbox.sandbox.runtime import (
+    DirEntry,
+    ExecEvent,
+    ExecRequest,
+    Exit,
+    FileStat,
+    Output,
+    PortConnection,
+    Runtime,
+    WatchEvent,
+)
 
 
 @dataclass
@@ -117,11 +129,26 @@ class FakeProvider(Provider):
         sandbox = self._get(ref)
         return sandbox.usage if sandbox.state == "running" else None
 
+    def runtime(self, ref: str) -> FakeRuntime:
+        return FakeRuntime(self, ref)
+
+
+class FakeRuntime(Runtime):
+    """Inside one fake sandbox: its files and the provider's handler. No watches, ports or background
+    processes (BadRequest, as a runtime that cannot do them says; `Capabilities` say so beforehand)."""
+
+    def __init__(self, provider: FakeProvider, ref: str) -> None:
+        self.provider = provider
+        self.ref = ref
+
+    def _running(self) -> FakeSandbox:
+        return self.provider._running(self.ref)
+
     # Commands
 
-    def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
-        sandbox = self._running(ref)  # here, not in the generator: a missing workspace fails at once
-        code, stdout, stderr = self.handler(sandbox, request)
+    def exec_stream(self, request: ExecRequest) -> Iterator[ExecEvent]:
+        sandbox = self._running()  # here, not in the generator: a missing workspace fails at once
+        code, stdout, stderr = self.provider.handler(sandbox, request)
 
         def events() -> Iterator[ExecEvent]:
             if stdout:
@@ -134,8 +161,8 @@ class FakeProvider(Provider):
 
     # Files
 
-    def stat(self, ref: str, path: str) -> FileStat | list[DirEntry]:
-        files = self._running(ref).files
+    def stat(self, path: str) -> FileStat | list[DirEntry]:
+        files = self._running().files
         if path in files:
             return FileStat(size=len(files[path]), mode=0o644)
         prefix = path.rstrip("/") + "/"
@@ -144,36 +171,47 @@ class FakeProvider(Provider):
             raise FileError("ENOENT", "No such file or directory", path)
         return [DirEntry(name=n, type="file", size=len(files.get(prefix + n, b"")), mode=0o644, mtime=0) for n in names]
 
-    def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]:
-        found = self.stat(ref, path)
+    def read_file(self, path: str) -> tuple[FileStat, Iterator[bytes]]:
+        found = self.stat(path)
         if isinstance(found, list):
             raise FileError("EISDIR", "Is a directory", path)
-        return found, iter([self._running(ref).files[path]])
+        return found, iter([self._running().files[path]])
 
-    def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
+    def write_file(self, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
         content = b"".join(data)
         if len(content) != size:
             raise FileError("EINVAL", f"{len(content)} bytes sent, {size} announced", path)
-        self._running(ref).files[path] = content
+        self._running().files[path] = content
         return size
 
-    def read_archive(self, ref: str, path: str) -> Iterator[bytes]:
-        if not isinstance(self.stat(ref, path), list):
+    def read_archive(self, path: str) -> Iterator[bytes]:
+        if not isinstance(self.stat(path), list):
             raise FileError("ENOTDIR", "Not a directory", path)
         buffer = io.BytesIO()
         prefix = path.rstrip("/") + "/"
         with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for name, content in self._running(ref).files.items():
+            for name, content in self._running().files.items():
                 if name.startswith(prefix):
                     info = tarfile.TarInfo(name.removeprefix(prefix))
                     info.size = len(content)
                     tar.addfile(info, io.BytesIO(content))
         return iter([buffer.getvalue()])
 
-    def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
-        files = self._running(ref).files
+    def write_archive(self, path: str, data: Iterable[bytes]) -> None:
+        files = self._running().files
         with tarfile.open(fileobj=io.BytesIO(b"".join(data)), mode="r") as tar:
             for member in tar.getmembers():
                 extracted = tar.extractfile(member)
                 if extracted is not None:
                     files[f"{path.rstrip('/')}/{member.name.removeprefix('./')}"] = extracted.read()
+
+    def watch(self, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
+        raise BadRequest(f"the {self.provider.name} provider cannot watch files")
+
+    def connect(self, port: int) -> PortConnection:
+        raise BadRequest(f"the {self.provider.name} provider cannot reach ports inside a workspace")
+
+    def processes(self) -> ProcessTable:
+        raise BadRequest(
+            f"the {self.provider.name} provider has no background processes: use exec, or another provider"
+        )

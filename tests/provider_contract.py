@@ -1,5 +1,7 @@
 """What every provider promises the manager, checked the same way for each one.
 
+The lifecycle (create, stop, start, destroy, state, inventory) through the provider; what happens
+inside a workspace (commands, files, archives) through the runtime it hands out, `runtime(ref)`.
 tests/unit/test_provider_contract.py runs it on the in-memory fake; the integration suite runs
 it on the Docker providers (gVisor and runc) and on E2B through its stand-in. A provider that
 passes can be put under the manager without the manager knowing which one it is.
@@ -30,14 +32,14 @@ def check_lifecycle_and_inventory(provider: Provider, workspace: WorkspaceSpec) 
     try:
         assert provider.state(ref) == "running"
         assert provider.inventory()[workspace.id] == (ref, "running")
-        result = provider.exec(ref, ExecRequest(["/bin/sh", "-c", "echo ready; exit 3"]))
+        result = provider.runtime(ref).exec(ExecRequest(["/bin/sh", "-c", "echo ready; exit 3"]))
         assert (result.exit_code, result.stdout, result.timed_out) == (3, "ready\n", False)
         if provider.capabilities().stop_start:
             provider.stop(ref)
             assert provider.state(ref) == "stopped"
             assert provider.inventory()[workspace.id] == (ref, "stopped")
             provider.start(ref)
-            assert provider.exec(ref, ExecRequest(["true"])).exit_code == 0
+            assert provider.runtime(ref).exec(ExecRequest(["true"])).exit_code == 0  # a runtime made afresh
     finally:
         provider.destroy(ref)
     provider.destroy(ref)  # again: already gone is not an error
@@ -46,26 +48,33 @@ def check_lifecycle_and_inventory(provider: Provider, workspace: WorkspaceSpec) 
 
 
 def check_a_missing_workspace_fails_eagerly(provider: Provider, workspace: WorkspaceSpec) -> None:
-    """A command for a workspace that is gone fails when asked, before any output is promised."""
+    """A command for a workspace that is gone fails when asked, before any output is promised; the
+    runtime itself is made without reaching the sandbox (the core makes one for every request)."""
     ref = provider.create(workspace)
+    runtime = provider.runtime(ref)
     provider.destroy(ref)
-    with pytest.raises(WorkspaceGone):
-        provider.exec_stream(ref, ExecRequest(["true"]))  # not iterated: the call itself must fail
-    with pytest.raises(WorkspaceGone):
-        provider.stat(ref, "/workspace")
+    gone = provider.runtime(ref)  # no error yet: only its calls reach the sandbox
+    for inside in (runtime, gone):
+        with pytest.raises(WorkspaceGone):
+            inside.exec_stream(ExecRequest(["true"]))  # not iterated: the call itself must fail
+        with pytest.raises(WorkspaceGone):
+            inside.stat("/workspace")
 
 
 def check_files_and_errors(provider: Provider, workspace: WorkspaceSpec) -> None:
     """Files round-trip; a missing path is FileError ENOENT (404); archives go in and out."""
     ref = provider.create(workspace)
     try:
-        assert provider.write_file(ref, "/workspace/a.txt", [b"hello ", b"world"], 11) == 11
-        assert provider.stat(ref, "/workspace/a.txt") == FileStat(size=11, mode=0o644)
-        found, body = provider.read_file(ref, "/workspace/a.txt")
+        runtime = provider.runtime(ref)
+        assert runtime.write_file("/workspace/a.txt", [b"hello ", b"world"], 11) == 11
+        assert runtime.stat("/workspace/a.txt") == FileStat(size=11, mode=0o644)
+        found, body = runtime.read_file("/workspace/a.txt")
         assert (found.size, b"".join(body)) == (11, b"hello world")
-        assert "a.txt" in {entry.name for entry in provider.stat(ref, "/workspace")}  # type: ignore[union-attr]
+        assert "a.txt" in {entry.name for entry in runtime.stat("/workspace")}  # type: ignore[union-attr]
+        read = runtime.read("/workspace/a.txt")
+        assert not isinstance(read, list) and b"".join(read[1]) == b"hello world"
         with pytest.raises(FileError) as missing:
-            provider.stat(ref, "/workspace/nope")
+            runtime.stat("/workspace/nope")
         assert (missing.value.errno_name, missing.value.status_code) == ("ENOENT", 404)
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w") as tar:
@@ -73,9 +82,9 @@ def check_files_and_errors(provider: Provider, workspace: WorkspaceSpec) -> None
             info.size = 6
             tar.addfile(info, io.BytesIO(b"packed"))
         if provider.capabilities().archives:
-            provider.write_archive(ref, "/workspace/in", [archive.getvalue()])
-            assert b"".join(provider.read_file(ref, "/workspace/in/packed.txt")[1]) == b"packed"
-            with tarfile.open(fileobj=io.BytesIO(b"".join(provider.read_archive(ref, "/workspace/in")))) as tar:
+            runtime.write_archive("/workspace/in", [archive.getvalue()])
+            assert b"".join(runtime.read_file("/workspace/in/packed.txt")[1]) == b"packed"
+            with tarfile.open(fileobj=io.BytesIO(b"".join(runtime.read_archive("/workspace/in")))) as tar:
                 assert "packed.txt" in {name.removeprefix("./") for name in tar.getnames()}
     finally:
         provider.destroy(ref)

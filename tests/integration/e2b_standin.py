@@ -165,7 +165,7 @@ class E2BStandIn:
         self.provider = DockerProvider(
             self.client,
             name="e2b-standin",
-            runtime="runsc",
+            oci_runtime="runsc",
             user="1000:1000",
             isolation="gVisor",
             disks=Disks(self.data_dir / "disks", "1000:1000"),
@@ -271,7 +271,7 @@ class E2BStandIn:
         return answer
 
     def _exchange(self, ref: str, port: int, method: str, raw: bytes) -> Response:
-        tunnel = self.provider.connect(ref, port)
+        tunnel = self.provider.runtime(ref).connect(port)
         try:
             tunnel.write(raw)
             tunnel.end_input()
@@ -305,10 +305,10 @@ class E2BStandIn:
         path = request.query_params.get("path", "")
         try:
             if request.method == "GET":
-                _, chunks = await asyncio.to_thread(self.provider.read_file, ref, path)
+                _, chunks = await asyncio.to_thread(self.provider.runtime(ref).read_file, path)
                 return StreamingResponse(_in_thread(chunks), media_type="application/octet-stream")
             body = await request.body()
-            await asyncio.to_thread(self.provider.write_file, ref, path, [body], len(body), 0o644)
+            await asyncio.to_thread(self.provider.runtime(ref).write_file, path, [body], len(body), 0o644)
         except FileError as exc:  # as envd answers
             status = {"ENOENT": 404, "EACCES": 403, "EPERM": 403, "ENOSPC": 507}.get(exc.errno_name, 400)
             return _error(status, f"{exc.detail}: permission denied" if status == 403 else exc.detail)
@@ -334,7 +334,7 @@ class E2BStandIn:
                     env=dict(config.envs),
                 )
                 try:
-                    call = await asyncio.to_thread(standin.provider._transport(ref).call, invocation)
+                    call = await asyncio.to_thread(standin.provider.runtime(ref).transport.call, invocation)
                 except AgentboxError as exc:
                     raise _connect_error(exc) from None
                 pid = next(standin._pids)
@@ -396,7 +396,7 @@ class E2BStandIn:
         async def stat(ctx: Any, path: str) -> FileStat | list[DirEntry]:
             ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
             try:
-                return await asyncio.to_thread(standin.provider.stat, ref, path)
+                return await asyncio.to_thread(standin.provider.runtime(ref).stat, path)
             except AgentboxError as exc:
                 raise _connect_error(exc) from None
 
@@ -419,7 +419,9 @@ class E2BStandIn:
             async def create_watcher(self, request: F.CreateWatcherRequest, ctx: Any) -> F.CreateWatcherResponse:
                 ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
                 try:
-                    events = await asyncio.to_thread(standin.provider.watch, ref, request.path, request.recursive)
+                    events = await asyncio.to_thread(
+                        standin.provider.runtime(ref).watch, request.path, request.recursive
+                    )
                 except AgentboxError as exc:
                     raise _connect_error(exc) from None
                 watcher = Watcher(request.path, events)
@@ -445,7 +447,7 @@ class E2BStandIn:
             async def remove(self, request: F.RemoveRequest, ctx: Any) -> F.RemoveResponse:
                 ref = standin._ref(ctx.request_headers.get("e2b-sandbox-id", ""))
                 argv = ["rm", "-rf", request.path]
-                await asyncio.to_thread(standin.provider.exec, ref, ExecRequest(argv=argv))
+                await asyncio.to_thread(standin.provider.runtime(ref).exec, ExecRequest(argv=argv))
                 return F.RemoveResponse()
 
         process_app = process_connect.ProcessASGIApplication(Process())

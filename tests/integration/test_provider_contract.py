@@ -65,7 +65,7 @@ def provider(
     runtime, _, channel = request.param.partition("-")
     options = dict(
         name=runtime,
-        runtime=runtime,
+        oci_runtime=runtime,
         user="1000:1000",
         isolation=runtime,
         disks=Disks(tmp_path / "disks", "1000:1000"),

@@ -23,7 +23,7 @@ BELOW: dict[str, set[str]] = {
     "db": {"errors", "wire"},
     "providers": {"errors", "sandbox", "wire"},
     "config": {"errors", "wire", "github"},
-    "github": {"errors", "db", "providers", "sandbox", "wire"},
+    "github": {"errors", "db", "sandbox", "wire"},
     "auth": {"errors", "db", "wire"},
     "workspaces": {"errors", "config", "db", "github", "providers", "sandbox", "wire"},
     "web": {"errors", "auth", "config", "db", "github", "sandbox", "wire", "workspaces"},

@@ -27,8 +27,7 @@ from agentbox.github import git
 from agentbox.github.app import AppCredentials, GitHubError, TokenMinter
 from agentbox.github.crypto import DecryptError, Keyring
 from agentbox.github.egress import SETTING, EgressPolicy, Refused
-from agentbox.providers.base import Provider
-from agentbox.sandbox.runtime import ExecRequest
+from agentbox.sandbox.runtime import ExecRequest, Runtime
 from agentbox.wire.domain import Checkout
 from agentbox.wire.github import RegisterApp
 
@@ -151,8 +150,9 @@ class GitHub:
 
     # Repositories
 
-    def checkout(self, registered: GitHubApp, spec: Checkout, provider: Provider, ref: str) -> dict[str, Any]:
-        """Clone `spec` with the App `registered` and copy it into /workspace/<name>; what the record keeps."""
+    def checkout(self, registered: GitHubApp, spec: Checkout, runtime: Runtime) -> dict[str, Any]:
+        """Clone `spec` with the App `registered` and copy it into /workspace/<name> of the workspace that
+        `runtime` reaches; what the record keeps."""
         app = self.credentials(registered)
         installation = spec.installation_id or self.minter.installation_of(app, spec.repository)
         token = self.minter.token(app, installation, (spec.name,))
@@ -161,7 +161,7 @@ class GitHub:
             clone = Path(scratch) / spec.name
             url = f"{app.git_url}/{spec.repository}.git"
             git.clone(url, token.value, spec.ref, clone, self._pin(app, url))
-            provider.write_archive(ref, path, git.tar_stream(clone))
+            runtime.write_archive(path, git.tar_stream(clone))
         return {
             "repository": spec.repository,
             "ref": spec.ref,
@@ -170,15 +170,15 @@ class GitHub:
             "path": path,
         }
 
-    def push(self, owner: str, repo: dict[str, Any], provider: Provider, ref: str) -> tuple[str, str]:
-        """Push the current branch of the workspace's checkout; (branch, commit)."""
+    def push(self, owner: str, repo: dict[str, Any], runtime: Runtime) -> tuple[str, str]:
+        """Push the current branch of the checkout in the workspace that `runtime` reaches; (branch, commit)."""
         app = self.credentials(self.app(owner, repo["app"]))
         checkout = shlex.quote(repo["path"])
         script = (
             f"cd {checkout} && branch=$(git symbolic-ref --short HEAD) && "
             f'git bundle create --quiet {BUNDLE_IN_WORKSPACE} "$branch" && echo "$branch"'
         )
-        made = provider.exec(ref, ExecRequest(argv=["/bin/sh", "-c", script], timeout=300))
+        made = runtime.exec(ExecRequest(argv=["/bin/sh", "-c", script], timeout=300))
         if made.exit_code != 0:
             raise Conflict(
                 f"cannot bundle the current branch of {repo['path']} (is a branch checked out, with a commit?): "
@@ -187,14 +187,14 @@ class GitHub:
         branch = made.stdout.strip().splitlines()[-1]
         try:
             with tempfile.NamedTemporaryFile(prefix="agentbox-push-", suffix=".bundle") as bundle:
-                for chunk in provider.read_file(ref, BUNDLE_IN_WORKSPACE)[1]:
+                for chunk in runtime.read_file(BUNDLE_IN_WORKSPACE)[1]:
                     bundle.write(chunk)
                 bundle.flush()
                 token = self.minter.token(app, int(repo["installation_id"]), (repo["repository"].split("/")[1],), True)
                 url = f"{app.git_url}/{repo['repository']}.git"
                 commit = git.push_bundle(Path(bundle.name), branch, url, token.value, self._pin(app, url))
         finally:
-            provider.exec(ref, ExecRequest(argv=["rm", "-f", BUNDLE_IN_WORKSPACE]))
+            runtime.exec(ExecRequest(argv=["rm", "-f", BUNDLE_IN_WORKSPACE]))
         return branch, commit
 
     def _pin(self, app: AppCredentials, url: str) -> str | None:

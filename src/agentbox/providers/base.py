@@ -1,4 +1,11 @@
-"""The provider interface: everything the rest of agentbox may ask of a place where workspaces run.
+"""The provider interface: the deployment half of agentbox's split of deployment from runtime.
+
+A provider is a place where workspaces run: it makes, starts, stops, pauses and removes sandboxes,
+says their state, lists them (`inventory`), measures them and keeps their isolation in force. What
+reaches inside a running one (commands, files, archives, watches, ports, background processes) is
+its `Runtime` (sandbox/runtime.py), which `Provider.runtime(ref)` hands out: the Docker provider's
+is the helper's channel over its socket, TCP or the Engine API's exec; E2B's is the SDK and the
+same helper over E2B's commands. SWE-ReX keeps the same two halves (deployment, runtime).
 
 Nothing outside `agentbox.providers` knows whether a command runs in a local gVisor
 container, a plain Docker container or a managed cloud sandbox. A provider works on its own
@@ -8,23 +15,13 @@ handle (`ref`) and plain data; ownership, limits policy and persistence live in 
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from agentbox.errors import BadRequest
-from agentbox.sandbox.process_table import ProcessTable
-from agentbox.sandbox.runtime import (
-    DirEntry,
-    ExecEvent,
-    ExecRequest,
-    ExecResult,
-    FileStat,
-    PortConnection,
-    WatchEvent,
-    collect,
-)
+from agentbox.sandbox.runtime import Runtime
 from agentbox.wire.network import NO_NETWORK, POLICY_KINDS, PolicyKind
 
 
@@ -77,11 +74,11 @@ class Capabilities:
     network_policies: frozenset[str] = POLICY_KINDS
     #: How to get the policies it lacks, for the refusal ("" when there is no way).
     network_hint: str = ""
-    #: Background processes (`Provider.processes`): started, found again by PID, output by offset.
+    #: Background processes (`Runtime.processes`): started, found again by PID, output by offset.
     processes: bool = False
-    #: File system events under a directory (`Provider.watch`).
+    #: File system events under a directory (`Runtime.watch`).
     watch: bool = False
-    #: Connections to ports on a workspace's loopback (`Provider.connect`), for previews.
+    #: Connections to ports on a workspace's loopback (`Runtime.connect`), for previews.
     ports: bool = False
     #: The network policies of the workspaces whose pause keeps memory and processes (`Provider.pause`).
     pause_keeps_memory: frozenset[str] = frozenset()
@@ -195,58 +192,21 @@ class Provider(abc.ABC):
         """
 
     @abc.abstractmethod
-    def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
-        """Run a command; yield its output as it arrives, then one `Exit`.
+    def runtime(self, ref: str) -> Runtime:
+        """What reaches inside the workspace `ref`: commands, files, archives, watches, ports, processes.
 
-        Closing the iterator early kills the command.
+        Reaches nothing itself (it is made for every request): a workspace that is gone or stopped
+        fails the runtime's first call (WorkspaceGone), not this one. What the runtime can do beyond
+        commands and files, `capabilities()` says (`archives`, `processes`, `watch`, `ports`).
         """
 
-    def exec(self, ref: str, request: ExecRequest) -> ExecResult:
-        return collect(self.exec_stream(ref, request), request.output_limit)
-
-    @abc.abstractmethod
-    def stat(self, ref: str, path: str) -> FileStat | list[DirEntry]:
-        """A file's size and mode, or a directory's entries."""
-
-    @abc.abstractmethod
-    def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]: ...
-
-    def read(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
-        """A file's size, mode and bytes, or a directory's entries: `stat` and `read_file` in one look."""
-        found = self.stat(ref, path)
-        return found if isinstance(found, list) else self.read_file(ref, path)
-
-    @abc.abstractmethod
-    def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
-        """Write exactly `size` bytes from `data` to `path`, atomically: all of it or nothing."""
-
-    @abc.abstractmethod
-    def read_archive(self, ref: str, path: str) -> Iterator[bytes]:
-        """A tar stream of the directory `path`."""
-
-    @abc.abstractmethod
-    def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
-        """Unpack a tar stream into the directory `path`, creating it if needed."""
-
-    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
-        """Events under the directory `path` from now on, until the iterator is closed (or the directory
-        goes), and a None after every few seconds in which nothing happened: the caller's chance to notice
-        that its own client left, and close the iterator, when nothing would happen for hours. Returns
-        once the watch is in place; FileError for a path that is not a directory."""
-        raise BadRequest(f"the {self.name} provider cannot watch files")
-
-    def connect(self, ref: str, port: int) -> PortConnection:
-        """A connection to `port` on the workspace's own loopback, whatever its network policy; only when
-        `capabilities().ports` says so. ProviderError (502) when nothing listens there."""
-        raise BadRequest(f"the {self.name} provider cannot reach ports inside a workspace")
-
     def reserved_ports(self, ref: str) -> frozenset[int]:
-        """Ports the provider's own machinery listens on in the workspace (not the workload's: no preview)."""
-        return frozenset()
+        """Ports the provider's own machinery listens on in the workspace (not the workload's: no preview).
 
-    def processes(self, ref: str) -> ProcessTable:
-        """The workspace's background processes; only when `capabilities().processes` says so."""
-        raise BadRequest(f"the {self.name} provider has no background processes: use exec, or another provider")
+        Here, not on the runtime: they are the deployment's choice (the Docker provider's TCP channel
+        is a listener it asked the workspace's init to open, on the port of its settings), which a
+        runtime over whatever transport it was given cannot know."""
+        return frozenset()
 
 
 def distinct(providers: Iterable[Provider]) -> list[Provider]:

@@ -1,9 +1,11 @@
 """The one way into a sandbox: `agentbox-exec`'s wire protocol, over any transport.
 
 A provider that can start the helper in its sandbox (with arguments, stdin, and stdout and
-stderr kept apart) gives a `Transport`; `HelperChannel` turns that into commands and files.
-The Docker provider's transport is the Engine API's exec; a Kubernetes one would be the pod
-exec API. What the helper answers is defined by run.c, files.c and main.c (probe):
+stderr kept apart) gives a `Transport`; `HelperChannel` turns that into a `Runtime` (commands,
+files, archives, watches, ports, and background processes through processes.py). The Docker
+provider's transports are the helper's Unix socket, TCP and the Engine API's exec; E2B's is its
+command API; a Kubernetes one would be TCP or the pod exec API. What the helper answers is
+defined by run.c, files.c and main.c (probe):
 
     run [-t SECONDS] [-m MAX_BYTES] [-i] -- ARGV   output as it comes; exit code (124: timed out)
     get PATH            "F <size> <octal mode>\\n" + the bytes, or "D\\n" + NUL-separated entries
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar, cast, get_args
 
 from agentbox.errors import BadRequest, FileError, ProviderError
+from agentbox.sandbox.process_table import ProcessTable
 from agentbox.sandbox.runtime import (
     TIMEOUT_EXIT_CODE,
     DirEntry,
@@ -34,6 +37,7 @@ from agentbox.sandbox.runtime import (
     Exit,
     FileStat,
     Output,
+    Runtime,
     WatchEvent,
     WatchEventType,
     signal_of,
@@ -131,11 +135,19 @@ class Transport(Protocol):
         """
 
 
-class HelperChannel:
-    """Commands and files in one sandbox, through the helper, over `transport`."""
+class HelperChannel(Runtime):
+    """The runtime of one sandbox through the helper, over `transport`: every call starts the helper
+    there once (`Transport.call`), so making a channel reaches nothing."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+
+    def processes(self) -> ProcessTable:
+        """The helper's process table in the sandbox (processes.c), over the same transport."""
+        # Imported here: processes.py reads the helper's answers with this module's readers.
+        from agentbox.sandbox.processes import HelperProcesses
+
+        return HelperProcesses(self.transport)
 
     def probe(self) -> None:
         """Return once a command has run in the sandbox; ProviderError if none can."""

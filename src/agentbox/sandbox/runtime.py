@@ -1,10 +1,20 @@
-"""The runtime's types: what a command, a file, a watch or a port connection takes and gives,
-whoever carries it (the helper's channel, E2B's envd, a fake). Plain data, no I/O: providers,
-the core and the faces all speak it, and it imports nothing of agentbox but errors.
+"""The runtime: what reaches inside one sandbox, apart from where the sandbox runs.
+
+SWE-ReX's split: a provider (providers/base.py) is the *deployment*, which makes, starts, stops
+and finds sandboxes; `Runtime` is what reaches inside one of them once it runs: commands, files,
+archives, watches, port connections, background processes. `Provider.runtime(ref)` hands one out
+and the core (workspaces/handle.py) talks to it. The runtimes that exist: the helper's channel
+over any transport (`sandbox/channel.HelperChannel`: Docker's Unix socket, TCP or Engine API
+exec, and any other way to start the helper), E2B's (`providers/e2b/runtime.py`: its SDK, and the
+same helper over E2B's commands), and the unit tests' in-memory one (tests/fake_provider.py).
+
+Here too are the types a runtime takes and gives, whoever carries them: plain data, no I/O, which
+providers, the core and the faces all speak. It imports nothing of agentbox but errors.
 """
 
 from __future__ import annotations
 
+import abc
 import codecs
 import signal
 from collections.abc import Iterable, Iterator
@@ -12,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from agentbox.errors import ProviderError
+from agentbox.sandbox.process_table import ProcessTable
 
 
 @dataclass(frozen=True)
@@ -172,3 +183,80 @@ class TextDecoder:
 
     def decode(self, data: bytes, final: bool = False) -> str:
         return self._decoder.decode(data, final)
+
+
+class Runtime(abc.ABC):
+    """What reaches inside one running sandbox: commands, files, archives, watches, ports, processes.
+
+    Every method blocks (callers run it off the event loop) and reaches the sandbox at the call,
+    never before: making a runtime costs nothing, and a sandbox gone since fails its first call.
+    Every method may raise WorkspaceGone (410) when the sandbox is gone or stopped,
+    ProviderUnavailable (503) when it cannot be reached, and ProviderError (502) when what answers
+    in it is not what should (the helper replaced by a workload: `channel.HelperMalformed`).
+    Methods that take a path raise FileError for what the sandbox's kernel refused (its errno: 404
+    for ENOENT, 403 for EACCES, 507 for ENOSPC, ...). A runtime that cannot do something at all
+    (a fake's ports) raises BadRequest (400); the provider's `Capabilities` say beforehand.
+    """
+
+    @abc.abstractmethod
+    def exec_stream(self, request: ExecRequest) -> Iterator[ExecEvent]:
+        """Run a command; yield its output as it arrives, then one `Exit`.
+
+        The command starts at the call, so that a sandbox that is gone fails here, before any output
+        is promised. Closing the iterator early kills the command (and its process group). A program
+        that is not there is an exit code (127), as is a command killed at its deadline (124, with
+        `timed_out`); a working directory that does not exist is BadRequest, at the call or on the
+        first read depending on the way in.
+        """
+
+    def exec(self, request: ExecRequest) -> ExecResult:
+        """Run a command to its end; at most `request.output_limit` bytes kept per stream (the rest
+        dropped, and said so in `stdout_truncated`/`stderr_truncated`)."""
+        return collect(self.exec_stream(request), request.output_limit)
+
+    @abc.abstractmethod
+    def stat(self, path: str) -> FileStat | list[DirEntry]:
+        """A file's size and mode, or a directory's entries. FileError (ENOENT...) for a path that
+        cannot be looked at; ProviderError for a directory too big to list at once."""
+
+    @abc.abstractmethod
+    def read_file(self, path: str) -> tuple[FileStat, Iterator[bytes]]:
+        """A file's size and mode, and its bytes as they come. FileError EISDIR for a directory,
+        FileError EAGAIN (while iterating) when it changed while it was read."""
+
+    def read(self, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
+        """A file's size, mode and bytes, or a directory's entries: `stat` and `read_file` in one look."""
+        found = self.stat(path)
+        return found if isinstance(found, list) else self.read_file(path)
+
+    @abc.abstractmethod
+    def write_file(self, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
+        """Write exactly `size` bytes from `data` to `path`, atomically: all of it or nothing; the bytes
+        written. FileError for a path that cannot be written (ENOENT for a missing directory, ENOSPC
+        for a full disk, ...); nothing is written when `data` is not `size` bytes long."""
+
+    @abc.abstractmethod
+    def read_archive(self, path: str) -> Iterator[bytes]:
+        """A tar stream of the directory `path`. FileError ENOTDIR for a file, ENOENT for nothing there."""
+
+    @abc.abstractmethod
+    def write_archive(self, path: str, data: Iterable[bytes]) -> None:
+        """Unpack a tar stream into the directory `path`, creating it if needed. FileError when the
+        directory cannot be made; BadRequest when tar refuses the archive (what it said, in the detail)."""
+
+    @abc.abstractmethod
+    def watch(self, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
+        """Events under the directory `path` from now on, until the iterator is closed (or the directory
+        goes), and a None after every few seconds in which nothing happened: the caller's chance to notice
+        that its own client left, and close the iterator, when nothing would happen for hours. Returns
+        once the watch is in place; FileError for a path that is not a directory."""
+
+    @abc.abstractmethod
+    def connect(self, port: int) -> PortConnection:
+        """A connection to `port` on the sandbox's own loopback, whatever its network policy (previews).
+        ProviderError (502) when nothing listens there."""
+
+    @abc.abstractmethod
+    def processes(self) -> ProcessTable:
+        """The sandbox's background processes (what each of the table's methods raises: `ProcessTable`).
+        Making the table reaches nothing; its calls do."""

@@ -200,7 +200,7 @@ class Service:
             provider = DockerProvider(
                 self.docker_client,
                 name=name,
-                runtime=runtime,
+                oci_runtime=runtime,
                 isolation=kind,
                 user=settings.user,
                 disks=disks,

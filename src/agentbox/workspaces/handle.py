@@ -2,9 +2,10 @@
 
 `WorkspaceManager.use` (a use: it slides an ephemeral workspace's expiry) or `.look` (a look: it
 does not) proves the caller owns a running workspace and returns a `WorkspaceHandle`; every call
-on it goes to the workspace's provider, which alone knows how a command or a file reaches the
-sandbox. Like docker-py's resource objects it is plain: a row, a provider, a handle. It checks
-nothing again: a workspace stopped since the handle was made is its provider's error (409/502).
+on it goes to the workspace's runtime (`Provider.runtime`), which alone knows how a command or a
+file reaches the sandbox, and the provider says what that runtime can do (`capabilities`). Like
+docker-py's resource objects it is plain: a row, a provider, a runtime. It checks nothing again:
+a workspace stopped since the handle was made is its runtime's error (502/410).
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from agentbox.db.models import Workspace
 from agentbox.errors import BadRequest, FileError, Unprocessable
 from agentbox.providers.base import Provider
 from agentbox.sandbox.process_table import ProcessInfo, ProcessRequest, ProcessTable
-from agentbox.sandbox.runtime import DirEntry, ExecEvent, ExecRequest, ExecResult, FileStat, PortConnection, WatchEvent
+from agentbox.sandbox.runtime import (
+    DirEntry,
+    ExecEvent,
+    ExecRequest,
+    ExecResult,
+    FileStat,
+    PortConnection,
+    Runtime,
+    WatchEvent,
+)
 from agentbox.wire.domain import Command
 from agentbox.workspaces import listening, search, tools
 from agentbox.workspaces.sessions import SessionRun, ShellSessions
@@ -28,16 +38,19 @@ SESSION_TIMEOUT = 120.0
 
 @dataclass(frozen=True)
 class WorkspaceHandle:
-    """A running workspace of `owner` (its row when the handle was made) and the provider that runs it.
+    """A running workspace of `owner` (its row when the handle was made), the provider that runs it
+    and the runtime that reaches inside it.
 
-    Every method blocks (it waits for the sandbox) and raises what its provider raises: FileError
-    (404, 403, ...) for a path, ProviderError (502) when the sandbox cannot be reached, Conflict
-    (409) when it has stopped since; BadRequest (400) for what the provider cannot do at all.
+    Every method blocks (it waits for the sandbox) and raises what its runtime raises (`Runtime`):
+    FileError (404, 403, ...) for a path, ProviderError (502) when the sandbox cannot be reached or
+    has stopped since (WorkspaceGone, 410, when it is gone); BadRequest (400) for what the provider
+    cannot do at all.
     """
 
     workspace: Workspace
     provider: Provider
     ref: str
+    runtime: Runtime
     settings: Settings
     sessions: ShellSessions
 
@@ -49,11 +62,11 @@ class WorkspaceHandle:
 
     def exec(self, command: Command) -> ExecResult:
         """Run `command` to its end; its output capped at WORKSPACE_EXEC_OUTPUT_LIMIT per stream."""
-        return self.provider.exec(self.ref, self._exec_request(command))
+        return self.runtime.exec(self._exec_request(command))
 
     def exec_stream(self, command: Command) -> Iterator[ExecEvent]:
         """Run `command`, its output as it comes, then its exit."""
-        return self.provider.exec_stream(self.ref, self._exec_request(command))
+        return self.runtime.exec_stream(self._exec_request(command))
 
     def _exec_request(self, command: Command) -> ExecRequest:
         return ExecRequest(
@@ -67,34 +80,34 @@ class WorkspaceHandle:
     # Files
 
     def stat(self, path: str) -> FileStat | list[DirEntry]:
-        return self.provider.stat(self.ref, path)
+        return self.runtime.stat(path)
 
     def read(self, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
         """A file (stat and bytes) or a directory's entries."""
-        return self.provider.read(self.ref, path)
+        return self.runtime.read(path)
 
     def write_file(self, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
         """Write exactly `size` bytes to `path` (atomically); the bytes written."""
-        return self.provider.write_file(self.ref, path, data, size, mode)
+        return self.runtime.write_file(path, data, size, mode)
 
     def read_archive(self, path: str) -> Iterator[bytes]:
         """`path` as a tar archive, in pieces."""
-        return self._archives().read_archive(self.ref, path)
+        return self._archives().read_archive(path)
 
     def write_archive(self, path: str, data: Iterable[bytes]) -> None:
         """Unpack a tar archive into the directory `path`."""
-        self._archives().write_archive(self.ref, path, data)
+        self._archives().write_archive(path, data)
 
-    def _archives(self) -> Provider:
+    def _archives(self) -> Runtime:
         if not self.provider.capabilities().archives:
             raise BadRequest("this workspace's provider cannot move tar archives: use the files endpoint per file")
-        return self.provider
+        return self.runtime
 
     def watch(self, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
         """File system events under `path` as they happen (None: nothing for a while, a keep-alive)."""
         if not self.provider.capabilities().watch:
             raise BadRequest(f"this workspace's provider ({self.provider.name}) cannot watch files")
-        return self.provider.watch(self.ref, path, recursive)
+        return self.runtime.watch(path, recursive)
 
     # The agent's file tools
 
@@ -107,23 +120,23 @@ class WorkspaceHandle:
 
     def edit_tool(self, path: str, old: str, new: str, replace_all: bool) -> int:
         """The edit tool: replace `old` with `new` in a text file; how many times. Its mode is kept."""
-        stat, chunks = self.provider.read_file(self.ref, path)
+        stat, chunks = self.runtime.read_file(path)
         data = tools.whole(path, stat, chunks)
         if tools.is_binary(data):
             raise Unprocessable(f"{path} is a binary file: the edit tool changes text; write the file whole instead")
         text, count = tools.replaced(data.decode("utf-8"), old, new, replace_all)
         encoded = text.encode()
-        self.provider.write_file(self.ref, path, [encoded], len(encoded), stat.mode)
+        self.runtime.write_file(path, [encoded], len(encoded), stat.mode)
         return count
 
     def glob_tool(self, pattern: str, root: str, limit: int) -> search.GlobResult:
         """The glob tool: files under `root` matching `pattern`, newest first."""
-        listing = self.provider.exec(self.ref, self._search_request(search.glob_command(pattern, root)))
+        listing = self.runtime.exec(self._search_request(search.glob_command(pattern, root)))
         return search.globbed(pattern, root, listing, limit)
 
     def grep_tool(self, query: search.GrepQuery) -> search.GrepResult:
         """The grep tool: lines matching a regular expression, with context, until a bound."""
-        return search.grep(query, lambda argv: self.provider.exec_stream(self.ref, self._search_request(argv)))
+        return search.grep(query, lambda argv: self.runtime.exec_stream(self._search_request(argv)))
 
     def _search_request(self, argv: list[str]) -> ExecRequest:
         timeout = min(search.SEARCH_SECONDS, self.settings.exec_timeout)
@@ -138,7 +151,7 @@ class WorkspaceHandle:
                 f"the {self.workspace.provider} provider has no background processes: use exec, or a workspace "
                 "of the gvisor or docker provider"
             )
-        return self.provider.processes(self.ref)
+        return self.runtime.processes()
 
     def start_process(self, request: ProcessRequest) -> ProcessInfo:
         env = {**self.workspace.env, **request.env}  # the workspace's env, then the process's own
@@ -171,14 +184,14 @@ class WorkspaceHandle:
                 f"the {self.provider.name} provider cannot reach ports inside its workspaces: use a gvisor, docker "
                 "or e2b workspace for previews"
             )
-        return self.provider.connect(self.ref, port)
+        return self.runtime.connect(port)
 
     def listening_ports(self) -> list[int]:
         """The TCP ports something listens on in the workspace (any address), ascending."""
         found: set[int] = set()
         for table in listening.TABLES:
             try:
-                stat, chunks = self.provider.read_file(self.ref, table)
+                stat, chunks = self.runtime.read_file(table)
             except FileError as exc:
                 if exc.status_code == 404:  # a kernel without IPv6
                     continue

@@ -82,7 +82,8 @@ class WorkspaceManager:
         app = self.github.choose(owner, request.repo)  # a missing App is a 400 before anything is made
         workspace = self._create(owner, request, quota)
         try:
-            repo = self.github.checkout(app, request.repo, self._provider(workspace.provider), self._ref(workspace))
+            runtime = self._provider(workspace.provider).runtime(self._ref(workspace))
+            repo = self.github.checkout(app, request.repo, runtime)
         except BaseException as exc:
             self.metrics.failures.labels("checkout").inc()
             self._provider(workspace.provider).destroy(self._ref(workspace))
@@ -382,9 +383,8 @@ class WorkspaceManager:
             raise Conflict(f"workspace {workspace.id} was not created with a repository (`repo` at create)")
         if self.github is None:
             raise BadRequest("GitHub Apps are not configured on this server (GITHUB_APP_ENCRYPTION_KEY)")
-        branch, commit = self.github.push(
-            owner, workspace.repo, self._provider(workspace.provider), self._ref(workspace)
-        )
+        runtime = self._provider(workspace.provider).runtime(self._ref(workspace))
+        branch, commit = self.github.push(owner, workspace.repo, runtime)
         self.store.record(workspace.id, "pushed", branch=branch, commit=commit)
         return workspace, branch, commit
 
@@ -427,9 +427,8 @@ class WorkspaceManager:
         return self._handle(self._looked_at(owner, workspace_id))
 
     def _handle(self, workspace: Workspace) -> WorkspaceHandle:
-        return WorkspaceHandle(
-            workspace, self._provider(workspace.provider), self._ref(workspace), self.settings, self.sessions
-        )
+        provider, ref = self._provider(workspace.provider), self._ref(workspace)
+        return WorkspaceHandle(workspace, provider, ref, provider.runtime(ref), self.settings, self.sessions)
 
     def _running(self, owner: str, workspace_id: str) -> Workspace:
         return self._used(self._looked_at(owner, workspace_id, "use"))

@@ -153,8 +153,9 @@ class WarmPool:
         """Run a command or two before the workspace counts as ready: it proves the workspace works, and
         the owner's first command no longer pays for a sandbox's first start of a program (under gVisor,
         ~20 ms of loading the C library and looking up files, and the helper's workers' first faults)."""
+        runtime = self.provider.runtime(ref)
         for _ in range(WARM_UP_COMMANDS):
-            result = self.provider.exec(ref, ExecRequest(argv=["true"], timeout=30))
+            result = runtime.exec(ExecRequest(argv=["true"], timeout=30))
             if result.exit_code != 0:
                 raise ProviderError(
                     f"a new workspace cannot run `true` (exit code {result.exit_code}): {result.stderr}"

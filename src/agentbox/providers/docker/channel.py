@@ -1,4 +1,5 @@
-"""The helper channel over TCP for Docker workspaces (WORKSPACE_HELPER_CHANNEL=tcp): keys and addresses.
+"""The ways into a Docker workspace's helper (`WaysIn`: TCP, the control socket, the Engine API's exec),
+and the helper channel over TCP (WORKSPACE_HELPER_CHANNEL=tcp): its keys and addresses.
 
 A workspace with a network gets a TCP listener from its helper (agentbox-exec `init -K -T -U`), and
 the server reaches it at the container's address on its network, after the handshake of
@@ -20,11 +21,19 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
+
+from agentbox.providers.docker.engine import engine_errors
+from agentbox.sandbox import CONTROL_SOCKET
+from agentbox.sandbox.channel import Transport
+from agentbox.sandbox.control import ControlSocketTransport, SocketFirst
 from agentbox.sandbox.handshake import channel_key, key_file_text
+from agentbox.sandbox.tcp import TcpTransport
 
 #: Where the sandbox finds the key (a directory of its own, like a Kubernetes Secret volume).
 SECRET_IN_WORKSPACE = "/.agentbox/secret"
@@ -32,6 +41,10 @@ KEY_FILE = "helper-key"
 #: What init needs, as root, to become the workspace's user for good (CAP_SETPCAP: to empty the
 #: bounding set on the way). It holds them for the few instructions before it drops them.
 ROOT_START_CAPABILITIES = ["SETUID", "SETGID", "SETPCAP"]
+# The kernel's limit on a Unix socket's path (sun_path, with its NUL); a longer one is not used.
+MAX_SOCKET_PATH = 107
+# How long init may take to let go of its control socket before a checkpoint, or to listen again.
+SOCKET_PATIENCE = 10.0
 
 
 @dataclass
@@ -105,3 +118,88 @@ def _address(container: dict[str, Any], port: int) -> tuple[bool, str | None]:
         if network and network.get("IPAddress"):
             return True, str(network["IPAddress"])
     return True, None
+
+
+@dataclass
+class WaysIn:
+    """How the server reaches the helper of a Docker workspace, best first: over TCP at the container's
+    address (`tcp`), through its Unix control socket under `control_root`, and the Engine API's exec
+    behind either, for a workspace that has neither (no network, made without the listener, an init
+    that does not listen yet). None for `tcp` or `control_root`: that way is not used."""
+
+    client: docker.DockerClient
+    user: str  # uid:gid of the workspace's user, who owns its control directory
+    control_root: Path | None
+    tcp: TcpChannel | None
+
+    def transport(self, ref: str, workspace_id: str, fallback: Transport) -> Transport:
+        """Into the container `ref`, falling back to `fallback` (the Engine API's exec)."""
+        transport = fallback
+        if self.control_root is not None:
+            socket_path = self.socket(workspace_id)
+            if len(os.fsencode(socket_path)) <= MAX_SOCKET_PATH:
+                transport = SocketFirst(ControlSocketTransport(socket_path, workspace_id), transport)
+        if self.tcp is not None:
+            channel = self.tcp
+
+            def addresses(fresh: bool) -> str | None:
+                return channel.address(workspace_id, fresh, lambda: self._inspect(ref))
+
+            tcp = TcpTransport(workspace_id, channel.key(workspace_id), channel.port, addresses)
+            transport = SocketFirst(tcp, transport)
+        return transport
+
+    def reserved_ports(self, ref: str, workspace_id: str) -> frozenset[int]:
+        """The helper's TCP port, when the workspace's init listens on it."""
+        if self.tcp is None:
+            return frozenset()
+        listens = self.tcp.address(workspace_id, False, lambda: self._inspect(ref)) is not None
+        return frozenset({self.tcp.port} if listens else ())
+
+    def control_dir(self, workspace_id: str) -> Path:
+        """The workspace's control directory on the host, writable by the workspace user only."""
+        assert self.control_root is not None
+        directory = self.control_root / workspace_id
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        uid, _, gid = self.user.partition(":")
+        os.chown(directory, int(uid), int(gid or uid))
+        return directory
+
+    def socket(self, workspace_id: str) -> Path:
+        assert self.control_root is not None
+        return self.control_root / workspace_id / CONTROL_SOCKET
+
+    def signal_init(self, ref: str, signal: str) -> None:
+        """Send the workspace's init `signal` (checkpoints.py: let go of the socket, listen again)."""
+        if self.control_root is not None:
+            with engine_errors("signalling the workspace's init"):
+                self.client.api.kill(ref, signal=signal)
+
+    def await_socket(self, workspace_id: str, present: bool) -> bool:
+        """Whether init made (or removed) its control socket within SOCKET_PATIENCE."""
+        if self.control_root is None:
+            return True
+        path = self.socket(workspace_id)
+        deadline = time.monotonic() + SOCKET_PATIENCE
+        while path.exists() != present:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def forget(self, workspace_id: str) -> None:
+        """The workspace was started or stopped: its address may change."""
+        if self.tcp is not None:
+            self.tcp.forget(workspace_id)
+
+    def remove(self, workspace_id: str) -> None:
+        """The workspace was removed: its control directory and its key go."""
+        if self.control_root is not None:
+            shutil.rmtree(self.control_root / workspace_id, ignore_errors=True)
+        if self.tcp is not None:
+            self.tcp.remove_key(workspace_id)
+
+    def _inspect(self, ref: str) -> dict[str, Any]:
+        with engine_errors("inspecting the workspace"):
+            found: dict[str, Any] = self.client.api.inspect_container(ref)
+        return found

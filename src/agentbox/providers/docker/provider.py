@@ -1,10 +1,12 @@
 """Workspaces as containers on a Docker engine, under gVisor's runsc or the standard runc.
 
-Every command and file operation runs *inside* the container through the static
-`agentbox-exec` helper, via the Engine API's exec. Going through the sandbox rather than
-the engine's archive API matters under gVisor: runsc caches the root filesystem, so a file
-changed from the host side (`docker cp`) may never be seen by the workload, and a symlink
-can only ever resolve within the container it lives in.
+This module is the deployment (containers, disks, the fenced network, checkpoints). Its runtime
+(`runtime(ref)`) is the helper's channel (sandbox/channel.py): every command and file operation
+runs *inside* the container through the static `agentbox-exec` helper, reached over its TCP
+listener, its Unix control socket or the Engine API's exec, whichever the workspace has. Going
+through the sandbox rather than the engine's archive API matters under gVisor: runsc caches the
+root filesystem, so a file changed from the host side (`docker cp`) may never be seen by the
+workload, and a symlink can only ever resolve within the container it lives in.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import time
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ from docker.types import Mount
 
 from agentbox.errors import AgentboxError, BadRequest, ProviderError, WorkspaceGone
 from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
-from agentbox.providers.docker.channel import ROOT_START_CAPABILITIES, SECRET_IN_WORKSPACE, TcpChannel
+from agentbox.providers.docker.channel import (
+    ROOT_START_CAPABILITIES,
+    SECRET_IN_WORKSPACE,
+    SOCKET_PATIENCE,
+    TcpChannel,
+    WaysIn,
+)
 from agentbox.providers.docker.checkpoints import LET_GO_OF_SOCKET, LISTEN_AGAIN, Checkpoints
 from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
 from agentbox.providers.docker.engine import EngineTransport, Frames, engine_errors
@@ -43,11 +50,6 @@ from agentbox.sandbox import (
     helper_digest,
 )
 from agentbox.sandbox.channel import HelperChannel, Transport
-from agentbox.sandbox.control import ControlSocketTransport, SocketFirst
-from agentbox.sandbox.processes import HelperProcesses
-from agentbox.sandbox.runtime import DirEntry, ExecEvent, ExecRequest, FileStat, WatchEvent
-from agentbox.sandbox.tcp import TcpTransport
-from agentbox.sandbox.tunnel import Tunnel
 from agentbox.wire.network import NO_NETWORK, POLICY_KINDS
 
 log = logging.getLogger("agentbox.providers.docker")
@@ -63,10 +65,6 @@ READY_LINE = b"agentbox-exec ready"  # what init prints first (init.c)
 GVISOR_MEMORY_HEADROOM = 128 << 20
 GVISOR_HOST_PIDS_PER_TASK = 40
 STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL when a workspace stops
-# The kernel's limit on a Unix socket's path (sun_path, with its NUL); a longer one is not used.
-MAX_SOCKET_PATH = 107
-# How long init may take to let go of its control socket before a checkpoint, or to listen again.
-SOCKET_PATIENCE = 10.0
 # A workspace comes back when it dies or the engine restarts, unless stopped. One whose pause keeps its
 # memory comes back only from a failure: a checkpoint ends the container with status 0 and is no stop to
 # the engine, which would boot it afresh at once under unless-stopped (init ends with 128 + the signal
@@ -90,7 +88,7 @@ class DockerProvider(Provider):
         client: docker.DockerClient,
         *,
         name: str,
-        runtime: str,
+        oci_runtime: str,
         user: str,
         isolation: str,
         disks: Disks,
@@ -114,7 +112,7 @@ class DockerProvider(Provider):
         self.network = network
         self.control_root = control_root
         self.name = name
-        self.runtime = runtime
+        self.oci_runtime = oci_runtime  # runsc, runc...: the engine's name for it
         self.user = user
         self.disks = disks
         self.helper = helper
@@ -122,6 +120,7 @@ class DockerProvider(Provider):
         self.checkpoint_runtime = checkpoint_runtime
         self.tcp_channel = tcp_channel
         self.checkpoints = Checkpoints(client)
+        self.ways_in = WaysIn(client, user, control_root, tcp_channel)
         self._isolation = isolation
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
 
@@ -132,7 +131,7 @@ class DockerProvider(Provider):
 
     def capabilities(self) -> Capabilities:
         offers = Capabilities(
-            runtime=self.runtime,
+            runtime=self.oci_runtime,
             isolation=self._isolation,
             processes=True,
             watch=True,
@@ -188,7 +187,7 @@ class DockerProvider(Provider):
         binds.append((disk / PROCS, PROCS_IN_WORKSPACE, False))
         init = [HELPER, "init"]
         host_memory, host_pids = spec.memory, spec.pids_limit
-        if self.runtime != STANDARD_RUNTIME:
+        if self.oci_runtime != STANDARD_RUNTIME:
             # gVisor's own kernel shares the workload's cgroups, and hitting a host limit kills the
             # whole sandbox, not the process. So the limits are enforced inside the sandbox, with
             # headroom on the host: init kills the biggest process past the memory limit (see
@@ -199,7 +198,7 @@ class DockerProvider(Provider):
             init += ["-M", str(spec.memory), "-P", str(spec.pids_limit)]
             host_pids = spec.pids_limit * GVISOR_HOST_PIDS_PER_TASK + 256
         if self.control_root is not None:
-            binds.append((self._control_dir(spec.id), CONTROL_IN_WORKSPACE, False))
+            binds.append((self.ways_in.control_dir(spec.id), CONTROL_IN_WORKSPACE, False))
             init += ["-S", f"{CONTROL_IN_WORKSPACE}/{CONTROL_SOCKET}"]
         user, capabilities = self.user, []
         if self.tcp_channel is not None and spec.network != "none":
@@ -212,7 +211,7 @@ class DockerProvider(Provider):
         if self.control_root is not None or self.tcp_channel is not None:
             init += ["-I", spec.id]
         labels = {WORKSPACE_LABEL: spec.id, INSTANCE_LABEL: self.instance}
-        runtime = self.checkpoint_runtime if spec.network == "none" and self.checkpoint_runtime else self.runtime
+        runtime = self.checkpoint_runtime if spec.network == "none" and self.checkpoint_runtime else self.oci_runtime
         options: dict[str, Any] = {
             "name": ref,
             "hostname": spec.id.replace("_", "-"),
@@ -294,14 +293,14 @@ class DockerProvider(Provider):
         )
 
     def start(self, ref: str) -> None:
-        self._forget_address(ref)
+        self.ways_in.forget(_workspace_id(ref))
         self.disks.ensure_mounted(_workspace_id(ref))
         if self.checkpoint_runtime is not None and self.checkpoints.exists(ref):
             self._resume(ref)
         else:
             with engine_errors("starting the workspace"):
                 self.client.api.start(ref)
-        self._channel(ref).probe()
+        self.runtime(ref).probe()
 
     def _resume(self, ref: str) -> None:
         """Start a workspace from its checkpoint (memory and processes as they were), else afresh."""
@@ -317,14 +316,15 @@ class DockerProvider(Provider):
             with engine_errors("starting the workspace"):
                 self.client.api.start(ref)
         else:
-            self._signal_init(ref, LISTEN_AGAIN)
-            if not self._await_socket(ref, present=True):  # commands still reach it, through the engine
+            self.ways_in.signal_init(ref, LISTEN_AGAIN)
+            # Should it not, commands still reach it, through the engine.
+            if not self.ways_in.await_socket(_workspace_id(ref), present=True):
                 log.warning("workspace %s was restored but its init did not listen again", _workspace_id(ref))
         finally:
             self.checkpoints.remove(ref)
 
     def stop(self, ref: str) -> None:
-        self._forget_address(ref)
+        self.ways_in.forget(_workspace_id(ref))
         with engine_errors("stopping the workspace"):
             self.client.api.stop(ref, timeout=STOP_TIMEOUT)
 
@@ -332,9 +332,9 @@ class DockerProvider(Provider):
         if self.checkpoint_runtime is None or self._runtime_of(ref) != self.checkpoint_runtime:
             self.stop(ref)
             return False
-        self._signal_init(ref, LET_GO_OF_SOCKET)
+        self.ways_in.signal_init(ref, LET_GO_OF_SOCKET)
         try:
-            if not self._await_socket(ref, present=False):
+            if not self.ways_in.await_socket(_workspace_id(ref), present=False):
                 raise ProviderError(f"its init did not let go of its control socket within {SOCKET_PATIENCE:g} s")
             self.checkpoints.create(ref)
         except ProviderError as exc:
@@ -354,23 +354,6 @@ class DockerProvider(Provider):
     def _runtime_of(self, ref: str) -> str:
         with engine_errors("inspecting the workspace"):
             return str(self.client.api.inspect_container(ref)["HostConfig"].get("Runtime"))
-
-    def _signal_init(self, ref: str, signal: str) -> None:
-        if self.control_root is not None:
-            with engine_errors("signalling the workspace's init"):
-                self.client.api.kill(ref, signal=signal)
-
-    def _await_socket(self, ref: str, present: bool) -> bool:
-        """Whether init made (or removed) its control socket within SOCKET_PATIENCE."""
-        if self.control_root is None:
-            return True
-        path = self.control_root / _workspace_id(ref) / CONTROL_SOCKET
-        deadline = time.monotonic() + SOCKET_PATIENCE
-        while path.exists() != present:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
 
     def reboot_unreachable(self) -> list[str]:
         """Restart the running gVisor sandboxes that commands can no longer reach; return their refs.
@@ -427,10 +410,7 @@ class DockerProvider(Provider):
                         self.client.api.stop(container["Id"], timeout=STOP_TIMEOUT)
                         self.client.api.remove_container(container["Id"], v=True, force=True)
         self.disks.destroy(workspace_id)
-        if self.control_root is not None:
-            shutil.rmtree(self.control_root / workspace_id, ignore_errors=True)
-        if self.tcp_channel is not None:
-            self.tcp_channel.remove_key(workspace_id)
+        self.ways_in.remove(workspace_id)
         if self.network is not None:
             try:
                 self.network.leave(workspace_id)
@@ -484,88 +464,17 @@ class DockerProvider(Provider):
             found.setdefault(name, (CONTAINER_PREFIX + name, "missing"))  # a disk whose container is gone
         return found
 
-    # Commands and files: through the helper, over the Engine API's exec
+    # The runtime: the helper's channel, over the way in the workspace has
 
-    def _control_dir(self, workspace_id: str) -> Path:
-        """The workspace's control directory on the host, writable by the workspace user only."""
-        assert self.control_root is not None
-        directory = self.control_root / workspace_id
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        uid, _, gid = self.user.partition(":")
-        os.chown(directory, int(uid), int(gid or uid))
-        return directory
-
-    def _transport(self, ref: str) -> Transport:
-        """Into the sandbox over TCP (WORKSPACE_HELPER_CHANNEL=tcp) or through the helper's control socket, with
-        the Engine API's exec behind either for a workspace that has neither."""
-        transport = self._fallback(ref)
-        workspace_id = _workspace_id(ref)
-        if self.control_root is not None:
-            socket_path = self.control_root / workspace_id / CONTROL_SOCKET
-            if len(os.fsencode(socket_path)) <= MAX_SOCKET_PATH:
-                transport = SocketFirst(ControlSocketTransport(socket_path, workspace_id), transport)
-        if self.tcp_channel is not None:
-            channel = self.tcp_channel
-
-            def addresses(fresh: bool) -> str | None:
-                return channel.address(workspace_id, fresh, lambda: self._inspect(ref))
-
-            tcp = TcpTransport(workspace_id, channel.key(workspace_id), channel.port, addresses)
-            transport = SocketFirst(tcp, transport)
-        return transport
+    def runtime(self, ref: str) -> HelperChannel:
+        return HelperChannel(self.ways_in.transport(ref, _workspace_id(ref), self._fallback(ref)))
 
     def _fallback(self, ref: str) -> Transport:
         """The way in when the helper's own listeners cannot be used: the Engine API's exec."""
         return EngineTransport(self.client, ref, self.user)
 
-    def _inspect(self, ref: str) -> dict[str, Any]:
-        with engine_errors("inspecting the workspace"):
-            found: dict[str, Any] = self.client.api.inspect_container(ref)
-        return found
-
-    def _forget_address(self, ref: str) -> None:
-        if self.tcp_channel is not None:
-            self.tcp_channel.forget(_workspace_id(ref))
-
     def reserved_ports(self, ref: str) -> frozenset[int]:
-        if self.tcp_channel is None:
-            return frozenset()
-        channel, workspace_id = self.tcp_channel, _workspace_id(ref)
-        listens = channel.address(workspace_id, False, lambda: self._inspect(ref)) is not None
-        return frozenset({channel.port} if listens else ())
-
-    def _channel(self, ref: str) -> HelperChannel:
-        return HelperChannel(self._transport(ref))
-
-    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
-        return self._channel(ref).watch(path, recursive)
-
-    def connect(self, ref: str, port: int) -> Tunnel:
-        return self._channel(ref).connect(port)
-
-    def processes(self, ref: str) -> HelperProcesses:
-        return HelperProcesses(self._transport(ref))
-
-    def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
-        return self._channel(ref).exec_stream(request)
-
-    def stat(self, ref: str, path: str) -> FileStat | list[DirEntry]:
-        return self._channel(ref).stat(path)
-
-    def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]:
-        return self._channel(ref).read_file(path)
-
-    def read(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
-        return self._channel(ref).read(path)
-
-    def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
-        return self._channel(ref).write_file(path, data, size, mode)
-
-    def read_archive(self, ref: str, path: str) -> Iterator[bytes]:
-        return self._channel(ref).read_archive(path)
-
-    def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
-        self._channel(ref).write_archive(path, data)
+        return self.ways_in.reserved_ports(ref, _workspace_id(ref))
 
 
 def _workspace_id(ref: str) -> str:

@@ -1,4 +1,5 @@
-"""Workspaces as E2B sandboxes, through the official `e2b` SDK.
+"""Workspaces as E2B sandboxes, through the official `e2b` SDK: the deployment (create, pause,
+resume, remove, list); what reaches inside a sandbox is its runtime (runtime.py).
 
 Where E2B is reached is the SDK's own business: `E2B_API_KEY` (given here), and the SDK's
 environment variables `E2B_DOMAIN`, `E2B_API_URL` and `E2B_SANDBOX_URL` for anything but
@@ -12,106 +13,31 @@ How agentbox's model maps onto E2B's (docs in the README, "Providers"):
 - agentbox's ids travel in the sandbox's metadata, which is how `inventory` finds them;
 - sandboxes are made closed to public traffic (E2B's `allow_public_traffic=False`): their ports
   answer at E2B's public URLs only to requests carrying the sandbox's traffic token, which
-  agentbox never hands out. agentbox itself reaches ports through its helper over envd (`connect`),
-  authenticated by the sandbox's envd access token the SDK sends, so it needs no public port.
+  agentbox never hands out. agentbox itself reaches ports through its helper over envd (the
+  runtime's `connect`), authenticated by the sandbox's envd access token the SDK sends, so it
+  needs no public port.
 """
 
 from __future__ import annotations
 
 import contextlib
-import posixpath
-import queue
-import shlex
-import tempfile
 import threading
-import time
-import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 
 import e2b
-from e2b import CommandHandle, Sandbox, SandboxQuery, SandboxState, WatchHandle
+from e2b import Sandbox, SandboxQuery, SandboxState
 
-from agentbox.errors import BadRequest, FileError, WorkspaceGone
+from agentbox.errors import WorkspaceGone
 from agentbox.providers.base import Capabilities, Provider, ProviderState, Resources, WorkspaceSpec
 from agentbox.providers.e2b.commands import CommandTransport, install
 from agentbox.providers.e2b.errors import e2b_errors
-from agentbox.sandbox.channel import HelperChannel
-from agentbox.sandbox.processes import HelperProcesses
-from agentbox.sandbox.runtime import (
-    TIMEOUT_EXIT_CODE,
-    DirEntry,
-    EntryType,
-    ExecEvent,
-    ExecRequest,
-    Exit,
-    FileStat,
-    Output,
-    WatchEvent,
-    signal_of,
-)
-from agentbox.sandbox.tunnel import Tunnel
+from agentbox.providers.e2b.runtime import E2BRuntime
 
 WORKSPACE_KEY = "agentbox.workspace.id"
 INSTANCE_KEY = "agentbox.instance"
 MAX_TIMEOUT = 24 * 3600  # E2B's longest sandbox lifetime, in seconds
 RENEW_SLACK = 3600  # renew once an hour at most, not every round
-_TYPES: dict[str, EntryType] = {"file": "file", "dir": "dir"}
-WATCH_POLL_SECONDS = 0.1  # how often a watch asks envd for new events
-WATCH_QUIET_SECONDS = 2.0  # a None after this long without any (Provider.watch)
-
-
-@contextmanager
-def _spooled(data: Iterable[bytes]) -> Iterator[tuple[IO[bytes], int]]:
-    """`data` read here, in the caller's thread (the SDK uploads from threads of its own), and its size."""
-    with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
-        size = 0
-        for chunk in data:
-            spool.write(chunk)
-            size += len(chunk)
-        spool.seek(0)
-        yield spool, size
-
-
-def _relayed(events: queue.Queue[ExecEvent | BaseException], handle: CommandHandle[Any]) -> Iterator[ExecEvent]:
-    """The command's events as they arrive; closing early kills it."""
-    finished = False
-    try:
-        while True:
-            event = events.get()
-            if isinstance(event, BaseException):
-                with e2b_errors("running the command"):
-                    raise event
-            yield event
-            if isinstance(event, Exit):
-                finished = True
-                return
-    finally:
-        if not finished:
-            with contextlib.suppress(Exception):
-                handle.kill()
-
-
-def _watch_events(handle: WatchHandle, path: str) -> Iterator[WatchEvent | None]:
-    quiet_since = time.monotonic()
-    try:
-        while True:
-            with e2b_errors("watching the directory", path):
-                events = handle.get_new_events()
-            for event in events:
-                yield WatchEvent(event.type.value, posixpath.join(path, event.name))
-            if events:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= WATCH_QUIET_SECONDS:
-                quiet_since = time.monotonic()
-                yield None
-            else:
-                time.sleep(WATCH_POLL_SECONDS)
-    finally:
-        with contextlib.suppress(Exception):  # gone with its sandbox, or E2B is unreachable: nothing to stop
-            handle.stop()
 
 
 class E2BProvider(Provider):
@@ -214,118 +140,10 @@ class E2BProvider(Provider):
                         found[workspace_id] = (sandbox.sandbox_id, state)
         return found
 
-    # Commands
+    # The runtime
 
-    def exec_stream(self, ref: str, request: ExecRequest) -> Iterator[ExecEvent]:
-        sandbox = self._sandbox(ref)
-        events: queue.Queue[ExecEvent | BaseException] = queue.Queue()
-        started = time.monotonic()
-
-        def elapsed() -> int:
-            return int((time.monotonic() - started) * 1000)
-
-        with e2b_errors("running the command"):
-            handle = sandbox.commands.run(
-                shlex.join(request.argv),
-                background=True,
-                envs=request.env,
-                cwd=request.cwd,
-                timeout=request.timeout or 0,
-                retain_output=False,  # the output arrives through the callbacks; never keep a flood twice
-            )
-
-        def wait() -> None:
-            try:
-                result = handle.wait(
-                    on_stdout=lambda text: events.put(Output("stdout", text.encode())),
-                    on_stderr=lambda text: events.put(Output("stderr", text.encode())),
-                )
-                events.put(Exit(result.exit_code, False, elapsed()))
-            except e2b.CommandExitException as exc:
-                # 124 at the deadline: envd's own kill beat the SDK's clock (timeout(1)'s convention).
-                late = request.timeout is not None and elapsed() >= request.timeout * 1000
-                timed_out = exc.exit_code == TIMEOUT_EXIT_CODE and late
-                events.put(Exit(exc.exit_code, timed_out, elapsed(), None if timed_out else signal_of(exc.exit_code)))
-            except e2b.TimeoutException:
-                events.put(Exit(TIMEOUT_EXIT_CODE, True, elapsed()))
-            except BaseException as exc:
-                events.put(exc)
-
-        threading.Thread(target=wait, name="agentbox-e2b-exec", daemon=True).start()
-        # Everything above ran now, not on the first read: a missing sandbox fails the call itself.
-        return _relayed(events, handle)
-
-    # Files
-
-    def stat(self, ref: str, path: str) -> FileStat | list[DirEntry]:
-        sandbox = self._sandbox(ref)
-        with e2b_errors("reading file information", path):
-            info = sandbox.files.get_info(path)
-            if info.type is not None and info.type.value == "dir":
-                return [
-                    DirEntry(
-                        entry.name,
-                        _TYPES.get(entry.type.value if entry.type else "", "other"),
-                        entry.size,
-                        entry.mode,
-                        int(entry.modified_time.timestamp()),
-                    )
-                    for entry in sandbox.files.list(path)
-                ]
-        return FileStat(size=info.size, mode=info.mode)
-
-    def read_file(self, ref: str, path: str) -> tuple[FileStat, Iterator[bytes]]:
-        found = self.stat(ref, path)
-        if isinstance(found, list):
-            raise FileError("EISDIR", "is a directory", path)
-        with e2b_errors("reading the file", path):
-            data = bytes(self._sandbox(ref).files.read(path, format="bytes"))
-        return found, iter([data])
-
-    def write_file(self, ref: str, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
-        """Upload next to `path`, then move it into place: all of it or nothing."""
-        partial = f"{path}.agentbox-{uuid.uuid4().hex[:8]}"
-        with _spooled(data) as (upload, written):
-            if written != size:
-                raise BadRequest(f"{path}: got {written} bytes of the {size} announced; nothing was written")
-            with e2b_errors("writing the file", path):
-                self._sandbox(ref).files.write(partial, upload)
-        quoted = shlex.quote(partial)
-        self._run(ref, f"chmod {mode:o} {quoted} && mv -f {quoted} {shlex.quote(path)}")
-        return written
-
-    def read_archive(self, ref: str, path: str) -> Iterator[bytes]:
-        archive = f"/tmp/.agentbox-{uuid.uuid4().hex[:8]}.tar"
-        self._run(ref, f"tar -C {shlex.quote(path)} -cf {archive} .")
-        try:
-            with e2b_errors("reading the archive", path):
-                data = bytes(self._sandbox(ref).files.read(archive, format="bytes"))
-        finally:
-            self._run(ref, f"rm -f {archive}")
-        return iter([data])
-
-    def write_archive(self, ref: str, path: str, data: Iterable[bytes]) -> None:
-        archive = f"/tmp/.agentbox-{uuid.uuid4().hex[:8]}.tar"
-        with _spooled(data) as (upload, _), e2b_errors("uploading the archive", path):
-            self._sandbox(ref).files.write(archive, upload)
-        try:
-            self._run(ref, f"mkdir -p {shlex.quote(path)} && tar -C {shlex.quote(path)} -xf {archive}")
-        finally:
-            self._run(ref, f"rm -f {archive}")
-
-    def processes(self, ref: str) -> HelperProcesses:
-        """agentbox's own process table, kept by its helper in the sandbox (see commands.py)."""
-        return HelperProcesses(self._helper(ref))
-
-    def connect(self, ref: str, port: int) -> Tunnel:
-        """Through agentbox's helper too: the same path as on Docker, and it needs no public port."""
-        return HelperChannel(self._helper(ref)).connect(port)
-
-    def watch(self, ref: str, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
-        """Through envd's watcher, which keeps the events until asked (the SDK's `watch_dir`)."""
-        with e2b_errors("watching the directory", path):
-            handle = self._sandbox(ref).files.watch_dir(path, recursive=recursive)
-        return _watch_events(handle, path)
+    def runtime(self, ref: str) -> E2BRuntime:
+        return E2BRuntime(lambda: self._sandbox(ref), lambda: self._helper(ref))
 
     # Helpers
 
@@ -349,11 +167,3 @@ class E2BProvider(Provider):
             with self._lock:
                 self._connected[ref] = sandbox
         return sandbox
-
-    def _run(self, ref: str, script: str) -> None:
-        """A housekeeping command; its failure is the caller's error, with what it said."""
-        with e2b_errors("running a file command"):
-            try:
-                self._sandbox(ref).commands.run(script, timeout=300)
-            except e2b.CommandExitException as exc:
-                raise BadRequest(f"{(exc.stderr or exc.stdout).strip()[-300:]}") from None
