@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agentbox.providers.docker.runtime import GVisorRuntime, knows_systrap
+from agentbox.providers.docker.oci_runtime import GVisorRuntime, knows_systrap
 
 
 def test_builds_from_2023_on_know_systrap() -> None:

@@ -15,7 +15,7 @@ import requests.exceptions
 
 from agentbox.config import Settings
 from agentbox.providers.docker.disks import Disks
-from agentbox.providers.docker.runtime import gvisor_runtime, knows_systrap, probe, registered, runsc_version
+from agentbox.providers.docker.oci_runtime import gvisor_runtime, knows_systrap, probe, registered, runsc_version
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 # gVisor's netstack fails on this kernel with Debian's builds (see docs/runtime.md).

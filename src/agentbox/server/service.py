@@ -25,7 +25,7 @@ from agentbox.providers.docker.channel import TcpChannel
 from agentbox.providers.docker.disks import Disks
 from agentbox.providers.docker.firewall import FirewallError
 from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork
-from agentbox.providers.docker.runtime import STANDARD_RUNTIME, RuntimeChoice, checkpoint_runtime, choose_runtime
+from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME, RuntimeChoice, checkpoint_runtime, choose_runtime
 from agentbox.providers.e2b import E2BProvider
 from agentbox.wire.network import AllowList
 from agentbox.workspaces.background import Lifecycle

@@ -39,7 +39,7 @@ from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
 from agentbox.providers.docker.engine import EngineTransport, Frames, engine_errors
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
 from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
-from agentbox.providers.docker.runtime import STANDARD_RUNTIME
+from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME
 from agentbox.providers.docker.usage import cgroup_usage, stats_usage
 from agentbox.sandbox import (
     CONTROL_IN_WORKSPACE,

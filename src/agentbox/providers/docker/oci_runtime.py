@@ -25,7 +25,7 @@ import requests.exceptions
 
 from agentbox.sandbox import HELPER_IN_WORKSPACE, helper_bytes, helper_digest
 
-log = logging.getLogger("agentbox.providers.docker.runtime")
+log = logging.getLogger("agentbox.providers.docker.oci_runtime")
 
 STANDARD_RUNTIME = "runc"
 PROBE_LABEL = "agentbox.probe"
