@@ -195,8 +195,8 @@ class Provider(abc.ABC):
     def runtime(self, ref: str) -> Runtime:
         """What reaches inside the workspace `ref`: commands, files, archives, watches, ports, processes.
 
-        Reaches nothing itself (it is made for every request): a workspace that is gone or stopped
-        fails the runtime's first call (WorkspaceGone), not this one. What the runtime can do beyond
+        Reaches nothing itself (it is made for every request): a workspace that is gone fails the
+        runtime's first call (WorkspaceGone), not this one. What the runtime can do beyond
         commands and files, `capabilities()` says (`archives`, `processes`, `watch`, `ports`).
         """
 

@@ -190,9 +190,10 @@ class Runtime(abc.ABC):
 
     Every method blocks (callers run it off the event loop) and reaches the sandbox at the call,
     never before: making a runtime costs nothing, and a sandbox gone since fails its first call.
-    Every method may raise WorkspaceGone (410) when the sandbox is gone or stopped,
-    ProviderUnavailable (503) when it cannot be reached, and ProviderError (502) when what answers
-    in it is not what should (the helper replaced by a workload: `channel.HelperMalformed`).
+    Every method may raise WorkspaceGone (410) when the sandbox is gone, ProviderUnavailable (503)
+    when what runs it cannot be reached (the engine, E2B), and ProviderError (502) when the sandbox
+    cannot take the call (stopped since, say) or what answers in it is not what should (the helper
+    replaced by a workload: `channel.HelperMalformed`).
     Methods that take a path raise FileError for what the sandbox's kernel refused (its errno: 404
     for ENOENT, 403 for EACCES, 507 for ENOSPC, ...). A runtime that cannot do something at all
     (a fake's ports) raises BadRequest (400); the provider's `Capabilities` say beforehand.
@@ -221,8 +222,8 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def read_file(self, path: str) -> tuple[FileStat, Iterator[bytes]]:
-        """A file's size and mode, and its bytes as they come. FileError EISDIR for a directory,
-        FileError EAGAIN (while iterating) when it changed while it was read."""
+        """A file's size and mode, and its bytes as they come. FileError EISDIR for a directory; through
+        the helper, FileError EAGAIN (while iterating) when it changed while it was read."""
 
     def read(self, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
         """A file's size, mode and bytes, or a directory's entries: `stat` and `read_file` in one look."""
@@ -237,12 +238,14 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     def read_archive(self, path: str) -> Iterator[bytes]:
-        """A tar stream of the directory `path`. FileError ENOTDIR for a file, ENOENT for nothing there."""
+        """A tar stream of the directory `path`. FileError (ENOTDIR, ENOENT) for a path that is not a
+        directory, or BadRequest with tar's own words where the runtime lets tar find out (E2B's)."""
 
     @abc.abstractmethod
     def write_archive(self, path: str, data: Iterable[bytes]) -> None:
-        """Unpack a tar stream into the directory `path`, creating it if needed. FileError when the
-        directory cannot be made; BadRequest when tar refuses the archive (what it said, in the detail)."""
+        """Unpack a tar stream into the directory `path`, creating it if needed. FileError (or BadRequest,
+        where a shell makes it: E2B's) when the directory cannot be made; BadRequest when tar refuses the
+        archive (what it said, in the detail)."""
 
     @abc.abstractmethod
     def watch(self, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
