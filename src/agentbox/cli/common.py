@@ -35,6 +35,12 @@ def api_client(url: str, api_key: str) -> Client:
     return Client(url, require_key(api_key))
 
 
+def request(url: str, api_key: str, call: Callable[[Client], T]) -> T:
+    """`call(client)` with a client of the server at `url`, closed after; errors as `guarded` says."""
+    with api_client(url, api_key) as client:
+        return guarded(lambda: call(client))
+
+
 def guarded(function: Callable[[], T]) -> T:
     """`function()`, its API and connection errors turned into a message and an exit code."""
     try:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, guarded
+from agentbox.cli.common import KeyOption, UrlOption, console, errors, request
 from agentbox.client import KeyQuota
 
 app = typer.Typer(
@@ -34,8 +34,7 @@ def keys_create(
         quota["max_cpus"] = max_cpus
     if max_memory is not None:
         quota["max_memory"] = max_memory
-    with api_client(url, api_key) as client:
-        made = guarded(lambda: client.create_key(owner, name, admin, **quota))
+    made = request(url, api_key, lambda client: client.create_key(owner, name, admin, **quota))
     errors.print(f"made {made.id} for {made.owner}; its secret is shown this once:", highlight=False)
     console.print(made.secret, highlight=False, soft_wrap=True)
 
@@ -48,8 +47,7 @@ def keys_ls(
     api_key: KeyOption = "",
 ) -> None:
     """List keys (an admin: everyone's; others: their own). Secrets are never shown again."""
-    with api_client(url, api_key) as client:
-        found = guarded(lambda: client.list_keys(owner, revoked))
+    found = request(url, api_key, lambda client: client.list_keys(owner, revoked))
     table = Table(Column("id", no_wrap=True), "owner", "name", "admin", "quota", "last used", "revoked")
     for key in found:
         quota = ", ".join(
@@ -74,6 +72,5 @@ def keys_revoke(
     api_key: KeyOption = "",
 ) -> None:
     """Revoke a key: it, and every link, token and connection made with it, stops working within a second."""
-    with api_client(url, api_key) as client:
-        revoked = guarded(lambda: client.revoke_key(key_id))
+    revoked = request(url, api_key, lambda client: client.revoke_key(key_id))
     console.print(f"revoked {revoked.id} ({revoked.name}, {revoked.owner})", highlight=False)

@@ -17,7 +17,7 @@ from rich.table import Column, Table
 
 from agentbox.cli import keys as cli_keys
 from agentbox.cli import processes as cli_processes
-from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, require_key
+from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, request, require_key
 from agentbox.client import AllowOptions, ExecOptions, RepoOptions, WorkspaceOptions
 from agentbox.config import ConfigError, Settings, load_settings
 from agentbox.wire.commands import ExitEvent, OutputEvent
@@ -225,8 +225,7 @@ def ws_create(
         options["repo"] = RepoOptions(repository=repo)
         if ref is not None:
             options["repo"]["ref"] = ref
-    with api_client(url, api_key) as client:
-        workspace = guarded(lambda: client.create(**options))
+    workspace = request(url, api_key, lambda client: client.create(**options))
     console.print(workspace.id, highlight=False)
 
 
@@ -253,8 +252,7 @@ def ws_ls(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print ids only")] = False,
 ) -> None:
     """List your workspaces."""
-    with api_client(url, api_key) as client:
-        found = guarded(lambda: client.list(status=status))
+    found = request(url, api_key, lambda client: client.list(status=status))
     if quiet:
         for w in found:
             print(w.id)
@@ -349,8 +347,7 @@ def ws_push(
     api_key: KeyOption = "",
 ) -> None:
     """Push the current branch of the workspace's repository (made with --repo) to GitHub."""
-    with api_client(url, api_key) as client:
-        pushed = guarded(lambda: client.git_push(workspace_id))
+    pushed = request(url, api_key, lambda client: client.git_push(workspace_id))
     console.print(f"pushed {pushed.branch} ({pushed.commit[:12]}) to {pushed.repository}", highlight=False)
 
 
@@ -363,8 +360,7 @@ def ws_preview(
     api_key: KeyOption = "",
 ) -> None:
     """Print a URL that opens the server on PORT in the workspace in a browser (no key needed)."""
-    with api_client(url, api_key) as client:
-        preview = guarded(lambda: client.preview_url(workspace_id, port, expires_in))
+    preview = request(url, api_key, lambda client: client.preview_url(workspace_id, port, expires_in))
     print(preview.url)
 
 
@@ -393,8 +389,7 @@ def ws_extend(
         raise typer.BadParameter(
             "must be more than 0 (fractions are fine: 0.5 is twelve hours)", param_hint="--ttl-days"
         )
-    with api_client(url, api_key) as client:
-        workspace = guarded(lambda: client.extend(workspace_id, ttl_days))
+    workspace = request(url, api_key, lambda client: client.extend(workspace_id, ttl_days))
     console.print(f"{workspace_id} now expires at {_timestamp(workspace.expires_at)}", highlight=False)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded
+from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, request
 from agentbox.cli.terminal import attach, terminal_size
 from agentbox.client import TerminalSize
 from agentbox.wire.processes import OutputDroppedEvent, ProcessExitEvent, ProcessOutputEvent
@@ -33,15 +33,13 @@ def ws_spawn(
 ) -> None:
     """Start a command in the background and print its PID; it runs on whatever happens to this shell."""
     argv: str | list[str] = command[0] if len(command) == 1 else command
-    with api_client(url, api_key) as client:
-        started = guarded(lambda: client.start_process(workspace_id, argv, tag=tag, cwd=cwd))
+    started = request(url, api_key, lambda client: client.start_process(workspace_id, argv, tag=tag, cwd=cwd))
     console.print(started.pid)
 
 
 def ws_ps(workspace_id: WorkspaceArgument, url: UrlOption = "http://127.0.0.1:8000", api_key: KeyOption = "") -> None:
     """List the workspace's background processes, running and exited."""
-    with api_client(url, api_key) as client:
-        found = guarded(lambda: client.processes(workspace_id))
+    found = request(url, api_key, lambda client: client.processes(workspace_id))
     table = Table("PID", "STATUS", "EXIT", "TAG", "COMMAND", box=None)
     for process in found:
         ended = str(process.exit_code) if process.exit_code is not None else (process.signal or "")
@@ -96,11 +94,10 @@ def ws_kill(
     ] = None,
 ) -> None:
     """Kill a background process and its whole process group (or send it `--signal`)."""
-    with api_client(url, api_key) as client:
-        if signal_name:
-            guarded(lambda: client.signal(workspace_id, pid, signal_name))
-        else:
-            guarded(lambda: client.kill(workspace_id, pid))
+    if signal_name:
+        request(url, api_key, lambda client: client.signal(workspace_id, pid, signal_name))
+    else:
+        request(url, api_key, lambda client: client.kill(workspace_id, pid))
 
 
 def ws_shell(
