@@ -25,6 +25,7 @@ import httpx
 import pytest
 import sqlalchemy
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import ClientConnection
 
 from agentbox.client import APIError, Client
 from agentbox.config import load_settings
@@ -193,6 +194,17 @@ def eventually(check: Callable[[], T], timeout: float = 60, interval: float = 0.
             return answer
         assert time.monotonic() < deadline, f"still {answer!r} after {timeout} s"
         time.sleep(interval)
+
+
+def read_until(connection: ClientConnection, wanted: bytes, timeout: float = 30) -> bytes:
+    """What a terminal's WebSocket sends until `wanted` has come (binary frames only), within `timeout` s."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen:
+        message = connection.recv(timeout=max(0.1, deadline - time.monotonic()))
+        assert isinstance(message, bytes), message
+        seen += message
+    return seen
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import TypedDict
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from e2b import Sandbox
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 from agentbox.cli.terminal import terminal_url
 from agentbox.client import APIError, Client
@@ -27,8 +26,9 @@ from agentbox.wire.commands import ErrorEvent
 from agentbox.wire.processes import ProcessExitEvent, ProcessOutputEvent, SessionRunOut
 from agentbox.wire.workspaces import WorkspaceOut
 from agentbox.workspaces.session_claims import Claim, SessionClaims
+from tests.session_claims import race_for_one_session
 
-from .conftest import KEYS, Replicas, Server, eventually
+from .conftest import KEYS, Replicas, Server, eventually, read_until
 from .test_previews import ECHO_SERVER, PORT
 
 
@@ -141,16 +141,6 @@ def test_a_follower_resumes_through_another_replica_without_losing_or_repeating_
         assert got == "".join(f"line-{i}\n" for i in range(1, 2101))
 
 
-def read_until(terminal: ClientConnection, wanted: bytes, timeout: float = 30) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while wanted not in seen:
-        message = terminal.recv(timeout=max(0.1, deadline - time.monotonic()))
-        assert isinstance(message, bytes), message
-        seen += message
-    return seen
-
-
 def test_a_terminal_reattaches_through_another_replica_after_its_own_died(
     replicas: Replicas, clients: list[Client]
 ) -> None:
@@ -259,18 +249,7 @@ def test_on_postgresql_one_claim_of_a_session_wins_and_a_lapsed_one_is_free(post
     store = Store(postgres_url)
     try:
         store.migrate()
-        SessionClaims(store, "r0").fresh("ws-a", 7, "n0")
-        SessionClaims(store, "r0").release("ws-a", 7, 0, None)
-
-        def take(n: int) -> bool:
-            try:
-                SessionClaims(store, f"r{n}").take("ws-a", 7, f"n{n}")
-            except Conflict:
-                return False
-            return True
-
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            assert sorted(pool.map(take, range(1, 33))) == [False] * 31 + [True]
+        assert race_for_one_session(store) == [False] * 31 + [True]
         # A session no replica has recorded yet: the first inserts its row, the next finds it held.
         assert SessionClaims(store, "r1").take("ws-c", 3, "n1") == Claim(read_to=None, pending=None)
         with pytest.raises(Conflict):

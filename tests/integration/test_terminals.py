@@ -18,23 +18,13 @@ import time
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 from agentbox.cli.terminal import terminal_url
 from agentbox.client import Client
 from agentbox.wire.workspaces import WorkspaceOut
 
-from .conftest import KEYS, Server
-
-
-def read_until(connection: ClientConnection, wanted: bytes, timeout: float = 30) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while wanted not in seen:
-        message = connection.recv(timeout=max(0.1, deadline - time.monotonic()))
-        assert isinstance(message, bytes), message
-        seen += message
-    return seen
+from .conftest import KEYS, Server, read_until
 
 
 def test_a_terminal_resizes_runs_commands_and_ends_with_its_exit(

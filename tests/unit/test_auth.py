@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -20,14 +19,6 @@ from agentbox.errors import BadRequest, NotFound
 from agentbox.wire.domain import Quota
 
 ENV_KEYS = {"alice-key-0123456789abcdef": "alice", "bob-key-0123456789abcdef00": "bob"}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.migrate()
-    yield store
-    store.close()
 
 
 @pytest.fixture

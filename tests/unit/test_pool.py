@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,6 @@ from agentbox.workspaces.pool import WarmPool
 from agentbox.workspaces.reconcile import Reconciler
 from tests.fake_provider import FakeProvider
 from tests.unit.test_store import make_workspace
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.migrate()
-    yield store
-    store.close()
 
 
 def pooled_setup(tmp_path: Path, store: Store, size: int, cap: int) -> tuple[WorkspaceManager, WarmPool, FakeProvider]:

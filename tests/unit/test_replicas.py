@@ -9,7 +9,6 @@ lease's expiry is stepped through rather than waited for.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,14 +48,6 @@ class Clocks:
     def advance(self, seconds: float) -> None:
         self.database += timedelta(seconds=seconds)
         self.monotonic += seconds
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.migrate()
-    yield store
-    store.close()
 
 
 @pytest.fixture

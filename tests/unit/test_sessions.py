@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -31,6 +30,7 @@ from agentbox.sandbox.process_table import (
 )
 from agentbox.workspaces.session_claims import Claim, SessionClaims
 from agentbox.workspaces.sessions import MarkedOutput, ShellSessions, ansi_c, run_line
+from tests.session_claims import race_for_one_session
 from tests.unit.test_store import make_workspace
 
 
@@ -189,14 +189,6 @@ class HostProcesses:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.migrate()
-    yield store
-    store.close()
-
-
-@pytest.fixture
 def table() -> Iterator[HostProcesses]:
     processes = HostProcesses()
     yield processes
@@ -231,18 +223,7 @@ def test_a_claim_is_one_replicas_at_a_time_and_free_again_when_let_go(store: Sto
 
 
 def test_concurrent_claims_of_one_session_let_exactly_one_through(store: Store) -> None:
-    SessionClaims(store, "r0").fresh("ws-a", 7, "n0")
-    SessionClaims(store, "r0").release("ws-a", 7, 0, None)
-
-    def take(n: int) -> bool:
-        try:
-            SessionClaims(store, f"r{n}").take("ws-a", 7, f"n{n}")
-        except Conflict:
-            return False
-        return True
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        assert sorted(pool.map(take, range(1, 33))) == [False] * 31 + [True]
+    assert race_for_one_session(store) == [False] * 31 + [True]
 
 
 def test_a_claim_past_its_lease_is_free_and_tells_of_the_command_left_unread(store: Store) -> None:
