@@ -53,7 +53,10 @@ stop() {
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
-health() { curl -fsS --max-time 2 "http://$HOST:$PORT/api/v1/health" 2>/dev/null; }
+# With the key (`leader` and `replicas` are shown only to callers with one), on stdin: not in `ps`.
+health() {
+    curl -fsS --max-time 2 -H @- "http://$HOST:$PORT/api/v1/health" 2>/dev/null <<<"Authorization: Bearer $API_KEY"
+}
 
 start_replica() {
     local n=$1

@@ -100,6 +100,7 @@ class ProcessOptions(TypedDict, total=False):
     stdin: bool  # keep its stdin open for `write_stdin`
     pty: TerminalSize  # run it on a terminal of this size
     tag: str | None  # your own name for it
+    timeout: float  # seconds after which it is killed, whether or not anyone watches
 
 
 class GrepOptions(TypedDict, total=False):
@@ -172,7 +173,8 @@ class Client:
         return response
 
     def health(self) -> Health:
-        """The server's health: runtime, gVisor platform, providers, version. Needs no key; raises only 429."""
+        """The server's health: runtime, gVisor platform, providers, version; with a key, the replicas and the
+        leader too. Needs no key; raises 401 for a key that does not work, and 429."""
         return _parse(Health, self._call("GET", "/health"))
 
     def providers(self) -> builtins.list[ProviderStatus]:

@@ -139,8 +139,10 @@ class Server:
     def client(self, owner: str = "alice") -> Client:
         return Client(self.url, KEYS[owner])
 
-    def health(self) -> Health:
-        return Health.model_validate(httpx.get(f"{self.url}/api/v1/health", timeout=10).json())
+    def health(self, owner: str | None = None) -> Health:
+        """GET /health, without a key unless `owner`'s (the replicas' fields come only with one)."""
+        headers = {"Authorization": f"Bearer {KEYS[owner]}"} if owner else {}
+        return Health.model_validate(httpx.get(f"{self.url}/api/v1/health", headers=headers, timeout=10).json())
 
     def metrics(self) -> dict[str, float]:
         """GET /metrics as {"name{label=value}": value}."""

@@ -40,6 +40,9 @@ def test_every_endpoint_but_health_wants_a_valid_key(server: Server) -> None:
             assert response.headers["WWW-Authenticate"] == "Bearer"
     for method, path in PUBLIC:
         assert httpx.request(method, server.url + path).status_code == 200
+        # A key it is given must work, or a guesser would test keys here without being refused.
+        wrong = httpx.request(method, server.url + path, headers={"Authorization": "Bearer wrong-key-0123456789"})
+        assert wrong.status_code == 401, (method, path)
 
 
 def archive() -> bytes:

@@ -109,7 +109,7 @@ def test_creates_spread_over_three_replicas_keep_the_cap_exact(
         eventually(lambda: pool_ready(three[2]) == 2, timeout=120)
         pooled = database.rows("pooled")
         assert len(pooled) == 2 and set(three[0].containers(docker_client)) == set(pooled)
-        leaders = {server.health().leader for server in three}
+        leaders = {server.health("alice").leader for server in three}
         assert len(leaders) == 1 and leaders <= {"r1", "r2", "r3"}
         for client in clients:
             client.close()
@@ -128,7 +128,7 @@ def test_a_leader_killed_during_a_burst_of_creates_loses_nothing_and_leaves_noth
     settings = {"WORKSPACE_MAX_CONCURRENT": "16", "WORKSPACE_WARM_POOL_SIZE": "2"}
     with replicas_with(tmp_path, postgres_url, **settings) as three:
         eventually(lambda: pool_ready(three[0]) == 2, timeout=120)
-        leader_id = three[0].health().leader
+        leader_id = three[0].health("alice").leader
         leader = next(server for server in three if server.env["WORKSPACE_REPLICA_ID"] == leader_id)
         survivors = [server for server in three if server is not leader]
         # Two that expire soon after the leader is gone: the next leader reaps them, once each.
@@ -166,7 +166,7 @@ def test_a_leader_killed_during_a_burst_of_creates_loses_nothing_and_leaves_noth
 
         # Another replica leads within the lease, and the dead one is no longer counted alive.
         def led_by_a_survivor() -> bool:
-            seen = [server.health() for server in survivors]
+            seen = [server.health("alice") for server in survivors]
             leaders = {health.leader for health in seen}
             gone = all(leader_id not in health.replicas for health in seen)
             return len(leaders) == 1 and leaders <= {"r1", "r2", "r3"} - {leader_id} and gone
@@ -207,7 +207,7 @@ def test_a_replica_restarted_after_a_crash_rejoins_and_its_id_is_its_own(
     tmp_path: Path, postgres_url: str, database: Database, docker_client: docker.DockerClient
 ) -> None:
     with replicas_with(tmp_path, postgres_url) as three:
-        leader_id = three[0].health().leader
+        leader_id = three[0].health("alice").leader
         follower = next(server for server in three if server.env["WORKSPACE_REPLICA_ID"] != leader_id)
         follower_id = follower.env["WORKSPACE_REPLICA_ID"]
         # A second process under a live replica's id is refused: it would give up the first one's work.
@@ -227,9 +227,11 @@ def test_a_replica_restarted_after_a_crash_rejoins_and_its_id_is_its_own(
         # serves again as one of the three; the leader did not change.
         eventually(lambda: not database.rows("starting"), timeout=60)
         eventually(lambda: set(follower.containers(docker_client)) == set(database.rows("running", "pooled")))
-        health = follower.health()
+        health = follower.health("alice")
         assert health.replica == follower_id and health.leader == leader_id
-        eventually(lambda: sorted(follower.health().replicas) == ["r1", "r2", "r3"])
+        stranger = follower.health()  # without a key: up, and nothing of the deployment's map
+        assert stranger.status == "ok" and (stranger.replica, stranger.leader, stranger.replicas) == (None, None, [])
+        eventually(lambda: sorted(follower.health("alice").replicas) == ["r1", "r2", "r3"])
         with api(follower) as http:
             made = http.post("/workspaces", json={"provider": "docker"}).json()["id"]
             assert http.post(f"/workspaces/{made}/exec", json={"command": "echo ok"}).json()["stdout"] == "ok\n"

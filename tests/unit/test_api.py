@@ -20,6 +20,7 @@ from agentbox.db.store import Store
 from agentbox.providers.base import Capabilities
 from agentbox.wire.commands import ExitEvent, OutputEvent
 from agentbox.wire.files import DirListing, WriteResult
+from agentbox.workspaces.replicas import Replica
 from tests.fake_provider import FakeProvider
 from tests.unit.apps import KEYS, build_app
 
@@ -218,6 +219,25 @@ def test_health_lists_the_providers(app: TestClient) -> None:
     assert health.capabilities["e2b"].stop_start is False and health.capabilities["gvisor"].stop_start is True
     assert health.capabilities["gvisor"].network_policies == ["allow", "egress", "none"]
     assert health.runtime is None and "no Docker provider" in health.runtime_reason
+
+
+def test_health_names_the_replicas_only_to_a_caller_with_a_key(app: TestClient, bob: Client) -> None:
+    service = app.app.state.service  # type: ignore[attr-defined]
+    replica = Replica(service.store, service.settings.replica_id, "127.0.0.1:8000")
+    replica.register()
+    replica.tick()  # alone on SQLite: it leads
+    service.replica = replica
+    with client(app, None) as anonymous:
+        stranger = anonymous.health()
+    # A load balancer's check gets the status; which replicas there are and which leads, nobody without a key.
+    assert stranger.status == "ok" and (stranger.replica, stranger.leader, stranger.replicas) == (None, None, [])
+    raw = app.get("/api/v1/health").text
+    assert replica.id not in raw
+    keyed = bob.health()  # any owner's key, no admin needed
+    assert (keyed.replica, keyed.leader, keyed.replicas) == (replica.id, replica.id, [replica.id])
+    with client(app, "wrong-key-0123456789abcdef") as guesser:
+        wrong = refused(guesser.health)
+    assert wrong.status_code == 401 and "invalid API key" in wrong.detail  # no quieter answer to test keys on
 
 
 def test_a_server_with_workspaces_disabled_says_so_before_asking_for_a_key(tmp_path: Path) -> None:

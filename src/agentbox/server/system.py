@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from agentbox.e2b_api import control as e2b_control
 from agentbox.providers.base import Capabilities
 from agentbox.server.service import Service
-from agentbox.web.dependencies import Manager, Owner, in_thread
+from agentbox.web.dependencies import Anyone, Manager, Owner, in_thread
 from agentbox.web.openapi import errors
 from agentbox.wire.system import Capacity, Health, ProviderInfo, ProviderList, ProviderStatus
 
@@ -17,12 +17,19 @@ VERSION = version("agentbox")
 router = APIRouter(tags=["system"])
 
 
-@router.get("/api/v1/health", summary="The server's health", response_model=Health, responses=errors(key=False))
-def health(request: Request) -> Health:
+@router.get(
+    "/api/v1/health",
+    summary="The server's health",
+    response_model=Health,
+    responses=errors((401, "A key was sent and it does not work: send a working one, or none."), key=False),
+    openapi_extra={"security": [{}]},  # besides the bearer key: none at all (OpenAPI's optional security)
+)
+def health(request: Request, who: Anyone) -> Health:
     """Say whether the server is up, which runtime isolates workspaces, and which providers it offers.
 
     Needs no API key. Always 200 while the server runs; with workspaces disabled,
-    `workspaces_enabled` is false and `runtime_reason` says so.
+    `workspaces_enabled` is false and `runtime_reason` says so. `replica`, `leader` and `replicas`
+    come only with an API key (anyone's): without one they are null and empty.
     """
     svc: Service = request.app.state.service
     choice, manager = svc.runtime, svc.manager
@@ -32,6 +39,9 @@ def health(request: Request) -> Health:
         reason = "workspaces are disabled (ENABLE_AGENT_WORKSPACES=false)"
     else:
         reason = f"no Docker provider on this server (WORKSPACE_PROVIDERS={','.join(svc.settings.providers)})"
+    # Which replicas there are and which one leads is a map of the deployment, for callers with a key only
+    # (a load balancer's check needs `status` alone).
+    replica = svc.replica if who is not None else None
     capabilities = {name: _info(p.capabilities()) for name, p in sorted(manager.providers.items())} if manager else {}
     return Health(
         status="ok",
@@ -45,9 +55,9 @@ def health(request: Request) -> Health:
         capabilities=capabilities,
         unavailable=dict(manager.unavailable) if manager else {},
         version=VERSION,
-        replica=svc.settings.replica_id,
-        leader=svc.replica.leader if svc.replica else None,
-        replicas=svc.replica.alive if svc.replica else [],
+        replica=svc.settings.replica_id if who is not None else None,
+        leader=replica.leader if replica else None,
+        replicas=replica.alive if replica else [],
         **_e2b_urls(request, svc),
     )
 

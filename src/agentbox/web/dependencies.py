@@ -60,6 +60,14 @@ async def caller(
     return watched(request, found)
 
 
+async def caller_if_any(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Caller | None:
+    """The caller of a route open to everyone: None without a key; a key sent must work (401 as `caller`
+    says), so a wrong one is counted like anywhere else and the route is no oracle for guessing keys."""
+    return None if credentials is None else await caller(request, credentials)
+
+
 async def owner(found: Annotated[Caller, Depends(caller)]) -> str:
     """The owner whose API key the request bears (see `caller`)."""
     return found.owner
@@ -121,6 +129,7 @@ GitHubApps = Annotated[GitHub, Depends(github)]
 # Handlers list `Manager` before `Owner` so that a disabled server answers 404 before asking for a key.
 Owner = Annotated[str, Depends(owner)]
 Who = Annotated[Caller, Depends(caller)]
+Anyone = Annotated[Caller | None, Depends(caller_if_any)]
 Admin = Annotated[Caller, Depends(admin)]
 WorkspacePath = Annotated[AbsolutePath, Query(description="absolute path inside the workspace")]
 

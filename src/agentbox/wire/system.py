@@ -69,8 +69,14 @@ class Health(BaseModel):
     )
     e2b_sandbox_url: str | None = Field(None, description="E2B_SANDBOX_URL for E2B's SDK (envd); null when off")
     version: str
-    replica: str | None = Field(None, description="the replica that answered (WORKSPACE_REPLICA_ID)")
-    leader: str | None = Field(
-        None, description="the replica that leads (runs the background work), as this one last saw; null: none"
+    replica: str | None = Field(
+        None, description="the replica that answered (WORKSPACE_REPLICA_ID); null without an API key"
     )
-    replicas: list[str] = Field(default_factory=list, description="the replicas alive, as this one last saw")
+    leader: str | None = Field(
+        None,
+        description="the replica that leads (runs the background work), as this one last saw; null: none, or no "
+        "API key",
+    )
+    replicas: list[str] = Field(
+        default_factory=list, description="the replicas alive, as this one last saw; empty without an API key"
+    )
