@@ -67,7 +67,11 @@ def serve(
         try:
             sockets = [_reused_port(host, port)]
         except OSError as exc:
-            fail(f"cannot listen on {host}:{port} with SO_REUSEPORT: {exc.strerror}", 2)
+            fail(
+                f"cannot listen on {host}:{port} with SO_REUSEPORT: {exc.strerror}; stop what holds the port (only "
+                "other `agentbox serve --reuse-port` of this user may share it) or choose another --port or --host",
+                2,
+            )
     try:
         service = Service.start(settings, address=f"{host}:{port}")
     except StartupError as exc:

@@ -89,7 +89,7 @@ def ndjson(line: str, what: str) -> Responses:
     it too); `schema` is for the tools that know only 3.1.
     """
     if line not in LINES:
-        raise ValueError(f"{line!r} is not a name of LINES")
+        raise ValueError(f"{line!r} is not a name of LINES: add its model there")
     body = {"type": "string", "description": f"NDJSON: one JSON object per line, each as {line} says"}
     return {200: {"description": what, "content": {NDJSON: {"schema": body, "itemSchema": {"$ref": REF + line}}}}}
 

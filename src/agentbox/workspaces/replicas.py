@@ -205,7 +205,14 @@ class Replica:
             self._left_last = not self.others_alive()
         except SQLAlchemyError as exc:
             # The others take over when the lease and the heartbeat expire; the pool stays for them.
-            log.warning("replica %s: leaving the replicas table failed: %s", self.id, exc)
+            log.warning(
+                "replica %s: leaving the replicas table failed: %s; nothing to do: the others count it gone once its "
+                "heartbeat is %.0f s old, and take the lease once it runs out (%.0f s)",
+                self.id,
+                exc,
+                self.timeout,
+                self.lease,
+            )
         return self._left_last
 
     # What the others ask
@@ -277,7 +284,12 @@ class Replica:
                     self._leader = lease.holder if lease is not None else None
                 self._alive = sorted(self._live(session, now))
         except SQLAlchemyError as exc:
-            log.warning("replica %s: the database did not answer (%s); retrying", self.id, exc)
+            log.warning(
+                "replica %s: the database did not answer (%s); retrying (is the database of WORKSPACE_DATABASE_URL up "
+                "and reachable? meanwhile, leader work stops before the lease could end)",
+                self.id,
+                exc,
+            )
             wait = min(wait, 1.0)
         self._changed_leading()
         return wait
@@ -359,7 +371,12 @@ class Replica:
                             self._received(note.payload)
             except psycopg.Error as exc:
                 if not self._stop.is_set():
-                    log.warning("replica %s: listening for the others failed (%s); retrying", self.id, exc)
+                    log.warning(
+                        "replica %s: listening for the others failed (%s); retrying in 2 s (is the PostgreSQL of "
+                        "WORKSPACE_DATABASE_URL up? meanwhile their nudges wait for this replica's next round)",
+                        self.id,
+                        exc,
+                    )
                     self._stop.wait(2.0)
 
     def _received(self, payload: str) -> None:
@@ -385,4 +402,9 @@ class Replica:
             with self.store.session() as session:
                 session.execute(select(func.pg_notify(CHANNEL, f"{kind} {self.id}")))
         except SQLAlchemyError as exc:  # the others find out at their next round
-            log.warning("replica %s: nudging the others failed: %s", self.id, exc)
+            log.warning(
+                "replica %s: nudging the others failed: %s; they see the change at their next round (if it goes on, "
+                "check the PostgreSQL of WORKSPACE_DATABASE_URL)",
+                self.id,
+                exc,
+            )

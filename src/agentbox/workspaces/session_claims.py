@@ -155,7 +155,10 @@ class SessionClaims:
             return postgresql.insert(SessionClaim).values(**values).on_conflict_do_nothing()
         if dialect == "sqlite":
             return sqlite.insert(SessionClaim).values(**values).on_conflict_do_nothing()
-        raise NotImplementedError(f"session claims on {dialect}: agentbox supports PostgreSQL and SQLite")
+        raise NotImplementedError(
+            f"session claims on {dialect}: agentbox supports PostgreSQL and SQLite; set WORKSPACE_DATABASE_URL to a "
+            "postgresql:// or sqlite:// URL"
+        )
 
 
 def _changed(session: Session, statement: Any) -> int:
