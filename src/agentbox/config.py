@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # that a pause keeps their memory. Empty: every pause keeps files only.
     gvisor_checkpoint_runtime: str = Field("runsc-nonet", validation_alias="WORKSPACE_GVISOR_CHECKPOINT_RUNTIME")
     probe_timeout: float = Field(20.0, gt=0, validation_alias="WORKSPACE_PROBE_TIMEOUT")
+    # Seconds a call to the Docker engine may take before it counts as unanswered (a 503; a delete then
+    # goes on in the background).
+    engine_timeout: float = Field(120.0, gt=0, le=3600, validation_alias="WORKSPACE_ENGINE_TIMEOUT")
     # Processes and threads a workspace may run (under gVisor: its RLIMIT_NPROC; the host's pids
     # cgroup gets room for gVisor's own threads, see docs/runtime.md).
     pids_limit: int = Field(256, ge=64, le=65536, validation_alias="WORKSPACE_PIDS_LIMIT")

@@ -12,11 +12,12 @@ import pytest
 from agentbox.config import load_settings
 from agentbox.db.models import Status
 from agentbox.db.store import Store
-from agentbox.errors import BadRequest
+from agentbox.errors import BadRequest, NotFound, ProviderUnavailable
 from agentbox.providers.base import Capabilities
 from agentbox.wire.domain import Command, NewWorkspace
 from agentbox.wire.network import AllowList
 from agentbox.workspaces.manager import WorkspaceManager
+from agentbox.workspaces.reconcile import Reconciler
 from tests.fake_provider import FakeProvider
 
 # Like E2B: no allow lists (agentbox's firewall cannot reach it), no stop/start, no archives.
@@ -72,3 +73,43 @@ def test_what_a_provider_cannot_enforce_is_refused_not_weakened(
         manager.use("alice", workspace.id).write_archive("/workspace", [archive.getvalue()])
     assert "files endpoint" in no_archives.value.detail
     assert manager.get("alice", workspace.id).status == Status.RUNNING
+
+
+class Unanswering(FakeProvider):
+    """A provider whose engine does not answer removals in time until `answering`."""
+
+    answering = False
+
+    def destroy(self, ref: str) -> None:
+        if not self.answering:
+            self.calls.append(("destroy", ref))
+            raise ProviderUnavailable("removing the workspace: the engine did not answer in time")
+        super().destroy(ref)
+
+
+def test_a_delete_the_provider_does_not_answer_in_time_is_a_delete_all_the_same(tmp_path: Path) -> None:
+    provider = Unanswering("gvisor")
+    settings = load_settings(ENABLE_AGENT_WORKSPACES="true", WORKSPACE_DATA_DIR=str(tmp_path))
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    try:
+        manager = WorkspaceManager(settings, store, {"gvisor": provider})
+        workspace = manager.create("alice", NewWorkspace())
+        with pytest.raises(ProviderUnavailable) as late:
+            manager.delete("alice", workspace.id)
+        assert late.value.status_code == 503
+        assert f"workspace {workspace.id} is deleted" in late.value.detail
+        assert "did not answer in time" in late.value.detail and "answers 404" in late.value.detail
+        with pytest.raises(NotFound):  # what the answer said: deleted, as a second DELETE finds
+            manager.delete("alice", workspace.id)
+        assert manager.find("alice") == []
+        assert len(provider.sandboxes) == 1  # the provider has not removed it yet
+
+        # Its record gone, the sandbox is an orphan, which reconciliation removes once the provider answers.
+        provider.answering = True
+        Reconciler(store, {"gvisor": provider}, None, manager.metrics).run()
+        assert provider.sandboxes == {}
+        record = store.get(workspace.id)
+        assert record is not None and record.status == Status.DELETED
+    finally:
+        store.engine.dispose()

@@ -179,7 +179,11 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def destroy(self, ref: str) -> None:
-        """Remove the workspace and its storage. Removing one that is already gone is not an error."""
+        """Remove the workspace and its storage. Removing one that is already gone is not an error.
+
+        Raises ProviderUnavailable when the provider cannot be reached, or does not answer in time: what
+        is left of the workspace then goes in the background where the provider can (the Docker
+        provider), and at the next reconciliation once no live record names it."""
 
     @abc.abstractmethod
     def state(self, ref: str) -> ProviderState: ...
@@ -199,6 +203,11 @@ class Provider(abc.ABC):
         runtime's first call (WorkspaceGone), not this one. What the runtime can do beyond
         commands and files, `capabilities()` says (`archives`, `processes`, `watch`, `ports`).
         """
+
+    def close(self) -> None:
+        """Let go of what the provider holds, at the server's end: work it was doing in the background
+        stops, leaving nothing that outlives the server and only it would clean up."""
+        return None
 
     def reserved_ports(self, ref: str) -> frozenset[int]:
         """Ports the provider's own machinery listens on in the workspace (not the workload's: no preview).

@@ -164,7 +164,7 @@ class Service:
             # docker-py keeps a pool per URL, of 10 connections by default; past that, concurrent calls to
             # one URL (a burst of creates) overflow it, and the warning it then logs can crash on a pool
             # closed meanwhile (urllib3: 'NoneType' has no attribute 'qsize'). Room for every thread.
-            self.docker_client = docker.from_env(timeout=120, max_pool_size=ENGINE_CONNECTIONS)
+            self.docker_client = docker.from_env(timeout=settings.engine_timeout, max_pool_size=ENGINE_CONNECTIONS)
             self.docker_client.ping()
             self.runtime = choose_runtime(
                 self.docker_client, settings.gvisor_runtime, settings.gvisor_fallback_runtime, settings.probe_timeout
@@ -276,6 +276,9 @@ class Service:
         if self.replica is not None:
             self.replica.leave()  # already left with the lifecycle, unless start-up failed before it
             self.replica = None
+        if self.manager is not None:
+            for provider in self.manager.providers.values():
+                provider.close()  # the disks of removals still under way are not left mounted past the server
         if self.docker_client is not None:
             self.docker_client.close()
             self.docker_client = None

@@ -22,6 +22,7 @@ from agentbox.errors import (
     Conflict,
     NotFound,
     ProviderError,
+    ProviderUnavailable,
     WorkspaceGone,
     reason_of,
 )
@@ -219,12 +220,28 @@ class WorkspaceManager:
         return [w for w in found if all(w.labels.get(k) == v for k, v in wanted.items())]
 
     def delete(self, owner: str, workspace_id: str) -> None:
+        """Delete the workspace and remove its sandbox.
+
+        A provider that does not answer in time (ProviderUnavailable) goes on removing it in the background
+        where it can, and reconciliation removes what is left of a sandbox that no live record names: the
+        workspace is deleted all the same (kept live, it would outlast its sandbox as failed, and its disk
+        would stay), and ProviderUnavailable (503) says so."""
         workspace = self.get(owner, workspace_id)
+        unfinished: ProviderUnavailable | None = None
         if workspace.provider_ref:
-            self._provider(workspace.provider).destroy(workspace.provider_ref)
-        self.store.retire(workspace.id, "deleted")
+            try:
+                self._provider(workspace.provider).destroy(workspace.provider_ref)
+            except ProviderUnavailable as exc:
+                unfinished = exc
+        reason = f"its sandbox's removal went on in the background: {unfinished.detail}" if unfinished else None
+        self.store.retire(workspace.id, "deleted", reason)
         self.sessions.forget(workspace.id)
         self.on_change()
+        if unfinished is not None:
+            raise ProviderUnavailable(
+                f"workspace {workspace.id} is deleted, but its sandbox is not removed yet: {unfinished.detail}. "
+                "Nothing is left for you to do (deleting it again answers 404)"
+            )
 
     def stop(self, owner: str, workspace_id: str) -> Workspace:
         return self._halt(self.get(owner, workspace_id), pause=False)
