@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -21,6 +22,8 @@ from .conftest import BUSYBOX_IMAGE, WORKSPACE_LABEL, Server, container_id, even
 from .engines import second_engine
 
 CGROUPS = Path("/sys/fs/cgroup")
+# Calls to the engine count as unanswered after this long on the servers of the slow-engine tests (not 120 s).
+ENGINE_TIMEOUT = "10"
 
 
 def assert_consistent(server: Server, docker_client: docker.DockerClient) -> dict[str, WorkspaceOut]:
@@ -162,3 +165,86 @@ def test_the_server_survives_a_dockerd_restart(tmp_path: Path) -> None:
             assert server.disks() == set()
         finally:
             server.stop()
+
+
+def shim_of(container: str) -> int:
+    """The pid of the containerd shim that runs `container` (containerd-shim-runc-v2 -id <id>, under runc
+    and runsc alike), not of a short-lived `start` or `delete` call of the same binary."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if (
+                argv[0].endswith("containerd-shim-runc-v2")
+                and "-id" in argv
+                and argv[argv.index("-id") + 1] == container
+                and not {"start", "delete"} & set(argv)
+            ):
+                return int(entry.name)
+    raise AssertionError(f"no containerd shim runs container {container}")
+
+
+@contextlib.contextmanager
+def engine_stuck_on(container: str) -> Iterator[None]:
+    """The engine as an overloaded one is, for one container, for real: its containerd shim is stopped
+    (SIGSTOP), so whatever the engine asks of that container (a kill, and so a forced removal) waits,
+    and the engine finishes it once the shim runs again. Other containers are not touched."""
+    shim = shim_of(container)
+    os.kill(shim, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(shim, signal.SIGCONT)
+
+
+def test_a_delete_the_engine_does_not_answer_in_time_is_finished_in_the_background(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    server = Server(tmp_path, env={"WORKSPACE_ENGINE_TIMEOUT": ENGINE_TIMEOUT}).start()
+    try:
+        with server.client() as alice:
+            workspace_id = alice.create().id
+            alice.write_file(workspace_id, "/workspace/data.txt", b"on the disk")
+            assert server.disks() == {workspace_id}
+            with engine_stuck_on(container_id(docker_client, workspace_id)):
+                with pytest.raises(APIError) as late:
+                    alice.delete(workspace_id)
+                assert late.value.status_code == 503, late.value
+                assert f"workspace {workspace_id} is deleted" in late.value.message
+                assert "in the background" in late.value.message and "answers 404" in late.value.message
+                with pytest.raises(APIError) as gone:
+                    alice.get(workspace_id)
+                assert gone.value.status_code == 404  # as the answer said: deleted
+                assert alice.list() == []
+                # The disk waits for the container, which the engine has not removed yet.
+                assert set(server.containers(docker_client)) == {workspace_id}
+                assert server.disks() == {workspace_id}
+            # The engine catches up; the container goes, then the disk, with nobody asking again.
+            eventually(lambda: server.containers(docker_client) == {}, timeout=60)
+            eventually(lambda: server.disks() == set(), timeout=30)
+    finally:
+        server.stop()
+
+
+def test_a_server_stopped_while_a_removal_is_under_way_leaves_no_disk_mounted(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    server = Server(tmp_path, env={"WORKSPACE_ENGINE_TIMEOUT": ENGINE_TIMEOUT}).start()
+    try:
+        with server.client() as alice:
+            workspace_id = alice.create().id
+        with engine_stuck_on(container_id(docker_client, workspace_id)):
+            with server.client() as alice, pytest.raises(APIError) as late:
+                alice.delete(workspace_id)
+            assert late.value.status_code == 503, late.value
+            server.stop()
+            # Its disk went with the server, though its container is still there (the engine is stuck on it).
+            assert set(server.containers(docker_client)) == {workspace_id}
+            assert server.disks() == set()
+        # What the engine had not finished is finished by the engine, or by the next start's reconciliation.
+        server.start()
+        eventually(lambda: server.containers(docker_client) == {}, timeout=60)
+        assert server.disks() == set()
+    finally:
+        server.stop()
