@@ -11,7 +11,9 @@
 #      checkpoint; and turn on the engine's "experimental" checkpoints (a pause that keeps
 #      memory). A running dockerd picks up the runtimes by SIGHUP, "experimental" only when it
 #      next starts: that is said, never forced (a restart would stop every workspace)
-#   c. start dockerd if it is not answering (cleaning up after a killed one)
+#   c. start dockerd if it is not answering (cleaning up after a killed one), and wait for it to
+#      answer, saying every 10 s what it is doing (a start after a killed daemon restores every
+#      container it had, which takes minutes with many gVisor sandboxes)
 #   d. reload dockerd (SIGHUP) if it was running and its runtime registration is stale
 #   e. raise kernel.pid_max if it is low (gVisor spends several host threads per task in a
 #      sandbox: 32768 pids are a few busy workspaces)
@@ -29,6 +31,7 @@
 #                           gVisor's netstack fails on this kernel with either build, see
 #                           docs/runtime.md; host-uds for the helper's control socket)
 #   AGENTBOX_SKIP_RUNSC=1   do not register runsc (leave any registration alone)
+#   AGENTBOX_DOCKERD_TIMEOUT seconds to wait for a starting dockerd to answer (default: 180)
 set -euo pipefail
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH}"
@@ -37,7 +40,8 @@ DAEMON_JSON=/etc/docker/daemon.json
 DOCKER_PIDFILE=/var/run/docker.pid
 CONTAINERD_PIDFILE=/var/run/docker/containerd/containerd.pid
 DOCKERD_LOG=/var/log/dockerd.log
-START_TIMEOUT=60
+START_TIMEOUT=${AGENTBOX_DOCKERD_TIMEOUT:-180}
+PROGRESS_EVERY=10
 RELOAD_TIMEOUT=30
 DEFAULT_RUNSC_ARGS="--platform=systrap --network=host"
 PTRACE_RUNSC_ARGS="--platform=ptrace --network=host"
@@ -208,24 +212,53 @@ EOF
 fi
 
 # --------------------------------------------------------- c. start dockerd
+# The containerd shims alive, one per container the engine runs (zombies of dead ones left out).
+live_shims() {
+    { ps -eo pid=,stat=,comm= | awk '$2 !~ /^Z/ && $3 ~ /^containerd-shim/ {print $1}' | tr '\n' ' '; } 2>/dev/null || true
+}
+
+# What dockerd last logged (the msg="..." of its last line), to say what a slow start is busy with.
+dockerd_last_words() {
+    tail -n 1 "$DOCKERD_LOG" 2>/dev/null | sed -n 's/.*msg="\([^"]*\)".*/\1/p' | cut -c1-160
+}
+
 dump_log_and_die() {
-    echo "---- last 20 lines of $DOCKERD_LOG ----" >&2
-    tail -n 20 "$DOCKERD_LOG" >&2 || true
+    local shims
+    echo "---- last 30 lines of $DOCKERD_LOG ----" >&2
+    tail -n 30 "$DOCKERD_LOG" >&2 || true
     echo "----" >&2
     echo "hint: run 'dockerd' in the foreground to see why it fails; check $DAEMON_JSON" \
          "(runtimes), leftovers of a killed daemon ($DOCKER_PIDFILE, $CONTAINERD_PIDFILE)" \
          "and 'ps -ef | grep -E \"dockerd|containerd\"'" >&2
+    shims=$(live_shims)
+    if [ -n "$shims" ]; then
+        echo "hint: containerd shims are running (pids: ${shims% }). A dockerd started after a killed one" \
+             "restores every container they hold (\"Loading containers\" in its log), slowly with many gVisor" \
+             "sandboxes, and waits on a shim that does not answer. Either give it longer" \
+             "(AGENTBOX_DOCKERD_TIMEOUT=600 $0), or start clean: stop dockerd and its containerd" \
+             "(kill \$(cat $DOCKER_PIDFILE) \$(cat $CONTAINERD_PIDFILE)), kill the leftover shims" \
+             "(kill ${shims% }: the containers they run end; workspaces keep their files on their disks" \
+             "and the agentbox server reconciles them), then run this again (make setup)" >&2
+    fi
     die "$1"
 }
 
 wait_for_docker() {  # wait_for_docker PID_OR_EMPTY
-    local pid=$1 deadline=$((SECONDS + START_TIMEOUT))
+    local pid=$1 started=$SECONDS deadline=$((SECONDS + START_TIMEOUT)) report=$((SECONDS + PROGRESS_EVERY))
+    local shims
     while [ $SECONDS -lt $deadline ]; do
         if info=$(docker_query); then
             return 0
         fi
         if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
             dump_log_and_die "dockerd exited during start-up"
+        fi
+        if [ $SECONDS -ge $report ]; then
+            shims=$(live_shims)
+            echo "    still waiting for dockerd${pid:+ (pid $pid)} to answer 'docker info':" \
+                 "$((SECONDS - started))s of ${START_TIMEOUT}s; $(wc -w <<<"$shims") containerd shims alive;" \
+                 "its log's last words: $(dockerd_last_words)"
+            report=$((SECONDS + PROGRESS_EVERY))
         fi
         sleep 0.5
     done
@@ -258,7 +291,7 @@ else
             echo "    removing stale $CONTAINERD_PIDFILE (pid ${ctd_pid:-?} is gone or not a containerd)"
             rm -f "$CONTAINERD_PIDFILE"
         fi
-        say "starting dockerd (log: $DOCKERD_LOG)"
+        say "starting dockerd (log: $DOCKERD_LOG); waiting up to ${START_TIMEOUT}s for it to answer"
         t0=$SECONDS
         setsid dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
         new_pid=$!
