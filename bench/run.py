@@ -450,6 +450,17 @@ def _e2b_calls(rounds: int) -> dict[str, list[float]]:
     results["e2b_write_read_1k"] = timed(
         lambda: sandbox.files.write("bench.txt", "x" * 1024) and sandbox.files.read("bench.txt"), rounds
     )
+    # A watcher's events wait in the workspace and any replica takes them: a change made, then seen.
+    sandbox.files.make_dir("watched")
+    watcher = sandbox.files.watch_dir("watched")
+
+    def change_seen() -> None:
+        sandbox.files.write("watched/note.txt", "x")
+        while not any(event.name == "note.txt" for event in watcher.get_new_events()):
+            pass
+
+    results["e2b_watch_change_seen"] = timed(change_seen, rounds)
+    watcher.stop()
     for each in made:
         each.kill()
     results |= _code_interpreter_calls(rounds)

@@ -184,6 +184,7 @@ def test_watch_dir_reports_writes_as_envd_does(sandbox: Sandbox) -> None:
         return ("inner/two.txt", FilesystemEventType.WRITE) in seen
 
     eventually(two_written, timeout=20)
+    assert not [p for p in sandbox.commands.list() if p.cmd == "watch"]  # envd lists no watcher as a command
     handle.stop()
     # agentbox's whole-file write reads as envd's in-place one; its temporary file is not seen.
     assert seen[:3] == [

@@ -105,6 +105,8 @@ def test_processes_outlive_a_killed_server(tmp_path: Path) -> None:
         with server.client() as client:
             workspace = client.create()
             started = client.start_process(workspace.id, COUNT_SLOWLY)
+            # Its deadline is kept in the workspace, so it holds with no server there to keep it.
+            bounded = client.start_process(workspace.id, "sleep 1000 & sleep 1000 & wait", timeout=3)
             first = next(e for e in client.process_output(workspace.id, started.pid, follow=True))
             assert isinstance(first, ProcessOutputEvent)
         server.stop(kill=True)
@@ -113,6 +115,11 @@ def test_processes_outlive_a_killed_server(tmp_path: Path) -> None:
             events = list(client.process_output(workspace.id, started.pid, offset=first.next_offset, follow=True))
             assert first.data + text_of(events) == COUNTED
             assert isinstance(events[-1], ProcessExitEvent) and events[-1].exit_code == 0
+            ended = list(client.process_output(workspace.id, bounded.pid, follow=True))[-1]
+            assert isinstance(ended, ProcessExitEvent) and (ended.signal, ended.timed_out) == ("SIGKILL", True)
+            assert client.process(workspace.id, bounded.pid).timed_out
+            assert "sleep" not in running_commands(client, workspace.id)  # its whole group went
+            assert not client.process(workspace.id, started.pid).timed_out
 
 
 def test_stdin_signals_and_their_refusals(alice: Client, workspace: WorkspaceOut) -> None:

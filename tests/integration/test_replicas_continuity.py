@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from e2b import Sandbox
+from e2b import FilesystemEventType, NotFoundException, Sandbox
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -225,6 +225,10 @@ def test_an_e2b_sandbox_is_served_by_any_replica(replicas: Replicas) -> None:
         sandbox.files.write("/home/user/note.txt", "written through one")
         script = "for i in $(seq 1 5); do echo tick-$i; done; until [ -e /tmp/go ]; do sleep 0.05; done; echo after"
         background = sandbox.commands.run(script, background=True)
+        bounded = sandbox.commands.run("sleep 1000", background=True, timeout=4)  # a deadline r1 set
+        sandbox.files.make_dir("/home/user/watched")
+        watcher = sandbox.files.watch_dir("/home/user/watched")
+        sandbox.files.write("/home/user/watched/before.txt", "seen through one")
         replicas[0].stop(kill=True)
 
         again = Sandbox.connect(sandbox.sandbox_id, **through(replicas[1]))
@@ -239,6 +243,25 @@ def test_an_e2b_sandbox_is_served_by_any_replica(replicas: Replicas) -> None:
         assert result.stdout == "".join(f"tick-{i}\n" for i in range(1, 6)) + "after\n"
         listed = [s.sandbox_id for s in Sandbox.list(**through(replicas[2])).next_items()]
         assert sandbox.sandbox_id in listed
+
+        # The watcher made through r1 goes on through r2: what it saw before, then after, each once.
+        watcher._rpc = again.files._rpc  # the SDK's handle, pointed at another replica as a reconnect would
+        again.files.write("/home/user/watched/after.txt", "seen through two")
+        seen: list[tuple[str, FilesystemEventType]] = []
+
+        def after_seen() -> bool:
+            seen.extend((e.name, e.type) for e in watcher.get_new_events())
+            return ("after.txt", FilesystemEventType.WRITE) in seen
+
+        eventually(after_seen, timeout=20)
+        written = (FilesystemEventType.CREATE, FilesystemEventType.WRITE, FilesystemEventType.CHMOD)
+        assert seen == [("before.txt", kind) for kind in written] + [("after.txt", kind) for kind in written]
+        watcher.stop()
+        watcher._closed = False  # the SDK refuses a stopped handle itself: ask the server
+        with pytest.raises(NotFoundException):
+            watcher.get_new_events()
+        # The deadline r1 set ends the command though r1 is gone.
+        eventually(lambda: bounded.pid not in [p.pid for p in again.commands.list()], timeout=30)
     finally:
         killed = Sandbox.kill(sandbox.sandbox_id, **through(replicas[2]))
     assert killed is True

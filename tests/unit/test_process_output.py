@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agentbox.api.commands import exec_json
 from agentbox.api.processes import output_lines
-from agentbox.sandbox.channel import Invocation, _records, _watch_events
+from agentbox.sandbox.channel import Invocation, _records, watch_events
 from agentbox.sandbox.process_table import OutputDropped, ProcessEnded, ProcessOutput
 from agentbox.sandbox.processes import HelperProcesses, _parse_table
 from agentbox.sandbox.runtime import ExecResult
@@ -44,7 +44,7 @@ def test_output_lines_say_what_was_dropped_and_end_with_the_exit() -> None:
     assert lines == [
         {"dropped": True, "offset": 0, "resumed_at": 100},
         {"stream": "pty", "offset": 100, "next_offset": 102, "data": "hi"},
-        {"exit_code": None, "signal": "SIGKILL", "ended_at": None},
+        {"exit_code": None, "signal": "SIGKILL", "ended_at": None, "timed_out": False},
     ]
 
 
@@ -118,7 +118,7 @@ def test_output_records_are_read_from_where_the_helper_started() -> None:
 
 def test_watch_records_become_events() -> None:
     chunks = [b"create /w/a\0wr", b"ite /w/a\0\0remove /w/a b\nc\0bogus x\0"]
-    events = list(_watch_events(_records(iter(chunks))))
+    events = list(watch_events(_records(iter(chunks))))
     assert [(e.type, e.path) if e else None for e in events] == [
         ("create", "/w/a"),
         ("write", "/w/a"),

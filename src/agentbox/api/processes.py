@@ -223,7 +223,7 @@ def _output_lines(events: Iterator[ProcessEvent | None]) -> Iterator[bytes]:
         if isinstance(event, OutputDropped):
             yield json_line(OutputDroppedEvent(offset=event.offset, resumed_at=event.resumed_at))
         elif isinstance(event, ProcessEnded):
-            yield json_line(ProcessExitEvent(exit_code=event.exit_code, signal=event.signal, ended_at=event.ended_at))
+            yield json_line(ProcessExitEvent.of(event))
     if held is not None:
         yield _output_line(held)
 

@@ -95,7 +95,7 @@ async def _send_output(websocket: WebSocket, events: Iterator[ProcessEvent | Non
         if isinstance(event, ProcessOutput):
             await websocket.send_bytes(event.data)
         elif isinstance(event, ProcessEnded):
-            ended = ProcessExitEvent(exit_code=event.exit_code, signal=event.signal, ended_at=event.ended_at)
+            ended = ProcessExitEvent.of(event)
             await websocket.send_text(ended.model_dump_json())
             break
     await websocket.close()

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, request
 from agentbox.cli.terminal import attach, terminal_size
-from agentbox.client import TerminalSize
+from agentbox.client import ProcessOptions, TerminalSize
 from agentbox.wire.processes import OutputDroppedEvent, ProcessExitEvent, ProcessOutputEvent
 
 #: `ws shell`: a login bash where there is one, else sh.
@@ -30,10 +30,16 @@ def ws_spawn(
     api_key: KeyOption = "",
     tag: Annotated[str | None, typer.Option(help="your own name for it, shown by `ws ps`")] = None,
     cwd: Annotated[str, typer.Option(help="working directory in the workspace")] = "/workspace",
+    timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="seconds after which it is killed (its whole process group)")
+    ] = None,
 ) -> None:
     """Start a command in the background and print its PID; it runs on whatever happens to this shell."""
     argv: str | list[str] = command[0] if len(command) == 1 else command
-    started = request(url, api_key, lambda client: client.start_process(workspace_id, argv, tag=tag, cwd=cwd))
+    options: ProcessOptions = {"tag": tag, "cwd": cwd}
+    if timeout is not None:
+        options["timeout"] = timeout
+    started = request(url, api_key, lambda client: client.start_process(workspace_id, argv, **options))
     console.print(started.pid)
 
 
@@ -43,6 +49,7 @@ def ws_ps(workspace_id: WorkspaceArgument, url: UrlOption = "http://127.0.0.1:80
     table = Table("PID", "STATUS", "EXIT", "TAG", "COMMAND", box=None)
     for process in found:
         ended = str(process.exit_code) if process.exit_code is not None else (process.signal or "")
+        ended += " (timeout)" if process.timed_out else ""
         table.add_row(str(process.pid), process.status, ended, process.tag or "", " ".join(process.command))
     console.print(table)
 

@@ -222,3 +222,16 @@ class SessionClaim(Base):
     read_to: Mapped[int | None] = mapped_column(BigInteger)
     until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     nonce: Mapped[str | None] = mapped_column(String(32))
+
+
+class WatchCursor(Base):
+    """A directory watcher that outlives its call (agentbox.workspaces.watchers): the PID of its watch
+    in the workspace, the directory it watches, and where its events were read up to, shared by the
+    replicas so that each event is handed out once, through whichever replica is asked."""
+
+    __tablename__ = "watch_cursors"
+
+    workspace_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    read_to: Mapped[int] = mapped_column(BigInteger)

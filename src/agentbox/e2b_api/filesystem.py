@@ -2,16 +2,16 @@
 
 What envd reports of a path (owner, group, permission string, symlink target) comes from one
 find(1) in the sandbox, which every image has; make_dir, move and remove are coreutils calls.
-Watchers made by CreateWatcher live in this server until removed (or their sandbox ends).
+Watchers made by CreateWatcher live in the workspace, and where their events were read up to in
+the database (agentbox.workspaces.watchers): any replica answers for them, until they are removed
+or their sandbox stops. A watcher's id is its watch's PID, and whether its events carry entries.
 """
 
 from __future__ import annotations
 
-import asyncio
 import posixpath
-import secrets
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,8 +39,6 @@ _EVENTS = {
     "rename": F.EventType.RENAME,
     "chmod": F.EventType.CHMOD,
 }
-#: Events a watcher keeps until they are asked for; older ones are dropped past this.
-KEPT_EVENTS = 10_000
 
 
 async def _run(argv: list[str]) -> ExecResult:
@@ -101,24 +99,8 @@ async def _entry_if_there(path: str) -> F.EntryInfo | None:
         return None
 
 
-#: How long GetWatcherEvents waits for a first event when it has none: what a call that just changed
-#: the directory caused is still on its way from the sandbox (a few ms).
-ARRIVING = 0.1
-#: Then it takes the events that keep coming until none has for QUIET seconds (at most SETTLING in
-#: all): one change is several events, which may arrive a few ms apart (a directory, then what is in it).
-QUIET = 0.03
-SETTLING = 0.3
-
-
-@dataclass
-class _Watcher:
-    """A CreateWatcher watcher: its events, kept until GetWatcherEvents takes them."""
-
-    sandbox_id: str
-    task: asyncio.Task[None] | None = None
-    events: list[F.FilesystemEvent] = field(default_factory=list)
-    error: ConnectError | None = None
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+#: A watcher's id: its watch's PID, and "-entries" when its events carry the entry (include_entry).
+_WATCHER_ID = re.compile(r"(\d{1,10})(-entries)?")
 
 
 #: The name of the temporary file agentbox writes a file into before renaming it over the file.
@@ -150,13 +132,17 @@ class _AsEnvdSees:
         return [F.FilesystemEvent(name=name, type=_EVENTS[event.type])]
 
 
+async def _directory(path: str) -> None:
+    """What envd says of a watch of something that is not a directory, or not there."""
+    if (await _stat(path)).type != F.FileType.DIRECTORY:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory: watch a directory")
+
+
 async def _watch(path: str, recursive: bool, with_entries: bool) -> AsyncGenerator[F.FilesystemEvent | None, None]:
     """The watch's events as envd's (None while it is quiet, every few seconds), once it runs: errors
     (not a directory, no such path) are raised here, before any event."""
     target = envd.TARGET.get()
-    info = await _stat(path)
-    if info.type != F.FileType.DIRECTORY:
-        raise ConnectError(Code.INVALID_ARGUMENT, f"path {path} is not a directory: watch a directory")
+    await _directory(path)
     events = await call(lambda: target.use().watch(path, recursive))
     return _translated(path, events, with_entries)
 
@@ -171,24 +157,25 @@ async def _translated(
             if event is None:
                 yield None
             else:
-                seen = translate(event)
-                if with_entries and seen and seen[-1].type != F.EventType.REMOVE:
-                    # One look per event from the sandbox, before any of what it reads as is handed on:
-                    # envd's write is one event here, and its three parts arrive together.
-                    entry = await _entry_if_there(posixpath.join(root, seen[-1].name))
-                    for each in seen:
-                        each.entry = entry
-                for each in seen:
+                for each in await _seen(translate, event, with_entries):
                     yield each
     finally:
         await source.aclose()  # ends the watch in the sandbox
 
 
+async def _seen(translate: _AsEnvdSees, event: WatchEvent, with_entries: bool) -> list[F.FilesystemEvent]:
+    """One event from the sandbox as what envd reports (several, or none), with their entry if asked:
+    one look per event from the sandbox, since envd's write is one event here and its parts arrive together."""
+    seen = translate(event)
+    if with_entries and seen and seen[-1].type != F.EventType.REMOVE:
+        entry = await _entry_if_there(posixpath.join(translate.root, seen[-1].name))
+        for each in seen:
+            each.entry = entry
+    return seen
+
+
 class FilesystemService(filesystem_connect.Filesystem):
     """The service behind FilesystemASGIApplication (e2b.envd.filesystem.filesystem_connect.Filesystem)."""
-
-    def __init__(self) -> None:
-        self._watchers: dict[str, _Watcher] = {}
 
     async def stat(self, request: F.StatRequest, ctx: RequestContext[Any, Any]) -> F.StatResponse:
         return F.StatResponse(entry=await _stat(envd.TARGET.get().path(request.path)))
@@ -245,57 +232,34 @@ class FilesystemService(filesystem_connect.Filesystem):
     ) -> F.CreateWatcherResponse:
         target = envd.TARGET.get()
         path = target.path(request.path)
-        events = await _watch(path, request.recursive, request.include_entry)
-        watcher = _Watcher(target.id)
-        watcher.task = asyncio.create_task(self._collect(watcher, events))
-        watcher_id = secrets.token_hex(8)
-        self._watchers[watcher_id] = watcher
-        return F.CreateWatcherResponse(watcher_id=watcher_id)
+        await _directory(path)
+        pid = await call(lambda: target.use().create_watcher(path, request.recursive))
+        return F.CreateWatcherResponse(watcher_id=f"{pid}{'-entries' if request.include_entry else ''}")
 
     async def get_watcher_events(
         self, request: F.GetWatcherEventsRequest, ctx: RequestContext[Any, Any]
     ) -> F.GetWatcherEventsResponse:
-        watcher = self._watcher(request.watcher_id)
-        if watcher.error is not None and not watcher.events:
-            self._watchers.pop(request.watcher_id, None)
-            raise watcher.error
-        settled = asyncio.get_running_loop().time() + SETTLING
-        wait = QUIET if watcher.events else ARRIVING
-        while watcher.error is None and asyncio.get_running_loop().time() < settled:
-            watcher.arrived.clear()
-            try:
-                await asyncio.wait_for(watcher.arrived.wait(), wait)
-            except TimeoutError:
-                break
-            wait = QUIET
-        taken, watcher.events = watcher.events, []
-        watcher.arrived.clear()
-        return F.GetWatcherEventsResponse(events=taken)
+        target = envd.TARGET.get()
+        pid, with_entries = _watcher(request.watcher_id)
+        batch = await call(lambda: target.use().watcher_events(pid))
+        translate = _AsEnvdSees(batch.root)
+        seen: list[F.FilesystemEvent] = []
+        for event in batch.events:
+            seen += await _seen(translate, event, with_entries)
+        return F.GetWatcherEventsResponse(events=seen)
 
     async def remove_watcher(
         self, request: F.RemoveWatcherRequest, ctx: RequestContext[Any, Any]
     ) -> F.RemoveWatcherResponse:
-        watcher = self._watcher(request.watcher_id)
-        del self._watchers[request.watcher_id]
-        if watcher.task is not None:
-            watcher.task.cancel()
+        target = envd.TARGET.get()
+        pid, _ = _watcher(request.watcher_id)
+        await call(lambda: target.use().remove_watcher(pid))
         return F.RemoveWatcherResponse()
 
-    def _watcher(self, watcher_id: str) -> _Watcher:
-        watcher = self._watchers.get(watcher_id)
-        if watcher is None or watcher.sandbox_id != envd.TARGET.get().id:
-            raise ConnectError(Code.NOT_FOUND, f"watcher {watcher_id} not found")
-        return watcher
 
-    @staticmethod
-    async def _collect(watcher: _Watcher, events: AsyncGenerator[F.FilesystemEvent | None, None]) -> None:
-        try:
-            async for event in events:
-                if event is not None:
-                    watcher.events.append(event)
-                    del watcher.events[:-KEPT_EVENTS]
-                    watcher.arrived.set()
-        except ConnectError as exc:
-            watcher.error = exc
-        finally:
-            await events.aclose()
+def _watcher(watcher_id: str) -> tuple[int, bool]:
+    """A watcher's PID and whether its events carry entries, from its id."""
+    parsed = _WATCHER_ID.fullmatch(watcher_id)
+    if parsed is None:
+        raise ConnectError(Code.NOT_FOUND, f"watcher {watcher_id[:100]} not found")
+    return int(parsed[1]), parsed[2] is not None

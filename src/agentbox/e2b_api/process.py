@@ -3,15 +3,14 @@
 An envd process is an agentbox background process: its PID is the real one in the sandbox, it
 outlives the stream that started it (E2B's `disconnect`), and its output is kept in the
 workspace, so `Connect` replays what it printed so far and then follows. As envd does, a
-command started with a deadline (the SDK's `timeout`, 60 s unless 0) is killed when it passes.
+command started with a deadline (the SDK's `timeout`, 60 s unless 0) is killed when it passes:
+by its supervisor in the sandbox, so that the deadline holds whichever replica started it and
+whether or not that replica is still there.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import signal as signals
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -33,11 +32,12 @@ from agentbox.sandbox.process_table import (
     ProcessTable,
     TerminalSize,
 )
+from agentbox.sandbox.watchers import TAG as WATCH_TAG
 from agentbox.web.dependencies import in_thread
 
 R = TypeVar("R")
-#: A command's process table, its PID, and its deadline (time.monotonic()) if it has one.
-Begun = tuple[ProcessTable, int, float | None]
+#: A command's process table and its PID.
+Begun = tuple[ProcessTable, int]
 
 #: envd's exit code for a process that a signal ended.
 SIGNALLED = -1
@@ -71,12 +71,12 @@ def _end(ended: ProcessEnded) -> P.ProcessEvent:
 
 async def _events(begun: Awaitable[Begun], wrap: Callable[..., R]) -> AsyncGenerator[R, None]:
     """start, the output (kept and to come), keep-alives while it is quiet, and the end; each `wrap`ped.
-    A command that ran into its deadline ends the stream with `deadline_exceeded`, as envd's does.
+    A command killed at its deadline ends the stream with `deadline_exceeded`, as envd's does.
 
     It closes its source itself: the server closes what the handler returned when its client
     leaves, and that close must reach the follower in the sandbox (an inner generator is not
     closed with the one around it)."""
-    table, pid, deadline = await begun
+    table, pid = await begun
     source = drain(await call(table.output, pid, 0, True))
     try:
         yield wrap(event=_event("start", P.ProcessEvent.StartEvent(pid=pid)))
@@ -87,7 +87,7 @@ async def _events(begun: Awaitable[Begun], wrap: Callable[..., R]) -> AsyncGener
             elif isinstance(event, ProcessOutput):
                 yield wrap(event=_event("data", P.ProcessEvent.DataEvent(output=one_of(event.stream, event.data))))
             elif isinstance(event, ProcessEnded):
-                if deadline is not None and time.monotonic() >= deadline:
+                if event.timed_out:
                     raise ConnectError(Code.DEADLINE_EXCEEDED, "the command ran past its timeout and was killed")
                 yield wrap(event=_end(event))
                 return
@@ -101,14 +101,11 @@ async def _running(pid: int) -> Begun:
     info: ProcessInfo = await call(table.get, pid)
     if info.status != "running":
         raise ConnectError(Code.NOT_FOUND, f"process with pid {pid} not found")
-    return table, pid, None
+    return table, pid
 
 
 class ProcessService(process_connect.Process):
     """The service behind ProcessASGIApplication (e2b.envd.process.process_connect.Process)."""
-
-    def __init__(self) -> None:
-        self._deadlines: set[asyncio.Task[None]] = set()  # kept: a task nobody holds may be collected
 
     def start(self, request: P.StartRequest, ctx: RequestContext[Any, Any]) -> AsyncIterator[P.StartResponse]:
         return _events(self._started(request, ctx.timeout_ms), P.StartResponse)
@@ -116,9 +113,7 @@ class ProcessService(process_connect.Process):
     def connect(self, request: P.ConnectRequest, ctx: RequestContext[Any, Any]) -> AsyncIterator[P.ConnectResponse]:
         return _events(_running(_pid(request.process)), P.ConnectResponse)
 
-    async def _started(
-        self, request: P.StartRequest, timeout_ms: float | None
-    ) -> tuple[ProcessTable, int, float | None]:
+    async def _started(self, request: P.StartRequest, timeout_ms: float | None) -> Begun:
         target = envd.TARGET.get()
         pty = request.pty.size if request.pty is not None else None
         config = request.process or P.ProcessConfig()
@@ -129,13 +124,10 @@ class ProcessService(process_connect.Process):
             stdin=bool(request.stdin),
             pty=TerminalSize(cols=pty.cols or 80, rows=pty.rows or 24) if pty else None,
             tag=request.tag if request.has_field("tag") else None,
+            timeout=timeout_ms / 1000 if timeout_ms else None,
         )
         started: ProcessInfo = await call(lambda: target.use().start_process(wanted))
-        table = _table()
-        if not timeout_ms:
-            return table, started.pid, None
-        self._kill_later(table, started.pid, timeout_ms / 1000)
-        return table, started.pid, time.monotonic() + timeout_ms / 1000
+        return _table(), started.pid
 
     async def list(self, request: P.ListRequest, ctx: RequestContext[Any, Any]) -> P.ListResponse:
         table = _table()
@@ -148,7 +140,7 @@ class ProcessService(process_connect.Process):
                     tag=p.tag,
                 )
                 for p in found
-                if p.status == "running" and p.command
+                if p.status == "running" and p.command and p.tag != WATCH_TAG  # envd's watchers are no processes
             ]
         )
 
@@ -212,14 +204,3 @@ class ProcessService(process_connect.Process):
             raise ConnectError(Code.NOT_FOUND, f"process with pid {pid}: {exc.detail}") from None
         except AgentboxError as exc:
             raise connect_error(exc) from None
-
-    def _kill_later(self, table: ProcessTable, pid: int, seconds: float) -> None:
-        task = asyncio.create_task(_kill_after(table, pid, seconds))
-        self._deadlines.add(task)
-        task.add_done_callback(self._deadlines.discard)
-
-
-async def _kill_after(table: ProcessTable, pid: int, seconds: float) -> None:
-    await asyncio.sleep(seconds)
-    with contextlib.suppress(AgentboxError):  # it ended first, or its sandbox did
-        await in_thread(table.signal, pid, int(signals.SIGKILL))

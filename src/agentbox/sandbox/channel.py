@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar, cast, get_args
+from typing import Literal, NoReturn, Protocol, TypeVar, cast, get_args
 
 from agentbox.errors import BadRequest, FileError, ProviderError
 from agentbox.sandbox.process_table import ProcessTable
@@ -212,7 +212,7 @@ class HelperChannel(Runtime):
             call.close()
         written = _WRITTEN.fullmatch(answer)
         if written is None:
-            _raise_helper_error(answer, path)
+            raise_helper_error(answer, path)
             raise AssertionError("unreachable")
         return int(written[1])
 
@@ -231,7 +231,7 @@ class HelperChannel(Runtime):
         finally:
             call.close()
         if answer != b"OK":
-            _raise_helper_error(answer, path)
+            raise_helper_error(answer, path)
         call = self.transport.call(
             Invocation(
                 ["run", "-i", "-m", str(TAR_ERRORS), "--", "tar", "-x", "-f", "-", "-C", path],
@@ -260,8 +260,8 @@ class HelperChannel(Runtime):
             raise
         if first != b"W":
             call.close()
-            _raise_helper_error(first.strip(), path)
-        return _closing(call, _watch_events(records))
+            raise_helper_error(first.strip(), path)
+        return _closing(call, watch_events(records))
 
     def connect(self, port: int) -> Tunnel:
         """A connection to `port` on the sandbox's loopback. ProviderError (502) when nothing listens there."""
@@ -293,7 +293,7 @@ class HelperChannel(Runtime):
         if header == b"D" or header.startswith(b"F "):
             return call, reader, header
         call.close()
-        _raise_helper_error(header, path)
+        raise_helper_error(header, path)
         raise AssertionError("unreachable")
 
 
@@ -330,7 +330,7 @@ def _records(chunks: Iterator[bytes], limit: int = MAX_WATCH_RECORD) -> Iterator
         yield record
 
 
-def _watch_events(records: Iterator[bytes]) -> Iterator[WatchEvent | None]:
+def watch_events(records: Iterator[bytes]) -> Iterator[WatchEvent | None]:
     for record in records:
         kind, _, path = record.decode("utf-8", "replace").partition(" ")
         if not record:
@@ -447,7 +447,8 @@ def _file_stat(header: bytes) -> FileStat:
     return FileStat(size=int(found[1]), mode=int(found[2], 8))
 
 
-def _raise_helper_error(line: bytes, path: str) -> None:
+def raise_helper_error(line: bytes, path: str) -> NoReturn:
+    """The helper's error line about `path` as FileError; HelperMalformed for anything else."""
     if line.startswith(b"E "):
         _, errno_name, message = [*line.decode("utf-8", "replace").split(" ", 2), "", ""][:3]
         raise FileError(errno_name, message, path)

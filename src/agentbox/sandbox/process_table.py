@@ -35,6 +35,12 @@ class ProcessRequest:
     stdin: bool = False  # keep stdin open for `write_stdin` (a terminal always has one)
     pty: TerminalSize | None = None  # run it on a terminal of this size: one "pty" stream
     tag: str | None = None
+    #: Seconds after which its whole process group is killed, by its supervisor in the sandbox: the
+    #: deadline holds whether or not whoever asked for it is still there (None: none).
+    timeout: float | None = None
+    #: argv is one of agentbox's helper's own subcommands (`watch`), run by the helper's binary
+    #: wherever the provider put it. Never set from a client's request: agentbox's own uses only.
+    helper_subcommand: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class ProcessInfo:
     exit_code: int | None = None  # None while running, and when it was killed by a signal
     signal: str | None = None  # e.g. "SIGKILL"; "SIGKILL" too for what the workspace's stop ended
     ended_at: datetime | None = None
+    timed_out: bool = False  # killed at its `timeout`
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class ProcessEnded:
     exit_code: int | None
     signal: str | None
     ended_at: datetime | None
+    timed_out: bool = False
 
 
 ProcessEvent = ProcessOutput | OutputDropped | ProcessEnded

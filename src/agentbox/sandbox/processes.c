@@ -12,7 +12,8 @@
  *               u8 stream (1 stdout, 2 stderr, 3 terminal), u32 length
  *               (big-endian), data.  A new segment every SEGMENT_BYTES; the
  *               oldest go while the newer ones hold KEEP_BYTES.
- *   exit        "<exit code or -1> <signal or 0> <unix ns>[ stopped]", once it ended
+ *   exit        "<exit code or -1> <signal or 0> <unix ns>[ stopped| timeout]", once it ended
+ *               ("timeout": its deadline passed and the shim killed its group)
  *
  * The directory is on the workspace's own disk, so output counts against its
  * size like any other file.  The shim listens for stdin, closing stdin and
@@ -20,7 +21,11 @@
  * file in it: under gVisor a socket file on a bind-mounted disk is a host
  * socket, and a sandbox holding one cannot be checkpointed (pause).  The subcommands the host calls:
  *
- *   spawn [-i] [-c COLS -r ROWS] [-j META] -- ARGV   "OK <pid>" or "E <ERRNO> <why>"
+ *   spawn [-i] [-c COLS -r ROWS] [-t MS] [-H] [-j META] -- ARGV   "OK <pid>" or "E <ERRNO> <why>"
+ *                   -t: killed (its whole group) MS milliseconds after it started, by the shim,
+ *                   so a deadline holds whoever asked for it and whether or not they are still
+ *                   there; -H: ARGV is one of this helper's own subcommands (watch, say), run
+ *                   by this very binary wherever the provider put it
  *   procs [PID]     per process "P <pid> <meta bytes> <exit bytes> <alive>\n", meta, exit
  *   output PID OFFSET [-f]   "S <first offset sent>\n", then records as above;
  *                   stream 0 is the end ("exit" content), 8 a jump past output
@@ -114,13 +119,18 @@ struct sockaddr_un control_address(int pid, socklen_t *len) {
 /* ---- spawn ---------------------------------------------------------------------- */
 
 int cmd_spawn(int argc, char **argv) {
-    int opt, want_stdin = 0;
+    int opt, want_stdin = 0, own = 0;
     long cols = 0, rows = 0;
+    long long deadline_ms = 0;
     const char *meta = "{}";
     optind = 1;
-    while ((opt = getopt(argc, argv, "+ic:r:j:")) != -1) {
+    while ((opt = getopt(argc, argv, "+ic:r:t:Hj:")) != -1) {
         if (opt == 'i')
             want_stdin = 1;
+        else if (opt == 'H')
+            own = 1;
+        else if (opt == 't')
+            deadline_ms = strtoll(optarg, NULL, 10);
         else if (opt == 'c')
             cols = strtol(optarg, NULL, 10);
         else if (opt == 'r')
@@ -130,7 +140,8 @@ int cmd_spawn(int argc, char **argv) {
         else
             return usage();
     }
-    if (optind >= argc || cols < 0 || rows < 0 || cols > 65535 || rows > 65535 || (cols > 0) != (rows > 0))
+    if (optind >= argc || cols < 0 || rows < 0 || cols > 65535 || rows > 65535 || (cols > 0) != (rows > 0) ||
+        deadline_ms < 0 || deadline_ms > MAX_DEADLINE_MS || (own && argc - optind > MAX_OWN_ARGS))
         return usage();
     struct stat st;
     if (stat(procs_dir(), &st) < 0 || !S_ISDIR(st.st_mode))
@@ -144,7 +155,9 @@ int cmd_spawn(int argc, char **argv) {
         return report_error(errno, "starting the process supervisor");
     if (shim == 0) {
         close(report[0]);
-        run_shim(argv + optind, want_stdin, (int)cols, (int)rows, meta, report[1]);
+        struct spawn_options options = {.want_stdin = want_stdin, .own = own, .cols = (int)cols, .rows = (int)rows,
+                                         .deadline_ms = deadline_ms, .meta = meta};
+        run_shim(argv + optind, &options, report[1]);
     }
     close(report[1]);
     char answer[512];

@@ -13,6 +13,16 @@
 #define MAX_SEGMENTS 64
 #define MAX_META (64 << 10)
 #define KEEPALIVE_NS (2 * NSEC)
+#define MAX_OWN_ARGS 16   /* a helper subcommand's arguments, with -H (watch takes two) */
+#define MAX_DEADLINE_MS (366LL * 24 * 3600 * 1000)   /* a year: anything longer is a typo */
+
+/* What `spawn` was asked for (processes.c), for the shim (shim.c). */
+struct spawn_options {
+    int want_stdin, own;   /* own: argv is one of this helper's subcommands */
+    int cols, rows;        /* a terminal of this size, or 0 0 for pipes */
+    long long deadline_ms; /* killed this long after its start; 0: never */
+    const char *meta;
+};
 
 static inline void put_u32(unsigned char *p, size_t v) {
     p[0] = (unsigned char)(v >> 24), p[1] = (unsigned char)(v >> 16), p[2] = (unsigned char)(v >> 8), p[3] = (unsigned char)v;
@@ -31,6 +41,6 @@ int write_small_file(const char *dir, const char *name, const char *content);
 struct sockaddr_un control_address(int pid, socklen_t *len);
 
 /* shim.c */
-void run_shim(char **cmd, int want_stdin, int cols, int rows, const char *meta, int report);
+void run_shim(char **cmd, const struct spawn_options *options, int report);
 
 #endif

@@ -3,7 +3,8 @@
 The helper keeps each process's record, output and exit in the workspace itself, so this side
 holds no state: every call asks the sandbox. What it answers:
 
-    spawn [-i] [-c COLS -r ROWS] -j META -- ARGV    "OK <pid>" | "E <ERRNO> <why>"
+    spawn [-i] [-c COLS -r ROWS] [-t MS] [-H] -j META -- ARGV    "OK <pid>" | "E <ERRNO> <why>"
+                       (-t: killed MS ms after its start; -H: ARGV is a helper subcommand)
     procs [PID]        "P <pid> <meta bytes> <exit bytes> <alive>\\n" + meta + exit, per process
     output PID OFFSET [-f]   "S <first offset>\\n", then records: u8 stream (1 stdout, 2 stderr,
                        3 terminal; 0 the end, with the exit line; 9 keep-alive), u32 length, data
@@ -90,6 +91,10 @@ class HelperProcesses:
             argv.append("-i")
         if request.pty:
             argv += ["-c", str(request.pty.cols), "-r", str(request.pty.rows)]
+        if request.timeout:
+            argv += ["-t", str(max(1, round(request.timeout * 1000)))]
+        if request.helper_subcommand:
+            argv.append("-H")
         answer = self._answer(Invocation([*argv, "--", *request.argv], cwd=request.cwd, env=request.env))
         if not answer.startswith(b"OK "):
             _raise(answer, None, BadRequest)
@@ -282,13 +287,15 @@ def _info(pid: int, meta: dict[str, Any], ended: bytes, alive: bool) -> ProcessI
         exit_code=end.exit_code if end else None,
         signal=end.signal if end else None,
         ended_at=end.ended_at if end else None,
+        timed_out=end.timed_out if end else False,
     )
 
 
 def _ended(line: bytes) -> ProcessEnded:
-    """The helper's exit line: "<exit code or -1> <signal or 0> <unix ns>[ stopped]"."""
+    """The helper's exit line: "<exit code or -1> <signal or 0> <unix ns>[ stopped| timeout]"."""
+    fields = line.split()
     try:
-        code, signum, ns = (int(field) for field in line.split()[:3])
+        code, signum, ns = (int(field) for field in fields[:3])
         ended_at = datetime.fromtimestamp(ns / 1e9, UTC)
     except (ValueError, OverflowError, OSError):  # a file the workload itself overwrote: it ended, how is lost
         return ProcessEnded(exit_code=None, signal=None, ended_at=None)
@@ -296,6 +303,7 @@ def _ended(line: bytes) -> ProcessEnded:
         exit_code=code if code >= 0 else None,
         signal=_signal_name(signum) if signum else None,
         ended_at=ended_at,
+        timed_out=fields[3:4] == [b"timeout"],
     )
 
 

@@ -40,6 +40,8 @@ struct shim {
     long long pos, log_size;   /* output bytes so far; the segment file's size */
     long long starts[MAX_SEGMENTS];
     int nstarts;
+    long long deadline;        /* CLOCK_MONOTONIC ns at which the group is killed; 0: none */
+    int timed_out;
 };
 
 static volatile sig_atomic_t shim_chld;
@@ -167,6 +169,12 @@ static void feed_stdin(struct shim *s) {
 
 /* The command ended: keep what is left in its pipes (a bounded amount: a
  * background child of it may write forever), record how it ended, go. */
+static long long monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * NSEC + ts.tv_nsec;
+}
+
 static void shim_finish(struct shim *s, int status) {
     for (int i = 0; i < 2; i++) {
         if (s->out[i] < 0)
@@ -176,8 +184,8 @@ static void shim_finish(struct shim *s, int status) {
             ;
     }
     char line[96];
-    snprintf(line, sizeof line, "%d %d %lld\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
-             WIFSIGNALED(status) ? WTERMSIG(status) : 0, unix_ns());
+    snprintf(line, sizeof line, "%d %d %lld%s\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+             WIFSIGNALED(status) ? WTERMSIG(status) : 0, unix_ns(), s->timed_out ? " timeout" : "");
     write_small_file(s->dir, "exit", line);
     _exit(0);
 }
@@ -203,7 +211,18 @@ static void shim_loop(struct shim *s, pid_t child) {
             at_client = n, p[n++] = (struct pollfd){.fd = s->client, .events = POLLIN};
         else if (s->in >= 0)
             at_in = n, p[n++] = (struct pollfd){.fd = s->in, .events = POLLOUT};
-        if (ppoll(p, (nfds_t)n, NULL, &none) < 0)
+        struct timespec left, *wait = NULL;
+        if (s->deadline && !s->timed_out) {
+            long long ns = s->deadline - monotonic_ns();
+            if (ns <= 0) {   /* the child's end comes as SIGCHLD, recorded as a timeout */
+                s->timed_out = 1;
+                kill(-child, SIGKILL);
+                continue;
+            }
+            left = (struct timespec){ns / NSEC, ns % NSEC};
+            wait = &left;
+        }
+        if (ppoll(p, (nfds_t)n, wait, &none) < 0)
             continue;   /* EINTR: SIGCHLD */
         for (int i = 0; i < 2; i++)
             if (at_out[i] >= 0 && p[at_out[i]].revents)
@@ -246,7 +265,7 @@ static int listen_here(int pid) {
     return l;
 }
 
-void run_shim(char **cmd, int want_stdin, int cols, int rows, const char *meta, int report) {
+void run_shim(char **cmd, const struct spawn_options *options, int report) {
     setsid();   /* out of the call's session: nothing that ends the call reaches us */
     int null = open("/dev/null", O_RDWR);
     for (int fd = 0; fd < 3; fd++)
@@ -266,12 +285,13 @@ void run_shim(char **cmd, int want_stdin, int cols, int rows, const char *meta, 
     sigprocmask(SIG_SETMASK, &chld, NULL);   /* delivered only inside ppoll() */
 
     static struct shim s;
-    s = (struct shim){.pty = cols > 0, .out = {-1, -1}, .in = -1, .listener = -1, .client = -1, .log = -1};
+    s = (struct shim){.pty = options->cols > 0, .out = {-1, -1}, .in = -1, .listener = -1, .client = -1, .log = -1};
+    int want_stdin = options->want_stdin;
     int child_fds[3] = {0, -1, -1}, ep[2];
     char terminal[64];
     if (s.pty) {
         int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+        struct winsize ws = {.ws_row = (unsigned short)options->rows, .ws_col = (unsigned short)options->cols};
         if (m < 0 || grantpt(m) < 0 || unlockpt(m) < 0 || ptsname_r(m, terminal, sizeof terminal) != 0)
             shim_fail(report, errno, "opening a terminal for", cmd[0]);
         ioctl(m, TIOCSWINSZ, &ws);
@@ -287,7 +307,14 @@ void run_shim(char **cmd, int want_stdin, int cols, int rows, const char *meta, 
     if (pipe2(ep, O_CLOEXEC) < 0)
         shim_fail(report, errno, "starting", cmd[0]);
     char path[PATH_MAX];
-    const char *file = command_path(cmd[0], path, sizeof path);
+    const char *file = options->own ? "/proc/self/exe" : command_path(cmd[0], path, sizeof path);
+    char *own_argv[MAX_OWN_ARGS + 2] = {"agentbox-exec"};
+    if (options->own) {   /* this binary, wherever the provider put it: the child is a fork of it */
+        int n = 0;
+        while (cmd[n] && n < MAX_OWN_ARGS)   /* spawn refused more */
+            own_argv[n + 1] = cmd[n], n++;
+        own_argv[n + 1] = NULL;
+    }
     pid_t child = fork();
     if (child == 0) {
         setsid();   /* its own session and group: signals and DELETE reach all of it */
@@ -306,7 +333,10 @@ void run_shim(char **cmd, int want_stdin, int cols, int rows, const char *meta, 
                 goto failed;
         unsetenv("AGENTBOX_PROCS");   /* the helper's own settings, not the command's */
         unsetenv("AGENTBOX_TEXT");
-        execvp(file, cmd);
+        if (options->own)
+            execv(file, own_argv);
+        else
+            execvp(file, cmd);
     failed:;
         int e = errno;
         if (write(ep[1], &e, sizeof e) < 0) { /* the shim reports a start without an answer */ }
@@ -326,7 +356,10 @@ void run_shim(char **cmd, int want_stdin, int cols, int rows, const char *meta, 
         fcntl(s.in, F_SETFL, fcntl(s.in, F_GETFL) | O_NONBLOCK);
     snprintf(s.dir, sizeof s.dir, "%s/%d", procs_dir(), (int)child);
     remove_entry(s.dir);   /* a process of an earlier boot that had this PID */
-    if (mkdir(s.dir, 0700) < 0 || write_small_file(s.dir, "meta", meta) < 0 || (s.listener = listen_here((int)child)) < 0) {
+    if (options->deadline_ms)
+        s.deadline = monotonic_ns() + options->deadline_ms * (NSEC / 1000);
+    if (mkdir(s.dir, 0700) < 0 || write_small_file(s.dir, "meta", options->meta) < 0 ||
+        (s.listener = listen_here((int)child)) < 0) {
         kill(-child, SIGKILL);
         shim_fail(report, errno, "recording", cmd[0]);
     }

@@ -8,7 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from agentbox.sandbox.process_table import ProcessInfo, ProcessRequest, ProcessStatus, ProcessStream, TerminalSize
+from agentbox.sandbox.process_table import (
+    ProcessEnded,
+    ProcessInfo,
+    ProcessRequest,
+    ProcessStatus,
+    ProcessStream,
+    TerminalSize,
+)
 from agentbox.wire.commands import ErrorEvent
 from agentbox.wire.common import AbsolutePath, CommandLine, Env, NoNul, Seconds, argv_of
 
@@ -32,6 +39,9 @@ class ProcessIn(BaseModel):
     stdin: bool = Field(False, description="keep its stdin open for POST .../stdin (a terminal always has one)")
     pty: TerminalSizeIn | None = Field(None, description="run it on a terminal of this size (one `pty` stream)")
     tag: str | None = Field(None, max_length=256, description="your own name for it, shown in the list")
+    timeout: Seconds | None = Field(
+        None, description="seconds after which it is killed (its whole process group), whether or not anyone watches"
+    )
 
     def to_request(self) -> ProcessRequest:
         return ProcessRequest(
@@ -41,6 +51,7 @@ class ProcessIn(BaseModel):
             stdin=self.stdin,
             pty=self.pty.to_size() if self.pty else None,
             tag=self.tag,
+            timeout=self.timeout,
         )
 
 
@@ -61,6 +72,7 @@ class ProcessOut(BaseModel):
     exit_code: int | None = Field(description="None while it runs, and when a signal ended it")
     signal: str | None = Field(description='the signal that ended it, e.g. "SIGKILL"')
     ended_at: datetime | None
+    timed_out: bool = Field(description="it was killed at its `timeout`")
 
     @classmethod
     def of(cls, info: ProcessInfo) -> ProcessOut:
@@ -114,6 +126,11 @@ class ProcessExitEvent(BaseModel):
     exit_code: int | None
     signal: str | None
     ended_at: datetime | None
+    timed_out: bool = Field(False, description="it was killed at its `timeout`")
+
+    @classmethod
+    def of(cls, ended: ProcessEnded) -> ProcessExitEvent:
+        return cls(exit_code=ended.exit_code, signal=ended.signal, ended_at=ended.ended_at, timed_out=ended.timed_out)
 
 
 #: One line of GET .../processes/{pid}/output.

@@ -31,6 +31,7 @@ from agentbox.sandbox.runtime import (
 from agentbox.wire.domain import Command
 from agentbox.workspaces import listening, search, tools
 from agentbox.workspaces.sessions import SessionRun, ShellSessions
+from agentbox.workspaces.watchers import WatchBatch, Watchers
 
 #: Seconds a shell session's command runs before it is interrupted, when it names no timeout.
 SESSION_TIMEOUT = 120.0
@@ -53,6 +54,7 @@ class WorkspaceHandle:
     runtime: Runtime
     settings: Settings
     sessions: ShellSessions
+    watchers: Watchers
 
     @property
     def id(self) -> str:
@@ -108,6 +110,19 @@ class WorkspaceHandle:
         if not self.provider.capabilities().watch:
             raise BadRequest(f"this workspace's provider ({self.provider.name}) cannot watch files")
         return self.runtime.watch(path, recursive)
+
+    def create_watcher(self, path: str, recursive: bool) -> int:
+        """A watcher of the directory `path` that outlives this call (and this replica): its id, once every
+        change made from now on is seen. FileError (404, 400) when `path` is missing or not a directory."""
+        return self.watchers.create(self.processes(), self.id, path, recursive)
+
+    def watcher_events(self, watcher: int) -> WatchBatch:
+        """What the watcher saw since its events were last taken. NotFound (404) for an unknown watcher."""
+        return self.watchers.take(self.processes(), self.id, watcher)
+
+    def remove_watcher(self, watcher: int) -> None:
+        """End the watcher. NotFound (404) for an unknown watcher."""
+        self.watchers.remove(self.processes(), self.id, watcher)
 
     # The agent's file tools
 

@@ -37,6 +37,7 @@ from agentbox.workspaces.metrics import Metrics
 from agentbox.workspaces.pool import WarmPool
 from agentbox.workspaces.session_claims import SessionClaims
 from agentbox.workspaces.sessions import ShellSessions
+from agentbox.workspaces.watchers import Watchers
 
 log = logging.getLogger("agentbox.workspaces.manager")
 #: How often a workspace's use is written down (and its expiry slid): at most once in this long.
@@ -64,6 +65,7 @@ class WorkspaceManager:
         self.metrics = metrics or Metrics()
         self.pool = pool
         self.sessions = ShellSessions(SessionClaims(store, settings.replica_id))
+        self.watchers = Watchers(store)
         self.audit = AuditLog(store)
         self.admission = Admission(store, settings.max_concurrent, self.metrics)
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
@@ -235,7 +237,7 @@ class WorkspaceManager:
                 unfinished = exc
         reason = f"its sandbox's removal went on in the background: {unfinished.detail}" if unfinished else None
         self.store.retire(workspace.id, "deleted", reason)
-        self.sessions.forget(workspace.id)
+        self._processes_ended(workspace.id)
         self.on_change()
         if unfinished is not None:
             raise ProviderUnavailable(
@@ -269,10 +271,16 @@ class WorkspaceManager:
         if pause and workspace.ephemeral and workspace.ttl_days is None:
             fields |= {"ephemeral": False, "expires_at": None}
         halted = self.store.update(workspace.id, "paused" if pause else "stopped", **fields)
-        if not fields.get("memory_kept"):  # its processes ended: a session's PID may name another one next boot
-            self.sessions.forget(workspace.id)
+        if not fields.get("memory_kept"):
+            self._processes_ended(workspace.id)
         self.on_change()
         return halted
+
+    def _processes_ended(self, workspace_id: str) -> None:
+        """Forget the sessions and watchers of a workspace whose processes ended: their PIDs may name
+        other processes on its next boot."""
+        self.sessions.forget(workspace_id)
+        self.watchers.forget(workspace_id)
 
     def pause_at_end(self, workspace: Workspace) -> Workspace:
         """Pause a workspace made to be paused at its end (`NewWorkspace.pause_at_end`) whose end has come."""
@@ -378,7 +386,9 @@ class WorkspaceManager:
                     log.warning("removing expired workspace %s failed: %s", workspace.id, exc.detail)
         if reaped:
             self.on_change()
-        self.sessions.claims.sweep()  # what other ends (reconciliation, failed creates) left of sessions
+        # What other ends (reconciliation, failed creates) left of sessions and watchers.
+        self.sessions.claims.sweep()
+        self.watchers.sweep()
         return reaped
 
     # Isolation
@@ -445,7 +455,8 @@ class WorkspaceManager:
 
     def _handle(self, workspace: Workspace) -> WorkspaceHandle:
         provider, ref = self._provider(workspace.provider), self._ref(workspace)
-        return WorkspaceHandle(workspace, provider, ref, provider.runtime(ref), self.settings, self.sessions)
+        runtime = provider.runtime(ref)
+        return WorkspaceHandle(workspace, provider, ref, runtime, self.settings, self.sessions, self.watchers)
 
     def _running(self, owner: str, workspace_id: str) -> Workspace:
         return self._used(self._looked_at(owner, workspace_id, "use"))
