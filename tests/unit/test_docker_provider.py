@@ -13,9 +13,10 @@ import pytest
 import requests.exceptions
 
 from agentbox.errors import ProviderError, ProviderUnavailable, WorkspaceGone
-from agentbox.providers.docker import provider as docker_provider
+from agentbox.providers.docker import removals
+from agentbox.providers.docker.boot import probe_booted
 from agentbox.providers.docker.disks import Disks
-from agentbox.providers.docker.provider import DockerProvider, probe_booted
+from agentbox.providers.docker.provider import DockerProvider
 
 
 class OverloadedEngine:
@@ -47,7 +48,7 @@ def engine() -> OverloadedEngine:
 
 @pytest.fixture
 def provider(tmp_path: Path, engine: OverloadedEngine, monkeypatch: pytest.MonkeyPatch) -> DockerProvider:
-    monkeypatch.setattr(docker_provider, "REMOVAL_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(removals, "REMOVAL_RETRY_SECONDS", 0.01)
     client: Any = engine
     disks = Disks(tmp_path / "disks", "1000:1000")
     return DockerProvider(

@@ -15,9 +15,8 @@ import contextlib
 import dataclasses
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from docker.types import Mount
 
 from agentbox.errors import AgentboxError, BadRequest, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
+from agentbox.providers.docker.boot import probe_booted, start_and_await_ready
 from agentbox.providers.docker.channel import (
     ROOT_START_CAPABILITIES,
     SECRET_IN_WORKSPACE,
@@ -37,10 +37,11 @@ from agentbox.providers.docker.channel import (
 )
 from agentbox.providers.docker.checkpoints import LET_GO_OF_SOCKET, LISTEN_AGAIN, Checkpoints
 from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
-from agentbox.providers.docker.engine import EngineTransport, Frames, engine_errors
+from agentbox.providers.docker.engine import EngineTransport, engine_errors
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
 from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
 from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME
+from agentbox.providers.docker.removals import BackgroundRemovals
 from agentbox.providers.docker.usage import cgroup_usage, stats_usage
 from agentbox.sandbox import (
     CONTROL_IN_WORKSPACE,
@@ -59,7 +60,6 @@ CONTAINER_PREFIX = "agentbox-"
 HELPER = HELPER_IN_WORKSPACE
 #: The home of images that name none (the default image's user, `agent`, lives there).
 DEFAULT_HOME = "/home/agent"
-READY_LINE = b"agentbox-exec ready"  # what init prints first (init.c)
 # Room in a gVisor sandbox's host cgroup for gVisor itself (sentry and gofer) on top of the
 # workload's limit, plus an eighth of the limit for what the workload allocates between two
 # checks of the in-sandbox OOM killer.
@@ -75,16 +75,6 @@ RESTARTING = {"Name": "unless-stopped"}
 RESTARTING_UNLESS_CHECKPOINTED = {"Name": "on-failure"}
 # How long a delete waits for another one of the same workspace, under way, to finish.
 REMOVAL_PATIENCE = 60.0
-# A removal the engine did not answer in time goes on in the background this long (the engine usually
-# finishes what it was asked, late), then reconciliation is left to finish it; and its attempts' pace.
-REMOVAL_IN_BACKGROUND = 600.0
-REMOVAL_RETRY_SECONDS = 2.0
-# How long a workspace just started may take to be running for good (see probe_booted).
-BOOT_PATIENCE = 60.0
-BOOT_RETRY_SECONDS = 0.25
-# The engine's answer to an exec into a container that is not running (moby's errNotRunning and
-# errContainerIsRestarting).
-NOT_RUNNING = ("is not running", "is restarting")
 
 
 class DockerProvider(Provider):
@@ -134,10 +124,8 @@ class DockerProvider(Provider):
         self.ways_in = WaysIn(client, user, control_root, tcp_channel)
         self._isolation = isolation
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
-        #: Workspaces whose removal goes on in the background (destroy), and whether the provider is closed.
-        self._removing: set[str] = set()
-        self._removing_lock = threading.Lock()
-        self._closed = threading.Event()
+        #: Removals the engine did not answer in time (destroy), finished in the background until close.
+        self.removals = BackgroundRemovals(self._remove_containers, self._release)
 
     @property
     def scope(self) -> Hashable:
@@ -272,7 +260,7 @@ class DockerProvider(Provider):
                         raise BadRequest(f"the Docker engine refused the workspace: {exc.explanation}") from None
                     raise
             formatting.result()
-            self._start_and_wait(ref)
+            start_and_await_ready(self.client, ref)
         except BaseException:
             with contextlib.suppress(Exception):
                 formatting.result()  # never remove a disk while it is still being made
@@ -280,32 +268,6 @@ class DockerProvider(Provider):
                 self.destroy(ref)
             raise
         return ref
-
-    def _start_and_wait(self, ref: str) -> None:
-        """Start a created container; return once its init has run in the sandbox and said so.
-
-        Ready means code has run in the sandbox, not merely that the engine started it; init's
-        own line proves that without the extra round trip of a probe exec (~100 ms under runsc).
-        """
-        with engine_errors("starting the container"):
-            params = {"stdout": 1, "stderr": 1, "stream": 1}
-            attached = Frames(self.client.api.attach_socket(ref, params=params), time.monotonic() + 60)
-        output = b""
-        try:
-            with engine_errors("starting the container"):
-                self.client.api.start(ref)
-            for _, data in attached.frames():
-                output += data
-                if READY_LINE in output:
-                    return
-        except TimeoutError:
-            pass
-        finally:
-            attached.close()
-        raise ProviderError(
-            f"the workspace started but its init never reported ready within 60 s ({output[-300:]!r}): the engine "
-            "may be overloaded; try again, and run `agentbox doctor` if it keeps failing"
-        )
 
     def start(self, ref: str) -> None:
         self.ways_in.forget(_workspace_id(ref))
@@ -415,17 +377,16 @@ class DockerProvider(Provider):
         """Remove the container, then its disk, control directory, key and firewall rules.
 
         When the engine does not answer in time (overloaded, say), the removal goes on in the background
-        (`_finish_removal`) and ProviderUnavailable says so: the engine usually finishes what it was asked,
+        (`BackgroundRemovals`) and ProviderUnavailable says so: the engine usually finishes what it was asked,
         late, and the disk must not stay mounted until reconciliation comes by, or past the server's end.
         """
         workspace_id = _workspace_id(ref)
-        with self._removing_lock:
-            if workspace_id in self._removing:
-                return  # its removal is under way in the background, which finishes it or leaves it to reconciliation
+        if self.removals.under_way(workspace_id):
+            return  # the background finishes it or leaves it to reconciliation
         try:
             self._remove_containers(workspace_id)
         except ProviderUnavailable as exc:
-            self._remove_in_background(workspace_id)
+            self.removals.begin(workspace_id)
             raise ProviderUnavailable(
                 f"{exc.detail.removesuffix(', try again')}; the removal goes on in the background: the container, "
                 f"then its disk, go once the engine answers (or at the server's next reconciliation)"
@@ -460,73 +421,10 @@ class DockerProvider(Provider):
             except AgentboxError as exc:  # the workspace is gone; the next restore drops its rules
                 log.warning("removing the firewall rules of %s failed: %s", workspace_id, exc.detail)
 
-    def _remove_in_background(self, workspace_id: str) -> None:
-        with self._removing_lock:  # close() sets _closed under it: a removal is either in its list or sees it
-            closed = self._closed.is_set()
-            if not closed:
-                if workspace_id in self._removing:
-                    return
-                self._removing.add(workspace_id)
-        if closed:
-            self._release(workspace_id)  # no background past close: the disk goes now (see close)
-            return
-        # A daemon thread: one blocked in a call the engine does not answer must not hold up the process's exit.
-        threading.Thread(
-            target=self._finish_removal, args=(workspace_id,), name=f"agentbox-remove-{workspace_id}", daemon=True
-        ).start()
-
-    def _finish_removal(self, workspace_id: str) -> None:
-        """Ask the engine again until the container is gone, then release the rest; give up (to reconciliation)
-        after REMOVAL_IN_BACKGROUND or at close."""
-        give_up = time.monotonic() + REMOVAL_IN_BACKGROUND
-        try:
-            while not self._closed.is_set():
-                try:
-                    self._remove_containers(workspace_id)
-                except ProviderUnavailable as exc:
-                    if time.monotonic() >= give_up:
-                        log.warning(
-                            "workspace %s: the engine did not remove its container in %g s (%s); the next "
-                            "reconciliation removes what is left",
-                            workspace_id,
-                            REMOVAL_IN_BACKGROUND,
-                            exc.detail,
-                        )
-                        return
-                    self._closed.wait(REMOVAL_RETRY_SECONDS)
-                    continue
-                except AgentboxError as exc:
-                    log.warning(
-                        "workspace %s: removing it in the background failed (%s); the next reconciliation retries",
-                        workspace_id,
-                        exc.detail,
-                    )
-                    return
-                self._release(workspace_id)
-                log.info("workspace %s: its removal, late, is finished (container, disk)", workspace_id)
-                return
-        finally:
-            with self._removing_lock:
-                self._removing.discard(workspace_id)
-
     def close(self) -> None:
-        """Stop the removals under way in the background, releasing their workspaces' disks now.
-
-        A disk still held by a container that the engine has not removed yet is unmounted lazily: it goes
-        from the host's mounts at once, and for good with the container, which the next start-up's
-        reconciliation removes if the engine has not by then.
-        """
-        with self._removing_lock:
-            self._closed.set()
-            pending = sorted(self._removing)
-        for workspace_id in pending:
-            log.warning(
-                "workspace %s: releasing its disk at shutdown, its container's removal unfinished", workspace_id
-            )
-            try:
-                self._release(workspace_id)
-            except AgentboxError as exc:
-                log.warning("workspace %s: releasing its disk failed: %s", workspace_id, exc.detail)
+        """Stop the removals under way in the background, releasing their workspaces' disks now (see
+        BackgroundRemovals.close)."""
+        self.removals.close()
 
     def _await_removal(self, container: str) -> None:
         """Wait until the engine has removed the container. Raises ProviderUnavailable past REMOVAL_PATIENCE."""
@@ -590,45 +488,6 @@ class DockerProvider(Provider):
 
 def _workspace_id(ref: str) -> str:
     return ref.removeprefix(CONTAINER_PREFIX)
-
-
-def probe_booted(
-    probe: Callable[[], None],
-    state: Callable[[], Mapping[str, Any]],
-    patience: float = BOOT_PATIENCE,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> None:
-    """Probe a workspace the engine has just started (`probe`), while its sandbox boots.
-
-    `docker start` returns once the engine has started the sandbox, not once it stays up: on a loaded
-    engine a gVisor sandbox may end as it boots, and the engine then answers an exec with "is not running"
-    until the restart policy brings it back. So a probe that fails while the container (`state`: inspect's
-    State) is not running, or that the engine refused as not running, is tried again for `patience`
-    seconds; one that fails while it runs is raised at once. Raises ProviderError past `patience`, saying
-    how the sandbox last ended; WorkspaceGone when the container is gone.
-    """
-    give_up = clock() + patience
-    while True:
-        try:
-            probe()
-            return
-        except WorkspaceGone:
-            raise
-        except ProviderError as exc:
-            failure = exc
-        now = state()
-        running = bool(now.get("Running")) and not now.get("Restarting")
-        if running and not any(words in failure.detail for words in NOT_RUNNING):
-            raise failure
-        if clock() >= give_up:
-            ended = f"exit code {now.get('ExitCode')}" + (f", {now['Error']}" if now.get("Error") else "")
-            raise ProviderError(
-                f"the workspace was started but its sandbox did not stay running for {patience:g} s (it last "
-                f"ended with {ended}; {failure.detail}): the engine may be overloaded; start it again, and run "
-                "`agentbox doctor` if it keeps failing"
-            )
-        sleep(BOOT_RETRY_SECONDS)
 
 
 def install_helper(directory: Path) -> Path:
