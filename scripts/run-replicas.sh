@@ -7,8 +7,9 @@
 # incoming connections between them, and a replica that stops or dies drops out of the spread on its
 # own, so there is no proxy to run. They share a data directory ($DATA_DIR/replicas: the token
 # secret, the workspaces' disks) and a PostgreSQL database ($DATABASE, on the cluster of
-# scripts/start-postgres.sh), both their own: a deployment of its own beside the one-server `make
-# run` (whose SQLite and disks are in $DATA_DIR), which they never take for theirs. They are named
+# scripts/start-postgres.sh) and a Docker network ($NETWORK_replicas), all their own: a deployment of
+# its own beside the one-server `make run` (whose SQLite and disks are in $DATA_DIR and whose network
+# is $NETWORK), which they never take for theirs (a network's firewall belongs to one deployment). They are named
 # r1..rN (WORKSPACE_REPLICA_ID). r1 starts first and migrates the database; the others follow.
 # Ctrl-C (or SIGTERM) stops them all; the last one out removes the warm pool. Each replica's log is
 # $DATA_DIR/replicas/replica-rK.log.
@@ -24,6 +25,7 @@ DATABASE=${DATABASE:-agentbox_replicas}
 [[ "$DATABASE" =~ ^[a-z_][a-z0-9_]*$ ]] || { echo "error: DATABASE must be a plain name, not '$DATABASE'" >&2; exit 2; }
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 DATA_DIR="$DATA_DIR/replicas"
+NETWORK="${NETWORK:+${NETWORK}_replicas}"
 mkdir -p "$DATA_DIR" && chmod 700 "$DATA_DIR"
 PYTHON="$HERE/.venv/bin/python"
 

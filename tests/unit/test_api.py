@@ -93,6 +93,12 @@ def test_a_workspace_is_created_found_and_deleted(alice: Client, providers: dict
     assert [w.id for w in alice.list(labels={"task": "42"})] == [created.id]
     assert {sandbox.id for sandbox in providers["gvisor"].sandboxes.values()} == {created.id, other.id}
 
+    # No body at all, as `make run` suggests trying with curl: every default.
+    bare = alice._http.post("/workspaces")
+    assert bare.status_code == 201 and bare.json()["network"] == "egress"
+    alice.delete(bare.json()["id"])
+    assert refused(lambda: alice._call("POST", "/workspaces", content=b"{")).status_code == 422  # a broken one still is
+
     alice.delete(created.id)
     gone = refused(lambda: alice.get(created.id))
     assert gone.status_code == 404 and created.id in gone.detail

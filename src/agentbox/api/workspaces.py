@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 
 from agentbox.db.models import Workspace
 from agentbox.errors import NotFound, Unprocessable
@@ -57,7 +57,12 @@ def workspace_out(workspace: Workspace, usage: UsageSample | None = None) -> Wor
         503,
     ),
 )
-async def create_workspace(body: CreateWorkspace, mgr: Manager, who: Who) -> WorkspaceOut:
+async def create_workspace(
+    mgr: Manager,
+    who: Who,
+    # No body at all is every default: `curl -X POST .../workspaces` makes a workspace, as the first try should.
+    body: Annotated[CreateWorkspace, Body(default_factory=CreateWorkspace)],
+) -> WorkspaceOut:
     """Create a workspace and return it, running (201).
 
     It comes from the warm pool when one matches, else it is booted; the answer comes once code has
