@@ -167,14 +167,14 @@ static void feed_stdin(struct shim *s) {
     }
 }
 
-/* The command ended: keep what is left in its pipes (a bounded amount: a
- * background child of it may write forever), record how it ended, go. */
 static long long monotonic_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * NSEC + ts.tv_nsec;
 }
 
+/* The command ended: keep what is left in its pipes (a bounded amount: a
+ * background child of it may write forever), record how it ended, go. */
 static void shim_finish(struct shim *s, int status) {
     for (int i = 0; i < 2; i++) {
         if (s->out[i] < 0)
