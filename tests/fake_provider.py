@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from agentbox.errors import BadRequest, FileError, WorkspaceGone
+from agentbox.errors import BadRequest, FileError, ProviderError, WorkspaceGone
 from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
 from agentbox.sandbox.process_table import ProcessTable
 from agentbox.sandbox.runtime import (
@@ -40,6 +40,7 @@ class FakeSandbox:
     state: ProviderState = "running"
     files: dict[str, bytes] = field(default_factory=dict)
     usage: Usage | None = None  # what usage() says while it runs (None: not measured)
+    suspended: bool = False
 
 
 #: Answers a command in a sandbox: (exit code, stdout, stderr).
@@ -95,6 +96,8 @@ class FakeProvider(Provider):
         sandbox = self._get(ref)
         if sandbox.state != "running":
             raise WorkspaceGone(f"{ref}: the sandbox is stopped")
+        if sandbox.suspended:  # a real one would keep the call waiting: a core that forgot to wake it fails here
+            raise ProviderError(f"{ref}: the sandbox is suspended: wake it first")
         return sandbox
 
     # Lifecycle
@@ -112,7 +115,19 @@ class FakeProvider(Provider):
 
     def stop(self, ref: str) -> None:
         self.calls.append(("stop", ref))
-        self._get(ref).state = "stopped"
+        sandbox = self._get(ref)
+        sandbox.state, sandbox.suspended = "stopped", False
+
+    def suspend(self, ref: str) -> None:
+        if not self._capabilities.suspend:
+            super().suspend(ref)
+        self.calls.append(("suspend", ref))
+        self._running(ref).suspended = True
+
+    def wake(self, ref: str) -> None:
+        self.calls.append(("wake", ref))
+        if (sandbox := self.sandboxes.get(ref)) is not None:
+            sandbox.suspended = False
 
     def destroy(self, ref: str) -> None:
         self.calls.append(("destroy", ref))
@@ -127,7 +142,7 @@ class FakeProvider(Provider):
 
     def usage(self, ref: str) -> Usage | None:
         sandbox = self._get(ref)
-        return sandbox.usage if sandbox.state == "running" else None
+        return sandbox.usage if sandbox.state == "running" and not sandbox.suspended else None
 
     def runtime(self, ref: str) -> FakeRuntime:
         return FakeRuntime(self, ref)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 import secrets
 import tarfile
+import time
 
 import pytest
 
-from agentbox.errors import FileError, WorkspaceGone
+from agentbox.errors import BadRequest, FileError, WorkspaceGone
 from agentbox.providers.base import Provider, WorkspaceSpec
 from agentbox.sandbox.runtime import ExecRequest, FileStat
 
@@ -90,4 +91,43 @@ def check_files_and_errors(provider: Provider, workspace: WorkspaceSpec) -> None
         provider.destroy(ref)
 
 
-CHECKS = [check_lifecycle_and_inventory, check_a_missing_workspace_fails_eagerly, check_files_and_errors]
+def check_suspend_and_wake(provider: Provider, workspace: WorkspaceSpec) -> None:
+    """A suspended workspace uses no CPU and keeps what it had; woken (twice is no error), it answers as before;
+    stop and destroy take a suspended one. A provider that cannot suspend says so (400)."""
+    ref = provider.create(workspace)
+    try:
+        if not provider.capabilities().suspend:
+            with pytest.raises(BadRequest):
+                provider.suspend(ref)
+            return
+        runtime = provider.runtime(ref)
+        runtime.write_file("/workspace/kept.txt", [b"kept"], 4)
+        provider.suspend(ref)
+        before = provider.usage(ref)
+        time.sleep(1)  # an idle systrap sandbox spins ~30 ms of CPU a second awake
+        after = provider.usage(ref)
+        if before is not None and after is not None and before.cpu_seconds is not None:
+            assert after.cpu_seconds - before.cpu_seconds < 0.002, "a suspended workspace used CPU"
+        assert provider.state(ref) == "running"  # suspended is not stopped: its memory is where it was
+        provider.wake(ref)
+        provider.wake(ref)
+        assert b"".join(runtime.read_file("/workspace/kept.txt")[1]) == b"kept"
+        assert runtime.exec(ExecRequest(["true"])).exit_code == 0
+        if provider.capabilities().stop_start:
+            provider.suspend(ref)
+            provider.stop(ref)
+            assert provider.state(ref) == "stopped"
+            provider.start(ref)
+            assert provider.runtime(ref).exec(ExecRequest(["true"])).exit_code == 0
+        provider.suspend(ref)  # and destroyed as it is, below
+    finally:
+        provider.destroy(ref)
+    assert provider.state(ref) == "missing"
+
+
+CHECKS = [
+    check_lifecycle_and_inventory,
+    check_a_missing_workspace_fails_eagerly,
+    check_files_and_errors,
+    check_suspend_and_wake,
+]

@@ -82,6 +82,8 @@ class Capabilities:
     ports: bool = False
     #: The network policies of the workspaces whose pause keeps memory and processes (`Provider.pause`).
     pause_keeps_memory: frozenset[str] = frozenset()
+    #: A running workspace can be suspended where it is, using no CPU, and woken (`Provider.suspend`).
+    suspend: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,18 @@ class Provider(abc.ABC):
     def discard_memory(self, ref: str) -> None:
         """Forget what a pause kept in memory, so that the next `start` boots afresh (files kept)."""
         return None  # `pause` above keeps none
+
+    def suspend(self, ref: str) -> None:
+        """Stop the running workspace where it is, using no CPU, its memory and processes kept, until
+        `wake` (`capabilities().suspend`). Anything that reaches inside it waits while it is suspended,
+        so its caller wakes it first; `stop`, `pause` and `destroy` wake it themselves.
+
+        Raises BadRequest when the provider cannot suspend, ProviderError when it fails (it is left running)."""
+        raise BadRequest(f"the {self.name} provider cannot suspend a workspace")
+
+    def wake(self, ref: str) -> None:
+        """Let a suspended workspace run again, as it was; nothing for one that is not suspended."""
+        return None
 
     @abc.abstractmethod
     def destroy(self, ref: str) -> None:

@@ -25,7 +25,7 @@ import docker
 import docker.errors
 from docker.types import Mount
 
-from agentbox.errors import AgentboxError, BadRequest, ProviderError, ProviderUnavailable, WorkspaceGone
+from agentbox.errors import AgentboxError, BadRequest, Conflict, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
 from agentbox.providers.docker.boot import probe_booted, start_and_await_ready
 from agentbox.providers.docker.channel import (
@@ -38,11 +38,12 @@ from agentbox.providers.docker.channel import (
 from agentbox.providers.docker.checkpoints import LET_GO_OF_SOCKET, LISTEN_AGAIN, Checkpoints
 from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
 from agentbox.providers.docker.engine import EngineTransport, engine_errors
+from agentbox.providers.docker.freezer import cgroup_freezing, container_freezer
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
 from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
 from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME
 from agentbox.providers.docker.removals import BackgroundRemovals
-from agentbox.providers.docker.usage import cgroup_usage, stats_usage
+from agentbox.providers.docker.usage import CGROUP_ROOT, cgroup_usage, stats_usage
 from agentbox.sandbox import (
     CONTROL_IN_WORKSPACE,
     CONTROL_SOCKET,
@@ -140,6 +141,7 @@ class DockerProvider(Provider):
             watch=True,
             ports=True,
             pause_keeps_memory=frozenset({"none"} if self.checkpoint_runtime else ()),
+            suspend=cgroup_freezing(),
         )
         if self.network is not None:
             return offers
@@ -302,10 +304,12 @@ class DockerProvider(Provider):
 
     def stop(self, ref: str) -> None:
         self.ways_in.forget(_workspace_id(ref))
+        self.wake(ref)  # a frozen sandbox holds the engine's signals until thawed
         with engine_errors("stopping the workspace"):
             self.client.api.stop(ref, timeout=STOP_TIMEOUT)
 
     def pause(self, ref: str) -> bool:
+        self.wake(ref)
         if self.checkpoint_runtime is None or self._runtime_of(ref) != self.checkpoint_runtime:
             self.stop(ref)
             return False
@@ -327,6 +331,26 @@ class DockerProvider(Provider):
     def discard_memory(self, ref: str) -> None:
         if self.checkpoint_runtime is not None and self.checkpoints.exists(ref):
             self.checkpoints.remove(ref)
+
+    def suspend(self, ref: str) -> None:
+        """Freeze the sandbox's host cgroup (freezer.py): no CPU at all until `wake`."""
+        details = self._inspect(ref)
+        if not details["State"].get("Running"):
+            raise Conflict(f"workspace {_workspace_id(ref)} is not running: only a running workspace is suspended")
+        freezer = container_freezer(details["Id"], details["HostConfig"].get("CgroupParent") or "")
+        if freezer is None:
+            raise ProviderError(
+                f"the cgroup of workspace {_workspace_id(ref)} was not found under {CGROUP_ROOT}: run the server on "
+                "the engine's host, with /sys/fs/cgroup as the engine sees it"
+            )
+        freezer.freeze()
+
+    def wake(self, ref: str) -> None:
+        try:
+            details = self._inspect(ref)
+        except WorkspaceGone:
+            return
+        _thaw(details["Id"], details["HostConfig"].get("CgroupParent") or "")
 
     def _runtime_of(self, ref: str) -> str:
         return str(self._inspect(ref)["HostConfig"].get("Runtime"))
@@ -399,6 +423,7 @@ class DockerProvider(Provider):
             # By label, not by name: whatever carries this workspace's id goes.
             labels = [f"{WORKSPACE_LABEL}={workspace_id}", f"{INSTANCE_LABEL}={self.instance}"]
             for container in self.client.api.containers(all=True, filters={"label": labels}):
+                _thaw(container["Id"])  # a frozen sandbox holds the kill of a forced removal until thawed
                 with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
                     try:
                         self.client.api.remove_container(container["Id"], v=True, force=True)
@@ -503,3 +528,10 @@ def install_helper(directory: Path) -> Path:
         partial.chmod(0o755)
         partial.replace(target)
     return target
+
+
+def _thaw(container_id: str, parent: str = "") -> None:
+    """Thaw the container's cgroup if it is frozen (a suspended workspace); nothing otherwise."""
+    freezer = container_freezer(container_id, parent)
+    if freezer is not None:
+        freezer.thaw()

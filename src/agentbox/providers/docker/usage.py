@@ -14,11 +14,17 @@ from agentbox.providers.base import Usage
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+def cgroup_names(container_id: str, parent: str = "") -> tuple[str, str]:
+    """Where the container's cgroup is under a hierarchy's root: with the cgroupfs driver, then with
+    systemd's (`parent`: its HostConfig's CgroupParent, when it names one)."""
+    parent = parent.strip("/")
+    return f"{parent or 'docker'}/{container_id}", f"{parent or 'system.slice'}/docker-{container_id}.scope"
+
+
 def cgroup_usage(container_id: str, parent: str = "", root: Path = CGROUP_ROOT) -> Usage | None:
     """The usage of the container `container_id` under cgroup v1 or v2 with the cgroupfs or systemd
     driver; None when its cgroup is not found there (another layout, or it is not running)."""
-    parent = parent.strip("/")
-    for name in (f"{parent or 'docker'}/{container_id}", f"{parent or 'system.slice'}/docker-{container_id}.scope"):
+    for name in cgroup_names(container_id, parent):
         unified = root / name
         if (unified / "cpu.stat").is_file():
             cpu = _fields(unified / "cpu.stat")["usage_usec"] / 1e6
