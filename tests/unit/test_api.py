@@ -98,6 +98,9 @@ def test_a_workspace_is_created_found_and_deleted(alice: Client, providers: dict
     assert bare.status_code == 201 and bare.json()["network"] == "egress"
     alice.delete(bare.json()["id"])
     assert refused(lambda: alice._call("POST", "/workspaces", content=b"{")).status_code == 422  # a broken one still is
+    # Running one of the helper's own subcommands is agentbox's alone (its watchers): no client asks for it.
+    internal = {"command": "watch /", "helper_subcommand": True}
+    assert refused(lambda: alice._call("POST", f"/workspaces/{other.id}/processes", json=internal)).status_code == 422
 
     alice.delete(created.id)
     gone = refused(lambda: alice.get(created.id))

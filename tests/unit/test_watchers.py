@@ -20,7 +20,7 @@ from agentbox.sandbox.process_table import (
     TerminalSize,
 )
 from agentbox.sandbox.runtime import WatchEvent
-from agentbox.sandbox.watchers import events_after
+from agentbox.sandbox.watchers import MAX_RECORDS, events_after
 from agentbox.workspaces.watchers import Watchers
 from tests.unit.test_store import make_workspace
 
@@ -118,6 +118,9 @@ def test_a_removed_watcher_is_ended_and_gone_for_every_replica(store: Store) -> 
         Watchers(store).take(table, "ws-1", pid)
     with pytest.raises(NotFound):
         Watchers(store).remove(table, "ws-1", pid)
+    with pytest.raises(NotFound):
+        Watchers(store).remove(table, "ws-1", 7)  # any other process's PID: not a watcher, nothing signalled
+    assert table.killed == [pid]
 
 
 def test_watchers_of_a_stopped_or_gone_workspace_are_forgotten(store: Store) -> None:
@@ -154,3 +157,13 @@ def test_two_replicas_taking_at_once_never_both_hand_out_an_event(store: Store) 
 
     assert one.take(Racing(), "ws-1", pid).events == []
     assert taken_by_two == [WatchEvent("create", "/w/a")]
+
+
+def test_a_flood_the_workload_writes_into_its_watch_is_handed_out_in_bounded_batches(store: Store) -> None:
+    _add(store, "ws-1")
+    watchers = Watchers(store)
+    table = WatchTable()
+    pid = watchers.create(table, "ws-1", "/w", recursive=False)
+    table.said += b"create /w/f\0" * (MAX_RECORDS * 2 + 5)  # what code in the sandbox can write there
+    sizes = [len(watchers.take(table, "ws-1", pid).events) for _ in range(4)]
+    assert sizes == [MAX_RECORDS, MAX_RECORDS, 5, 0]  # every event once, never more than a batch at a time

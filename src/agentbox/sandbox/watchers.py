@@ -23,6 +23,9 @@ READY = b"W\0"
 READY_SECONDS = 30.0
 #: The tag of a watch's process in the table.
 TAG = "agentbox-watch"
+#: Records handed out by one read at most: what the workload writes into its watch's output (it can)
+#: costs the server a bounded amount, the rest waits for the next read.
+MAX_RECORDS = 10_000
 
 
 def start_watch(table: ProcessTable, path: str, recursive: bool) -> int:
@@ -54,12 +57,20 @@ def start_watch(table: ProcessTable, path: str, recursive: bool) -> int:
     raise_helper_error(bytes(said).strip(), path)
 
 
-def events_after(data: bytes) -> tuple[list[WatchEvent], int]:
-    """The whole events in `data` (a watch's output from just after a record's end) and how many of
-    its bytes they took: a record the watch is still writing is left for the next read. A record
-    over MAX_WATCH_RECORD is skipped (the helper never writes one; the workload may have)."""
-    end = data.rfind(b"\0") + 1
-    if not end and len(data) > MAX_WATCH_RECORD:
-        return [], len(data)
-    records = [record for record in data[: end - 1].split(b"\0") if len(record) <= MAX_WATCH_RECORD] if end else []
-    return [event for event in watch_events(iter(records)) if event is not None], end
+def events_after(data: bytes, limit: int = MAX_RECORDS) -> tuple[list[WatchEvent], int]:
+    """The whole events in `data` (a watch's output from just after a record's end), at most `limit`
+    records' worth, and how many of its bytes they took: a record the watch is still writing, and
+    what is past the limit, are left for the next read. A record over MAX_WATCH_RECORD is skipped
+    (the helper never writes one; the workload may have)."""
+    records: list[bytes] = []
+    used = 0
+    while len(records) < limit:
+        end = data.find(b"\0", used)
+        if end < 0:
+            if len(data) - used > MAX_WATCH_RECORD:
+                used = len(data)
+            break
+        record, used = data[used:end], end + 1
+        if len(record) <= MAX_WATCH_RECORD:
+            records.append(record)
+    return [event for event in watch_events(iter(records)) if event is not None], used

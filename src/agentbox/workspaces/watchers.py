@@ -22,7 +22,7 @@ from agentbox.db.store import LIVE, Store
 from agentbox.errors import Conflict, NotFound
 from agentbox.sandbox.process_table import ProcessEnded, ProcessOutput, ProcessTable
 from agentbox.sandbox.runtime import WatchEvent, close_stream
-from agentbox.sandbox.watchers import READY, events_after, start_watch
+from agentbox.sandbox.watchers import MAX_RECORDS, READY, events_after, start_watch
 
 #: How long taking events waits for a first one when there is none yet: what the caller just
 #: changed may still be on its way through the sandbox (a few ms).
@@ -69,12 +69,15 @@ class Watchers:
         now = time.monotonic()
         first_by, settled_by = now + ARRIVING, now + SETTLING
         while True:
-            got, offset, ended = _read(table, pid, offset)
+            got, offset, ended = _read(table, pid, offset, MAX_RECORDS - len(events))
             events += got
             now = time.monotonic()
-            if ended or now >= settled_by or (events and not got) or (not events and now >= first_by):
+            full = len(events) >= MAX_RECORDS
+            if ended or full or now >= settled_by or (events and not got) or (not events and now >= first_by):
                 break
             time.sleep(QUIET)
+        if offset == cursor.read_to:  # nothing taken: no write (the SDK asks every 100 ms)
+            return WatchBatch(root=cursor.path, events=[], ended=ended)
         with self.store.session() as session:
             moved = session.execute(
                 update(WatchCursor)
@@ -113,8 +116,9 @@ class Watchers:
         return cursor
 
 
-def _read(table: ProcessTable, pid: int, offset: int) -> tuple[list[WatchEvent], int, bool]:
-    """The whole events in the watch's output after `offset`, the offset after them, and whether it has ended."""
+def _read(table: ProcessTable, pid: int, offset: int, limit: int) -> tuple[list[WatchEvent], int, bool]:
+    """The whole events in the watch's output after `offset` (`limit` records at most), the offset after
+    them, and whether it has ended."""
     data = bytearray()
     start, ended = offset, False
     output = table.output(pid, offset)
@@ -129,8 +133,8 @@ def _read(table: ProcessTable, pid: int, offset: int) -> tuple[list[WatchEvent],
             ended = isinstance(event, ProcessEnded)
     finally:
         close_stream(output)
-    events, used = events_after(bytes(data))
-    return events, start + used if data else offset, ended and len(data) < MAX_TAKE
+    events, used = events_after(bytes(data), limit)
+    return events, start + used if data else offset, ended and b"\0" not in data[used:]
 
 
 def _row(workspace_id: str, pid: int) -> ColumnElement[bool]:

@@ -303,15 +303,20 @@ class DockerProvider(Provider):
             self.checkpoints.remove(ref)
 
     def stop(self, ref: str) -> None:
-        self.ways_in.forget(_workspace_id(ref))
         self.wake(ref)  # a frozen sandbox holds the engine's signals until thawed
+        self._stop(ref)
+
+    def _stop(self, ref: str) -> None:
+        """Stop a workspace that is not suspended."""
+        self.ways_in.forget(_workspace_id(ref))
         with engine_errors("stopping the workspace"):
             self.client.api.stop(ref, timeout=STOP_TIMEOUT)
 
     def pause(self, ref: str) -> bool:
-        self.wake(ref)
-        if self.checkpoint_runtime is None or self._runtime_of(ref) != self.checkpoint_runtime:
-            self.stop(ref)
+        details = self._inspect(ref)  # once, for the thaw and the runtime
+        _thaw(details["Id"], details["HostConfig"].get("CgroupParent") or "")
+        if self.checkpoint_runtime is None or details["HostConfig"].get("Runtime") != self.checkpoint_runtime:
+            self._stop(ref)
             return False
         self.ways_in.signal_init(ref, LET_GO_OF_SOCKET)
         try:
@@ -324,7 +329,7 @@ class DockerProvider(Provider):
                 _workspace_id(ref),
                 exc.detail,
             )
-            self.stop(ref)
+            self._stop(ref)
             return False
         return True
 
@@ -351,9 +356,6 @@ class DockerProvider(Provider):
         except WorkspaceGone:
             return
         _thaw(details["Id"], details["HostConfig"].get("CgroupParent") or "")
-
-    def _runtime_of(self, ref: str) -> str:
-        return str(self._inspect(ref)["HostConfig"].get("Runtime"))
 
     def _inspect(self, ref: str) -> dict[str, Any]:
         with engine_errors("inspecting the workspace"):
