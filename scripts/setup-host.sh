@@ -4,9 +4,11 @@
 #   a. install what is missing among dockerd, debootstrap, busybox (apt), and runsc at the
 #      pinned version from bookworm-backports (the first runsc Debian ships with the
 #      systrap platform; bookworm's own 20221219 has only ptrace, 2-10x slower here)
-#   b. register three runtimes in /etc/docker/daemon.json (merged, rewritten only on change):
-#      `runsc` (systrap) and `runsc-ptrace`, the fallback the service probes when systrap
-#      does not run on a host (or the runsc installed is too old for it), and `runsc-nonet`
+#   b. register four runtimes in /etc/docker/daemon.json (merged, rewritten only on change):
+#      `runsc` (on the platform measured for this host in step f; until then as registered),
+#      `runsc-ptrace`, the fallback the service probes when runsc does not run on a host (or
+#      the runsc installed is too old for systrap), `runsc-systrap` (the two are what step f
+#      measures, whatever runsc is registered with), and `runsc-nonet`
 #      (runsc's args with --network=none) for workspaces without network, which gVisor can
 #      checkpoint; and turn on the engine's "experimental" checkpoints (a pause that keeps
 #      memory). A running dockerd picks up the runtimes by SIGHUP, "experimental" only when it
@@ -17,19 +19,26 @@
 #   d. reload dockerd (SIGHUP) if it was running and its runtime registration is stale
 #   e. raise kernel.pid_max if it is low (gVisor spends several host threads per task in a
 #      sandbox: 32768 pids are a few busy workspaces)
-#   f. print a one-line summary
+#   f. choose gVisor's platform by measuring systrap and ptrace here (process starts, file work,
+#      idle CPU: src/agentbox/providers/docker/platform_choice.py, ~10-15 s), once per runsc
+#      build and kernel (recorded in AGENTBOX_PLATFORM_RECORD), and register `runsc` on the
+#      better one (docs/runtime.md). A measurement that fails leaves runsc as it is and says so
+#   g. print a one-line summary
 #
-# Idempotent; takes well under 2 s when everything is already in place. A host where
+# Idempotent; takes well under 2 s when everything is already in place (and measured). A host where
 # bookworm-backports cannot be reached keeps (or installs) bookworm's runsc and says so; the
 # service then finds by its probe that only ptrace works there.
 #
 # Environment:
 #   AGENTBOX_RUNSC_VERSION  the runsc package version to install (default: the pin below);
 #                           "any" keeps whatever runsc is installed
-#   AGENTBOX_RUNSC_ARGS     runtimeArgs of `runsc`, space separated
-#                           (default: "--platform=systrap --network=host --host-uds=create":
+#   AGENTBOX_RUNSC_ARGS     runtimeArgs of `runsc`, space separated; set, no platform is measured
+#                           and `doctor` and /health say the platform was chosen by you
+#                           (default: "--platform=<measured> --network=host --host-uds=create":
 #                           gVisor's netstack fails on this kernel with either build, see
 #                           docs/runtime.md; host-uds for the helper's control socket)
+#   AGENTBOX_PLATFORM_RECORD where the platform measurement is kept
+#                           (default: /var/lib/agentbox/platform.json; delete it to measure again)
 #   AGENTBOX_SKIP_RUNSC=1   do not register runsc (leave any registration alone)
 #   AGENTBOX_DOCKERD_TIMEOUT seconds to wait for a starting dockerd to answer (default: 180)
 set -euo pipefail
@@ -43,8 +52,8 @@ DOCKERD_LOG=/var/log/dockerd.log
 START_TIMEOUT=${AGENTBOX_DOCKERD_TIMEOUT:-180}
 PROGRESS_EVERY=10
 RELOAD_TIMEOUT=30
-DEFAULT_RUNSC_ARGS="--platform=systrap --network=host"
-PTRACE_RUNSC_ARGS="--platform=ptrace --network=host"
+PLATFORM_PY="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/src/agentbox/providers/docker/platform_choice.py"
+PLATFORM_RECORD=${AGENTBOX_PLATFORM_RECORD:-/var/lib/agentbox/platform.json}
 RUNSC_PIN="0.0~20240729.0-4~bpo12+2"
 RUNSC_SUITE=bookworm-backports
 BACKPORTS_SOURCES=/etc/apt/sources.list.d/agentbox-backports.sources
@@ -58,6 +67,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 command -v python3 >/dev/null 2>&1 || die "python3 is needed (Debian package python3)"
+
+# The platform measurement and its record (standard library only; -I: the file's own directory is
+# not put on sys.path, where its siblings could shadow the standard library's modules).
+platform_tool() {
+    python3 -I "$PLATFORM_PY" --record "$PLATFORM_RECORD" "$@"
+}
 
 # Answers with "VERSION|RUNTIMES_JSON" if dockerd responds, fails otherwise.
 docker_query() {
@@ -150,24 +165,53 @@ runsc_path=$(command -v runsc)
 # (The flags are read whole first: `grep -q` quitting early would kill runsc with SIGPIPE, and
 # under pipefail that read as "no such flag", registering runsc without it now and then.)
 runsc_flags=$("$runsc_path" flags 2>&1 || true)
+HOST_UDS=""
 if grep -q -- '-host-uds ' <<<"$runsc_flags"; then
-    DEFAULT_RUNSC_ARGS="$DEFAULT_RUNSC_ARGS --host-uds=create"
-    PTRACE_RUNSC_ARGS="$PTRACE_RUNSC_ARGS --host-uds=create"
+    HOST_UDS=" --host-uds=create"
 fi
-# {"runsc": {...}, "runsc-ptrace": {...}, "runsc-nonet": {...}}: what daemon.json and the live
-# engine must say.
-want_runtimes=$(python3 -c '
+args_for() {  # args_for PLATFORM: runsc's runtimeArgs on that platform
+    echo "--platform=$1 --network=host$HOST_UDS"
+}
+PTRACE_RUNSC_ARGS=$(args_for ptrace)
+SYSTRAP_RUNSC_ARGS=$(args_for systrap)
+# runsc's args: the user's, else those of the platform measured earlier for this runsc build and
+# kernel, else (until step f has measured) the platform runsc is registered with, or systrap.
+registered_platform() {
+    python3 -c '
 import json, sys
-path, primary, ptrace = sys.argv[1:]
+args = json.load(open(sys.argv[1]))["runtimes"]["runsc"]["runtimeArgs"]
+print(next(a.split("=", 1)[1] for a in args if a.startswith("--platform=")))
+' "$DAEMON_JSON" 2>/dev/null
+}
+if [ -n "${AGENTBOX_RUNSC_ARGS:-}" ]; then
+    primary_args=$AGENTBOX_RUNSC_ARGS
+    primary_how="AGENTBOX_RUNSC_ARGS: chosen by you"
+elif recorded=$(platform_tool recorded --runsc "$runsc_path" 2>/dev/null) && [[ "$recorded" =~ ^(systrap|ptrace)$ ]]; then
+    primary_args=$(args_for "$recorded")
+    primary_how="measured for this host: $PLATFORM_RECORD"
+elif current=$(registered_platform) && [[ "$current" =~ ^(systrap|ptrace)$ ]]; then
+    primary_args=$(args_for "$current")
+    primary_how="as registered, until measured"
+else
+    primary_args=$(args_for systrap)
+    primary_how="systrap until measured"
+fi
+
+daemon_json_changed=0
+# register_runtimes: write runsc (primary_args), runsc-ptrace, runsc-systrap and runsc-nonet into
+# daemon.json, setting want_runtimes (what daemon.json and the live engine must say) and
+# daemon_json_changed.
+register_runtimes() {
+    # {"runsc": {...}, "runsc-ptrace": {...}, "runsc-systrap": {...}, "runsc-nonet": {...}}
+    want_runtimes=$(python3 -c '
+import json, sys
+path, primary, ptrace, systrap = sys.argv[1:]
 entry = lambda args: {"path": path, "runtimeArgs": args}
 nonet = [a for a in primary.split() if not a.startswith("--network=")] + ["--network=none"]
 print(json.dumps({"runsc": entry(primary.split()), "runsc-ptrace": entry(ptrace.split()),
-                  "runsc-nonet": entry(nonet)}, sort_keys=True))
-' "$runsc_path" "${AGENTBOX_RUNSC_ARGS:-$DEFAULT_RUNSC_ARGS}" "$PTRACE_RUNSC_ARGS")
-daemon_json_changed=0
-if [ "${AGENTBOX_SKIP_RUNSC:-0}" = "1" ]; then
-    say "AGENTBOX_SKIP_RUNSC=1: leaving runsc registration in $DAEMON_JSON alone"
-else
+                  "runsc-systrap": entry(systrap.split()), "runsc-nonet": entry(nonet)}, sort_keys=True))
+' "$runsc_path" "$primary_args" "$PTRACE_RUNSC_ARGS" "$SYSTRAP_RUNSC_ARGS")
+    local result summary
     # Prints "changed" or "unchanged"; keeps every other key of the file.
     result=$(python3 - "$DAEMON_JSON" "$want_runtimes" <<'EOF'
 import json, os, sys, tempfile
@@ -202,13 +246,19 @@ os.replace(tmp, path)
 print("changed")
 EOF
     )
-    summary="runsc ($runsc_path ${AGENTBOX_RUNSC_ARGS:-$DEFAULT_RUNSC_ARGS}), runsc-ptrace ($PTRACE_RUNSC_ARGS), runsc-nonet; experimental"
+    summary="runsc ($runsc_path $primary_args: $primary_how), runsc-ptrace, runsc-systrap, runsc-nonet; experimental"
     if [ "$result" = "changed" ]; then
         daemon_json_changed=1
         say "registered in $DAEMON_JSON: $summary"
     else
+        daemon_json_changed=0
         say "already registered in $DAEMON_JSON: $summary"
     fi
+}
+if [ "${AGENTBOX_SKIP_RUNSC:-0}" = "1" ]; then
+    say "AGENTBOX_SKIP_RUNSC=1: leaving runsc registration in $DAEMON_JSON alone"
+else
+    register_runtimes
 fi
 
 # --------------------------------------------------------- c. start dockerd
@@ -301,17 +351,20 @@ else
 fi
 
 # ------------------------------------------------- d. reload if registration is stale
-if [ "${AGENTBOX_SKIP_RUNSC:-0}" != "1" ]; then
-    runtime_ok() {  # does the daemon's live configuration match daemon.json?
-        python3 -c '
+runtime_ok() {  # does the daemon's live configuration match daemon.json?
+    python3 -c '
 import json, sys
 live = json.loads(sys.argv[1].split("|", 1)[1])
 want = json.loads(sys.argv[2])
 same = lambda rt, entry: rt and {"path": rt.get("path"), "runtimeArgs": rt.get("runtimeArgs") or []} == entry
 sys.exit(0 if all(same(live.get(name), entry) for name, entry in want.items()) else 1)
 ' "$info" "$want_runtimes"
-    }
-    if [ "$was_running" = 1 ] && { [ "$daemon_json_changed" = 1 ] || ! runtime_ok; }; then
+}
+# sync_engine WAS_RUNNING: make the live engine use daemon.json's runtimes (a dockerd that this
+# script started read them when it started).
+sync_engine() {
+    local pid deadline
+    if [ "$1" = 1 ] && { [ "$daemon_json_changed" = 1 ] || ! runtime_ok; }; then
         pid=$(cat "$DOCKER_PIDFILE")
         say "reloading dockerd configuration (SIGHUP to pid $pid)"
         kill -HUP "$pid"
@@ -325,6 +378,9 @@ sys.exit(0 if all(same(live.get(name), entry) for name, entry in want.items()) e
     elif ! runtime_ok; then
         dump_log_and_die "dockerd does not report the runsc runtimes configured in $DAEMON_JSON"
     fi
+}
+if [ "${AGENTBOX_SKIP_RUNSC:-0}" != "1" ]; then
+    sync_engine "$was_running"
     if [ "$(timeout 15 docker info --format '{{.ExperimentalBuild}}' 2>/dev/null)" != true ]; then
         echo "note: dockerd runs without \"experimental\": true (set in $DAEMON_JSON), so it cannot checkpoint:" \
              "a pause keeps a workspace's files, not its memory, until dockerd restarts" >&2
@@ -342,7 +398,32 @@ if [ "$pid_max" -lt "$WANT_PID_MAX" ]; then
     fi
 fi
 
-# ------------------------------------------------------------------ f. summary
+# --------------------------------------------------- f. gVisor's platform, measured
+# Never fails set-up: a platform that does not run here is not chosen, and a measurement that
+# cannot be made leaves runsc as registered (the service's probe still falls back to runsc-ptrace).
+if [ "${AGENTBOX_SKIP_RUNSC:-0}" = "1" ]; then
+    :
+elif [ -n "${AGENTBOX_RUNSC_ARGS:-}" ]; then
+    platform_tool override --runsc "$runsc_path" --args "$AGENTBOX_RUNSC_ARGS" ||
+        echo "warning: could not record in $PLATFORM_RECORD that AGENTBOX_RUNSC_ARGS chose runsc's platform" >&2
+    say "gVisor platform: as AGENTBOX_RUNSC_ARGS says (chosen by you, not measured)"
+elif chosen=$(platform_tool measure --runsc "$runsc_path") && [[ "$chosen" =~ ^(systrap|ptrace)$ ]]; then
+    primary_how="measured for this host: $PLATFORM_RECORD"
+    if [ "$primary_args" != "$(args_for "$chosen")" ]; then
+        primary_args=$(args_for "$chosen")
+        register_runtimes
+        sync_engine 1
+    fi
+else
+    echo "warning: gVisor's platform could not be chosen by measurement (above); runsc stays registered" \
+         "with $primary_args. Run this script again to retry" >&2
+fi
+
+# ------------------------------------------------------------------ g. summary
 version=${info%%|*}
 runtimes=$(python3 -c 'import json,sys; print(" ".join(sorted(json.loads(sys.argv[1].split("|",1)[1]))))' "$info")
-say "docker $version ready; runtimes: $runtimes"
+platform_said=""
+if [ "${AGENTBOX_SKIP_RUNSC:-0}" != "1" ] && [[ "$primary_args" =~ --platform=([a-z]+) ]]; then
+    platform_said="; runsc on ${BASH_REMATCH[1]} ($primary_how)"
+fi
+say "docker $version ready; runtimes: $runtimes$platform_said"

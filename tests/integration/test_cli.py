@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agentbox.providers.docker.platform_choice import read_record
+
 from .conftest import KEYS, Server
 
 
@@ -100,13 +102,16 @@ def test_doctor_passes_on_this_machine() -> None:
     assert "FAIL workspace network isolation" in without_network.stdout, without_network.stdout
     assert "WORKSPACE_NETWORK_NAME=workspace_net" in without_network.stdout
     result = agentbox(None, "doctor", env={"WORKSPACE_NETWORK_NAME": "workspace_net"})
+    recorded = read_record()
+    assert recorded is not None, "scripts/setup-host.sh measures gVisor's platforms and records the choice"
     for check in (
         "runsc installed",
         "registered in /etc/docker/daemon.json",
         "Docker engine reachable",
         "known to the engine",
-        "probe container runs under runsc (runsc 0.0~20240729.0, platform systrap)",
+        f"probe container runs under runsc (runsc 0.0~20240729.0, platform {recorded.chosen})",
         "probe container runs under runsc-ptrace (runsc 0.0~20240729.0, platform ptrace)",
+        f"runsc's platform ({recorded.chosen}) chosen for this host",
         "workspace image",
         "workspace disk limits",
         "workspace network isolation",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentbox.client import APIError, Client
+from agentbox.providers.docker.platform_choice import read_record
 
 from .conftest import Server, workspace_disk_mounts
 from .engines import second_engine
@@ -85,10 +86,12 @@ def test_systrap_failing_falls_back_to_ptrace_with_a_warning(tmp_path: Path) -> 
 def test_health_reports_runsc_version_and_platform(alice: Client) -> None:
     health = alice.health()
     assert health.runtime == "runsc" and health.gvisor is True
-    # What `make test` installs: runsc from bookworm-backports, registered on systrap.
-    assert health.gvisor_platform == "systrap"
+    # What `make test` installs: runsc from bookworm-backports, registered on the platform measured here.
+    recorded = read_record()
+    assert recorded is not None, "scripts/setup-host.sh measures gVisor's platforms and records the choice"
+    assert health.gvisor_platform == recorded.chosen
     assert health.runsc_version == "0.0~20240729.0"
-    assert "platform systrap" in health.runtime_reason
+    assert f"platform {recorded.chosen}" in health.runtime_reason
 
 
 # Debian bookworm's own runsc, the build before the upgrade to bookworm-backports'.

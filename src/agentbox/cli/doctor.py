@@ -15,7 +15,15 @@ import requests.exceptions
 
 from agentbox.config import Settings
 from agentbox.providers.docker.disks import Disks
-from agentbox.providers.docker.oci_runtime import gvisor_runtime, knows_systrap, probe, registered, runsc_version
+from agentbox.providers.docker.oci_runtime import (
+    GVisorRuntime,
+    gvisor_runtime,
+    knows_systrap,
+    probe,
+    registered,
+    runsc_version,
+)
+from agentbox.providers.docker.platform_choice import MEASURE_HINT, RECORD_PATH, describe
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 # gVisor's netstack fails on this kernel with Debian's builds (see docs/runtime.md).
@@ -31,7 +39,7 @@ class Check:
     fix: str = ""
 
 
-def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[Check]:
+def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON, record: Path = RECORD_PATH) -> Iterator[Check]:
     runtime = settings.gvisor_runtime
     binary = shutil.which(runtime)
     version = runsc_version(binary) if binary else None
@@ -90,6 +98,9 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
                 f"set runtimeArgs to {RECOMMENDED_ARGS} in {daemon_json} (runsc {RECOMMENDED_VERSION} or newer; "
                 "older builds know only ptrace, kvm hangs in nested VMs), then reload the engine",
             )
+    if runtime in known:
+        kernel = str(client.info().get("KernelVersion") or "")
+        yield platform_check(gvisor_runtime(runtime, known[runtime]), kernel, record)
 
     checkpointing = settings.gvisor_checkpoint_runtime
     if checkpointing:
@@ -124,6 +135,17 @@ def run_checks(settings: Settings, daemon_json: Path = DAEMON_JSON) -> Iterator[
     )
 
     yield _network_check(settings)
+
+
+def platform_check(runtime: GVisorRuntime, kernel: str, record: Path = RECORD_PATH) -> Check:
+    """Whether `runtime` runs on the platform set-up measured as the better here, with the figures."""
+    ok, detail = describe(runtime.platform, runtime.version, kernel, record)
+    return Check(
+        f"{runtime.name}'s platform ({runtime.platform}) chosen for this host",
+        ok,
+        detail,
+        f"{MEASURE_HINT} (delete {record} to measure again); AGENTBOX_RUNSC_ARGS=... chooses yourself",
+    )
 
 
 def _network_check(settings: Settings) -> Check:

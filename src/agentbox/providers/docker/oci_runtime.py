@@ -3,8 +3,9 @@
 "runsc is registered" is not "runsc works": a platform may be refused (systrap by runsc
 builds older than 2023) or hang (kvm in a nested VM) on a given host, so each candidate is
 proven by starting a tiny probe container under a timeout. The candidates, in order: the
-gVisor runtime (`runsc`, registered with systrap), its fallback (`runsc-ptrace`: the same
-binary on the slower ptrace platform), then runc with the spec's warning.
+gVisor runtime (`runsc`, registered on the platform set-up measured as the better for the host:
+platform_choice.py), its fallback (`runsc-ptrace`: the same binary on the ptrace platform, which
+runs wherever runsc does), then runc with the spec's warning.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import tarfile
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from agentbox.providers.docker.platform_choice import RECORD_PATH, describe
 from agentbox.sandbox import HELPER_IN_WORKSPACE, helper_bytes, helper_digest
 
 log = logging.getLogger("agentbox.providers.docker.oci_runtime")
@@ -141,9 +144,17 @@ def probe(client: docker.DockerClient, runtime: str, timeout: float) -> tuple[bo
                 log.warning("could not remove probe container %s", container.id[:12])
 
 
-def choose_runtime(client: docker.DockerClient, gvisor: str, fallback: str | None, timeout: float) -> RuntimeChoice:
+def platform_note(candidate: GVisorRuntime, kernel: str, record: Path = RECORD_PATH) -> str:
+    """Why the gVisor runtime runs on its platform, from set-up's measurement (platform_choice.py)."""
+    return f"Platform: {describe(candidate.platform, candidate.version, kernel, record)[1]}"
+
+
+def choose_runtime(
+    client: docker.DockerClient, gvisor: str, fallback: str | None, timeout: float, record: Path = RECORD_PATH
+) -> RuntimeChoice:
     """The spec's rule: runsc when it is registered and works; its ptrace registration when only
     that works (with a warning: slower); else runc (with the spec's warning: no gVisor at all).
+    The gVisor runtime's reason says why it runs on its platform (set-up's measurement in `record`).
     """
     runtimes = registered(client)
     if gvisor not in runtimes:
@@ -170,6 +181,7 @@ def choose_runtime(client: docker.DockerClient, gvisor: str, fallback: str | Non
             )
             log.warning(reason)
         else:
+            reason = f"{reason}. {platform_note(candidate, str(client.info().get('KernelVersion') or ''), record)}"
             log.info(reason)
         return RuntimeChoice(name, gvisor=True, reason=reason, platform=candidate.platform, version=candidate.version)
     return _without_gvisor(f"gVisor runtime ({gvisor}) is registered but its probe failed: {'; '.join(failures)}.")
