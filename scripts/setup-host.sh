@@ -20,7 +20,7 @@
 #   e. raise kernel.pid_max if it is low (gVisor spends several host threads per task in a
 #      sandbox: 32768 pids are a few busy workspaces)
 #   f. choose gVisor's platform by measuring systrap and ptrace here (process starts, file work,
-#      idle CPU: src/agentbox/providers/docker/platform_choice.py, ~10-15 s), once per runsc
+#      system calls, idle CPU: src/agentbox/providers/docker/platform_choice.py, ~15 s), once per runsc
 #      build and kernel (recorded in AGENTBOX_PLATFORM_RECORD), and register `runsc` on the
 #      better one (docs/runtime.md). A measurement that fails leaves runsc as it is and says so
 #   g. print a one-line summary

@@ -19,8 +19,10 @@ KERNEL = os.uname().release
 MODULE = Path(pc.__file__)
 
 
-def figures(start_ms: float, file_us: float, idle: float | None = 1.0) -> Figures:
-    return Figures(process_start_ms=start_ms, file_round_trip_us=file_us, idle_cpu_percent=idle, rounds=5)
+def figures(start_ms: float, file_us: float, idle: float | None = 1.0, syscall_us: float = 5.0) -> Figures:
+    return Figures(
+        process_start_ms=start_ms, file_round_trip_us=file_us, syscall_us=syscall_us, idle_cpu_percent=idle, rounds=5
+    )
 
 
 def results(systrap: Figures | str, ptrace: Figures | str) -> dict[str, PlatformResult]:
@@ -34,7 +36,8 @@ def results(systrap: Figures | str, ptrace: Figures | str) -> dict[str, Platform
 
 
 def record(chosen: str = "ptrace", version: str = "0.0~20240729.0", **changes: object) -> Record:
-    measured = results(figures(16.8, 785, 3.6), figures(8.7, 1030, 0.0))
+    # Measured here under load: systrap 41.6 ms a command, ptrace 50.8 ms (within 20%).
+    measured = results(figures(16.8, 785, 3.6, syscall_us=6.0), figures(8.7, 1030, 0.0, syscall_us=56.0))
     fields: dict[str, object] = {
         "runsc_version": version,
         "kernel": KERNEL,
@@ -49,15 +52,17 @@ def record(chosen: str = "ptrace", version: str = "0.0~20240729.0", **changes: o
 # ------------------------------------------------------------------------------ a round's output
 
 
-def test_a_round_gives_the_time_of_a_process_start_and_of_a_file_round_trip() -> None:
+def test_a_round_gives_the_time_of_a_process_start_a_file_round_trip_and_a_system_call() -> None:
     output = (
         "/tmp/stamp12.0 2026-12-07 10:55:05.693368212 +0000\n"
         "/tmp/stamp12.1 2026-12-07 10:55:06.093368212 +0000\n"  # 400 ms for 20 starts
         "/tmp/stamp12.2 2026-12-07 10:55:06.253368212 +0000\n"  # 160 ms for 200 round trips
+        "/tmp/stamp12.3 2026-12-07 10:55:06.278368212 +0000\n"  # 25 ms for 5,000 system calls
     )
-    start_ms, file_us = pc.parse_round(output)
+    start_ms, file_us, syscall_us = pc.parse_round(output)
     assert start_ms == pytest.approx(400 / pc.STARTS)
     assert file_us == pytest.approx(160_000 / pc.FILES)
+    assert syscall_us == pytest.approx(25_000 / pc.SYSCALLS)
 
 
 def test_stamps_across_a_second_and_in_another_zone_count_the_same() -> None:
@@ -66,12 +71,14 @@ def test_stamps_across_a_second_and_in_another_zone_count_the_same() -> None:
         "/tmp/s.0 2026-12-07 11:59:59.9 +0100\n"  # 10:59:59.900 UTC
         "/tmp/s.1 2026-12-07 10:00:00.100000000 -0100\n"  # 11:00:00.100 UTC: 200 ms later
         "/tmp/s.2 2026-12-07 11:00:00.300000000 +0000\n"
+        "/tmp/s.3 2026-12-07 11:00:00.300000000 +0000\n"
     )
-    start_ms, file_us = pc.parse_round(output)
+    start_ms, file_us, syscall_us = pc.parse_round(output)
     assert start_ms == pytest.approx(200 / pc.STARTS) and file_us == pytest.approx(200_000 / pc.FILES)
+    assert syscall_us == 0
 
 
-def test_a_round_without_its_three_stamps_is_refused_with_what_it_said() -> None:
+def test_a_round_without_its_four_stamps_is_refused_with_what_it_said() -> None:
     with pytest.raises(ValueError, match="sh: /bin/true: not found"):
         pc.parse_round("sh: /bin/true: not found\n/tmp/s.0 2026-12-07 10:55:05.6 +0000\n")
 
@@ -80,20 +87,21 @@ def test_a_round_without_its_three_stamps_is_refused_with_what_it_said() -> None
 
 
 def test_a_platform_whose_command_costs_more_than_twenty_percent_less_wins_whatever_its_idle_cost() -> None:
-    # systrap: 15 + 30 x 0.5 = 30 ms a command; ptrace: 8 + 30 x 1.2 = 44 ms.
-    chosen, why = pc.choose(results(figures(15, 500, idle=4.0), figures(8, 1200, idle=0.0)))
+    # What this machine measured when quiet. A command, systrap: 19.5 + 30 x 0.305 + 200 x 0.0045 = 29.5 ms;
+    # ptrace: 9.0 + 30 x 0.950 + 200 x 0.0551 = 48.5 ms.
+    quiet = results(figures(19.5, 305, idle=3.6, syscall_us=4.5), figures(9.0, 950, idle=0.0, syscall_us=55.1))
+    chosen, why = pc.choose(quiet)
     assert chosen == "systrap"
-    assert "30.0 ms against 44.0 ms on ptrace" in why
+    assert why == "a command costs 29.5 ms against 48.5 ms on ptrace (39% less)"
 
 
 def test_within_twenty_percent_the_lower_idle_cpu_wins() -> None:
-    # What this machine measured: 40.4 ms against 39.6 ms, and systrap spins while idle.
-    chosen, why = pc.choose(results(figures(16.8, 785, idle=3.6), figures(8.7, 1030, idle=0.0)))
+    # Measured here with a crowd of 270 sandboxes on the machine: systrap's edge shrinks to 10%,
+    # and it spins while idle.
+    crowded = results(figures(22.7, 1038, idle=3.8, syscall_us=27.7), figures(12.8, 1453, idle=0.0, syscall_us=48.7))
+    chosen, why = pc.choose(crowded)
     assert chosen == "ptrace"
-    assert "within 20%" in why and "3.6% on systrap" in why
-    # A run on the same machine under load: systrap 15% cheaper, still within what noise does here.
-    chosen, _ = pc.choose(results(figures(19.1, 735, idle=4.4), figures(7.7, 1353, idle=0.0)))
-    assert chosen == "ptrace"
+    assert "within 20%" in why and "3.8% on systrap" in why
     # The same, when it is ptrace that costs a little less but idles dearer.
     chosen, _ = pc.choose(results(figures(16.8, 785, idle=0.5), figures(8.7, 1000, idle=2.0)))
     assert chosen == "systrap"
@@ -152,7 +160,7 @@ def test_the_measured_choice_is_explained_with_the_figures_and_the_rule(tmp_path
     pc.write_record(record("ptrace"), path)
     ok, text = pc.describe("ptrace", "0.0~20240729.0", KERNEL, path)
     assert ok
-    assert text.startswith("ptrace, chosen by measurement: a command costs 39.6 ms on ptrace and 40.4 ms on systrap")
+    assert text.startswith("ptrace, chosen by measurement: a command costs 41.6 ms on systrap and 50.8 ms on ptrace")
     assert "Rule: the lower cost of one command" in text
     assert "systrap: 16.8 ms a process start, 785 µs a file round trip" in text
     assert "ptrace: 8.7 ms a process start" in text and "0.0% of a CPU idle" in text
@@ -255,3 +263,21 @@ def test_the_module_runs_without_the_projects_dependencies() -> None:
     # every installed package, so only the standard library is there.
     done = subprocess.run(["python3", "-I", "-S", str(MODULE), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "measure" in done.stdout, done.stderr
+
+
+def test_a_measurement_on_a_busy_host_is_said_so_and_taken_again(tmp_path: Path) -> None:
+    path, runsc = tmp_path / "platform.json", str(fake_runsc(tmp_path))
+    pc.write_record(record("ptrace", load=5.2, cpus=2), path)
+    ok, text = pc.describe("ptrace", "0.0~20240729.0", KERNEL, path)
+    assert ok and "measured on a busy host (load 5.2 on 2 CPUs): set-up measures again" in text
+    # Set-up registers it meanwhile, and measures again rather than answer from it: here with runtimes
+    # that do not exist, so nothing is chosen and the busy record stays.
+    assert tool(path, "recorded", "--runsc", runsc).stdout == "ptrace\n"
+    again = tool(path, "measure", "--runsc", runsc, "--runtime", "systrap=agentbox-none", "--runtime", "ptrace=nor")
+    assert again.returncode == 1 and again.stdout == "", again.stderr
+    assert "was measured on a busy host" in again.stderr
+    assert pc.read_record(path) == record("ptrace", load=5.2, cpus=2)
+    # A quiet host's record answers.
+    pc.write_record(record("ptrace", load=0.3, cpus=2), path)
+    assert not pc.read_record(path).busy  # type: ignore[union-attr]
+    assert tool(path, "measure", "--runsc", runsc, "--runtime", "systrap=agentbox-none").stdout == "ptrace\n"

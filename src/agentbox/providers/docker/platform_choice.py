@@ -1,8 +1,8 @@
 """gVisor's platform for this host, chosen by measuring systrap and ptrace at set-up.
 
 Which platform serves an agent better depends on the host: on this project's machines (nested VM,
-2 cores, runsc 20240729) ptrace starts a process ~2x faster than systrap, while systrap makes each
-system call cheaper and spins ~3-4% of a CPU in every awake idle sandbox. So
+2 cores, runsc 20240729) ptrace starts a process ~2x faster than systrap, while systrap serves a
+system call ~15x faster (given a spare CPU) and spins ~4-5% of a CPU in every awake idle sandbox. So
 `scripts/setup-host.sh` measures both, once per runsc build and kernel, and registers `runsc` with
 the better one (measuring under `runsc-systrap` and `runsc-ptrace`, registered beside it; the latter
 stays the service's fallback):
@@ -10,18 +10,23 @@ stays the service's fallback):
 - **process starts**: `/bin/true` started 20 times by a shell in the sandbox (fork + exec + wait);
 - **file work**: 200 round trips of a small file on a bind-mounted host directory, as a workspace's
   disk is: the shell writes it, sources it and tests it (2 opens and a stat among 14 system calls);
+- **system calls**: 5,000 that gVisor serves itself (the shell reading /dev/zero a byte at a time:
+  a read and a poll each), the cost a compute- or output-heavy program pays per call;
 - **idle cost**: the sandbox's host cgroup CPU time over 2 s of doing nothing.
 
 Timed inside the sandbox (a file's mtime before and after, from gVisor's own clock), one round per
 `docker exec`, the platforms alternating, 5 rounds after a warm-up; medians, since other work may
-share the machine. About 10-15 s in all.
+share the machine. About 15 s in all; a measurement begun on a busy host (load average above its
+CPUs) is used but taken again at the next set-up.
 
 The rule (`choose`): a platform that did not run is never chosen. Of those that did, the cost of
-one command decides when one is more than 20% cheaper: one process start plus 30 small-file round
-trips, ~400 system calls, what `git add` + `git commit` make per process they start (~1,200 in 3
-processes, measured with strace). Closer than 20% (separate runs on this busy 2-core machine
-differed by up to 15%), the lower idle CPU wins: idle workspaces are frozen after their idle
-timeout (freezer.py), so idle CPU only counts for the awake time before, and least.
+one command decides when one is more than 20% cheaper: one process start, 30 small-file round
+trips and 200 system calls. `git add` + `git commit` make ~1,200 system calls in 3 processes
+(strace), ~210 file calls and ~190 others a process: 30 round trips make ~420 calls and 90 path
+lookups, 200 plain calls stand for the rest (a compiler or a test run makes many more). Closer
+than 20% (separate runs on this 2-core machine differed by up to 15%), the lower idle CPU wins:
+idle workspaces are frozen after their idle timeout (freezer.py), so idle CPU only counts for the
+awake time before, and least.
 
 The result is recorded in RECORD_PATH (JSON) with the runsc version and kernel it holds for; `doctor`
 and `/health` read it back (`describe`) to say which platform is in use and why.
@@ -47,7 +52,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,13 +72,19 @@ ROUNDS = 5
 IDLE_SECONDS = 2.0
 #: Small-file round trips that one command costs besides its process start (the rule's weight).
 FILES_PER_COMMAND = 30
+#: System calls gVisor serves itself that one command makes besides (the rule's weight).
+SYSCALLS_PER_COMMAND = 200
+SYSCALLS = 5000  # a round's: 2,500 one-byte reads, each with its poll
+#: What the record holds; a record of another format is measured again.
+FORMAT = 2
 #: A cost this much lower wins outright; closer than that (noise, on a shared machine), the lower idle CPU does.
 MARGIN = 0.20
 #: Past this many seconds of measuring, no further round is started (set-up runs on every `make test`).
 BUDGET = 20.0
 TIMEOUT = 60.0  # one docker call; a platform that hangs (kvm in a nested VM) must not hang set-up
 RULE = (
-    f"the lower cost of one command (a process start + {FILES_PER_COMMAND} small-file round trips) wins when "
+    f"the lower cost of one command (a process start + {FILES_PER_COMMAND} small-file round trips + "
+    f"{SYSCALLS_PER_COMMAND} system calls) wins when "
     f"more than {MARGIN:.0%} lower; closer than that, the lower idle CPU (idle workspaces are frozen, so it "
     "counts least)"
 )
@@ -92,8 +103,10 @@ i=0; while [ $i -lt {STARTS} ]; do /bin/true; i=$((i+1)); done
 : > $s.1
 i=0; while [ $i -lt {FILES} ]; do echo : > $d/$i; . $d/$i; [ -f $d/$i ]; i=$((i+1)); done
 : > $s.2
-stat -c '%n %y' $s.0 $s.1 $s.2
-rm -rf $d $s.0 $s.1 $s.2
+read -r -n {SYSCALLS // 2} x < /dev/zero
+: > $s.3
+stat -c '%n %y' $s.0 $s.1 $s.2 $s.3
+rm -rf $d $s.0 $s.1 $s.2 $s.3
 """
 STAMP = re.compile(r"^\S+\.(\d) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d{1,9}))? ([+-]\d{4})\s*$")
 
@@ -104,6 +117,7 @@ class Figures:
 
     process_start_ms: float
     file_round_trip_us: float
+    syscall_us: float
     #: Percent of one CPU an idle sandbox spends; None when its cgroup was not found.
     idle_cpu_percent: float | None
     rounds: int
@@ -111,12 +125,17 @@ class Figures:
     @property
     def command_ms(self) -> float:
         """The rule's cost of one command."""
-        return self.process_start_ms + FILES_PER_COMMAND * self.file_round_trip_us / 1000
+        return (
+            self.process_start_ms
+            + FILES_PER_COMMAND * self.file_round_trip_us / 1000
+            + SYSCALLS_PER_COMMAND * self.syscall_us / 1000
+        )
 
     def summary(self) -> str:
         idle = "?" if self.idle_cpu_percent is None else f"{self.idle_cpu_percent:.1f}%"
         return (
-            f"{self.process_start_ms:.1f} ms a process start, {self.file_round_trip_us:.0f} µs a file round trip "
+            f"{self.process_start_ms:.1f} ms a process start, {self.file_round_trip_us:.0f} µs a file round trip, "
+            f"{self.syscall_us:.1f} µs a system call "
             f"({self.command_ms:.1f} ms a command), {idle} of a CPU idle"
         )
 
@@ -148,9 +167,22 @@ class Record:
     chosen_by: str = "measurement"
     #: AGENTBOX_RUNSC_ARGS when chosen_by is "you".
     user_args: tuple[str, ...] = field(default=())
+    #: The host's 1-minute load average when the measurement began, and its CPUs.
+    load: float | None = None
+    cpus: int | None = None
+    format: int = FORMAT
+
+    @property
+    def busy(self) -> bool:
+        """Whether other work competed for the CPUs: systrap, whose sentry spins on a spare CPU, then
+        measures far slower (a system call 27 µs instead of 4.5 here), so set-up measures again."""
+        return self.load is not None and self.cpus is not None and self.load > self.cpus
+
+    def busy_note(self) -> str:
+        return f"measured on a busy host (load {self.load:.1f} on {self.cpus} CPUs): set-up measures again"
 
     def holds_for(self, runsc_version: str | None, kernel: str) -> bool:
-        return self.runsc_version == runsc_version and self.kernel == kernel
+        return self.runsc_version == runsc_version and self.kernel == kernel and self.format == FORMAT
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
@@ -179,8 +211,11 @@ class Record:
                 rule=str(data.get("rule", RULE)),
                 chosen_by=str(data.get("chosen_by", "measurement")),
                 user_args=tuple(data.get("user_args") or ()),
+                load=None if data.get("load") is None else float(data["load"]),
+                cpus=None if data.get("cpus") is None else int(data["cpus"]),
+                format=int(data.get("format", 1)),
             )
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"not a platform record: {exc!r}") from None
 
 
@@ -258,6 +293,8 @@ def describe(
         )
     figures = "; ".join(r.summary() for r in record.results.values())
     measured = f"Measured at set-up ({record.measured_at}, medians): {figures}." if figures else ""
+    if figures and record.busy:
+        measured = f"{measured[:-1]}; {record.busy_note()}."
     if record.chosen_by == "you":
         said = f"{record.chosen}, chosen by you (AGENTBOX_RUNSC_ARGS={' '.join(record.user_args)})"
         return platform == record.chosen, f"{said}. {measured}".rstrip()
@@ -322,8 +359,8 @@ def busybox_image() -> str:
     return IMAGE
 
 
-def parse_round(output: str) -> tuple[float, float]:
-    """(ms a process start, µs a file round trip) from one round's stamps."""
+def parse_round(output: str) -> tuple[float, float, float]:
+    """(ms a process start, µs a file round trip, µs a system call) from one round's stamps."""
     stamps: dict[int, int] = {}
     for line in output.splitlines():
         found = STAMP.match(line.strip())
@@ -331,9 +368,13 @@ def parse_round(output: str) -> tuple[float, float]:
             index, when, fraction, zone = found.groups()
             seconds = int(datetime.strptime(f"{when} {zone}", "%Y-%m-%d %H:%M:%S %z").timestamp())
             stamps[int(index)] = seconds * 10**9 + int((fraction or "0").ljust(9, "0"))
-    if sorted(stamps) != [0, 1, 2]:
-        raise ValueError(f"a round's output lacks its three time stamps: {output.strip()[-300:]!r}")
-    return (stamps[1] - stamps[0]) / STARTS / 1e6, (stamps[2] - stamps[1]) / FILES / 1e3
+    if sorted(stamps) != [0, 1, 2, 3]:
+        raise ValueError(f"a round's output lacks its four time stamps: {output.strip()[-300:]!r}")
+    return (
+        (stamps[1] - stamps[0]) / STARTS / 1e6,
+        (stamps[2] - stamps[1]) / FILES / 1e3,
+        (stamps[3] - stamps[2]) / SYSCALLS / 1e3,
+    )
 
 
 def cgroup_cpu_seconds(container_id: str, root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -364,6 +405,8 @@ def measure(
     started = time.monotonic()
     errors: dict[str, str] = {}
     containers: dict[str, str] = {}
+    samples: dict[str, list[tuple[float, float, float]]] = {p: [] for p in runtimes}
+    idle: dict[str, float | None] = {}
     registered = registered_runtimes()
     for platform, runtime in runtimes.items():
         entry = registered.get(runtime)
@@ -371,49 +414,30 @@ def measure(
             errors[platform] = f"runtime {runtime} is not registered with the engine"
         elif (has := platform_of(entry.get("runtimeArgs") or ())) not in (platform, None):
             errors[platform] = f"runtime {runtime} is registered with --platform={has}, not {platform}"
-    image = busybox_image()
     workdir = Path(tempfile.mkdtemp(prefix="agentbox-measure-", dir="/var/tmp"))
-    for platform in runtimes:
-        (workdir / platform).mkdir()
-    samples: dict[str, list[tuple[float, float]]] = {p: [] for p in runtimes}
-    idle: dict[str, float | None] = {}
     try:
-        for platform, runtime in runtimes.items():
-            if platform in errors:
-                continue
-            name = f"agentbox-measure-{platform}-{os.getpid()}"
-            try:
-                containers[platform] = docker(
-                    "run", "-d", "--name", name, "--runtime", runtime, "--network", "none", "--label", f"{LABEL}=1",
-                    "-v", f"{workdir / platform}:/workspace", image, "sleep", "86400",
-                ).strip()  # fmt: skip
-            except RuntimeError as exc:
-                errors[platform] = f"a container could not start under {runtime}: {exc}"
-                docker_quietly("rm", "-f", name)
-        for number in range(rounds + 1):  # round 0 warms up (the binary's first load through the gofer)
+        if len(errors) < len(runtimes):
+            image = busybox_image()
+            for platform, runtime in runtimes.items():
+                if platform not in errors:
+                    try:
+                        containers[platform] = _start(platform, runtime, image, workdir / platform)
+                    except RuntimeError as exc:
+                        errors[platform] = f"a container could not start under {runtime}: {exc}"
+        for number in range(rounds + 1 if containers else 0):  # round 0 warms up (binaries loaded, caches filled)
             if number > 1 and time.monotonic() - started > budget:
                 say(f"    stopping after {number - 1} rounds: the {budget:g} s budget is spent (a busy machine?)")
                 break
             order = [p for p in containers if p not in errors]
             for platform in order if number % 2 else reversed(order):
                 try:
-                    output = docker("exec", containers[platform], "sh", "-c", ROUND_SCRIPT)
-                    sample = parse_round(output)
+                    sample = parse_round(docker("exec", containers[platform], "sh", "-c", ROUND_SCRIPT))
                 except (RuntimeError, ValueError) as exc:
                     errors[platform] = f"a round under {runtimes[platform]} failed: {exc}"
                     continue
                 if number:
                     samples[platform].append(sample)
-        awake = [p for p in containers if p not in errors]
-        time.sleep(0.5)  # the last round's echoes settle
-        before = {p: cgroup_cpu_seconds(containers[p]) for p in awake}
-        t0 = time.monotonic()
-        time.sleep(IDLE_SECONDS)
-        after = {p: cgroup_cpu_seconds(containers[p]) for p in awake}
-        elapsed = time.monotonic() - t0
-        for p in awake:
-            b, a = before[p], after[p]
-            idle[p] = None if a is None or b is None else round(100 * (a - b) / elapsed, 2)
+        idle = _idle_cpu({p: c for p, c in containers.items() if p not in errors})
     finally:
         removals = [subprocess.Popen(["docker", "rm", "-f", c], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     for c in containers.values()]  # fmt: skip
@@ -432,11 +456,40 @@ def measure(
         figures = Figures(
             process_start_ms=round(statistics.median(s[0] for s in taken), 2),
             file_round_trip_us=round(statistics.median(s[1] for s in taken), 1),
+            syscall_us=round(statistics.median(s[2] for s in taken), 2),
             idle_cpu_percent=idle.get(platform),
             rounds=len(taken),
         )
         results[platform] = PlatformResult(platform, runtime, figures)
     return results
+
+
+def _start(platform: str, runtime: str, image: str, workspace: Path) -> str:
+    """A sleeping container under `runtime` with `workspace` bind-mounted (as a workspace's disk is)."""
+    workspace.mkdir()
+    name = f"agentbox-measure-{platform}-{os.getpid()}"
+    try:
+        return docker(
+            "run", "-d", "--name", name, "--runtime", runtime, "--network", "none", "--label", f"{LABEL}=1",
+            "-v", f"{workspace}:/workspace", image, "sleep", "86400",
+        ).strip()  # fmt: skip
+    except RuntimeError:
+        docker_quietly("rm", "-f", name)  # created, then failed to start (or timed out)
+        raise
+
+
+def _idle_cpu(containers: Mapping[str, str]) -> dict[str, float | None]:
+    """Percent of a CPU each container's sandbox spends doing nothing, over the same IDLE_SECONDS."""
+    if not containers:
+        return {}
+    time.sleep(0.5)  # the last round's work settles
+    before = {p: cgroup_cpu_seconds(c) for p, c in containers.items()}
+    t0 = time.monotonic()
+    time.sleep(IDLE_SECONDS)
+    after = {p: cgroup_cpu_seconds(c) for p, c in containers.items()}
+    elapsed = time.monotonic() - t0
+    spent = {p: (before[p], after[p]) for p in containers}
+    return {p: None if b is None or a is None else round(100 * (a - b) / elapsed, 2) for p, (b, a) in spent.items()}
 
 
 def docker_quietly(*args: str) -> None:
@@ -461,9 +514,11 @@ def _measure(args: argparse.Namespace) -> int:
     version = runsc_version(args.runsc)
     record = read_record(args.record)
     chosen, why = choose(record.results) if record is not None else (None, "")
-    if record is not None and record.holds_for(version, _kernel()) and chosen and not args.force:
+    if record is not None and record.holds_for(version, _kernel()) and chosen and record.busy and not args.force:
+        _say(f"==> the platform measurement in {args.record} was {record.busy_note()}")
+    elif record is not None and record.holds_for(version, _kernel()) and chosen and not args.force:
         if record.chosen_by == "you":  # the user's choice is gone: back to what was measured
-            record = Record(record.runsc_version, record.kernel, record.measured_at, record.results, chosen, why)
+            record = replace(record, chosen=chosen, why=why, chosen_by="measurement", user_args=())
             with contextlib.suppress(OSError):
                 write_record(record, args.record)
         _say(f"==> gVisor platform {record.chosen}, as measured for runsc {version} on this kernel "
@@ -471,7 +526,7 @@ def _measure(args: argparse.Namespace) -> int:
         print(record.chosen)
         return 0
     _say(f"==> measuring gVisor's platforms ({', '.join(runtimes)}) for runsc {version}, once per build: ~15 s")
-    t0 = time.monotonic()
+    t0, load = time.monotonic(), os.getloadavg()[0]
     try:
         results = measure(runtimes, rounds=args.rounds, say=_say)
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -486,7 +541,9 @@ def _measure(args: argparse.Namespace) -> int:
     when = datetime.now(UTC).isoformat(timespec="seconds")
     _say(f"==> chose {chosen}: {why} ({time.monotonic() - t0:.1f} s; rule: {RULE})")
     try:
-        write_record(Record(version or "?", _kernel(), when, results, chosen, why), args.record)
+        write_record(
+            Record(version or "?", _kernel(), when, results, chosen, why, load=load, cpus=os.cpu_count()), args.record
+        )
     except OSError as exc:
         _say(f"warning: could not record the measurement in {args.record} ({exc}): the next set-up measures again")
     print(chosen)
@@ -508,13 +565,11 @@ def _recorded(args: argparse.Namespace) -> int:
 def _override(args: argparse.Namespace) -> int:
     """Note that the user's AGENTBOX_RUNSC_ARGS chose; an earlier measurement's figures are kept."""
     user_args = tuple(args.args.split())
-    chosen = platform_of(user_args) or DEFAULT_PLATFORM
+    chosen, why = platform_of(user_args) or DEFAULT_PLATFORM, f"AGENTBOX_RUNSC_ARGS={args.args}"
     version, record = runsc_version(args.runsc), read_record(args.record)
-    results = record.results if record is not None and record.holds_for(version, _kernel()) else {}
-    when = record.measured_at if record is not None and results else datetime.now(UTC).isoformat(timespec="seconds")
-    why = f"AGENTBOX_RUNSC_ARGS={args.args}"
-    write_record(Record(version or "?", _kernel(), when, results, chosen, why, chosen_by="you", user_args=user_args),
-                 args.record)  # fmt: skip
+    if record is None or not record.holds_for(version, _kernel()):
+        record = Record(version or "?", _kernel(), datetime.now(UTC).isoformat(timespec="seconds"), {}, chosen, why)
+    write_record(replace(record, chosen=chosen, why=why, chosen_by="you", user_args=user_args), args.record)
     return 0
 
 
