@@ -77,6 +77,7 @@ class WorkspaceOptions(TypedDict, total=False):
     labels: dict[str, str]
     network: Literal["egress", "none"] | AllowOptions
     repo: RepoOptions
+    idle_timeout: float  # seconds unused before it is suspended (woken by its next use); 0: never
 
 
 class ExecOptions(TypedDict, total=False):

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from agentbox.github.crypto import Keyring, parse_key
+from agentbox.wire.common import IdleTimeout
 from agentbox.wire.domain import ProviderName as ProviderName  # re-exported: service.py knows it from here
 from agentbox.wire.network import NetworkPolicy
 from agentbox.wire.sizes import SizeError, parse_size
@@ -125,6 +126,14 @@ class Settings(BaseSettings):
     # Seconds a command may run when its request names no timeout (a runaway command ends some day).
     exec_timeout: float = Field(3600.0, gt=0, le=7 * 86400, validation_alias="WORKSPACE_EXEC_TIMEOUT")
     reap_interval: float = Field(30.0, gt=0, le=3600, validation_alias="WORKSPACE_REAP_INTERVAL")
+    # Seconds a workspace may go unused (and not doing work) before its sandbox is frozen, when its create
+    # names none; 0: never. Any use wakes it (workspaces/idle.py).
+    idle_timeout: IdleTimeout = Field(300.0, validation_alias="WORKSPACE_IDLE_TIMEOUT")
+    # Seconds between two looks for idle workspaces (by the leader).
+    idle_check_interval: float = Field(2.0, gt=0, le=60, validation_alias="WORKSPACE_IDLE_CHECK_INTERVAL")
+    # Cores a workspace may keep busy on average and still count as idle (an awake idle gVisor sandbox
+    # uses ~0.03-0.05; a background job at work, a core or so).
+    idle_cpu: float = Field(0.1, ge=0, le=64, validation_alias="WORKSPACE_IDLE_CPU")
     # Seconds between two measurements of every running workspace's CPU and memory (0: none).
     usage_interval: float = Field(10.0, ge=0, le=600, validation_alias="WORKSPACE_USAGE_INTERVAL")
     max_upload: Size = Field(parse_size("1G"), validation_alias="WORKSPACE_MAX_UPLOAD")

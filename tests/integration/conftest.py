@@ -30,6 +30,7 @@ from websockets.sync.client import ClientConnection
 from agentbox.client import APIError, Client
 from agentbox.config import load_settings
 from agentbox.providers.docker.firewall import Firewall
+from agentbox.providers.docker.freezer import container_freezer
 from agentbox.wire.system import Health
 from agentbox.wire.workspaces import WorkspaceOut
 
@@ -229,6 +230,8 @@ def no_leftover_workspaces(docker_client: docker.DockerClient) -> Iterator[None]
         return  # another pytest run uses the engine at the same time (a developer's parallel runs)
     left = docker_client.containers.list(all=True, filters={"label": WORKSPACE_LABEL})
     for container in left:
+        if (frozen := container_freezer(str(container.id))) is not None:
+            frozen.thaw()  # a suspended sandbox would hold the engine's kill, and the removal with it
         container.remove(force=True, v=True)
     disks = set(workspace_disk_mounts()) - mounted_before
     for mount in disks:

@@ -33,9 +33,11 @@ _NOT_RUNNING_OR_STOPPED = (409, "It is neither running nor stopped (starting, fa
 
 def workspace_out(workspace: Workspace, usage: UsageSample | None = None) -> WorkspaceOut:
     """A workspace's row as the API shows it, with its last measurement of CPU and memory."""
-    fields = {name: getattr(workspace, name) for name in WorkspaceOut.model_fields if name not in ("network", "usage")}
+    computed = ("network", "usage", "suspended")
+    fields = {name: getattr(workspace, name) for name in WorkspaceOut.model_fields if name not in computed}
     network = policy_of(workspace.network, workspace.allow)
-    return WorkspaceOut.model_validate({**fields, "network": network, "usage": usage})
+    suspended = workspace.suspended_at is not None
+    return WorkspaceOut.model_validate({**fields, "network": network, "usage": usage, "suspended": suspended})
 
 
 @router.post(

@@ -264,7 +264,8 @@ def ws_ls(
     table = Table("status", "runtime", "image", "cpu", "memory", "expires")
     table.columns.insert(0, Column("id", no_wrap=True))
     for w in found:
-        table.add_row(w.id, w.status, w.runtime, w.image, str(w.cpu), w.memory, _timestamp(w.expires_at))
+        status = f"{w.status} (suspended)" if w.suspended else w.status
+        table.add_row(w.id, status, w.runtime, w.image, str(w.cpu), w.memory, _timestamp(w.expires_at))
     console.print(table)
 
 

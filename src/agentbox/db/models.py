@@ -107,6 +107,14 @@ class Workspace(Base):
     # `seconds` an automatic resume gives it. None: deleted at its end.
     pause_at_end: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Seconds unused (and not doing work) after which it is suspended; 0: never. None: made before
+    # idle suspend (the server's WORKSPACE_IDLE_TIMEOUT).
+    idle_timeout: Mapped[float | None] = mapped_column(Float)
+    # Its last call into the sandbox, a look or a use, or a call still in flight (to a fraction of its idle
+    # timeout): what idle suspend counts from (last_used_at, which slides the TTL, counts only uses).
+    active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When its sandbox was frozen (workspaces/idle.py); None: awake. A suspended one is `running`.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The replica creating or starting it while it is `starting`, or booting it into the warm pool:
     # only that replica's death (its heartbeat gone stale) lets reconciliation give the row up.
     replica: Mapped[str | None] = mapped_column(String(64))

@@ -12,7 +12,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -157,6 +157,67 @@ class Store:
             if claimed is not None:
                 session.add(Event(workspace_id=claimed.id, kind="claimed", detail={"owner": fields.get("owner")}))
         return claimed
+
+    def awake_candidates(self) -> list[Workspace]:
+        """Running workspaces that are awake and may be suspended (an idle timeout other than 0)."""
+        query = select(Workspace).where(
+            Workspace.status == Status.RUNNING.value,
+            Workspace.provider_ref.is_not(None),
+            Workspace.suspended_at.is_(None),
+            or_(Workspace.idle_timeout.is_(None), Workspace.idle_timeout > 0),
+        )
+        with self.session() as session:
+            return list(session.scalars(query))
+
+    def mark_suspended(self, workspace: Workspace, at: datetime) -> bool:
+        """Mark `workspace` suspended, only if it is still as it was read: awake, in its status, and with no
+        activity since (`active_at`). The one round trip that makes a concurrent use win over a suspend."""
+        unchanged = (
+            Workspace.active_at.is_(None) if workspace.active_at is None else Workspace.active_at == workspace.active_at
+        )
+        statement = (
+            update(Workspace)
+            .where(
+                Workspace.id == workspace.id,
+                Workspace.status == workspace.status,
+                Workspace.suspended_at.is_(None),
+                unchanged,
+            )
+            .values(suspended_at=at)
+            .returning(Workspace.id)
+        )
+        with self.session() as session:
+            marked = session.scalar(statement) is not None
+            if marked:
+                session.add(Event(workspace_id=workspace.id, kind="suspended", detail={}))
+        return marked
+
+    def mark_awake(self, workspace_id: str, at: datetime) -> Workspace | None:
+        """Clear the workspace's suspension, active from `at`, and return it; None when it was not suspended
+        (or another caller cleared it first: exactly one of concurrent callers gets the row)."""
+        statement = (
+            update(Workspace)
+            .where(Workspace.id == workspace_id, Workspace.suspended_at.is_not(None))
+            .values(suspended_at=None, active_at=at)
+            .returning(Workspace)
+        )
+        with self.session() as session:
+            woken = session.scalars(statement).first()
+            if woken is not None:
+                session.add(Event(workspace_id=workspace_id, kind="woken", detail={}))
+        return woken
+
+    def touch(self, workspace_ids: Sequence[str], at: datetime) -> None:
+        """Mark the workspaces active at `at` (calls into them are in flight)."""
+        statement = update(Workspace).where(Workspace.id.in_(list(workspace_ids))).values(active_at=at)
+        with self.session() as session:
+            session.execute(statement)
+
+    def count_running(self, suspended: bool) -> int:
+        """Running workspaces that are suspended, or awake."""
+        asleep = Workspace.suspended_at.is_not(None) if suspended else Workspace.suspended_at.is_(None)
+        with self.session() as session:
+            return session.scalar(select(func.count()).where(Workspace.status == Status.RUNNING.value, asleep)) or 0
 
     def count_active(self) -> int:
         with self.session() as session:

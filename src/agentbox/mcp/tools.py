@@ -114,7 +114,8 @@ TOOLS = (
         "create_workspace",
         "Create an isolated Linux workspace (a sandboxed machine whose working directory is /workspace) "
         "and return it, running. Every argument is optional: image, provider, cpu, memory, disk, env, "
-        "labels, network, ttl_days, repo (a GitHub repository to check out). Pass its `id` as workspace_id "
+        "labels, network, ttl_days, repo (a GitHub repository to check out), idle_timeout (seconds unused "
+        "before it is suspended; any tool call wakes it, so you need not care). Pass its `id` as workspace_id "
         "to the other tools, and delete it with delete_workspace when done.",
         CreateWorkspace,
         "POST",

@@ -154,6 +154,9 @@ const table = (label, columns, tbody) =>
 const facts = (pairs) => h("dl", { class: "facts" }, pairs.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
 
 const statusBadge = (status) => h("span", { class: `status ${status}` }, status);
+// A suspended workspace is running (any use wakes it): its badge says it waits.
+const workspaceBadge = (w) =>
+  w.suspended ? h("span", { class: "status suspended", title: "frozen while it waits: any use wakes it" }, "suspended") : statusBadge(w.status);
 
 // Re-draws `container` with `draw()` only when `signature` changed, keeping keyboard focus on the
 // element with the same data-key (a list that refreshes every few seconds must not steal focus).
@@ -368,7 +371,7 @@ function workspaceRow(w, refresh) {
     "tr",
     { dataset: { workspace: w.id } },
     h("td", {}, h("a", { href: `#/w/${w.id}`, dataset: { key: `link:${w.id}` } }, w.id)),
-    h("td", {}, statusBadge(w.status), w.error ? h("div", { class: "muted wrap" }, w.error) : null),
+    h("td", {}, workspaceBadge(w), w.error ? h("div", { class: "muted wrap" }, w.error) : null),
     h("td", {}, w.provider),
     h("td", {}, w.runtime),
     h("td", { class: "wrap" }, w.image),
@@ -427,7 +430,7 @@ function workspaceView(main, id, tab) {
 
 function workspaceHeader(w, refresh) {
   return [
-    h("div", { class: "spread" }, h("h1", {}, w.id, " ", statusBadge(w.status)), workspaceActions(w, refresh)),
+    h("div", { class: "spread" }, h("h1", {}, w.id, " ", workspaceBadge(w)), workspaceActions(w, refresh)),
     facts([
       ["Provider", `${w.provider} (${w.runtime})`],
       ["Image", w.image],

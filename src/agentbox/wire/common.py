@@ -41,6 +41,18 @@ def _absolute_path(value: str) -> str:
 #: The longest time a request may name (a timeout, a lifetime): a week.
 MAX_SECONDS = 7 * 86400
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+#: The shortest idle timeout: long enough that a call in flight is always seen (workspaces/activity.py).
+MIN_IDLE_SECONDS = 2.0
+
+
+def _idle_timeout(value: float) -> float:
+    if 0 < value < MIN_IDLE_SECONDS:
+        raise ValueError(f"must be 0 (never suspended) or at least {MIN_IDLE_SECONDS:g} seconds")
+    return value
+
+
+#: Seconds unused after which a workspace is suspended (its sandbox frozen until its next use); 0: never.
+IdleTimeout = Annotated[float, Field(ge=0, le=MAX_SECONDS), AfterValidator(_idle_timeout)]
 EnvKey = Annotated[str, Field(max_length=256), AfterValidator(_env_key)]
 EnvValue = Annotated[str, Field(max_length=65536), AfterValidator(_no_nul)]
 Env = Annotated[dict[EnvKey, EnvValue], Field(max_length=256)]

@@ -72,6 +72,8 @@ class NewWorkspace:
     public_ports: bool = False
     #: Paused at its fixed end (`deadline_seconds`) instead of deleted.
     pause_at_end: PauseAtEnd | None = None
+    #: Seconds unused after which it is suspended, until its next use; 0: never.
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ class ProviderInfo(BaseModel):
         description="the network policies of the workspaces whose pause keeps memory and processes "
         "(a checkpoint); others keep files only"
     )
+    suspend: bool = Field(
+        default=False, description="idle workspaces are suspended (frozen, no CPU) and woken by their next use"
+    )
 
 
 class ProviderStatus(BaseModel):

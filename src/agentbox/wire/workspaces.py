@@ -9,7 +9,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agentbox.wire.common import Disk, Env, LabelKey, LabelValue, Memory
+from agentbox.wire.common import Disk, Env, IdleTimeout, LabelKey, LabelValue, Memory
 from agentbox.wire.domain import NewWorkspace, ProviderName, Status
 from agentbox.wire.github import CheckoutOut, RepoSpec
 from agentbox.wire.network import NetworkPolicy
@@ -34,6 +34,11 @@ class CreateWorkspace(BaseModel):
         "default: the server's WORKSPACE_NETWORK_POLICY",
     )
     repo: RepoSpec | None = Field(default=None, description="a repository to check out into /workspace/<name>")
+    idle_timeout: IdleTimeout | None = Field(
+        None,
+        description="seconds unused (no call into it, and not busy on its own) after which it is suspended: frozen, "
+        "using no CPU, until its next use wakes it; 0: never; default: the server's WORKSPACE_IDLE_TIMEOUT",
+    )
 
     def to_domain(self) -> NewWorkspace:
         fields = {name: getattr(self, name) for name in type(self).model_fields if name != "repo"}
@@ -73,6 +78,14 @@ class WorkspaceOut(BaseModel):
     memory_kept: bool | None = Field(
         default=None, description="whether its last pause kept its memory and processes (null: never paused)"
     )
+    idle_timeout: float | None = Field(
+        default=None, description="seconds unused after which it is suspended (0: never; null: the server's default)"
+    )
+    suspended: bool = Field(
+        default=False,
+        description="its sandbox is frozen while it waits (it stays running): any use wakes it, in milliseconds",
+    )
+    suspended_at: datetime | None = None
     error: str | None = None
     usage: UsageSampleOut | None = Field(
         default=None,

@@ -1,4 +1,4 @@
-"""The background loop: TTL expiry, reconciliation, providers' isolation, and the warm pool.
+"""The background loop: TTL expiry, reconciliation, providers' isolation, idle suspend, and the warm pool.
 
 One thread, woken every `WORKSPACE_REAP_INTERVAL` seconds and whenever the manager says
 something changed (a claim, a delete), so that the pool refills at once. A failure in one
@@ -95,32 +95,39 @@ class Lifecycle:
         except AgentboxError as exc:  # the next start-up reconciles what is left
             log.warning("removing the warm pool at shutdown failed: %s", exc.detail)
 
-    def round(self, sweep: bool = True, enforce: bool = True) -> None:
+    def round(self, sweep: bool = True, enforce: bool = True, idle: bool = True) -> None:
         """One round of the leader's work (nothing on a replica that does not lead): expiry and reconciliation
-        when `sweep`, isolation when `enforce`, and the pool's refill."""
+        when `sweep`, isolation when `enforce`, idle suspend when `idle`, and the pool's refill."""
         if sweep:
             self._guarded("expiring workspaces", self.manager.reap_expired)
             self._guarded("reconciling with the engine", self.reconciler.run)
         if enforce:
             self._guarded("re-asserting isolation", self.manager.enforce_isolation)
+        if idle:
+            self._guarded("suspending idle workspaces", self.manager.idle.run)
         if self.pool is not None:
             self._guarded("filling the warm pool", self._fill)
 
     def _run(self) -> None:
-        next_sweep = next_enforce = 0.0
+        periods = {
+            "sweep": self.interval,
+            "enforce": ENFORCE_SECONDS,
+            "idle": self.manager.settings.idle_check_interval,
+        }
+        due = dict.fromkeys(periods, 0.0)
         while not self._stop.is_set():
             if not self.leads():
-                next_sweep = next_enforce = 0.0  # on taking the lead: a whole round at once
+                due = dict.fromkeys(periods, 0.0)  # on taking the lead: a whole round at once
                 self._wake.wait(FOLLOWER_SECONDS)
                 self._wake.clear()
                 continue
-            sweep, enforce = time.monotonic() >= next_sweep, time.monotonic() >= next_enforce
-            if sweep:
-                next_sweep = time.monotonic() + self.interval
-            if enforce:
-                next_enforce = time.monotonic() + ENFORCE_SECONDS
-            self.round(sweep, enforce)
-            if self._wake.wait(timeout=max(0.0, min(next_sweep, next_enforce) - time.monotonic())):
+            now = time.monotonic()
+            steps = {step: now >= at for step, at in due.items()}
+            for step, period in periods.items():
+                if steps[step]:
+                    due[step] = now + period
+            self.round(**steps)
+            if self._wake.wait(timeout=max(0.0, min(due.values()) - time.monotonic())):
                 self._settle()
             self._wake.clear()
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import timedelta
+from typing import Any
 
 from agentbox.config import Settings
 from agentbox.db.models import Status, Workspace, new_workspace_id, utcnow
@@ -30,9 +31,11 @@ from agentbox.github.service import GitHub
 from agentbox.providers.base import Provider, Resources, Usage, WorkspaceSpec, distinct
 from agentbox.wire.domain import NewWorkspace, Quota
 from agentbox.wire.network import columns_of, kind_of
+from agentbox.workspaces.activity import Activity, HeldRuntime
 from agentbox.workspaces.admission import Admission
 from agentbox.workspaces.audit import AuditLog
 from agentbox.workspaces.handle import WorkspaceHandle
+from agentbox.workspaces.idle import IdleSuspender
 from agentbox.workspaces.metrics import Metrics
 from agentbox.workspaces.pool import WarmPool
 from agentbox.workspaces.session_claims import SessionClaims
@@ -68,9 +71,11 @@ class WorkspaceManager:
         self.watchers = Watchers(store)
         self.audit = AuditLog(store)
         self.admission = Admission(store, settings.max_concurrent, self.metrics)
+        self.activity = Activity(store.touch)
+        self.idle = IdleSuspender(store, self.providers, settings, self.metrics)
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
         self.on_change: Callable[[], None] = lambda: None
-        self.metrics.observe(store.count_active, self.pool.ready if self.pool else lambda: 0)
+        self.metrics.observe(store.count_active, self.pool.ready if self.pool else lambda: 0, store.count_running)
 
     # Lifecycle
 
@@ -119,6 +124,13 @@ class WorkspaceManager:
                 + (capabilities.network_hint or "ask for one of those, or use another provider")
             )
         network = columns_of(policy, self.settings.network_name)
+        idle_timeout = self.settings.idle_timeout if request.idle_timeout is None else request.idle_timeout
+        if not capabilities.suspend:
+            if request.idle_timeout:
+                raise BadRequest(
+                    f"idle_timeout: a {provider_name} workspace cannot be suspended here; leave it out, or 0"
+                )
+            idle_timeout = 0.0
         claim = {
             "owner": owner,
             "ephemeral": request.ephemeral,
@@ -131,6 +143,8 @@ class WorkspaceManager:
             else asdict(request.pause_at_end) | {"seconds": request.deadline_seconds},
             "created_at": now,
             "expires_at": expires_at,
+            "idle_timeout": idle_timeout,
+            "active_at": now,
         }
         pool = self.pool if self.pool is not None and self.pool.serves(provider_name, request, network) else None
         # Resolved before admission, not under it: a name lookup may take seconds. (A pooled
@@ -139,28 +153,28 @@ class WorkspaceManager:
         cpu, memory = request.cpu or self.settings.default_cpu, request.memory or self.settings.default_memory
         with self.store.admission():
             self.admission.check(owner, quota, cpu, memory)
-            if pool is not None:
-                claimed = pool.take(status=Status.RUNNING.value, **claim)
-                if claimed is not None:
-                    self.on_change()
-                    return self._handed_out("pool", claimed, started)
-            workspace = Workspace(
-                id=new_workspace_id(),
-                provider=provider_name,
-                runtime=capabilities.runtime,
-                status=Status.STARTING.value,
-                image=request.image or self.settings.image,
-                cpu=cpu,
-                memory=memory,
-                disk=request.disk or self.settings.default_disk,
-                pids_limit=self.settings.pids_limit,
-                allow_cidrs=allow_cidrs,
-                updated_at=now,
-                replica=self.settings.replica_id,
-                **network,
-                **claim,
-            )
-            self.store.add(workspace, "created", image=workspace.image)
+            claimed = pool.take(status=Status.RUNNING.value, **claim) if pool is not None else None
+            if claimed is None:
+                workspace = Workspace(
+                    id=new_workspace_id(),
+                    provider=provider_name,
+                    runtime=capabilities.runtime,
+                    status=Status.STARTING.value,
+                    image=request.image or self.settings.image,
+                    cpu=cpu,
+                    memory=memory,
+                    disk=request.disk or self.settings.default_disk,
+                    pids_limit=self.settings.pids_limit,
+                    allow_cidrs=allow_cidrs,
+                    updated_at=now,
+                    replica=self.settings.replica_id,
+                    **network,
+                    **claim,
+                )
+                self.store.add(workspace, "created", image=workspace.image)
+        if claimed is not None:  # woken out of the lock: a burst of claims wakes its workspaces side by side
+            self.on_change()
+            return self._handed_out("pool", self._awake(claimed), started)
         self.on_change()  # a cold start may leave the pool too big for the cap
         try:
             if workspace.allow is not None and workspace.allow_cidrs is None:  # the pool was empty
@@ -174,7 +188,7 @@ class WorkspaceManager:
             raise
         actual = vars(provider.resources(ref) or Resources())
         sizes = {name: value for name, value in actual.items() if value is not None}
-        fields = {"status": Status.RUNNING.value, "provider_ref": ref, **sizes}
+        fields = {"status": Status.RUNNING.value, "provider_ref": ref, "active_at": utcnow(), **sizes}
         created = self.store.transition(workspace.id, (Status.STARTING.value,), "started", **fields)
         if created is None:  # deleted meanwhile, or given up by the leader (replicas.py): it must not come back
             provider.destroy(ref)
@@ -262,7 +276,8 @@ class WorkspaceManager:
         provider = self._provider(workspace.provider)
         if not provider.capabilities().stop_start:
             raise BadRequest(f"a {workspace.provider} workspace cannot be stopped and started: delete it when done")
-        fields: dict[str, object] = {"status": Status.STOPPED.value, "error": None}
+        # A suspended one is thawed by the provider on the way (a frozen sandbox holds the engine's signals).
+        fields: dict[str, object] = {"status": Status.STOPPED.value, "error": None, "suspended_at": None}
         if pause and keep_memory:
             fields["memory_kept"] = provider.pause(self._ref(workspace))
         else:
@@ -338,7 +353,12 @@ class WorkspaceManager:
             )
             raise
         running = self.store.transition(
-            workspace.id, (Status.STARTING.value,), "started", status=Status.RUNNING.value, error=None
+            workspace.id,
+            (Status.STARTING.value,),
+            "started",
+            status=Status.RUNNING.value,
+            error=None,
+            active_at=utcnow(),
         )
         if running is None:  # deleted meanwhile, or given up (and so stopped) by the leader
             raise Conflict(f"workspace {workspace.id} changed while it was being started: look at it again")
@@ -405,13 +425,13 @@ class WorkspaceManager:
 
     def git_push(self, owner: str, workspace_id: str) -> tuple[Workspace, str, str]:
         """Push the current branch of the workspace's repository; (workspace, branch, commit)."""
-        workspace = self._running(owner, workspace_id)
+        handle = self.use(owner, workspace_id)
+        workspace = handle.workspace
         if workspace.repo is None:
             raise Conflict(f"workspace {workspace.id} was not created with a repository (`repo` at create)")
         if self.github is None:
             raise BadRequest("GitHub Apps are not configured on this server (GITHUB_APP_ENCRYPTION_KEY)")
-        runtime = self._provider(workspace.provider).runtime(self._ref(workspace))
-        branch, commit = self.github.push(owner, workspace.repo, runtime)
+        branch, commit = self.github.push(owner, workspace.repo, handle.runtime)
         self.store.record(workspace.id, "pushed", branch=branch, commit=commit)
         return workspace, branch, commit
 
@@ -444,40 +464,66 @@ class WorkspaceManager:
     # Inside a workspace
 
     def use(self, owner: str, workspace_id: str) -> WorkspaceHandle:
-        """A running workspace of `owner`, to work in: the use is recorded and an ephemeral workspace's
-        expiry slides. NotFound (404) for another owner's, Conflict (409) for one not running."""
-        return self._handle(self._running(owner, workspace_id))
+        """A running workspace of `owner`, to work in, awake (a suspended one is woken first): the use is
+        recorded and an ephemeral workspace's expiry slides. NotFound (404) for another owner's, Conflict
+        (409) for one not running."""
+        return self._handle(self._looked_at(owner, workspace_id, "use"), use=True)
 
     def look(self, owner: str, workspace_id: str) -> WorkspaceHandle:
-        """A running workspace of `owner`, for a look at its state (its processes, its ports): not a use,
-        so its expiry stays. NotFound (404), Conflict (409) as `use`."""
-        return self._handle(self._looked_at(owner, workspace_id))
+        """A running workspace of `owner`, awake, for a look at its state (its processes, its ports): not a
+        use, so its expiry stays (a dashboard looks every few seconds, which must not keep an idle workspace
+        from expiring); but activity, so it is not suspended under the look. NotFound (404), Conflict (409)
+        as `use`."""
+        return self._handle(self._looked_at(owner, workspace_id), use=False)
 
-    def _handle(self, workspace: Workspace) -> WorkspaceHandle:
+    def _handle(self, workspace: Workspace, use: bool) -> WorkspaceHandle:
+        workspace = self._awake(self._active(workspace, use))
         provider, ref = self._provider(workspace.provider), self._ref(workspace)
-        runtime = provider.runtime(ref)
+        runtime = HeldRuntime(provider.runtime(ref), lambda: self.activity.hold(workspace.id))
         return WorkspaceHandle(workspace, provider, ref, runtime, self.settings, self.sessions, self.watchers)
 
-    def _running(self, owner: str, workspace_id: str) -> Workspace:
-        return self._used(self._looked_at(owner, workspace_id, "use"))
-
     def _looked_at(self, owner: str, workspace_id: str, action: str = "look into") -> Workspace:
-        """A running workspace of `owner`, for a look at its state: not a use, so its expiry stays (a
-        dashboard looks every few seconds, which must not keep an idle workspace from expiring)."""
         workspace = self.get(owner, workspace_id)
         self._require(workspace, Status.RUNNING, action)
         return workspace
 
-    def _used(self, workspace: Workspace) -> Workspace:
-        """Record the use, and slide an ephemeral workspace's expiry to its TTL from now: one that is
-        used never expires under its user, an idle one still does. Written at most once a minute, so
-        that a command costs no database write."""
+    def _active(self, workspace: Workspace, use: bool) -> Workspace:
+        """Record the activity (what idle suspend counts from), and with `use` the use, which slides an
+        ephemeral workspace's expiry to its TTL from now: one that is used never expires under its user, an
+        idle one still does. Each written at most once in a while (USE_RECORDED_EVERY; activity, to a quarter
+        of the idle timeout), so that a command costs no database write."""
         now = utcnow()
-        if workspace.last_used_at is not None and now - workspace.last_used_at < USE_RECORDED_EVERY:
+        fields: dict[str, Any] = {}
+        if use and (workspace.last_used_at is None or now - workspace.last_used_at >= USE_RECORDED_EVERY):
+            ttl = workspace.ttl_days
+            fields |= {
+                "last_used_at": now,
+                "expires_at": now + timedelta(days=ttl) if ttl is not None else workspace.expires_at,
+            }
+        idle = self.settings.idle_timeout if workspace.idle_timeout is None else workspace.idle_timeout
+        every = min(USE_RECORDED_EVERY, timedelta(seconds=idle / 4)) if idle else USE_RECORDED_EVERY
+        if workspace.suspended_at is None and (workspace.active_at is None or now - workspace.active_at >= every):
+            fields["active_at"] = now  # a suspended one's wake records it
+        return self.store.update(workspace.id, **fields) if fields else workspace
+
+    def _awake(self, workspace: Workspace) -> Workspace:
+        """`workspace`, its sandbox thawed if it was suspended. The mark is cleared before the thaw, so that
+        a suspend under way (idle.py) finds it cleared after its freeze and thaws again; of concurrent
+        callers, the one that clears it is the wake counted, and each thaws (a thawed sandbox is left as is)."""
+        if workspace.suspended_at is None:
             return workspace
-        ttl = workspace.ttl_days
-        expires_at = now + timedelta(days=ttl) if ttl is not None else workspace.expires_at
-        return self.store.update(workspace.id, last_used_at=now, expires_at=expires_at)
+        started = time.monotonic()
+        woken = self.store.mark_awake(workspace.id, utcnow())
+        try:
+            self._provider(workspace.provider).wake(self._ref(workspace))
+        except BaseException:
+            if woken is not None:  # still frozen, perhaps: the next call wakes it again
+                self.store.update(workspace.id, suspended_at=workspace.suspended_at)
+            raise
+        if woken is None:
+            return self.store.get(workspace.id) or workspace
+        self.metrics.wake_seconds.observe(time.monotonic() - started)
+        return woken
 
     @staticmethod
     def _require(workspace: Workspace, status: Status, action: str) -> None:

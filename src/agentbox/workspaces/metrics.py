@@ -47,6 +47,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.suspends = Counter(
+            "agentbox_workspace_suspends", "Idle workspaces suspended (their sandbox frozen)", registry=self.registry
+        )
+        self.wake_seconds = Histogram(
+            "agentbox_workspace_wake_seconds",
+            "Time to wake a suspended workspace for the call that found it asleep",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._running = Gauge(
+            "agentbox_workspaces_running",
+            "Running workspaces by state: awake, or suspended (their sandbox frozen until used)",
+            ["state"],
+            registry=self.registry,
+        )
         self._active = Gauge(
             "agentbox_workspaces_active",
             "Workspaces starting or running (counted against the cap)",
@@ -59,9 +74,11 @@ class Metrics:
         for stage in ("create", "start", "pool", "vanished"):
             self.failures.labels(stage)
 
-    def observe(self, active: Callable[[], int], pool_ready: Callable[[], int]) -> None:
-        """Read the gauges from the database when scraped, so they are never stale."""
+    def observe(self, active: Callable[[], int], pool_ready: Callable[[], int], running: Callable[[bool], int]) -> None:
+        """Read the gauges from the database when scraped, so they are never stale; `running(suspended)`."""
         self._active.set_function(active)
+        self._running.labels("awake").set_function(lambda: running(False))
+        self._running.labels("suspended").set_function(lambda: running(True))
         self._pool.set_function(pool_ready)
 
     def render(self) -> bytes:

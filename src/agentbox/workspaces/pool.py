@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 
 from agentbox.config import Settings
 from agentbox.db.models import Status, Workspace, new_workspace_id, utcnow
 from agentbox.db.store import Store
-from agentbox.errors import ProviderError, reason_of
+from agentbox.errors import AgentboxError, ProviderError, reason_of
 from agentbox.providers.base import Provider, WorkspaceSpec
 from agentbox.sandbox.runtime import ExecRequest
 from agentbox.wire.domain import NewWorkspace
@@ -145,9 +146,24 @@ class WarmPool:
             self.metrics.failures.labels("pool").inc()
             self.store.retire(workspace.id, "pool_failed", reason)
             return False
-        if self.store.transition(workspace.id, POOLED, "pool_ready", provider_ref=ref) is None:
+        if (
+            self.store.transition(workspace.id, POOLED, "pool_ready", provider_ref=ref, suspended_at=self._suspend(ref))
+            is None
+        ):
             self.provider.destroy(ref)  # discarded while it booted
         return True
+
+    def _suspend(self, ref: str) -> datetime | None:
+        """Freeze a ready workspace, where its provider can, until a claim wakes it: a pool that waits costs no
+        CPU. When it was frozen (None: it was not, and waits awake)."""
+        if not self.provider.capabilities().suspend:
+            return None
+        try:
+            self.provider.suspend(ref)
+        except AgentboxError as exc:
+            log.warning("warm pool: suspending a ready workspace failed, it waits awake: %s", exc.detail)
+            return None
+        return utcnow()
 
     def _first_commands(self, ref: str) -> None:
         """Run a command or two before the workspace counts as ready: it proves the workspace works, and
