@@ -374,3 +374,17 @@ def test_the_dashboards_looks_neither_keep_a_workspace_alive_nor_fill_its_trail(
         assert [r.action for r in alice.audit(workspace.id).records] == ["POST /exec"]
     finally:
         alice.delete(workspace.id)
+
+
+def test_a_suspended_workspace_shows_so_and_opening_it_wakes_it(page: Page, server: Server, alice: Client) -> None:
+    workspace = alice.create(idle_timeout=2, labels={"purpose": "dashboard-suspend"})
+    try:
+        eventually(lambda: alice.get(workspace.id).suspended)
+        sign_in(page, server)  # the list reads rows only: it leaves the workspace asleep
+        expect(page.get_by_role("row").filter(has_text=workspace.id).locator(".status")).to_have_text("suspended")
+        assert alice.get(workspace.id).suspended
+        page.goto(f"{server.url}/ui/#/w/{workspace.id}/processes")  # its processes: a look inside, which wakes it
+        expect(page.locator(".card").first.locator(".status")).to_have_text("running")
+        assert not alice.get(workspace.id).suspended
+    finally:
+        alice.delete(workspace.id)

@@ -16,7 +16,7 @@ import pytest
 from agentbox.client import APIError, Client
 from agentbox.wire.github import PushOut
 
-from .conftest import KEYS, Server
+from .conftest import KEYS, Server, eventually
 from .github_standin import GitHubStandIn, new_private_key
 
 KEY, NEW_KEY = secrets.token_hex(32), secrets.token_hex(32)
@@ -249,3 +249,22 @@ def test_without_a_key_the_github_endpoints_say_they_are_not_configured(tmp_path
             assert alice.list() == []
     finally:
         server.stop()
+
+
+def test_a_push_wakes_a_suspended_workspace(gh: Server, standin: GitHubStandIn) -> None:
+    with gh.client() as alice:
+        app = register(alice, standin)
+        workspace = alice.create(repo={"repository": REPOSITORY, "app": app}, idle_timeout=2)
+        try:
+            change = (
+                "cd /workspace/hello && git checkout -q -b agent/asleep && echo zzz > ASLEEP.md && git add ASLEEP.md "
+                "&& git -c user.name=agent -c user.email=agent@example.com commit -q -m asleep && git rev-parse HEAD"
+            )
+            commit = alice.exec(workspace.id, change).stdout.strip()
+            eventually(lambda: alice.get(workspace.id).suspended)
+            pushed = alice.git_push(workspace.id)
+            assert (pushed.branch, pushed.commit) == ("agent/asleep", commit)
+            assert standin.branch(REPOSITORY, "agent/asleep") == commit
+            assert not alice.get(workspace.id).suspended
+        finally:
+            alice.delete(workspace.id)
