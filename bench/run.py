@@ -149,6 +149,7 @@ def main() -> None:
             results |= cold_and_exec(api, engine, runtime, args.rounds)
             results |= dashboard(str(api.base_url).rstrip("/").removesuffix("/api/v1"), engine, runtime, args.rounds)
             results |= pauses(api, args.rounds)
+            results |= suspended_wakes(api, args.rounds)
             density = idle_density(api, engine, args.idle)
             server_pid = SERVER_PIDS[str(api.base_url)]
             density |= background_processes(api, server_pid, workspaces=20, per_workspace=5)
@@ -678,6 +679,25 @@ def warm_claims(api: httpx.Client, rounds: int, pool_size: int) -> dict[str, lis
     return results
 
 
+def suspended_wakes(api: httpx.Client, rounds: int) -> dict[str, list[float]]:
+    """The first command on a suspended workspace (its wake, then the command) against the next one, awake,
+    on the same workspace in the same round."""
+    print("==> the first command on a suspended workspace, and the next", flush=True)
+    results: dict[str, list[float]] = {"exec_suspended": [], "exec_awake": []}
+    workspace = api.post("/workspaces", json={"idle_timeout": 2}).json()
+    try:
+        for _ in range(rounds):
+            while not api.get(f"/workspaces/{workspace['id']}").json()["suspended"]:
+                time.sleep(0.1)
+            for row in ("exec_suspended", "exec_awake"):
+                started = time.perf_counter()
+                api.post(f"/workspaces/{workspace['id']}/exec", json={"command": ["true"]}).raise_for_status()
+                results[row].append((time.perf_counter() - started) * 1000)
+    finally:
+        api.delete(f"/workspaces/{workspace['id']}")
+    return results
+
+
 def pool_ready(api: httpx.Client) -> float:
     metrics = httpx.get(str(api.base_url).removesuffix("/api/v1/") + "/metrics", headers=api.headers).text
     for line in metrics.splitlines():
@@ -880,6 +900,9 @@ def report(
         ),
         "usage_engine_stats_over_cgroup_p50": round(  # from the samples: a cgroup read rounds to 0.0 ms
             statistics.median(results["usage_engine_stats"]) / statistics.median(results["usage_cgroup"])
+        ),
+        "exec_suspended_over_awake_p50": round(
+            summary["exec_suspended"]["p50_ms"] / summary["exec_awake"]["p50_ms"], 2
         ),
         "resume_memory_over_files_p50": round(
             summary["resume_memory"]["p50_ms"] / summary["resume_files"]["p50_ms"], 2
