@@ -122,7 +122,7 @@ def main() -> None:
     )
     parser.add_argument("--burst", type=int, default=20, help="concurrent create+exec in the burst rows (default 20)")
     parser.add_argument(
-        "--crowd", type=int, default=100, help="idle workspaces on the network for the crowded burst rows (default 100)"
+        "--crowd", type=int, default=300, help="idle workspaces on the network for the crowded rows (default 300)"
     )
     args = parser.parse_args()
     output = args.output or Path(__file__).parent / "results" / f"{args.only or 'latest'}.json"
@@ -167,7 +167,12 @@ def main() -> None:
         # Each server makes the network afresh: a workspace network belongs to one deployment.
         with fenced_network(engine), server(Path(burst_dir), **BURST_SERVER) as api:
             results |= bursts(api, engine, runtime, args.burst)
-            with crowd(api, args.crowd):
+            results["list_workspaces_empty"] = timed(lambda: api.get("/workspaces").raise_for_status(), args.rounds)
+            with crowd(api, args.crowd) as crowded:
+                density |= crowded
+                results[f"list_workspaces_{args.crowd}"] = timed(
+                    lambda: api.get("/workspaces").raise_for_status(), args.rounds
+                )
                 results |= {
                     f"{name}_crowded": samples for name, samples in bursts(api, engine, runtime, args.burst).items()
                 }
@@ -491,7 +496,8 @@ BENCH_NETWORK = "agentbox-bench-net"
 # that a pool of them serves a create that asks for nothing).
 BURST_SERVER = {
     "WORKSPACE_NETWORK_NAME": BENCH_NETWORK,
-    "WORKSPACE_MAX_CONCURRENT": "200",
+    "WORKSPACE_MAX_CONCURRENT": "400",
+    "WORKSPACE_IDLE_CHECK_INTERVAL": "0.5",
     "WORKSPACE_DEFAULT_MEMORY": "256M",
     "WORKSPACE_DEFAULT_CPU": "0.25",
 }
@@ -549,24 +555,35 @@ def bursts(api: httpx.Client, engine: docker.DockerClient, runtime: str, size: i
 
 
 @contextmanager
-def crowd(api: httpx.Client, count: int) -> Iterator[None]:
-    """`count` idle workspaces on the fenced network, each with its firewall grant, for the crowded bursts.
-
-    On the docker provider (runc): what is measured is what a crowded network costs a create (its
-    firewall, the database), and an idle gVisor sandbox costs ~5% of a CPU under systrap (docs/runtime.md),
-    so 100 of them would swamp this 2-CPU machine and measure that instead.
-    """
-    print(f"==> {count} idle workspaces on the fenced network (docker provider)", flush=True)
+def crowd(api: httpx.Client, count: int) -> Iterator[dict[str, float]]:
+    """`count` idle gVisor workspaces on the fenced network, each with its firewall grant, suspended once idle
+    (idle_timeout 2 s): what they cost the machine while they wait (its CPU over 10 s, host memory each),
+    for the crowded rows measured inside the block."""
+    print(f"==> {count} idle gVisor workspaces on the fenced network, suspended when idle", flush=True)
+    available_before = meminfo("MemAvailable")
 
     def idle(_: int) -> str:
-        created = api.post("/workspaces", json={"provider": "docker"})
+        created = api.post("/workspaces", json={"idle_timeout": 2})
         created.raise_for_status()
         return str(created.json()["id"])
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
         made = list(pool.map(idle, range(count)))
+    made_in = time.monotonic() - started
     try:
-        yield
+        while sum(w["suspended"] for w in api.get("/workspaces").json()["workspaces"]) < count:
+            time.sleep(1)
+        time.sleep(2)
+        cpu_before, started = machine_cpu_ms(), time.monotonic()
+        time.sleep(10)
+        cpu = (machine_cpu_ms() - cpu_before) / (time.monotonic() - started) / 1000
+        yield {
+            "crowd_workspaces": count,
+            "crowd_created_in_s": round(made_in, 1),
+            "crowd_machine_cpu_percent_of_one_core": round(cpu * 100, 1),
+            "crowd_host_mib_per_workspace": round((available_before - meminfo("MemAvailable")) / count / 2**20, 1),
+        }
     finally:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda workspace_id: api.delete(f"/workspaces/{workspace_id}"), made))
@@ -918,6 +935,10 @@ def report(
             ratios[f"burst_api_over_raw{crowded}_p50"] = round(
                 summary[f"burst_api{crowded}"]["p50_ms"] / summary[f"burst_raw{crowded}"]["p50_ms"], 2
             )
+    if "burst_api_crowded" in summary:  # the same burst with the idle crowd present, against none
+        ratios["burst_api_crowded_over_empty_p50"] = round(
+            summary["burst_api_crowded"]["p50_ms"] / summary["burst_api"]["p50_ms"], 2
+        )
     if "burst_replicas_1" in summary:
         ratios["burst_replicas_3_over_1_p50"] = round(
             summary["burst_replicas_3"]["p50_ms"] / summary["burst_replicas_1"]["p50_ms"], 2
