@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TypeVar
 
@@ -41,7 +42,8 @@ log = logging.getLogger("agentbox.workspaces.activity")
 TOUCH_SECONDS = 0.5
 
 T = TypeVar("T")
-Hold = Callable[[], AbstractContextManager[None]]
+#: Holds a workspace until the function it returns is called (more calls do nothing).
+Acquire = Callable[[], Callable[[], None]]
 
 
 class Activity:
@@ -53,20 +55,25 @@ class Activity:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    @contextmanager
-    def hold(self, workspace_id: str) -> Iterator[None]:
+    def acquire(self, workspace_id: str) -> Callable[[], None]:
+        """Hold the workspace; the function returned lets it go."""
         with self._lock:
             self._held[workspace_id] += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="agentbox-activity", daemon=True)
                 self._thread.start()
-        try:
-            yield
-        finally:
+        released = threading.Event()
+
+        def release() -> None:
             with self._lock:
+                if released.is_set():
+                    return
+                released.set()
                 self._held[workspace_id] -= 1
                 if not self._held[workspace_id]:
                     del self._held[workspace_id]
+
+        return release
 
     def held(self) -> list[str]:
         with self._lock:
@@ -74,7 +81,7 @@ class Activity:
 
     def _run(self) -> None:
         while True:
-            threading.Event().wait(TOUCH_SECONDS)
+            time.sleep(TOUCH_SECONDS)
             with self._lock:
                 held = list(self._held)
                 if not held:
@@ -86,30 +93,18 @@ class Activity:
                 log.exception("marking %d workspaces active failed", len(held))
 
 
-def _held_stream(hold: Hold, stream: Callable[[], Iterator[T]]) -> Iterator[T]:
-    """`stream()`, started at the call (so that its errors come at the call), held until it ends."""
-    context = hold()
-    context.__enter__()
-    try:
-        inner = stream()
-    except BaseException:
-        context.__exit__(None, None, None)
-        raise
-    return HeldIterator(inner, lambda: context.__exit__(None, None, None))
-
-
 class HeldIterator(Iterator[T]):
-    """An iterator that releases its hold when it ends, fails, is closed, or is dropped unread."""
+    """An iterator that lets its workspace go when it ends, fails, is closed, or is dropped unread."""
 
-    def __init__(self, inner: Iterator[T], release: Callable[[], object]) -> None:
+    def __init__(self, inner: Iterator[T], release: Callable[[], None]) -> None:
         self._inner = inner
-        self._release: Callable[[], object] | None = release
+        self._release = release
 
     def __next__(self) -> T:
         try:
             return next(self._inner)
         except BaseException:
-            self._done()
+            self._release()
             raise
 
     def close(self) -> None:
@@ -118,23 +113,18 @@ class HeldIterator(Iterator[T]):
             if close is not None:
                 close()
         finally:
-            self._done()
+            self._release()
 
     def __del__(self) -> None:
-        self._done()
-
-    def _done(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        self._release()
 
 
 class HeldConnection:
-    """A port connection that holds its workspace until it is closed."""
+    """A port connection that holds its workspace until it is closed (or dropped)."""
 
-    def __init__(self, inner: PortConnection, release: Callable[[], object]) -> None:
+    def __init__(self, inner: PortConnection, release: Callable[[], None]) -> None:
         self._inner = inner
-        self._release: Callable[[], object] | None = release
+        self._release = release
 
     def read(self) -> bytes:
         return self._inner.read()
@@ -149,103 +139,113 @@ class HeldConnection:
         try:
             self._inner.close()
         finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+            self._release()
 
     def __del__(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
+        self._release()
+
+
+class _Holding:
+    """What the held runtime and process table share: holding for a call, and past it."""
+
+    def __init__(self, acquire: Acquire) -> None:
+        self._acquire = acquire
+
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        release = self._acquire()
+        try:
+            yield
+        finally:
             release()
 
+    def _outliving(self, call: Callable[[], T], wrap: Callable[[T, Callable[[], None]], T]) -> T:
+        """`call()`, held until what it returns is done with (`wrap` ties the release to it)."""
+        release = self._acquire()
+        try:
+            return wrap(call(), release)
+        except BaseException:
+            release()
+            raise
 
-class HeldProcessTable:
+    def _stream(self, call: Callable[[], Iterator[T]]) -> Iterator[T]:
+        return self._outliving(call, HeldIterator)
+
+
+class HeldProcessTable(_Holding):
     """A process table whose every call, and every follower until closed, holds its workspace."""
 
-    def __init__(self, inner: ProcessTable, hold: Hold) -> None:
+    def __init__(self, inner: ProcessTable, acquire: Acquire) -> None:
+        super().__init__(acquire)
         self._inner = inner
-        self._hold = hold
 
     def start(self, request: ProcessRequest) -> ProcessInfo:
-        with self._hold():
+        with self._held():
             return self._inner.start(request)
 
     def list(self) -> list[ProcessInfo]:
-        with self._hold():
+        with self._held():
             return self._inner.list()
 
     def get(self, pid: int) -> ProcessInfo:
-        with self._hold():
+        with self._held():
             return self._inner.get(pid)
 
     def output(self, pid: int, offset: int = 0, follow: bool = False) -> Iterator[ProcessEvent | None]:
-        return _held_stream(self._hold, lambda: self._inner.output(pid, offset, follow))
+        return self._stream(lambda: self._inner.output(pid, offset, follow))
 
     def write_stdin(self, pid: int, data: Iterable[bytes]) -> int:
-        with self._hold():
+        with self._held():
             return self._inner.write_stdin(pid, data)
 
     def close_stdin(self, pid: int) -> None:
-        with self._hold():
+        with self._held():
             self._inner.close_stdin(pid)
 
     def signal(self, pid: int, signum: int) -> None:
-        with self._hold():
+        with self._held():
             self._inner.signal(pid, signum)
 
     def resize(self, pid: int, size: TerminalSize) -> None:
-        with self._hold():
+        with self._held():
             self._inner.resize(pid, size)
 
 
-class HeldRuntime(Runtime):
-    """`inner`, each call holding its workspace (`hold`) while it lasts."""
+class HeldRuntime(_Holding, Runtime):
+    """`inner`, each call holding its workspace while it lasts."""
 
-    def __init__(self, inner: Runtime, hold: Hold) -> None:
+    def __init__(self, inner: Runtime, acquire: Acquire) -> None:
+        super().__init__(acquire)
         self.inner = inner
-        self._hold = hold
 
     def exec_stream(self, request: ExecRequest) -> Iterator[ExecEvent]:
-        return _held_stream(self._hold, lambda: self.inner.exec_stream(request))
+        return self._stream(lambda: self.inner.exec_stream(request))
 
     def stat(self, path: str) -> FileStat | list[DirEntry]:
-        with self._hold():
+        with self._held():
             return self.inner.stat(path)
 
     def read_file(self, path: str) -> tuple[FileStat, Iterator[bytes]]:
-        found: list[FileStat] = []
-
-        def chunks() -> Iterator[bytes]:
-            stat, inner = self.inner.read_file(path)
-            found.append(stat)
-            return inner
-
-        stream = _held_stream(self._hold, chunks)
-        return found[0], stream
+        return self._outliving(
+            lambda: self.inner.read_file(path), lambda found, release: (found[0], HeldIterator(found[1], release))
+        )
 
     def write_file(self, path: str, data: Iterable[bytes], size: int, mode: int = 0o644) -> int:
-        with self._hold():
+        with self._held():
             return self.inner.write_file(path, data, size, mode)
 
     def read_archive(self, path: str) -> Iterator[bytes]:
-        return _held_stream(self._hold, lambda: self.inner.read_archive(path))
+        return self._stream(lambda: self.inner.read_archive(path))
 
     def write_archive(self, path: str, data: Iterable[bytes]) -> None:
-        with self._hold():
+        with self._held():
             self.inner.write_archive(path, data)
 
     def watch(self, path: str, recursive: bool) -> Iterator[WatchEvent | None]:
-        return _held_stream(self._hold, lambda: self.inner.watch(path, recursive))
+        return self._stream(lambda: self.inner.watch(path, recursive))
 
     def connect(self, port: int) -> PortConnection:
-        context = self._hold()
-        context.__enter__()
-        try:
-            connection = self.inner.connect(port)
-        except BaseException:
-            context.__exit__(None, None, None)
-            raise
-        return HeldConnection(connection, lambda: context.__exit__(None, None, None))
+        return self._outliving(lambda: self.inner.connect(port), HeldConnection)
 
     def processes(self) -> ProcessTable:
-        return HeldProcessTable(self.inner.processes(), self._hold)
+        return HeldProcessTable(self.inner.processes(), self._acquire)

@@ -479,7 +479,7 @@ class WorkspaceManager:
     def _handle(self, workspace: Workspace, use: bool) -> WorkspaceHandle:
         workspace = self._awake(self._active(workspace, use))
         provider, ref = self._provider(workspace.provider), self._ref(workspace)
-        runtime = HeldRuntime(provider.runtime(ref), lambda: self.activity.hold(workspace.id))
+        runtime = HeldRuntime(provider.runtime(ref), lambda: self.activity.acquire(workspace.id))
         return WorkspaceHandle(workspace, provider, ref, runtime, self.settings, self.sessions, self.watchers)
 
     def _looked_at(self, owner: str, workspace_id: str, action: str = "look into") -> Workspace:
