@@ -3,6 +3,7 @@ shows them (the integration suite's provider contract freezes real gVisor sandbo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,33 @@ def test_v2_waits_for_frozen_in_its_events_and_a_freeze_that_never_settles_is_un
     (directory / "cgroup.events").write_text("populated 1\nfrozen 1\n")
     freezer.freeze()
     assert (directory / "cgroup.freeze").read_text() == "1" and freezer.frozen()
+
+
+def test_an_attempt_that_does_not_settle_is_undone_and_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = v1_host(tmp_path)
+    writes: list[str] = []
+    real_write = CgroupFreezer._write
+
+    def write(self: CgroupFreezer, frozen: bool) -> None:
+        writes.append("FROZEN" if frozen else "THAWED")
+        real_write(self, frozen)
+
+    # The kernel that settles only the second freeze: the first stays FREEZING until it is undone.
+    monkeypatch.setattr(CgroupFreezer, "_write", write)
+    monkeypatch.setattr(CgroupFreezer, "frozen", lambda self: writes.count("FROZEN") > 1)
+    CgroupFreezer(1, directory).freeze(patience=5, attempt=0.05)
+    assert writes == ["FROZEN", "THAWED", "FROZEN"]
+    assert (directory / "freezer.state").read_text() == "FROZEN"
+
+
+def test_a_freeze_that_never_settles_names_the_tasks_that_did_not_stop(tmp_path: Path) -> None:
+    directory = v2_host(tmp_path)
+    (directory / "cgroup.threads").write_text(f"{os.getpid()}\n999999999\n")  # this test's process; one gone
+    with pytest.raises(ProviderError) as stuck:
+        CgroupFreezer(2, directory).freeze(patience=0.1, attempt=0.03)
+    wchan = Path(f"/proc/{os.getpid()}/wchan").read_text().strip() or "-"
+    # This process runs (R) while it reads its own state: not stopped by any freezer.
+    assert f"1 in {wchan} (R)" in stuck.value.detail and "left running" in stuck.value.detail
+    assert (directory / "cgroup.freeze").read_text() == "0"

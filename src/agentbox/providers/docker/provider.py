@@ -16,10 +16,10 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -76,6 +76,7 @@ RESTARTING = {"Name": "unless-stopped"}
 RESTARTING_UNLESS_CHECKPOINTED = {"Name": "on-failure"}
 # How long a delete waits for another one of the same workspace, under way, to finish.
 REMOVAL_PATIENCE = 60.0
+_Found = TypeVar("_Found")
 
 
 class DockerProvider(Provider):
@@ -125,6 +126,9 @@ class DockerProvider(Provider):
         self.ways_in = WaysIn(client, user, control_root, tcp_channel)
         self._isolation = isolation
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
+        #: ref -> (container id, cgroup parent), fixed for the container's life: its cgroup is read (usage) and
+        #: thawed (wake) without asking the engine (`_cgroup`).
+        self._cgroups: dict[str, tuple[str, str]] = {}
         #: Removals the engine did not answer in time (destroy), finished in the background until close.
         self.removals = BackgroundRemovals(self._remove_containers, self._release)
 
@@ -351,16 +355,46 @@ class DockerProvider(Provider):
         freezer.freeze()
 
     def wake(self, ref: str) -> None:
+        freezer = self._cgroup(ref, container_freezer)
+        if freezer is not None:
+            try:
+                freezer.thaw()
+                return
+            except OSError:  # its cgroup went meanwhile (a stop, a removal)
+                pass
+        # Not running (then not frozen either), not seen yet, or just stopped: the engine says what is there.
         try:
             details = self._inspect(ref)
         except WorkspaceGone:
             return
         _thaw(details["Id"], details["HostConfig"].get("CgroupParent") or "")
 
-    def _inspect(self, ref: str) -> dict[str, Any]:
-        with engine_errors("inspecting the workspace"):
-            details: dict[str, Any] = self.client.api.inspect_container(ref)
+    def _inspect(self, ref: str, doing: str = "inspecting the workspace") -> dict[str, Any]:
+        """The container as the engine inspects it (its cgroup remembered); WorkspaceGone when it is gone."""
+        try:
+            with engine_errors(doing):
+                details: dict[str, Any] = self.client.api.inspect_container(ref)
+        except WorkspaceGone:
+            self._cgroups.pop(ref, None)
+            raise
+        self._cgroups[ref] = (details["Id"], details["HostConfig"].get("CgroupParent") or "")
         return details
+
+    def _cgroup(self, ref: str, read: Callable[[str, str], _Found | None]) -> _Found | None:
+        """`read` of the cgroup of the container `ref` under the id and cgroup parent seen last; None when not
+        seen yet, or when that cgroup is not there: a stopped container has none (the engine makes it again
+        at a start, under the same path), one removed never again.
+
+        The periodic usage reads of every workspace (the usage sampler's, the idle check's) and the wake of every
+        call into a suspended one would otherwise each ask the engine (an inspect: ~2 ms of the engine's time
+        with 50 workspaces present, more under load; bench/crowd.py)."""
+        known = self._cgroups.get(ref)
+        if known is None:
+            return None
+        try:
+            return read(*known)
+        except OSError:  # it went while being read
+            return None
 
     def reboot_unreachable(self) -> list[str]:
         """Restart the running gVisor sandboxes that commands can no longer reach; return their refs.
@@ -424,6 +458,7 @@ class DockerProvider(Provider):
         with engine_errors("removing the workspace"):
             # By label, not by name: whatever carries this workspace's id goes.
             labels = [f"{WORKSPACE_LABEL}={workspace_id}", f"{INSTANCE_LABEL}={self.instance}"]
+            self._cgroups.pop(CONTAINER_PREFIX + workspace_id, None)
             for container in self.client.api.containers(all=True, filters={"label": labels}):
                 _thaw(container["Id"])  # a frozen sandbox holds the kill of a forced removal until thawed
                 with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
@@ -477,12 +512,15 @@ class DockerProvider(Provider):
         return "running" if state.get("Running") or state.get("Restarting") else "stopped"
 
     def usage(self, ref: str) -> Usage | None:
-        with engine_errors("measuring the workspace"):
-            details = self.client.api.inspect_container(ref)
-            if not details["State"].get("Running"):
-                return None
-            found = cgroup_usage(details["Id"], details["HostConfig"].get("CgroupParent") or "")
-            if found is None:  # a cgroup layout not known here (or not visible to this server): the engine knows
+        found = self._cgroup(ref, cgroup_usage)
+        if found is not None:
+            return found
+        details = self._inspect(ref, "measuring the workspace")
+        if not details["State"].get("Running"):
+            return None
+        found = cgroup_usage(details["Id"], details["HostConfig"].get("CgroupParent") or "")
+        if found is None:  # a cgroup layout not known here (or not visible to this server): the engine knows
+            with engine_errors("measuring the workspace"):
                 found = stats_usage(self.client.api.stats(ref, stream=False, one_shot=True))
         return found
 
@@ -498,6 +536,8 @@ class DockerProvider(Provider):
             found[workspace_id] = (CONTAINER_PREFIX + workspace_id, "running" if running else "stopped")
         for name in self.disks.names():
             found.setdefault(name, (CONTAINER_PREFIX + name, "missing"))  # a disk whose container is gone
+        for ref in set(self._cgroups) - {ref for ref, state in found.values() if state != "missing"}:
+            self._cgroups.pop(ref, None)  # removed elsewhere (another replica, by hand)
         return found
 
     # The runtime: the helper's channel, over the way in the workspace has
