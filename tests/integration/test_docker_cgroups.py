@@ -91,3 +91,21 @@ def test_usage_and_wake_read_the_cgroup_without_the_engine_and_stay_true(
     with pytest.raises(WorkspaceGone):
         provider.usage(ref)
     provider.wake(ref)  # a removed workspace: nothing to wake, no error
+
+
+def test_the_check_after_a_runsc_change_probes_a_suspended_sandbox_and_leaves_it_frozen(
+    provider: DockerProvider, docker_client: docker.DockerClient
+) -> None:
+    ref = provider.create(spec(DEFAULT_IMAGE))
+    try:
+        provider.suspend(ref)
+        details = docker_client.api.inspect_container(ref)
+        freezer = container_freezer(details["Id"])
+        assert freezer is not None and freezer.frozen()
+        assert provider.reboot_unreachable() == []  # it answered its probe: not restarted
+        assert freezer.frozen()  # and it waits as it did
+        assert docker_client.api.inspect_container(ref)["State"]["StartedAt"] == details["State"]["StartedAt"]
+        provider.wake(ref)
+        assert provider.runtime(ref).exec(ExecRequest(["true"])).exit_code == 0
+    finally:
+        provider.destroy(ref)

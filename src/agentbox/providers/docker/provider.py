@@ -412,15 +412,24 @@ class DockerProvider(Provider):
         sandboxed = [CONTAINER_PREFIX + c["Labels"][WORKSPACE_LABEL] for c in running]
 
         def reboot_if_unreachable(ref: str) -> bool:
-            with engine_errors("inspecting the workspace"):
-                if self.client.api.inspect_container(ref)["HostConfig"].get("Runtime") == STANDARD_RUNTIME:
-                    return False
+            details = self._inspect(ref)
+            if details["HostConfig"].get("Runtime") == STANDARD_RUNTIME:
+                return False
+            # A suspended one is thawed for the probe (a frozen sandbox answers nothing), and frozen again after.
+            frozen = container_freezer(details["Id"], details["HostConfig"].get("CgroupParent") or "")
+            if frozen is not None and not frozen.frozen():
+                frozen = None
+            if frozen is not None:
+                frozen.thaw()
             try:
                 # Through the engine: what matters is whether this runsc can still reach the sandbox.
                 HelperChannel(EngineTransport(self.client, ref, self.user)).probe()
-                return False
             except ProviderError as exc:
                 log.warning("workspace %s cannot run commands (%s): restarting it", _workspace_id(ref), exc.detail)
+            else:
+                if frozen is not None:
+                    frozen.freeze()
+                return False
             try:
                 self.stop(ref)
                 self.start(ref)
