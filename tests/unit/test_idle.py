@@ -3,20 +3,24 @@ what is suspended, what stays awake, and that every way back wakes it once."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 from agentbox.config import load_settings
 from agentbox.db.models import utcnow
 from agentbox.db.store import Store
 from agentbox.providers.base import Capabilities, Usage
+from agentbox.sandbox.async_tunnel import as_async
 from agentbox.wire.domain import Command, NewWorkspace
 from agentbox.workspaces import activity
+from agentbox.workspaces.activity import Activity, HeldConnection
 from agentbox.workspaces.manager import WorkspaceManager
 from agentbox.workspaces.metrics import Metrics
 from agentbox.workspaces.pool import WarmPool
@@ -160,3 +164,30 @@ def test_the_pool_waits_suspended_and_a_claim_wakes_it(tmp_path: Path, provider:
         assert manager.use("alice", claimed.id).exec(ECHO).stdout == "awake\n"
     finally:
         store.engine.dispose()
+
+
+class Quiet:
+    """A port connection with nothing to say."""
+
+    def read(self) -> bytes:
+        return b""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def end_input(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_connection_taken_over_by_the_event_loop_holds_until_it_is_closed() -> None:
+    held = Activity(lambda ids, at: None)
+    connection = HeldConnection(Quiet(), held.acquire("ws-1"))
+    port = as_async(connection)  # what previews and relayed WebSockets do
+    del connection
+    gc.collect()
+    assert held.held() == ["ws-1"]  # the hold went with the port
+    anyio.run(port.aclose)
+    assert held.held() == []

@@ -50,7 +50,12 @@ class AsyncPort(Protocol):
 
 
 def as_async(connection: PortConnection) -> AsyncPort:
-    """`connection` (just made, nothing read or written yet) as an AsyncPort."""
+    """`connection` (just made, nothing read or written yet) as an AsyncPort; a connection that wraps another
+    (the core's, which holds its workspace awake while open) makes its own, over its inner one's."""
+    own = getattr(connection, "as_async", None)
+    if callable(own):
+        converted: AsyncPort = own()
+        return converted
     if isinstance(connection, Tunnel) and isinstance(connection.call, SocketCall):
         return SocketPort(*connection.call.detach())
     return ThreadedPort(connection)

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from agentbox.db.models import utcnow
+from agentbox.sandbox.async_tunnel import AsyncPort, as_async
 from agentbox.sandbox.process_table import ProcessEvent, ProcessInfo, ProcessRequest, ProcessTable, TerminalSize
 from agentbox.sandbox.runtime import (
     DirEntry,
@@ -93,6 +94,10 @@ class Activity:
                 log.exception("marking %d workspaces active failed", len(held))
 
 
+def _kept() -> None:
+    """The release of a hold handed on to another object."""
+
+
 class HeldIterator(Iterator[T]):
     """An iterator that lets its workspace go when it ends, fails, is closed, or is dropped unread."""
 
@@ -138,6 +143,39 @@ class HeldConnection:
     def close(self) -> None:
         try:
             self._inner.close()
+        finally:
+            self._release()
+
+    def as_async(self) -> AsyncPort:
+        """This connection for the event loop (`async_tunnel.as_async`), still holding its workspace."""
+        port = HeldAsyncPort(as_async(self._inner), self._release)
+        self._release = _kept  # the hold is the port's now: this object may be dropped
+        return port
+
+    def __del__(self) -> None:
+        self._release()
+
+
+class HeldAsyncPort:
+    """A held connection taken over by the event loop (a preview, a relayed WebSocket): it holds its workspace
+    until it is closed (or dropped)."""
+
+    def __init__(self, inner: AsyncPort, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    async def read(self) -> bytes:
+        return await self._inner.read()
+
+    async def write(self, data: bytes) -> None:
+        await self._inner.write(data)
+
+    async def end_input(self) -> None:
+        await self._inner.end_input()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
         finally:
             self._release()
 
