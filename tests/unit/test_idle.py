@@ -18,13 +18,14 @@ from agentbox.db.models import utcnow
 from agentbox.db.store import Store
 from agentbox.providers.base import Capabilities, Usage
 from agentbox.sandbox.async_tunnel import as_async
+from agentbox.sandbox.runtime import DirEntry, ExecRequest, ExecResult, close_stream
 from agentbox.wire.domain import Command, NewWorkspace
 from agentbox.workspaces import activity
-from agentbox.workspaces.activity import Activity, HeldConnection
+from agentbox.workspaces.activity import Activity, HeldConnection, HeldRuntime
 from agentbox.workspaces.manager import WorkspaceManager
 from agentbox.workspaces.metrics import Metrics
 from agentbox.workspaces.pool import WarmPool
-from tests.fake_provider import FakeProvider
+from tests.fake_provider import FakeProvider, FakeRuntime
 
 SUSPENDS = Capabilities(runtime="fake", isolation="none (a unit-test fake)", suspend=True)
 ECHO = Command(argv=["echo", "awake"])
@@ -134,7 +135,7 @@ def test_a_call_in_flight_keeps_its_workspace_active(
     idle_for(manager, workspace.id, 61)
     time.sleep(0.3)
     assert manager.idle.run() == 0  # touched while held
-    stream.close()
+    close_stream(stream)
     time.sleep(0.2)
     assert manager.activity.held() == []
     idle_for(manager, workspace.id, 61)
@@ -191,3 +192,26 @@ def test_a_connection_taken_over_by_the_event_loop_holds_until_it_is_closed() ->
     assert held.held() == ["ws-1"]  # the hold went with the port
     anyio.run(port.aclose)
     assert held.held() == []
+
+
+def test_the_held_runtime_keeps_the_inner_runtimes_own_read_and_exec() -> None:
+    """A runtime may do in one call what the base class does in two (the helper's read: one round trip)."""
+    calls: list[str] = []
+
+    class OneCall(FakeRuntime):
+        def __init__(self) -> None:
+            pass
+
+        def read(self, path: str) -> list[DirEntry]:
+            calls.append("read")
+            return []
+
+        def exec(self, request: ExecRequest) -> ExecResult:
+            calls.append("exec")
+            return ExecResult(exit_code=0, stdout="", stderr="", duration_ms=0, timed_out=False)
+
+    held = Activity(lambda ids, at: None)
+    runtime = HeldRuntime(OneCall(), lambda: held.acquire("ws-1"))
+    runtime.read("/workspace")
+    runtime.exec(ExecRequest(argv=["true"]))
+    assert calls == ["read", "exec"] and held.held() == []

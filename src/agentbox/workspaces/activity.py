@@ -31,6 +31,7 @@ from agentbox.sandbox.runtime import (
     DirEntry,
     ExecEvent,
     ExecRequest,
+    ExecResult,
     FileStat,
     PortConnection,
     Runtime,
@@ -258,6 +259,24 @@ class HeldRuntime(_Holding, Runtime):
 
     def exec_stream(self, request: ExecRequest) -> Iterator[ExecEvent]:
         return self._stream(lambda: self.inner.exec_stream(request))
+
+    # `exec` and `read` go to the inner runtime's own, which may do in one call what the base class does in two.
+
+    def exec(self, request: ExecRequest) -> ExecResult:
+        with self._held():
+            return self.inner.exec(request)
+
+    def read(self, path: str) -> tuple[FileStat, Iterator[bytes]] | list[DirEntry]:
+        release = self._acquire()
+        try:
+            found = self.inner.read(path)
+        except BaseException:
+            release()
+            raise
+        if isinstance(found, list):
+            release()
+            return found
+        return found[0], HeldIterator(found[1], release)
 
     def stat(self, path: str) -> FileStat | list[DirEntry]:
         with self._held():
