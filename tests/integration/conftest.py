@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import uuid
@@ -31,6 +28,7 @@ from agentbox.client import APIError, Client
 from agentbox.config import load_settings
 from agentbox.providers.docker.firewall import Firewall
 from agentbox.providers.docker.freezer import container_freezer
+from agentbox.providers.docker.platform_choice import busybox_tar
 from agentbox.wire.system import Health
 from agentbox.wire.workspaces import WorkspaceOut
 
@@ -250,23 +248,15 @@ def workspace_disk_mounts() -> list[str]:
     return [line.split()[1] for line in mounts if "/disks/ws-" in line.split()[1]]
 
 
-def busybox_tar() -> bytes:
-    busybox = shutil.which("busybox")
-    assert busybox, "busybox is missing: scripts/setup-host.sh installs busybox-static"
-    listing = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(busybox, arcname="bin/busybox")
-        for applet in listing:
-            if applet != "busybox":
-                link = tarfile.TarInfo(f"bin/{applet}")
-                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(link)
-        for directory in ("tmp", "workspace"):
-            entry = tarfile.TarInfo(directory)
-            entry.type, entry.mode = tarfile.DIRTYPE, 0o1777
-            tar.addfile(entry)
-    return buffer.getvalue()
+@contextlib.contextmanager
+def made(client: Client, **options: object) -> Iterator[WorkspaceOut]:
+    """A gVisor workspace of `client` with `options`, deleted afterwards."""
+    workspace = client.create(provider="gvisor", **options)  # type: ignore[arg-type]
+    try:
+        yield workspace
+    finally:
+        with contextlib.suppress(APIError):
+            client.delete(workspace.id)
 
 
 @pytest.fixture(scope="session")

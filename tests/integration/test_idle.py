@@ -30,7 +30,7 @@ from agentbox.wire.processes import ProcessOutputEvent
 from agentbox.wire.workspaces import WorkspaceOut
 from tests.mcp_sessions import over_streamable_http, text
 
-from .conftest import KEYS, PREVIEW_DOMAIN, Server, container_id, eventually, read_until
+from .conftest import KEYS, PREVIEW_DOMAIN, Server, container_id, eventually, made, read_until
 
 ECHO_SERVER = (Path(__file__).parent / "data" / "echo_server.py").read_bytes()
 PORT = 8000
@@ -51,16 +51,6 @@ def sleepy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def client(sleepy: Server) -> Iterator[Client]:
     with sleepy.client("alice") as made:
         yield made
-
-
-@contextlib.contextmanager
-def made(client: Client, **options: object) -> Iterator[WorkspaceOut]:
-    workspace = client.create(provider="gvisor", **options)
-    try:
-        yield workspace
-    finally:
-        with contextlib.suppress(APIError):
-            client.delete(workspace.id)
 
 
 @pytest.fixture
@@ -326,3 +316,17 @@ def test_a_suspended_workspace_outlives_a_restart_and_is_stopped_extended_and_de
                     with contextlib.suppress(APIError):
                         client.delete(workspace_id)
         server.stop()
+
+
+def test_another_owner_and_no_key_cannot_wake_a_workspace(
+    sleepy: Server, client: Client, workspace: WorkspaceOut
+) -> None:
+    asleep(client, workspace.id)
+    with sleepy.client("bob") as bob:
+        for attempt in (lambda: bob.exec(workspace.id, "true"), lambda: bob.processes(workspace.id)):
+            with pytest.raises(APIError) as refused:
+                attempt()
+            assert refused.value.status_code == 404
+    anonymous = httpx.post(f"{sleepy.url}/api/v1/workspaces/{workspace.id}/exec", json={"command": "true"})
+    assert anonymous.status_code == 401
+    assert client.get(workspace.id).suspended  # refused before anything reached the sandbox

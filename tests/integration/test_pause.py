@@ -3,9 +3,7 @@ and memory go on after `start`), any other keeps its files and says that its mem
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 
 import docker
 import pytest
@@ -13,9 +11,8 @@ import pytest
 from agentbox.client import APIError, Client
 from agentbox.providers.docker.checkpoints import Checkpoints
 from agentbox.wire.processes import ProcessOutputEvent
-from agentbox.wire.workspaces import WorkspaceOut
 
-from .conftest import eventually
+from .conftest import eventually, made
 
 # Holds a Unix socket on the workspace's disk (a host-backed directory under gVisor).
 SOCKET_HOLDER = "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('/tmp/app.sock')\n" + (
@@ -23,16 +20,6 @@ SOCKET_HOLDER = "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(
 )
 # Counts in memory only: after a pause, a process that was restarted would begin at 1 again.
 COUNTER = "import time\ni = 0\nwhile True:\n    i += 1\n    print(i, flush=True)\n    time.sleep(0.05)"
-
-
-@contextlib.contextmanager
-def made(client: Client, **options: object) -> Iterator[WorkspaceOut]:
-    workspace = client.create(provider="gvisor", **options)
-    try:
-        yield workspace
-    finally:
-        with contextlib.suppress(APIError):
-            client.delete(workspace.id)
 
 
 def counted(client: Client, workspace_id: str, pid: int) -> list[int]:

@@ -332,13 +332,8 @@ def runsc_version(path: str) -> str | None:
     return found.group(1) if found else None
 
 
-def busybox_image() -> str:
-    """IMAGE, imported from the host's busybox-static when missing (no registry needed)."""
-    try:
-        docker("image", "inspect", IMAGE)
-        return IMAGE
-    except RuntimeError:
-        pass
+def busybox_tar() -> bytes:
+    """A root filesystem of the host's busybox-static as a tar archive: its applets, /tmp and /workspace."""
     busybox = shutil.which("busybox")
     if busybox is None:
         raise RuntimeError("busybox is missing (apt-get install busybox-static)")
@@ -355,7 +350,17 @@ def busybox_image() -> str:
             entry = tarfile.TarInfo(directory)
             entry.type, entry.mode = tarfile.DIRTYPE, 0o1777
             tar.addfile(entry)
-    docker("import", "-", IMAGE, stdin=buffer.getvalue())
+    return buffer.getvalue()
+
+
+def busybox_image() -> str:
+    """IMAGE, imported from the host's busybox-static when missing (no registry needed)."""
+    try:
+        docker("image", "inspect", IMAGE)
+        return IMAGE
+    except RuntimeError:
+        pass
+    docker("import", "-", IMAGE, stdin=busybox_tar())
     return IMAGE
 
 
