@@ -74,7 +74,9 @@ def test_cli_errors_name_what_to_fix(server: Server) -> None:
     assert missing.returncode == 1 and "no workspace" in missing.stderr
     bad_memory = agentbox(server, "ws", "create", "--memory", "4Q", check=False)
     assert bad_memory.returncode == 1 and "not a size" in bad_memory.stderr
-    assert "Traceback" not in no_key.stderr + missing.stderr + bad_memory.stderr
+    bad_idle = agentbox(server, "ws", "create", "--idle-timeout", "1", check=False)
+    assert bad_idle.returncode == 1 and "idle_timeout" in bad_idle.stderr and "at least 2" in bad_idle.stderr
+    assert "Traceback" not in no_key.stderr + missing.stderr + bad_memory.stderr + bad_idle.stderr
 
 
 def test_a_command_that_times_out_says_so_and_exits_124(tmp_path: Path) -> None:

@@ -208,6 +208,10 @@ def ws_create(
     ] = [],  # noqa: B006
     repo: Annotated[str | None, typer.Option(help="owner/name to check out into /workspace/<name>")] = None,
     ref: Annotated[str | None, typer.Option(help="branch, tag or commit of --repo")] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(help="seconds unused before it is suspended (its next use wakes it); 0: never, else at least 2"),
+    ] = None,
 ) -> None:
     """Create a workspace and print its id."""
     options = WorkspaceOptions(ephemeral=not persistent, env=_pairs(env, "--env"), labels=_pairs(label, "--label"))
@@ -223,6 +227,8 @@ def ws_create(
         options["disk"] = disk
     if ttl_days is not None:
         options["ttl_days"] = ttl_days
+    if idle_timeout is not None:
+        options["idle_timeout"] = idle_timeout
     if (policy := _network_policy(network, allow)) is not None:
         options["network"] = policy
     if repo is not None:
