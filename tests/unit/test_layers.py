@@ -25,8 +25,9 @@ BELOW: dict[str, set[str]] = {
     "config": {"errors", "wire", "github"},
     "github": {"errors", "db", "sandbox", "wire"},
     "auth": {"errors", "db", "wire"},
+    "vault": {"errors", "db", "github", "wire"},
     "workspaces": {"errors", "config", "db", "github", "providers", "sandbox", "wire"},
-    "web": {"errors", "auth", "config", "db", "github", "sandbox", "wire", "workspaces"},
+    "web": {"errors", "auth", "config", "db", "github", "sandbox", "vault", "wire", "workspaces"},
 }
 
 

@@ -134,6 +134,20 @@ class GitHubApp(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Secret(Base):
+    """A secret of an owner's, for the egress proxy to put into requests (vault/). Its value is sealed
+    (github/crypto.py), bound to this owner and name."""
+
+    __tablename__ = "secrets"
+
+    # The primary key is what makes a name unique per owner.
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ApiKey(Base):
     """An API key: whose it is, what it may do, and whether it still works. Only its SHA-256 is kept."""
 

@@ -1,0 +1,77 @@
+"""The bodies of secrets (routes: api/vault.py): a value to store under a name, and a secret as listed
+(its name and times, never its value). The rules on names and values are here, where the API's
+validation and the vault's own checks (vault/service.py) both read them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+#: A secret's name: what a header rule names it by, so an identifier (as environment variables are).
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+#: The largest value, in bytes of UTF-8.
+MAX_VALUE_BYTES = 16384
+#: Secrets one owner may hold.
+MAX_PER_OWNER = 100
+
+_NAME = re.compile(NAME_PATTERN)
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with `name` as a secret's name, or None."""
+    if _NAME.fullmatch(name) is None:
+        return "must be a letter or _, then letters, digits or _ (at most 64 in all), e.g. OPENAI_API_KEY"
+    return None
+
+
+def value_problem(value: str) -> str | None:
+    """What is wrong with `value` as a secret's value, or None (never the value itself)."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \\ud800 escapes can carry
+        return "must be text that UTF-8 can encode (it holds a lone surrogate)"
+    if size == 0:
+        return "must not be empty"
+    if size > MAX_VALUE_BYTES:
+        return f"is {size} bytes of UTF-8; the limit is {MAX_VALUE_BYTES}"
+    return None
+
+
+def _value(value: str) -> str:
+    problem = value_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+class SetSecret(BaseModel):
+    """A secret's value, to store (sealed) under the name in the path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: Annotated[
+        str,
+        # Characters first (cheap, and bounds the work), then bytes of UTF-8 in the validator.
+        Field(
+            min_length=1,
+            max_length=MAX_VALUE_BYTES,
+            description=f"the secret itself: 1 to {MAX_VALUE_BYTES} bytes of UTF-8 text; never shown again",
+        ),
+        AfterValidator(_value),
+    ]
+
+
+class SecretOut(BaseModel):
+    """A stored secret: its name and times. Its value is never answered."""
+
+    name: str
+    created_at: datetime
+    updated_at: datetime = Field(description="when its value was last set")
+
+
+class SecretList(BaseModel):
+    secrets: list[SecretOut]
