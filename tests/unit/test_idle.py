@@ -68,6 +68,22 @@ def test_an_idle_workspace_is_suspended_and_any_use_wakes_it_once(
     ]
 
 
+def test_the_use_that_wakes_a_workspace_slides_its_expiry(manager: WorkspaceManager) -> None:
+    """An ephemeral workspace asleep most of its TTL, then used, lives a whole TTL from its wake."""
+    workspace = manager.create("alice", NewWorkspace(idle_timeout=60, ttl_days=1))
+    long_ago = utcnow() - timedelta(hours=20)
+    manager.store.update(
+        workspace.id, last_used_at=long_ago, active_at=long_ago, expires_at=long_ago + timedelta(days=1)
+    )
+    assert manager.idle.run() == 1
+
+    manager.use("alice", workspace.id).exec(ECHO)
+    woken = manager.get("alice", workspace.id)
+    assert woken.suspended_at is None
+    assert woken.expires_at is not None and woken.expires_at > utcnow() + timedelta(hours=23)
+    assert woken.last_used_at is not None and woken.last_used_at > utcnow() - timedelta(minutes=1)
+
+
 def test_a_workspace_busy_on_its_own_is_not_suspended(manager: WorkspaceManager, provider: FakeProvider) -> None:
     busy = manager.create("alice", NewWorkspace(idle_timeout=60))
     sandbox = next(iter(provider.sandboxes.values()))

@@ -192,13 +192,14 @@ class Store:
                 session.add(Event(workspace_id=workspace.id, kind="suspended", detail={}))
         return marked
 
-    def mark_awake(self, workspace_id: str, at: datetime) -> Workspace | None:
-        """Clear the workspace's suspension, active from `at`, and return it; None when it was not suspended
-        (or another caller cleared it first: exactly one of concurrent callers gets the row)."""
+    def mark_awake(self, workspace_id: str, activity: Mapping[str, Any]) -> Workspace | None:
+        """Clear the workspace's suspension, set `activity` (its active_at, and what else the wake's caller
+        records), and return it; None when it was not suspended (or another caller cleared it first: exactly
+        one of concurrent callers gets the row)."""
         statement = (
             update(Workspace)
             .where(Workspace.id == workspace_id, Workspace.suspended_at.is_not(None))
-            .values(suspended_at=None, active_at=at)
+            .values(suspended_at=None, **activity)
             .returning(Workspace)
         )
         with self.session() as session:

@@ -92,7 +92,7 @@ class IdleSuspender:
         try:
             provider.suspend(workspace.provider_ref)
         except BaseException:
-            self.store.mark_awake(workspace.id, self._clock())  # tried again after another idle timeout
+            self.store.mark_awake(workspace.id, {"active_at": self._clock()})  # tried again after another idle timeout
             raise
         after = self.store.get(workspace.id)
         if after is None or after.suspended_at is None or after.status != Status.RUNNING:

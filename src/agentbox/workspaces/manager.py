@@ -174,7 +174,7 @@ class WorkspaceManager:
                 self.store.add(workspace, "created", image=workspace.image)
         if claimed is not None:  # woken out of the lock: a burst of claims wakes its workspaces side by side
             self.on_change()
-            return self._handed_out("pool", self._awake(claimed), started)
+            return self._handed_out("pool", self._awake(claimed, {}), started)
         self.on_change()  # a cold start may leave the pool too big for the cap
         try:
             if workspace.allow is not None and workspace.allow_cidrs is None:  # the pool was empty
@@ -477,7 +477,11 @@ class WorkspaceManager:
         return self._handle(self._looked_at(owner, workspace_id), use=False)
 
     def _handle(self, workspace: Workspace, use: bool) -> WorkspaceHandle:
-        workspace = self._awake(self._active(workspace, use))
+        activity = self._activity(workspace, use)
+        if workspace.suspended_at is not None:
+            workspace = self._awake(workspace, activity)
+        elif activity:
+            workspace = self.store.update(workspace.id, **activity)
         provider, ref = self._provider(workspace.provider), self._ref(workspace)
         runtime = HeldRuntime(provider.runtime(ref), lambda: self.activity.acquire(workspace.id))
         return WorkspaceHandle(workspace, provider, ref, runtime, self.settings, self.sessions, self.watchers)
@@ -487,11 +491,12 @@ class WorkspaceManager:
         self._require(workspace, Status.RUNNING, action)
         return workspace
 
-    def _active(self, workspace: Workspace, use: bool) -> Workspace:
-        """Record the activity (what idle suspend counts from), and with `use` the use, which slides an
-        ephemeral workspace's expiry to its TTL from now: one that is used never expires under its user, an
-        idle one still does. Each written at most once in a while (USE_RECORDED_EVERY; activity, to a quarter
-        of the idle timeout), so that a command costs no database write."""
+    def _activity(self, workspace: Workspace, use: bool) -> dict[str, Any]:
+        """The columns a use (or a look) of `workspace` records now: the activity (what idle suspend counts
+        from), and with `use` the use, which slides an ephemeral workspace's expiry to its TTL from now: one
+        that is used never expires under its user, an idle one still does. Each at most once in a while
+        (USE_RECORDED_EVERY; activity, to a quarter of the idle timeout), so that a command costs no
+        database write; a suspended workspace's wake writes them with its own (one write, not two)."""
         now = utcnow()
         fields: dict[str, Any] = {}
         if use and (workspace.last_used_at is None or now - workspace.last_used_at >= USE_RECORDED_EVERY):
@@ -502,26 +507,28 @@ class WorkspaceManager:
             }
         idle = self.settings.idle_timeout if workspace.idle_timeout is None else workspace.idle_timeout
         every = min(USE_RECORDED_EVERY, timedelta(seconds=idle / 4)) if idle else USE_RECORDED_EVERY
-        if workspace.suspended_at is None and (workspace.active_at is None or now - workspace.active_at >= every):
-            fields["active_at"] = now  # a suspended one's wake records it
-        return self.store.update(workspace.id, **fields) if fields else workspace
+        if workspace.active_at is None or now - workspace.active_at >= every:
+            fields["active_at"] = now
+        return fields
 
-    def _awake(self, workspace: Workspace) -> Workspace:
-        """`workspace`, its sandbox thawed if it was suspended. The mark is cleared before the thaw, so that
-        a suspend under way (idle.py) finds it cleared after its freeze and thaws again; of concurrent
-        callers, the one that clears it is the wake counted, and each thaws (a thawed sandbox is left as is)."""
+    def _awake(self, workspace: Workspace, activity: dict[str, Any]) -> Workspace:
+        """`workspace`, its sandbox thawed if it was suspended and `activity` recorded. The mark is cleared
+        before the thaw, so that a suspend under way (idle.py) finds it cleared after its freeze and thaws again; of
+        concurrent callers, the one that clears it is the wake counted, and each thaws (a thawed sandbox is
+        left as is)."""
         if workspace.suspended_at is None:
             return workspace
         started = time.monotonic()
-        woken = self.store.mark_awake(workspace.id, utcnow())
+        woken = self.store.mark_awake(workspace.id, {"active_at": utcnow(), **activity})
         try:
             self._provider(workspace.provider).wake(self._ref(workspace))
         except BaseException:
             if woken is not None:  # still frozen, perhaps: the next call wakes it again
                 self.store.update(workspace.id, suspended_at=workspace.suspended_at)
             raise
-        if woken is None:
-            return self.store.get(workspace.id) or workspace
+        if woken is None:  # another caller woke it
+            fresh = self.store.transition(workspace.id, None, **activity) if activity else self.store.get(workspace.id)
+            return fresh or workspace
         self.metrics.wake_seconds.observe(time.monotonic() - started)
         return woken
 
