@@ -1,0 +1,3 @@
+from agentbox.egress.child import main
+
+main()
