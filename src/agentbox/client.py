@@ -16,6 +16,7 @@ import builtins
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Literal, Required, TypedDict, TypeVar, Unpack
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -38,6 +39,7 @@ from agentbox.wire.processes import (
 )
 from agentbox.wire.system import Capacity, Health, ProviderList, ProviderStatus
 from agentbox.wire.tools import EditToolOut, GlobToolOut, GrepToolOut, ReadToolOut
+from agentbox.wire.vault import SecretList, SecretOut
 from agentbox.wire.workspaces import UsageOut, WorkspaceList, WorkspaceOut
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -216,6 +218,22 @@ class Client:
         Raises APIError: 404 when there is no such key (of yours), 400 for the last admin key.
         """
         return _parse(KeyOut, self._call("DELETE", f"/keys/{key_id}"))
+
+    def put_secret(self, name: str, value: str) -> SecretOut:
+        """Store `value` as your secret `name` (sealed), replacing it if it exists; its name and times.
+
+        Raises APIError: 404 when secrets are not configured on the server, 409 when you hold the most
+        secrets allowed already (100), 422 for a malformed name or an empty or too large value.
+        """
+        return _parse(SecretOut, self._call("PUT", f"/secrets/{quote(name, safe='')}", json={"value": value}))
+
+    def secrets(self) -> builtins.list[SecretOut]:
+        """Your secrets by name, without their values. Raises APIError: 404 when secrets are not configured."""
+        return _parse(SecretList, self._call("GET", "/secrets")).secrets
+
+    def delete_secret(self, name: str) -> None:
+        """Delete your secret `name`. Raises APIError: 404 when you have no such secret, 422 for a bad name."""
+        self._call("DELETE", f"/secrets/{quote(name, safe='')}")
 
     def create(self, **options: Unpack[WorkspaceOptions]) -> WorkspaceOut:
         """Create a workspace with the fields of `CreateWorkspace` as keywords; return it, running.

@@ -93,10 +93,10 @@ def test_bad_names_and_values_are_refused_naming_which(vault: Vault) -> None:
         lambda: vault.reveal("alice", "A-B"),
         lambda: vault.delete("alice", "x" * 65),
     ):
-        with pytest.raises(Unprocessable, match="^name "):
+        with pytest.raises(Unprocessable, match=r"^name "):
             call()
     for value in ("", "x" * (MAX_VALUE_BYTES + 1)):
-        with pytest.raises(Unprocessable, match="^value: "):
+        with pytest.raises(Unprocessable, match=r"^value: "):
             vault.put("alice", "TOKEN", value)
     assert vault.list("alice") == []
 

@@ -17,6 +17,7 @@ from rich.table import Column, Table
 
 from agentbox.cli import keys as cli_keys
 from agentbox.cli import processes as cli_processes
+from agentbox.cli import vault as cli_vault
 from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, request, require_key
 from agentbox.client import AllowOptions, ExecOptions, RepoOptions, WorkspaceOptions
 from agentbox.config import ConfigError, Settings, load_settings
@@ -29,6 +30,7 @@ app.add_typer(ws, name="ws")
 github = typer.Typer(help="GitHub App credentials stored by this server.", no_args_is_help=True)
 app.add_typer(github, name="github")
 app.add_typer(cli_keys.app, name="keys")
+app.add_typer(cli_vault.app, name="secrets")
 _TIMESTAMP = TypeAdapter(datetime)
 
 
@@ -121,13 +123,14 @@ def _reused_port(host: str, port: int) -> socket.socket:
 
 @github.command("rotate-key")
 def rotate_key() -> None:
-    """Re-encrypt every stored GitHub App secret under GITHUB_APP_ENCRYPTION_KEY.
+    """Re-encrypt every stored GitHub App secret, and every owner's secret, under GITHUB_APP_ENCRYPTION_KEY.
 
     Give the key they are sealed with now as GITHUB_APP_ENCRYPTION_OLD_KEY. A running server
-    given both keys keeps working throughout; afterwards drop the old one. All or nothing.
+    given both keys keeps working throughout; afterwards drop the old one. All or nothing for each.
     """
     from agentbox.db.store import Store
     from agentbox.github.service import GitHub, SealedSecretError
+    from agentbox.vault import Unsealable, Vault
 
     settings = _settings()
     keyring = settings.keyring
@@ -139,11 +142,14 @@ def rotate_key() -> None:
     try:
         store.migrate()
         resealed, apps = GitHub(store, keyring).rotate()
-    except SealedSecretError as exc:
+        console.print(f"re-encrypted {resealed} secret(s) of {apps} GitHub App(s) under the current key")
+        # The vault's values are sealed with the same key: an old key dropped after a rotation must open none.
+        resealed, held = Vault(store, keyring).rotate()
+        console.print(f"re-sealed {resealed} of {held} owners' secret(s) (agentbox secrets) under the current key")
+    except (SealedSecretError, Unsealable) as exc:
         fail(exc.detail)
     finally:
         store.close()
-    console.print(f"re-encrypted {resealed} secret(s) of {apps} GitHub App(s) under the current key")
 
 
 @app.command()

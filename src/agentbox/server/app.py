@@ -29,6 +29,7 @@ from agentbox.api import (
     sessions,
     terminals,
     tools,
+    vault,
     workspaces,
 )
 from agentbox.config import Settings
@@ -100,6 +101,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         system,
         keys,
         github,
+        vault,
         workspaces,
         commands,
         files,
@@ -159,7 +161,8 @@ class RedactTokens(logging.Filter):
 
 
 class RequestSizeLimit:
-    """Refuse request bodies over `limit` bytes with a 413, except uploads (PUT), which have their own.
+    """Refuse request bodies over `limit` bytes with a 413, except uploads (a PUT of a workspace's file or
+    archive), which have their own.
 
     Checked against Content-Length up front and counted as the body arrives, so a chunked
     body cannot get past it either.
@@ -171,9 +174,16 @@ class RequestSizeLimit:
 
     #: Bodies relayed to a workspace's server: streamed with backpressure under WORKSPACE_MAX_PROXIED_BODY.
     _PROXIED = re.compile(r"^/(preview/|api/v1/workspaces/[^/]+/ports/\d+/)")
+    #: Uploads, bounded by WORKSPACE_MAX_UPLOAD where they are written; any other PUT (a secret's) is bounded here.
+    _UPLOADS = re.compile(r"^/api/v1/workspaces/[^/]+/(files|archive)$")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "PUT" or self._PROXIED.match(scope["path"]):
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or (scope["method"] == "PUT" and self._UPLOADS.match(path))
+            or self._PROXIED.match(path)
+        ):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")

@@ -27,6 +27,7 @@ from agentbox.providers.docker.firewall import FirewallError
 from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork
 from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME, RuntimeChoice, checkpoint_runtime, choose_runtime
 from agentbox.providers.e2b import E2BProvider
+from agentbox.vault import Vault
 from agentbox.wire.network import AllowList
 from agentbox.workspaces.background import Lifecycle
 from agentbox.workspaces.manager import WorkspaceManager
@@ -59,6 +60,8 @@ class Service:
     metrics: Metrics = field(default_factory=Metrics)
     docker_client: docker.DockerClient | None = field(default=None, repr=False)
     github: GitHub | None = None
+    #: The owners' secrets (None without GITHUB_APP_ENCRYPTION_KEY, which seals them).
+    vault: Vault | None = None
     usage: UsageHistory | None = None
     #: This process among the replicas sharing the database (None with workspaces disabled).
     replica: Replica | None = None
@@ -106,6 +109,7 @@ class Service:
         self.sync_keys()
         keyring = settings.keyring
         self.github = GitHub(self.store, keyring, settings.github_allowed_hosts) if keyring is not None else None
+        self.vault = Vault(self.store, keyring) if keyring is not None else None
         if not settings.enabled:
             log.info("agent workspaces are disabled (ENABLE_AGENT_WORKSPACES=false): no engine is contacted")
             return

@@ -1,4 +1,5 @@
-"""What route handlers take from a request: the manager, the caller (by bearer key), the GitHub service, a path.
+"""What route handlers take from a request: the manager, the caller (by bearer key), the GitHub service, the
+vault, a path.
 
 Also `in_thread`, how handlers call the manager's blocking methods without blocking the event loop.
 """
@@ -14,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from agentbox.auth.keys import ApiKeys, Caller
 from agentbox.errors import Forbidden, NotFound, Unauthorized
 from agentbox.github.service import GitHub
+from agentbox.vault import Vault
 from agentbox.wire.common import AbsolutePath
 from agentbox.workspaces.handle import WorkspaceHandle
 from agentbox.workspaces.manager import WorkspaceManager
@@ -117,6 +119,17 @@ async def github(request: Request) -> GitHub:
     return found
 
 
+async def vault(request: Request) -> Vault:
+    """The owners' secrets; 404 when no encryption key is configured to seal them (the GitHub Apps' key)."""
+    found: Vault | None = request.app.state.service.vault
+    if found is None:
+        raise NotFound(
+            "secrets are not configured on this server: set GITHUB_APP_ENCRYPTION_KEY (32 random bytes, hex or "
+            "base64; it seals secrets and GitHub Apps' keys alike) and restart it"
+        )
+    return found
+
+
 async def usage_history(request: Request) -> UsageHistory | None:
     """The server's record of workspaces' CPU and memory; None when WORKSPACE_USAGE_INTERVAL=0."""
     found: UsageHistory | None = request.app.state.service.usage
@@ -126,6 +139,7 @@ async def usage_history(request: Request) -> UsageHistory | None:
 Manager = Annotated[WorkspaceManager, Depends(manager)]
 History = Annotated[UsageHistory | None, Depends(usage_history)]
 GitHubApps = Annotated[GitHub, Depends(github)]
+Secrets = Annotated[Vault, Depends(vault)]
 # Handlers list `Manager` before `Owner` so that a disabled server answers 404 before asking for a key.
 Owner = Annotated[str, Depends(owner)]
 Who = Annotated[Caller, Depends(caller)]
