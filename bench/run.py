@@ -32,6 +32,8 @@ import httpx
 from channels import helper_channels
 from channels import ratios as channel_ratios
 from channels import report_alone as report_channels
+from egress import egress
+from egress import ratios as egress_ratios
 from hostile_helper import hostile_helper
 from idle_websockets import idle_websockets
 from replica_bursts import replica_bursts, report_alone
@@ -180,6 +182,9 @@ def main() -> None:
         with fenced_network(engine), server(Path(pool_dir), **pooled) as api:
             results |= pool_bursts(api, engine, args.burst)
         results |= firewall_changes()
+        egress_samples, egress_numbers = egress(args.rounds)
+        results |= egress_samples
+        density |= egress_numbers
     results |= replica_bursts(args.burst, KEY, create_and_exec, burst_of)
     report(results, density, workloads, runtime, output)
 
@@ -944,6 +949,7 @@ def report(
             summary["burst_replicas_3"]["p50_ms"] / summary["burst_replicas_1"]["p50_ms"], 2
         )
     ratios |= channel_ratios(results)
+    ratios |= egress_ratios(results, density)
     for firewall in ("firewall", "firewall_check"):
         if f"{firewall}_200" in summary:
             ratios[f"{firewall}_200_over_1_p50"] = round(
