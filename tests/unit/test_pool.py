@@ -101,3 +101,20 @@ def test_reconciliation_removes_orphans_and_reports_what_vanished(store: Store) 
     assert store.get(stopped_outside.id).status == Status.STOPPED  # type: ignore[union-attr]
     gone = store.get(abandoned.id)
     assert gone is not None and gone.status == Status.DELETED and "server stopped" in (gone.error or "")
+
+
+def test_a_sandbox_missing_in_one_round_only_is_a_delete_in_flight(store: Store) -> None:
+    """A delete removes the sandbox, then the row: a round in between must not call the workspace failed."""
+    reconciler = Reconciler(store, {"gvisor": FakeProvider("gvisor")}, None, Metrics())
+    deleting = _record(store, Status.RUNNING, "fake-removed")
+    vanished = _record(store, Status.RUNNING, "fake-gone")
+
+    reconciler.run()
+    assert store.get(deleting.id).status == Status.RUNNING  # type: ignore[union-attr]
+    assert store.get(vanished.id).status == Status.RUNNING  # type: ignore[union-attr]
+    store.retire(deleting.id, "deleted")  # the delete's second half
+
+    reconciler.run()
+    assert store.get(deleting.id).status == Status.DELETED  # type: ignore[union-attr]
+    failed = store.get(vanished.id)
+    assert failed is not None and failed.status == Status.FAILED and "disappeared" in (failed.error or "")

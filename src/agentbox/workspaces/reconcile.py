@@ -2,7 +2,8 @@
 
 - a sandbox with no live record is destroyed (an orphan of a crash or a failed delete);
 - a running or stopped record whose sandbox vanished is marked failed (its data went with it;
-  handing out an empty sandbox under the old id would hide that);
+  handing out an empty sandbox under the old id would hide that), once two rounds in a row found it
+  missing: one round may fall between a delete's removal of the sandbox and of the row;
 - a running record whose sandbox stopped (an engine restart) is marked stopped, and running
   again when the engine brings it back;
 - what a replica was making when it died is given up: its `starting` records of creates (their
@@ -51,6 +52,11 @@ class Reconciler:
         self.pool = pool
         self.metrics = metrics
         self.replica = replica
+        # Records whose sandbox the last round found missing. A delete removes the sandbox, then the row:
+        # a round between the two sees a running record with no sandbox. So a round marks one failed only
+        # when the round before saw it missing too (or at the start-up of the only server, when no delete
+        # can be in flight).
+        self._missing: set[str] = set()
 
     def run(self, startup: bool = False, everything: bool = True) -> None:
         """One round; raises ProviderError when a provider cannot be listed (nothing is changed then).
@@ -77,6 +83,7 @@ class Reconciler:
             if workspace_id not in records:
                 log.warning("removing orphan workspace sandbox %s (no live record)", ref)
                 provider.destroy(ref)
+        missing: set[str] = set()
         for record in records.values():
             if record.id in given_up:
                 continue
@@ -87,10 +94,14 @@ class Reconciler:
                 # Looked at again: the inventory was taken before the records were read, and a
                 # workspace that finished starting in between was not running then but is now.
                 state = self._state_now(record, record.provider_ref, state)
+            if state == "missing" and record.id not in self._missing and not (startup and self.replica is None):
+                missing.add(record.id)
+                continue
             self._settle(record, state)
             if state == "running" and record.status == Status.RUNNING and record.provider_ref and record.id in held:
                 # Providers whose sandboxes end by themselves (E2B) keep them until their TTL.
                 held[record.id][0].keep(record.provider_ref, record.expires_at)
+        self._missing = missing
 
     def _leads(self) -> bool:
         return self.replica is None or self.replica.leads()
