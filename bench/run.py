@@ -32,6 +32,7 @@ import httpx
 from channels import helper_channels
 from channels import ratios as channel_ratios
 from channels import report_alone as report_channels
+from cpu_shares import machine_share, plain_containers
 from egress import egress
 from egress import ratios as egress_ratios
 from hostile_helper import hostile_helper
@@ -178,6 +179,11 @@ def main() -> None:
                 results |= {
                     f"{name}_crowded": samples for name, samples in bursts(api, engine, runtime, args.burst).items()
                 }
+        plain = plain_containers(engine, args.crowd)
+        density |= {
+            "plain_containers_machine_cpu_percent_of_one_core": plain.pop("machine"),
+            **{f"plain_containers_cpu_{group}_percent_of_one_core": percent for group, percent in plain.items()},
+        }
         pooled = {**BURST_SERVER, "WORKSPACE_WARM_POOL_SIZE": str(args.burst)}
         with fenced_network(engine), server(Path(pool_dir), **pooled) as api:
             results |= pool_bursts(api, engine, args.burst)
@@ -580,13 +586,12 @@ def crowd(api: httpx.Client, count: int) -> Iterator[dict[str, float]]:
         while sum(w["suspended"] for w in api.get("/workspaces").json()["workspaces"]) < count:
             time.sleep(1)
         time.sleep(2)
-        cpu_before, started = machine_cpu_ms(), time.monotonic()
-        time.sleep(10)
-        cpu = (machine_cpu_ms() - cpu_before) / (time.monotonic() - started) / 1000
+        cpu = machine_share(10, frozenset({os.getpid(), *SERVER_PIDS.values()}))
         yield {
             "crowd_workspaces": count,
             "crowd_created_in_s": round(made_in, 1),
-            "crowd_machine_cpu_percent_of_one_core": round(cpu * 100, 1),
+            "crowd_machine_cpu_percent_of_one_core": cpu.pop("machine"),
+            **{f"crowd_cpu_{group}_percent_of_one_core": percent for group, percent in cpu.items()},
             "crowd_host_mib_per_workspace": round((available_before - meminfo("MemAvailable")) / count / 2**20, 1),
         }
     finally:
@@ -702,21 +707,27 @@ def warm_claims(api: httpx.Client, rounds: int, pool_size: int) -> dict[str, lis
 
 
 def suspended_wakes(api: httpx.Client, rounds: int) -> dict[str, list[float]]:
-    """The first command on a suspended workspace (its wake, then the command) against the next one, awake,
-    on the same workspace in the same round."""
+    """The first command on a suspended workspace (its wake, then the command) against the next one, awake, on
+    the same workspace in the same round; and against a first command after the same wait on a workspace that
+    never suspends (idle_timeout 0), since a sandbox left alone a while answers its next call slower anyway."""
     print("==> the first command on a suspended workspace, and the next", flush=True)
-    results: dict[str, list[float]] = {"exec_suspended": [], "exec_awake": []}
-    workspace = api.post("/workspaces", json={"idle_timeout": 2}).json()
+    results: dict[str, list[float]] = {"exec_suspended": [], "exec_awake": [], "exec_idle_never_suspended": []}
+    sleepy = api.post("/workspaces", json={"idle_timeout": 2}).json()
+    never = api.post("/workspaces", json={"idle_timeout": 0}).json()
     try:
-        for _ in range(rounds):
-            while not api.get(f"/workspaces/{workspace['id']}").json()["suspended"]:
+        for round_ in range(rounds):
+            while not api.get(f"/workspaces/{sleepy['id']}").json()["suspended"]:
                 time.sleep(0.1)
-            for row in ("exec_suspended", "exec_awake"):
+            rows = [("exec_suspended", sleepy), ("exec_awake", sleepy)]
+            # The one that never suspends goes first in one round and last in the next.
+            rows.insert(0 if round_ % 2 else 2, ("exec_idle_never_suspended", never))
+            for row, workspace in rows:
                 started = time.perf_counter()
                 api.post(f"/workspaces/{workspace['id']}/exec", json={"command": ["true"]}).raise_for_status()
                 results[row].append((time.perf_counter() - started) * 1000)
     finally:
-        api.delete(f"/workspaces/{workspace['id']}")
+        api.delete(f"/workspaces/{sleepy['id']}")
+        api.delete(f"/workspaces/{never['id']}")
     return results
 
 
@@ -943,6 +954,16 @@ def report(
     if "burst_api_crowded" in summary:  # the same burst with the idle crowd present, against none
         ratios["burst_api_crowded_over_empty_p50"] = round(
             summary["burst_api_crowded"]["p50_ms"] / summary["burst_api"]["p50_ms"], 2
+        )
+    if "exec_suspended" in summary:
+        ratios["exec_suspended_over_idle_never_suspended_p50"] = round(
+            summary["exec_suspended"]["p50_ms"] / summary["exec_idle_never_suspended"]["p50_ms"], 2
+        )
+    if "plain_containers_machine_cpu_percent_of_one_core" in density:  # the floor of this engine and VM
+        ratios["crowd_cpu_over_plain_containers"] = round(
+            density["crowd_machine_cpu_percent_of_one_core"]
+            / density["plain_containers_machine_cpu_percent_of_one_core"],
+            2,
         )
     if "burst_replicas_1" in summary:
         ratios["burst_replicas_3_over_1_p50"] = round(
