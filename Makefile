@@ -44,13 +44,16 @@ image: host
 	@bash scripts/build-image.sh "$(WORKSPACE_IMAGE)"
 	@bash scripts/build-e2b-image.sh "$(WORKSPACE_IMAGE)"
 
-# Serve on $(HOST):$(PORT) with workspaces enabled; the API key is made once and kept in $(DATA_DIR).
+# Serve on $(HOST):$(PORT) with workspaces enabled; the API key and the key that seals secrets
+# (GITHUB_APP_ENCRYPTION_KEY, unless set) are made once and kept in $(DATA_DIR).
 run: setup
 	@mkdir -p "$(DATA_DIR)" && chmod 700 "$(DATA_DIR)"
 	@test -s "$(DATA_DIR)/api-key" || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$(DATA_DIR)/api-key")
+	@test -s "$(DATA_DIR)/encryption-key" || (umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_hex(32))' > "$(DATA_DIR)/encryption-key")
 	@echo "==> API key (owner 'admin'): $$(cat "$(DATA_DIR)/api-key")"
 	@echo "    try: curl -H \"Authorization: Bearer $$(cat "$(DATA_DIR)/api-key")\" -X POST http://$(HOST):$(PORT)/api/v1/workspaces"
-	@if [ "$(REPLICAS)" != 1 ]; then \
+	@export GITHUB_APP_ENCRYPTION_KEY="$${GITHUB_APP_ENCRYPTION_KEY:-$$(cat "$(DATA_DIR)/encryption-key")}"; \
+	if [ "$(REPLICAS)" != 1 ]; then \
 	  DATA_DIR="$(DATA_DIR)" HOST=$(HOST) PORT=$(PORT) NETWORK="$(NETWORK)" API_KEY="$$(cat "$(DATA_DIR)/api-key")" \
 	    exec bash scripts/run-replicas.sh "$(REPLICAS)"; \
 	fi; \
