@@ -7,9 +7,15 @@ The gateway routes between the two; TCP from 10.77.1.2 is REDIRECTed to the prox
 the client is configured for nothing), TCP from 10.77.1.3 is routed directly (the bench's baseline). The
 server namespace runs HTTP (80), HTTPS (443 and 8443, one certificate for every test name, from an
 "upstream" CA of the lab's own) and a TCP echo (7000) on every address; it records each request's
-headers in a JSON-lines file. Names are resolved by the client itself (curl --resolve): the lab is the
-resolver. Everything (namespaces with their interfaces and iptables rules, processes) goes on exit,
-also after a failure.
+headers in a JSON-lines file. It also runs the upstream DNS server (10.77.2.53, dnslib), answering from
+a zone file the tests rewrite (`Lab.zone`), logging every query it gets.
+
+Names are resolved as a workspace resolves them: the client's resolv.conf (/etc/netns/NAME/, which `ip
+netns exec` mounts) names the agentbox resolver, which runs in the proxy's process on the gateway
+(10.77.1.1:53) and asks the upstream. `Lab.curl(..., ip=...)` pins a name to an address instead (curl
+--resolve: the resolver is not asked), as a workspace that dials an address of its own choosing.
+Everything (namespaces with their interfaces and iptables rules, /etc/netns/NAME, processes) goes on
+exit, also after a failure.
 
     python -m tests.egress_lab serve DIR     (the servers, run inside the server namespace)
 """
@@ -40,8 +46,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from dnslib import CNAME, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 from agentbox.egress.proxy import Refusal
+from agentbox.egress.resolver import ResolverConfig
 from agentbox.egress.rules import Policy
 from agentbox.egress.supervisor import EgressSupervisor
 
@@ -49,8 +58,28 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENT, DIRECT = "10.77.1.2", "10.77.1.3"
 GATEWAY_CLIENT_SIDE, GATEWAY_SERVER_SIDE = "10.77.1.1", "10.77.2.1"
 SERVERS = ("10.77.2.10", "10.77.2.11", "10.77.2.12")
+UPSTREAM_DNS = "10.77.2.53"
 NAMES = ("exact.test", "other.test", "wild.test", "a.wild.test", "deep.a.wild.test", "evilwild.test", "api.test")
 PROXY_PORT = 15001
+#: The resolver's bounds in the lab: small, so that a test reaches them with a few hundred queries.
+RESOLVER = ResolverConfig(
+    host=GATEWAY_CLIENT_SIDE,
+    upstreams=(UPSTREAM_DNS,),
+    timeout=3.0,
+    grace=1.0,
+    answers_per_client=64,
+    client_in_flight=4,
+    in_flight=8,
+)
+#: Names below these answer with this address; names starting "slow" are answered after `SLOW` s.
+ZONE: dict[str, dict[str, Any]] = {
+    **{name: {"a": [SERVERS[0]], "ttl": 300} for name in NAMES},
+    "*.wild.test": {"a": [SERVERS[0]], "ttl": 300},
+    "*.flood.test": {"a": [SERVERS[1]], "ttl": 300},
+    "alias.test": {"cname": "exact.test", "ttl": 300},
+    "*.nowhere.test": {"a": [SERVERS[0]], "ttl": 300},
+}
+SLOW = 1.0
 BIG = 1 << 20
 
 
@@ -58,7 +87,7 @@ def usable() -> str | None:
     """Why the lab cannot run here (None: it can)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, iptables)"
-    for tool in ("ip", "iptables", "nsenter", "curl"):
+    for tool in ("ip", "iptables", "nsenter", "curl", "getent"):
         if shutil.which(tool) is None:
             return f"needs {tool}"
     return None
@@ -124,6 +153,9 @@ class Lab:
         self.upstream_ca, self.server_cert, self.server_key = _certificates(directory)
         self.ca_dir = directory / "egress-ca"
         self.requests_log = directory / "requests.jsonl"
+        self.zone_file = directory / "zone.json"
+        self.dns_log = directory / "dns.jsonl"
+        self.netns_etc = Path("/etc/netns") / self.ns["cli"]
 
     @property
     def egress_ca(self) -> Path:
@@ -132,8 +164,25 @@ class Lab:
     def netns(self, role: str) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.ns[role]}"]
 
+    def client(self) -> list[str]:
+        """A command's prefix in the client namespace, with its resolv.conf naming the agentbox resolver."""
+        return ["ip", "netns", "exec", self.ns["cli"]]
+
+    def zone(self, records: dict[str, dict[str, Any]] | None = None) -> None:
+        """What the upstream DNS server answers from its next query on (the lab's `ZONE` by default)."""
+        staging = self.zone_file.with_suffix(".new")
+        staging.write_text(json.dumps(records if records is not None else ZONE))
+        staging.replace(self.zone_file)  # the server never reads half a file
+
+    def dns_queries(self) -> list[dict[str, Any]]:
+        """Every query the upstream DNS server got: {"name", "type", "concurrent"} (queries in progress)."""
+        if not self.dns_log.exists():
+            return []
+        return [json.loads(line) for line in self.dns_log.read_text().splitlines() if line]
+
     def __enter__(self) -> Lab:
         try:
+            self.zone()
             self._network()
             self._servers()
             self._thread.start()
@@ -145,6 +194,7 @@ class Lab:
                 upstream_ca=self.upstream_ca,
                 command_prefix=self.netns("gw"),
                 peek_timeout=0.3,
+                resolver=RESOLVER,
             )
             self.call(self.supervisor.start())
         except BaseException:
@@ -167,7 +217,7 @@ class Lab:
             (cli, "c0", (f"{CLIENT}/24", f"{DIRECT}/24")),
             (gw, "gc", (f"{GATEWAY_CLIENT_SIDE}/24",)),
             (gw, "gs", (f"{GATEWAY_SERVER_SIDE}/24",)),
-            (srv, "s0", tuple(f"{a}/24" for a in SERVERS)),
+            (srv, "s0", (*(f"{a}/24" for a in SERVERS), f"{UPSTREAM_DNS}/24")),
         ):
             for address in addresses:
                 _run("ip", "-n", ns, "addr", "add", address, "dev", dev)
@@ -175,8 +225,15 @@ class Lab:
         _run("ip", "-n", cli, "route", "add", "default", "via", GATEWAY_CLIENT_SIDE, "src", CLIENT)
         _run("ip", "-n", srv, "route", "add", "default", "via", GATEWAY_SERVER_SIDE)
         _run(*self.netns("gw"), "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # DNS over TCP to the resolver is the one TCP from the client that is not the proxy's.
+        _run(*self.netns("gw"), "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "gc", "-s", CLIENT,
+             "-d", GATEWAY_CLIENT_SIDE, "-p", "tcp", "--dport", "53", "-j", "RETURN")  # fmt: skip
         _run(*self.netns("gw"), "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "gc", "-s", CLIENT,
              "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(PROXY_PORT))  # fmt: skip
+        self.netns_etc.mkdir(parents=True)
+        # One try, two seconds: a resolver that does not answer fails a test rather than hanging it.
+        resolv = f"nameserver {GATEWAY_CLIENT_SIDE}\noptions timeout:2 attempts:1\n"
+        (self.netns_etc / "resolv.conf").write_text(resolv)
 
     def _servers(self) -> None:
         command = [*self.netns("srv"), sys.executable, "-m", "tests.egress_lab", "serve", str(self.dir)]
@@ -203,24 +260,29 @@ class Lab:
         value = policy if policy is None or isinstance(policy, Policy) else Policy.model_validate(policy)
         self.call(self.supervisor.set_policy(client, value))
 
-    def curl(self, url: str, *args: str, ip: str = SERVERS[0], ca: Path | None = None, direct: bool = False) -> Curl:
-        """curl in the client namespace, `url`'s name resolved to `ip`, trusting `ca` (the upstream CA by default)."""
+    def curl(self, url: str, *args: str, ip: str | None = None, ca: Path | None = None, direct: bool = False) -> Curl:
+        """curl in the client namespace trusting `ca` (the upstream CA by default); `url`'s name resolved by
+        the agentbox resolver, or pinned to `ip` (the resolver not asked)."""
         host = url.split("://", 1)[1].split("/", 1)[0]
         name, _, port = host.partition(":")
         port = port or ("443" if url.startswith("https") else "80")
-        if name.replace(".", "").isdigit():
-            ip = name  # an address in the URL: where curl goes
-        command = [*self.netns("cli"), "curl", "-sS", "-v", "--max-time", "5", "--cacert", str(ca or self.upstream_ca)]
-        command += ["--resolve", f"{name}:{port}:{ip}", "--interface", DIRECT if direct else CLIENT, *args, url]
+        command = [*self.client(), "curl", "-sS", "-v", "--max-time", "5", "--cacert", str(ca or self.upstream_ca)]
+        if ip is not None and not name.replace(".", "").isdigit():
+            command += ["--resolve", f"{name}:{port}:{ip}"]
+        command += ["--interface", DIRECT if direct else CLIENT, *args, url]
         done = subprocess.run(command, capture_output=True, timeout=30)
         return Curl(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
     def in_client(self, code: str, *, timeout: float = 60) -> str:
-        """Python `code` run in the client namespace; its stdout."""
+        """Python `code` run in the client namespace (resolving through the agentbox resolver); its stdout."""
         done = subprocess.run(
-            [*self.netns("cli"), sys.executable, "-c", code], capture_output=True, timeout=timeout, check=True
+            [*self.client(), sys.executable, "-c", code], capture_output=True, timeout=timeout, check=True, cwd=ROOT
         )
         return done.stdout.decode()
+
+    def getent(self, name: str) -> subprocess.CompletedProcess[str]:
+        """`getent ahostsv4 NAME` in the client namespace: what glibc's resolver (as a workspace's) finds."""
+        return subprocess.run([*self.client(), "getent", "ahostsv4", name], capture_output=True, text=True, timeout=30)
 
     def wait_refusals(self, count: int, timeout: float = 5.0) -> list[Refusal]:
         """The refusals once at least `count` have been reported (or all there are after `timeout`)."""
@@ -248,6 +310,7 @@ class Lab:
         for name in self.ns.values():
             # The interfaces, addresses and iptables rules live in the namespaces and go with them.
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+        shutil.rmtree(self.netns_etc, ignore_errors=True)
 
 
 class Curl:
@@ -327,6 +390,52 @@ class _EchoServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
+class _Upstream(BaseResolver):  # type: ignore[misc]  # dnslib is untyped
+    """The upstream DNS server: answers from the zone file as it is at each query, logs each query."""
+
+    def __init__(self, directory: Path) -> None:
+        self.zone_file, self.log_path = directory / "zone.json", directory / "dns.jsonl"
+        self.lock = threading.Lock()
+        self.concurrent = 0
+
+    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
+        name = str(request.q.qname).rstrip(".").lower()
+        with self.lock:
+            self.concurrent += 1
+            with self.log_path.open("a") as log:
+                entry = {"name": name, "type": QTYPE[request.q.qtype], "concurrent": self.concurrent}
+                log.write(json.dumps(entry) + "\n")
+        try:
+            if name.startswith("slow"):
+                time.sleep(SLOW)
+            return self._answer(request, name)
+        finally:
+            with self.lock:
+                self.concurrent -= 1
+
+    def _answer(self, request: DNSRecord, name: str) -> DNSRecord:
+        zone = json.loads(self.zone_file.read_text())
+        reply = request.reply()
+        owner = name
+        for _ in range(4):
+            record = zone.get(owner) or next(
+                (v for k, v in zone.items() if k.startswith("*.") and owner.endswith(k[1:])), None
+            )
+            if record is None:
+                if owner == name:
+                    reply.header.rcode = RCODE.NXDOMAIN
+                return reply
+            if "cname" in record:
+                reply.add_answer(RR(owner, QTYPE.CNAME, rdata=CNAME(record["cname"]), ttl=record["ttl"]))
+                owner = record["cname"]
+                continue
+            if request.q.qtype == QTYPE.A:
+                for address in record["a"]:
+                    reply.add_answer(RR(owner, QTYPE.A, rdata=A(address), ttl=record["ttl"]))
+            return reply
+        return reply
+
+
 def serve(directory: Path) -> None:
     _Handler.log_path = directory / "requests.jsonl"
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -340,6 +449,11 @@ def serve(directory: Path) -> None:
     servers.append(_EchoServer(("0.0.0.0", 7000), _Echo))
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
+    dns = _Upstream(directory)
+    for tcp in (False, True):
+        DNSServer(
+            dns, address=UPSTREAM_DNS, port=53, tcp=tcp, logger=DNSLogger("-request,-reply,-truncated")
+        ).start_thread()
     print("ready", flush=True)
     while True:
         time.sleep(3600)

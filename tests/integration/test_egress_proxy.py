@@ -2,7 +2,11 @@
 and TCP servers in another namespace (tests/egress_lab.py; nothing leaves the machine).
 
 The proxy runs as the server will run it: a child process (`python -m agentbox.egress`) under the
-supervisor, policies sent over its control socket.
+supervisor, policies sent over its control socket. Allowed names are resolved through the agentbox
+resolver (as a workspace's are: the proxy lets a name reach only the addresses it gave); a name the
+policy refuses is dialled at a pinned address instead (`ip=PINNED`), since the resolver would not
+answer it: that is how these tests reach the proxy's own refusals (test_egress_resolver.py has the
+resolver's).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from tests.egress_lab import CLIENT, SERVERS, Lab, usable
 
 pytestmark = pytest.mark.skipif(usable() is not None, reason=usable() or "")
 
+PINNED = SERVERS[0]  # where every lab name leads; dialled directly for names the resolver refuses
 RESET = 35, 56  # curl: the TLS handshake, or the first read, ended by a reset (a timeout would be 28)
 
 
@@ -42,7 +47,7 @@ def test_exact_name_passes_through_undecrypted_and_other_names_are_reset_at_once
     assert ok.code == 0 and ok.out == f"hello from {SERVERS[0]} for exact.test\n", ok
     assert "egress lab upstream CA" in ok.issuer, ok
     # Same address, another name in the SNI: refused before any byte reaches the server.
-    denied = lab.curl("https://other.test/")
+    denied = lab.curl("https://other.test/", ip=PINNED)
     assert denied.code in RESET, denied
     assert refused(lab, 1) == [("other.test", SERVERS[0], 443, "default deny")]
     assert lab.refusals[0].client == CLIENT and lab.refusals[0].protocol == "tls"
@@ -52,7 +57,7 @@ def test_exact_name_passes_through_undecrypted_and_other_names_are_reset_at_once
 def test_plain_http_is_matched_on_host_and_refused_with_a_403(lab: Lab) -> None:
     lab.policy({"allow": ["exact.test:80"]})
     assert lab.curl("http://exact.test/").out == f"hello from {SERVERS[0]} for exact.test\n"
-    denied = lab.curl("http://other.test/", "-o", "-", "-w", "%{http_code}")
+    denied = lab.curl("http://other.test/", "-o", "-", "-w", "%{http_code}", ip=PINNED)
     assert denied.code == 0 and denied.out.endswith("403"), denied
     assert "not allowed" in denied.out
     # The port is part of the entry: the same name over HTTPS (443) is not allowed.
@@ -67,15 +72,15 @@ def test_wildcard_matches_names_below_it_only(lab: Lab) -> None:
     lab.policy({"allow": ["*.wild.test"]})
     assert lab.curl("https://a.wild.test/").code == 0
     assert lab.curl("https://deep.a.wild.test/").code == 0
-    assert lab.curl("https://WILD.test./").code in RESET  # not the apex (case and trailing dot aside)
-    assert lab.curl("https://evilwild.test/").code in RESET  # not a name that merely ends alike
+    assert lab.curl("https://WILD.test./", ip=PINNED).code in RESET  # not the apex (case and trailing dot aside)
+    assert lab.curl("https://evilwild.test/", ip=PINNED).code in RESET  # not a name that merely ends alike
     assert [name for name, *_ in refused(lab, 2)] == ["wild.test", "evilwild.test"]
 
 
 def test_deny_wins_over_a_matching_allow(lab: Lab) -> None:
     lab.policy({"allow": ["*.wild.test"], "deny": ["deep.a.wild.test"]})
     assert lab.curl("https://a.wild.test/").code == 0
-    assert lab.curl("https://deep.a.wild.test/").code in RESET
+    assert lab.curl("https://deep.a.wild.test/", ip=PINNED).code in RESET
     assert refused(lab, 1) == [("deep.a.wild.test", SERVERS[0], 443, "deny[0] deep.a.wild.test")]
 
 
@@ -102,10 +107,10 @@ def test_a_policy_change_applies_to_the_next_connection(lab: Lab) -> None:
     lab.policy({"allow": ["exact.test"]})
     assert lab.curl("https://exact.test/").code == 0
     lab.policy({"allow": ["other.test"]})
-    assert lab.curl("https://exact.test/").code in RESET
+    assert lab.curl("https://exact.test/", ip=PINNED).code in RESET
     assert lab.curl("https://other.test/").code == 0
     lab.policy(None)  # a client the proxy has no policy for is refused everything
-    assert lab.curl("https://other.test/").code in RESET
+    assert lab.curl("https://other.test/", ip=PINNED).code in RESET
     assert [name for name, *_ in refused(lab, 2)] == ["exact.test", "other.test"]
 
 

@@ -6,13 +6,19 @@ each at most `MAX_LINE` bytes, both ways:
 
 server → proxy  {"op": "set", "seq": n, "client": "10.0.0.5", "policy": {...} | null}
                 {"op": "secrets", "id": n, "values": {"NAME": "..."}} | {"op": "secrets", "id": n, "error": "..."}
-proxy → server  {"op": "ready", "port": p}
+proxy → server  {"op": "ready", "port": p, "dns_port": d | null}
                 {"op": "ack", "seq": n} | {"op": "nack", "seq": n, "detail": "..."}
                 {"op": "refusal", "client": ..., "name": ..., "ip": ..., "port": ..., "protocol": ..., "rule": ...,
                  "at": ..., "dropped": k}   (k: refusals dropped since the last one sent, the queue being full)
                 {"op": "reveal", "id": n, "client": ..., "host": ..., "names": [...]}
 
 A `set` is acknowledged once the table holds it, so the server knows the next connection obeys it.
+A `set` with policy null also forgets what the resolver told that client: the address may next be
+another workspace's, which must not inherit the answers.
+
+With `--resolver` (a `ResolverConfig` as JSON) the resolver runs here too, sharing the policies and
+the answer memory with the proxy. Without it the memory stays empty, so a connection allowed by a
+name rule is refused (no name can be trusted without the resolver); address rules still work.
 Secret values cross only this socket, in memory, per request; they are never logged or written. The
 proxy exits when the server's end closes (the server died or stopped it).
 """
@@ -32,8 +38,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agentbox.egress.answers import AnswerMemory
 from agentbox.egress.ca import LeafMinter, ensure_ca
 from agentbox.egress.proxy import EgressProxy, PolicyTable, Refusal
+from agentbox.egress.resolver import Resolver, ResolverConfig
 from agentbox.egress.rules import Policy
 
 MAX_LINE = 1024 * 1024
@@ -79,7 +87,7 @@ class _Channel:
         finally:
             self._reveals.pop(ident, None)
 
-    async def serve(self, table: PolicyTable) -> None:
+    async def serve(self, table: PolicyTable, answers: AnswerMemory) -> None:
         while True:
             try:
                 line = await self._reader.readuntil(b"\n")
@@ -95,7 +103,7 @@ class _Channel:
                 log.error("egress control: not a message: %.200r", line)
                 continue
             if op == "set":
-                self._set(table, message)
+                self._set(table, answers, message)
             elif op == "secrets":
                 future = self._reveals.get(message.get("id", -1))
                 if future is not None and not future.done():
@@ -105,7 +113,7 @@ class _Channel:
                         future.set_result({str(k): str(v) for k, v in dict(message.get("values", {})).items()})
             await self._writer.drain()
 
-    def _set(self, table: PolicyTable, message: dict[str, Any]) -> None:
+    def _set(self, table: PolicyTable, answers: AnswerMemory, message: dict[str, Any]) -> None:
         seq = message.get("seq")
         try:
             client = str(message["client"])
@@ -114,6 +122,8 @@ class _Channel:
         except (KeyError, ValidationError) as error:
             self.send({"op": "nack", "seq": seq, "detail": str(error)[:2000]})
             return
+        if raw is None:
+            answers.forget(client)
         self.send({"op": "ack", "seq": seq})
 
 
@@ -127,6 +137,8 @@ async def run(args: argparse.Namespace) -> None:
     if upstream is not None:
         upstream.load_default_certs()
     table = PolicyTable()
+    config = ResolverConfig.from_json(args.resolver) if args.resolver else None
+    answers = config.memory() if config is not None else AnswerMemory()
     proxy = EgressProxy(
         table,
         minter=LeafMinter(ca_cert, ca_key, scratch=Path(args.ca_dir)),
@@ -134,14 +146,19 @@ async def run(args: argparse.Namespace) -> None:
         on_refusal=channel.refused,
         upstream_context=upstream,
         peek_timeout=args.peek_timeout,
+        answers=answers,
     )
+    resolver = Resolver(config, table, answers, on_refusal=channel.refused) if config is not None else None
     _, port = await proxy.start(args.host, args.port)
-    channel.send({"op": "ready", "port": port})
+    dns_port = (await resolver.start())[1] if resolver is not None else None
+    channel.send({"op": "ready", "port": port, "dns_port": dns_port})
     sender = loop.create_task(channel.send_refusals())
     try:
-        await channel.serve(table)
+        await channel.serve(table, answers)
     finally:
         sender.cancel()
+        if resolver is not None:
+            await resolver.close()
         await proxy.close()
         with contextlib.suppress(OSError):
             writer.close()
@@ -155,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ca-dir", required=True, help="where the CA is kept (made the first time)")
     parser.add_argument("--upstream-ca", help="extra CAs (PEM) trusted for intercepted upstreams")
     parser.add_argument("--peek-timeout", type=float, default=1.0)
+    parser.add_argument("--resolver", help="run the resolver too: its ResolverConfig as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="egress: %(levelname)s %(message)s")
     asyncio.run(run(args))

@@ -10,10 +10,24 @@ anything else (nothing sent within `peek_timeout`: a server-speaks-first protoco
 - refused: TLS and other TCP get a reset at once, plain HTTP a 403 with a one-line body; a `Refusal`
   goes to `on_refusal` (the server's audit trail);
 - allowed: the bytes are relayed as they are (TLS is never decrypted), to the original address;
+- allowed by a name entry (an SNI or a Host the policy lists): only when that original address is
+  one the agentbox resolver (resolver.py) gave this client for that name, its TTL plus a grace not
+  over (`answers`, naming.check); otherwise refused like any other, the Refusal saying why. Else a
+  workspace allowed `a.example` would reach every address on earth by sending that SNI.
 - allowed with header rules for the name (TLS only): the proxy terminates TLS with a leaf from the
   server's CA (ca.py), opens TLS to the original address verifying the upstream's certificate for the
   name, and sets the rule's headers on each request, filling `${e2b.secrets.NAME}` from
   `resolve_secrets` per request. Responses are relayed as they are.
+
+Why check the dialled address rather than resolve the name here and connect where it leads: the
+connection goes exactly where the workspace meant (the address it picked among several, the one
+its own retry chose), no lookup sits on the way of a connection (the pass-through budget is +2 ms
+to the first byte), and the answer memory is a dictionary read. Its cost: a client that keeps an
+address past its TTL plus the grace (30 s by default, the JVM's own cache time) or that resolves
+otherwise (DNS over HTTPS, its own hosts file) is refused; a refusal it can see, recorded with why.
+With `answers` None (a proxy used without the resolver) names are trusted as they come; the
+proxy's process (child.py) always passes one, so there a name rule without the resolver allows
+nothing.
 
 Why not mitmproxy (the first candidate): its last release for Python 3.11 (11.0.2; 12.x needs 3.12)
 pins cryptography < 44.1, h11 <= 0.14 and a dozen more upper bounds that conflict with this project's
@@ -44,7 +58,9 @@ from typing import Literal
 
 import h11
 
+from agentbox.egress.answers import AnswerMemory
 from agentbox.egress.ca import LeafMinter
+from agentbox.egress.naming import check
 from agentbox.egress.rules import DENY_ALL, Decision, HeaderRule, Policy, fill, normalize_name, secret_names_in
 
 log = logging.getLogger(__name__)
@@ -59,13 +75,13 @@ _HTTP_START = re.compile(rb"^[A-Z]{1,16} \S+ HTTP/1\.[01]\r\n")
 _METHOD_PREFIX = re.compile(rb"^[A-Z]{0,16}$")
 _FORBIDDEN_BODY = b"agentbox egress: this destination is not allowed for this workspace\n"
 
-Protocol = Literal["tls", "http", "tcp"]
+Protocol = Literal["tls", "http", "tcp", "dns"]
 SecretResolver = Callable[[str, str, list[str]], Awaitable[dict[str, str]]]
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """One refused connection (or request), as the audit trail records it."""
+    """One refused connection (or request, or name lookup: protocol "dns", ip ""), as the audit trail records it."""
 
     client: str
     name: str | None
@@ -292,8 +308,12 @@ class EgressProxy:
         connect_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
         max_connections: int = 4096,
+        answers: AnswerMemory | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
+        self._answers = answers
+        self._clock = clock
         self._minter = minter
         self._resolve = resolve_secrets
         self._on_refusal = on_refusal or (lambda _r: None)
@@ -358,6 +378,8 @@ class EgressProxy:
             assert found is not None
             protocol, name = found
             decision = self.table.get(client).decide(name, ip, port)
+            if self._answers is not None:
+                decision = check(decision, self._answers, client, name, ip, self._clock())
             if not decision.allowed:
                 self._refuse(sock, Refusal(client, name, ip, port, protocol, decision.rule, time.time()))
                 return

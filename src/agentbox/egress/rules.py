@@ -255,6 +255,9 @@ class Decision:
 
     allowed: bool
     rule: str
+    #: What decided: a name or wildcard entry, an address (CIDR) entry, or the default. A connection
+    #: allowed by name is only as good as the name: the proxy checks the address belongs to it.
+    by: Literal["name", "address", "default"] = "default"
     #: Terminate TLS and add these headers (only for an allowed connection with a name).
     headers: tuple[HeaderRule, ...] = ()
 
@@ -290,13 +293,16 @@ class Policy(BaseModel):
             for index, entry in enumerate(entries):
                 if entry.matches(host, address, port):
                     which = "allow" if allows else "deny"
-                    return self._decision(allows, f"{which}[{index}] {entry.describe()}", host)
-        return self._decision(self.default == "allow", f"default {self.default}", host)
+                    by: Literal["name", "address"] = "address" if entry.kind == "cidr" else "name"
+                    return self._decision(allows, f"{which}[{index}] {entry.describe()}", host, by)
+        return self._decision(self.default == "allow", f"default {self.default}", host, "default")
 
-    def _decision(self, allowed: bool, rule: str, host: str | None) -> Decision:
+    def _decision(
+        self, allowed: bool, rule: str, host: str | None, by: Literal["name", "address", "default"]
+    ) -> Decision:
         if not allowed or host is None:
-            return Decision(allowed, rule)
-        return Decision(allowed, rule, tuple(r for r in self.headers if r.matches(host)))
+            return Decision(allowed, rule, by)
+        return Decision(allowed, rule, by, tuple(r for r in self.headers if r.matches(host)))
 
 
 def _address(ip: str | ipaddress.IPv4Address | None) -> ipaddress.IPv4Address | None:

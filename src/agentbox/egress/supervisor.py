@@ -3,6 +3,8 @@
 `EgressSupervisor.set_policy(client, policy)` returns once the proxy holds the policy (the next
 connection from `client` obeys it). Refusals come back to `on_refusal`; the proxy asks
 `resolve_secrets(client, host, names)` for secret values (the vault, later) per intercepted request.
+With a `ResolverConfig` the proxy's process runs the resolver too (resolver.py) on `dns_port`; its
+upstreams default to the host's name servers (`default_upstreams`).
 The policies are kept here too, so a proxy that died is started again (after a second) with all of them.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -22,6 +25,7 @@ from typing import Any
 
 from agentbox.egress.child import MAX_LINE
 from agentbox.egress.proxy import Refusal
+from agentbox.egress.resolver import ResolverConfig
 from agentbox.egress.rules import Policy
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,20 @@ SecretResolver = Callable[[str, str, list[str]], Awaitable[dict[str, str]]]
 
 class EgressError(RuntimeError):
     pass
+
+
+def default_upstreams() -> tuple[str, ...]:
+    """The host's IPv4 name servers, as the firewall reads them for Docker's embedded DNS.
+
+    A host whose /etc/resolv.conf names only a loopback stub (systemd-resolved's 127.0.0.53, which
+    `host_resolvers` leaves out) is read where systemd-resolved lists the servers it forwards to,
+    as Docker itself does.
+    """
+    # Imported here: the firewall module sits in the Docker provider, which only the server loads.
+    from agentbox.providers.docker.firewall import host_resolvers
+
+    found = host_resolvers() or host_resolvers(Path("/run/systemd/resolve/resolv.conf"))
+    return tuple(str(address) for address in found)
 
 
 class EgressSupervisor:
@@ -46,7 +64,11 @@ class EgressSupervisor:
         peek_timeout: float = 1.0,
         command_prefix: Sequence[str] = (),
         ack_timeout: float = 1.0,
+        resolver: ResolverConfig | None = None,
     ) -> None:
+        if resolver is not None and not resolver.upstreams:
+            resolver = dataclasses.replace(resolver, upstreams=default_upstreams())
+        self.resolver = resolver
         self._ca_dir = ca_dir
         self._host, self._port = host, port
         self._on_refusal = on_refusal or (lambda _r: None)
@@ -65,10 +87,16 @@ class EgressSupervisor:
         self._stopping = False
         self._ready: asyncio.Future[int] | None = None
         self.port: int = port
+        #: The resolver's port (UDP and TCP), once started; None without a resolver.
+        self.dns_port: int | None = None
         self.dropped_refusals = 0
 
     async def start(self, timeout: float = 10.0) -> int:
-        """Start the proxy; its port (the one asked for, or the one it was given)."""
+        """Start the proxy (and the resolver); its port (the one asked for, or the one it was given).
+
+        Raises EgressError when the process does not say it is ready within `timeout` (it could not
+        bind its ports, for one).
+        """
         self._stopping = False
         await self._spawn(timeout)
         watch = asyncio.create_task(self._watch())
@@ -96,6 +124,10 @@ class EgressSupervisor:
             ]
             if self._upstream_ca is not None:
                 command += ["--upstream-ca", str(self._upstream_ca)]
+            if self.resolver is not None:
+                # Started again on the port it had: the workspaces' DNS is sent there.
+                config = dataclasses.replace(self.resolver, port=self.dns_port or self.resolver.port)
+                command += ["--resolver", config.to_json()]
             self._process = await asyncio.create_subprocess_exec(
                 *command, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=dict(os.environ)
             )
@@ -127,6 +159,8 @@ class EgressSupervisor:
                 log.error("egress proxy: not a message: %.200r", line)
                 continue
             if op == "ready" and self._ready is not None and not self._ready.done():
+                dns_port = message.get("dns_port")
+                self.dns_port = int(dns_port) if dns_port is not None else None
                 self._ready.set_result(int(message["port"]))
             elif op in ("ack", "nack"):
                 future = self._acks.pop(message.get("seq"), None)
