@@ -313,6 +313,75 @@ class Lab:
         shutil.rmtree(self.netns_etc, ignore_errors=True)
 
 
+class World:
+    """The stand-in internet for real workspaces: a namespace whose public-looking addresses (/32 routes from the
+    host, nothing else of its routing changed) serve HTTP (80), HTTPS (443, 8443: the lab's upstream CA) and a TCP
+    echo (7000), with the lab's upstream DNS server on its private end (`dns`), answering from `zone`. A
+    server's resolver asks it (WORKSPACE_EGRESS_UPSTREAM_DNS) and its proxy trusts `upstream_ca`
+    (WORKSPACE_EGRESS_UPSTREAM_CA). Shared by the egress tests over real workspaces."""
+
+    NAMESPACE = "agentbox-test-egress-ws"
+    ADDRESSES = ("198.51.100.91", "198.51.100.92")
+    dns = "10.218.0.2"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.upstream_ca, _cert, _key = _certificates(directory)
+        self._process: subprocess.Popen[str] | None = None
+
+    def zone(self, records: dict[str, list[str]]) -> None:
+        zone = {name: {"a": addresses, "ttl": 30} for name, addresses in records.items()}
+        (self.directory / "zone.json").write_text(json.dumps(zone))
+
+    def requests(self) -> list[dict[str, Any]]:
+        path = self.directory / "requests.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def __enter__(self) -> World:
+        self._clean()
+        inside = ["ip", "netns", "exec", self.NAMESPACE]
+        try:
+            _run("ip", "netns", "add", self.NAMESPACE)
+            _run("ip", "link", "add", "abx-egws0", "type", "veth", "peer", "name", "abx-egws1")
+            _run("ip", "link", "set", "abx-egws1", "netns", self.NAMESPACE)
+            _run("ip", "addr", "add", "10.218.0.1/30", "dev", "abx-egws0")
+            _run("ip", "link", "set", "abx-egws0", "up")
+            _run(*inside, "ip", "link", "set", "lo", "up")
+            _run(*inside, "ip", "addr", "add", f"{self.dns}/30", "dev", "abx-egws1")
+            for address in self.ADDRESSES:
+                _run(*inside, "ip", "addr", "add", f"{address}/32", "dev", "abx-egws1")
+                _run("ip", "route", "add", f"{address}/32", "via", self.dns)
+            _run(*inside, "ip", "link", "set", "abx-egws1", "up")
+            _run(*inside, "ip", "route", "add", "default", "via", "10.218.0.1")
+            self.zone({})
+            self._process = subprocess.Popen(
+                [*inside, sys.executable, "-m", "tests.egress_lab", "serve", str(self.directory), self.dns],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert self._process.stdout is not None
+            if self._process.stdout.readline().strip() != "ready":
+                raise RuntimeError("the egress world's servers did not start")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+        self._clean()
+
+    def _clean(self) -> None:
+        for address in self.ADDRESSES:
+            subprocess.run(["ip", "route", "del", f"{address}/32"], capture_output=True)
+        subprocess.run(["ip", "link", "del", "abx-egws0"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.NAMESPACE], capture_output=True)
+
+
 class Curl:
     def __init__(self, code: int, out: str, err: str) -> None:
         self.code, self.out, self.err = code, out, err
@@ -436,7 +505,7 @@ class _Upstream(BaseResolver):  # type: ignore[misc]  # dnslib is untyped
         return reply
 
 
-def serve(directory: Path) -> None:
+def serve(directory: Path, dns_address: str = UPSTREAM_DNS) -> None:
     _Handler.log_path = directory / "requests.jsonl"
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(directory / "server.pem", directory / "server-key.pem")
@@ -452,7 +521,7 @@ def serve(directory: Path) -> None:
     dns = _Upstream(directory)
     for tcp in (False, True):
         DNSServer(
-            dns, address=UPSTREAM_DNS, port=53, tcp=tcp, logger=DNSLogger("-request,-reply,-truncated")
+            dns, address=dns_address, port=53, tcp=tcp, logger=DNSLogger("-request,-reply,-truncated")
         ).start_thread()
     print("ready", flush=True)
     while True:
@@ -461,4 +530,4 @@ def serve(directory: Path) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        serve(Path(sys.argv[2]))
+        serve(Path(sys.argv[2]), *sys.argv[3:4])

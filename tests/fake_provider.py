@@ -16,6 +16,7 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from agentbox.errors import BadRequest, FileError, ProviderError, WorkspaceGone
 from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
@@ -80,6 +81,7 @@ class FakeProvider(Provider):
         self._capabilities = capabilities or Capabilities(runtime="fake", isolation="none (a unit-test fake)")
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.calls: list[tuple[str, str]] = []  # (method, ref), for tests that check what was asked
+        self.networks: dict[str, Any] = {}  # ref -> the policy `set_network` gave it last
         self._refs = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -108,6 +110,12 @@ class FakeProvider(Provider):
             self.sandboxes[ref] = FakeSandbox(spec.id, spec)
         self.calls.append(("create", ref))
         return ref
+
+    def set_network(self, ref: str, policy: Any) -> None:
+        if not self._capabilities.egress_by_name:
+            super().set_network(ref, policy)
+        self.calls.append(("set_network", ref))
+        self.networks[ref] = policy
 
     def start(self, ref: str) -> None:
         self.calls.append(("start", ref))

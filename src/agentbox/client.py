@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, Required, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
@@ -59,10 +59,15 @@ class RepoOptions(TypedDict, total=False):
     app: str  # the registered App's id (gh-...); default: your only one
 
 
-class AllowOptions(TypedDict):
-    """A network policy that lets the workspace reach only these destinations (IPv4 CIDRs or hostnames)."""
+class AllowOptions(TypedDict, total=False):
+    """An egress policy (README, "Egress by name"): entries are names, `*.` wildcards, IPv4 CIDRs, each with
+    ports ("api.example.com:443"); header rules set headers naming secrets (`${e2b.secrets.NAME}`)."""
 
-    allow: builtins.list[str]
+    allow: Sequence[str | dict[str, object]]
+    deny: Sequence[str | dict[str, object]]
+    default: Literal["allow", "deny"]
+    precedence: Literal["allow", "deny"]
+    headers: builtins.list[dict[str, object]]
 
 
 class WorkspaceOptions(TypedDict, total=False):
@@ -285,6 +290,13 @@ class Client:
         """Renew an ephemeral workspace's TTL from now; return it. Raises APIError: 404, 409 if persistent."""
         body = {"ttl_days": ttl_days} if ttl_days is not None else None
         return _parse(WorkspaceOut, self._call("POST", f"/workspaces/{workspace_id}/extend", json=body))
+
+    def set_network(self, workspace_id: str, network: Literal["egress", "none"] | AllowOptions) -> WorkspaceOut:
+        """Change a workspace's network policy ("egress" or an egress policy as at create); its new connections
+        obey it on return. Raises APIError: 400 when its provider cannot, 404, 409 to or from "none", 422 for a
+        bad rule or an unknown secret (the detail names it)."""
+        body = {"network": network}
+        return _parse(WorkspaceOut, self._call("PATCH", f"/workspaces/{workspace_id}/network", json=body))
 
     def git_push(self, workspace_id: str) -> PushOut:
         """Push the current branch of the workspace's repository (`repo` at create); what was pushed.

@@ -122,6 +122,16 @@ class Settings(BaseSettings):
     helper_channel: Literal["socket", "tcp"] = Field("socket", validation_alias="WORKSPACE_HELPER_CHANNEL")
     # The helper's TCP port in every workspace with a network under "tcp" (a workload cannot listen on it).
     helper_port: int = Field(7633, ge=1024, le=65535, validation_alias="WORKSPACE_HELPER_PORT")
+    #: Egress policies by name (issue 29): the proxy and resolver on the workspace network's gateway.
+    egress_proxy: bool = Field(True, validation_alias="WORKSPACE_EGRESS_PROXY")
+    egress_proxy_port: int = Field(0, ge=0, le=65535, validation_alias="WORKSPACE_EGRESS_PROXY_PORT")
+    egress_dns_port: int = Field(53, ge=1, le=65535, validation_alias="WORKSPACE_EGRESS_DNS_PORT")
+    #: Where the resolver asks ("address" or "address:port", comma-separated); empty: the host's name servers.
+    egress_upstream_dns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="WORKSPACE_EGRESS_UPSTREAM_DNS"
+    )
+    #: Extra CAs (PEM) the proxy trusts for the upstreams of intercepted connections (a corporate CA, a test's).
+    egress_upstream_ca: Path | None = Field(None, validation_alias="WORKSPACE_EGRESS_UPSTREAM_CA")
     exec_output_limit: Size = Field(10 * 1024 * 1024, validation_alias="WORKSPACE_EXEC_OUTPUT_LIMIT")
     # Seconds a command may run when its request names no timeout (a runaway command ends some day).
     exec_timeout: float = Field(3600.0, gt=0, le=7 * 86400, validation_alias="WORKSPACE_EXEC_TIMEOUT")
@@ -230,6 +240,13 @@ class Settings(BaseSettings):
     @property
     def uses_docker(self) -> bool:
         return bool({"gvisor", "docker"} & set(self.providers))
+
+    @field_validator("egress_upstream_dns", mode="before")
+    @classmethod
+    def _upstreams(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("network_name")
     @classmethod

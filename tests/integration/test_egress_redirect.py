@@ -212,7 +212,9 @@ def egress_server(
 ) -> Iterator[Server]:
     """A server whose workspaces live on this module's own fenced network."""
     remove_network(docker_client, NETWORK)
-    server = Server(tmp_path_factory.mktemp("egress"), env={"WORKSPACE_NETWORK_NAME": NETWORK}).start()
+    # The server's own proxy off: this module installs the redirect itself, with stand-ins for the proxy.
+    env = {"WORKSPACE_NETWORK_NAME": NETWORK, "WORKSPACE_EGRESS_PROXY": "false"}
+    server = Server(tmp_path_factory.mktemp("egress"), env=env).start()
     try:
         yield server
     finally:

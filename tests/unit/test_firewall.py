@@ -270,15 +270,19 @@ def test_macs_are_stable_local_unicast_and_distinct() -> None:
 def test_policies_round_trip_through_the_stored_columns() -> None:
     assert policy_of("none", None) == "none"
     assert policy_of("workspace_net", None) == "egress"
-    assert policy_of("workspace_net", ["pypi.org"]) == AllowList(allow=["pypi.org"])
-    for policy in ("none", "egress", AllowList(allow=["pypi.org"])):
-        assert policy_of(**columns_of(policy, "workspace_net")) == policy  # type: ignore[arg-type]
+    # A row of before migration 0013 (an allow list, no policy) reads as the policy it stands for.
+    assert policy_of("workspace_net", None, ["pypi.org"]) == AllowList.model_validate({"allow": ["pypi.org"]})
+    rules = AllowList.model_validate({"allow": ["*.example.com", "1.2.3.0/24:443"], "deny": ["a.example.com"]})
+    for policy in ("none", "egress", AllowList.model_validate({"allow": ["pypi.org"]}), rules):
+        columns = columns_of(policy, "workspace_net")  # type: ignore[arg-type]
+        assert policy_of(str(columns["network"]), columns["egress"], columns["allow"]) == policy  # type: ignore[arg-type]
+    assert columns_of(rules, "net")["allow"] is None  # not a plain allow list: nothing to pin by address
 
 
 def test_the_server_default_policy_is_read_from_the_environment() -> None:
     assert load_settings(WORKSPACE_NETWORK_POLICY="none").network_policy == "none"
     allow = load_settings(WORKSPACE_NETWORK_POLICY='{"allow": ["pypi.org", "203.0.113.0/24"]}').network_policy
-    assert allow == AllowList(allow=["pypi.org", "203.0.113.0/24"])
+    assert allow == AllowList.model_validate({"allow": ["pypi.org", "203.0.113.0/24"]})
     for bad in ("everything", '{"allow": [', '{"allow": ["10.0.0.0/99"]}'):
         with pytest.raises(ConfigError, match="WORKSPACE_NETWORK_POLICY"):
             load_settings(WORKSPACE_NETWORK_POLICY=bad)

@@ -18,15 +18,16 @@ FACES = {"api", "e2b_api", "mcp"}
 #: What each lower package may import of agentbox (besides itself). The faces, server and cli are above all.
 BELOW: dict[str, set[str]] = {
     "errors": set(),
-    "wire": {"errors", "sandbox"},
+    "egress": {"errors"},
+    "wire": {"errors", "sandbox", "egress"},
     "sandbox": {"errors"},
     "db": {"errors", "wire"},
-    "providers": {"errors", "sandbox", "wire"},
+    "providers": {"errors", "egress", "sandbox", "wire"},
     "config": {"errors", "wire", "github"},
     "github": {"errors", "db", "sandbox", "wire"},
     "auth": {"errors", "db", "wire"},
     "vault": {"errors", "db", "github", "wire"},
-    "workspaces": {"errors", "config", "db", "github", "providers", "sandbox", "wire"},
+    "workspaces": {"errors", "config", "db", "egress", "github", "providers", "sandbox", "wire"},
     "web": {"errors", "auth", "config", "db", "github", "sandbox", "vault", "wire", "workspaces"},
 }
 

@@ -13,6 +13,7 @@ from agentbox.wire.network import policy_of
 from agentbox.wire.workspaces import (
     CreateWorkspace,
     ExtendWorkspace,
+    SetNetwork,
     UsageOut,
     UsageSampleOut,
     WorkspaceList,
@@ -35,7 +36,7 @@ def workspace_out(workspace: Workspace, usage: UsageSample | None = None) -> Wor
     """A workspace's row as the API shows it, with its last measurement of CPU and memory."""
     computed = ("network", "usage", "suspended")
     fields = {name: getattr(workspace, name) for name in WorkspaceOut.model_fields if name not in computed}
-    network = policy_of(workspace.network, workspace.allow)
+    network = policy_of(workspace.network, workspace.egress, workspace.allow)
     suspended = workspace.suspended_at is not None
     return WorkspaceOut.model_validate({**fields, "network": network, "usage": usage, "suspended": suspended})
 
@@ -216,3 +217,30 @@ async def extend_workspace(
     """
     ttl_days = body.ttl_days if body else None
     return workspace_out(await in_thread(mgr.extend, who, workspace_id, ttl_days))
+
+
+@router.patch(
+    "/{workspace_id}/network",
+    summary="Change a workspace's network policy",
+    response_model=WorkspaceOut,
+    responses=errors(
+        (
+            400,
+            "Its provider cannot enforce the policy, or change it while the workspace exists; or the policy names "
+            "an address workspaces may never reach.",
+        ),
+        404,
+        (409, 'A change to or from "none" (it needs a new network interface: create a new workspace).'),
+        413,
+        422,
+        502,
+        503,
+    ),
+)
+async def set_workspace_network(workspace_id: str, body: SetNetwork, mgr: Manager, who: Owner) -> WorkspaceOut:
+    """Change what the workspace may reach; its new connections obey the new policy on return (connections
+    already open keep going). A stopped workspace gets it when started.
+
+    Needs an API key: the workspace's owner's.
+    """
+    return workspace_out(await in_thread(mgr.set_network, who, workspace_id, body.network))

@@ -90,6 +90,8 @@ class Workspace(Base):
     # Its allow list as asked (None: the public internet), and the CIDRs that list resolved to.
     allow: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     allow_cidrs: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    # Its egress policy (egress/rules.py Policy, as JSON; None: "egress" or "none", as `network` says).
+    egress: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # The repository checked out at create: {"repository", "ref", "app", "installation_id", "path"}.
     repo: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # The provider's own handle (a container name for Docker, a sandbox id for E2B).

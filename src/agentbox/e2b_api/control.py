@@ -148,7 +148,7 @@ class SandboxNetwork(BaseModel):
                 "denyOut: agentbox enforces an allow list (denyOut [0.0.0.0/0] with allowOut) or no egress at all, "
                 "not a deny list",
             )
-        return AllowList(allow=self.allow_out) if self.allow_out else "none"
+        return AllowList.model_validate({"allow": self.allow_out}) if self.allow_out else "none"
 
 
 class NewSandbox(Timeout):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import itertools
 import json
 import logging
@@ -38,17 +39,28 @@ class EgressError(RuntimeError):
 
 
 def default_upstreams() -> tuple[str, ...]:
-    """The host's IPv4 name servers, as the firewall reads them for Docker's embedded DNS.
+    """The host's IPv4 name servers, as Docker's embedded DNS reads them (firewall.host_resolvers does the same).
 
-    A host whose /etc/resolv.conf names only a loopback stub (systemd-resolved's 127.0.0.53, which
-    `host_resolvers` leaves out) is read where systemd-resolved lists the servers it forwards to,
-    as Docker itself does.
+    A host whose /etc/resolv.conf names only a loopback stub (systemd-resolved's 127.0.0.53, left out)
+    is read where systemd-resolved lists the servers it forwards to, as Docker itself does.
     """
-    # Imported here: the firewall module sits in the Docker provider, which only the server loads.
-    from agentbox.providers.docker.firewall import host_resolvers
-
-    found = host_resolvers() or host_resolvers(Path("/run/systemd/resolve/resolv.conf"))
+    found = _name_servers(Path("/etc/resolv.conf")) or _name_servers(Path("/run/systemd/resolve/resolv.conf"))
     return tuple(str(address) for address in found)
+
+
+def _name_servers(resolv_conf: Path) -> list[ipaddress.IPv4Address]:
+    # Not the firewall's parser: the egress package sits below the providers (tests/unit/test_layers.py).
+    found = []
+    for line in resolv_conf.read_text().splitlines() if resolv_conf.exists() else []:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                address = ipaddress.ip_address(fields[1])
+            except ValueError:
+                continue
+            if isinstance(address, ipaddress.IPv4Address) and not address.is_loopback:
+                found.append(address)
+    return found
 
 
 class EgressSupervisor:

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from agentbox.egress.rules import Policy
 from agentbox.errors import BadRequest
 from agentbox.sandbox.runtime import Runtime
-from agentbox.wire.network import NO_NETWORK, POLICY_KINDS, PolicyKind
+from agentbox.wire.network import NO_NETWORK, PolicyKind, kind_of, policy_of
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,14 @@ class WorkspaceSpec:
     #: What it may reach; the provider enforces it (see `Capabilities.network_policies`).
     network: PolicyKind = "egress"
     allow_cidrs: tuple[str, ...] | None = None  # for "allow": the list, resolved by `Provider.resolve_allow_list`
+    #: For "allow" and "rules": the policy, enforced by name where `Capabilities.egress_by_name`.
+    egress: Policy | None = None
     ttl_seconds: int | None = None  # for providers whose sandboxes end by themselves (E2B)
 
     @classmethod
     def of(cls, record: Any) -> WorkspaceSpec:
         """The spec of a stored workspace (anything with these attributes)."""
+        policy = policy_of(record.network, getattr(record, "egress", None), record.allow)
         return cls(
             id=record.id,
             image=record.image,
@@ -50,8 +54,9 @@ class WorkspaceSpec:
             memory=record.memory,
             disk=record.disk,
             pids_limit=record.pids_limit,
-            network="none" if record.network == NO_NETWORK else "egress" if record.allow is None else "allow",
-            allow_cidrs=tuple(record.allow_cidrs) if record.allow is not None else None,
+            network="none" if record.network == NO_NETWORK else kind_of(policy),
+            allow_cidrs=tuple(record.allow_cidrs) if record.allow_cidrs is not None else None,
+            egress=policy if isinstance(policy, Policy) else None,
             ttl_seconds=int(record.ttl_days * 86400) if record.ttl_days else None,
         )
 
@@ -70,8 +75,11 @@ class Capabilities:
     stop_start: bool = True
     #: False when a workspace's cpu, memory and disk come from the provider (E2B: its template).
     sized_per_request: bool = True
-    #: The network policies it enforces (egress, none, allow); any other is refused, never weakened.
-    network_policies: frozenset[str] = POLICY_KINDS
+    #: The network policies it enforces (egress, none, allow, rules); any other is refused, never weakened.
+    network_policies: frozenset[str] = frozenset({"egress", "none", "allow"})
+    #: Egress policies are enforced by name, by a proxy (connection by connection, changeable while the
+    #: workspace runs: `Provider.set_network`); False: an allow list is resolved once, at create.
+    egress_by_name: bool = False
     #: How to get the policies it lacks, for the refusal ("" when there is no way).
     network_hint: str = ""
     #: Background processes (`Runtime.processes`): started, found again by PID, output by offset.
@@ -156,6 +164,19 @@ class Provider(abc.ABC):
             f'the {self.name} provider cannot enforce network allow lists: ask for "egress" or "none", or use '
             "the gvisor or docker provider on a server with WORKSPACE_NETWORK_NAME set"
         )
+
+    def check_policy(self, policy: Policy) -> None:
+        """Refuse (BadRequest, 400) a policy that names what this provider never lets a workspace reach (a
+        private or metadata range, say), before anything is made. For providers with `egress_by_name`."""
+        return None
+
+    def set_network(self, ref: str, policy: Policy | Literal["egress"]) -> None:
+        """Give the running workspace `ref` this policy for its new connections, in force on return; also how a
+        restarted server hands a running workspace's policy back to its provider, and how a started one gets it.
+
+        Raises BadRequest when this provider cannot change a workspace's network (no `egress_by_name`),
+        WorkspaceGone when it is gone, ProviderError when the change could not be made."""
+        raise BadRequest(f"the {self.name} provider cannot change a workspace's network while it runs")
 
     def enforce(self) -> None:
         """Re-assert isolation that something outside may have undone (Docker: a firewall flush).

@@ -16,19 +16,23 @@ from agentbox.auth.keys import ApiKeys
 from agentbox.auth.limits import Throttle
 from agentbox.auth.tokens import Tokens, server_secret
 from agentbox.config import ProviderName, Settings
+from agentbox.db.models import utcnow
 from agentbox.db.store import Store
+from agentbox.egress.proxy import Refusal
+from agentbox.egress.rules import Policy
 from agentbox.errors import AgentboxError
 from agentbox.github.service import GitHub
 from agentbox.providers.base import Provider
 from agentbox.providers.docker import DockerProvider, install_helper
 from agentbox.providers.docker.channel import TcpChannel
 from agentbox.providers.docker.disks import Disks
+from agentbox.providers.docker.egress_gateway import EgressGateway
 from agentbox.providers.docker.firewall import FirewallError
 from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork
 from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME, RuntimeChoice, checkpoint_runtime, choose_runtime
 from agentbox.providers.e2b import E2BProvider
 from agentbox.vault import Vault
-from agentbox.wire.network import AllowList
+from agentbox.workspaces.audit import Call
 from agentbox.workspaces.background import Lifecycle
 from agentbox.workspaces.manager import WorkspaceManager
 from agentbox.workspaces.metrics import Metrics
@@ -140,6 +144,9 @@ class Service:
         if settings.warm_pool_size > 0 and settings.default_provider in providers:
             pool = WarmPool(settings, self.store, providers[settings.default_provider], self.metrics)
         self.manager = WorkspaceManager(settings, self.store, providers, unavailable, self.metrics, self.github, pool)
+        vault = self.vault
+        if vault is not None:
+            self.manager.secret_names = lambda owner: {info.name for info in vault.list(owner)}
         replica = Replica(self.store, settings.replica_id, self.address)
         try:
             replica.join()  # a lone replica (SQLite, or the first on PostgreSQL) leads from here on
@@ -153,6 +160,9 @@ class Service:
             reconciler.run(startup=True, everything=replica.leads())
         except AgentboxError as exc:
             raise StartupError(f"reconciling workspaces with their providers failed: {exc.detail}") from None
+        # A restarted server's proxy starts empty: the running policy workspaces get their policies back (their
+        # traffic is refused meanwhile: they have no firewall grant) before anything is served.
+        self.manager.push_network_policies()
         self.lifecycle = Lifecycle(self.manager, reconciler, pool, settings.reap_interval, replica)
         self.lifecycle.start()
         if settings.usage_interval > 0:
@@ -182,6 +192,7 @@ class Service:
                 "a server with no Docker provider leaves gvisor and docker out of WORKSPACE_PROVIDERS"
             ) from None
         network = self._workspace_network()
+        egress = self._egress_gateway(network) if network is not None and settings.egress_proxy else None
         disks = Disks(settings.data_dir / "disks", settings.user)
         if not disks.enforced:
             log.warning("SECURITY: workspace disk limits are NOT enforced: %s", disks.why_not)
@@ -214,6 +225,7 @@ class Service:
                 control_root=settings.data_dir / "run",
                 checkpoint_runtime=checkpointing if name == "gvisor" else None,
                 tcp_channel=tcp_channel,
+                egress=egress,
             )
             if name == "gvisor":
                 self._reboot_after_runsc_upgrade(provider)
@@ -249,9 +261,9 @@ class Service:
         settings = self.settings
         assert self.docker_client is not None
         if not settings.network_name:
-            if isinstance(settings.network_policy, AllowList):
+            if isinstance(settings.network_policy, Policy):
                 raise StartupError(
-                    "WORKSPACE_NETWORK_POLICY is an allow list, which needs the workspace network's firewall: "
+                    "WORKSPACE_NETWORK_POLICY is an egress policy, which needs the workspace network's firewall: "
                     "set WORKSPACE_NETWORK_NAME (e.g. workspace_net)"
                 )
             if settings.network_policy != "none":
@@ -268,6 +280,54 @@ class Service:
             raise StartupError(
                 f"WORKSPACE_NETWORK_NAME={settings.network_name}: creating the network failed: {exc.explanation}"
             ) from None
+
+    def _egress_gateway(self, network: WorkspaceNetwork) -> EgressGateway:
+        """The egress proxy and resolver of the workspace network, with the hooks that reach up: refusals into the
+        workspace's audit trail, secrets from its owner's vault."""
+        settings = self.settings
+        assert self.docker_client is not None
+        try:
+            return EgressGateway(
+                self.docker_client,
+                network,
+                settings.data_dir / "egress",
+                on_refusal=self._egress_refused,
+                secrets=self._egress_secrets,
+                proxy_port=settings.egress_proxy_port,
+                dns_port=settings.egress_dns_port,
+                upstreams=tuple(settings.egress_upstream_dns),
+                upstream_ca=settings.egress_upstream_ca,
+            ).open()
+        except (AgentboxError, OSError) as exc:
+            detail = exc.detail if isinstance(exc, AgentboxError) else str(exc)
+            raise StartupError(
+                f"the egress proxy (WORKSPACE_EGRESS_PROXY) could not start: {detail}; free its ports "
+                "(WORKSPACE_EGRESS_PROXY_PORT, WORKSPACE_EGRESS_DNS_PORT) or set WORKSPACE_EGRESS_PROXY=false"
+            ) from None
+
+    def _owner_of(self, workspace_id: str) -> str | None:
+        workspace = self.store.get(workspace_id)
+        return None if workspace is None else workspace.owner
+
+    def _egress_refused(self, workspace_id: str, refusal: Refusal) -> None:
+        owner = self._owner_of(workspace_id)
+        if owner is None or self.manager is None:
+            return
+        arguments = {
+            "name": refusal.name,
+            "ip": refusal.ip,
+            "port": refusal.port,
+            "protocol": refusal.protocol,
+            "rule": refusal.rule,
+        }
+        call = Call(workspace_id, owner, utcnow(), "EGRESS refused", arguments, 403, 0)
+        self.manager.audit.record(call)
+
+    def _egress_secrets(self, workspace_id: str, names: list[str]) -> dict[str, str]:
+        owner = self._owner_of(workspace_id)
+        if owner is None or self.vault is None:
+            raise LookupError("no secrets for this workspace")
+        return {name: self.vault.reveal(owner, name) for name in names}
 
     def close(self) -> None:
         """Stop background work, remove the idle warm pool, release the engine and the database. Idempotent."""

@@ -30,7 +30,9 @@ class CreateWorkspace(BaseModel):
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(default_factory=dict)
     network: NetworkPolicy | None = Field(
         None,
-        description='"egress" (the public internet), "none" (loopback only), or {"allow": [CIDRs or hostnames]}; '
+        description='"egress" (the public internet), "none" (loopback only), or an egress policy: {"allow": [...], '
+        '"deny": [...], "default": "deny", "precedence": "deny", "headers": [{"host", "headers"}]} whose entries are '
+        'names ("pypi.org"), wildcards ("*.github.com"), IPv4 CIDRs, each with ports ("api.example.com:443"); '
         "default: the server's WORKSPACE_NETWORK_POLICY",
     )
     repo: RepoSpec | None = Field(default=None, description="a repository to check out into /workspace/<name>")
@@ -49,6 +51,14 @@ class ExtendWorkspace(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ttl_days: float | None = Field(None, gt=0, le=3650, description="from now; default: the workspace's own TTL")
+
+
+class SetNetwork(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    network: NetworkPolicy = Field(
+        description='"egress", or an egress policy (as at create); a change to or from "none" needs a new workspace'
+    )
 
 
 class WorkspaceOut(BaseModel):

@@ -17,6 +17,7 @@ from typing import Any
 from agentbox.config import Settings
 from agentbox.db.models import Status, Workspace, new_workspace_id, utcnow
 from agentbox.db.store import LIVE, Store
+from agentbox.egress.rules import Policy
 from agentbox.errors import (
     AgentboxError,
     BadRequest,
@@ -24,13 +25,14 @@ from agentbox.errors import (
     NotFound,
     ProviderError,
     ProviderUnavailable,
+    Unprocessable,
     WorkspaceGone,
     reason_of,
 )
 from agentbox.github.service import GitHub
 from agentbox.providers.base import Provider, Resources, Usage, WorkspaceSpec, distinct
 from agentbox.wire.domain import NewWorkspace, Quota
-from agentbox.wire.network import columns_of, kind_of
+from agentbox.wire.network import NetworkPolicy, columns_of, kind_of, policy_of
 from agentbox.workspaces.activity import Activity, HeldRuntime
 from agentbox.workspaces.admission import Admission
 from agentbox.workspaces.audit import AuditLog
@@ -73,6 +75,9 @@ class WorkspaceManager:
         self.admission = Admission(store, settings.max_concurrent, self.metrics)
         self.activity = Activity(store.touch)
         self.idle = IdleSuspender(store, self.providers, settings, self.metrics)
+        #: The names of an owner's secrets (the vault's), to check the header rules of a policy against; None:
+        #: this server keeps no secrets, and a policy that names one is refused.
+        self.secret_names: Callable[[str], set[str]] | None = None
         #: Called when the pool may need refilling or shrinking (set by the lifecycle loop).
         self.on_change: Callable[[], None] = lambda: None
         self.metrics.observe(store.count_active, self.pool.ready if self.pool else lambda: 0, store.count_running)
@@ -117,12 +122,7 @@ class WorkspaceManager:
         if request.deadline_seconds is not None:  # a fixed end: no TTL to slide
             ttl_days, expires_at = None, now + timedelta(seconds=request.deadline_seconds)
         policy = request.network if request.network is not None else self.settings.network_policy
-        if kind_of(policy) not in capabilities.network_policies:
-            enforced = ", ".join(sorted(capabilities.network_policies))
-            raise BadRequest(
-                f"network {kind_of(policy)!r}: the {provider_name} provider cannot enforce it (it can: {enforced}); "
-                + (capabilities.network_hint or "ask for one of those, or use another provider")
-            )
+        self._check_policy(owner, provider, provider_name, policy)
         network = columns_of(policy, self.settings.network_name)
         idle_timeout = self.settings.idle_timeout if request.idle_timeout is None else request.idle_timeout
         if not capabilities.suspend:
@@ -198,6 +198,78 @@ class WorkspaceManager:
                 "server lost touch with the database for too long): create it again"
             )
         return self._handed_out("cold", created, started)
+
+    def _check_policy(self, owner: str, provider: Provider, provider_name: str, policy: NetworkPolicy) -> None:
+        """A 400 for a policy the provider cannot enforce or never lets a workspace reach, a 422 naming the
+        secrets its header rules name that the owner has none of."""
+        capabilities = provider.capabilities()
+        if kind_of(policy) not in capabilities.network_policies:
+            enforced = ", ".join(sorted(capabilities.network_policies))
+            raise BadRequest(
+                f"network {kind_of(policy)!r}: the {provider_name} provider cannot enforce it (it can: {enforced}); "
+                + (capabilities.network_hint or "ask for one of those, or use another provider")
+            )
+        if not isinstance(policy, Policy):
+            return
+        provider.check_policy(policy)
+        wanted = policy.secret_names()
+        if wanted:
+            have = self.secret_names(owner) if self.secret_names is not None else set()
+            missing = sorted(wanted - have)
+            if missing:
+                raise Unprocessable(
+                    f"network.headers: no secret {', '.join(map(repr, missing))} of yours: set it with PUT "
+                    f"/api/v1/secrets/NAME (`agentbox secrets set NAME`) first"
+                    + (
+                        ""
+                        if self.secret_names is not None
+                        else " (this server keeps no secrets: GITHUB_APP_ENCRYPTION_KEY)"
+                    )
+                )
+
+    def set_network(self, owner: str, workspace_id: str, policy: NetworkPolicy) -> Workspace:
+        """Change a workspace's network policy; a running one's new connections obey it on return."""
+        workspace = self.get(owner, workspace_id)
+        current = policy_of(workspace.network, workspace.egress, workspace.allow)
+        if (policy == "none") != (current == "none"):
+            raise Conflict(
+                f"workspace {workspace.id} {'has no network' if current == 'none' else 'has a network'}: going "
+                f'{"to" if policy == "none" else "from"} "none" needs a new network interface; create a new '
+                "workspace with the policy instead"
+            )
+        if policy == current:
+            return workspace
+        provider = self._provider(workspace.provider)
+        capabilities = provider.capabilities()
+        if not capabilities.egress_by_name:
+            raise BadRequest(
+                f"the {workspace.provider} provider cannot change a workspace's network while it exists: create a new "
+                "workspace with the policy instead"
+            )
+        self._check_policy(owner, provider, workspace.provider, policy)
+        if workspace.status not in (Status.RUNNING.value, Status.STOPPED.value):
+            self._require(workspace, Status.RUNNING, "change the network of")
+        if workspace.status == Status.RUNNING.value and workspace.provider_ref:
+            assert policy != "none"
+            provider.set_network(workspace.provider_ref, policy)
+        columns = columns_of(policy, self.settings.network_name)
+        return self.store.update(workspace.id, "network_changed", egress=columns["egress"], allow=columns["allow"])
+
+    def push_network_policies(self) -> None:
+        """Hand every running policy workspace's policy to its provider (after a server restart: the proxy
+        starts empty), before serving. One that fails is logged: its traffic stays refused (no grant)."""
+        for workspace in self.running():
+            provider = self.providers.get(workspace.provider)
+            if provider is None or workspace.egress is None or not workspace.provider_ref:
+                continue
+            if not provider.capabilities().egress_by_name:
+                continue
+            try:
+                provider.set_network(workspace.provider_ref, Policy.model_validate(workspace.egress))
+            except AgentboxError as exc:
+                log.warning(
+                    "handing the egress policy of workspace %s to its provider failed: %s", workspace.id, exc.detail
+                )
 
     def _handed_out(self, source: str, workspace: Workspace, started: float) -> Workspace:
         self.metrics.creates.labels(source).inc()
@@ -342,6 +414,8 @@ class WorkspaceManager:
             if not restore:
                 provider.discard_memory(self._ref(workspace))
             provider.start(self._ref(workspace))
+            if workspace.egress is not None and provider.capabilities().egress_by_name:
+                provider.set_network(self._ref(workspace), Policy.model_validate(workspace.egress))
         except BaseException as exc:
             self.metrics.failures.labels("start").inc()
             self.store.transition(

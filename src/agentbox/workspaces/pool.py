@@ -94,7 +94,7 @@ class WarmPool:
         """
         # Not by allow list (JSON has no portable equality): pooled rows that do not fit the
         # settings are discarded at start-up, before any claim.
-        match = {column: value for column, value in self._spec().items() if column != "allow"}
+        match = {column: value for column, value in self._spec().items() if column not in ("allow", "egress")}
         claimed = self.store.claim(match, **claim)
         if claimed is not None:
             self.metrics.claims.inc()

@@ -18,13 +18,15 @@ import os
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import docker
 import docker.errors
 from docker.types import Mount
 
+from agentbox.egress.rules import Policy
 from agentbox.errors import AgentboxError, BadRequest, Conflict, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
 from agentbox.providers.docker.boot import probe_booted, start_and_await_ready
@@ -37,6 +39,7 @@ from agentbox.providers.docker.channel import (
 )
 from agentbox.providers.docker.checkpoints import LET_GO_OF_SOCKET, LISTEN_AGAIN, Checkpoints
 from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
+from agentbox.providers.docker.egress_gateway import EgressGateway
 from agentbox.providers.docker.engine import EngineTransport, engine_errors
 from agentbox.providers.docker.freezer import cgroup_freezing, container_freezer
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
@@ -101,6 +104,7 @@ class DockerProvider(Provider):
         control_root: Path | None = None,
         checkpoint_runtime: str | None = None,
         tcp_channel: TcpChannel | None = None,
+        egress: EgressGateway | None = None,
     ) -> None:
         """`network`: the fenced workspace network (WORKSPACE_NETWORK_NAME); None puts workspaces that may
         reach the internet on Docker's default bridge, with no firewall, and refuses allow lists.
@@ -110,7 +114,9 @@ class DockerProvider(Provider):
         so that a pause keeps their memory; None: pauses keep files only.
         `tcp_channel`: reach the helper of each workspace with a network over TCP, at its address
         (WORKSPACE_HELPER_CHANNEL=tcp, channel.py); the control socket, then the Engine API's exec,
-        remain for workspaces without network and for those made without the listener."""
+        remain for workspaces without network and for those made without the listener.
+        `egress`: the proxy and redirect of `network` (egress_gateway.py), which enforce egress policies by name;
+        None: only plain allow lists, resolved at create and pinned by the firewall."""
         self.client = client
         self.network = network
         self.control_root = control_root
@@ -122,6 +128,7 @@ class DockerProvider(Provider):
         self.instance = instance
         self.checkpoint_runtime = checkpoint_runtime
         self.tcp_channel = tcp_channel
+        self.egress = egress if network is not None else None
         self.checkpoints = Checkpoints(client)
         self.ways_in = WaysIn(client, user, control_root, tcp_channel)
         self._isolation = isolation
@@ -147,11 +154,18 @@ class DockerProvider(Provider):
             pause_keeps_memory=frozenset({"none"} if self.checkpoint_runtime else ()),
             suspend=cgroup_freezing(),
         )
+        if self.network is not None and self.egress is not None:
+            return dataclasses.replace(offers, network_policies=POLICY_KINDS, egress_by_name=True)
         if self.network is not None:
-            return offers
+            return dataclasses.replace(
+                offers,
+                network_policies=POLICY_KINDS - {"rules"},
+                network_hint="policies beyond a plain allow list (deny, ports, wildcards, headers) need the egress "
+                "proxy: run the server with WORKSPACE_EGRESS_PROXY=true",
+            )
         return dataclasses.replace(
             offers,
-            network_policies=POLICY_KINDS - {"allow"},
+            network_policies=POLICY_KINDS - {"allow", "rules"},
             network_hint="allow lists need the workspace network and its firewall: run the server with "
             "WORKSPACE_NETWORK_NAME set",
         )
@@ -159,11 +173,50 @@ class DockerProvider(Provider):
     def resolve_allow_list(self, entries: list[str]) -> list[str]:
         if self.network is None:
             return super().resolve_allow_list(entries)
+        if self.egress is not None:
+            return []  # enforced by name, connection by connection: no address is pinned
         return self.network.resolve(entries)
+
+    def check_policy(self, policy: Policy) -> None:
+        if self.network is None:
+            return
+        for index, entry in enumerate(policy.allow):
+            if entry.network is None:
+                continue
+            for bad in self.network.firewall.blocked:
+                if entry.network.subnet_of(bad):
+                    raise BadRequest(
+                        f"network.allow[{index}]: {entry.describe()!r} lies in {bad}, which workspaces may never reach "
+                        "(private, link-local, metadata or this host's own networks); allow public addresses only"
+                    )
+
+    def set_network(self, ref: str, policy: Policy | Literal["egress"]) -> None:
+        if self.egress is None or self.network is None:
+            return super().set_network(ref, policy)
+        workspace_id = _workspace_id(ref)
+        mac = mac_address(workspace_id)
+        if policy == "egress":
+            self.egress.detach(workspace_id)
+            self.network.firewall.grant(mac, None)
+            return
+        assert isinstance(policy, Policy)
+        self.network.firewall.grant(mac, [])  # nothing directly: everything through the proxy
+        self.egress.attach(workspace_id, self._address(ref), policy)
+
+    def _address(self, ref: str) -> IPv4Address:
+        """The running workspace's address on the workspace network. Raises WorkspaceGone, ProviderError."""
+        assert self.network is not None
+        networks = self._inspect(ref)["NetworkSettings"].get("Networks") or {}
+        address = (networks.get(self.network.name) or {}).get("IPAddress")
+        if not address:
+            raise ProviderError(f"workspace {_workspace_id(ref)} has no address on {self.network.name}: is it running?")
+        return IPv4Address(address)
 
     def enforce(self) -> None:
         if self.network is not None:
             self.network.restore()
+        if self.egress is not None:
+            self.egress.restore()  # after the firewall's: its repair may have put its INPUT jump ahead of ours
 
     # Lifecycle
 
@@ -219,6 +272,15 @@ class DockerProvider(Provider):
             user, capabilities = "0:0", ROOT_START_CAPABILITIES
         if self.control_root is not None or self.tcp_channel is not None:
             init += ["-I", spec.id]
+        environment = {"HOME": home}
+        by_name = spec.egress is not None and self.egress is not None and spec.network != "none"
+        if by_name:
+            assert self.egress is not None
+            # Every policy workspace trusts the proxy's CA from its first command: a header rule may come later
+            # (PATCH), and a bundle cannot be changed under a running workspace.
+            mounts, variables = self.egress.trust(spec.image)
+            binds += mounts
+            environment |= variables
         labels = {WORKSPACE_LABEL: spec.id, INSTANCE_LABEL: self.instance}
         runtime = self.checkpoint_runtime if spec.network == "none" and self.checkpoint_runtime else self.oci_runtime
         options: dict[str, Any] = {
@@ -228,7 +290,7 @@ class DockerProvider(Provider):
             "runtime": runtime,
             "user": user,
             "working_dir": "/workspace",
-            "environment": {"HOME": home},
+            "environment": environment,
             "mounts": [Mount(target, str(source), type="bind", read_only=ro) for source, target, ro in binds],
             "read_only": True,
             "nano_cpus": int(spec.cpu * 1e9),
@@ -249,7 +311,7 @@ class DockerProvider(Provider):
             options["mac_address"] = mac_address(spec.id)  # how the firewall knows this workspace
         try:
             if spec.network != "none" and self.network is not None:
-                labels.update(self.network.join(spec.id, spec.allow_cidrs))
+                labels.update(self.network.join(spec.id, [] if by_name else spec.allow_cidrs))
                 options["network"] = self.network.name
             elif spec.network == "allow":
                 raise BadRequest(self.capabilities().network_hint)
@@ -267,6 +329,9 @@ class DockerProvider(Provider):
                     raise
             formatting.result()
             start_and_await_ready(self.client, ref)
+            if by_name:
+                assert self.egress is not None and spec.egress is not None
+                self.egress.attach(spec.id, self._address(ref), spec.egress)
         except BaseException:
             with contextlib.suppress(Exception):
                 formatting.result()  # never remove a disk while it is still being made
@@ -284,6 +349,10 @@ class DockerProvider(Provider):
             with engine_errors("starting the workspace"):
                 self.client.api.start(ref)
         probe_booted(self.runtime(ref).probe, lambda: self._inspect(ref)["State"])
+        policy = self.egress.policy(_workspace_id(ref)) if self.egress is not None else None
+        if policy is not None:  # its address may have changed (the manager hands it again after a server restart)
+            assert self.egress is not None
+            self.egress.attach(_workspace_id(ref), self._address(ref), policy)
 
     def _resume(self, ref: str) -> None:
         """Start a workspace from its checkpoint (memory and processes as they were), else afresh."""
@@ -486,6 +555,11 @@ class DockerProvider(Provider):
         """What a workspace holds besides its container: its disk, control directory, key and firewall rules."""
         self.disks.destroy(workspace_id)
         self.ways_in.remove(workspace_id)
+        if self.egress is not None:
+            try:
+                self.egress.detach(workspace_id)
+            except AgentboxError as exc:  # the next restore drops its redirect
+                log.warning("removing the egress redirect of %s failed: %s", workspace_id, exc.detail)
         if self.network is not None:
             try:
                 self.network.leave(workspace_id)
@@ -494,8 +568,10 @@ class DockerProvider(Provider):
 
     def close(self) -> None:
         """Stop the removals under way in the background, releasing their workspaces' disks now (see
-        BackgroundRemovals.close)."""
+        BackgroundRemovals.close), and the egress proxy."""
         self.removals.close()
+        if self.egress is not None:
+            self.egress.close()
 
     def _await_removal(self, container: str) -> None:
         """Wait until the engine has removed the container. Raises ProviderUnavailable past REMOVAL_PATIENCE."""

@@ -1,0 +1,184 @@
+"""Egress by name for users: policies at create and PATCH, enforced by the server's own proxy and resolver.
+
+Real gVisor workspaces made by a real server (its proxy on the workspace bridge's gateway, its resolver asking
+the test's DNS server: WORKSPACE_EGRESS_UPSTREAM_DNS) and the stand-in internet of tests/egress_lab.py's
+`World`: public-looking addresses routed into a namespace, names in a zone the test writes. Nothing leaves the
+machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from agentbox.client import AllowOptions, APIError, Client
+from agentbox.wire.network import AllowList
+from tests.egress_lab import World
+
+from .conftest import Server, remove_network
+
+NETWORK = "agentbox-test-egress-ws-net"
+KEY = "6a" * 32
+SECRET = "sk-never-in-the-sandbox-81Qz"
+A, B = World.ADDRESSES
+
+# Run inside a workspace: fetch each URL with curl (the system's CA bundle, as any tool would) and say what came
+# back: the HTTP status, or curl's exit code ("curl 7": refused, "curl 28": timed out).
+FETCH = """
+import json, subprocess, sys
+found = {}
+for url in json.loads(sys.argv[1]):
+    done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "8", url],
+                          capture_output=True, text=True)
+    found[url] = done.stdout if done.returncode == 0 else f"curl {done.returncode}"
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with World(tmp_path_factory.mktemp("egress-world")) as running:
+        running.zone({"exact.test": [A], "a.wild.test": [A], "other.test": [B], "api.test": [A], "nope.test": [A]})
+        yield running
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, world: World
+) -> Iterator[Server]:
+    remove_network(docker_client, NETWORK)
+    env = {
+        "WORKSPACE_NETWORK_NAME": NETWORK,
+        "WORKSPACE_EGRESS_UPSTREAM_DNS": world.dns,
+        "WORKSPACE_EGRESS_UPSTREAM_CA": str(world.upstream_ca),
+        "GITHUB_APP_ENCRYPTION_KEY": KEY,
+        "WORKSPACE_REAP_INTERVAL": "2",
+    }
+    server = Server(tmp_path_factory.mktemp("egress-served"), env=env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        remove_network(docker_client, NETWORK)
+
+
+def fetch(client: Client, workspace_id: str, *urls: str) -> dict[str, str]:
+    result = client.exec(workspace_id, ["python3", "-c", FETCH, json.dumps(urls)], timeout=120)
+    assert result.exit_code == 0, result
+    found = dict(json.loads(result.stdout))
+    print(f"from {workspace_id}: {found}")
+    return found
+
+
+def refusals(client: Client, workspace_id: str) -> list[dict[str, object]]:
+    return [dict(r.arguments) for r in client.audit(workspace_id).records if r.action == "EGRESS refused"]
+
+
+def test_names_wildcards_cidrs_and_ports_are_enforced_and_refusals_audited(served: Server) -> None:
+    policy: AllowOptions = {"allow": ["exact.test", "*.wild.test", f"{B}/32:80"], "deny": ["api.test"]}
+    with served.client() as alice:
+        workspace = alice.create(network=policy)
+        try:
+            assert workspace.network == AllowList.model_validate(policy)
+            found = fetch(
+                alice,
+                workspace.id,
+                "http://exact.test/",  # by exact name (Host)
+                "https://a.wild.test/",  # by wildcard (SNI, passed through: the lab's CA is not the workspace's)
+                f"http://{B}/",  # by CIDR and port
+                f"http://{B}:8443/",  # the CIDR's other port: refused
+                "http://api.test/",  # denied by name
+                "http://nope.test/",  # not allowed: refused at the name lookup
+            )
+            assert found["http://exact.test/"] == "200", found
+            assert found["https://a.wild.test/"] == "curl 60", found  # reached: only the certificate is not trusted
+            assert found[f"http://{B}/"] == "200", found
+            refused = [f"http://{B}:8443/", "http://api.test/", "http://nope.test/"]
+            assert all(found[url] in ("403", "curl 6", "curl 7", "curl 52", "curl 56") for url in refused), found
+            trail = refusals(alice, workspace.id)
+            rules = {str(r["rule"]) for r in trail}
+            assert any(r["name"] == "api.test" and r["protocol"] == "dns" for r in trail), (rules, trail)
+            assert any(r.get("port") == 8443 for r in trail), trail
+            assert any(r["name"] == "nope.test" and "default deny" in str(r["rule"]) for r in trail), trail
+        finally:
+            alice.delete(workspace.id)
+
+
+def test_a_patch_applies_to_the_next_connection_and_survives_a_restart(served: Server) -> None:
+    with served.client() as alice:
+        workspace = alice.create(network={"allow": ["exact.test"]})
+        try:
+            assert fetch(alice, workspace.id, "http://other.test/")["http://other.test/"] != "200"
+            alice.set_network(workspace.id, {"allow": ["other.test"]})
+            found = fetch(alice, workspace.id, "http://other.test/", "http://exact.test/")
+            assert found == {"http://other.test/": "200", "http://exact.test/": found["http://exact.test/"]}, found
+            assert found["http://exact.test/"] != "200", found
+            served.stop()
+            served.start()
+            assert alice.get(workspace.id).network == AllowList.model_validate({"allow": ["other.test"]})
+            found = fetch(alice, workspace.id, "http://other.test/", "http://exact.test/")
+            assert found["http://other.test/"] == "200" and found["http://exact.test/"] != "200", found
+        finally:
+            alice.delete(workspace.id)
+
+
+def test_a_header_rule_reaches_the_server_and_the_secret_never_enters_the_workspace(
+    served: Server, world: World
+) -> None:
+    policy: AllowOptions = {
+        "allow": ["api.test"],
+        "headers": [{"host": "api.test", "headers": {"Authorization": "Bearer ${e2b.secrets.API_TOKEN}"}}],
+    }
+    with served.client() as alice:
+        with pytest.raises(APIError) as error:
+            alice.create(network=policy)
+        assert error.value.status_code == 422 and "API_TOKEN" in str(error.value.detail), error.value
+        alice.put_secret("API_TOKEN", SECRET)
+        workspace = alice.create(network=policy)
+        try:
+            out = alice.exec(
+                workspace.id,
+                ["curl", "-sS", "--max-time", "8", "-H", "Authorization: placeholder", "https://api.test/echo"],
+                timeout=60,
+            )
+            assert out.exit_code == 0, out  # the workspace trusts the proxy's CA from its first command
+            seen = [r for r in world.requests() if "api.test" in json.dumps(r)]
+            assert any(SECRET in json.dumps(r) for r in seen), seen  # the server got the secret
+            assert SECRET not in out.stdout + out.stderr
+            probe = alice.exec(workspace.id, "env; grep -rs -- " + SECRET[:12] + " / --exclude-dir=proc | head -3")
+            assert SECRET not in probe.stdout, probe
+        finally:
+            alice.delete(workspace.id)
+
+
+@pytest.mark.parametrize(
+    ("policy", "status", "says"),
+    [
+        ({"allow": ["not a name"]}, 422, "not a domain name"),
+        ({"allow": ["1.2.3.0/33"]}, 422, "1.2.3.0/33"),
+        ({"allow": ["exact.test:99999"]}, 422, "99999"),
+        ({"allow": ["10.1.2.0/24"]}, 400, "may never reach"),
+        ({"allow": ["169.254.169.254"]}, 400, "may never reach"),
+    ],
+)
+def test_bad_rules_are_refused_naming_them(served: Server, policy: AllowOptions, status: int, says: str) -> None:
+    with served.client() as alice, pytest.raises(APIError) as error:
+        alice.create(network=policy)
+    assert error.value.status_code == status and says in str(error.value.detail), error.value
+
+
+def test_a_change_to_none_is_a_conflict_and_another_owner_gets_404(served: Server) -> None:
+    with served.client() as alice, served.client("bob") as bob:
+        workspace = alice.create(network={"allow": ["exact.test"]})
+        try:
+            with pytest.raises(APIError) as error:
+                alice.set_network(workspace.id, "none")
+            assert error.value.status_code == 409 and "new workspace" in str(error.value.detail)
+            with pytest.raises(APIError) as error:
+                bob.set_network(workspace.id, {"allow": ["other.test"]})
+            assert error.value.status_code == 404
+        finally:
+            alice.delete(workspace.id)
