@@ -417,7 +417,7 @@ def test_egress_options_are_enforced_or_refused(sdk: str, server: Server) -> Non
     # An allow list needs the workspace network, which this server has not: refused, saying so.
     with pytest.raises(SandboxException, match="cannot enforce"):
         Sandbox.create(network=SandboxNetworkOpts(deny_out=["0.0.0.0/0"], allow_out=["10.9.8.0/24"]))
-    with pytest.raises(SandboxException, match="allow list"):  # a deny list agentbox cannot enforce: refused
+    with pytest.raises(SandboxException, match="cannot enforce"):  # a deny list needs the egress proxy too
         Sandbox.create(network=SandboxNetworkOpts(deny_out=["10.0.0.0/8"]))
     with pytest.raises(SandboxException, match="maskRequestHost"):  # unknown to agentbox: refused, not ignored
         Sandbox.create(network=SandboxNetworkOpts(mask_request_host="x"))

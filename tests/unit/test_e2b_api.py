@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -9,10 +10,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2b import AuthenticationException, Sandbox, SandboxException, SandboxNotFoundException, SandboxQuery
+from e2b import (
+    ALL_TRAFFIC,
+    AuthenticationException,
+    Sandbox,
+    SandboxException,
+    SandboxNotFoundException,
+    SandboxQuery,
+)
 from e2b.sandbox.sandbox_api import SandboxState
 from fastapi.testclient import TestClient
 
+from agentbox.providers.base import Capabilities
 from tests.fake_provider import FakeProvider
 from tests.unit.apps import KEYS, build_app, uvicorn_serving
 
@@ -159,9 +168,82 @@ def test_auto_resume_that_could_not_work_is_refused(e2b_env: str, asked: dict[st
 def test_what_agentbox_cannot_do_is_refused_not_dropped(e2b_env: str) -> None:
     with pytest.raises(SandboxException, match="mcp"):
         Sandbox.create(mcp={"github": {}})
-    with pytest.raises(SandboxException, match="allow list"):
+    with pytest.raises(SandboxException, match="cannot enforce"):  # a deny list needs the egress proxy
         Sandbox.create(network={"deny_out": ["10.0.0.0/8"]})
+    with pytest.raises(SandboxException, match=r"400: network\.maskRequestHost"):
+        Sandbox.create(network={"mask_request_host": "custom-host.example.com:${PORT}"})
     assert Sandbox.list().next_items() == []  # nothing was made
+
+
+@pytest.fixture
+def by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProvider]:
+    """A provider that enforces policies by name (as the Docker provider with its egress proxy)."""
+    capabilities = Capabilities(
+        runtime="fake",
+        isolation="none",
+        network_policies=frozenset({"egress", "none", "allow", "rules"}),
+        egress_by_name=True,
+    )
+    provider = FakeProvider("gvisor", capabilities=capabilities)
+    with uvicorn_serving(build_app(tmp_path, {"gvisor": provider})) as url:
+        monkeypatch.setenv("E2B_API_URL", f"{url}/e2b")
+        monkeypatch.setenv("E2B_SANDBOX_URL", f"{url}/e2b/envd")
+        monkeypatch.setenv("E2B_API_KEY", KEYS["alice"])
+        monkeypatch.setenv("E2B_CONNECTION_RETRIES", "0")
+        yield provider
+
+
+def test_network_on_create_and_update_reaches_the_provider_and_shows_in_get_info(by_name: FakeProvider) -> None:
+    sandbox = Sandbox.create(network={"deny_out": [ALL_TRAFFIC], "allow_out": ["api.example.com", "1.2.3.4"]})
+    info = sandbox.get_info()
+    assert info.allow_internet_access is False  # everything but allowOut denied
+    assert info.network is not None
+    assert (info.network.get("allow_out"), info.network.get("deny_out")) == (
+        ["api.example.com", "1.2.3.4"],
+        [ALL_TRAFFIC],
+    )
+    ref = next(ref for ref, s in by_name.sandboxes.items() if s.spec.id == sandbox.sandbox_id)
+
+    sandbox.update_network({"deny_out": ["8.8.8.8"]})
+    policy = by_name.networks[ref]  # the running sandbox's proxy holds the new policy on return
+    assert [e.target for e in policy.deny] == ["8.8.8.8"] and policy.allow == [] and policy.default == "allow"
+    info = sandbox.get_info()
+    assert info.allow_internet_access is True and info.network is not None
+    assert info.network.get("deny_out") == ["8.8.8.8"] and not info.network.get("allow_out")
+
+    sandbox.update_network({})  # everything left out is cleared: the internet again
+    assert by_name.networks[ref] == "egress"
+    assert sandbox.get_info().allow_internet_access is True
+
+    sandbox.update_network({"allow_internet_access": False})  # at run time: a policy that denies all
+    assert [e.target for e in by_name.networks[ref].deny] == [ALL_TRAFFIC]
+    assert sandbox.get_info().allow_internet_access is False
+
+
+def test_network_refusals_name_the_field_and_another_owners_sandbox_is_not_found(
+    by_name: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = Sandbox.create(allow_internet_access=False)
+    assert sandbox.get_info().allow_internet_access is False
+    with pytest.raises(SandboxException, match="none"):  # no interface at all: a new sandbox is needed
+        sandbox.update_network({"allow_out": ["example.com"]})
+    other = Sandbox.create()
+    with pytest.raises(SandboxException, match=r"400: network\.allowOut\[0\]"):
+        other.update_network({"allow_out": ["example.com:443"]})
+    with pytest.raises(SandboxException, match=r"400: network\.egressProxy"):
+        other.update_network({"egress_proxy": {"address": "socks5://10.0.0.1:1080"}})
+    # A secret the owner does not have: refused before anything changes.
+    rules = {"api.example.com": [{"transform": {"headers": {"Authorization": "Bearer ${e2b.secrets.nope}"}}}]}
+    with pytest.raises(SandboxException, match="nope"):
+        other.update_network({"rules": rules})  # type: ignore[typeddict-item]
+    url = os.environ["E2B_API_URL"]
+    put = f"{url}/sandboxes/{other.sandbox_id}/network"
+    assert httpx.put(put, json={"denyOut": ["8.8.8.8"]}).status_code == 401
+    bob = httpx.put(put, json={"denyOut": ["8.8.8.8"]}, headers={"X-API-Key": KEYS["bob"]})
+    assert bob.status_code == 404 and other.sandbox_id in bob.json()["message"]
+    assert httpx.get(f"{url}/sandboxes/{other.sandbox_id}", headers={"X-API-Key": KEYS["bob"]}).status_code == 404
+    assert other.get_info().allow_internet_access is True  # untouched by all of that
+    assert [c for c in by_name.calls if c[0] == "set_network"] == []
 
 
 def test_wrong_sandbox_tokens_count_as_refused_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

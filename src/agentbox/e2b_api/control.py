@@ -14,23 +14,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agentbox.auth.keys import Caller
 from agentbox.auth.tokens import Tokens
 from agentbox.config import Settings
 from agentbox.db.models import Workspace, utcnow
 from agentbox.e2b_api import access, interpreter
+from agentbox.e2b_api import network as e2b_network
 from agentbox.errors import AgentboxError, NotFound
 from agentbox.web.dependencies import authenticated, in_thread, refused
 from agentbox.wire.common import MAX_SECONDS, Env, LabelValue, MetadataKey
 from agentbox.wire.domain import NewWorkspace, PauseAtEnd, Status
-from agentbox.wire.network import AllowList, Destination, NetworkPolicy
+from agentbox.wire.network import NetworkPolicy, policy_json, policy_of
 from agentbox.workspaces.manager import WorkspaceManager
 
 PREFIX = "/e2b"
@@ -47,6 +48,7 @@ INTERPRETER_TEMPLATE = "code-interpreter-v1"
 E2B_HOME = "/home/user"
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
+_T = TypeVar("_T")
 
 
 def sdk_urls(base: str) -> tuple[str, str]:
@@ -126,37 +128,13 @@ class AutoResume(BaseModel):
     enabled: bool = False
 
 
-#: E2B's "all traffic" in its egress rules.
-ALL_TRAFFIC = "0.0.0.0/0"
-
-
-class SandboxNetwork(BaseModel):
-    """What agentbox can enforce of E2B's network options; anything else is refused, never ignored."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    allow_public_traffic: bool = Field(True, alias="allowPublicTraffic")
-    allow_out: list[Destination] = Field(default_factory=list, alias="allowOut", max_length=64)
-    deny_out: list[str] = Field(default_factory=list, alias="denyOut", max_length=64)
-
-    def policy(self, allow_internet_access: bool) -> NetworkPolicy | None:
-        if not self.deny_out and not self.allow_out:
-            return None if allow_internet_access else "none"
-        if self.deny_out != [ALL_TRAFFIC] or not allow_internet_access:
-            raise E2BError(
-                400,
-                "denyOut: agentbox enforces an allow list (denyOut [0.0.0.0/0] with allowOut) or no egress at all, "
-                "not a deny list",
-            )
-        return AllowList.model_validate({"allow": self.allow_out}) if self.allow_out else "none"
-
-
 class NewSandbox(Timeout):
     template_id: str = Field(BASE_TEMPLATE, alias="templateID", min_length=1, max_length=512)
     metadata: dict[MetadataKey, LabelValue] = Field(default_factory=dict, max_length=64)
     env_vars: Env = Field(default_factory=dict, alias="envVars")
-    allow_internet_access: bool = True
-    network: SandboxNetwork = Field(default_factory=lambda: SandboxNetwork.model_validate({}))
+    # Read by network.py (E2B's fields there, each refusal naming its own).
+    allow_internet_access: bool | None = None
+    network: dict[str, Any] | None = None
     secure: bool = True  # envd is always secured (E2B's SDK now says the same)
     # E2B's lifecycle: paused at the timeout instead of killed, and woken by traffic.
     auto_pause: bool = Field(False, alias="autoPause")
@@ -192,13 +170,14 @@ async def create(body: NewSandbox, mgr: Manager, who: Who, tokens: Signer) -> di
     refused = body.refusals()
     if refused:
         raise E2BError(400, f"not offered by agentbox's E2B endpoint: {', '.join(refused)}")
+    mapped = _mapped(lambda: e2b_network.from_create(body.network, body.allow_internet_access))
     request = NewWorkspace(
         image=_image(body.template_id, mgr),
         env=dict(body.env_vars),
         labels=dict(body.metadata),
-        network=body.network.policy(body.allow_internet_access),
+        network=None if mapped.policy is None else _policy(mapped.policy),
         deadline_seconds=body.timeout or DEFAULT_TIMEOUT,
-        public_ports=body.network.allow_public_traffic,
+        public_ports=mapped.public_ports is not False,  # E2B's default: public
         pause_at_end=body.pause_at_end(),
     )
     workspace: Workspace = await _call(mgr.create, who.owner, request, who.quota)
@@ -242,7 +221,19 @@ async def list_sandboxes(
 @router.get("/sandboxes/{sandbox_id}")
 async def get_info(sandbox_id: str, mgr: Manager, who: Who, tokens: Signer) -> dict[str, Any]:
     workspace: Workspace = await _call(_found, mgr, who.owner, sandbox_id)
-    return {**_listed(workspace, mgr), **_sandbox(workspace, mgr, who, tokens)}
+    policy = policy_of(workspace.network, workspace.egress, workspace.allow)
+    shown = e2b_network.to_info(policy if isinstance(policy, str) else policy_json(policy), workspace.public_ports)
+    return {**_listed(workspace, mgr), **_sandbox(workspace, mgr, who, tokens), **shown}
+
+
+@router.put("/sandboxes/{sandbox_id}/network", status_code=204)
+async def update_network(sandbox_id: str, body: dict[str, Any], mgr: Manager, who: Who) -> Response:
+    """E2B's `update_network`: the whole policy replaced (what the body leaves out is cleared); a running
+    sandbox's next connections obey it."""
+    policy = _policy(_mapped(lambda: e2b_network.from_update(body)))
+    await _call(_found, mgr, who.owner, sandbox_id)
+    await _call(mgr.set_network, who.owner, sandbox_id, policy)
+    return Response(status_code=204)
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
@@ -305,6 +296,25 @@ async def template_alias(alias: str, mgr: Manager, who: Who) -> dict[str, Any]:
 async def unknown(path: str) -> Response:
     """What E2B offers and agentbox does not (templates builds, volumes, snapshots...), in E2B's shape."""
     raise E2BError(404, f"/{path} is not offered by agentbox's E2B endpoint (see docs/e2b-endpoint.md)")
+
+
+_NETWORK_POLICY: TypeAdapter[NetworkPolicy] = TypeAdapter(NetworkPolicy)
+
+
+def _mapped(mapping: Callable[[], _T]) -> _T:
+    """network.py's mapping of an E2B body, its refusal as E2B's 400 naming the field."""
+    try:
+        return mapping()
+    except e2b_network.Refused as exc:
+        raise E2BError(400, str(exc)) from None
+
+
+def _policy(mapped: e2b_network.AgentboxPolicy) -> NetworkPolicy:
+    try:
+        return _NETWORK_POLICY.validate_python(mapped)
+    except ValidationError as error:  # the mapping checks its output: this would be a bug, still not a 500
+        first = error.errors()[0]
+        raise E2BError(400, f"network: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _found(mgr: WorkspaceManager, owner: str, sandbox_id: str) -> Workspace:
