@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -18,7 +19,7 @@ from agentbox.client import AllowOptions, APIError, Client
 from agentbox.wire.network import AllowList
 from tests.egress_lab import World
 
-from .conftest import Server, remove_network
+from .conftest import Server, eventually, remove_network
 
 NETWORK = "agentbox-test-egress-ws-net"
 KEY = "6a" * 32
@@ -182,3 +183,73 @@ def test_a_change_to_none_is_a_conflict_and_another_owner_gets_404(served: Serve
             assert error.value.status_code == 404
         finally:
             alice.delete(workspace.id)
+
+
+def test_a_patch_back_to_egress_and_a_change_while_stopped_hold_after_a_restart(served: Server) -> None:
+    # The firewall's grants come back from the database at a restart, not from the label written at create:
+    # a workspace made with a policy and PATCHed to "egress" stays on the internet.
+    with served.client() as alice:
+        made_with_policy = alice.create(network={"allow": ["exact.test"]})
+        made_open = alice.create(network="egress")
+        try:
+            alice.set_network(made_with_policy.id, "egress")
+            assert fetch(alice, made_with_policy.id, f"http://{B}/")[f"http://{B}/"] == "200"
+            # Changed while stopped: its start brings the new policy, not the one it stopped with.
+            alice.set_network(made_open.id, {"allow": ["exact.test"]})
+            alice.stop(made_open.id)
+            alice.set_network(made_open.id, "egress")
+            alice.start(made_open.id)
+            assert fetch(alice, made_open.id, f"http://{B}/")[f"http://{B}/"] == "200"
+            alice.stop(made_open.id)
+            alice.set_network(made_open.id, {"allow": ["other.test"]})
+            served.stop()
+            served.start()
+            assert fetch(alice, made_with_policy.id, f"http://{B}/")[f"http://{B}/"] == "200"
+            alice.start(made_open.id)
+            found = fetch(alice, made_open.id, "http://other.test/", "http://exact.test/")
+            assert found["http://other.test/"] == "200" and found["http://exact.test/"] != "200", found
+        finally:
+            alice.delete(made_with_policy.id)
+            alice.delete(made_open.id)
+
+
+def test_the_warm_pool_never_hands_out_a_weaker_network_and_its_policy_survives_a_crash(
+    tmp_path: Path, docker_client: docker.DockerClient, world: World
+) -> None:
+    network = "agentbox-test-egress-pool-net"
+    remove_network(docker_client, network)
+    env = {
+        "WORKSPACE_NETWORK_NAME": network,
+        "WORKSPACE_NETWORK_POLICY": json.dumps({"allow": ["exact.test"]}),
+        "WORKSPACE_WARM_POOL_SIZE": "1",
+        "WORKSPACE_EGRESS_UPSTREAM_DNS": world.dns,
+        "WORKSPACE_REAP_INTERVAL": "1",
+    }
+    server = Server(tmp_path, env=env).start()
+    made: list[str] = []
+    try:
+        with server.client() as alice:
+            eventually(lambda: server.metrics()["agentbox_pool_ready"] == 1)
+            pooled = set(server.containers(docker_client))
+            # Another policy is a cold create with that policy, never the pool's container.
+            other = alice.create(network={"allow": ["other.test"]})
+            made.append(other.id)
+            assert other.id not in pooled
+            found = fetch(alice, other.id, "http://other.test/", "http://exact.test/")
+            assert found["http://other.test/"] == "200" and found["http://exact.test/"] != "200", found
+            # The server dies with the pooled workspace in it; the next one keeps it (it fits) and hands it out
+            # under its policy.
+            server.stop(kill=True)
+            server.start()
+            eventually(lambda: server.metrics()["agentbox_pool_ready"] == 1)
+            claimed = alice.create()
+            made.append(claimed.id)
+            assert claimed.id in pooled
+            found = fetch(alice, claimed.id, "http://exact.test/", "http://other.test/", f"http://{B}/")
+            assert found["http://exact.test/"] == "200", found
+            assert found["http://other.test/"] != "200" and found[f"http://{B}/"] != "200", found
+            for workspace_id in made:
+                alice.delete(workspace_id)
+    finally:
+        server.stop()
+        remove_network(docker_client, network)

@@ -16,8 +16,8 @@ from agentbox.auth.keys import ApiKeys
 from agentbox.auth.limits import Throttle
 from agentbox.auth.tokens import Tokens, server_secret
 from agentbox.config import ProviderName, Settings
-from agentbox.db.models import utcnow
-from agentbox.db.store import Store
+from agentbox.db.models import Status, utcnow
+from agentbox.db.store import LIVE, Store
 from agentbox.egress.proxy import Refusal
 from agentbox.egress.rules import Policy
 from agentbox.errors import AgentboxError
@@ -28,7 +28,7 @@ from agentbox.providers.docker.channel import TcpChannel
 from agentbox.providers.docker.disks import Disks
 from agentbox.providers.docker.egress_gateway import EgressGateway
 from agentbox.providers.docker.firewall import FirewallError
-from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork
+from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork, stored_grant
 from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME, RuntimeChoice, checkpoint_runtime, choose_runtime
 from agentbox.providers.e2b import E2BProvider
 from agentbox.vault import Vault
@@ -272,8 +272,17 @@ class Service:
                     "reach each other, the host and private networks; set it (e.g. workspace_net) to isolate them"
                 )
             return None
+        # The grants come from the database, not from the containers' labels alone: a label is what the policy
+        # was at create, and a PATCH changes the policy (policy -> egress kept a workspace offline after a
+        # restart; egress -> policy gave it the internet until the policies were handed back).
+        by_name = settings.egress_proxy
+        stored = {
+            w.id: stored_grant(w.egress, w.allow_cidrs, by_name)
+            for w in self.store.find(statuses=[*LIVE, Status.POOLED.value])
+            if w.network == settings.network_name
+        }
         try:
-            return WorkspaceNetwork.open(self.docker_client, settings.network_name, settings.instance_id)
+            return WorkspaceNetwork.open(self.docker_client, settings.network_name, settings.instance_id, stored)
         except (NetworkError, FirewallError) as exc:
             raise StartupError(exc.detail) from None
         except docker.errors.APIError as exc:

@@ -32,7 +32,7 @@ from agentbox.errors import (
 from agentbox.github.service import GitHub
 from agentbox.providers.base import Provider, Resources, Usage, WorkspaceSpec, distinct
 from agentbox.wire.domain import NewWorkspace, Quota
-from agentbox.wire.network import NetworkPolicy, columns_of, kind_of, policy_of
+from agentbox.wire.network import NO_NETWORK, NetworkPolicy, columns_of, kind_of, policy_of
 from agentbox.workspaces.activity import Activity, HeldRuntime
 from agentbox.workspaces.admission import Admission
 from agentbox.workspaces.audit import AuditLog
@@ -249,16 +249,18 @@ class WorkspaceManager:
         self._check_policy(owner, provider, workspace.provider, policy)
         if workspace.status not in (Status.RUNNING.value, Status.STOPPED.value):
             self._require(workspace, Status.RUNNING, "change the network of")
-        if workspace.status == Status.RUNNING.value and workspace.provider_ref:
+        if workspace.provider_ref:  # a stopped one's provider keeps it for its next start
             assert policy != "none"
             provider.set_network(workspace.provider_ref, policy)
         columns = columns_of(policy, self.settings.network_name)
         return self.store.update(workspace.id, "network_changed", egress=columns["egress"], allow=columns["allow"])
 
     def push_network_policies(self) -> None:
-        """Hand every running policy workspace's policy to its provider (after a server restart: the proxy
-        starts empty), before serving. One that fails is logged: its traffic stays refused (no grant)."""
-        for workspace in self.running():
+        """Hand every policy workspace's policy to its provider (after a server restart: the proxy starts empty),
+        before serving: the running ones, and the warm pool's (frozen, claimed without a start). Stopped ones get
+        theirs at start. One that fails is logged: its traffic stays refused (its firewall grant, from the
+        database, is nothing directly)."""
+        for workspace in self.store.find(statuses=[Status.RUNNING.value, Status.POOLED.value]):
             provider = self.providers.get(workspace.provider)
             if provider is None or workspace.egress is None or not workspace.provider_ref:
                 continue
@@ -413,9 +415,13 @@ class WorkspaceManager:
             provider = self._provider(workspace.provider)
             if not restore:
                 provider.discard_memory(self._ref(workspace))
+            if workspace.network != NO_NETWORK and provider.capabilities().egress_by_name:
+                # Before the start, so that it boots under its stored policy (changed while it was stopped, or
+                # unknown to a restarted server's proxy): the provider attaches it once it has its address.
+                policy = policy_of(workspace.network, workspace.egress, workspace.allow)
+                assert policy != "none"
+                provider.set_network(self._ref(workspace), policy)
             provider.start(self._ref(workspace))
-            if workspace.egress is not None and provider.capabilities().egress_by_name:
-                provider.set_network(self._ref(workspace), Policy.model_validate(workspace.egress))
         except BaseException as exc:
             self.metrics.failures.labels("start").inc()
             self.store.transition(

@@ -94,6 +94,8 @@ class EgressGateway:
         #: workspace id -> (address, policy) of the workspaces redirected; address -> workspace id.
         self._attached: dict[str, tuple[IPv4Address, Policy]] = {}
         self._clients: dict[str, str] = {}
+        #: workspace id -> the policy of a workspace not running, which its next start attaches.
+        self._expected: dict[str, Policy] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agentbox-egress", daemon=True)
@@ -140,6 +142,7 @@ class EgressGateway:
         """Give the workspace `policy` (in force on return), then redirect its traffic. Raises ProviderError."""
         assert self.redirect is not None
         with self._lock:
+            self._expected.pop(workspace_id, None)
             old = self._attached.get(workspace_id)
             self._call(self.supervisor.set_policy(str(address), policy))
             self._clients[str(address)] = workspace_id
@@ -148,9 +151,16 @@ class EgressGateway:
                 self._forget_address(old[0], workspace_id)
             self.redirect.add(mac_address(workspace_id), address)
 
+    def expect(self, workspace_id: str, policy: Policy) -> None:
+        """Remember the policy of a workspace that is not running (changed while stopped, or handed back after a
+        server restart): `policy` gives it to its start, which attaches it."""
+        with self._lock:
+            self._expected[workspace_id] = policy
+
     def detach(self, workspace_id: str) -> None:
         """Stop redirecting the workspace and drop its policy (it is removed, or its network changes)."""
         with self._lock:
+            self._expected.pop(workspace_id, None)
             found = self._attached.pop(workspace_id, None)
             if self.redirect is not None:
                 self.redirect.remove(mac_address(workspace_id))
@@ -163,6 +173,9 @@ class EgressGateway:
             self._call(self.supervisor.set_policy(str(address), None))
 
     def policy(self, workspace_id: str) -> Policy | None:
+        """The workspace's policy: the one it was last attached or expected with (None: it has none here)."""
+        if workspace_id in self._expected:
+            return self._expected[workspace_id]
         found = self._attached.get(workspace_id)
         return None if found is None else found[1]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import docker
 import docker.errors
@@ -41,6 +41,17 @@ def mac_address(workspace_id: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
+def stored_grant(egress: object, allow_cidrs: Sequence[str] | None, by_name: bool) -> list[str] | None:
+    """The firewall grant of a workspace whose stored policy is `egress` (the egress column: None for the public
+    internet) and `allow_cidrs`; `by_name`: the egress proxy enforces policies (then a policy workspace reaches
+    nothing directly). A policy the firewall cannot pin (no proxy now) gets nothing: fail closed."""
+    if egress is None:
+        return None
+    if by_name or allow_cidrs is None:
+        return []
+    return list(allow_cidrs)
+
+
 class WorkspaceNetwork:
     """The fenced bridge `name`: containers join it with a grant, and leave their grant behind when removed."""
 
@@ -49,18 +60,30 @@ class WorkspaceNetwork:
         self.firewall = firewall
 
     @classmethod
-    def open(cls, client: docker.DockerClient, name: str, instance: str) -> WorkspaceNetwork:
+    def open(
+        cls,
+        client: docker.DockerClient,
+        name: str,
+        instance: str,
+        stored: Mapping[str, Sequence[str] | None] | None = None,
+    ) -> WorkspaceNetwork:
         """Make or check the network, and write its firewall with the grants of the workspaces already on it.
 
+        `stored`: workspace id -> its grant as its stored policy wants it now (`stored_grant`), which wins over
+        its container's label: a label is written once, at create, and a policy changed since (PATCH) would
+        otherwise come back as it was until the server hands the policies back, or for good.
         Raises NetworkError or FirewallError (with what to fix), or docker.errors.APIError.
         """
+        stored = stored or {}
         network = cls(name, Firewall.for_network(ensure_network(client, name, instance)))
         grants: dict[str, Sequence[str] | None] = {}
         mine = [WORKSPACE_LABEL, f"{INSTANCE_LABEL}={instance}"]
         containers = client.api.containers(all=True, filters={"label": mine})
         for container in containers:
             labels = container["Labels"]
-            if GRANT_LABEL in labels:
+            if labels[WORKSPACE_LABEL] in stored:
+                grants[mac_address(labels[WORKSPACE_LABEL])] = stored[labels[WORKSPACE_LABEL]]
+            elif GRANT_LABEL in labels:
                 grants[mac_address(labels[WORKSPACE_LABEL])] = json.loads(labels[GRANT_LABEL])
             elif name in (container.get("NetworkSettings") or {}).get("Networks", {}):
                 # Made before grants were labelled: it keeps DNS only until it is re-created (never more).

@@ -201,7 +201,10 @@ class DockerProvider(Provider):
             return
         assert isinstance(policy, Policy)
         self.network.firewall.grant(mac, [])  # nothing directly: everything through the proxy
-        self.egress.attach(workspace_id, self._address(ref), policy)
+        if self._inspect(ref)["State"].get("Running"):
+            self.egress.attach(workspace_id, self._address(ref), policy)
+        else:  # stopped: `start` attaches it once the container has its address
+            self.egress.expect(workspace_id, policy)
 
     def _address(self, ref: str) -> IPv4Address:
         """The running workspace's address on the workspace network. Raises WorkspaceGone, ProviderError."""
