@@ -116,7 +116,8 @@ def test_bad_names_and_values_get_a_422_naming_the_field_and_large_bodies_a_413(
         for path, body, where in (
             ("/secrets/1STARTS_WITH_A_DIGIT", {"value": VALUE}, ["path", "name"]),
             ("/secrets/" + "N" * 65, {"value": VALUE}, ["path", "name"]),
-            ("/secrets/HAS-A-DASH", {"value": VALUE}, ["path", "name"]),
+            ("/secrets/-STARTS_WITH_A_DASH", {"value": VALUE}, ["path", "name"]),
+            ("/secrets/HAS.A.DOT", {"value": VALUE}, ["path", "name"]),
             ("/secrets/EMPTY", {"value": ""}, ["body", "value"]),
             ("/secrets/TOO_LARGE", {"value": too_large}, ["body", "value"]),
             # Two bytes of UTF-8 each: under the limit in characters, over it in bytes.
@@ -133,7 +134,10 @@ def test_bad_names_and_values_get_a_422_naming_the_field_and_large_bodies_a_413(
             "/secrets/SURROGATE", content=b'{"value": "\\ud800"}', headers={"Content-Type": "application/json"}
         )
         assert surrogate.status_code == 422 and surrogate.json()["detail"][0]["loc"] == ["body", "value"]
-        assert alice.delete("/secrets/HAS-A-DASH").json()["detail"][0]["loc"] == ["path", "name"]
+        assert alice.delete("/secrets/HAS.A.DOT").json()["detail"][0]["loc"] == ["path", "name"]
+        # E2B's way of naming them is a name too.
+        assert alice.put("/secrets/openai-api-key", json={"value": VALUE}).status_code == 201
+        assert alice.delete("/secrets/openai-api-key").status_code == 204
 
         # The server's request limit holds for this PUT too (only uploads of files have their own).
         huge = json.dumps({"value": "z" * MAX_REQUEST}).encode()
@@ -194,7 +198,7 @@ def test_the_cli_sets_from_stdin_or_a_file_lists_and_removes(served: Server, vau
         (("set", "EMPTY"), "\n", "stdin"),
         (("set", "MISSING", "--value-file", str(tmp_path / "nothing-here")), None, "--value-file"),
         (("set", "LARGE"), "x" * (MAX_VALUE_BYTES + 1), "stdin"),
-        (("rm", "A-B"), None, "NAME"),
+        (("rm", "A.B"), None, "NAME"),
     ):
         bad = agentbox(served, "secrets", *args, stdin=stdin, check=False)
         assert bad.returncode == 2 and named in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)

@@ -196,7 +196,7 @@ def test_a_rule_alone_leaves_the_internet_open_and_intercepts_its_host() -> None
         ({"rules": {"10.0.0.0/8": [{"transform": {"headers": {"X-A": "1"}}}]}}, "rules.10.0.0.0/8", "per domain"),
         ({"rules": {"a.example.com": [{"transform": {"headers": {"Host": "x"}}}]}}, "rules.a.example.com", "frames"),
         (
-            {"rules": {"a.example.com": [{"transform": {"headers": {"A": "${e2b.secrets.openai-api-key}"}}}]}},
+            {"rules": {"a.example.com": [{"transform": {"headers": {"A": "${e2b.secrets.openai.api.key}"}}}]}},
             "rules.a.example.com",
             "not a secret placeholder",
         ),
@@ -390,3 +390,12 @@ def test_every_valid_body_maps_to_a_policy_meaning_e2bs_rule(
     shown = to_info(policy, True)["network"]
     shown_again = from_update({k: v for k, v in shown.items() if k != "allowPublicTraffic"})
     assert shown_again == policy or (policy == "none" and not allowed(shown_again, ip, name))
+
+
+def test_e2bs_dashed_secret_names_are_names() -> None:
+    # E2B's docs write secrets as `openai-api-key`; the vault takes such names (wire/vault.py) and so do rules.
+    rules = {
+        "api.openai.com": [{"transform": {"headers": {"Authorization": "Bearer " + Secret.fill("openai-api-key")}}}]
+    }
+    policy = from_update({"rules": rules})
+    assert Policy.model_validate(policy).secret_names() == {"openai-api-key"}

@@ -6,14 +6,18 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from agentbox.db.models import Secret
 from agentbox.db.store import Store
+from agentbox.egress.rules import SECRET_NAME, secret_names_in
 from agentbox.errors import Conflict, NotFound, Unprocessable
 from agentbox.github.crypto import Keyring
 from agentbox.vault import TooManySecrets, UnknownSecret, Unsealable, Vault
+from agentbox.vault.service import _context
 from agentbox.wire.vault import MAX_PER_OWNER, MAX_VALUE_BYTES, SetSecret, name_problem, value_problem
 
 KEY, NEW_KEY = secrets.token_bytes(32), secrets.token_bytes(32)
@@ -32,14 +36,22 @@ def stored(store: Store, owner: str, name: str) -> bytes:
     return blob
 
 
-@pytest.mark.parametrize("name", ["A", "_", "OPENAI_API_KEY", "token_2", "x" * 64, "_9"])
-def test_identifiers_up_to_64_characters_are_names(name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["A", "_", "OPENAI_API_KEY", "token_2", "x" * 64, "_9", "openai-api-key", "A-B", "a--", "_-"]
+)
+def test_identifiers_and_e2bs_dashed_names_up_to_64_characters_are_names(name: str) -> None:
     assert name_problem(name) is None
+    assert secret_names_in(f"Bearer ${{e2b.secrets.{name}}}") == [name]  # one rule for the vault and the proxy
 
 
-@pytest.mark.parametrize("name", ["", "1ABC", "x" * 65, "A-B", "A.B", "A B", "A/B", "ÄPFEL", "A\n", "${A}"])
+@pytest.mark.parametrize(
+    "name", ["", "1ABC", "-ABC", "x" * 65, "A.B", "A B", "A/B", "ÄPFEL", "A\n", "${A}", "a-/value", "--x"]
+)
 def test_anything_else_is_no_name(name: str) -> None:
     assert name_problem(name) is not None
+    if name.strip() == name:  # (a placeholder's blanks around the name are not part of it)
+        with pytest.raises(ValueError, match="is not a secret placeholder"):
+            secret_names_in(f"Bearer ${{e2b.secrets.{name}}}")
 
 
 def test_a_value_is_1_to_16384_bytes_of_utf8() -> None:
@@ -90,7 +102,7 @@ def test_an_owner_reaches_only_their_own(vault: Vault) -> None:
 def test_bad_names_and_values_are_refused_naming_which(vault: Vault) -> None:
     for call in (
         lambda: vault.put("alice", "1BAD", VALUE),
-        lambda: vault.reveal("alice", "A-B"),
+        lambda: vault.reveal("alice", "-AB"),
         lambda: vault.delete("alice", "x" * 65),
     ):
         with pytest.raises(Unprocessable, match=r"^name "):
@@ -128,6 +140,41 @@ def test_a_sealed_value_opens_only_in_its_own_row(store: Store, vault: Vault) ->
             vault.reveal(owner, name)
         assert refused.value.status_code == 503 and VALUE not in refused.value.detail
     assert vault.reveal("alice", "TOKEN") == VALUE
+
+
+def test_dashes_keep_each_rows_sealing_context_its_own(store: Store, vault: Vault) -> None:
+    # "-" may sit where an owner ends and a name begins: the rows below must still seal apart.
+    pairs = [("alice-x", "y"), ("alice", "x-y"), ("alice", "x_y"), ("alice-x-y", "value")]
+    for owner, name in pairs:
+        vault.put(owner, name, f"{owner}:{name}")
+    blobs = {pair: stored(store, *pair) for pair in pairs}
+    for target in pairs:
+        for source in pairs:
+            if source == target:
+                continue
+            with store.session() as session:
+                session.execute(
+                    update(Secret)
+                    .where(Secret.owner == target[0], Secret.name == target[1])
+                    .values(value=blobs[source])
+                )
+            with pytest.raises(Unsealable):
+                vault.reveal(*target)
+    with store.session() as session:
+        for (owner, name), blob in blobs.items():
+            session.execute(update(Secret).where(Secret.owner == owner, Secret.name == name).values(value=blob))
+    assert [vault.reveal(*pair) for pair in pairs] == [f"{o}:{n}" for o, n in pairs]
+
+
+_NAMES = st.from_regex(SECRET_NAME, fullmatch=True).filter(lambda name: name_problem(name) is None)
+
+
+@given(
+    st.tuples(st.text(min_size=1, max_size=12), _NAMES),
+    st.tuples(st.text(min_size=1, max_size=12), _NAMES),
+)
+def test_no_two_rows_share_a_sealing_context(first: tuple[str, str], second: tuple[str, str]) -> None:
+    assert (_context(*first) == _context(*second)) == (first == second)
 
 
 def test_a_rotation_reseals_under_the_new_key(store: Store, vault: Vault) -> None:

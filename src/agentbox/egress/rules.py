@@ -54,8 +54,12 @@ MAX_ENTRIES = 256
 MAX_HEADER_RULES = 64
 MAX_HEADERS_PER_RULE = 16
 MAX_HEADER_VALUE = 8192
-#: The vault's own rule for a secret's name (src/agentbox/vault): the placeholder names one of those.
-SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+#: A secret's name, the one rule for the vault (wire/vault.py reads it: the vault sits above this package)
+#: and the placeholders naming them: E2B writes names like ``openai-api-key``, and env-style ones
+#: (``OPENAI_API_KEY``) are names too. Never a "/" (the vault's sealing context relies on it) and never a
+#: leading "-" (a name is an argument of `agentbox secrets set`).
+SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+SECRET_NAME = re.compile(SECRET_NAME_PATTERN)
 PLACEHOLDER = re.compile(r"\$\{([^{}]*)\}")
 _SECRET_PREFIX = "e2b.secrets."
 _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
@@ -200,7 +204,7 @@ def secret_names_in(value: str) -> list[str]:
         if not inner.startswith(_SECRET_PREFIX) or not SECRET_NAME.match(secret):
             raise ValueError(
                 f"{match.group(0)!r} is not a secret placeholder: write ${{e2b.secrets.NAME}} with NAME "
-                "letters, digits and '_' (not starting with a digit, at most 64)"
+                "letters, digits, '_' and '-' (starting with a letter or '_', at most 64)"
             )
         names.append(secret)
     return names

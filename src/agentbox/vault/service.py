@@ -62,7 +62,8 @@ class Unsealable(AgentboxError):
 
 
 def _context(owner: str, name: str) -> str:
-    # Names hold no "/", so the owner is everything between the table and the name: no two rows share one.
+    # Names hold no "/" (wire/vault.py's rule), so the owner is everything between the table and the name:
+    # no two rows share one.
     return f"secrets/{owner}/{name}/value"
 
 

@@ -11,8 +11,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-#: A secret's name: what a header rule names it by, so an identifier (as environment variables are).
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+from agentbox.egress.rules import SECRET_NAME_PATTERN
+
+#: A secret's name: what a header rule's placeholder names it by (`${e2b.secrets.NAME}`), so one rule for
+#: both, egress/rules.py's (the lower package): a letter or "_", then letters, digits, "_" or "-".
+NAME_PATTERN = SECRET_NAME_PATTERN
 #: The largest value, in bytes of UTF-8.
 MAX_VALUE_BYTES = 16384
 #: Secrets one owner may hold.
@@ -24,7 +27,10 @@ _NAME = re.compile(NAME_PATTERN)
 def name_problem(name: str) -> str | None:
     """What is wrong with `name` as a secret's name, or None."""
     if _NAME.fullmatch(name) is None:
-        return "must be a letter or _, then letters, digits or _ (at most 64 in all), e.g. OPENAI_API_KEY"
+        return (
+            "must be a letter or _, then letters, digits, _ or - (at most 64 in all), e.g. OPENAI_API_KEY or "
+            "openai-api-key"
+        )
     return None
 
 
