@@ -124,7 +124,9 @@ def test_doctor_passes_on_this_machine() -> None:
 
 def test_cli_network_repo_and_push_options_reach_the_server(server: Server) -> None:
     both = agentbox(server, "ws", "create", "--network", "none", "--allow", "203.0.113.7", check=False)
-    assert both.returncode == 2 and "--network or --allow" in both.stderr
+    assert both.returncode == 2 and "one of --network" in both.stderr
+    deny_alone = agentbox(server, "ws", "create", "--deny", "203.0.113.7", "--default", "maybe", check=False)
+    assert deny_alone.returncode == 2 and "--default 'maybe'" in deny_alone.stderr
     allow = agentbox(server, "ws", "create", "--allow", "203.0.113.7", check=False)
     assert allow.returncode == 1 and "WORKSPACE_NETWORK_NAME" in " ".join(allow.stderr.split())
     repo = agentbox(server, "ws", "create", "--repo", "octo/hello", check=False)

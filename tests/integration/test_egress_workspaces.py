@@ -9,6 +9,9 @@ machine.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from agentbox.client import AllowOptions, APIError, Client
 from agentbox.wire.network import AllowList
 from tests.egress_lab import World
 
-from .conftest import Server, eventually, remove_network
+from .conftest import KEYS, Server, eventually, remove_network
 
 NETWORK = "agentbox-test-egress-ws-net"
 KEY = "6a" * 32
@@ -253,3 +256,40 @@ def test_the_warm_pool_never_hands_out_a_weaker_network_and_its_policy_survives_
     finally:
         server.stop()
         remove_network(docker_client, network)
+
+
+def cli(server: Server, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENTBOX_URL": server.url, "AGENTBOX_API_KEY": KEYS["alice"], "COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-m", "agentbox.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    if check:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def test_the_cli_shows_and_changes_a_policy_and_names_a_bad_rule(served: Server, tmp_path: Path) -> None:
+    workspace_id = cli(served, "ws", "create", "--allow", "exact.test", "--deny", "api.test").stdout.strip()
+    with served.client() as alice:
+        try:
+            assert json.loads(cli(served, "ws", "network", workspace_id).stdout) == {
+                "allow": ["exact.test"],
+                "deny": ["api.test"],
+            }
+            shown = cli(served, "ws", "network", workspace_id, "--allow", "*.wild.test", "--allow", "other.test:80")
+            assert json.loads(shown.stdout) == {"allow": ["*.wild.test", "other.test:80"]}
+            found = fetch(alice, workspace_id, "http://a.wild.test/", "http://other.test/", "http://exact.test/")
+            assert found["http://a.wild.test/"] == "200" and found["http://other.test/"] == "200", found
+            assert found["http://exact.test/"] != "200", found
+            bad = cli(served, "ws", "network", workspace_id, "--allow", "other.test", "--allow", "no such", check=False)
+            said = " ".join(bad.stderr.split())
+            assert bad.returncode == 1 and "422" in said and "allow" in said and "no such" in said, said
+            policy = tmp_path / "policy.json"
+            policy.write_text(json.dumps({"allow": ["exact.test"], "default": "deny"}))
+            assert json.loads(cli(served, "ws", "network", workspace_id, "--network-file", str(policy)).stdout) == {
+                "allow": ["exact.test"]
+            }
+            assert json.loads(cli(served, "ws", "network", workspace_id, "--network", "egress").stdout) == "egress"
+            assert fetch(alice, workspace_id, f"http://{B}/")[f"http://{B}/"] == "200"
+        finally:
+            alice.delete(workspace_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import socket
 import sys
@@ -23,6 +24,7 @@ from agentbox.client import AllowOptions, ExecOptions, RepoOptions, WorkspaceOpt
 from agentbox.config import ConfigError, Settings, load_settings
 from agentbox.wire.commands import ExitEvent, OutputEvent
 from agentbox.wire.files import DirListing
+from agentbox.wire.network import NetworkPolicy, policy_json
 
 app = typer.Typer(help="Isolated workspaces for AI agents, on Docker with gVisor.", no_args_is_help=True)
 ws = typer.Typer(help="Manage workspaces on a running agentbox server.", no_args_is_help=True)
@@ -208,10 +210,12 @@ def ws_create(
     ttl_days: Annotated[float | None, typer.Option(help="days until an ephemeral workspace expires")] = None,
     env: Annotated[list[str], typer.Option("--env", "-e", help="KEY=VALUE, repeatable")] = [],  # noqa: B006
     label: Annotated[list[str], typer.Option("--label", "-l", help="KEY=VALUE, repeatable")] = [],  # noqa: B006
-    network: Annotated[str | None, typer.Option(help="egress (the public internet) or none (loopback only)")] = None,
-    allow: Annotated[
-        list[str], typer.Option("--allow", help="only this destination (CIDR or hostname), repeatable")
-    ] = [],  # noqa: B006
+    network: NetworkOption = None,
+    allow: AllowOption = [],  # noqa: B006
+    deny: DenyOption = [],  # noqa: B006
+    default: DefaultOption = None,
+    precedence: PrecedenceOption = None,
+    network_file: NetworkFileOption = None,
     repo: Annotated[str | None, typer.Option(help="owner/name to check out into /workspace/<name>")] = None,
     ref: Annotated[str | None, typer.Option(help="branch, tag or commit of --repo")] = None,
     idle_timeout: Annotated[
@@ -235,7 +239,7 @@ def ws_create(
         options["ttl_days"] = ttl_days
     if idle_timeout is not None:
         options["idle_timeout"] = idle_timeout
-    if (policy := _network_policy(network, allow)) is not None:
+    if (policy := _network_policy(network, allow, deny, default, precedence, network_file)) is not None:
         options["network"] = policy
     if repo is not None:
         options["repo"] = RepoOptions(repository=repo)
@@ -245,19 +249,111 @@ def ws_create(
     console.print(workspace.id, highlight=False)
 
 
-def _network_policy(network: str | None, allow: list[str]) -> Literal["egress", "none"] | AllowOptions | None:
-    """--network or --allow as a policy; None: the server's default."""
-    if allow and network is not None:
-        fail("give --network or --allow, not both", 2)
-    if allow:
-        return AllowOptions(allow=allow)
+# The network flags of `ws create` and `ws network`: "egress" or "none", or an egress policy (README, "Egress
+# by name") from --allow/--deny/--default/--precedence or whole from a JSON file (header rules go there).
+NetworkOption = Annotated[str | None, typer.Option(help="egress (the public internet) or none (loopback only)")]
+AllowOption = Annotated[
+    list[str],
+    typer.Option("--allow", help="allow this destination: name, *.wildcard or IPv4 CIDR, with :PORT; repeatable"),
+]
+DenyOption = Annotated[list[str], typer.Option("--deny", help="deny this destination (as --allow); repeatable")]
+DefaultOption = Annotated[
+    str | None, typer.Option(help="what no rule matches: deny (the default with --allow) or allow")
+]
+PrecedenceOption = Annotated[
+    str | None, typer.Option(help="which wins when --allow and --deny both match: deny (the default) or allow")
+]
+NetworkFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--network-file", help='the whole policy as JSON ({"allow": [...], "deny": [...], "headers": [...]}), - stdin'
+    ),
+]
+
+
+def _network_policy(
+    network: str | None,
+    allow: list[str],
+    deny: list[str] | None = None,
+    default: str | None = None,
+    precedence: str | None = None,
+    network_file: Path | None = None,
+) -> Literal["egress", "none"] | AllowOptions | None:
+    """The network flags as a policy; None: none given (the server's default). The server checks the rules (its
+    422 names the entry)."""
+    deny = deny or []
+    rules = bool(allow or deny or default is not None or precedence is not None)
+    given = [name for name, used in (("--network", network is not None), ("--network-file", network_file)) if used]
+    if len(given) + rules > 1:
+        fail("give one of --network, --network-file, or rules (--allow, --deny, --default, --precedence)", 2)
+    if network_file is not None:
+        return _policy_file(network_file)
+    if rules:
+        policy = AllowOptions(allow=allow)
+        if deny:
+            policy["deny"] = deny
+        for flag, value in (("default", default), ("precedence", precedence)):
+            if value is not None and value not in ("allow", "deny"):
+                fail(f"--{flag} {value!r}: allow or deny", 2)
+        if default is not None:
+            policy["default"] = default  # type: ignore[typeddict-item]
+        if precedence is not None:
+            policy["precedence"] = precedence  # type: ignore[typeddict-item]
+        return policy
     if network is None:
         return None
     if network == "egress":
         return "egress"
     if network == "none":
         return "none"
-    fail(f"--network {network!r}: egress or none (or --allow DESTINATION, repeatable)", 2)
+    fail(f"--network {network!r}: egress or none (or rules: --allow DESTINATION, repeatable)", 2)
+
+
+def _policy_file(path: Path) -> Literal["egress", "none"] | AllowOptions:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+        policy = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        fail(f"--network-file {path}: {exc}", 2)
+    if policy in ("egress", "none") or isinstance(policy, dict):
+        return policy  # type: ignore[no-any-return]
+    fail(f'--network-file {path}: a JSON object ({{"allow": [...]}}) or "egress"', 2)
+
+
+@ws.command("network")
+def ws_network(
+    workspace_id: str,
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: KeyOption = "",
+    network: NetworkOption = None,
+    allow: AllowOption = [],  # noqa: B006
+    deny: DenyOption = [],  # noqa: B006
+    default: DefaultOption = None,
+    precedence: PrecedenceOption = None,
+    network_file: NetworkFileOption = None,
+) -> None:
+    """Show a workspace's network policy, or change it (the flags of `ws create`; it replaces the whole policy).
+    Its new connections obey the change at once."""
+    policy = _network_policy(network, allow, deny, default, precedence, network_file)
+    if policy is None:
+        workspace = request(url, api_key, lambda client: client.get(workspace_id))
+    else:
+        workspace = request(url, api_key, lambda client: client.set_network(workspace_id, policy))
+    console.print_json(json.dumps(_shown(workspace.network)))
+
+
+def _shown(network: NetworkPolicy) -> object:
+    """A policy as JSON that `--network-file` takes back, each entry as the string `--allow` takes where it has
+    one ("name", "name:PORT")."""
+    if isinstance(network, str):
+        return network
+    shown = policy_json(network)
+    for side, entries in (("allow", network.allow), ("deny", network.deny)):
+        if entries:
+            shown[side] = [
+                e.describe() if e.ports is None or len(e.ports) == 1 else shown[side][i] for i, e in enumerate(entries)
+            ]
+    return shown
 
 
 @ws.command("ls")
