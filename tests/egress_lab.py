@@ -56,6 +56,7 @@ from agentbox.egress.supervisor import EgressSupervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT, DIRECT = "10.77.1.2", "10.77.1.3"
+OTHER = "10.77.1.4"  # a second proxied client (another workspace, to the proxy)
 GATEWAY_CLIENT_SIDE, GATEWAY_SERVER_SIDE = "10.77.1.1", "10.77.2.1"
 SERVERS = ("10.77.2.10", "10.77.2.11", "10.77.2.12")
 UPSTREAM_DNS = "10.77.2.53"
@@ -139,8 +140,9 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
 class Lab:
     """The namespaces, the servers and the proxy (its supervisor on a loop in a thread of its own)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_client_connections: int = 512) -> None:
         self.dir = directory
+        self.max_client_connections = max_client_connections
         tag = secrets.token_hex(3)
         self.ns = {role: f"abx-eg-{tag}-{role}" for role in ("cli", "gw", "srv")}
         self.refusals: list[Refusal] = []
@@ -195,6 +197,7 @@ class Lab:
                 command_prefix=self.netns("gw"),
                 peek_timeout=0.3,
                 resolver=RESOLVER,
+                max_client_connections=self.max_client_connections,
             )
             self.call(self.supervisor.start())
         except BaseException:
@@ -214,7 +217,7 @@ class Lab:
         _run("ip", "link", "add", "c0", "netns", cli, "type", "veth", "peer", "name", "gc", "netns", gw)
         _run("ip", "link", "add", "s0", "netns", srv, "type", "veth", "peer", "name", "gs", "netns", gw)
         for ns, dev, addresses in (
-            (cli, "c0", (f"{CLIENT}/24", f"{DIRECT}/24")),
+            (cli, "c0", (f"{CLIENT}/24", f"{DIRECT}/24", f"{OTHER}/24")),
             (gw, "gc", (f"{GATEWAY_CLIENT_SIDE}/24",)),
             (gw, "gs", (f"{GATEWAY_SERVER_SIDE}/24",)),
             (srv, "s0", (*(f"{a}/24" for a in SERVERS), f"{UPSTREAM_DNS}/24")),
@@ -226,10 +229,11 @@ class Lab:
         _run("ip", "-n", srv, "route", "add", "default", "via", GATEWAY_SERVER_SIDE)
         _run(*self.netns("gw"), "sysctl", "-qw", "net.ipv4.ip_forward=1")
         # DNS over TCP to the resolver is the one TCP from the client that is not the proxy's.
-        _run(*self.netns("gw"), "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "gc", "-s", CLIENT,
-             "-d", GATEWAY_CLIENT_SIDE, "-p", "tcp", "--dport", "53", "-j", "RETURN")  # fmt: skip
-        _run(*self.netns("gw"), "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "gc", "-s", CLIENT,
-             "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(PROXY_PORT))  # fmt: skip
+        for client in (CLIENT, OTHER):
+            _run(*self.netns("gw"), "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "gc", "-s", client,
+                 "-d", GATEWAY_CLIENT_SIDE, "-p", "tcp", "--dport", "53", "-j", "RETURN")  # fmt: skip
+            _run(*self.netns("gw"), "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "gc", "-s", client,
+                 "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(PROXY_PORT))  # fmt: skip
         self.netns_etc.mkdir(parents=True)
         # One try, two seconds: a resolver that does not answer fails a test rather than hanging it.
         resolv = f"nameserver {GATEWAY_CLIENT_SIDE}\noptions timeout:2 attempts:1\n"
@@ -323,6 +327,10 @@ class World:
     NAMESPACE = "agentbox-test-egress-ws"
     ADDRESSES = ("198.51.100.91", "198.51.100.92")
     dns = "10.218.0.2"
+    #: The host's end of the link (a /30 with `dns`) and the link's name (+ "0" host side, "1" inside): a
+    #: subclass with other values (and addresses, namespace) runs beside this one.
+    HOST_SIDE = "10.218.0.1"
+    LINK = "abx-egws"
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -342,17 +350,17 @@ class World:
         inside = ["ip", "netns", "exec", self.NAMESPACE]
         try:
             _run("ip", "netns", "add", self.NAMESPACE)
-            _run("ip", "link", "add", "abx-egws0", "type", "veth", "peer", "name", "abx-egws1")
-            _run("ip", "link", "set", "abx-egws1", "netns", self.NAMESPACE)
-            _run("ip", "addr", "add", "10.218.0.1/30", "dev", "abx-egws0")
-            _run("ip", "link", "set", "abx-egws0", "up")
+            _run("ip", "link", "add", f"{self.LINK}0", "type", "veth", "peer", "name", f"{self.LINK}1")
+            _run("ip", "link", "set", f"{self.LINK}1", "netns", self.NAMESPACE)
+            _run("ip", "addr", "add", f"{self.HOST_SIDE}/30", "dev", f"{self.LINK}0")
+            _run("ip", "link", "set", f"{self.LINK}0", "up")
             _run(*inside, "ip", "link", "set", "lo", "up")
-            _run(*inside, "ip", "addr", "add", f"{self.dns}/30", "dev", "abx-egws1")
+            _run(*inside, "ip", "addr", "add", f"{self.dns}/30", "dev", f"{self.LINK}1")
             for address in self.ADDRESSES:
-                _run(*inside, "ip", "addr", "add", f"{address}/32", "dev", "abx-egws1")
+                _run(*inside, "ip", "addr", "add", f"{address}/32", "dev", f"{self.LINK}1")
                 _run("ip", "route", "add", f"{address}/32", "via", self.dns)
-            _run(*inside, "ip", "link", "set", "abx-egws1", "up")
-            _run(*inside, "ip", "route", "add", "default", "via", "10.218.0.1")
+            _run(*inside, "ip", "link", "set", f"{self.LINK}1", "up")
+            _run(*inside, "ip", "route", "add", "default", "via", self.HOST_SIDE)
             self.zone({})
             self._process = subprocess.Popen(
                 [*inside, sys.executable, "-m", "tests.egress_lab", "serve", str(self.directory), self.dns],
@@ -378,7 +386,7 @@ class World:
     def _clean(self) -> None:
         for address in self.ADDRESSES:
             subprocess.run(["ip", "route", "del", f"{address}/32"], capture_output=True)
-        subprocess.run(["ip", "link", "del", "abx-egws0"], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"{self.LINK}0"], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.NAMESPACE], capture_output=True)
 
 
