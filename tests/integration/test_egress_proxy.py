@@ -11,11 +11,14 @@ resolver's).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.egress_lab import CLIENT, SERVERS, Lab, usable
+from tests.egress_lab import CLIENT, OTHER, SERVERS, Lab, usable
 
 pytestmark = pytest.mark.skipif(usable() is not None, reason=usable() or "")
 
@@ -156,3 +159,60 @@ def test_an_intercepted_upstream_must_prove_the_name(lab: Lab) -> None:
     assert answer.out.endswith("502"), answer
     assert len(lab.requests()) == before
     assert lab.wait_refusals(1)[-1].rule == "upstream certificate not valid for api.nowhere.test"
+
+
+# In the client namespace: hold CAP connections through the proxy, then open `extra` more from the same address
+# (each should be reset at once), then one from the other client's address (served). Prints what happened.
+HOLD = """
+import json, socket, sys
+cap, extra, client, other, server = json.loads(sys.argv[1])
+def dial(source):
+    sock = socket.create_connection((server, 80), timeout=5, source_address=(source, 0))
+    return sock
+held = [dial(client) for _ in range(cap)]
+outcomes = []
+for _ in range(extra):
+    try:
+        sock = dial(client)
+        sock.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+        outcomes.append("answered" if sock.recv(100) else "closed")
+    except ConnectionResetError:
+        outcomes.append("reset")
+    except TimeoutError:
+        outcomes.append("hung")
+sock = dial(other)
+sock.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+first = sock.recv(100).decode(errors="replace").split("\\r\\n")[0]
+held[0].sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+still = held[0].recv(100).decode(errors="replace").split("\\r\\n")[0]
+print(json.dumps({"extra": outcomes, "other": first, "held": still}))
+"""
+
+
+def test_a_client_past_its_connection_cap_is_reset_at_once_while_another_still_connects(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    cap, extra = 4, 12
+    with Lab(tmp_path_factory.mktemp("egress-cap"), max_client_connections=cap) as capped:
+        policy = {"allow": [f"{PINNED}/32:80"]}
+        capped.policy(policy)
+        capped.policy(policy, client=OTHER)
+        found = json.loads(_hold(capped, cap, extra))
+        assert found["extra"] == ["reset"] * extra, found
+        assert found["other"].startswith("HTTP/1.1 200") and found["held"].startswith("HTTP/1.1 200"), found
+        limits = [r for r in capped.wait_refusals(1) if r.rule.startswith("limit")]
+        # One record for the whole burst (at most one a second per client): a flood does not flood the trail.
+        assert [(r.client, r.ip, r.port, r.rule) for r in limits] == [
+            (CLIENT, PINNED, 80, f"limit: {cap} connections from this client")
+        ], limits
+
+
+def _hold(lab: Lab, cap: int, extra: int) -> str:
+    done = subprocess.run(
+        [*lab.client(), sys.executable, "-c", HOLD, json.dumps([cap, extra, CLIENT, OTHER, PINNED])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -146,6 +146,8 @@ async def run(args: argparse.Namespace) -> None:
         on_refusal=channel.refused,
         upstream_context=upstream,
         peek_timeout=args.peek_timeout,
+        max_connections=args.max_connections,
+        max_client_connections=args.max_client_connections,
         answers=answers,
     )
     resolver = Resolver(config, table, answers, on_refusal=channel.refused) if config is not None else None
@@ -172,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ca-dir", required=True, help="where the CA is kept (made the first time)")
     parser.add_argument("--upstream-ca", help="extra CAs (PEM) trusted for intercepted upstreams")
     parser.add_argument("--peek-timeout", type=float, default=1.0)
+    parser.add_argument("--max-connections", type=int, default=4096, help="connections served at once, in all")
+    parser.add_argument("--max-client-connections", type=int, default=512, help="connections at once per client")
     parser.add_argument("--resolver", help="run the resolver too: its ResolverConfig as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="egress: %(levelname)s %(message)s")

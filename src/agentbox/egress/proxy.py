@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import logging
 import os
@@ -293,6 +294,10 @@ class _Pipe(asyncio.BufferedProtocol):
                 side.transport.close()
 
 
+#: How many clients' last limit refusal times are kept (then forgotten at once: a bound, not a cache).
+LIMIT_REPORTS_KEPT = 4096
+
+
 class EgressProxy:
     """The engine: accepts REDIRECTed connections on one address and serves them by `table`."""
 
@@ -308,6 +313,7 @@ class EgressProxy:
         connect_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
         max_connections: int = 4096,
+        max_client_connections: int = 512,
         answers: AnswerMemory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -322,6 +328,12 @@ class EgressProxy:
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._max = max_connections
+        self._max_client = max_client_connections
+        #: client -> its connections being served (only clients with one: the table never holds idle clients).
+        self._per_client: dict[str, int] = {}
+        #: client -> when its last refusal for a limit was reported (at most one a second each: a flood past a
+        #: limit must not flood the audit trail); cleared whole past LIMIT_REPORTS_KEPT clients.
+        self._limit_reported: dict[str, float] = {}
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -354,12 +366,46 @@ class EgressProxy:
         loop = asyncio.get_running_loop()
         while True:
             sock, peer = await loop.sock_accept(self._listener)
-            if len(self._tasks) >= self._max:
-                _reset(sock)  # over the bound: refuse at once rather than queue
+            client = peer[0]
+            count = self._per_client.get(client, 0)
+            if len(self._tasks) >= self._max or count >= self._max_client:
+                # Over a bound: refused at once (a reset) rather than queued, so one workspace's flood never
+                # starves the others of the proxy (each client has its own cap below the total).
+                mine = count >= self._max_client
+                limit = self._max_client if mine else self._max
+                self._limit_refused(
+                    sock, client, f"limit: {limit} connections {'from this client' if mine else 'in all'}"
+                )
+                _reset(sock)
                 continue
-            task = asyncio.create_task(self._serve(sock, peer[0]))
+            self._per_client[client] = count + 1
+            task = asyncio.create_task(self._serve(sock, client))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._release, client))
+
+    def _release(self, client: str, _task: asyncio.Task[None]) -> None:
+        count = self._per_client[client] - 1
+        if count:
+            self._per_client[client] = count
+        else:
+            del self._per_client[client]
+
+    def _limit_refused(self, sock: socket.socket, client: str, rule: str) -> None:
+        now = self._clock()
+        if now - self._limit_reported.get(client, -1e9) < 1.0:
+            return
+        if len(self._limit_reported) >= LIMIT_REPORTS_KEPT:
+            self._limit_reported.clear()
+        self._limit_reported[client] = now
+        try:
+            ip, port = original_destination(sock)
+        except OSError:
+            ip, port = "", 0
+        try:
+            self._on_refusal(Refusal(client, None, ip, port, "tcp", rule, time.time()))
+        except Exception:
+            log.exception("the egress refusal callback failed")
 
     async def _serve(self, sock: socket.socket, client: str) -> None:
         sock.setblocking(False)

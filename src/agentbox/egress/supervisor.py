@@ -77,7 +77,11 @@ class EgressSupervisor:
         command_prefix: Sequence[str] = (),
         ack_timeout: float = 1.0,
         resolver: ResolverConfig | None = None,
+        max_connections: int = 4096,
+        max_client_connections: int = 512,
     ) -> None:
+        """`max_connections`, `max_client_connections`: the proxy's bounds on connections served at once, in all
+        and per client (workspace); past them a connection is reset at once and a Refusal says which limit."""
         if resolver is not None and not resolver.upstreams:
             resolver = dataclasses.replace(resolver, upstreams=default_upstreams())
         self.resolver = resolver
@@ -87,6 +91,7 @@ class EgressSupervisor:
         self._resolve = resolve_secrets
         self._upstream_ca = upstream_ca
         self._peek_timeout = peek_timeout
+        self._limits = (max_connections, max_client_connections)
         # e.g. ("ip", "netns", "exec", NAME) in tests: the proxy runs where the redirected traffic arrives.
         self._prefix = tuple(command_prefix)
         self._ack_timeout = ack_timeout
@@ -133,6 +138,10 @@ class EgressSupervisor:
                 str(self._ca_dir),
                 "--peek-timeout",
                 str(self._peek_timeout),
+                "--max-connections",
+                str(self._limits[0]),
+                "--max-client-connections",
+                str(self._limits[1]),
             ]
             if self._upstream_ca is not None:
                 command += ["--upstream-ca", str(self._upstream_ca)]
