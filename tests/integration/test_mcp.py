@@ -132,3 +132,12 @@ async def test_mcp_is_refused_without_a_valid_key_and_keeps_owners_apart(server:
             assert theirs.is_error and workspace.id in text(theirs)
         finally:
             alice.delete(workspace.id)
+
+
+async def test_create_workspace_says_how_to_give_a_network_policy_and_names_a_bad_entry(server: Server) -> None:
+    async with over_http(server, KEYS["alice"]) as session:
+        create = next(t for t in (await session.list_tools()).tools if t.name == "create_workspace")
+        assert create.description is not None and '"allow": [' in create.description and "*." in create.description
+        assert "network" in create.input_schema["properties"]
+        bad = await session.call_tool("create_workspace", {"network": {"allow": ["pypi.org", "not a name"]}})
+        assert bad.is_error and "allow" in text(bad) and "not a name" in text(bad), text(bad)

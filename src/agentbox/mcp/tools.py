@@ -115,7 +115,10 @@ TOOLS = (
         "Create an isolated Linux workspace (a sandboxed machine whose working directory is /workspace) "
         "and return it, running. Every argument is optional: image, provider, cpu, memory, disk, env, "
         "labels, network, ttl_days, repo (a GitHub repository to check out), idle_timeout (seconds unused "
-        "before it is suspended; any tool call wakes it, so you need not care). Pass its `id` as workspace_id "
+        'before it is suspended; any tool call wakes it, so you need not care). network: "egress" (the public '
+        'internet), "none", or a policy {"allow": ["pypi.org", "*.github.com", "203.0.113.0/24:443"], '
+        '"deny": [...]} (names, *. wildcards, IPv4 CIDRs, :PORT; anything else is refused). Pass its `id` as '
+        "workspace_id "
         "to the other tools, and delete it with delete_workspace when done.",
         CreateWorkspace,
         "POST",
