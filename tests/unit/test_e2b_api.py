@@ -17,8 +17,8 @@ from e2b import (
     SandboxException,
     SandboxNotFoundException,
     SandboxQuery,
+    SandboxState,
 )
-from e2b.sandbox.sandbox_api import SandboxState
 from fastapi.testclient import TestClient
 
 from agentbox.providers.base import Capabilities
