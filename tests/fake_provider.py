@@ -14,6 +14,7 @@ import itertools
 import shlex
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ from agentbox.sandbox.runtime import (
     Runtime,
     WatchEvent,
 )
+
+#: How long a call into a suspended fake sandbox waits for a wake before it fails.
+SUSPENDED_CALL_WAITS = 1.0
 
 
 @dataclass
@@ -98,8 +102,13 @@ class FakeProvider(Provider):
         sandbox = self._get(ref)
         if sandbox.state != "running":
             raise WorkspaceGone(f"{ref}: the sandbox is stopped")
-        if sandbox.suspended:  # a real one would keep the call waiting: a core that forgot to wake it fails here
-            raise ProviderError(f"{ref}: the sandbox is suspended: wake it first")
+        # A frozen sandbox keeps a call waiting until it is thawed (a concurrent caller's wake may be a moment
+        # behind the row that says it is awake); a core that forgot to wake it fails here.
+        deadline = time.monotonic() + SUSPENDED_CALL_WAITS
+        while sandbox.suspended:
+            if time.monotonic() > deadline:
+                raise ProviderError(f"{ref}: the sandbox is suspended: wake it first")
+            time.sleep(0.005)
         return sandbox
 
     # Lifecycle
