@@ -60,9 +60,13 @@ health() {
     curl -fsS --max-time 2 -H @- "http://$HOST:$PORT/api/v1/health" 2>/dev/null <<<"Authorization: Bearer $API_KEY"
 }
 
+# The egress proxy (egress by name) is one per network, on its gateway: replicas sharing a network would each
+# start their own there. Until one replica serves it for all, it is off here, and a workspace asking for
+# name rules is refused (400); plain allow lists still work, pinned by address.
 start_replica() {
     local n=$1
     ENABLE_AGENT_WORKSPACES=true WORKSPACE_DATA_DIR="$DATA_DIR" WORKSPACE_NETWORK_NAME="${NETWORK:-}" \
+        WORKSPACE_EGRESS_PROXY=false \
         WORKSPACE_API_KEYS="admin:$API_KEY" WORKSPACE_DATABASE_URL="$url" WORKSPACE_REPLICA_ID="r$n" \
         "$HERE/.venv/bin/agentbox" serve --host "$HOST" --port "$PORT" --reuse-port \
         >>"$DATA_DIR/replica-r$n.log" 2>&1 &
