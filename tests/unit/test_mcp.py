@@ -27,10 +27,11 @@ from typer.testing import CliRunner
 from agentbox.cli.main import app as cli
 from agentbox.mcp import answers
 from agentbox.mcp.tools import TOOLS, OutputFrom
+from agentbox.providers.base import Capabilities
 from agentbox.wire.commands import ExecIn
 from agentbox.wire.processes import ProcessIn, SessionIn
 from agentbox.wire.tools import EditToolIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
-from agentbox.wire.workspaces import CreateWorkspace
+from agentbox.wire.workspaces import CreateWorkspace, SetNetwork
 from tests.fake_provider import FakeProvider
 from tests.mcp_sessions import over_stdio, over_streamable_http, text
 from tests.unit.apps import KEYS, build_app, uvicorn_serving
@@ -93,6 +94,7 @@ async def test_the_tools_take_the_api_bodies_as_their_arguments(tmp_path: Path, 
     assert set(listed) == {
         "create_workspace",
         "list_workspaces",
+        "set_network",
         "delete_workspace",
         "exec",
         "start_process",
@@ -111,7 +113,7 @@ async def test_the_tools_take_the_api_bodies_as_their_arguments(tmp_path: Path, 
     assert listed["create_workspace"].input_schema == CreateWorkspace.model_json_schema()
     workspace_id = listed["exec"].input_schema["properties"]["workspace_id"]
     assert workspace_id["type"] == "string" and workspace_id["description"]
-    for name, body in [
+    bodies: list[tuple[str, type[BaseModel]]] = [
         ("exec", ExecIn),
         ("start_process", ProcessIn),
         ("read_file", ReadToolIn),
@@ -120,7 +122,9 @@ async def test_the_tools_take_the_api_bodies_as_their_arguments(tmp_path: Path, 
         ("glob", GlobToolIn),
         ("grep", GrepToolIn),
         ("open_session", SessionIn),
-    ]:
+        ("set_network", SetNetwork),
+    ]
+    for name, body in bodies:
         assert listed[name].input_schema == with_workspace_id(body, workspace_id), name
     assert listed["process_output"].input_schema == OutputFrom.model_json_schema()
     assert all(tool.description for tool in listed.values())
@@ -318,3 +322,39 @@ async def test_agentbox_mcp_says_when_the_server_cannot_be_reached() -> None:
 def test_agentbox_mcp_needs_an_api_key() -> None:
     refused = CliRunner().invoke(cli, ["mcp"], env={"AGENTBOX_API_KEY": ""})
     assert refused.exit_code == 2 and "no API key" in refused.output
+
+
+async def test_an_agent_changes_a_workspaces_network_and_a_bad_entry_is_named(tmp_path: Path) -> None:
+    capabilities = Capabilities(
+        runtime="fake",
+        isolation="none",
+        network_policies=frozenset({"egress", "none", "allow", "rules"}),
+        egress_by_name=True,
+    )
+    provider = FakeProvider("gvisor", capabilities=capabilities)
+    async with served(tmp_path, {"gvisor": provider}) as app:
+        async with mcp_session(app, KEYS["alice"]) as alice:
+            created = await alice.call_tool("create_workspace", {})
+            assert created.structured_content is not None
+            workspace_id = created.structured_content["id"]
+            policy = {"allow": ["pypi.org", "*.github.com"], "deny": ["gist.github.com"]}
+
+            changed = await alice.call_tool("set_network", {"workspace_id": workspace_id, "network": policy})
+            assert not changed.is_error and changed.structured_content is not None
+            allowed = [entry["target"] for entry in changed.structured_content["network"]["allow"]]
+            assert allowed == ["pypi.org", "*.github.com"]
+            (enforced,) = provider.networks.values()  # the provider was handed the policy
+            assert enforced.deny[0].describe() == "gist.github.com"
+
+            wildcard = {"allow": ["*.com"]}
+            bad = await alice.call_tool("set_network", {"workspace_id": workspace_id, "network": wildcard})
+            assert bad.is_error and "*.com" in text(bad)
+            to_none = await alice.call_tool("set_network", {"workspace_id": workspace_id, "network": "none"})
+            assert to_none.is_error and '"none"' in text(to_none)
+
+        async with mcp_session(app, KEYS["bob"]) as bob:
+            theirs = await bob.call_tool("set_network", {"workspace_id": workspace_id, "network": "egress"})
+            expected = await api_detail(
+                app, KEYS["bob"], "PATCH", f"/workspaces/{workspace_id}/network", {"network": "egress"}
+            )
+            assert theirs.is_error and text(theirs) == expected and workspace_id in expected

@@ -20,7 +20,7 @@ from agentbox.wire.common import MAX_SECONDS
 from agentbox.wire.domain import Status
 from agentbox.wire.processes import ProcessIn, SessionIn, SessionRunIn
 from agentbox.wire.tools import EditToolIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
-from agentbox.wire.workspaces import CreateWorkspace
+from agentbox.wire.workspaces import CreateWorkspace, SetNetwork
 
 #: Where the routes are; a tool's `path` is under it.
 API_PREFIX = "/api/v1"
@@ -92,7 +92,7 @@ class Tool:
     name: str
     description: str
     arguments: type[BaseModel]
-    method: Literal["GET", "POST", "PUT", "DELETE"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: str
     answer: answers.Shape = answers.as_json
     query: tuple[str, ...] = ()
@@ -132,6 +132,16 @@ TOOLS = (
         "GET",
         "/workspaces",
         query=("status", "label"),
+    ),
+    Tool(
+        "set_network",
+        "Change what a workspace may reach while it runs: its next connections obey the new policy. network: "
+        '"egress" (the public internet) or a policy {"allow": [...], "deny": [...]} as create_workspace takes '
+        'it; a workspace made with "none" keeps none (and one with a network cannot go to "none"): create '
+        "another instead. Returns the workspace with its policy.",
+        in_workspace(SetNetwork),
+        "PATCH",
+        "/workspaces/{workspace_id}/network",
     ),
     Tool(
         "delete_workspace",
