@@ -17,9 +17,11 @@ from pathlib import Path
 
 import docker
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from agentbox.client import AllowOptions, APIError, Client
 from agentbox.wire.network import AllowList
+from tests.browser import launch
 from tests.egress_lab import World
 
 from .conftest import KEYS, Server, eventually, remove_network
@@ -293,3 +295,24 @@ def test_the_cli_shows_and_changes_a_policy_and_names_a_bad_rule(served: Server,
             assert fetch(alice, workspace_id, f"http://{B}/")[f"http://{B}/"] == "200"
         finally:
             alice.delete(workspace_id)
+
+
+def test_the_dashboard_shows_a_workspaces_policy_as_its_entries(served: Server) -> None:
+    with served.client() as alice:
+        policy: AllowOptions = {"allow": ["exact.test", f"{B}/32:80"], "deny": ["api.test"]}
+        workspace = alice.create(network=policy)
+        try:
+            with sync_playwright() as playwright:
+                browser = launch(playwright)
+                try:
+                    page = browser.new_page()
+                    page.goto(served.url + "/")
+                    page.get_by_label("API key").fill(KEYS["alice"])
+                    page.get_by_role("button", name="Sign in").click()
+                    page.goto(f"{served.url}/ui/#/w/{workspace.id}")
+                    shown = f"allow exact.test, {B}/32:80; deny api.test; otherwise deny"
+                    expect(page.get_by_text(shown)).to_be_visible()
+                finally:
+                    browser.close()
+        finally:
+            alice.delete(workspace.id)

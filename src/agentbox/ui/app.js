@@ -154,6 +154,17 @@ const table = (label, columns, tbody) =>
 const facts = (pairs) => h("dl", { class: "facts" }, pairs.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
 
 const statusBadge = (status) => h("span", { class: `status ${status}` }, status);
+// A workspace's network as a line: "egress", "none", or its policy's entries ("allow pypi.org, *.github.com:443;
+// deny gist.github.com"), each as a create or `agentbox ws network` takes it.
+function networkText(network) {
+  if (typeof network === "string") return network;
+  const entry = (e) => (e.ports ? `${e.target}:${e.ports.join(",")}` : e.target);
+  const parts = ["allow", "deny"].filter((k) => network[k]?.length).map((k) => `${k} ${network[k].map(entry).join(", ")}`);
+  if (network.headers?.length) parts.push(`headers for ${network.headers.map((r) => r.host).join(", ")}`);
+  parts.push(`otherwise ${network.default ?? "deny"}`);
+  return parts.join("; ");
+}
+
 // A suspended workspace is running (any use wakes it): its badge says it waits.
 const workspaceBadge = (w) =>
   w.suspended ? h("span", { class: "status suspended", title: "frozen while it waits: any use wakes it" }, "suspended") : statusBadge(w.status);
@@ -436,7 +447,7 @@ function workspaceHeader(w, refresh) {
       ["Image", w.image],
       ["Size", `${w.cpu} CPU, ${w.memory} memory, ${w.disk} disk`],
       ["In use", `CPU ${cpuUse(w)}, memory ${memoryUse(w)}`],
-      ["Network", typeof w.network === "string" ? w.network : `allow ${w.network.allow.join(", ")}`],
+      ["Network", networkText(w.network)],
       ["Created", `${localTime(w.created_at)} (${span(since(w.created_at))} ago)`],
       ["Expires", w.expires_at ? `${localTime(w.expires_at)} (${expiry(w)})` : "never (persistent)"],
       ["Labels", Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "none"],
