@@ -980,7 +980,7 @@ def report(
     for name, values in summary.items():
         print(f"{name:<20}{values['p50_ms']:>10}{values['p95_ms']:>10}")
     for name, ratio in ratios.items():
-        print(f"{name}: {ratio}x")
+        print(f"{name}: {ratio}{' ms' if '_minus_' in name else 'x'}")  # a difference, or a ratio
     for name, value in density.items():
         print(f"{name}: {value}")
     if workloads:
