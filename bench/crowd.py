@@ -46,16 +46,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-
 from agentbox.config import load_settings
 from agentbox.db.store import Store
 from agentbox.errors import ProviderError, ProviderUnavailable
 from agentbox.providers.base import Usage, WorkspaceSpec
 from agentbox.providers.docker import provider as provider_module
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
-from agentbox.providers.docker.network import mac_address
+from agentbox.providers.docker.network import mac_address, remove_network
 from agentbox.providers.docker.provider import CONTAINER_PREFIX, DockerProvider
 from agentbox.providers.docker.usage import cgroup_usage
 from agentbox.sandbox.runtime import ExecRequest
@@ -409,9 +406,7 @@ def clean_up(provider: DockerProvider, network: str) -> dict[str, list[str]]:
     provider.close()
     if provider.network is not None:
         with contextlib.suppress(Exception):
-            provider.network.firewall.remove()
-        with contextlib.suppress(docker.errors.NotFound):
-            client.api.remove_network(network)
+            remove_network(client, network)  # with its firewall's and egress redirect's chains
     root = str(provider.disks.root)
     tag = provider.network.firewall.tag if provider.network is not None else "-"
     return {

@@ -517,16 +517,12 @@ BURST_SERVER = {
 @contextmanager
 def fenced_network(engine: docker.DockerClient) -> Iterator[None]:
     """The burst runs on a fenced workspace network (the server makes it); removed afterwards."""
-    from agentbox.providers.docker.firewall import Firewall
+    from agentbox.providers.docker.network import remove_network
 
     try:
         yield
     finally:
-        try:
-            Firewall.for_network(engine.api.inspect_network(BENCH_NETWORK)).remove()
-            engine.api.remove_network(BENCH_NETWORK)
-        except docker.errors.NotFound:
-            pass
+        remove_network(engine, BENCH_NETWORK)  # with its firewall's and egress redirect's chains
 
 
 def bursts(api: httpx.Client, engine: docker.DockerClient, runtime: str, size: int) -> dict[str, list[float]]:

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -27,8 +26,7 @@ from websockets.sync.client import ClientConnection
 
 from agentbox.client import APIError, Client
 from agentbox.config import load_settings
-from agentbox.providers.docker.egress_redirect import EgressRedirect, Endpoint
-from agentbox.providers.docker.firewall import Firewall
+from agentbox.providers.docker import network as docker_network
 from agentbox.providers.docker.freezer import container_freezer
 from agentbox.providers.docker.platform_choice import busybox_tar
 from agentbox.wire.system import Health
@@ -372,14 +370,8 @@ def sh(*argv: str) -> None:
 
 
 def remove_network(client: docker.DockerClient, name: str = NETWORK) -> None:
-    """The network and agentbox's firewall chains for it (which the service leaves for its workspaces)."""
-    with contextlib.suppress(docker.errors.NotFound):
-        firewall = Firewall.for_network(client.api.inspect_network(name))
-        # The egress redirect's chains too (the server leaves them, as the firewall's, for its workspaces).
-        nowhere = Endpoint(IPv4Address("192.0.2.1"), 1)
-        EgressRedirect.for_firewall(firewall, nowhere, nowhere).uninstall()
-        firewall.remove()
-        client.api.remove_network(name)
+    """The network and agentbox's chains for it (which the service leaves for its workspaces)."""
+    docker_network.remove_network(client, name)
 
 
 @pytest.fixture(scope="module")

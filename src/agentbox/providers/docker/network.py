@@ -14,11 +14,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Address
 
 import docker
 import docker.errors
 
 from agentbox.errors import AgentboxError
+from agentbox.providers.docker.egress_redirect import EgressRedirect, Endpoint
 from agentbox.providers.docker.firewall import Firewall
 from agentbox.providers.docker.labels import GRANT_LABEL, INSTANCE_LABEL, WORKSPACE_LABEL
 
@@ -141,3 +143,19 @@ def ensure_network(client: docker.DockerClient, name: str, instance: str) -> dic
             "each deployment needs a network of its own, since it writes that network's firewall"
         )
     return existing
+
+
+def remove_network(client: docker.DockerClient, name: str) -> None:
+    """Remove the workspace network `name` and every chain agentbox wrote for it (the egress redirect's, then the
+    firewall's), which a server leaves in place for its workspaces; nothing when there is no such network.
+
+    Raises docker.errors.APIError (a container still on it, say) and FirewallError.
+    """
+    try:
+        firewall = Firewall.for_network(client.api.inspect_network(name))
+    except docker.errors.NotFound:
+        return
+    unused = Endpoint(IPv4Address("192.0.2.1"), 1)  # the chains' names come from the network: no endpoint is needed
+    EgressRedirect.for_firewall(firewall, unused, unused).uninstall()
+    firewall.remove()
+    client.api.remove_network(name)
