@@ -29,6 +29,7 @@ from .conftest import KEYS, Server, eventually, remove_network
 NETWORK = "agentbox-test-egress-ws-net"
 KEY = "6a" * 32
 SECRET = "sk-never-in-the-sandbox-81Qz"
+PAGE_WAIT_MS = 30_000  # a page on a machine busy with the whole suite
 A, B = World.ADDRESSES
 
 # Run inside a workspace: fetch each URL with curl (the system's CA bundle, as any tool would) and say what came
@@ -309,9 +310,11 @@ def test_the_dashboard_shows_a_workspaces_policy_as_its_entries(served: Server) 
                     page.goto(served.url + "/")
                     page.get_by_label("API key").fill(KEYS["alice"])
                     page.get_by_role("button", name="Sign in").click()
+                    # Signed in (the key kept in the tab) before the workspace's page is asked for.
+                    expect(page.get_by_role("heading", name="Workspaces")).to_be_visible(timeout=PAGE_WAIT_MS)
                     page.goto(f"{served.url}/ui/#/w/{workspace.id}")
                     shown = f"allow exact.test, {B}/32:80; deny api.test; otherwise deny"
-                    expect(page.get_by_text(shown)).to_be_visible()
+                    expect(page.get_by_text(shown)).to_be_visible(timeout=PAGE_WAIT_MS)
                 finally:
                     browser.close()
         finally:
