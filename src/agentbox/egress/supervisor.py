@@ -39,17 +39,17 @@ class EgressError(RuntimeError):
 
 
 def default_upstreams() -> tuple[str, ...]:
-    """The host's IPv4 name servers, as Docker's embedded DNS reads them (firewall.host_resolvers does the same).
+    """The host's IPv4 name servers, as Docker's embedded DNS reads them (firewall.host_resolvers reads them too).
 
     A host whose /etc/resolv.conf names only a loopback stub (systemd-resolved's 127.0.0.53, left out)
     is read where systemd-resolved lists the servers it forwards to, as Docker itself does.
     """
-    found = _name_servers(Path("/etc/resolv.conf")) or _name_servers(Path("/run/systemd/resolve/resolv.conf"))
+    found = name_servers(Path("/etc/resolv.conf")) or name_servers(Path("/run/systemd/resolve/resolv.conf"))
     return tuple(str(address) for address in found)
 
 
-def _name_servers(resolv_conf: Path) -> list[ipaddress.IPv4Address]:
-    # Not the firewall's parser: the egress package sits below the providers (tests/unit/test_layers.py).
+def name_servers(resolv_conf: Path) -> list[ipaddress.IPv4Address]:
+    """The IPv4 name servers `resolv_conf` lists, loopback ones left out (the firewall reads the host's too)."""
     found = []
     for line in resolv_conf.read_text().splitlines() if resolv_conf.exists() else []:
         fields = line.split()

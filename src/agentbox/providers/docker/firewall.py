@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from agentbox.egress.supervisor import name_servers
 from agentbox.errors import AgentboxError, BadRequest
 
 log = logging.getLogger("agentbox.firewall")
@@ -470,17 +471,7 @@ def connected_subnets(route_table: Path = Path("/proc/net/route")) -> list[IPv4N
 
 def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[IPv4Address, ...]:
     """The host's IPv4 name servers: Docker's embedded DNS forwards workspaces' queries to them."""
-    found = []
-    for line in resolv_conf.read_text().splitlines() if resolv_conf.exists() else []:
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            try:
-                address = ipaddress.ip_address(fields[1])
-            except ValueError:
-                continue
-            if isinstance(address, IPv4Address) and not address.is_loopback:
-                found.append(address)
-    return tuple(found)
+    return tuple(name_servers(resolv_conf))
 
 
 def _grant_rules(mac: str, cidrs: Sequence[str] | None) -> list[str]:
