@@ -83,6 +83,19 @@ ZONE: dict[str, dict[str, Any]] = {
 SLOW = 1.0
 BIG = 1 << 20
 
+#: Run inside a workspace (`python3 -c FETCH '["url", ...]' [curl arguments]`): fetch each URL with curl (the
+#: system's CA bundle, as any tool would) and print, as JSON, what came back for each: the HTTP status, or curl's
+#: exit code ("curl 7": refused, "curl 28": timed out).
+FETCH = """
+import json, subprocess, sys
+found = {}
+for url in json.loads(sys.argv[1]):
+    args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "8"] + sys.argv[2:]
+    done = subprocess.run(args + [url], capture_output=True, text=True)
+    found[url] = done.stdout if done.returncode == 0 else f"curl {done.returncode}"
+print(json.dumps(found))
+"""
+
 
 def usable() -> str | None:
     """Why the lab cannot run here (None: it can)."""
@@ -198,6 +211,9 @@ class Lab:
                 peek_timeout=0.3,
                 resolver=RESOLVER,
                 max_client_connections=self.max_client_connections,
+                # The lab's tests count every refusal they cause, several within a second; the budget itself
+                # is tested on its own (tests/unit/test_egress_answers.py).
+                refusals_per_second=1000,
             )
             self.call(self.supervisor.start())
         except BaseException:

@@ -34,6 +34,13 @@ from agentbox.sandbox.runtime import (
     WatchEvent,
 )
 
+#: A fake that enforces egress policies by name, as the Docker provider with its egress proxy does.
+BY_NAME = Capabilities(
+    runtime="fake",
+    isolation="none (a unit-test fake)",
+    network_policies=frozenset({"egress", "none", "allow", "rules"}),
+    egress_by_name=True,
+)
 #: How long a call into a suspended fake sandbox waits for a wake before it fails.
 SUSPENDED_CALL_WAITS = 1.0
 

@@ -33,6 +33,8 @@ from agentbox.wire.system import Health
 from agentbox.wire.workspaces import WorkspaceOut
 
 if TYPE_CHECKING:
+    from tests.egress_lab import World
+
     from .e2b_standin import E2BStandIn
 
 T = TypeVar("T")
@@ -372,6 +374,25 @@ def sh(*argv: str) -> None:
 def remove_network(client: docker.DockerClient, name: str = NETWORK) -> None:
     """The network and agentbox's chains for it (which the service leaves for its workspaces)."""
     docker_network.remove_network(client, name)
+
+
+@contextlib.contextmanager
+def egress_server(path: Path, client: docker.DockerClient, network: str, world: World, **env: str) -> Iterator[Server]:
+    """A server on fenced network `network` of its own (removed after, with its chains), whose egress proxy and
+    resolver take `world` (tests/egress_lab.py) for the internet: its names from the world's DNS, its
+    certificates from the world's CA."""
+    remove_network(client, network)
+    lab = {
+        "WORKSPACE_NETWORK_NAME": network,
+        "WORKSPACE_EGRESS_UPSTREAM_DNS": world.dns,
+        "WORKSPACE_EGRESS_UPSTREAM_CA": str(world.upstream_ca),
+    }
+    server = Server(path, env={**lab, **env}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        remove_network(client, network)
 
 
 @pytest.fixture(scope="module")

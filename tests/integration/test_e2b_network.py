@@ -19,9 +19,9 @@ import docker
 import pytest
 from e2b import ALL_TRAFFIC, Sandbox, SandboxException, Secret
 
-from tests.egress_lab import World
+from tests.egress_lab import FETCH, World
 
-from .conftest import KEYS, Server, remove_network
+from .conftest import KEYS, Server, egress_server
 
 NETWORK = "agentbox-test-e2b-net"
 KEY = "6b" * 32
@@ -46,15 +46,6 @@ REACHED = "200"
 # Run in the sandbox: each URL fetched by curl; the HTTP status, or curl's exit code ("curl 7": refused, "curl 6":
 # name refused by the resolver, "curl 28": timed out). `-k` for the servers' own certificate (the lab's upstream CA,
 # which only the proxy trusts): whether the server was reached is the question, not its certificate.
-FETCH = """
-import json, subprocess, sys
-found = {}
-for url in json.loads(sys.argv[1]):
-    args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "8"] + sys.argv[2:]
-    done = subprocess.run(args + [url], capture_output=True, text=True)
-    found[url] = done.stdout if done.returncode == 0 else f"curl {done.returncode}"
-print(json.dumps(found))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +59,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def served(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, world: World
 ) -> Iterator[Server]:
-    remove_network(docker_client, NETWORK)
-    env = {
-        "WORKSPACE_NETWORK_NAME": NETWORK,
-        "WORKSPACE_EGRESS_UPSTREAM_DNS": world.dns,
-        "WORKSPACE_EGRESS_UPSTREAM_CA": str(world.upstream_ca),
-        "GITHUB_APP_ENCRYPTION_KEY": KEY,
-    }
-    server = Server(tmp_path_factory.mktemp("e2b-net-served"), env=env).start()
-    try:
+    path = tmp_path_factory.mktemp("e2b-net-served")
+    with egress_server(path, docker_client, NETWORK, world, GITHUB_APP_ENCRYPTION_KEY=KEY) as server:
         yield server
-    finally:
-        server.stop()
-        remove_network(docker_client, NETWORK)
 
 
 @pytest.fixture

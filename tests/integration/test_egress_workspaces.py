@@ -22,27 +22,15 @@ from playwright.sync_api import expect, sync_playwright
 from agentbox.client import AllowOptions, APIError, Client
 from agentbox.wire.network import AllowList
 from tests.browser import launch
-from tests.egress_lab import World
+from tests.egress_lab import FETCH, World
 
-from .conftest import KEYS, Server, eventually, remove_network
+from .conftest import KEYS, Server, egress_server, eventually
 
 NETWORK = "agentbox-test-egress-ws-net"
 KEY = "6a" * 32
 SECRET = "sk-never-in-the-sandbox-81Qz"
 PAGE_WAIT_MS = 30_000  # a page on a machine busy with the whole suite
 A, B = World.ADDRESSES
-
-# Run inside a workspace: fetch each URL with curl (the system's CA bundle, as any tool would) and say what came
-# back: the HTTP status, or curl's exit code ("curl 7": refused, "curl 28": timed out).
-FETCH = """
-import json, subprocess, sys
-found = {}
-for url in json.loads(sys.argv[1]):
-    done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "8", url],
-                          capture_output=True, text=True)
-    found[url] = done.stdout if done.returncode == 0 else f"curl {done.returncode}"
-print(json.dumps(found))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +44,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def served(
     tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, world: World
 ) -> Iterator[Server]:
-    remove_network(docker_client, NETWORK)
-    env = {
-        "WORKSPACE_NETWORK_NAME": NETWORK,
-        "WORKSPACE_EGRESS_UPSTREAM_DNS": world.dns,
-        "WORKSPACE_EGRESS_UPSTREAM_CA": str(world.upstream_ca),
-        "GITHUB_APP_ENCRYPTION_KEY": KEY,
-        "WORKSPACE_REAP_INTERVAL": "2",
-    }
-    server = Server(tmp_path_factory.mktemp("egress-served"), env=env).start()
-    try:
+    path = tmp_path_factory.mktemp("egress-served")
+    with egress_server(
+        path, docker_client, NETWORK, world, GITHUB_APP_ENCRYPTION_KEY=KEY, WORKSPACE_REAP_INTERVAL="2"
+    ) as server:
         yield server
-    finally:
-        server.stop()
-        remove_network(docker_client, NETWORK)
 
 
 def fetch(client: Client, workspace_id: str, *urls: str) -> dict[str, str]:
@@ -223,42 +202,34 @@ def test_the_warm_pool_never_hands_out_a_weaker_network_and_its_policy_survives_
     tmp_path: Path, docker_client: docker.DockerClient, world: World
 ) -> None:
     network = "agentbox-test-egress-pool-net"
-    remove_network(docker_client, network)
-    env = {
-        "WORKSPACE_NETWORK_NAME": network,
+    pool = {
         "WORKSPACE_NETWORK_POLICY": json.dumps({"allow": ["exact.test"]}),
         "WORKSPACE_WARM_POOL_SIZE": "1",
-        "WORKSPACE_EGRESS_UPSTREAM_DNS": world.dns,
         "WORKSPACE_REAP_INTERVAL": "1",
     }
-    server = Server(tmp_path, env=env).start()
     made: list[str] = []
-    try:
-        with server.client() as alice:
-            eventually(lambda: server.metrics()["agentbox_pool_ready"] == 1)
-            pooled = set(server.containers(docker_client))
-            # Another policy is a cold create with that policy, never the pool's container.
-            other = alice.create(network={"allow": ["other.test"]})
-            made.append(other.id)
-            assert other.id not in pooled
-            found = fetch(alice, other.id, "http://other.test/", "http://exact.test/")
-            assert found["http://other.test/"] == "200" and found["http://exact.test/"] != "200", found
-            # The server dies with the pooled workspace in it; the next one keeps it (it fits) and hands it out
-            # under its policy.
-            server.stop(kill=True)
-            server.start()
-            eventually(lambda: server.metrics()["agentbox_pool_ready"] == 1)
-            claimed = alice.create()
-            made.append(claimed.id)
-            assert claimed.id in pooled
-            found = fetch(alice, claimed.id, "http://exact.test/", "http://other.test/", f"http://{B}/")
-            assert found["http://exact.test/"] == "200", found
-            assert found["http://other.test/"] != "200" and found[f"http://{B}/"] != "200", found
-            for workspace_id in made:
-                alice.delete(workspace_id)
-    finally:
-        server.stop()
-        remove_network(docker_client, network)
+    with egress_server(tmp_path, docker_client, network, world, **pool) as server, server.client() as alice:
+        eventually(lambda: server.metrics()["agentbox_pool_ready"] == 1)
+        pooled = set(server.containers(docker_client))
+        # Another policy is a cold create with that policy, never the pool's container.
+        other = alice.create(network={"allow": ["other.test"]})
+        made.append(other.id)
+        assert other.id not in pooled
+        found = fetch(alice, other.id, "http://other.test/", "http://exact.test/")
+        assert found["http://other.test/"] == "200" and found["http://exact.test/"] != "200", found
+        # The server dies with the pooled workspace in it; the next one keeps it (it fits) and hands it out
+        # under its policy.
+        server.stop(kill=True)
+        server.start()
+        eventually(lambda: server.metrics()["agentbox_pool_ready"] == 1)
+        claimed = alice.create()
+        made.append(claimed.id)
+        assert claimed.id in pooled
+        found = fetch(alice, claimed.id, "http://exact.test/", "http://other.test/", f"http://{B}/")
+        assert found["http://exact.test/"] == "200", found
+        assert found["http://other.test/"] != "200" and found[f"http://{B}/"] != "200", found
+        for workspace_id in made:
+            alice.delete(workspace_id)
 
 
 def cli(server: Server, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

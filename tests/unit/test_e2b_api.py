@@ -21,8 +21,7 @@ from e2b import (
 )
 from fastapi.testclient import TestClient
 
-from agentbox.providers.base import Capabilities
-from tests.fake_provider import FakeProvider
+from tests.fake_provider import BY_NAME, FakeProvider
 from tests.unit.apps import KEYS, build_app, uvicorn_serving
 
 
@@ -178,13 +177,7 @@ def test_what_agentbox_cannot_do_is_refused_not_dropped(e2b_env: str) -> None:
 @pytest.fixture
 def by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProvider]:
     """A provider that enforces policies by name (as the Docker provider with its egress proxy)."""
-    capabilities = Capabilities(
-        runtime="fake",
-        isolation="none",
-        network_policies=frozenset({"egress", "none", "allow", "rules"}),
-        egress_by_name=True,
-    )
-    provider = FakeProvider("gvisor", capabilities=capabilities)
+    provider = FakeProvider("gvisor", capabilities=BY_NAME)
     with uvicorn_serving(build_app(tmp_path, {"gvisor": provider})) as url:
         monkeypatch.setenv("E2B_API_URL", f"{url}/e2b")
         monkeypatch.setenv("E2B_SANDBOX_URL", f"{url}/e2b/envd")

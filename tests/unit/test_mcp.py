@@ -27,12 +27,11 @@ from typer.testing import CliRunner
 from agentbox.cli.main import app as cli
 from agentbox.mcp import answers
 from agentbox.mcp.tools import TOOLS, OutputFrom
-from agentbox.providers.base import Capabilities
 from agentbox.wire.commands import ExecIn
 from agentbox.wire.processes import ProcessIn, SessionIn
 from agentbox.wire.tools import EditToolIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
 from agentbox.wire.workspaces import CreateWorkspace, SetNetwork
-from tests.fake_provider import FakeProvider
+from tests.fake_provider import BY_NAME, FakeProvider
 from tests.mcp_sessions import over_stdio, over_streamable_http, text
 from tests.unit.apps import KEYS, build_app, uvicorn_serving
 
@@ -325,13 +324,7 @@ def test_agentbox_mcp_needs_an_api_key() -> None:
 
 
 async def test_an_agent_changes_a_workspaces_network_and_a_bad_entry_is_named(tmp_path: Path) -> None:
-    capabilities = Capabilities(
-        runtime="fake",
-        isolation="none",
-        network_policies=frozenset({"egress", "none", "allow", "rules"}),
-        egress_by_name=True,
-    )
-    provider = FakeProvider("gvisor", capabilities=capabilities)
+    provider = FakeProvider("gvisor", capabilities=BY_NAME)
     async with served(tmp_path, {"gvisor": provider}) as app:
         async with mcp_session(app, KEYS["alice"]) as alice:
             created = await alice.call_tool("create_workspace", {})
