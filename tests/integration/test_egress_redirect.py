@@ -328,6 +328,16 @@ def test_what_is_not_redirected_is_rejected_at_once(pair: Pair, services: Servic
     )
     assert all(outcome in REJECTED for outcome in found.values()), found  # an error at once, never "timeout"
     assert services.seen_from(pair.policy_address) == []
+    # A workspace without a policy cannot use the proxy or the resolver on its own either (its secrets, its
+    # answers belong to policy workspaces): the host's ports stay closed to it.
+    found = probe(
+        pair.client,
+        pair.plain,
+        f"tcp:{services.gateway}:{services.proxy.port}",
+        f"udp:{services.gateway}:{services.resolver.port}",
+    )
+    assert all(outcome in REJECTED for outcome in found.values()), found
+    assert services.seen_from(pair.plain_address) == []
 
 
 def test_a_lost_chain_or_a_misplaced_jump_is_restored(pair: Pair, services: Services, redirect: EgressRedirect) -> None:

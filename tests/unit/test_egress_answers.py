@@ -6,6 +6,7 @@ import pytest
 
 from agentbox.egress.answers import AnswerMemory
 from agentbox.egress.naming import answerable, check
+from agentbox.egress.proxy import Refusal, RefusalBudget
 from agentbox.egress.rules import Policy
 
 
@@ -116,3 +117,17 @@ def test_a_connection_allowed_by_name_needs_an_address_given_for_that_name() -> 
     # A refusal stays a refusal.
     denied = check(policy.decide("b.example", "192.0.2.1", 443), memory, "c", "b.example", "192.0.2.1", now=1)
     assert not denied.allowed and denied.rule == "default deny"
+
+
+def test_a_refusal_flood_reaches_the_audit_trail_bounded_and_a_quiet_workspace_still_does() -> None:
+    now = [100.0]
+    budget = RefusalBudget(per_client=3, clock=lambda: now[0])
+
+    def refusal(client: str, port: int) -> Refusal:
+        return Refusal(client, "denied.test", "198.51.100.1", port, "tls", "deny[0] denied.test", 0.0)
+
+    # A workspace retrying refused destinations in a loop: per_client records a second, another still recorded.
+    assert [budget.allows(refusal("10.0.0.2", port)) for port in range(1, 51)] == [True] * 3 + [False] * 47
+    assert budget.allows(refusal("10.0.0.3", 443))
+    now[0] += 1  # the next second
+    assert budget.allows(refusal("10.0.0.2", 443))

@@ -9,7 +9,7 @@ server → proxy  {"op": "set", "seq": n, "client": "10.0.0.5", "policy": {...} 
 proxy → server  {"op": "ready", "port": p, "dns_port": d | null}
                 {"op": "ack", "seq": n} | {"op": "nack", "seq": n, "detail": "..."}
                 {"op": "refusal", "client": ..., "name": ..., "ip": ..., "port": ..., "protocol": ..., "rule": ...,
-                 "at": ..., "dropped": k}   (k: refusals dropped since the last one sent, the queue being full)
+                 "at": ..., "dropped": k}   (k: refusals held back since the last one sent: the budget, a full queue)
                 {"op": "reveal", "id": n, "client": ..., "host": ..., "names": [...]}
 
 A `set` is acknowledged once the table holds it, so the server knows the next connection obeys it.
@@ -40,7 +40,7 @@ from pydantic import ValidationError
 
 from agentbox.egress.answers import AnswerMemory
 from agentbox.egress.ca import LeafMinter, ensure_ca
-from agentbox.egress.proxy import EgressProxy, PolicyTable, Refusal
+from agentbox.egress.proxy import EgressProxy, PolicyTable, Refusal, RefusalBudget
 from agentbox.egress.resolver import Resolver, ResolverConfig
 from agentbox.egress.rules import Policy
 
@@ -52,9 +52,10 @@ log = logging.getLogger("agentbox.egress")
 
 
 class _Channel:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, budget: RefusalBudget) -> None:
         self._reader, self._writer = reader, writer
         self._refusals: asyncio.Queue[Refusal] = asyncio.Queue(REFUSAL_QUEUE)
+        self._budget = budget
         self._dropped = 0
         self._reveals: dict[int, asyncio.Future[dict[str, str]]] = {}
         self._next_id = 0
@@ -63,10 +64,15 @@ class _Channel:
         self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     def refused(self, refusal: Refusal) -> None:
+        """Every refusal of the proxy and the resolver: bounded both in the proxy's memory (the queue) and in
+        what reaches the audit trail (the budget); what is held back is counted."""
+        if not self._budget.allows(refusal):
+            self._dropped += 1
+            return
         try:
             self._refusals.put_nowait(refusal)
         except asyncio.QueueFull:
-            self._dropped += 1  # bounded: a flood of refusals cannot grow the proxy's memory
+            self._dropped += 1
 
     async def send_refusals(self) -> None:
         while True:
@@ -131,7 +137,7 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     control = socket.socket(fileno=args.control_fd)
     reader, writer = await asyncio.open_connection(sock=control, limit=MAX_LINE)
-    channel = _Channel(reader, writer)
+    channel = _Channel(reader, writer, RefusalBudget(args.refusals_per_second))
     ca_cert, ca_key = ensure_ca(Path(args.ca_dir))
     upstream = ssl.create_default_context(cafile=args.upstream_ca) if args.upstream_ca else None
     if upstream is not None:
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peek-timeout", type=float, default=1.0)
     parser.add_argument("--max-connections", type=int, default=4096, help="connections served at once, in all")
     parser.add_argument("--max-client-connections", type=int, default=512, help="connections at once per client")
+    parser.add_argument("--refusals-per-second", type=int, default=20, help="refusals of one client a second sent on")
     parser.add_argument("--resolver", help="run the resolver too: its ResolverConfig as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="egress: %(levelname)s %(message)s")

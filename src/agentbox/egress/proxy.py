@@ -96,6 +96,28 @@ class Refusal:
         return asdict(self)
 
 
+class RefusalBudget:
+    """How many refusals of one client (workspace) a second go on to the audit trail: one that retries refused
+    destinations in a loop must not write a record each time. The rest are counted (`dropped` in the channel).
+    Memory: one count per client that had a refusal this second."""
+
+    def __init__(self, per_client: int = 20, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_client = per_client
+        self._clock = clock
+        self._second = -1
+        self._counts: dict[str, int] = {}
+
+    def allows(self, refusal: Refusal) -> bool:
+        second = int(self._clock())
+        if second != self._second:
+            self._second, self._counts = second, {}
+        count = self._counts.get(refusal.client, 0)
+        if count >= self.per_client:
+            return False
+        self._counts[refusal.client] = count + 1
+        return True
+
+
 class PolicyTable:
     """Policies by client (workspace) address. A client with none is refused everything (fail closed)."""
 
@@ -331,8 +353,8 @@ class EgressProxy:
         self._max_client = max_client_connections
         #: client -> its connections being served (only clients with one: the table never holds idle clients).
         self._per_client: dict[str, int] = {}
-        #: client -> when its last refusal for a limit was reported (at most one a second each: a flood past a
-        #: limit must not flood the audit trail); cleared whole past LIMIT_REPORTS_KEPT clients.
+        #: client -> when its last refusal for a limit was reported (one a second says the limit is being hit;
+        #: one a connection past it would say nothing more); cleared whole past LIMIT_REPORTS_KEPT clients.
         self._limit_reported: dict[str, float] = {}
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None

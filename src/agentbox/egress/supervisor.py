@@ -79,9 +79,12 @@ class EgressSupervisor:
         resolver: ResolverConfig | None = None,
         max_connections: int = 4096,
         max_client_connections: int = 512,
+        refusals_per_second: int = 20,
     ) -> None:
         """`max_connections`, `max_client_connections`: the proxy's bounds on connections served at once, in all
-        and per client (workspace); past them a connection is reset at once and a Refusal says which limit."""
+        and per client (workspace); past them a connection is reset at once and a Refusal says which limit.
+        `refusals_per_second`: the refusals of one client a second that reach `on_refusal` (the audit trail); the
+        rest are only counted (`dropped_refusals`)."""
         if resolver is not None and not resolver.upstreams:
             resolver = dataclasses.replace(resolver, upstreams=default_upstreams())
         self.resolver = resolver
@@ -91,7 +94,7 @@ class EgressSupervisor:
         self._resolve = resolve_secrets
         self._upstream_ca = upstream_ca
         self._peek_timeout = peek_timeout
-        self._limits = (max_connections, max_client_connections)
+        self._limits = (max_connections, max_client_connections, refusals_per_second)
         # e.g. ("ip", "netns", "exec", NAME) in tests: the proxy runs where the redirected traffic arrives.
         self._prefix = tuple(command_prefix)
         self._ack_timeout = ack_timeout
@@ -142,6 +145,8 @@ class EgressSupervisor:
                 str(self._limits[0]),
                 "--max-client-connections",
                 str(self._limits[1]),
+                "--refusals-per-second",
+                str(self._limits[2]),
             ]
             if self._upstream_ca is not None:
                 command += ["--upstream-ca", str(self._upstream_ca)]
