@@ -140,7 +140,8 @@ def ensure_network(client: docker.DockerClient, name: str, instance: str) -> dic
     if owner not in (None, instance):
         raise NetworkError(
             f"WORKSPACE_NETWORK_NAME={name}: the network belongs to another agentbox deployment (instance {owner}); "
-            "each deployment needs a network of its own, since it writes that network's firewall"
+            "each deployment needs a network of its own, since it writes that network's firewall: choose another "
+            "name (WORKSPACE_NETWORK_NAME; with make run, NETWORK=...)"
         )
     return existing
 
