@@ -18,6 +18,7 @@ default), else only requests carrying its traffic token (`E2b-Traffic-Access-Tok
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import posixpath
 import secrets
@@ -506,12 +507,22 @@ class E2BStandIn:
             self._server = None
 
     def stop(self) -> None:
+        """End E2B: its port first (no request under way after it), then every sandbox it made, known or not.
+
+        A create or delete cut short leaves a sandbox out of `sandboxes` (a removal the engine answered late
+        goes on in the background); E2B's cloud would end it at its timeout, the stand-in ends it now.
+        """
         for watcher in self.watchers.values():
             watcher.stopped.set()
-        for sandbox_id in list(self.sandboxes):
-            self.provider.destroy(self._ref(sandbox_id))
-        self.sandboxes.clear()
         self.pause_service()
+        deadline = time.monotonic() + 120
+        while (left := self.provider.inventory()) and time.monotonic() < deadline:
+            for ref, _ in left.values():
+                with contextlib.suppress(AgentboxError):  # one under way in the background: the next round
+                    self.provider.destroy(ref)
+            time.sleep(0.5)
+        self.sandboxes.clear()
+        self.provider.close()
         self.client.close()
 
 
