@@ -128,6 +128,12 @@ def test_a_denied_name_is_refused_by_the_resolver_at_once_never_asked_upstream_a
     assert {(r.client, r.name, r.protocol, r.ip) for r in refusals} == {
         (CLIENT, name, "dns", "") for name in ("other.test", "deep.a.wild.test", "evilwild.test")
     }
+    # Each put down to what refused it, as the proxy's refusals are: the deny entry, else the default.
+    assert {r.name: r.rule for r in refusals} == {
+        "other.test": "default deny",
+        "deep.a.wild.test": "deny[0] deep.a.wild.test",
+        "evilwild.test": "default deny",
+    }
     # A client without a policy (an address the server gave none) is refused every name.
     assert ask(lab, "exact.test")["rcode"] == 0
     lab.policy(None)

@@ -20,6 +20,10 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from agentbox.client import AllowOptions, APIError, Client
+from agentbox.config import Settings
+from agentbox.providers.docker.egress_gateway import SYSTEM_BUNDLE, EgressGateway
+from agentbox.providers.docker.firewall import Firewall
+from agentbox.providers.docker.network import WorkspaceNetwork
 from agentbox.wire.network import AllowList
 from tests.browser import launch
 from tests.egress_lab import FETCH, World
@@ -29,6 +33,7 @@ from .conftest import KEYS, Server, egress_server, eventually
 NETWORK = "agentbox-test-egress-ws-net"
 KEY = "6a" * 32
 SECRET = "sk-never-in-the-sandbox-81Qz"
+DEFAULT_IMAGE = str(Settings.model_fields["image"].default)
 PAGE_WAIT_MS = 30_000  # a page on a machine busy with the whole suite
 A, B = World.ADDRESSES
 
@@ -86,7 +91,10 @@ def test_names_wildcards_cidrs_and_ports_are_enforced_and_refusals_audited(serve
             assert all(found[url] in ("403", "curl 6", "curl 7", "curl 52", "curl 56") for url in refused), found
             trail = refusals(alice, workspace.id)
             rules = {str(r["rule"]) for r in trail}
-            assert any(r["name"] == "api.test" and r["protocol"] == "dns" for r in trail), (rules, trail)
+            # Refused at the name lookup, put down to the policy's entry that refused it
+            assert any(
+                r["name"] == "api.test" and r["protocol"] == "dns" and r["rule"] == "deny[0] api.test" for r in trail
+            ), (rules, trail)
             assert any(r.get("port") == 8443 for r in trail), trail
             assert any(r["name"] == "nope.test" and "default deny" in str(r["rule"]) for r in trail), trail
         finally:
@@ -138,6 +146,59 @@ def test_a_header_rule_reaches_the_server_and_the_secret_never_enters_the_worksp
             assert SECRET not in probe.stdout, probe
         finally:
             alice.delete(workspace.id)
+
+
+def test_a_workspace_made_open_and_given_a_header_rule_later_trusts_the_proxy_and_is_fenced(
+    served: Server, world: World
+) -> None:
+    # Every workspace with a network trusts the proxy's CA from its creation: a bundle cannot be changed under a
+    # running workspace, and an "egress" one may get a policy with a header rule at any time.
+    policy: AllowOptions = {
+        "allow": ["api.test"],
+        "headers": [{"host": "api.test", "headers": {"X-Api-Key": "${e2b.secrets.LATER_TOKEN}"}}],
+    }
+    later = "sk-given-after-create-4Tq9"
+    with served.client() as alice:
+        alice.put_secret("LATER_TOKEN", later)
+        workspace = alice.create(network="egress")
+        try:
+            assert fetch(alice, workspace.id, f"http://{B}/")[f"http://{B}/"] == "200"  # open: straight out
+            alice.set_network(workspace.id, policy)
+            before = len(world.requests())
+            out = alice.exec(workspace.id, ["curl", "-sS", "--max-time", "8", "https://api.test/echo"], timeout=60)
+            assert out.exit_code == 0, out
+            seen = [r for r in world.requests()[before:] if "api.test" in json.dumps(r)]
+            assert any(later in json.dumps(r) for r in seen), seen  # the proxy added the header
+            # Its firewall grant is gone: by name or by address, what the policy does not list is refused.
+            found = fetch(alice, workspace.id, "http://other.test/", f"http://{B}/")
+            assert found["http://other.test/"] == "curl 6" and found[f"http://{B}/"] == "403", found
+            trail = refusals(alice, workspace.id)
+            assert any(r["name"] == "other.test" and r["rule"] == "default deny" for r in trail), trail
+        finally:
+            alice.delete(workspace.id)
+
+
+def test_an_open_workspace_trusts_the_proxy_only_on_top_of_its_images_own_bundle(
+    served: Server, docker_client: docker.DockerClient, busybox_image: str, tmp_path: Path
+) -> None:
+    # The CA alone, with SSL_CERT_FILE and the like pointing at it, would leave an open workspace of an image that
+    # keeps its bundle elsewhere (Fedora's) trusting nothing but the proxy: such an image is left as it is.
+    network = WorkspaceNetwork(NETWORK, Firewall.for_network(docker_client.api.inspect_network(NETWORK)))
+    gateway = EgressGateway(
+        docker_client, network, tmp_path, on_refusal=lambda *_: None, secrets=lambda *_: {}, upstreams=("192.0.2.1",)
+    )
+    try:
+        ca = gateway.ca_cert.read_bytes()
+        for _ in range(2):  # made, then found made
+            assert gateway.trust(busybox_image, own_bundle_only=True) == ([], {})
+            mounts, variables = gateway.trust(busybox_image)  # a policy workspace: the CA alone, as it reaches
+            assert mounts[0][0].read_bytes() == ca and variables["SSL_CERT_FILE"] == SYSTEM_BUNDLE
+            mounts, variables = gateway.trust(DEFAULT_IMAGE, own_bundle_only=True)
+            assert [(target, read_only) for _, target, read_only in mounts] == [(SYSTEM_BUNDLE, True)], mounts
+            bundle = mounts[0][0].read_bytes()
+            assert bundle.endswith(ca) and bundle.count(b"BEGIN CERTIFICATE") > 50, len(bundle)
+    finally:
+        gateway.close()
 
 
 @pytest.mark.parametrize(

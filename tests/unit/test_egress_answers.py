@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentbox.egress.answers import AnswerMemory
-from agentbox.egress.naming import answerable, check
+from agentbox.egress.naming import answerable, check, refusal
 from agentbox.egress.proxy import Refusal, RefusalBudget
 from agentbox.egress.rules import Policy
 
@@ -94,6 +94,32 @@ def test_the_resolver_answers_a_name_when_some_connection_to_it_could_be_allowed
     policy: dict[str, object], name: str, expected: bool
 ) -> None:
     assert answerable(Policy.model_validate(policy), name) is expected
+
+
+@pytest.mark.parametrize(
+    ("policy", "name", "rule"),
+    [
+        # a deny entry carving a name out of a wildcard: that entry, not the default nor the wildcard
+        (
+            {"allow": ["*.example.com"], "deny": ["api.example", "secret.example.com"]},
+            "secret.example.com",
+            "deny[1] secret.example.com",
+        ),
+        ({"allow": ["a.example:443"], "deny": ["a.example:443"]}, "A.Example.", "deny[0] a.example:443"),
+        ({"allow": ["a.example"], "deny": ["0.0.0.0/0"]}, "a.example", "deny[0] 0.0.0.0/0"),
+        ({"default": "allow", "deny": ["*.bad.example"]}, "x.bad.example", "deny[0] *.bad.example"),
+        ({"allow": ["a.example"]}, "b.example", "default deny"),
+        ({}, "a.example", "default deny"),
+        ({"allow": ["a.example"]}, "not a name", "not a host name"),
+    ],
+)
+def test_a_name_the_resolver_refuses_is_put_down_to_the_entry_that_refused_it(
+    policy: dict[str, object], name: str, rule: str
+) -> None:
+    parsed = Policy.model_validate(policy)
+    assert not answerable(parsed, name)
+    found = refusal(parsed, name)
+    assert not found.allowed and found.rule == rule
 
 
 def test_a_connection_allowed_by_name_needs_an_address_given_for_that_name() -> None:

@@ -9,6 +9,7 @@ Pure and typed. Two questions, one per side of the egress:
   decide those connections, and no name rule could tell which names lead to the allowed addresses.
   A workspace whose policy allows names only can therefore not use the resolver as a tunnel: a
   query for any other name never leaves the host.
+- `refusal(policy, name)`: the entry that refused a name the resolver does not answer (its audit row).
 - `check(decision, answers, client, name, ip, now)`: a connection that a *name* entry allowed goes
   through only when the resolver gave `client` that address for that name (TTL plus grace not over,
   answers.py). Without it an allowed SNI or Host would open any address: the workspace dials
@@ -43,6 +44,21 @@ def answerable(policy: Policy, name: str) -> bool:
     if len(ports) * len(addresses) > MAX_POINTS:
         return True
     return any(policy.decide(host, ip, port).allowed for port in ports for ip in addresses)
+
+
+def refusal(policy: Policy, name: str) -> Decision:
+    """Which entry refused `name` (`answerable` said no), for the audit trail as the proxy's refusals name theirs:
+    a deny or address entry that refused a connection to it, else the default."""
+    host = normalize_name(name)
+    if host is None:
+        return Decision(False, "not a host name")
+    relevant = [e for e in (*policy.allow, *policy.deny) if e.kind == "cidr" or e.matches(host, None, _any_port(e))]
+    points = [(ip, port) for port in _boundary_ports(relevant) for ip in _boundary_addresses(relevant)]
+    for ip, port in points[:MAX_POINTS]:
+        decision = policy.decide(host, ip, port)
+        if not decision.allowed and decision.by != "default":
+            return decision
+    return Decision(False, f"default {policy.default}")
 
 
 def check(decision: Decision, answers: AnswerMemory, client: str, name: str | None, ip: str, now: float) -> Decision:

@@ -9,7 +9,8 @@ Per query, from a client (its source address) with a policy in the `PolicyTable`
 
 - a name no connection of the policy could reach (`naming.answerable`) is answered REFUSED at once,
   never looked up: the query never leaves the host (no tunnelling through names), and a refusal
-  goes to `on_refusal` (protocol "dns") for the audit trail. REFUSED rather than NXDOMAIN because
+  goes to `on_refusal` (protocol "dns", its rule the policy's entry that refused the name, or the
+  default: `naming.refusal`) for the audit trail. REFUSED rather than NXDOMAIN because
   NXDOMAIN says "this name does not exist", which is false and may be cached as a negative answer by
   whatever resolver the workspace runs (its SOA minimum), outliving a policy change that allows the
   name; REFUSED is "this server will not answer you", never cached, and stub resolvers (glibc, musl,
@@ -49,7 +50,7 @@ from dnslib import CNAME as CNAMEData
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSQuestion, DNSRecord
 
 from agentbox.egress.answers import AnswerMemory
-from agentbox.egress.naming import answerable
+from agentbox.egress.naming import answerable, refusal
 from agentbox.egress.proxy import PolicyTable, Refusal
 from agentbox.egress.rules import normalize_name
 
@@ -192,8 +193,9 @@ class Resolver:
             return _reply(request, RCODE.FORMERR)
         question = request.q
         host = normalize_name(str(question.qname))
-        if host is None or not answerable(self.table.get(client), host):
-            self._refused(client, host or str(question.qname))
+        policy = self.table.get(client)
+        if host is None or not answerable(policy, host):
+            self._refused(client, host or str(question.qname), refusal(policy, host or "").rule)
             return _reply(request, RCODE.REFUSED)
         if question.qtype not in (QTYPE.A, QTYPE.CNAME):
             return _reply(request, RCODE.NOERROR)  # AAAA and the rest: empty (see the module's docstring)
@@ -255,9 +257,9 @@ class Resolver:
         else:
             del self._in_flight[client]  # the table never holds idle clients
 
-    def _refused(self, client: str, name: str) -> None:
+    def _refused(self, client: str, name: str, rule: str) -> None:
         try:
-            self._on_refusal(Refusal(client, name, "", 53, "dns", "resolver: no rule allows this name", time.time()))
+            self._on_refusal(Refusal(client, name, "", 53, "dns", rule, time.time()))
         except Exception:
             log.exception("the egress refusal callback failed")
 

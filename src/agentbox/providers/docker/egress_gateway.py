@@ -223,13 +223,22 @@ class EgressGateway:
 
     # The CA, trusted inside the workspace
 
-    def trust(self, image: str) -> tuple[list[tuple[Path, str, bool]], dict[str, str]]:
+    def trust(
+        self, image: str, *, own_bundle_only: bool = False
+    ) -> tuple[list[tuple[Path, str, bool]], dict[str, str]]:
         """The bind mounts (source, target, read-only) and variables that make a workspace of `image` trust the
-        proxy's CA: the image's own bundle with the CA's certificate appended, over the image's bundle."""
-        bundle = self._bundle(image)
+        proxy's CA: the image's own bundle with the CA's certificate appended, over the image's bundle.
+
+        `own_bundle_only`: nothing for an image with no bundle at SYSTEM_BUNDLE (a workspace open to the internet:
+        the CA alone, with the variables pointing every tool at it, would make its tools trust nothing else,
+        where an image that keeps its bundle elsewhere, as Fedora's, trusted the public CAs)."""
+        bundle, own = self._bundle(image)
+        if own_bundle_only and not own:
+            return [], {}
         return [(bundle, SYSTEM_BUNDLE, True)], {name: SYSTEM_BUNDLE for name in TRUST_VARIABLES}
 
-    def _bundle(self, image: str) -> Path:
+    def _bundle(self, image: str) -> tuple[Path, bool]:
+        """The bundle to mount for `image` (made once per image and CA), and whether the image has one of its own."""
         try:
             image_id = str(self.client.images.get(image).id).removeprefix("sha256:")[:24]
         except docker.errors.ImageNotFound:
@@ -239,14 +248,14 @@ class EgressGateway:
         ca = self.ca_cert.read_bytes()
         target = self.directory / "trust" / f"{image_id}-{hashlib.sha256(ca).hexdigest()[:12]}.pem"
         if target.exists():
-            return target
+            return target, target.read_bytes() != ca  # the CA alone: the image had none
         own = self._image_bundle(image) if image_id != "missing" else b""
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
         partial.write_bytes(own.rstrip(b"\n") + b"\n" + ca if own else ca)
         partial.chmod(0o644)
         partial.replace(target)
-        return target
+        return target, bool(own)
 
     def _image_bundle(self, image: str) -> bytes:
         """The image's own CA bundle (empty when it has none), read from a container made and never started."""

@@ -277,11 +277,11 @@ class DockerProvider(Provider):
             init += ["-I", spec.id]
         environment = {"HOME": home}
         by_name = spec.egress is not None and self.egress is not None and spec.network != "none"
-        if by_name:
-            assert self.egress is not None
-            # Every policy workspace trusts the proxy's CA from its first command: a header rule may come later
-            # (PATCH), and a bundle cannot be changed under a running workspace.
-            mounts, variables = self.egress.trust(spec.image)
+        if self.egress is not None and spec.network != "none":
+            # Every workspace with a network trusts the proxy's CA from its first command, "egress" ones too: a
+            # policy with a header rule may come later (PATCH), and a bundle cannot be changed under a running
+            # workspace. An open one keeps an image without a bundle of its own as it is (`trust`).
+            mounts, variables = self.egress.trust(spec.image, own_bundle_only=not by_name)
             binds += mounts
             environment |= variables
         labels = {WORKSPACE_LABEL: spec.id, INSTANCE_LABEL: self.instance}
