@@ -29,6 +29,7 @@ import http.server
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import socketserver
@@ -53,6 +54,8 @@ from agentbox.egress.proxy import Refusal
 from agentbox.egress.resolver import ResolverConfig
 from agentbox.egress.rules import Policy
 from agentbox.egress.supervisor import EgressSupervisor
+from tests import git_http
+from tests.git_http import Minted
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT, DIRECT = "10.77.1.2", "10.77.1.3"
@@ -60,7 +63,18 @@ OTHER = "10.77.1.4"  # a second proxied client (another workspace, to the proxy)
 GATEWAY_CLIENT_SIDE, GATEWAY_SERVER_SIDE = "10.77.1.1", "10.77.2.1"
 SERVERS = ("10.77.2.10", "10.77.2.11", "10.77.2.12")
 UPSTREAM_DNS = "10.77.2.53"
-NAMES = ("exact.test", "other.test", "wild.test", "a.wild.test", "deep.a.wild.test", "evilwild.test", "api.test")
+NAMES = (
+    "exact.test",
+    "other.test",
+    "wild.test",
+    "a.wild.test",
+    "deep.a.wild.test",
+    "evilwild.test",
+    "api.test",
+    "github.test",
+)
+#: A smart-HTTP path of a repository (GitHub serves `/OWNER/NAME.git/...` and `/OWNER/NAME/...`).
+GIT_PATH = re.compile(r"^/([^/?]+)/([^/?]+?)(?:\.git)?/(info/refs|git-upload-pack|git-receive-pack)(?:\?(.*))?$")
 PROXY_PORT = 15001
 #: The resolver's bounds in the lab: small, so that a test reaches them with a few hundred queries.
 RESOLVER = ResolverConfig(
@@ -434,6 +448,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # the head and the body are two writes: no 40 ms delayed-ACK stall
     log_path: Path
+    #: Bare repositories served as GitHub serves them (root/OWNER/NAME.git), to the tokens in `tokens_path`.
+    git_root: Path
+    tokens_path: Path
     lock = threading.Lock()
     chunk = b"x" * BIG
 
@@ -443,6 +460,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         record["server"] = host
         with self.lock, self.log_path.open("a") as log:
             log.write(json.dumps(record) + "\n")
+        if (git := GIT_PATH.match(self.path)) is not None:
+            self._git(*git.groups())
+            return
         if self.path.startswith("/big/"):
             size = int(self.path.rsplit("/", 1)[1])
             self.send_response(200)
@@ -461,6 +481,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     do_POST = do_GET
+
+    def _git(self, owner: str, repo: str, service: str, query: str | None) -> None:
+        if not git_http.token_allows(self.headers.get("Authorization", ""), repo, Minted.read(self.tokens_path)):
+            status, headers, payload = 401, {"WWW-Authenticate": 'Basic realm="GitHub"'}, b""
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))  # git sends small pushes whole
+            status, headers, payload = git_http.serve(
+                self.git_root,
+                self.command,
+                f"/{owner}/{repo}.git/{service}",
+                query or "",
+                self.headers.get("Content-Type", ""),
+                self.headers.get("Content-Encoding", ""),
+                body,
+            )
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def log_message(self, *_: object) -> None:
         pass
@@ -531,6 +573,7 @@ class _Upstream(BaseResolver):  # type: ignore[misc]  # dnslib is untyped
 
 def serve(directory: Path, dns_address: str = UPSTREAM_DNS) -> None:
     _Handler.log_path = directory / "requests.jsonl"
+    _Handler.git_root, _Handler.tokens_path = directory / "git", directory / "github-tokens.jsonl"
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(directory / "server.pem", directory / "server-key.pem")
     servers: list[socketserver.BaseServer] = [_Server(("0.0.0.0", 80), _Handler)]

@@ -61,13 +61,16 @@ class RepoOptions(TypedDict, total=False):
 
 class AllowOptions(TypedDict, total=False):
     """An egress policy (README, "Egress by name"): entries are names, `*.` wildcards, IPv4 CIDRs, each with
-    ports ("api.example.com:443"); header rules set headers naming secrets (`${e2b.secrets.NAME}`)."""
+    ports ("api.example.com:443"); header rules set headers naming secrets (`${e2b.secrets.NAME}`); GitHub
+    grants (`{"app": "gh-...", "repositories": ["owner/name"]}`) let git reach those repositories of a registered
+    App, the proxy putting in its token."""
 
     allow: Sequence[str | dict[str, object]]
     deny: Sequence[str | dict[str, object]]
     default: Literal["allow", "deny"]
     precedence: Literal["allow", "deny"]
     headers: builtins.list[dict[str, object]]
+    github: builtins.list[dict[str, object]]
 
 
 class WorkspaceOptions(TypedDict, total=False):

@@ -9,7 +9,6 @@ for the repositories they were minted for, and only until they expire.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import secrets
 import subprocess
@@ -29,6 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests import git_http
+from tests.git_http import Minted, token_allows
+
 from .conftest import free_port
 
 INSTALLATION_ID = 4242
@@ -42,17 +44,12 @@ def new_private_key() -> str:
 
 
 @dataclass
-class Minted:
-    token: str
-    repositories: tuple[str, ...]
-    expires_at: datetime
-
-
-@dataclass
 class GitHubStandIn:
     app_id: int
     private_key: str  # the App's key: agentbox gets it; the stand-in keeps only the public half
     root: Path  # bare repositories, as root/<owner>/<name>.git
+    #: Where each token minted is also written (git_http.Minted.append_to): for a git server elsewhere.
+    tokens_file: Path | None = None
     port: int = field(default_factory=free_port)
     minted: list[Minted] = field(default_factory=list)
     verified_jwts: int = 0
@@ -126,6 +123,8 @@ class GitHubStandIn:
             datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1),
         )
         self.minted.append(minted)
+        if self.tokens_file is not None:
+            minted.append_to(self.tokens_file)
         return JSONResponse(
             {
                 "token": minted.token,
@@ -140,44 +139,19 @@ class GitHubStandIn:
 
     async def git(self, request: Request) -> Response:
         owner, repo = request.path_params["owner"], request.path_params["repo"]
-        if not self._token_allows(request.headers.get("authorization", ""), repo):
+        if not token_allows(request.headers.get("authorization", ""), repo, self.minted):
             return Response(status_code=401, headers={"WWW-Authenticate": 'Basic realm="GitHub"'})
-        env = {
-            "PATH": os.environ["PATH"],
-            "GIT_PROJECT_ROOT": str(self.root),
-            "GIT_HTTP_EXPORT_ALL": "1",
-            "PATH_INFO": f"/{owner}/{repo}.git/{request.path_params['rest']}",
-            "QUERY_STRING": request.url.query,
-            "REQUEST_METHOD": request.method,
-            "CONTENT_TYPE": request.headers.get("content-type", ""),
-            "HTTP_CONTENT_ENCODING": request.headers.get("content-encoding", ""),
-            "REMOTE_USER": "x-access-token",  # lets receive-pack (push) through
-            "REMOTE_ADDR": "127.0.0.1",
-        }
-        body = await request.body()
-        done = await asyncio.to_thread(
-            subprocess.run, ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
+        status, headers, payload = await asyncio.to_thread(
+            git_http.serve,
+            self.root,
+            request.method,
+            f"/{owner}/{repo}.git/{request.path_params['rest']}",
+            request.url.query,
+            request.headers.get("content-type", ""),
+            request.headers.get("content-encoding", ""),
+            await request.body(),
         )
-        head, _, payload = done.stdout.partition(b"\r\n\r\n")
-        status, headers = 200, {}
-        for line in head.decode().split("\r\n"):
-            name, _, value = line.partition(": ")
-            if name.lower() == "status":
-                status = int(value.split()[0])
-            elif name:
-                headers[name] = value
         return Response(payload, status_code=status, headers=headers)
-
-    def _token_allows(self, authorization: str, repo: str) -> bool:
-        scheme, _, encoded = authorization.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        user, _, password = base64.b64decode(encoded).decode().partition(":")
-        now = datetime.now(UTC)
-        return user == "x-access-token" and any(
-            m.token == password and m.expires_at > now and (not m.repositories or repo in m.repositories)
-            for m in self.minted
-        )
 
     # Running
 

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from agentbox.egress.naming import answerable
 from agentbox.egress.proxy import classify, read_sni
-from agentbox.egress.rules import Entry, HeaderRule, Policy, fill
+from agentbox.egress.rules import Entry, GitHubGrant, HeaderRule, Policy, fill
 
 LABEL = st.text(string.ascii_lowercase + string.digits, min_size=1, max_size=12)
 # A top label of letters: an all-digit name ("1.2") reads as an address and is refused as a name.
@@ -162,3 +163,66 @@ def test_the_first_bytes_say_the_protocol_and_the_name() -> None:
     assert classify(b"SSH-2.0-OpenSSH_9.2\r\n", final=False) == ("tcp", None)
     assert classify(b"", final=True) == ("tcp", None)  # a server-speaks-first protocol
     assert classify(b"\x16\x03\x01garbage", final=True) == ("tcp", None)
+
+
+GRANT = {"app": "gh-0123456789abcdef", "repositories": ["octo/hello"], "host": "git.example.com"}
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/octo/hello.git/info/refs?service=git-upload-pack",
+        b"/octo/hello/info/refs?service=git-receive-pack",
+        b"/OCTO/Hello.git/git-upload-pack",
+        b"/octo/hello.git/git-receive-pack",
+    ],
+)
+def test_a_github_grant_lets_through_smart_http_into_its_repositories(target: bytes) -> None:
+    assert GitHubGrant.model_validate(GRANT).allows_target(target)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/octo/other.git/info/refs?service=git-upload-pack",
+        b"/octo/hello.git/../other.git/info/refs",
+        b"/octo/./hello/../../octo/other.git/info/refs",
+        b"/octo/hello%2f..%2fother.git/info/refs",
+        b"/octo//hello.git/info/refs",
+        b"https://github.example/octo/other.git/info/refs",
+        b"/octo/hello.git\\..\\other.git/info/refs",
+        b"/octo",
+        b"/",
+        b"/octo/hello.gitx/info/refs",
+        b"/octo/hello\xff/info/refs",
+    ],
+)
+def test_a_github_grant_refuses_every_other_path_and_any_path_a_server_could_read_as_another(target: bytes) -> None:
+    assert not GitHubGrant.model_validate(GRANT).allows_target(target)
+
+
+def test_a_github_grant_allows_its_host_on_its_port_and_restricts_it_however_it_was_allowed() -> None:
+    granted = Policy.model_validate({"github": [GRANT]})
+    decision = granted.decide("git.example.com", "203.0.113.5", 443)
+    assert decision.allowed and decision.github is not None and decision.intercept and decision.by == "name"
+    assert not granted.decide("git.example.com", "203.0.113.5", 80).allowed
+    assert not granted.decide("other.example.com", "203.0.113.5", 443).allowed
+    # Allowed by an entry of its own, the host is still only the granted repositories, with the token.
+    wide = Policy.model_validate({"allow": ["*.example.com", "0.0.0.0/0"], "github": [GRANT]})
+    assert wide.decide("git.example.com", "203.0.113.5", 443).github is not None
+    assert wide.decide("other.example.com", "203.0.113.5", 443).github is None
+    # A deny entry refuses it as it refuses an allow entry.
+    assert (
+        not Policy.model_validate({"deny": ["git.example.com"], "github": [GRANT]})
+        .decide("git.example.com", "203.0.113.5", 443)
+        .allowed
+    )
+    assert answerable(granted, "git.example.com") and not answerable(granted, "other.example.com")
+
+
+def test_a_github_grant_is_of_one_owner_and_names_repositories_as_github_spells_them() -> None:
+    with pytest.raises(ValidationError, match="one owner per grant"):
+        GitHubGrant.model_validate({**GRANT, "repositories": ["octo/a", "other/b"]})
+    for bad in (["octo"], ["octo/a/b"], ["-octo/a"], []):
+        with pytest.raises(ValidationError):
+            GitHubGrant.model_validate({**GRANT, "repositories": bad})

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentbox.config import ConfigError, load_settings
-from agentbox.github.app import AppCredentials, app_jwt
+from agentbox.github.app import AppCredentials, app_jwt, git_url_of
 from agentbox.github.crypto import DecryptError, Keyring, parse_key
 from agentbox.github.egress import EgressPolicy, Refused, _forbidden
 
@@ -78,7 +78,7 @@ def test_keys_are_32_bytes_in_hex_or_base64_and_errors_never_repeat_them() -> No
 def test_the_app_jwt_is_rs256_from_the_app_and_lives_under_ten_minutes() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    app = AppCredentials(id="gh-1", app_id=31337, api_url="https://api.github.com", private_key=pem.decode())
+    app = AppCredentials("gh-1", 31337, "https://api.github.com", pem.decode(), "https://github.com")
     token = app_jwt(app, now=1_800_000_000)
     assert jwt.get_unverified_header(token)["alg"] == "RS256"
     claims = jwt.decode(
@@ -87,8 +87,8 @@ def test_the_app_jwt_is_rs256_from_the_app_and_lives_under_ten_minutes() -> None
     assert claims["iss"] == "31337"
     assert claims["iat"] == 1_800_000_000 - 60  # back-dated for clock skew
     assert claims["exp"] - 1_800_000_000 == 540 and claims["exp"] - claims["iat"] <= 600
-    assert app.git_url == "https://github.com"
-    assert AppCredentials("gh-2", 1, "https://ghe.example.com/api/v3", "").git_url == "https://ghe.example.com"
+    assert git_url_of("https://api.github.com") == "https://github.com"
+    assert git_url_of("https://ghe.example.com/api/v3") == "https://ghe.example.com"
 
 
 @pytest.mark.parametrize(

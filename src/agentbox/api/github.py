@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Response
 
 from agentbox.db.models import GitHubApp
+from agentbox.github.app import git_url_of
 from agentbox.web.dependencies import GitHubApps, Manager, Owner, in_thread
 from agentbox.web.openapi import errors
 from agentbox.wire.github import GitHubAppList, GitHubAppOut, PushOut, RegisterApp
@@ -19,6 +20,7 @@ def app_out(app: GitHubApp) -> GitHubAppOut:
         id=app.id,
         app_id=app.app_id,
         api_url=app.api_url,
+        git_url=app.git_url or git_url_of(app.api_url),
         has_webhook_secret=app.webhook_secret is not None,
         created_at=app.created_at,
     )

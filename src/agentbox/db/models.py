@@ -131,6 +131,8 @@ class GitHubApp(Base):
     owner: Mapped[str] = mapped_column(String(64), index=True)
     app_id: Mapped[int] = mapped_column(BigInteger)
     api_url: Mapped[str] = mapped_column(String(512))
+    #: Where its repositories are served; None: derived from api_url (github.com, or the Enterprise Server itself).
+    git_url: Mapped[str | None] = mapped_column(String(512))
     private_key: Mapped[bytes] = mapped_column(LargeBinary)
     webhook_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -7,6 +7,7 @@ Pure and typed. Two questions, one per side of the egress:
   matches is answered (unless a deny entry refuses it on every port and address), and every name
   is answered when the policy allows by address (a CIDR, or `default: allow`): the address rules
   decide those connections, and no name rule could tell which names lead to the allowed addresses.
+  A GitHub grant's host is answered like a name of the allow list.
   A workspace whose policy allows names only can therefore not use the resolver as a tunnel: a
   query for any other name never leaves the host.
 - `refusal(policy, name)`: the entry that refused a name the resolver does not answer (its audit row).
@@ -39,7 +40,7 @@ def answerable(policy: Policy, name: str) -> bool:
     # this name, and address entries. The decision is constant between their port and address
     # boundaries, so trying each piece's first point answers exactly.
     relevant = [e for e in (*policy.allow, *policy.deny) if e.kind == "cidr" or e.matches(host, None, _any_port(e))]
-    ports = _boundary_ports(relevant)
+    ports = sorted({*_boundary_ports(relevant), *(grant.port for grant in policy.github if grant.host == host)})
     addresses = _boundary_addresses(relevant)
     if len(ports) * len(addresses) > MAX_POINTS:
         return True

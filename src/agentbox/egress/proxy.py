@@ -62,7 +62,16 @@ import h11
 from agentbox.egress.answers import AnswerMemory
 from agentbox.egress.ca import LeafMinter
 from agentbox.egress.naming import check
-from agentbox.egress.rules import DENY_ALL, Decision, HeaderRule, Policy, fill, normalize_name, secret_names_in
+from agentbox.egress.rules import (
+    DENY_ALL,
+    Decision,
+    Policy,
+    fill,
+    github_authorization,
+    github_token_name,
+    normalize_name,
+    secret_names_in,
+)
 
 log = logging.getLogger(__name__)
 
@@ -448,6 +457,9 @@ class EgressProxy:
             decision = self.table.get(client).decide(name, ip, port)
             if self._answers is not None:
                 decision = check(decision, self._answers, client, name, ip, self._clock())
+            if decision.github is not None and (protocol != "tls" or self._minter is None):
+                rule = f"{decision.rule}: a GitHub grant is reached over HTTPS only"
+                decision = Decision(False, rule, decision.by)
             if not decision.allowed:
                 self._refuse(sock, Refusal(client, name, ip, port, protocol, decision.rule, time.time()))
                 return
@@ -600,7 +612,7 @@ class EgressProxy:
                 return
             responses = asyncio.create_task(self._copy(ureader, writer))
             try:
-                await self._requests(reader, writer, uwriter, client, name, ip, port, decision.headers)
+                await self._requests(reader, writer, uwriter, client, name, ip, port, decision)
             finally:
                 if not responses.done():
                     # The client is done sending: the answers already asked for still come back.
@@ -640,9 +652,10 @@ class EgressProxy:
         name: str,
         ip: str,
         port: int,
-        rules: tuple[HeaderRule, ...],
+        decision: Decision,
     ) -> None:
-        """Forward the client's requests one by one, each with the rules' headers set."""
+        """Forward the client's requests one by one, each with the rules' headers set (and a GitHub grant's
+        token); a request outside a grant's repositories is answered 403 and ends the connection."""
         pending = b""
         first = True
         while True:
@@ -664,8 +677,14 @@ class EgressProxy:
                     parser.receive_data(data)
                     continue
                 if isinstance(event, h11.Request):
+                    grant = decision.github
+                    if grant is not None and not grant.allows_target(event.target):
+                        rule = f"{decision.rule}: {event.target.decode('latin-1')[:200]} is not a granted repository"
+                        self._on_refusal(Refusal(client, name, ip, port, "tls", rule, time.time()))
+                        await self._answer(writer, 403, f"agentbox egress: {rule}\n")
+                        return
                     try:
-                        head, chunked = await self._head(event, client, name, rules)
+                        head, chunked = await self._head(event, client, name, decision)
                     except LookupError as missing:
                         self._on_refusal(Refusal(client, name, ip, port, "tls", str(missing.args[0]), time.time()))
                         if first:
@@ -695,13 +714,13 @@ class EgressProxy:
         upstream.write(pending)
         await self._copy(reader, upstream)
 
-    async def _head(
-        self, request: h11.Request, client: str, name: str, rules: tuple[HeaderRule, ...]
-    ) -> tuple[bytes, bool]:
-        wanted: dict[str, str] = {}
-        for rule in rules:
-            wanted.update(rule.headers)  # a later (more specific, by the user's order) rule wins
-        names = sorted({s for value in wanted.values() for s in secret_names_in(value)})
+    async def _head(self, request: h11.Request, client: str, name: str, decision: Decision) -> tuple[bytes, bool]:
+        templates: dict[str, str] = {}
+        for rule in decision.headers:
+            templates.update(rule.headers)  # a later (more specific, by the user's order) rule wins
+        names = sorted({s for value in templates.values() for s in secret_names_in(value)})
+        if decision.github is not None:
+            names.append(github_token_name(decision.github.app))
         secrets: dict[str, str] = {}
         if names:
             if self._resolve is None:
@@ -714,6 +733,10 @@ class EgressProxy:
                 found = secrets.get(secret)
                 if found is None or any(c in found for c in "\r\n\0"):
                     raise LookupError(f"secret unavailable: {secret}")
+        wanted = {key: fill(template, secrets) for key, template in templates.items()}
+        if decision.github is not None:  # in place of any the client or a rule sent
+            wanted = {k: v for k, v in wanted.items() if k.lower() != "authorization"}
+            wanted["Authorization"] = github_authorization(secrets[github_token_name(decision.github.app)])
         replaced = {key.lower() for key in wanted}
         lines = [b"%s %s HTTP/%s\r\n" % (request.method, request.target, request.http_version)]
         chunked = False
@@ -723,7 +746,7 @@ class EgressProxy:
                 chunked = True
             if lowered.decode("latin-1") not in replaced:
                 lines.append(b"%s: %s\r\n" % (raw_key, raw_value))
-        for key, template in wanted.items():
-            lines.append(f"{key}: {fill(template, secrets)}\r\n".encode())
+        for key, value in wanted.items():
+            lines.append(f"{key}: {value}\r\n".encode())
         lines.append(b"\r\n")
         return b"".join(lines), chunked

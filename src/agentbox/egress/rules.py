@@ -39,10 +39,18 @@ intercepted (the proxy terminates TLS with its own CA, checks the upstream's cer
 headers); every other TLS connection passes through undecrypted. Headers are only ever added over
 TLS: a plain-HTTP request to such a name is forwarded unchanged, so a secret never crosses the
 network in clear text.
+
+GitHub grants (`github`): git over HTTPS to a registered GitHub App's repositories, and only to those, with
+the App's installation token put into each request by the proxy (so `git fetch` and `git push` work in the
+workspace and no token is ever there). A grant names the App and its repositories; the server fills in the
+App's git host (`host`, `port`) from its registration, whatever a caller wrote there. A grant allows its host
+and port like an allow entry, and restricts them: every connection to that name and port, however it was
+allowed, is intercepted, and a request for any other path than the granted repositories' is answered 403.
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -54,6 +62,10 @@ MAX_ENTRIES = 256
 MAX_HEADER_RULES = 64
 MAX_HEADERS_PER_RULE = 16
 MAX_HEADER_VALUE = 8192
+MAX_GITHUB_GRANTS = 8
+MAX_GITHUB_REPOSITORIES = 100
+#: owner/name as GitHub spells them (wire/github.py's RepoSpec takes the same).
+REPOSITORY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$"
 #: A secret's name, the one rule for the vault (wire/vault.py reads it: the vault sits above this package)
 #: and the placeholders naming them: E2B writes names like ``openai-api-key``, and env-style ones
 #: (``OPENAI_API_KEY``) are names too. Never a "/" (the vault's sealing context relies on it) and never a
@@ -253,6 +265,65 @@ class HeaderRule(BaseModel):
         return name_matches(wildcard, self.host[2:] if wildcard else self.host, name)
 
 
+def github_token_name(app: str) -> str:
+    """What the proxy asks its secret resolver for to reach App `app`'s grant: the App's installation token
+    (a ':' keeps it apart from every secret's name)."""
+    return f"github:{app}"
+
+
+def github_authorization(token: str) -> str:
+    """The `Authorization` value git sends with an installation token (GitHub's smart HTTP)."""
+    return "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+
+
+class GitHubGrant(BaseModel):
+    """git over HTTPS to some of a registered GitHub App's repositories, its token put in by the proxy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app: str = Field(pattern=r"^gh-[0-9a-f]{16}$", description="the registered App (GET /api/v1/github/apps)")
+    repositories: tuple[Annotated[str, Field(pattern=REPOSITORY_PATTERN)], ...] = Field(
+        min_length=1, max_length=MAX_GITHUB_REPOSITORIES, description="owner/name, all of one owner"
+    )
+    #: The App's git host and port, filled in by the server from the App's registration.
+    host: str | None = None
+    port: int = Field(default=443, ge=1, le=65535)
+
+    @field_validator("repositories")
+    @classmethod
+    def _one_owner(cls, repositories: tuple[str, ...]) -> tuple[str, ...]:
+        owners = {repository.split("/")[0].lower() for repository in repositories}
+        if len(owners) > 1:
+            raise ValueError(
+                f"repositories of one owner per grant (one App installation): {', '.join(sorted(owners))}; "
+                "give a grant per owner"
+            )
+        return repositories
+
+    def reaches(self, host: str | None, port: int) -> bool:
+        return host is not None and host == self.host and port == self.port
+
+    def allows_target(self, target: bytes) -> bool:
+        """Whether an HTTP request target is a path into one of the granted repositories (smart HTTP's
+        `/OWNER/NAME.git/info/refs`, `/OWNER/NAME/git-upload-pack`, ...). Anything that could be read as
+        another path by the server (dot segments, percent-escapes, backslashes, an absolute URL) is not."""
+        try:
+            text = target.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+        path = text.split("?", 1)[0]
+        if not path.startswith("/") or "%" in path or "\\" in path:
+            return False
+        segments = path.split("/")[1:]
+        if len(segments) < 2 or any(segment in ("", ".", "..") for segment in segments[:-1]):
+            return False
+        wanted = f"{segments[0]}/{segments[1].removesuffix('.git')}".lower()
+        return any(wanted == repository.lower() for repository in self.repositories)
+
+    def describe(self) -> str:
+        return f"github {self.app} {','.join(self.repositories)}"
+
+
 @dataclass(frozen=True)
 class Decision:
     """What to do with one connection: `rule` says which entry decided (for the audit trail)."""
@@ -264,10 +335,12 @@ class Decision:
     by: Literal["name", "address", "default"] = "default"
     #: Terminate TLS and add these headers (only for an allowed connection with a name).
     headers: tuple[HeaderRule, ...] = ()
+    #: Terminate TLS, let through only requests into these repositories, with the App's token.
+    github: GitHubGrant | None = None
 
     @property
     def intercept(self) -> bool:
-        return self.allowed and bool(self.headers)
+        return self.allowed and (bool(self.headers) or self.github is not None)
 
 
 Entries = Annotated[list[Entry], Field(max_length=MAX_ENTRIES)]
@@ -283,6 +356,7 @@ class Policy(BaseModel):
     default: Literal["allow", "deny"] = "deny"
     precedence: Literal["allow", "deny"] = "deny"
     headers: list[HeaderRule] = Field(default_factory=list, max_length=MAX_HEADER_RULES)
+    github: list[GitHubGrant] = Field(default_factory=list, max_length=MAX_GITHUB_GRANTS)
 
     def secret_names(self) -> set[str]:
         """Every secret the header rules name (the API checks each exists before accepting the policy)."""
@@ -298,15 +372,20 @@ class Policy(BaseModel):
                 if entry.matches(host, address, port):
                     which = "allow" if allows else "deny"
                     by: Literal["name", "address"] = "address" if entry.kind == "cidr" else "name"
-                    return self._decision(allows, f"{which}[{index}] {entry.describe()}", host, by)
-        return self._decision(self.default == "allow", f"default {self.default}", host, "default")
+                    return self._decision(allows, f"{which}[{index}] {entry.describe()}", host, port, by)
+            if allows:  # a grant allows like an entry of the allow list, after it
+                for index, grant in enumerate(self.github):
+                    if grant.reaches(host, port):
+                        return self._decision(True, f"github[{index}] {grant.describe()}", host, port, "name")
+        return self._decision(self.default == "allow", f"default {self.default}", host, port, "default")
 
     def _decision(
-        self, allowed: bool, rule: str, host: str | None, by: Literal["name", "address", "default"]
+        self, allowed: bool, rule: str, host: str | None, port: int, by: Literal["name", "address", "default"]
     ) -> Decision:
         if not allowed or host is None:
             return Decision(allowed, rule, by)
-        return Decision(allowed, rule, by, tuple(r for r in self.headers if r.matches(host)))
+        headers = tuple(r for r in self.headers if r.matches(host))
+        return Decision(allowed, rule, by, headers, next((g for g in self.github if g.reaches(host, port)), None))
 
 
 def _address(ip: str | ipaddress.IPv4Address | None) -> ipaddress.IPv4Address | None:

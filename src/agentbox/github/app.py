@@ -55,13 +55,14 @@ class AppCredentials:
     app_id: int
     api_url: str
     private_key: str
+    git_url: str  # where its repositories are served
 
-    @property
-    def git_url(self) -> str:
-        """Where repositories are served: github.com for api.github.com, else the server itself."""
-        if self.api_url.rstrip("/") == GITHUB_API:
-            return "https://github.com"
-        return self.api_url.rstrip("/").removesuffix("/api/v3")
+
+def git_url_of(api_url: str) -> str:
+    """Where an App's repositories are served unless it says: github.com for api.github.com, else the server itself."""
+    if api_url.rstrip("/") == GITHUB_API:
+        return "https://github.com"
+    return api_url.rstrip("/").removesuffix("/api/v3")
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,22 @@ class TokenMinter:
     def __init__(self, policy: EgressPolicy | None = None, timeout: float = 30.0) -> None:
         self._http = httpx.Client(timeout=timeout, headers=HEADERS, transport=PinnedTransport(policy or EgressPolicy()))
         self._cache: dict[tuple[str, int, tuple[str, ...]], Token] = {}
+        self._installations: dict[tuple[str, str], int] = {}  # (App, owner/name): the egress proxy asks per request
         self._lock = threading.Lock()
 
     def installation_of(self, app: AppCredentials, repository: str) -> int:
-        """The App's installation on `owner/name`."""
+        """The App's installation on `owner/name` (remembered until `forget`)."""
+        key = (app.id, repository.lower())
+        with self._lock:
+            known = self._installations.get(key)
+        if known is not None:
+            return known
         answer = self._call(app, "GET", f"/repos/{repository}/installation")
         installation = answer.get("id")
         if not isinstance(installation, int):
             raise _not_github(app, "GET", "/repos/{owner}/{repo}/installation")
+        with self._lock:
+            self._installations[key] = installation
         return installation
 
     def token(
@@ -117,6 +126,8 @@ class TokenMinter:
         with self._lock:
             for key in [k for k in self._cache if k[0] == app_id]:
                 del self._cache[key]
+            for known in [k for k in self._installations if k[0] == app_id]:
+                del self._installations[known]
 
     def close(self) -> None:
         self._http.close()

@@ -14,17 +14,18 @@ from __future__ import annotations
 import logging
 import shlex
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
 from agentbox.db.models import GitHubApp, new_app_id, utcnow
 from agentbox.db.store import Store
-from agentbox.errors import AgentboxError, BadRequest, Conflict, NotFound
+from agentbox.errors import AgentboxError, BadRequest, Conflict, NotFound, Unprocessable
 from agentbox.github import git
-from agentbox.github.app import AppCredentials, GitHubError, TokenMinter
+from agentbox.github.app import AppCredentials, GitHubError, TokenMinter, git_url_of
 from agentbox.github.crypto import DecryptError, Keyring
 from agentbox.github.egress import SETTING, EgressPolicy, Refused
 from agentbox.sandbox.runtime import ExecRequest, Runtime
@@ -59,19 +60,22 @@ class GitHub:
     # Registrations
 
     def register(self, owner: str, body: RegisterApp) -> GitHubApp:
-        try:
-            self.egress.check(body.api_url)
-        except Refused as exc:
-            raise BadRequest(
-                f"api_url: {exc} (hosts on the server's own network are reached only when the operator lists "
-                f"them in {SETTING})"
-            ) from None
+        for field, url in (("api_url", body.api_url), ("git_url", body.git_url)):
+            try:
+                if url is not None:
+                    self.egress.check(url)
+            except Refused as exc:
+                raise BadRequest(
+                    f"{field}: {exc} (hosts on the server's own network are reached only when the operator lists "
+                    f"them in {SETTING})"
+                ) from None
         row_id = new_app_id()
         app = GitHubApp(
             id=row_id,
             owner=owner,
             app_id=body.app_id,
             api_url=body.api_url,
+            git_url=body.git_url,
             private_key=self.keyring.seal(
                 body.private_key.get_secret_value().encode(), _context(row_id, "private_key")
             ),
@@ -124,7 +128,7 @@ class GitHub:
                 f"the private key of GitHub App {app.id} cannot be decrypted ({exc}): was GITHUB_APP_ENCRYPTION_KEY "
                 "changed without `agentbox github rotate-key`? Give the previous key as GITHUB_APP_ENCRYPTION_OLD_KEY"
             ) from None
-        return AppCredentials(id=app.id, app_id=app.app_id, api_url=app.api_url, private_key=private_key)
+        return AppCredentials(app.id, app.app_id, app.api_url, private_key, app.git_url or git_url_of(app.api_url))
 
     def rotate(self) -> tuple[int, int]:
         """Re-seal every secret under the current key, in one transaction; (re-sealed, total)."""
@@ -149,6 +153,25 @@ class GitHub:
         return resealed, len(apps)
 
     # Repositories
+
+    def git_host(self, registered: GitHubApp, field: str) -> tuple[str, int]:
+        """The host and port of the App's git server, where the egress proxy puts its tokens; Unprocessable
+        (naming `field`) when it is not https, since a token must never cross the network in clear text."""
+        url = urlsplit(registered.git_url or git_url_of(registered.api_url))
+        if url.scheme != "https" or url.hostname is None:
+            raise Unprocessable(
+                f"{field}: GitHub App {registered.id} serves git at {url.geturl()}, not over https: the proxy puts an "
+                "App's token only into HTTPS requests; register the App with an https git_url"
+            )
+        return url.hostname.lower(), url.port or 443
+
+    def repositories_token(self, owner: str, row_id: str, repositories: Sequence[str]) -> str:
+        """An installation token of `owner`'s App `row_id` for `repositories` (owner/name, one installation's), with
+        the App's permissions on them (a push needs the App's contents: write). Raises what minting raises."""
+        app = self.credentials(self.app(owner, row_id))
+        installation = self.minter.installation_of(app, repositories[0])
+        names = tuple(sorted({repository.split("/")[1] for repository in repositories}))
+        return self.minter.token(app, installation, names).value
 
     def checkout(self, registered: GitHubApp, spec: Checkout, runtime: Runtime) -> dict[str, Any]:
         """Clone `spec` with the App `registered` and copy it into /workspace/<name> of the workspace that

@@ -19,7 +19,7 @@ from agentbox.config import ProviderName, Settings
 from agentbox.db.models import Status, utcnow
 from agentbox.db.store import LIVE, Store
 from agentbox.egress.proxy import Refusal
-from agentbox.egress.rules import Policy
+from agentbox.egress.rules import Policy, github_token_name
 from agentbox.errors import AgentboxError
 from agentbox.github.service import GitHub
 from agentbox.providers.base import Provider
@@ -32,6 +32,7 @@ from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork, st
 from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME, RuntimeChoice, checkpoint_runtime, choose_runtime
 from agentbox.providers.e2b import E2BProvider
 from agentbox.vault import Vault
+from agentbox.wire.network import policy_of
 from agentbox.workspaces.audit import Call
 from agentbox.workspaces.background import Lifecycle
 from agentbox.workspaces.manager import WorkspaceManager
@@ -332,11 +333,25 @@ class Service:
         call = Call(workspace_id, owner, utcnow(), "EGRESS refused", arguments, 403, 0)
         self.manager.audit.record(call)
 
-    def _egress_secrets(self, workspace_id: str, names: list[str]) -> dict[str, str]:
-        owner = self._owner_of(workspace_id)
-        if owner is None or self.vault is None:
-            raise LookupError("no secrets for this workspace")
-        return {name: self.vault.reveal(owner, name) for name in names}
+    def _egress_secrets(self, workspace_id: str, host: str, names: list[str]) -> dict[str, str]:
+        """What the egress proxy puts into a request of the workspace's to `host`: the owner's secrets, and the
+        installation token of a GitHub grant whose git host `host` is (the grant as stored, never as asked)."""
+        workspace = self.store.get(workspace_id)
+        if workspace is None:
+            raise LookupError("no such workspace")
+        policy = policy_of(workspace.network, workspace.egress, workspace.allow)
+        stored = policy.github if isinstance(policy, Policy) else []
+        grants = {github_token_name(grant.app): grant for grant in stored if grant.host == host}
+        found = {}
+        for name in names:
+            grant = grants.get(name)
+            if grant is not None and self.github is not None:
+                found[name] = self.github.repositories_token(workspace.owner, grant.app, grant.repositories)
+            elif self.vault is not None:
+                found[name] = self.vault.reveal(workspace.owner, name)
+            else:
+                raise LookupError("this server keeps no secrets")
+        return found
 
     def close(self) -> None:
         """Stop background work, remove the idle warm pool, release the engine and the database. Idempotent."""

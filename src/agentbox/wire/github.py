@@ -37,12 +37,18 @@ class RegisterApp(BaseModel):
     private_key: Annotated[SecretStr, Field(max_length=16384), AfterValidator(_pem_private_key)]
     webhook_secret: Annotated[SecretStr, Field(min_length=1, max_length=1024)] | None = None
     api_url: Annotated[str, Field(max_length=512), AfterValidator(_api_url)] = GITHUB_API
+    git_url: Annotated[str, Field(max_length=512), AfterValidator(_api_url)] | None = Field(
+        None,
+        description="where the App's repositories are served (https://HOST); default: https://github.com for "
+        "GitHub's API, else the api_url's server",
+    )
 
 
 class GitHubAppOut(BaseModel):
     id: str
     app_id: int
     api_url: str
+    git_url: str = Field(description="where the App's repositories are served")
     has_webhook_secret: bool
     created_at: datetime
 

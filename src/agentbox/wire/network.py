@@ -57,6 +57,7 @@ def kind_of(policy: NetworkPolicy) -> PolicyKind:
     plain = (
         not policy.deny
         and not policy.headers
+        and not policy.github
         and policy.default == "deny"
         and policy.allow
         and all(entry.ports is None and entry.kind != "wildcard" for entry in policy.allow)

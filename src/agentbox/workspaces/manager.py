@@ -122,7 +122,7 @@ class WorkspaceManager:
         if request.deadline_seconds is not None:  # a fixed end: no TTL to slide
             ttl_days, expires_at = None, now + timedelta(seconds=request.deadline_seconds)
         policy = request.network if request.network is not None else self.settings.network_policy
-        self._check_policy(owner, provider, provider_name, policy)
+        policy = self._checked_policy(owner, provider, provider_name, policy)
         network = columns_of(policy, self.settings.network_name)
         idle_timeout = self.settings.idle_timeout if request.idle_timeout is None else request.idle_timeout
         if not capabilities.suspend:
@@ -199,9 +199,12 @@ class WorkspaceManager:
             )
         return self._handed_out("cold", created, started)
 
-    def _check_policy(self, owner: str, provider: Provider, provider_name: str, policy: NetworkPolicy) -> None:
-        """A 400 for a policy the provider cannot enforce or never lets a workspace reach, a 422 naming the
-        secrets its header rules name that the owner has none of."""
+    def _checked_policy(
+        self, owner: str, provider: Provider, provider_name: str, policy: NetworkPolicy
+    ) -> NetworkPolicy:
+        """`policy` with its GitHub grants' git hosts filled in from their Apps; a 400 for a policy the provider
+        cannot enforce or never lets a workspace reach, a 422 naming the secrets its header rules name that the
+        owner has none of, or a grant's App that is not the owner's."""
         capabilities = provider.capabilities()
         if kind_of(policy) not in capabilities.network_policies:
             enforced = ", ".join(sorted(capabilities.network_policies))
@@ -210,8 +213,10 @@ class WorkspaceManager:
                 + (capabilities.network_hint or "ask for one of those, or use another provider")
             )
         if not isinstance(policy, Policy):
-            return
+            return policy
         provider.check_policy(policy)
+        if policy.github:
+            policy = self._with_git_hosts(owner, policy)
         wanted = policy.secret_names()
         if wanted:
             have = self.secret_names(owner) if self.secret_names is not None else set()
@@ -226,6 +231,22 @@ class WorkspaceManager:
                         else " (this server keeps no secrets: GITHUB_APP_ENCRYPTION_KEY)"
                     )
                 )
+        return policy
+
+    def _with_git_hosts(self, owner: str, policy: Policy) -> Policy:
+        """`policy` with each GitHub grant's host and port those of its App's git server: never the caller's,
+        since the App's token goes there."""
+        if self.github is None:
+            raise Unprocessable("network.github: this server has no GitHub Apps (GITHUB_APP_ENCRYPTION_KEY)")
+        grants = []
+        for index, grant in enumerate(policy.github):
+            try:
+                app = self.github.app(owner, grant.app)
+            except NotFound as exc:
+                raise Unprocessable(f"network.github[{index}].app: {exc.detail}") from None
+            host, port = self.github.git_host(app, f"network.github[{index}]")
+            grants.append(grant.model_copy(update={"host": host, "port": port}))
+        return policy.model_copy(update={"github": grants})
 
     def set_network(self, owner: str, workspace_id: str, policy: NetworkPolicy) -> Workspace:
         """Change a workspace's network policy; a running one's new connections obey it on return."""
@@ -246,7 +267,7 @@ class WorkspaceManager:
                 f"the {workspace.provider} provider cannot change a workspace's network while it exists: create a new "
                 "workspace with the policy instead"
             )
-        self._check_policy(owner, provider, workspace.provider, policy)
+        policy = self._checked_policy(owner, provider, workspace.provider, policy)
         if workspace.status not in (Status.RUNNING.value, Status.STOPPED.value):
             self._require(workspace, Status.RUNNING, "change the network of")
         if workspace.provider_ref:  # a stopped one's provider keeps it for its next start

@@ -49,7 +49,8 @@ log = logging.getLogger("agentbox.providers.docker.egress")
 #: refusal(workspace id, what was refused): the server writes it into the workspace's audit trail.
 RefusalHook = Callable[[str, Refusal], None]
 #: secrets(workspace id, names) -> values, from the vault of the workspace's owner; raises for an unknown one.
-SecretsHook = Callable[[str, list[str]], dict[str, str]]
+#: (workspace id, the name its connection is for, the secrets wanted) -> their values.
+SecretsHook = Callable[[str, str, list[str]], dict[str, str]]
 #: Where an image keeps its CA bundle (Debian, Ubuntu, Alpine): the one a workspace's tools read by default.
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 #: What tools read for their CAs when told: each points at the bundle that includes the egress CA.
@@ -219,7 +220,7 @@ class EgressGateway:
         workspace_id = self._clients.get(client)
         if workspace_id is None:
             raise LookupError(f"{client} is no workspace with an egress policy")
-        return await asyncio.get_running_loop().run_in_executor(None, self._secrets, workspace_id, names)
+        return await asyncio.get_running_loop().run_in_executor(None, self._secrets, workspace_id, host, names)
 
     # The CA, trusted inside the workspace
 
