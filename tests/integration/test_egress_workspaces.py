@@ -8,6 +8,7 @@ machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from agentbox.client import AllowOptions, APIError, Client
 from agentbox.config import Settings
@@ -330,24 +331,98 @@ def test_the_cli_shows_and_changes_a_policy_and_names_a_bad_rule(served: Server,
             alice.delete(workspace_id)
 
 
+@contextlib.contextmanager
+def dashboard(server: Server) -> Iterator[Page]:
+    """A Chromium page signed in to `server`'s dashboard as alice (failing the test if the page throws)."""
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(PAGE_WAIT_MS)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(server.url + "/")
+            page.get_by_label("API key").fill(KEYS["alice"])
+            page.get_by_role("button", name="Sign in").click()
+            # Signed in (the key kept in the tab) before any other page is asked for.
+            expect(page.get_by_role("heading", name="Workspaces")).to_be_visible(timeout=PAGE_WAIT_MS)
+            yield page
+            assert errors == [], f"the page threw: {errors}"
+        finally:
+            browser.close()
+
+
 def test_the_dashboard_shows_a_workspaces_policy_as_its_entries(served: Server) -> None:
     with served.client() as alice:
         policy: AllowOptions = {"allow": ["exact.test", f"{B}/32:80"], "deny": ["api.test"]}
         workspace = alice.create(network=policy)
         try:
-            with sync_playwright() as playwright:
-                browser = launch(playwright)
-                try:
-                    page = browser.new_page()
-                    page.goto(served.url + "/")
-                    page.get_by_label("API key").fill(KEYS["alice"])
-                    page.get_by_role("button", name="Sign in").click()
-                    # Signed in (the key kept in the tab) before the workspace's page is asked for.
-                    expect(page.get_by_role("heading", name="Workspaces")).to_be_visible(timeout=PAGE_WAIT_MS)
-                    page.goto(f"{served.url}/ui/#/w/{workspace.id}")
-                    shown = f"allow exact.test, {B}/32:80; deny api.test; otherwise deny"
-                    expect(page.get_by_text(shown)).to_be_visible(timeout=PAGE_WAIT_MS)
-                finally:
-                    browser.close()
+            with dashboard(served) as page:
+                page.goto(f"{served.url}/ui/#/w/{workspace.id}")
+                expect(page.get_by_text(f"allow exact.test, {B}/32:80; deny api.test; otherwise deny")).to_be_visible(
+                    timeout=PAGE_WAIT_MS
+                )
         finally:
             alice.delete(workspace.id)
+
+
+def test_the_dashboard_edits_a_policy_and_says_what_the_api_refused(served: Server) -> None:
+    with served.client() as alice:
+        workspace = alice.create(network={"allow": ["exact.test"], "deny": ["api.test"]})
+        closed = alice.create(network="none")
+        try:
+            offers = {p.name: p.capabilities for p in alice.providers()}[workspace.provider]
+            assert offers is not None and offers.egress_by_name  # what the page asks before it offers the form
+            with dashboard(served) as page:
+                page.goto(f"{served.url}/ui/#/w/{closed.id}")  # no network: nothing to edit (409 if asked)
+                expect(page.get_by_role("heading", name=closed.id)).to_be_visible(timeout=PAGE_WAIT_MS)
+                expect(page.get_by_role("button", name="Edit network")).to_have_count(0)
+
+                page.goto(f"{served.url}/ui/#/w/{workspace.id}")
+                expect(page.get_by_text("allow exact.test; deny api.test; otherwise deny")).to_be_visible(
+                    timeout=PAGE_WAIT_MS
+                )
+                page.get_by_role("button", name="Edit network").click()
+                form = page.get_by_role("form", name="Edit network")
+                allow, deny = form.get_by_label("Allow (one a line)"), form.get_by_label("Deny (one a line)")
+                expect(allow).to_have_value("exact.test")  # the form starts from the policy in force
+                allow.fill("exact.test\nother.test:80,443")
+                deny.fill("api.test\nnope.test")
+                form.get_by_role("button", name="Save network").click()
+                changed = "allow exact.test, other.test:80,443; deny api.test, nope.test; otherwise deny"
+                expect(page.get_by_text(changed)).to_be_visible(timeout=PAGE_WAIT_MS)
+                expect(form).to_have_count(0)
+                new_policy = AllowList.model_validate(
+                    {
+                        "allow": ["exact.test", {"target": "other.test", "ports": ["80", "443"]}],
+                        "deny": ["api.test", "nope.test"],
+                    }
+                )
+                assert alice.get(workspace.id).network == new_policy
+                assert fetch(alice, workspace.id, "http://other.test/") == {"http://other.test/": "200"}
+
+                # Refused by the API: its detail beside the form, the policy as it was.
+                page.get_by_role("button", name="Edit network").click()
+                allow.fill("exact.test\n*.com")
+                form.get_by_role("button", name="Save network").click()
+                said = form.get_by_role("alert")
+                expect(said).to_contain_text("'*.com': a wildcard needs at least two labels", timeout=PAGE_WAIT_MS)
+                expect(said).not_to_contain_text("literal")  # the "egress"-or-"none" branch's noise is left out
+                allow.fill("exact.test")
+                form.get_by_label("Header rules (JSON, optional)").fill(
+                    '{"host": "exact.test", "headers": {"Authorization": "Bearer ${e2b.secrets.NO_SUCH_SECRET}"}}'
+                )
+                form.get_by_role("button", name="Save network").click()
+                expect(said).to_contain_text("no secret 'NO_SUCH_SECRET' of yours", timeout=PAGE_WAIT_MS)
+                assert alice.get(workspace.id).network == new_policy
+                expect(page.get_by_text(changed)).to_be_visible()
+
+                # "egress": everything, no proxy; the page says so.
+                form.get_by_label("Network").select_option("egress")
+                expect(allow).to_be_hidden()
+                form.get_by_role("button", name="Save network").click()
+                expect(page.get_by_text("egress", exact=True)).to_be_visible(timeout=PAGE_WAIT_MS)
+                assert alice.get(workspace.id).network == "egress"
+        finally:
+            alice.delete(workspace.id)
+            alice.delete(closed.id)

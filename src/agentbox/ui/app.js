@@ -41,7 +41,12 @@ async function call(method, path, { json, body, raw = false, signal } = {}) {
 async function detailOf(response) {
   try {
     const { detail } = await response.json();
-    if (Array.isArray(detail)) return detail.map((e) => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ");
+    if (Array.isArray(detail)) {
+      // A body field that takes a word or an object (a network: "egress" or a policy) fails both ways;
+      // the word's failure ("literal[...]") says nothing to someone who sent an object.
+      const told = detail.filter((e) => !String(e.loc.at(-1)).startsWith("literal["));
+      return (told.length ? told : detail).map((e) => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ");
+    }
     if (detail) return String(detail);
   } catch {
     // not JSON: fall through to the status
@@ -156,11 +161,12 @@ const facts = (pairs) => h("dl", { class: "facts" }, pairs.flatMap(([term, value
 const statusBadge = (status) => h("span", { class: `status ${status}` }, status);
 // A workspace's network as a line: "egress", "none", or its policy's entries ("allow pypi.org, *.github.com:443;
 // deny gist.github.com"), each as a create or `agentbox ws network` takes it.
+const entryText = (e) => (typeof e === "string" ? e : e.ports ? `${e.target}:${e.ports.join(",")}` : e.target);
 function networkText(network) {
   if (typeof network === "string") return network;
-  const entry = (e) => (e.ports ? `${e.target}:${e.ports.join(",")}` : e.target);
-  const parts = ["allow", "deny"].filter((k) => network[k]?.length).map((k) => `${k} ${network[k].map(entry).join(", ")}`);
+  const parts = ["allow", "deny"].filter((k) => network[k]?.length).map((k) => `${k} ${network[k].map(entryText).join(", ")}`);
   if (network.headers?.length) parts.push(`headers for ${network.headers.map((r) => r.host).join(", ")}`);
+  if (network.github?.length) parts.push(`git to ${network.github.flatMap((g) => g.repositories).join(", ")}`);
   parts.push(`otherwise ${network.default ?? "deny"}`);
   return parts.join("; ");
 }
@@ -408,7 +414,23 @@ function workspaceView(main, id, tab) {
     { class: "tabs", "aria-label": "Workspace sections" },
     Object.entries(TABS).map(([name, label]) => h("a", { href: `#/w/${id}/${name}`, "aria-current": name === tab ? "page" : null }, label)),
   );
-  main.append(h("p", {}, h("a", { href: "#/" }, "← All workspaces")), header, tabs, panel);
+  // The network form lives outside the header, which is drawn again whenever the workspace changes.
+  const editor = h("div", { id: "network-editor", hidden: true });
+  main.append(h("p", {}, h("a", { href: "#/" }, "← All workspaces")), header, editor, tabs, panel);
+  let byName = null; // the providers that change a workspace's network while it exists
+  const editNetwork = (workspace, button) => {
+    editor.hidden = !editor.hidden;
+    button.setAttribute("aria-expanded", String(!editor.hidden));
+    if (editor.hidden) return editor.replaceChildren();
+    editor.replaceChildren(
+      networkForm(workspace, () => {
+        editor.hidden = true;
+        editor.replaceChildren();
+        stopHeader.now();
+      }),
+    );
+    editor.querySelector("select").focus();
+  };
   let undoTab = null;
   let shownFor = null; // the status the tab was drawn for: a stop or a start draws it again
   const undo = () => {
@@ -425,7 +447,14 @@ function workspaceView(main, id, tab) {
       if (error.status === 404) return navigate("#/");
       throw error;
     }
-    redraw(header, JSON.stringify(workspace), () => workspaceHeader(workspace, (deleted) => (deleted ? navigate("#/") : stopHeader.now())));
+    byName ??= new Set((await call("GET", `${API}/providers`)).providers.filter((p) => p.capabilities?.egress_by_name).map((p) => p.name));
+    const editable = workspace.network !== "none" && byName.has(workspace.provider) && ["running", "stopped"].includes(workspace.status);
+    redraw(header, JSON.stringify([workspace, editable, !editor.hidden]), () =>
+      workspaceHeader(workspace, (deleted) => (deleted ? navigate("#/") : stopHeader.now()), {
+        editNetwork: editable ? (event) => editNetwork(workspace, event.currentTarget) : null,
+        editing: !editor.hidden,
+      }),
+    );
     if (workspace.status !== shownFor) {
       shownFor = workspace.status;
       undo();
@@ -439,7 +468,10 @@ function workspaceView(main, id, tab) {
   };
 }
 
-function workspaceHeader(w, refresh) {
+function workspaceHeader(w, refresh, { editNetwork, editing }) {
+  const edit =
+    editNetwork &&
+    h("button", { type: "button", class: "small quiet", dataset: { key: "edit-network" }, "aria-controls": "network-editor", "aria-expanded": String(editing), onclick: editNetwork }, "Edit network");
   return [
     h("div", { class: "spread" }, h("h1", {}, w.id, " ", workspaceBadge(w)), workspaceActions(w, refresh)),
     facts([
@@ -447,13 +479,91 @@ function workspaceHeader(w, refresh) {
       ["Image", w.image],
       ["Size", `${w.cpu} CPU, ${w.memory} memory, ${w.disk} disk`],
       ["In use", `CPU ${cpuUse(w)}, memory ${memoryUse(w)}`],
-      ["Network", networkText(w.network)],
+      ["Network", [h("span", {}, networkText(w.network)), " ", edit]],
       ["Created", `${localTime(w.created_at)} (${span(since(w.created_at))} ago)`],
       ["Expires", w.expires_at ? `${localTime(w.expires_at)} (${expiry(w)})` : "never (persistent)"],
       ["Labels", Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "none"],
       ...(w.error ? [["Error", w.error]] : []),
     ]),
   ];
+}
+
+// A form that changes a workspace's network: "egress", or a policy (allow and deny entries one a line, as
+// networkText shows them; the default; header rules as JSON). What the API refuses is said beside it.
+function networkForm(w, onChanged) {
+  const policy = typeof w.network === "string" ? {} : w.network;
+  const lines = (entries) => (entries ?? []).map(entryText).join("\n");
+  const mode = h(
+    "select",
+    { name: "mode" },
+    h("option", { value: "policy" }, "a policy (allow and deny by name)"),
+    h("option", { value: "egress", selected: w.network === "egress" }, "egress (everything allowed, no proxy)"),
+  );
+  const allow = h("textarea", { name: "allow", rows: 4, class: "mono", placeholder: "pypi.org\n*.github.com:443\n10.0.0.0/8" });
+  const deny = h("textarea", { name: "deny", rows: 4, class: "mono", placeholder: "gist.github.com" });
+  const fallback = h("select", { name: "default" }, h("option", { value: "deny" }, "deny"), h("option", { value: "allow", selected: policy.default === "allow" }, "allow"));
+  const headers = h("textarea", { name: "headers", rows: 4, class: "mono", placeholder: '[{"host": "api.example.com", "headers": {"Authorization": "Bearer ${e2b.secrets.NAME}"}}]' });
+  allow.value = lines(policy.allow);
+  deny.value = lines(policy.deny);
+  headers.value = policy.headers?.length ? JSON.stringify(policy.headers, null, 2) : "";
+  const rules = h(
+    "fieldset",
+    { class: "form-grid" },
+    h("legend", { class: "visually-hidden" }, "Policy"),
+    h("label", {}, "Allow (one a line)", allow),
+    h("label", {}, "Deny (one a line)", deny),
+    h("label", {}, "Default", fallback),
+    h("label", {}, "Header rules (JSON, optional)", headers),
+  );
+  const showRules = () => (rules.disabled = rules.hidden = mode.value === "egress");
+  mode.addEventListener("change", showRules);
+  showRules();
+  const said = h("p", { class: "error", role: "alert", hidden: true });
+  const button = h("button", { type: "submit" }, "Save network");
+  const form = h(
+    "form",
+    { class: "card network-form", "aria-label": "Edit network" },
+    h("h2", {}, "Change the network"),
+    h("label", {}, "Network", mode),
+    rules,
+    said,
+    h("div", { class: "row" }, button, h("button", { type: "button", class: "quiet", onclick: () => onChanged(null) }, "Cancel")),
+  );
+  // "host:80,443" is the entry {"target": "host", "ports": ["80", "443"]}; anything else goes as written.
+  const entryOf = (line) => {
+    const [target, ports, ...more] = line.split(":");
+    return ports === undefined || more.length ? line : { target, ports: ports.split(",").map((p) => p.trim()) };
+  };
+  const entries = (box) => box.value.split("\n").map((l) => l.trim()).filter(Boolean).map(entryOf);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    said.hidden = true;
+    let network = "egress";
+    if (mode.value === "policy") {
+      // What the form does not edit (precedence, say) is kept as it is.
+      network = { ...policy, allow: entries(allow), deny: entries(deny), default: fallback.value, headers: [] };
+      if (headers.value.trim()) {
+        try {
+          const parsed = JSON.parse(headers.value);
+          network.headers = Array.isArray(parsed) ? parsed : [parsed];
+        } catch (error) {
+          said.textContent = `Header rules: not JSON (${error.message})`;
+          said.hidden = false;
+          return;
+        }
+      }
+    }
+    button.disabled = true;
+    try {
+      onChanged(await call("PATCH", `${ws(w.id)}/network`, { json: { network } }));
+    } catch (error) {
+      said.textContent = error.message;
+      said.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
 }
 
 function notRunning(panel, w) {
@@ -513,7 +623,8 @@ async function terminalTab(panel, w) {
     socket.onopen = () => {
       state.textContent = `Shell (PID ${pid}) — it keeps running when you leave this page.`;
       socket.send(JSON.stringify({ cols: term.cols, rows: term.rows }));
-      term.focus();
+      // Unless the user is typing into a form meanwhile (the network form, say): keys would land in the shell.
+      if (!document.activeElement?.closest("form")) term.focus();
     };
     socket.onmessage = (event) => {
       if (typeof event.data !== "string") return term.write(new Uint8Array(event.data));

@@ -24,6 +24,11 @@ class ProviderInfo(BaseModel):
     runtime: str
     isolation: str
     network_policies: list[str] = Field(description="the policies it enforces; others are refused (400)")
+    egress_by_name: bool = Field(
+        default=False,
+        description="it enforces policies by name (its egress proxy) and can change a workspace's network while "
+        "it exists (PATCH /workspaces/{id}/network)",
+    )
     stop_start: bool
     archives: bool
     sized_per_request: bool = Field(description="false: cpu, memory and disk come from its template")
