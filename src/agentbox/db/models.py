@@ -59,6 +59,12 @@ def new_app_id() -> str:
     return "gh-" + secrets.token_hex(8)
 
 
+def new_secret_id() -> str:
+    # E2B's form (its API reserves the sec_ prefix for identifiers, so no name looks like one); random,
+    # not derived from the owner or the name.
+    return "sec_" + secrets.token_hex(16)
+
+
 def new_key_id() -> str:
     # Random, never derived from the key: it travels in tokens, which must say nothing about the key.
     return "key-" + secrets.token_hex(8)
@@ -103,6 +109,8 @@ class Workspace(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # to USE_RECORDED_EVERY
     # Its ports answer in the preview host form without a token (E2B's public sandbox URLs).
     public_ports: Mapped[bool] = mapped_column(default=False)
+    # The Host its ports' apps are sent, `${PORT}` in it (E2B's maskRequestHost); None: localhost:<port>.
+    request_host: Mapped[str | None] = mapped_column(String(259), default=None)
     # Whether its last pause kept its memory and processes (a checkpoint); None: never paused.
     memory_kept: Mapped[bool | None] = mapped_column(default=None)
     # Paused instead of deleted at its fixed end (E2B's lifecycle): PauseAtEnd's fields, and the
@@ -150,6 +158,11 @@ class Secret(Base):
     value: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What E2B's Secrets API answers about it (e2b_api/secrets.py): an identifier that names it apart
+    # from its name, the version its value is at (1, one more at each replacement) and free metadata.
+    id: Mapped[str] = mapped_column(String(40), unique=True, index=True, default=new_secret_id)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
 
 
 class ApiKey(Base):

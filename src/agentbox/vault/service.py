@@ -19,11 +19,11 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from agentbox.db.models import Secret, utcnow
+from agentbox.db.models import Secret, new_secret_id, utcnow
 from agentbox.db.store import Store
 from agentbox.errors import AgentboxError, Conflict, NotFound, Unprocessable
 from agentbox.github.crypto import DecryptError, Keyring
-from agentbox.wire.vault import MAX_PER_OWNER, name_problem, value_problem
+from agentbox.wire.vault import MAX_PER_OWNER, metadata_problem, name_problem, value_problem
 
 #: The first half of the PostgreSQL advisory lock under which an owner's secrets change (the second
 #: is the owner's hash): counting them and adding one happen under it, across every replica.
@@ -32,11 +32,15 @@ VAULT_LOCK = 0x76617531
 
 @dataclass(frozen=True)
 class SecretInfo:
-    """What may be said about a secret: its name and times, never its value."""
+    """What may be said about a secret: its name, identifier, version, metadata and times, never its value."""
 
     name: str
     created_at: datetime
     updated_at: datetime
+    id: str
+    #: 1 when created, one more at each new value.
+    version: int
+    metadata: dict[str, str]
 
 
 class UnknownSecret(NotFound):
@@ -53,6 +57,10 @@ class UnknownSecret(NotFound):
 
 class TooManySecrets(Conflict):
     """The owner holds MAX_PER_OWNER secrets already."""
+
+
+class SecretExists(Conflict):
+    """`create` of a name the owner holds already (`put` replaces instead)."""
 
 
 class Unsealable(AgentboxError):
@@ -73,7 +81,35 @@ def _owner_lock_key(owner: str) -> int:
 
 
 def _info(row: Secret) -> SecretInfo:
-    return SecretInfo(name=row.name, created_at=row.created_at, updated_at=row.updated_at)
+    return SecretInfo(
+        name=row.name,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        id=row.id,
+        version=row.version,
+        metadata=dict(row.labels),
+    )
+
+
+#: The longest identifier or name a lookup considers (a longer one names nothing).
+_MAX_SELECTOR = 128
+
+
+def _selected(session: Session, owner: str, selector: str) -> Secret | None:
+    """`owner`'s secret with identifier `selector`, else named `selector`, else named it in lower case
+    (E2B's canonical form); None when none is (another owner's is never found)."""
+    if len(selector) > _MAX_SELECTOR:
+        return None
+    if selector.startswith("sec_"):
+        row = session.scalar(select(Secret).where(Secret.owner == owner, Secret.id == selector))
+        if row is not None:
+            return row
+    for name in dict.fromkeys((selector, selector.lower())):
+        if name_problem(name) is None:
+            row = session.get(Secret, (owner, name))
+            if row is not None:
+                return row
+    return None
 
 
 class Vault:
@@ -94,26 +130,97 @@ class Vault:
         (409) when the owner already holds MAX_PER_OWNER others.
         """
         _check_name(name)
-        problem = value_problem(value)
-        if problem is not None:
-            raise Unprocessable(f"value: {problem}")
+        _check_value(value)
         sealed = self.keyring.seal(value.encode(), _context(owner, name))
         now = utcnow()
         with self._changing(owner) as session:
             row = session.get(Secret, (owner, name))
             if row is not None:
-                row.value, row.updated_at = sealed, now
+                row.value, row.updated_at, row.version = sealed, now, row.version + 1
                 return _info(row), False
-            held = session.scalar(select(func.count()).select_from(Secret).where(Secret.owner == owner)) or 0
-            if held >= MAX_PER_OWNER:
-                raise TooManySecrets(
-                    f"you hold {held} secrets, the most one owner may: delete one you no longer need "
-                    "(DELETE /api/v1/secrets/NAME, `agentbox secrets rm NAME`) before adding "
-                    f"{name!r}, or replace an existing one"
-                )
-            row = Secret(owner=owner, name=name, value=sealed, created_at=now, updated_at=now)
-            session.add(row)
-            return _info(row), True
+            return self._add(session, owner, name, sealed, {}), True
+
+    def create(self, owner: str, name: str, value: str, metadata: dict[str, str]) -> SecretInfo:
+        """Store `value` as `owner`'s new secret `name`, at version 1, with `metadata` (E2B's create).
+
+        Raises Unprocessable (422) for a bad name, value or metadata (the detail names which),
+        SecretExists (409) when the owner has one of that name, TooManySecrets (409) at MAX_PER_OWNER.
+        """
+        _check_name(name)
+        _check_value(value)
+        _check_metadata(metadata)
+        sealed = self.keyring.seal(value.encode(), _context(owner, name))
+        with self._changing(owner) as session:
+            if session.get(Secret, (owner, name)) is not None:
+                raise SecretExists(f"you have a secret named {name!r} already: update it, or destroy it first")
+            return self._add(session, owner, name, sealed, metadata)
+
+    def _add(self, session: Session, owner: str, name: str, sealed: bytes, metadata: dict[str, str]) -> SecretInfo:
+        held = session.scalar(select(func.count()).select_from(Secret).where(Secret.owner == owner)) or 0
+        if held >= MAX_PER_OWNER:
+            raise TooManySecrets(
+                f"you hold {held} secrets, the most one owner may: delete one you no longer need "
+                "(DELETE /api/v1/secrets/NAME, `agentbox secrets rm NAME`) before adding "
+                f"{name!r}, or replace an existing one"
+            )
+        now = utcnow()
+        row = Secret(
+            owner=owner,
+            name=name,
+            value=sealed,
+            created_at=now,
+            updated_at=now,
+            id=new_secret_id(),
+            version=1,
+            labels=dict(metadata),
+        )
+        session.add(row)
+        return _info(row)
+
+    def find(self, owner: str, selector: str) -> SecretInfo:
+        """`owner`'s secret by identifier or name (see _selected). Raises UnknownSecret (404) otherwise."""
+        with self.store.session() as session:
+            row = _selected(session, owner, selector)
+            if row is None:
+                raise UnknownSecret(owner, selector)
+            return _info(row)
+
+    def update(self, owner: str, selector: str, value: str, metadata: dict[str, str] | None) -> SecretInfo:
+        """Give `owner`'s secret (by identifier or name) a new value, its version one more; `metadata`,
+        when given, replaces its metadata (E2B's update).
+
+        Raises UnknownSecret (404), Unprocessable (422) for a bad value or metadata.
+        """
+        _check_value(value)
+        if metadata is not None:
+            _check_metadata(metadata)
+        with self._changing(owner) as session:
+            row = _selected(session, owner, selector)
+            if row is None:
+                raise UnknownSecret(owner, selector)
+            row.value = self.keyring.seal(value.encode(), _context(owner, row.name))
+            row.version, row.updated_at = row.version + 1, utcnow()
+            if metadata is not None:
+                row.labels = dict(metadata)
+            return _info(row)
+
+    def remove(self, owner: str, selector: str) -> None:
+        """Delete `owner`'s secret by identifier or name. Raises UnknownSecret (404) when there is none."""
+        with self._changing(owner) as session:
+            row = _selected(session, owner, selector)
+            if row is None:
+                raise UnknownSecret(owner, selector)
+            session.delete(row)
+
+    def page(self, owner: str, limit: int, after: str | None) -> tuple[builtins.list[SecretInfo], bool]:
+        """Up to `limit` of `owner`'s secrets by name (A-Z), those named after `after` when given; and
+        whether more follow."""
+        with self.store.session() as session:
+            query = select(Secret).where(Secret.owner == owner)
+            if after is not None:
+                query = query.where(Secret.name > after)
+            rows = builtins.list(session.scalars(query.order_by(Secret.name).limit(limit + 1)))
+            return [_info(row) for row in rows[:limit]], len(rows) > limit
 
     def list(self, owner: str) -> builtins.list[SecretInfo]:
         """`owner`'s secrets by name (A-Z), without their values. Raises nothing of its own."""
@@ -187,6 +294,18 @@ class Vault:
                 # Held until the transaction ends, commit or rollback.
                 session.execute(select(func.pg_advisory_xact_lock(VAULT_LOCK, _owner_lock_key(owner))))
             yield session
+
+
+def _check_value(value: str) -> None:
+    problem = value_problem(value)
+    if problem is not None:
+        raise Unprocessable(f"value: {problem}")
+
+
+def _check_metadata(metadata: dict[str, str]) -> None:
+    problem = metadata_problem(metadata)
+    if problem is not None:
+        raise Unprocessable(f"metadata: {problem}")
 
 
 def _check_name(name: str) -> None:

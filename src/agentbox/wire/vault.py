@@ -20,6 +20,12 @@ NAME_PATTERN = SECRET_NAME_PATTERN
 MAX_VALUE_BYTES = 16384
 #: Secrets one owner may hold.
 MAX_PER_OWNER = 100
+#: A secret's metadata (E2B's limits, which its SDK documents): entries, a key's and a value's bytes of
+#: UTF-8, and all keys and values together.
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY_BYTES = 128
+MAX_METADATA_VALUE_BYTES = 1024
+MAX_METADATA_BYTES = 8192
 
 _NAME = re.compile(NAME_PATTERN)
 
@@ -44,6 +50,35 @@ def value_problem(value: str) -> str | None:
         return "must not be empty"
     if size > MAX_VALUE_BYTES:
         return f"is {size} bytes of UTF-8; the limit is {MAX_VALUE_BYTES}"
+    return None
+
+
+def _utf8(text: str) -> int | None:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
+
+
+def metadata_problem(metadata: dict[str, str]) -> str | None:
+    """What is wrong with `metadata` as a secret's metadata, or None; the problem names the entry (by key,
+    never by value) and the limit it is over."""
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        return f"has {len(metadata)} entries; the limit is {MAX_METADATA_ENTRIES}"
+    total = 0
+    for key, value in metadata.items():
+        key_size, value_size = _utf8(key), _utf8(value)
+        if key_size is None or value_size is None:
+            return f"entry {key[:40]!r}: must be text that UTF-8 can encode (it holds a lone surrogate)"
+        if key_size == 0:
+            return "a key is empty: every key needs at least one character"
+        if key_size > MAX_METADATA_KEY_BYTES:
+            return f"key {key[:40]!r}...: is {key_size} bytes of UTF-8; the limit is {MAX_METADATA_KEY_BYTES}"
+        if value_size > MAX_METADATA_VALUE_BYTES:
+            return f"the value of {key!r} is {value_size} bytes of UTF-8; the limit is {MAX_METADATA_VALUE_BYTES}"
+        total += key_size + value_size
+    if total > MAX_METADATA_BYTES:
+        return f"is {total} bytes of UTF-8 in all (keys and values); the limit is {MAX_METADATA_BYTES}"
     return None
 
 
