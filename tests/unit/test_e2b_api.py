@@ -169,8 +169,8 @@ def test_what_agentbox_cannot_do_is_refused_not_dropped(e2b_env: str) -> None:
         Sandbox.create(mcp={"github": {}})
     with pytest.raises(SandboxException, match="cannot enforce"):  # a deny list needs the egress proxy
         Sandbox.create(network={"deny_out": ["10.0.0.0/8"]})
-    with pytest.raises(SandboxException, match=r"400: network\.maskRequestHost"):
-        Sandbox.create(network={"mask_request_host": "custom-host.example.com:${PORT}"})
+    with pytest.raises(SandboxException, match=r"400: network\.maskRequestHost: .*not a host\[:port\]"):
+        Sandbox.create(network={"mask_request_host": "custom-host.example.com/${PORT}"})
     assert Sandbox.list().next_items() == []  # nothing was made
 
 

@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentbox.e2b_api.network import ALL_TRAFFIC, Refused, from_create, from_update, to_info
+from agentbox.web.proxy import request_host
 from agentbox.egress.rules import Policy
 
 
@@ -185,7 +186,17 @@ def test_a_rule_alone_leaves_the_internet_open_and_intercepts_its_host() -> None
 @pytest.mark.parametrize(
     ("network", "field", "words"),
     [
-        ({"maskRequestHost": "custom-host.example.com:${PORT}"}, "maskRequestHost", "localhost:${PORT}"),
+        ({"maskRequestHost": "app.example.com\r\nX-Evil: 1"}, "maskRequestHost", "line breaks"),
+        ({"maskRequestHost": "app .example.com"}, "maskRequestHost", "not a host[:port]"),
+        ({"maskRequestHost": "https://app.example.com"}, "maskRequestHost", "no scheme"),
+        ({"maskRequestHost": "app.example.com/path"}, "maskRequestHost", "not a host[:port]"),
+        ({"maskRequestHost": "${PORT}-${PORT}.example.com"}, "maskRequestHost", "once at most"),
+        ({"maskRequestHost": "${HOST}.example.com"}, "maskRequestHost", "not a host[:port]"),
+        ({"maskRequestHost": "app.example.com:99999"}, "maskRequestHost", "1 to 65535"),
+        ({"maskRequestHost": "app.example.com:8${PORT}"}, "maskRequestHost", "not a host[:port]"),
+        ({"maskRequestHost": ""}, "maskRequestHost", "1 to 259 characters"),
+        ({"maskRequestHost": "a" * 260}, "maskRequestHost", "1 to 259 characters"),
+        ({"maskRequestHost": ".".join(["a" * 62] * 4) + ".${PORT}"}, "maskRequestHost", "longer than 253"),
         ({"httpsPorts": [3000]}, "httpsPorts", "plain HTTP"),
         ({"egressProxy": {"address": "proxy.example.com:1080"}}, "egressProxy", "SOCKS5"),
         ({"allowOut": ["*.com"]}, "allowOut[0]", "two labels"),
@@ -240,8 +251,35 @@ def test_what_agentbox_cannot_honour_is_refused_naming_the_field(
     assert str(caught.value).startswith(f"network.{field}: ")
 
 
-def test_the_one_host_mask_agentbox_sends_is_accepted() -> None:
-    assert from_create({"maskRequestHost": "localhost:${PORT}", "httpsPorts": []}).policy is None
+@pytest.mark.parametrize(
+    "mask",
+    [
+        "${PORT}-app.example.test",
+        "custom-host.example.com:${PORT}",
+        "localhost:${PORT}",
+        "app.example.com",
+        "app.example.com:8443",
+        "a${PORT}b.example.com.",
+        "10.0.0.1:${PORT}",
+        "[::1]:${PORT}",
+        "under_score.example.com",
+    ],
+)
+def test_a_host_mask_is_kept_as_given_and_changes_no_policy(mask: str) -> None:
+    mapped = from_create({"maskRequestHost": mask, "httpsPorts": []})
+    assert (mapped.request_host, mapped.policy) == (mask, None)
+
+
+def test_no_host_mask_keeps_agentboxs_own_host() -> None:
+    assert from_create({"allowPublicTraffic": True}).request_host is None
+    assert request_host(None, 8000) == "localhost:8000"
+    assert request_host("${PORT}-app.example.test", 8000) == "8000-app.example.test"
+    assert request_host("app.example.test:${PORT}", 3000) == "app.example.test:3000"
+
+
+def test_get_info_shows_the_mask_only_when_one_was_given() -> None:
+    assert to_info(None, True, "${PORT}-app.example.test")["network"]["maskRequestHost"] == "${PORT}-app.example.test"
+    assert "maskRequestHost" not in to_info(None, True)["network"]
 
 
 def test_update_refuses_create_only_fields() -> None:

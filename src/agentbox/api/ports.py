@@ -99,7 +99,7 @@ async def through_api(workspace_id: str, port: Port, path: str, request: Request
     within 60 s, 404 when the workspace is not yours, 409 when it is not running.
     """
     prefix = _PREFIX.format(workspace_id=workspace_id, port=port)
-    return await proxy_http(request, connect_of(mgr, who, workspace_id, port), target_of(request, prefix), prefix, port)
+    return await proxy_http(request, connect_of(mgr, who, workspace_id, port), target_of(request, prefix), prefix)
 
 
 @router.websocket(_PREFIX + "/{path:path}")
@@ -125,11 +125,11 @@ async def websocket_through_api(websocket: WebSocket, workspace_id: str, port: i
 @router.api_route("/preview/{token}/{path:path}", methods=_METHODS, include_in_schema=False)
 async def through_preview(token: str, path: str, request: Request) -> Response:
     try:
-        connect, port, _ = await preview_of(request, token)
+        connect, _, _ = await preview_of(request, token)
     except AgentboxError as exc:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
     # No X-Forwarded-Prefix: this one carries the token, which the app never sees.
-    return await proxy_http(request, connect, target_of(request, f"/preview/{token}"), "", port)
+    return await proxy_http(request, connect, target_of(request, f"/preview/{token}"), "")
 
 
 @router.websocket("/preview/{token}/{path:path}")

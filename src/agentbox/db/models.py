@@ -109,6 +109,8 @@ class Workspace(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # to USE_RECORDED_EVERY
     # Its ports answer in the preview host form without a token (E2B's public sandbox URLs).
     public_ports: Mapped[bool] = mapped_column(default=False)
+    # The Host its ports' apps are sent, `${PORT}` in it (E2B's maskRequestHost); None: localhost:<port>.
+    request_host: Mapped[str | None] = mapped_column(String(259), default=None)
     # Whether its last pause kept its memory and processes (a checkpoint); None: never paused.
     memory_kept: Mapped[bool | None] = mapped_column(default=None)
     # Paused instead of deleted at its fixed end (E2B's lifecycle): PauseAtEnd's fields, and the

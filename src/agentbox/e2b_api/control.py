@@ -178,6 +178,7 @@ async def create(body: NewSandbox, mgr: Manager, who: Who, tokens: Signer) -> di
         network=None if mapped.policy is None else _policy(mapped.policy),
         deadline_seconds=body.timeout or DEFAULT_TIMEOUT,
         public_ports=mapped.public_ports is not False,  # E2B's default: public
+        request_host=mapped.request_host,
         pause_at_end=body.pause_at_end(),
     )
     workspace: Workspace = await _call(mgr.create, who.owner, request, who.quota)
@@ -222,7 +223,9 @@ async def list_sandboxes(
 async def get_info(sandbox_id: str, mgr: Manager, who: Who, tokens: Signer) -> dict[str, Any]:
     workspace: Workspace = await _call(_found, mgr, who.owner, sandbox_id)
     policy = policy_of(workspace.network, workspace.egress, workspace.allow)
-    shown = e2b_network.to_info(policy if isinstance(policy, str) else policy_json(policy), workspace.public_ports)
+    shown = e2b_network.to_info(
+        policy if isinstance(policy, str) else policy_json(policy), workspace.public_ports, workspace.request_host
+    )
     return {**_listed(workspace, mgr), **_sandbox(workspace, mgr, who, tokens), **shown}
 
 

@@ -272,7 +272,7 @@ def _port_traffic(request: Request, sandbox_id: str, port: int) -> ASGIApp:
                 if workspace is None or workspace.status != Status.RUNNING:
                     raise EnvdError(502, _closed(sandbox_id, port))
                 connect = connect_of(manager, workspace.owner, workspace.id, port)
-            response = await proxy_http(request, connect, target_of(request, ""), "", port)
+            response = await proxy_http(request, connect, target_of(request, ""), "")
         except AgentboxError as exc:  # the engine away, nothing listening, a resume refused
             response = EnvdError(exc.status_code, exc.detail).response(scope["path"])
         except EnvdError as exc:

@@ -24,10 +24,13 @@ from agentbox.db.models import Workspace
 from agentbox.errors import ProviderError, Unauthorized
 from agentbox.sandbox.process_table import ProcessRequest
 from agentbox.sandbox.runtime import PortConnection
-from agentbox.web.proxy import Connect
+from agentbox.web.proxy import Connect, request_host
 from agentbox.workspaces.manager import WorkspaceManager
 
 PORT = 49999
+#: The Host the interpreter is sent: it is agentbox's own server, not the sandbox's app, so a sandbox's
+#: `request_host` (E2B's maskRequestHost) is not for it.
+HOST = request_host(None, PORT)
 #: Where the server's file is written in the sandbox (on its disk, outside the user's home).
 SERVER_PATH = "/tmp/.agentbox-code-interpreter.py"
 TAG = "e2b-code-interpreter"
@@ -50,9 +53,9 @@ def needs_token(method: str, target: str) -> bool:
 def running(manager: WorkspaceManager, workspace: Workspace) -> Connect:
     """Connections to the sandbox's interpreter if it runs; never started (for a caller without the token)."""
 
-    def connect() -> PortConnection:
+    def connect() -> tuple[PortConnection, str]:
         try:
-            return manager.use(workspace.owner, workspace.id).connect(PORT)
+            return manager.use(workspace.owner, workspace.id).connect(PORT), HOST
         except ProviderError:
             raise Unauthorized(
                 f"the code interpreter of sandbox {workspace.id} is not running, and only a call with the "
@@ -66,16 +69,16 @@ def connector(manager: WorkspaceManager, workspace: Workspace, home: str) -> Con
     """Connections to the sandbox's interpreter, started first if nothing listens on its port: for a
     caller who showed the sandbox's access token only."""
 
-    def connect() -> PortConnection:
+    def connect() -> tuple[PortConnection, str]:
         try:
-            return manager.use(workspace.owner, workspace.id).connect(PORT)
+            return manager.use(workspace.owner, workspace.id).connect(PORT), HOST
         except ProviderError:
             pass
         start(manager, workspace, home)
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             try:
-                return manager.use(workspace.owner, workspace.id).connect(PORT)
+                return manager.use(workspace.owner, workspace.id).connect(PORT), HOST
             except ProviderError:
                 if time.monotonic() > deadline:
                     raise ProviderError(
@@ -89,7 +92,7 @@ def connector(manager: WorkspaceManager, workspace: Workspace, home: str) -> Con
 
 def ready(manager: WorkspaceManager, workspace: Workspace, home: str) -> None:
     """Start the interpreter in the sandbox unless it runs, and return once it listens."""
-    connector(manager, workspace, home)().close()
+    connector(manager, workspace, home)()[0].close()
 
 
 def start(manager: WorkspaceManager, workspace: Workspace, home: str) -> None:

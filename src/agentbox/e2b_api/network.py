@@ -34,14 +34,18 @@ E2B's meaning (its SDK's and OpenAPI's words, SDK 2.63.0) and how each maps:
 - ``allowPublicTraffic`` is about the sandbox's own URLs, not egress: returned apart, the
   workspace's `public_ports` (its ports answer without the traffic token).
 - ``maskRequestHost`` (the Host header a request to the sandbox's URL arrives with, ``${PORT}``
-  its port): agentbox's preview proxy sends ``localhost:<port>`` and nothing else, so only
-  ``localhost:${PORT}`` is accepted. ``httpsPorts`` (the proxy reaching a port over TLS) and
+  its port): a ``host[:port]`` with at most one ``${PORT}``, kept with the workspace
+  (`request_host`); agentbox's proxy sends it, ``${PORT}`` replaced, on every request it relays to
+  one of the workspace's ports (left out: ``localhost:<port>``, as before). Only the Host the app
+  sees changes: which workspace and port a request reaches is decided from the URL the client
+  used, before and apart from the mask. ``httpsPorts`` (the proxy reaching a port over TLS) and
   ``egressProxy`` (a SOCKS5 proxy of the caller's) are refused unless empty.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,6 +53,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from agentbox.egress.rules import Entry, HeaderRule, Policy, name_matches
+from agentbox.web.proxy import PORT_PLACEHOLDER
 
 #: E2B's "all traffic" (`e2b.sandbox.network.ALL_TRAFFIC`).
 ALL_TRAFFIC = "0.0.0.0/0"
@@ -57,8 +62,14 @@ DEFAULT_DNS = ("8.8.8.8",)
 MAX_DNS_SERVERS = 10
 #: The ports of an allow entry made from `dnsServers` (see the module's docstring).
 DNS_PORTS = ("1-65535",)
-#: The one Host mask agentbox's preview proxy can honour: what it sends already.
-AGENTBOX_HOST_MASK = "localhost:${PORT}"
+#: The longest `maskRequestHost`: a DNS name's 253 characters, a colon and a port.
+MAX_HOST_MASK = 259
+#: A name (labels of letters, digits, `-` and `_`; a trailing dot), an IPv4 address, or an IPv6 one
+#: in brackets; then perhaps a port. Matched with `${PORT}` replaced by a port number.
+_HOST_MASK = re.compile(
+    r"(?P<host>(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
+    r"|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+)
 _IAM_PLACEHOLDER = "${e2b.identity."
 
 AgentboxPolicy = Literal["none", "egress"] | dict[str, Any]
@@ -121,24 +132,46 @@ class Mapped:
     policy: AgentboxPolicy | None
     #: None: not said (E2B's default: public).
     public_ports: bool | None
+    #: `maskRequestHost`, checked (`${PORT}` still in it); None: not said (``localhost:<port>``).
+    request_host: str | None = None
 
 
 def from_create(network: Mapping[str, Any] | None, allow_internet_access: bool | None = None) -> Mapped:
     """The create body's `network` and `allow_internet_access` (None: not sent)."""
     body = _parse(_Create, network or {})
-    if body.mask_request_host is not None and body.mask_request_host != AGENTBOX_HOST_MASK:
-        raise Refused(
-            "maskRequestHost",
-            f"agentbox's preview proxy sends a sandbox's port the Host {AGENTBOX_HOST_MASK!r} and cannot "
-            f"rewrite it to {body.mask_request_host!r}",
-        )
+    request_host = None if body.mask_request_host is None else host_mask(body.mask_request_host)
     if body.https_ports:
         raise Refused("httpsPorts", "agentbox reaches a sandbox's ports over plain HTTP only; serve HTTP on them")
     said = allow_internet_access is False or any(
         v is not None for v in (body.allow_out, body.deny_out, body.rules, body.dns_servers, body.egress_proxy)
     )
     policy = _policy(body, allow_internet_access is not False, create=True) if said else None
-    return Mapped(policy, body.allow_public_traffic)
+    return Mapped(policy, body.allow_public_traffic, request_host)
+
+
+def host_mask(mask: str) -> str:
+    """`mask` if it is a Host header agentbox can send (see the module's docstring); Refused otherwise.
+
+    Strict because it goes into a header of every request relayed to the sandbox: no CR, LF, space or
+    other character a Host cannot hold, so it can only ever be that one header's value."""
+    if not mask or len(mask) > MAX_HOST_MASK:
+        raise Refused("maskRequestHost", f"give a host[:port] of 1 to {MAX_HOST_MASK} characters")
+    if mask.count(PORT_PLACEHOLDER) > 1:
+        raise Refused("maskRequestHost", f"{PORT_PLACEHOLDER} may appear once at most (it is the sandbox's port)")
+    # 65535: the longest a port makes it, so the length of every Host it becomes is checked too.
+    found = _HOST_MASK.fullmatch(mask.replace(PORT_PLACEHOLDER, "65535"))
+    if found is None:
+        raise Refused(
+            "maskRequestHost",
+            f"{mask!r} is not a host[:port] (letters, digits, '.', '-', '_', and {PORT_PLACEHOLDER} for the "
+            "sandbox's port, e.g. '${PORT}-app.example.com'; no scheme, path, spaces or line breaks)",
+        )
+    if len(found.group("host")) > 253:
+        raise Refused("maskRequestHost", f"its host is longer than 253 characters (with {PORT_PLACEHOLDER} as 65535)")
+    port = found.group("port")
+    if port is not None and PORT_PLACEHOLDER not in mask.rsplit(":", 1)[1] and not 1 <= int(port) <= 65535:
+        raise Refused("maskRequestHost", f"port {port}: a port is a number from 1 to 65535")
+    return mask
 
 
 def from_update(body: Mapping[str, Any]) -> AgentboxPolicy:
@@ -150,7 +183,9 @@ def from_update(body: Mapping[str, Any]) -> AgentboxPolicy:
     return _policy(parsed, parsed.allow_internet_access is not False, create=False)
 
 
-def to_info(policy: AgentboxPolicy | Policy | None, public_ports: bool) -> dict[str, Any]:
+def to_info(
+    policy: AgentboxPolicy | Policy | None, public_ports: bool, request_host: str | None = None
+) -> dict[str, Any]:
     """`allowInternetAccess` and `network` of E2B's sandbox detail for a workspace with `policy`.
 
     `policy` may be any agentbox policy, the old allow list (`{"allow": [...]}`) too. A policy made
@@ -158,6 +193,8 @@ def to_info(policy: AgentboxPolicy | Policy | None, public_ports: bool) -> dict[
     lists (an entry with ports as ``target:ports``), which E2B's rule (allow wins) may read otherwise.
     """
     network: dict[str, Any] = {"allowPublicTraffic": public_ports}
+    if request_host is not None:
+        network["maskRequestHost"] = request_host
     if policy is None or policy == "egress":
         return {"allowInternetAccess": True, "network": network}
     if policy == "none":

@@ -19,8 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agentbox.auth.tokens import TRAFFIC, Tokens
 from agentbox.db.models import Workspace
 from agentbox.errors import AgentboxError, Forbidden
+from agentbox.sandbox.runtime import PortConnection
 from agentbox.web.dependencies import in_thread
-from agentbox.web.proxy import PREVIEW_COOKIE, PREVIEW_HOST, Connect, proxy_http
+from agentbox.web.proxy import PREVIEW_COOKIE, PREVIEW_HOST, Connect, proxy_http, request_host
 from agentbox.web.tokens import bound_caller, token_caller
 from agentbox.web.websocket_relay import caller_of, proxy_websocket
 from agentbox.wire.domain import Status
@@ -79,7 +80,13 @@ def _open_port(connection: Request | WebSocket, workspace_id: str, port: int) ->
 
 
 def connect_of(mgr: WorkspaceManager, owner: str, workspace_id: str, port: int) -> Connect:
-    return lambda: mgr.use(owner, workspace_id).connect(port)
+    """Connections to `port` of the owner's workspace, sent the Host its row asks (`request_host`)."""
+
+    def connect() -> tuple[PortConnection, str]:
+        handle = mgr.use(owner, workspace_id)
+        return handle.connect(port), request_host(handle.workspace.request_host, port)
+
+    return connect
 
 
 def target_of(connection: Request | WebSocket, prefix: str) -> str:
@@ -142,7 +149,7 @@ class PreviewHosts:
             secure = request.url.scheme == "https"
             answer.set_cookie(PREVIEW_COOKIE, token, max_age=max_age, httponly=True, samesite="lax", secure=secure)
             return answer
-        return await proxy_http(request, connect, target_of(request, ""), "", port)
+        return await proxy_http(request, connect, target_of(request, ""), "")
 
     async def _websocket(self, websocket: WebSocket, target: tuple[int, str]) -> None:
         port, workspace_id = target

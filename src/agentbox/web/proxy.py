@@ -119,7 +119,17 @@ _NOT_EMBEDDED = frozenset(
     {"script", "style", "worker", "sharedworker", "serviceworker", "audioworklet", "paintworklet", "xslt", "json"}
 )
 
-Connect = Callable[[], PortConnection]
+#: How a request reaches a workspace's port: in a worker thread, the connection made, and the Host header
+#: the app there is sent (`request_host`). The workspace and port are the caller's choice, made before,
+#: from the URL the client used; the Host never routes anything.
+Connect = Callable[[], tuple[PortConnection, str]]
+#: What a workspace's `request_host` (E2B's `maskRequestHost`) names the port by.
+PORT_PLACEHOLDER = "${PORT}"
+
+
+def request_host(mask: str | None, port: int) -> str:
+    """The Host an app on `port` is sent: the workspace's mask with its port in, else ``localhost:<port>``."""
+    return f"localhost:{port}" if mask is None else mask.replace(PORT_PLACEHOLDER, str(port))
 
 
 class GatewayTimeout(ProviderError):
@@ -131,9 +141,9 @@ def own_origin(connection: HTTPConnection) -> bool:
     return PREVIEW_HOST in connection.scope
 
 
-def forwarded_headers(connection: HTTPConnection, port: int, prefix: str) -> list[tuple[bytes, bytes]]:
+def forwarded_headers(connection: HTTPConnection, host: str, prefix: str) -> list[tuple[bytes, bytes]]:
     """The client's headers as the workspace's server gets them: hop-by-hop ones and agentbox's and E2B's
-    credentials removed, Host its own, where the request really went in X-Forwarded-* (the prefix only
+    credentials removed, Host `host` (`request_host`), where the request really went in X-Forwarded-* (the prefix only
     when it is not secret: "" for a preview token's path), and cookies only on the app's own origin."""
     own = own_origin(connection)
     kept = []
@@ -150,7 +160,7 @@ def forwarded_headers(connection: HTTPConnection, port: int, prefix: str) -> lis
         if value:
             kept.append((name, value))
     return [
-        (b"host", f"localhost:{port}".encode()),
+        (b"host", host.encode("latin-1")),
         *kept,
         (b"x-forwarded-host", connection.headers.get("host", "").encode("latin-1")),
         (b"x-forwarded-proto", connection.url.scheme.replace("ws", "http", 1).encode()),
@@ -195,12 +205,13 @@ def _embedding_refused(headers: Headers) -> bool:
     return headers.get("sec-fetch-site") == "same-origin" and headers.get("sec-fetch-dest", "") in _NOT_EMBEDDED
 
 
-async def open_port(connect: Connect) -> AsyncPort:
-    """A connection to the server: made in a worker thread (briefly: a socket's connect, an exec), then
-    driven from the event loop. Shielded, so that a client leaving meanwhile cannot leak it."""
+async def open_port(connect: Connect) -> tuple[AsyncPort, str]:
+    """A connection to the server, and the Host it is sent: made in a worker thread (briefly: a socket's
+    connect, an exec), then driven from the event loop. Shielded, so that a client leaving meanwhile
+    cannot leak it."""
     with anyio.CancelScope(shield=True):
-        connection = await anyio.to_thread.run_sync(connect)
-    return as_async(connection)
+        connection, host = await anyio.to_thread.run_sync(connect)
+    return as_async(connection), host
 
 
 async def close_port(port: AsyncPort) -> None:
@@ -211,8 +222,9 @@ async def close_port(port: AsyncPort) -> None:
 # HTTP
 
 
-async def proxy_http(request: Request, connect: Connect, target: str, prefix: str, port: int) -> Response:
-    """Send `request` to the server on `port` (at `target`, its path and query there) and stream its answer.
+async def proxy_http(request: Request, connect: Connect, target: str, prefix: str) -> Response:
+    """Send `request` to the server `connect` reaches (at `target`, its path and query there) and stream its
+    answer.
 
     A 502 when nothing listens there, a 504 when it does not start answering in ANSWER_SECONDS (or
     leaves the body untaken for STALL_SECONDS), a 413 past WORKSPACE_MAX_PROXIED_BODY.
@@ -227,10 +239,10 @@ async def proxy_http(request: Request, connect: Connect, target: str, prefix: st
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise _too_large(limit)
-    headers = forwarded_headers(request, port, prefix)
     has_body = length not in (None, "0") or "chunked" in request.headers.get("transfer-encoding", "")
-    connection = await open_port(connect)
+    connection, host = await open_port(connect)
     try:
+        headers = forwarded_headers(request, host, prefix)
         client = h11.Connection(h11.CLIENT)
         framing = [(b"content-length", length.encode())] if length is not None else []
         if length is None and request.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):

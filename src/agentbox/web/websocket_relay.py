@@ -111,14 +111,14 @@ async def proxy_websocket(
 
 async def _relay(websocket: WebSocket, connect: Connect, target: str, port: int) -> None:
     try:
-        connection = await open_port(connect)
+        connection, host = await open_port(connect)
     except AgentboxError as exc:
         await websocket.send_denial_response(_error(exc))
         return
     try:
         offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
         headers = [
-            (n, v) for n, v in forwarded_headers(websocket, port, "") if not n.lower().startswith(b"sec-websocket-")
+            (n, v) for n, v in forwarded_headers(websocket, host, "") if not n.lower().startswith(b"sec-websocket-")
         ]
         try:
             upstream = await _Upstream.open(connection, port, target, offered, headers)
@@ -167,8 +167,9 @@ class _Upstream:
         )
         request = protocol.connect()
         for name, value in headers:
-            if name.lower() != b"host":
-                request.headers[name.decode("latin-1")] = value.decode("latin-1")
+            if name.lower() == b"host":  # the workspace's own (`request_host`), not the URI's
+                del request.headers["Host"]
+            request.headers[name.decode("latin-1")] = value.decode("latin-1")
         protocol.send_request(request)
         with anyio.move_on_after(ANSWER_SECONDS):
             for data in protocol.data_to_send():

@@ -70,6 +70,9 @@ class NewWorkspace:
     repo: Checkout | None = None
     #: Its ports answer in the preview host form without a token (E2B's default for its sandboxes).
     public_ports: bool = False
+    #: The Host its ports' apps are sent, `${PORT}` replaced by the port (E2B's `maskRequestHost`); None:
+    #: ``localhost:<port>``. Only what the app sees: requests are routed by the URL the client used.
+    request_host: str | None = None
     #: Paused at its fixed end (`deadline_seconds`) instead of deleted.
     pause_at_end: PauseAtEnd | None = None
     #: Seconds unused after which it is suspended, until its next use; 0: never.

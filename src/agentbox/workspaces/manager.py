@@ -138,6 +138,7 @@ class WorkspaceManager:
             "env": dict(request.env),
             "labels": dict(request.labels),
             "public_ports": request.public_ports,
+            "request_host": request.request_host,
             "pause_at_end": None
             if request.pause_at_end is None
             else asdict(request.pause_at_end) | {"seconds": request.deadline_seconds},
