@@ -18,6 +18,9 @@ anything else (nothing sent within `peek_timeout`: a server-speaks-first protoco
   server's CA (ca.py), opens TLS to the original address verifying the upstream's certificate for the
   name, and sets the rule's headers on each request, filling `${e2b.secrets.NAME}` from
   `resolve_secrets` per request. Responses are relayed as they are.
+- allowed to a GitHub grant's host (TLS only; plain HTTP there is refused): intercepted the same way,
+  each request let through only into the grant's repositories (else a 403 and a Refusal), with the
+  App's installation token, asked for per request as the secret `github:APP`, as git sends it.
 
 Why check the dialled address rather than resolve the name here and connect where it leads: the
 connection goes exactly where the workspace meant (the address it picked among several, the one
