@@ -401,6 +401,63 @@ def test_get_host_reaches_ports_publicly_unless_the_sandbox_asks_otherwise(sandb
         private.kill()
 
 
+#: A server that answers every GET with the Host header it received.
+ECHO_HOST = """
+import http.server
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.headers["Host"].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+http.server.HTTPServer(("127.0.0.1", 8000), Echo).serve_forever()
+"""
+
+
+def test_mask_request_host_is_the_host_the_app_sees_and_routes_nothing(sandbox: Sandbox, server: Server) -> None:
+    # The mask names the fixture's sandbox's own host: the request still reaches the masked sandbox.
+    other = f"8000-{sandbox.sandbox_id}.{PREVIEW_DOMAIN}:{server.port}"
+    masked = Sandbox.create(timeout=120, network=SandboxNetworkOpts(mask_request_host="${PORT}-app.example.test"))
+    spoofing = Sandbox.create(
+        timeout=120, network=SandboxNetworkOpts(mask_request_host=other.replace("8000", "${PORT}", 1))
+    )
+    try:
+        for each in (masked, spoofing):
+            each.files.write("echo_host.py", ECHO_HOST)
+            each.commands.run("python3 echo_host.py", background=True, timeout=0)
+        page = eventually(lambda: _fetched(server, masked.get_host(8000)), timeout=30)
+        assert page is not None and page.status_code == 200 and page.text == "8000-app.example.test"
+        by_header = httpx.get(
+            f"{server.url}/e2b/envd/", headers={"E2b-Sandbox-Id": masked.sandbox_id, "E2b-Sandbox-Port": "8000"}
+        )
+        assert by_header.status_code == 200 and by_header.text == "8000-app.example.test"
+        shown = masked.get_info().network
+        assert shown is not None and shown.get("mask_request_host") == "${PORT}-app.example.test"
+        # The fixture's sandbox runs no server: an answer at all comes from the spoofing sandbox, by its own URL.
+        spoofed = eventually(lambda: _fetched(server, spoofing.get_host(8000)), timeout=30)
+        assert spoofed is not None and spoofed.status_code == 200 and spoofed.text == other
+        assert _fetched(server, other) is None  # the fixture's own port: nothing listens, a 502
+    finally:
+        masked.kill()
+        spoofing.kill()
+
+    plain = eventually(lambda: _echoed(sandbox, server), timeout=30)
+    assert plain == "localhost:8000"  # no mask: agentbox's own, as before
+
+
+def _echoed(sandbox: Sandbox, server: Server) -> str | None:
+    if not sandbox.files.exists("echo_host.py"):
+        sandbox.files.write("echo_host.py", ECHO_HOST)
+        sandbox.commands.run("python3 echo_host.py", background=True, timeout=0)
+    page = _fetched(server, sandbox.get_host(8000))
+    return page.text if page is not None else None
+
+
 def _fetched(server: Server, host: str, traffic_token: str | None = None) -> httpx.Response | None:
     headers = {"Host": host} | ({"e2b-traffic-access-token": traffic_token} if traffic_token else {})
     answer = httpx.get(f"{server.url}/", headers=headers)
@@ -419,5 +476,5 @@ def test_egress_options_are_enforced_or_refused(sdk: str, server: Server) -> Non
         Sandbox.create(network=SandboxNetworkOpts(deny_out=["0.0.0.0/0"], allow_out=["10.9.8.0/24"]))
     with pytest.raises(SandboxException, match="cannot enforce"):  # a deny list needs the egress proxy too
         Sandbox.create(network=SandboxNetworkOpts(deny_out=["10.0.0.0/8"]))
-    with pytest.raises(SandboxException, match="maskRequestHost"):  # unknown to agentbox: refused, not ignored
-        Sandbox.create(network=SandboxNetworkOpts(mask_request_host="x"))
+    with pytest.raises(SandboxException, match="maskRequestHost"):  # not a Host: refused, not ignored
+        Sandbox.create(network=SandboxNetworkOpts(mask_request_host="x\r\nX-Injected: 1"))
