@@ -120,6 +120,36 @@ def test_a_patch_applies_to_the_next_connection_and_survives_a_restart(served: S
             alice.delete(workspace.id)
 
 
+#: Makes an HTTPS request that the proxy puts the secret into and keeps its answer, then reads its own memory
+#: (what gVisor lets a process read: another's /proc/PID/mem needs ptrace rights) for each needle (given
+#: reversed, never whole in its arguments); prints what it found and how much it read.
+MEMORY_PROBE = """
+import json, sys, urllib.request
+answer = urllib.request.urlopen("https://api.test/held", timeout=20).read()
+# Each needle as two halves, never whole here: only a copy made elsewhere is found.
+halves = {n: (n[-4:][::-1].encode(), n[:-4][::-1].encode()) for n in sys.argv[1:]}
+found, read = {n: False for n in halves}, 0
+mem = open("/proc/self/mem", "rb", 0)
+for line in open("/proc/self/maps").read().splitlines():
+    span, perms = line.split()[:2]
+    low, high = (int(x, 16) for x in span.split("-"))
+    if "r" not in perms or high - low > 1 << 30:
+        continue
+    try:
+        mem.seek(low)
+        data = mem.read(high - low)
+    except (OSError, ValueError, OverflowError):
+        continue
+    read += len(data)
+    for name, (head, tail) in halves.items():
+        at = data.find(head)
+        while at >= 0 and not found[name]:
+            found[name] = data[at + len(head) : at + len(head) + len(tail)] == tail
+            at = data.find(head, at + 1)
+print(json.dumps({"read": read, **found}))
+"""
+
+
 def test_a_header_rule_reaches_the_server_and_the_secret_never_enters_the_workspace(
     served: Server, world: World
 ) -> None:
@@ -145,6 +175,13 @@ def test_a_header_rule_reaches_the_server_and_the_secret_never_enters_the_worksp
             assert SECRET not in out.stdout + out.stderr
             probe = alice.exec(workspace.id, "env; grep -rs -- " + SECRET[:12] + " / --exclude-dir=proc | head -3")
             assert SECRET not in probe.stdout, probe
+            # Nor in the memory of a process that made such a request: it finds the answer it got there (so the
+            # secret would be found too), never the secret.
+            needles = [SECRET[::-1], "hello from"[::-1]]
+            scanned = alice.exec(workspace.id, ["python3", "-c", MEMORY_PROBE, *needles], timeout=120)
+            found = json.loads(scanned.stdout)
+            assert found["read"] > 1 << 20 and found["hello from"[::-1]], found
+            assert not found[SECRET[::-1]], found
         finally:
             alice.delete(workspace.id)
 
