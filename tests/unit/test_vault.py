@@ -87,6 +87,15 @@ def test_put_list_replace_delete_reveal(store: Store, vault: Vault) -> None:
         vault.delete("alice", "TOKEN")
 
 
+def test_a_placeholder_finds_a_name_e2b_stored_lower_cased_and_an_exact_name_first(vault: Vault) -> None:
+    vault.put("alice", "openai_key", "lower")  # E2B's Secret.create("OPENAI_KEY") stores it so
+    assert vault.reveal("alice", "OPENAI_KEY") == vault.reveal("alice", "openai_key") == "lower"
+    vault.put("alice", "OPENAI_KEY", "exact")
+    assert vault.reveal("alice", "OPENAI_KEY") == "exact" and vault.reveal("alice", "openai_key") == "lower"
+    with pytest.raises(UnknownSecret):
+        vault.reveal("alice", "Other_Key")
+
+
 def test_an_owner_reaches_only_their_own(vault: Vault) -> None:
     vault.put("alice", "TOKEN", VALUE)
     assert vault.list("bob") == []

@@ -242,20 +242,20 @@ class Vault:
             session.delete(row)
 
     def reveal(self, owner: str, name: str) -> str:
-        """The value of `owner`'s secret `name`: for the egress proxy alone, which puts it into a request
-        leaving a workspace of that owner. Never answer it to a client.
+        """The value of `owner`'s secret `name` (else of `name` lower-cased, as E2B stores names): for the egress
+        proxy alone, which puts it into a request leaving a workspace of that owner. Never answer it to a client.
 
         Raises UnknownSecret (404, naming it) when the owner has no such secret, Unprocessable (422)
         for a malformed name, Unsealable (503) when the server's keys cannot open it.
         """
         _check_name(name)
         with self.store.session() as session:
-            row = session.get(Secret, (owner, name))
-            sealed = None if row is None else row.value
-        if sealed is None:
+            # E2B stores names lower-cased and its SDK fills a placeholder with the name as typed.
+            row = session.get(Secret, (owner, name)) or session.get(Secret, (owner, name.lower()))
+        if row is None:
             raise UnknownSecret(owner, name)
         try:
-            return self.keyring.open(sealed, _context(owner, name)).decode()
+            return self.keyring.open(row.value, _context(owner, row.name)).decode()
         except DecryptError as exc:
             raise Unsealable(
                 f"secret {name!r} of owner {owner!r} cannot be decrypted ({exc}): was GITHUB_APP_ENCRYPTION_KEY "

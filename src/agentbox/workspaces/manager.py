@@ -221,7 +221,7 @@ class WorkspaceManager:
         wanted = policy.secret_names()
         if wanted:
             have = self.secret_names(owner) if self.secret_names is not None else set()
-            missing = sorted(wanted - have)
+            missing = sorted(name for name in wanted if name not in have and name.lower() not in have)
             if missing:
                 raise Unprocessable(
                     f"network.headers: no secret {', '.join(map(repr, missing))} of yours: set it with PUT "
