@@ -246,6 +246,7 @@ class UsageSampleRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     cpu: Mapped[float | None] = mapped_column(Float)  # cores busy since the sample before (None: the first)
     memory: Mapped[int] = mapped_column(BigInteger)
+    disk: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # bytes written (None: not measured)
 
 
 class SessionClaim(Base):

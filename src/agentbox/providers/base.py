@@ -105,10 +105,12 @@ class Resources:
 
 @dataclass(frozen=True)
 class Usage:
-    """What a running workspace uses now: CPU time since it started and memory held (its working set)."""
+    """What a running workspace uses now: CPU time since it started, memory held (its working set) and bytes
+    written to its disk (None: its provider cannot say)."""
 
     cpu_seconds: float
     memory_bytes: int
+    disk_bytes: int | None = None
 
 
 ProviderState = Literal["running", "stopped", "missing"]

@@ -1,4 +1,4 @@
-"""The last hour of each workspace's CPU and memory, sampled in the background (the dashboard's charts).
+"""The last hour of each workspace's CPU, memory and disk, sampled in the background (the dashboard's charts).
 
 Only the leader measures (replicas.py): measuring reads each sandbox's cgroup or asks its provider,
 work that must not be multiplied by the number of replicas. It writes each round's samples to the
@@ -36,6 +36,7 @@ class UsageSample:
     at: datetime
     cpu: float | None  # cores busy on average since the sample before (None: the first of a run)
     memory: int  # bytes
+    disk: int | None = None  # bytes written to its disk (None: its provider cannot say)
 
 
 class SharedSamples:
@@ -47,7 +48,7 @@ class SharedSamples:
     def add(self, samples: list[tuple[str, UsageSample]]) -> None:
         if not samples:
             return
-        rows = [{"workspace_id": w, "at": s.at, "cpu": s.cpu, "memory": s.memory} for w, s in samples]
+        rows = [{"workspace_id": w, "at": s.at, "cpu": s.cpu, "memory": s.memory, "disk": s.disk} for w, s in samples]
         with self.store.session() as session:
             session.execute(insert(UsageSampleRow), rows)
 
@@ -60,7 +61,8 @@ class SharedSamples:
         )
         with self.store.session() as session:
             return [
-                (r.id, r.workspace_id, UsageSample(at=r.at, cpu=r.cpu, memory=r.memory)) for r in session.scalars(query)
+                (r.id, r.workspace_id, UsageSample(at=r.at, cpu=r.cpu, memory=r.memory, disk=r.disk))
+                for r in session.scalars(query)
             ]
 
     def prune(self, before: datetime) -> None:
@@ -126,7 +128,8 @@ class UsageHistory:
                     if seconds > 0 and usage.cpu_seconds >= before.cpu_seconds:  # less: it restarted
                         cpu = (usage.cpu_seconds - before.cpu_seconds) / seconds
                 self._previous[workspace_id] = (at, usage)
-                taken.append((workspace_id, UsageSample(at=at, cpu=cpu, memory=usage.memory_bytes)))
+                sample = UsageSample(at=at, cpu=cpu, memory=usage.memory_bytes, disk=usage.disk_bytes)
+                taken.append((workspace_id, sample))
             # A stopped or deleted workspace's next run's CPU is not measured against this one's.
             for workspace_id in set(self._previous) - set(measured):
                 del self._previous[workspace_id]

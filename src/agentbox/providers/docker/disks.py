@@ -135,6 +135,20 @@ class Disks:
         if target.exists():
             shutil.rmtree(target, ignore_errors=True)
 
+    def used(self, name: str) -> int | None:
+        """Bytes in use on the disk's filesystem, as `df` counts them; None when disks are plain directories
+        (their filesystem is the host's) or it is not mounted."""
+        target = self.mountpoint(name)
+        if not self.enforced:
+            return None
+        try:
+            if not os.path.ismount(target):
+                return None
+            stats = os.statvfs(target)
+        except OSError:  # removed meanwhile
+            return None
+        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+
     def names(self) -> set[str]:
         """Every disk that exists, mounted or not."""
         if not self.root.is_dir():

@@ -601,16 +601,17 @@ class DockerProvider(Provider):
 
     def usage(self, ref: str) -> Usage | None:
         found = self._cgroup(ref, cgroup_usage)
-        if found is not None:
-            return found
-        details = self._inspect(ref, "measuring the workspace")
-        if not details["State"].get("Running"):
-            return None
-        found = cgroup_usage(details["Id"], details["HostConfig"].get("CgroupParent") or "")
+        if found is None:
+            details = self._inspect(ref, "measuring the workspace")
+            if not details["State"].get("Running"):
+                return None
+            found = cgroup_usage(details["Id"], details["HostConfig"].get("CgroupParent") or "")
         if found is None:  # a cgroup layout not known here (or not visible to this server): the engine knows
             with engine_errors("measuring the workspace"):
                 found = stats_usage(self.client.api.stats(ref, stream=False, one_shot=True))
-        return found
+        if found is None:
+            return None
+        return dataclasses.replace(found, disk_bytes=self.disks.used(_workspace_id(ref)))
 
     def inventory(self) -> dict[str, tuple[str, ProviderState]]:
         with engine_errors("listing workspaces"):
