@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentbox.e2b_api.network import ALL_TRAFFIC, Refused, from_create, from_update, to_info
-from agentbox.web.proxy import request_host
 from agentbox.egress.rules import Policy
+from agentbox.web.proxy import request_host
 
 
 def create_body(network: SandboxNetworkOpts) -> dict[str, Any]:
