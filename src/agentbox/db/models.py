@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,6 +64,14 @@ def new_secret_id() -> str:
     # E2B's form (its API reserves the sec_ prefix for identifiers, so no name looks like one); random,
     # not derived from the owner or the name.
     return "sec_" + secrets.token_hex(16)
+
+
+def new_volume_id() -> str:
+    return "vol-" + secrets.token_hex(8)
+
+
+def new_snapshot_id() -> str:
+    return "snap-" + secrets.token_hex(8)
 
 
 def new_key_id() -> str:
@@ -128,6 +137,45 @@ class Workspace(Base):
     # The replica creating or starting it while it is `starting`, or booting it into the warm pool:
     # only that replica's death (its heartbeat gone stale) lets reconciliation give the row up.
     replica: Mapped[str | None] = mapped_column(String(64))
+    # The owner's volumes mounted into it: [{"volume": "vol-...", "path": "/mnt/data", "read_only": false}].
+    volumes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    # The snapshot it was made from (its files, and its memory where the snapshot kept it).
+    snapshot_id: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class Volume(Base):
+    """A named persistent volume of an owner's: a disk of `size` bytes that outlives the workspaces using it."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_volume_id)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Snapshot(Base):
+    """A workspace's state at one moment, an owner's: its files always, its memory and processes where the
+    provider could keep them (`memory_kept`); workspaces are made from it as from an image."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_snapshot_id)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(64), default=None)  # NULLs are not equal: many unnamed
+    workspace_id: Mapped[str] = mapped_column(String(32), index=True)  # the source; it may be gone since
+    provider: Mapped[str] = mapped_column(String(32))
+    # Where the provider keeps it (a directory of the Docker provider's, say).
+    provider_ref: Mapped[str] = mapped_column(String(256))
+    # What a workspace made from it is given unless the create says otherwise: image, cpu, memory, disk,
+    # pids_limit, env, labels, the network columns.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    memory_kept: Mapped[bool] = mapped_column(default=False)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes it takes on the host
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class GitHubApp(Base):
