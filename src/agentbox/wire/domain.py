@@ -77,6 +77,17 @@ class NewWorkspace:
     pause_at_end: PauseAtEnd | None = None
     #: Seconds unused after which it is suspended, until its next use; 0: never.
     idle_timeout: float | None = None
+    #: The owner's volumes to mount into it, by name (or id).
+    volumes: tuple[VolumeRequest, ...] = ()
+
+
+@dataclass(frozen=True)
+class VolumeRequest:
+    """A volume of the owner's to mount into a new workspace: by name (or id), at an absolute path."""
+
+    name: str
+    path: str
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
