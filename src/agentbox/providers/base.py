@@ -27,6 +27,15 @@ from agentbox.wire.network import NO_NETWORK, PolicyKind, kind_of, policy_of
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """A volume mounted into a workspace: the volume's id (the provider keeps its storage under it), where, how."""
+
+    volume: str
+    path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class WorkspaceSpec:
     """What a workspace must look like when it is ready."""
 
@@ -42,6 +51,8 @@ class WorkspaceSpec:
     #: For "allow" and "rules": the policy, enforced by name where `Capabilities.egress_by_name`.
     egress: Policy | None = None
     ttl_seconds: int | None = None  # for providers whose sandboxes end by themselves (E2B)
+    #: Volumes made with `Provider.create_volume`, mounted into it (`Capabilities.volumes`).
+    volumes: tuple[VolumeMount, ...] = ()
 
     @classmethod
     def of(cls, record: Any) -> WorkspaceSpec:
@@ -58,6 +69,10 @@ class WorkspaceSpec:
             allow_cidrs=tuple(record.allow_cidrs) if record.allow_cidrs is not None else None,
             egress=policy if isinstance(policy, Policy) else None,
             ttl_seconds=int(record.ttl_days * 86400) if record.ttl_days else None,
+            volumes=tuple(
+                VolumeMount(m["volume"], m["path"], bool(m.get("read_only")))
+                for m in getattr(record, "volumes", None) or ()
+            ),
         )
 
 
@@ -92,6 +107,9 @@ class Capabilities:
     pause_keeps_memory: frozenset[str] = frozenset()
     #: A running workspace can be suspended where it is, using no CPU, and woken (`Provider.suspend`).
     suspend: bool = False
+    #: Named volumes: made (`Provider.create_volume`), mounted into workspaces at create (`WorkspaceSpec.volumes`),
+    #: kept when they go, removed (`Provider.destroy_volume`).
+    volumes: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,6 +258,23 @@ class Provider(abc.ABC):
         runtime's first call (WorkspaceGone), not this one. What the runtime can do beyond
         commands and files, `capabilities()` says (`archives`, `processes`, `watch`, `ports`).
         """
+
+    def create_volume(self, volume_id: str, size: int) -> None:
+        """Make a volume's storage of `size` bytes (writes past it fail with ENOSPC), ready to be mounted.
+        Leaves nothing on failure. Raises BadRequest when this provider has no volumes, ProviderError."""
+        raise BadRequest(f"the {self.name} provider cannot keep volumes; use the gvisor or docker provider")
+
+    def destroy_volume(self, volume_id: str) -> None:
+        """Remove a volume's storage and what it holds; one already gone is not an error. Raises ProviderError."""
+        return None
+
+    def volume_used(self, volume_id: str) -> int | None:
+        """Bytes written on the volume, or None when the provider cannot say."""
+        return None
+
+    def volume_ids(self) -> set[str]:
+        """Every volume whose storage this provider holds (to find what no record names)."""
+        return set()
 
     def close(self) -> None:
         """Let go of what the provider holds, at the server's end: work it was doing in the background

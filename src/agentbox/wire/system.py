@@ -41,6 +41,7 @@ class ProviderInfo(BaseModel):
     suspend: bool = Field(
         default=False, description="idle workspaces are suspended (frozen, no CPU) and woken by their next use"
     )
+    volumes: bool = Field(default=False, description="named volumes (POST /volumes) can be mounted into its workspaces")
 
 
 class ProviderStatus(BaseModel):
