@@ -53,6 +53,10 @@ class WorkspaceSpec:
     ttl_seconds: int | None = None  # for providers whose sandboxes end by themselves (E2B)
     #: Volumes made with `Provider.create_volume`, mounted into it (`Capabilities.volumes`).
     volumes: tuple[VolumeMount, ...] = ()
+    #: The snapshot (its provider's `SnapshotTaken.ref`) it starts from: its files, and its memory when
+    #: `from_memory` (the snapshot kept it, and this workspace can be restored with it).
+    snapshot: str | None = None
+    from_memory: bool = False
 
     @classmethod
     def of(cls, record: Any) -> WorkspaceSpec:
@@ -110,6 +114,9 @@ class Capabilities:
     #: Named volumes: made (`Provider.create_volume`), mounted into workspaces at create (`WorkspaceSpec.volumes`),
     #: kept when they go, removed (`Provider.destroy_volume`).
     volumes: bool = False
+    #: A workspace's files (and memory, as `pause_keeps_memory` says) can be snapshotted, and workspaces made
+    #: from the snapshot (`Provider.snapshot`, `WorkspaceSpec.snapshot`).
+    snapshots: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,17 @@ class Usage:
     cpu_seconds: float
     memory_bytes: int
     disk_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotTaken:
+    """A snapshot a provider made: its handle, whether it holds memory and processes, the bytes it takes."""
+
+    ref: str
+    memory_kept: bool
+    size: int
+    #: Why memory was not kept, for the answer ("" when it was, or was not asked for).
+    memory_note: str = ""
 
 
 ProviderState = Literal["running", "stopped", "missing"]
@@ -219,6 +237,20 @@ class Provider(abc.ABC):
     def discard_memory(self, ref: str) -> None:
         """Forget what a pause kept in memory, so that the next `start` boots afresh (files kept)."""
         return None  # `pause` above keeps none
+
+    def snapshot(self, ref: str, snapshot_id: str, memory: bool) -> SnapshotTaken:
+        """Copy the workspace's files (and with `memory`, its memory and processes where it can), leaving it
+        running as it was (a short pause at most). Leaves nothing behind on failure.
+
+        Raises BadRequest when this provider cannot snapshot (`capabilities().snapshots`), ProviderError."""
+        raise BadRequest(
+            f"the {self.name} provider cannot snapshot workspaces (GET /api/v1/providers: capabilities.snapshots); "
+            "use a workspace of the gvisor or docker provider"
+        )
+
+    def delete_snapshot(self, snapshot_ref: str) -> None:
+        """Remove what a snapshot holds; one already gone is not an error."""
+        return None
 
     def suspend(self, ref: str) -> None:
         """Stop the running workspace where it is, using no CPU, its memory and processes kept, until

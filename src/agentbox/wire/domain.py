@@ -79,6 +79,9 @@ class NewWorkspace:
     idle_timeout: float | None = None
     #: The owner's volumes to mount into it, by name (or id).
     volumes: tuple[VolumeRequest, ...] = ()
+    #: The owner's snapshot it starts from, by id or name: its files (and memory where the snapshot kept it),
+    #: its image, sizes and network as the defaults of what is None here.
+    snapshot: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,10 @@ class ProviderInfo(BaseModel):
         default=False, description="idle workspaces are suspended (frozen, no CPU) and woken by their next use"
     )
     volumes: bool = Field(default=False, description="named volumes (POST /volumes) can be mounted into its workspaces")
+    snapshots: bool = Field(
+        default=False,
+        description="its workspaces can be snapshotted and forked (files; memory where pause_keeps_memory says)",
+    )
 
 
 class ProviderStatus(BaseModel):

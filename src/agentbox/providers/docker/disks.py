@@ -30,12 +30,26 @@ log = logging.getLogger("agentbox.providers.docker.disks")
 TMP, HOME, WORKSPACE, PROCS = "tmp", "home", "workspace", "procs"
 #: (name, mode, owned by the workspace user)
 _SUBDIRS = ((WORKSPACE, 0o755, True), (HOME, 0o755, True), (TMP, 0o1777, False), (PROCS, 0o700, True))
+#: A named volume's one directory, the workspace user's, bind-mounted where the workspace asks (its filesystem's
+#: root stays root's, with lost+found).
+VOLUME_DATA = "data"
+VOLUME_SUBDIRS = ((VOLUME_DATA, 0o755, True),)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 class Disks:
-    def __init__(self, root: Path, owner: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        owner: str,
+        subdirs: tuple[tuple[str, int, bool], ...] = _SUBDIRS,
+        what: str = "workspace disk",
+    ) -> None:
+        """`subdirs`: the directories each disk starts with (name, mode, owned by `owner`); `what` names its
+        disks in errors."""
         self.root = root
+        self._subdirs = subdirs
+        self.what = what
         uid, _, gid = owner.partition(":")
         self._uid, self._gid = int(uid), int(gid or uid)
         missing = [tool for tool in ("mkfs.ext4", "mount", "umount") if shutil.which(tool) is None]
@@ -79,7 +93,7 @@ class Disks:
             # -d: the directories are in the filesystem from the start, so they never go missing
             # while it is being mounted over the placeholders (the engine may be looking).
             layout = str(self._layout())
-            _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", options, "-d", layout, str(self._image(name)))
+            _run(self.what, "mkfs.ext4", "-q", "-F", "-m", "0", "-E", options, "-d", layout, str(self._image(name)))
             self._mount(name)
         except BaseException:
             self.destroy(name)
@@ -87,7 +101,7 @@ class Disks:
 
     def _layout(self) -> Path:
         """A directory with the disk's layout, copied into each new filesystem by mkfs."""
-        layout = self.root / f".layout-{len(_SUBDIRS)}"  # a new subdirectory means a new layout
+        layout = self.root / f".layout-{len(self._subdirs)}"  # a new subdirectory means a new layout
         if not layout.is_dir():
             partial = self.root / f".layout.{os.getpid()}.{threading.get_ident()}"
             partial.mkdir(parents=True)
@@ -99,7 +113,7 @@ class Disks:
         return layout
 
     def _lay_out(self, target: Path) -> None:
-        for sub, mode, owned in _SUBDIRS:
+        for sub, mode, owned in self._subdirs:
             path = target / sub
             path.mkdir(exist_ok=True)
             os.chmod(path, mode)
@@ -119,14 +133,21 @@ class Disks:
         # it (by root in the workspace, or written into the image from outside) must mean nothing; the
         # bind mounts into the container inherit both. Not noexec: agents build and run programs in
         # /workspace and /tmp, which is the point of a workspace.
-        _run("mount", "-o", "loop,nosuid,nodev,noinit_itable", str(self._image(name)), str(self.mountpoint(name)))
+        _run(
+            self.what,
+            "mount",
+            "-o",
+            "loop,nosuid,nodev,noinit_itable",
+            str(self._image(name)),
+            str(self.mountpoint(name)),
+        )
 
     def destroy(self, name: str) -> None:
         target = self.mountpoint(name)
         # Lazy only if something (a container being torn down) still holds it.
         if os.path.ismount(target) and subprocess.run(["umount", str(target)], capture_output=True).returncode:
             try:
-                _run("umount", "--lazy", str(target))
+                _run(self.what, "umount", "--lazy", str(target))
             except ProviderError:
                 if os.path.ismount(target):
                     raise
@@ -161,10 +182,10 @@ class Disks:
         return found
 
 
-def _run(*argv: str) -> None:
+def _run(what: str, *argv: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ProviderError(
-            f"preparing the workspace disk: `{' '.join(argv[:2])}` failed: {result.stderr.strip()}; check the free "
+            f"preparing the {what}: `{' '.join(argv[:2])}` failed: {result.stderr.strip()}; check the free "
             "space under WORKSPACE_DATA_DIR and that loop devices are available (`losetup -f` prints one)"
         )

@@ -28,7 +28,7 @@ from docker.types import Mount
 
 from agentbox.egress.rules import Policy
 from agentbox.errors import AgentboxError, BadRequest, Conflict, ProviderError, ProviderUnavailable, WorkspaceGone
-from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
+from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, VolumeMount, WorkspaceSpec
 from agentbox.providers.docker.boot import probe_booted, start_and_await_ready
 from agentbox.providers.docker.channel import (
     ROOT_START_CAPABILITIES,
@@ -38,7 +38,7 @@ from agentbox.providers.docker.channel import (
     WaysIn,
 )
 from agentbox.providers.docker.checkpoints import LET_GO_OF_SOCKET, LISTEN_AGAIN, Checkpoints
-from agentbox.providers.docker.disks import HOME, PROCS, TMP, WORKSPACE, Disks
+from agentbox.providers.docker.disks import HOME, PROCS, TMP, VOLUME_DATA, WORKSPACE, Disks
 from agentbox.providers.docker.egress_gateway import EgressGateway
 from agentbox.providers.docker.engine import EngineTransport, engine_errors
 from agentbox.providers.docker.freezer import cgroup_freezing, container_freezer
@@ -105,6 +105,7 @@ class DockerProvider(Provider):
         checkpoint_runtime: str | None = None,
         tcp_channel: TcpChannel | None = None,
         egress: EgressGateway | None = None,
+        volumes: Disks | None = None,
     ) -> None:
         """`network`: the fenced workspace network (WORKSPACE_NETWORK_NAME); None puts workspaces that may
         reach the internet on Docker's default bridge, with no firewall, and refuses allow lists.
@@ -116,7 +117,9 @@ class DockerProvider(Provider):
         (WORKSPACE_HELPER_CHANNEL=tcp, channel.py); the control socket, then the Engine API's exec,
         remain for workspaces without network and for those made without the listener.
         `egress`: the proxy and redirect of `network` (egress_gateway.py), which enforce egress policies by name;
-        None: only plain allow lists, resolved at create and pinned by the firewall."""
+        None: only plain allow lists, resolved at create and pinned by the firewall.
+        `volumes`: where named volumes live (each a disk like a workspace's, of its own size, loop-mounted from its
+        create to its delete and bind-mounted into the workspaces that use it); None: no volumes."""
         self.client = client
         self.network = network
         self.control_root = control_root
@@ -129,6 +132,7 @@ class DockerProvider(Provider):
         self.checkpoint_runtime = checkpoint_runtime
         self.tcp_channel = tcp_channel
         self.egress = egress if network is not None else None
+        self.volumes = volumes
         self.checkpoints = Checkpoints(client)
         self.ways_in = WaysIn(client, user, control_root, tcp_channel)
         self._isolation = isolation
@@ -153,6 +157,7 @@ class DockerProvider(Provider):
             ports=True,
             pause_keeps_memory=frozenset({"none"} if self.checkpoint_runtime else ()),
             suspend=cgroup_freezing(),
+            volumes=self.volumes is not None,
         )
         if self.network is not None and self.egress is not None:
             return dataclasses.replace(offers, network_policies=POLICY_KINDS, egress_by_name=True)
@@ -250,6 +255,7 @@ class DockerProvider(Provider):
         home = self._home(spec.image)
         binds += [(disk / TMP, "/tmp", False), (disk / HOME, home, False)]
         binds.append((disk / PROCS, PROCS_IN_WORKSPACE, False))
+        binds += self._volume_binds(spec.volumes, home)
         init = [HELPER, "init"]
         host_memory, host_pids = spec.memory, spec.pids_limit
         if self.oci_runtime != STANDARD_RUNTIME:
@@ -343,9 +349,51 @@ class DockerProvider(Provider):
             raise
         return ref
 
+    # Volumes: disks of their own under `volumes`, mounted on the host for their whole life (a loop device
+    # each), so that a workspace's create or start only binds them; remounted after a host reboot.
+
+    def _volume_binds(self, mounts: tuple[VolumeMount, ...], home: str) -> list[tuple[Path, str, bool]]:
+        """The bind mounts of a workspace's volumes, each mounted on the host. BadRequest for a volume this
+        provider does not hold, or a path that is the workspace's own."""
+        if not mounts:
+            return []
+        if self.volumes is None:
+            raise BadRequest(f"the {self.name} provider on this server keeps no volumes")
+        binds = []
+        for mount in mounts:
+            if mount.path == home:
+                raise BadRequest(f"volume at {mount.path!r}: that is the image's home directory; mount it elsewhere")
+            binds.append((self._volume_data(mount.volume), mount.path, mount.read_only))
+        return binds
+
+    def _volume_data(self, volume_id: str) -> Path:
+        """The volume's directory on the host, its filesystem mounted. ProviderError when it is gone."""
+        assert self.volumes is not None
+        data = self.volumes.ensure_mounted(volume_id) / VOLUME_DATA
+        if not data.is_dir():
+            raise ProviderError(f"volume {volume_id} has no storage on this host (removed by hand?): delete it")
+        return data
+
+    def create_volume(self, volume_id: str, size: int) -> None:
+        if self.volumes is None:
+            return super().create_volume(volume_id, size)
+        self.volumes.reserve(volume_id)
+        self.volumes.format(volume_id, size)  # removes what it made on failure
+
+    def destroy_volume(self, volume_id: str) -> None:
+        if self.volumes is not None:
+            self.volumes.destroy(volume_id)
+
+    def volume_used(self, volume_id: str) -> int | None:
+        return self.volumes.used(volume_id) if self.volumes is not None else None
+
+    def volume_ids(self) -> set[str]:
+        return self.volumes.names() if self.volumes is not None else set()
+
     def start(self, ref: str) -> None:
         self.ways_in.forget(_workspace_id(ref))
         self.disks.ensure_mounted(_workspace_id(ref))
+        self._remount_volumes(ref)
         if self.checkpoint_runtime is not None and self.checkpoints.exists(ref):
             self._resume(ref)
         else:
@@ -356,6 +404,17 @@ class DockerProvider(Provider):
         if policy is not None:  # its address may have changed (the manager hands it again after a server restart)
             assert self.egress is not None
             self.egress.attach(_workspace_id(ref), self._address(ref), policy)
+
+    def _remount_volumes(self, ref: str) -> None:
+        """Mount the volumes the stopped container binds, should the host have rebooted since (their images
+        stay; a bind of an unmounted directory would hand the workspace an empty one)."""
+        if self.volumes is None:
+            return
+        prefix = str(self.volumes.root) + "/"
+        for mount in self._inspect(ref, "starting the workspace").get("Mounts") or []:
+            source = str(mount.get("Source") or "")
+            if source.startswith(prefix):
+                self._volume_data(source.removeprefix(prefix).split("/", 1)[0])
 
     def _resume(self, ref: str) -> None:
         """Start a workspace from its checkpoint (memory and processes as they were), else afresh."""
