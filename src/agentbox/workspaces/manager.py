@@ -7,6 +7,7 @@ to run in worker threads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,7 @@ from agentbox.workspaces.metrics import Metrics
 from agentbox.workspaces.pool import WarmPool
 from agentbox.workspaces.session_claims import SessionClaims
 from agentbox.workspaces.sessions import ShellSessions
+from agentbox.workspaces.snapshots import Snapshots
 from agentbox.workspaces.watchers import Watchers
 
 log = logging.getLogger("agentbox.workspaces.manager")
@@ -75,6 +77,7 @@ class WorkspaceManager:
         self.admission = Admission(store, settings.max_concurrent, self.metrics)
         self.activity = Activity(store.touch)
         self.idle = IdleSuspender(store, self.providers, settings, self.metrics)
+        self.snapshots = Snapshots(self)
         #: The names of an owner's secrets (the vault's), to check the header rules of a policy against; None:
         #: this server keeps no secrets, and a policy that names one is refused.
         self.secret_names: Callable[[str], set[str]] | None = None
@@ -107,6 +110,7 @@ class WorkspaceManager:
 
     def _create(self, owner: str, request: NewWorkspace, quota: Quota | None) -> Workspace:
         started = time.monotonic()
+        request, snapshot = self.snapshots.applied(owner, request)  # a snapshot's spec as the defaults
         provider_name = request.provider or self.settings.default_provider
         provider = self._provider(provider_name)
         capabilities = provider.capabilities()
@@ -148,6 +152,7 @@ class WorkspaceManager:
             "active_at": now,
         }
         pool = self.pool if self.pool is not None and self.pool.serves(provider_name, request, network) else None
+        pool = None if snapshot is not None else pool
         # Resolved before admission, not under it: a name lookup may take seconds. (A pooled
         # workspace has its own; a cold create after an empty pool resolves below.)
         allow_cidrs = None if pool is not None else self._resolve(provider, network["allow"])
@@ -169,6 +174,7 @@ class WorkspaceManager:
                     allow_cidrs=allow_cidrs,
                     updated_at=now,
                     replica=self.settings.replica_id,
+                    snapshot_id=snapshot.id if snapshot is not None else None,
                     **network,
                     **claim,
                 )
@@ -181,7 +187,11 @@ class WorkspaceManager:
             if workspace.allow is not None and workspace.allow_cidrs is None:  # the pool was empty
                 workspace.allow_cidrs = self._resolve(provider, workspace.allow)
                 self.store.update(workspace.id, allow_cidrs=workspace.allow_cidrs)
-            ref = provider.create(WorkspaceSpec.of(workspace))
+            spec = WorkspaceSpec.of(workspace)
+            if snapshot is not None:
+                memory = snapshot.memory_kept and spec.network == "none"
+                spec = dataclasses.replace(spec, snapshot=snapshot.provider_ref, from_memory=memory)
+            ref = provider.create(spec)
         except BaseException as exc:
             # The caller gets the error and no id: hide the row, keep its story in the events.
             self.metrics.failures.labels("create").inc()

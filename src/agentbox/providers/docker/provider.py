@@ -28,7 +28,15 @@ from docker.types import Mount
 
 from agentbox.egress.rules import Policy
 from agentbox.errors import AgentboxError, BadRequest, Conflict, ProviderError, ProviderUnavailable, WorkspaceGone
-from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, VolumeMount, WorkspaceSpec
+from agentbox.providers.base import (
+    Capabilities,
+    Provider,
+    ProviderState,
+    SnapshotTaken,
+    Usage,
+    VolumeMount,
+    WorkspaceSpec,
+)
 from agentbox.providers.docker.boot import probe_booted, start_and_await_ready
 from agentbox.providers.docker.channel import (
     ROOT_START_CAPABILITIES,
@@ -46,6 +54,7 @@ from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
 from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
 from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME
 from agentbox.providers.docker.removals import BackgroundRemovals
+from agentbox.providers.docker.snapshots import SnapshotFiles
 from agentbox.providers.docker.usage import CGROUP_ROOT, cgroup_usage, stats_usage
 from agentbox.sandbox import (
     CONTROL_IN_WORKSPACE,
@@ -56,6 +65,7 @@ from agentbox.sandbox import (
     helper_digest,
 )
 from agentbox.sandbox.channel import HelperChannel, Transport
+from agentbox.sandbox.runtime import ExecRequest
 from agentbox.wire.network import NO_NETWORK, POLICY_KINDS
 
 log = logging.getLogger("agentbox.providers.docker")
@@ -134,6 +144,7 @@ class DockerProvider(Provider):
         self.egress = egress if network is not None else None
         self.volumes = volumes
         self.checkpoints = Checkpoints(client)
+        self.snapshots = SnapshotFiles(disks.root.parent / "snapshots", disks)
         self.ways_in = WaysIn(client, user, control_root, tcp_channel)
         self._isolation = isolation
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
@@ -157,6 +168,7 @@ class DockerProvider(Provider):
             ports=True,
             pause_keeps_memory=frozenset({"none"} if self.checkpoint_runtime else ()),
             suspend=cgroup_freezing(),
+            snapshots=True,
             volumes=self.volumes is not None,
         )
         if self.network is not None and self.egress is not None:
@@ -250,7 +262,10 @@ class DockerProvider(Provider):
         ref = CONTAINER_PREFIX + spec.id
         disk = self.disks.reserve(spec.id)
         # mkfs + mount (~45 ms) overlap the engine's create call.
-        formatting = self._background.submit(self.disks.format, spec.id, spec.disk)
+        if spec.snapshot is None:
+            formatting = self._background.submit(self.disks.format, spec.id, spec.disk)
+        else:  # its files: a copy of the snapshot's disk
+            formatting = self._background.submit(self.snapshots.lay_disk, spec.snapshot, spec.id, spec.disk)
         binds = [(self.helper, HELPER, True), (disk / WORKSPACE, "/workspace", False)]
         home = self._home(spec.image)
         binds += [(disk / TMP, "/tmp", False), (disk / HOME, home, False)]
@@ -467,6 +482,28 @@ class DockerProvider(Provider):
             self._stop(ref)
             return False
         return True
+
+    def snapshot(self, ref: str, snapshot_id: str, memory: bool) -> SnapshotTaken:
+        """A copy of the workspace's disk (snapshots.py), taken with its sandbox frozen for the copy's length."""
+        details = self._inspect(ref)
+        workspace_id = _workspace_id(ref)
+        freezer = None
+        if details["State"].get("Running"):
+            # What gVisor may still hold of the workload's writes reaches the disk first; a sandbox that does not
+            # answer (suspended, busy) is copied as the host sees it.
+            with contextlib.suppress(AgentboxError):
+                self.runtime(ref).exec(ExecRequest(["sync"], cwd="/", timeout=30))
+            freezer = container_freezer(details["Id"], details["HostConfig"].get("CgroupParent") or "")
+        else:
+            self.disks.ensure_mounted(workspace_id)
+        self.snapshots.take(snapshot_id, workspace_id, freezer)
+        note = ""
+        if memory:
+            note = "memory is not kept by snapshots here: files only"
+        return SnapshotTaken(snapshot_id, False, self.snapshots.size(snapshot_id), note)
+
+    def delete_snapshot(self, snapshot_ref: str) -> None:
+        self.snapshots.remove(snapshot_ref)
 
     def discard_memory(self, ref: str) -> None:
         if self.checkpoint_runtime is not None and self.checkpoints.exists(ref):
