@@ -92,6 +92,7 @@ class FakeProvider(Provider):
         self._capabilities = capabilities or Capabilities(runtime="fake", isolation="none (a unit-test fake)")
         self.sandboxes: dict[str, FakeSandbox] = {}
         self.calls: list[tuple[str, str]] = []  # (method, ref), for tests that check what was asked
+        self.volumes: dict[str, int] = {}  # volume id -> size, with `Capabilities.volumes`
         self.networks: dict[str, Any] = {}  # ref -> the policy `set_network` gave it last
         self._refs = itertools.count(1)
         self._lock = threading.Lock()
@@ -118,9 +119,23 @@ class FakeProvider(Provider):
             time.sleep(0.005)
         return sandbox
 
+    def create_volume(self, volume_id: str, size: int) -> None:
+        if not self._capabilities.volumes:
+            return super().create_volume(volume_id, size)
+        self.volumes[volume_id] = size
+
+    def destroy_volume(self, volume_id: str) -> None:
+        self.volumes.pop(volume_id, None)
+
+    def volume_ids(self) -> set[str]:
+        return set(self.volumes)
+
     # Lifecycle
 
     def create(self, spec: WorkspaceSpec) -> str:
+        missing = [mount.volume for mount in spec.volumes if mount.volume not in self.volumes]
+        if missing:  # the core must never hand over a volume that is not made (or deleted)
+            raise ProviderError(f"no volume {', '.join(missing)}")
         with self._lock:
             ref = f"fake-{next(self._refs)}"
             self.sandboxes[ref] = FakeSandbox(spec.id, spec)

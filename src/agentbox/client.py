@@ -40,6 +40,7 @@ from agentbox.wire.processes import (
 from agentbox.wire.system import Capacity, Health, ProviderList, ProviderStatus
 from agentbox.wire.tools import EditToolOut, GlobToolOut, GrepToolOut, ReadToolOut
 from agentbox.wire.vault import SecretList, SecretOut
+from agentbox.wire.volumes import VolumeList, VolumeOut
 from agentbox.wire.workspaces import UsageOut, WorkspaceList, WorkspaceOut
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -73,6 +74,14 @@ class AllowOptions(TypedDict, total=False):
     github: builtins.list[dict[str, object]]
 
 
+class VolumeOptions(TypedDict, total=False):
+    """A volume of yours to mount into a new workspace (wire.volumes.VolumeMountIn)."""
+
+    name: Required[str]  # or its id, vol-...
+    path: Required[str]  # absolute, e.g. /mnt/data
+    read_only: bool
+
+
 class WorkspaceOptions(TypedDict, total=False):
     """The fields of a workspace to create (wire.workspaces.CreateWorkspace); each left out: the server's default."""
 
@@ -88,6 +97,7 @@ class WorkspaceOptions(TypedDict, total=False):
     network: Literal["egress", "none"] | AllowOptions
     repo: RepoOptions
     idle_timeout: float  # seconds unused before it is suspended (woken by its next use); 0: never
+    volumes: builtins.list[VolumeOptions]
 
 
 class ExecOptions(TypedDict, total=False):
@@ -242,6 +252,27 @@ class Client:
     def delete_secret(self, name: str) -> None:
         """Delete your secret `name`. Raises APIError: 404 when you have no such secret, 422 for a bad name."""
         self._call("DELETE", f"/secrets/{quote(name, safe='')}")
+
+    def create_volume(self, name: str, size: int | str) -> VolumeOut:
+        """Make a named volume of `size` (bytes, or a size such as "1G").
+
+        Raises APIError: 400 when no provider on the server keeps volumes, 409 when you have a volume of that name
+        or as many as the server allows, 422 for a bad name or size.
+        """
+        return _parse(VolumeOut, self._call("POST", "/volumes", json={"name": name, "size": size}))
+
+    def volumes(self) -> builtins.list[VolumeOut]:
+        """Your volumes by name, each with the workspaces that mount it."""
+        return _parse(VolumeList, self._call("GET", "/volumes")).volumes
+
+    def volume(self, volume: str) -> VolumeOut:
+        """One of your volumes, by name or id. Raises APIError: 404 when you have no such volume."""
+        return _parse(VolumeOut, self._call("GET", f"/volumes/{quote(volume, safe='')}"))
+
+    def delete_volume(self, volume: str) -> None:
+        """Delete your volume (by name or id) and what it holds. Raises APIError: 404 when you have no such
+        volume, 409 while a workspace mounts it (the detail names each)."""
+        self._call("DELETE", f"/volumes/{quote(volume, safe='')}")
 
     def create(self, **options: Unpack[WorkspaceOptions]) -> WorkspaceOut:
         """Create a workspace with the fields of `CreateWorkspace` as keywords; return it, running.

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     default_memory: Size = Field(parse_size("4G"), validation_alias="WORKSPACE_DEFAULT_MEMORY")
     default_disk: Size = Field(parse_size("10G"), validation_alias="WORKSPACE_DEFAULT_DISK")
     max_concurrent: int = Field(10, ge=1, validation_alias="WORKSPACE_MAX_CONCURRENT")
+    # Named volumes (issue 30): the largest one may be, and how many one owner may hold.
+    max_volume_size: Size = Field(parse_size("100G"), validation_alias="WORKSPACE_MAX_VOLUME_SIZE")
+    max_volumes: int = Field(20, ge=0, le=10000, validation_alias="WORKSPACE_MAX_VOLUMES")
     # Snapshots an owner may keep (each holds a copy of a workspace's disk, sparse); a fork's counts while it runs.
     max_snapshots: int = Field(20, ge=0, validation_alias="WORKSPACE_MAX_SNAPSHOTS")
     warm_pool_size: int = Field(0, ge=0, validation_alias="WORKSPACE_WARM_POOL_SIZE")

@@ -30,6 +30,7 @@ from agentbox.api import (
     terminals,
     tools,
     vault,
+    volumes,
     workspaces,
 )
 from agentbox.config import Settings
@@ -104,6 +105,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         keys,
         github,
         vault,
+        volumes,
         workspaces,
         commands,
         files,

@@ -25,7 +25,7 @@ from agentbox.github.service import GitHub
 from agentbox.providers.base import Provider
 from agentbox.providers.docker import DockerProvider, install_helper
 from agentbox.providers.docker.channel import TcpChannel
-from agentbox.providers.docker.disks import Disks
+from agentbox.providers.docker.disks import VOLUME_SUBDIRS, Disks
 from agentbox.providers.docker.egress_gateway import EgressGateway
 from agentbox.providers.docker.firewall import FirewallError
 from agentbox.providers.docker.network import NetworkError, WorkspaceNetwork, stored_grant
@@ -198,6 +198,7 @@ class Service:
         if not disks.enforced:
             log.warning("SECURITY: workspace disk limits are NOT enforced: %s", disks.why_not)
         helper = install_helper(settings.data_dir / "bin")
+        volumes = Disks(settings.data_dir / "volumes", settings.user, VOLUME_SUBDIRS, "volume")
         tcp_channel = None
         if settings.helper_channel == "tcp":  # keys from the server's secret: any replica derives them
             if os.geteuid() != 0:
@@ -227,6 +228,7 @@ class Service:
                 checkpoint_runtime=checkpointing if name == "gvisor" else None,
                 tcp_channel=tcp_channel,
                 egress=egress,
+                volumes=volumes,
             )
             if name == "gvisor":
                 self._reboot_after_runsc_upgrade(provider)

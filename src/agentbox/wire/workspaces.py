@@ -10,10 +10,11 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentbox.wire.common import Disk, Env, IdleTimeout, LabelKey, LabelValue, Memory
-from agentbox.wire.domain import NewWorkspace, ProviderName, Status
+from agentbox.wire.domain import NewWorkspace, ProviderName, Status, VolumeRequest
 from agentbox.wire.github import CheckoutOut, RepoSpec
 from agentbox.wire.network import NetworkPolicy
 from agentbox.wire.sizes import format_size
+from agentbox.wire.volumes import VolumeMountOut, VolumeMounts
 
 
 class CreateWorkspace(BaseModel):
@@ -42,9 +43,16 @@ class CreateWorkspace(BaseModel):
         "using no CPU, until its next use wakes it; 0: never; default: the server's WORKSPACE_IDLE_TIMEOUT",
     )
 
+    volumes: VolumeMounts = Field(
+        default_factory=list,
+        description="your volumes (POST /volumes) to mount into it, each at an absolute path, read-only or not; "
+        "gvisor and docker workspaces only",
+    )
+
     def to_domain(self) -> NewWorkspace:
-        fields = {name: getattr(self, name) for name in type(self).model_fields if name != "repo"}
-        return NewWorkspace(**fields, repo=self.repo.to_checkout() if self.repo else None)
+        fields = {name: getattr(self, name) for name in type(self).model_fields if name not in ("repo", "volumes")}
+        volumes = tuple(VolumeRequest(v.name, v.path, v.read_only) for v in self.volumes)
+        return NewWorkspace(**fields, repo=self.repo.to_checkout() if self.repo else None, volumes=volumes)
 
 
 class ExtendWorkspace(BaseModel):
@@ -88,6 +96,7 @@ class WorkspaceOut(BaseModel):
     memory_kept: bool | None = Field(
         default=None, description="whether its last pause kept its memory and processes (null: never paused)"
     )
+    volumes: list[VolumeMountOut] = Field(default_factory=list, description="the volumes mounted in it")
     idle_timeout: float | None = Field(
         default=None, description="seconds unused after which it is suspended (0: never; null: the server's default)"
     )
@@ -107,6 +116,11 @@ class WorkspaceOut(BaseModel):
     @classmethod
     def _readable_size(cls, value: int | str) -> str:
         return format_size(value) if isinstance(value, int) else value
+
+    @field_validator("volumes", mode="before")
+    @classmethod
+    def _no_volumes(cls, value: object) -> object:
+        return [] if value is None else value  # the row's NULL
 
 
 class UsageSampleOut(BaseModel):

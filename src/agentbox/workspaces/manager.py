@@ -44,6 +44,7 @@ from agentbox.workspaces.pool import WarmPool
 from agentbox.workspaces.session_claims import SessionClaims
 from agentbox.workspaces.sessions import ShellSessions
 from agentbox.workspaces.snapshots import Snapshots
+from agentbox.workspaces.volumes import Volumes
 from agentbox.workspaces.watchers import Watchers
 
 log = logging.getLogger("agentbox.workspaces.manager")
@@ -77,6 +78,7 @@ class WorkspaceManager:
         self.admission = Admission(store, settings.max_concurrent, self.metrics)
         self.activity = Activity(store.touch)
         self.idle = IdleSuspender(store, self.providers, settings, self.metrics)
+        self.volumes = Volumes(settings, store, self.providers)
         self.snapshots = Snapshots(self)
         #: The names of an owner's secrets (the vault's), to check the header rules of a policy against; None:
         #: this server keeps no secrets, and a policy that names one is refused.
@@ -151,7 +153,15 @@ class WorkspaceManager:
             "idle_timeout": idle_timeout,
             "active_at": now,
         }
+        mounts = None
+        if request.volumes:  # a pooled workspace has none: a cold create
+            if not capabilities.volumes:
+                raise BadRequest(
+                    f"volumes: a {provider_name} workspace cannot mount volumes; use the gvisor or docker provider"
+                )
+            mounts = self.volumes.resolve(owner, request.volumes)
         pool = self.pool if self.pool is not None and self.pool.serves(provider_name, request, network) else None
+        pool = None if mounts else pool
         pool = None if snapshot is not None else pool
         # Resolved before admission, not under it: a name lookup may take seconds. (A pooled
         # workspace has its own; a cold create after an empty pool resolves below.)
@@ -159,6 +169,7 @@ class WorkspaceManager:
         cpu, memory = request.cpu or self.settings.default_cpu, request.memory or self.settings.default_memory
         with self.store.admission():
             self.admission.check(owner, quota, cpu, memory)
+            self.volumes.check_present(owner, mounts or ())
             claimed = pool.take(status=Status.RUNNING.value, **claim) if pool is not None else None
             if claimed is None:
                 workspace = Workspace(
@@ -174,6 +185,7 @@ class WorkspaceManager:
                     allow_cidrs=allow_cidrs,
                     updated_at=now,
                     replica=self.settings.replica_id,
+                    volumes=mounts,
                     snapshot_id=snapshot.id if snapshot is not None else None,
                     **network,
                     **claim,
