@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentbox.errors import BadRequest, FileError, ProviderError, WorkspaceGone
-from agentbox.providers.base import Capabilities, Provider, ProviderState, Usage, WorkspaceSpec
+from agentbox.providers.base import Capabilities, Provider, ProviderState, SnapshotTaken, Usage, WorkspaceSpec
 from agentbox.sandbox.process_table import ProcessTable
 from agentbox.sandbox.runtime import (
     DirEntry,
@@ -95,6 +95,7 @@ class FakeProvider(Provider):
         self.volumes: dict[str, int] = {}  # volume id -> size, with `Capabilities.volumes`
         self.networks: dict[str, Any] = {}  # ref -> the policy `set_network` gave it last
         self._refs = itertools.count(1)
+        self.snapshots: dict[str, dict[str, bytes]] = {}  # snapshot ref -> the files it holds
         self._lock = threading.Lock()
 
     def capabilities(self) -> Capabilities:
@@ -139,8 +140,24 @@ class FakeProvider(Provider):
         with self._lock:
             ref = f"fake-{next(self._refs)}"
             self.sandboxes[ref] = FakeSandbox(spec.id, spec)
+            if spec.snapshot is not None:
+                if spec.snapshot not in self.snapshots:
+                    del self.sandboxes[ref]
+                    raise ProviderError(f"no snapshot {spec.snapshot}")
+                self.sandboxes[ref].files = dict(self.snapshots[spec.snapshot])
         self.calls.append(("create", ref))
         return ref
+
+    def snapshot(self, ref: str, snapshot_id: str, memory: bool) -> SnapshotTaken:
+        if not self._capabilities.snapshots:
+            return super().snapshot(ref, snapshot_id, memory)
+        files = dict(self._get(ref).files)
+        self.snapshots[snapshot_id] = files
+        self.calls.append(("snapshot", ref))
+        return SnapshotTaken(snapshot_id, False, sum(len(data) for data in files.values()))
+
+    def delete_snapshot(self, snapshot_ref: str) -> None:
+        self.snapshots.pop(snapshot_ref, None)
 
     def set_network(self, ref: str, policy: Any) -> None:
         if not self._capabilities.egress_by_name:

@@ -27,6 +27,7 @@ from agentbox.api import (
     ports,
     processes,
     sessions,
+    snapshots,
     terminals,
     tools,
     vault,
@@ -115,6 +116,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         terminals,
         ports,
         audit,
+        snapshots,
     ):
         app.include_router(module.router)
     if settings.e2b_api:

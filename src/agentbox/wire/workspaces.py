@@ -49,6 +49,15 @@ class CreateWorkspace(BaseModel):
         "gvisor and docker workspaces only",
     )
 
+    snapshot: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="one of your snapshots, by id (snap-...) or name: the workspace starts with its files (and its "
+        'memory and processes, when it kept them and the workspace has "network": "none"); its image, cpu, memory, '
+        "disk and network are the defaults of what is left out (a disk at least as large)",
+    )
+
     def to_domain(self) -> NewWorkspace:
         fields = {name: getattr(self, name) for name in type(self).model_fields if name not in ("repo", "volumes")}
         volumes = tuple(VolumeRequest(v.name, v.path, v.read_only) for v in self.volumes)
