@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -136,3 +137,14 @@ def test_without_a_provider_that_keeps_volumes_a_volume_is_refused(tmp_path: Pat
         refusal = refused(lambda: alice.create_volume("data", "1G"))
         assert refusal.status_code == 400 and "keeps volumes" in refusal.message
         assert isinstance(alice, Client) and alice.volumes() == []
+
+
+def test_the_cli_reads_name_path_and_ro() -> None:
+    from agentbox.cli.volumes import parse_mount
+
+    assert parse_mount("data:/mnt/data") == {"name": "data", "path": "/mnt/data", "read_only": False}
+    assert parse_mount("data:/mnt/data:ro") == {"name": "data", "path": "/mnt/data", "read_only": True}
+    assert parse_mount("data:/mnt/data:rw") == {"name": "data", "path": "/mnt/data", "read_only": False}
+    for bad in ["data", "data:mnt", "data:/proc/x", "da/ta:/mnt"]:
+        with pytest.raises(typer.Exit):
+            parse_mount(bad)

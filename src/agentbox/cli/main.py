@@ -19,6 +19,7 @@ from rich.table import Column, Table
 from agentbox.cli import keys as cli_keys
 from agentbox.cli import processes as cli_processes
 from agentbox.cli import vault as cli_vault
+from agentbox.cli import volumes as cli_volumes
 from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, request, require_key
 from agentbox.client import AllowOptions, ExecOptions, RepoOptions, WorkspaceOptions
 from agentbox.config import ConfigError, Settings, load_settings
@@ -33,6 +34,7 @@ github = typer.Typer(help="GitHub App credentials stored by this server.", no_ar
 app.add_typer(github, name="github")
 app.add_typer(cli_keys.app, name="keys")
 app.add_typer(cli_vault.app, name="secrets")
+app.add_typer(cli_volumes.app, name="volumes")
 _TIMESTAMP = TypeAdapter(datetime)
 
 
@@ -222,6 +224,10 @@ def ws_create(
         float | None,
         typer.Option(help="seconds unused before it is suspended (its next use wakes it); 0: never, else at least 2"),
     ] = None,
+    volume: Annotated[
+        list[str],
+        typer.Option("--volume", "-v", help="NAME:PATH[:ro]: mount your volume NAME at PATH (read-only); repeatable"),
+    ] = [],  # noqa: B006
 ) -> None:
     """Create a workspace and print its id."""
     options = WorkspaceOptions(ephemeral=not persistent, env=_pairs(env, "--env"), labels=_pairs(label, "--label"))
@@ -239,6 +245,8 @@ def ws_create(
         options["ttl_days"] = ttl_days
     if idle_timeout is not None:
         options["idle_timeout"] = idle_timeout
+    if volume:
+        options["volumes"] = [cli_volumes.parse_mount(text) for text in volume]
     if (policy := _network_policy(network, allow, deny, default, precedence, network_file)) is not None:
         options["network"] = policy
     if repo is not None:
