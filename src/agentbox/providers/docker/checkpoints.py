@@ -10,6 +10,7 @@ init lets go of its control socket first (`cmd_init` in init.c).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -60,6 +61,23 @@ class Checkpoints:
                     with engine_errors("restoring the workspace from its checkpoint"):
                         raise
             time.sleep(0.1)
+
+    def export(self, ref: str, directory: Path, name: str) -> None:
+        """Checkpoint the container into `directory`/`name` (which must not exist) and leave it running (runsc's
+        `--leave-running`: it is checkpointed, then restored in place). Raises ProviderError (the engine's or
+        gVisor's refusal, as they said it), WorkspaceGone."""
+        with engine_errors("checkpointing the workspace (leaving it running)"):
+            url = self._api._url("/containers/{0}/checkpoints", ref)
+            data = {"CheckpointID": name, "CheckpointDir": str(directory), "Exit": False}
+            self._api._raise_for_status(self._api._post_json(url, data=data))
+
+    def start_from(self, ref: str, directory: Path, name: str) -> None:
+        """Start the (created, never started) container from a checkpoint another container exported into
+        `directory`/`name`. Raises ProviderError, WorkspaceGone."""
+        url = self._api._url("/containers/{0}/start", ref)
+        with engine_errors("restoring the workspace from its snapshot's checkpoint"):
+            params = {"checkpoint": name, "checkpoint-dir": str(directory)}
+            self._api._raise_for_status(self._api._post(url, params=params))
 
     def remove(self, ref: str) -> None:
         """Drop the checkpoint (its memory image). Raises ProviderError, WorkspaceGone."""

@@ -54,6 +54,7 @@ from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
 from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
 from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME
 from agentbox.providers.docker.removals import BackgroundRemovals
+from agentbox.providers.docker.snapshots import CHECKPOINT as SNAPSHOT_CHECKPOINT
 from agentbox.providers.docker.snapshots import SnapshotFiles
 from agentbox.providers.docker.usage import CGROUP_ROOT, cgroup_usage, stats_usage
 from agentbox.sandbox import (
@@ -89,6 +90,8 @@ RESTARTING = {"Name": "unless-stopped"}
 RESTARTING_UNLESS_CHECKPOINTED = {"Name": "on-failure"}
 # How long a delete waits for another one of the same workspace, under way, to finish.
 REMOVAL_PATIENCE = 60.0
+#: The name of the checkpoint a snapshot keeps of a workspace's memory, in its directory's SNAPSHOT_CHECKPOINT.
+SNAPSHOT_MEMORY = "memory"
 _Found = TypeVar("_Found")
 
 
@@ -352,7 +355,10 @@ class DockerProvider(Provider):
                         raise BadRequest(f"the Docker engine refused the workspace: {exc.explanation}") from None
                     raise
             formatting.result()
-            start_and_await_ready(self.client, ref)
+            if spec.from_memory:
+                self._start_from_memory(ref, spec)
+            else:
+                start_and_await_ready(self.client, ref)
             if by_name:
                 assert self.egress is not None and spec.egress is not None
                 self.egress.attach(spec.id, self._address(ref), spec.egress)
@@ -487,20 +493,75 @@ class DockerProvider(Provider):
         """A copy of the workspace's disk (snapshots.py), taken with its sandbox frozen for the copy's length."""
         details = self._inspect(ref)
         workspace_id = _workspace_id(ref)
-        freezer = None
-        if details["State"].get("Running"):
-            # What gVisor may still hold of the workload's writes reaches the disk first; a sandbox that does not
-            # answer (suspended, busy) is copied as the host sees it.
+        running = bool(details["State"].get("Running"))
+        checkpointable = self.checkpoint_runtime is not None and details["HostConfig"].get("Runtime") == (
+            self.checkpoint_runtime
+        )
+        directory = self.snapshots.directory(snapshot_id)
+        directory.mkdir(parents=True)
+        kept, note = False, ""
+        try:
+            freezer = None
+            if running:
+                _thaw(details["Id"], details["HostConfig"].get("CgroupParent") or "")  # a suspended one answers
+                if memory and checkpointable:
+                    # The memory first, then the disk: the files a fork finds are never older than its memory.
+                    try:
+                        self._export_memory(ref, directory / SNAPSHOT_CHECKPOINT)
+                        kept = True
+                    except ProviderError as exc:
+                        note = exc.detail
+                        log.warning("snapshot %s of %s keeps files only: %s", snapshot_id, workspace_id, exc.detail)
+                # What gVisor may still hold of the workload's writes reaches the disk first; a sandbox that does
+                # not answer is copied as the host sees it.
+                with contextlib.suppress(AgentboxError):
+                    self.runtime(ref).exec(ExecRequest(["sync"], cwd="/", timeout=30))
+                freezer = container_freezer(details["Id"], details["HostConfig"].get("CgroupParent") or "")
+            else:
+                self.disks.ensure_mounted(workspace_id)
+            self.snapshots.take(snapshot_id, workspace_id, freezer)
+        except BaseException:
+            self.snapshots.remove(snapshot_id)
+            raise
+        return SnapshotTaken(snapshot_id, kept, self.snapshots.size(snapshot_id), note)
+
+    def _export_memory(self, ref: str, directory: Path) -> None:
+        """Checkpoint the running workspace into `directory` and leave it running, its init letting go of its control
+        socket meanwhile (gVisor refuses to checkpoint a sandbox holding a host socket) and listening again after.
+        Raises ProviderError with what the engine or gVisor said."""
+        workspace_id = _workspace_id(ref)
+        self.ways_in.signal_init(ref, LET_GO_OF_SOCKET)
+        try:
+            if not self.ways_in.await_socket(workspace_id, present=False):
+                raise ProviderError(f"its init did not let go of its control socket within {SOCKET_PATIENCE:g} s")
+            self.checkpoints.export(ref, directory, SNAPSHOT_MEMORY)
+        finally:
+            self.ways_in.forget(workspace_id)
             with contextlib.suppress(AgentboxError):
-                self.runtime(ref).exec(ExecRequest(["sync"], cwd="/", timeout=30))
-            freezer = container_freezer(details["Id"], details["HostConfig"].get("CgroupParent") or "")
-        else:
-            self.disks.ensure_mounted(workspace_id)
-        self.snapshots.take(snapshot_id, workspace_id, freezer)
-        note = ""
-        if memory:
-            note = "memory is not kept by snapshots here: files only"
-        return SnapshotTaken(snapshot_id, False, self.snapshots.size(snapshot_id), note)
+                self.ways_in.signal_init(ref, LISTEN_AGAIN)
+                if not self.ways_in.await_socket(workspace_id, present=True):
+                    log.warning("workspace %s was checkpointed but its init did not listen again", workspace_id)
+
+    def _start_from_memory(self, ref: str, spec: WorkspaceSpec) -> None:
+        """Start the new workspace from its snapshot's checkpoint (the source's memory and processes); a
+        checkpoint that will not restore starts it afresh instead, with the snapshot's files."""
+        assert spec.snapshot is not None
+        directory = self.snapshots.directory(spec.snapshot) / SNAPSHOT_CHECKPOINT
+        try:
+            self.checkpoints.start_from(ref, directory, SNAPSHOT_MEMORY)
+        except ProviderError as exc:
+            log.warning(
+                "workspace %s could not be restored from snapshot %s, starting it afresh (files only): %s",
+                spec.id,
+                spec.snapshot,
+                exc.detail,
+            )
+            start_and_await_ready(self.client, ref)
+            return
+        self.ways_in.signal_init(ref, LISTEN_AGAIN)
+        if not self.ways_in.await_socket(spec.id, present=True):
+            log.warning("workspace %s was restored but its init did not listen again", spec.id)
+        probe_booted(self.runtime(ref).probe, lambda: self._inspect(ref)["State"])
 
     def delete_snapshot(self, snapshot_ref: str) -> None:
         self.snapshots.remove(snapshot_ref)

@@ -58,7 +58,7 @@ class SnapshotFiles:
         """Copy the disk `disk` into the snapshot's directory, `freezer`'s cgroup frozen meanwhile (None: the
         workspace is stopped, or its cgroup not found). Leaves nothing behind on failure."""
         target = self.directory(snapshot_id)
-        target.mkdir(parents=True)
+        target.mkdir(parents=True, exist_ok=True)  # the provider may have put its memory there first
         try:
             with _frozen(freezer):
                 if self.disks.enforced:
