@@ -245,9 +245,10 @@ def container_id(client: docker.DockerClient, workspace_id: str) -> str:
 
 
 def workspace_disk_mounts() -> list[str]:
-    """Workspace disks still mounted on the host (each workspace's data directory has disks/ws-*)."""
+    """Workspace disks and volumes still mounted on the host (each server's data directory has disks/ws-* and
+    volumes/vol-*: a volume is mounted until it is deleted, so a test deletes the volumes it made)."""
     mounts = Path("/proc/mounts").read_text().splitlines()
-    return [line.split()[1] for line in mounts if "/disks/ws-" in line.split()[1]]
+    return [line.split()[1] for line in mounts if "/disks/ws-" in line.split()[1] or "/volumes/vol-" in line.split()[1]]
 
 
 @contextlib.contextmanager
