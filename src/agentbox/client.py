@@ -37,6 +37,7 @@ from agentbox.wire.processes import (
     SessionRunOut,
     process_event,
 )
+from agentbox.wire.snapshots import ForkOut, SnapshotList, SnapshotOut
 from agentbox.wire.system import Capacity, Health, ProviderList, ProviderStatus
 from agentbox.wire.tools import EditToolOut, GlobToolOut, GrepToolOut, ReadToolOut
 from agentbox.wire.vault import SecretList, SecretOut
@@ -98,6 +99,7 @@ class WorkspaceOptions(TypedDict, total=False):
     repo: RepoOptions
     idle_timeout: float  # seconds unused before it is suspended (woken by its next use); 0: never
     volumes: builtins.list[VolumeOptions]
+    snapshot: str  # one of your snapshots, by id or name: its files (and memory where kept), its spec as defaults
 
 
 class ExecOptions(TypedDict, total=False):
@@ -273,6 +275,38 @@ class Client:
         """Delete your volume (by name or id) and what it holds. Raises APIError: 404 when you have no such
         volume, 409 while a workspace mounts it (the detail names each)."""
         self._call("DELETE", f"/volumes/{quote(volume, safe='')}")
+
+    def snapshot(self, workspace_id: str, name: str | None = None) -> SnapshotOut:
+        """Snapshot one of your workspaces (running or stopped), which goes on as it was: its files, and its memory
+        and processes where the server can (`memory_kept`).
+
+        Raises APIError: 400 when its provider cannot snapshot, 404, 409 when it is neither running nor stopped or
+        you have a snapshot of that name, 422 for a bad name, 429 past the server's WORKSPACE_MAX_SNAPSHOTS.
+        """
+        body = {"name": name} if name is not None else {}
+        return _parse(SnapshotOut, self._call("POST", f"/workspaces/{workspace_id}/snapshots", json=body))
+
+    def snapshots(
+        self, workspace_id: str | None = None, name: str | None = None, limit: int = 100, before: str | None = None
+    ) -> SnapshotList:
+        """A page of your snapshots, newest first (its `next_before` pages on), of one workspace or name if given."""
+        params = {"workspace_id": workspace_id, "name": name, "limit": limit, "before": before}
+        found = self._call("GET", "/snapshots", params={k: v for k, v in params.items() if v is not None})
+        return _parse(SnapshotList, found)
+
+    def get_snapshot(self, snapshot: str) -> SnapshotOut:
+        """One of your snapshots, by id or name. Raises APIError: 404 when you have no such snapshot."""
+        return _parse(SnapshotOut, self._call("GET", f"/snapshots/{quote(snapshot, safe='')}"))
+
+    def delete_snapshot(self, snapshot: str) -> None:
+        """Delete one of your snapshots (by id or name). Raises APIError: 404 when you have no such snapshot."""
+        self._call("DELETE", f"/snapshots/{quote(snapshot, safe='')}")
+
+    def fork(self, workspace_id: str, count: int = 1, keep_snapshot: bool = False) -> ForkOut:
+        """Snapshot one of your workspaces and make `count` (1 to 100) workspaces from it; each is made or fails on
+        its own (`workspaces[i].error`). Raises APIError as `snapshot` does, 422 for a count out of range."""
+        body = {"count": count, "keep_snapshot": keep_snapshot}
+        return _parse(ForkOut, self._call("POST", f"/workspaces/{workspace_id}/fork", json=body))
 
     def create(self, **options: Unpack[WorkspaceOptions]) -> WorkspaceOut:
         """Create a workspace with the fields of `CreateWorkspace` as keywords; return it, running.
