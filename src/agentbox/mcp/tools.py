@@ -117,7 +117,9 @@ TOOLS = (
         "labels, network, ttl_days, repo (a GitHub repository to check out), idle_timeout (seconds unused "
         'before it is suspended; any tool call wakes it, so you need not care). network: "egress" (the public '
         'internet), "none", or a policy {"allow": ["pypi.org", "*.github.com", "203.0.113.0/24:443"], '
-        '"deny": [...]} (names, *. wildcards, IPv4 CIDRs, :PORT; anything else is refused). Pass its `id` as '
+        '"deny": [...]} (names, *. wildcards, IPv4 CIDRs, :PORT; anything else is refused). volumes: '
+        '[{"name": "data", "path": "/mnt/data", "read_only": false}] mounts volumes of yours (made through the API '
+        "or `agentbox volumes create`), which outlive the workspace. Pass its `id` as "
         "workspace_id "
         "to the other tools, and delete it with delete_workspace when done.",
         CreateWorkspace,
