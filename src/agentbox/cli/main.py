@@ -18,6 +18,7 @@ from rich.table import Column, Table
 
 from agentbox.cli import keys as cli_keys
 from agentbox.cli import processes as cli_processes
+from agentbox.cli import snapshots as cli_snapshots
 from agentbox.cli import vault as cli_vault
 from agentbox.cli import volumes as cli_volumes
 from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, request, require_key
@@ -35,6 +36,8 @@ app.add_typer(github, name="github")
 app.add_typer(cli_keys.app, name="keys")
 app.add_typer(cli_vault.app, name="secrets")
 app.add_typer(cli_volumes.app, name="volumes")
+app.add_typer(cli_snapshots.app, name="snapshots")
+cli_snapshots.register(ws)
 _TIMESTAMP = TypeAdapter(datetime)
 
 
@@ -228,6 +231,9 @@ def ws_create(
         list[str],
         typer.Option("--volume", "-v", help="NAME:PATH[:ro]: mount your volume NAME at PATH (read-only); repeatable"),
     ] = [],  # noqa: B006
+    snapshot: Annotated[
+        str | None, typer.Option(help="one of your snapshots (id or name): its files, memory where kept, its spec")
+    ] = None,
 ) -> None:
     """Create a workspace and print its id."""
     options = WorkspaceOptions(ephemeral=not persistent, env=_pairs(env, "--env"), labels=_pairs(label, "--label"))
@@ -245,6 +251,8 @@ def ws_create(
         options["ttl_days"] = ttl_days
     if idle_timeout is not None:
         options["idle_timeout"] = idle_timeout
+    if snapshot is not None:
+        options["snapshot"] = snapshot
     if volume:
         options["volumes"] = [cli_volumes.parse_mount(text) for text in volume]
     if (policy := _network_policy(network, allow, deny, default, precedence, network_file)) is not None:
