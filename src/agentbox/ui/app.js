@@ -483,6 +483,7 @@ function workspaceHeader(w, refresh, { editNetwork, editing }) {
       ["Created", `${localTime(w.created_at)} (${span(since(w.created_at))} ago)`],
       ["Expires", w.expires_at ? `${localTime(w.expires_at)} (${expiry(w)})` : "never (persistent)"],
       ["Labels", Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "none"],
+      ...(w.volumes?.length ? [["Volumes", w.volumes.map((v) => `${v.name ?? v.volume} at ${v.path}${v.read_only ? " (read-only)" : ""}`).join(", ")]] : []),
       ...(w.error ? [["Error", w.error]] : []),
     ]),
   ];
