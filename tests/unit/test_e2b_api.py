@@ -86,7 +86,7 @@ def test_the_endpoint_can_be_turned_off(tmp_path: Path) -> None:
 
 
 def test_what_e2b_does_not_offer_is_e2bs_404(e2b_env: str) -> None:
-    answer = httpx.get(f"{e2b_env}/e2b/volumes", headers={"X-API-Key": KEYS["alice"]})
+    answer = httpx.get(f"{e2b_env}/e2b/teams", headers={"X-API-Key": KEYS["alice"]})
     assert answer.status_code == 404 and "not offered" in answer.json()["message"]
     assert httpx.get(f"{e2b_env}/e2b/envd/elsewhere").status_code == 404
 

@@ -148,3 +148,43 @@ def test_the_cli_reads_name_path_and_ro() -> None:
     for bad in ["data", "data:mnt", "data:/proc/x", "da/ta:/mnt"]:
         with pytest.raises(typer.Exit):
             parse_mount(bad)
+
+
+def test_e2bs_sdk_makes_lists_mounts_and_destroys_volumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, providers: dict[str, FakeProvider]
+) -> None:
+    from e2b import Sandbox, SandboxException, Volume, VolumeException
+
+    from tests.unit.apps import uvicorn_serving
+
+    with uvicorn_serving(build_app(tmp_path, providers, WORKSPACE_MAX_VOLUME_SIZE="1G")) as url:
+        monkeypatch.setenv("E2B_API_URL", f"{url}/e2b")
+        monkeypatch.setenv("E2B_SANDBOX_URL", f"{url}/e2b/envd")
+        monkeypatch.setenv("E2B_API_KEY", KEYS["alice"])
+        monkeypatch.setenv("E2B_CONNECTION_RETRIES", "0")
+        volume = Volume.create("e2b-data")
+        assert volume.volume_id.startswith("vol-") and volume.name == "e2b-data"
+        assert providers["gvisor"].volumes == {volume.volume_id: 1 << 30}  # no size in E2B's: the server's
+        assert [(v.volume_id, v.name) for v in Volume.list()] == [(volume.volume_id, "e2b-data")]
+        assert Volume.get_info(volume.volume_id).name == "e2b-data"
+
+        sandbox = Sandbox.create(volume_mounts={"/mnt/data": volume})
+        (mounted,) = [s for s in providers["gvisor"].sandboxes.values() if s.id == sandbox.sandbox_id]
+        mounts = [(m.volume, m.path, m.read_only) for m in mounted.spec.volumes]
+        assert mounts == [(volume.volume_id, "/mnt/data", False)]
+        with client_of(url) as alice:
+            assert alice.volume("e2b-data").used_by == [sandbox.sandbox_id]
+        with pytest.raises(VolumeException, match=sandbox.sandbox_id):
+            Volume.destroy(volume.volume_id)  # in use: E2B's error naming the sandbox
+        with pytest.raises(SandboxException, match="under /proc"):
+            Sandbox.create(volume_mounts={"/proc/data": "e2b-data"})
+        with pytest.raises(SandboxException, match="no volume 'nothing'"):
+            Sandbox.create(volume_mounts={"/mnt/x": "nothing"})
+        sandbox.kill()
+        assert Volume.destroy(volume.volume_id) is True
+        assert Volume.destroy(volume.volume_id) is False  # gone: the SDK's "not found"
+        assert Volume.list() == [] and providers["gvisor"].volumes == {}
+
+
+def client_of(url: str) -> Client:
+    return Client(url, KEYS["alice"])

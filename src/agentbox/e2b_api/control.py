@@ -30,8 +30,9 @@ from agentbox.e2b_api import network as e2b_network
 from agentbox.errors import AgentboxError, NotFound
 from agentbox.web.dependencies import authenticated, in_thread, refused
 from agentbox.wire.common import MAX_SECONDS, Env, LabelValue, MetadataKey
-from agentbox.wire.domain import NewWorkspace, PauseAtEnd, Status
+from agentbox.wire.domain import NewWorkspace, PauseAtEnd, Status, VolumeRequest
 from agentbox.wire.network import NetworkPolicy, policy_json, policy_of
+from agentbox.wire.volumes import MAX_MOUNTS, mount_path_problem
 from agentbox.workspaces.manager import WorkspaceManager
 
 PREFIX = "/e2b"
@@ -128,6 +129,15 @@ class AutoResume(BaseModel):
     enabled: bool = False
 
 
+class VolumeMount(BaseModel):
+    """E2B's `SandboxVolumeMount`: a volume of the owner's (e2b_api/volumes.py, /api/v1/volumes) by name, and where."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=64)
+    path: str = Field(min_length=1, max_length=1024)
+
+
 class NewSandbox(Timeout):
     template_id: str = Field(BASE_TEMPLATE, alias="templateID", min_length=1, max_length=512)
     metadata: dict[MetadataKey, LabelValue] = Field(default_factory=dict, max_length=64)
@@ -143,15 +153,25 @@ class NewSandbox(Timeout):
     # E2B features agentbox does not offer: refused when asked for, never silently dropped.
     mcp: Any = None
     iam: Any = None
-    volume_mounts: Any = Field(None, alias="volumeMounts")
+    volume_mounts: list[VolumeMount] | None = Field(None, alias="volumeMounts", max_length=MAX_MOUNTS)
 
     def refusals(self) -> list[str]:
         asked = {
             "mcp (the MCP gateway; agentbox serves MCP at /mcp)": self.mcp not in (None, {}),
             "iam": self.iam not in (None, {}),
-            "volumeMounts": self.volume_mounts not in (None, [], {}),
         }
         return [name for name, wanted in asked.items() if wanted]
+
+    def volumes(self) -> tuple[VolumeRequest, ...]:
+        """The volumes to mount, read-write as E2B's are. Raises E2BError (400) naming a bad or repeated path."""
+        mounts = self.volume_mounts or []
+        for index, mount in enumerate(mounts):
+            problem = mount_path_problem(mount.path)
+            if problem is None and mount.path in [m.path for m in mounts[:index]]:
+                problem = "is named twice: give each volume its own path"
+            if problem is not None:
+                raise E2BError(400, f"volumeMounts[{index}].path: {problem}")
+        return tuple(VolumeRequest(mount.name, mount.path) for mount in mounts)
 
     def pause_at_end(self) -> PauseAtEnd | None:
         """Raises E2BError (400) for an auto-resume that could not work."""
@@ -180,6 +200,7 @@ async def create(body: NewSandbox, mgr: Manager, who: Who, tokens: Signer) -> di
         public_ports=mapped.public_ports is not False,  # E2B's default: public
         request_host=mapped.request_host,
         pause_at_end=body.pause_at_end(),
+        volumes=body.volumes(),
     )
     workspace: Workspace = await _call(mgr.create, who.owner, request, who.quota)
     if body.template_id == INTERPRETER_TEMPLATE:
