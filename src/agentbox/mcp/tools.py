@@ -19,6 +19,7 @@ from agentbox.wire.commands import ExecIn
 from agentbox.wire.common import MAX_SECONDS
 from agentbox.wire.domain import Status
 from agentbox.wire.processes import ProcessIn, SessionIn, SessionRunIn
+from agentbox.wire.snapshots import CreateSnapshot, ForkWorkspaces
 from agentbox.wire.tools import EditToolIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
 from agentbox.wire.workspaces import CreateWorkspace, SetNetwork
 
@@ -119,7 +120,8 @@ TOOLS = (
         'internet), "none", or a policy {"allow": ["pypi.org", "*.github.com", "203.0.113.0/24:443"], '
         '"deny": [...]} (names, *. wildcards, IPv4 CIDRs, :PORT; anything else is refused). volumes: '
         '[{"name": "data", "path": "/mnt/data", "read_only": false}] mounts volumes of yours (made through the API '
-        "or `agentbox volumes create`), which outlive the workspace. Pass its `id` as "
+        "or `agentbox volumes create`), which outlive the workspace. snapshot: a snapshot of yours (id or name, from "
+        "snapshot_workspace) to start from. Pass its `id` as "
         "workspace_id "
         "to the other tools, and delete it with delete_workspace when done.",
         CreateWorkspace,
@@ -144,6 +146,24 @@ TOOLS = (
         in_workspace(SetNetwork),
         "PATCH",
         "/workspaces/{workspace_id}/network",
+    ),
+    Tool(
+        "snapshot_workspace",
+        "Take a snapshot of a workspace (it goes on running): its files, and its memory and processes where the "
+        "server can (memory_kept). Pass its id or name as `snapshot` to create_workspace to start a new workspace "
+        "from that state, as many times as you like.",
+        in_workspace(CreateSnapshot),
+        "POST",
+        "/workspaces/{workspace_id}/snapshots",
+    ),
+    Tool(
+        "fork_workspace",
+        "Fork a workspace into `count` (1-100) new workspaces with its files (and processes, where the server keeps "
+        "memory), to try several approaches from the same state; writes in one never reach another. Returns each "
+        "new workspace's id, or why it could not be made.",
+        in_workspace(ForkWorkspaces),
+        "POST",
+        "/workspaces/{workspace_id}/fork",
     ),
     Tool(
         "delete_workspace",
