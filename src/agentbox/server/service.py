@@ -199,6 +199,11 @@ class Service:
             log.warning("SECURITY: workspace disk limits are NOT enforced: %s", disks.why_not)
         helper = install_helper(settings.data_dir / "bin")
         volumes = Disks(settings.data_dir / "volumes", settings.user, VOLUME_SUBDIRS, "volume")
+        for volume_id in volumes.names():  # mounted from create to delete: again after a host reboot
+            try:
+                volumes.ensure_mounted(volume_id)
+            except AgentboxError as exc:  # its workspaces' creates and starts say so, and try again
+                log.warning("mounting volume %s failed: %s", volume_id, exc.detail)
         tcp_channel = None
         if settings.helper_channel == "tcp":  # keys from the server's secret: any replica derives them
             if os.geteuid() != 0:
