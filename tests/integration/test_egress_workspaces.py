@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
@@ -235,6 +236,25 @@ def test_an_open_workspace_trusts_the_proxy_only_on_top_of_its_images_own_bundle
             assert [(target, read_only) for _, target, read_only in mounts] == [(SYSTEM_BUNDLE, True)], mounts
             bundle = mounts[0][0].read_bytes()
             assert bundle.endswith(ca) and bundle.count(b"BEGIN CERTIFICATE") > 50, len(bundle)
+    finally:
+        gateway.close()
+
+
+def test_a_burst_of_creates_makes_one_bundle_each_whole(
+    served: Server, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    # `make bench`'s burst of 20 creates met a 500: each create wrote the same partial file, and one renamed it
+    # away under another's chmod.
+    network = WorkspaceNetwork(NETWORK, Firewall.for_network(docker_client.api.inspect_network(NETWORK)))
+    gateway = EgressGateway(
+        docker_client, network, tmp_path, on_refusal=lambda *_: None, secrets=lambda *_: {}, upstreams=("192.0.2.1",)
+    )
+    try:
+        with ThreadPoolExecutor(max_workers=12) as burst:
+            made = list(burst.map(lambda _: gateway.trust(DEFAULT_IMAGE, own_bundle_only=True), range(12)))
+        bundles = {mounts[0][0] for mounts, _ in made}
+        assert len(bundles) == 1 and next(iter(bundles)).read_bytes().endswith(gateway.ca_cert.read_bytes())
+        assert not list(next(iter(bundles)).parent.glob("*.partial"))
     finally:
         gateway.close()
 

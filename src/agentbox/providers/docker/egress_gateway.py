@@ -25,7 +25,9 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import tarfile
+import tempfile
 import threading
 from collections.abc import Callable, Coroutine
 from ipaddress import IPv4Address
@@ -252,10 +254,11 @@ class EgressGateway:
             return target, target.read_bytes() != ca  # the CA alone: the image had none
         own = self._image_bundle(image) if image_id != "missing" else b""
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        partial.write_bytes(own.rstrip(b"\n") + b"\n" + ca if own else ca)
-        partial.chmod(0o644)
-        partial.replace(target)
+        # A partial file of this call's own: creates at once (a burst) each write one and the last rename wins.
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".partial", delete=False) as partial:
+            partial.write(own.rstrip(b"\n") + b"\n" + ca if own else ca)
+        Path(partial.name).chmod(0o644)
+        os.replace(partial.name, target)
         return target, bool(own)
 
     def _image_bundle(self, image: str) -> bytes:

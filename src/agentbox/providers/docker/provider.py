@@ -263,12 +263,7 @@ class DockerProvider(Provider):
 
     def create(self, spec: WorkspaceSpec) -> str:
         ref = CONTAINER_PREFIX + spec.id
-        disk = self.disks.reserve(spec.id)
-        # mkfs + mount (~45 ms) overlap the engine's create call.
-        if spec.snapshot is None:
-            formatting = self._background.submit(self.disks.format, spec.id, spec.disk)
-        else:  # its files: a copy of the snapshot's disk
-            formatting = self._background.submit(self.snapshots.lay_disk, spec.snapshot, spec.id, spec.disk)
+        disk = self.disks.mountpoint(spec.id)
         binds = [(self.helper, HELPER, True), (disk / WORKSPACE, "/workspace", False)]
         home = self._home(spec.image)
         binds += [(disk / TMP, "/tmp", False), (disk / HOME, home, False)]
@@ -336,6 +331,13 @@ class DockerProvider(Provider):
             options["network"] = NO_NETWORK
         else:
             options["mac_address"] = mac_address(spec.id)  # how the firewall knows this workspace
+        # Only now the disk, once nothing before the cleanup below can fail (a failure above left it mounted).
+        self.disks.reserve(spec.id)
+        # mkfs + mount (~45 ms) overlap the engine's create call.
+        if spec.snapshot is None:
+            formatting = self._background.submit(self.disks.format, spec.id, spec.disk)
+        else:  # its files: a copy of the snapshot's disk
+            formatting = self._background.submit(self.snapshots.lay_disk, spec.snapshot, spec.id, spec.disk)
         try:
             if spec.network != "none" and self.network is not None:
                 labels.update(self.network.join(spec.id, [] if by_name else spec.allow_cidrs))
