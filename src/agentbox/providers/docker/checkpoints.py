@@ -9,6 +9,8 @@ init lets go of its control socket first (`cmd_init` in init.c).
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import docker
 import docker.errors
 
+from agentbox.errors import ProviderError
 from agentbox.providers.docker.engine import engine_errors
 
 #: The one checkpoint a paused workspace has; it goes once the workspace is resumed.
@@ -32,6 +35,7 @@ class Checkpoints:
 
     def __init__(self, client: docker.DockerClient) -> None:
         self._api: Any = client.api
+        self._root: Path | None = None  # the engine's DockerRootDir, asked once
 
     def create(self, ref: str) -> None:
         """Checkpoint the container and stop it. Raises ProviderError (gVisor's refusal), WorkspaceGone."""
@@ -73,11 +77,42 @@ class Checkpoints:
 
     def start_from(self, ref: str, directory: Path, name: str) -> None:
         """Start the (created, never started) container from a checkpoint another container exported into
-        `directory`/`name`. Raises ProviderError, WorkspaceGone."""
-        url = self._api._url("/containers/{0}/start", ref)
+        `directory`/`name`. Raises ProviderError, WorkspaceGone.
+
+        The engine refuses a start from a checkpoint directory of the caller's ("custom checkpointdir is not
+        supported", Docker 20.10), so the checkpoint is copied into the container's own checkpoints directory
+        (under the engine's root: this server runs on the engine's host), where a pause's would be, and dropped
+        once started."""
         with engine_errors("restoring the workspace from its snapshot's checkpoint"):
-            params = {"checkpoint": name, "checkpoint-dir": str(directory)}
-            self._api._raise_for_status(self._api._post(url, params=params))
+            container = self._api.inspect_container(ref)["Id"]
+            if self._root is None:
+                self._root = Path(self._api.info()["DockerRootDir"])
+        own = self._root / "containers" / container / "checkpoints" / name
+        own.parent.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            ["cp", "-a", "--reflink=auto", str(directory / name), str(own)], capture_output=True, text=True
+        )
+        if result.returncode:
+            raise ProviderError(f"copying the snapshot's checkpoint for the engine: {result.stderr.strip()}")
+        try:
+            self._start(ref, name)
+        finally:
+            shutil.rmtree(own, ignore_errors=True)
+
+    def _start(self, ref: str, name: str) -> None:
+        url = self._api._url("/containers/{0}/start", ref)
+        params = {"checkpoint": name}
+        give_up = time.monotonic() + UPLOAD_PATIENCE
+        while True:
+            try:
+                self._api._raise_for_status(self._api._post(url, params=params))
+                return
+            except docker.errors.APIError as exc:
+                # As `restore`: containerd may still hold the same content from the restore before.
+                if "already exists" not in str(exc.explanation) or time.monotonic() > give_up:
+                    with engine_errors("restoring the workspace from its snapshot's checkpoint"):
+                        raise
+            time.sleep(0.1)
 
     def remove(self, ref: str) -> None:
         """Drop the checkpoint (its memory image). Raises ProviderError, WorkspaceGone."""
