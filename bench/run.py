@@ -38,6 +38,7 @@ from egress import ratios as egress_ratios
 from hostile_helper import hostile_helper
 from idle_websockets import idle_websockets
 from replica_bursts import replica_bursts, report_alone
+from snapshots import snapshot_rows
 
 KEY = "bench-key-0123456789abcdef"
 IMAGE = os.environ.get("WORKSPACE_IMAGE", "agentbox/workspace:bookworm")
@@ -154,6 +155,9 @@ def main() -> None:
             results |= pauses(api, args.rounds)
             results |= suspended_wakes(api, args.rounds)
             density = idle_density(api, engine, args.idle)
+            snapshot_samples, snapshot_numbers = snapshot_rows(api, Path(cold_dir), args.rounds)
+            results |= snapshot_samples
+            density |= snapshot_numbers
             server_pid = SERVER_PIDS[str(api.base_url)]
             density |= background_processes(api, server_pid, workspaces=20, per_workspace=5)
             density |= floods(api, server_pid)
@@ -950,6 +954,10 @@ def report(
     if "burst_api_crowded" in summary:  # the same burst with the idle crowd present, against none
         ratios["burst_api_crowded_over_empty_p50"] = round(
             summary["burst_api_crowded"]["p50_ms"] / summary["burst_api"]["p50_ms"], 2
+        )
+    if "create_from_snapshot" in summary:
+        ratios["create_from_snapshot_over_cold_p50"] = round(
+            summary["create_from_snapshot"]["p50_ms"] / summary["create_cold_beside"]["p50_ms"], 2
         )
     if "exec_suspended" in summary:
         ratios["exec_suspended_over_idle_never_suspended_p50"] = round(
