@@ -236,3 +236,24 @@ def test_nothing_is_left_behind(alice: Client, snapping: Server, docker_client: 
     assert snapping.disks() == set()
     assert snapshot_dirs(snapping) == set()
     assert not list(Path(snapping.data_dir / "disks").glob("ws-*.img"))
+
+
+def test_the_cli(alice: Client, snapping: Server) -> None:
+    from .test_cli import agentbox
+
+    source = alice.create(provider="gvisor")
+    alice.write_file(source.id, "/workspace/from-cli", b"kept")
+    snapshot_id = agentbox(snapping, "ws", "snapshot", source.id, "--name", "cli-made").stdout.split()[0]
+    assert snapshot_id.startswith("snap-")
+    listed = agentbox(snapping, "snapshots", "ls", env={"COLUMNS": "200"}).stdout
+    assert snapshot_id in listed and "cli-made" in listed and "files only" in listed
+    child = agentbox(snapping, "ws", "create", "--snapshot", "cli-made").stdout.strip()
+    assert alice.read_file(child, "/workspace/from-cli") == b"kept"
+    forked = agentbox(snapping, "ws", "fork", source.id, "--count", "2").stdout.split()
+    assert len([line for line in forked if line.startswith("ws-")]) == 2
+    refused = agentbox(snapping, "ws", "fork", source.id, "--count", "0", check=False)
+    assert refused.returncode == 2 and "--count" in refused.stderr
+    agentbox(snapping, "snapshots", "rm", "cli-made")
+    assert agentbox(snapping, "snapshots", "ls", "-q").stdout.strip() == ""
+    missing = agentbox(snapping, "snapshots", "rm", "cli-made", check=False)
+    assert missing.returncode == 1 and "404" in missing.stderr
