@@ -110,6 +110,8 @@ def test_no_endpoint_lets_one_owner_reach_another_s_workspace_or_app(
             ("GET", "/api/v1/workspaces/{workspace_id}/audit"): lambda: bob.audit(victim),
             ("GET", "/api/v1/workspaces/{workspace_id}/usage"): lambda: bob.usage(victim),
             ("PATCH", "/api/v1/workspaces/{workspace_id}/network"): lambda: bob.set_network(victim, "none"),
+            ("POST", "/api/v1/workspaces/{workspace_id}/snapshots"): lambda: bob.snapshot(victim),
+            ("POST", "/api/v1/workspaces/{workspace_id}/fork"): lambda: bob.fork(victim),
             ("GET", "/api/v1/workspaces/{workspace_id}/ports"): lambda: bob.listening_ports(victim),
             ("POST", f"{processes}"): lambda: bob.start_process(victim, ["true"]),
             ("GET", f"{processes}"): lambda: bob.processes(victim),
