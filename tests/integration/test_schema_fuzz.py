@@ -20,10 +20,16 @@ schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
 @pytest.fixture(scope="module")
 def api_schema(server: Server) -> Iterator[schemathesis.BaseSchema]:
     yield schemathesis.openapi.from_url(f"{server.url}/openapi.json")
-    # Whatever the generated requests managed to create is removed like any workspace.
+    # Whatever the generated requests managed to create is removed: workspaces, then the volumes they may mount
+    # (each a mounted disk on the host) and snapshots.
     with server.client("fuzzer") as fuzzer:
         for workspace in fuzzer.list():
             fuzzer.delete(workspace.id)
+        for volume in fuzzer.volumes():
+            fuzzer.delete_volume(volume.id)
+        while snapshots := fuzzer.snapshots().snapshots:
+            for snapshot in snapshots:
+                fuzzer.delete_snapshot(snapshot.id)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
