@@ -51,20 +51,7 @@ class Checkpoints:
 
     def restore(self, ref: str) -> None:
         """Start the container from its checkpoint. Raises ProviderError, WorkspaceGone."""
-        url = self._api._url("/containers/{0}/start", ref)
-        give_up = time.monotonic() + UPLOAD_PATIENCE
-        while True:
-            try:
-                self._api._raise_for_status(self._api._post(url, params={"checkpoint": CHECKPOINT}))
-                return
-            except docker.errors.APIError as exc:
-                # The engine hands the checkpoint to containerd as content; right after a checkpoint,
-                # containerd may still hold that content and refuse it ("already exists", moby#42900)
-                # until its garbage collection runs, a moment later.
-                if "already exists" not in str(exc.explanation) or time.monotonic() > give_up:
-                    with engine_errors("restoring the workspace from its checkpoint"):
-                        raise
-            time.sleep(0.1)
+        self._start(ref, CHECKPOINT, "restoring the workspace from its checkpoint")
 
     def export(self, ref: str, directory: Path, name: str) -> None:
         """Checkpoint the container into `directory`/`name` (which must not exist) and leave it running (runsc's
@@ -95,22 +82,25 @@ class Checkpoints:
         if result.returncode:
             raise ProviderError(f"copying the snapshot's checkpoint for the engine: {result.stderr.strip()}")
         try:
-            self._start(ref, name)
+            self._start(ref, name, "restoring the workspace from its snapshot's checkpoint")
         finally:
             shutil.rmtree(own, ignore_errors=True)
 
-    def _start(self, ref: str, name: str) -> None:
+    def _start(self, ref: str, name: str, doing: str) -> None:
+        """Start the container from its checkpoint `name`. Raises ProviderError (naming what it was `doing`),
+        WorkspaceGone."""
         url = self._api._url("/containers/{0}/start", ref)
-        params = {"checkpoint": name}
         give_up = time.monotonic() + UPLOAD_PATIENCE
         while True:
             try:
-                self._api._raise_for_status(self._api._post(url, params=params))
+                self._api._raise_for_status(self._api._post(url, params={"checkpoint": name}))
                 return
             except docker.errors.APIError as exc:
-                # As `restore`: containerd may still hold the same content from the restore before.
+                # The engine hands the checkpoint to containerd as content; right after a checkpoint (or the
+                # restore of the same snapshot before), containerd may still hold that content and refuse it
+                # ("already exists", moby#42900) until its garbage collection runs, a moment later.
                 if "already exists" not in str(exc.explanation) or time.monotonic() > give_up:
-                    with engine_errors("restoring the workspace from its snapshot's checkpoint"):
+                    with engine_errors(doing):
                         raise
             time.sleep(0.1)
 
