@@ -51,13 +51,17 @@ def snapshot_dirs(server: Server) -> set[str]:
 
 
 def number(client: Client, workspace_id: str) -> int:
-    """The counter's file (0 until it is first written)."""
-    try:
-        return int(client.read_file(workspace_id, "/workspace/counter").decode().strip() or 0)
-    except APIError as exc:
-        if exc.status_code == 404:
-            return 0
-        raise
+    """The counter's file (0 until it is first written). The counter rewrites it ten times a second, so a read
+    can meet it mid-rewrite: the server says so (409, read it again), and so does this, a few times."""
+    for _ in range(5):
+        try:
+            return int(client.read_file(workspace_id, "/workspace/counter").decode().strip() or 0)
+        except APIError as exc:
+            if exc.status_code == 404:
+                return 0
+            if exc.status_code != 409:
+                raise
+    raise AssertionError(f"{workspace_id}: /workspace/counter changed under five reads in a row")
 
 
 def counting_past(client: Client, workspace_id: str, start: int) -> Callable[[], bool]:
