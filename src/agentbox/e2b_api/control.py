@@ -191,8 +191,9 @@ async def create(body: NewSandbox, mgr: Manager, who: Who, tokens: Signer) -> di
     if refused:
         raise E2BError(400, f"not offered by agentbox's E2B endpoint: {', '.join(refused)}")
     mapped = _mapped(lambda: e2b_network.from_create(body.network, body.allow_internet_access))
+    snapshot: str | None = await _call(_snapshot_of, mgr, who.owner, body.template_id)
     request = NewWorkspace(
-        image=_image(body.template_id, mgr),
+        image=None if snapshot else _image(body.template_id, mgr),
         env=dict(body.env_vars),
         labels=dict(body.metadata),
         network=None if mapped.policy is None else _policy(mapped.policy),
@@ -201,6 +202,7 @@ async def create(body: NewSandbox, mgr: Manager, who: Who, tokens: Signer) -> di
         request_host=mapped.request_host,
         pause_at_end=body.pause_at_end(),
         volumes=body.volumes(),
+        snapshot=snapshot,  # its image, sizes and network, unless the body says otherwise
     )
     workspace: Workspace = await _call(mgr.create, who.owner, request, who.quota)
     if body.template_id == INTERPRETER_TEMPLATE:
@@ -318,7 +320,7 @@ async def template_alias(alias: str, mgr: Manager, who: Who) -> dict[str, Any]:
 
 @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 async def unknown(path: str) -> Response:
-    """What E2B offers and agentbox does not (templates builds, volumes, snapshots...), in E2B's shape."""
+    """What E2B offers and agentbox does not (template builds, a volume's content...), in E2B's shape."""
     raise E2BError(404, f"/{path} is not offered by agentbox's E2B endpoint (see docs/e2b-endpoint.md)")
 
 
@@ -357,6 +359,18 @@ def _found(mgr: WorkspaceManager, owner: str, sandbox_id: str) -> Workspace:
     ):
         raise NotFound(f"sandbox {sandbox_id} not found")
     return workspace
+
+
+def _snapshot_of(mgr: WorkspaceManager, owner: str, template: str) -> str | None:
+    """The id of the owner's snapshot a template names (E2B's `Sandbox.create(snapshot_id)`), by id or name; None
+    for anything else (an image). E2B's own templates come first; a snapshot's id or name has no '/' or ':'."""
+    if template in (BASE_TEMPLATE, INTERPRETER_TEMPLATE) or "/" in template or ":" in template:
+        return None
+    try:
+        found: str = mgr.snapshots.get(owner, template).id
+    except NotFound:
+        return None
+    return found
 
 
 def _aware(moment: datetime) -> datetime:

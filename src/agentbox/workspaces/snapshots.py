@@ -148,15 +148,25 @@ class Snapshots:
             log.warning("snapshot %s of provider %s (not configured) left where it is", snapshot.id, snapshot.provider)
 
     def fork(
-        self, owner: str, workspace_id: str, count: int, quota: Quota | None = None, keep_snapshot: bool = False
+        self,
+        owner: str,
+        workspace_id: str,
+        count: int,
+        quota: Quota | None = None,
+        keep_snapshot: bool = False,
+        like: NewWorkspace | None = None,
     ) -> Fork:
         """A snapshot of the workspace, then `count` workspaces from it, side by side; each is made or fails on its
-        own. The snapshot is deleted afterwards unless `keep_snapshot`."""
+        own. The snapshot is deleted afterwards unless `keep_snapshot`. `like`: what each is made as (E2B's forks
+        get a fixed end), its snapshot filled in; None: with the source's lifetime."""
         if not 1 <= count <= 100:
             raise BadRequest("count: from 1 to 100 workspaces")
         snapshot = self.take(owner, workspace_id)
         source = self.manager.get(owner, workspace_id)
-        request = NewWorkspace(snapshot=snapshot.id, ephemeral=source.ephemeral, ttl_days=source.ttl_days)
+        if like is not None:
+            request = dataclasses.replace(like, snapshot=snapshot.id)
+        else:
+            request = NewWorkspace(snapshot=snapshot.id, ephemeral=source.ephemeral, ttl_days=source.ttl_days)
 
         def one(_: int) -> ForkMember:
             try:
