@@ -12,6 +12,7 @@ agentbox.wire (one module per resource) are the server's and the client's alike.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from agentbox.wire.processes import (
 )
 from agentbox.wire.snapshots import ForkOut, SnapshotList, SnapshotOut
 from agentbox.wire.system import Capacity, Health, ProviderList, ProviderStatus
+from agentbox.wire.templates import BuildLogLine, TemplateList, TemplateOut
 from agentbox.wire.tools import EditToolOut, GlobToolOut, GrepToolOut, ReadToolOut
 from agentbox.wire.vault import SecretList, SecretOut
 from agentbox.wire.volumes import VolumeList, VolumeOut
@@ -100,6 +102,7 @@ class WorkspaceOptions(TypedDict, total=False):
     idle_timeout: float  # seconds unused before it is suspended (woken by its next use); 0: never
     volumes: builtins.list[VolumeOptions]
     snapshot: str  # one of your snapshots, by id or name: its files (and memory where kept), its spec as defaults
+    template: str  # one of your templates, by id or name[:tag]: its image, started and ready before it is answered
 
 
 class ExecOptions(TypedDict, total=False):
@@ -270,6 +273,54 @@ class Client:
     def volume(self, volume: str) -> VolumeOut:
         """One of your volumes, by name or id. Raises APIError: 404 when you have no such volume."""
         return _parse(VolumeOut, self._call("GET", f"/volumes/{quote(volume, safe='')}"))
+
+    def build_template(
+        self,
+        name: str,
+        dockerfile: str,
+        *,
+        tag: str = "latest",
+        context: bytes | None = None,
+        start_cmd: str | None = None,
+        ready_cmd: str | None = None,
+        ready_timeout: float = 60.0,
+        pool_size: int = 0,
+    ) -> TemplateOut:
+        """Start building a template from `dockerfile` (and `context`, a tar archive, gzip'd or not); answered at
+        once with `status` building: follow it with `template_log`. Raises APIError: 400 for a FROM image not on
+        the server, 409 for a name and tag you have, 413 past the size limits, 422 for a Dockerfile that does not
+        parse, 429 while the server runs as many builds as it allows."""
+        body = {
+            "name": name,
+            "tag": tag,
+            "dockerfile": dockerfile,
+            "context": base64.b64encode(context).decode() if context is not None else None,
+            "start_cmd": start_cmd,
+            "ready_cmd": ready_cmd,
+            "ready_timeout": ready_timeout,
+            "pool_size": pool_size,
+        }
+        return _parse(TemplateOut, self._call("POST", "/templates", json=body))
+
+    def templates(self) -> builtins.list[TemplateOut]:
+        """Your templates, by name."""
+        return _parse(TemplateList, self._call("GET", "/templates")).templates
+
+    def template(self, template: str) -> TemplateOut:
+        """One of your templates, by id or name[:tag]. Raises APIError: 404 when you have no such template."""
+        return _parse(TemplateOut, self._call("GET", f"/templates/{quote(template, safe='')}"))
+
+    def template_log(self, template: str, offset: int = 0, follow: bool = True) -> Iterator[BuildLogLine]:
+        """The template's build log from `offset`, as it comes (with `follow`, until the build ends), then a
+        line with its `status` (and `error`). Raises APIError (before the first line): 404."""
+        params: Query = {"offset": offset, "follow": follow}
+        url = f"/templates/{quote(template, safe='')}/build-log"
+        return self._stream("GET", url, _build_log_line, params=params)
+
+    def delete_template(self, template: str) -> None:
+        """Delete your template (by id or name[:tag]) and its image. Raises APIError: 404, 409 while it builds or
+        while workspaces made from it are left (the detail names each)."""
+        self._call("DELETE", f"/templates/{quote(template, safe='')}")
 
     def delete_volume(self, volume: str) -> None:
         """Delete your volume (by name or id) and what it holds. Raises APIError: 404 when you have no such
@@ -650,6 +701,10 @@ class EventStream(Iterator[Event]):
     def close(self) -> None:
         self._events.close()
         self._response.close()
+
+
+def _build_log_line(_response: httpx.Response, line: str) -> BuildLogLine:
+    return BuildLogLine.model_validate_json(line)
 
 
 def _watch_event(_response: httpx.Response, line: str) -> WatchEventOut:

@@ -85,6 +85,18 @@ class Settings(BaseSettings):
     # Snapshots an owner may keep (each holds a copy of a workspace's disk, sparse); a fork's counts while it runs.
     max_snapshots: int = Field(20, ge=0, validation_alias="WORKSPACE_MAX_SNAPSHOTS")
     warm_pool_size: int = Field(0, ge=0, validation_alias="WORKSPACE_WARM_POOL_SIZE")
+    # Templates (issue 30): how many one owner may hold; builds under way at once on this server (a build past
+    # it is a 429: builds have their own limit, apart from the cap on workspaces); the largest Dockerfile and
+    # context archive (the context also rides in the JSON body, so WORKSPACE_MAX_REQUEST bounds it too); a
+    # build's time, memory and CPU; each template's warm pool (a template's `pool_size` asks for one, at most this).
+    max_templates: int = Field(20, ge=0, le=10000, validation_alias="WORKSPACE_MAX_TEMPLATES")
+    max_builds: int = Field(2, ge=1, le=64, validation_alias="WORKSPACE_MAX_BUILDS")
+    max_dockerfile: Size = Field(parse_size("64K"), validation_alias="WORKSPACE_MAX_DOCKERFILE")
+    max_template_context: Size = Field(parse_size("4M"), validation_alias="WORKSPACE_MAX_TEMPLATE_CONTEXT")
+    template_build_timeout: float = Field(600.0, gt=0, validation_alias="WORKSPACE_TEMPLATE_BUILD_TIMEOUT")
+    template_build_memory: Size = Field(parse_size("2G"), validation_alias="WORKSPACE_TEMPLATE_BUILD_MEMORY")
+    template_build_cpu: float = Field(1.0, gt=0, le=1024, validation_alias="WORKSPACE_TEMPLATE_BUILD_CPU")
+    template_pool_size: int = Field(4, ge=0, le=64, validation_alias="WORKSPACE_TEMPLATE_POOL_SIZE")
     default_ttl_days: float = Field(30, gt=0, validation_alias="WORKSPACE_DEFAULT_TTL_DAYS")
     network_name: str = Field("", validation_alias="WORKSPACE_NETWORK_NAME")
     e2b_api_key: SecretStr = Field(SecretStr(""), validation_alias="E2B_API_KEY")

@@ -74,6 +74,10 @@ def new_snapshot_id() -> str:
     return "snap-" + secrets.token_hex(8)
 
 
+def new_template_id() -> str:
+    return "tpl-" + secrets.token_hex(8)
+
+
 def new_key_id() -> str:
     # Random, never derived from the key: it travels in tokens, which must say nothing about the key.
     return "key-" + secrets.token_hex(8)
@@ -176,6 +180,35 @@ class Snapshot(Base):
     memory_kept: Mapped[bool] = mapped_column(default=False)
     size: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes it takes on the host
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Template(Base):
+    """An owner's workspace image built from a Dockerfile, with the command a workspace made from it starts and
+    the one that says it is ready; versioned by name and tag."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("owner", "name", "tag"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_template_id)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    tag: Mapped[str] = mapped_column(String(64))
+    # The engine's name for the image (unique per template: workspaces made from it carry it as their image).
+    image: Mapped[str] = mapped_column(String(256))
+    image_id: Mapped[str | None] = mapped_column(String(128), default=None)  # once built
+    start_cmd: Mapped[str | None] = mapped_column(Text, default=None)
+    ready_cmd: Mapped[str | None] = mapped_column(Text, default=None)
+    ready_timeout: Mapped[float] = mapped_column(Float, default=60.0)
+    pool_size: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # building, ready, failed
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The build's log, its last TEMPLATE_LOG_KEPT characters; log_size counts every character ever written, so
+    # a follower knows where the kept part starts.
+    log: Mapped[str] = mapped_column(Text, default="")
+    log_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    replica: Mapped[str | None] = mapped_column(String(64), default=None)  # the one building it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    built_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class GitHubApp(Base):

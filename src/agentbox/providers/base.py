@@ -15,8 +15,8 @@ handle (`ref`) and plain data; ownership, limits policy and persistence live in 
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -117,6 +117,21 @@ class Capabilities:
     #: A workspace's files (and memory, as `pause_keeps_memory` says) can be snapshotted, and workspaces made
     #: from the snapshot (`Provider.snapshot`, `WorkspaceSpec.snapshot`).
     snapshots: bool = False
+    #: Images can be built from a Dockerfile for templates (`Provider.build_image`).
+    templates: bool = False
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    """A template's image to build: tagged `ref`, from `dockerfile`, with `context` (a tar, gzip'd or not)."""
+
+    ref: str
+    dockerfile: str
+    context: bytes | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    memory: int = 2 << 30
+    cpu: float = 1.0
+    timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -307,6 +322,20 @@ class Provider(abc.ABC):
     def volume_ids(self) -> set[str]:
         """Every volume whose storage this provider holds (to find what no record names)."""
         return set()
+
+    def check_bases(self, images: list[str]) -> None:
+        """Every image a Dockerfile's `FROM` names is here (builds never pull). BadRequest naming one that is not."""
+        raise BadRequest(f"the {self.name} provider cannot build templates; use the gvisor or docker provider")
+
+    def build_image(self, build: ImageBuild, on_log: Callable[[str], None]) -> str:
+        """Build and tag a template's image, each line of the build's log to `on_log` as it comes; the image's id.
+        Leaves nothing of a failed build. Raises BadRequest when this provider cannot build, ProviderError (a
+        failed step: its 422 subclass, with the engine's message)."""
+        raise BadRequest(f"the {self.name} provider cannot build templates; use the gvisor or docker provider")
+
+    def remove_image(self, ref: str) -> None:
+        """Remove a template's image (one already gone is not an error). Raises ProviderError."""
+        return None
 
     def close(self) -> None:
         """Let go of what the provider holds, at the server's end: work it was doing in the background

@@ -28,6 +28,7 @@ from agentbox.api import (
     processes,
     sessions,
     snapshots,
+    templates,
     terminals,
     tools,
     vault,
@@ -119,6 +120,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         ports,
         audit,
         snapshots,
+        templates,
     ):
         app.include_router(module.router)
     if settings.e2b_api:

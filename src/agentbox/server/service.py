@@ -145,6 +145,7 @@ class Service:
         if settings.warm_pool_size > 0 and settings.default_provider in providers:
             pool = WarmPool(settings, self.store, providers[settings.default_provider], self.metrics)
         self.manager = WorkspaceManager(settings, self.store, providers, unavailable, self.metrics, self.github, pool)
+        self.manager.templates.recover()  # builds this replica had under way ended with its last run
         vault = self.vault
         if vault is not None:
             self.manager.secret_names = lambda owner: {info.name for info in vault.list(owner)}
@@ -372,6 +373,7 @@ class Service:
             self.replica.leave()  # already left with the lifecycle, unless start-up failed before it
             self.replica = None
         if self.manager is not None:
+            self.manager.templates.close()  # builds under way end with the engine connection
             for provider in self.manager.providers.values():
                 provider.close()  # the disks of removals still under way are not left mounted past the server
         if self.docker_client is not None:

@@ -18,6 +18,7 @@ from agentbox.wire.commands import ExecStreamEvent
 from agentbox.wire.common import ErrorOut
 from agentbox.wire.files import WatchEventOut
 from agentbox.wire.processes import ProcessStreamEvent
+from agentbox.wire.templates import BuildLogLine
 
 #: FastAPI's `responses`: extra answers of a route by status.
 Responses = dict[int | str, dict[str, Any]]
@@ -79,6 +80,7 @@ LINES: dict[str, Any] = {
     "ExecStreamEvent": ExecStreamEvent,
     "WatchEventOut": WatchEventOut,
     "ProcessStreamEvent": ProcessStreamEvent,
+    "BuildLogLine": BuildLogLine,
 }
 
 

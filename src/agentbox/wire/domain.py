@@ -82,6 +82,9 @@ class NewWorkspace:
     #: The owner's snapshot it starts from, by id or name: its files (and memory where the snapshot kept it),
     #: its image, sizes and network as the defaults of what is None here.
     snapshot: str | None = None
+    #: The owner's template it is made from, by id or name[:tag]: its image, then its start command started and
+    #: its ready command passed before it is handed out.
+    template: str | None = None
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,15 @@ class CreateWorkspace(BaseModel):
         "disk and network are the defaults of what is left out (a disk at least as large)",
     )
 
+    template: str | None = Field(
+        None,
+        min_length=1,
+        max_length=129,
+        description="one of your templates (POST /templates), by id (tpl-...) or name[:tag] (tag: latest): the "
+        "workspace runs its image, its start command is started, and the create answers once its ready command "
+        "exits 0; not with `image` or `snapshot`",
+    )
+
     def to_domain(self) -> NewWorkspace:
         fields = {name: getattr(self, name) for name in type(self).model_fields if name not in ("repo", "volumes")}
         volumes = tuple(VolumeRequest(v.name, v.path, v.read_only) for v in self.volumes)

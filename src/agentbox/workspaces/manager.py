@@ -7,6 +7,7 @@ to run in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -16,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from agentbox.config import Settings
-from agentbox.db.models import Status, Workspace, new_workspace_id, utcnow
+from agentbox.db.models import Status, Template, Workspace, new_workspace_id, utcnow
 from agentbox.db.store import LIVE, Store
 from agentbox.egress.rules import Policy
 from agentbox.errors import (
@@ -44,6 +45,7 @@ from agentbox.workspaces.pool import WarmPool
 from agentbox.workspaces.session_claims import SessionClaims
 from agentbox.workspaces.sessions import ShellSessions
 from agentbox.workspaces.snapshots import Snapshots
+from agentbox.workspaces.templates import Templates
 from agentbox.workspaces.volumes import Volumes
 from agentbox.workspaces.watchers import Watchers
 
@@ -80,6 +82,7 @@ class WorkspaceManager:
         self.idle = IdleSuspender(store, self.providers, settings, self.metrics)
         self.volumes = Volumes(settings, store, self.providers)
         self.snapshots = Snapshots(self)
+        self.templates = Templates(self)
         #: The names of an owner's secrets (the vault's), to check the header rules of a policy against; None:
         #: this server keeps no secrets, and a policy that names one is refused.
         self.secret_names: Callable[[str], set[str]] | None = None
@@ -112,6 +115,7 @@ class WorkspaceManager:
 
     def _create(self, owner: str, request: NewWorkspace, quota: Quota | None) -> Workspace:
         started = time.monotonic()
+        request, template = self.templates.applied(owner, request)  # its image; made ready below
         request, snapshot = self.snapshots.applied(owner, request)  # a snapshot's spec as the defaults
         provider_name = request.provider or self.settings.default_provider
         provider = self._provider(provider_name)
@@ -220,7 +224,21 @@ class WorkspaceManager:
                 f"workspace {workspace.id} was removed while it was being made (deleted, or given up because this "
                 "server lost touch with the database for too long): create it again"
             )
+        if template is not None:
+            self._template_ready(owner, created, template)
         return self._handed_out("cold", created, started)
+
+    def _template_ready(self, owner: str, workspace: Workspace, template: Template) -> None:
+        """Its template's start command started and its ready command passed; else the workspace is removed."""
+        if not (template.start_cmd or template.ready_cmd):
+            return
+        try:
+            self.templates.make_ready(self.use(owner, workspace.id), template)
+        except BaseException:
+            self.metrics.failures.labels("create").inc()
+            with contextlib.suppress(AgentboxError):
+                self.delete(owner, workspace.id)
+            raise
 
     def _checked_policy(
         self, owner: str, provider: Provider, provider_name: str, policy: NetworkPolicy

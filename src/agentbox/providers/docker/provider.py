@@ -31,6 +31,7 @@ from agentbox.egress.rules import Policy
 from agentbox.errors import AgentboxError, BadRequest, Conflict, ProviderError, ProviderUnavailable, WorkspaceGone
 from agentbox.providers.base import (
     Capabilities,
+    ImageBuild,
     Provider,
     ProviderState,
     SnapshotTaken,
@@ -38,6 +39,7 @@ from agentbox.providers.base import (
     VolumeMount,
     WorkspaceSpec,
 )
+from agentbox.providers.docker import images as template_images
 from agentbox.providers.docker.boot import probe_booted, start_and_await_ready
 from agentbox.providers.docker.channel import (
     ROOT_START_CAPABILITIES,
@@ -174,6 +176,7 @@ class DockerProvider(Provider):
             ports=True,
             pause_keeps_memory=frozenset({"none"} if self.checkpoint_runtime else ()),
             suspend=cgroup_freezing(),
+            templates=True,
             snapshots=True,
             volumes=self.volumes is not None,
         )
@@ -414,6 +417,17 @@ class DockerProvider(Provider):
         return self.volumes.used(volume_id) if self.volumes is not None else None
 
     def volume_ids(self) -> set[str]:
+    # Template images (providers/docker/images.py)
+
+    def check_bases(self, images: list[str]) -> None:
+        template_images.check_base(self.client, images)
+
+    def build_image(self, build: ImageBuild, on_log: Callable[[str], None]) -> str:
+        return template_images.build_image(self.client, build, on_log)
+
+    def remove_image(self, ref: str) -> None:
+        template_images.remove_image(self.client, ref)
+
         return self.volumes.names() if self.volumes is not None else set()
 
     def start(self, ref: str) -> None:
