@@ -81,6 +81,10 @@ class Checkpoints:
         )
         if result.returncode:
             raise ProviderError(f"copying the snapshot's checkpoint for the engine: {result.stderr.strip()}")
+        # The engine hands the checkpoint to containerd as a blob named by its digest; the forks of one snapshot
+        # would hand over the same blob at once and all but one be refused ("already exists", moby#42900). A
+        # line naming the container (runsc reads only its own files) makes each one's blob its own.
+        (own / "agentbox-restored-into").write_text(container + "\n")
         try:
             self._start(ref, name, "restoring the workspace from its snapshot's checkpoint")
         finally:

@@ -151,8 +151,6 @@ class DockerProvider(Provider):
         self.volumes = volumes
         self.checkpoints = Checkpoints(client)
         self.snapshots = SnapshotFiles(disks.root.parent / "snapshots", disks)
-        self._restoring: dict[str, threading.Lock] = {}  # snapshot -> held while a workspace is restored from it
-        self._restoring_lock = threading.Lock()
         self.ways_in = WaysIn(client, user, control_root, tcp_channel)
         self._isolation = isolation
         self._background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agentbox-disk")
@@ -566,13 +564,8 @@ class DockerProvider(Provider):
         checkpoint that will not restore starts it afresh instead, with the snapshot's files."""
         assert spec.snapshot is not None
         directory = self.snapshots.directory(spec.snapshot) / SNAPSHOT_CHECKPOINT
-        # One restore of a checkpoint at a time: the engine hands it to containerd as content under the directory's
-        # path, and two uploads of the same content at once collide there (the forks of one snapshot).
-        with self._restoring_lock:
-            lock = self._restoring.setdefault(spec.snapshot, threading.Lock())
         try:
-            with lock:
-                self.checkpoints.start_from(ref, directory, SNAPSHOT_MEMORY)
+            self.checkpoints.start_from(ref, directory, SNAPSHOT_MEMORY)
         except ProviderError as exc:
             log.warning(
                 "workspace %s could not be restored from snapshot %s, starting it afresh (files only): %s",
@@ -589,8 +582,6 @@ class DockerProvider(Provider):
 
     def delete_snapshot(self, snapshot_ref: str) -> None:
         self.snapshots.remove(snapshot_ref)
-        with self._restoring_lock:
-            self._restoring.pop(snapshot_ref, None)
 
     def discard_memory(self, ref: str) -> None:
         if self.checkpoint_runtime is not None and self.checkpoints.exists(ref):
