@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -415,6 +414,8 @@ class DockerProvider(Provider):
         return self.volumes.used(volume_id) if self.volumes is not None else None
 
     def volume_ids(self) -> set[str]:
+        return self.volumes.names() if self.volumes is not None else set()
+
     # Template images (providers/docker/images.py)
 
     def check_bases(self, images: list[str]) -> None:
