@@ -173,9 +173,9 @@ class DockerProvider(Provider):
             ports=True,
             pause_keeps_memory=frozenset({"none"} if self.checkpoint_runtime else ()),
             suspend=cgroup_freezing(),
-            templates=True,
             snapshots=True,
             volumes=self.volumes is not None,
+            templates=True,
         )
         if self.network is not None and self.egress is not None:
             return dataclasses.replace(offers, network_policies=POLICY_KINDS, egress_by_name=True)
@@ -426,8 +426,6 @@ class DockerProvider(Provider):
 
     def remove_image(self, ref: str) -> None:
         template_images.remove_image(self.client, ref)
-
-        return self.volumes.names() if self.volumes is not None else set()
 
     def start(self, ref: str) -> None:
         self.ways_in.forget(_workspace_id(ref))
