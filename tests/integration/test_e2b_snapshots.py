@@ -94,7 +94,7 @@ def test_a_snapshot_is_the_owners_agentbox_snapshot_and_makes_sandboxes(
         assert Sandbox.delete_snapshot(snapshot.snapshot_id) is True
     assert Sandbox.delete_snapshot(snapshot.snapshot_id) is False
     # A deleted snapshot names no template: the create is refused (and makes nothing).
-    with pytest.raises(SandboxException):
+    with pytest.raises(SandboxException, match="no snapshot of yours with this id"):
         Sandbox.create(snapshot.snapshot_id, timeout=60)
 
 
@@ -157,7 +157,7 @@ def test_another_owners_sandboxes_and_snapshots_are_e2bs_404(
         assert Sandbox.list_snapshots(api_key=KEYS["bob"]).next_items() == []
         assert Sandbox.list_snapshots(name=snapshot.snapshot_id, api_key=KEYS["bob"]).next_items() == []
         assert Sandbox.delete_snapshot(snapshot.snapshot_id, api_key=KEYS["bob"]) is False
-        with pytest.raises(SandboxException):  # not bob's: no such template for him
+        with pytest.raises(SandboxException, match="no snapshot of yours with this id"):
             Sandbox.create(snapshot.snapshot_id, timeout=60, api_key=KEYS["bob"])
         # Still alice's, whole.
         assert [s.snapshot_id for s in Sandbox.list_snapshots(name=snapshot.snapshot_id).next_items()] == [

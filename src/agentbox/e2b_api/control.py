@@ -12,6 +12,7 @@ envd, what the SDK reaches inside a sandbox, is envd.py; `envdAccessToken` is ma
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -27,7 +28,7 @@ from agentbox.config import Settings
 from agentbox.db.models import Workspace, utcnow
 from agentbox.e2b_api import access, interpreter
 from agentbox.e2b_api import network as e2b_network
-from agentbox.errors import AgentboxError, NotFound
+from agentbox.errors import AgentboxError, BadRequest, NotFound
 from agentbox.web.dependencies import authenticated, in_thread, refused
 from agentbox.wire.common import MAX_SECONDS, Env, LabelValue, MetadataKey
 from agentbox.wire.domain import NewWorkspace, PauseAtEnd, Status, VolumeRequest
@@ -45,6 +46,8 @@ DEFAULT_TIMEOUT = 300
 BASE_TEMPLATE = "base"
 #: The `e2b-code-interpreter` SDK's default template (interpreter.py).
 INTERPRETER_TEMPLATE = "code-interpreter-v1"
+#: The form of a snapshot's id (agentbox's, db/models.py), which a template may name.
+SNAPSHOT_ID = re.compile(r"snap-[0-9a-f]{16}")
 #: The home (and default working directory) of E2B's `base` template; other images work in /workspace.
 E2B_HOME = "/home/user"
 
@@ -369,6 +372,11 @@ def _snapshot_of(mgr: WorkspaceManager, owner: str, template: str) -> str | None
     try:
         found: str = mgr.snapshots.get(owner, template).id
     except NotFound:
+        if SNAPSHOT_ID.fullmatch(template):  # not an image's name: say what it is not
+            raise BadRequest(
+                f"template {template!r}: no snapshot of yours with this id (deleted, or another owner's): "
+                "Sandbox.list_snapshots() lists yours"
+            ) from None
         return None
     return found
 

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentbox.db.models import Snapshot, Workspace
-from agentbox.e2b_api.control import PREFIX, E2BError, Manager, Signer, Who, _found, _sandbox
+from agentbox.e2b_api.control import PREFIX, SNAPSHOT_ID, E2BError, Manager, Signer, Who, _found, _sandbox
 from agentbox.errors import AgentboxError, NotFound
 from agentbox.web.dependencies import in_thread
 from agentbox.wire.common import MAX_SECONDS
@@ -33,9 +33,8 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 #: E2B's default lifetime of a fork (its API's `timeout` default).
 FORK_TIMEOUT = 15
-#: A snapshot name (agentbox's rule, but `snap-` allowed: E2B's tests name theirs so) and the form of an id.
+#: A snapshot name: agentbox's rule, but `snap-` allowed (E2B's tests name theirs so), not in an id's form.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_ID = re.compile(r"snap-[0-9a-f]{16}")
 
 
 class NewSnapshot(BaseModel):
@@ -76,7 +75,7 @@ def _name(name: str | None) -> str | None:
         raise E2BError(
             400, "name: 1 to 64 letters, digits, '.', '_' or '-', a letter or digit first (e.g. 'my-snapshot')"
         )
-    if _ID.fullmatch(name):
+    if SNAPSHOT_ID.fullmatch(name):
         raise E2BError(400, "name: has the form of a snapshot id (snap- and 16 hex digits): choose another")
     return name
 
