@@ -167,6 +167,8 @@ def test_a_fork_of_a_network_less_workspace_with_a_running_process(alice: Client
     source = alice.create(provider="gvisor", network="none")
     counter = alice.start_process(source.id, COUNTER)
     eventually(lambda: number(alice, source.id) >= 5)
+    # Written just before the fork, with no sync: in each fork all the same (gVisor flushes as it checkpoints).
+    fresh = alice.exec(source.id, "head -c 5000000 /dev/urandom > ~/fresh && sha256sum < ~/fresh").stdout
     before = alice.get(source.id)
 
     fork = alice.fork(source.id, 2)
@@ -194,6 +196,7 @@ def test_a_fork_of_a_network_less_workspace_with_a_running_process(alice: Client
             start = number(alice, workspace_id)
             assert start >= 5
             assert all(p.status != "running" for p in alice.processes(workspace_id))
+        assert alice.exec(workspace_id, "sha256sum < ~/fresh").stdout == fresh
     # Writes in one reach no other.
     alice.write_file(forks[0], "/workspace/mine", b"first fork")
     for other in (source.id, forks[1]):

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,7 @@ from agentbox.providers.docker.checkpoints import LET_GO_OF_SOCKET, LISTEN_AGAIN
 from agentbox.providers.docker.disks import HOME, PROCS, TMP, VOLUME_DATA, WORKSPACE, Disks
 from agentbox.providers.docker.egress_gateway import EgressGateway
 from agentbox.providers.docker.engine import EngineTransport, engine_errors
-from agentbox.providers.docker.freezer import cgroup_freezing, container_freezer
+from agentbox.providers.docker.freezer import CgroupFreezer, cgroup_freezing, container_freezer
 from agentbox.providers.docker.labels import INSTANCE_LABEL, WORKSPACE_LABEL
 from agentbox.providers.docker.network import WorkspaceNetwork, mac_address
 from agentbox.providers.docker.oci_runtime import STANDARD_RUNTIME
@@ -520,37 +521,44 @@ class DockerProvider(Provider):
             freezer = None
             if running:
                 _thaw(details["Id"], details["HostConfig"].get("CgroupParent") or "")  # a suspended one answers
-                if memory and checkpointable:
-                    # The memory first, then the disk: the files a fork finds are never older than its memory.
-                    try:
-                        self._export_memory(ref, directory / SNAPSHOT_CHECKPOINT)
-                        kept = True
-                    except ProviderError as exc:
-                        note = exc.detail
-                        log.warning("snapshot %s of %s keeps files only: %s", snapshot_id, workspace_id, exc.detail)
-                # What gVisor may still hold of the workload's writes reaches the disk first; a sandbox that does
-                # not answer is copied as the host sees it.
-                with contextlib.suppress(AgentboxError):
-                    self.runtime(ref).exec(ExecRequest(["sync"], cwd="/", timeout=30))
                 freezer = container_freezer(details["Id"], details["HostConfig"].get("CgroupParent") or "")
+                if memory and checkpointable:
+                    note = self._snapshot_with_memory(ref, snapshot_id, freezer)
+                    kept = not note
+                if not kept:
+                    # What gVisor may still hold of the workload's writes reaches the disk first; a sandbox that
+                    # does not answer is copied as the host sees it.
+                    with contextlib.suppress(AgentboxError):
+                        self.runtime(ref).exec(ExecRequest(["sync"], cwd="/", timeout=30))
             else:
                 self.disks.ensure_mounted(workspace_id)
-            self.snapshots.take(snapshot_id, workspace_id, freezer)
+            if not kept:
+                self.snapshots.take(snapshot_id, workspace_id, freezer)
         except BaseException:
             self.snapshots.remove(snapshot_id)
             raise
         return SnapshotTaken(snapshot_id, kept, self.snapshots.size(snapshot_id), note)
 
-    def _export_memory(self, ref: str, directory: Path) -> None:
-        """Checkpoint the running workspace into `directory` and leave it running, its init letting go of its control
-        socket meanwhile (gVisor refuses to checkpoint a sandbox holding a host socket) and listening again after.
-        Raises ProviderError with what the engine or gVisor said."""
+    def _snapshot_with_memory(self, ref: str, snapshot_id: str, freezer: CgroupFreezer | None) -> str:
+        """Checkpoint the running workspace into the snapshot and leave it running, then copy its disk before
+        anything in it runs on: gVisor flushed the workload's writes as it saved it, so the files a fork finds are
+        the ones its memory knew. Its init lets go of its control socket meanwhile (gVisor refuses to checkpoint a
+        sandbox holding a host socket) and listens again after. Returns "" once both are taken, or why gVisor
+        would not checkpoint it (nothing taken then). Raises ProviderError when the disk cannot be copied."""
         workspace_id = _workspace_id(ref)
+        checkpoint = self.snapshots.directory(snapshot_id) / SNAPSHOT_CHECKPOINT
         self.ways_in.signal_init(ref, LET_GO_OF_SOCKET)
         try:
-            if not self.ways_in.await_socket(workspace_id, present=False):
-                raise ProviderError(f"its init did not let go of its control socket within {SOCKET_PATIENCE:g} s")
-            self.checkpoints.export(ref, directory, SNAPSHOT_MEMORY)
+            try:
+                if not self.ways_in.await_socket(workspace_id, present=False):
+                    raise ProviderError(f"its init did not let go of its control socket within {SOCKET_PATIENCE:g} s")
+                self.checkpoints.export(ref, checkpoint, SNAPSHOT_MEMORY)
+            except ProviderError as exc:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+                log.warning("snapshot %s of %s keeps files only: %s", snapshot_id, workspace_id, exc.detail)
+                return exc.detail
+            self.snapshots.take(snapshot_id, workspace_id, freezer)
+            return ""
         finally:
             self.ways_in.forget(workspace_id)
             with contextlib.suppress(AgentboxError):
