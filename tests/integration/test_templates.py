@@ -14,12 +14,13 @@ from collections.abc import Iterator
 
 import docker
 import docker.errors
+import httpx
 import pytest
 
 from agentbox.client import APIError, Client
 from agentbox.wire.templates import TemplateOut
 
-from .conftest import Server, eventually
+from .conftest import KEYS, Server, eventually
 
 BASE = "agentbox/workspace:bookworm"  # the default workspace image (WORKSPACE_IMAGE), on the engine already
 # RUN writes a file from the context and one of its own; the second RUN ticks for a few seconds, so that the log
@@ -223,3 +224,81 @@ def test_deleting_the_template_leaves_nothing_on_the_engine(
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(template.image)
     assert not [i for i in docker_client.images.list(all=True) if any(template.id in t for t in i.tags)]
+
+
+def claims(server: Server) -> float:
+    """Workspaces claimed from any warm pool so far (the server's own count, at /metrics)."""
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {KEYS['alice']}"}, timeout=10).text
+    found = re.search(r"^agentbox_pool_claims_total ([0-9.e+]+)$", text, re.MULTILINE)
+    assert found is not None, text[:2000]
+    return float(found.group(1))
+
+
+def test_a_pool_of_the_template_hands_out_workspaces_already_ready(
+    alice: Client, templating: Server, docker_client: docker.DockerClient
+) -> None:
+    alive = "while true; do date > /tmp/alive; sleep 0.2; done"
+    started = alice.build_template(
+        "pooled",
+        f"FROM {BASE}\nRUN echo pooled > /opt/pooled\n",
+        start_cmd=alive,
+        ready_cmd="test -s /tmp/alive",
+        pool_size=1,
+    )
+    assert [line.status for line in alice.template_log(started.id) if line.status] == ["ready"]
+    eventually(lambda: alice.template("pooled").pool_ready == 1, timeout=120)
+
+    before = claims(templating)
+    workspace = alice.create(template="pooled")
+    assert claims(templating) == before + 1  # taken from the template's pool, not booted cold
+    assert workspace.image == started.image
+    assert alice.exec(workspace.id, "test -s /tmp/alive && cat /opt/pooled").stdout == "pooled\n"
+    assert any("/tmp/alive" in " ".join(p.command) and p.status == "running" for p in alice.processes(workspace.id))
+    eventually(lambda: alice.template("pooled").pool_ready == 1, timeout=120)  # refilled
+
+    # A pool larger than the server allows is refused, naming the setting.
+    too_big = refused(lambda: alice.build_template("big", f"FROM {BASE}\n", pool_size=3))
+    assert too_big.status_code == 422 and "WORKSPACE_TEMPLATE_POOL_SIZE" in too_big.detail
+
+    # Deleting the template takes its pool with it: no container of its image is left, nor the image.
+    alice.delete(workspace.id)
+    alice.delete_template("pooled")
+    # One listing call (no look at each container: other tests' containers come and go on a shared engine).
+    left = [c["Names"] for c in docker_client.api.containers(all=True) if c["Image"] == started.image]
+    assert left == []
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(started.image)
+
+
+def test_the_cli(alice: Client, templating: Server, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from .test_cli import agentbox
+
+    directory = tmp_path_factory.mktemp("cli-template")
+    (directory / "Dockerfile").write_text(f"FROM {BASE}\nCOPY note.txt /opt/note.txt\nRUN echo cli step ran\n")
+    context = directory / "context"
+    context.mkdir()
+    (context / "note.txt").write_text("from the cli's context\n")
+    built = agentbox(
+        templating,
+        "templates", "build", "cli-made:v2", "--file", str(directory / "Dockerfile"), "--context", str(context),
+        "--ready-cmd", "test -f /opt/note.txt",
+    ).stdout  # fmt: skip
+    assert "cli step ran" in built  # the log, as it came
+    template_id = built.split()[-1]
+    assert template_id.startswith("tpl-")
+    listed = agentbox(templating, "templates", "ls", env={"COLUMNS": "200"}).stdout
+    assert "cli-made:v2" in listed and template_id in listed and "ready" in listed
+    child = agentbox(templating, "ws", "create", "--template", "cli-made:v2").stdout.strip()
+    assert alice.exec(child, "cat /opt/note.txt").stdout == "from the cli's context\n"
+    busy = agentbox(templating, "templates", "rm", "cli-made:v2", check=False)
+    assert busy.returncode == 1 and "409" in busy.stderr and child in busy.stderr
+    alice.delete(child)
+    agentbox(templating, "templates", "rm", "cli-made:v2")
+    (directory / "Bad").write_text(f"FORM {BASE}\n")
+    bad = agentbox(templating, "templates", "build", "bad", "--file", str(directory / "Bad"), check=False)
+    assert bad.returncode == 1 and "422" in bad.stderr and "FORM" in bad.stderr
+    failing = directory / "Failing"
+    failing.write_text(f"FROM {BASE}\nRUN echo going down && false\n")
+    failed = agentbox(templating, "templates", "build", "failing", "--file", str(failing), check=False)
+    assert failed.returncode == 1 and "going down" in failed.stdout and "failed" in failed.stderr
+    agentbox(templating, "templates", "rm", "failing")

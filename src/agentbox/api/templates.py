@@ -24,8 +24,15 @@ FOLLOW_EVERY = 0.25
 _NO_BUILDS = (400, "No provider on this server builds templates (they need the gvisor or docker provider).")
 
 
-def template_out(template: Template) -> TemplateOut:
-    return TemplateOut.model_validate(template)
+def template_out(template: Template, pool_ready: dict[str, int] | None = None) -> TemplateOut:
+    return TemplateOut.model_validate(template).model_copy(
+        update={"pool_ready": (pool_ready or {}).get(template.id, 0)}
+    )
+
+
+def _with_pools(mgr: Manager, templates: list[Template]) -> list[TemplateOut]:
+    ready = mgr.templates.pool_ready(templates)
+    return [template_out(template, ready) for template in templates]
 
 
 @router.post(
@@ -65,7 +72,7 @@ async def list_templates(mgr: Manager, who: Owner) -> TemplateList:
 
     Needs an API key: its owner's templates are listed.
     """
-    return TemplateList(templates=[template_out(t) for t in await in_thread(mgr.templates.list, who)])
+    return TemplateList(templates=await in_thread(lambda: _with_pools(mgr, mgr.templates.list(who))))
 
 
 @router.get(
@@ -79,7 +86,7 @@ async def get_template(template: TemplateRef, mgr: Manager, who: Owner) -> Templ
 
     Needs an API key: the template's owner's.
     """
-    return template_out(await in_thread(mgr.templates.get, who, template))
+    return (await in_thread(lambda: _with_pools(mgr, [mgr.templates.get(who, template)])))[0]
 
 
 @router.get(

@@ -19,6 +19,7 @@ from rich.table import Column, Table
 from agentbox.cli import keys as cli_keys
 from agentbox.cli import processes as cli_processes
 from agentbox.cli import snapshots as cli_snapshots
+from agentbox.cli import templates as cli_templates
 from agentbox.cli import vault as cli_vault
 from agentbox.cli import volumes as cli_volumes
 from agentbox.cli.common import KeyOption, UrlOption, api_client, console, errors, fail, guarded, request, require_key
@@ -37,6 +38,7 @@ app.add_typer(cli_keys.app, name="keys")
 app.add_typer(cli_vault.app, name="secrets")
 app.add_typer(cli_volumes.app, name="volumes")
 app.add_typer(cli_snapshots.app, name="snapshots")
+app.add_typer(cli_templates.app, name="templates")
 cli_snapshots.register(ws)
 _TIMESTAMP = TypeAdapter(datetime)
 
@@ -234,6 +236,9 @@ def ws_create(
     snapshot: Annotated[
         str | None, typer.Option(help="one of your snapshots (id or name): its files, memory where kept, its spec")
     ] = None,
+    template: Annotated[
+        str | None, typer.Option(help="one of your templates (NAME[:TAG] or id): its image, started and ready")
+    ] = None,
 ) -> None:
     """Create a workspace and print its id."""
     options = WorkspaceOptions(ephemeral=not persistent, env=_pairs(env, "--env"), labels=_pairs(label, "--label"))
@@ -253,6 +258,8 @@ def ws_create(
         options["idle_timeout"] = idle_timeout
     if snapshot is not None:
         options["snapshot"] = snapshot
+    if template is not None:
+        options["template"] = template
     if volume:
         options["volumes"] = [cli_volumes.parse_mount(text) for text in volume]
     if (policy := _network_policy(network, allow, deny, default, precedence, network_file)) is not None:

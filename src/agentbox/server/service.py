@@ -156,6 +156,7 @@ class Service:
             raise StartupError(str(exc)) from None
         self.replica = replica
         reconciler = Reconciler(self.store, providers, pool, self.metrics, replica)
+        reconciler.template_pooled = self.manager.template_pools.fits
         try:
             # The leader reconciles everything before serving; another replica gives up only what its own
             # previous run left half-made (the leader does the rest).

@@ -75,6 +75,7 @@ class TemplateOut(BaseModel):
     ready_cmd: str | None
     ready_timeout: float
     pool_size: int
+    pool_ready: int = Field(0, description="workspaces of its pool booted, started and ready, waiting for a create")
     log_size: int = Field(description="characters its build's log has had (GET .../build-log streams it)")
     created_at: datetime
     built_at: datetime | None

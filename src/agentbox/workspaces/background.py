@@ -85,6 +85,11 @@ class Lifecycle:
             self._thread.join(timeout=120)
         # Leaving first: of two replicas stopping at once, the later to look finds the other gone.
         last = self.replica.leave() if self.replica is not None else True
+        if last:
+            try:
+                self.manager.template_pools.drain()
+            except AgentboxError as exc:  # the next start-up reconciles what is left
+                log.warning("removing the templates' pools at shutdown failed: %s", exc.detail)
         if self.pool is None:
             return
         if not last:
@@ -107,6 +112,7 @@ class Lifecycle:
             self._guarded("suspending idle workspaces", self.manager.idle.run)
         if self.pool is not None:
             self._guarded("filling the warm pool", self._fill)
+        self._guarded("filling the templates' pools", lambda: self.manager.template_pools.fill(self.leads))
 
     def _run(self) -> None:
         periods = {

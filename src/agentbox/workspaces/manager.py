@@ -45,6 +45,7 @@ from agentbox.workspaces.pool import WarmPool
 from agentbox.workspaces.session_claims import SessionClaims
 from agentbox.workspaces.sessions import ShellSessions
 from agentbox.workspaces.snapshots import Snapshots
+from agentbox.workspaces.template_pools import TemplatePools
 from agentbox.workspaces.templates import Templates
 from agentbox.workspaces.volumes import Volumes
 from agentbox.workspaces.watchers import Watchers
@@ -83,6 +84,7 @@ class WorkspaceManager:
         self.volumes = Volumes(settings, store, self.providers)
         self.snapshots = Snapshots(self)
         self.templates = Templates(self)
+        self.template_pools = TemplatePools(self)
         #: The names of an owner's secrets (the vault's), to check the header rules of a policy against; None:
         #: this server keeps no secrets, and a policy that names one is refused.
         self.secret_names: Callable[[str], set[str]] | None = None
@@ -165,6 +167,9 @@ class WorkspaceManager:
                 )
             mounts = self.volumes.resolve(owner, request.volumes)
         pool = self.pool if self.pool is not None and self.pool.serves(provider_name, request, network) else None
+        if template is not None:  # its own pool, if it has one, whose workspaces passed its ready command
+            own = self.template_pools.pool(template)
+            pool = own if own is not None and own.serves(provider_name, request, network) else None
         pool = None if mounts else pool
         pool = None if snapshot is not None else pool
         # Resolved before admission, not under it: a name lookup may take seconds. (A pooled

@@ -26,6 +26,7 @@ from agentbox.sandbox.runtime import ExecRequest
 from agentbox.wire.domain import NewWorkspace
 from agentbox.wire.network import columns_of
 from agentbox.workspaces.metrics import Metrics
+from agentbox.workspaces.templates import is_template_image
 
 #: Two: the Docker helper keeps two workers waiting for calls and hands them out in turn, so each serves one.
 WARM_UP_COMMANDS = 2
@@ -81,7 +82,8 @@ class WarmPool:
         return all(getattr(workspace, column) == value for column, value in self._spec().items())
 
     def pooled(self) -> list[Workspace]:
-        return self.store.find(owner="", statuses=POOLED)
+        # Not the templates' pools' (template_pools.py): theirs to fill and discard.
+        return [w for w in self.store.find(owner="", statuses=POOLED) if not is_template_image(w.image)]
 
     def ready(self) -> int:
         return sum(1 for w in self.pooled() if w.provider_ref)

@@ -24,7 +24,7 @@ request that changed a row meanwhile wins, and a sandbox is destroyed only once 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from agentbox.db.models import Status, Workspace
 from agentbox.db.store import LIVE, Store
@@ -52,6 +52,9 @@ class Reconciler:
         self.pool = pool
         self.metrics = metrics
         self.replica = replica
+        #: Whether a pooled row belongs to a template's pool that is wanted (set by the server: the manager's
+        #: TemplatePools.fits); such rows are not the default pool's to judge.
+        self.template_pooled: Callable[[Workspace], bool] = lambda _workspace: False
         # Records whose sandbox the last round found missing. A delete removes the sandbox, then the row:
         # a round between the two sees a running record with no sandbox. So a round marks one failed only
         # when the round before saw it missing too (or at the start-up of the only server, when no delete
@@ -153,7 +156,7 @@ class Reconciler:
             return  # being made by a live replica
         if record.status == Status.POOLED:
             booting = not record.provider_ref
-            stale = self.pool is None or not self.pool.fits(record)
+            stale = (self.pool is None or not self.pool.fits(record)) and not self.template_pooled(record)
             if stale or (not booting and state != "running"):
                 discard_pooled(self.store, self.providers.get(record.provider), record)
         elif state == "missing" and record.status in (Status.RUNNING, Status.STOPPED):

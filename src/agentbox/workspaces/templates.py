@@ -41,7 +41,7 @@ from agentbox.errors import (
     Unprocessable,
     reason_of,
 )
-from agentbox.providers.base import ImageBuild, Provider, distinct
+from agentbox.providers.base import ImageBuild, Provider
 from agentbox.sandbox.process_table import ProcessRequest
 from agentbox.wire.domain import Command, NewWorkspace
 from agentbox.wire.sizes import format_size
@@ -197,7 +197,7 @@ class Templates:
         """The provider that builds templates (the default provider's scope first). BadRequest when none here does."""
         providers = self.manager.providers
         ordered = sorted(providers.values(), key=lambda p: p.name != self.settings.default_provider)
-        for provider in distinct(ordered):
+        for provider in ordered:  # the first: `distinct` would keep the last of a scope
             if provider.capabilities().templates:
                 return provider
         raise BadRequest(
@@ -341,6 +341,17 @@ class Templates:
                 discard_pooled(self.store, self.manager.providers.get(pooled.provider), pooled)
         builder.remove_image(template.image)
         log.info("template %s (%s:%s) of %s deleted", template.id, template.name, template.tag, owner)
+
+    def pool_ready(self, templates: builtins.list[Template]) -> dict[str, int]:
+        """template id -> its pool's workspaces that are ready (booted, started, passed its ready command)."""
+        images = {t.image: t.id for t in templates if t.pool_size > 0}
+        if not images:
+            return {}
+        with self.store.session() as session:
+            query = select(Workspace.image, func.count()).where(
+                Workspace.status == "pooled", Workspace.provider_ref.is_not(None), Workspace.image.in_(list(images))
+            )
+            return {images[image]: count for image, count in session.execute(query.group_by(Workspace.image))}
 
     def log_from(self, owner: str, ref: str, offset: int) -> LogPiece:
         """The build's log from character `offset` on (what is still kept of it)."""
