@@ -21,7 +21,7 @@ schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
 def api_schema(server: Server) -> Iterator[schemathesis.BaseSchema]:
     yield schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     # Whatever the generated requests managed to create is removed: workspaces, then the volumes they may mount
-    # (each a mounted disk on the host) and snapshots.
+    # (each a mounted disk on the host), snapshots and templates (each an image on the engine).
     with server.client("fuzzer") as fuzzer:
         for workspace in fuzzer.list():
             fuzzer.delete(workspace.id)
@@ -30,6 +30,10 @@ def api_schema(server: Server) -> Iterator[schemathesis.BaseSchema]:
         while snapshots := fuzzer.snapshots().snapshots:
             for snapshot in snapshots:
                 fuzzer.delete_snapshot(snapshot.id)
+        for template in fuzzer.templates():  # once its build has ended (a build under way is not deleted)
+            for _line in fuzzer.template_log(template.id):
+                pass
+            fuzzer.delete_template(template.id)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
