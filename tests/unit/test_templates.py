@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
@@ -131,3 +132,43 @@ def test_a_provider_that_cannot_build_says_so(tmp_path: Path) -> None:
         refusal = refused(lambda: alice.build_template("t", "FROM base\n"))
         assert refusal.status_code == 400 and "gvisor or docker" in refusal.detail
         assert alice.templates() == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_mcp_builds_a_template_and_tells_its_status(tmp_path: Path, anyio_backend: str) -> None:
+    from tests.unit.test_mcp import mcp_session, served
+
+    provider = BuildingProvider()
+    async with served(tmp_path, {"gvisor": provider}) as app, mcp_session(app, KEYS["alice"]) as session:
+        built = await session.call_tool("build_template", {"name": "tools", "tag": "v1", "dockerfile": "FROM base\n"})
+        assert not built.is_error and built.structured_content is not None
+        assert built.structured_content["status"] in ("building", "ready")
+        status: dict[str, object] = {}
+        for _ in range(100):
+            answer = await session.call_tool("template_status", {"template": "tools:v1"})
+            assert answer.structured_content is not None
+            status = answer.structured_content
+            if status["status"] != "building":
+                break
+            await anyio.sleep(0.05)
+        assert status["status"] == "ready" and status["id"] == built.structured_content["id"]
+        bad = await session.call_tool("build_template", {"name": "bad", "dockerfile": "FORM base\n"})
+        assert bad.is_error and "unknown instruction 'FORM'" in bad.content[0].text  # type: ignore[union-attr]
+
+
+def test_a_workspace_is_made_from_a_ready_template_only_where_its_image_runs(tmp_path: Path) -> None:
+    provider = BuildingProvider()
+    app = build_app(tmp_path, {"gvisor": provider, "e2b": FakeProvider("e2b")}, WORKSPACE_PROVIDERS="gvisor,e2b")
+    with TestClient(app) as test_client, client(test_client, KEYS["alice"]) as alice:
+        provider.release.clear()
+        started = alice.build_template("app", "FROM base\n")
+        early = refused(lambda: alice.create(template="app"))
+        assert early.status_code == 409 and "building" in early.detail
+        provider.release.set()
+        assert [line.status for line in alice.template_log("app") if line.status] == ["ready"]
+        assert alice.create(template="app").image == started.image
+        elsewhere = refused(lambda: alice.create(template="app", provider="e2b"))
+        assert elsewhere.status_code == 400 and "cannot run a template's image" in elsewhere.detail
+        both = refused(lambda: alice.create(template="app", image="other:1"))
+        assert both.status_code == 422 and "leave out `image`" in both.detail

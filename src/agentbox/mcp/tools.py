@@ -20,6 +20,7 @@ from agentbox.wire.common import MAX_SECONDS
 from agentbox.wire.domain import Status
 from agentbox.wire.processes import ProcessIn, SessionIn, SessionRunIn
 from agentbox.wire.snapshots import CreateSnapshot, ForkWorkspaces
+from agentbox.wire.templates import CreateTemplate
 from agentbox.wire.tools import EditToolIn, GlobToolIn, GrepToolIn, ReadToolIn, WriteToolIn
 from agentbox.wire.workspaces import CreateWorkspace, SetNetwork
 
@@ -74,6 +75,12 @@ class PortRef(WorkspaceRef):
     expires_in: int = Field(3600, ge=60, le=MAX_SECONDS, description="seconds the URL works")
 
 
+class TemplateRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = Field(min_length=1, max_length=129, description="the template's id (tpl-...) or name[:tag]")
+
+
 class WorkspaceFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -121,7 +128,8 @@ TOOLS = (
         '"deny": [...]} (names, *. wildcards, IPv4 CIDRs, :PORT; anything else is refused). volumes: '
         '[{"name": "data", "path": "/mnt/data", "read_only": false}] mounts volumes of yours (made through the API '
         "or `agentbox volumes create`), which outlive the workspace. snapshot: a snapshot of yours (id or name, from "
-        "snapshot_workspace) to start from. Pass its `id` as "
+        "snapshot_workspace) to start from. template: a template of yours (name[:tag] or id, from build_template): "
+        "its image, its start command started, answered once its ready command passes. Pass its `id` as "
         "workspace_id "
         "to the other tools, and delete it with delete_workspace when done.",
         CreateWorkspace,
@@ -164,6 +172,23 @@ TOOLS = (
         in_workspace(ForkWorkspaces),
         "POST",
         "/workspaces/{workspace_id}/fork",
+    ),
+    Tool(
+        "build_template",
+        "Build a workspace image of your own from a Dockerfile (FROM an image the server has; RUN steps have no "
+        "network), with an optional start_cmd (started in each workspace made from it) and ready_cmd (a workspace "
+        "is handed out once it exits 0). Answers at once with status building: ask template_status until it is "
+        "ready (or failed, with the error), then pass template to create_workspace.",
+        CreateTemplate,
+        "POST",
+        "/templates",
+    ),
+    Tool(
+        "template_status",
+        "One of your templates: its status (building, ready, failed), the build's error, its commands.",
+        TemplateRef,
+        "GET",
+        "/templates/{template}",
     ),
     Tool(
         "delete_workspace",

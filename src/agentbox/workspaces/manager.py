@@ -122,6 +122,11 @@ class WorkspaceManager:
         provider_name = request.provider or self.settings.default_provider
         provider = self._provider(provider_name)
         capabilities = provider.capabilities()
+        if template is not None and not capabilities.templates:
+            raise BadRequest(
+                f"template: a {provider_name} workspace cannot run a template's image: use the gvisor or docker "
+                "provider"
+            )
         asked = [name for name in ("cpu", "memory", "disk") if getattr(request, name) is not None]
         if asked and not capabilities.sized_per_request:
             raise BadRequest(
