@@ -10,15 +10,23 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-from e2b import AsyncSandbox, InvalidArgumentException, Sandbox, SandboxException, SandboxNotFoundException
+from e2b import (
+    AsyncSandbox,
+    InvalidArgumentException,
+    RateLimitException,
+    Sandbox,
+    SandboxException,
+    SandboxNotFoundException,
+)
 
 from agentbox.client import Client
 
-from .conftest import KEYS, eventually
+from .conftest import KEYS, Server, eventually
 
 T = TypeVar("T")
 
@@ -143,6 +151,37 @@ def test_a_fork_without_internet_goes_on_with_its_processes(sdk: str, no_snapsho
                 fork.kill()
     finally:
         source.kill()
+
+
+def test_each_fork_is_made_or_refused_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a server that runs two sandboxes at most: a fork of three gets one sandbox and two of E2B's 429s,
+    in the places of the forks refused; the source runs on, and the fork's snapshot is gone."""
+    capped = Server(tmp_path, env={"WORKSPACE_MAX_CONCURRENT": "2"}).start()
+    try:
+        monkeypatch.setenv("E2B_API_URL", f"{capped.url}/e2b")
+        monkeypatch.setenv("E2B_SANDBOX_URL", f"{capped.url}/e2b/envd")
+        monkeypatch.setenv("E2B_API_KEY", KEYS["alice"])
+        monkeypatch.setenv("E2B_CONNECTION_RETRIES", "0")
+        source = Sandbox.create(timeout=300)
+        try:
+            source.files.write("/home/user/state.txt", "forked")
+            forks = source.fork(count=3, timeout=60)
+            made = [f for f in forks if isinstance(f, Sandbox)]
+            try:
+                assert len(forks) == 3 and len(made) == 1
+                assert all(isinstance(f, RateLimitException) for f in forks if not isinstance(f, Sandbox))
+                assert made[0].files.read("/home/user/state.txt") == "forked"
+                assert source.is_running()
+                assert Sandbox.list_snapshots().next_items() == []
+            finally:
+                for fork in made:
+                    fork.kill()
+        finally:
+            source.kill()
+        with capped.client() as alice:
+            assert alice.list() == []
+    finally:
+        capped.stop()
 
 
 def test_another_owners_sandboxes_and_snapshots_are_e2bs_404(
