@@ -122,7 +122,7 @@ def test_listing_pages_with_e2bs_next_token(sdk: str, sandbox: Sandbox, no_snaps
             Sandbox.delete_snapshot(snapshot_id)
 
 
-def test_a_fork_without_internet_goes_on_with_its_processes(sdk: str, no_snapshots_left: None) -> None:
+def test_a_fork_without_internet_goes_on_with_its_processes(sdk: str, alice: Client, no_snapshots_left: None) -> None:
     source = Sandbox.create(timeout=300, allow_internet_access=False)
     try:
         source.files.write("/home/user/state.txt", "shared")
@@ -149,6 +149,26 @@ def test_a_fork_without_internet_goes_on_with_its_processes(sdk: str, no_snapsho
         finally:
             for fork in made:
                 fork.kill()
+
+        # Its snapshots keep memory, unless asked for the files only (E2B's mode="filesystem"); a sandbox made
+        # from the full one goes on counting, one from the other starts with the count's file and no counter.
+        full, files = source.create_snapshot(), source.create_snapshot(mode="filesystem")
+        try:
+            assert [alice.get_snapshot(s.snapshot_id).memory_kept for s in (full, files)] == [True, False]
+            running, cold = Sandbox.create(full.snapshot_id, timeout=60), Sandbox.create(files.snapshot_id, timeout=60)
+            try:
+                first = count_in(running)
+                eventually(lambda: count_in(running) > first, timeout=30)
+                stopped_at = count_in(cold)
+                assert stopped_at > 1
+                assert "while" not in cold.commands.run("ps -eo args").stdout
+                assert count_in(cold) == stopped_at
+            finally:
+                running.kill()
+                cold.kill()
+        finally:
+            Sandbox.delete_snapshot(full.snapshot_id)
+            Sandbox.delete_snapshot(files.snapshot_id)
     finally:
         source.kill()
 
