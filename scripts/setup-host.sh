@@ -4,13 +4,14 @@
 #   a. install what is missing among dockerd, debootstrap, busybox (apt), and runsc at the
 #      pinned version from bookworm-backports (the first runsc Debian ships with the
 #      systrap platform; bookworm's own 20221219 has only ptrace, 2-10x slower here)
-#   b. register four runtimes in /etc/docker/daemon.json (merged, rewritten only on change):
+#   b. register five runtimes in /etc/docker/daemon.json (merged, rewritten only on change):
 #      `runsc` (on the platform measured for this host in step f; until then as registered),
 #      `runsc-ptrace`, the fallback the service probes when runsc does not run on a host (or
 #      the runsc installed is too old for systrap), `runsc-systrap` (the two are what step f
 #      measures, whatever runsc is registered with), and `runsc-nonet`
 #      (runsc's args with --network=none) for workspaces without network, which gVisor can
-#      checkpoint; and turn on the engine's "experimental" checkpoints (a pause that keeps
+#      checkpoint, and `runsc-build` (runsc-nonet's args with --overlay2=none) for the RUN steps of
+#      template builds; and turn on the engine's "experimental" checkpoints (a pause that keeps
 #      memory). A running dockerd picks up the runtimes by SIGHUP, "experimental" only when it
 #      next starts: that is said, never forced (a restart would stop every workspace)
 #   c. start dockerd if it is not answering (cleaning up after a killed one), and wait for it to
@@ -202,14 +203,18 @@ daemon_json_changed=0
 # daemon.json, setting want_runtimes (what daemon.json and the live engine must say) and
 # daemon_json_changed.
 register_runtimes() {
-    # {"runsc": {...}, "runsc-ptrace": {...}, "runsc-systrap": {...}, "runsc-nonet": {...}}
+    # {"runsc": {...}, "runsc-ptrace": {...}, "runsc-systrap": {...}, "runsc-nonet": {...}, "runsc-build": {...}}
     want_runtimes=$(python3 -c '
 import json, sys
 path, primary, ptrace, systrap = sys.argv[1:]
 entry = lambda args: {"path": path, "runtimeArgs": args}
 nonet = [a for a in primary.split() if not a.startswith("--network=")] + ["--network=none"]
+# Template builds (providers/docker/gvisor_build.py): no network, and the root filesystem written through to the
+# layer of the container (runsc keeps it in the sandbox by default), so that docker commit keeps what RUN wrote.
+build = [a for a in nonet if not a.startswith("--overlay2=")] + ["--overlay2=none"]
 print(json.dumps({"runsc": entry(primary.split()), "runsc-ptrace": entry(ptrace.split()),
-                  "runsc-systrap": entry(systrap.split()), "runsc-nonet": entry(nonet)}, sort_keys=True))
+                  "runsc-systrap": entry(systrap.split()), "runsc-nonet": entry(nonet),
+                  "runsc-build": entry(build)}, sort_keys=True))
 ' "$runsc_path" "$primary_args" "$PTRACE_RUNSC_ARGS" "$SYSTRAP_RUNSC_ARGS")
     local result summary
     # Prints "changed" or "unchanged"; keeps every other key of the file.
@@ -246,7 +251,7 @@ os.replace(tmp, path)
 print("changed")
 EOF
     )
-    summary="runsc ($runsc_path $primary_args: $primary_how), runsc-ptrace, runsc-systrap, runsc-nonet; experimental"
+    summary="runsc ($runsc_path $primary_args: $primary_how), runsc-ptrace, runsc-systrap, runsc-nonet, runsc-build; experimental"
     if [ "$result" = "changed" ]; then
         daemon_json_changed=1
         say "registered in $DAEMON_JSON: $summary"

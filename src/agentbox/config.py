@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     template_build_memory: Size = Field(parse_size("2G"), validation_alias="WORKSPACE_TEMPLATE_BUILD_MEMORY")
     template_build_cpu: float = Field(1.0, gt=0, le=1024, validation_alias="WORKSPACE_TEMPLATE_BUILD_CPU")
     template_pool_size: int = Field(4, ge=0, le=64, validation_alias="WORKSPACE_TEMPLATE_POOL_SIZE")
+    # Who runs a build's RUN steps: gvisor (each in a sandbox of the engine's runsc-build runtime, committed step by
+    # step: providers/docker/gvisor_build.py; the engine's builder, under runc, when that runtime is missing) or
+    # engine (the engine's builder, under runc; every Dockerfile feature, multi-stage builds too).
+    template_builder: Literal["gvisor", "engine"] = Field("gvisor", validation_alias="WORKSPACE_TEMPLATE_BUILDER")
     default_ttl_days: float = Field(30, gt=0, validation_alias="WORKSPACE_DEFAULT_TTL_DAYS")
     network_name: str = Field("", validation_alias="WORKSPACE_NETWORK_NAME")
     e2b_api_key: SecretStr = Field(SecretStr(""), validation_alias="E2B_API_KEY")

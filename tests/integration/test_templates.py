@@ -29,6 +29,8 @@ DOCKERFILE = f"""\
 FROM {BASE}
 COPY greeting.txt /opt/site/greeting.txt
 RUN echo built-by-a-template > /opt/site/marker && echo wrote the marker
+RUN uname -r > /opt/site/kernel; (python3 -c "import socket; socket.create_connection(('1.1.1.1', 80), 2)" \
+    && echo online || echo offline) > /opt/site/network
 RUN for i in 1 2 3 4 5 6; do echo "tick $i"; sleep 0.5; done
 """
 START = "cd /opt/site && exec python3 -m http.server 8080 --bind 127.0.0.1"
@@ -107,6 +109,7 @@ def test_a_template_builds_with_its_log_streamed_and_makes_ready_workspaces(
     assert template.status == "ready" and template.error is None and template.built_at is not None
     log = "".join(pieces)
     assert "wrote the marker" in log and "tick 6" in log
+    assert "Building under gVisor" in log  # the engine has the build runtime (scripts/setup-host.sh)
     assert seen_while_building  # the log came while the build ran, not at its end
     assert docker_client.images.get(template.image)  # on the engine, under its own name
     assert [t.id for t in alice.templates()] == [template.id]
@@ -124,6 +127,8 @@ def test_a_template_builds_with_its_log_streamed_and_makes_ready_workspaces(
     assert fetched.exit_code == 0 and "hello from the context" in fetched.stdout
     assert any("http.server" in " ".join(p.command) for p in alice.processes(workspace.id))
     assert "4.4.0" in alice.exec(workspace.id, "uname -r").stdout  # under gVisor
+    # The RUN steps ran under gVisor too, with no network.
+    assert alice.exec(workspace.id, "cat /opt/site/kernel /opt/site/network").stdout == "4.4.0\noffline\n"
 
     # By id too; and the log again later, whole, without following.
     again = alice.create(template=template.id)
@@ -149,6 +154,8 @@ def test_a_failing_run_fails_the_build_with_its_log_and_leaves_nothing(
     log = "".join(line.data or "" for line in lines)
     assert "about to fail" in log and "non-zero code: 3" in log
     failed = alice.template("broken")
+    # No step's container is left either (each RUN ran in a container of its own).
+    assert docker_client.api.containers(all=True, filters={"label": f"agentbox.template={started.id}"}) == []
     assert failed.status == "failed" and failed.error == end.error
     # The completed steps' images are gone (the FROM image is not one of them), and so is any tag.
     base = docker_client.images.get(BASE).id
@@ -175,6 +182,10 @@ def test_bad_dockerfiles_are_refused_before_any_build(alice: Client) -> None:
     ]:
         refusal = refused(lambda: alice.build_template("bad", dockerfile))  # noqa: B023
         assert refusal.status_code == 422 and expected in refusal.detail, (dockerfile, refusal.detail)
+    staged = refused(lambda: alice.build_template("bad", f"FROM {BASE} AS one\nFROM {BASE}\nRUN true\n"))
+    assert (
+        staged.status_code == 422 and "multi-stage" in staged.detail and "WORKSPACE_TEMPLATE_BUILDER" in staged.detail
+    )
     missing = refused(lambda: alice.build_template("bad", "FROM agentbox/no-such-image:1\n"))
     assert missing.status_code == 400 and "agentbox/no-such-image:1" in missing.detail and "pull" in missing.detail
     not_tar = refused(lambda: alice.build_template("bad", f"FROM {BASE}\n", context=b"not a tar at all"))
@@ -302,3 +313,26 @@ def test_the_cli(alice: Client, templating: Server, tmp_path_factory: pytest.Tem
     failed = agentbox(templating, "templates", "build", "failing", "--file", str(failing), check=False)
     assert failed.returncode == 1 and "going down" in failed.stdout and "failed" in failed.stderr
     agentbox(templating, "templates", "rm", "failing")
+
+
+def test_the_engines_builder_when_chosen_builds_every_feature_under_runc(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> None:
+    server = Server(tmp_path_factory.mktemp("engine-builds"), env={"WORKSPACE_TEMPLATE_BUILDER": "engine"}).start()
+    try:
+        with server.client("alice") as alice:
+            staged = f"FROM {BASE} AS one\nRUN uname -r > /kernel\nFROM {BASE}\nCOPY --from=one /kernel /opt/kernel\n"
+            started = alice.build_template("staged", staged)
+            lines = list(alice.template_log(started.id))
+            assert lines[-1].status == "ready", lines
+            assert "Building under gVisor" not in "".join(line.data or "" for line in lines)
+            workspace = alice.create(template="staged")
+            kernel = alice.exec(workspace.id, "cat /opt/kernel").stdout.strip()
+            assert kernel and kernel != "4.4.0"  # the RUN step ran on the host's kernel (runc), as documented
+            assert alice.exec(workspace.id, "uname -r").stdout.strip() == "4.4.0"  # the workspace, under gVisor
+            alice.delete(workspace.id)
+            alice.delete_template("staged")
+            with pytest.raises(docker.errors.ImageNotFound):
+                docker_client.images.get(started.image)
+    finally:
+        server.stop()

@@ -327,6 +327,10 @@ class Provider(abc.ABC):
         """Every image a Dockerfile's `FROM` names is here (builds never pull). BadRequest naming one that is not."""
         raise BadRequest(f"the {self.name} provider cannot build templates; use the gvisor or docker provider")
 
+    def check_dockerfile(self, dockerfile: str) -> None:
+        """Unprocessable (422) naming what of a (parsed) Dockerfile this provider's builder does not do."""
+        return None
+
     def build_image(self, build: ImageBuild, on_log: Callable[[str], None]) -> str:
         """Build and tag a template's image, each line of the build's log to `on_log` as it comes; the image's id.
         Leaves nothing of a failed build. Raises BadRequest when this provider cannot build, ProviderError (a

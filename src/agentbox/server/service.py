@@ -236,6 +236,7 @@ class Service:
                 tcp_channel=tcp_channel,
                 egress=egress,
                 volumes=volumes,
+                build_runtime=settings.template_builder == "gvisor",
             )
             if name == "gvisor":
                 self._reboot_after_runsc_upgrade(provider)

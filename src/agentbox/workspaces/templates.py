@@ -233,6 +233,7 @@ class Templates:
         bases = dockerfile_bases(body.dockerfile)
         builder = self.builder()
         builder.check_bases(bases)
+        builder.check_dockerfile(body.dockerfile)
         template_id = new_template_id()
         try:
             with self.store.admission():

@@ -1,4 +1,5 @@
-"""Template images built by the engine from a Dockerfile and a context archive (issue 30).
+"""Template images built by the engine's own builder from a Dockerfile and a context archive (issue 30), with
+WORKSPACE_TEMPLATE_BUILDER=engine or where the engine has no `runsc-build` runtime (else gvisor_build.py builds).
 
 The Docker 20.10 engine here builds with its classic builder: each `RUN` step is a container of the daemon's
 default runtime (runc), not gVisor; the engine offers no per-build runtime. What this module makes of it: every

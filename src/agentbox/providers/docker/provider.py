@@ -28,7 +28,15 @@ import docker.errors
 from docker.types import Mount
 
 from agentbox.egress.rules import Policy
-from agentbox.errors import AgentboxError, BadRequest, Conflict, ProviderError, ProviderUnavailable, WorkspaceGone
+from agentbox.errors import (
+    AgentboxError,
+    BadRequest,
+    Conflict,
+    ProviderError,
+    ProviderUnavailable,
+    Unprocessable,
+    WorkspaceGone,
+)
 from agentbox.providers.base import (
     Capabilities,
     ImageBuild,
@@ -39,6 +47,7 @@ from agentbox.providers.base import (
     VolumeMount,
     WorkspaceSpec,
 )
+from agentbox.providers.docker import gvisor_build
 from agentbox.providers.docker import images as template_images
 from agentbox.providers.docker.boot import probe_booted, start_and_await_ready
 from agentbox.providers.docker.channel import (
@@ -122,6 +131,7 @@ class DockerProvider(Provider):
         tcp_channel: TcpChannel | None = None,
         egress: EgressGateway | None = None,
         volumes: Disks | None = None,
+        build_runtime: bool = False,
     ) -> None:
         """`network`: the fenced workspace network (WORKSPACE_NETWORK_NAME); None puts workspaces that may
         reach the internet on Docker's default bridge, with no firewall, and refuses allow lists.
@@ -146,6 +156,9 @@ class DockerProvider(Provider):
         self.helper = helper
         self.instance = instance
         self.checkpoint_runtime = checkpoint_runtime
+        # Template builds step by step under gVisor (providers/docker/gvisor_build.py) when asked and the engine
+        # has the build runtime; else the engine's builder, whose RUN steps run under runc.
+        self.build_runtime = build_runtime
         self.tcp_channel = tcp_channel
         self.egress = egress if network is not None else None
         self.volumes = volumes
@@ -422,7 +435,26 @@ class DockerProvider(Provider):
     def check_bases(self, images: list[str]) -> None:
         template_images.check_base(self.client, images)
 
+    def _builds_in_gvisor(self) -> bool:
+        return (
+            self.build_runtime and self.oci_runtime != STANDARD_RUNTIME and gvisor_build.runtime_registered(self.client)
+        )
+
+    def check_dockerfile(self, dockerfile: str) -> None:
+        if self._builds_in_gvisor() and (problem := gvisor_build.unsupported(dockerfile)) is not None:
+            raise Unprocessable(
+                f"dockerfile, {problem} (WORKSPACE_TEMPLATE_BUILDER=engine builds it with the engine's builder, "
+                "whose RUN steps run under runc)"
+            )
+
     def build_image(self, build: ImageBuild, on_log: Callable[[str], None]) -> str:
+        if self._builds_in_gvisor():
+            return gvisor_build.build_in_gvisor(self.client, build, on_log)
+        if self.build_runtime:
+            on_log(
+                f"warning: the engine has no {gvisor_build.BUILD_RUNTIME} runtime (scripts/setup-host.sh registers "
+                "it): RUN steps run under runc, without network\n"
+            )
         return template_images.build_image(self.client, build, on_log)
 
     def remove_image(self, ref: str) -> None:
