@@ -120,7 +120,10 @@ def test_builds_past_the_servers_limit_are_refused_until_one_ends(
         provider.release.set()
         assert [line.status for line in alice.template_log("first") if line.status] == ["failed"]
         assert "non-zero code: 1" in (alice.template("first").error or "")
+        provider.release.clear()  # held, so that it is still building when answered
         assert bob.build_template("second", "FROM base\n").status == "building"  # room again
+        provider.release.set()
+        assert [line.status for line in bob.template_log("second") if line.status] == ["failed"]
         assert refused(lambda: bob.template("first")).status_code == 404  # alice's
         alice.delete_template("first")
         assert provider.removed == [first.image]  # whatever a failed build may have left under its name
