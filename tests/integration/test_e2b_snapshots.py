@@ -58,7 +58,8 @@ def new_test_id() -> str:
 
 
 def count_in(sandbox: Sandbox) -> int:
-    """The counter a test's background loop writes; 0 before its first write."""
+    """The counter a test's background loop writes (renamed into place, so never read half-written); 0 before
+    its first write."""
     written = sandbox.commands.run("cat /home/user/count 2>/dev/null || true").stdout.strip()
     return int(written) if written.isdigit() else 0
 
@@ -127,7 +128,9 @@ def test_a_fork_without_internet_goes_on_with_its_processes(sdk: str, alice: Cli
     try:
         source.files.write("/home/user/state.txt", "shared")
         source.commands.run(
-            "sh -c 'n=0; while :; do n=$((n+1)); echo $n > /home/user/count; sleep 0.2; done'", background=True
+            "sh -c 'n=0; while :; do n=$((n+1)); echo $n > /home/user/.count; mv /home/user/.count /home/user/count; "
+            "sleep 0.2; done'",
+            background=True,
         )
         eventually(lambda: count_in(source) > 1, timeout=30)
         forks = source.fork(count=2, timeout=120)
