@@ -159,6 +159,9 @@ class FakeProvider(Provider):
     def delete_snapshot(self, snapshot_ref: str) -> None:
         self.snapshots.pop(snapshot_ref, None)
 
+    def snapshot_refs(self) -> set[str]:
+        return set(self.snapshots)
+
     def set_network(self, ref: str, policy: Any) -> None:
         if not self._capabilities.egress_by_name:
             super().set_network(ref, policy)

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from agentbox.config import load_settings
-from agentbox.db.models import Status
+from agentbox.db.models import Status, Volume
 from agentbox.db.store import Store
 from agentbox.errors import BadRequest, NotFound, ProviderUnavailable
 from agentbox.providers.base import Capabilities
 from agentbox.wire.domain import Command, NewWorkspace
 from agentbox.wire.network import AllowList
+from agentbox.workspaces import reconcile
 from agentbox.workspaces.manager import WorkspaceManager
 from agentbox.workspaces.reconcile import Reconciler
 from tests.fake_provider import FakeProvider
@@ -113,3 +114,38 @@ def test_a_delete_the_provider_does_not_answer_in_time_is_a_delete_all_the_same(
         assert record is not None and record.status == Status.DELETED
     finally:
         store.engine.dispose()
+
+
+class _Leader:
+    """A replica that leads while another is alive (so nothing found unnamed can be taken for a crash's at once)."""
+
+    id = "r1"
+
+    def leads(self) -> bool:
+        return True
+
+    def live(self) -> set[str]:
+        return {"r1", "r2"}
+
+    def others_alive(self) -> bool:
+        return True
+
+
+def test_storage_no_record_names_goes_once_it_stayed_so_or_at_a_lone_start(
+    manager: WorkspaceManager, providers: dict[str, FakeProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = providers["gvisor"]
+    provider.volumes |= {"vol-named": 1 << 20, "vol-stray": 1 << 20}
+    provider.snapshots |= {"snap-stray": {}}
+    with manager.store.session() as session:
+        session.add(Volume(id="vol-named", owner="alice", name="data", size=1 << 20))
+    leader = Reconciler(manager.store, providers, None, manager.metrics, _Leader())  # type: ignore[arg-type]
+    leader.run()  # another replica may be making them: their rows may come
+    assert set(provider.volumes) == {"vol-named", "vol-stray"} and set(provider.snapshots) == {"snap-stray"}
+    monkeypatch.setattr(reconcile, "STRAY_GRACE", 0.0)  # as if they had stayed unnamed for the grace
+    leader.run()
+    assert set(provider.volumes) == {"vol-named"} and provider.snapshots == {}
+
+    provider.volumes["vol-stray"] = 1 << 20
+    Reconciler(manager.store, providers, None, manager.metrics).run(startup=True)  # the only server's start
+    assert set(provider.volumes) == {"vol-named"}

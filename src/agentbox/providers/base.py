@@ -323,6 +323,10 @@ class Provider(abc.ABC):
         """Every volume whose storage this provider holds (to find what no record names)."""
         return set()
 
+    def snapshot_refs(self) -> set[str]:
+        """Every snapshot whose storage this provider holds (to find what no record names)."""
+        return set()
+
     def check_bases(self, images: list[str]) -> None:
         """Every image a Dockerfile's `FROM` names is here (builds never pull). BadRequest naming one that is not."""
         raise BadRequest(f"the {self.name} provider cannot build templates; use the gvisor or docker provider")

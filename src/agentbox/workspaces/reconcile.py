@@ -6,6 +6,9 @@
   missing: one round may fall between a delete's removal of the sandbox and of the row;
 - a running record whose sandbox stopped (an engine restart) is marked stopped, and running
   again when the engine brings it back;
+- a volume's or a snapshot's storage that no record names is removed: what a crash between making the
+  storage and writing its row left (the storage comes first, so one being made has no row yet: it goes
+  only once it stayed unnamed for STRAY_GRACE, or at a start-up with no other replica alive);
 - what a replica was making when it died is given up: its `starting` records of creates (their
   callers never got an id) are removed with their sandboxes, those of starts are stopped again,
   and the pool workspaces it was booting are discarded. A replica is dead when its heartbeat is
@@ -24,16 +27,24 @@ request that changed a row meanwhile wins, and a sandbox is destroyed only once 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
-from agentbox.db.models import Status, Workspace
+from sqlalchemy import select
+
+from agentbox.db.models import Snapshot, Status, Volume, Workspace
 from agentbox.db.store import LIVE, Store
+from agentbox.errors import AgentboxError
 from agentbox.providers.base import Provider, ProviderState, distinct
 from agentbox.workspaces.metrics import Metrics
 from agentbox.workspaces.pool import WarmPool, discard_pooled
 from agentbox.workspaces.replicas import Replica
 
 log = logging.getLogger("agentbox.workspaces.reconcile")
+
+#: How long a volume's or snapshot's storage may go unnamed by any record before it is taken for a crash's
+#: leftover: longer than the slowest make (a snapshot's copy may take 10 minutes, snapshots.COPY_TIMEOUT).
+STRAY_GRACE = 15 * 60.0
 
 
 class Reconciler:
@@ -60,6 +71,8 @@ class Reconciler:
         # when the round before saw it missing too (or at the start-up of the only server, when no delete
         # can be in flight).
         self._missing: set[str] = set()
+        # Storage of volumes and snapshots no record named, and when a round first saw it so.
+        self._stray: dict[tuple[str, str], float] = {}
 
     def run(self, startup: bool = False, everything: bool = True) -> None:
         """One round; raises ProviderError when a provider cannot be listed (nothing is changed then).
@@ -105,6 +118,40 @@ class Reconciler:
                 # Providers whose sandboxes end by themselves (E2B) keep them until their TTL.
                 held[record.id][0].keep(record.provider_ref, record.expires_at)
         self._missing = missing
+        if self._leads():
+            self._sweep_storage(startup)
+
+    def _sweep_storage(self, startup: bool) -> None:
+        """Remove the volumes' and snapshots' storage no record names, once it stayed so for STRAY_GRACE, or at
+        once at a start-up with no other replica alive (nothing can be in the making then). The storage is
+        listed before the records and the replicas are read, as sandboxes are."""
+        held: dict[tuple[str, str], Provider] = {}
+        for provider in distinct(self.providers.values()):
+            held |= {("volume", ref): provider for ref in provider.volume_ids()}
+            held |= {("snapshot", ref): provider for ref in provider.snapshot_refs()}
+        if not held:
+            self._stray.clear()
+            return
+        with self.store.session() as session:
+            named = {("volume", ref) for ref in session.scalars(select(Volume.id))}
+            named |= {("snapshot", ref) for ref in session.scalars(select(Snapshot.provider_ref))}
+        at_once = startup and (self.replica is None or not self.replica.others_alive())
+        now = time.monotonic()
+        self._stray = {key: self._stray.get(key, now) for key in held.keys() - named}
+        for key, since in list(self._stray.items()):
+            if not at_once and now - since < STRAY_GRACE:
+                continue
+            kind, ref = key
+            log.warning("removing the storage of %s %s: no record names it (left by a crash?)", kind, ref)
+            try:
+                if kind == "volume":
+                    held[key].destroy_volume(ref)
+                else:
+                    held[key].delete_snapshot(ref)
+            except AgentboxError as exc:  # tried again next round
+                log.warning("could not remove the storage of %s %s: %s", kind, ref, exc.detail)
+                continue
+            del self._stray[key]
 
     def _leads(self) -> bool:
         return self.replica is None or self.replica.leads()

@@ -622,6 +622,9 @@ class DockerProvider(Provider):
     def delete_snapshot(self, snapshot_ref: str) -> None:
         self.snapshots.remove(snapshot_ref)
 
+    def snapshot_refs(self) -> set[str]:
+        return self.snapshots.names()
+
     def discard_memory(self, ref: str) -> None:
         if self.checkpoint_runtime is not None and self.checkpoints.exists(ref):
             self.checkpoints.remove(ref)
