@@ -195,8 +195,11 @@ async def create(body: NewSandbox, mgr: Manager, who: Who, tokens: Signer) -> di
         raise E2BError(400, f"not offered by agentbox's E2B endpoint: {', '.join(refused)}")
     mapped = _mapped(lambda: e2b_network.from_create(body.network, body.allow_internet_access))
     snapshot: str | None = await _call(_snapshot_of, mgr, who.owner, body.template_id)
+    # A template built through E2B's build API (templates.py) is the owner's agentbox template of that name.
+    template = None if snapshot else await in_thread(_template_of, mgr, who.owner, body.template_id)
     request = NewWorkspace(
-        image=None if snapshot else _image(body.template_id, mgr),
+        image=None if snapshot or template else _image(body.template_id, mgr),
+        template=template,
         env=dict(body.env_vars),
         labels=dict(body.metadata),
         network=None if mapped.policy is None else _policy(mapped.policy),
@@ -379,6 +382,18 @@ def _snapshot_of(mgr: WorkspaceManager, owner: str, template: str) -> str | None
             ) from None
         return None
     return found
+
+
+def _template_of(mgr: WorkspaceManager, owner: str, ref: str) -> str | None:
+    """The id of the owner's template `ref` names (`name` or `name:tag`, E2B's `team/` read away); None for
+    anything else (an image)."""
+    if ref in (BASE_TEMPLATE, INTERPRETER_TEMPLATE):
+        return None
+    name, _, tag = ref.rsplit("/", 1)[-1].partition(":")
+    try:
+        return mgr.templates.get(owner, f"{name}:{tag or 'latest'}").id
+    except NotFound:
+        return None
 
 
 def _aware(moment: datetime) -> datetime:

@@ -41,6 +41,7 @@ from agentbox.e2b_api import envd as e2b_envd
 from agentbox.e2b_api import metrics as e2b_metrics
 from agentbox.e2b_api import secrets as e2b_secrets
 from agentbox.e2b_api import snapshots as e2b_snapshots
+from agentbox.e2b_api import templates as e2b_templates
 from agentbox.e2b_api import volumes as e2b_volumes
 from agentbox.errors import AgentboxError
 from agentbox.mcp import http as mcp_http  # a module, not its names: agentbox.mcp.http imports api.dependencies
@@ -128,6 +129,7 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         app.include_router(e2b_metrics.router)  # before control's too (/sandboxes/metrics is no sandbox id)
         app.include_router(e2b_volumes.router)  # before control's too
         app.include_router(e2b_snapshots.router)  # before control's too
+        app.include_router(e2b_templates.router)  # before control's too (its alias route answers for templates)
         app.include_router(e2b_control.router)
     # A route of the ASGI endpoint itself (a mount would redirect /mcp to /mcp/); not in the OpenAPI schema.
     app.router.routes.append(Route(mcp_http.PATH, mcp, include_in_schema=False))
