@@ -13,6 +13,9 @@ import docker
 import pytest
 
 from agentbox.client import APIError, Client
+from agentbox.sandbox import CONTROL_SOCKET
+from agentbox.sandbox.channel import HelperChannel
+from agentbox.sandbox.control import ControlSocketTransport
 from agentbox.wire.snapshots import ForkOut
 
 from .conftest import Server, eventually
@@ -191,6 +194,10 @@ def test_a_fork_of_a_network_less_workspace_with_a_running_process(alice: Client
             start = number(alice, workspace_id)
             assert start >= 5
             eventually(counting_past(alice, workspace_id, start))
+            # Its helper, restored with the source's id in memory, answers on the fork's own control socket as
+            # the fork's (else every command would go the engine's slower way in).
+            socket = snapping.data_dir / "run" / workspace_id / CONTROL_SOCKET
+            HelperChannel(ControlSocketTransport(socket, workspace_id)).probe()
         else:
             # Files only: the counter as it was written, nothing counting on.
             start = number(alice, workspace_id)

@@ -7,6 +7,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -131,6 +132,32 @@ static int drop_to(const char *spec, long *uid_out) {
     return 0;
 }
 
+/* The id to answer the host with once the socket is made again (SIGUSR2): the one the host left beside the
+ * socket, when there is one.  A workspace restored from another's checkpoint (a fork) holds that other's id in
+ * this memory; the host writes the new one there before it asks.  The directory is the workload's to write, so
+ * all a workload could do with the file is make its own host refuse this helper (the host checks the id). */
+static const char *id_beside(const char *socket_path, const char *current) {
+    static char id[65];
+    const char *slash = strrchr(socket_path, '/');
+    char path[4096];
+    if (!slash || snprintf(path, sizeof path, "%.*s/workspace-id", (int)(slash - socket_path), socket_path) >= (int)sizeof path)
+        return current;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return current;
+    ssize_t n = read(fd, id, sizeof id - 1);
+    close(fd);
+    while (n > 0 && (id[n - 1] == '\n' || id[n - 1] == ' '))
+        n--;
+    if (n <= 0)
+        return current;
+    id[n] = 0;
+    for (ssize_t i = 0; i < n; i++)
+        if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9') || id[i] == '-'))
+            return current;
+    return id;
+}
+
 int cmd_init(int argc, char **argv) {
     long long max_memory = 0;
     long tcp_port = 0, workload = -1;
@@ -210,8 +237,10 @@ int cmd_init(int argc, char **argv) {
                 unlink(socket_path);   /* the host's sign that nothing holds it */
             }
         } else if (sig == SIGUSR2 && server < 0) {
-            if (listener < 0 && socket_path)
+            if (listener < 0 && socket_path) {
+                workspace_id = id_beside(socket_path, workspace_id);
                 listener = listen_on(socket_path);
+            }
             server = listener >= 0 || tcp >= 0 ? start_server(listener, tcp, workspace_id) : -1;
         }
         if (max_memory <= 0 || now_ns() < next_check)

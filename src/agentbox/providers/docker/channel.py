@@ -18,6 +18,7 @@ with no key, as under WORKSPACE_HELPER_CHANNEL=socket.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -38,6 +39,8 @@ from agentbox.sandbox.tcp import TcpTransport
 #: Where the sandbox finds the key (a directory of its own, like a Kubernetes Secret volume).
 SECRET_IN_WORKSPACE = "/.agentbox/secret"
 KEY_FILE = "helper-key"
+#: Beside the control socket: the id a restored init answers with (`WaysIn.leave_id`).
+WORKSPACE_ID_FILE = "workspace-id"
 #: What init needs, as root, to become the workspace's user for good (CAP_SETPCAP: to empty the
 #: bounding set on the way). It holds them for the few instructions before it drops them.
 ROOT_START_CAPABILITIES = ["SETUID", "SETGID", "SETPCAP"]
@@ -168,6 +171,19 @@ class WaysIn:
     def socket(self, workspace_id: str) -> Path:
         assert self.control_root is not None
         return self.control_root / workspace_id / CONTROL_SOCKET
+
+    def leave_id(self, workspace_id: str) -> None:
+        """Write the workspace's id beside its socket, before it is started from another's checkpoint: its init,
+        restored with that other's id in memory, answers with this one once it listens again (init.c,
+        `id_beside`). The directory is the workspace user's: a file made there never follows a link."""
+        if self.control_root is None:
+            return
+        path = self.control_root / workspace_id / WORKSPACE_ID_FILE
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as out:
+            out.write(workspace_id + "\n")
 
     def signal_init(self, ref: str, signal: str) -> None:
         """Send the workspace's init `signal` (checkpoints.py: let go of the socket, listen again)."""

@@ -603,6 +603,7 @@ class DockerProvider(Provider):
         checkpoint that will not restore starts it afresh instead, with the snapshot's files."""
         assert spec.snapshot is not None
         directory = self.snapshots.directory(spec.snapshot) / SNAPSHOT_CHECKPOINT
+        self.ways_in.leave_id(spec.id)
         try:
             self.checkpoints.start_from(ref, directory, SNAPSHOT_MEMORY)
         except ProviderError as exc:
