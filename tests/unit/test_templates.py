@@ -5,9 +5,12 @@ tests/integration/test_templates.py's."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -15,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from agentbox.errors import Unprocessable
 from agentbox.providers.base import Capabilities, ImageBuild
-from agentbox.workspaces.templates import LOG_KEPT, dockerfile_bases
+from agentbox.workspaces.templates import LOG_KEPT, MAX_CONTEXT_ENTRIES, UNPACKED_RATIO, dockerfile_bases
 from tests.fake_provider import FakeProvider
 from tests.unit.apps import KEYS, build_app
 from tests.unit.test_api import client, refused
@@ -175,3 +178,46 @@ def test_a_workspace_is_made_from_a_ready_template_only_where_its_image_runs(tmp
         assert elsewhere.status_code == 400 and "cannot run a template's image" in elsewhere.detail
         both = refused(lambda: alice.create(template="app", image="other:1"))
         assert both.status_code == 422 and "leave out `image`" in both.detail
+
+
+def _context(files: dict[str, int]) -> bytes:
+    """A gzip'd tar of files of zeros, by name and size: a few KiB of gzip however large they are."""
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as archive:
+        for name, size in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            archive.addfile(info, _Zeros(size))
+    return packed.getvalue()
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count
+
+    def readable(self) -> bool:
+        return True
+
+
+def test_a_context_that_unpacks_past_its_limit_is_refused_before_any_build(
+    building: tuple[TestClient, BuildingProvider],
+) -> None:
+    app, provider = building
+    provider.lines = ["Step 1/1 : FROM base\n"]
+    with client(app, KEYS["alice"]) as alice:
+        bomb = _context({"zeros": UNPACKED_RATIO * (4 << 20) + 1})  # past 16x the 4 MiB default, as ~70 KiB of gzip
+        assert len(bomb) < 4 << 20
+        refusal = refused(lambda: alice.build_template("bomb", "FROM base\n", context=bomb))
+        assert refusal.status_code == 413 and "unpacks to more than" in refusal.detail
+        many = _context({f"f{i}": 0 for i in range(MAX_CONTEXT_ENTRIES + 1)})
+        refusal = refused(lambda: alice.build_template("many", "FROM base\n", context=many))
+        assert refusal.status_code == 413 and "entries" in refusal.detail
+        assert alice.templates() == []
+        fits = _context({"app/main.py": 1000})
+        assert alice.build_template("fits", "FROM base\n", context=fits).status == "building"

@@ -137,12 +137,28 @@ def dockerfile_bases(text: str) -> list[str]:
     return bases
 
 
-def _check_tar(context: bytes) -> None:
-    """Unprocessable (422) unless `context` is a whole tar archive, plain or gzip'd: refused before any build."""
+#: What a context may come to unpacked, against what it may be packed (WORKSPACE_MAX_TEMPLATE_CONTEXT): a few
+#: MiB of gzip can unpack to GiBs, which a build holds in memory or hands the engine. And its entries at most.
+UNPACKED_RATIO = 16
+MAX_CONTEXT_ENTRIES = 10_000
+
+
+def _check_tar(context: bytes, packed_limit: int) -> None:
+    """Unprocessable (422) unless `context` is a whole tar archive, plain or gzip'd; PayloadTooLarge (413) when
+    it unpacks to more than UNPACKED_RATIO times `packed_limit` or holds more than MAX_CONTEXT_ENTRIES entries.
+    Refused before any build; the archive is read only as far as those limits."""
+    limit, unpacked, entries = UNPACKED_RATIO * packed_limit, 0, 0
     try:
         with tarfile.open(fileobj=io.BytesIO(context), mode="r:*") as archive:
-            for _ in archive:
-                pass
+            while (member := archive.next()) is not None:
+                entries += 1
+                unpacked += member.size if member.isfile() else 0
+                if unpacked > limit or entries > MAX_CONTEXT_ENTRIES:
+                    raise PayloadTooLarge(
+                        f"context: unpacks to more than {format_size(limit)} or {MAX_CONTEXT_ENTRIES} entries "
+                        f"(at most {UNPACKED_RATIO}x WORKSPACE_MAX_TEMPLATE_CONTEXT); leave out what the build does "
+                        "not need"
+                    )
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise Unprocessable(f"context: not a tar archive (plain or gzip'd): {exc}") from None
 
@@ -225,7 +241,7 @@ class Templates:
                 raise PayloadTooLarge(
                     f"context: more than {format_size(s.max_template_context)} (WORKSPACE_MAX_TEMPLATE_CONTEXT)"
                 )
-            _check_tar(context)
+            _check_tar(context, s.max_template_context)
         if body.pool_size > s.template_pool_size:
             raise Unprocessable(
                 f"pool_size: at most {s.template_pool_size} on this server (WORKSPACE_TEMPLATE_POOL_SIZE)"
