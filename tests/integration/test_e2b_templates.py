@@ -191,9 +191,32 @@ def test_e2b_build_template(mine: Client, tmp_path: Path) -> None:
         .set_workdir("/app")
         .set_start_cmd("echo 'Hello, world!'", wait_for_timeout(10_000))
     )
-    logs: list[str] = []
-    build(template, name(), logs, skip_cache=True)
-    assert any(line.startswith("This is a test file.") for line in logs)  # no newline of its own
+    build(template, name(), skip_cache=True)
+
+
+def test_e2b_build_template_with_symlinks_and_resolved(mine: Client, tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "test.txt").write_text("This is a test file.")
+    (folder / "symlink.txt").symlink_to("test.txt")
+    (folder / "symlink2.txt").symlink_to(folder / "test.txt")
+    (folder / "symlink3.txt").symlink_to("12345test.txt")  # dangling
+    build(
+        Template(file_context_path=tmp_path)
+        .from_base_image()
+        .skip_cache()
+        .copy("folder/*", "folder", force_upload=True)
+        .run_cmd("cat folder/symlink.txt"),
+        name(),
+    )
+    build(
+        Template(file_context_path=tmp_path)
+        .from_base_image()
+        .skip_cache()
+        .copy("folder/symlink.txt", "folder/symlink.txt", force_upload=True, resolve_symlinks=True)
+        .run_cmd("cat folder/symlink.txt"),
+        name(),
+    )
 
 
 def test_e2b_build_template_from_base_template(mine: Client) -> None:

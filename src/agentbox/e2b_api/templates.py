@@ -271,6 +271,8 @@ async def build_status(
     except NotFound:
         raise E2BError(404, f"template {template_id!r} was deleted since this build") from None
     lines = template.log.splitlines()
+    if template.status == BUILDING and lines and not template.log.endswith("\n"):
+        lines.pop()  # a line still being written: given whole at a later poll (the SDK counts entries, not text)
     when = (template.built_at or template.created_at).astimezone(UTC).isoformat()
     level = "error" if template.status == FAILED else "info"
     entries = [_entry(line, when, "info") for line in lines[logs_offset : logs_offset + limit]]
@@ -431,11 +433,25 @@ def _copy(mgr: WorkspaceManager, owner: str, step: Step, where: str, merged: tar
             400, f"{where}: the files of COPY {source} were not uploaded (GET /templates/{{id}}/files/{{hash}})"
         ) from None
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-        for member in archive:
-            if member.name in seen or not (member.isfile() or member.isdir()):
+        members = {posixpath.normpath(m.name): m for m in archive.getmembers()}
+        for member in members.values():
+            if member.name in seen:
                 continue
-            seen.add(member.name)
-            merged.addfile(member, archive.extractfile(member) if member.isfile() else None)
+            if member.issym():
+                # The builder copies regular files only: a link to a file in the same upload becomes a copy of
+                # that file (what reading it gives); one to anything else (outside the upload, dangling) is left out.
+                target = members.get(
+                    posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+                )
+                if target is None or not target.isfile():
+                    continue
+                copied = tarfile.TarInfo(member.name)
+                copied.size, copied.mode = target.size, target.mode
+                seen.add(member.name)
+                merged.addfile(copied, archive.extractfile(target))
+            elif member.isfile() or member.isdir():
+                seen.add(member.name)
+                merged.addfile(member, archive.extractfile(member) if member.isfile() else None)
     if re.search(r"[*?\[]", source) and not destination.endswith("/"):
         # A pattern copies into the destination as a directory on E2B, however many files it matches (the
         # engine's rule would make a single match the destination file itself).
