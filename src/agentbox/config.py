@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     template_build_timeout: float = Field(600.0, gt=0, validation_alias="WORKSPACE_TEMPLATE_BUILD_TIMEOUT")
     template_build_memory: Size = Field(parse_size("2G"), validation_alias="WORKSPACE_TEMPLATE_BUILD_MEMORY")
     template_build_cpu: float = Field(1.0, gt=0, le=1024, validation_alias="WORKSPACE_TEMPLATE_BUILD_CPU")
+    # What a build's steps may write in all (the gVisor builder: each RUN's layer measured as it runs, the step
+    # killed past it); the engine's storage has no quota of its own on this host (overlay2 on ext4).
+    template_build_disk: Size = Field(parse_size("8G"), validation_alias="WORKSPACE_TEMPLATE_BUILD_DISK")
     template_pool_size: int = Field(4, ge=0, le=64, validation_alias="WORKSPACE_TEMPLATE_POOL_SIZE")
     # Who runs a build's RUN steps: gvisor (each in a sandbox of the engine's runsc-build runtime, committed step by
     # step: providers/docker/gvisor_build.py; the engine's builder, under runc, when that runtime is missing) or

@@ -57,7 +57,12 @@ def refused(call: object) -> APIError:
 def templating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(
         tmp_path_factory.mktemp("templates"),
-        env={"WORKSPACE_MAX_CONCURRENT": "6", "WORKSPACE_TEMPLATE_POOL_SIZE": "2", "WORKSPACE_NETWORK_NAME": ""},
+        env={
+            "WORKSPACE_MAX_CONCURRENT": "6",
+            "WORKSPACE_TEMPLATE_POOL_SIZE": "2",
+            "WORKSPACE_NETWORK_NAME": "",
+            "WORKSPACE_TEMPLATE_BUILD_DISK": "256M",
+        },
     ).start()
     yield server
     server.stop()
@@ -170,6 +175,17 @@ def test_a_failing_run_fails_the_build_with_its_log_and_leaves_nothing(
     assert refusal.status_code == 409 and "failed" in refusal.detail
     alice.delete_template("broken")
     assert refused(lambda: alice.template("broken")).status_code == 404
+
+
+def test_a_step_that_writes_past_the_builds_disk_is_killed(alice: Client, docker_client: docker.DockerClient) -> None:
+    dockerfile = f"FROM {BASE}\nRUN head -c 2G /dev/zero > /big && echo all-$((1 + 1))G-written\n"
+    started = alice.build_template("filler", dockerfile)
+    lines = list(alice.template_log(started.id))
+    end = lines[-1]
+    assert end.status == "failed" and end.error is not None and "WORKSPACE_TEMPLATE_BUILD_DISK" in end.error
+    assert "all-2G-written" not in "".join(line.data or "" for line in lines)  # killed while it wrote
+    assert docker_client.api.containers(all=True, filters={"label": f"agentbox.template={started.id}"}) == []
+    alice.delete_template("filler")
 
 
 def test_bad_dockerfiles_are_refused_before_any_build(alice: Client) -> None:

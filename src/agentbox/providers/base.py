@@ -132,6 +132,7 @@ class ImageBuild:
     memory: int = 2 << 30
     cpu: float = 1.0
     timeout: float = 600.0
+    disk: int = 8 << 30  # what its steps may write in all
 
 
 @dataclass(frozen=True)

@@ -282,6 +282,7 @@ class Templates:
             memory=s.template_build_memory,
             cpu=s.template_build_cpu,
             timeout=s.template_build_timeout,
+            disk=s.template_build_disk,
         )
         self._builds.submit(self._build, builder, template_id, build)
         log.info("template %s (%s:%s) of %s: build started", template_id, body.name, body.tag, owner)

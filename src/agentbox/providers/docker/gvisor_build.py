@@ -49,6 +49,9 @@ REFUSED = {
 }
 # gVisor's own threads count against a container's pids limit (docs: machine notes); room for a build's tools.
 PIDS_LIMIT = 4096
+#: How often a running step's layer is measured against what the build may still write (`ImageBuild.disk`): the
+#: engine's storage has no quota here, so a step past it is killed, at most this late.
+DISK_CHECK = 0.5
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
@@ -131,6 +134,7 @@ class StepBuilder:
         self.shell = ["/bin/sh", "-c"]
         self.changes: list[str] = []
         self.made: list[str] = []  # images committed, in order
+        self.written = 0  # bytes the RUN steps' layers hold so far
         self.deadline = time.monotonic() + build.timeout
 
     def run(self) -> str:
@@ -213,14 +217,22 @@ class StepBuilder:
             # The build's deadline holds inside a step too: past it the step is killed.
             late = threading.Timer(max(1.0, self.deadline - time.monotonic()), _kill, (container,))
             late.start()
+            watch = _LayerWatch(self.client, container, self.build.disk - self.written)
             try:
                 with engine_errors("running a build step"):
                     container.start()
+                    watch.start()
                     for chunk in container.logs(stream=True, follow=True):
                         self.on_log(chunk.decode(errors="replace"))
                     status = container.wait()["StatusCode"]
             finally:
                 late.cancel()
+                watch.stop()
+            self.written += watch.measure()
+            if watch.over or self.written > self.build.disk:
+                message = f"the build wrote more than {self.build.disk >> 20} MiB (WORKSPACE_TEMPLATE_BUILD_DISK)"
+                self.on_log(message + "\n")
+                raise BuildFailed(f"the build failed: {message}")
             if time.monotonic() >= self.deadline:
                 raise BuildFailed(
                     f"the build took longer than {self.build.timeout:g} s (WORKSPACE_TEMPLATE_BUILD_TIMEOUT)"
@@ -320,6 +332,37 @@ class StepBuilder:
         if self.made:
             with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
                 self.client.images.remove(self.made[-1], noprune=False)
+
+
+class _LayerWatch(threading.Thread):
+    """Kills a running step once its layer holds more than `room` bytes (measured every DISK_CHECK s)."""
+
+    def __init__(self, client: docker.DockerClient, container: Any, room: int) -> None:
+        super().__init__(name="agentbox-build-disk", daemon=True)
+        self.api: Any = client.api
+        self.container = container
+        self.room = room
+        self.over = False
+        self._done = threading.Event()
+
+    def measure(self) -> int:
+        """The bytes the step's layer holds (the engine walks it: SizeRw)."""
+        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+            url = self.api._url("/containers/{0}/json", self.container.id)
+            return int(self.api._result(self.api._get(url, params={"size": True}), True).get("SizeRw") or 0)
+        return 0
+
+    def run(self) -> None:
+        while not self._done.wait(DISK_CHECK):
+            if self.measure() > self.room:
+                self.over = True
+                _kill(self.container)
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join()
 
 
 def _kill(container: Any) -> None:
