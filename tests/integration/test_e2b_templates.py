@@ -261,3 +261,37 @@ def test_e2b_build_in_background_returns_while_it_builds(mine: Client) -> None:
     assert Template.get_build_status(info).status.value == "building"
     ended = eventually(lambda: Template.get_build_status(info).status.value != "building", timeout=120)
     assert ended and Template.get_build_status(info).status.value == "ready"
+
+
+def test_tags_assigned_listed_and_removed(mine: Client) -> None:
+    called = name()
+    built = build(
+        Template().from_base_image().run_cmd("echo tagged > /opt/tagged").set_ready_cmd("test -f /opt/tagged"),
+        f"{called}:v1",
+    )
+    assert built.tags == ["v1"]  # type: ignore[attr-defined]
+    # E2B's test_tags.py cases: several tags at once, one alone, then what a tag may not be.
+    assigned = Template.assign_tags(f"{called}:v1", ["production", "latest"])
+    assert set(assigned.tags) == {"production", "latest"} and assigned.build_id
+    assert "stable" in Template.assign_tags(f"{called}:v1", "stable").tags
+    for bad in (":invalid-tag", f"{called}:"):
+        with pytest.raises(Exception) as caught:
+            Template.assign_tags(f"{called}:v1", bad)
+        assert "tag" in str(caught.value)
+    listed = Template.get_tags(called)
+    assert sorted(t.tag for t in listed) == ["latest", "production", "stable", "v1"]
+    assert len({t.build_id for t in listed}) == 4
+    # A tag is a template of its own: a sandbox of `name` (latest) has the v1 build's files, ready.
+    sandbox = Sandbox.create(called, timeout=60)
+    try:
+        assert sandbox.commands.run("cat /opt/tagged").stdout == "tagged\n"
+    finally:
+        sandbox.kill()
+    Template.remove_tags(called, ["production", "stable"])
+    assert sorted(t.tag for t in Template.get_tags(called)) == ["latest", "v1"]
+    with pytest.raises(Exception) as caught:
+        Template.remove_tags(called, "production")
+    assert "not found" in str(caught.value)
+    with pytest.raises(Exception) as caught:
+        Template.get_tags(called, api_key=KEYS["bob"])
+    assert "not found" in str(caught.value)  # another owner's

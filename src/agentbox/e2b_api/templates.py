@@ -26,6 +26,7 @@ import posixpath
 import re
 import shlex
 import tarfile
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC
@@ -466,3 +467,95 @@ def _replace(mgr: WorkspaceManager, owner: str, name: str, tag: str) -> None:
     except NotFound:
         return
     mgr.templates.delete(owner, f"{name}:{tag}")
+
+
+# Tags: agentbox's templates are name:tag, each its own image, so a tag assigned is a template of its own built
+# FROM the target's image (no steps: a second or so, nothing run), with its start and ready commands.
+
+#: How long an assignment waits for its tags' builds.
+TAG_WAIT = 120.0
+
+
+class AssignTags(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    target: str = Field(min_length=1, max_length=256)
+    tags: list[str] = Field(min_length=1, max_length=16)
+
+
+class RemoveTags(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=256)
+    tags: list[str] = Field(min_length=1, max_length=16)
+
+
+def build_id_of(template: Template) -> str:
+    """The E2B build id (a UUID) that stands for an agentbox template (one build each)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"agentbox-template:{template.id}"))
+
+
+def _assign(mgr: WorkspaceManager, owner: str, target: str, tags: list[str]) -> Template:
+    name, tag = _name_of(target)
+    try:
+        source = mgr.templates.get(owner, f"{name}:{tag or DEFAULT_TAG}")
+    except NotFound:
+        raise E2BError(404, f"template {target!r} not found") from None
+    if source.status != READY:
+        raise E2BError(400, f"template {target!r} is {source.status}: tags are assigned to a built template")
+    for new in tags:
+        _checked(name, new)
+    for new in tags:
+        if new == source.tag:
+            continue
+        _replace(mgr, owner, name, new)
+        spec = CreateTemplate.model_validate(
+            {
+                "name": name,
+                "tag": new,
+                "dockerfile": f"FROM {source.image}\n",
+                "start_cmd": source.start_cmd,
+                "ready_cmd": source.ready_cmd,
+                "ready_timeout": source.ready_timeout,
+            }
+        )
+        made = mgr.templates.create(owner, spec)
+        deadline = time.monotonic() + TAG_WAIT
+        while made.status == BUILDING and time.monotonic() < deadline:
+            time.sleep(0.2)
+            made = mgr.templates.get(owner, made.id)
+        if made.status != READY:
+            raise E2BError(500, f"tag {new!r}: {made.error or 'its build did not end in time'}")
+    return source
+
+
+@router.post("/templates/tags", status_code=201)
+async def assign_tags(body: AssignTags, mgr: Manager, who: Who) -> dict[str, Any]:
+    source: Template = await _call(_assign, mgr, who.owner, body.target, body.tags)
+    return {"buildID": build_id_of(source), "tags": body.tags}
+
+
+@router.delete("/templates/tags", status_code=204)
+async def remove_tags(body: RemoveTags, mgr: Manager, who: Who) -> Response:
+    name, _ = _name_of(body.name)
+
+    def remove() -> None:
+        for tag in body.tags:
+            try:
+                mgr.templates.delete(who.owner, f"{name}:{tag}")
+            except NotFound:
+                raise E2BError(404, f"template {name}:{tag} not found") from None
+
+    await _call(remove)
+    return Response(status_code=204)
+
+
+@router.get("/templates/{template_id}/tags")
+async def template_tags(template_id: str, mgr: Manager, who: Who) -> list[dict[str, Any]]:
+    name, _ = _name_of(template_id)
+    found: list[Template] = [t for t in await in_thread(mgr.templates.list, who.owner) if t.name == name]
+    if not found:
+        raise E2BError(404, f"template {template_id!r} not found")
+    return [
+        {"tag": t.tag, "buildID": build_id_of(t), "createdAt": t.created_at.astimezone(UTC).isoformat()} for t in found
+    ]

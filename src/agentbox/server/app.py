@@ -128,8 +128,9 @@ def create_app(settings: Settings, service: Service | None = None) -> FastAPI:
         app.include_router(e2b_secrets.router)  # before control's, whose last route answers every other path
         app.include_router(e2b_metrics.router)  # before control's too (/sandboxes/metrics is no sandbox id)
         app.include_router(e2b_volumes.router)  # before control's too
+        # Before snapshots' (DELETE /templates/tags is no snapshot) and control's (its alias route answers too).
+        app.include_router(e2b_templates.router)
         app.include_router(e2b_snapshots.router)  # before control's too
-        app.include_router(e2b_templates.router)  # before control's too (its alias route answers for templates)
         app.include_router(e2b_control.router)
     # A route of the ASGI endpoint itself (a mount would redirect /mcp to /mcp/); not in the OpenAPI schema.
     app.router.routes.append(Route(mcp_http.PATH, mcp, include_in_schema=False))
