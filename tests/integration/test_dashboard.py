@@ -1,11 +1,17 @@
 """The dashboard at /ui, driven in Debian's headless Chromium (through Playwright) against a live
 agentbox whose workspaces are real gVisor sandboxes.
 
+Snapshots, forks, volumes and templates (at the end): a snapshot taken from a workspace's page and listed, a
+fork of two with a link to each, a workspace from a snapshot; a volume made, refused while mounted (the 409's
+detail beside the form) and deleted; a template built from the page with its log arriving as it builds, a failed
+one's log, and a workspace made from the ready one in the create form. Each test removes what it made.
+
 Screenshots of the main pages land in tests/artifacts/dashboard (AGENTBOX_ARTIFACTS to move them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -388,3 +394,193 @@ def test_a_suspended_workspace_shows_so_and_opening_it_wakes_it(page: Page, serv
         assert not alice.get(workspace.id).suspended
     finally:
         alice.delete(workspace.id)
+
+
+# --- snapshots, forks, volumes and templates (issue 30) ---
+
+BASE = "agentbox/workspace:bookworm"  # the default workspace image, on the engine already: builds never pull
+WORKSPACE_ID = re.compile(r"ws-[0-9a-f]+")
+
+
+@pytest.fixture
+def made(alice: Client) -> Iterator[list[str]]:
+    """Workspace ids a test made (through the page or the API), deleted after it whatever happened."""
+    ids: list[str] = []
+    yield ids
+    for workspace_id in ids:
+        with contextlib.suppress(APIError):
+            alice.delete(workspace_id)
+
+
+def test_snapshot_fork_and_a_workspace_from_a_snapshot_on_a_workspaces_page(
+    page: Page, server: Server, alice: Client, made: list[str]
+) -> None:
+    source = alice.create(labels={"purpose": "dashboard-snapshots"})
+    made.append(source.id)
+    alice.exec(source.id, "echo kept-in-the-snapshot > /workspace/note")
+    sign_in(page, server)
+    page.goto(f"{server.url}/ui/#/w/{source.id}/snapshots")
+    expect(page.get_by_text("No snapshots of this workspace yet.")).to_be_visible()
+
+    # A named snapshot: the answer says its memory was not kept, and why (the workspace has a network).
+    page.get_by_label("Snapshot name").fill("dash-snap")
+    page.get_by_role("button", name="Snapshot", exact=True).click()
+    taken = page.get_by_role("status").filter(has_text="Took dash-snap")
+    expect(taken).to_contain_text("files only")
+    expect(taken).to_contain_text('"network": "none"')
+    snapshot = alice.snapshots(workspace_id=source.id).snapshots[0]
+    assert snapshot.name == "dash-snap"
+    listed = page.get_by_role("table", name="Snapshots of this workspace").locator(f'tr[data-snapshot="{snapshot.id}"]')
+    expect(listed).to_contain_text("dash-snap")
+    expect(listed).to_contain_text("files only")
+
+    # A fork of two: a link to each new workspace, each with the source's file.
+    page.get_by_label("Copies").fill("2")
+    page.get_by_role("button", name="Fork", exact=True).click()
+    expect(page.get_by_text("Made 2 of 2")).to_be_visible()
+    links = page.get_by_role("list", name="Forked workspaces").get_by_role("link")
+    expect(links).to_have_count(2)
+    forks = links.all_inner_texts()
+    made.extend(forks)
+    assert len(set(forks)) == 2 and source.id not in forks
+    for fork in forks:
+        assert WORKSPACE_ID.fullmatch(fork)
+        assert alice.exec(fork, "cat /workspace/note").stdout == "kept-in-the-snapshot\n"
+    shoot(page, "snapshots-tab")
+
+    # A workspace from the snapshot, from the Snapshots page (every snapshot of the owner's), linked.
+    page.locator("#nav").get_by_role("link", name="Snapshots").click()
+    expect(page.get_by_role("heading", name="Snapshots", exact=True)).to_be_visible()
+    row = page.get_by_role("table", name="Snapshots", exact=True).locator(f'tr[data-snapshot="{snapshot.id}"]')
+    expect(row).to_contain_text(source.id)
+    row.get_by_role("button", name="New workspace from dash-snap").click()
+    created = page.get_by_role("status").filter(has_text=re.compile(r"^Created ws-[0-9a-f]+ from dash-snap"))
+    expect(created).to_be_visible()
+    from_snapshot = created.get_by_role("link").inner_text()
+    made.append(from_snapshot)
+    assert alice.exec(from_snapshot, "cat /workspace/note").stdout == "kept-in-the-snapshot\n"
+    page.get_by_label("Find by name").fill("no-such-snapshot")
+    page.get_by_role("button", name="Find").click()
+    expect(page.get_by_text("No snapshot of that name.")).to_be_visible()
+    page.get_by_label("Find by name").fill("dash-snap")
+    page.get_by_role("button", name="Find").click()
+    expect(page.get_by_role("table", name="Snapshots", exact=True).locator("tbody tr")).to_have_count(1)
+    shoot(page, "snapshots")
+
+    # Deleted after a confirmation: gone from the page and the API; the workspaces made from it go on.
+    row.get_by_role("button", name="Delete dash-snap").click()
+    confirm(page, "Delete")
+    expect(row).to_have_count(0)
+    assert alice.snapshots(workspace_id=source.id).snapshots == []
+    assert alice.get(from_snapshot).status == "running"
+
+
+def test_a_volume_made_refused_while_mounted_and_deleted(
+    page: Page, server: Server, alice: Client, made: list[str]
+) -> None:
+    sign_in(page, server)
+    page.locator("#nav").get_by_role("link", name="Volumes").click()
+    form = page.get_by_role("form", name="New volume")
+    try:
+        form.get_by_label("Name").fill("dash-vol")
+        form.get_by_label("Size").fill("64M")
+        form.get_by_role("button", name="Create volume").click()
+        row = page.locator('tr[data-volume="dash-vol"]')
+        expect(row).to_contain_text("64M")
+        expect(row).to_contain_text("none")  # mounted by no workspace
+        assert alice.volume("dash-vol").size == "64M"
+
+        # A second of the same name: the API's 409 is said beside the form.
+        form.get_by_label("Name").fill("dash-vol")
+        form.get_by_label("Size").fill("64M")
+        form.get_by_role("button", name="Create volume").click()
+        expect(form.get_by_role("alert")).to_contain_text("dash-vol")
+
+        user = alice.create(provider="gvisor", volumes=[{"name": "dash-vol", "path": "/mnt/data"}])
+        made.append(user.id)
+        expect(row.get_by_role("link", name=user.id)).to_be_visible()
+        row.get_by_role("button", name="Delete dash-vol").click()
+        confirm(page, "Delete")
+        expect(form.get_by_role("alert")).to_contain_text(user.id)
+        assert alice.volume("dash-vol").used_by == [user.id]
+        shoot(page, "volumes")
+
+        alice.delete(user.id)
+        row.get_by_role("button", name="Delete dash-vol").click()
+        confirm(page, "Delete")
+        expect(row).to_have_count(0)
+        expect(form.get_by_role("alert")).to_be_hidden()
+        with pytest.raises(APIError) as gone:
+            alice.volume("dash-vol")
+        assert gone.value.status_code == 404
+    finally:
+        for workspace_id in made:  # before the volume, which they mount
+            with contextlib.suppress(APIError):
+                alice.delete(workspace_id)
+        with contextlib.suppress(APIError):
+            alice.delete_volume("dash-vol")
+
+
+def test_a_template_built_from_the_page_and_a_workspace_made_from_it(
+    page: Page, server: Server, alice: Client, made: list[str]
+) -> None:
+    sign_in(page, server)
+    page.locator("#nav").get_by_role("link", name="Templates").click()
+    form = page.get_by_role("form", name="New template")
+    log = page.get_by_label("Build log", exact=True)
+    try:
+        # A failing RUN: its log says why, and so does its row.
+        form.get_by_label("Dockerfile").fill(f"FROM {BASE}\nRUN echo going d''own && exit 3\n")
+        form.get_by_label("Name").fill("dash-broken")
+        form.get_by_role("button", name="Build").click()
+        expect(log).to_contain_text("going down")
+        expect(log).to_contain_text("[build failed")
+        expect(page.locator('tr[data-template="dash-broken:latest"] .status')).to_have_text("failed")
+
+        # One that builds: each step's output arrives while it builds, then its end; its row becomes ready.
+        steps = "for i in 1 2 3; do echo dash-st''ep-$i; sleep 1; done; echo made > /opt/dash-made"
+        form.get_by_label("Dockerfile").fill(f"FROM {BASE}\nRUN {steps}\n")
+        form.get_by_label("Name").fill("dash-tpl")
+        form.get_by_label("Tag").fill("v1")
+        form.get_by_label("Start command").fill("sleep infinity")
+        form.get_by_label("Ready command").fill("test -f /opt/dash-made")
+        form.get_by_role("button", name="Build").click()
+        expect(log).to_contain_text("dash-step-1")
+        assert "dash-step-3" not in log.inner_text()  # followed live: the step still runs (2 s to go)
+        expect(log).to_contain_text("dash-step-3")
+        expect(log).to_contain_text("[build ready]")
+        row = page.locator('tr[data-template="dash-tpl:v1"]')
+        expect(row.locator(".status")).to_have_text("ready")
+        expect(row).to_contain_text("ready: test -f /opt/dash-made")
+        template = alice.template("dash-tpl:v1")
+        assert template.status == "ready"
+        shoot(page, "templates")
+
+        # The workspaces' create form offers it; the workspace runs its image with the step's file.
+        page.locator("#nav").get_by_role("link", name="Workspaces").click()
+        page.get_by_label("Template", exact=True).select_option(label="dash-tpl:v1")
+        page.get_by_role("button", name="Create workspace").click()
+        said = page.get_by_text(re.compile(r"^Created ws-[0-9a-f]+ in"))
+        expect(said).to_be_visible()
+        found = WORKSPACE_ID.search(said.inner_text())
+        assert found is not None
+        made.append(found.group(0))
+        workspace = alice.get(found.group(0))
+        assert workspace.image == template.image
+        assert alice.exec(workspace.id, "cat /opt/dash-made").stdout == "made\n"
+
+        # Deleted from the page once its workspace is gone: no longer listed or offered.
+        alice.delete(workspace.id)
+        page.locator("#nav").get_by_role("link", name="Templates").click()
+        for name in ("dash-tpl:v1", "dash-broken:latest"):
+            page.locator(f'tr[data-template="{name}"]').get_by_role("button", name=f"Delete {name}").click()
+            confirm(page, "Delete")
+            expect(page.locator(f'tr[data-template="{name}"]')).to_have_count(0)
+        eventually(lambda: alice.templates() == [], timeout=10)
+    finally:
+        for workspace_id in made:
+            with contextlib.suppress(APIError):
+                alice.delete(workspace_id)
+        for name in ("dash-tpl:v1", "dash-broken"):
+            with contextlib.suppress(APIError):
+                alice.delete_template(name)

@@ -299,6 +299,8 @@ function createForm(onCreated) {
     h("option", { value: "allow" }, "allow list…"),
   );
   const allow = h("input", { name: "allow", placeholder: "pypi.org, 10.0.0.0/8", disabled: true });
+  // A template's image, start and ready commands; its select lists the ready ones (not with an image).
+  const template = h("select", { name: "template", "aria-label": "Template" }, h("option", { value: "" }, "none"));
   network.addEventListener("change", () => (allow.disabled = network.value !== "allow"));
   const inputs = {
     image: h("input", { name: "image", placeholder: "server default" }),
@@ -319,6 +321,7 @@ function createForm(onCreated) {
       { class: "form-grid" },
       field("Provider", provider),
       field("Image", inputs.image),
+      field("Template", template),
       field("CPUs", inputs.cpu),
       field("Memory", inputs.memory),
       field("Disk", inputs.disk),
@@ -335,10 +338,16 @@ function createForm(onCreated) {
       for (const p of providers.filter((p) => p.available)) provider.append(h("option", { value: p.name }, `${p.name} (${p.runtime})`));
     })
     .catch(showError);
+  call("GET", `${API}/templates`)
+    .then(({ templates }) => {
+      for (const t of templates.filter((t) => t.status === "ready")) template.append(h("option", { value: t.id }, `${t.name}:${t.tag}`));
+    })
+    .catch(showError);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const body = {};
     if (provider.value) body.provider = provider.value;
+    if (template.value) body.template = template.value;
     for (const name of ["image", "memory", "disk"]) if (inputs[name].value.trim()) body[name] = inputs[name].value.trim();
     for (const name of ["cpu", "ttl_days"]) if (inputs[name].value) body[name] = Number(inputs[name].value);
     if (network.value === "allow") body.network = { allow: allow.value.split(",").map((s) => s.trim()).filter(Boolean) };
@@ -347,7 +356,8 @@ function createForm(onCreated) {
     if (labels.some((l) => !l.includes("="))) return showError(new Error("Labels: write each as key=value, separated by commas"));
     body.labels = Object.fromEntries(labels.map((l) => [l.slice(0, l.indexOf("=")).trim(), l.slice(l.indexOf("=") + 1).trim()]));
     progress.hidden = false;
-    progress.textContent = `Creating a workspace${body.provider ? ` on ${body.provider}` : ""}: booting its sandbox…`;
+    const from = body.template ? ` from ${template.selectedOptions[0].textContent}` : "";
+    progress.textContent = `Creating a workspace${from}${body.provider ? ` on ${body.provider}` : ""}: booting its sandbox…`;
     const started = performance.now();
     const created = await act(button, "Creating…", () => call("POST", `${API}/workspaces`, { json: body }));
     if (created) {
@@ -403,7 +413,7 @@ function workspaceRow(w, refresh) {
 
 // --- one workspace ---------------------------------------------------------------------------
 
-const TABS = { terminal: "Terminal", processes: "Processes", files: "Files", ports: "Ports", audit: "Audit", usage: "Usage" };
+const TABS = { terminal: "Terminal", processes: "Processes", files: "Files", ports: "Ports", audit: "Audit", usage: "Usage", snapshots: "Snapshots" };
 
 function workspaceView(main, id, tab) {
   tab = TABS[tab] ? tab : "terminal";
@@ -731,7 +741,8 @@ function processesTab(panel, w) {
   };
 }
 
-// Appends a process's output (NDJSON lines) to `pre` as it comes, until it ends or `signal` aborts.
+// Appends a process's output or a template's build log (NDJSON lines) to `pre` as it comes, until it
+// ends or `signal` aborts.
 async function follow(path, pre, signal) {
   const response = await call("GET", path, { raw: true, signal });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -745,8 +756,9 @@ async function follow(path, pre, signal) {
       pending = lines.pop();
       for (const line of lines.filter(Boolean)) {
         const event = JSON.parse(line);
-        if (event.data !== undefined) pre.append(event.data);
+        if (typeof event.data === "string") pre.append(event.data);
         else if (event.dropped) pre.append(`\n[older output was dropped]\n`);
+        else if (event.status) pre.append(`\n[build ${event.status}${event.error ? `: ${event.error}` : ""}]\n`);
         else if (event.error) pre.append(`\n[${event.error}]\n`);
         else if ("exit_code" in event) pre.append(`\n[ended ${event.signal ? `by ${event.signal}` : `with exit code ${event.exit_code}`}]\n`);
         pre.scrollTop = pre.scrollHeight;
@@ -985,7 +997,365 @@ function chart(title, samples, value, max, format, maxLabel) {
   return h("figure", { class: "card chart" }, svg);
 }
 
-const VIEWS = { terminal: terminalTab, processes: processesTab, files: filesTab, ports: portsTab, audit: auditTab, usage: usageTab };
+const VIEWS = { terminal: terminalTab, processes: processesTab, files: filesTab, ports: portsTab, audit: auditTab, usage: usageTab, snapshots: snapshotsTab };
+
+// --- snapshots, forks, volumes, templates ------------------------------------------------------
+
+const snap = (ref) => `${API}/snapshots/${encodeURIComponent(ref)}`;
+// The API's note starts "files only: ..." and says why.
+const memoryKept = (s) => (s.memory_kept ? "memory and processes kept" : (s.memory_note ?? "files only"));
+const workspaceLink = (id) => h("a", { href: `#/w/${id}`, dataset: { key: `link:${id}` } }, id);
+
+// A notice that says what an action made, with a link to it (and stays until the next action).
+function madeNotice() {
+  return h("div", { class: "notice", role: "status", hidden: true });
+}
+
+function said(box, ...children) {
+  box.replaceChildren(...children);
+  box.hidden = false;
+}
+
+// A snapshot as a row: "New workspace from it" says what it made in `made`; Delete asks first.
+function snapshotRow(s, made, refresh, { workspaceColumn = true } = {}) {
+  const fromIt = h(
+    "button",
+    {
+      type: "button",
+      class: "small",
+      dataset: { key: `from:${s.id}` },
+      "aria-label": `New workspace from ${s.name ?? s.id}`,
+      onclick: (event) =>
+        act(event.currentTarget, "Creating…", async () => {
+          const created = await call("POST", `${API}/workspaces`, { json: { snapshot: s.id } });
+          said(made, `Created `, workspaceLink(created.id), ` from ${s.name ?? s.id}.`);
+        }),
+    },
+    "New workspace from it",
+  );
+  const remove = h(
+    "button",
+    {
+      type: "button",
+      class: "small danger",
+      dataset: { key: `delete:${s.id}` },
+      "aria-label": `Delete ${s.name ?? s.id}`,
+      onclick: async (event) => {
+        const button = event.currentTarget; // null once the dialog has been awaited
+        if (!(await confirmed(`Delete the snapshot ${s.name ?? s.id}? Workspaces made from it are not touched.`, "Delete"))) return;
+        await act(button, "Deleting…", async () => {
+          await call("DELETE", snap(s.id));
+          await refresh();
+        });
+      },
+    },
+    "Delete",
+  );
+  return h(
+    "tr",
+    { dataset: { snapshot: s.id } },
+    h("td", { class: "mono" }, s.id),
+    h("td", {}, s.name ?? "–"),
+    workspaceColumn ? h("td", {}, workspaceLink(s.workspace_id)) : null,
+    h("td", { class: "wrap", title: s.memory_note ?? "" }, s.memory_kept ? "kept" : "files only"),
+    h("td", { class: "meter" }, bytes(s.size)),
+    h("td", {}, `${s.cpu} CPU, ${bytes(s.memory)}, ${bytes(s.disk)} disk`),
+    h("td", { title: localTime(s.created_at) }, `${span(since(s.created_at))} ago`),
+    h("td", {}, h("div", { class: "row" }, fromIt, remove)),
+  );
+}
+
+// A workspace's snapshots tab: take one, fork the workspace, its snapshots (running or stopped both work).
+function snapshotsTab(panel, w) {
+  const tbody = h("tbody");
+  const made = madeNotice();
+  const refresh = async () => {
+    const { snapshots } = await call("GET", `${API}/snapshots?workspace_id=${encodeURIComponent(w.id)}`);
+    redraw(tbody, JSON.stringify(snapshots), () =>
+      snapshots.length
+        ? snapshots.map((s) => snapshotRow(s, made, () => stop.now(), { workspaceColumn: false }))
+        : [h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No snapshots of this workspace yet."))],
+    );
+  };
+
+  const name = h("input", { name: "snapshot-name", placeholder: "optional, e.g. before-upgrade", "aria-label": "Snapshot name" });
+  const takeButton = h("button", { type: "submit" }, "Snapshot");
+  const taken = madeNotice();
+  const take = h(
+    "form",
+    { class: "card", "aria-label": "Take a snapshot" },
+    h("h2", {}, "Take a snapshot"),
+    h("p", { class: "muted" }, "Its files, and its memory and processes when gVisor can checkpoint it (a workspace without network). The workspace goes on."),
+    h("div", { class: "row" }, name, takeButton),
+    taken,
+  );
+  take.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const json = name.value.trim() ? { name: name.value.trim() } : {};
+    const s = await act(takeButton, "Snapshotting…", () => call("POST", `${ws(w.id)}/snapshots`, { json }));
+    if (!s) return;
+    name.value = "";
+    said(taken, `Took ${s.name ? `${s.name} (${s.id})` : s.id}, ${bytes(s.size)}: ${memoryKept(s)}.`);
+    stop.now();
+  });
+
+  const count = h("input", { name: "count", type: "number", min: "1", max: "100", value: "1", required: true, "aria-label": "Copies" });
+  const forkButton = h("button", { type: "submit" }, "Fork");
+  const forked = h("div", { role: "status" });
+  const fork = h(
+    "form",
+    { class: "card", "aria-label": "Fork" },
+    h("h2", {}, "Fork"),
+    h("p", { class: "muted" }, "New workspaces from a snapshot of this one, side by side (1 to 100); this one goes on."),
+    h("div", { class: "row" }, count, forkButton),
+    forked,
+  );
+  fork.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    forked.replaceChildren();
+    const answer = await act(forkButton, "Forking…", () => call("POST", `${ws(w.id)}/fork`, { json: { count: Number(count.value) } }));
+    if (!answer) return;
+    forked.replaceChildren(
+      h("p", { class: "notice" }, `Made ${answer.made} of ${answer.workspaces.length}; ${memoryKept(answer.snapshot)}.`),
+      h(
+        "ul",
+        { "aria-label": "Forked workspaces" },
+        answer.workspaces.map((m) => h("li", {}, m.id ? workspaceLink(m.id) : h("span", { class: "error-text" }, `not made (${m.status_code}): ${m.error}`))),
+      ),
+    );
+  });
+
+  panel.append(
+    h("div", { class: "charts" }, take, fork),
+    made,
+    h("div", { class: "card table-wrap" }, table("Snapshots of this workspace", ["ID", "Name", "Memory", "Size", "Made with", "Taken", "Actions"], tbody)),
+  );
+  const stop = every(POLL_MS * 2, refresh);
+  return stop;
+}
+
+// Every snapshot of the owner's, newest first, a page at a time; or the one of a name.
+function snapshotsView(main) {
+  const tbody = h("tbody");
+  const made = madeNotice();
+  const more = h("button", { type: "button", class: "quiet", hidden: true }, "Older snapshots");
+  const name = h("input", { type: "search", name: "name", placeholder: "a snapshot's name", "aria-label": "Find by name" });
+  const find = h("form", { class: "card row", "aria-label": "Find a snapshot" }, name, h("button", { type: "submit" }, "Find"));
+  let before = null;
+  const load = async (append) => {
+    const query = new URLSearchParams({ limit: "50" });
+    if (name.value.trim()) query.set("name", name.value.trim());
+    if (append && before) query.set("before", before);
+    const page = await call("GET", `${API}/snapshots?${query}`);
+    before = page.next_before;
+    more.hidden = before === null;
+    const rows = page.snapshots.map((s) => snapshotRow(s, made, () => load(false)));
+    if (append) tbody.append(...rows);
+    else tbody.replaceChildren(...rows);
+    if (!tbody.children.length) {
+      const none = name.value.trim() ? "No snapshot of that name." : "No snapshots yet: take one from a workspace's Snapshots tab.";
+      tbody.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, none)));
+    }
+  };
+  find.addEventListener("submit", (event) => {
+    event.preventDefault();
+    act(find.querySelector("button"), "Finding…", () => load(false));
+  });
+  more.addEventListener("click", () => act(more, "Loading…", () => load(true)));
+  main.append(
+    h("h1", {}, "Snapshots"),
+    find,
+    made,
+    h("div", { class: "card table-wrap" }, table("Snapshots", ["ID", "Name", "Workspace", "Memory", "Size", "Made with", "Taken", "Actions"], tbody)),
+    more,
+  );
+  load(false).catch(showError);
+}
+
+// The owner's volumes: made with a name and size, deleted once no workspace mounts them. What the API
+// refuses (a name taken, a volume in use) is said beside the form.
+function volumesView(main) {
+  const tbody = h("tbody");
+  const name = h("input", { name: "name", required: true, placeholder: "e.g. datasets" });
+  const size = h("input", { name: "size", required: true, placeholder: "e.g. 1G" });
+  const button = h("button", { type: "submit" }, "Create volume");
+  const refused = h("p", { class: "error", role: "alert", hidden: true });
+  const form = h(
+    "form",
+    { class: "card", "aria-label": "New volume" },
+    h("h2", {}, "New volume"),
+    h("div", { class: "form-grid" }, h("label", {}, "Name", name), h("label", {}, "Size", size), h("div", {}, button)),
+    refused,
+    h("p", { class: "muted" }, "A filesystem of its own that outlives workspaces; a workspace mounts it at its create (volumes, through the API or CLI)."),
+  );
+  // Runs `work`; a refusal is said beside the form rather than in the page's error bar.
+  const attempt = async (control, busy, work) => {
+    const text = control.textContent;
+    control.disabled = true;
+    control.textContent = busy;
+    refused.hidden = true;
+    try {
+      return (await work()) ?? true;
+    } catch (error) {
+      if (error.name !== "AbortError") said(refused, error.message);
+      return null;
+    } finally {
+      control.disabled = false;
+      control.textContent = text;
+    }
+  };
+  const refresh = async () => {
+    const { volumes } = await call("GET", `${API}/volumes`);
+    redraw(tbody, JSON.stringify(volumes), () =>
+      volumes.length
+        ? volumes.map((v) =>
+            h(
+              "tr",
+              { dataset: { volume: v.name } },
+              h("td", {}, v.name),
+              h("td", { class: "mono" }, v.id),
+              h("td", { class: "meter" }, v.size),
+              h("td", { class: "meter" }, v.used === null ? "–" : bytes(v.used)),
+              h("td", { class: "wrap" }, v.used_by.length ? v.used_by.flatMap((id, i) => [i ? ", " : "", workspaceLink(id)]) : "none"),
+              h("td", { title: localTime(v.created_at) }, `${span(since(v.created_at))} ago`),
+              h(
+                "td",
+                {},
+                h(
+                  "button",
+                  {
+                    type: "button",
+                    class: "small danger",
+                    dataset: { key: `delete:${v.id}` },
+                    "aria-label": `Delete ${v.name}`,
+                    onclick: async (event) => {
+                      const button = event.currentTarget; // null once the dialog has been awaited
+                      if (!(await confirmed(`Delete the volume ${v.name} and everything on it? This cannot be undone.`, "Delete"))) return;
+                      if (await attempt(button, "Deleting…", () => call("DELETE", `${API}/volumes/${encodeURIComponent(v.id)}`))) stop.now();
+                    },
+                  },
+                  "Delete",
+                ),
+              ),
+            ),
+          )
+        : [h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No volumes yet: create one above."))],
+    );
+  };
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const made = await attempt(button, "Creating…", () => call("POST", `${API}/volumes`, { json: { name: name.value.trim(), size: size.value.trim() } }));
+    if (!made) return;
+    form.reset();
+    stop.now();
+  });
+  main.append(h("h1", {}, "Volumes"), form, h("div", { class: "card table-wrap" }, table("Volumes", ["Name", "ID", "Size", "Used", "Mounted by", "Created", "Actions"], tbody)));
+  const stop = every(POLL_MS, refresh);
+  return stop;
+}
+
+// The owner's templates: built from a Dockerfile (its log followed as it builds), listed with their
+// status, deleted. A workspace is made from a ready one in the workspaces' create form.
+function templatesView(main) {
+  const tbody = h("tbody");
+  const field = (label, input) => h("label", {}, label, input);
+  const inputs = {
+    name: h("input", { name: "name", required: true, placeholder: "e.g. python-app" }),
+    tag: h("input", { name: "tag", placeholder: "latest" }),
+    start_cmd: h("input", { name: "start_cmd", placeholder: "optional: a server to start" }),
+    ready_cmd: h("input", { name: "ready_cmd", placeholder: "optional: passes once ready" }),
+  };
+  const dockerfile = h("textarea", { name: "dockerfile", rows: 6, class: "mono", required: true, placeholder: "FROM agentbox/workspace:bookworm\nRUN pip install --no-index ..." });
+  const button = h("button", { type: "submit" }, "Build");
+  const form = h(
+    "form",
+    { class: "card template-form", "aria-label": "New template" },
+    h("h2", {}, "New template"),
+    h("label", {}, "Dockerfile", dockerfile),
+    h("div", { class: "form-grid" }, field("Name", inputs.name), field("Tag", inputs.tag), field("Start command", inputs.start_cmd), field("Ready command", inputs.ready_cmd), h("div", {}, button)),
+    h("p", { class: "muted" }, "FROM an image on this server (builds never pull); RUN steps have no network."),
+  );
+  const logTitle = h("h2", { hidden: true });
+  const log = h("pre", { class: "output", "aria-label": "Build log", "aria-live": "polite", hidden: true });
+  let reading = null;
+  const showLog = (t) => {
+    reading?.abort();
+    reading = new AbortController();
+    logTitle.hidden = log.hidden = false;
+    logTitle.textContent = `Build log of ${t.name}:${t.tag}`;
+    log.textContent = "";
+    follow(`${API}/templates/${encodeURIComponent(t.id)}/build-log?follow=true`, log, reading.signal)
+      .then(() => stop.now())
+      .catch(showError);
+  };
+  const row = (t) =>
+    h(
+      "tr",
+      { dataset: { template: `${t.name}:${t.tag}` } },
+      h("td", {}, `${t.name}:${t.tag}`),
+      h("td", { class: "mono" }, t.id),
+      h("td", { class: "wrap" }, statusBadge(t.status), t.error ? h("div", { class: "muted" }, t.error) : null),
+      h("td", { class: "wrap" }, t.image),
+      h("td", { class: "wrap" }, [t.start_cmd && `start: ${t.start_cmd}`, t.ready_cmd && `ready: ${t.ready_cmd}`].filter(Boolean).join("; ") || "–"),
+      h("td", {}, t.pool_size ? `${t.pool_ready} of ${t.pool_size}` : "–"),
+      h("td", { title: localTime(t.built_at ?? t.created_at) }, t.built_at ? `${span(since(t.built_at))} ago` : "–"),
+      h(
+        "td",
+        {},
+        h(
+          "div",
+          { class: "row" },
+          h("button", { type: "button", class: "small quiet", dataset: { key: `log:${t.id}` }, "aria-label": `Build log of ${t.name}:${t.tag}`, onclick: () => showLog(t) }, "Log"),
+          h(
+            "button",
+            {
+              type: "button",
+              class: "small danger",
+              dataset: { key: `delete:${t.id}` },
+              "aria-label": `Delete ${t.name}:${t.tag}`,
+              onclick: async (event) => {
+                const button = event.currentTarget; // null once the dialog has been awaited
+                if (!(await confirmed(`Delete the template ${t.name}:${t.tag} and its image?`, "Delete"))) return;
+                await act(button, "Deleting…", async () => {
+                  await call("DELETE", `${API}/templates/${encodeURIComponent(t.id)}`);
+                  await stop.now();
+                });
+              },
+            },
+            "Delete",
+          ),
+        ),
+      ),
+    );
+  const refresh = async () => {
+    const { templates } = await call("GET", `${API}/templates`);
+    redraw(tbody, JSON.stringify(templates), () =>
+      templates.length ? templates.map(row) : [h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No templates yet: build one above."))],
+    );
+  };
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: inputs.name.value.trim(), dockerfile: dockerfile.value };
+    for (const name of ["tag", "start_cmd", "ready_cmd"]) if (inputs[name].value.trim()) body[name] = inputs[name].value.trim();
+    const started = await act(button, "Starting…", () => call("POST", `${API}/templates`, { json: body }));
+    if (!started) return;
+    form.reset();
+    showLog(started);
+    stop.now();
+  });
+  main.append(
+    h("h1", {}, "Templates"),
+    form,
+    h("div", { class: "card table-wrap" }, table("Templates", ["Name", "ID", "Status", "Image", "Commands", "Pool", "Built", "Actions"], tbody)),
+    logTitle,
+    log,
+  );
+  const stop = every(POLL_MS, refresh);
+  return () => {
+    stop();
+    reading?.abort();
+  };
+}
 
 // --- the server ------------------------------------------------------------------------------
 
@@ -1167,6 +1537,13 @@ function keyForm(shown, onCreated) {
 // --- routing ---------------------------------------------------------------------------------
 
 let undoView = null;
+const SECTIONS = {
+  snapshots: ["Snapshots", snapshotsView],
+  volumes: ["Volumes", volumesView],
+  templates: ["Templates", templatesView],
+  keys: ["API keys", keysView],
+  server: ["Server", serverView],
+};
 
 function render() {
   undoView?.();
@@ -1181,7 +1558,7 @@ function render() {
   document.getElementById("sign-out").hidden = !signedIn;
   const [, section = "", id, tab] = location.hash.split("/");
   for (const link of document.querySelectorAll("#nav a")) {
-    const current = link.dataset.section === (["server", "keys"].includes(section) ? section : "workspaces");
+    const current = link.dataset.section === (SECTIONS[section] ? section : "workspaces");
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
@@ -1189,12 +1566,10 @@ function render() {
     document.title = "Sign in · agentbox";
     return signInView(main);
   }
-  if (section === "server") {
-    document.title = "Server · agentbox";
-    undoView = serverView(main);
-  } else if (section === "keys") {
-    document.title = "API keys · agentbox";
-    undoView = keysView(main);
+  if (SECTIONS[section]) {
+    const [title, view] = SECTIONS[section];
+    document.title = `${title} · agentbox`;
+    undoView = view(main);
   } else if (section === "w" && id) {
     document.title = `${id} · agentbox`;
     undoView = workspaceView(main, decodeURIComponent(id), tab);
