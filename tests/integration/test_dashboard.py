@@ -475,6 +475,38 @@ def test_snapshot_fork_and_a_workspace_from_a_snapshot_on_a_workspaces_page(
     assert alice.get(from_snapshot).status == "running"
 
 
+def test_a_fork_past_a_quota_says_which_copies_were_not_made(page: Page, server: Server, alice: Client) -> None:
+    key = alice.create_key("dash-quota", "fork-test", max_workspaces=2)
+    made: list[str] = []
+    try:
+        with Client(server.url, key.secret) as owner:
+            source = owner.create(labels={"purpose": "dashboard-fork-quota"})
+            made.append(source.id)
+            page.goto(server.url + "/ui/")
+            page.get_by_label("API key").fill(key.secret)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", name="Workspaces")).to_be_visible()
+            page.goto(f"{server.url}/ui/#/w/{source.id}/snapshots")
+            page.get_by_label("Copies").fill("3")
+            page.get_by_role("button", name="Fork", exact=True).click()
+            expect(page.get_by_text("Made 1 of 3")).to_be_visible()
+            members = page.get_by_role("list", name="Forked workspaces").get_by_role("listitem")
+            expect(members).to_have_count(3)
+            link = members.get_by_role("link")
+            expect(link).to_have_count(1)
+            made.append(link.inner_text())
+            refused = members.filter(has_text="not made (429)")
+            expect(refused).to_have_count(2)
+            expect(refused.first).to_contain_text("max_workspaces (2)")
+            assert {w.id for w in owner.list()} == set(made)
+    finally:
+        with Client(server.url, key.secret) as owner:
+            for workspace_id in made:
+                with contextlib.suppress(APIError):
+                    owner.delete(workspace_id)
+        alice.revoke_key(key.id)
+
+
 def test_a_volume_made_refused_while_mounted_and_deleted(
     page: Page, server: Server, alice: Client, made: list[str]
 ) -> None:
@@ -530,10 +562,11 @@ def test_a_template_built_from_the_page_and_a_workspace_made_from_it(
     log = page.get_by_label("Build log", exact=True)
     try:
         # A failing RUN: its log says why, and so does its row.
-        form.get_by_label("Dockerfile").fill(f"FROM {BASE}\nRUN echo going d''own && exit 3\n")
+        form.get_by_label("Dockerfile").fill(f"FROM {BASE}\nRUN echo '<i>going</i>' d''own && exit 3\n")
         form.get_by_label("Name").fill("dash-broken")
         form.get_by_role("button", name="Build").click()
-        expect(log).to_contain_text("going down")
+        expect(log).to_contain_text("<i>going</i> down")  # the build's output as text, never as markup
+        expect(log.locator("i")).to_have_count(0)
         expect(log).to_contain_text("[build failed")
         expect(page.locator('tr[data-template="dash-broken:latest"] .status')).to_have_text("failed")
 
