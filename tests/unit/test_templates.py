@@ -220,4 +220,6 @@ def test_a_context_that_unpacks_past_its_limit_is_refused_before_any_build(
         assert refusal.status_code == 413 and "entries" in refusal.detail
         assert alice.templates() == []
         fits = _context({"app/main.py": 1000})
+        provider.release.clear()  # held, so that it is still building when answered
         assert alice.build_template("fits", "FROM base\n", context=fits).status == "building"
+        provider.release.set()
