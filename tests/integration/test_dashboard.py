@@ -528,8 +528,16 @@ def test_a_volume_made_refused_while_mounted_and_deleted(
         form.get_by_role("button", name="Create volume").click()
         expect(form.get_by_role("alert")).to_contain_text("dash-vol")
 
-        user = alice.create(provider="gvisor", volumes=[{"name": "dash-vol", "path": "/mnt/data"}])
+        # Mounted by a workspace made in the create form; it writes there.
+        page.locator("#nav").get_by_role("link", name="Workspaces").click()
+        page.get_by_label("Volumes", exact=True).fill("dash-vol:/mnt/x:y")
+        page.get_by_role("button", name="Create workspace").click()
+        expect(page.get_by_role("alert")).to_contain_text("name:/path or name:/path:ro")
+        user = alice.get(create_in_dashboard(page, Volumes="dash-vol:/mnt/data"))
         made.append(user.id)
+        assert [(v.name, v.path, v.read_only) for v in user.volumes] == [("dash-vol", "/mnt/data", False)]
+        assert alice.exec(user.id, "echo kept > /mnt/data/note && cat /mnt/data/note").stdout == "kept\n"
+        page.locator("#nav").get_by_role("link", name="Volumes").click()
         expect(row.get_by_role("link", name=user.id)).to_be_visible()
         row.get_by_role("button", name="Delete dash-vol").click()
         confirm(page, "Delete")

@@ -309,6 +309,7 @@ function createForm(onCreated) {
     disk: h("input", { name: "disk", placeholder: "e.g. 10G" }),
     ttl_days: h("input", { name: "ttl_days", type: "number", min: "0.01", step: "any", placeholder: "default" }),
     labels: h("input", { name: "labels", placeholder: "team=ml, task=42" }),
+    volumes: h("input", { name: "volumes", placeholder: "data:/mnt/data, cache:/mnt/c:ro" }),
   };
   const button = h("button", { type: "submit", id: "create" }, "Create workspace");
   const progress = h("p", { class: "notice", role: "status", hidden: true });
@@ -329,6 +330,7 @@ function createForm(onCreated) {
       field("Network", network),
       field("Allowed destinations", allow),
       field("Labels", inputs.labels),
+      field("Volumes", inputs.volumes),
       h("div", {}, button),
     ),
     progress,
@@ -355,6 +357,15 @@ function createForm(onCreated) {
     const labels = inputs.labels.value.split(",").map((s) => s.trim()).filter(Boolean);
     if (labels.some((l) => !l.includes("="))) return showError(new Error("Labels: write each as key=value, separated by commas"));
     body.labels = Object.fromEntries(labels.map((l) => [l.slice(0, l.indexOf("=")).trim(), l.slice(l.indexOf("=") + 1).trim()]));
+    // "name:/path" or "name:/path:ro", separated by commas; the API says what is wrong with a path.
+    const mounts = inputs.volumes.value.split(",").map((s) => s.trim()).filter(Boolean);
+    if (mounts.some((m) => !/^[^:]+:\/[^:]*(:ro)?$/.test(m))) return showError(new Error("Volumes: write each as name:/path or name:/path:ro, separated by commas"));
+    if (mounts.length) {
+      body.volumes = mounts.map((m) => {
+        const [name, path, ro] = m.split(":");
+        return { name, path, read_only: ro === "ro" };
+      });
+    }
     progress.hidden = false;
     const from = body.template ? ` from ${template.selectedOptions[0].textContent}` : "";
     progress.textContent = `Creating a workspace${from}${body.provider ? ` on ${body.provider}` : ""}: booting its sandbox…`;
