@@ -1197,7 +1197,7 @@ function volumesView(main) {
     h("h2", {}, "New volume"),
     h("div", { class: "form-grid" }, h("label", {}, "Name", name), h("label", {}, "Size", size), h("div", {}, button)),
     refused,
-    h("p", { class: "muted" }, "A filesystem of its own that outlives workspaces; a workspace mounts it at its create (volumes, through the API or CLI)."),
+    h("p", { class: "muted" }, "A filesystem of its own that outlives workspaces; a workspace mounts it at its create (the Volumes field of the workspaces' form, or the API)."),
   );
   // Runs `work`; a refusal is said beside the form rather than in the page's error bar.
   const attempt = async (control, busy, work) => {
