@@ -385,11 +385,11 @@ def _snapshot_of(mgr: WorkspaceManager, owner: str, template: str) -> str | None
 
 
 def _template_of(mgr: WorkspaceManager, owner: str, ref: str) -> str | None:
-    """The id of the owner's template `ref` names (`name` or `name:tag`, E2B's `team/` read away); None for
-    anything else (an image)."""
-    if ref in (BASE_TEMPLATE, INTERPRETER_TEMPLATE):
+    """The id of the owner's template `ref` names (`name` or `name:tag`); None for anything else (an image: a
+    name with a `/` is one, so that `repo/name:tag` never finds a template `name:tag`)."""
+    if ref in (BASE_TEMPLATE, INTERPRETER_TEMPLATE) or "/" in ref:
         return None
-    name, _, tag = ref.rsplit("/", 1)[-1].partition(":")
+    name, _, tag = ref.partition(":")
     try:
         return mgr.templates.get(owner, f"{name}:{tag or 'latest'}").id
     except NotFound:
