@@ -467,6 +467,18 @@ def test_snapshot_fork_and_a_workspace_from_a_snapshot_on_a_workspaces_page(
     expect(page.get_by_role("table", name="Snapshots", exact=True).locator("tbody tr")).to_have_count(1)
     shoot(page, "snapshots")
 
+    # A workspace without network keeps its memory and processes in a snapshot, and the page says so.
+    quiet = alice.create(network="none", labels={"purpose": "dashboard-snapshots"})
+    made.append(quiet.id)
+    page.goto(f"{server.url}/ui/#/w/{quiet.id}/snapshots")
+    page.get_by_role("button", name="Snapshot", exact=True).click()
+    expect(page.get_by_role("status").filter(has_text="Took snap-")).to_contain_text("memory and processes kept")
+    kept = alice.snapshots(workspace_id=quiet.id).snapshots
+    assert len(kept) == 1 and kept[0].memory_kept and kept[0].name is None
+    expect(page.locator(f'tr[data-snapshot="{kept[0].id}"]')).to_contain_text("kept")
+    alice.delete_snapshot(kept[0].id)
+    page.goto(f"{server.url}/ui/#/snapshots")
+
     # Deleted after a confirmation: gone from the page and the API; the workspaces made from it go on.
     row.get_by_role("button", name="Delete dash-snap").click()
     confirm(page, "Delete")
@@ -596,6 +608,11 @@ def test_a_template_built_from_the_page_and_a_workspace_made_from_it(
         template = alice.template("dash-tpl:v1")
         assert template.status == "ready"
         shoot(page, "templates")
+        # Any template's log, from its row: the failed one's again.
+        page.get_by_role("button", name="Build log of dash-broken:latest").click()
+        expect(page.get_by_role("heading", name="Build log of dash-broken:latest")).to_be_visible()
+        expect(log).to_contain_text("[build failed")
+        expect(log).not_to_contain_text("dash-step-1")
 
         # The workspaces' create form offers it; the workspace runs its image with the step's file.
         page.locator("#nav").get_by_role("link", name="Workspaces").click()
