@@ -99,6 +99,7 @@ def test_a_template_built_by_the_sdk_makes_ready_sandboxes(mine: Client, context
         assert kernel == "4.4.0" and builder == "root"  # the RUN steps ran under gVisor
         assert greeting == "hi there" and page == "<p>served</p>"
         assert mine.get(sandbox.sandbox_id).image.startswith("agentbox/template:tpl-")
+        assert sandbox.get_info().template_id == called  # shown by the name it was made by, as on E2B
     finally:
         sandbox.kill()
 
@@ -285,6 +286,7 @@ def test_tags_assigned_listed_and_removed(mine: Client) -> None:
     sandbox = Sandbox.create(called, timeout=60)
     try:
         assert sandbox.commands.run("cat /opt/tagged").stdout == "tagged\n"
+        assert sandbox.get_info().template_id == called
     finally:
         sandbox.kill()
     Template.remove_tags(called, ["production", "stable"])

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from agentbox.auth.keys import Caller
 from agentbox.auth.tokens import Tokens
 from agentbox.config import Settings
-from agentbox.db.models import Workspace, utcnow
+from agentbox.db.models import Template, Workspace, utcnow
 from agentbox.e2b_api import access, interpreter
 from agentbox.e2b_api import network as e2b_network
 from agentbox.errors import AgentboxError, BadRequest, NotFound
@@ -35,6 +35,7 @@ from agentbox.wire.domain import NewWorkspace, PauseAtEnd, Status, VolumeRequest
 from agentbox.wire.network import NetworkPolicy, policy_json, policy_of
 from agentbox.wire.volumes import MAX_MOUNTS, mount_path_problem
 from agentbox.workspaces.manager import WorkspaceManager
+from agentbox.workspaces.templates import is_template_image
 
 PREFIX = "/e2b"
 #: The envd protocol version agentbox answers as (see docs/e2b-wire-protocol.md, "envdVersion").
@@ -415,8 +416,24 @@ def home_of(workspace: Workspace, settings: Settings) -> str:
     return E2B_HOME if workspace.image == settings.e2b_base_image else "/workspace"
 
 
+#: template id -> its name:tag, for the sandboxes made from it (a template's id never changes its name).
+_TEMPLATE_NAMES: dict[str, str] = {}
+
+
 def _template(workspace: Workspace, mgr: WorkspaceManager) -> str:
-    return BASE_TEMPLATE if workspace.image == mgr.settings.e2b_base_image else workspace.image
+    if workspace.image == mgr.settings.e2b_base_image:
+        return BASE_TEMPLATE
+    if not is_template_image(workspace.image):
+        return workspace.image
+    # A template's sandbox shows the name it was made by (E2B's templateID for a template built through its API).
+    template_id = workspace.image.rpartition(":")[2]
+    if template_id not in _TEMPLATE_NAMES:
+        with mgr.store.session() as session:
+            row = session.get(Template, template_id)
+            if row is None:  # deleted since: its image's name is all there is
+                return workspace.image
+            _TEMPLATE_NAMES[template_id] = row.name if row.tag == "latest" else f"{row.name}:{row.tag}"
+    return _TEMPLATE_NAMES[template_id]
 
 
 def _state(workspace: Workspace) -> str:
