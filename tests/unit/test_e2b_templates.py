@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -193,3 +194,23 @@ def test_upload_urls_are_the_owners_and_the_hashs(app: TestClient) -> None:
     bobs = app.get(f"/e2b/templates/{template}/files/{HASH}", headers={"X-API-Key": KEYS["bob"]})
     assert bobs.json()["present"] is False
     assert json.loads(app.get(f"/e2b/templates/{template}/files/{HASH}", headers=ALICE).text)["present"] is True
+
+
+def test_uploads_and_build_records_expire(app: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentbox.e2b_api import templates
+
+    template, old_build = requested(app, "kept")
+    url = app.get(f"/e2b/templates/{template}/files/{HASH}", headers=ALICE).json()["url"]
+    assert app.put(url, content=tar_of({"f": b"1"})).status_code == 200
+    uploads = list((tmp_path / "e2b-templates" / "files").glob("*/*"))
+    records = list((tmp_path / "e2b-templates" / "builds").glob("*.json"))
+    assert len(uploads) == 1 and len(records) == 1
+    # A day without use, a week since the build was requested: gone at the next request's look.
+    past = time.time() - templates.BUILDS_KEPT - 60
+    os.utime(uploads[0], (past, past))
+    os.utime(records[0], (past, past))
+    monkeypatch.setattr(templates, "_pruned_at", 0.0)
+    requested(app, "kept")
+    assert not uploads[0].exists() and not records[0].exists()
+    assert status(app, template, old_build)["code"] == 404
+    assert app.get(f"/e2b/templates/{template}/files/{HASH}", headers=ALICE).json()["present"] is False

@@ -123,6 +123,40 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
+#: How long an upload is kept since it was last asked for or used, and a requested build's record since made.
+FILES_KEPT = 24 * 3600.0
+BUILDS_KEPT = 7 * 24 * 3600.0
+#: How often (at most, per replica) a request for a build looks for expired ones.
+PRUNE_EVERY = 600.0
+_pruned_at = 0.0
+
+
+def _present(path: Path) -> bool:
+    """Whether an upload is here; one that is counts as used now (kept FILES_KEPT from now)."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _prune(mgr: WorkspaceManager) -> None:
+    """Uploads not asked for or used for FILES_KEPT, and records of builds older than BUILDS_KEPT, removed."""
+    global _pruned_at
+    now = time.time()
+    if now - _pruned_at < PRUNE_EVERY:
+        return
+    _pruned_at = now
+    root = _root(mgr)
+    for pattern, kept in (("files/*/*", FILES_KEPT), ("builds/*.json", BUILDS_KEPT)):
+        for path in root.glob(pattern):
+            try:
+                if now - path.stat().st_mtime > kept:
+                    path.unlink()
+            except FileNotFoundError:
+                pass  # another replica's prune
+
+
 def _record(mgr: WorkspaceManager, owner: str, template_id: str, build_id: str) -> dict[str, Any]:
     """The owner's requested build; E2B's 404 for any other (another owner's, unknown, or another template's)."""
     try:
@@ -180,6 +214,7 @@ async def request_build(body: BuildRequest, mgr: Manager, who: Who) -> dict[str,
         )
     tag = tags[0] if tags else DEFAULT_TAG
     _checked(name, tag)
+    await in_thread(_prune, mgr)
     build_id = str(uuid.uuid4())
     record: dict[str, Any] = {"owner": who.owner, "name": name, "tag": tag, "template": None, "steps": {}}
     await in_thread(_write, _build_path(mgr, build_id), json.dumps(record).encode())
@@ -194,7 +229,7 @@ async def file_upload_link(
     if not _HASH.fullmatch(files_hash):
         raise E2BError(400, f"hash {files_hash!r}: the SDK's files hash is 64 hex digits (sha256)")
     name, _ = _name_of(template_id)
-    present = await in_thread(_file_path(mgr, who.owner, files_hash).exists)
+    present = await in_thread(_present, _file_path(mgr, who.owner, files_hash))
     token, _ = tokens.mint(who, UPLOAD_USE, UPLOAD_SECONDS, hash=files_hash, template=name)
     url = str(request.url_for("upload_files", files_hash=files_hash).include_query_params(token=token))
     return {"present": present, "url": url}
@@ -429,6 +464,7 @@ def _copy(mgr: WorkspaceManager, owner: str, step: Step, where: str, merged: tar
     path = _file_path(mgr, owner, step.files_hash)
     try:
         data = path.read_bytes()
+        os.utime(path)
     except FileNotFoundError:
         raise E2BError(
             400, f"{where}: the files of COPY {source} were not uploaded (GET /templates/{{id}}/files/{{hash}})"
