@@ -229,6 +229,13 @@ def test_e2b_run_command_and_as_root(mine: Client) -> None:
     build(Template().from_base_image().skip_cache().run_cmd('test "$(whoami)" = "root"', user="root"), name())
 
 
+def test_e2b_run_command_as_user_that_does_not_exist(mine: Client) -> None:
+    # E2B's words are envd's ("invalid username: 'root123'"); the builder's name the user all the same.
+    with pytest.raises(BuildException) as caught:
+        build(Template().from_base_image().skip_cache().run_cmd("whoami", user="root123"), name())
+    assert "unable to find user root123" in str(caught.value)
+
+
 def test_e2b_make_symlink_and_force(mine: Client) -> None:
     build(
         Template()
