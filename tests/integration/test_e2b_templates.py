@@ -7,6 +7,7 @@ with `ubuntu:22.04` (which builds here would have to pull) replaced by the base 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Iterator
@@ -15,9 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 from e2b import (
+    AsyncSandbox,
+    AsyncTemplate,
     LogEntry,
     Sandbox,
     Template,
+    wait_for_file,
     wait_for_timeout,
     wait_for_url,
 )
@@ -304,3 +308,28 @@ def test_tags_assigned_listed_and_removed(mine: Client) -> None:
     with pytest.raises(Exception) as caught:
         Template.get_tags(called, api_key=KEYS["bob"])
     assert "not found" in str(caught.value)  # another owner's
+
+
+def test_the_async_sdk_builds_and_makes_a_ready_sandbox(mine: Client) -> None:
+    called = name()
+
+    async def build_and_use() -> tuple[str, str, str]:
+        template = (
+            AsyncTemplate()
+            .from_template("base")
+            .run_cmd("echo async > /opt/made")
+            .set_start_cmd("sleep 1; touch /tmp/up; exec sleep infinity", wait_for_file("/tmp/up"))
+        )
+        logs: list[str] = []
+        info = await AsyncTemplate.build(template, called, on_build_logs=lambda e: logs.append(e.message))
+        status = await AsyncTemplate.get_build_status(info)
+        sandbox = await AsyncSandbox.create(called, timeout=60)
+        try:
+            # Ready when made: the start command's file is there at once, without waiting here.
+            done = await sandbox.commands.run("cat /opt/made; test -f /tmp/up && echo up")
+        finally:
+            await sandbox.kill()
+        return status.status.value, done.stdout, "\n".join(logs)
+
+    status, out, logs = asyncio.run(build_and_use())
+    assert status == "ready" and out == "async\nup\n" and "Building under gVisor" in logs
