@@ -135,6 +135,20 @@ def test_a_template_builds_with_its_log_streamed_and_makes_ready_workspaces(
     # The RUN steps ran under gVisor too, with no network.
     assert alice.exec(workspace.id, "cat /opt/site/kernel /opt/site/network").stdout == "4.4.0\noffline\n"
 
+    # Booted afresh, it gets its start command again, ready before the answer: started after a stop, and a fork
+    # (files only: the workspace has a network).
+    def serving(workspace_id: str) -> bool:
+        servers = [p for p in alice.processes(workspace_id) if p.status == "running" and "http.server" in p.command[-1]]
+        return len(servers) == 1 and alice.exec(workspace_id, "curl -sf localhost:8080/greeting.txt").exit_code == 0
+
+    alice.stop(workspace.id)
+    alice.start(workspace.id)
+    assert serving(workspace.id)
+    fork = alice.fork(workspace.id, 1)
+    assert not fork.snapshot.memory_kept and fork.workspaces[0].id is not None
+    assert serving(fork.workspaces[0].id)
+    alice.delete(fork.workspaces[0].id)
+
     # By id too; and the log again later, whole, without following.
     again = alice.create(template=template.id)
     assert alice.exec(again.id, "cat /opt/site/marker").stdout == "built-by-a-template\n"

@@ -234,16 +234,21 @@ class WorkspaceManager:
                 f"workspace {workspace.id} was removed while it was being made (deleted, or given up because this "
                 "server lost touch with the database for too long): create it again"
             )
-        if template is not None:
+        if template is not None or snapshot is not None:
             self._template_ready(owner, created, template)
         return self._handed_out("cold", created, started)
 
-    def _template_ready(self, owner: str, workspace: Workspace, template: Template) -> None:
-        """Its template's start command started and its ready command passed; else the workspace is removed."""
-        if not (template.start_cmd or template.ready_cmd):
+    def _template_ready(self, owner: str, workspace: Workspace, template: Template | None) -> None:
+        """Its template's start command started and its ready command passed (`template`, or the template of its
+        image when it was made from a snapshot, unless the command still runs there); else it is removed."""
+        if template is not None and not (template.start_cmd or template.ready_cmd):
             return
         try:
-            self.templates.make_ready(self.use(owner, workspace.id), template)
+            handle = self.use(owner, workspace.id)
+            if template is not None:
+                self.templates.make_ready(handle, template)
+            else:
+                self.templates.after_boot(owner, handle, workspace.image, "it was removed")
         except BaseException:
             self.metrics.failures.labels("create").inc()
             with contextlib.suppress(AgentboxError):
@@ -514,6 +519,7 @@ class WorkspaceManager:
         )
         if running is None:  # deleted meanwhile, or given up (and so stopped) by the leader
             raise Conflict(f"workspace {workspace.id} changed while it was being started: look at it again")
+        self.templates.after_boot(owner, self.use(owner, workspace.id), running.image, "it is running: look at why")
         return running
 
     def extend(self, owner: str, workspace_id: str, ttl_days: float | None = None) -> Workspace:

@@ -24,7 +24,7 @@ from agentbox.sandbox.process_table import ProcessRequest
 from agentbox.sandbox.runtime import ExecRequest
 from agentbox.wire.domain import NewWorkspace
 from agentbox.workspaces.pool import WarmPool, discard_pooled
-from agentbox.workspaces.templates import READY, is_template_image
+from agentbox.workspaces.templates import READY, START_TAG, is_template_image
 
 if TYPE_CHECKING:
     from agentbox.workspaces.manager import WorkspaceManager
@@ -59,7 +59,7 @@ class TemplatePool(WarmPool):
         template = self.template
         runtime = self.provider.runtime(ref)
         if template.start_cmd:
-            runtime.processes().start(ProcessRequest(argv=["sh", "-c", template.start_cmd], tag="template-start"))
+            runtime.processes().start(ProcessRequest(argv=["sh", "-c", template.start_cmd], tag=START_TAG))
         if template.ready_cmd:
             deadline = time.monotonic() + template.ready_timeout
             while True:

@@ -88,6 +88,10 @@ INSTRUCTIONS = frozenset(
 BUILDING, READY, FAILED = "building", "ready", "failed"
 
 
+#: The tag of a template's start command among a workspace's background processes.
+START_TAG = "template-start"
+
+
 def image_of(template_id: str) -> str:
     return f"{IMAGE_REPOSITORY}:{template_id}"
 
@@ -406,11 +410,24 @@ class Templates:
             raise Conflict(f"template {template.name}:{template.tag} is {template.status}: {hint}")
         return replace(request, image=template.image), template
 
-    def make_ready(self, handle: WorkspaceHandle, template: Template) -> None:
+    def after_boot(self, owner: str, handle: WorkspaceHandle, image: str | None, then: str) -> None:
+        """A workspace of a template that booted afresh (started again without its memory, or made from a snapshot
+        that kept only files): its start command started again and its ready command waited for, as at its
+        create. Nothing when its start command still runs (its memory was kept). Unprocessable (422) as
+        `make_ready`, saying what `then` became of the workspace."""
+        template = self._find(owner, image.partition(":")[2]) if image and is_template_image(image) else None
+        if template is None or not (template.start_cmd or template.ready_cmd):
+            return
+        if template.start_cmd and any(p.tag == START_TAG and p.status == "running" for p in handle.processes().list()):
+            return
+        self.make_ready(handle, template, then)
+
+    def make_ready(self, handle: WorkspaceHandle, template: Template, then: str = "it was removed") -> None:
         """Start the template's start command in the workspace, then run its ready command until it exits 0.
-        Unprocessable (422) with the last output when it does not pass within the template's ready_timeout."""
+        Unprocessable (422) with the last output when it does not pass within the template's ready_timeout, saying
+        what `then` became of the workspace."""
         if template.start_cmd:
-            handle.start_process(ProcessRequest(argv=["sh", "-c", template.start_cmd], tag="template-start"))
+            handle.start_process(ProcessRequest(argv=["sh", "-c", template.start_cmd], tag=START_TAG))
         if not template.ready_cmd:
             return
         deadline = time.monotonic() + template.ready_timeout
@@ -424,8 +441,7 @@ class Templates:
             if time.monotonic() + READY_EVERY >= deadline:
                 raise Unprocessable(
                     f"template {template.name}:{template.tag}: its ready command ({shlex.quote(template.ready_cmd)}) "
-                    f"did not pass within {template.ready_timeout:g} s (the last run: {last}); the workspace was "
-                    "removed"
+                    f"did not pass within {template.ready_timeout:g} s (the last run: {last}); {then}"
                 )
             time.sleep(READY_EVERY)
 
