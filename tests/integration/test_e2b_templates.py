@@ -22,6 +22,7 @@ from e2b import (
     Sandbox,
     Template,
     wait_for_file,
+    wait_for_port,
     wait_for_timeout,
     wait_for_url,
 )
@@ -80,7 +81,8 @@ def test_a_template_built_by_the_sdk_makes_ready_sandboxes(mine: Client, context
         .run_cmd("cat /opt/site/greeting.txt && uname -r > /opt/site/kernel")
         .run_cmd(["whoami > /opt/site/builder", "echo done"], user="root")
         .set_workdir("/opt/site")
-        .set_start_cmd("exec python3 -m http.server 8080 --bind 127.0.0.1", wait_for_url("http://127.0.0.1:8080/"))
+        # wait_for_port runs `ss`, which the base image lacks: the endpoint reads /proc/net instead (under gVisor).
+        .set_start_cmd("sleep 1; exec python3 -m http.server 8080 --bind 127.0.0.1", wait_for_port(8080))
     )
     logs: list[str] = []
     info = build(template, called, logs)
@@ -278,7 +280,12 @@ def test_e2b_build_in_background_returns_while_it_builds(mine: Client) -> None:
 def test_tags_assigned_listed_and_removed(mine: Client) -> None:
     called = name()
     built = build(
-        Template().from_base_image().run_cmd("echo tagged > /opt/tagged").set_ready_cmd("test -f /opt/tagged"),
+        Template()
+        .from_base_image()
+        .run_cmd("echo tagged > /opt/tagged")
+        .set_start_cmd(
+            "exec python3 -m http.server 8081 --directory /opt", wait_for_url("http://127.0.0.1:8081/tagged")
+        ),
         f"{called}:v1",
     )
     assert built.tags == ["v1"]  # type: ignore[attr-defined]

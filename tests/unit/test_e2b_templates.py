@@ -214,3 +214,15 @@ def test_uploads_and_build_records_expire(app: TestClient, tmp_path: Path, monke
     assert not uploads[0].exists() and not records[0].exists()
     assert status(app, template, old_build)["code"] == 404
     assert app.get(f"/e2b/templates/{template}/files/{HASH}", headers=ALICE).json()["present"] is False
+
+
+def test_wait_for_port_is_run_without_ss_when_the_image_has_none() -> None:
+    from e2b import wait_for_file, wait_for_port
+
+    from agentbox.e2b_api.templates import ready_command
+
+    rewritten = ready_command(wait_for_port(8080).get_cmd())
+    assert rewritten.startswith('if command -v ss >/dev/null; then [ -n "$(ss -Htuln sport = :8080)" ]; else ')
+    assert '== "1F90"' in rewritten and "/proc/net/tcp" in rewritten  # 8080 as the kernel's tables write it
+    assert ready_command(wait_for_file("/tmp/x").get_cmd()) == wait_for_file("/tmp/x").get_cmd()
+    assert ready_command("ss -tl | grep 80") == "ss -tl | grep 80"

@@ -60,6 +60,23 @@ LOG_PAGE = 100
 REASON_LINES = 20
 _HASH = re.compile(r"[0-9a-f]{64}")
 _STEP_LINE = re.compile(r"^Step (\d+)/\d+ : ", re.MULTILINE)
+#: The SDK's `wait_for_port(port)`, which needs `ss` (iproute2), not in the base image (nor installable offline).
+_WAIT_FOR_PORT = re.compile(r'\[ -n "\$\(ss -Htuln sport = :(\d{1,5})\)" \]')
+
+
+def ready_command(given: str) -> str:
+    """The ready command as run here: the SDK's `wait_for_port` reads the kernel's socket tables itself when the
+    image has no `ss` (a TCP socket listening on the port, as `ss -tl` shows it; gVisor keeps /proc/net too)."""
+    port = _WAIT_FOR_PORT.fullmatch(given.strip())
+    if port is None:
+        return given
+    hexed = f"{int(port.group(1)):04X}"
+    listening = (
+        "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk "
+        f'\'$4 == "0A" && toupper(substr($2, index($2, ":") + 1)) == "{hexed}" {{ found = 1 }} '
+        "END { exit !found }'"
+    )
+    return f"if command -v ss >/dev/null; then {given}; else {listening}; fi"
 
 
 class BuildRequest(BaseModel):
@@ -275,7 +292,7 @@ async def start_build(template_id: str, build_id: str, body: BuildStart, mgr: Ma
                 dockerfile=dockerfile,
                 context=base64.b64encode(context).decode(),
                 start_cmd=where + body.start_cmd if body.start_cmd else None,
-                ready_cmd=where + body.ready_cmd if body.ready_cmd else None,
+                ready_cmd=where + ready_command(body.ready_cmd) if body.ready_cmd else None,
             )
         )
     except ValidationError as error:
