@@ -122,6 +122,9 @@ def test_a_template_builds_with_its_log_streamed_and_makes_ready_workspaces(
     # Made from it: the RUN's file and the context's are there, the start command runs, ready before the answer.
     workspace = alice.create(template="site:v1")
     assert workspace.image == template.image
+    # Nothing of the build's steps is carried into it (an image takes the labels of the container it came from).
+    labels = docker_client.containers.get(f"agentbox-{workspace.id}").labels
+    assert not [key for key in labels if key.startswith("agentbox.build")]
     assert alice.exec(workspace.id, "cat /opt/site/marker /opt/site/greeting.txt").stdout == (
         "built-by-a-template\nhello from the context\n"
     )
@@ -174,7 +177,7 @@ def test_a_failing_run_fails_the_build_with_its_log_and_leaves_nothing(
     assert "about to fail" in log and "non-zero code: 3" in log
     failed = alice.template("broken")
     # No step's container is left either (each RUN ran in a container of its own).
-    assert docker_client.api.containers(all=True, filters={"label": f"agentbox.template={started.id}"}) == []
+    assert docker_client.api.containers(all=True, filters={"name": f"agentbox-build-{started.id}-"}) == []
     assert failed.status == "failed" and failed.error == end.error
     # The completed steps' images are gone (the FROM image is not one of them), and so is any tag.
     base = docker_client.images.get(BASE).id
@@ -198,7 +201,7 @@ def test_a_step_that_writes_past_the_builds_disk_is_killed(alice: Client, docker
     end = lines[-1]
     assert end.status == "failed" and end.error is not None and "WORKSPACE_TEMPLATE_BUILD_DISK" in end.error
     assert "all-2G-written" not in "".join(line.data or "" for line in lines)  # killed while it wrote
-    assert docker_client.api.containers(all=True, filters={"label": f"agentbox.template={started.id}"}) == []
+    assert docker_client.api.containers(all=True, filters={"name": f"agentbox-build-{started.id}-"}) == []
     alice.delete_template("filler")
 
 

@@ -20,6 +20,7 @@ import json
 import logging
 import posixpath
 import re
+import secrets
 import shlex
 import tarfile
 import threading
@@ -49,6 +50,8 @@ REFUSED = {
 }
 # gVisor's own threads count against a container's pids limit (docs: machine notes); room for a build's tools.
 PIDS_LIMIT = 4096
+#: The name of each step's container begins with this and the template's image tag (its id).
+STEP_PREFIX = "agentbox-build-"
 #: How often a running step's layer is measured against what the build may still write (`ImageBuild.disk`): the
 #: engine's storage has no quota here, so a step past it is killed, at most this late.
 DISK_CHECK = 0.5
@@ -135,6 +138,7 @@ class StepBuilder:
         self.changes: list[str] = []
         self.made: list[str] = []  # images committed, in order
         self.written = 0  # bytes the RUN steps' layers hold so far
+        self.steps = 0  # containers made
         self.deadline = time.monotonic() + build.timeout
 
     def run(self) -> str:
@@ -196,14 +200,17 @@ class StepBuilder:
             self.changes.append(f"{instruction} {_substitute(value, self._variables())}")
 
     def _container_options(self) -> dict[str, Any]:
+        # Named, not labelled: a step container's labels would go into every image committed from it, and so
+        # into every workspace of the template.
+        self.steps += 1
         return {
+            "name": f"{STEP_PREFIX}{self.build.ref.rpartition(':')[2]}-{self.steps}-{secrets.token_hex(3)}",
             "runtime": BUILD_RUNTIME,
             "network_mode": "none",
             "mem_limit": self.build.memory,
             "memswap_limit": self.build.memory,
             "nano_cpus": int(self.build.cpu * 1e9),
             "pids_limit": PIDS_LIMIT,
-            "labels": {**self.build.labels, "agentbox.build-step": "true"},
             "environment": {**self.args, **self.env},
             "working_dir": self.workdir,
             "user": self.user,
