@@ -369,3 +369,23 @@ def test_the_engines_builder_when_chosen_builds_every_feature_under_runc(
                 docker_client.images.get(started.image)
     finally:
         server.stop()
+
+
+def test_a_build_cut_short_by_the_server_stopping_fails_and_leaves_nothing(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> None:
+    server = Server(tmp_path_factory.mktemp("cut-short"), env={"WORKSPACE_NETWORK_NAME": ""}).start()
+    try:
+        alice = server.client("alice")
+        started = alice.build_template("slow", f"FROM {BASE}\nRUN echo step one && sleep 600\n")
+        steps = {"name": f"agentbox-build-{started.id}-"}
+        eventually(lambda: docker_client.api.containers(filters=steps) != [])  # its RUN is under way
+        server.stop(kill=True)
+        server.start()
+        alice = server.client("alice")
+        cut = alice.template("slow")
+        assert cut.status == "failed" and "stopped during the build" in (cut.error or "")
+        assert docker_client.api.containers(all=True, filters=steps) == []
+        alice.delete_template("slow")
+    finally:
+        server.stop()

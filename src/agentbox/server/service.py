@@ -145,7 +145,6 @@ class Service:
         if settings.warm_pool_size > 0 and settings.default_provider in providers:
             pool = WarmPool(settings, self.store, providers[settings.default_provider], self.metrics)
         self.manager = WorkspaceManager(settings, self.store, providers, unavailable, self.metrics, self.github, pool)
-        self.manager.templates.recover()  # builds this replica had under way ended with its last run
         vault = self.vault
         if vault is not None:
             self.manager.secret_names = lambda owner: {info.name for info in vault.list(owner)}
@@ -157,6 +156,7 @@ class Service:
         self.replica = replica
         reconciler = Reconciler(self.store, providers, pool, self.metrics, replica)
         reconciler.template_pooled = self.manager.template_pools.fits
+        reconciler.builds_gone = self.manager.templates.recover
         try:
             # The leader reconciles everything before serving; another replica gives up only what its own
             # previous run left half-made (the leader does the rest).

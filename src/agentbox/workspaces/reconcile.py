@@ -66,6 +66,8 @@ class Reconciler:
         #: Whether a pooled row belongs to a template's pool that is wanted (set by the server: the manager's
         #: TemplatePools.fits); such rows are not the default pool's to judge.
         self.template_pooled: Callable[[Workspace], bool] = lambda _workspace: False
+        # Template builds of replicas no longer alive (`alive`, and whether this is the start-up) end with them.
+        self.builds_gone: Callable[[set[str], bool], None] = lambda _alive, _startup: None
         # Records whose sandbox the last round found missing. A delete removes the sandbox, then the row:
         # a round between the two sees a running record with no sandbox. So a round marks one failed only
         # when the round before saw it missing too (or at the start-up of the only server, when no delete
@@ -93,6 +95,7 @@ class Reconciler:
             self._give_up(records[workspace_id], held.get(workspace_id))
         if not everything:
             return
+        self.builds_gone(alive, startup)
         for workspace_id, (provider, ref, _) in held.items():
             if not self._leads():
                 return  # lost the lease: the new leader does the rest

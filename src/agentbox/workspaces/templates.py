@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import contextlib
 import io
 import logging
 import shlex
@@ -319,13 +320,25 @@ class Templates:
             row.replica = None
             return True
 
-    def recover(self) -> None:
-        """At start-up: builds this replica had under way when it stopped ended with it."""
+    def recover(self, alive: set[str], startup: bool = False) -> None:
+        """Builds whose replica is gone (not among `alive`; this one's own at its `startup`) ended with it: failed,
+        and what they left on the engine removed. A restart is a new replica unless WORKSPACE_REPLICA_ID says, so
+        its builds are found by the leader's round once its heartbeat is stale (replicas.py)."""
+        own = self.settings.replica_id
+
+        def gone(replica: str | None) -> bool:
+            return replica is None or (startup if replica == own else replica not in alive)
+
         with self.store.session() as session:
-            for row in session.scalars(
-                select(Template).where(Template.status == BUILDING, Template.replica == self.settings.replica_id)
-            ):
+            building = session.scalars(select(Template).where(Template.status == BUILDING))
+            rows = [row for row in building if gone(row.replica)]
+            for row in rows:
                 row.status, row.error, row.replica = FAILED, "the server stopped during the build: build it again", None
+            images = [row.image for row in rows]
+        for image in images:
+            log.warning("template image %s: its build ended with the server that ran it; removing what it left", image)
+            with contextlib.suppress(AgentboxError):
+                self.builder().remove_image(image)
 
     def list(self, owner: str) -> list[Template]:
         with self.store.session() as session:

@@ -35,7 +35,7 @@ from dockerfile_parse import DockerfileParser  # type: ignore[import-untyped]
 
 from agentbox.providers.base import ImageBuild
 from agentbox.providers.docker.engine import engine_errors
-from agentbox.providers.docker.images import BuildFailed
+from agentbox.providers.docker.images import STEP_PREFIX, BuildFailed
 
 log = logging.getLogger("agentbox.providers.docker.gvisor_build")
 
@@ -50,8 +50,6 @@ REFUSED = {
 }
 # gVisor's own threads count against a container's pids limit (docs: machine notes); room for a build's tools.
 PIDS_LIMIT = 4096
-#: The name of each step's container begins with this and the template's image tag (its id).
-STEP_PREFIX = "agentbox-build-"
 #: How often a running step's layer is measured against what the build may still write (`ImageBuild.disk`): the
 #: engine's storage has no quota here, so a step past it is killed, at most this late.
 DISK_CHECK = 0.5

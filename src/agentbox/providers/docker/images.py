@@ -29,6 +29,8 @@ log = logging.getLogger("agentbox.providers.docker.images")
 
 #: The Dockerfile's name in the context the engine gets: not one a user's context would hold.
 DOCKERFILE_IN_CONTEXT = ".agentbox.Dockerfile"
+#: The name of each gVisor build step's container begins with this and the template's image tag (its id).
+STEP_PREFIX = "agentbox-build-"
 # The classic builder names each step's image on a line of its own: ` ---> 0123456789ab`.
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12})\s*$", re.MULTILINE)
 
@@ -120,9 +122,13 @@ def _remove_steps(client: docker.DockerClient, log_text: str) -> None:
 
 
 def remove_image(client: docker.DockerClient, ref: str) -> None:
-    """Untag `ref`, and remove the image with its untagged layers when no other name holds it. One already gone
-    is not an error."""
+    """Untag `ref`, and remove the image with its untagged layers when no other name holds it, and any step
+    container its build left (a server that stopped during it). One already gone is not an error."""
     with engine_errors("removing the template's image"):
+        steps = client.api.containers(all=True, filters={"name": f"{STEP_PREFIX}{ref.rpartition(':')[2]}-"})
+        for step in steps:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_container(step["Id"], force=True)
         try:
             client.images.remove(ref, noprune=False)
         except docker.errors.ImageNotFound:
