@@ -10,6 +10,7 @@ against the local engine; removes everything it creates.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -526,6 +527,12 @@ def fenced_network(engine: docker.DockerClient) -> Iterator[None]:
     try:
         yield
     finally:
+        # The server's last deletes may still be with the engine (a removal answered late goes on in the
+        # background): the network is removed once no container is left on it.
+        give_up = time.monotonic() + 60
+        with contextlib.suppress(docker.errors.NotFound):
+            while engine.api.inspect_network(BENCH_NETWORK).get("Containers") and time.monotonic() < give_up:
+                time.sleep(0.5)
         remove_network(engine, BENCH_NETWORK)  # with its firewall's and egress redirect's chains
 
 
