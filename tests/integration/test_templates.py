@@ -7,9 +7,7 @@ on the engine after."""
 from __future__ import annotations
 
 import contextlib
-import io
 import re
-import tarfile
 from collections.abc import Iterator
 
 import docker
@@ -19,6 +17,7 @@ import pytest
 
 from agentbox.client import APIError, Client
 from agentbox.wire.templates import TemplateOut
+from tests.archives import tar_of
 
 from .conftest import KEYS, Server, eventually
 
@@ -35,16 +34,6 @@ RUN for i in 1 2 3 4 5 6; do echo "tick $i"; sleep 0.5; done
 """
 START = "cd /opt/site && exec python3 -m http.server 8080 --bind 127.0.0.1"
 READY = "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/marker')\""
-
-
-def tar_of(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 def refused(call: object) -> APIError:

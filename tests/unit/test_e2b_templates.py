@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agentbox.providers.base import ImageBuild
+from tests.archives import tar_of
 from tests.unit.apps import KEYS, build_app
 from tests.unit.test_templates import BuildingProvider
 
@@ -44,16 +45,6 @@ def provider() -> RecordingProvider:
 def app(tmp_path: Path, provider: RecordingProvider) -> Iterator[TestClient]:
     with TestClient(build_app(tmp_path, {"gvisor": provider})) as client:
         yield client
-
-
-def tar_of(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return out.getvalue()
 
 
 def requested(app: TestClient, name: str, **body: Any) -> tuple[str, str]:
